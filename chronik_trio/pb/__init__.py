@@ -1,0 +1,1 @@
+"""Generated protobuf code for proto/*.proto. Do not edit; regenerate with `python proto/generate.py`."""

@@ -1,0 +1,261 @@
+"""The Disk seam: every file operation of storage goes through one Disk object.
+
+`Disk` is a thin layer over `os` that turns OSError into DiskError (naming the file).
+`FaultyDisk` adds what the chaos harness needs: latency, EIO/ENOSPC, and power loss
+(`drop_unsynced`). With a default `DiskFaults()` it behaves exactly like `Disk`.
+Both are thread-safe to the same degree as the OS calls: a worker thread may fsync while
+the event-loop thread writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import attrs
+
+from chronik_trio.storage.errors import DiskError
+
+# Linux IOV_MAX; one pwritev call may take at most this many buffers.
+IOV_MAX = 1024
+
+
+@attrs.define(eq=False)
+class DiskFile:
+    """An open file: its descriptor and the path it was opened as (for messages and faults)."""
+
+    path: pathlib.Path
+    fd: int
+
+
+@contextlib.contextmanager
+def _wrapped(operation: str, path: pathlib.Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DiskError(operation, path, e) from e
+
+
+class Disk:
+    """Plain file operations. Raises DiskError for OSError (FileNotFoundError passes through)."""
+
+    def open(self, path: pathlib.Path) -> DiskFile:
+        """Open `path` read-write, creating it if missing."""
+        with _wrapped("open", path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return DiskFile(path, fd)
+
+    def exists(self, path: pathlib.Path) -> bool:
+        return os.path.exists(path)
+
+    def pwritev(self, f: DiskFile, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+        """Write all `buffers` contiguously at `offset` (retrying short writes)."""
+        with _wrapped("write", f.path):
+            _pwritev_all(f.fd, buffers, offset)
+
+    def pread(self, f: DiskFile, size: int, offset: int) -> bytes:
+        """Read up to `size` bytes at `offset`; shorter only at end of file."""
+        with _wrapped("read", f.path):
+            data = os.pread(f.fd, size, offset)
+            if len(data) == size or not data:
+                return data
+            parts = [data]
+            got = len(data)
+            while got < size:
+                more = os.pread(f.fd, size - got, offset + got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            return b"".join(parts)
+
+    def fsync(self, f: DiskFile) -> None:
+        with _wrapped("fsync", f.path):
+            os.fsync(f.fd)
+
+    def truncate(self, f: DiskFile, size: int) -> None:
+        with _wrapped("truncate", f.path):
+            os.ftruncate(f.fd, size)
+
+    def size(self, f: DiskFile) -> int:
+        with _wrapped("stat", f.path):
+            return os.fstat(f.fd).st_size
+
+    def close(self, f: DiskFile) -> None:
+        with _wrapped("close", f.path):
+            os.close(f.fd)
+
+    def rename(self, src: pathlib.Path, dst: pathlib.Path) -> None:
+        with _wrapped("rename", src):
+            os.rename(src, dst)
+
+    def fsync_dir(self, path: pathlib.Path) -> None:
+        with _wrapped("fsync directory", path):
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def unlink(self, path: pathlib.Path) -> None:
+        with _wrapped("unlink", path):
+            os.unlink(path)
+
+    def listdir(self, path: pathlib.Path) -> list[str]:
+        with _wrapped("list directory", path):
+            return os.listdir(path)
+
+    def mkdir(self, path: pathlib.Path) -> None:
+        """Create `path` and its parents; no error if it exists."""
+        with _wrapped("mkdir", path):
+            os.makedirs(path, exist_ok=True)
+
+
+def _pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+    pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+    while pending:
+        chunk = pending[:IOV_MAX]
+        written = os.pwritev(fd, chunk, offset)
+        offset += written
+        dropped = 0
+        for buf in chunk:
+            if written < len(buf):
+                break
+            written -= len(buf)
+            dropped += 1
+        del pending[:dropped]
+        if written:
+            pending[0] = pending[0][written:]
+
+
+@attrs.define
+class DiskFaults:
+    """What FaultyDisk injects. Mutable so a test or the chaos harness can flip faults live.
+
+    Errors are errno values (errno.EIO, errno.ENOSPC) or None for no fault; they apply only
+    to paths under `path_prefix` when it is set. Latencies are added before the operation.
+    """
+
+    write_latency_s: float = 0.0
+    fsync_latency_s: float = 0.0
+    write_errno: int | None = None
+    fsync_errno: int | None = None
+    path_prefix: pathlib.Path | None = None
+
+    def applies_to(self, path: pathlib.Path) -> bool:
+        return self.path_prefix is None or path.is_relative_to(self.path_prefix)
+
+
+class FaultyDisk(Disk):
+    """A Disk that injects DiskFaults and remembers what has not been fsynced.
+
+    `drop_unsynced()` simulates power loss: every file written through this disk is cut
+    back to its length at its last fsync, and files created since their directory was
+    last fsynced are deleted. (Unlinks and renames not yet made durable are not undone.)
+    """
+
+    def __init__(self, faults: DiskFaults | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.faults = faults if faults is not None else DiskFaults()
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._synced_bytes: dict[pathlib.Path, int] = {}
+        self._written_bytes: dict[pathlib.Path, int] = {}
+        self._created: set[pathlib.Path] = set()
+
+    def open(self, path: pathlib.Path) -> DiskFile:
+        created = not os.path.exists(path)
+        f = super().open(path)
+        with self._lock:
+            if created:
+                self._created.add(path)
+            if path not in self._synced_bytes:
+                size = 0 if created else os.fstat(f.fd).st_size
+                self._synced_bytes[path] = size
+                self._written_bytes[path] = size
+        return f
+
+    def pwritev(self, f: DiskFile, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+        self._inject(f.path, self.faults.write_latency_s, self.faults.write_errno, "write")
+        super().pwritev(f, buffers, offset)
+        end = offset + sum(len(b) for b in buffers)
+        with self._lock:
+            self._written_bytes[f.path] = max(self._written_bytes.get(f.path, 0), end)
+
+    def fsync(self, f: DiskFile) -> None:
+        self._inject(f.path, self.faults.fsync_latency_s, self.faults.fsync_errno, "fsync")
+        with self._lock:
+            written = self._written_bytes.get(f.path, 0)
+        super().fsync(f)
+        with self._lock:
+            # Bytes written while the fsync ran may not be covered; a truncation may have cut.
+            self._synced_bytes[f.path] = min(written, self._written_bytes.get(f.path, 0))
+
+    def truncate(self, f: DiskFile, size: int) -> None:
+        super().truncate(f, size)
+        with self._lock:
+            self._written_bytes[f.path] = size
+            self._synced_bytes[f.path] = min(self._synced_bytes.get(f.path, 0), size)
+
+    def fsync_dir(self, path: pathlib.Path) -> None:
+        self._inject(path, self.faults.fsync_latency_s, self.faults.fsync_errno,
+                     "fsync directory")
+        super().fsync_dir(path)
+        with self._lock:
+            self._created = {p for p in self._created if p.parent != path}
+
+    def rename(self, src: pathlib.Path, dst: pathlib.Path) -> None:
+        super().rename(src, dst)
+        with self._lock:
+            for table in (self._synced_bytes, self._written_bytes):
+                if src in table:
+                    table[dst] = table.pop(src)
+            if src in self._created:
+                self._created.discard(src)
+                self._created.add(dst)
+
+    def unlink(self, path: pathlib.Path) -> None:
+        super().unlink(path)
+        with self._lock:
+            self._forget(path)
+
+    def unsynced_bytes(self, path: pathlib.Path) -> int:
+        """Bytes written to `path` beyond its last fsynced length."""
+        with self._lock:
+            return max(0, self._written_bytes.get(path, 0) - self._synced_bytes.get(path, 0))
+
+    def drop_unsynced(self) -> None:
+        """Simulate power loss (see the class docstring). Close logs before calling it."""
+        with self._lock:
+            for path in sorted(self._created):
+                if os.path.exists(path):
+                    os.unlink(path)
+                self._forget(path)
+            self._created.clear()
+            for path, synced in self._synced_bytes.items():
+                if os.path.exists(path) and os.path.getsize(path) > synced:
+                    os.truncate(path, synced)
+                self._written_bytes[path] = synced
+
+    def _forget(self, path: pathlib.Path) -> None:
+        self._synced_bytes.pop(path, None)
+        self._written_bytes.pop(path, None)
+        self._created.discard(path)
+
+    def _inject(self, path: pathlib.Path, latency_s: float, error: int | None,
+                operation: str) -> None:
+        if not self.faults.applies_to(path):
+            return
+        if latency_s > 0:
+            self._sleep(latency_s)
+        if error is not None:
+            raise DiskError(operation, path, OSError(error, os.strerror(error)))
+
+
+__all__ = ["Disk", "DiskFaults", "DiskFile", "FaultyDisk", "IOV_MAX"]

@@ -1,0 +1,194 @@
+"""The __meta state machine: brokers, topics with their partition assignments, configs,
+producer-id blocks. Every node applies the same committed MetaCommands in the same order and
+reaches the same state; the Kafka handlers read it.
+
+Pure and deterministic: no clocks, no randomness (topic ids come inside the commands).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import attrs
+from kio.schema.errors import ErrorCode
+
+from chronik_trio.pb import meta_pb2
+
+TOPIC_NAME_CHARS = re.compile(r"^[a-zA-Z0-9._-]+$")
+TOPIC_NAME_BYTES_MAX = 249  # Kafka's limit (room for ".<partition>" suffixes in file names)
+INTERNAL_TOPIC_PREFIX = "__"
+
+# Topic configs we implement, with their defaults (Kafka's names and defaults where they exist).
+TOPIC_CONFIG_DEFAULTS: dict[str, str] = {
+    "cleanup.policy": "delete",
+    "retention.ms": str(7 * 24 * 3600 * 1000),
+    "retention.bytes": "-1",
+    "segment.bytes": str(64 << 20),
+    "max.message.bytes": str(1048588),
+    "min.insync.replicas": "1",
+    "message.timestamp.type": "CreateTime",
+}
+_INT_CONFIGS = {"retention.ms", "retention.bytes", "segment.bytes", "max.message.bytes",
+                "min.insync.replicas"}
+_ENUM_CONFIGS = {"cleanup.policy": {"delete"}, "message.timestamp.type": {"CreateTime"}}
+
+
+class ClusterError(Exception):
+    """Expected failure of a metadata operation; carries the Kafka error code it maps to."""
+
+    error_code: ErrorCode = ErrorCode.unknown_server_error
+
+
+class InvalidTopicName(ClusterError):
+    error_code = ErrorCode.invalid_topic_exception
+
+
+class TopicAlreadyExists(ClusterError):
+    error_code = ErrorCode.topic_already_exists
+
+
+class UnknownTopic(ClusterError):
+    error_code = ErrorCode.unknown_topic_or_partition
+
+
+class InvalidTopicConfig(ClusterError):
+    error_code = ErrorCode.invalid_config
+
+
+class InvalidPartitionCount(ClusterError):
+    error_code = ErrorCode.invalid_partitions
+
+
+def validate_topic_name(name: str) -> None:
+    """Raise InvalidTopicName unless name is a legal Kafka topic name."""
+    if not name or name in (".", ".."):
+        raise InvalidTopicName(f"topic name {name!r} is not allowed")
+    if len(name.encode()) > TOPIC_NAME_BYTES_MAX:
+        raise InvalidTopicName(f"topic name is {len(name)} characters; the limit is {TOPIC_NAME_BYTES_MAX}")
+    if not TOPIC_NAME_CHARS.match(name):
+        raise InvalidTopicName(f"topic name {name!r} has characters outside [a-zA-Z0-9._-]")
+
+
+def validate_topic_configs(configs: dict[str, str]) -> None:
+    """Raise InvalidTopicConfig for unknown names or unparsable values."""
+    for key, value in configs.items():
+        if key not in TOPIC_CONFIG_DEFAULTS:
+            raise InvalidTopicConfig(f"unknown or unsupported topic config {key!r}")
+        if key in _INT_CONFIGS:
+            try:
+                int(value)
+            except (TypeError, ValueError):
+                raise InvalidTopicConfig(f"config {key}={value!r} is not an integer") from None
+        if key in _ENUM_CONFIGS and value not in _ENUM_CONFIGS[key]:
+            raise InvalidTopicConfig(f"config {key}={value!r}: supported {sorted(_ENUM_CONFIGS[key])}")
+
+
+@attrs.frozen(slots=True)
+class Broker:
+    node_id: int
+    host: str
+    port: int
+    rack: str | None
+    raft_address: str
+
+
+@attrs.frozen(slots=True)
+class Topic:
+    name: str
+    topic_id: uuid.UUID
+    replicas: tuple[tuple[int, ...], ...]  # per partition; first is the preferred leader
+    configs: dict[str, str] = attrs.field(hash=False)
+
+    @property
+    def partition_count(self) -> int:
+        return len(self.replicas)
+
+    def config(self, key: str) -> str:
+        return self.configs.get(key, TOPIC_CONFIG_DEFAULTS[key])
+
+
+@attrs.frozen(slots=True)
+class Applied:
+    """What applying one command produced (for the proposer)."""
+
+    ok: bool
+    error: ClusterError | None = None
+    producer_id_start: int = -1
+
+
+class MetaState:
+    """The replicated cluster metadata. Mutated only by apply()."""
+
+    def __init__(self) -> None:
+        self.brokers: dict[int, Broker] = {}
+        self.topics: dict[str, Topic] = {}
+        self.topics_by_id: dict[uuid.UUID, Topic] = {}
+        self.next_producer_id = 0
+        self.version = 0  # bumps on every change; readers cache derived answers by it
+
+    def apply(self, command: meta_pb2.MetaCommand) -> Applied:
+        kind = command.WhichOneof("command")
+        handler = _APPLY.get(kind)
+        assert handler is not None, f"unknown meta command {kind!r}"
+        result = handler(self, getattr(command, kind))
+        if result.ok:
+            self.version += 1
+        return result
+
+    def _broker_registered(self, cmd: meta_pb2.BrokerRegistered) -> Applied:
+        self.brokers[cmd.node_id] = Broker(cmd.node_id, cmd.host, cmd.port, cmd.rack or None,
+                                           cmd.raft_address)
+        return Applied(True)
+
+    def _topic_created(self, cmd: meta_pb2.TopicCreated) -> Applied:
+        if cmd.name in self.topics:
+            return Applied(False, TopicAlreadyExists(f"topic {cmd.name!r} already exists"))
+        topic = Topic(cmd.name, uuid.UUID(bytes=cmd.topic_id),
+                      tuple(tuple(p.replicas) for p in cmd.partitions), dict(cmd.configs))
+        self.topics[topic.name] = topic
+        self.topics_by_id[topic.topic_id] = topic
+        return Applied(True)
+
+    def _topic_deleted(self, cmd: meta_pb2.TopicDeleted) -> Applied:
+        topic = self.topics.get(cmd.name)
+        if topic is None or topic.topic_id.bytes != cmd.topic_id:
+            return Applied(False, UnknownTopic(f"topic {cmd.name!r} does not exist"))
+        del self.topics[topic.name]
+        del self.topics_by_id[topic.topic_id]
+        return Applied(True)
+
+    def _partitions_added(self, cmd: meta_pb2.PartitionsAdded) -> Applied:
+        topic = self.topics.get(cmd.name)
+        if topic is None or topic.topic_id.bytes != cmd.topic_id:
+            return Applied(False, UnknownTopic(f"topic {cmd.name!r} does not exist"))
+        grown = attrs.evolve(topic, replicas=topic.replicas + tuple(tuple(p.replicas) for p in cmd.partitions))
+        self.topics[topic.name] = grown
+        self.topics_by_id[topic.topic_id] = grown
+        return Applied(True)
+
+    def _producer_ids_allocated(self, cmd: meta_pb2.ProducerIdsAllocated) -> Applied:
+        start = self.next_producer_id
+        self.next_producer_id += cmd.count
+        return Applied(True, producer_id_start=start)
+
+    def _topic_configs_altered(self, cmd: meta_pb2.TopicConfigsAltered) -> Applied:
+        topic = self.topics.get(cmd.name)
+        if topic is None:
+            return Applied(False, UnknownTopic(f"topic {cmd.name!r} does not exist"))
+        configs = {k: v for k, v in topic.configs.items() if k not in cmd.removed}
+        configs.update(cmd.set)
+        changed = attrs.evolve(topic, configs=configs)
+        self.topics[topic.name] = changed
+        self.topics_by_id[topic.topic_id] = changed
+        return Applied(True)
+
+
+_APPLY = {
+    "broker_registered": MetaState._broker_registered,
+    "topic_created": MetaState._topic_created,
+    "topic_deleted": MetaState._topic_deleted,
+    "partitions_added": MetaState._partitions_added,
+    "producer_ids_allocated": MetaState._producer_ids_allocated,
+    "topic_configs_altered": MetaState._topic_configs_altered,
+}

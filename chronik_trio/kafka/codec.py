@@ -1,0 +1,213 @@
+"""kio glue: decode request frames, build and encode responses of any version.
+
+Pure: bytes in, objects out and back. Framing (the 4-byte size prefix) is in framing.py.
+Schema classes are looked up once per (api_key, version) (kio's lookup costs ~3 us).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import struct
+import sys
+import typing
+import uuid
+
+import attrs
+import kio.index
+import kio.serial
+from kio.schema.errors import ErrorCode
+from kio.serial.errors import BufferUnderflow, DecodeError
+from kio.serial._introspect import EntityField, EntityTupleField, classify_field, is_optional
+
+from .errors import MalformedRequest, UnsupportedApi
+from .tagged import strip_unknown_tags
+
+REQUEST_HEADER_PEEK_BYTES = 8  # api_key i16, api_version i16, correlation_id i32
+# kio signals bad bytes with these (kio.md): truncation, corruption, and unknown tags (KeyError).
+_KIO_DECODE_ERRORS = (BufferUnderflow, DecodeError, ValueError, KeyError, struct.error,
+                      IndexError, UnicodeDecodeError)
+
+
+@attrs.frozen(slots=True)
+class Request:
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+    body: typing.Any
+    frame_bytes: int
+
+
+def peek_header(frame: bytes | memoryview) -> tuple[int, int, int]:
+    """(api_key, api_version, correlation_id) from the fixed start of every request header."""
+    if len(frame) < REQUEST_HEADER_PEEK_BYTES:
+        raise MalformedRequest(f"request of {len(frame)} bytes is shorter than a header")
+    return struct.unpack_from(">hhi", frame, 0)
+
+
+@functools.cache
+def request_schema(api_key: int, api_version: int) -> type:
+    try:
+        return kio.index.load_request_schema(api_key, api_version)
+    except kio.index.KioIndexError:
+        raise UnsupportedApi(f"api_key {api_key} version {api_version} is unknown") from None
+
+
+@functools.cache
+def response_schema(api_key: int, api_version: int) -> type:
+    return kio.index.load_response_schema(api_key, api_version)
+
+
+def _read(cls: type, frame, offset: int, *, is_header: bool = False):
+    try:
+        return kio.serial.entity_reader(cls)(frame, offset)
+    except KeyError:
+        pass  # an unknown tagged field: kio refuses it, the protocol says skip it
+    except _KIO_DECODE_ERRORS as exc:
+        raise MalformedRequest(f"{cls.__name__} does not decode: {type(exc).__name__}: {exc}") from None
+    clean, consumed = strip_unknown_tags(cls, frame, offset, is_header=is_header)
+    try:
+        value, _ = kio.serial.entity_reader(cls)(clean, 0)
+    except _KIO_DECODE_ERRORS as exc:
+        raise MalformedRequest(f"{cls.__name__} does not decode: {type(exc).__name__}: {exc}") from None
+    return value, consumed
+
+
+def decode_request(frame: bytes | memoryview) -> Request:
+    """Decode one request frame (without its size prefix).
+
+    Raises UnsupportedApi for an unknown (api_key, version) and MalformedRequest for bytes that
+    do not follow the schema, including trailing bytes after the body.
+    """
+    api_key, api_version, correlation_id = peek_header(frame)
+    cls = request_schema(api_key, api_version)
+    header, header_bytes = _read(cls.__header_schema__, frame, 0, is_header=True)
+    body, body_bytes = _read(cls, frame, header_bytes)
+    if header_bytes + body_bytes != len(frame):
+        raise MalformedRequest(
+            f"{cls.__name__} v{api_version}: {len(frame) - header_bytes - body_bytes} trailing bytes")
+    return Request(api_key, api_version, correlation_id, header.client_id, body, len(frame))
+
+
+class _ChunkSink:
+    """kio writers call write(bytes); keep the chunks instead of joining big record blobs."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes | memoryview] = [b""]
+        self.size = 0
+
+    def write(self, data) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+
+
+def encode_response(correlation_id: int, body) -> list[bytes | memoryview]:
+    """The size-prefixed response frame as a list of chunks (record data is not copied)."""
+    cls = type(body)
+    header_cls = cls.__header_schema__
+    sink = _ChunkSink()
+    kio.serial.entity_writer(header_cls)(sink, header_cls(correlation_id=correlation_id))
+    kio.serial.entity_writer(cls)(sink, body)
+    sink.chunks[0] = struct.pack(">i", sink.size)
+    return sink.chunks
+
+
+# --- building responses of any version from plain values -------------------------------------
+
+_INT_TYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+
+
+def _default_for(kafka_type: str | None, optional: bool, kind: str):
+    if optional:
+        return None
+    if kind in ("tuple", "entity_tuple"):
+        return ()
+    return {
+        "string": "", "bytes": b"", "records": b"", "bool": False, "float64": 0.0,
+        "uuid": uuid.UUID(int=0), "error_code": ErrorCode.none,
+        "timedelta_i32": datetime.timedelta(0), "timedelta_i64": datetime.timedelta(0),
+    }.get(kafka_type, 0)
+
+
+@attrs.frozen(slots=True)
+class _FieldPlan:
+    name: str
+    kafka_type: str | None
+    kind: str  # "primitive" | "tuple" | "entity" | "entity_tuple"
+    nested: type | None
+    default: typing.Any  # dataclasses.MISSING when the schema has none
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[_FieldPlan, ...]:
+    plans = []
+    for field in dataclasses.fields(cls):
+        fc = classify_field(field)
+        kind = {EntityField: "entity", EntityTupleField: "entity_tuple"}.get(
+            type(fc), "tuple" if fc.is_array else "primitive")
+        nested = fc.type_ if kind in ("entity", "entity_tuple") else None
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        else:
+            default = _default_for(field.metadata.get("kafka_type"),
+                                   kind != "entity" and is_optional(field), kind)
+        plans.append(_FieldPlan(field.name, field.metadata.get("kafka_type"), kind, nested, default))
+    return tuple(plans)
+
+
+def _convert(plan: _FieldPlan, value):
+    if plan.kind == "entity_tuple":
+        if value is None:
+            return None
+        return tuple(v if dataclasses.is_dataclass(v) else build(plan.nested, v) for v in value)
+    if plan.kind == "entity":
+        return value if value is None or dataclasses.is_dataclass(value) else build(plan.nested, value)
+    if plan.kind == "tuple":
+        return None if value is None else tuple(value)
+    kafka_type = plan.kafka_type
+    if kafka_type in ("timedelta_i32", "timedelta_i64") and isinstance(value, int):
+        return datetime.timedelta(milliseconds=value)
+    if kafka_type == "error_code" and not isinstance(value, ErrorCode):
+        return ErrorCode(int(value))
+    return value
+
+
+def build(cls: type, values: dict[str, typing.Any] | None = None, /, **kwargs):
+    """An instance of kio schema class cls from plain values.
+
+    Fields the version does not have are ignored, fields not given get the schema default (or
+    0 / "" / () / None), ints become timedeltas or ErrorCodes where the schema wants them, and
+    nested entities may be given as dicts. This is what lets one handler answer every version.
+    """
+    if values:
+        kwargs = {**values, **kwargs}
+    args = {}
+    for plan in _plan(cls):
+        if plan.name in kwargs:
+            args[plan.name] = _convert(plan, kwargs[plan.name])
+        elif plan.kind == "entity" and plan.default is dataclasses.MISSING:
+            args[plan.name] = build(plan.nested, {})
+        else:
+            args[plan.name] = plan.default
+    return cls(**args)
+
+
+def nested_class(cls: type, field_name: str) -> type:
+    """The entity class of a nested field of cls (each version module has its own)."""
+    for plan in _plan(cls):
+        if plan.name == field_name:
+            assert plan.nested is not None, (cls, field_name)
+            return plan.nested
+    raise AssertionError(f"{cls.__name__} has no field {field_name}")
+
+
+def has_field(cls: type, field_name: str) -> bool:
+    return any(p.name == field_name for p in _plan(cls))
+
+
+def module_of(cls: type):
+    return sys.modules[cls.__module__]

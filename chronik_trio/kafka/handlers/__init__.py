@@ -1,0 +1,1 @@
+"""One module per Kafka API family; `registry.HANDLERS` maps api_key to (versions, handler)."""

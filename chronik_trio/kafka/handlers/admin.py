@@ -1,0 +1,153 @@
+"""CreateTopics, DeleteTopics, DescribeConfigs, DescribeCluster, InitProducerId."""
+
+from __future__ import annotations
+
+import logging
+
+from kio.schema.errors import ErrorCode
+
+from chronik_trio.cluster.meta import (
+    TOPIC_CONFIG_DEFAULTS,
+    ClusterError,
+    validate_topic_configs,
+    validate_topic_name,
+)
+
+from ..codec import build, has_field, response_schema
+from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of
+
+log = logging.getLogger(__name__)
+
+RESOURCE_TOPIC = 2
+RESOURCE_BROKER = 4
+SOURCE_DYNAMIC_TOPIC = 1
+SOURCE_STATIC_BROKER = 4
+SOURCE_DEFAULT = 5
+CONFIG_TYPE_STRING = 2
+CONFIG_TYPE_INT = 3
+CONFIG_TYPE_LONG = 5
+
+
+def _topic_configs_out(topic_configs: dict[str, str]) -> list[dict]:
+    return [{"name": k, "value": topic_configs.get(k, v), "read_only": False,
+             "config_source": SOURCE_DYNAMIC_TOPIC if k in topic_configs else SOURCE_DEFAULT,
+             "is_sensitive": False} for k, v in sorted(TOPIC_CONFIG_DEFAULTS.items())]
+
+
+async def _create_one(ctx, spec, validate_only: bool) -> dict:
+    out = {"name": spec.name, "num_partitions": -1, "replication_factor": -1, "configs": None}
+    partitions = spec.num_partitions if spec.num_partitions != -1 else ctx.config.default_partitions
+    configs = {c.name: c.value for c in spec.configs}
+    try:
+        validate_topic_name(spec.name)
+        if spec.assignments:
+            brokers = {b for a in spec.assignments for b in a.broker_ids}
+            if brokers - {ctx.node_id}:
+                return {**out, "error_code": ErrorCode.invalid_replica_assignment,
+                        "error_message": f"brokers {sorted(brokers - {ctx.node_id})} do not exist"}
+            partitions = len(spec.assignments)
+        elif spec.replication_factor not in (-1, 1):
+            return {**out, "error_code": ErrorCode.invalid_replication_factor,
+                    "error_message": f"replication factor {spec.replication_factor} is larger than "
+                                     f"the cluster's 1 broker"}
+        if partitions <= 0:
+            return {**out, "error_code": ErrorCode.invalid_partitions,
+                    "error_message": f"number of partitions must be positive, got {partitions}"}
+        validate_topic_configs(configs)
+        topic = await ctx.create_topic(spec.name, partitions, configs, validate_only=validate_only)
+    except ClusterError as exc:
+        return {**out, "error_code": error_code_of(exc), "error_message": str(exc)}
+    return {**out, "error_code": ErrorCode.none, "topic_id": topic.topic_id,
+            "num_partitions": partitions, "replication_factor": 1,
+            "configs": _topic_configs_out(configs)}
+
+
+async def handle_create_topics(body, ctx, version: int):
+    names = [t.name for t in body.topics]
+    results = []
+    for spec in body.topics:
+        if names.count(spec.name) > 1:
+            results.append({"name": spec.name, "error_code": ErrorCode.invalid_request,
+                            "error_message": f"topic {spec.name!r} appears more than once"})
+            continue
+        results.append(await _create_one(ctx, spec, body.validate_only))
+    return build(response_schema(19, version), throttle_time=0, topics=results)
+
+
+async def handle_delete_topics(body, ctx, version: int):
+    results = []
+    if has_field(type(body), "topic_names"):
+        wanted = [(name, None) for name in body.topic_names]
+    else:
+        wanted = [(t.name, t.topic_id) for t in body.topics]
+    for name, topic_id in wanted:
+        if name is None:
+            topic = ctx.meta.topics_by_id.get(topic_id)
+            name = topic.name if topic else None
+        entry = {"name": name, "topic_id": topic_id}
+        if name is None:
+            results.append({**entry, "error_code": ErrorCode.unknown_topic_id})
+            continue
+        try:
+            topic = await ctx.delete_topic(name)
+            results.append({**entry, "topic_id": topic.topic_id, "error_code": ErrorCode.none})
+        except ClusterError as exc:
+            results.append({**entry, "error_code": error_code_of(exc), "error_message": str(exc)})
+    return build(response_schema(20, version), throttle_time=0, responses=results)
+
+
+def _broker_configs(ctx) -> dict[str, str]:
+    c = ctx.config
+    return {"broker.id": str(ctx.node_id), "num.partitions": str(c.default_partitions),
+            "auto.create.topics.enable": str(c.auto_create_topics).lower(),
+            "message.max.bytes": str(c.message_max_bytes),
+            "socket.request.max.bytes": str(c.request_max_bytes),
+            "log.segment.bytes": str(c.segment_bytes), "default.replication.factor": "1"}
+
+
+def _describe_resource(ctx, resource) -> dict:
+    out = {"resource_type": resource.resource_type, "resource_name": resource.resource_name,
+           "error_code": ErrorCode.none, "configs": []}
+    keys = set(resource.configuration_keys) if resource.configuration_keys is not None else None
+    if resource.resource_type == RESOURCE_TOPIC:
+        topic = ctx.meta.topics.get(resource.resource_name)
+        if topic is None:
+            return {**out, "error_code": ErrorCode.unknown_topic_or_partition,
+                    "error_message": f"topic {resource.resource_name!r} does not exist"}
+        configs = _topic_configs_out(topic.configs)
+    elif resource.resource_type == RESOURCE_BROKER:
+        if resource.resource_name not in ("", str(ctx.node_id)):
+            return {**out, "error_code": ErrorCode.invalid_request,
+                    "error_message": f"this is broker {ctx.node_id}, not {resource.resource_name!r}"}
+        configs = [{"name": k, "value": v, "read_only": True, "config_source": SOURCE_STATIC_BROKER,
+                    "is_sensitive": False} for k, v in sorted(_broker_configs(ctx).items())]
+    else:
+        return {**out, "error_code": ErrorCode.invalid_request,
+                "error_message": f"resource type {resource.resource_type} is not supported"}
+    out["configs"] = [{**c, "synonyms": [], "config_type": CONFIG_TYPE_STRING, "documentation": None}
+                      for c in configs if keys is None or c["name"] in keys]
+    return out
+
+
+async def handle_describe_configs(body, ctx, version: int):
+    results = [_describe_resource(ctx, r) for r in body.resources]
+    return build(response_schema(32, version), throttle_time=0, results=results)
+
+
+async def handle_describe_cluster(body, ctx, version: int):
+    host, port = ctx.config.advertised_host_port
+    return build(response_schema(60, version), throttle_time=0, error_code=0,
+                 endpoint_type=getattr(body, "endpoint_type", 1), cluster_id=ctx.cluster_id,
+                 controller_id=ctx.node_id,
+                 brokers=[{"broker_id": ctx.node_id, "host": host, "port": port, "rack": None}],
+                 cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)
+
+
+async def handle_init_producer_id(body, ctx, version: int):
+    resp = response_schema(22, version)
+    if body.transactional_id is not None:
+        # Transactions are not built; refuse clearly rather than pretend.
+        return build(resp, throttle_time=0, error_code=ErrorCode.transactional_id_authorization_failed,
+                     producer_id=-1, producer_epoch=-1)
+    producer_id = await ctx.allocate_producer_id()
+    return build(resp, throttle_time=0, error_code=0, producer_id=producer_id, producer_epoch=0)

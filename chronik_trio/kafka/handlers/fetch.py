@@ -1,0 +1,103 @@
+"""Fetch (api key 1): whole batches below the high watermark, with long polling.
+
+Limits: partition_max_bytes per partition and max_bytes per response, except that the first
+batch found is always returned whole (KIP-74) so a consumer can never get stuck behind a
+large batch. No fetch sessions (KIP-227): we answer session_id 0, so clients send full fetches.
+"""
+
+from __future__ import annotations
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from ..codec import build, has_field, response_schema
+from ..errors import KafkaError
+from .common import error_code_of
+
+MAX_WAIT_S_CAP = 30.0  # never park a request longer than this, whatever the client asks
+
+
+def _epoch_error(current_leader_epoch: int, leader_epoch: int) -> ErrorCode | None:
+    if current_leader_epoch < 0:
+        return None
+    if current_leader_epoch < leader_epoch:
+        return ErrorCode.fenced_leader_epoch
+    if current_leader_epoch > leader_epoch:
+        return ErrorCode.unknown_leader_epoch
+    return None
+
+
+def _resolve(ctx, body, by_id: bool) -> list[tuple]:
+    """[(topic key for the answer, topic name or None, partition request)] in request order."""
+    wanted = []
+    for topic in body.topics:
+        if by_id:
+            meta_topic = ctx.meta.topics_by_id.get(topic.topic_id)
+            name, key = (meta_topic.name if meta_topic else None), topic.topic_id
+        else:
+            name = key = topic.topic
+        for p in topic.partitions:
+            wanted.append((key, name, p))
+    return wanted
+
+
+def _collect(ctx, wanted, by_id: bool, max_bytes: int):
+    """Read every wanted partition once. Returns (per-partition entries, bytes, replicas, error seen)."""
+    entries, total, replicas, any_error = [], 0, [], False
+    for key, name, p in wanted:
+        entry = {"partition_index": p.partition, "high_watermark": -1, "last_stable_offset": -1,
+                 "log_start_offset": -1, "aborted_transactions": None, "records": b""}
+        replica = ctx.replica(name, p.partition) if name is not None else None
+        error = None
+        if replica is None:
+            error = ErrorCode.unknown_topic_id if by_id and name is None else ErrorCode.unknown_topic_or_partition
+        else:
+            error = _epoch_error(p.current_leader_epoch, replica.leader_epoch)
+        if error is None:
+            state = replica.state
+            entry.update(high_watermark=state.high_watermark, last_stable_offset=state.high_watermark,
+                         log_start_offset=state.log_start_offset)
+            budget = min(p.partition_max_bytes, max_bytes - total)
+            if budget > 0 or total == 0:
+                try:
+                    views = replica.read(p.fetch_offset, max(budget, 1))
+                except KafkaError as exc:
+                    error = error_code_of(exc)
+                else:
+                    if views:
+                        data = views[0] if len(views) == 1 else b"".join(views)
+                        entry["records"] = data
+                        total += len(data)
+            replicas.append(replica)
+        entry["error_code"] = error if error is not None else ErrorCode.none
+        any_error = any_error or error is not None
+        entries.append((key, entry))
+    return entries, total, replicas, any_error
+
+
+async def handle_fetch(body, ctx, version: int):
+    by_id = version >= 13
+    wanted = _resolve(ctx, body, by_id)
+    max_bytes = body.max_bytes if has_field(type(body), "max_bytes") else 2**31 - 1
+    deadline = trio.current_time() + min(body.max_wait.total_seconds(), MAX_WAIT_S_CAP)
+    while True:
+        entries, total, replicas, any_error = _collect(ctx, wanted, by_id, max_bytes)
+        if total >= body.min_bytes or any_error or trio.current_time() >= deadline or not replicas:
+            break
+        moved = trio.Event()
+        for replica in replicas:
+            replica.watch(moved)
+        try:
+            with trio.move_on_at(deadline):
+                await moved.wait()
+        finally:
+            for replica in replicas:
+                replica.unwatch(moved)
+    topic_field = "topic_id" if by_id else "topic"
+    responses: list[dict] = []
+    for key, entry in entries:
+        if not responses or responses[-1][topic_field] != key:
+            responses.append({topic_field: key, "partitions": []})
+        responses[-1]["partitions"].append(entry)
+    return build(response_schema(1, version), throttle_time=0, error_code=0, session_id=0,
+                 responses=responses)

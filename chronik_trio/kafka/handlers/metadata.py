@@ -1,0 +1,62 @@
+"""Metadata (api key 3): brokers, and per topic its partitions' leader, epoch, replicas, ISR."""
+
+from __future__ import annotations
+
+import logging
+
+from chronik_trio.cluster.meta import ClusterError, INTERNAL_TOPIC_PREFIX
+
+from ..codec import build, has_field, response_schema
+from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of, topic_for_request
+
+log = logging.getLogger(__name__)
+
+
+def _topic_entry(ctx, topic) -> dict:
+    partitions = []
+    for index, replicas in enumerate(topic.replicas):
+        replica = ctx.replica(topic.name, index)
+        online = replica is not None
+        partitions.append({
+            "error_code": 0 if online else 5,  # LEADER_NOT_AVAILABLE
+            "partition_index": index,
+            "leader_id": ctx.node_id if online else -1,
+            "leader_epoch": replica.leader_epoch if online else -1,
+            "replica_nodes": replicas,
+            "isr_nodes": replicas if online else (),
+            "offline_replicas": () if online else replicas,
+        })
+    return {"error_code": 0, "name": topic.name, "topic_id": topic.topic_id,
+            "is_internal": topic.name.startswith(INTERNAL_TOPIC_PREFIX),
+            "partitions": partitions,
+            "topic_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED}
+
+
+async def handle_metadata(body, ctx, version: int):
+    requested = body.topics
+    if requested is not None and version == 0 and len(requested) == 0:
+        requested = None  # v0: an empty list means every topic
+    allow_auto = body.allow_auto_topic_creation if has_field(type(body), "allow_auto_topic_creation") else True
+    topics = []
+    if requested is None:
+        topics = [_topic_entry(ctx, t) for t in ctx.meta.topics.values()]
+    else:
+        for wanted in requested:
+            name = wanted.name
+            if name is None:  # v10+: a lookup by topic id
+                topic = ctx.meta.topics_by_id.get(wanted.topic_id)
+                if topic is None:
+                    topics.append({"error_code": 100, "name": None, "topic_id": wanted.topic_id})
+                    continue
+            else:
+                try:
+                    topic = await topic_for_request(ctx, name, allow_auto_create=allow_auto)
+                except ClusterError as exc:
+                    topics.append({"error_code": error_code_of(exc), "name": name})
+                    continue
+            topics.append(_topic_entry(ctx, topic))
+    host, port = ctx.config.advertised_host_port
+    return build(response_schema(3, version),
+                 brokers=[{"node_id": ctx.node_id, "host": host, "port": port, "rack": None}],
+                 cluster_id=ctx.cluster_id, controller_id=ctx.node_id, topics=topics,
+                 cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)

@@ -1,0 +1,54 @@
+"""ListOffsets (api key 2): earliest, latest, and by timestamp (from batch headers)."""
+
+from __future__ import annotations
+
+from kio.schema.errors import ErrorCode
+
+from ..codec import build, response_schema
+from .fetch import _epoch_error
+
+LATEST = -1
+EARLIEST = -2
+MAX_TIMESTAMP = -3
+EARLIEST_LOCAL = -4
+LATEST_TIERED = -5
+
+
+def _lookup(replica, timestamp: int) -> tuple[ErrorCode, int, int]:
+    """(error, offset, timestamp) for one partition."""
+    state = replica.state
+    if timestamp == LATEST:
+        return ErrorCode.none, state.high_watermark, -1
+    if timestamp in (EARLIEST, EARLIEST_LOCAL):
+        return ErrorCode.none, state.log_start_offset, -1
+    if timestamp == LATEST_TIERED:
+        return ErrorCode.none, -1, -1  # no tiered storage
+    if timestamp == MAX_TIMESTAMP:
+        return ErrorCode.invalid_request, -1, -1  # not built: needs a max-timestamp index
+    if timestamp < 0:
+        return ErrorCode.invalid_request, -1, -1
+    found = replica.log.offset_for_timestamp(timestamp)
+    if found is None or found[0] >= state.high_watermark:
+        return ErrorCode.none, -1, -1
+    return ErrorCode.none, max(found[0], state.log_start_offset), found[1]
+
+
+async def handle_list_offsets(body, ctx, version: int):
+    topics = []
+    for topic in body.topics:
+        partitions = []
+        for p in topic.partitions:
+            replica = ctx.replica(topic.name, p.partition_index)
+            entry = {"partition_index": p.partition_index, "timestamp": -1, "offset": -1,
+                     "leader_epoch": -1}
+            if replica is None:
+                entry["error_code"] = ErrorCode.unknown_topic_or_partition
+            else:
+                error = _epoch_error(getattr(p, "current_leader_epoch", -1), replica.leader_epoch)
+                if error is None:
+                    error, offset, timestamp = _lookup(replica, p.timestamp)
+                    entry.update(offset=offset, timestamp=timestamp, leader_epoch=replica.leader_epoch)
+                entry["error_code"] = error
+            partitions.append(entry)
+        topics.append({"name": topic.name, "partitions": partitions})
+    return build(response_schema(2, version), throttle_time=0, topics=topics)

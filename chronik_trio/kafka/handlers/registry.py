@@ -1,0 +1,58 @@
+"""The APIs this broker implements, their versions, and ApiVersions built from that table."""
+
+from __future__ import annotations
+
+import kio.schema.index
+
+from ..codec import build, response_schema
+from . import admin, fetch, metadata, offsets, produce
+
+API_VERSIONS_KEY = 18
+UNSUPPORTED_VERSION = 35
+
+
+async def handle_api_versions(body, ctx, version: int):
+    return build(response_schema(API_VERSIONS_KEY, version), error_code=0, api_keys=advertised())
+
+
+# api_key -> ((min version, max version), handler). Ranges are what clients use (measured in
+# shared/reference/clients.md) and what the handlers implement, within kio's coverage.
+HANDLERS = {
+    0: ((3, 10), produce.handle_produce),
+    1: ((4, 16), fetch.handle_fetch),
+    2: ((1, 9), offsets.handle_list_offsets),
+    3: ((0, 12), metadata.handle_metadata),
+    18: ((0, 4), handle_api_versions),
+    19: ((2, 7), admin.handle_create_topics),
+    20: ((1, 6), admin.handle_delete_topics),
+    22: ((0, 4), admin.handle_init_producer_id),
+    32: ((1, 4), admin.handle_describe_configs),
+    60: ((0, 1), admin.handle_describe_cluster),
+}
+
+
+def _check_against_kio() -> None:
+    for key, ((low, high), _) in HANDLERS.items():
+        name = kio.schema.index.api_key_map[key]
+        versions = kio.schema.index.schema_name_map[name]
+        assert low in versions and high in versions, (name, low, high, sorted(versions))
+
+
+_check_against_kio()
+
+
+def advertised() -> list[dict]:
+    return [{"api_key": key, "min_version": low, "max_version": high}
+            for key, ((low, high), _) in sorted(HANDLERS.items())]
+
+
+def supports(api_key: int, version: int) -> bool:
+    entry = HANDLERS.get(api_key)
+    return entry is not None and entry[0][0] <= version <= entry[0][1]
+
+
+def unsupported_api_versions_response():
+    """The v0 answer Kafka gives an ApiVersions request at a version it does not know; the
+    client retries with a version from the list."""
+    return build(response_schema(API_VERSIONS_KEY, 0), error_code=UNSUPPORTED_VERSION,
+                 api_keys=advertised())

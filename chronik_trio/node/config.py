@@ -1,0 +1,94 @@
+"""Node configuration: flags and a TOML file (flags win). Pure parsing, no side effects."""
+
+from __future__ import annotations
+
+import pathlib
+import tomllib
+
+import attrs
+
+FSYNC_POLICIES = ("always", "interval")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A bad config file or flag; the message names the key and the file."""
+
+
+def _host_port(value: str, *, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    node_id: int = 1
+    listen: str = "127.0.0.1:9092"
+    advertised: str | None = None  # what clients are told; defaults to listen
+    data_dir: pathlib.Path = attrs.field(default=pathlib.Path("data"), converter=pathlib.Path)
+    log_level: str = "info"
+    default_partitions: int = 1
+    auto_create_topics: bool = True
+    # always: answer a produce only after its fsync; interval: after the write, fsync every
+    # fsync_interval_ms (faster, loses the last interval on power loss; never on a crash).
+    fsync: str = "always"
+    fsync_interval_ms: int = 1000
+    message_max_bytes: int = 1048588  # Kafka's message.max.bytes default
+    request_max_bytes: int = 100 << 20  # Kafka's socket.request.max.bytes default
+    segment_bytes: int = 64 << 20
+    retention_check_interval_ms: int = 300_000  # Kafka's log.retention.check.interval.ms
+    hard_state_interval_ms: int = 1000  # how often the durable-index checkpoint is rewritten
+    fault_injection: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.node_id < 0:
+            raise ConfigError(f"node_id must be >= 0, got {self.node_id}")
+        _host_port(self.listen, key="listen")
+        if self.advertised is not None:
+            _host_port(self.advertised, key="advertised")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        if self.fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"fsync must be one of {FSYNC_POLICIES}, got {self.fsync!r}")
+        for key in ("default_partitions", "message_max_bytes", "request_max_bytes",
+                    "segment_bytes", "fsync_interval_ms", "retention_check_interval_ms",
+                    "hard_state_interval_ms"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return _host_port(self.listen, key="listen")
+
+    @property
+    def advertised_host_port(self) -> tuple[str, int]:
+        return _host_port(self.advertised or self.listen, key="advertised")
+
+
+FIELD_TYPES = {f.name: f.type for f in attrs.fields(NodeConfig)}
+
+
+def load(config_file: pathlib.Path | None, overrides: dict[str, object]) -> NodeConfig:
+    """Merge a TOML file (keys are the field names) with flag overrides (flags win)."""
+    values: dict[str, object] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from None
+        data = data.get("node", data)
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in FIELD_TYPES:
+                raise ConfigError(f"config file {config_file}: unknown key {key!r}")
+            values[name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return NodeConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad config value: {exc}") from None

@@ -1,0 +1,128 @@
+"""One Kafka client connection: read frames, run requests concurrently, answer in order.
+
+Clients pipeline (up to 5 requests in flight is common), so each request runs in its own task
+and a writer task sends the answers in request order; a slow Fetch long-poll does not hold up
+the decode of the requests behind it. At most INFLIGHT_REQUESTS_MAX are in flight per
+connection: past that we stop reading, which pushes back on the client through TCP.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from chronik_trio.kafka import codec
+from chronik_trio.kafka.errors import ProtocolViolation, UnsupportedApi
+from chronik_trio.kafka.framing import FrameDecoder
+from chronik_trio.kafka.handlers import registry
+
+log = logging.getLogger(__name__)
+
+INFLIGHT_REQUESTS_MAX = 32  # well above the 5 clients pipeline; bounds memory per connection
+RECEIVE_CHUNK_BYTES = 256 << 10
+
+
+class _Slot:
+    """The answer to one request, filled in by its task, sent by the writer in order."""
+
+    __slots__ = ("done", "chunks", "request")
+
+    def __init__(self, request: str) -> None:
+        self.done = trio.Event()
+        self.chunks: list | None = None
+        self.request = request
+
+
+class ConnectionClosed(Exception):
+    """Raised inside a connection's nursery to end it after a protocol violation."""
+
+
+async def serve_connection(stream: trio.abc.Stream, ctx, peer: str) -> None:
+    """Serve one client until it disconnects or breaks the protocol (then close, log why)."""
+    send, receive = trio.open_memory_channel[_Slot](INFLIGHT_REQUESTS_MAX)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_answers, stream, receive)
+            await _read_requests(stream, ctx, peer, send, nursery)
+    except* ProtocolViolation as group:
+        log.warning("closing connection from %s: %s", peer, group.exceptions[0])
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.info("connection from %s was reset", peer)
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def _read_requests(stream, ctx, peer: str, send, nursery) -> None:
+    decoder = FrameDecoder(ctx.config.request_max_bytes)
+    async with send:
+        while True:
+            data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+            if not data:
+                if decoder.buffered_bytes:
+                    raise ProtocolViolation(
+                        f"connection closed mid-frame ({decoder.buffered_bytes} bytes of a request pending)")
+                break
+            decoder.feed(data)
+            while (frame := decoder.next_frame()) is not None:
+                request, slot = _decode(frame, ctx)
+                await send.send(slot)
+                nursery.start_soon(_answer, request, slot, ctx)
+    # The client half-closed: answer what is in flight, then the writer ends.
+
+
+def _decode(frame: bytes, ctx):
+    """Decode one frame. ApiVersions at an unknown version gets its special v0 answer."""
+    api_key, api_version, correlation_id = codec.peek_header(frame)
+    if api_key == registry.API_VERSIONS_KEY and not registry.supports(api_key, api_version):
+        slot = _Slot(f"ApiVersions v{api_version}")
+        slot.chunks = codec.encode_response(correlation_id, registry.unsupported_api_versions_response())
+        slot.done.set()
+        return None, slot
+    if not registry.supports(api_key, api_version):
+        raise UnsupportedApi(f"api_key {api_key} version {api_version} is not supported "
+                             f"(correlation id {correlation_id})")
+    request = codec.decode_request(frame)
+    return request, _Slot(f"{type(request.body).__name__} v{api_version}")
+
+
+async def _answer(request, slot: _Slot, ctx) -> None:
+    if request is None:
+        return
+    _, handler = registry.HANDLERS[request.api_key]
+    ctx.requests_inflight += 1
+    try:
+        body = await handler(request.body, ctx, request.api_version)
+    finally:
+        ctx.requests_inflight -= 1
+    if body is not None:
+        slot.chunks = codec.encode_response(request.correlation_id, body)
+    slot.done.set()
+
+
+async def _write_answers(stream, receive) -> None:
+    async with receive:
+        async for slot in receive:
+            await slot.done.wait()
+            if slot.chunks is not None:
+                for piece in _coalesce(slot.chunks):
+                    await stream.send_all(piece)
+
+
+COALESCE_BELOW_BYTES = 64 << 10  # join small chunks into one send; send big ones as they are
+
+
+def _coalesce(chunks):
+    """Yield send buffers: runs of small chunks joined, large record blobs passed uncopied."""
+    run: list = []
+    for chunk in chunks:
+        if len(chunk) < COALESCE_BELOW_BYTES:
+            run.append(chunk)
+            continue
+        if run:
+            yield b"".join(run)
+            run = []
+        yield chunk
+    if run:
+        yield b"".join(run)

@@ -1,0 +1,86 @@
+"""`chronik-trio node`: flags and config file -> NodeConfig -> a Node under trio.run.
+
+Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for a bad config, 1 when the node
+stops on an error (the last log line says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import signal
+import sys
+
+import trio
+
+from . import config as config_mod
+from .node import Node
+
+log = logging.getLogger("chronik_trio")
+
+
+def _node_parser(sub) -> None:
+    p = sub.add_parser("node", help="run a broker node")
+    p.add_argument("--config", type=pathlib.Path, help="TOML file (keys as below, with _); flags win")
+    p.add_argument("--node-id", type=int)
+    p.add_argument("--listen", help="HOST:PORT for Kafka clients (default 127.0.0.1:9092)")
+    p.add_argument("--advertised", help="HOST:PORT clients are told to connect to (default: --listen)")
+    p.add_argument("--data-dir", type=pathlib.Path, help="where logs and metadata live (default ./data)")
+    p.add_argument("--log-level", choices=config_mod.LOG_LEVELS)
+    p.add_argument("--default-partitions", type=int, help="partitions of auto-created topics (default 1)")
+    p.add_argument("--fsync", choices=config_mod.FSYNC_POLICIES,
+                   help="always: ack after fsync (default); interval: ack after write")
+    p.add_argument("--fsync-interval-ms", type=int)
+    p.add_argument("--auto-create-topics", dest="auto_create_topics", action="store_true", default=None)
+    p.add_argument("--no-auto-create-topics", dest="auto_create_topics", action="store_false")
+    p.add_argument("--message-max-bytes", type=int, help="largest record batch accepted")
+    p.add_argument("--request-max-bytes", type=int, help="largest request frame accepted")
+    p.add_argument("--segment-bytes", type=int)
+    p.add_argument("--retention-check-interval-ms", type=int)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chronik-trio", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _node_parser(sub)
+    return parser.parse_args(argv)
+
+
+async def _run_node(node: Node) -> None:
+    async with trio.open_nursery() as nursery:
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    node.request_shutdown()
+
+        nursery.start_soon(on_signals)
+        await node.run()
+        nursery.cancel_scope.cancel()
+
+
+def run_cli(argv: list[str]) -> int:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    try:
+        cfg = config_mod.load(args.config, overrides)
+    except config_mod.ConfigError as exc:
+        print(f"chronik-trio: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        trio.run(_run_node, Node(cfg))
+    except BaseException as exc:  # the process boundary: say what stopped the node, exit 1
+        if isinstance(exc, KeyboardInterrupt):
+            return 0
+        log.critical("node %d stopped on an error: %s", cfg.node_id, _describe(exc), exc_info=exc)
+        return 1
+    return 0
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,116 @@
+"""kio glue: requests decode (unknown tags skipped), responses encode for every version."""
+
+import io
+import struct
+
+import kio.index
+import kio.serial
+import pytest
+from hypothesis import given, strategies as st
+
+from chronik_trio.kafka import codec
+from chronik_trio.kafka.errors import MalformedRequest, UnsupportedApi
+from chronik_trio.kafka.handlers import registry
+from chronik_trio.kafka.tagged import write_uvarint
+
+ALL_VERSIONS = [(key, v) for key, ((lo, hi), _) in registry.HANDLERS.items() for v in range(lo, hi + 1)]
+
+
+def _request_bytes(api_key, version, body, correlation_id=42):
+    cls = kio.index.load_request_schema(api_key, version)
+    header_cls = cls.__header_schema__
+    sink = io.BytesIO()
+    kio.serial.entity_writer(header_cls)(sink, codec.build(
+        header_cls, request_api_key=api_key, request_api_version=version,
+        correlation_id=correlation_id, client_id="test"))
+    kio.serial.entity_writer(cls)(sink, body)
+    return sink.getvalue()
+
+
+@pytest.mark.parametrize("api_key,version", ALL_VERSIONS)
+def test_every_advertised_version_decodes_a_request_and_encodes_a_response(api_key, version):
+    req_cls = codec.request_schema(api_key, version)
+    frame = _request_bytes(api_key, version, codec.build(req_cls))
+    request = codec.decode_request(frame)
+    assert (request.api_key, request.api_version, request.correlation_id) == (api_key, version, 42)
+    resp_cls = codec.response_schema(api_key, version)
+    chunks = codec.encode_response(42, codec.build(resp_cls))
+    data = b"".join(chunks)
+    assert struct.unpack_from(">i", data)[0] == len(data) - 4
+    header, n = kio.serial.entity_reader(resp_cls.__header_schema__)(data, 4)
+    assert header.correlation_id == 42
+    body, m = kio.serial.entity_reader(resp_cls)(data, 4 + n)
+    assert 4 + n + m == len(data)
+
+
+def test_build_converts_plain_values_and_nested_dicts():
+    cls = codec.response_schema(1, 12)
+    resp = codec.build(cls, throttle_time=5, responses=[{"topic": "t", "partitions": [
+        {"partition_index": 2, "error_code": 1, "records": memoryview(b"xy")}]}])
+    assert resp.throttle_time.total_seconds() == 0.005
+    part = resp.responses[0].partitions[0]
+    assert part.error_code.name == "offset_out_of_range" and bytes(part.records) == b"xy"
+    assert part.last_stable_offset == -1  # the schema's default, not 0
+
+
+def test_trailing_bytes_after_the_body_are_malformed():
+    frame = _request_bytes(3, 12, codec.build(codec.request_schema(3, 12))) + b"\x00"
+    with pytest.raises(MalformedRequest, match="trailing"):
+        codec.decode_request(frame)
+
+
+def test_an_unknown_api_is_unsupported():
+    with pytest.raises(UnsupportedApi):
+        codec.decode_request(struct.pack(">hhi", 9999, 0, 1) + b"\x00\x00")
+
+
+def test_a_short_frame_is_malformed():
+    with pytest.raises(MalformedRequest):
+        codec.decode_request(b"\x00\x03")
+
+
+@given(garbage=st.binary(max_size=200))
+def test_garbage_after_a_valid_header_prefix_never_escapes_as_anything_but_malformed(garbage):
+    frame = struct.pack(">hhi", 3, 12, 7) + garbage
+    try:
+        codec.decode_request(frame)
+    except MalformedRequest:
+        pass
+
+
+def _with_unknown_tag(frame: bytes, tag: int, data: bytes) -> bytes:
+    # A flexible body ends with its tagged-field count; this test's bodies have none (0x00).
+    assert frame[-1] == 0
+    return frame[:-1] + write_uvarint(1) + write_uvarint(tag) + write_uvarint(len(data)) + data
+
+
+def test_an_unknown_top_level_tag_is_skipped():
+    body = codec.build(codec.request_schema(3, 12), topics=[{"name": "a"}, {"name": "b"}],
+                       allow_auto_topic_creation=False)
+    frame = _with_unknown_tag(_request_bytes(3, 12, body), 77, b"\x01\x02\x03")
+    request = codec.decode_request(frame)
+    assert [t.name for t in request.body.topics] == ["a", "b"]
+    assert request.body.allow_auto_topic_creation is False
+
+
+def test_an_unknown_tag_in_a_nested_entity_is_skipped():
+    body = codec.build(codec.request_schema(3, 12), topics=[{"name": "abc"}])
+    frame = bytearray(_request_bytes(3, 12, body))
+    # The topic entry is: uuid(16) + compact string "abc" (0x04 a b c) + tag count 0x00.
+    at = frame.index(b"\x04abc") + 4
+    assert frame[at] == 0
+    frame[at:at + 1] = write_uvarint(1) + write_uvarint(9) + write_uvarint(2) + b"zz"
+    request = codec.decode_request(bytes(frame))
+    assert request.body.topics[0].name == "abc"
+
+
+def test_a_known_tag_survives_the_skipping_of_an_unknown_one():
+    cls = codec.request_schema(1, 16)
+    body = codec.build(cls, cluster_id="c1", max_wait=100, topics=[])
+    frame = _request_bytes(1, 16, body)
+    # FetchRequest v16 body ends with: rack_id "" (0x01), then tags: count 1, tag 0 "c1".
+    tail = write_uvarint(1) + write_uvarint(0) + write_uvarint(3) + write_uvarint(3) + b"c1"
+    assert frame.endswith(tail)
+    frame = frame[: -len(tail)] + write_uvarint(2) + tail[1:] + write_uvarint(5) + write_uvarint(1) + b"q"
+    request = codec.decode_request(frame)
+    assert request.body.cluster_id == "c1"

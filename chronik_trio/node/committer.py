@@ -20,6 +20,7 @@ class Durable(typing.Protocol):
     """Something with a SegmentLog that wants to hear how far it is durable."""
 
     log: typing.Any
+    closed: bool
 
     def on_durable(self, index: int) -> None: ...
 
@@ -53,7 +54,7 @@ class GroupCommitter:
 
     async def sync_dirty(self) -> None:
         """Fsync every dirty log once and report durability. Not cancellable mid-fsync."""
-        targets = list(self._dirty.values())
+        targets = [t for t in self._dirty.values() if not t.closed]  # deleted meanwhile: nothing to keep
         self._dirty.clear()
         pending = [(t, t.log.begin_sync()) for t in targets]
         pending = [(t, ticket) for t, ticket in pending if ticket is not None]

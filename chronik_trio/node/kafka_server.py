@@ -84,6 +84,9 @@ def _decode(frame: bytes, ctx):
         raise UnsupportedApi(f"api_key {api_key} version {api_version} is not supported "
                              f"(correlation id {correlation_id})")
     request = codec.decode_request(frame)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("request %s v%d correlation %d from client %r", type(request.body).__name__,
+                  api_version, correlation_id, request.client_id)
     return request, _Slot(f"{type(request.body).__name__} v{api_version}")
 
 

@@ -39,6 +39,7 @@ class MetaStore:
         self._pending: collections.OrderedDict[int, tuple[meta_pb2.MetaCommand, trio.Event, list]] = (
             collections.OrderedDict())
         self.changed = trio.Event()  # replaced after every applied change
+        self.closed = False
 
     @staticmethod
     def _decode(entry: LogEntry) -> meta_pb2.MetaCommand:
@@ -79,4 +80,5 @@ class MetaStore:
         self.saved_commit = max(self.saved_commit, hs.commit)
 
     def close(self) -> None:
+        self.closed = True
         self.log.close()

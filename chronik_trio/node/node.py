@@ -250,12 +250,13 @@ class Node:
         """Rewrite hard states (the durable index recovery trusts) at most once an interval."""
         while True:
             await trio.sleep(self.config.hard_state_interval_ms / 1000)
-            stores = [self.meta_store, *self.replicas.values()]
-            due = [(s, hs) for s in stores if (hs := s.checkpoint_due()) is not None]
-            if due:
-                await trio.to_thread.run_sync(lambda: [s.hard_state_file.save(hs) for s, hs in due])
-                for store, hs in due:
-                    store.checkpointed(hs)
+            # Under the meta lock: a topic deletion cannot remove a directory mid-save.
+            async with self._meta_lock:
+                due = [(s, hs) for s in self._stores() if (hs := s.checkpoint_due()) is not None]
+                if due:
+                    await trio.to_thread.run_sync(_save_hard_states, due)
+                    for store, hs in due:
+                        store.checkpointed(hs)
 
     async def _retention_loop(self) -> None:
         while True:
@@ -269,6 +270,11 @@ class Node:
                 retention_ms = int(topic.config("retention.ms"))
                 replica.apply_retention(now_ms, retention_bytes if retention_bytes >= 0 else None,
                                         retention_ms if retention_ms >= 0 else None)
+
+
+def _save_hard_states(due: list) -> None:
+    for store, hs in due:
+        store.hard_state_file.save(hs)
 
 
 def _cluster_id(data_dir: pathlib.Path) -> str:

@@ -1,0 +1,105 @@
+"""Conversions between raft/'s dataclasses and the generated protobuf messages (raft_pb2).
+
+The node runtime calls these when it sends or receives a Message and when it writes or reads
+entries, hard state and snapshots on disk.
+"""
+
+from __future__ import annotations
+
+from chronik_trio.pb import raft_pb2 as pb
+
+from .types import (ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2,
+                    ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot,
+                    SnapshotMetadata)
+
+
+def entry_to_pb(e: Entry) -> pb.Entry:
+    return pb.Entry(type=int(e.type), term=e.term, index=e.index, data=e.data)
+
+
+def entry_from_pb(p: pb.Entry) -> Entry:
+    return Entry(term=p.term, index=p.index, data=p.data, type=EntryType(p.type))
+
+
+def conf_state_to_pb(c: ConfState) -> pb.ConfState:
+    return pb.ConfState(voters=c.voters, learners=c.learners, voters_outgoing=c.voters_outgoing,
+                        learners_next=c.learners_next, auto_leave=c.auto_leave)
+
+
+def conf_state_from_pb(p: pb.ConfState) -> ConfState:
+    return ConfState(voters=tuple(p.voters), learners=tuple(p.learners),
+                     voters_outgoing=tuple(p.voters_outgoing),
+                     learners_next=tuple(p.learners_next), auto_leave=p.auto_leave)
+
+
+def snapshot_to_pb(s: Snapshot) -> pb.Snapshot:
+    md = pb.SnapshotMetadata(conf_state=conf_state_to_pb(s.metadata.conf_state),
+                             index=s.metadata.index, term=s.metadata.term)
+    return pb.Snapshot(data=s.data, metadata=md)
+
+
+def snapshot_from_pb(p: pb.Snapshot) -> Snapshot:
+    md = SnapshotMetadata(index=p.metadata.index, term=p.metadata.term,
+                          conf_state=conf_state_from_pb(p.metadata.conf_state))
+    return Snapshot(metadata=md, data=p.data)
+
+
+def hard_state_to_pb(h: HardState) -> pb.HardState:
+    return pb.HardState(term=h.term, vote=h.vote, commit=h.commit)
+
+
+def hard_state_from_pb(p: pb.HardState) -> HardState:
+    return HardState(term=p.term, vote=p.vote, commit=p.commit)
+
+
+def message_to_pb(m: Message) -> pb.Message:
+    p = pb.Message(type=int(m.type), to=m.to, term=m.term, log_term=m.log_term, index=m.index,
+                   entries=[entry_to_pb(e) for e in m.entries], commit=m.commit,
+                   reject=m.reject, reject_hint=m.reject_hint, context=m.context,
+                   request_snapshot=m.request_snapshot)
+    setattr(p, "from", m.from_)  # `from` is a Python keyword
+    if m.snapshot is not None:
+        p.snapshot.CopyFrom(snapshot_to_pb(m.snapshot))
+    return p
+
+
+def message_from_pb(p: pb.Message) -> Message:
+    snap = snapshot_from_pb(p.snapshot) if p.HasField("snapshot") else None
+    return Message(type=MessageType(p.type), to=p.to, from_=getattr(p, "from"), term=p.term,
+                   log_term=p.log_term, index=p.index,
+                   entries=tuple(entry_from_pb(e) for e in p.entries), commit=p.commit,
+                   snapshot=snap, reject=p.reject, reject_hint=p.reject_hint,
+                   context=p.context, request_snapshot=p.request_snapshot)
+
+
+def encode_message(m: Message) -> bytes:
+    return message_to_pb(m).SerializeToString()
+
+
+def decode_message(data: bytes) -> Message:
+    p = pb.Message()
+    p.ParseFromString(data)
+    return message_from_pb(p)
+
+
+def conf_change_to_pb(c: ConfChangeV2) -> pb.ConfChangeV2:
+    return pb.ConfChangeV2(
+        transition=int(c.transition), context=c.context,
+        changes=[pb.ConfChangeSingle(type=int(s.type), node_id=s.node_id) for s in c.changes])
+
+
+def conf_change_from_pb(p: pb.ConfChangeV2) -> ConfChangeV2:
+    return ConfChangeV2(
+        changes=tuple(ConfChangeSingle(ConfChangeType(s.type), s.node_id) for s in p.changes),
+        transition=ConfChangeTransition(p.transition), context=p.context)
+
+
+def encode_conf_change(c: ConfChangeV2) -> bytes:
+    """The data of an EntryType.CONF_CHANGE_V2 entry."""
+    return conf_change_to_pb(c).SerializeToString()
+
+
+def decode_conf_change(data: bytes) -> ConfChangeV2:
+    p = pb.ConfChangeV2()
+    p.ParseFromString(data)
+    return conf_change_from_pb(p)

@@ -137,6 +137,13 @@ def test_crc_mismatch_is_corrupt_message_and_writes_nothing(broker):
         r = conn.produce(topic, 0, bytes(flipped))
         assert r.error_code == CORRUPT_MESSAGE
 
+        # A good batch followed by a bad one in the same partition: all or nothing.
+        r = conn.produce(topic, 0, batch_of(2, "ok") + corrupt_crc(batch_of(2, "bad4")))
+        assert r.error_code == CORRUPT_MESSAGE
+        # A batch cut short (batchLength claims more bytes than the request carries).
+        r = conn.produce(topic, 0, batch_of(2, "cut")[:-7])
+        assert r.error_code == CORRUPT_MESSAGE
+
         # One request, two partitions: the bad one fails alone, the good one is written.
         rs = conn.produce_many(topic, {0: corrupt_crc(batch_of(2, "bad3")),
                                        1: batch_of(2, "p1")})

@@ -38,6 +38,7 @@ class Request:
     client_id: str | None
     body: typing.Any
     frame_bytes: int
+    trailing_bytes: int  # after the body; Kafka ignores them and librdkafka sends some
 
 
 def peek_header(frame: bytes | memoryview) -> tuple[int, int, int]:
@@ -79,16 +80,15 @@ def decode_request(frame: bytes | memoryview) -> Request:
     """Decode one request frame (without its size prefix).
 
     Raises UnsupportedApi for an unknown (api_key, version) and MalformedRequest for bytes that
-    do not follow the schema, including trailing bytes after the body.
+    do not follow the schema. Bytes after the body are counted, not refused: Kafka's own
+    parser ignores them, and librdkafka's admin Metadata v12 request carries three.
     """
     api_key, api_version, correlation_id = peek_header(frame)
     cls = request_schema(api_key, api_version)
     header, header_bytes = _read(cls.__header_schema__, frame, 0, is_header=True)
     body, body_bytes = _read(cls, frame, header_bytes)
-    if header_bytes + body_bytes != len(frame):
-        raise MalformedRequest(
-            f"{cls.__name__} v{api_version}: {len(frame) - header_bytes - body_bytes} trailing bytes")
-    return Request(api_key, api_version, correlation_id, header.client_id, body, len(frame))
+    trailing = len(frame) - header_bytes - body_bytes
+    return Request(api_key, api_version, correlation_id, header.client_id, body, len(frame), trailing)
 
 
 class _ChunkSink:

@@ -85,8 +85,9 @@ def _decode(frame: bytes, ctx):
                              f"(correlation id {correlation_id})")
     request = codec.decode_request(frame)
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("request %s v%d correlation %d from client %r", type(request.body).__name__,
-                  api_version, correlation_id, request.client_id)
+        log.debug("request %s v%d correlation %d from client %r%s", type(request.body).__name__,
+                  api_version, correlation_id, request.client_id,
+                  f" ({request.trailing_bytes} trailing bytes ignored)" if request.trailing_bytes else "")
     return request, _Slot(f"{type(request.body).__name__} v{api_version}")
 
 

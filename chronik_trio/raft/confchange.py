@@ -34,7 +34,12 @@ class _Builder:
             pr = self.trk.new_progress(max(self.last_index, 1), is_learner)
             pr.recent_active = True  # give it an election timeout before check-quorum counts
             self.progress[node_id] = pr
-        pr.is_learner = is_learner
+        elif pr.is_learner != is_learner:
+            # Copy on write: the tracker's own Progress must stay as it is until the new
+            # config is installed (a refused or dry-run change leaves no trace).
+            pr = pr.copy()
+            pr.is_learner = is_learner
+            self.progress[node_id] = pr
 
     def make_voter(self, node_id: int) -> None:
         self.incoming.add(node_id)
@@ -109,7 +114,7 @@ def leave_joint(trk: ProgressTracker, last_index: int) -> tuple[TrackerConfig, d
     b = _Builder(trk, last_index)
     for node_id in b.learners_next:
         b.learners.add(node_id)
-        b.progress[node_id].is_learner = True
+        b._ensure_progress(node_id, is_learner=True)
     b.learners_next = set()
     for node_id in b.outgoing:
         if node_id not in b.incoming and node_id not in b.learners:

@@ -98,9 +98,10 @@ class Raft:
         self._become_follower(self.term, NONE)
 
     def _load_hard_state(self, hs: HardState) -> None:
-        assert self.log.committed <= hs.commit <= self.log.last_index(), \
-            (hs, self.log.committed, self.log.last_index())
-        self.log.committed = hs.commit
+        assert hs.commit <= self.log.last_index(), (hs, self.log.last_index())
+        # A snapshot holds only committed state, so its index counts as committed even if
+        # the application compacted past the commit index it last persisted.
+        self.log.committed = max(hs.commit, self.log.committed)
         self.term = hs.term
         self.vote = hs.vote
 
@@ -504,9 +505,9 @@ class Raft:
         requested = self.pending_request_snapshot and snap.index >= self.pending_request_snapshot
         if snap.index < self.log.committed or (snap.index == self.log.committed and not requested):
             return False
+        # We may be missing from the snapshot's config: a node added after the snapshot was
+        # taken learns of its membership from the conf-change entries that follow it.
         cs = snap.metadata.conf_state
-        if self.id not in (*cs.voters, *cs.learners, *cs.voters_outgoing):
-            return False  # not a member by that config: a stale or misdirected snapshot
         if not requested and self.log.match_term(snap.index, snap.term):
             self.log.commit_to(snap.index)  # we have its entries; fast-forward the commit
             return False

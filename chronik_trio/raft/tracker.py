@@ -71,6 +71,18 @@ class Progress:
         self.is_learner = is_learner
         self.pending_request_snapshot = 0
 
+    def copy(self) -> Progress:
+        inflights = Inflights(self.inflights.size, self.inflights.max_bytes)
+        pr = Progress(self.next, inflights, self.is_learner)
+        pr.match, pr.state = self.match, self.state
+        pr.pending_snapshot, pr.recent_active = self.pending_snapshot, self.recent_active
+        pr.probe_sent = self.probe_sent
+        pr.pending_request_snapshot = self.pending_request_snapshot
+        if self.state == ProgressState.REPLICATE:
+            for index, size in self.inflights._queue:
+                inflights.add(index, size)
+        return pr
+
     def _reset_state(self, state: ProgressState) -> None:
         self.probe_sent = False
         self.pending_snapshot = 0

@@ -1,0 +1,128 @@
+"""Hypothesis-driven simulation: 3 and 5 RawNodes under random faults, checked every step.
+
+CI profile by default; `HYPOTHESIS_PROFILE=deep` runs many more and longer examples
+(docs/raft.md). A failure names the sim seed in its message and Hypothesis prints the
+rule sequence and a reproduction blob.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
+                                 rule)
+
+from .sim import Sim
+
+PROFILES = {
+    "ci": dict(max_examples=12, stateful_step_count=40),
+    "deep": dict(max_examples=2000, stateful_step_count=200),
+}
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+SETTINGS = settings(deadline=None, print_blob=True, derandomize=False,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                    **PROFILES.get(PROFILE, PROFILES["ci"]))
+
+
+class RaftSimulation(RuleBasedStateMachine):
+    """A cluster of N nodes; the first three are voters, the rest start as learners."""
+
+    N = 3
+
+    @initialize(seed=st.integers(0, 2**32 - 1))
+    def setup(self, seed):
+        self.sim = Sim(self.N, voters=(1, 2, 3), seed=seed)
+
+    node = st.integers(1, 5)
+
+    def _id(self, i: int) -> int:
+        return (i - 1) % self.N + 1
+
+    @rule(rounds=st.integers(1, 15), drop_pct=st.sampled_from([0, 0, 5, 30]),
+          dup_pct=st.sampled_from([0, 5]))
+    def run(self, rounds, drop_pct, dup_pct):
+        for _ in range(rounds):
+            self.sim.round(drop_pct, dup_pct)
+
+    @rule(i=node, ticks=st.integers(1, 12))
+    def tick(self, i, ticks):
+        for _ in range(ticks):
+            self.sim.tick(self._id(i))
+
+    @rule(i=node, n=st.integers(1, 4))
+    def propose(self, i, n):
+        for _ in range(n):
+            self.sim.propose(self._id(i))
+
+    @rule(i=node)
+    def read_index(self, i):
+        self.sim.read_index(self._id(i))
+
+    @rule(i=node)
+    def handle_ready(self, i):
+        self.sim.handle_ready(self._id(i))
+
+    @rule(i=node)
+    def persist(self, i):
+        self.sim.persist(self._id(i))
+
+    @rule(k=st.integers(0, 1000), n=st.integers(1, 20))
+    def deliver_some(self, k, n):
+        """Out of order: the k-th message onwards, wrapping."""
+        for j in range(n):
+            self.sim.deliver(k + j * 7)
+
+    @rule(k=st.integers(0, 1000))
+    def drop(self, k):
+        if self.sim.net:
+            self.sim.dropped(self.sim.net.pop(k % len(self.sim.net)))
+
+    @rule(k=st.integers(0, 1000))
+    def duplicate(self, k):
+        self.sim.deliver(k, duplicate=True)
+
+    @rule(mask=st.integers(1, 2**5 - 2))
+    def partition(self, mask):
+        side = {i for i in self.sim.ids if mask >> (i - 1) & 1}
+        other = set(self.sim.ids) - side
+        self.sim.cut = {(a, b) for a in side for b in other} | \
+            {(b, a) for a in side for b in other}
+
+    @rule()
+    def heal(self):
+        self.sim.cut = set()
+
+    @rule(i=node)
+    def crash_restart(self, i):
+        self.sim.crash_restart(self._id(i))
+
+    @rule(i=node)
+    def compact(self, i):
+        self.sim.compact(self._id(i))
+
+    @rule(kind=st.integers(0, 2), member=node)
+    def conf_change(self, kind, member):
+        self.sim.conf_change(kind, self._id(member))
+
+    @precondition(lambda self: hasattr(self, "sim"))
+    @invariant()
+    def safety(self):
+        self.sim.check()
+
+    def teardown(self):
+        if hasattr(self, "sim"):
+            self.sim.heal_and_check_liveness()
+            self.sim.check()
+
+
+class RaftSimulation5(RaftSimulation):
+    N = 5
+
+
+TestRaftSimulation3 = pytest.mark.timeout(240)(RaftSimulation.TestCase)
+TestRaftSimulation3.settings = SETTINGS
+TestRaftSimulation5 = pytest.mark.timeout(240)(RaftSimulation5.TestCase)
+TestRaftSimulation5.settings = SETTINGS

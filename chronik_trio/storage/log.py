@@ -173,6 +173,10 @@ class SegmentLog:
         if not self._segments:
             self._segments.append(self._create_segment(1))
         self._check_durable(durable_index)
+        # What we read may be only in the page cache (a crashed process, not a crashed
+        # machine): make it durable before anyone counts on it.
+        self._dirty = {id(seg): seg for seg in self._segments}
+        self._directory_dirty = True
         self._offset_floor = self.log_start_offset if self.kafka else 0
         self.sync()
         self._durable_index = self.last_index

@@ -54,6 +54,10 @@ class Disk:
     def exists(self, path: pathlib.Path) -> bool:
         return os.path.exists(path)
 
+    def file_size(self, path: pathlib.Path) -> int:
+        with _wrapped("stat", path):
+            return os.stat(path).st_size
+
     def pwritev(self, f: DiskFile, buffers: Sequence[bytes | memoryview], offset: int) -> None:
         """Write all `buffers` contiguously at `offset` (retrying short writes)."""
         with _wrapped("write", f.path):

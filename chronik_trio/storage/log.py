@@ -118,12 +118,15 @@ class SegmentLog:
     @classmethod
     def open(cls, disk: Disk, directory: pathlib.Path, *, kafka: bool, durable_index: int = 0,
              segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
-             index_interval_bytes: int = INDEX_INTERVAL_BYTES_DEFAULT) -> SegmentLog:
+             index_interval_bytes: int = INDEX_INTERVAL_BYTES_DEFAULT,
+             empty_next_offset: int = 0) -> SegmentLog:
         """Open (creating if needed) the log in `directory` and recover it.
 
         Every frame is checked (length, CRC-32C, index contiguity, and in a partition log
         the batch header). The first bad frame past `durable_index` starts a torn tail: the
         file is cut there, later segment files are deleted, and a warning is logged.
+        `empty_next_offset` is the next_offset of a partition log that holds no batch
+        (after reset_to, the snapshot knows it; it is not stored in the log).
 
         Raises:
             CorruptLogError: a bad frame at an index <= durable_index, or the log ends
@@ -134,7 +137,7 @@ class SegmentLog:
                   index_interval_bytes=index_interval_bytes)
         disk.mkdir(directory)
         try:
-            log._recover(durable_index)
+            log._recover(durable_index, empty_next_offset)
         except BaseException:
             log._close_files()
             raise
@@ -148,7 +151,7 @@ class SegmentLog:
                 found.append((first, self.directory / name))
         return sorted(found)
 
-    def _recover(self, durable_index: int) -> None:
+    def _recover(self, durable_index: int, empty_next_offset: int) -> None:
         files = self._segment_files()
         for k, (first, path) in enumerate(files):
             expected = self.last_index + 1 if self._segments else first
@@ -178,6 +181,8 @@ class SegmentLog:
         self._dirty = {id(seg): seg for seg in self._segments}
         self._directory_dirty = True
         self._offset_floor = self.log_start_offset if self.kafka else 0
+        if self.kafka and not any(seg.has_batches for seg in self._segments):
+            self._offset_floor = empty_next_offset
         self.sync()
         self._durable_index = self.last_index
 
@@ -234,7 +239,7 @@ class SegmentLog:
             self._disk.truncate(seg.file, byte_offset)
             self._dirty[id(seg)] = seg
         for _, later_path in later:
-            dropped += later_path.stat().st_size
+            dropped += self._disk.file_size(later_path)
             self._disk.unlink(later_path)
             self._directory_dirty = True
         logger.warning("torn tail in %s at byte offset %d (%s): dropped %d bytes "
@@ -325,6 +330,9 @@ class SegmentLog:
         assert entries[0].index == self.last_index + 1, (entries[0].index, self.last_index)
         infos = self._batch_infos(entries) if self.kafka else None
         headers = [frame_header(e) for e in entries]
+        for header, e in zip(headers, entries):
+            if len(header) + len(e.payload) > FRAME_BYTES_MAX:
+                raise EntryTooLargeError(e.index, len(header) + len(e.payload), FRAME_BYTES_MAX)
         start = 0
         while start < len(entries):
             seg = self._segments[-1]
@@ -364,8 +372,6 @@ class SegmentLog:
         room = self._segment_bytes_max - seg.size_bytes
         while end < len(entries):
             frame_bytes = len(headers[end]) + len(entries[end].payload)
-            if frame_bytes > FRAME_BYTES_MAX:
-                raise EntryTooLargeError(entries[end].index, frame_bytes, FRAME_BYTES_MAX)
             if total + frame_bytes > room and (seg.size_bytes or end > start):
                 break
             total += frame_bytes
@@ -390,8 +396,8 @@ class SegmentLog:
             self._index_entry(seg, position, e.term, e.type, e.payload,
                               infos[k] if infos is not None else None)
             position += len(headers[k]) + len(e.payload)
+        assert position == seg.size_bytes + frames_bytes, (position, seg.size_bytes, frames_bytes)
         seg.size_bytes = position
-        assert position - frames_bytes >= 0
         self._dirty[id(seg)] = seg
 
     def _cut_after_failed_write(self, seg: Segment) -> None:
@@ -478,7 +484,11 @@ class SegmentLog:
             self._disk.close(f)
 
     def close(self) -> None:
-        """Close every file. Does not fsync; call sync() first for a clean shutdown."""
+        """Close every file. Does not fsync; call sync() first for a clean shutdown.
+
+        Must not be called while a SyncTicket.run() is in progress (its files would close
+        under it); after a run() that raised, close() releases the ticket.
+        """
         if self._closed:
             return
         self._closed = True
@@ -669,7 +679,7 @@ class SegmentLog:
                 continue
             block = seg.block_for_offset(start_offset)
             pos = seg.block_positions[block]
-            hint = seg.block_end(block) - pos + max_bytes
+            hint = seg.block_end(block) - pos + max(max_bytes - total, 0)
             for _, entry_type, payload in self._frames_from(seg, pos, hint):
                 if entry_type != NORMAL or not payload:
                     continue

@@ -183,6 +183,21 @@ def test_oversized_entry_is_refused(open_log):
         def __len__(self):
             return FRAME_BYTES_MAX
 
-    with pytest.raises(EntryTooLargeError):
-        log.append([LogEntry(1, 1, 0, Huge())])
-    assert log.last_index == 0
+    log2 = open_log("rolling", segment_bytes_max=200)
+    for lg in (log, log2):
+        with pytest.raises(EntryTooLargeError):
+            lg.append(raw_entries(1, 5, size=100) + [LogEntry(6, 1, 0, Huge())])
+        assert lg.last_index == 0 and lg.size_bytes == 0 and lg.segment_count == 1
+
+
+def test_reset_partition_log_reports_the_snapshot_next_offset(open_log):
+    log = open_log(kafka=True)
+    log.append(batch_entries(1, 0, 3))
+    log.reset_to(50, 4, next_offset=200)
+    assert (log.log_start_offset, log.next_offset) == (200, 200)
+    log.sync()
+    log.close()
+    log = open_log(kafka=True, durable_index=50, empty_next_offset=200)
+    assert (log.first_index, log.last_index, log.next_offset) == (51, 50, 200)
+    log.append(batch_entries(51, 200, 1))
+    assert (log.log_start_offset, log.next_offset) == (200, 203)

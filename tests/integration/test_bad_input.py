@@ -421,3 +421,23 @@ def test_fetch_long_poll_returns_early_on_produce(broker):
         assert p.error_code == NONE
         got = parse_batches(p.records or b"")
         assert [(b.base_offset, b.content) for b in got] == [(2, batch[16:])]
+
+
+def test_invalid_acks_and_invalid_records_write_nothing(broker):
+    with KafkaWire.connect(broker.port) as conn:
+        topic = setup_topic(conn)
+        r = conn.produce(topic, 0, batch_of(2, "acks"), acks=2)
+        assert r.error_code == 21  # INVALID_REQUIRED_ACKS
+
+        old_magic = bytearray(batch_of(2, "magic"))
+        old_magic[16] = 1  # magic is outside the CRC; v0/v1 message sets are not accepted
+        assert conn.produce(topic, 0, bytes(old_magic)).error_code == 87  # INVALID_RECORD
+
+        miscounted = bytearray(batch_of(3, "count"))
+        struct.pack_into(">i", miscounted, 57, 7)  # recordCount 7, lastOffsetDelta 2
+        import crc32c
+        struct.pack_into(">I", miscounted, 17, crc32c.crc32c(bytes(miscounted[21:])))
+        assert conn.produce(topic, 0, bytes(miscounted)).error_code == 87
+
+        assert log_end(conn, topic, 0) == 0
+        assert_round_trip(conn, topic)

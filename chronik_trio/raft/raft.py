@@ -264,6 +264,7 @@ class Raft:
                 self.step(Message(type=MT.CHECK_QUORUM, from_=self.id))
             if self.state == StateRole.LEADER and self.lead_transferee != NONE:
                 self.lead_transferee = NONE  # the transfer took an election timeout: give up
+            self._maybe_hand_off_leadership()
         if self.state != StateRole.LEADER:
             return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
@@ -728,12 +729,6 @@ class Raft:
         cs = cfg.conf_state()
         if self.state != StateRole.LEADER:
             return cs
-        pr = prs.get(self.id)
-        if pr is None or pr.is_learner:
-            # Removed or demoted: stop leading, so that the voters elect one of their own
-            # after an election timeout instead of following a non-member.
-            self._become_follower(self.term, NONE)
-            return cs
         if self._maybe_commit():
             self._bcast_append()  # the new config's quorum may already hold more entries
         else:
@@ -742,7 +737,20 @@ class Raft:
                     self._send_append(node_id, send_if_empty=False)
         if self.lead_transferee != NONE and self.lead_transferee not in cfg.voters.ids():
             self.lead_transferee = NONE
+        self._maybe_hand_off_leadership()
         return cs
+
+    def _maybe_hand_off_leadership(self) -> None:
+        """A leader that is no longer a voter keeps leading (stepping down could strand the
+        voters: they may lack entries only it has, and refuse each other's votes) but hands
+        leadership to the most up-to-date voter."""
+        if self.state != StateRole.LEADER or self.lead_transferee != NONE or \
+                self.id in self.trk.config.voters.ids():
+            return
+        voters = sorted(self.trk.config.voters.ids(),
+                        key=lambda i: (-self.trk.progress[i].match, i))
+        if voters:
+            self._leader_transfer(Message(type=MT.TRANSFER_LEADER, from_=voters[0]))
 
     def applied_to(self, index: int) -> None:
         self.log.applied_to(index)

@@ -1,6 +1,6 @@
 """The Disk seam: every file operation of storage goes through one Disk object.
 
-`Disk` is a thin layer over `os` that turns OSError into DiskError (naming the file).
+`Disk` is a thin layer over `os` that turns every OSError into DiskError (naming the file).
 `FaultyDisk` adds what the chaos harness needs: latency, EIO/ENOSPC, and power loss
 (`drop_unsynced`). With a default `DiskFaults()` it behaves exactly like `Disk`.
 Both are thread-safe to the same degree as the OS calls: a worker thread may fsync while
@@ -37,13 +37,11 @@ def _wrapped(operation: str, path: pathlib.Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if isinstance(e, FileNotFoundError):
-            raise
         raise DiskError(operation, path, e) from e
 
 
 class Disk:
-    """Plain file operations. Raises DiskError for OSError (FileNotFoundError passes through)."""
+    """Plain file operations. Every OSError becomes a DiskError naming the file."""
 
     def open(self, path: pathlib.Path) -> DiskFile:
         """Open `path` read-write, creating it if missing."""
@@ -60,8 +58,11 @@ class Disk:
 
     def pwritev(self, f: DiskFile, buffers: Sequence[bytes | memoryview], offset: int) -> None:
         """Write all `buffers` contiguously at `offset` (retrying short writes)."""
-        with _wrapped("write", f.path):
+        # try/except, not _wrapped: this is the per-append hot path.
+        try:
             _pwritev_all(f.fd, buffers, offset)
+        except OSError as e:
+            raise DiskError("write", f.path, e) from e
 
     def pread(self, f: DiskFile, size: int, offset: int) -> bytes:
         """Read up to `size` bytes at `offset`; shorter only at end of file."""
@@ -122,7 +123,21 @@ class Disk:
 
 
 def _pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+    if len(buffers) <= IOV_MAX:
+        total = sum(map(len, buffers))
+        written = os.pwritev(fd, buffers, offset)
+        if written == total:
+            return
+    else:
+        written = 0
+    # A short write (or too many buffers): go on from where the kernel stopped.
     pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+    offset += written
+    while written and pending:
+        if written < len(pending[0]):
+            pending[0] = pending[0][written:]
+            break
+        written -= len(pending.pop(0))
     while pending:
         chunk = pending[:IOV_MAX]
         written = os.pwritev(fd, chunk, offset)

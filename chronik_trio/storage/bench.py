@@ -1,0 +1,108 @@
+"""Storage micro-benchmark: `python -m chronik_trio.storage.bench [--dir D] [--mb N]`.
+
+Measures, on real files with real fsync:
+  - appends of 1 KB and 100 KB entries, one entry per append() call, a sync() per 1 MB
+    written (what a busy partition leader does between Ready batches);
+  - the same appends without any sync (the CPU cost of append itself);
+  - read_batches over a partition log of 1 KB batches, 1 MiB per call, sequentially.
+Keep N small on a shared machine; the figures go in docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import struct
+import tempfile
+import time
+
+import crc32c
+
+from chronik_trio.storage.disk import Disk
+from chronik_trio.storage.frame import LogEntry
+from chronik_trio.storage.log import SegmentLog
+
+SYNC_EVERY_BYTES = 1 << 20
+READ_MAX_BYTES = 1 << 20
+_BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
+
+
+def make_batch(base_offset: int, size: int) -> bytes:
+    body = bytes(size - _BATCH_HEADER.size)
+    header = _BATCH_HEADER.pack(base_offset, size - 12, 1, 2, 0, 0, 0, 0, 0, -1, -1, -1, 1)
+    batch = bytearray(header + body)
+    struct.pack_into(">I", batch, 17, crc32c.crc32c(bytes(batch[21:])))
+    return bytes(batch)
+
+
+def bench_append(root: pathlib.Path, entry_bytes: int, total_bytes: int, sync: bool) -> dict:
+    log = SegmentLog.open(Disk(), root / f"append-{entry_bytes}-{sync}", kafka=False)
+    payload = bytes(entry_bytes)
+    count = total_bytes // entry_bytes
+    unsynced = 0
+    syncs = 0
+    started = time.perf_counter()
+    for index in range(1, count + 1):
+        log.append([LogEntry(index, 1, 0, payload)])
+        unsynced += entry_bytes
+        if sync and unsynced >= SYNC_EVERY_BYTES:
+            log.sync()
+            syncs += 1
+            unsynced = 0
+    if sync:
+        log.sync()
+    elapsed_s = time.perf_counter() - started
+    log.close()
+    return {"entries": count, "syncs": syncs, "elapsed_s": elapsed_s,
+            "entries_per_s": count / elapsed_s, "mb_per_s": total_bytes / elapsed_s / 1e6}
+
+
+def bench_read(root: pathlib.Path, batch_bytes: int, total_bytes: int) -> dict:
+    log = SegmentLog.open(Disk(), root / "read", kafka=True)
+    count = total_bytes // batch_bytes
+    chunk = 256
+    for first in range(0, count, chunk):
+        n = min(chunk, count - first)
+        log.append([LogEntry(first + k + 1, 1, 0, make_batch(first + k, batch_bytes))
+                    for k in range(n)])
+    log.sync()
+    started = time.perf_counter()
+    offset, calls, read_bytes = 0, 0, 0
+    while offset < log.next_offset:
+        batches = log.read_batches(offset, max_bytes=READ_MAX_BYTES, end_offset=log.next_offset)
+        calls += 1
+        read_bytes += sum(len(b) for b in batches)
+        offset = struct.unpack_from(">q", batches[-1])[0] + 1
+    elapsed_s = time.perf_counter() - started
+    log.close()
+    return {"batches": count, "calls": calls, "elapsed_s": elapsed_s,
+            "batches_per_s": count / elapsed_s, "mb_per_s": read_bytes / elapsed_s / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=pathlib.Path, default=None,
+                        help="where to write (default: a temporary directory)")
+    parser.add_argument("--mb", type=int, default=32, help="megabytes per run")
+    args = parser.parse_args()
+    root = pathlib.Path(tempfile.mkdtemp(prefix="chronik-storage-bench-", dir=args.dir))
+    total_bytes = args.mb << 20
+    try:
+        for entry_bytes in (1024, 100 * 1024):
+            for sync in (True, False):
+                r = bench_append(root, entry_bytes, total_bytes, sync)
+                label = "sync per 1 MB" if sync else "no sync"
+                print(f"append {entry_bytes // 1024:>3} KB entries, {label:>13}: "
+                      f"{r['entries_per_s']:>9,.0f} entries/s {r['mb_per_s']:>7.1f} MB/s "
+                      f"({r['entries']} entries, {r['syncs']} syncs, {r['elapsed_s']:.2f} s)")
+        r = bench_read(root, 1024, total_bytes)
+        print(f"read_batches 1 KB batches, 1 MiB per call: {r['batches_per_s']:>9,.0f} "
+              f"batches/s {r['mb_per_s']:>7.1f} MB/s ({r['calls']} calls, "
+              f"{r['elapsed_s']:.2f} s)")
+    finally:
+        shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main()

@@ -40,11 +40,8 @@ def _node_parser(sub) -> None:
     p.add_argument("--retention-check-interval-ms", type=int)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="chronik-trio", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub) -> None:
     _node_parser(sub)
-    return parser.parse_args(argv)
 
 
 async def _run_node(node: Node) -> None:
@@ -60,9 +57,8 @@ async def _run_node(node: Node) -> None:
         nursery.cancel_scope.cancel()
 
 
-def run_cli(argv: list[str]) -> int:
-    args = parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+def run(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
     try:
         cfg = config_mod.load(args.config, overrides)
     except config_mod.ConfigError as exc:

@@ -1,11 +1,12 @@
 """Storage micro-benchmark: `python -m chronik_trio.storage.bench [--dir D] [--mb N]`.
 
 Measures, on real files with real fsync:
-  - appends of 1 KB and 100 KB entries, one entry per append() call, a sync() per 1 MB
-    written (what a busy partition leader does between Ready batches);
+  - appends of 1 KB and 100 KB entries (one entry per append() call, and 1 KB entries
+    64 per call), a sync() per 1 MB written (what a busy partition leader does between
+    Ready batches);
   - the same appends without any sync (the CPU cost of append itself);
   - read_batches over a partition log of 1 KB batches, 1 MiB per call, sequentially.
-Keep N small on a shared machine; the figures go in docs/storage.md.
+Each figure is the median of --runs runs. Keep --mb small on a shared machine.
 """
 
 from __future__ import annotations
@@ -36,16 +37,17 @@ def make_batch(base_offset: int, size: int) -> bytes:
     return bytes(batch)
 
 
-def bench_append(root: pathlib.Path, entry_bytes: int, total_bytes: int, sync: bool) -> dict:
-    log = SegmentLog.open(Disk(), root / f"append-{entry_bytes}-{sync}", kafka=False)
+def bench_append(root: pathlib.Path, entry_bytes: int, total_bytes: int, sync: bool,
+                 per_call: int) -> dict:
+    log = SegmentLog.open(Disk(), root / f"append-{entry_bytes}-{sync}-{per_call}", kafka=False)
     payload = bytes(entry_bytes)
-    count = total_bytes // entry_bytes
+    count = total_bytes // entry_bytes // per_call * per_call
     unsynced = 0
     syncs = 0
     started = time.perf_counter()
-    for index in range(1, count + 1):
-        log.append([LogEntry(index, 1, 0, payload)])
-        unsynced += entry_bytes
+    for first in range(1, count + 1, per_call):
+        log.append([LogEntry(first + k, 1, 0, payload) for k in range(per_call)])
+        unsynced += entry_bytes * per_call
         if sync and unsynced >= SYNC_EVERY_BYTES:
             log.sync()
             syncs += 1
@@ -55,7 +57,8 @@ def bench_append(root: pathlib.Path, entry_bytes: int, total_bytes: int, sync: b
     elapsed_s = time.perf_counter() - started
     log.close()
     return {"entries": count, "syncs": syncs, "elapsed_s": elapsed_s,
-            "entries_per_s": count / elapsed_s, "mb_per_s": total_bytes / elapsed_s / 1e6}
+            "entries_per_s": count / elapsed_s,
+            "mb_per_s": count * entry_bytes / elapsed_s / 1e6}
 
 
 def bench_read(root: pathlib.Path, batch_bytes: int, total_bytes: int) -> dict:
@@ -80,26 +83,38 @@ def bench_read(root: pathlib.Path, batch_bytes: int, total_bytes: int) -> dict:
             "batches_per_s": count / elapsed_s, "mb_per_s": read_bytes / elapsed_s / 1e6}
 
 
+def median_run(runs: int, fn, *args) -> dict:
+    """The run with the median elapsed time of `runs` runs."""
+    results = sorted((fn(*args) for _ in range(runs)), key=lambda r: r["elapsed_s"])
+    return results[len(results) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=pathlib.Path, default=None,
                         help="where to write (default: a temporary directory)")
-    parser.add_argument("--mb", type=int, default=32, help="megabytes per run")
+    parser.add_argument("--mb", type=int, default=64, help="megabytes per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     args = parser.parse_args()
-    root = pathlib.Path(tempfile.mkdtemp(prefix="chronik-storage-bench-", dir=args.dir))
     total_bytes = args.mb << 20
+    for entry_bytes, per_call in ((1024, 1), (1024, 64), (100 * 1024, 1)):
+        for sync in (True, False):
+            r = median_run(args.runs, _in_tmp, args.dir, bench_append, entry_bytes,
+                           total_bytes, sync, per_call)
+            label = "sync per 1 MB" if sync else "no sync"
+            print(f"append {entry_bytes // 1024:>3} KB entries, {per_call:>2} per call, "
+                  f"{label:>13}: {r['entries_per_s']:>9,.0f} entries/s "
+                  f"{r['mb_per_s']:>7.1f} MB/s ({r['entries']} entries, {r['syncs']} syncs, "
+                  f"{r['elapsed_s']:.2f} s)")
+    r = median_run(args.runs, _in_tmp, args.dir, bench_read, 1024, total_bytes)
+    print(f"read_batches 1 KB batches, 1 MiB per call: {r['batches_per_s']:>9,.0f} "
+          f"batches/s {r['mb_per_s']:>7.1f} MB/s ({r['calls']} calls, {r['elapsed_s']:.2f} s)")
+
+
+def _in_tmp(parent: pathlib.Path | None, fn, *args) -> dict:
+    root = pathlib.Path(tempfile.mkdtemp(prefix="chronik-storage-bench-", dir=parent))
     try:
-        for entry_bytes in (1024, 100 * 1024):
-            for sync in (True, False):
-                r = bench_append(root, entry_bytes, total_bytes, sync)
-                label = "sync per 1 MB" if sync else "no sync"
-                print(f"append {entry_bytes // 1024:>3} KB entries, {label:>13}: "
-                      f"{r['entries_per_s']:>9,.0f} entries/s {r['mb_per_s']:>7.1f} MB/s "
-                      f"({r['entries']} entries, {r['syncs']} syncs, {r['elapsed_s']:.2f} s)")
-        r = bench_read(root, 1024, total_bytes)
-        print(f"read_batches 1 KB batches, 1 MiB per call: {r['batches_per_s']:>9,.0f} "
-              f"batches/s {r['mb_per_s']:>7.1f} MB/s ({r['calls']} calls, "
-              f"{r['elapsed_s']:.2f} s)")
+        return fn(root, *args)
     finally:
         shutil.rmtree(root)
 

@@ -679,19 +679,25 @@ class SegmentLog:
                 continue
             block = seg.block_for_offset(start_offset)
             pos = seg.block_positions[block]
-            hint = seg.block_end(block) - pos + max(max_bytes - total, 0)
-            for _, entry_type, payload in self._frames_from(seg, pos, hint):
-                if entry_type != NORMAL or not payload:
+            read_ahead = seg.block_end(block) - pos + max(max_bytes - total, 0)
+            cursor = _FrameCursor(self._disk, seg, pos, read_ahead)
+            while not cursor.at_end():
+                entry_type, payload_bytes = cursor.header()
+                if entry_type != NORMAL or not payload_bytes:
+                    cursor.advance()
                     continue
+                if out and total + payload_bytes > max_bytes:
+                    return out  # decided from the header: the payload is never read
+                payload = cursor.payload()
                 base_offset, _, last_delta, _ = BATCH_FIELDS.unpack_from(payload)
-                if base_offset + last_delta < start_offset:
-                    continue
-                if base_offset >= end_offset or (out and total + len(payload) > max_bytes):
+                if base_offset >= end_offset:
                     return out
-                out.append(payload)
-                total += len(payload)
-                if total >= max_bytes:
-                    return out
+                if base_offset + last_delta >= start_offset:
+                    out.append(payload)
+                    total += payload_bytes
+                    if total >= max_bytes:
+                        return out
+                cursor.advance()
         return out
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
@@ -732,26 +738,14 @@ class SegmentLog:
                     return seg.first_index + local
         raise OffsetOutOfRange(offset, self.log_start_offset, self.next_offset)
 
-    def _frames_from(self, seg: Segment, pos: int, hint_bytes: int
+    def _frames_from(self, seg: Segment, pos: int, read_ahead_bytes: int
                      ) -> Iterator[tuple[int, int, memoryview]]:
-        """(position, type, payload) of each frame of `seg` from `pos` on, reading ahead
-        max(hint_bytes, READ_CHUNK_BYTES_MIN) at a time (more if one frame needs it)."""
-        buf = memoryview(b"")
-        buf_pos = pos
-        chunk = max(hint_bytes, READ_CHUNK_BYTES_MIN)
-        while pos < seg.size_bytes:
-            rel = pos - buf_pos
-            if len(buf) - rel < FRAME_HEADER_BYTES:
-                buf, buf_pos, rel = self._pread_view(seg, pos, chunk), pos, 0
-            length = FRAME_PREFIX.unpack_from(buf, rel)[0]
-            if len(buf) - rel < 4 + length:
-                buf, buf_pos, rel = self._pread_view(seg, pos, max(chunk, 4 + length)), pos, 0
-            entry_type = buf[rel + FRAME_HEADER_BYTES - 1]
-            yield pos, entry_type, buf[rel + FRAME_HEADER_BYTES: rel + 4 + length]
-            pos += 4 + length
-
-    def _pread_view(self, seg: Segment, pos: int, size: int) -> memoryview:
-        return memoryview(self._disk.pread(seg.file, min(size, seg.size_bytes - pos), pos))
+        """(position, type, payload) of each frame of `seg` from `pos` on."""
+        cursor = _FrameCursor(self._disk, seg, pos, read_ahead_bytes)
+        while not cursor.at_end():
+            entry_type, _ = cursor.header()
+            yield cursor.pos, entry_type, cursor.payload()
+            cursor.advance()
 
     def apply_retention(self, *, now_ms: int, retention_bytes: int | None,
                         retention_ms: int | None, keep_from_index: int | None = None) -> int:
@@ -819,3 +813,50 @@ def _batch_at(payload: memoryview) -> BatchInfo:
     info = batch_info(payload)
     assert isinstance(info, BatchInfo), info
     return info
+
+
+class _FrameCursor:
+    """Walks the frames of one segment from a position, reading ahead with few preads.
+
+    The first pread covers `read_ahead_bytes` (at least READ_CHUNK_BYTES_MIN); later ones
+    READ_CHUNK_BYTES_MIN or the frame at hand. Frames were verified when written or
+    recovered, so headers are trusted.
+    """
+
+    def __init__(self, disk: Disk, seg: Segment, pos: int, read_ahead_bytes: int) -> None:
+        self._disk = disk
+        self._seg = seg
+        self.pos = pos
+        self._buf = memoryview(b"")
+        self._buf_pos = pos
+        self._read_ahead_bytes = max(read_ahead_bytes, READ_CHUNK_BYTES_MIN)
+        self._length = 0
+
+    def at_end(self) -> bool:
+        return self.pos >= self._seg.size_bytes
+
+    def header(self) -> tuple[int, int]:
+        """(entry type, payload bytes) of the frame at pos."""
+        rel = self._ensure(FRAME_HEADER_BYTES)
+        self._length = FRAME_PREFIX.unpack_from(self._buf, rel)[0]
+        return self._buf[rel + FRAME_HEADER_BYTES - 1], self._length + 4 - FRAME_HEADER_BYTES
+
+    def payload(self) -> memoryview:
+        """The payload of the frame whose header() was just read."""
+        rel = self._ensure(4 + self._length)
+        return self._buf[rel + FRAME_HEADER_BYTES: rel + 4 + self._length]
+
+    def advance(self) -> None:
+        """Move past the frame whose header() was just read."""
+        self.pos += 4 + self._length
+
+    def _ensure(self, size: int) -> int:
+        """Make [pos, pos + size) buffered; returns pos relative to the buffer."""
+        rel = self.pos - self._buf_pos
+        if len(self._buf) - rel >= size:
+            return rel
+        want = min(max(size, self._read_ahead_bytes), self._seg.size_bytes - self.pos)
+        self._buf = memoryview(self._disk.pread(self._seg.file, want, self.pos))
+        self._buf_pos = self.pos
+        self._read_ahead_bytes = READ_CHUNK_BYTES_MIN
+        return 0

@@ -71,6 +71,11 @@ class Raft:
         self.leader_id = NONE
         self.lead_transferee = NONE
         self.pending_conf_index = 0
+        # True while the newest config in our log leaves us out of the incoming voters. A
+        # leader then appends no more proposals: entries only it holds would make it refuse
+        # its vote to voters that still need it (they have not applied the change yet),
+        # while it may no longer campaign itself - a deadlock once it crashes.
+        self.leaving_voters = False
         self.pending_request_snapshot = 0
         self.uncommitted_size_bytes = 0
         self.election_elapsed = 0
@@ -206,6 +211,7 @@ class Raft:
                 new.recent_active = True
             self.trk.progress[node_id] = new
         self.pending_conf_index = 0
+        self.leaving_voters = self.id not in self.trk.config.voters.incoming
         self.uncommitted_size_bytes = 0
         self.read_only = ReadOnly(self.read_only.option)
         self.pending_read_index_messages = []
@@ -532,19 +538,23 @@ class Raft:
             raise ProposalDropped(f"leader {self.id} is no longer a member")
         if self.lead_transferee != NONE:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
-        conf_at = 0
+        conf_at, next_cfg = 0, None
         for i, e in enumerate(m.entries):
             if e.type == EntryType.CONF_CHANGE_V2:
-                self._check_conf_change(decode_conf_change(e.data))
+                next_cfg = self._check_conf_change(decode_conf_change(e.data))
                 conf_at = self.log.last_index() + i + 1
+            elif self.leaving_voters:
+                raise ProposalDropped(f"leader {self.id} is leaving the voters; "
+                                      "leadership is being handed off")
         if not self._append_entries(list(m.entries)):
             raise ProposalDropped(f"uncommitted size over {self.max_uncommitted_size_bytes} B")
-        if conf_at:
+        if next_cfg is not None:
             self.pending_conf_index = conf_at
+            self.leaving_voters = self.id not in next_cfg.voters.incoming
         self._bcast_append()
 
-    def _check_conf_change(self, cc: ConfChangeV2) -> None:
-        """Raises ProposalDropped if cc may not be proposed now."""
+    def _check_conf_change(self, cc: ConfChangeV2) -> TrackerConfig:
+        """The config cc leads to; raises ProposalDropped if cc may not be proposed now."""
         if self.pending_conf_index > self.log.applied:
             raise ProposalDropped(f"conf change at {self.pending_conf_index} not yet applied "
                                   f"(applied {self.log.applied})")
@@ -554,7 +564,7 @@ class Raft:
         if not joint and cc.leaves_joint():
             raise ProposalDropped("config is not joint: nothing to leave")
         try:
-            confchange.apply_conf_change(self.trk, self.log.last_index(), cc)
+            return confchange.apply_conf_change(self.trk, self.log.last_index(), cc)[0]
         except ConfChangeInvalid as e:
             raise ProposalDropped(f"invalid conf change: {e}") from e
 
@@ -727,6 +737,8 @@ class Raft:
     def _switch_to_config(self, cfg: TrackerConfig, prs: dict[int, Progress]) -> ConfState:
         self.trk.config, self.trk.progress = cfg, prs
         cs = cfg.conf_state()
+        if self.pending_conf_index <= self.log.applied + 1:
+            self.leaving_voters = self.id not in cfg.voters.incoming
         if self.state != StateRole.LEADER:
             return cs
         if self._maybe_commit():

@@ -82,3 +82,24 @@ def batch_info(payload: bytes | memoryview) -> BatchInfo | str:
     if base_offset < 0 or last_offset_delta < 0:
         return f"baseOffset {base_offset} lastOffsetDelta {last_offset_delta}"
     return BatchInfo(base_offset, base_offset + last_offset_delta, max_timestamp_ms)
+
+
+def check_frame(buf: memoryview, pos: int, expected_index: int) -> tuple[str | None, int]:
+    """Why the frame at `pos` is bad (or None) and its length field."""
+    remaining = len(buf) - pos
+    if remaining < FRAME_PREFIX.size:
+        return f"short read: {remaining} bytes left, a frame needs {FRAME_HEADER_BYTES}", 0
+    length, crc = FRAME_PREFIX.unpack_from(buf, pos)
+    if length < FRAME_LENGTH_MIN or length + 4 > FRAME_BYTES_MAX:
+        return f"bad length {length}", length
+    if remaining - 4 < length:
+        return f"short read: frame length {length}, {remaining - 4} bytes left", length
+    actual = frame_crc(buf, pos + FRAME_PREFIX.size, pos + 4 + length)
+    if actual != crc:
+        return f"bad CRC: stored {crc:#010x}, computed {actual:#010x}", length
+    index, _, entry_type = FRAME_TAIL.unpack_from(buf, pos + FRAME_PREFIX.size)
+    if index != expected_index:
+        return f"non-contiguous index {index}, expected {expected_index}", length
+    if entry_type not in ENTRY_TYPES:
+        return f"unknown entry type {entry_type}", length
+    return None, length

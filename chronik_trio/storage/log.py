@@ -34,25 +34,26 @@ from chronik_trio.storage.frame import (
     ENTRY_TYPES,
     FRAME_BYTES_MAX,
     FRAME_HEADER_BYTES,
-    FRAME_LENGTH_MIN,
     FRAME_PREFIX,
     FRAME_TAIL,
     BatchInfo,
     EntryType,
     LogEntry,
     batch_info,
-    frame_crc,
+    check_frame,
     frame_header,
 )
-from chronik_trio.storage.segment import Segment, parse_segment_name, segment_name
+from chronik_trio.storage.segment import (
+    FrameCursor,
+    Segment,
+    parse_segment_name,
+    segment_name,
+)
 
 logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES_MAX_DEFAULT = 64 << 20
 INDEX_INTERVAL_BYTES_DEFAULT = 4096
-# Smallest pread when scanning forward for batches: fewer syscalls for small fetches,
-# while a read never overshoots what it needs by more than this.
-READ_CHUNK_BYTES_MIN = 64 << 10
 NORMAL = int(EntryType.NORMAL)
 
 
@@ -103,7 +104,6 @@ class SegmentLog:
         self._run_terms: list[int] = []
         # Term of entry first_index - 1 when known (after compaction or reset_to).
         self._prev_term: int | None = None
-        self._empty_first_index = 1
         # Next Kafka offset when the log holds no batch (after retention, reset_to).
         self._offset_floor = 0
         self._dirty: dict[int, Segment] = {}
@@ -206,7 +206,7 @@ class SegmentLog:
         pos = 0
         while pos < size:
             expected = seg.first_index + seg.entry_count
-            reason, length = _check_frame(buf, pos, expected)
+            reason, length = check_frame(buf, pos, expected)
             if reason is None and self.kafka:
                 reason = self._check_batch(buf, pos, length)
             if reason is not None:
@@ -321,8 +321,9 @@ class SegmentLog:
 
         Raises:
             InvalidBatchError, EntryTooLargeError: nothing was written.
-            DiskError: the write failed; the log in memory is unchanged and the bytes of the
-                failed write are cut off (best effort).
+            DiskError: a write failed. Entries written before it (one segment's worth per
+                write) stay appended, so last_index says how far the append got; the bytes of
+                the failed write are cut off (best effort).
         """
         assert not self._closed, "append on a closed log"
         if not entries:
@@ -680,7 +681,7 @@ class SegmentLog:
             block = seg.block_for_offset(start_offset)
             pos = seg.block_positions[block]
             read_ahead = seg.block_end(block) - pos + max(max_bytes - total, 0)
-            cursor = _FrameCursor(self._disk, seg, pos, read_ahead)
+            cursor = FrameCursor(self._disk, seg, pos, read_ahead)
             while not cursor.at_end():
                 entry_type, payload_bytes = cursor.header()
                 if entry_type != NORMAL or not payload_bytes:
@@ -741,7 +742,7 @@ class SegmentLog:
     def _frames_from(self, seg: Segment, pos: int, read_ahead_bytes: int
                      ) -> Iterator[tuple[int, int, memoryview]]:
         """(position, type, payload) of each frame of `seg` from `pos` on."""
-        cursor = _FrameCursor(self._disk, seg, pos, read_ahead_bytes)
+        cursor = FrameCursor(self._disk, seg, pos, read_ahead_bytes)
         while not cursor.at_end():
             entry_type, _ = cursor.header()
             yield cursor.pos, entry_type, cursor.payload()
@@ -773,27 +774,6 @@ class SegmentLog:
         return deleted
 
 
-def _check_frame(buf: memoryview, pos: int, expected_index: int) -> tuple[str | None, int]:
-    """Why the frame at `pos` is bad (or None) and its length field."""
-    remaining = len(buf) - pos
-    if remaining < FRAME_PREFIX.size:
-        return f"short read: {remaining} bytes left, a frame needs {FRAME_HEADER_BYTES}", 0
-    length, crc = FRAME_PREFIX.unpack_from(buf, pos)
-    if length < FRAME_LENGTH_MIN or length + 4 > FRAME_BYTES_MAX:
-        return f"bad length {length}", length
-    if remaining - 4 < length:
-        return f"short read: frame length {length}, {remaining - 4} bytes left", length
-    actual = frame_crc(buf, pos + FRAME_PREFIX.size, pos + 4 + length)
-    if actual != crc:
-        return f"bad CRC: stored {crc:#010x}, computed {actual:#010x}", length
-    index, _, entry_type = FRAME_TAIL.unpack_from(buf, pos + FRAME_PREFIX.size)
-    if index != expected_index:
-        return f"non-contiguous index {index}, expected {expected_index}", length
-    if entry_type not in ENTRY_TYPES:
-        return f"unknown entry type {entry_type}", length
-    return None, length
-
-
 def _entries_within(seg: Segment, a: int, b: int, budget: int | None, *, first: bool
                     ) -> tuple[int, int | None]:
     """How far from local entry `a` (up to `b`) fits in `budget` frame bytes."""
@@ -814,49 +794,3 @@ def _batch_at(payload: memoryview) -> BatchInfo:
     assert isinstance(info, BatchInfo), info
     return info
 
-
-class _FrameCursor:
-    """Walks the frames of one segment from a position, reading ahead with few preads.
-
-    The first pread covers `read_ahead_bytes` (at least READ_CHUNK_BYTES_MIN); later ones
-    READ_CHUNK_BYTES_MIN or the frame at hand. Frames were verified when written or
-    recovered, so headers are trusted.
-    """
-
-    def __init__(self, disk: Disk, seg: Segment, pos: int, read_ahead_bytes: int) -> None:
-        self._disk = disk
-        self._seg = seg
-        self.pos = pos
-        self._buf = memoryview(b"")
-        self._buf_pos = pos
-        self._read_ahead_bytes = max(read_ahead_bytes, READ_CHUNK_BYTES_MIN)
-        self._length = 0
-
-    def at_end(self) -> bool:
-        return self.pos >= self._seg.size_bytes
-
-    def header(self) -> tuple[int, int]:
-        """(entry type, payload bytes) of the frame at pos."""
-        rel = self._ensure(FRAME_HEADER_BYTES)
-        self._length = FRAME_PREFIX.unpack_from(self._buf, rel)[0]
-        return self._buf[rel + FRAME_HEADER_BYTES - 1], self._length + 4 - FRAME_HEADER_BYTES
-
-    def payload(self) -> memoryview:
-        """The payload of the frame whose header() was just read."""
-        rel = self._ensure(4 + self._length)
-        return self._buf[rel + FRAME_HEADER_BYTES: rel + 4 + self._length]
-
-    def advance(self) -> None:
-        """Move past the frame whose header() was just read."""
-        self.pos += 4 + self._length
-
-    def _ensure(self, size: int) -> int:
-        """Make [pos, pos + size) buffered; returns pos relative to the buffer."""
-        rel = self.pos - self._buf_pos
-        if len(self._buf) - rel >= size:
-            return rel
-        want = min(max(size, self._read_ahead_bytes), self._seg.size_bytes - self.pos)
-        self._buf = memoryview(self._disk.pread(self._seg.file, want, self.pos))
-        self._buf_pos = self.pos
-        self._read_ahead_bytes = READ_CHUNK_BYTES_MIN
-        return 0

@@ -11,10 +11,13 @@ from array import array
 
 import attrs
 
-from chronik_trio.storage.disk import DiskFile
-from chronik_trio.storage.frame import BatchInfo
+from chronik_trio.storage.disk import Disk, DiskFile
+from chronik_trio.storage.frame import FRAME_HEADER_BYTES, FRAME_PREFIX, BatchInfo
 
 SEGMENT_SUFFIX = ".seg"
+# Smallest pread when scanning forward for batches: fewer syscalls for small fetches,
+# while a read never overshoots what it needs by more than this.
+READ_CHUNK_BYTES_MIN = 64 << 10
 # Segment names are the first index zero-padded to 20 digits: they sort like the indexes.
 SEGMENT_NAME_DIGITS = 20
 
@@ -145,3 +148,50 @@ class Segment:
             self.next_offset = -1
         for position, info in batches:
             self.add_batch(position, info, index_interval_bytes)
+
+
+class FrameCursor:
+    """Walks the frames of one segment from a position, reading ahead with few preads.
+
+    The first pread covers `read_ahead_bytes` (at least READ_CHUNK_BYTES_MIN); later ones
+    READ_CHUNK_BYTES_MIN or the frame at hand. Frames were verified when written or
+    recovered, so headers are trusted.
+    """
+
+    def __init__(self, disk: Disk, seg: Segment, pos: int, read_ahead_bytes: int) -> None:
+        self._disk = disk
+        self._seg = seg
+        self.pos = pos
+        self._buf = memoryview(b"")
+        self._buf_pos = pos
+        self._read_ahead_bytes = max(read_ahead_bytes, READ_CHUNK_BYTES_MIN)
+        self._length = 0
+
+    def at_end(self) -> bool:
+        return self.pos >= self._seg.size_bytes
+
+    def header(self) -> tuple[int, int]:
+        """(entry type, payload bytes) of the frame at pos."""
+        rel = self._ensure(FRAME_HEADER_BYTES)
+        self._length = FRAME_PREFIX.unpack_from(self._buf, rel)[0]
+        return self._buf[rel + FRAME_HEADER_BYTES - 1], self._length + 4 - FRAME_HEADER_BYTES
+
+    def payload(self) -> memoryview:
+        """The payload of the frame whose header() was just read."""
+        rel = self._ensure(4 + self._length)
+        return self._buf[rel + FRAME_HEADER_BYTES: rel + 4 + self._length]
+
+    def advance(self) -> None:
+        """Move past the frame whose header() was just read."""
+        self.pos += 4 + self._length
+
+    def _ensure(self, size: int) -> int:
+        """Make [pos, pos + size) buffered; returns pos relative to the buffer."""
+        rel = self.pos - self._buf_pos
+        if len(self._buf) - rel >= size:
+            return rel
+        want = min(max(size, self._read_ahead_bytes), self._seg.size_bytes - self.pos)
+        self._buf = memoryview(self._disk.pread(self._seg.file, want, self.pos))
+        self._buf_pos = self.pos
+        self._read_ahead_bytes = READ_CHUNK_BYTES_MIN
+        return 0

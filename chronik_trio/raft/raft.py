@@ -600,7 +600,9 @@ class Raft:
 
     def on_persisted(self, index: int, term: int) -> None:
         """Entries up to (index, term) are durable (called by RawNode)."""
-        self.log.unstable.stable_to(index, term)
+        if self.log.unstable.stable_to(index, term):
+            assert self.log.storage.last_index() >= index, \
+                ("persisted up to", index, "but storage ends at", self.log.storage.last_index())
         if self.state != StateRole.LEADER:
             return
         pr = self.trk.progress.get(self.id)

@@ -187,4 +187,5 @@ def test_describe_is_short_and_deterministic():
     n.propose(b"hello")
     rd = n.ready()
     assert describe_ready(rd) == 'Entries:\n  1/2 EntryNormal "hello"\nMustSync'
+    n.raft.log.storage.append(rd.entries)
     n.advance(rd)

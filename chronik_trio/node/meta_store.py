@@ -15,31 +15,26 @@ import trio
 
 from chronik_trio.cluster.meta import Applied, MetaState
 from chronik_trio.pb import meta_pb2
-from chronik_trio.storage import HardState, HardStateFile, LogEntry, SegmentLog
+from chronik_trio.storage import LogEntry
+
+from .single_voter import SINGLE_VOTER_TERM, SingleVoterLog
 
 log = logging.getLogger(__name__)
 
-META_TERM = 1
 ENTRY_NORMAL = 0
 
 
-class MetaStore:
+class MetaStore(SingleVoterLog):
     def __init__(self, directory: pathlib.Path, disk, committer, *, node_id: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.node_id = node_id
+        super().__init__(directory, disk, node_id=node_id, kafka=False)
         self.committer = committer
-        self.hard_state_file = HardStateFile(disk, directory / "hardstate")
-        saved = self.hard_state_file.load()
-        self.saved_commit = saved.commit
-        self.log = SegmentLog.open(disk, directory, kafka=False, durable_index=saved.commit)
         self.state = MetaState()
         for entry in self.log.entries(self.log.first_index, self.log.last_index + 1):
             self.state.apply(self._decode(entry))
-        self.applied_index = self.durable_index = self.log.last_index
+        self.applied_index = self.log.last_index
         self._pending: collections.OrderedDict[int, tuple[meta_pb2.MetaCommand, trio.Event, list]] = (
             collections.OrderedDict())
         self.changed = trio.Event()  # replaced after every applied change
-        self.closed = False
 
     @staticmethod
     def _decode(entry: LogEntry) -> meta_pb2.MetaCommand:
@@ -50,7 +45,7 @@ class MetaStore:
     async def propose(self, command: meta_pb2.MetaCommand) -> Applied:
         """Append, wait until durable, apply; return what applying produced."""
         index = self.log.last_index + 1
-        self.log.append([LogEntry(index, META_TERM, ENTRY_NORMAL, command.SerializeToString())])
+        self.log.append([LogEntry(index, SINGLE_VOTER_TERM, ENTRY_NORMAL, command.SerializeToString())])
         event, result = trio.Event(), []
         self._pending[index] = (command, event, result)
         self.committer.mark_dirty(self)
@@ -70,15 +65,3 @@ class MetaStore:
         if applied_any:
             self.changed.set()
             self.changed = trio.Event()
-
-    def checkpoint_due(self) -> HardState | None:
-        if self.durable_index > self.saved_commit:
-            return HardState(term=META_TERM, vote=self.node_id, commit=self.durable_index)
-        return None
-
-    def checkpointed(self, hs: HardState) -> None:
-        self.saved_commit = max(self.saved_commit, hs.commit)
-
-    def close(self) -> None:
-        self.closed = True
-        self.log.close()

@@ -17,39 +17,29 @@ from chronik_trio import storage
 from chronik_trio.kafka.errors import OffsetOutOfRange
 from chronik_trio.kafka.records import BatchHeader, with_offsets
 from chronik_trio.partition.state import PartitionState
-from chronik_trio.storage import HardState, HardStateFile, LogEntry, SegmentLog
+from chronik_trio.storage import LogEntry
+
+from .single_voter import SINGLE_VOTER_TERM, SingleVoterLog
 
 log = logging.getLogger(__name__)
 
-SINGLE_NODE_TERM = 1  # the only voter's term until Raft drives partitions; = leader epoch
 ENTRY_NORMAL = 0
-HARD_STATE_FILE = "hardstate"
 
 
-class PartitionReplica:
+class PartitionReplica(SingleVoterLog):
     def __init__(self, topic: Topic, partition: int, directory: pathlib.Path, disk, committer,
                  *, node_id: int, fsync_always: bool, segment_bytes: int) -> None:
+        super().__init__(directory, disk, node_id=node_id, kafka=True, segment_bytes=segment_bytes)
         self.topic_name = topic.name
         self.topic_id = topic.topic_id
         self.partition = partition
-        self.directory = directory
         self.committer = committer
-        self.node_id = node_id
         self.fsync_always = fsync_always
-        self.hard_state_file = HardStateFile(disk, directory / HARD_STATE_FILE)
-        # Load before open: entries up to the saved commit index must be intact (never truncated).
-        directory.mkdir(parents=True, exist_ok=True)
-        saved = self.hard_state_file.load()
-        self.log = SegmentLog.open(disk, directory, kafka=True, durable_index=saved.commit,
-                                   segment_bytes_max=segment_bytes)
-        self.saved_commit = saved.commit
-        self.durable_index = self.log.last_index
         self.state = PartitionState(log_start_offset=self.log.log_start_offset,
                                     next_offset=self.log.next_offset,
-                                    leader_epoch=SINGLE_NODE_TERM)
+                                    leader_epoch=SINGLE_VOTER_TERM)
         self._waiters: collections.deque[tuple[int, trio.Event]] = collections.deque()
         self._watchers: set[trio.Event] = set()
-        self.closed = False
 
     @property
     def leader_epoch(self) -> int:
@@ -69,7 +59,7 @@ class PartitionReplica:
             if first_base is None:
                 first_base = base
             payload = with_offsets(records, header, base, self.state.leader_epoch)
-            entries.append(LogEntry(first_index + i, SINGLE_NODE_TERM, ENTRY_NORMAL, payload))
+            entries.append(LogEntry(first_index + i, SINGLE_VOTER_TERM, ENTRY_NORMAL, payload))
             ends.append(base + header.record_count)
         self.log.append(entries)
         for entry, end in zip(entries, ends):
@@ -114,14 +104,6 @@ class PartitionReplica:
         except storage.OffsetOutOfRange as exc:
             raise OffsetOutOfRange(str(exc)) from None
 
-    def checkpoint_due(self) -> HardState | None:
-        if self.durable_index > self.saved_commit:
-            return HardState(term=SINGLE_NODE_TERM, vote=self.node_id, commit=self.durable_index)
-        return None
-
-    def checkpointed(self, hs: HardState) -> None:
-        self.saved_commit = max(self.saved_commit, hs.commit)
-
     def apply_retention(self, now_ms: int, retention_bytes: int | None, retention_ms: int | None) -> int:
         deleted = self.log.apply_retention(now_ms=now_ms, retention_bytes=retention_bytes,
                                            retention_ms=retention_ms)
@@ -130,7 +112,3 @@ class PartitionReplica:
             log.info("retention deleted %d segment(s) of %s-%d; log start offset now %d",
                      deleted, self.topic_name, self.partition, self.log.log_start_offset)
         return deleted
-
-    def close(self) -> None:
-        self.closed = True
-        self.log.close()

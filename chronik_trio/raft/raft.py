@@ -76,6 +76,7 @@ class Raft:
         # its vote to voters that still need it (they have not applied the change yet),
         # while it may no longer campaign itself - a deadlock once it crashes.
         self.leaving_voters = False
+        self.bcast_pending = False
         self.pending_request_snapshot = 0
         self.uncommitted_size_bytes = 0
         self.election_elapsed = 0
@@ -551,7 +552,18 @@ class Raft:
         if next_cfg is not None:
             self.pending_conf_index = conf_at
             self.leaving_voters = self.id not in next_cfg.voters.incoming
-        self._bcast_append()
+        # Replicate when the caller next collects a Ready, not per proposal: a burst of
+        # proposals then leaves in one append per follower instead of one each.
+        self.bcast_pending = True
+
+    def flush_bcast(self) -> None:
+        """Send the appends deferred by proposals (RawNode calls it before a Ready)."""
+        if self.bcast_pending:
+            self.bcast_pending = False
+            if self.state == StateRole.LEADER:
+                for node_id in self.trk.progress:
+                    if node_id != self.id:
+                        self._send_append(node_id, send_if_empty=False)
 
     def _check_conf_change(self, cc: ConfChangeV2) -> TrackerConfig:
         """The config cc leads to; raises ProposalDropped if cc may not be proposed now."""

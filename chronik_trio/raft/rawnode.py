@@ -182,6 +182,7 @@ class RawNode:
         r = self.raft
         if self._in_ready:
             return False
+        r.flush_bcast()
         hs = r.hard_state()
         return (r.soft_state() != self._prev_soft_state
                 or (hs != self._prev_hard_state and hs != EMPTY_HARD_STATE)
@@ -194,6 +195,7 @@ class RawNode:
         assert len(self._unpersisted) < MAX_UNPERSISTED_READIES, \
             ("unpersisted Readies", len(self._unpersisted))
         r = self.raft
+        r.flush_bcast()
         ss, hs = r.soft_state(), r.hard_state()
         ents, snap = r.log.take_unstable_to_persist()
         committed = r.log.take_next_committed()

@@ -387,3 +387,36 @@ def _decode_applied(data: bytes):
     for item in decode_state(data):
         i, _, d = item.partition(b":")
         yield int(i), d
+
+
+def random_schedule(seed: int, n: int, steps: int) -> Sim:
+    """One seed drives a whole faulty run (TigerBeetle style), then liveness is checked.
+    Complements the Hypothesis machine with long schedules; rerun a failing seed alone with
+    `random_schedule(seed, n, steps)`."""
+    rng = random.Random(seed)
+    s = Sim(n, voters=(1, 2, 3), seed=seed)
+    for _ in range(steps):
+        action = rng.randrange(10)
+        i = rng.randrange(1, n + 1)
+        if action < 4:
+            for _ in range(rng.randrange(1, 10)):
+                s.round(rng.choice([0, 0, 5, 30]), rng.choice([0, 5]))
+        elif action == 4:
+            s.propose(i)
+            s.propose(i)
+        elif action == 5:
+            side = set(rng.sample(range(1, n + 1), rng.randrange(1, n)))
+            s.cut = {(x, y) for x in side for y in range(1, n + 1) if y not in side}
+            s.cut |= {(y, x) for (x, y) in s.cut}
+        elif action == 6:
+            s.cut = set()
+        elif action == 7 and rng.random() < 0.3:
+            s.crash_restart(i)
+        elif action == 8:
+            s.compact(i)
+        elif action == 9:
+            s.conf_change(rng.choice([0, 0, 1, 2]), i)
+        s.check()
+    s.heal_and_check_liveness()
+    s.check()
+    return s

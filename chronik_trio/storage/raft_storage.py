@@ -1,0 +1,267 @@
+"""Raft's Storage protocol on disk: a SegmentLog, the hard-state file and a snapshot file.
+
+    directory/
+      {first_index:020d}.seg   entries (storage.md); a partition group's also Kafka-indexed
+      hardstate                term, vote, commit, replaced atomically
+      snapshot                 the latest snapshot (metadata + data), replaced atomically
+
+The node writes while handling a Ready, under the group's lock: `append`, `set_hard_state`,
+`apply_snapshot`; then makes them durable with begin_sync / SyncTicket.run (in a worker
+thread) / end_sync, before sending `persisted_messages` and calling advance.
+
+Hard state: the term and vote must be durable before any message that depends on them
+leaves (a vote, an append response), so a sync saves the hard-state file whenever they
+changed. The commit index alone only moves forward and can be re-learnt from the leader,
+so saving it is left to `checkpoint_commit` (the node calls it at an interval) instead of
+costing two fsyncs on every Ready. What is saved is always consistent with the log: the
+commit saved never exceeds the last durable entry.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+
+import crc32c
+
+from chronik_trio.pb import raft_pb2
+from chronik_trio.raft.convert import snapshot_from_pb, snapshot_to_pb
+from chronik_trio.raft.errors import (Compacted, SnapshotOutOfDate,
+                                      SnapshotTemporarilyUnavailable, Unavailable)
+from chronik_trio.raft.types import (EMPTY_SNAPSHOT, ConfState, Entry, EntryType, HardState,
+                                     Snapshot, SnapshotMetadata)
+
+from .disk import Disk
+from .errors import CompactedError, StorageError, UnavailableError
+from .frame import LogEntry
+from .hardstate import HardState as FileHardState
+from .hardstate import HardStateFile
+from .log import SegmentLog, SyncTicket
+
+SNAPSHOT_FILE = "snapshot"
+HARD_STATE_FILE = "hardstate"
+_SNAPSHOT_MAGIC = b"CTSN"
+_SNAPSHOT_HEADER = struct.Struct(">4sII")  # magic, body length, crc32c of body
+
+
+class CorruptSnapshotError(StorageError):
+    def __init__(self, path: pathlib.Path, reason: str) -> None:
+        super().__init__(f"corrupt snapshot file {path}: {reason}")
+        self.path = path
+
+
+class SnapshotFile:
+    """One group's latest snapshot, replaced atomically (write tmp, fsync, rename, fsync dir)."""
+
+    def __init__(self, disk: Disk, path: pathlib.Path) -> None:
+        self._disk = disk
+        self.path = path
+
+    def load(self) -> Snapshot:
+        if not self._disk.exists(self.path):
+            return EMPTY_SNAPSHOT
+        f = self._disk.open(self.path)
+        try:
+            data = self._disk.pread(f, self._disk.size(f), 0)
+        finally:
+            self._disk.close(f)
+        if len(data) < _SNAPSHOT_HEADER.size:
+            raise CorruptSnapshotError(self.path, f"{len(data)} bytes is shorter than a header")
+        magic, length, crc = _SNAPSHOT_HEADER.unpack_from(data)
+        body = data[_SNAPSHOT_HEADER.size:]
+        if magic != _SNAPSHOT_MAGIC or length != len(body) or crc32c.crc32c(body) != crc:
+            raise CorruptSnapshotError(self.path, "bad magic, length or CRC")
+        return snapshot_from_pb(raft_pb2.Snapshot.FromString(body))
+
+    def save(self, snap: Snapshot) -> None:
+        body = snapshot_to_pb(snap).SerializeToString()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        f = self._disk.open(tmp)
+        try:
+            self._disk.truncate(f, 0)
+            self._disk.pwritev(f, [_SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, len(body), crc32c.crc32c(body)),
+                                   body], 0)
+            self._disk.fsync(f)
+        finally:
+            self._disk.close(f)
+        self._disk.rename(tmp, self.path)
+        self._disk.fsync_dir(self.path.parent)
+
+
+class RaftSyncTicket:
+    """What one sync makes durable: the log's ticket and, if due, the hard state."""
+
+    __slots__ = ("log_ticket", "hard_state", "_hard_state_file")
+
+    def __init__(self, log_ticket: SyncTicket | None, hard_state: HardState | None,
+                 hard_state_file: HardStateFile) -> None:
+        self.log_ticket = log_ticket
+        self.hard_state = hard_state
+        self._hard_state_file = hard_state_file
+
+    def run(self) -> None:
+        """Blocking; safe in a worker thread. The log first: a saved commit must never
+        point past what is on disk."""
+        if self.log_ticket is not None:
+            self.log_ticket.run()
+        if self.hard_state is not None:
+            hs = self.hard_state
+            self._hard_state_file.save(FileHardState(hs.term, hs.vote, hs.commit))
+
+
+class DurableRaftStorage:
+    """raft.Storage backed by files. Not thread-safe except RaftSyncTicket.run."""
+
+    def __init__(self, disk: Disk, directory: pathlib.Path, *, kafka: bool,
+                 segment_bytes: int | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._hard_state_file = HardStateFile(disk, directory / HARD_STATE_FILE)
+        self._snapshot_file = SnapshotFile(disk, directory / SNAPSHOT_FILE)
+        saved = self._hard_state_file.load()
+        self._snapshot = self._snapshot_file.load()
+        sizes = {} if segment_bytes is None else {"segment_bytes_max": segment_bytes}
+        # Entries up to the saved commit were acknowledged: recovery refuses to lose them.
+        self.log = SegmentLog.open(disk, directory, kafka=kafka, durable_index=saved.commit, **sizes)
+        if self.log.last_index < self._snapshot.index:
+            # The snapshot was saved but the log reset after it did not reach the disk.
+            self.log.reset_to(self._snapshot.index, self._snapshot.term)
+        self._hard_state = HardState(saved.term, saved.vote, saved.commit)
+        self._saved_hard_state = self._hard_state
+
+    @classmethod
+    def bootstrap(cls, disk: Disk, directory: pathlib.Path, *, voters: tuple[int, ...],
+                  learners: tuple[int, ...] = (), kafka: bool,
+                  segment_bytes: int | None = None) -> "DurableRaftStorage":
+        """A new group's storage whose initial configuration is `voters` (an index-0 snapshot,
+        as etcd's bootstrap). Raises StorageError if the group already has state."""
+        storage = cls(disk, directory, kafka=kafka, segment_bytes=segment_bytes)
+        if storage._snapshot.metadata.conf_state != ConfState() or storage.last_index() > 0:
+            raise StorageError(f"{directory} already holds a Raft group; not bootstrapping it again")
+        snap = Snapshot(SnapshotMetadata(0, 0, ConfState(voters=tuple(voters), learners=tuple(learners))))
+        storage._snapshot_file.save(snap)
+        storage._snapshot = snap
+        return storage
+
+    @property
+    def is_initialized(self) -> bool:
+        """Whether this group has a configuration (bootstrapped, or learnt by a snapshot)."""
+        cs = self._snapshot.metadata.conf_state
+        return bool(cs.voters or cs.learners or self.last_index() > 0)
+
+    # --- the Storage protocol (raft/storage.py states the contracts) --------------------------
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self._hard_state, self._snapshot.metadata.conf_state
+
+    def first_index(self) -> int:
+        return self._snapshot.index + 1
+
+    def last_index(self) -> int:
+        return max(self.log.last_index, self._snapshot.index)
+
+    def term(self, index: int) -> int:
+        if index == self._snapshot.index:
+            return self._snapshot.term
+        if index < self._snapshot.index:
+            raise Compacted(f"index {index} is below the snapshot at {self._snapshot.index}")
+        if index > self.last_index():
+            raise Unavailable(f"index {index} > last index {self.last_index()}")
+        try:
+            return self.log.term(index)
+        except CompactedError as exc:
+            raise Compacted(str(exc)) from None
+        except UnavailableError as exc:
+            raise Unavailable(str(exc)) from None
+
+    def entries(self, lo: int, hi: int, max_size_bytes: int | None = None) -> list[Entry]:
+        if lo <= self._snapshot.index:
+            raise Compacted(f"lo {lo} <= snapshot index {self._snapshot.index}")
+        if hi > self.last_index() + 1:
+            raise Unavailable(f"hi {hi} > last index {self.last_index()} + 1")
+        if lo >= hi:
+            return []
+        return [Entry(e.term, e.index, bytes(e.payload), EntryType(e.type))
+                for e in self.log.entries(lo, hi, max_size_bytes)]
+
+    def snapshot(self, request_index: int = 0) -> Snapshot:
+        if self._snapshot.index < max(request_index, 1):
+            raise SnapshotTemporarilyUnavailable(
+                f"snapshot at {self._snapshot.index} < requested {request_index}")
+        return self._snapshot
+
+    # --- writes, while handling a Ready ---------------------------------------------------------
+
+    @property
+    def hard_state(self) -> HardState:
+        return self._hard_state
+
+    def set_hard_state(self, hs: HardState) -> None:
+        self._hard_state = hs
+
+    def append(self, entries: tuple[Entry, ...] | list[Entry]) -> None:
+        """Append entries, replacing a conflicting suffix; entries the snapshot covers are
+        skipped. Written, not yet durable."""
+        entries = [e for e in entries if e.index > self._snapshot.index]
+        if not entries:
+            return
+        first = entries[0].index
+        assert first <= self.log.last_index + 1, ("gap", first, self.log.last_index)
+        if first <= self.log.last_index:
+            self.log.truncate_suffix(first)
+        self.log.append([LogEntry(e.index, e.term, int(e.type), e.data) for e in entries])
+
+    def apply_snapshot(self, snap: Snapshot, *, next_offset: int = 0) -> None:
+        """Replace the log by a snapshot received from the leader (blocking: saves the file).
+        Raises SnapshotOutOfDate if it is older than the one held."""
+        if snap.index < self._snapshot.index:
+            raise SnapshotOutOfDate(f"{snap.index} < {self._snapshot.index}")
+        self._snapshot_file.save(snap)
+        self._snapshot = snap
+        self.log.reset_to(snap.index, snap.term, next_offset=next_offset)
+
+    def create_snapshot(self, index: int, conf_state: ConfState, data: bytes) -> Snapshot:
+        """Record (blocking) a snapshot of the applied state at index <= last_index."""
+        if index <= self._snapshot.index:
+            raise SnapshotOutOfDate(f"{index} <= {self._snapshot.index}")
+        assert index <= self.last_index(), (index, self.last_index())
+        snap = Snapshot(SnapshotMetadata(index, self.term(index), conf_state), data)
+        self._snapshot_file.save(snap)
+        self._snapshot = snap
+        return snap
+
+    def compact(self, index: int) -> int:
+        """Drop whole segments below index (<= the snapshot's index); returns the log's
+        new first index."""
+        assert index <= self._snapshot.index + 1, (index, self._snapshot.index)
+        return self.log.compact_prefix(index)
+
+    # --- durability -------------------------------------------------------------------------------
+
+    def begin_sync(self, *, save_commit: bool = False) -> RaftSyncTicket | None:
+        """Capture what the next sync must make durable (on the loop thread)."""
+        hs, saved = self._hard_state, self._saved_hard_state
+        must_save = (hs.term, hs.vote) != (saved.term, saved.vote) or \
+            (save_commit and hs.commit > saved.commit)
+        log_ticket = self.log.begin_sync()
+        if log_ticket is None and not must_save:
+            return None
+        return RaftSyncTicket(log_ticket, hs if must_save else None, self._hard_state_file)
+
+    def end_sync(self, ticket: RaftSyncTicket) -> int:
+        """After ticket.run(): returns the last durable log index."""
+        if ticket.hard_state is not None:
+            self._saved_hard_state = ticket.hard_state
+        if ticket.log_ticket is not None:
+            return self.log.end_sync(ticket.log_ticket)
+        return self.log.durable_index
+
+    def sync(self, *, save_commit: bool = True) -> None:
+        """begin/run/end in one go (tests, shutdown)."""
+        ticket = self.begin_sync(save_commit=save_commit)
+        if ticket is not None:
+            ticket.run()
+            self.end_sync(ticket)
+
+    def close(self) -> None:
+        self.log.close()

@@ -15,8 +15,10 @@ NONE = 0
 
 
 class EntryType(enum.IntEnum):
+    """etcd's numbering, also the type byte of an on-disk frame (docs/storage.md)."""
     NORMAL = 0
-    CONF_CHANGE_V2 = 1
+    CONF_CHANGE = 1      # etcd's v1 conf change: reserved, never produced here
+    CONF_CHANGE_V2 = 2
 
 
 class MessageType(enum.IntEnum):

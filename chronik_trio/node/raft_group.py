@@ -1,0 +1,156 @@
+"""One Raft group hosted by this node: its RawNode, durable storage, state machine and lock.
+
+The lock is held from ready() through advance() by the Ready pass (raft_runtime.py) and
+by every proposer, so no propose can slip into that window (the seed's panic). Messages
+from peers are queued in `inbox` and stepped by the Ready pass itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import typing
+
+import trio
+
+from chronik_trio.raft.errors import ProposalDropped
+from chronik_trio.raft.rawnode import RawNode
+from chronik_trio.raft.types import ConfState, Entry, Message, Snapshot, SoftState, StateRole
+
+log = logging.getLogger(__name__)
+
+INBOX_MESSAGES_MAX = 4096  # per group; a flood beyond this is dropped (Raft retries)
+PENDING_PROPOSALS_MAX = 10_000  # per group; bounds waiter memory if commits stall
+
+
+class NotLeader(Exception):
+    """This node is not the group's leader; `leader_id` is the one it knows (0: none)."""
+
+    def __init__(self, group_id: str, leader_id: int, term: int) -> None:
+        who = f"node {leader_id}" if leader_id else "no known leader"
+        super().__init__(f"group {group_id}: not the leader ({who}, term {term})")
+        self.group_id, self.leader_id, self.term = group_id, leader_id, term
+
+
+class ProposalFailed(Exception):
+    """The proposal will not be reported as applied (leadership lost, entry overwritten,
+    or dropped); retrying is safe for idempotent commands."""
+
+
+class StateMachine(typing.Protocol):
+    def apply(self, entries: typing.Sequence[Entry]) -> list[typing.Any]:
+        """Apply committed normal entries in order; one result per entry."""
+
+    def on_soft_state(self, leader_id: int, role: StateRole, term: int) -> None:
+        """Leadership changed (called before that Ready's committed entries are applied)."""
+
+    def on_conf_state(self, index: int, conf_state: ConfState) -> None:
+        """A membership change committed at index took effect."""
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the state by a snapshot received from the leader."""
+
+
+class _Waiter:
+    __slots__ = ("term", "event", "result", "error")
+
+    def __init__(self, term: int) -> None:
+        self.term = term
+        self.event = trio.Event()
+        self.result: typing.Any = None
+        self.error: Exception | None = None
+
+    def resolve(self, result=None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self.event.set()
+
+
+class RaftGroup:
+    def __init__(self, group_id: str, node: RawNode, storage, machine: StateMachine,
+                 wake: typing.Callable[["RaftGroup"], None]) -> None:
+        self.group_id = group_id
+        self.node = node
+        self.storage = storage
+        self.machine = machine
+        self._wake = wake
+        self.lock = trio.Lock()
+        self.inbox: collections.deque[Message] = collections.deque()
+        self.pending_ticks = 0
+        self.dropped_messages = 0
+        self._waiters: dict[int, _Waiter] = {}
+        ss = node.status().soft_state
+        self.leader_id, self.role, self.term = ss.leader_id, ss.role, node.status().hard_state.term
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == StateRole.LEADER
+
+    def deliver(self, message: Message) -> None:
+        """A message from a peer (sync, never blocks): queued for the Ready pass."""
+        if len(self.inbox) >= INBOX_MESSAGES_MAX:
+            self.dropped_messages += 1
+            return
+        self.inbox.append(message)
+        self._wake(self)
+
+    def tick(self) -> None:
+        self.pending_ticks += 1
+        self._wake(self)
+
+    async def propose(self, data: bytes):
+        """Propose data as the leader and wait until it is applied here; return the state
+        machine's result for it. Raises NotLeader or ProposalFailed."""
+        async with self.lock:
+            if not self.is_leader:
+                raise NotLeader(self.group_id, self.leader_id, self.term)
+            if len(self._waiters) >= PENDING_PROPOSALS_MAX:
+                raise ProposalFailed(f"group {self.group_id}: {len(self._waiters)} proposals pending")
+            try:
+                self.node.propose(data)
+            except ProposalDropped as exc:
+                raise ProposalFailed(f"group {self.group_id}: {exc}") from None
+            raft = self.node.raft  # the leader appended it at once: its index and term
+            waiter = _Waiter(raft.term)
+            self._waiters[raft.log.last_index()] = waiter
+        self._wake(self)
+        await waiter.event.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    # --- called by the Ready pass with the lock held --------------------------------------------
+
+    def step_inbox_and_ticks(self) -> None:
+        while self.inbox:
+            self.node.step(self.inbox.popleft())
+        for _ in range(self.pending_ticks):
+            self.node.tick()
+        self.pending_ticks = 0
+
+    def on_soft_state(self, ss: SoftState) -> None:
+        was_leader = self.is_leader
+        self.leader_id, self.role = ss.leader_id, ss.role
+        self.term = self.node.raft.term
+        if was_leader and not self.is_leader:
+            self._fail_waiters(f"group {self.group_id}: leadership lost before commit")
+        self.machine.on_soft_state(ss.leader_id, ss.role, self.term)
+
+    def on_applied(self, entries: typing.Sequence[Entry], results: list) -> None:
+        for entry, result in zip(entries, results):
+            waiter = self._waiters.pop(entry.index, None)
+            if waiter is None:
+                continue
+            if entry.term == waiter.term:
+                waiter.resolve(result)
+            else:
+                waiter.resolve(error=ProposalFailed(
+                    f"group {self.group_id}: index {entry.index} holds term {entry.term}, not {waiter.term}"))
+
+    def _fail_waiters(self, reason: str) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.resolve(error=ProposalFailed(reason))
+
+    def close(self) -> None:
+        self._fail_waiters(f"group {self.group_id}: closed")
+        self.storage.close()

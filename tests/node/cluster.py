@@ -1,0 +1,111 @@
+"""An in-process cluster of RaftRuntimes over real files and a controllable in-memory network."""
+
+from __future__ import annotations
+
+import pathlib
+import random
+
+import trio
+
+from chronik_trio.node.raft_group import RaftGroup
+from chronik_trio.node.raft_runtime import RaftRuntime
+from chronik_trio.raft.config import Config
+from chronik_trio.raft.rawnode import RawNode
+from chronik_trio.raft.types import StateRole
+from chronik_trio.storage import Disk
+from chronik_trio.storage.raft_storage import DurableRaftStorage
+
+TICK_S = 0.01
+
+
+class RecordingMachine:
+    """Applies by recording; the result of an entry is its index."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[int, bytes]] = []
+        self.leader_changes: list[tuple[int, StateRole, int]] = []
+
+    def apply(self, entries):
+        self.applied.extend((e.index, e.data) for e in entries if e.data)
+        return [e.index for e in entries]
+
+    def on_soft_state(self, leader_id, role, term):
+        self.leader_changes.append((leader_id, role, term))
+
+    def on_conf_state(self, index, conf_state):
+        pass
+
+    def restore(self, snapshot):
+        raise AssertionError("these tests never compact")
+
+
+class LocalCluster:
+    def __init__(self, root: pathlib.Path, node_ids=(1, 2, 3), groups=("g",), seed: int = 1) -> None:
+        self.root = root
+        self.node_ids = tuple(node_ids)
+        self.group_ids = tuple(groups)
+        self.seed = seed
+        self.cut: set[tuple[int, int]] = set()  # (from, to) links that drop everything
+        self.runtimes: dict[int, RaftRuntime] = {}
+        self.machines: dict[tuple[int, str], RecordingMachine] = {}
+        self.scopes: dict[int, trio.CancelScope] = {}
+
+    def _send_from(self, node_id: int):
+        def send(group_id, message):
+            if (node_id, message.to) in self.cut or message.to not in self.runtimes:
+                return
+            self.runtimes[message.to].deliver(group_id, message)
+        return send
+
+    def build(self, node_id: int, *, bootstrap: bool) -> RaftRuntime:
+        runtime = RaftRuntime(node_id, self._send_from(node_id), tick_interval_s=TICK_S)
+        for gid in self.group_ids:
+            directory = self.root / f"n{node_id}" / gid
+            if bootstrap:
+                storage = DurableRaftStorage.bootstrap(Disk(), directory, voters=self.node_ids, kafka=False)
+            else:
+                storage = DurableRaftStorage(Disk(), directory, kafka=False)
+            machine = RecordingMachine()
+            self.machines[(node_id, gid)] = machine
+            rng = random.Random(self.seed * 1000 + node_id)
+            node = RawNode(Config(id=node_id, election_tick=10, heartbeat_tick=2, rng=rng), storage)
+            runtime.add(RaftGroup(gid, node, storage, machine, runtime.wake))
+        return runtime
+
+    async def start(self, nursery, node_id: int, *, bootstrap: bool) -> None:
+        runtime = self.build(node_id, bootstrap=bootstrap)
+        self.runtimes[node_id] = runtime
+        scope = trio.CancelScope()
+        self.scopes[node_id] = scope
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with scope:
+                await runtime.run(task_status=task_status)
+
+        await nursery.start(run)
+
+    def crash(self, node_id: int) -> None:
+        """Stop a node abruptly (its files stay as written; what was synced is what counts)."""
+        self.scopes.pop(node_id).cancel()
+        runtime = self.runtimes.pop(node_id)
+        for group in runtime.groups.values():
+            group.close()
+
+    def isolate(self, node_id: int) -> None:
+        for other in self.node_ids:
+            if other != node_id:
+                self.cut |= {(node_id, other), (other, node_id)}
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    def leader(self, group_id: str = "g", among=None) -> int | None:
+        leaders = [n for n, r in self.runtimes.items() if (among is None or n in among)
+                   and r.groups[group_id].is_leader]
+        return leaders[0] if len(leaders) == 1 else None
+
+    async def wait_leader(self, group_id: str = "g", among=None, timeout_s: float = 10) -> int:
+        with trio.fail_after(timeout_s):
+            while (leader := self.leader(group_id, among)) is None:
+                await trio.sleep(TICK_S)
+        return leader

@@ -1,0 +1,241 @@
+"""The HTTP/2 side that receives: an ASGI app served by hypercorn on trio.
+
+Routes:
+  POST /raft/v1/stream  the Raft ingress: one long-lived request per peer connection, its body
+                        a sequence of frames (framing.py). Header `chronik-from-node` names
+                        the sending node; every RaftBatch must carry that from_node and our
+                        node id as to_node.
+  POST /raft/v1/batch   the same frames in one bounded request body (tools, the benchmark).
+  GET  /health          200, a small JSON object.
+  GET  /metrics         Prometheus text of the transport's registry.
+
+Bad input is dropped with a log line and `chronik_transport_dropped_total{reason}`; a frame
+or body above the limit ends that request (413), never the server. hypercorn logs and swallows
+exceptions raised by an ASGI app, so the app hands any unexpected exception to `on_fatal`, which
+the Transport re-raises in its nursery: a bug in on_batch must stop the node, not vanish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import google.protobuf.message
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..pb import transport_pb2
+from .framing import FRAME_KIND_RAFT_BATCH, FrameDecoder, FrameTooLarge
+from .metrics import PEER_OTHER, DropReason, TransportMetrics
+
+log = logging.getLogger(__name__)
+
+STREAM_PATH = "/raft/v1/stream"
+BATCH_PATH = "/raft/v1/batch"
+FROM_NODE_HEADER = b"chronik-from-node"
+
+OnBatch = Callable[[transport_pb2.RaftBatch], None]
+
+
+class RaftIngressApp:
+    """ASGI application of one Transport.
+
+    Args:
+        node_id: our node id; batches addressed to anyone else are dropped.
+        on_batch: called (synchronously, must not block) with each valid RaftBatch.
+        frame_bytes_max: the largest frame payload accepted.
+        request_bytes_max: the largest body accepted on BATCH_PATH.
+        peer_label: maps a claimed node id to a bounded metric label.
+        health: returns the JSON-able object /health answers.
+        on_fatal: receives any unexpected exception raised while serving.
+    """
+
+    def __init__(self, *, node_id: int, on_batch: OnBatch, frame_bytes_max: int,
+                 request_bytes_max: int, metrics: TransportMetrics,
+                 peer_label: Callable[[int], str], health: Callable[[], dict],
+                 on_fatal: Callable[[BaseException], None]) -> None:
+        self.node_id = node_id
+        self.on_batch = on_batch
+        self.frame_bytes_max = frame_bytes_max
+        self.request_bytes_max = request_bytes_max
+        self.metrics = metrics
+        self.peer_label = peer_label
+        self.health = health
+        self.on_fatal = on_fatal
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        try:
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            elif scope["type"] == "http":
+                await self._route(scope, receive, send)
+        except Exception as exc:
+            self.on_fatal(exc)
+            raise
+
+    async def _route(self, scope: dict, receive: Callable, send: Callable) -> None:
+        method, path = scope["method"], scope["path"]
+        if path in (STREAM_PATH, BATCH_PATH):
+            if method != "POST":
+                await _respond(send, 405, b"POST only\n")
+            elif path == STREAM_PATH:
+                await self._serve_stream(scope, receive, send)
+            else:
+                await self._serve_batch(scope, receive, send)
+        elif path == "/health" and method == "GET":
+            body = json.dumps(self.health()).encode() + b"\n"
+            await _respond(send, 200, body, b"application/json")
+        elif path == "/metrics" and method == "GET":
+            await _respond(send, 200, generate_latest(self.metrics.registry),
+                           CONTENT_TYPE_LATEST.encode())
+        else:
+            await _respond(send, 404, b"not found\n")
+
+    def _claimed_node(self, scope: dict) -> int | None:
+        for name, value in scope["headers"]:
+            if name == FROM_NODE_HEADER:
+                try:
+                    node = int(value.decode("ascii"), 10)
+                except (UnicodeDecodeError, ValueError):
+                    return None
+                return node if 0 < node < 2**64 else None
+        return None
+
+    async def _serve_stream(self, scope: dict, receive: Callable, send: Callable) -> None:
+        from_node = self._claimed_node(scope)
+        if from_node is None:
+            self._drop_stream(scope, DropReason.BAD_STREAM_HEADERS, "no valid chronik-from-node")
+            await _respond(send, 400, b"chronik-from-node header required\n")
+            return
+        # Answer at once: the response headers tell the sender the stream is accepted.
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        decoder = FrameDecoder(self.frame_bytes_max)
+        label = self.peer_label(from_node)
+        while True:
+            event = await receive()
+            if event["type"] != "http.request":
+                return  # http.disconnect: the peer went away
+            try:
+                for frame in decoder.feed(event["body"]):
+                    self._handle_frame(from_node, label, frame.kind, frame.payload)
+            except FrameTooLarge as exc:
+                self._drop_stream(scope, DropReason.OVERSIZED, str(exc))
+                await send({"type": "http.response.body", "body": b"frame too large\n"})
+                return
+            if not event.get("more_body", False):
+                break
+        if decoder.buffered_bytes:
+            self._drop_stream(scope, DropReason.TRUNCATED,
+                              f"stream ended inside a frame ({decoder.buffered_bytes} bytes)")
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _serve_batch(self, scope: dict, receive: Callable, send: Callable) -> None:
+        from_node = self._claimed_node(scope)
+        if from_node is None:
+            self._drop_stream(scope, DropReason.BAD_STREAM_HEADERS, "no valid chronik-from-node")
+            await _respond(send, 400, b"chronik-from-node header required\n")
+            return
+        body = bytearray()
+        while True:
+            event = await receive()
+            if event["type"] != "http.request":
+                return
+            body += event["body"]
+            if len(body) > self.request_bytes_max:
+                self._drop_stream(scope, DropReason.OVERSIZED,
+                                  f"body above {self.request_bytes_max} bytes")
+                await _respond(send, 413, b"request body too large\n")
+                return
+            if not event.get("more_body", False):
+                break
+        decoder = FrameDecoder(self.frame_bytes_max)
+        label = self.peer_label(from_node)
+        try:
+            for frame in decoder.feed(bytes(body)):
+                self._handle_frame(from_node, label, frame.kind, frame.payload)
+        except FrameTooLarge as exc:
+            self._drop_stream(scope, DropReason.OVERSIZED, str(exc))
+            await _respond(send, 413, b"frame too large\n")
+            return
+        if decoder.buffered_bytes:
+            self._drop_stream(scope, DropReason.TRUNCATED, "body ended inside a frame")
+            await _respond(send, 400, b"truncated frame\n")
+            return
+        await _respond(send, 204, b"")
+
+    def _handle_frame(self, from_node: int, label: str, kind: int, payload: bytes) -> None:
+        self.metrics.received_bytes.labels(label).inc(len(payload))
+        if kind != FRAME_KIND_RAFT_BATCH:
+            self._drop(DropReason.UNKNOWN_KIND, from_node, f"frame kind {kind}")
+            return
+        batch = transport_pb2.RaftBatch()
+        try:
+            batch.ParseFromString(payload)
+        except google.protobuf.message.DecodeError as exc:
+            self._drop(DropReason.MALFORMED, from_node, f"RaftBatch does not parse: {exc}")
+            return
+        if batch.to_node != self.node_id:
+            self._drop(DropReason.WRONG_TO_NODE, from_node,
+                       f"batch for node {batch.to_node}", len(batch.messages))
+            return
+        if batch.from_node != from_node:
+            self._drop(DropReason.WRONG_FROM_NODE, from_node,
+                       f"batch claims from_node {batch.from_node}", len(batch.messages))
+            return
+        self._drop_foreign_messages(from_node, batch)
+        if batch.messages:
+            self.metrics.received_batches.labels(label).inc()
+            self.metrics.received_messages.labels(label).inc(len(batch.messages))
+            self.on_batch(batch)
+
+    def _drop_foreign_messages(self, from_node: int, batch: transport_pb2.RaftBatch) -> None:
+        """Removes messages whose own from/to disagree with the batch they came in."""
+        messages = batch.messages
+        for i in range(len(messages) - 1, -1, -1):
+            m = messages[i].message
+            sender = getattr(m, "from")
+            if m.to != self.node_id:
+                self._drop(DropReason.WRONG_TO_NODE, from_node,
+                           f"message of group {messages[i].group!r} to node {m.to}")
+                del messages[i]
+            elif sender != from_node:
+                self._drop(DropReason.WRONG_FROM_NODE, from_node,
+                           f"message of group {messages[i].group!r} from node {sender}")
+                del messages[i]
+
+    def _drop(self, reason: DropReason, from_node: int, what: str, count: int = 1) -> None:
+        self.metrics.drop(reason, max(count, 1))
+        log.warning("node %d: dropped from node %d (%s): %s", self.node_id, from_node,
+                    reason.value, what)
+
+    def _drop_stream(self, scope: dict, reason: DropReason, what: str) -> None:
+        self.metrics.drop(reason)
+        log.warning("node %d: refused request %s %s from %s (%s): %s", self.node_id,
+                    scope["method"], scope["path"], scope.get("client"), reason.value, what)
+
+
+async def _respond(send: Callable, status: int, body: bytes,
+                   content_type: bytes = b"text/plain") -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Callable, send: Callable) -> None:
+    while True:
+        message: dict[str, Any] = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def peer_label_for(peers: Callable[[], object]) -> Callable[[int], str]:
+    """A label function: the peer id if configured, else PEER_OTHER (bounded cardinality)."""
+    def label(node_id: int) -> str:
+        return str(node_id) if node_id in peers() else PEER_OTHER  # type: ignore[operator]
+    return label

@@ -1,0 +1,76 @@
+"""Serving the ASGI app with hypercorn's trio worker, with HTTP/2 windows sized for Raft.
+
+hypercorn.trio.serve would do, except that hypercorn (0.18) has no setting for the HTTP/2
+flow-control windows or the advertised max frame size: its connections keep the protocol
+defaults (64 KiB windows, 16 KiB frames), and a sender of big appends then waits for a
+WINDOW_UPDATE every 32 KiB. Measured here (docs/transport.md): 64 KiB messages at ~37 MB/s
+with the defaults, ~76 MB/s with 8 MiB windows and 1 MiB frames. So this module is the
+small part of hypercorn.trio.run.worker_serve we need (no lifespan, no QUIC, no TLS yet),
+with a TCPServer that, when a connection turns out to be HTTP/2, sends a SETTINGS frame with
+bigger windows and frame size, and a WINDOW_UPDATE for the connection window. Both are
+ordinary HTTP/2 (RFC 9113 6.5, 6.9); h2 applies our new limits once the peer acknowledges.
+
+It also takes ready-made trio SocketListeners, which is the node's seam for its listeners.
+Everything used from hypercorn is pinned (pyproject) and covered by tests/transport.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import h2.settings
+import hypercorn.config
+import trio
+from hypercorn.events import RawData
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+
+log = logging.getLogger(__name__)
+
+# Receive windows (per stream and per connection) we give every HTTP/2 peer. Big enough that
+# a sender keeps several 1 MiB DATA frames in flight on loopback or a LAN; it also bounds how
+# much one connection can make us hold beyond hypercorn's per-stream app queue.
+H2_WINDOW_BYTES = 8 * 2**20
+# The largest DATA frame we accept (the protocol maximum is 2**24 - 1): fewer frames per
+# byte, fewer trips through hypercorn.
+H2_FRAME_BYTES_MAX = 2**20
+# The protocol's initial connection window, which only WINDOW_UPDATE frames can grow.
+_H2_INITIAL_WINDOW_BYTES = 65535
+
+
+class _RaftTCPServer(TCPServer):
+    """hypercorn's TCPServer, which enlarges the windows of a connection once it is HTTP/2."""
+
+    _windows_sent = False
+
+    async def protocol_send(self, event: object) -> None:
+        if isinstance(event, RawData) and not self._windows_sent:
+            inner = getattr(getattr(self, "protocol", None), "protocol", None)
+            if isinstance(inner, H2Protocol):
+                self._windows_sent = True
+                connection = inner.connection
+                connection.update_settings({
+                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: H2_WINDOW_BYTES,
+                    h2.settings.SettingCodes.MAX_FRAME_SIZE: H2_FRAME_BYTES_MAX})
+                connection.increment_flow_control_window(
+                    H2_WINDOW_BYTES - _H2_INITIAL_WINDOW_BYTES)
+                event = RawData(data=event.data + connection.data_to_send())
+        await super().protocol_send(event)
+
+
+async def serve_listeners(app: object, config: hypercorn.config.Config,
+                          listeners: list[trio.SocketListener], *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+    """Serves `app` (ASGI, without lifespan events) on `listeners` until cancelled."""
+    context = WorkerContext(None)
+    handler = functools.partial(_RaftTCPServer, wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                                config, context, ConnectionState({}))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(trio.serve_listeners, handler, listeners,
+                                              handler_nursery=nursery))
+        task_status.started()

@@ -1,0 +1,185 @@
+"""Transport: the Raft transport of one node (server + one sender task per peer)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import hypercorn.config
+import trio
+from prometheus_client import CollectorRegistry
+
+from ..pb import raft_pb2
+from .client import Connect, PeerSender, PeerState, ReportUnreachable
+from .metrics import DropReason, TransportMetrics
+from .server import OnBatch, RaftIngressApp, peer_label_for
+from .serving import H2_FRAME_BYTES_MAX, serve_listeners
+
+log = logging.getLogger(__name__)
+
+# The largest frame (one RaftBatch) sent or accepted. Raft's max_size_per_msg must stay
+# well below it: a message that does not fit is dropped. 16 MiB holds a few 1 MB entries per
+# append with room for the envelope, and bounds what one connection makes us buffer.
+FRAME_BYTES_MAX_DEFAULT = 16 * 2**20
+# hypercorn settings. One stream per peer connection is all a sender opens; a few more let
+# tools and the per-request route work, and bound the server's memory per connection (each
+# stream may hold max_app_queue_size chunks of up to H2_FRAME_BYTES_MAX).
+H2_STREAMS_MAX = 8
+# A connection carrying per-request traffic must not be closed every 1000 requests
+# (hypercorn's default): reconnecting costs more than the requests.
+KEEP_ALIVE_REQUESTS_MAX = 2**31
+
+
+class TransportFailed(Exception):
+    """Serving failed unexpectedly (a bug, e.g. in on_batch): the node must stop."""
+
+
+class Transport:
+    """The HTTP/2 Raft transport of node `node_id`.
+
+    Args:
+        node_id: this node's id (> 0).
+        listen: (host, port) to listen on, port 0 for any; or ready trio SocketListeners
+            (the seam for listeners made by the caller), which the transport closes.
+        peers: peer id -> (host, port) of its Raft port.
+        on_batch: called with each valid chronik.transport.RaftBatch received, from the
+            server's task; synchronous and must not block (queue the work).
+        report_unreachable: called with (peer_id, group) for each message dropped because
+            the peer's queue was full or it had no connection, and once per group when a
+            connection breaks with messages still queued. Synchronous, must not block;
+            called from send() itself and from sender tasks.
+        frame_bytes_max: the largest RaftBatch frame sent or received.
+        registry: where metrics go; by default a new CollectorRegistry of this transport.
+        connect: opens a stream to (host, port); the seam for a simulated network.
+    """
+
+    def __init__(self, node_id: int, listen: tuple[str, int] | list[trio.SocketListener],
+                 peers: dict[int, tuple[str, int]], on_batch: OnBatch,
+                 report_unreachable: ReportUnreachable, *,
+                 frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
+                 registry: CollectorRegistry | None = None,
+                 connect: Connect = trio.open_tcp_stream) -> None:
+        assert node_id > 0 and node_id not in peers, (node_id, peers)
+        self.node_id = node_id
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = TransportMetrics(self.registry)
+        self.frame_bytes_max = frame_bytes_max
+        self._listen = listen
+        self._report_unreachable = report_unreachable
+        self._connect = connect
+        self._senders: dict[int, PeerSender] = {}
+        self._sender_scopes: dict[int, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._fatal: BaseException | None = None
+        self._fatal_event = trio.Event()
+        self.listen_address: tuple[str, int] | None = None
+        self.app = RaftIngressApp(
+            node_id=node_id, on_batch=on_batch, frame_bytes_max=frame_bytes_max,
+            request_bytes_max=frame_bytes_max, metrics=self.metrics,
+            peer_label=peer_label_for(lambda: self._senders), health=self._health,
+            on_fatal=self._on_fatal)
+        for peer_id, address in peers.items():
+            self.add_peer(peer_id, address)
+
+    def send(self, peer_id: int, group: str, message: raft_pb2.Message | bytes) -> bool:
+        """Queues a Raft message (or an encoded one) of `group` for `peer_id`; never blocks.
+
+        Returns False when it was dropped (unknown peer, no connection, full queue, too
+        large); report_unreachable has then been called.
+        """
+        sender = self._senders.get(peer_id)
+        if sender is None:
+            self.metrics.drop(DropReason.PEER_UNKNOWN)
+            self._report_unreachable(peer_id, group)
+            return False
+        return sender.enqueue(group, message)
+
+    def add_peer(self, peer_id: int, address: tuple[str, int]) -> None:
+        """Starts sending to a new peer (replacing its address if known)."""
+        assert peer_id > 0 and peer_id != self.node_id, peer_id
+        if peer_id in self._senders:
+            self.remove_peer(peer_id)
+        self._senders[peer_id] = PeerSender(
+            node_id=self.node_id, peer_id=peer_id, address=address, connect=self._connect,
+            frame_bytes_max=self.frame_bytes_max, metrics=self.metrics,
+            report_unreachable=self._report_unreachable)
+        if self._nursery is not None:
+            self._start_sender(peer_id)
+
+    def remove_peer(self, peer_id: int) -> None:
+        """Stops sending to a peer; what is queued for it is dropped without reports."""
+        self._senders.pop(peer_id, None)
+        scope = self._sender_scopes.pop(peer_id, None)
+        if scope is not None:
+            scope.cancel()
+        self.metrics.remove_peer(peer_id)
+
+    def peer_state(self, peer_id: int) -> PeerState | None:
+        sender = self._senders.get(peer_id)
+        return sender.state if sender is not None else None
+
+    def queue_depth_messages(self, peer_id: int) -> int:
+        return self._senders[peer_id].queue_depth_messages
+
+    async def wait_peer_connected(self, peer_id: int) -> None:
+        await self._senders[peer_id].wait_connected()
+
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serves and sends until cancelled; started() with the (host, port) listened on.
+
+        Raises:
+            TransportFailed: serving raised an unexpected exception (its __cause__).
+        """
+        assert self._nursery is None, "Transport.run called twice"
+        if isinstance(self._listen, tuple):
+            host, port = self._listen
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        else:
+            listeners = self._listen
+        sockname = listeners[0].socket.getsockname()
+        self.listen_address = (sockname[0], sockname[1])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(
+                serve_listeners, self.app, self._hypercorn_config(), listeners))
+            self._nursery = nursery
+            nursery.start_soon(self._watch_fatal)
+            for peer_id in self._senders:
+                self._start_sender(peer_id)
+            log.info("node %d: Raft transport listening on %s:%d", self.node_id,
+                     *self.listen_address)
+            task_status.started(self.listen_address)
+
+    def _hypercorn_config(self) -> hypercorn.config.Config:
+        config = hypercorn.config.Config()
+        config.accesslog = None
+        config.errorlog = logging.getLogger("chronik_trio.transport.hypercorn")
+        config.h2_max_concurrent_streams = H2_STREAMS_MAX
+        config.h2_max_inbound_frame_size = H2_FRAME_BYTES_MAX
+        config.keep_alive_max_requests = KEEP_ALIVE_REQUESTS_MAX
+        config.include_server_header = False
+        return config
+
+    def _start_sender(self, peer_id: int) -> None:
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._sender_scopes[peer_id] = scope
+        self._nursery.start_soon(self._run_sender, self._senders[peer_id], scope)
+
+    async def _run_sender(self, sender: PeerSender, scope: trio.CancelScope) -> None:
+        with scope:
+            await sender.run()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+        self._fatal_event.set()
+
+    async def _watch_fatal(self) -> None:
+        await self._fatal_event.wait()
+        raise TransportFailed(f"node {self.node_id}: serving the Raft transport failed: "
+                              f"{self._fatal!r}") from self._fatal
+
+    def _health(self) -> dict:
+        return {"status": "ok", "node_id": self.node_id,
+                "peers": {str(p): s.state.value for p, s in self._senders.items()}}

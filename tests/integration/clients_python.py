@@ -20,6 +20,10 @@ from tests.integration.clients_common import Got, Rec, drain
 
 ALL_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 OP_TIMEOUT_S = 30.0
+# small_fetches: per-partition and per-response limits far below one large record, so the
+# broker must still answer with the first whole batch (KIP-74) for the consumer to progress.
+SMALL_PARTITION_FETCH_BYTES = 64 * 1024
+SMALL_FETCH_BYTES = 128 * 1024
 FLUSH_TIMEOUT_S = 90.0
 
 
@@ -86,12 +90,13 @@ class ConfluentDriver:
             c.close()
 
     def produce(self, topic: str, records: Sequence[Rec], *, codec: str = "none",
-                acks: str = "all", one_batch_each: bool = False) -> list[tuple[int, int] | None]:
+                acks: str = "all", one_batch_each: bool = False,
+                idempotent: bool = False) -> list[tuple[int, int] | None]:
         from confluent_kafka import Producer
         acks_conf = {"all": "all", "1": "1", "0": "0"}[acks]
         p = Producer(self._conf(**{
             "acks": acks_conf, "compression.type": codec, "linger.ms": 5,
-            "enable.idempotence": False, "message.timeout.ms": int(FLUSH_TIMEOUT_S * 1000),
+            "enable.idempotence": idempotent, "message.timeout.ms": int(FLUSH_TIMEOUT_S * 1000),
             "queue.buffering.max.messages": 200_000}))
         told: list[tuple[int, int] | None] = [None] * len(records)
         failed: list[str] = []
@@ -144,9 +149,13 @@ class ConfluentDriver:
         finally:
             c.close()
 
-    def consume(self, topic: str, ends: Mapping[int, int], timeout_s: float) -> dict[int, list[Got]]:
+    def consume(self, topic: str, ends: Mapping[int, int], timeout_s: float, *,
+                small_fetches: bool = False) -> dict[int, list[Got]]:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-        c = self._consumer()
+        # librdkafka wants fetch.max.bytes >= message.max.bytes (its own client-side limit).
+        c = self._consumer(**({"max.partition.fetch.bytes": SMALL_PARTITION_FETCH_BYTES,
+                                "fetch.max.bytes": SMALL_FETCH_BYTES,
+                                "message.max.bytes": SMALL_FETCH_BYTES} if small_fetches else {}))
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
 
         def poll():
@@ -172,11 +181,12 @@ class KafkaPythonDriver:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
 
-    def _consumer(self):
+    def _consumer(self, **extra):
         from kafka import KafkaConsumer
         return KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                              enable_auto_commit=False, auto_offset_reset="earliest",
-                             fetch_max_wait_ms=100, request_timeout_ms=int(OP_TIMEOUT_S * 1000))
+                             fetch_max_wait_ms=100, request_timeout_ms=int(OP_TIMEOUT_S * 1000),
+                             **extra)
 
     def create_topics(self, topics: Sequence[str], partitions: int) -> None:
         from kafka.admin import KafkaAdminClient
@@ -202,7 +212,8 @@ class KafkaPythonDriver:
             c.close()
 
     def produce(self, topic: str, records: Sequence[Rec], *, codec: str = "none",
-                acks: str = "all", one_batch_each: bool = False) -> list[tuple[int, int] | None]:
+                acks: str = "all", one_batch_each: bool = False,
+                idempotent: bool = False) -> list[tuple[int, int] | None]:
         from kafka import KafkaProducer
         require_codec(self.name, codec)
         kw = dict(bootstrap_servers=self.bootstrap,
@@ -211,7 +222,10 @@ class KafkaPythonDriver:
                   max_block_ms=int(OP_TIMEOUT_S * 1000))
         if acks == "all":
             kw["acks"] = "all"       # and idempotent, kafka-python's default: InitProducerId
+            if idempotent:
+                kw["enable_idempotence"] = True
         else:
+            assert not idempotent, "idempotence needs acks=all"
             kw.update(acks=int(acks), enable_idempotence=False)
         p = KafkaProducer(**kw)
         try:
@@ -251,9 +265,11 @@ class KafkaPythonDriver:
         finally:
             c.close()
 
-    def consume(self, topic: str, ends: Mapping[int, int], timeout_s: float) -> dict[int, list[Got]]:
+    def consume(self, topic: str, ends: Mapping[int, int], timeout_s: float, *,
+                small_fetches: bool = False) -> dict[int, list[Got]]:
         from kafka import TopicPartition
-        c = self._consumer()
+        c = self._consumer(**({"max_partition_fetch_bytes": SMALL_PARTITION_FETCH_BYTES,
+                               "fetch_max_bytes": SMALL_FETCH_BYTES} if small_fetches else {}))
         tps = [TopicPartition(topic, p) for p in ends]
         c.assign(tps)
         c.seek_to_beginning(*tps)
@@ -282,12 +298,12 @@ class AioKafkaDriver:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
 
-    def _consumer(self):
+    def _consumer(self, **extra):
         from aiokafka import AIOKafkaConsumer
         return AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=100,
-                                request_timeout_ms=int(OP_TIMEOUT_S * 1000))
+                                request_timeout_ms=int(OP_TIMEOUT_S * 1000), **extra)
 
     def _run(self, coro, timeout_s: float = FLUSH_TIMEOUT_S + OP_TIMEOUT_S):
         async def bounded():
@@ -323,7 +339,8 @@ class AioKafkaDriver:
         return self._run(go())
 
     def produce(self, topic: str, records: Sequence[Rec], *, codec: str = "none",
-                acks: str = "all", one_batch_each: bool = False) -> list[tuple[int, int] | None]:
+                acks: str = "all", one_batch_each: bool = False,
+                idempotent: bool = False) -> list[tuple[int, int] | None]:
         from aiokafka import AIOKafkaProducer
         require_codec(self.name, codec)
 
@@ -331,7 +348,7 @@ class AioKafkaDriver:
             p = AIOKafkaProducer(bootstrap_servers=self.bootstrap,
                                  acks={"all": "all", "1": 1, "0": 0}[acks],
                                  compression_type=None if codec == "none" else codec,
-                                 linger_ms=5, enable_idempotence=False,
+                                 linger_ms=5, enable_idempotence=idempotent,
                                  request_timeout_ms=int(OP_TIMEOUT_S * 1000))
             await p.start()
             try:
@@ -382,11 +399,13 @@ class AioKafkaDriver:
                 await c.stop()
         return self._run(go())
 
-    def consume(self, topic: str, ends: Mapping[int, int], timeout_s: float) -> dict[int, list[Got]]:
+    def consume(self, topic: str, ends: Mapping[int, int], timeout_s: float, *,
+                small_fetches: bool = False) -> dict[int, list[Got]]:
         from aiokafka import TopicPartition
 
         async def go():
-            c = self._consumer()
+            c = self._consumer(**({"max_partition_fetch_bytes": SMALL_PARTITION_FETCH_BYTES,
+                                   "fetch_max_bytes": SMALL_FETCH_BYTES} if small_fetches else {}))
             await c.start()
             try:
                 tps = [TopicPartition(topic, p) for p in ends]

@@ -183,6 +183,117 @@ def test_list_offsets_by_timestamp_inside_a_batch(broker_factory):
         ])
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("client", ["confluent-kafka", "aiokafka"])
+def test_idempotent_producer(broker, client):
+    """The clients' idempotent producers (InitProducerId, then sequenced batches) work too.
+    kafka-python's producer is idempotent by default, so its round trip already covers it."""
+    driver = PY_DRIVERS[client](broker.bootstrap)
+    topic = f"idem-{client}"
+    with broker_log_on_failure(broker):
+        driver.create_topics([topic], PARTITIONS)
+        recs = make_records(topic, 2000)
+        told = driver.produce(topic, recs, codec="lz4", acks="all", idempotent=True)
+        begins, ends = driver.list_offsets(topic, range(PARTITIONS))
+        got = driver.consume(topic, ends, timeout_s=CONSUME_TIMEOUT_S)
+        check_roundtrip(topic, recs, told, begins, ends, got)
+
+
+def large_records(topic: str, n: int, size: int) -> list[Rec]:
+    """Incompressible values of `size` bytes (a whole batch each), plus a small one between."""
+    import random
+    rnd = random.Random(topic)
+    t = int(time.time() * 1000) - 60_000
+    out = []
+    for i in range(n):
+        value = rnd.randbytes(size) if i % 2 == 0 else b"small-%d" % i
+        out.append(Rec(i % PARTITIONS, f"big-{i}".encode(), value, (("size", str(len(value)).encode()),),
+                       t + i))
+    return out
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("client", list(PY_DRIVERS))
+def test_large_records_with_small_fetch_limits(broker_factory, client):
+    """Records of 900 kB (below the broker's message.max.bytes) go through, and a consumer
+    whose per-partition and per-response fetch limits are far smaller still reads them:
+    the broker must return the first whole batch even when it is over the limits (KIP-74)."""
+    broker = broker_factory(name=f"big-{client}", extra_args=AUTO_CREATE).start()
+    driver = PY_DRIVERS[client](broker.bootstrap)
+    topic = f"big-{client}"
+    recs = large_records(topic, 12, 900_000)
+    with broker_log_on_failure(broker):
+        told = driver.produce(topic, recs, codec="none", acks="all")
+        begins, ends = driver.list_offsets(topic, range(PARTITIONS))
+        got = driver.consume(topic, ends, timeout_s=CONSUME_TIMEOUT_S, small_fetches=True)
+        check_roundtrip(topic, recs, told, begins, ends, got)
+
+
+@pytest.mark.timeout(120)
+def test_clients_carry_on_across_a_broker_kill_and_restart(broker):
+    """A long-lived confluent-kafka producer and kafka-python consumer keep working when the
+    node is SIGKILLed and restarted on the same port: every acknowledged record is still
+    there, the producer's next records follow at the next offsets, and the consumer goes on
+    reading from where it was, without duplicates or gaps."""
+    from confluent_kafka import Producer
+    from kafka import KafkaConsumer, TopicPartition
+
+    from tests.integration.clients_common import Got, drain
+    topic = "restart"
+    reader = ConfluentDriver(broker.bootstrap)
+    recs = make_records(topic, 1800)
+    first, second = recs[:900], recs[900:]
+    told: list = [None] * len(recs)
+    failed: list = []
+
+    def report(i, err, msg):
+        if err is not None:
+            failed.append(f"record {i}: {err}")
+        else:
+            told[i] = (msg.partition(), msg.offset())
+
+    def produce(producer, part, start):
+        for i, r in enumerate(part, start):
+            producer.produce(topic, value=r.value, key=r.key, partition=r.partition,
+                             headers=list(r.headers) or None, timestamp=r.timestamp_ms,
+                             on_delivery=lambda err, msg, i=i: report(i, err, msg))
+        assert producer.flush(60) == 0, f"undelivered after 60 s; failures {failed[:3]}"
+        assert not failed, failed[:3]
+
+    with broker_log_on_failure(broker):
+        reader.create_topics([topic], PARTITIONS)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
+                             "linger.ms": 5, "compression.type": "zstd",
+                             "message.timeout.ms": 60_000, "reconnect.backoff.max.ms": 500})
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None,
+                                 enable_auto_commit=False, fetch_max_wait_ms=100,
+                                 reconnect_backoff_max_ms=500, request_timeout_ms=30_000)
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+
+        def poll():
+            return [Got(tp.partition, m.offset, m.key, m.value, tuple(m.headers), m.timestamp)
+                    for tp, ms in consumer.poll(timeout_ms=500, max_records=2000).items()
+                    for m in ms]
+        try:
+            produce(producer, first, 0)
+            ends_before = {p: sum(1 for r in first if r.partition == p) for p in range(PARTITIONS)}
+            got = drain(poll, ends_before, timeout_s=CONSUME_TIMEOUT_S)
+
+            broker.kill()
+            broker.start()
+
+            produce(producer, second, len(first))
+            begins, ends = reader.list_offsets(topic, range(PARTITIONS))
+            more = drain(poll, {p: ends[p] for p in range(PARTITIONS)}, timeout_s=CONSUME_TIMEOUT_S)
+            for p in range(PARTITIONS):
+                got[p].extend(more[p])
+        finally:
+            consumer.close()
+        check_roundtrip(topic, recs, told, begins, ends, got)
+
+
 # ---------------------------------------------------------------- kafkajs (Node.js) --
 
 @pytest.fixture(scope="session")
@@ -212,8 +323,9 @@ def _js_records(recs: list[Rec]) -> list[dict]:
 @pytest.mark.timeout(240)
 def test_kafkajs_produce_roundtrip(broker_factory, kafkajs_dir, tmp_path):
     """kafkajs produces (admin-created topics in none/gzip/snappy with acks=all, plus
-    auto-created topics with acks=1 and acks=0) and asks for offsets; confluent-kafka reads
-    everything back. kafkajs' consumer needs consumer groups, which the broker lacks."""
+    auto-created topics with an idempotent producer, acks=1 and acks=0) and asks for offsets;
+    confluent-kafka reads everything back. kafkajs' consumer needs consumer groups, which
+    the broker lacks."""
     broker = broker_factory(name="kafkajs", extra_args=AUTO_CREATE).start()
     base_ts = int(time.time() * 1000) - 60_000
     codecs = ("none", "gzip", "snappy")   # kafkajs: gzip built in, snappy via kafkajs-snappy
@@ -221,6 +333,8 @@ def test_kafkajs_produce_roundtrip(broker_factory, kafkajs_dir, tmp_path):
     for codec, n in zip(codecs, split_evenly(ROUNDTRIP_RECORDS, len(codecs))):
         jobs.append({"topic": f"js-{codec}", "codec": codec, "acks": -1,
                      "recs": make_records(f"js-{codec}", n, base_ts_ms=base_ts)})
+    jobs.append({"topic": "js-idempotent", "codec": "gzip", "acks": -1, "idempotent": True,
+                 "recs": make_records("js-idempotent", 600)})
     jobs.append({"topic": "js-acks1", "codec": "gzip", "acks": 1,
                  "recs": make_records("js-acks1", 300)})
     jobs.append({"topic": "js-acks0", "codec": "none", "acks": 0,
@@ -233,6 +347,7 @@ def test_kafkajs_produce_roundtrip(broker_factory, kafkajs_dir, tmp_path):
         "brokers": [broker.bootstrap], "chunk": 500,
         "create": [{"topic": j["topic"], "partitions": PARTITIONS} for j in jobs[:3]],
         "produce": [{"topic": j["topic"], "codec": j["codec"], "acks": j["acks"],
+                     "idempotent": j.get("idempotent", False),
                      "records": _js_records(j["recs"])} for j in jobs],
         "offsetsByTimestamp": [{"topic": "js-none", "ts": ts_query},
                                {"topic": "js-none", "ts": base_ts + 10 * ROUNDTRIP_RECORDS}],

@@ -5,7 +5,7 @@
 //
 // SPEC: { brokers: ["127.0.0.1:PORT"], chunk: N,
 //         create: [{topic, partitions}],                       (admin createTopics)
-//         produce: [{topic, codec: none|gzip|snappy, acks: -1|1|0,
+//         produce: [{topic, codec: none|gzip|snappy, acks: -1|1|0, idempotent: bool,
 //                    records: [{p, k, v, h: [[key, b64]...], t}]}],  (k, v: base64 or null)
 //         offsetsByTimestamp: [{topic, ts}] }
 // OUT:  { created, produced: {topic: [offset|null per record]}, metadata,
@@ -60,10 +60,22 @@ async function main () {
         timeout: 30000
       })
     }
-    const producer = kafka.producer({ allowAutoTopicCreation: true, idempotent: false })
-    await producer.connect()
+    // One plain producer and, if a job asks for it, one idempotent producer (InitProducerId,
+    // sequenced batches; kafkajs then allows one request in flight).
+    const producers = {}
+    const producerFor = async idempotent => {
+      const key = idempotent ? 'idempotent' : 'plain'
+      if (!producers[key]) {
+        producers[key] = kafka.producer({
+          allowAutoTopicCreation: true, idempotent, ...(idempotent ? { maxInFlightRequests: 1 } : {})
+        })
+        await producers[key].connect()
+      }
+      return producers[key]
+    }
     try {
       for (const job of spec.produce) {
+        const producer = await producerFor(Boolean(job.idempotent))
         const offsets = new Array(job.records.length).fill(null)
         for (let start = 0; start < job.records.length; start += spec.chunk) {
           const chunk = job.records.slice(start, start + spec.chunk)
@@ -91,7 +103,7 @@ async function main () {
         out.produced[job.topic] = offsets
       }
     } finally {
-      await producer.disconnect()
+      for (const p of Object.values(producers)) await p.disconnect()
     }
     const topics = [...new Set([...spec.create.map(t => t.topic), ...spec.produce.map(j => j.topic)])]
     out.metadata = await admin.fetchTopicMetadata({ topics })

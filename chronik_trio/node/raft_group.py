@@ -15,12 +15,15 @@ import trio
 
 from chronik_trio.raft.errors import ProposalDropped
 from chronik_trio.raft.rawnode import RawNode
-from chronik_trio.raft.types import ConfState, Entry, Message, Snapshot, SoftState, StateRole
+from chronik_trio.raft.types import (ConfState, Entry, Message, MessageType, Snapshot, SoftState,
+                                     StateRole)
 
 log = logging.getLogger(__name__)
 
 INBOX_MESSAGES_MAX = 4096  # per group; a flood beyond this is dropped (Raft retries)
 PENDING_PROPOSALS_MAX = 10_000  # per group; bounds waiter memory if commits stall
+QUIESCE_AFTER_IDLE_TICKS = 20  # an idle leader quiesces after this many ticks (1 s at 50 ms)
+QUIESCE_CONTEXT = b"chronik.quiesce"  # marks the leader's last heartbeat before it goes quiet
 
 
 class NotLeader(Exception):
@@ -66,6 +69,15 @@ class _Waiter:
 
 
 class RaftGroup:
+    """Quiescence: a leader whose followers are all caught up, with nothing proposed or
+    pending for QUIESCE_AFTER_IDLE_TICKS ticks, sends each follower a heartbeat marked
+    QUIESCE_CONTEXT and stops ticking; a follower that steps that heartbeat from its leader
+    stops ticking too. Any other message, a proposal, or the runtime hearing that a peer
+    went silent wakes the group (quiesced = False), and it ticks again. An idle group then
+    costs no CPU and no network; node-level liveness (raft_runtime.py) stands in for its
+    heartbeats.
+    """
+
     def __init__(self, group_id: str, node: RawNode, storage, machine: StateMachine,
                  wake: typing.Callable[["RaftGroup"], None]) -> None:
         self.group_id = group_id
@@ -77,6 +89,8 @@ class RaftGroup:
         self.inbox: collections.deque[Message] = collections.deque()
         self.pending_ticks = 0
         self.dropped_messages = 0
+        self.quiesced = False
+        self.idle_ticks = 0
         self._waiters: dict[int, _Waiter] = {}
         ss = node.status().soft_state
         self.leader_id, self.role, self.term = ss.leader_id, ss.role, node.status().hard_state.term
@@ -91,7 +105,15 @@ class RaftGroup:
             self.dropped_messages += 1
             return
         self.inbox.append(message)
+        if message.type != MessageType.HEARTBEAT_RESPONSE and message.context != QUIESCE_CONTEXT:
+            self.quiesced = False  # real traffic: tick again
         self._wake(self)
+
+    def unquiesce(self) -> None:
+        if self.quiesced:
+            self.quiesced = False
+            self.idle_ticks = 0
+            self._wake(self)
 
     def tick(self) -> None:
         self.pending_ticks += 1
@@ -103,6 +125,7 @@ class RaftGroup:
         async with self.lock:
             if not self.is_leader:
                 raise NotLeader(self.group_id, self.leader_id, self.term)
+            self.unquiesce()
             if len(self._waiters) >= PENDING_PROPOSALS_MAX:
                 raise ProposalFailed(f"group {self.group_id}: {len(self._waiters)} proposals pending")
             try:
@@ -120,12 +143,45 @@ class RaftGroup:
 
     # --- called by the Ready pass with the lock held --------------------------------------------
 
-    def step_inbox_and_ticks(self) -> None:
+    def step_inbox_and_ticks(self) -> list[Message]:
+        """Step queued messages and due ticks; return quiesce heartbeats to send, if this
+        leader just went quiet."""
+        ticks, self.pending_ticks = self.pending_ticks, 0
+        busy = False  # heartbeat traffic is what an idle group has; it does not count
         while self.inbox:
-            self.node.step(self.inbox.popleft())
-        for _ in range(self.pending_ticks):
+            message = self.inbox.popleft()
+            busy = busy or message.type != MessageType.HEARTBEAT_RESPONSE
+            self.node.step(message)
+            if message.context == QUIESCE_CONTEXT and message.type == MessageType.HEARTBEAT:
+                raft = self.node.raft
+                self.quiesced = message.from_ == raft.leader_id and message.term == raft.term
+        if self.quiesced:
+            return []
+        for _ in range(ticks):
             self.node.tick()
-        self.pending_ticks = 0
+        if not self.is_leader:
+            return []
+        if busy or self._waiters or not self._caught_up():
+            self.idle_ticks = 0
+            return []
+        self.idle_ticks += ticks
+        if self.idle_ticks < QUIESCE_AFTER_IDLE_TICKS:
+            return []
+        return self._quiesce()
+
+    def _caught_up(self) -> bool:
+        raft = self.node.raft
+        last = raft.log.last_index()
+        if raft.log.committed != last or raft.log.applied != last:
+            return False
+        return all(pr.match == last for pr in raft.trk.progress.values())
+
+    def _quiesce(self) -> list[Message]:
+        raft = self.node.raft
+        self.quiesced = True
+        return [Message(type=MessageType.HEARTBEAT, to=peer, from_=raft.id, term=raft.term,
+                        commit=min(pr.match, raft.log.committed), context=QUIESCE_CONTEXT)
+                for peer, pr in raft.trk.progress.items() if peer != raft.id]
 
     def on_soft_state(self, ss: SoftState) -> None:
         was_leader = self.is_leader

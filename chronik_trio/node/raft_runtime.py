@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 0.05  # with election_tick 10: elections after 0.5-1 s of silence
 COMMIT_CHECKPOINT_INTERVAL_S = 5.0  # commit indexes are saved at least this often
+# A peer not heard from for this long is presumed down: every quiesced group wakes up, so
+# groups it led elect a new leader (after their own election timeout) and groups it
+# followed notice. Shorter than an election timeout, so quiescence adds little to failover.
+PEER_SILENCE_S = 0.3
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -44,10 +48,19 @@ def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
 
 class RaftRuntime:
     def __init__(self, node_id: int, send: typing.Callable[[str, Message], None], *,
-                 tick_interval_s: float = TICK_INTERVAL_S) -> None:
+                 heartbeat: typing.Callable[[int], None] = lambda peer: None,
+                 tick_interval_s: float = TICK_INTERVAL_S,
+                 peer_silence_s: float = PEER_SILENCE_S) -> None:
+        """send(group_id, message) hands a Raft message to the network; heartbeat(peer)
+        sends one node-level liveness message (the network calls heard_from on the other
+        side); both must not block."""
         self.node_id = node_id
         self._send = send
+        self._heartbeat = heartbeat
         self.tick_interval_s = tick_interval_s
+        self.peer_silence_s = peer_silence_s
+        self.peers: dict[int, float] = {}  # peer id -> trio time last heard from
+        self._silent: set[int] = set()
         self.groups: dict[str, RaftGroup] = {}
         self._active: dict[str, RaftGroup] = {}  # groups with inbox, ticks or proposals
         self._wakeup = trio.Event()
@@ -67,6 +80,16 @@ class RaftRuntime:
     def wake(self, group: RaftGroup) -> None:
         self._active[group.group_id] = group
         self._wakeup.set()
+
+    def set_peers(self, peer_ids) -> None:
+        now = trio.current_time()
+        self.peers = {p: self.peers.get(p, now) for p in peer_ids if p != self.node_id}
+        self._silent &= set(self.peers)
+
+    def heard_from(self, peer_id: int) -> None:
+        if peer_id in self.peers:
+            self.peers[peer_id] = trio.current_time()
+            self._silent.discard(peer_id)
 
     def deliver(self, group_id: str, message: Message) -> bool:
         """A message from the network for one of our groups; False if we host no such group."""
@@ -88,8 +111,28 @@ class RaftRuntime:
     async def _tick_loop(self) -> None:
         while True:
             await trio.sleep(self.tick_interval_s)
+            self._check_peers()
             for group in self.groups.values():
-                group.tick()
+                if not group.quiesced:
+                    group.tick()
+
+    def _check_peers(self) -> None:
+        now = trio.current_time()
+        newly_silent = []
+        for peer, heard in self.peers.items():
+            self._heartbeat(peer)
+            if now - heard > self.peer_silence_s and peer not in self._silent:
+                self._silent.add(peer)
+                newly_silent.append(peer)
+        if newly_silent:
+            log.info("node(s) %s silent for %.1f s: waking every quiesced group",
+                     newly_silent, self.peer_silence_s)
+            for group in self.groups.values():
+                group.unquiesce()
+
+    @property
+    def quiesced_count(self) -> int:
+        return sum(1 for g in self.groups.values() if g.quiesced)
 
     async def ready_pass(self) -> None:
         """One pass over every active group; see the module docstring for the order."""
@@ -114,7 +157,7 @@ class RaftRuntime:
     def _collect(self, groups: list[RaftGroup]) -> list:
         readies = []
         for group in groups:
-            group.step_inbox_and_ticks()
+            self._send_all(group, group.step_inbox_and_ticks())
             if not group.node.has_ready():
                 continue
             rd = group.node.ready()

@@ -57,8 +57,16 @@ class LocalCluster:
             self.runtimes[message.to].deliver(group_id, message)
         return send
 
+    def _heartbeat_from(self, node_id: int):
+        def heartbeat(peer):
+            if (node_id, peer) not in self.cut and peer in self.runtimes:
+                self.runtimes[peer].heard_from(node_id)
+        return heartbeat
+
     def build(self, node_id: int, *, bootstrap: bool) -> RaftRuntime:
-        runtime = RaftRuntime(node_id, self._send_from(node_id), tick_interval_s=TICK_S)
+        runtime = RaftRuntime(node_id, self._send_from(node_id), tick_interval_s=TICK_S,
+                              heartbeat=self._heartbeat_from(node_id), peer_silence_s=6 * TICK_S)
+        runtime.set_peers(self.node_ids)
         for gid in self.group_ids:
             directory = self.root / f"n{node_id}" / gid
             if bootstrap:

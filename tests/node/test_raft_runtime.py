@@ -108,3 +108,31 @@ async def test_one_fsync_round_serves_many_groups(tmp_path, nursery):
     # 20 groups each committing an entry (append + acks + commit) on 3 nodes: far fewer
     # fsync rounds than groups x steps, because one round covers every group that wrote.
     assert all(r < len(groups) for r in rounds.values()), rounds
+
+
+async def test_idle_groups_quiesce_and_a_quiesced_group_still_fails_over(tmp_path, nursery):
+    groups = tuple(f"q{i}" for i in range(30))
+    cluster = LocalCluster(tmp_path, groups=groups, seed=5)
+    for n in cluster.node_ids:
+        await cluster.start(nursery, n, bootstrap=True)
+    for g in groups:
+        await _propose_all(cluster, [b"hello"], group=g)
+    with trio.fail_after(10):
+        while not all(r.quiesced_count == len(groups) for r in cluster.runtimes.values()):
+            await trio.sleep(0.05)
+    # Quiet: no Ready passes at all while idle (ticks and heartbeats skip quiesced groups).
+    passes = {n: r.passes for n, r in cluster.runtimes.items()}
+    await trio.sleep(0.5)
+    assert {n: r.passes for n, r in cluster.runtimes.items()} == passes
+
+    # A proposal wakes its group, commits, and the group goes quiet again.
+    await _propose_all(cluster, [b"again"], group="q0")
+    await _converged(cluster, 2, cluster.node_ids, group="q0")
+
+    # Crash the node leading q1: its followers hear nothing, wake, and elect a new leader.
+    victim = cluster.leader("q1")
+    cluster.crash(victim)
+    rest = [n for n in cluster.node_ids if n != victim]
+    new = await cluster.wait_leader("q1", among=rest, timeout_s=5)
+    assert new != victim
+    await _propose_all(cluster, [b"after-failover"], group="q1")

@@ -175,9 +175,13 @@ class FaultyDisk(Disk):
     """A Disk that injects DiskFaults and remembers what has not been fsynced.
 
     `drop_unsynced()` simulates power loss: every file written through this disk is cut
-    back to its length at its last fsync, and files created since their directory was
-    last fsynced are deleted. (Unlinks and renames not yet made durable are not undone.)
+    back to its length at its last fsync, files created since their directory was last
+    fsynced are deleted, and files unlinked since then come back (cut to their fsynced
+    length). Until its directory is fsynced, an unlinked file waits in a hidden
+    TRASH_DIR_NAME directory beside it. Renames are not undone.
     """
+
+    TRASH_DIR_NAME = ".faulty-disk-unlinked"
 
     def __init__(self, faults: DiskFaults | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -187,6 +191,9 @@ class FaultyDisk(Disk):
         self._synced_bytes: dict[pathlib.Path, int] = {}
         self._written_bytes: dict[pathlib.Path, int] = {}
         self._created: set[pathlib.Path] = set()
+        # Unlinked path -> (where it waits, its fsynced length), until a directory fsync.
+        self._unlinked: dict[pathlib.Path, tuple[pathlib.Path, int]] = {}
+        self._trash_count = 0
 
     def open(self, path: pathlib.Path) -> DiskFile:
         created = not os.path.exists(path)
@@ -228,6 +235,8 @@ class FaultyDisk(Disk):
         super().fsync_dir(path)
         with self._lock:
             self._created = {p for p in self._created if p.parent != path}
+            for unlinked in [p for p in self._unlinked if p.parent == path]:
+                os.unlink(self._unlinked.pop(unlinked)[0])
 
     def rename(self, src: pathlib.Path, dst: pathlib.Path) -> None:
         super().rename(src, dst)
@@ -240,7 +249,22 @@ class FaultyDisk(Disk):
                 self._created.add(dst)
 
     def unlink(self, path: pathlib.Path) -> None:
-        super().unlink(path)
+        with self._lock:
+            durable_entry = path not in self._created
+            synced = self._synced_bytes.get(path)
+        if synced is None:  # never opened through this disk: all of it is on disk
+            synced = super().file_size(path)
+        if not durable_entry:
+            super().unlink(path)
+        else:
+            trash_dir = path.parent / self.TRASH_DIR_NAME
+            super().mkdir(trash_dir)
+            with self._lock:
+                self._trash_count += 1
+                trash = trash_dir / f"{path.name}.{self._trash_count}"
+            super().rename(path, trash)
+            with self._lock:
+                self._unlinked[path] = (trash, synced)
         with self._lock:
             self._forget(path)
 
@@ -257,6 +281,11 @@ class FaultyDisk(Disk):
                     os.unlink(path)
                 self._forget(path)
             self._created.clear()
+            for path, (trash, synced) in sorted(self._unlinked.items()):
+                os.truncate(trash, min(synced, os.path.getsize(trash)))
+                os.rename(trash, path)
+                self._synced_bytes[path] = self._written_bytes[path] = synced
+            self._unlinked.clear()
             for path, synced in self._synced_bytes.items():
                 if os.path.exists(path) and os.path.getsize(path) > synced:
                     os.truncate(path, synced)

@@ -153,28 +153,23 @@ class SegmentLog:
 
     def _recover(self, durable_index: int, empty_next_offset: int) -> None:
         files = self._segment_files()
+        expected = files[0][0] if files else 1
         for k, (first, path) in enumerate(files):
-            expected = self.last_index + 1 if self._segments else first
             if first != expected:
                 reason = f"segment starts at index {first}, expected {expected}"
                 self._torn_tail(durable_index, expected, path, 0, reason, files[k:])
                 break
             seg = self._load_segment(path, first)
             end, reason = self._scan_frames(seg)
+            expected = seg.last_index + 1
             if reason is not None:
                 self._segments.append(seg)
-                self._torn_tail(durable_index, seg.last_index + 1, path, end, reason,
-                                files[k + 1:])
+                self._torn_tail(durable_index, expected, path, end, reason, files[k + 1:])
                 break
-            if seg.entry_count == 0 and k + 1 < len(files):
-                # An empty segment left by a crash right after a roll: it holds nothing.
-                self._disk.close(seg.file)
-                self._disk.unlink(path)
-                self._directory_dirty = True
-                continue
+            # An empty segment followed by another is a gap, caught on the next turn.
             self._segments.append(seg)
         if not self._segments:
-            self._segments.append(self._create_segment(1))
+            self._segments.append(self._create_segment(expected))
         self._check_durable(durable_index)
         # What we read may be only in the page cache (a crashed process, not a crashed
         # machine): make it durable before anyone counts on it.

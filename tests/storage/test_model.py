@@ -27,6 +27,8 @@ class SegmentLogMachine(RuleBasedStateMachine):
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="segment-log-model-"))
         self.disk = FaultyDisk()
         self.entries: list[LogEntry] = []  # the model: entries first_index..last
+        # Every (term, payload) ever appended at each index: what a power loss may bring back.
+        self.history: dict[int, set[tuple[int, bytes]]] = {}
         self.first_index = 1
         self.term = 1
         self.durable = 0
@@ -63,6 +65,9 @@ class SegmentLogMachine(RuleBasedStateMachine):
 
     def _reopen(self) -> None:
         self.log = self._open()
+        self._reopen_model()
+
+    def _reopen_model(self) -> None:
         self.durable = self.last_index
         batches = self._batches()
         self.offset_floor = batches[0][0] if batches else 0
@@ -85,6 +90,8 @@ class SegmentLogMachine(RuleBasedStateMachine):
             batch.append(LogEntry(index, self.term, 0, payload))
         self.log.append(batch)
         self.entries.extend(batch)
+        for e in batch:
+            self.history.setdefault(e.index, set()).add((e.term, bytes(e.payload)))
 
     @rule(data=st.data())
     def truncate_suffix(self, data):
@@ -104,6 +111,9 @@ class SegmentLogMachine(RuleBasedStateMachine):
         index = data.draw(st.integers(self.first_index, max(self.first_index, self.durable + 1)))
         new_first = self.log.compact_prefix(index)
         assert self.first_index <= new_first <= max(index, self.first_index)
+        self._drop_prefix(new_first)
+
+    def _drop_prefix(self, new_first: int) -> None:
         removed = self.entries[:new_first - self.first_index]
         for e in removed:
             if e.payload:
@@ -111,6 +121,18 @@ class SegmentLogMachine(RuleBasedStateMachine):
                 self.offset_floor = max(self.offset_floor, base + delta + 1)
         del self.entries[:new_first - self.first_index]
         self.first_index = new_first
+
+    @rule(data=st.data())
+    def retention(self, data):
+        retention_bytes = data.draw(st.integers(0, self.log.size_bytes))
+        deleted = self.log.apply_retention(now_ms=0, retention_bytes=retention_bytes,
+                                           retention_ms=None, keep_from_index=self.durable + 1)
+        assert deleted >= 0
+        self._drop_prefix(self.log.first_index)
+        firsts = sorted(int(p.name[:20]) for p in (self.tmp / "log").glob("*.seg"))
+        # Over the bound only if the oldest segment is the active one or still needed.
+        assert self.log.size_bytes <= retention_bytes or len(firsts) == 1 or \
+            firsts[1] - 1 >= self.durable + 1
 
     @rule()
     def reopen(self):
@@ -120,10 +142,27 @@ class SegmentLogMachine(RuleBasedStateMachine):
 
     @rule()
     def power_loss(self):
+        """What was synced survives exactly. Directory changes since the last sync are
+        undone, so deleted segments may come back: before first_index (compaction,
+        retention) or after the durable index (truncate_suffix). Those must hold entries
+        once appended; the model adopts them."""
         self.log.close()
         self.disk.drop_unsynced()
-        del self.entries[self.durable + 1 - self.first_index:]
-        self._reopen()
+        durable = [e for e in self.entries if e.index <= self.durable]
+        self.log = self._open()
+        log = self.log
+        assert log.first_index <= self.first_index and log.last_index >= self.durable
+        got = log.entries(log.first_index, log.last_index + 1)
+        for e in got:
+            if self.first_index <= e.index <= self.durable:
+                expected = durable[e.index - self.first_index]
+                assert (e.term, bytes(e.payload)) == (expected.term, bytes(expected.payload))
+            else:
+                assert (e.term, bytes(e.payload)) in self.history[e.index]
+        self.entries = [LogEntry(e.index, e.term, e.type, bytes(e.payload)) for e in got]
+        self.first_index = log.first_index
+        self.term = max(self.term, log.last_term)
+        self._reopen_model()
 
     @rule(garbage=st.binary(min_size=1, max_size=64))
     def torn_garbage_tail(self, garbage):

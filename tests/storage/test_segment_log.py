@@ -6,6 +6,7 @@ import pytest
 
 from chronik_trio.storage import (
     CompactedError,
+    Disk,
     EntryTooLargeError,
     EntryType,
     InvalidBatchError,
@@ -201,3 +202,30 @@ def test_reset_partition_log_reports_the_snapshot_next_offset(open_log):
     assert (log.first_index, log.last_index, log.next_offset) == (51, 50, 200)
     log.append(batch_entries(51, 200, 1))
     assert (log.log_start_offset, log.next_offset) == (200, 203)
+
+
+class CountingDisk(Disk):
+    def __init__(self) -> None:
+        self.pwritev_calls = 0
+
+    def pwritev(self, f, buffers, offset):
+        self.pwritev_calls += 1
+        super().pwritev(f, buffers, offset)
+
+
+def test_one_write_per_append_per_segment(open_log):
+    disk = CountingDisk()
+    log = open_log(disk=disk, segment_bytes_max=1000)
+    log.append(raw_entries(1, 5, size=100))
+    assert disk.pwritev_calls == 1
+    log.append(raw_entries(6, 10, size=100))  # fills the first segment, rolls once
+    assert disk.pwritev_calls == 3 and log.segment_count == 2
+
+
+def test_entries_read_from_one_log_append_to_another(open_log):
+    leader = open_log("leader", kafka=True)
+    leader.append(batch_entries(1, 0, 5))
+    follower = open_log("follower", kafka=True)
+    follower.append(leader.entries(1, 6))  # memoryview payloads, as replication passes them
+    assert [bytes(b) for b in follower.read_batches(0, max_bytes=10**6, end_offset=15)] == \
+        [bytes(b) for b in leader.read_batches(0, max_bytes=10**6, end_offset=15)]

@@ -714,7 +714,9 @@ class Raft:
         return self.log.match_term(self.log.committed, self.term)
 
     def _leader_read_index(self, m: Message) -> None:
-        if self.trk.is_singleton():
+        if self.trk.is_singleton() and self.id in self.trk.config.voters.incoming:
+            # We alone are the quorum. (A leader that is no longer a voter must not take
+            # this shortcut: the sole voter may already lead a later term.)
             self._respond_read(m, self.log.committed)
             return
         if not self._committed_entry_in_current_term():

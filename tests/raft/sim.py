@@ -62,6 +62,8 @@ class Sim:
         self.observed_commit: dict[int, int] = {}
         self.proposals = 0
         self.restarts = 0
+        self.reads = 0
+        self.read_floor: dict[bytes, int] = {}  # read ctx -> highest index committed before
         for i in self.ids:
             storage = MemoryStorage.with_voters(voters, self.learners0)
             self.peers[i] = self._new_peer(i, storage, applied=0)
@@ -190,13 +192,36 @@ class Sim:
         self.observe(i)
 
     def read_index(self, i: int) -> None:
+        """Ask for a read point; it must cover every entry committed before the request
+        (linearizability of ReadIndex), checked when the ReadState arrives."""
         p = self.peers[i]
         if p.crashed:
             return
+        self.reads += 1
+        ctx = b"r%d" % self.reads
+        self.read_floor[ctx] = max(self.committed, default=0)
         try:
-            p.node.read_index(b"r%d" % self.rng.randrange(1 << 30))
+            p.node.read_index(ctx)
         except ReadIndexDropped:
             pass
+
+    def _check_read_states(self, i: int, rd: Ready) -> None:
+        for rs in rd.read_states:
+            floor = self.read_floor.get(rs.request_ctx, 0)
+            if rs.index < floor:
+                self.fail(f"read index: node {i} got {rs.index} for {rs.request_ctx!r}, but "
+                          f"{floor} was committed before the read was issued")
+
+    def transfer_leader(self, target: int) -> None:
+        lead = self.leader()
+        if lead is not None:
+            self.peers[lead].node.transfer_leader(target)
+            self.observe(lead)
+
+    def report_unreachable(self, i: int, target: int) -> None:
+        p = self.peers[i]
+        if not p.crashed:
+            p.node.report_unreachable(target)
 
     def deliver(self, k: int, duplicate: bool = False) -> None:
         if not self.net:
@@ -219,6 +244,7 @@ class Sim:
         if p.crashed or not p.node.has_ready():
             return False
         rd = p.node.ready()
+        self._check_read_states(i, rd)
         self.send(rd.messages)
         for e in rd.committed_entries:
             self._apply_entry(i, p, e)
@@ -415,7 +441,14 @@ def random_schedule(seed: int, n: int, steps: int) -> Sim:
         elif action == 8:
             s.compact(i)
         elif action == 9:
-            s.conf_change(rng.choice([0, 0, 1, 2]), i)
+            kind = rng.randrange(6)
+            if kind < 4:
+                s.conf_change(min(kind, 2), i)
+            elif kind == 4:
+                s.transfer_leader(i)
+            else:
+                s.read_index(i)
+                s.report_unreachable(i, rng.randrange(1, n + 1))
         s.check()
     s.heal_and_check_liveness()
     s.check()

@@ -407,3 +407,18 @@ def test_removed_leader_hands_leadership_to_a_voter():
     new = c.leader()
     c.propose(new, b"after removal")
     assert c.peers[2].applied == c.peers[3].applied == [b"after removal"]
+
+
+def test_leader_that_is_no_longer_a_voter_does_not_answer_reads_alone():
+    # Found by the simulation: the sole remaining voter may already lead a later term.
+    c = Cluster((1, 2))
+    c.elect(1)
+    c.node(1).propose_conf_change(cc((CT.REMOVE_NODE, 1)))
+    c.stabilize()  # 2 refuses the first hand-off (change not yet applied): 1 still leads
+    assert c.node(1).raft.state == StateRole.LEADER
+    assert c.node(1).raft.trk.config.voters.incoming == {2}
+    c.isolate(1)
+    c.node(1).read_index(b"stale?")
+    rd = c.process_ready(1)
+    assert rd is not None and not rd.read_states
+    assert any(m.type == MT.HEARTBEAT and m.context == b"stale?" for m in rd.messages)

@@ -110,6 +110,14 @@ class RaftSimulation(RuleBasedStateMachine):
     def conf_change(self, kind, member):
         self.sim.conf_change(kind, self._id(member))
 
+    @rule(member=node)
+    def transfer_leader(self, member):
+        self.sim.transfer_leader(self._id(member))
+
+    @rule(i=node, member=node)
+    def report_unreachable(self, i, member):
+        self.sim.report_unreachable(self._id(i), self._id(member))
+
     @precondition(lambda self: hasattr(self, "sim"))
     @invariant()
     def safety(self):

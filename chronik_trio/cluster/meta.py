@@ -7,6 +7,7 @@ Pure and deterministic: no clocks, no randomness (topic ids come inside the comm
 
 from __future__ import annotations
 
+import collections
 import re
 import uuid
 
@@ -32,6 +33,9 @@ TOPIC_CONFIG_DEFAULTS: dict[str, str] = {
 _INT_CONFIGS = {"retention.ms", "retention.bytes", "segment.bytes", "max.message.bytes",
                 "min.insync.replicas"}
 _ENUM_CONFIGS = {"cleanup.policy": {"delete"}, "message.timestamp.type": {"CreateTime"}}
+
+
+RECENT_REQUESTS_MAX = 10_000  # request ids remembered for deduplication (and in snapshots)
 
 
 class ClusterError(Exception):
@@ -117,24 +121,96 @@ class Applied:
     producer_id_start: int = -1
 
 
+def _error_from_code(code: int, message: str) -> ClusterError:
+    for cls in ClusterError.__subclasses__():
+        if cls.error_code == code:
+            return cls(message)
+    error = ClusterError(message)
+    error.error_code = ErrorCode(code)
+    return error
+
+
+@attrs.frozen(slots=True)
+class PartitionLeader:
+    leader: int
+    epoch: int
+
+
 class MetaState:
-    """The replicated cluster metadata. Mutated only by apply()."""
+    """The replicated cluster metadata. Mutated only by apply() and restore()."""
 
     def __init__(self) -> None:
         self.brokers: dict[int, Broker] = {}
         self.topics: dict[str, Topic] = {}
         self.topics_by_id: dict[uuid.UUID, Topic] = {}
+        self.leaders: dict[tuple[uuid.UUID, int], PartitionLeader] = {}
         self.next_producer_id = 0
         self.version = 0  # bumps on every change; readers cache derived answers by it
+        self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
 
     def apply(self, command: meta_pb2.MetaCommand) -> Applied:
+        """Apply one committed command; a request id seen before returns its first result."""
+        request_id = command.request_id
+        if request_id and request_id in self._recent:
+            return self._recent[request_id]
         kind = command.WhichOneof("command")
         handler = _APPLY.get(kind)
         assert handler is not None, f"unknown meta command {kind!r}"
         result = handler(self, getattr(command, kind))
         if result.ok:
             self.version += 1
+        if request_id:
+            self._recent[request_id] = result
+            while len(self._recent) > RECENT_REQUESTS_MAX:
+                self._recent.popitem(last=False)
         return result
+
+    def leader_of(self, topic: Topic, partition: int) -> PartitionLeader | None:
+        return self.leaders.get((topic.topic_id, partition))
+
+    def _partition_leader_changed(self, cmd: meta_pb2.PartitionLeaderChanged) -> Applied:
+        topic_id = uuid.UUID(bytes=cmd.topic_id)
+        topic = self.topics_by_id.get(topic_id)
+        if topic is None or not 0 <= cmd.partition < topic.partition_count:
+            return Applied(False, UnknownTopic(f"no partition {cmd.partition} of topic id {topic_id}"))
+        known = self.leaders.get((topic_id, cmd.partition))
+        if known is not None and (known.epoch, known.leader) >= (cmd.leader_epoch, cmd.leader):
+            return Applied(True)  # stale or repeated report: nothing changes
+        self.leaders[(topic_id, cmd.partition)] = PartitionLeader(cmd.leader, cmd.leader_epoch)
+        return Applied(True)
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        snap = meta_pb2.MetaSnapshot(next_producer_id=self.next_producer_id, version=self.version)
+        for b in self.brokers.values():
+            snap.brokers.add(node_id=b.node_id, host=b.host, port=b.port, rack=b.rack or "",
+                             raft_address=b.raft_address)
+        for t in self.topics.values():
+            snap.topics.add(name=t.name, topic_id=t.topic_id.bytes, configs=t.configs,
+                            partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in t.replicas])
+        for (topic_id, partition), pl in self.leaders.items():
+            snap.leaders.add(topic_id=topic_id.bytes, partition=partition, leader=pl.leader,
+                             leader_epoch=pl.epoch)
+        for request_id, a in self._recent.items():
+            snap.recent.add(request_id=request_id, ok=a.ok, producer_id_start=a.producer_id_start,
+                            error_code=int(a.error.error_code) if a.error else 0,
+                            error_message=str(a.error) if a.error else "")
+        return snap.SerializeToString()
+
+    def restore(self, data: bytes) -> None:
+        snap = meta_pb2.MetaSnapshot.FromString(data)
+        self.__init__()
+        for b in snap.brokers:
+            self._broker_registered(b)
+        for t in snap.topics:
+            self._topic_created(t)
+        for pl in snap.leaders:
+            self._partition_leader_changed(pl)
+        for r in snap.recent:
+            error = _error_from_code(r.error_code, r.error_message) if r.error_code else None
+            self._recent[r.request_id] = Applied(r.ok, error, r.producer_id_start)
+        self.next_producer_id, self.version = snap.next_producer_id, snap.version
 
     def _broker_registered(self, cmd: meta_pb2.BrokerRegistered) -> Applied:
         self.brokers[cmd.node_id] = Broker(cmd.node_id, cmd.host, cmd.port, cmd.rack or None,
@@ -156,6 +232,8 @@ class MetaState:
             return Applied(False, UnknownTopic(f"topic {cmd.name!r} does not exist"))
         del self.topics[topic.name]
         del self.topics_by_id[topic.topic_id]
+        for partition in range(topic.partition_count):
+            self.leaders.pop((topic.topic_id, partition), None)
         return Applied(True)
 
     def _partitions_added(self, cmd: meta_pb2.PartitionsAdded) -> Applied:
@@ -191,4 +269,5 @@ _APPLY = {
     "partitions_added": MetaState._partitions_added,
     "producer_ids_allocated": MetaState._producer_ids_allocated,
     "topic_configs_altered": MetaState._topic_configs_altered,
+    "partition_leader_changed": MetaState._partition_leader_changed,
 }

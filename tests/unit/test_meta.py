@@ -69,3 +69,52 @@ def test_legal_topic_names_pass(name):
 def test_bad_topic_configs_are_refused(configs, match):
     with pytest.raises(meta.InvalidTopicConfig, match=match):
         meta.validate_topic_configs(configs)
+
+
+def _with_id(command, request_id):
+    command.request_id = request_id
+    return command
+
+
+def test_a_retried_request_is_applied_once_and_returns_the_first_result():
+    state = meta.MetaState()
+    alloc = meta_pb2.MetaCommand(producer_ids_allocated=meta_pb2.ProducerIdsAllocated(node_id=1, count=10))
+    first = state.apply(_with_id(alloc, b"req-1"))
+    again = state.apply(_with_id(meta_pb2.MetaCommand.FromString(alloc.SerializeToString()), b"req-1"))
+    assert first == again and first.producer_id_start == 0 and state.next_producer_id == 10
+    dup_create = [state.apply(_with_id(_create("t"), b"req-2")) for _ in range(2)]
+    assert all(r.ok for r in dup_create) and state.topics["t"].partition_count == 3
+
+
+def test_leader_reports_only_move_forward():
+    state = meta.MetaState()
+    state.apply(_create("a"))
+    topic = state.topics["a"]
+
+    def report(leader, epoch):
+        return state.apply(meta_pb2.MetaCommand(partition_leader_changed=meta_pb2.PartitionLeaderChanged(
+            topic_id=topic.topic_id.bytes, partition=1, leader=leader, leader_epoch=epoch)))
+
+    assert report(2, 5).ok and state.leader_of(topic, 1) == meta.PartitionLeader(2, 5)
+    assert report(3, 4).ok and state.leader_of(topic, 1) == meta.PartitionLeader(2, 5)  # stale
+    assert report(3, 6).ok and state.leader_of(topic, 1) == meta.PartitionLeader(3, 6)
+    assert state.leader_of(topic, 0) is None
+
+
+def test_a_snapshot_restores_an_equal_state_including_dedup_memory():
+    state = meta.MetaState()
+    state.apply(_with_id(_create("a", 2, **{"retention.ms": "9"}), b"c1"))
+    state.apply(_with_id(_create("a"), b"c2"))  # fails: exists
+    state.apply(meta_pb2.MetaCommand(broker_registered=meta_pb2.BrokerRegistered(
+        node_id=1, host="h", port=9, raft_address="h:10")))
+    state.apply(meta_pb2.MetaCommand(partition_leader_changed=meta_pb2.PartitionLeaderChanged(
+        topic_id=state.topics["a"].topic_id.bytes, partition=0, leader=1, leader_epoch=3)))
+    state.apply(_with_id(meta_pb2.MetaCommand(producer_ids_allocated=meta_pb2.ProducerIdsAllocated(
+        node_id=1, count=5)), b"p1"))
+    copy = meta.MetaState()
+    copy.restore(state.snapshot())
+    assert copy.topics == state.topics and copy.brokers == state.brokers
+    assert copy.leaders == state.leaders and copy.next_producer_id == 5 and copy.version == state.version
+    assert copy.snapshot() == state.snapshot()
+    replay = copy.apply(_with_id(_create("a"), b"c2"))
+    assert not replay.ok and isinstance(replay.error, meta.TopicAlreadyExists)

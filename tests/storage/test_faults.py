@@ -115,3 +115,42 @@ def test_truncation_then_power_loss_never_resurrects_replaced_entries(open_log):
     disk.drop_unsynced()
     log = open_log(disk=disk, segment_bytes_max=600, durable_index=7)
     assert (log.last_index, [log.term(i) for i in range(4, 8)]) == (7, [1, 2, 2, 2])
+
+
+def test_unsynced_compaction_is_undone_by_power_loss(open_log):
+    disk = FaultyDisk()
+    log = open_log(disk=disk, segment_bytes_max=600)
+    log.append(raw_entries(1, 30))
+    log.sync()
+    first = log.compact_prefix(20)
+    assert first > 1
+    log.close()
+    disk.drop_unsynced()
+    log = open_log(disk=disk, segment_bytes_max=600, durable_index=30)
+    assert (log.first_index, log.last_index) == (1, 30)
+
+
+def test_synced_compaction_survives_power_loss(open_log):
+    disk = FaultyDisk()
+    log = open_log(disk=disk, segment_bytes_max=600)
+    log.append(raw_entries(1, 30))
+    first = log.compact_prefix(20)
+    log.sync()
+    log.close()
+    disk.drop_unsynced()
+    log = open_log(disk=disk, segment_bytes_max=600, durable_index=30)
+    assert (log.first_index, log.last_index) == (first, 30)
+
+
+def test_truncation_to_empty_then_power_loss_is_not_a_later_start(open_log):
+    disk = FaultyDisk()
+    log = open_log(disk=disk, segment_bytes_max=600)
+    log.append(raw_entries(1, 30))
+    log.sync()
+    log.truncate_suffix(1)  # empties the first segment, unlinks the rest (not yet durable)
+    log.close()
+    disk.drop_unsynced()
+    log = open_log(disk=disk, segment_bytes_max=600)
+    # The first segment's truncation lasted but the later segments came back: a gap, so
+    # they are a torn tail rather than a log that starts at their first index.
+    assert (log.first_index, log.last_index) == (1, 0)

@@ -1,0 +1,135 @@
+"""Garbage sent to the Raft port never stops the server, and valid traffic still flows.
+
+Hypothesis draws a list of attacks per example: raw bytes (with or without the HTTP/2
+preface), HTTP/2 requests to the Raft routes with garbage bodies, truncated or oversized
+frames, unknown frame kinds, streams abandoned mid-frame, and well-formed batches with wrong
+node ids. Whatever reaches on_batch must satisfy the transport's promises.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chronik_trio.pb import transport_pb2
+from chronik_trio.transport import (BATCH_PATH, FRAME_KIND_RAFT_BATCH, FROM_NODE_HEADER,
+                                    STREAM_PATH, encode_frame, encode_group_message,
+                                    encode_raft_batch)
+
+from .helpers import H2Client, Node, cluster, message, wait_connected, wait_until
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+FRAME_BYTES_MAX = 64 * 1024
+ATTACK_TIMEOUT_S = 2.0
+
+node_ids = st.integers(min_value=0, max_value=2**64 - 1) | st.sampled_from([1, 2, 3])
+garbage = st.binary(max_size=600)
+frames = st.one_of(
+    garbage,
+    st.builds(lambda kind, payload: encode_frame(kind, payload), st.integers(0, 255), garbage),
+    st.builds(lambda f, t, idx, mf, mt: encode_frame(FRAME_KIND_RAFT_BATCH, encode_raft_batch(
+        f, t, [encode_group_message("g", message(mf, mt, i)) for i in idx])),
+        node_ids, node_ids, st.lists(st.integers(0, 2**32), max_size=3), node_ids, node_ids),
+    st.builds(lambda f: f[:len(f) // 2], garbage.map(
+        lambda p: encode_frame(FRAME_KIND_RAFT_BATCH, p))),
+    st.just(b"\x01" + (FRAME_BYTES_MAX + 1).to_bytes(4, "big")),
+)
+header_values = st.one_of(st.sampled_from([b"1", b"2", b"3", b"-1", b"0", b"x", b""]),
+                          st.binary(max_size=12).filter(lambda v: b"\n" not in v
+                                                        and b"\r" not in v and b"\0" not in v))
+raw_attack = st.tuples(st.just("raw"), st.booleans(), garbage)
+request_attack = st.tuples(st.just("request"), st.sampled_from([STREAM_PATH, BATCH_PATH]),
+                           header_values, st.lists(frames, max_size=4).map(b"".join))
+abandon_attack = st.tuples(st.just("abandon"), st.sampled_from([STREAM_PATH, BATCH_PATH]),
+                           header_values, st.lists(frames, max_size=4).map(b"".join))
+attacks = st.lists(st.one_of(raw_attack, request_attack, abandon_attack), min_size=1,
+                   max_size=6)
+
+
+async def run_attack(address: tuple[str, int], attack: tuple) -> None:
+    kind = attack[0]
+    with trio.move_on_after(ATTACK_TIMEOUT_S):
+        try:
+            if kind == "raw":
+                _, with_preface, data = attack
+                stream = await trio.open_tcp_stream(*address)
+                async with stream:
+                    await stream.send_all((PREFACE if with_preface else b"") + data)
+                    with trio.move_on_after(0.05):
+                        await stream.receive_some(65536)
+                return
+            _, path, from_header, body = attack
+            async with H2Client.open(address) as client:
+                headers = [(FROM_NODE_HEADER, from_header)]
+                if kind == "request":
+                    await client.request("POST", path, headers, body)
+                    assert (await client.request("GET", "/health")).status == 200
+                else:  # headers and some body, then the connection is dropped
+                    sid = client.conn.get_next_available_stream_id()
+                    client.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                                   (b":authority", b"t"),
+                                                   (b":path", path.encode()), *headers])
+                    if body:
+                        client.conn.send_data(sid, body[:16384])
+                    await client.stream.send_all(client.conn.data_to_send())
+        except (OSError, trio.BrokenResourceError, ConnectionError):
+            pass  # the server may close a connection that sent garbage
+
+
+def check_delivered(node: Node) -> None:
+    """What reached on_batch is addressed to us and consistent with its sender's claim."""
+    for batch in node.batches:
+        assert isinstance(batch, transport_pb2.RaftBatch)
+        assert batch.to_node == node.node_id and batch.messages
+        for gm in batch.messages:
+            assert gm.message.to == node.node_id
+            assert getattr(gm.message, "from") == batch.from_node
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(attacks=attacks)
+async def test_garbage_never_stops_the_server_and_valid_traffic_still_flows(attacks):
+    async with cluster(2, frame_bytes_max=FRAME_BYTES_MAX) as (a, b):
+        await wait_connected([a, b])
+        for attack in attacks:
+            await run_attack(b.address, attack)
+        check_delivered(b)
+        garbage_batches = len(b.batches)
+        for index in range(3):
+            assert a.transport.send(2, "valid", message(1, 2, index))
+            assert b.transport.send(1, "valid", message(2, 1, index))
+        await wait_until(lambda: [m for m in b.received() if m[1] == "valid"]
+                         == [(1, "valid", i) for i in range(3)])
+        await wait_until(lambda: a.received() == [(2, "valid", i) for i in range(3)])
+        assert len(b.batches) > garbage_batches
+        async with H2Client.open(b.address) as client:
+            assert (await client.request("GET", "/health")).status == 200
+
+
+@pytest.mark.timeout(30)
+async def test_batches_claiming_another_node_are_dropped_with_their_reason():
+    async with cluster(2) as (a, b):
+        body = b"".join([
+            encode_frame(FRAME_KIND_RAFT_BATCH, encode_raft_batch(  # header says 1
+                3, 2, [encode_group_message("g", message(3, 2, 0))])),
+            encode_frame(FRAME_KIND_RAFT_BATCH, encode_raft_batch(  # for node 9
+                1, 9, [encode_group_message("g", message(1, 9, 1))])),
+            encode_frame(FRAME_KIND_RAFT_BATCH, encode_raft_batch(1, 2, [  # one bad message
+                encode_group_message("g", message(3, 2, 2)),
+                encode_group_message("g", message(1, 2, 3))])),
+            encode_frame(7, b"future frame kind"),
+            encode_frame(FRAME_KIND_RAFT_BATCH, b"\xff\xff\xff"),
+        ])
+        async with H2Client.open(b.address) as client:
+            response = await client.request("POST", STREAM_PATH, [(FROM_NODE_HEADER, b"1")],
+                                            body)
+        assert response.status == 200
+        assert b.received() == [(1, "g", 3)]
+        registry = b.transport.registry
+        for reason, count in [("wrong_from_node", 2), ("wrong_to_node", 1),
+                              ("unknown_kind", 1), ("malformed", 1)]:
+            assert registry.get_sample_value("chronik_transport_dropped_total",
+                                             {"reason": reason}) == count, reason

@@ -35,6 +35,10 @@ CAMPAIGN_TRANSFER = b"CampaignTransfer"
 MAX_PENDING_READ_INDEX_MESSAGES = 4096
 """Reads a new leader holds until it has committed an entry of its term."""
 
+OUTBOX_MESSAGES_MAX = 65536
+"""Messages waiting for the next Ready; beyond it new ones are dropped (as a network would)
+rather than growing without bound while the caller does not collect Readies."""
+
 CONF_SCAN_PAGE_BYTES = 1 << 20
 """Page size when scanning committed-but-unapplied entries for conf changes."""
 
@@ -127,10 +131,10 @@ class Raft:
     # -- sending ----------------------------------------------------------------------------
 
     def _send(self, m: Message) -> None:
-        if m.type in AFTER_PERSIST_MESSAGES:
-            self.msgs_after_append.append(m)
-        else:
-            self.msgs.append(m)
+        out = self.msgs_after_append if m.type in AFTER_PERSIST_MESSAGES else self.msgs
+        if len(out) >= OUTBOX_MESSAGES_MAX and m.to != self.id:
+            return  # Raft tolerates lost messages; a caller this far behind is stalled anyway
+        out.append(m)
 
     def _msg(self, type_: MessageType, to: int, **fields) -> Message:
         term = fields.pop("term", self.term)

@@ -178,7 +178,8 @@ class FaultyDisk(Disk):
     back to its length at its last fsync, files created since their directory was last
     fsynced are deleted, and files unlinked since then come back (cut to their fsynced
     length). Until its directory is fsynced, an unlinked file waits in a hidden
-    TRASH_DIR_NAME directory beside it. Renames are not undone.
+    TRASH_DIR_NAME directory beside it. Renames are not undone, and a truncation counts as
+    durable at once (the conservative choice: bytes cut off never come back).
     """
 
     TRASH_DIR_NAME = ".faulty-disk-unlinked"

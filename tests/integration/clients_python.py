@@ -70,11 +70,13 @@ class ConfluentDriver:
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100, **extra}))
 
-    def create_topics(self, topics: Sequence[str], partitions: int) -> None:
+    def create_topics(self, topics: Sequence[str], partitions: int,
+                      configs: Mapping[str, str] | None = None) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
         admin = AdminClient(self._conf())
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics],
+            [NewTopic(t, num_partitions=partitions, replication_factor=1, config=dict(configs or {}))
+             for t in topics],
             operation_timeout=OP_TIMEOUT_S, request_timeout=OP_TIMEOUT_S)
         for t, f in futures.items():
             f.result(timeout=OP_TIMEOUT_S + 10)   # raises KafkaException on a topic error
@@ -90,8 +92,10 @@ class ConfluentDriver:
             c.close()
 
     def produce(self, topic: str, records: Sequence[Rec], *, codec: str = "none",
-                acks: str = "all", one_batch_each: bool = False,
+                acks: str = "all", flush_every: int = 0,
                 idempotent: bool = False) -> list[tuple[int, int] | None]:
+        """Produce `records` to their partitions; the (partition, offset) each was told.
+        flush_every=N waits for delivery after every N records (N=1: one batch each)."""
         from confluent_kafka import Producer
         acks_conf = {"all": "all", "1": "1", "0": "0"}[acks]
         p = Producer(self._conf(**{
@@ -111,7 +115,7 @@ class ConfluentDriver:
             p.produce(topic, value=r.value, key=r.key, partition=r.partition,
                       headers=list(r.headers) or None, timestamp=r.timestamp_ms,
                       on_delivery=functools.partial(report, i))
-            if one_batch_each:
+            if flush_every and (i + 1) % flush_every == 0:
                 assert p.flush(OP_TIMEOUT_S) == 0, f"record {i} not delivered"
             elif i % 500 == 0:
                 p.poll(0)
@@ -173,6 +177,25 @@ class ConfluentDriver:
         finally:
             c.close()
 
+    def read_from(self, topic: str, partition: int, offset: int, count: int,
+                  timeout_s: float = OP_TIMEOUT_S) -> list[Got]:
+        """Assign one partition at `offset` and return the first `count` records read."""
+        from confluent_kafka import TopicPartition
+        c = self._consumer()
+        c.assign([TopicPartition(topic, partition, offset)])
+        out: list[Got] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(out) < count and time.monotonic() < deadline:
+                for m in c.consume(num_messages=count, timeout=0.5):
+                    if m.error() is not None:
+                        raise AssertionError(f"consume {topic}/{partition}: {m.error()}")
+                    out.append(Got(m.partition(), m.offset(), m.key(), m.value(),
+                                   _headers(m.headers()), m.timestamp()[1]))
+            return out[:count]
+        finally:
+            c.close()
+
 
 class KafkaPythonDriver:
     name = "kafka-python"
@@ -188,13 +211,14 @@ class KafkaPythonDriver:
                              fetch_max_wait_ms=100, request_timeout_ms=int(OP_TIMEOUT_S * 1000),
                              **extra)
 
-    def create_topics(self, topics: Sequence[str], partitions: int) -> None:
+    def create_topics(self, topics: Sequence[str], partitions: int,
+                      configs: Mapping[str, str] | None = None) -> None:
         from kafka.admin import KafkaAdminClient
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
                                  request_timeout_ms=int(OP_TIMEOUT_S * 1000))
         try:
-            admin.create_topics({t: {"num_partitions": partitions, "replication_factor": 1}
-                                 for t in topics},
+            admin.create_topics({t: {"num_partitions": partitions, "replication_factor": 1,
+                                     "configs": dict(configs or {})} for t in topics},
                                 timeout_ms=int(OP_TIMEOUT_S * 1000), wait_for_metadata=True)
         finally:
             admin.close()
@@ -212,8 +236,10 @@ class KafkaPythonDriver:
             c.close()
 
     def produce(self, topic: str, records: Sequence[Rec], *, codec: str = "none",
-                acks: str = "all", one_batch_each: bool = False,
+                acks: str = "all", flush_every: int = 0,
                 idempotent: bool = False) -> list[tuple[int, int] | None]:
+        """Produce `records` to their partitions; the (partition, offset) each was told.
+        flush_every=N waits for delivery after every N records (N=1: one batch each)."""
         from kafka import KafkaProducer
         require_codec(self.name, codec)
         kw = dict(bootstrap_servers=self.bootstrap,
@@ -230,10 +256,10 @@ class KafkaPythonDriver:
         p = KafkaProducer(**kw)
         try:
             futures = []
-            for r in records:
+            for i, r in enumerate(records):
                 futures.append(p.send(topic, value=r.value, key=r.key, headers=list(r.headers),
                                       partition=r.partition, timestamp_ms=r.timestamp_ms))
-                if one_batch_each:
+                if flush_every and (i + 1) % flush_every == 0:
                     p.flush(timeout=OP_TIMEOUT_S)
             p.flush(timeout=FLUSH_TIMEOUT_S)
             told: list[tuple[int, int] | None] = []
@@ -287,6 +313,24 @@ class KafkaPythonDriver:
         finally:
             c.close()
 
+    def read_from(self, topic: str, partition: int, offset: int, count: int,
+                  timeout_s: float = OP_TIMEOUT_S) -> list[Got]:
+        from kafka import TopicPartition
+        c = self._consumer()
+        tp = TopicPartition(topic, partition)
+        c.assign([tp])
+        c.seek(tp, offset)
+        out: list[Got] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(out) < count and time.monotonic() < deadline:
+                for m in c.poll(timeout_ms=500, max_records=count).get(tp, []):
+                    out.append(Got(partition, m.offset, m.key, m.value, _headers(m.headers),
+                                   m.timestamp))
+            return out[:count]
+        finally:
+            c.close()
+
 
 class AioKafkaDriver:
     """aiokafka is asyncio-only: each method runs its coroutine with asyncio.run (the tests
@@ -310,7 +354,8 @@ class AioKafkaDriver:
             return await asyncio.wait_for(coro, timeout_s)
         return asyncio.run(bounded())
 
-    def create_topics(self, topics: Sequence[str], partitions: int) -> None:
+    def create_topics(self, topics: Sequence[str], partitions: int,
+                      configs: Mapping[str, str] | None = None) -> None:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         async def go():
@@ -319,7 +364,8 @@ class AioKafkaDriver:
             await admin.start()
             try:
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics],
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1,
+                              topic_configs=dict(configs or {})) for t in topics],
                     timeout_ms=int(OP_TIMEOUT_S * 1000))
             finally:
                 await admin.close()
@@ -339,8 +385,10 @@ class AioKafkaDriver:
         return self._run(go())
 
     def produce(self, topic: str, records: Sequence[Rec], *, codec: str = "none",
-                acks: str = "all", one_batch_each: bool = False,
+                acks: str = "all", flush_every: int = 0,
                 idempotent: bool = False) -> list[tuple[int, int] | None]:
+        """Produce `records` to their partitions; the (partition, offset) each was told.
+        flush_every=N waits for delivery after every N records (N=1: one batch each)."""
         from aiokafka import AIOKafkaProducer
         require_codec(self.name, codec)
 
@@ -353,12 +401,12 @@ class AioKafkaDriver:
             await p.start()
             try:
                 futures = []
-                for r in records:
+                for i, r in enumerate(records):
                     futures.append(await p.send(topic, value=r.value, key=r.key,
                                                 partition=r.partition, headers=list(r.headers),
                                                 timestamp_ms=r.timestamp_ms))
-                    if one_batch_each:
-                        await futures[-1]
+                    if flush_every and (i + 1) % flush_every == 0:
+                        await p.flush()
                 await p.flush()
                 told: list[tuple[int, int] | None] = []
                 for f in futures:
@@ -437,6 +485,29 @@ class AioKafkaDriver:
             finally:
                 await c.stop()
         return self._run(go(), timeout_s + OP_TIMEOUT_S)
+
+    def read_from(self, topic: str, partition: int, offset: int, count: int,
+                  timeout_s: float = OP_TIMEOUT_S) -> list[Got]:
+        from aiokafka import TopicPartition
+
+        async def go():
+            c = self._consumer()
+            await c.start()
+            try:
+                tp = TopicPartition(topic, partition)
+                c.assign([tp])
+                c.seek(tp, offset)
+                out: list[Got] = []
+                deadline = time.monotonic() + timeout_s
+                while len(out) < count and time.monotonic() < deadline:
+                    batch = await c.getmany(tp, timeout_ms=500, max_records=count)
+                    for m in batch.get(tp, []):
+                        out.append(Got(partition, m.offset, m.key, m.value, _headers(m.headers),
+                                       m.timestamp))
+                return out[:count]
+            finally:
+                await c.stop()
+        return self._run(go())
 
 
 PY_DRIVERS = {d.name: d for d in (ConfluentDriver, KafkaPythonDriver, AioKafkaDriver)}

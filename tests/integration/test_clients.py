@@ -121,7 +121,7 @@ def produce_timed_records(driver, topic: str, t0: int) -> tuple[list[Rec], list]
     singles = [Rec(0, f"s{i}".encode(), f"v{i}".encode(), (), t0 + 1000 * i) for i in range(20)]
     burst = [Rec(0, f"b{j}".encode(), None if j % 2 else b"x", (("j", bytes([j])),),
                  t0 + 20_000 + 1000 * j) for j in range(10)]
-    told = driver.produce(topic, singles, acks="all", one_batch_each=True)
+    told = driver.produce(topic, singles, acks="all", flush_every=1)
     told += driver.produce(topic, burst, acks="all")
     assert [o for _, o in told] == list(range(30))
     return singles + burst, told
@@ -183,6 +183,50 @@ def test_list_offsets_by_timestamp_inside_a_batch(broker_factory):
         ])
 
 
+@pytest.mark.timeout(60)
+def test_no_auto_create_topics(broker_factory):
+    """With --no-auto-create-topics a producer's Metadata request for an unknown topic gets
+    UNKNOWN_TOPIC_OR_PART and creates nothing; its records fail rather than vanish; once the
+    topic is created with the admin API the same records go through."""
+    from confluent_kafka import KafkaError, Producer
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
+
+    broker = broker_factory(name="no-auto", extra_args=["--no-auto-create-topics"]).start()
+    topic = "never-auto-created"
+    with broker_log_on_failure(broker):
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
+                             "message.timeout.ms": 3000})
+        md = producer.list_topics(topic, timeout=10)   # allow_auto_topic_creation=true
+        assert md.topics[topic].error is not None
+        assert md.topics[topic].error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        errors = []
+        producer.produce(topic, b"v", key=b"k", on_delivery=lambda err, msg: errors.append(err))
+        assert producer.flush(15) == 0
+        assert len(errors) == 1 and errors[0] is not None, errors
+
+        kp = KafkaProducer(bootstrap_servers=broker.bootstrap, max_block_ms=2000)
+        try:
+            with pytest.raises(KafkaTimeoutError):
+                kp.send(topic, b"v", key=b"k").get(timeout=10)
+        finally:
+            kp.close(timeout=10)
+
+        driver = ConfluentDriver(broker.bootstrap)
+        assert topic not in driver_topics(driver)
+        driver.create_topics([topic], PARTITIONS)
+        recs = make_records(topic, 90)
+        told = driver.produce(topic, recs, acks="all")
+        begins, ends = driver.list_offsets(topic, range(PARTITIONS))
+        check_roundtrip(topic, recs, told, begins, ends,
+                        driver.consume(topic, ends, timeout_s=CONSUME_TIMEOUT_S))
+
+
+def driver_topics(driver: ConfluentDriver) -> set[str]:
+    from confluent_kafka.admin import AdminClient
+    return set(AdminClient({"bootstrap.servers": driver.bootstrap}).list_topics(timeout=10).topics)
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("client", ["confluent-kafka", "aiokafka"])
 def test_idempotent_producer(broker, client):
@@ -227,6 +271,38 @@ def test_large_records_with_small_fetch_limits(broker_factory, client):
         begins, ends = driver.list_offsets(topic, range(PARTITIONS))
         got = driver.consume(topic, ends, timeout_s=CONSUME_TIMEOUT_S, small_fetches=True)
         check_roundtrip(topic, recs, told, begins, ends, got)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("client", list(PY_DRIVERS))
+def test_seek_into_batches_across_segments_and_out_of_range(broker, client):
+    """Reading from any offset: the partitions are split into many small gzip batches over
+    several segments (topic config segment.bytes=8 KiB), and a consumer assigned at an
+    offset in the middle of a batch, at a segment's start or at the last records gets
+    exactly the records from there. Past the end, the broker's OFFSET_OUT_OF_RANGE makes
+    the client reset to the earliest offset (auto.offset.reset=earliest)."""
+    driver = PY_DRIVERS[client](broker.bootstrap)
+    topic = f"seek-{client}"
+    with broker_log_on_failure(broker):
+        driver.create_topics([topic], PARTITIONS, {"segment.bytes": str(8 * 1024)})
+        recs = make_records(topic, 3000)
+        told = driver.produce(topic, recs, codec="gzip", flush_every=60)  # ~20 per batch
+        begins, ends = driver.list_offsets(topic, range(PARTITIONS))
+        segments = sorted((broker.data_dir / "partitions" / f"{topic}-0").glob("*.seg"))
+        assert len(segments) >= 2, f"expected several segments, found {segments}"
+        got = driver.consume(topic, ends, timeout_s=CONSUME_TIMEOUT_S)
+        check_roundtrip(topic, recs, told, begins, ends, got)
+        at = {(p, o): r for r, (p, o) in zip(recs, told)}
+        for p in range(PARTITIONS):
+            n = ends[p]
+            for start in sorted({0, 1, 7, 19, 21, n // 2, n // 2 + 3, n - 5}):
+                read = driver.read_from(topic, p, start, 5)
+                assert [g.offset for g in read] == list(range(start, start + 5)), (p, start)
+                for g in read:
+                    r = at[(p, g.offset)]
+                    assert (g.key, g.value, g.headers) == (r.key, r.value, r.headers), (p, g.offset)
+        read = driver.read_from(topic, 0, ends[0] + 100, 3)
+        assert [g.offset for g in read] == [0, 1, 2], "no reset to earliest after out of range"
 
 
 @pytest.mark.timeout(120)

@@ -306,6 +306,90 @@ def test_seek_into_batches_across_segments_and_out_of_range(broker, client):
 
 
 @pytest.mark.timeout(120)
+def test_concurrent_producers_and_a_tailing_consumer(broker):
+    """confluent-kafka, kafka-python and aiokafka produce into the same three partitions at
+    the same time (each on its own connections, in its own thread) while a confluent-kafka
+    consumer tails the topic. Offsets told are unique and gap-free per partition, each
+    producer's records keep its order, and the tailing consumer reads every record once at
+    its told offset."""
+    import threading
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from tests.integration.clients_common import Got
+    topic = "shared"
+    reader = ConfluentDriver(broker.bootstrap)
+    per_producer = 1500
+    codec = {"confluent-kafka": "zstd", "kafka-python": "lz4", "aiokafka": "snappy"}
+    sent = {name: make_records(f"{topic}-{name}", per_producer) for name in PY_DRIVERS}
+    told: dict[str, list] = {}
+    failures: list[str] = []
+    total_per_partition = {p: sum(1 for recs in sent.values() for r in recs if r.partition == p)
+                           for p in range(PARTITIONS)}
+    tailed: dict[int, list[Got]] = {p: [] for p in range(PARTITIONS)}
+    stop = threading.Event()
+
+    def produce(name):
+        try:
+            told[name] = PY_DRIVERS[name](broker.bootstrap).produce(
+                topic, sent[name], codec=codec[name], acks="all")
+        except BaseException as exc:   # reported below, in the test's thread
+            failures.append(f"{name}: {exc!r}")
+
+    def tail():
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "never-joined",
+                      "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+        c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        deadline = time.monotonic() + 90
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                if all(len(tailed[p]) >= n for p, n in total_per_partition.items()):
+                    return
+                for m in c.consume(num_messages=1000, timeout=0.2):
+                    if m.error() is not None:
+                        failures.append(f"tail: {m.error()}")
+                        return
+                    tailed[m.partition()].append(Got(m.partition(), m.offset(), m.key(), m.value(),
+                                                     tuple(m.headers() or ()), m.timestamp()[1]))
+        except BaseException as exc:
+            failures.append(f"tail: {exc!r}")
+        finally:
+            c.close()
+
+    with broker_log_on_failure(broker):
+        reader.create_topics([topic], PARTITIONS)
+        threads = [threading.Thread(target=tail)] + [
+            threading.Thread(target=produce, args=(name,)) for name in sent]
+        for t in threads:
+            t.start()
+        for t in threads[1:]:
+            t.join(timeout=100)
+        threads[0].join(timeout=30)
+        stop.set()
+        assert not any(t.is_alive() for t in threads), "a producer or the consumer hung"
+        assert not failures, failures
+
+        begins, ends = reader.list_offsets(topic, range(PARTITIONS))
+        assert begins == {p: 0 for p in range(PARTITIONS)}
+        assert ends == total_per_partition
+        at: dict[tuple[int, int], Rec] = {}
+        for name, recs in sent.items():
+            last = {}
+            for r, (p, o) in zip(recs, told[name]):
+                assert p == r.partition
+                assert (p, o) not in at, f"offset {p}/{o} told to two records"
+                assert o > last.get(p, -1), f"{name}: order lost in partition {p} at offset {o}"
+                last[p] = o
+                at[(p, o)] = r
+        for p in range(PARTITIONS):
+            assert [g.offset for g in tailed[p]] == list(range(ends[p])), f"tail of partition {p}"
+            for g in tailed[p]:
+                r = at[(p, g.offset)]
+                assert (g.key, g.value, g.headers, g.timestamp_ms) == \
+                    (r.key, r.value, r.headers, r.timestamp_ms), (p, g.offset)
+
+
+@pytest.mark.timeout(120)
 def test_clients_carry_on_across_a_broker_kill_and_restart(broker):
     """A long-lived confluent-kafka producer and kafka-python consumer keep working when the
     node is SIGKILLed and restarted on the same port: every acknowledged record is still

@@ -4,9 +4,12 @@ produce to and consume from a real single `chronik-trio node` process on 127.0.0
 For each client, 10,000 records with keys, headers and null values go over 3 partitions in
 every compression codec the client supports, with acks=all, and every record must come
 back exactly once, in order per partition, at the offset the producer was told. Also:
-acks=0 and acks=1, ListOffsets (earliest, latest, by timestamp), topic creation both through
-the admin API and by auto-creation. No consumer groups yet: consumers use manual
-assignment from the earliest offset and never commit. See docs/clients.md.
+acks=0 and acks=1, idempotent producers, ListOffsets (earliest, latest, by timestamp), topic
+creation through the admin API and by auto-creation (and its refusal when turned off),
+900 kB records under small fetch limits, seeking into batches across segments and past the
+end, concurrent producers with a tailing consumer, and live clients across a SIGKILL and
+restart. No consumer groups yet: consumers are assigned partitions by hand and never
+commit. See docs/clients.md.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ def _data(data: bytes) -> str:
 
 def describe_entry(e: Entry) -> str:
     if e.type == EntryType.CONF_CHANGE_V2:
-        return f"{e.term}/{e.index} EntryConfChangeV2 {describe_conf_change(decode_conf_change(e.data))}"
+        cc = describe_conf_change(decode_conf_change(e.data))
+        return f"{e.term}/{e.index} EntryConfChangeV2 {cc}"
     return f"{e.term}/{e.index} EntryNormal {_data(e.data)}"
 
 

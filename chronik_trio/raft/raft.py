@@ -47,8 +47,9 @@ class Raft:
     """State of one Raft node. Fields use the paper's and etcd's names.
 
     term, vote: the durable HardState (with log.committed). leader_id: who we believe leads
-    `term` (NONE if unknown). election_elapsed / heartbeat_elapsed: ticks since the last
-    reset of each timer. lead_transferee: target of an ongoing leader transfer or NONE.
+    `term` (NONE if unknown). election_elapsed_ticks / heartbeat_elapsed_ticks: ticks since
+    the last reset of each timer. lead_transferee: target of an ongoing leader transfer or
+    NONE.
     pending_conf_index: a conf change may be proposed only once applied >= this index.
     """
 
@@ -58,8 +59,8 @@ class Raft:
         self.rng = cfg.rng if cfg.rng is not None else random.Random(cfg.id)
         self.log = RaftLog(storage, cfg.max_committed_size_per_ready_bytes)
         self.trk = ProgressTracker(cfg.max_inflight_msgs, cfg.max_inflight_bytes)
-        self.election_timeout = cfg.election_tick
-        self.heartbeat_timeout = cfg.heartbeat_tick
+        self.election_timeout_ticks = cfg.election_tick
+        self.heartbeat_timeout_ticks = cfg.heartbeat_tick
         self.max_size_per_msg_bytes = cfg.max_size_per_msg_bytes
         self.max_uncommitted_size_bytes = cfg.max_uncommitted_size_bytes
         self.check_quorum = cfg.check_quorum
@@ -83,9 +84,9 @@ class Raft:
         self.bcast_pending = False
         self.pending_request_snapshot = 0
         self.uncommitted_size_bytes = 0
-        self.election_elapsed = 0
-        self.heartbeat_elapsed = 0
-        self.randomized_election_timeout = cfg.election_tick
+        self.election_elapsed_ticks = 0
+        self.heartbeat_elapsed_ticks = 0
+        self.randomized_election_timeout_ticks = cfg.election_tick
         self.state = StateRole.FOLLOWER
         self._handlers: dict[MessageType, Callable[[Message], None]] = {}
         self._tick: Callable[[], None] = self._tick_election
@@ -201,10 +202,10 @@ class Raft:
             self.term = term
             self.vote = NONE
         self.leader_id = NONE
-        self.election_elapsed = 0
-        self.heartbeat_elapsed = 0
-        self.randomized_election_timeout = \
-            self.election_timeout + self.rng.randrange(self.election_timeout)
+        self.election_elapsed_ticks = 0
+        self.heartbeat_elapsed_ticks = 0
+        self.randomized_election_timeout_ticks = \
+            self.election_timeout_ticks + self.rng.randrange(self.election_timeout_ticks)
         self.lead_transferee = NONE
         self.trk.reset_votes()
         last = self.log.last_index()
@@ -261,16 +262,17 @@ class Raft:
         self._tick()
 
     def _tick_election(self) -> None:
-        self.election_elapsed += 1
-        if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
-            self.election_elapsed = 0
+        self.election_elapsed_ticks += 1
+        timed_out = self.election_elapsed_ticks >= self.randomized_election_timeout_ticks
+        if timed_out and self.promotable():
+            self.election_elapsed_ticks = 0
             self.step(Message(type=MT.HUP, from_=self.id))
 
     def _tick_heartbeat(self) -> None:
-        self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
-        if self.election_elapsed >= self.election_timeout:
-            self.election_elapsed = 0
+        self.heartbeat_elapsed_ticks += 1
+        self.election_elapsed_ticks += 1
+        if self.election_elapsed_ticks >= self.election_timeout_ticks:
+            self.election_elapsed_ticks = 0
             if self.check_quorum:
                 self.step(Message(type=MT.CHECK_QUORUM, from_=self.id))
             if self.state == StateRole.LEADER and self.lead_transferee != NONE:
@@ -278,8 +280,8 @@ class Raft:
             self._maybe_hand_off_leadership()
         if self.state != StateRole.LEADER:
             return
-        if self.heartbeat_elapsed >= self.heartbeat_timeout:
-            self.heartbeat_elapsed = 0
+        if self.heartbeat_elapsed_ticks >= self.heartbeat_timeout_ticks:
+            self.heartbeat_elapsed_ticks = 0
             self.step(Message(type=MT.BEAT, from_=self.id))
 
     # -- step: term checks common to all roles ----------------------------------------------
@@ -307,7 +309,7 @@ class Raft:
         if m.type == MT.VOTE or m.type == MT.PRE_VOTE:
             force = m.context == CAMPAIGN_TRANSFER
             in_lease = self.check_quorum and self.leader_id != NONE and \
-                self.election_elapsed < self.election_timeout
+                self.election_elapsed_ticks < self.election_timeout_ticks
             if in_lease and not force:
                 # Leader lease (thesis 4.2.3): we heard from a leader within the minimum
                 # election timeout, so ignore a candidate that would disrupt it.
@@ -336,7 +338,7 @@ class Raft:
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             self._send(self._msg(resp, m.from_, term=m.term))
             if m.type == MT.VOTE:
-                self.election_elapsed = 0
+                self.election_elapsed_ticks = 0
                 self.vote = m.from_
         else:
             self._send(self._msg(resp, m.from_, reject=True))
@@ -463,7 +465,7 @@ class Raft:
                            context=m.context))
 
     def _follower_append(self, m: Message) -> None:
-        self.election_elapsed = 0
+        self.election_elapsed_ticks = 0
         self.leader_id = m.from_
         if self.pending_request_snapshot:
             self._send_request_snapshot()
@@ -483,13 +485,13 @@ class Raft:
                              reject_hint=hint_index, log_term=hint_term))
 
     def _follower_heartbeat(self, m: Message) -> None:
-        self.election_elapsed = 0
+        self.election_elapsed_ticks = 0
         self.leader_id = m.from_
         self.log.commit_to(m.commit)
         self._send(self._msg(MT.HEARTBEAT_RESPONSE, m.from_, context=m.context))
 
     def _follower_snapshot(self, m: Message) -> None:
-        self.election_elapsed = 0
+        self.election_elapsed_ticks = 0
         self.leader_id = m.from_
         assert m.snapshot is not None, m
         if self.restore(m.snapshot):
@@ -705,7 +707,7 @@ class Raft:
             self.lead_transferee = NONE
         if transferee == self.id:
             return
-        self.election_elapsed = 0  # the transfer must finish within an election timeout
+        self.election_elapsed_ticks = 0  # the transfer must finish within an election timeout
         self.lead_transferee = transferee
         if pr.match == self.log.last_index():
             self._send(self._msg(MT.TIMEOUT_NOW, transferee))

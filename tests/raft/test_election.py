@@ -36,7 +36,7 @@ def test_follower_campaigns_after_randomized_timeout_in_election_tick_to_twice(s
 
 def test_randomized_timeouts_differ_between_nodes():
     timeouts = {RawNode(Config(id=i), MemoryStorage.with_voters((1, 2, 3)))
-                .raft.randomized_election_timeout for i in range(1, 30)}
+                .raft.randomized_election_timeout_ticks for i in range(1, 30)}
     assert len(timeouts) > 1
 
 

@@ -96,12 +96,12 @@ class Env:
 
     def cmd_tick_election(self, node: str) -> None:
         r = self.c.node(int(node)).raft
-        for _ in range(max(1, r.randomized_election_timeout - r.election_elapsed)):
+        for _ in range(max(1, r.randomized_election_timeout_ticks - r.election_elapsed_ticks)):
             self.c.node(int(node)).tick()
 
     def cmd_tick_heartbeat(self, node: str) -> None:
         r = self.c.node(int(node)).raft
-        for _ in range(r.heartbeat_timeout):
+        for _ in range(r.heartbeat_timeout_ticks):
             self.c.node(int(node)).tick()
 
     def cmd_process_ready(self, *nodes: str) -> None:

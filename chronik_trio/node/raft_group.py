@@ -8,6 +8,7 @@ from peers are queued in `inbox` and stepped by the Ready pass itself.
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import typing
 
@@ -55,10 +56,11 @@ class StateMachine(typing.Protocol):
 
 
 class _Waiter:
-    __slots__ = ("term", "event", "result", "error")
+    __slots__ = ("term", "index", "event", "result", "error")
 
     def __init__(self, term: int) -> None:
         self.term = term
+        self.index = 0
         self.event = trio.Event()
         self.result: typing.Any = None
         self.error: Exception | None = None
@@ -91,6 +93,8 @@ class RaftGroup:
         self.dropped_messages = 0
         self.quiesced = False
         self.idle_ticks = 0
+        self.persisted_index = storage.log.durable_index
+        self._persist_waiters: list[tuple[int, int, trio.Event]] = []  # a heap by index
         self._waiters: dict[int, _Waiter] = {}
         ss = node.status().soft_state
         self.leader_id, self.role, self.term = ss.leader_id, ss.role, node.status().hard_state.term
@@ -123,23 +127,63 @@ class RaftGroup:
         """Propose data as the leader and wait until it is applied here; return the state
         machine's result for it. Raises NotLeader or ProposalFailed."""
         async with self.lock:
-            if not self.is_leader:
-                raise NotLeader(self.group_id, self.leader_id, self.term)
-            self.unquiesce()
-            if len(self._waiters) >= PENDING_PROPOSALS_MAX:
-                raise ProposalFailed(f"group {self.group_id}: {len(self._waiters)} proposals pending")
-            try:
-                self.node.propose(data)
-            except ProposalDropped as exc:
-                raise ProposalFailed(f"group {self.group_id}: {exc}") from None
-            raft = self.node.raft  # the leader appended it at once: its index and term
-            waiter = _Waiter(raft.term)
-            self._waiters[raft.log.last_index()] = waiter
+            self.check_leader()
+            waiter = self.propose_locked(data)
         self._wake(self)
+        return await self.wait_applied(waiter)
+
+    def check_leader(self) -> None:
+        """Raise NotLeader unless this node leads the group (call with the lock held)."""
+        if not self.is_leader:
+            raise NotLeader(self.group_id, self.leader_id, self.term)
+
+    def propose_locked(self, data: bytes) -> "_Waiter":
+        """Propose as the leader with the lock held; returns the waiter for its application.
+        The caller wakes the runtime after releasing the lock."""
+        self.unquiesce()
+        if len(self._waiters) >= PENDING_PROPOSALS_MAX:
+            raise ProposalFailed(f"group {self.group_id}: {len(self._waiters)} proposals pending")
+        try:
+            self.node.propose(data)
+        except ProposalDropped as exc:
+            raise ProposalFailed(f"group {self.group_id}: {exc}") from None
+        raft = self.node.raft  # the leader appended it at once: its index and term
+        waiter = _Waiter(raft.term)
+        waiter.index = raft.log.last_index()
+        self._waiters[waiter.index] = waiter
+        return waiter
+
+    @staticmethod
+    async def wait_applied(waiter: "_Waiter"):
         await waiter.event.wait()
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    async def wait_persisted(self, index: int) -> None:
+        """Until this node's log is durable through index (acks=1)."""
+        if self.persisted_index >= index:
+            return
+        event = trio.Event()
+        heapq.heappush(self._persist_waiters, (index, id(event), event))
+        await event.wait()
+
+    def on_persisted(self, index: int) -> None:
+        self.persisted_index = max(self.persisted_index, index)
+        while self._persist_waiters and self._persist_waiters[0][0] <= self.persisted_index:
+            heapq.heappop(self._persist_waiters)[2].set()
+
+    async def propose_anywhere(self, data: bytes) -> None:
+        """Propose data from whichever role this node has: a follower forwards it to the
+        leader through Raft. Does not wait; the caller recognises the entry when it is
+        applied (by an id inside data). Raises ProposalFailed if no leader is known."""
+        async with self.lock:
+            self.unquiesce()
+            try:
+                self.node.propose(data)
+            except ProposalDropped as exc:
+                raise ProposalFailed(f"group {self.group_id}: {exc}") from None
+        self._wake(self)
 
     # --- called by the Ready pass with the lock held --------------------------------------------
 

@@ -186,7 +186,7 @@ class RaftRuntime:
             await trio.to_thread.run_sync(_run_tickets, [t for _, t in tickets])
             self.fsync_rounds += 1
             for group, ticket in tickets:
-                group.storage.end_sync(ticket)
+                group.on_persisted(group.storage.end_sync(ticket))
 
     def _send_all(self, group: RaftGroup, messages) -> None:
         for message in messages:

@@ -83,18 +83,24 @@ class LocalCluster:
     async def start(self, nursery, node_id: int, *, bootstrap: bool) -> None:
         runtime = self.build(node_id, bootstrap=bootstrap)
         self.runtimes[node_id] = runtime
-        scope = trio.CancelScope()
-        self.scopes[node_id] = scope
+        scope, done = trio.CancelScope(), trio.Event()
+        self.scopes[node_id] = (scope, done)
 
         async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with scope:
-                await runtime.run(task_status=task_status)
+            try:
+                with scope:
+                    await runtime.run(task_status=task_status)
+            finally:
+                done.set()
 
         await nursery.start(run)
 
-    def crash(self, node_id: int) -> None:
-        """Stop a node abruptly (its files stay as written; what was synced is what counts)."""
-        self.scopes.pop(node_id).cancel()
+    async def crash(self, node_id: int) -> None:
+        """Stop a node abruptly (its files stay as written; what was synced is what counts).
+        Waits for its runtime task to end first, as a dead process does nothing more."""
+        scope, done = self.scopes.pop(node_id)
+        scope.cancel()
+        await done.wait()
         runtime = self.runtimes.pop(node_id)
         for group in runtime.groups.values():
             group.close()

@@ -78,7 +78,7 @@ async def test_a_crashed_node_restarts_from_disk_and_catches_up(tmp_path, nurser
         await cluster.start(nursery, n, bootstrap=True)
     await _propose_all(cluster, [b"x%d" % i for i in range(10)])
     victim = await cluster.wait_leader()
-    cluster.crash(victim)
+    await cluster.crash(victim)
     await _propose_all(cluster, [b"y%d" % i for i in range(10)])
     await cluster.start(nursery, victim, bootstrap=False)
     await _converged(cluster, 20, cluster.node_ids)
@@ -131,7 +131,7 @@ async def test_idle_groups_quiesce_and_a_quiesced_group_still_fails_over(tmp_pat
 
     # Crash the node leading q1: its followers hear nothing, wake, and elect a new leader.
     victim = cluster.leader("q1")
-    cluster.crash(victim)
+    await cluster.crash(victim)
     rest = [n for n in cluster.node_ids if n != victim]
     new = await cluster.wait_leader("q1", among=rest, timeout_s=5)
     assert new != victim

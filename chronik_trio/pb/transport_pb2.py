@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import raft_pb2 as raft__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ftransport.proto\x12\x11\x63hronik.transport\x1a\nraft.proto\"E\n\x0cGroupMessage\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07message\x18\x02 \x01(\x0b\x32\x15.chronik.raft.Message\"b\n\tRaftBatch\x12\x11\n\tfrom_node\x18\x01 \x01(\x04\x12\x0f\n\x07to_node\x18\x02 \x01(\x04\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.chronik.transport.GroupMessageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ftransport.proto\x12\x11\x63hronik.transport\x1a\nraft.proto\"E\n\x0cGroupMessage\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07message\x18\x02 \x01(\x0b\x32\x15.chronik.raft.Message\"b\n\tRaftBatch\x12\x11\n\tfrom_node\x18\x01 \x01(\x04\x12\x0f\n\x07to_node\x18\x02 \x01(\x04\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.chronik.transport.GroupMessage\"\xab\x01\n\rSnapshotChunk\x12\x11\n\tfrom_node\x18\x01 \x01(\x04\x12\x0f\n\x07to_node\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12&\n\x07message\x18\x04 \x01(\x0b\x32\x15.chronik.raft.Message\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x0c\n\x04last\x18\x08 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,4 +36,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GROUPMESSAGE']._serialized_end=119
   _globals['_RAFTBATCH']._serialized_start=121
   _globals['_RAFTBATCH']._serialized_end=219
+  _globals['_SNAPSHOTCHUNK']._serialized_start=222
+  _globals['_SNAPSHOTCHUNK']._serialized_end=393
 # @@protoc_insertion_point(module_scope)

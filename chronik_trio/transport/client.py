@@ -14,7 +14,9 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+
+import attrs
 
 import h2.config
 import h2.connection
@@ -23,12 +25,14 @@ import h2.exceptions
 import h2.settings
 import trio
 
-from ..pb import raft_pb2
-from .framing import (FRAME_HEADER_BYTES, FRAME_KIND_RAFT_BATCH, batch_envelope_bytes_max,
+from ..pb import raft_pb2, transport_pb2
+from .framing import (FRAME_HEADER_BYTES, FRAME_KIND_RAFT_BATCH, FRAME_KIND_SNAPSHOT_CHUNK,
+                      batch_envelope_bytes_max,
                       encode_frame, encode_group_message, encode_raft_batch,
                       group_message_overhead_bytes)
 from .metrics import DropReason, PeerMetrics, TransportMetrics
 from .server import FROM_NODE_HEADER, STREAM_PATH
+from .snapshot import SNAPSHOT_CHUNK_BYTES, split_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +49,31 @@ RECONNECT_BACKOFF_INITIAL_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 1.0
 # A connect that hangs (SYN to a black hole) is given up after this and retried.
 CONNECT_TIMEOUT_S = 2.0
+# Keepalive: a peer that vanished without closing (power loss, a network partition that
+# drops packets) never makes a write fail quickly, so the sender pings while it is
+# connected and gives the connection up when a ping goes unanswered. The timeout is below
+# a Raft election timeout's worth of seconds on a loaded machine, the interval a small cost.
+PING_INTERVAL_S = 1.0
+PING_TIMEOUT_S = 3.0
 # Bytes read per receive call; the server sends only small frames (settings, window
 # updates, response headers).
 RECEIVE_BYTES_MAX = 65536
 # Our receive windows: the server sends almost nothing, so h2's defaults suffice; the max
 # frame size we accept for the same reason stays at the protocol default.
 
+# Snapshots waiting or being written per peer. Each holds its whole data in memory (as the
+# message it came in did); the leader retries a refused one after report_snapshot(False).
+PEER_SNAPSHOTS_MAX = 4
+
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 ReportUnreachable = Callable[[int, str], None]
+ReportSnapshot = Callable[[int, str, bool], None]
+
+
+@attrs.define
+class _PendingSnapshot:
+    group: str
+    chunks: Iterator[transport_pb2.SnapshotChunk]
 
 
 class PeerState(enum.Enum):
@@ -75,7 +96,8 @@ class PeerSender:
 
     def __init__(self, *, node_id: int, peer_id: int, address: tuple[str, int],
                  connect: Connect, frame_bytes_max: int, metrics: TransportMetrics,
-                 report_unreachable: ReportUnreachable) -> None:
+                 report_unreachable: ReportUnreachable,
+                 report_snapshot: ReportSnapshot | None) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
         self.address = address
@@ -84,11 +106,15 @@ class PeerSender:
         self._metrics = metrics
         self._peer_metrics: PeerMetrics = metrics.peer(peer_id)
         self._report_unreachable = report_unreachable
+        self._report_snapshot = report_snapshot
+        # Frames carry a chunk and a small envelope; leave room for the envelope.
+        self._chunk_bytes = min(SNAPSHOT_CHUNK_BYTES, frame_bytes_max // 2)
         self.state = PeerState.CONNECTING
         # (group, encoded GroupMessage); bytes counted in _queued_bytes
         self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
         self._queued_bytes = 0
-        self._queued = trio.Event()  # set while the queue is non-empty
+        self._snapshots: collections.deque[_PendingSnapshot] = collections.deque()
+        self._work = trio.Event()  # set while messages or snapshots are waiting
         self._connected = trio.Event()  # set while state is CONNECTED
 
     @property
@@ -99,7 +125,10 @@ class PeerSender:
         """Queues one message (or encoded chronik.raft.Message) of a group; never blocks.
 
         On refusal drops it, counts the drop, calls report_unreachable and returns False.
+        A MSG_SNAPSHOT (given as a Message) goes in chunks, see enqueue_snapshot.
         """
+        if isinstance(message, raft_pb2.Message) and message.type == raft_pb2.MSG_SNAPSHOT:
+            return self.enqueue_snapshot(group, message)
         if self.state is not PeerState.CONNECTED:
             return self._refuse(group, DropReason.PEER_DISCONNECTED)
         encoded = encode_group_message(group, message)
@@ -113,51 +142,82 @@ class PeerSender:
             return self._refuse(group, DropReason.QUEUE_FULL)
         self._queue.append((group, encoded))
         self._queued_bytes += size
-        self._queued.set()
+        self._work.set()
         self._update_depth()
         return True
 
-    def _refuse(self, group: str, reason: DropReason) -> bool:
+    def enqueue_snapshot(self, group: str, message: raft_pb2.Message) -> bool:
+        """Queues a MSG_SNAPSHOT, written in chunks between batches; never blocks.
+
+        report_snapshot(peer, group, True) follows once its last chunk is written,
+        (peer, group, False) if it is dropped, now (returning False) or later.
+        """
+        if self.state is not PeerState.CONNECTED:
+            return self._refuse(group, DropReason.PEER_DISCONNECTED, snapshot=True)
+        if len(self._snapshots) >= PEER_SNAPSHOTS_MAX:
+            return self._refuse(group, DropReason.SNAPSHOT_QUEUE_FULL, snapshot=True)
+        self._snapshots.append(_PendingSnapshot(group, split_snapshot(
+            self.node_id, self.peer_id, group, message, self._chunk_bytes)))
+        self._work.set()
+        return True
+
+    def _refuse(self, group: str, reason: DropReason, *, snapshot: bool = False) -> bool:
         self._metrics.drop(reason)
         self._peer_metrics.reported_unreachable.inc()
         self._report_unreachable(self.peer_id, group)
+        if snapshot and self._report_snapshot is not None:
+            self._report_snapshot(self.peer_id, group, False)
         return False
+
+    def _refresh_work(self) -> None:
+        if not self._queue and not self._snapshots and self._work.is_set():
+            self._work = trio.Event()
 
     def _update_depth(self) -> None:
         self._peer_metrics.queue_depth_messages.set(len(self._queue))
         self._peer_metrics.queue_depth_bytes.set(self._queued_bytes)
 
-    def _drop_queue(self) -> None:
-        """Drops what is queued, reporting each group once (the connection broke)."""
-        if not self._queue:
-            return
-        groups = dict.fromkeys(group for group, _ in self._queue)
-        self._metrics.drop(DropReason.CONNECTION_LOST, len(self._queue))
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._queued = trio.Event()
-        self._update_depth()
-        for group in groups:
-            self._peer_metrics.reported_unreachable.inc()
-            self._report_unreachable(self.peer_id, group)
-
-    def _take_batch(self) -> list[bytes]:
+    def _take_batch(self) -> list[tuple[str, bytes]]:
         """Takes queued messages, in order, up to one frame's worth (at least one)."""
         budget = self._frame_bytes_max - batch_envelope_bytes_max()
-        taken: list[bytes] = []
+        taken: list[tuple[str, bytes]] = []
         while self._queue:
-            encoded = self._queue[0][1]
+            group, encoded = self._queue[0]
             size = group_message_overhead_bytes(encoded)
             if taken and size > budget:
                 break
             self._queue.popleft()
             self._queued_bytes -= size
             budget -= size
-            taken.append(encoded)
-        if not self._queue:
-            self._queued = trio.Event()
+            taken.append((group, encoded))
+        self._refresh_work()
         self._update_depth()
         return taken
+
+    def _report_lost(self, in_flight: list[tuple[str, bytes]]) -> None:
+        """After a connection broke: drops what is queued, and reports each group that
+        had messages queued or being written (they may not have arrived) once."""
+        groups = dict.fromkeys(group for group, _ in in_flight)
+        groups.update(dict.fromkeys(group for group, _ in self._queue))
+        snapshots = [snapshot.group for snapshot in self._snapshots]
+        groups.update(dict.fromkeys(snapshots))
+        lost = len(in_flight) + len(self._queue) + len(snapshots)
+        if lost:
+            self._metrics.drop(DropReason.CONNECTION_LOST, lost)
+        self._clear()
+        for group in groups:
+            self._peer_metrics.reported_unreachable.inc()
+            self._report_unreachable(self.peer_id, group)
+        if self._report_snapshot is not None:
+            for group in snapshots:
+                self._report_snapshot(self.peer_id, group, False)
+
+    def _clear(self) -> None:
+        self._queue.clear()
+        self._snapshots.clear()
+        self._queued_bytes = 0
+        self._refresh_work()
+        self._update_depth()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -177,7 +237,7 @@ class PeerSender:
                              "%.2f s", self.node_id, self.peer_id, *self.address, reason,
                              backoff_s)
                 self._set_state(PeerState.BACKOFF)
-                self._drop_queue()
+                self._report_lost(connection.in_flight)
                 if connection.accepted:
                     backoff_s = RECONNECT_BACKOFF_INITIAL_S
                 await trio.sleep(backoff_s)
@@ -185,9 +245,7 @@ class PeerSender:
         finally:
             # Stopped (peer removed, transport shut down): nobody is left to report to.
             self._set_state(PeerState.CONNECTING)
-            self._queue.clear()
-            self._queued_bytes = 0
-            self._update_depth()
+            self._clear()
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -213,6 +271,8 @@ class _Connection:
         self._stream_id = 0
         self._send_lock = trio.Lock()
         self._window_opened = trio.Event()
+        self.in_flight: list[tuple[str, bytes]] = []  # the batch being written
+        self._ping_acked = trio.Event()
 
     async def serve(self) -> None:
         s = self.sender
@@ -232,6 +292,7 @@ class _Connection:
             log.debug("node %d: connected to node %d", s.node_id, s.peer_id)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_loop)
+                nursery.start_soon(self._keepalive)
                 await self._write_loop()
 
     async def _flush(self) -> None:
@@ -251,8 +312,21 @@ class _Connection:
                 self._handle_event(event)
             await self._flush()
 
+    async def _keepalive(self) -> None:
+        while True:
+            await trio.sleep(PING_INTERVAL_S)
+            self._ping_acked = trio.Event()
+            self._h2.ping(b"chronikp")
+            await self._flush()
+            with trio.move_on_after(PING_TIMEOUT_S):
+                await self._ping_acked.wait()
+            if not self._ping_acked.is_set():
+                raise PeerConnectionLost(f"no answer to a ping within {PING_TIMEOUT_S} s")
+
     def _handle_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
+        if isinstance(event, h2.events.PingAckReceived):
+            self._ping_acked.set()
+        elif isinstance(event, h2.events.ResponseReceived):
             status = dict(event.headers).get(b":status", b"")
             if status != b"200":
                 raise PeerConnectionLost(f"stream refused with status {status!r}")
@@ -270,16 +344,48 @@ class _Connection:
             raise PeerConnectionLost(f"server closed the connection: {event.error_code!r}")
 
     async def _write_loop(self) -> None:
+        """Writes a batch of what is queued, then a snapshot chunk, in turn, while any."""
         s = self.sender
         while True:
-            await s._queued.wait()
-            taken = s._take_batch()
-            frame = encode_frame(FRAME_KIND_RAFT_BATCH,
-                                 encode_raft_batch(s.node_id, s.peer_id, taken))
-            await self._send_body(frame)
-            s._peer_metrics.sent_batches.inc()
-            s._peer_metrics.sent_messages.inc(len(taken))
-            s._peer_metrics.sent_bytes.inc(len(frame) - FRAME_HEADER_BYTES)
+            await s._work.wait()
+            if s._queue:
+                await self._write_batch()
+            if s._snapshots:
+                await self._write_snapshot_chunk()
+
+    async def _write_snapshot_chunk(self) -> None:
+        s = self.sender
+        snapshot = s._snapshots[0]
+        chunk = next(snapshot.chunks)
+        payload = chunk.SerializeToString()
+        if len(payload) > s._frame_bytes_max:
+            log.warning("node %d: snapshot of group %r to node %d: a chunk needs %d bytes, "
+                        "frame limit %d", s.node_id, snapshot.group, s.peer_id, len(payload),
+                        s._frame_bytes_max)
+            s._snapshots.popleft()
+            s._refresh_work()
+            s._refuse(snapshot.group, DropReason.MESSAGE_TOO_LARGE, snapshot=True)
+            return
+        await self._send_body(encode_frame(FRAME_KIND_SNAPSHOT_CHUNK, payload))
+        s._peer_metrics.sent_bytes.inc(len(payload))
+        if chunk.last:
+            s._snapshots.popleft()
+            s._refresh_work()
+            s._peer_metrics.sent_snapshots.inc()
+            s._peer_metrics.sent_messages.inc()
+            if s._report_snapshot is not None:
+                s._report_snapshot(s.peer_id, snapshot.group, True)
+
+    async def _write_batch(self) -> None:
+        s = self.sender
+        self.in_flight = s._take_batch()
+        frame = encode_frame(FRAME_KIND_RAFT_BATCH, encode_raft_batch(
+            s.node_id, s.peer_id, [encoded for _, encoded in self.in_flight]))
+        await self._send_body(frame)
+        taken, self.in_flight = self.in_flight, []
+        s._peer_metrics.sent_batches.inc()
+        s._peer_metrics.sent_messages.inc(len(taken))
+        s._peer_metrics.sent_bytes.inc(len(frame) - FRAME_HEADER_BYTES)
 
     async def _send_body(self, data: bytes) -> None:
         """Writes data on our stream as fast as the peer's windows allow."""

@@ -4,8 +4,9 @@ A stream (the body of one HTTP/2 request) is a sequence of frames:
 
     kind: u8 | length: u32 big-endian | payload: `length` bytes
 
-`kind` is FRAME_KIND_RAFT_BATCH (payload: an encoded chronik.transport.RaftBatch). Other kinds
-are skipped by the decoder's caller (counted as dropped), so kinds can be added later without
+`kind` is FRAME_KIND_RAFT_BATCH (payload: an encoded chronik.transport.RaftBatch) or
+FRAME_KIND_SNAPSHOT_CHUNK (a chronik.transport.SnapshotChunk, snapshot.py). Other kinds are
+skipped by the decoder's caller (counted as dropped), so kinds can be added later without
 breaking older receivers. A length above the receiver's limit cannot be skipped safely (the
 bytes might never come), so it ends the stream: FrameTooLarge.
 
@@ -27,6 +28,7 @@ from ..pb import raft_pb2
 FRAME_HEADER = struct.Struct(">BI")
 FRAME_HEADER_BYTES = FRAME_HEADER.size
 FRAME_KIND_RAFT_BATCH = 1
+FRAME_KIND_SNAPSHOT_CHUNK = 2
 # A u32 length field: no frame can claim more, whatever the configured limit.
 FRAME_LENGTH_MAX = 2**32 - 1
 

@@ -28,6 +28,9 @@ class DropReason(str, enum.Enum):
     WRONG_TO_NODE = "wrong_to_node"
     WRONG_FROM_NODE = "wrong_from_node"
     BAD_STREAM_HEADERS = "bad_stream_headers"
+    SNAPSHOT_REFUSED = "snapshot_refused"
+    # sender side, snapshots
+    SNAPSHOT_QUEUE_FULL = "snapshot_queue_full"
 
 
 class TransportMetrics:
@@ -47,6 +50,11 @@ class TransportMetrics:
                                         ["peer"], registry=registry)
         self.received_bytes = Counter(p + "received_bytes", "Frame bytes received", ["peer"],
                                       registry=registry)
+        self.sent_snapshots = Counter(p + "sent_snapshots", "Snapshots written in full to a peer",
+                                      ["peer"], registry=registry)
+        self.received_snapshots = Counter(p + "received_snapshots",
+                                          "Snapshots rebuilt and handed to on_batch", ["peer"],
+                                          registry=registry)
         self.dropped = Counter(p + "dropped", "Messages, frames or streams dropped",
                                ["reason"], registry=registry)
         self.queue_depth_messages = Gauge(p + "queue_depth_messages",
@@ -76,7 +84,7 @@ class TransportMetrics:
 
     def remove_peer(self, peer_id: int) -> None:
         label = str(peer_id)
-        for metric in (self.sent_messages, self.sent_batches, self.sent_bytes,
+        for metric in (self.sent_messages, self.sent_batches, self.sent_bytes, self.sent_snapshots,
                        self.queue_depth_messages, self.queue_depth_bytes, self.peer_connected,
                        self.connect_attempts, self.connect_failures, self.reported_unreachable):
             try:
@@ -92,6 +100,7 @@ class PeerMetrics:
         self.sent_messages = metrics.sent_messages.labels(label)
         self.sent_batches = metrics.sent_batches.labels(label)
         self.sent_bytes = metrics.sent_bytes.labels(label)
+        self.sent_snapshots = metrics.sent_snapshots.labels(label)
         self.queue_depth_messages = metrics.queue_depth_messages.labels(label)
         self.queue_depth_bytes = metrics.queue_depth_bytes.labels(label)
         self.connected = metrics.peer_connected.labels(label)

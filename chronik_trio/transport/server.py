@@ -26,14 +26,19 @@ import google.protobuf.message
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..pb import transport_pb2
-from .framing import FRAME_KIND_RAFT_BATCH, FrameDecoder, FrameTooLarge
+from .framing import FRAME_KIND_RAFT_BATCH, FRAME_KIND_SNAPSHOT_CHUNK, FrameDecoder, FrameTooLarge
 from .metrics import PEER_OTHER, DropReason, TransportMetrics
+from .snapshot import SnapshotAssembler, SnapshotRefused
 
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/raft/v1/stream"
 BATCH_PATH = "/raft/v1/batch"
 FROM_NODE_HEADER = b"chronik-from-node"
+
+# Snapshots half-received at once on one stream: a leader of many groups may be catching a
+# peer up on a few of them together; each holds up to snapshot_bytes_max in memory.
+SNAPSHOT_ASSEMBLIES_MAX = 4
 
 OnBatch = Callable[[transport_pb2.RaftBatch], None]
 
@@ -46,19 +51,21 @@ class RaftIngressApp:
         on_batch: called (synchronously, must not block) with each valid RaftBatch.
         frame_bytes_max: the largest frame payload accepted.
         request_bytes_max: the largest body accepted on BATCH_PATH.
+        snapshot_bytes_max: the largest snapshot data rebuilt from chunks.
         peer_label: maps a claimed node id to a bounded metric label.
         health: returns the JSON-able object /health answers.
         on_fatal: receives any unexpected exception raised while serving.
     """
 
     def __init__(self, *, node_id: int, on_batch: OnBatch, frame_bytes_max: int,
-                 request_bytes_max: int, metrics: TransportMetrics,
+                 request_bytes_max: int, snapshot_bytes_max: int, metrics: TransportMetrics,
                  peer_label: Callable[[int], str], health: Callable[[], dict],
                  on_fatal: Callable[[BaseException], None]) -> None:
         self.node_id = node_id
         self.on_batch = on_batch
         self.frame_bytes_max = frame_bytes_max
         self.request_bytes_max = request_bytes_max
+        self.snapshot_bytes_max = snapshot_bytes_max
         self.metrics = metrics
         self.peer_label = peer_label
         self.health = health
@@ -112,6 +119,7 @@ class RaftIngressApp:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain")]})
         decoder = FrameDecoder(self.frame_bytes_max)
+        assembler = self._assembler()
         label = self.peer_label(from_node)
         while True:
             event = await receive()
@@ -119,7 +127,7 @@ class RaftIngressApp:
                 return  # http.disconnect: the peer went away
             try:
                 for frame in decoder.feed(event["body"]):
-                    self._handle_frame(from_node, label, frame.kind, frame.payload)
+                    self._handle_frame(from_node, label, frame.kind, frame.payload, assembler)
             except FrameTooLarge as exc:
                 self._drop_stream(scope, DropReason.OVERSIZED, str(exc))
                 await send({"type": "http.response.body", "body": b"frame too large\n"})
@@ -151,10 +159,11 @@ class RaftIngressApp:
             if not event.get("more_body", False):
                 break
         decoder = FrameDecoder(self.frame_bytes_max)
+        assembler = self._assembler()
         label = self.peer_label(from_node)
         try:
             for frame in decoder.feed(bytes(body)):
-                self._handle_frame(from_node, label, frame.kind, frame.payload)
+                self._handle_frame(from_node, label, frame.kind, frame.payload, assembler)
         except FrameTooLarge as exc:
             self._drop_stream(scope, DropReason.OVERSIZED, str(exc))
             await _respond(send, 413, b"frame too large\n")
@@ -165,30 +174,76 @@ class RaftIngressApp:
             return
         await _respond(send, 204, b"")
 
-    def _handle_frame(self, from_node: int, label: str, kind: int, payload: bytes) -> None:
+    def _assembler(self) -> SnapshotAssembler:
+        return SnapshotAssembler(self.snapshot_bytes_max, SNAPSHOT_ASSEMBLIES_MAX)
+
+    def _handle_frame(self, from_node: int, label: str, kind: int, payload: bytes,
+                      assembler: SnapshotAssembler) -> None:
         self.metrics.received_bytes.labels(label).inc(len(payload))
-        if kind != FRAME_KIND_RAFT_BATCH:
+        if kind == FRAME_KIND_RAFT_BATCH:
+            self._handle_batch(from_node, label, payload)
+        elif kind == FRAME_KIND_SNAPSHOT_CHUNK:
+            self._handle_snapshot_chunk(from_node, label, payload, assembler)
+        else:
             self._drop(DropReason.UNKNOWN_KIND, from_node, f"frame kind {kind}")
-            return
+
+    def _handle_batch(self, from_node: int, label: str, payload: bytes) -> None:
         batch = transport_pb2.RaftBatch()
         try:
             batch.ParseFromString(payload)
         except google.protobuf.message.DecodeError as exc:
             self._drop(DropReason.MALFORMED, from_node, f"RaftBatch does not parse: {exc}")
             return
-        if batch.to_node != self.node_id:
-            self._drop(DropReason.WRONG_TO_NODE, from_node,
-                       f"batch for node {batch.to_node}", len(batch.messages))
-            return
-        if batch.from_node != from_node:
-            self._drop(DropReason.WRONG_FROM_NODE, from_node,
-                       f"batch claims from_node {batch.from_node}", len(batch.messages))
+        if not self._addressed_right(from_node, batch.from_node, batch.to_node,
+                                     len(batch.messages)):
             return
         self._drop_foreign_messages(from_node, batch)
         if batch.messages:
             self.metrics.received_batches.labels(label).inc()
             self.metrics.received_messages.labels(label).inc(len(batch.messages))
             self.on_batch(batch)
+
+    def _handle_snapshot_chunk(self, from_node: int, label: str, payload: bytes,
+                               assembler: SnapshotAssembler) -> None:
+        chunk = transport_pb2.SnapshotChunk()
+        try:
+            chunk.ParseFromString(payload)
+        except google.protobuf.message.DecodeError as exc:
+            self._drop(DropReason.MALFORMED, from_node, f"SnapshotChunk does not parse: {exc}")
+            return
+        if not self._addressed_right(from_node, chunk.from_node, chunk.to_node, 1):
+            return
+        sender = getattr(chunk.message, "from")
+        if chunk.message.to != self.node_id or sender != from_node:
+            self._drop(DropReason.WRONG_FROM_NODE if sender != from_node
+                       else DropReason.WRONG_TO_NODE, from_node,
+                       f"snapshot of group {chunk.group!r} from {sender} to {chunk.message.to}")
+            return
+        try:
+            message = assembler.add(chunk)
+        except SnapshotRefused as exc:
+            self._drop(DropReason.SNAPSHOT_REFUSED, from_node, str(exc))
+            return
+        if message is None:
+            return
+        batch = transport_pb2.RaftBatch(
+            from_node=from_node, to_node=self.node_id,
+            messages=[transport_pb2.GroupMessage(group=chunk.group, message=message)])
+        self.metrics.received_snapshots.labels(label).inc()
+        self.metrics.received_batches.labels(label).inc()
+        self.metrics.received_messages.labels(label).inc()
+        self.on_batch(batch)
+
+    def _addressed_right(self, from_node: int, claimed_from: int, to_node: int,
+                         count: int) -> bool:
+        if to_node != self.node_id:
+            self._drop(DropReason.WRONG_TO_NODE, from_node, f"frame for node {to_node}", count)
+            return False
+        if claimed_from != from_node:
+            self._drop(DropReason.WRONG_FROM_NODE, from_node,
+                       f"frame claims from_node {claimed_from}", count)
+            return False
+        return True
 
     def _drop_foreign_messages(self, from_node: int, batch: transport_pb2.RaftBatch) -> None:
         """Removes messages whose own from/to disagree with the batch they came in."""

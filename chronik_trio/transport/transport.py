@@ -10,7 +10,8 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from ..pb import raft_pb2
-from .client import Connect, PeerSender, PeerState, ReportUnreachable
+from .client import (PING_INTERVAL_S, Connect, PeerSender, PeerState, ReportSnapshot,
+                     ReportUnreachable)
 from .metrics import DropReason, TransportMetrics
 from .server import OnBatch, RaftIngressApp, peer_label_for
 from .serving import H2_FRAME_BYTES_MAX, serve_listeners
@@ -28,6 +29,14 @@ H2_STREAMS_MAX = 8
 # A connection carrying per-request traffic must not be closed every 1000 requests
 # (hypercorn's default): reconnecting costs more than the requests.
 KEEP_ALIVE_REQUESTS_MAX = 2**31
+# A connection that sends nothing for this long is closed. Senders ping every
+# PING_INTERVAL_S, so only dead or stuck clients hit it; it frees what they hold.
+SERVER_READ_TIMEOUT_S = 10 * PING_INTERVAL_S
+
+
+# The largest snapshot rebuilt from chunks. The receiver holds it in memory (as the Raft
+# message it becomes), so it is a memory bound; partition snapshots are state, not the log.
+SNAPSHOT_BYTES_MAX_DEFAULT = 256 * 2**20
 
 
 class TransportFailed(Exception):
@@ -48,7 +57,11 @@ class Transport:
             the peer's queue was full or it had no connection, and once per group when a
             connection breaks with messages still queued. Synchronous, must not block;
             called from send() itself and from sender tasks.
-        frame_bytes_max: the largest RaftBatch frame sent or received.
+        report_snapshot: called with (peer_id, group, ok) for each MSG_SNAPSHOT sent: ok once
+            its last chunk is written, not ok when it was dropped. Same rules as
+            report_unreachable (which is called as well when a snapshot is dropped).
+        frame_bytes_max: the largest frame (RaftBatch or snapshot chunk) sent or received.
+        snapshot_bytes_max: the largest snapshot data accepted from a peer.
         registry: where metrics go; by default a new CollectorRegistry of this transport.
         connect: opens a stream to (host, port); the seam for a simulated network.
     """
@@ -56,7 +69,9 @@ class Transport:
     def __init__(self, node_id: int, listen: tuple[str, int] | list[trio.SocketListener],
                  peers: dict[int, tuple[str, int]], on_batch: OnBatch,
                  report_unreachable: ReportUnreachable, *,
+                 report_snapshot: ReportSnapshot | None = None,
                  frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
+                 snapshot_bytes_max: int = SNAPSHOT_BYTES_MAX_DEFAULT,
                  registry: CollectorRegistry | None = None,
                  connect: Connect = trio.open_tcp_stream) -> None:
         assert node_id > 0 and node_id not in peers, (node_id, peers)
@@ -66,6 +81,7 @@ class Transport:
         self.frame_bytes_max = frame_bytes_max
         self._listen = listen
         self._report_unreachable = report_unreachable
+        self._report_snapshot = report_snapshot
         self._connect = connect
         self._senders: dict[int, PeerSender] = {}
         self._sender_scopes: dict[int, trio.CancelScope] = {}
@@ -75,7 +91,8 @@ class Transport:
         self.listen_address: tuple[str, int] | None = None
         self.app = RaftIngressApp(
             node_id=node_id, on_batch=on_batch, frame_bytes_max=frame_bytes_max,
-            request_bytes_max=frame_bytes_max, metrics=self.metrics,
+            request_bytes_max=frame_bytes_max, snapshot_bytes_max=snapshot_bytes_max,
+            metrics=self.metrics,
             peer_label=peer_label_for(lambda: self._senders), health=self._health,
             on_fatal=self._on_fatal)
         for peer_id, address in peers.items():
@@ -85,12 +102,16 @@ class Transport:
         """Queues a Raft message (or an encoded one) of `group` for `peer_id`; never blocks.
 
         Returns False when it was dropped (unknown peer, no connection, full queue, too
-        large); report_unreachable has then been called.
+        large); report_unreachable has then been called. A MSG_SNAPSHOT must be given as a
+        Message: it is sent in chunks (interleaved with batches) and ends in report_snapshot.
         """
         sender = self._senders.get(peer_id)
         if sender is None:
             self.metrics.drop(DropReason.PEER_UNKNOWN)
             self._report_unreachable(peer_id, group)
+            if (self._report_snapshot is not None and isinstance(message, raft_pb2.Message)
+                    and message.type == raft_pb2.MSG_SNAPSHOT):
+                self._report_snapshot(peer_id, group, False)
             return False
         return sender.enqueue(group, message)
 
@@ -102,7 +123,7 @@ class Transport:
         self._senders[peer_id] = PeerSender(
             node_id=self.node_id, peer_id=peer_id, address=address, connect=self._connect,
             frame_bytes_max=self.frame_bytes_max, metrics=self.metrics,
-            report_unreachable=self._report_unreachable)
+            report_unreachable=self._report_unreachable, report_snapshot=self._report_snapshot)
         if self._nursery is not None:
             self._start_sender(peer_id)
 
@@ -158,6 +179,7 @@ class Transport:
         config.h2_max_inbound_frame_size = H2_FRAME_BYTES_MAX
         config.keep_alive_max_requests = KEEP_ALIVE_REQUESTS_MAX
         config.include_server_header = False
+        config.read_timeout = SERVER_READ_TIMEOUT_S
         return config
 
     def _start_sender(self, peer_id: int) -> None:

@@ -13,10 +13,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chronik_trio.pb import transport_pb2
-from chronik_trio.transport import (BATCH_PATH, FRAME_KIND_RAFT_BATCH, FROM_NODE_HEADER,
-                                    STREAM_PATH, encode_frame, encode_group_message,
-                                    encode_raft_batch)
+from chronik_trio.pb import raft_pb2, transport_pb2
+from chronik_trio.transport import (BATCH_PATH, FRAME_KIND_RAFT_BATCH,
+                                    FRAME_KIND_SNAPSHOT_CHUNK, FROM_NODE_HEADER, STREAM_PATH,
+                                    encode_frame, encode_group_message, encode_raft_batch)
 
 from .helpers import H2Client, Node, cluster, message, wait_connected, wait_until
 
@@ -35,6 +35,14 @@ frames = st.one_of(
     st.builds(lambda f: f[:len(f) // 2], garbage.map(
         lambda p: encode_frame(FRAME_KIND_RAFT_BATCH, p))),
     st.just(b"\x01" + (FRAME_BYTES_MAX + 1).to_bytes(4, "big")),
+    st.builds(lambda f, t, mt, total, offset, data, last: encode_frame(
+        FRAME_KIND_SNAPSHOT_CHUNK, transport_pb2.SnapshotChunk(
+            from_node=f, to_node=t, group="s", total_bytes=total, offset=offset, data=data,
+            last=last, message=raft_pb2.Message(
+                type=mt, to=t, snapshot=raft_pb2.Snapshot(), **{"from": f})
+        ).SerializeToString()),
+        node_ids, node_ids, st.sampled_from([raft_pb2.MSG_SNAPSHOT, raft_pb2.MSG_APPEND]),
+        st.integers(0, 2**40), st.integers(0, 2**40), st.binary(max_size=50), st.booleans()),
 )
 header_values = st.one_of(st.sampled_from([b"1", b"2", b"3", b"-1", b"0", b"x", b""]),
                           st.binary(max_size=12).filter(lambda v: b"\n" not in v

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from chronik_trio.transport import (PEER_QUEUE_MESSAGES_MAX, RECONNECT_BACKOFF_MAX_S,
+from chronik_trio.transport import (PEER_QUEUE_MESSAGES_MAX, PING_INTERVAL_S, PING_TIMEOUT_S,
+                                    RECONNECT_BACKOFF_MAX_S,
                                     PeerState, Transport)
 from chronik_trio.transport.metrics import DropReason
 
@@ -116,3 +117,28 @@ async def test_full_queue_drops_and_reports_and_the_queued_messages_still_arrive
         assert [i for _, _, i in b.received()] == list(range(PEER_QUEUE_MESSAGES_MAX))
         assert a.transport.queue_depth_messages(2) == 0
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_peer_that_stops_answering_is_given_up_and_what_was_unsent_reported():
+    silent = await trio.open_tcp_listeners(0, host=HOST)  # accepts, never reads or answers
+    a = Node(1)
+    async with trio.open_nursery() as nursery:
+        a.transport = Transport(1, (HOST, 0), {2: silent[0].socket.getsockname()[:2]},
+                                a.on_batch, a.report_unreachable)
+        await nursery.start(a.transport.run)
+        with trio.fail_after(5):
+            await a.transport.wait_peer_connected(2)
+        assert a.transport.send(2, "big", message(1, 2, 0, bytes(2**20)))  # stuck mid-write
+        await trio.sleep(0.1)
+        for index in range(1, 4):
+            assert a.transport.send(2, f"g{index}", message(1, 2, index))
+        with trio.fail_after(PING_INTERVAL_S + PING_TIMEOUT_S + 2):
+            await wait_until(lambda: a.transport.peer_state(2) is not PeerState.CONNECTED,
+                             timeout_s=PING_INTERVAL_S + PING_TIMEOUT_S + 2)
+        assert sorted(a.unreachable) == [(2, "big"), (2, "g1"), (2, "g2"), (2, "g3")]
+        assert dropped(a, DropReason.CONNECTION_LOST) == 4
+        assert a.transport.queue_depth_messages(2) == 0
+        nursery.cancel_scope.cancel()
+    for listener in silent:
+        await listener.aclose()

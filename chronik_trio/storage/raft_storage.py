@@ -40,6 +40,19 @@ from .log import SegmentLog, SyncTicket
 
 SNAPSHOT_FILE = "snapshot"
 HARD_STATE_FILE = "hardstate"
+# A partition group's snapshot data starts with the Kafka offset its log continues from
+# (a log reset to a snapshot holds no batch to derive it from).
+PARTITION_SNAPSHOT = struct.Struct(">q")
+
+
+def partition_snapshot_data(next_offset: int) -> bytes:
+    return PARTITION_SNAPSHOT.pack(next_offset)
+
+
+def partition_snapshot_next_offset(snap: Snapshot) -> int:
+    if len(snap.data) < PARTITION_SNAPSHOT.size:
+        return 0
+    return PARTITION_SNAPSHOT.unpack_from(snap.data)[0]
 _SNAPSHOT_MAGIC = b"CTSN"
 _SNAPSHOT_HEADER = struct.Struct(">4sII")  # magic, body length, crc32c of body
 
@@ -114,18 +127,22 @@ class DurableRaftStorage:
 
     def __init__(self, disk: Disk, directory: pathlib.Path, *, kafka: bool,
                  segment_bytes: int | None = None) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        if not disk.exists(directory):
+            disk.mkdir(directory)
         self.directory = directory
+        self.kafka = kafka
         self._hard_state_file = HardStateFile(disk, directory / HARD_STATE_FILE)
         self._snapshot_file = SnapshotFile(disk, directory / SNAPSHOT_FILE)
         saved = self._hard_state_file.load()
         self._snapshot = self._snapshot_file.load()
         sizes = {} if segment_bytes is None else {"segment_bytes_max": segment_bytes}
+        next_offset = partition_snapshot_next_offset(self._snapshot) if kafka else 0
         # Entries up to the saved commit were acknowledged: recovery refuses to lose them.
-        self.log = SegmentLog.open(disk, directory, kafka=kafka, durable_index=saved.commit, **sizes)
+        self.log = SegmentLog.open(disk, directory, kafka=kafka, durable_index=saved.commit,
+                                   empty_next_offset=next_offset, **sizes)
         if self.log.last_index < self._snapshot.index:
             # The snapshot was saved but the log reset after it did not reach the disk.
-            self.log.reset_to(self._snapshot.index, self._snapshot.term)
+            self.log.reset_to(self._snapshot.index, self._snapshot.term, next_offset=next_offset)
         self._hard_state = HardState(saved.term, saved.vote, saved.commit)
         self._saved_hard_state = self._hard_state
 
@@ -181,8 +198,11 @@ class DurableRaftStorage:
             raise Unavailable(f"hi {hi} > last index {self.last_index()} + 1")
         if lo >= hi:
             return []
-        return [Entry(e.term, e.index, bytes(e.payload), EntryType(e.type))
-                for e in self.log.entries(lo, hi, max_size_bytes)]
+        try:
+            stored = self.log.entries(lo, hi, max_size_bytes)
+        except CompactedError as exc:  # retention removed them: the leader sends a snapshot
+            raise Compacted(str(exc)) from None
+        return [Entry(e.term, e.index, bytes(e.payload), EntryType(e.type)) for e in stored]
 
     def snapshot(self, request_index: int = 0) -> Snapshot:
         if self._snapshot.index < max(request_index, 1):
@@ -211,13 +231,14 @@ class DurableRaftStorage:
             self.log.truncate_suffix(first)
         self.log.append([LogEntry(e.index, e.term, int(e.type), e.data) for e in entries])
 
-    def apply_snapshot(self, snap: Snapshot, *, next_offset: int = 0) -> None:
+    def apply_snapshot(self, snap: Snapshot) -> None:
         """Replace the log by a snapshot received from the leader (blocking: saves the file).
         Raises SnapshotOutOfDate if it is older than the one held."""
         if snap.index < self._snapshot.index:
             raise SnapshotOutOfDate(f"{snap.index} < {self._snapshot.index}")
         self._snapshot_file.save(snap)
         self._snapshot = snap
+        next_offset = partition_snapshot_next_offset(snap) if self.kafka else 0
         self.log.reset_to(snap.index, snap.term, next_offset=next_offset)
 
     def create_snapshot(self, index: int, conf_state: ConfState, data: bytes) -> Snapshot:

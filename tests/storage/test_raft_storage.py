@@ -55,7 +55,9 @@ def test_durable_storage_matches_memory_storage(ops):
             if op[0] == "append":
                 _, back, count, term_bump = op
                 term += term_bump
-                start = max(model.first_index(), model.last_index() + 1 - back)
+                # Raft never replaces committed entries: conflicts start above the commit.
+                start = max(model.first_index(), model.last_index() + 1 - back,
+                            model.hard_state.commit + 1)
                 entries = [Entry(term, i, b"d%d.%d" % (i, term)) for i in range(start, start + count)]
                 model.append(entries)
                 durable.append(entries)

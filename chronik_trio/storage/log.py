@@ -743,13 +743,15 @@ class SegmentLog:
             yield cursor.pos, entry_type, cursor.payload()
             cursor.advance()
 
-    def apply_retention(self, *, now_ms: int, retention_bytes: int | None,
-                        retention_ms: int | None, keep_from_index: int | None = None) -> int:
-        """Delete whole closed segments from the oldest while the log is over
-        retention_bytes or the segment's newest maxTimestamp is older than
-        now_ms - retention_ms (a segment without batches counts as expired by time). Never
-        the active segment, nor one holding an entry >= keep_from_index (e.g. not yet
-        applied). Returns how many segments were deleted.
+    def retention_boundary(self, *, now_ms: int, retention_bytes: int | None,
+                           retention_ms: int | None, keep_from_index: int | None = None) -> int:
+        """The first entry index that retention would keep (first_index if nothing goes).
+
+        Whole closed segments go from the oldest while the log is over retention_bytes or
+        the segment's newest maxTimestamp is older than now_ms - retention_ms (a segment
+        without batches counts as expired by time); never the active segment, nor one
+        holding an entry >= keep_from_index (e.g. not yet applied). A Raft group snapshots
+        at boundary - 1 before deleting, so followers behind it are sent the snapshot.
         """
         assert self.kafka, "retention applies to partition logs"
         size_bytes = self.size_bytes
@@ -764,6 +766,20 @@ class SegmentLog:
             if not (over_size or expired):
                 break
             size_bytes -= seg.size_bytes
+            deleted += 1
+        return self._segments[deleted].first_index if deleted else self.first_index
+
+    def apply_retention(self, *, now_ms: int, retention_bytes: int | None,
+                        retention_ms: int | None, keep_from_index: int | None = None) -> int:
+        """Delete the segments retention_boundary() says go. Returns how many."""
+        boundary = self.retention_boundary(now_ms=now_ms, retention_bytes=retention_bytes,
+                                           retention_ms=retention_ms, keep_from_index=keep_from_index)
+        return self.delete_before(boundary)
+
+    def delete_before(self, index: int) -> int:
+        """Delete the whole segments whose entries are all below index; returns how many."""
+        deleted = 0
+        while deleted + 1 < len(self._segments) and self._segments[deleted].last_index < index:
             deleted += 1
         self._delete_prefix(deleted)
         return deleted

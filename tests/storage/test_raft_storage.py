@@ -63,7 +63,8 @@ def test_durable_storage_matches_memory_storage(ops):
                 durable.append(entries)
             elif op[0] == "hard_state":
                 _, vote, commit_back = op
-                hs = HardState(term, vote, max(model.last_index() - commit_back, 0))
+                # The commit index never moves back.
+                hs = HardState(term, vote, max(model.last_index() - commit_back, model.hard_state.commit))
                 model.set_hard_state(hs)
                 durable.set_hard_state(hs)
             elif op[0] == "snapshot":

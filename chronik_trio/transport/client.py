@@ -334,10 +334,9 @@ class _Connection:
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             self._window_opened.set()
         elif isinstance(event, h2.events.DataReceived):
-            # The server writes a body only to say why it ends the stream.
-            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            log.info("node %d: node %d says: %r", self.sender.node_id, self.sender.peer_id,
-                     bytes(event.data[:200]))
+            # The server writes a body only to say why it refuses the rest of the stream;
+            # it then waits for us to go.
+            raise PeerConnectionLost(f"server refused the stream: {bytes(event.data[:200])!r}")
         elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
             raise PeerConnectionLost(f"server ended the stream ({type(event).__name__})")
         elif isinstance(event, h2.events.ConnectionTerminated):

@@ -76,28 +76,28 @@ class RaftIngressApp:
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
             elif scope["type"] == "http":
-                await self._route(scope, receive, send)
+                await self._route(scope, _Exchange(receive, send))
         except Exception as exc:
             self.on_fatal(exc)
             raise
 
-    async def _route(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _route(self, scope: dict, exchange: _Exchange) -> None:
         method, path = scope["method"], scope["path"]
         if path in (STREAM_PATH, BATCH_PATH):
             if method != "POST":
-                await _respond(send, 405, b"POST only\n")
+                await exchange.respond(405, b"POST only\n")
             elif path == STREAM_PATH:
-                await self._serve_stream(scope, receive, send)
+                await self._serve_stream(scope, exchange)
             else:
-                await self._serve_batch(scope, receive, send)
+                await self._serve_batch(scope, exchange)
         elif path == "/health" and method == "GET":
             body = json.dumps(self.health()).encode() + b"\n"
-            await _respond(send, 200, body, b"application/json")
+            await exchange.respond(200, body, b"application/json")
         elif path == "/metrics" and method == "GET":
-            await _respond(send, 200, generate_latest(self.metrics.registry),
-                           CONTENT_TYPE_LATEST.encode())
+            await exchange.respond(200, generate_latest(self.metrics.registry),
+                                   CONTENT_TYPE_LATEST.encode())
         else:
-            await _respond(send, 404, b"not found\n")
+            await exchange.respond(404, b"not found\n")
 
     def _claimed_node(self, scope: dict) -> int | None:
         for name, value in scope["headers"]:
@@ -109,55 +109,48 @@ class RaftIngressApp:
                 return node if 0 < node < 2**64 else None
         return None
 
-    async def _serve_stream(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _serve_stream(self, scope: dict, exchange: _Exchange) -> None:
         from_node = self._claimed_node(scope)
         if from_node is None:
             self._drop_stream(scope, DropReason.BAD_STREAM_HEADERS, "no valid chronik-from-node")
-            await _respond(send, 400, b"chronik-from-node header required\n")
+            await exchange.respond(400, b"chronik-from-node header required\n")
             return
         # Answer at once: the response headers tell the sender the stream is accepted.
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain")]})
+        await exchange.start(200, b"text/plain")
         decoder = FrameDecoder(self.frame_bytes_max)
         assembler = self._assembler()
         label = self.peer_label(from_node)
-        while True:
-            event = await receive()
-            if event["type"] != "http.request":
-                return  # http.disconnect: the peer went away
+        while (chunk := await exchange.receive()) is not None:
             try:
-                for frame in decoder.feed(event["body"]):
+                for frame in decoder.feed(chunk):
                     self._handle_frame(from_node, label, frame.kind, frame.payload, assembler)
             except FrameTooLarge as exc:
                 self._drop_stream(scope, DropReason.OVERSIZED, str(exc))
-                await send({"type": "http.response.body", "body": b"frame too large\n"})
+                await exchange.finish(b"frame too large\n")
                 return
-            if not event.get("more_body", False):
-                break
+        if exchange.disconnected:
+            return
         if decoder.buffered_bytes:
             self._drop_stream(scope, DropReason.TRUNCATED,
                               f"stream ended inside a frame ({decoder.buffered_bytes} bytes)")
-        await send({"type": "http.response.body", "body": b""})
+        await exchange.finish(b"")
 
-    async def _serve_batch(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _serve_batch(self, scope: dict, exchange: _Exchange) -> None:
         from_node = self._claimed_node(scope)
         if from_node is None:
             self._drop_stream(scope, DropReason.BAD_STREAM_HEADERS, "no valid chronik-from-node")
-            await _respond(send, 400, b"chronik-from-node header required\n")
+            await exchange.respond(400, b"chronik-from-node header required\n")
             return
         body = bytearray()
-        while True:
-            event = await receive()
-            if event["type"] != "http.request":
-                return
-            body += event["body"]
+        while (chunk := await exchange.receive()) is not None:
+            body += chunk
             if len(body) > self.request_bytes_max:
                 self._drop_stream(scope, DropReason.OVERSIZED,
                                   f"body above {self.request_bytes_max} bytes")
-                await _respond(send, 413, b"request body too large\n")
+                await exchange.respond(413, b"request body too large\n")
                 return
-            if not event.get("more_body", False):
-                break
+        if exchange.disconnected:
+            return
         decoder = FrameDecoder(self.frame_bytes_max)
         assembler = self._assembler()
         label = self.peer_label(from_node)
@@ -166,13 +159,13 @@ class RaftIngressApp:
                 self._handle_frame(from_node, label, frame.kind, frame.payload, assembler)
         except FrameTooLarge as exc:
             self._drop_stream(scope, DropReason.OVERSIZED, str(exc))
-            await _respond(send, 413, b"frame too large\n")
+            await exchange.respond(413, b"frame too large\n")
             return
         if decoder.buffered_bytes:
             self._drop_stream(scope, DropReason.TRUNCATED, "body ended inside a frame")
-            await _respond(send, 400, b"truncated frame\n")
+            await exchange.respond(400, b"truncated frame\n")
             return
-        await _respond(send, 204, b"")
+        await exchange.respond(204, b"")
 
     def _assembler(self) -> SnapshotAssembler:
         return SnapshotAssembler(self.snapshot_bytes_max, SNAPSHOT_ASSEMBLIES_MAX)
@@ -271,12 +264,51 @@ class RaftIngressApp:
                     scope["method"], scope["path"], scope.get("client"), reason.value, what)
 
 
-async def _respond(send: Callable, status: int, body: bytes,
-                   content_type: bytes = b"text/plain") -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+class _Exchange:
+    """One HTTP request and its response, which never ends before the request does.
+
+    hypercorn 0.18 forgets a stream once its response has ended, and a DATA frame that then
+    arrives for it raises KeyError in the connection's task, which ends the whole server.
+    So an early answer (an error, a refusal) is written at once but the response is only
+    ended after the request body has ended or the client has gone; what comes meanwhile
+    is read and discarded (the connection's read timeout bounds a client that never ends).
+    """
+
+    def __init__(self, receive: Callable, send: Callable) -> None:
+        self._receive = receive
+        self._send = send
+        self.request_ended = False
+        self.disconnected = False
+
+    async def receive(self) -> bytes | None:
+        """The next piece of the request body; None once it ended or the client left."""
+        if self.request_ended:
+            return None
+        event = await self._receive()
+        if event["type"] != "http.request":
+            self.request_ended = self.disconnected = True
+            return None
+        if not event.get("more_body", False):
+            self.request_ended = True
+        return event.get("body", b"")
+
+    async def start(self, status: int, content_type: bytes) -> None:
+        await self._send({"type": "http.response.start", "status": status,
+                          "headers": [(b"content-type", content_type)]})
+
+    async def finish(self, body: bytes) -> None:
+        """Writes the last of the response body, then ends it once the request has ended."""
+        if body:
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        while await self.receive() is not None:
+            pass
+        if not self.disconnected:
+            await self._send({"type": "http.response.body", "body": b""})
+
+    async def respond(self, status: int, body: bytes, content_type: bytes = b"text/plain"
+                      ) -> None:
+        await self.start(status, content_type)
+        await self.finish(body)
 
 
 async def _lifespan(receive: Callable, send: Callable) -> None:

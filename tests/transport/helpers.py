@@ -141,3 +141,35 @@ class H2Client:
                         return Response(status, response_headers, bytes(data))
                     elif isinstance(event, h2.events.ConnectionTerminated):
                         raise ConnectionError(f"connection terminated: {event}")
+
+    async def send_after_answer(self, path: str, headers: list[tuple[bytes, bytes]],
+                                first: bytes, rest: list[bytes], end: bool,
+                                wait_s: float = 0.2) -> None:
+        """Opens a POST, sends `first`, waits for some answer, then keeps sending `rest`
+        (what a client does that ignores an early response), and ends the stream or not."""
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                     (b":authority", b"test"), (b":path", path.encode()),
+                                     *headers])
+        self.conn.send_data(sid, first[:16384])
+        await self.stream.send_all(self.conn.data_to_send())
+        with trio.move_on_after(wait_s):
+            while True:
+                received = await self.stream.receive_some(65536)
+                if not received:
+                    return
+                for event in self.conn.receive_data(received):
+                    if isinstance(event, h2.events.DataReceived):
+                        self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                            event.stream_id)
+                await self.stream.send_all(self.conn.data_to_send())
+        for piece in rest:
+            if self.conn.local_flow_control_window(sid) < len(piece[:16384]):
+                break
+            self.conn.send_data(sid, piece[:16384])
+        if end:
+            self.conn.end_stream(sid)
+        await self.stream.send_all(self.conn.data_to_send())
+        with trio.move_on_after(wait_s):
+            while await self.stream.receive_some(65536):
+                pass

@@ -52,8 +52,11 @@ request_attack = st.tuples(st.just("request"), st.sampled_from([STREAM_PATH, BAT
                            header_values, st.lists(frames, max_size=4).map(b"".join))
 abandon_attack = st.tuples(st.just("abandon"), st.sampled_from([STREAM_PATH, BATCH_PATH]),
                            header_values, st.lists(frames, max_size=4).map(b"".join))
-attacks = st.lists(st.one_of(raw_attack, request_attack, abandon_attack), min_size=1,
-                   max_size=6)
+after_answer_attack = st.tuples(
+    st.just("after_answer"), st.sampled_from([STREAM_PATH, BATCH_PATH, "/health", "/nowhere"]),
+    header_values, frames, st.lists(frames, max_size=3), st.booleans())
+attacks = st.lists(st.one_of(raw_attack, request_attack, abandon_attack, after_answer_attack),
+                   min_size=1, max_size=6)
 
 
 async def run_attack(address: tuple[str, int], attack: tuple) -> None:
@@ -67,6 +70,12 @@ async def run_attack(address: tuple[str, int], attack: tuple) -> None:
                     await stream.send_all((PREFACE if with_preface else b"") + data)
                     with trio.move_on_after(0.05):
                         await stream.receive_some(65536)
+                return
+            if kind == "after_answer":
+                _, path, from_header, first, rest, end = attack
+                async with H2Client.open(address) as client:
+                    await client.send_after_answer(path, [(FROM_NODE_HEADER, from_header)],
+                                                   first, rest, end)
                 return
             _, path, from_header, body = attack
             async with H2Client.open(address) as client:
@@ -114,6 +123,24 @@ async def test_garbage_never_stops_the_server_and_valid_traffic_still_flows(atta
         await wait_until(lambda: a.received() == [(2, "valid", i) for i in range(3)])
         assert len(b.batches) > garbage_batches
         async with H2Client.open(b.address) as client:
+            assert (await client.request("GET", "/health")).status == 200
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("path,headers,first", [
+    ("/nowhere", [], b"body"),
+    ("/health", [], b"a GET with a body"),
+    (STREAM_PATH, [], b"no chronik-from-node"),
+    (STREAM_PATH, [(FROM_NODE_HEADER, b"2")], b"\x01\x7f\xff\xff\xff"),  # oversized frame
+    (BATCH_PATH, [(FROM_NODE_HEADER, b"2")], bytes(FRAME_BYTES_MAX + 10)),
+])
+@pytest.mark.parametrize("end", [True, False])
+async def test_data_after_an_early_answer_does_not_stop_the_server(path, headers, first, end):
+    """hypercorn 0.18 ends the server if DATA comes for a stream whose response ended."""
+    async with cluster(1, frame_bytes_max=FRAME_BYTES_MAX) as (a,):
+        async with H2Client.open(a.address) as client:
+            await client.send_after_answer(path, headers, first, [b"more", b"and more"], end)
+        async with H2Client.open(a.address) as client:
             assert (await client.request("GET", "/health")).status == 200
 
 

@@ -144,25 +144,18 @@ class H2Client:
 
     async def send_after_answer(self, path: str, headers: list[tuple[bytes, bytes]],
                                 first: bytes, rest: list[bytes], end: bool,
-                                wait_s: float = 0.2) -> None:
-        """Opens a POST, sends `first`, waits for some answer, then keeps sending `rest`
-        (what a client does that ignores an early response), and ends the stream or not."""
+                                wait_s: float = 0.5) -> None:
+        """Opens a POST, sends `first`, waits for the answer to start, then keeps sending
+        `rest` (what a client does that ignores an early response), and ends the stream
+        (then waits for the response to end) or just leaves."""
         sid = self.conn.get_next_available_stream_id()
         self.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
                                      (b":authority", b"test"), (b":path", path.encode()),
                                      *headers])
         self.conn.send_data(sid, first[:16384])
         await self.stream.send_all(self.conn.data_to_send())
-        with trio.move_on_after(wait_s):
-            while True:
-                received = await self.stream.receive_some(65536)
-                if not received:
-                    return
-                for event in self.conn.receive_data(received):
-                    if isinstance(event, h2.events.DataReceived):
-                        self.conn.acknowledge_received_data(event.flow_controlled_length,
-                                                            event.stream_id)
-                await self.stream.send_all(self.conn.data_to_send())
+        if not await self._wait_for(sid, h2.events.ResponseReceived, wait_s):
+            return
         for piece in rest:
             if self.conn.local_flow_control_window(sid) < len(piece[:16384]):
                 break
@@ -170,6 +163,24 @@ class H2Client:
         if end:
             self.conn.end_stream(sid)
         await self.stream.send_all(self.conn.data_to_send())
+        if end:
+            await self._wait_for(sid, (h2.events.StreamEnded, h2.events.StreamReset), wait_s)
+
+    async def _wait_for(self, sid: int, kinds, wait_s: float) -> bool:
+        """Reads until an event of `kinds` for stream `sid`; False if it never came."""
         with trio.move_on_after(wait_s):
-            while await self.stream.receive_some(65536):
-                pass
+            while True:
+                received = await self.stream.receive_some(65536)
+                if not received:
+                    return False
+                for event in self.conn.receive_data(received):
+                    if isinstance(event, h2.events.DataReceived):
+                        self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                            event.stream_id)
+                    if isinstance(event, kinds) and getattr(event, "stream_id", 0) == sid:
+                        await self.stream.send_all(self.conn.data_to_send())
+                        return True
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        return False
+                await self.stream.send_all(self.conn.data_to_send())
+        return False

@@ -25,6 +25,7 @@ PROFILES = {
 SEEDED_RUNS = {"ci": 60, "deep": 5000}
 """Long seed-driven schedules (sim.random_schedule) per cluster size."""
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+TIMEOUT_S = 240 if PROFILE == "ci" else 8 * 3600
 SETTINGS = settings(deadline=None, print_blob=True, derandomize=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                     **PROFILES.get(PROFILE, PROFILES["ci"]))
@@ -133,13 +134,13 @@ class RaftSimulation5(RaftSimulation):
     N = 5
 
 
-TestRaftSimulation3 = pytest.mark.timeout(240)(RaftSimulation.TestCase)
+TestRaftSimulation3 = pytest.mark.timeout(TIMEOUT_S)(RaftSimulation.TestCase)
 TestRaftSimulation3.settings = SETTINGS
-TestRaftSimulation5 = pytest.mark.timeout(240)(RaftSimulation5.TestCase)
+TestRaftSimulation5 = pytest.mark.timeout(TIMEOUT_S)(RaftSimulation5.TestCase)
 TestRaftSimulation5.settings = SETTINGS
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT_S)
 @pytest.mark.parametrize("n", [3, 5])
 def test_seeded_long_schedules_keep_safety_and_liveness(n):
     # A fresh base seed each run widens coverage over time; it is printed on failure

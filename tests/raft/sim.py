@@ -62,6 +62,9 @@ class Sim:
         self.observed_commit: dict[int, int] = {}
         self.proposals = 0
         self.restarts = 0
+        # Most runs use both, as the node does; the rest check the protocol without them.
+        self.pre_vote = self.rng.random() < 0.75
+        self.check_quorum = self.rng.random() < 0.75
         self.reads = 0
         self.read_floor: dict[bytes, int] = {}  # read ctx -> highest index committed before
         for i in self.ids:
@@ -74,6 +77,7 @@ class Sim:
     def _new_peer(self, i: int, storage: MemoryStorage, applied: int) -> SimPeer:
         cfg = Config(id=i, election_tick=10, heartbeat_tick=1, applied=applied,
                      max_size_per_msg_bytes=64, max_inflight_msgs=4,
+                     pre_vote=self.pre_vote, check_quorum=self.check_quorum,
                      rng=random.Random(self.seed * 7919 + i * 31 + self.restarts))
         p = SimPeer(RawNode(cfg, storage), storage)
         p.conf_state = storage.initial_state()[1]

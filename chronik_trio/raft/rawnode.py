@@ -20,6 +20,7 @@ synchronous `advance(rd)` when applying lags persisting.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Config
@@ -119,6 +120,14 @@ class RawNode:
         self._assert_not_in_ready("propose")
         self.raft.step(Message(type=MessageType.PROPOSE, from_=self.raft.id,
                                entries=(Entry(term=0, index=0, data=data),)))
+
+    def propose_batch(self, datas: Sequence[bytes]) -> None:
+        """Propose several entries as one message: all are appended, in order, or none
+        (ProposalDropped), e.g. when the uncommitted-size bound would be crossed."""
+        self._assert_not_in_ready("propose_batch")
+        assert datas, "propose_batch needs at least one entry"
+        self.raft.step(Message(type=MessageType.PROPOSE, from_=self.raft.id,
+                               entries=tuple(Entry(term=0, index=0, data=d) for d in datas)))
 
     def propose_conf_change(self, cc: ConfChangeV2) -> None:
         """Propose a membership change. Raises ProposalDropped if another is pending, the

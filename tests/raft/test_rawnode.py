@@ -189,3 +189,14 @@ def test_describe_is_short_and_deterministic():
     assert describe_ready(rd) == 'Entries:\n  1/2 EntryNormal "hello"\nMustSync'
     n.raft.log.storage.append(rd.entries)
     n.advance(rd)
+
+
+def test_propose_batch_appends_all_entries_in_order_in_one_append():
+    c = Cluster((1, 2, 3))
+    c.elect(1)
+    c.node(1).propose_batch([b"a", b"b", b"c"])
+    rd = c.process_ready(1)
+    appends = [m for m in rd.messages if m.type == MT.APPEND and m.to == 2]
+    assert [[e.data for e in m.entries] for m in appends] == [[b"a", b"b", b"c"]]
+    c.stabilize()
+    assert c.peers[3].applied == [b"a", b"b", b"c"]

@@ -12,8 +12,9 @@ what one node pays for both its sending and its receiving side):
   request     the per-request route at full speed: 64 KiB-message batches, one POST at a
               time.
 
-CPU figures are process CPU (both ends) divided by the count. Keep --seconds small on a shared
-machine.
+CPU figures are process CPU (both ends) divided by the count. `--hypercorn-windows` leaves
+hypercorn's connections at the protocol's default windows and frame size (serving.py explains
+why we enlarge them), for comparison. Keep --seconds small on a shared machine.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import trio
 
 from ..pb import raft_pb2
 from .framing import FRAME_KIND_RAFT_BATCH, encode_frame, encode_group_message, encode_raft_batch
+from . import serving
 from .server import BATCH_PATH, FROM_NODE_HEADER
 from .transport import Transport
 
@@ -192,22 +194,32 @@ async def bench_requests(payload_bytes: int, seconds: float, *, ping_pong: bool)
     return result
 
 
-async def main_async(seconds: float) -> None:
+async def main_async(seconds: float, hypercorn_windows: bool) -> None:
+    if hypercorn_windows:
+        serving._RaftTCPServer._windows_sent = True  # as if done: the defaults stay
     print(f"# chronik-trio transport bench, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} "
-          f"UTC, {seconds} s per figure, both ends in one process")
+          f"UTC, {seconds} s per figure, both ends in one process"
+          + (", hypercorn's default windows" if hypercorn_windows else ""))
     for payload_bytes in (100, 65536):
-        print("throughput", await bench_throughput(payload_bytes, seconds))
-    print("ping-pong", await bench_ping_pong_stream(seconds))
-    print("ping-pong", await bench_requests(100, seconds, ping_pong=True))
-    print("requests ", await bench_requests(100, seconds, ping_pong=False))
-    print("requests ", await bench_requests(65536, seconds, ping_pong=False))
+        print("throughput ", _fmt(await bench_throughput(payload_bytes, seconds)))
+    print("ping-pong  ", _fmt(await bench_ping_pong_stream(seconds)))
+    print("ping-pong  ", _fmt(await bench_requests(100, seconds, ping_pong=True)))
+    print("requests   ", _fmt(await bench_requests(100, seconds, ping_pong=False)))
+    print("requests   ", _fmt(await bench_requests(65536, seconds, ping_pong=False)))
+
+
+def _fmt(result: dict) -> str:
+    return "  ".join(f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in result.items())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each figure")
+    parser.add_argument("--hypercorn-windows", action="store_true",
+                        help="keep hypercorn's default HTTP/2 windows and frame size")
     args = parser.parse_args()
-    trio.run(main_async, args.seconds)
+    trio.run(main_async, args.seconds, args.hypercorn_windows)
 
 
 if __name__ == "__main__":

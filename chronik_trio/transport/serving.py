@@ -58,6 +58,11 @@ class _RaftTCPServer(TCPServer):
                     h2.settings.SettingCodes.MAX_FRAME_SIZE: H2_FRAME_BYTES_MAX})
                 connection.increment_flow_control_window(
                     H2_WINDOW_BYTES - _H2_INITIAL_WINDOW_BYTES)
+                # h2 applies a new local max frame size when the peer acknowledges it, but
+                # only from its next receive_data call: a peer's ACK and its first big frame
+                # in one read would be refused (FRAME_SIZE_ERROR). Accepting big frames
+                # before we have announced them is harmless, so do it now.
+                connection.max_inbound_frame_size = H2_FRAME_BYTES_MAX
                 event = RawData(data=event.data + connection.data_to_send())
         await super().protocol_send(event)
 

@@ -33,6 +33,11 @@ async def test_three_transports_exchange_in_order_per_peer_both_ways():
                     assert got == [(f"g{i % 3}", i) for i in range(MESSAGES_PER_PAIR)]
             assert all(b.to_node == node.node_id for b in node.batches)
             assert node.unreachable == []
+            for peer in nodes:  # not one connection was lost on the way
+                if peer is not node:
+                    assert node.transport.registry.get_sample_value(
+                        "chronik_transport_connect_failures_total",
+                        {"peer": str(peer.node_id)}) == 0
 
 
 @pytest.mark.timeout(30)

@@ -174,3 +174,29 @@ async def test_exception_in_on_batch_stops_the_transport():
     while isinstance(cause, BaseExceptionGroup):
         cause = cause.exceptions[0]
     assert isinstance(cause.__cause__, RuntimeError)
+
+
+@pytest.mark.timeout(30)
+async def test_big_frame_right_behind_the_settings_ack_is_accepted():
+    """The client acknowledges the server's bigger max frame size and sends a frame above
+    the default size in the same write (and the same read on the server, so below the
+    server's read size): the server must not take it for an overlong frame."""
+    async with cluster(1) as (a,):
+        async with H2Client.open(a.address) as client:
+            await client.stream.send_all(client.conn.data_to_send())
+            with trio.fail_after(5):
+                while client.conn.max_outbound_frame_size != H2_FRAME_BYTES_MAX:
+                    client.conn.receive_data(await client.stream.receive_some(65536))
+            body = batch_body(2, 1, range(1)) + encode_frame(9, bytes(40_000))
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                           (b":authority", b"t"), (b":path", BATCH_PATH.encode()),
+                                           (FROM_NODE_HEADER, b"2")])
+            client.conn.send_data(sid, body, end_stream=True)  # one frame of 40 KB
+            await client.stream.send_all(client.conn.data_to_send())  # with the ACK
+            with trio.fail_after(5):
+                while not a.batches:
+                    data = await client.stream.receive_some(65536)
+                    assert data, "the server closed the connection"
+                    client.conn.receive_data(data)
+        assert a.received() == [(2, "g", 0)]

@@ -200,12 +200,14 @@ async def main_async(seconds: float, hypercorn_windows: bool) -> None:
     print(f"# chronik-trio transport bench, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} "
           f"UTC, {seconds} s per figure, both ends in one process"
           + (", hypercorn's default windows" if hypercorn_windows else ""))
-    for payload_bytes in (100, 65536):
-        print("throughput ", _fmt(await bench_throughput(payload_bytes, seconds)))
-    print("ping-pong  ", _fmt(await bench_ping_pong_stream(seconds)))
-    print("ping-pong  ", _fmt(await bench_requests(100, seconds, ping_pong=True)))
-    print("requests   ", _fmt(await bench_requests(100, seconds, ping_pong=False)))
-    print("requests   ", _fmt(await bench_requests(65536, seconds, ping_pong=False)))
+    # A figure that takes far longer than asked lost messages on the way: fail loudly.
+    with trio.fail_after(6 * (seconds + 5)):
+        for payload_bytes in (100, 65536):
+            print("throughput ", _fmt(await bench_throughput(payload_bytes, seconds)))
+        print("ping-pong  ", _fmt(await bench_ping_pong_stream(seconds)))
+        print("ping-pong  ", _fmt(await bench_requests(100, seconds, ping_pong=True)))
+        print("requests   ", _fmt(await bench_requests(100, seconds, ping_pong=False)))
+        print("requests   ", _fmt(await bench_requests(65536, seconds, ping_pong=False)))
 
 
 def _fmt(result: dict) -> str:

@@ -60,6 +60,8 @@ async def test_one_megabyte_entries_go_through_intact():
         await wait_until(lambda: len(b.received()) == len(entries), timeout_s=20)
         got = [gm.message.entries[0].data for batch in b.batches for gm in batch.messages]
         assert got == entries
+        assert a.transport.registry.get_sample_value(
+            "chronik_transport_connect_failures_total", {"peer": "2"}) == 0
 
 
 @pytest.mark.timeout(30)

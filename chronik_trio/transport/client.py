@@ -56,10 +56,8 @@ CONNECT_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 3.0
 # Bytes read per receive call; the server sends only small frames (settings, window
-# updates, response headers).
+# updates, ping answers, response headers), so h2's default receive windows suffice too.
 RECEIVE_BYTES_MAX = 65536
-# Our receive windows: the server sends almost nothing, so h2's defaults suffice; the max
-# frame size we accept for the same reason stays at the protocol default.
 
 # Snapshots waiting or being written per peer. Each holds its whole data in memory (as the
 # message it came in did); the leader retries a refused one after report_snapshot(False).
@@ -317,8 +315,10 @@ class _Connection:
             await trio.sleep(PING_INTERVAL_S)
             self._ping_acked = trio.Event()
             self._h2.ping(b"chronikp")
-            await self._flush()
+            # The flush is inside the timeout too: a peer that stopped reading leaves the
+            # writer blocked in send_all, holding the send lock.
             with trio.move_on_after(PING_TIMEOUT_S):
+                await self._flush()
                 await self._ping_acked.wait()
             if not self._ping_acked.is_set():
                 raise PeerConnectionLost(f"no answer to a ping within {PING_TIMEOUT_S} s")

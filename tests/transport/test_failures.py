@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import pytest
 import trio
 
@@ -142,3 +148,48 @@ async def test_peer_that_stops_answering_is_given_up_and_what_was_unsent_reporte
         nursery.cancel_scope.cancel()
     for listener in silent:
         await listener.aclose()
+
+
+async def _stalling_h2_server(stream: trio.SocketStream) -> None:
+    """Opens huge windows, accepts the Raft stream, then never reads again."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1,
+                          h2.settings.SettingCodes.MAX_FRAME_SIZE: 2**20})
+    conn.increment_flow_control_window(2**31 - 1 - 65535)
+    await stream.send_all(conn.data_to_send())
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                conn.send_headers(event.stream_id, [(b":status", b"200")])
+                await stream.send_all(conn.data_to_send())
+                await trio.sleep_forever()
+        await stream.send_all(conn.data_to_send())
+
+
+@pytest.mark.timeout(30)
+async def test_peer_that_stops_reading_with_open_windows_is_given_up():
+    a = Node(1)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(
+            trio.serve_tcp, _stalling_h2_server, 0, host=HOST))
+        a.transport = Transport(1, (HOST, 0), {2: listeners[0].socket.getsockname()[:2]},
+                                a.on_batch, a.report_unreachable)
+        await nursery.start(a.transport.run)
+        with trio.fail_after(5):
+            await a.transport.wait_peer_connected(2)
+        # Enough to fill both sockets' buffers: the writer then blocks inside send_all.
+        with trio.fail_after(5):
+            for index in range(64):
+                while not a.transport.send(2, "g", message(1, 2, index, bytes(2**20))):
+                    assert a.transport.peer_state(2) is PeerState.CONNECTED
+                    await trio.sleep(0.05)
+                await trio.sleep(0)
+        await wait_until(lambda: a.transport.peer_state(2) is not PeerState.CONNECTED,
+                         timeout_s=PING_INTERVAL_S + PING_TIMEOUT_S + 2)
+        assert (2, "g") in a.unreachable
+        nursery.cancel_scope.cancel()

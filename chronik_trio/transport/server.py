@@ -10,7 +10,8 @@ Routes:
   GET  /metrics         Prometheus text of the transport's registry.
 
 Bad input is dropped with a log line and `chronik_transport_dropped_total{reason}`; a frame
-or body above the limit ends that request (413), never the server. hypercorn logs and swallows
+or body above the limit refuses the rest of that request (413, or on the stream a last
+line of body), never the server. hypercorn logs and swallows
 exceptions raised by an ASGI app, so the app hands any unexpected exception to `on_fatal`, which
 the Transport re-raises in its nursery: a bug in on_batch must stop the node, not vanish.
 """

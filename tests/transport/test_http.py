@@ -78,7 +78,9 @@ async def test_metrics_show_the_queue_of_a_peer_that_does_not_read():
         with trio.fail_after(5):
             await a.transport.wait_peer_connected(2)
         assert a.transport.send(2, "g", message(1, 2, 0, bytes(2**20)))
-        await trio.sleep(0.2)  # the sender writes what the window allows, then waits
+        # The sender takes it, writes what the 64 KiB window allows, then waits.
+        await wait_until(lambda: a.transport.queue_depth_messages(2) == 0)
+        await trio.sleep(0.05)
         for index in range(1, 6):
             assert a.transport.send(2, "g", message(1, 2, index))
         async with H2Client.open(a.address) as client:

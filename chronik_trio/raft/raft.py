@@ -329,6 +329,12 @@ class Raft:
             self._send(self._msg(MT.APPEND_RESPONSE, m.from_))
         elif m.type == MT.PRE_VOTE:
             self._send(self._msg(MT.PRE_VOTE_RESPONSE, m.from_, reject=True))
+        elif m.type == MT.VOTE:
+            # The paper's rule (Figure 2): answer with our term so the candidate catches up.
+            # Without pre-vote, a voter whose vote only we can give (its config is newer than
+            # ours) could otherwise climb terms no faster than we do and never reach ours;
+            # the simulation found that livelock.
+            self._send(self._msg(MT.VOTE_RESPONSE, m.from_, reject=True))
 
     def _handle_vote_request(self, m: Message) -> None:
         can_vote = self.vote == m.from_ or \

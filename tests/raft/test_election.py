@@ -201,3 +201,18 @@ def test_split_votes_resolve_within_a_few_election_timeouts():
             if c.leader() is not None:
                 break
         assert rounds < 100, (seed, rounds)
+
+
+def test_vote_request_from_a_lower_term_is_answered_with_our_term():
+    # Paper Figure 2: a candidate stuck below the others' term must learn it, or (without
+    # pre-vote) it may never catch up with a voter that keeps campaigning alongside it.
+    c = Cluster((1, 2, 3), pre_vote=False, check_quorum=False)
+    c.elect(1)
+    c.elect(2)  # term 2
+    c.partition((3,), (1, 2))
+    c.node(3).step(Message(type=MessageType.HEARTBEAT, to=3, from_=2, term=2))
+    n1 = c.node(1)
+    n1.step(Message(type=MessageType.VOTE, to=1, from_=3, term=1, index=5, log_term=1))
+    rd = c.process_ready(1)
+    assert [(m.type, m.term, m.reject) for m in rd.persisted_messages] == \
+        [(MessageType.VOTE_RESPONSE, term(c, 1), True)]

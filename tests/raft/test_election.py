@@ -209,8 +209,6 @@ def test_vote_request_from_a_lower_term_is_answered_with_our_term():
     c = Cluster((1, 2, 3), pre_vote=False, check_quorum=False)
     c.elect(1)
     c.elect(2)  # term 2
-    c.partition((3,), (1, 2))
-    c.node(3).step(Message(type=MessageType.HEARTBEAT, to=3, from_=2, term=2))
     n1 = c.node(1)
     n1.step(Message(type=MessageType.VOTE, to=1, from_=3, term=1, index=5, log_term=1))
     rd = c.process_ready(1)

@@ -14,11 +14,11 @@ from .client import (PING_INTERVAL_S, Connect, PeerSender, PeerState, ReportSnap
                      ReportUnreachable)
 from .metrics import DropReason, TransportMetrics
 from .server import OnBatch, RaftIngressApp, peer_label_for
-from .serving import H2_FRAME_BYTES_MAX, serve_listeners
+from .serving import serve_listeners
 
 log = logging.getLogger(__name__)
 
-# The largest frame (one RaftBatch) sent or accepted. Raft's max_size_per_msg must stay
+# The largest frame (a RaftBatch or a snapshot chunk) sent or accepted. Raft's max_size_per_msg must stay
 # well below it: a message that does not fit is dropped. 16 MiB holds a few 1 MB entries per
 # append with room for the envelope, and bounds what one connection makes us buffer.
 FRAME_BYTES_MAX_DEFAULT = 16 * 2**20
@@ -32,8 +32,6 @@ KEEP_ALIVE_REQUESTS_MAX = 2**31
 # A connection that sends nothing for this long is closed. Senders ping every
 # PING_INTERVAL_S, so only dead or stuck clients hit it; it frees what they hold.
 SERVER_READ_TIMEOUT_S = 10 * PING_INTERVAL_S
-
-
 # The largest snapshot rebuilt from chunks. The receiver holds it in memory (as the Raft
 # message it becomes), so it is a memory bound; partition snapshots are state, not the log.
 SNAPSHOT_BYTES_MAX_DEFAULT = 256 * 2**20
@@ -176,7 +174,6 @@ class Transport:
         config.accesslog = None
         config.errorlog = logging.getLogger("chronik_trio.transport.hypercorn")
         config.h2_max_concurrent_streams = H2_STREAMS_MAX
-        config.h2_max_inbound_frame_size = H2_FRAME_BYTES_MAX
         config.keep_alive_max_requests = KEEP_ALIVE_REQUESTS_MAX
         config.include_server_header = False
         config.read_timeout = SERVER_READ_TIMEOUT_S

@@ -10,14 +10,17 @@ with a TCPServer that, when a connection turns out to be HTTP/2, sends a SETTING
 bigger windows and frame size, and a WINDOW_UPDATE for the connection window. Both are
 ordinary HTTP/2 (RFC 9113 6.5, 6.9); h2 applies our new limits once the peer acknowledges.
 
-It also takes ready-made trio SocketListeners, which is the node's seam for its listeners.
-Everything used from hypercorn is pinned (pyproject) and covered by tests/transport.
+It also takes ready-made trio Listeners, the node's seam for its listeners. hypercorn asks a
+plain stream's `.socket` for the peer's address; a stream without one (an in-memory stream of
+a simulated network) gets a stand-in that gives a placeholder address. Everything used from
+hypercorn is pinned (pyproject) and covered by tests/transport.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import socket
 
 import h2.settings
 import hypercorn.config
@@ -67,14 +70,55 @@ class _RaftTCPServer(TCPServer):
         await super().protocol_send(event)
 
 
+# What a stream without a socket reports as both ends' address.
+SOCKETLESS_ADDRESS = ("0.0.0.0", 0)
+
+
+class _SocketStandIn:
+    """The part of a socket hypercorn's TCPServer reads (for the ASGI scope's addresses)."""
+
+    family = socket.AF_INET
+
+    def getpeername(self) -> tuple[str, int]:
+        return SOCKETLESS_ADDRESS
+
+    def getsockname(self) -> tuple[str, int]:
+        return SOCKETLESS_ADDRESS
+
+
+class _SocketlessStream(trio.abc.Stream):
+    """A stream without a socket, with the stand-in hypercorn asks for."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.socket = _SocketStandIn()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 async def serve_listeners(app: object, config: hypercorn.config.Config,
-                          listeners: list[trio.SocketListener], *,
+                          listeners: list[trio.abc.Listener], *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
     """Serves `app` (ASGI, without lifespan events) on `listeners` until cancelled."""
     context = WorkerContext(None)
-    handler = functools.partial(_RaftTCPServer, wrap_app(app, config.wsgi_max_body_size, "asgi"),
-                                config, context, ConnectionState({}))
+    wrapped_app = wrap_app(app, config.wsgi_max_body_size, "asgi")
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        if not hasattr(stream, "socket") and not hasattr(stream, "do_handshake"):
+            stream = _SocketlessStream(stream)
+        await _RaftTCPServer(wrapped_app, config, context, ConnectionState({}), stream)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(trio.serve_listeners, handler, listeners,
                                               handler_nursery=nursery))

@@ -46,8 +46,9 @@ class Transport:
 
     Args:
         node_id: this node's id (> 0).
-        listen: (host, port) to listen on, port 0 for any; or ready trio SocketListeners
-            (the seam for listeners made by the caller), which the transport closes.
+        listen: (host, port) to listen on, port 0 for any; or ready trio Listeners (the seam
+            for listeners made by the caller, e.g. of a simulated network), which the
+            transport closes.
         peers: peer id -> (host, port) of its Raft port.
         on_batch: called with each valid chronik.transport.RaftBatch received, from the
             server's task; synchronous and must not block (queue the work).
@@ -64,7 +65,7 @@ class Transport:
         connect: opens a stream to (host, port); the seam for a simulated network.
     """
 
-    def __init__(self, node_id: int, listen: tuple[str, int] | list[trio.SocketListener],
+    def __init__(self, node_id: int, listen: tuple[str, int] | list[trio.abc.Listener],
                  peers: dict[int, tuple[str, int]], on_batch: OnBatch,
                  report_unreachable: ReportUnreachable, *,
                  report_snapshot: ReportSnapshot | None = None,
@@ -143,9 +144,10 @@ class Transport:
     async def wait_peer_connected(self, peer_id: int) -> None:
         await self._senders[peer_id].wait_connected()
 
-    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        """Serves and sends until cancelled; started() with the (host, port) listened on.
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int] | None]
+                  = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves and sends until cancelled; started() with the (host, port) listened on
+        (None for listeners without a socket).
 
         Raises:
             TransportFailed: serving raised an unexpected exception (its __cause__).
@@ -156,8 +158,9 @@ class Transport:
             listeners = await trio.open_tcp_listeners(port, host=host)
         else:
             listeners = self._listen
-        sockname = listeners[0].socket.getsockname()
-        self.listen_address = (sockname[0], sockname[1])
+        sock = getattr(listeners[0], "socket", None)
+        if sock is not None:
+            self.listen_address = sock.getsockname()[:2]
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(
                 serve_listeners, self.app, self._hypercorn_config(), listeners))
@@ -165,8 +168,8 @@ class Transport:
             nursery.start_soon(self._watch_fatal)
             for peer_id in self._senders:
                 self._start_sender(peer_id)
-            log.info("node %d: Raft transport listening on %s:%d", self.node_id,
-                     *self.listen_address)
+            log.info("node %d: Raft transport listening on %s", self.node_id,
+                     self.listen_address or listeners)
             task_status.started(self.listen_address)
 
     def _hypercorn_config(self) -> hypercorn.config.Config:

@@ -84,3 +84,54 @@ def with_offsets(records: bytes | memoryview, header: BatchHeader, base_offset: 
     out = bytearray(view)
     _PREFIX.pack_into(out, 0, base_offset, header.size_bytes - BATCH_OVERHEAD_BYTES, leader_epoch)
     return bytes(out)
+
+
+def _read_varint(buf, pos: int) -> tuple[int, int]:
+    """A zigzag varint (records use signed varints) at pos: (value, new position)."""
+    raw = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        raw |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (raw >> 1) ^ -(raw & 1), pos
+        shift += 7
+        if shift > 63:
+            raise CorruptRecords("record varint longer than 64 bits")
+
+
+COMPRESSION_NONE = 0
+COMPRESSION_GZIP = 1
+
+
+def first_offset_at_or_after(batch: bytes | memoryview, timestamp_ms: int) -> tuple[int, int] | None:
+    """(offset, timestamp) of the batch's first record whose timestamp is >= timestamp_ms
+    (Kafka's ListOffsets answer); None when the batch's records cannot be read here (compressed with
+    a codec other than gzip), in which case the caller answers with the batch's base offset.
+
+    Decodes this one batch: ListOffsets by time is rare and this is its only per-record work.
+    """
+    view = memoryview(batch)
+    (base_offset, _, _, _, _, attributes, _, base_ts, _, _, _, _, count) = _HEADER.unpack_from(view, 0)
+    codec = attributes & ATTR_COMPRESSION_MASK
+    if codec == COMPRESSION_NONE:
+        records = view[BATCH_HEADER_BYTES:]
+    elif codec == COMPRESSION_GZIP:
+        import gzip
+        records = memoryview(gzip.decompress(view[BATCH_HEADER_BYTES:]))
+    else:
+        return None
+    pos = 0
+    try:
+        for _ in range(count):
+            length, pos = _read_varint(records, pos)
+            end = pos + length
+            pos += 1  # record attributes
+            ts_delta, pos = _read_varint(records, pos)
+            offset_delta, pos = _read_varint(records, pos)
+            if base_ts + ts_delta >= timestamp_ms:
+                return base_offset + offset_delta, base_ts + ts_delta
+            pos = end
+    except IndexError:
+        raise CorruptRecords("record data ends inside a record") from None
+    return None

@@ -39,13 +39,19 @@ class NodeConfig:
     request_max_bytes: int = 100 << 20  # Kafka's socket.request.max.bytes default
     segment_bytes: int = 64 << 20
     retention_check_interval_ms: int = 300_000  # Kafka's log.retention.check.interval.ms
+    # The cluster's Raft members: "1@host:port,2@host:port,..." (Raft addresses); this node's
+    # entry is where it listens for peers. None: a one-node cluster with no Raft port.
+    peers: str | None = None
+    # Join an existing cluster: never bootstrap __meta, wait to be sent its state.
+    join: bool = False
+    rack: str | None = None
     # How often each log's durable index is checkpointed (2 fsyncs per changed log); recovery
     # treats a bad frame at or below it as corruption, above it as a torn tail.
     hard_state_interval_ms: int = 5000
 
     def __attrs_post_init__(self) -> None:
-        if self.node_id < 0:
-            raise ConfigError(f"node_id must be >= 0, got {self.node_id}")
+        if self.node_id < 1:
+            raise ConfigError(f"node_id must be >= 1 (it is a Raft member id), got {self.node_id}")
         _host_port(self.listen, key="listen")
         if self.advertised is not None:
             _host_port(self.advertised, key="advertised")
@@ -58,6 +64,30 @@ class NodeConfig:
                     "hard_state_interval_ms"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+
+        if self.peers is not None:
+            members = self.peer_addresses
+            if self.node_id not in members:
+                raise ConfigError(f"peers {self.peers!r} has no entry for node_id {self.node_id}")
+
+    @property
+    def peer_addresses(self) -> dict[int, tuple[str, int]]:
+        """node id -> Raft (host, port); just this node (no address) without peers."""
+        if self.peers is None:
+            return {}
+        members = {}
+        for item in self.peers.split(","):
+            node, sep, address = item.strip().partition("@")
+            if not sep or not node.isdigit():
+                raise ConfigError(f"peers: expected ID@HOST:PORT, got {item!r}")
+            if int(node) in members:
+                raise ConfigError(f"peers: node {node} appears twice")
+            members[int(node)] = _host_port(address, key="peers")
+        return members
+
+    @property
+    def voters(self) -> tuple[int, ...]:
+        return tuple(sorted(self.peer_addresses)) or (self.node_id,)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

@@ -1,12 +1,15 @@
-"""The node: one process, one top-level nursery.
+"""The node: one process, one top-level nursery; every partition and __meta a Raft group.
 
-Under it: the group committer (fsyncs), the hard-state checkpointer, the retention loop and
-the Kafka listener with one task per connection. The node takes its listeners and its Disk
-from the caller, so the same code can later run under a simulated network and disk.
+Under the nursery: the Raft runtime (ticks, Ready passes with group commit), the HTTP/2
+Raft transport when the node has peers, the partition reconciler (opens and closes
+partition groups as __meta assigns them), the leader reporter, the retention loop, and the
+Kafka listener with one task per connection. A node without peers is a one-voter cluster:
+the same code, with nobody to send to. The node takes its listeners and Disk from the
+caller, so the same code can later run under a simulated network and disk.
 
-Shutdown (request_shutdown(), e.g. on SIGTERM): stop accepting, give in-flight requests up to
-SHUTDOWN_GRACE_S to be answered, close the remaining connections (their requests fail), make
-everything durable, write every hard state, close the files.
+Shutdown (request_shutdown(), e.g. on SIGTERM): stop accepting, give in-flight requests up
+to SHUTDOWN_GRACE_S to be answered, close the remaining connections (their requests fail),
+stop the runtime, sync every group with its commit index, close the files.
 """
 
 from __future__ import annotations
@@ -16,28 +19,43 @@ import functools
 import logging
 import os
 import pathlib
+import random
 import shutil
 import time
 import uuid
+import zlib
 
 import trio
 
-from chronik_trio.cluster.meta import Topic, TopicAlreadyExists, UnknownTopic, validate_topic_name
+from chronik_trio.cluster.meta import (Topic, TopicAlreadyExists, UnknownTopic,
+                                       validate_topic_name)
 from chronik_trio.pb import meta_pb2
+from chronik_trio.raft.config import Config as RaftConfig
+from chronik_trio.raft.convert import message_from_pb, message_to_pb
+from chronik_trio.raft.rawnode import RawNode
 from chronik_trio.storage import Disk
+from chronik_trio.storage.raft_storage import DurableRaftStorage
 
-from .committer import GroupCommitter
-from .config import NodeConfig
+from .config import ConfigError, NodeConfig
 from .kafka_server import serve_connection
-from .meta_store import MetaStore
-from .partitions import PartitionReplica
+from .meta_group import META_GROUP_ID, MetaMachine, MetaService, MetaUnavailable
+from .partition_group import PartitionMachine, PartitionReplica
+from .raft_group import RaftGroup
+from .raft_runtime import RaftRuntime
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 3.0  # in-flight produces are durable within milliseconds; long polls are not
+SHUTDOWN_GRACE_S = 3.0  # in-flight produces commit within milliseconds; long polls do not
 PRODUCER_ID_BLOCK = 1000  # ids reserved per __meta command; a restart skips the unused rest
+ELECTION_TICK = 10  # x 50 ms ticks: a follower campaigns after 0.5-1 s without a leader
+HEARTBEAT_TICK = 2
 TOPIC_ID_FILE = "topic_id"
 DELETED_SUFFIX = ".deleted"
+LIVENESS_GROUP = ""  # transport messages of this group only say "I am alive"
+LEADER_REPORTS_INFLIGHT_MAX = 64  # concurrent __meta proposals reporting partition leaders
+DEFAULT_REPLICATION_FACTOR_MAX = 3
+CREATE_TOPIC_TIMEOUT_S = 30.0
+REPLAY_WARN_S = 30.0  # log which groups are slow to replay after this, then keep waiting
 
 
 class Node:
@@ -48,62 +66,105 @@ class Node:
         self.disk = disk or Disk()
         self.wall_clock_ms = wall_clock_ms
         self.data_dir = pathlib.Path(config.data_dir)
-        self.committer = GroupCommitter(
-            interval_s=None if config.fsync == "always" else config.fsync_interval_ms / 1000)
-        self.meta_store: MetaStore | None = None
+        self.runtime = RaftRuntime(self.node_id, self._send, heartbeat=self._heartbeat)
+        self.meta_machine = MetaMachine()
+        self.meta_machine.listeners.append(self._meta_changed)
+        self.meta_service: MetaService | None = None
         self.replicas: dict[tuple[str, int], PartitionReplica] = {}
+        self.transport = None
         self.cluster_id = ""
         self.requests_inflight = 0
         self._shutdown = trio.Event()
+        self._reconcile_wanted = trio.Event()
+        self._reconcile_lock = trio.Lock()
+        self._leader_reports: dict[tuple[uuid.UUID, int], int] = {}  # -> term to report
+        self._leader_report_wanted = trio.Event()
         self._producer_ids = (0, 0)  # [next, end) of this node's reserved block
         self._producer_id_lock = trio.Lock()
-        self._meta_lock = trio.Lock()  # one topic change at a time keeps directories consistent
 
     # --- what handlers use (kafka/handlers/context.py) ---------------------------------------
 
     @property
     def meta(self):
-        return self.meta_store.state
+        return self.meta_machine.state
+
+    def meta_leader_id(self) -> int:
+        return self.meta_machine.leader_id or -1
 
     def replica(self, topic: str, partition: int) -> PartitionReplica | None:
         return self.replicas.get((topic, partition))
 
-    async def create_topic(self, name: str, partitions: int, configs: dict[str, str],
-                           *, validate_only: bool = False) -> Topic:
+    def partition_leader(self, topic: Topic, partition: int):
+        return self.meta.leader_of(topic, partition)
+
+    async def create_topic(self, name: str, partitions: int, configs: dict[str, str], *,
+                           validate_only: bool = False, replication_factor: int = -1,
+                           assignment: list[list[int]] | None = None,
+                           timeout_s: float = CREATE_TOPIC_TIMEOUT_S) -> Topic:
+        """Assign replicas across the registered brokers, commit the topic through __meta,
+        and return once every partition has a leader in this node's metadata (so the first
+        produce after creation succeeds), or raise TimeoutError."""
         validate_topic_name(name)
         if name in self.meta.topics:
             raise TopicAlreadyExists(f"topic {name!r} already exists")
+        if assignment is None:
+            assignment = self._assign(name, partitions, replication_factor)
+        configs = dict(configs)
+        if len(assignment[0]) >= 3:
+            configs.setdefault("min.insync.replicas", "2")
         command = meta_pb2.MetaCommand(topic_created=meta_pb2.TopicCreated(
             name=name, topic_id=uuid.uuid4().bytes, configs=configs,
-            partitions=[meta_pb2.PartitionAssignment(replicas=[self.node_id])] * partitions))
+            partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in assignment]))
         if validate_only:
             return Topic(name, uuid.UUID(bytes=command.topic_created.topic_id),
-                         ((self.node_id,),) * partitions, dict(configs))
-        async with self._meta_lock:
-            applied = await self.meta_store.propose(command)
-            if not applied.ok:
-                raise applied.error
-            self._reconcile_partitions()
-        log.info("created topic %s with %d partition(s)", name, partitions)
-        return self.meta.topics[name]
+                         tuple(tuple(r) for r in assignment), configs)
+        applied = await self.meta_service.propose(command)
+        if not applied.ok:
+            raise applied.error
+        topic = self.meta.topics[name]
+        await self._wait_for_leaders(topic, timeout_s)
+        log.info("created topic %s: %d partition(s), replicas %s", name, partitions, assignment)
+        return topic
+
+    def _assign(self, name: str, partitions: int, replication_factor: int) -> list[list[int]]:
+        from chronik_trio.cluster.meta import InvalidPartitionCount, ClusterError
+        from kio.schema.errors import ErrorCode
+
+        brokers = sorted(self.meta.brokers)
+        rf = min(DEFAULT_REPLICATION_FACTOR_MAX, len(brokers)) if replication_factor == -1 else replication_factor
+        if rf < 1 or rf > len(brokers):
+            error = ClusterError(f"replication factor {rf} is not between 1 and the cluster's "
+                                 f"{len(brokers)} broker(s)")
+            error.error_code = ErrorCode.invalid_replication_factor
+            raise error
+        if partitions < 1:
+            raise InvalidPartitionCount(f"number of partitions must be positive, got {partitions}")
+        # Spread preferred leaders (the first replica) round-robin from a per-topic start.
+        start = zlib.crc32(name.encode()) % len(brokers)
+        return [[brokers[(start + p + i) % len(brokers)] for i in range(rf)] for p in range(partitions)]
+
+    async def _wait_for_leaders(self, topic: Topic, timeout_s: float) -> None:
+        with trio.fail_after(timeout_s):
+            while not all(self.meta.leader_of(topic, p) for p in range(topic.partition_count)):
+                await self.meta_machine.changed.wait()
 
     async def auto_create(self, name: str) -> Topic:
         try:
             return await self.create_topic(name, self.config.default_partitions, {})
         except TopicAlreadyExists:
-            return self.meta.topics[name]  # another request created it meanwhile
+            topic = self.meta.topics[name]  # another request created it meanwhile
+            await self._wait_for_leaders(topic, CREATE_TOPIC_TIMEOUT_S)
+            return topic
 
     async def delete_topic(self, name: str) -> Topic:
         topic = self.meta.topics.get(name)
         if topic is None:
             raise UnknownTopic(f"topic {name!r} does not exist")
-        async with self._meta_lock:
-            applied = await self.meta_store.propose(meta_pb2.MetaCommand(
-                topic_deleted=meta_pb2.TopicDeleted(name=name, topic_id=topic.topic_id.bytes)))
-            if not applied.ok:
-                raise applied.error
-            doomed = self._reconcile_partitions()
-        await trio.to_thread.run_sync(_remove_dirs, doomed)
+        applied = await self.meta_service.propose(meta_pb2.MetaCommand(
+            topic_deleted=meta_pb2.TopicDeleted(name=name, topic_id=topic.topic_id.bytes)))
+        if not applied.ok:
+            raise applied.error
+        await self._reconcile()
         log.info("deleted topic %s", name)
         return topic
 
@@ -111,71 +172,205 @@ class Node:
         async with self._producer_id_lock:
             next_id, end = self._producer_ids
             if next_id >= end:
-                applied = await self.meta_store.propose(meta_pb2.MetaCommand(
+                applied = await self.meta_service.propose(meta_pb2.MetaCommand(
                     producer_ids_allocated=meta_pb2.ProducerIdsAllocated(
                         node_id=self.node_id, count=PRODUCER_ID_BLOCK)))
                 next_id, end = applied.producer_id_start, applied.producer_id_start + PRODUCER_ID_BLOCK
             self._producer_ids = (next_id + 1, end)
             return next_id
 
-    # --- partitions on disk ------------------------------------------------------------------
+    # --- Raft groups -------------------------------------------------------------------------
 
-    def _partition_dir(self, topic: str, partition: int) -> pathlib.Path:
-        return self.data_dir / "partitions" / f"{topic}-{partition}"
+    def _raft_config(self, group_id: str) -> RaftConfig:
+        seed = zlib.crc32(group_id.encode()) ^ (self.node_id << 20) ^ int.from_bytes(os.urandom(4), "big")
+        return RaftConfig(id=self.node_id, election_tick=ELECTION_TICK, heartbeat_tick=HEARTBEAT_TICK,
+                          rng=random.Random(seed))
 
-    def _reconcile_partitions(self) -> list[pathlib.Path]:
-        """Open the replicas __meta assigns to this node, close the others. Returns the
-        directories to remove (already renamed out of the way, so a new topic of the same
-        name can never see the old data)."""
-        wanted = {(t.name, i): t for t in self.meta.topics.values()
-                  for i, replicas in enumerate(t.replicas) if self.node_id in replicas}
-        doomed = []
-        for key, replica in list(self.replicas.items()):
-            topic = wanted.get(key)
-            if topic is None or topic.topic_id != replica.topic_id:
-                replica.close()
-                del self.replicas[key]
-                doomed.append(_rename_deleted(replica.directory))
-        for key, topic in wanted.items():
-            if key not in self.replicas:
-                self.replicas[key] = self._open_replica(topic, key[1])
-        return doomed
+    def _start_group(self, group_id: str, storage: DurableRaftStorage, machine) -> RaftGroup:
+        snapshot = storage.snapshot(0) if storage.first_index() > 1 else None
+        if snapshot is not None:
+            machine.restore(snapshot)
+        node = RawNode(self._raft_config(group_id), storage)
+        group = RaftGroup(group_id, node, storage, machine, self.runtime.wake)
+        hard_state, conf_state = storage.initial_state()
+        # Replayed once the group has applied what it knew was committed; a group whose
+        # only voter is this node commits its whole log as soon as it leads again.
+        group.replay_target = hard_state.commit
+        if conf_state.voters == (self.node_id,):
+            node.campaign()  # the only voter: lead at once instead of after a timeout
+            group.replay_target = storage.last_index()
+        self.runtime.add(group)
+        return group
 
-    def _open_replica(self, topic: Topic, partition: int) -> PartitionReplica:
-        directory = self._partition_dir(topic.name, partition)
+    async def _wait_replayed(self, groups: list[RaftGroup]) -> None:
+        """Until every group has applied its replay target (no quorum needed for that
+        except for groups this node alone votes in, which elect themselves)."""
+        with trio.move_on_after(REPLAY_WARN_S) as scope:
+            await self._until_replayed(groups)
+        if scope.cancelled_caught:
+            slow = [g.group_id for g in groups if g.node.raft.log.applied < g.replay_target]
+            log.warning("still replaying %d group(s) after %.0f s: %s", len(slow), REPLAY_WARN_S, slow[:5])
+            await self._until_replayed(groups)
+
+    async def _until_replayed(self, groups: list[RaftGroup]) -> None:
+        while any(g.node.raft.log.applied < g.replay_target for g in groups):
+            await trio.sleep(self.runtime.tick_interval_s / 5)
+
+    def _open_meta(self) -> None:
+        directory = self.data_dir / "meta"
+        storage = DurableRaftStorage(self.disk, directory, kafka=False)
+        if not storage.is_initialized:
+            storage.close()
+            if self.config.join:
+                raise ConfigError(f"{directory} is empty and --join was given: adding a member to "
+                                  f"a running cluster is not supported yet; start every member "
+                                  f"with the same --peers instead")
+            storage = DurableRaftStorage.bootstrap(self.disk, directory, voters=self.config.voters,
+                                                   kafka=False)
+            log.info("bootstrapped __meta with voters %s", self.config.voters)
+        group = self._start_group(META_GROUP_ID, storage, self.meta_machine)
+        self.meta_service = MetaService(self.node_id, group, self.meta_machine)
+
+    def _partition_dir(self, topic: Topic, partition: int) -> pathlib.Path:
+        return self.data_dir / "partitions" / f"{topic.name}-{partition}"
+
+    def _open_partition_storage(self, topic: Topic, partition: int) -> DurableRaftStorage:
+        """Blocking (runs in a worker thread): open, or create and bootstrap, the storage."""
+        directory = self._partition_dir(topic, partition)
         id_file = directory / TOPIC_ID_FILE
         if directory.exists() and (not id_file.exists() or id_file.read_text() != topic.topic_id.hex):
             log.warning("removing %s: it belongs to an older topic of the same name", directory)
             _remove_dirs([_rename_deleted(directory)])
-        if not directory.exists():
-            directory.mkdir(parents=True)
-            _write_durably(id_file, topic.topic_id.hex)
-        return PartitionReplica(topic, partition, directory, self.disk, self.committer,
-                                node_id=self.node_id, fsync_always=self.config.fsync == "always",
-                                segment_bytes=int(topic.config("segment.bytes")))
+        segment_bytes = int(topic.config("segment.bytes"))
+        if directory.exists():
+            return DurableRaftStorage(self.disk, directory, kafka=True, segment_bytes=segment_bytes)
+        directory.mkdir(parents=True)
+        _write_durably(id_file, topic.topic_id.hex)
+        return DurableRaftStorage.bootstrap(self.disk, directory, voters=topic.replicas[partition],
+                                            kafka=True, segment_bytes=segment_bytes)
+
+    def _start_partition(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
+        machine = PartitionMachine(topic, partition, storage.log, self._became_leader)
+        group = self._start_group(f"{topic.topic_id.hex}-{partition}", storage, machine)
+        self.replicas[(topic.name, partition)] = PartitionReplica(topic, partition, group, machine)
+
+    def _meta_changed(self) -> None:
+        self._reconcile_wanted.set()
+
+    async def _reconcile(self) -> None:
+        """Open the partition groups __meta assigns here; stop and delete the others."""
+        async with self._reconcile_lock:  # one at a time: it awaits between steps
+            await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> None:
+        wanted = {(t.name, p): t for t in self.meta.topics.values()
+                  for p, replicas in enumerate(t.replicas) if self.node_id in replicas}
+        doomed = []
+        for key, replica in list(self.replicas.items()):
+            topic = wanted.get(key)
+            if topic is None or topic.topic_id != replica.topic_id:
+                async with replica.group.lock:  # not in the middle of a Ready
+                    self.runtime.remove(replica.group.group_id)
+                    replica.group.close()
+                    replica.closed = True
+                del self.replicas[key]
+                doomed.append(_rename_deleted(replica.log_directory))
+        for key, topic in wanted.items():
+            if key not in self.replicas:
+                storage = await trio.to_thread.run_sync(self._open_partition_storage, topic, key[1])
+                self._start_partition(topic, key[1], storage)
+        if doomed:
+            await trio.to_thread.run_sync(_remove_dirs, doomed)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile_wanted = trio.Event()
+            await self._reconcile()
+
+    def _became_leader(self, machine: PartitionMachine, term: int) -> None:
+        self._leader_reports[(machine.topic.topic_id, machine.partition)] = term
+        self._leader_report_wanted.set()
+
+    async def _leader_report_loop(self) -> None:
+        """Tell __meta promptly about every partition this node now leads."""
+        limiter = trio.CapacityLimiter(LEADER_REPORTS_INFLIGHT_MAX)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._leader_report_wanted.wait()
+                self._leader_report_wanted = trio.Event()
+                reports, self._leader_reports = self._leader_reports, {}
+                for (topic_id, partition), term in reports.items():
+                    nursery.start_soon(self._report_leader, limiter, topic_id, partition, term)
+
+    async def _report_leader(self, limiter, topic_id: uuid.UUID, partition: int, term: int) -> None:
+        async with limiter:
+            known = self.meta.leaders.get((topic_id, partition))
+            if known is not None and (known.leader, known.epoch) == (self.node_id, term):
+                return
+            try:
+                await self.meta_service.propose(meta_pb2.MetaCommand(
+                    partition_leader_changed=meta_pb2.PartitionLeaderChanged(
+                        topic_id=topic_id.bytes, partition=partition, leader=self.node_id,
+                        leader_epoch=term)))
+            except MetaUnavailable as exc:
+                log.warning("could not report leadership of %s-%d: %s", topic_id.hex, partition, exc)
+                self._leader_reports.setdefault((topic_id, partition), term)
+                self._leader_report_wanted.set()
+
+    # --- network -----------------------------------------------------------------------------
+
+    def _send(self, group_id: str, message) -> None:
+        if self.transport is not None:
+            self.transport.send(message.to, group_id, message_to_pb(message))
+
+    def _heartbeat(self, peer: int) -> None:
+        if self.transport is not None:
+            self.transport.send(peer, LIVENESS_GROUP, b"")
+
+    def _on_batch(self, batch) -> None:
+        self.runtime.heard_from(batch.from_node)
+        for gm in batch.messages:
+            if gm.group == LIVENESS_GROUP:
+                continue
+            if not self.runtime.deliver(gm.group, message_from_pb(gm.message)):
+                log.debug("dropped a message from node %d for unknown group %s", batch.from_node, gm.group)
+
+    def _report_unreachable(self, peer: int, group_id: str) -> None:
+        group = self.runtime.groups.get(group_id)
+        if group is not None:
+            group.report_unreachable(peer)
+
+    def _report_snapshot(self, peer: int, group_id: str, ok: bool) -> None:
+        group = self.runtime.groups.get(group_id)
+        if group is not None:
+            group.report_snapshot(peer, ok)
+
+    def _make_transport(self):
+        from chronik_trio.transport.transport import Transport
+
+        members = self.config.peer_addresses
+        peers = {n: address for n, address in members.items() if n != self.node_id}
+        return Transport(self.node_id, members[self.node_id], peers, self._on_batch,
+                         self._report_unreachable, report_snapshot=self._report_snapshot)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def _open_stores(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.cluster_id = _cluster_id(self.data_dir)
-        self.meta_store = MetaStore(self.data_dir / "meta", self.disk, self.committer,
-                                    node_id=self.node_id)
-        leftovers = [p for p in (self.data_dir / "partitions").glob(f"*{DELETED_SUFFIX}")]
-        _remove_dirs(leftovers)
-        self._reconcile_partitions()
-        known = {r.directory for r in self.replicas.values()}
-        for directory in (self.data_dir / "partitions").glob("*"):
-            if directory.is_dir() and directory not in known:
-                log.warning("removing %s: no topic in __meta owns it", directory)
-                _remove_dirs([_rename_deleted(directory)])
+        _remove_dirs(list((self.data_dir / "partitions").glob(f"*{DELETED_SUFFIX}")))
+        self._open_meta()
 
     async def _register_broker(self) -> None:
         host, port = self.config.advertised_host_port
+        members = self.config.peer_addresses
+        raft_address = "%s:%d" % members[self.node_id] if members else ""
+        rack = self.config.rack or ""
         me = self.meta.brokers.get(self.node_id)
-        if me is None or (me.host, me.port) != (host, port):
-            await self.meta_store.propose(meta_pb2.MetaCommand(broker_registered=meta_pb2.BrokerRegistered(
-                node_id=self.node_id, host=host, port=port)))
+        if me is None or (me.host, me.port, me.rack or "", me.raft_address) != (host, port, rack, raft_address):
+            await self.meta_service.propose(meta_pb2.MetaCommand(broker_registered=meta_pb2.BrokerRegistered(
+                node_id=self.node_id, host=host, port=port, rack=rack, raft_address=raft_address)))
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -183,60 +378,60 @@ class Node:
     async def run(self, listeners=None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until request_shutdown(); then shut down cleanly and return."""
         self._open_stores()
+        self.runtime.set_peers(self.config.voters)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.committer.run)
-                await self._register_broker()
-                nursery.start_soon(self._checkpoint_loop)
+                await nursery.start(self.runtime.run)
+                if self.config.peers is not None:
+                    self.transport = self._make_transport()
+                    await nursery.start(self.transport.run)
+                await self._wait_replayed([self.meta_service.group])
+                await self._reconcile()  # partitions already assigned here
+                await self._wait_replayed([r.group for r in self.replicas.values()])
+                nursery.start_soon(self._reconcile_loop)
+                nursery.start_soon(self._leader_report_loop)
                 nursery.start_soon(self._retention_loop)
-                if listeners is None:
-                    host, port = self.config.listen_host_port
-                    listeners = await trio.open_tcp_listeners(port, host=host)
-                async with trio.open_nursery() as connections:
-                    async with trio.open_nursery() as acceptor:
-                        await acceptor.start(functools.partial(
-                            trio.serve_listeners, self._serve_client, listeners,
-                            handler_nursery=connections))
-                        log.info("node %d ready: kafka %s, advertised %s, data %s, %d partition(s)",
-                                 self.node_id, self.config.listen,
-                                 self.config.advertised or self.config.listen, self.data_dir,
-                                 len(self.replicas))
-                        task_status.started(listeners)
-                        await self._shutdown.wait()
-                        acceptor.cancel_scope.cancel()
-                    for listener in listeners:
-                        await listener.aclose()
-                    log.info("shutting down: no new connections, %d request(s) in flight",
-                             self.requests_inflight)
-                    with trio.move_on_after(SHUTDOWN_GRACE_S):
-                        while self.requests_inflight:
-                            await trio.sleep(0.01)
-                    connections.cancel_scope.cancel()
-                await self.committer.sync_dirty()
+                # Serve Kafka only as a member of a working cluster: registered in __meta.
+                await self._register_broker()
+                await self._serve_kafka(listeners, task_status)
                 nursery.cancel_scope.cancel()
         except BaseException:
-            # No final sync here: after a failed fsync a second one can report success for
-            # data that never reached the disk, and recording that as durable would lie.
-            for store in self._stores():
-                store.close()
+            # No final sync: after a failed fsync another one can report success for data
+            # that never reached the disk, and recording that as durable would lie.
+            for group in list(self.runtime.groups.values()):
+                group.storage.close()
             raise
         self._close_cleanly()
 
-    def _stores(self) -> list:
-        return [self.meta_store, *self.replicas.values()] if self.meta_store else []
+    async def _serve_kafka(self, listeners, task_status) -> None:
+        if listeners is None:
+            host, port = self.config.listen_host_port
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as acceptor:
+                await acceptor.start(functools.partial(
+                    trio.serve_listeners, self._serve_client, listeners, handler_nursery=connections))
+                log.info("node %d ready: kafka %s, advertised %s, data %s, voters %s",
+                         self.node_id, self.config.listen, self.config.advertised or self.config.listen,
+                         self.data_dir, self.config.voters)
+                task_status.started(listeners)
+                await self._shutdown.wait()
+                acceptor.cancel_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            log.info("shutting down: no new connections, %d request(s) in flight", self.requests_inflight)
+            with trio.move_on_after(SHUTDOWN_GRACE_S):
+                while self.requests_inflight:
+                    await trio.sleep(0.01)
+            connections.cancel_scope.cancel()
 
     def _close_cleanly(self) -> None:
         """Everything written is made durable and recorded as such, then files are closed."""
-        stores = self._stores()
-        for store in stores:
-            store.log.sync()
-            store.on_durable(store.log.last_index)
-            hs = store.checkpoint_due()
-            if hs is not None:
-                store.hard_state_file.save(hs)
-                store.checkpointed(hs)
-            store.close()
-        log.info("node %d stopped cleanly; %d log(s) synced and closed", self.node_id, len(stores))
+        groups = list(self.runtime.groups.values())
+        for group in groups:
+            group.storage.sync(save_commit=True)
+            group.close()
+        log.info("node %d stopped cleanly; %d Raft group(s) synced and closed", self.node_id, len(groups))
 
     async def _serve_client(self, stream) -> None:
         try:
@@ -245,18 +440,6 @@ class Node:
         except (AttributeError, OSError):
             peer = "unknown peer"
         await serve_connection(stream, self, peer)
-
-    async def _checkpoint_loop(self) -> None:
-        """Rewrite hard states (the durable index recovery trusts) at most once an interval."""
-        while True:
-            await trio.sleep(self.config.hard_state_interval_ms / 1000)
-            # Under the meta lock: a topic deletion cannot remove a directory mid-save.
-            async with self._meta_lock:
-                due = [(s, hs) for s in self._stores() if (hs := s.checkpoint_due()) is not None]
-                if due:
-                    await trio.to_thread.run_sync(_save_hard_states, due)
-                    for store, hs in due:
-                        store.checkpointed(hs)
 
     async def _retention_loop(self) -> None:
         while True:
@@ -268,13 +451,8 @@ class Node:
                     continue
                 retention_bytes = int(topic.config("retention.bytes"))
                 retention_ms = int(topic.config("retention.ms"))
-                replica.apply_retention(now_ms, retention_bytes if retention_bytes >= 0 else None,
-                                        retention_ms if retention_ms >= 0 else None)
-
-
-def _save_hard_states(due: list) -> None:
-    for store, hs in due:
-        store.hard_state_file.save(hs)
+                await replica.apply_retention(now_ms, retention_bytes if retention_bytes >= 0 else None,
+                                              retention_ms if retention_ms >= 0 else None)
 
 
 def _cluster_id(data_dir: pathlib.Path) -> str:
@@ -305,7 +483,7 @@ def _rename_deleted(directory: pathlib.Path) -> pathlib.Path:
     try:
         os.replace(directory, target)
     except FileNotFoundError:
-        return target
+        pass
     return target
 
 

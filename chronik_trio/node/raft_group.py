@@ -89,10 +89,13 @@ class RaftGroup:
         self._wake = wake
         self.lock = trio.Lock()
         self.inbox: collections.deque[Message] = collections.deque()
+        # Transport reports arrive from inside a Ready window; stepped with the inbox.
+        self._reports: list[tuple[str, int, bool]] = []
         self.pending_ticks = 0
         self.dropped_messages = 0
         self.quiesced = False
         self.idle_ticks = 0
+        self.replay_target = 0  # the node serves once applied reaches this (node.py)
         self.persisted_index = storage.log.durable_index
         self._persist_waiters: list[tuple[int, int, trio.Event]] = []  # a heap by index
         self._waiters: dict[int, _Waiter] = {}
@@ -111,6 +114,14 @@ class RaftGroup:
         self.inbox.append(message)
         if message.type != MessageType.HEARTBEAT_RESPONSE and message.context != QUIESCE_CONTEXT:
             self.quiesced = False  # real traffic: tick again
+        self._wake(self)
+
+    def report_unreachable(self, peer: int) -> None:
+        self._reports.append(("unreachable", peer, False))
+        self._wake(self)
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        self._reports.append(("snapshot", peer, ok))
         self._wake(self)
 
     def unquiesce(self) -> None:
@@ -140,18 +151,30 @@ class RaftGroup:
     def propose_locked(self, data: bytes) -> "_Waiter":
         """Propose as the leader with the lock held; returns the waiter for its application.
         The caller wakes the runtime after releasing the lock."""
+        return self.propose_locked_many([data])
+
+    def propose_locked_many(self, datas: list[bytes]) -> "_Waiter":
+        """Propose several entries in one proposal: Raft accepts or drops them together, so
+        a multi-batch produce is never half written. Returns the waiter of the last one."""
         self.unquiesce()
         if len(self._waiters) >= PENDING_PROPOSALS_MAX:
             raise ProposalFailed(f"group {self.group_id}: {len(self._waiters)} proposals pending")
         try:
-            self.node.propose(data)
+            if len(datas) == 1:
+                self.node.propose(datas[0])
+            else:
+                self.node.raft.step(Message(type=MessageType.PROPOSE, from_=self.node.raft.id,
+                                            entries=tuple(Entry(0, 0, d) for d in datas)))
         except ProposalDropped as exc:
             raise ProposalFailed(f"group {self.group_id}: {exc}") from None
-        raft = self.node.raft  # the leader appended it at once: its index and term
+        raft = self.node.raft  # the leader appended them at once: the last index and term
         waiter = _Waiter(raft.term)
         waiter.index = raft.log.last_index()
         self._waiters[waiter.index] = waiter
         return waiter
+
+    def wake_runtime(self) -> None:
+        self._wake(self)
 
     @staticmethod
     async def wait_applied(waiter: "_Waiter"):
@@ -192,6 +215,12 @@ class RaftGroup:
         leader just went quiet."""
         ticks, self.pending_ticks = self.pending_ticks, 0
         busy = False  # heartbeat traffic is what an idle group has; it does not count
+        reports, self._reports = self._reports, []
+        for kind, peer, ok in reports:
+            if kind == "unreachable":
+                self.node.report_unreachable(peer)
+            else:
+                self.node.report_snapshot(peer, ok)
         while self.inbox:
             message = self.inbox.popleft()
             busy = busy or message.type != MessageType.HEARTBEAT_RESPONSE

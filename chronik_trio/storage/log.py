@@ -712,6 +712,10 @@ class SegmentLog:
                     return base_offset, max_timestamp_ms
         return None
 
+    def term_runs(self) -> list[tuple[int, int]]:
+        """[(first index, term)] of each run of entries with one term, oldest first."""
+        return list(zip(self._run_starts, self._run_terms))
+
     def entry_index_for_offset(self, offset: int) -> int:
         """Raft index of the entry whose batch holds Kafka offset `offset`.
 

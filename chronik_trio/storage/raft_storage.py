@@ -161,6 +161,10 @@ class DurableRaftStorage:
         return storage
 
     @property
+    def snapshot_index(self) -> int:
+        return self._snapshot.index
+
+    @property
     def is_initialized(self) -> bool:
         """Whether this group has a configuration (bootstrapped, or learnt by a snapshot)."""
         cs = self._snapshot.metadata.conf_state

@@ -84,3 +84,27 @@ def test_assigning_offsets_keeps_the_crc_and_the_records():
     assert decoded.base_offset == 1000
     assert struct.unpack_from(">i", out, 12)[0] == 7
     assert [r.value for r in decoded.records] == [b"v0", b"v1", b"v2"]
+
+
+def test_first_offset_at_or_after_a_timestamp_reads_inside_the_batch():
+    from chronik_trio.kafka.records import first_offset_at_or_after
+    batch = build_batch([Record(None, b"%d" % i, timestamp_delta=10 * i) for i in range(5)],
+                        base_offset=100, base_timestamp_ms=1000)
+    assert first_offset_at_or_after(batch, 999) == (100, 1000)
+    assert first_offset_at_or_after(batch, 1020) == (102, 1020)
+    assert first_offset_at_or_after(batch, 1021) == (103, 1030)
+    assert first_offset_at_or_after(batch, 1041) is None
+
+
+def test_first_offset_at_or_after_reads_gzip_batches_and_declines_other_codecs():
+    import gzip
+    from chronik_trio.kafka.records import first_offset_at_or_after
+    plain = build_batch([Record(None, b"x", timestamp_delta=d) for d in (0, 5, 9)],
+                        base_offset=7, base_timestamp_ms=50)
+    body = gzip.compress(plain[61:])
+    header = bytearray(plain[:61])
+    struct.pack_into(">h", header, 21, 1)  # attributes: gzip
+    gz = bytes(header) + body
+    assert first_offset_at_or_after(gz, 54) == (8, 55)
+    struct.pack_into(">h", header, 21, 2)  # snappy: not decoded here
+    assert first_offset_at_or_after(bytes(header) + body, 54) is None

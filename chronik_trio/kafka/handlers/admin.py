@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.meta import (
@@ -34,32 +35,34 @@ def _topic_configs_out(topic_configs: dict[str, str]) -> list[dict]:
              "is_sensitive": False} for k, v in sorted(TOPIC_CONFIG_DEFAULTS.items())]
 
 
-async def _create_one(ctx, spec, validate_only: bool) -> dict:
+async def _create_one(ctx, spec, validate_only: bool, timeout_s: float) -> dict:
+    from chronik_trio.node.meta_group import MetaUnavailable
+
     out = {"name": spec.name, "num_partitions": -1, "replication_factor": -1, "configs": None}
     partitions = spec.num_partitions if spec.num_partitions != -1 else ctx.config.default_partitions
     configs = {c.name: c.value for c in spec.configs}
+    assignment = None
     try:
         validate_topic_name(spec.name)
         if spec.assignments:
-            brokers = {b for a in spec.assignments for b in a.broker_ids}
-            if brokers - {ctx.node_id}:
+            assignment = [list(a.broker_ids) for a in sorted(spec.assignments, key=lambda a: a.partition_index)]
+            unknown = {b for a in assignment for b in a} - set(ctx.meta.brokers)
+            if unknown or any(len(set(a)) != len(a) or not a for a in assignment):
                 return {**out, "error_code": ErrorCode.invalid_replica_assignment,
-                        "error_message": f"brokers {sorted(brokers - {ctx.node_id})} do not exist"}
-            partitions = len(spec.assignments)
-        elif spec.replication_factor not in (-1, 1):
-            return {**out, "error_code": ErrorCode.invalid_replication_factor,
-                    "error_message": f"replication factor {spec.replication_factor} is larger than "
-                                     f"the cluster's 1 broker"}
-        if partitions <= 0:
-            return {**out, "error_code": ErrorCode.invalid_partitions,
-                    "error_message": f"number of partitions must be positive, got {partitions}"}
+                        "error_message": f"invalid assignment {assignment}: unknown brokers {sorted(unknown)}"}
+            partitions = len(assignment)
         validate_topic_configs(configs)
-        topic = await ctx.create_topic(spec.name, partitions, configs, validate_only=validate_only)
+        topic = await ctx.create_topic(spec.name, partitions, configs, validate_only=validate_only,
+                                       replication_factor=spec.replication_factor,
+                                       assignment=assignment, timeout_s=timeout_s)
     except ClusterError as exc:
         return {**out, "error_code": error_code_of(exc), "error_message": str(exc)}
+    except (TimeoutError, trio.TooSlowError, MetaUnavailable) as exc:
+        return {**out, "error_code": ErrorCode.request_timed_out,
+                "error_message": f"topic {spec.name!r} not ready within the timeout: {exc}"}
     return {**out, "error_code": ErrorCode.none, "topic_id": topic.topic_id,
-            "num_partitions": partitions, "replication_factor": 1,
-            "configs": _topic_configs_out(configs)}
+            "num_partitions": topic.partition_count, "replication_factor": len(topic.replicas[0]),
+            "configs": _topic_configs_out(topic.configs)}
 
 
 async def handle_create_topics(body, ctx, version: int):
@@ -70,7 +73,8 @@ async def handle_create_topics(body, ctx, version: int):
             results.append({"name": spec.name, "error_code": ErrorCode.invalid_request,
                             "error_message": f"topic {spec.name!r} appears more than once"})
             continue
-        results.append(await _create_one(ctx, spec, body.validate_only))
+        results.append(await _create_one(ctx, spec, body.validate_only,
+                                         max(body.timeout.total_seconds(), 1.0)))
     return build(response_schema(19, version), throttle_time=0, topics=results)
 
 
@@ -100,9 +104,11 @@ def _broker_configs(ctx) -> dict[str, str]:
     c = ctx.config
     return {"broker.id": str(ctx.node_id), "num.partitions": str(c.default_partitions),
             "auto.create.topics.enable": str(c.auto_create_topics).lower(),
+            "broker.rack": c.rack or "",
             "message.max.bytes": str(c.message_max_bytes),
             "socket.request.max.bytes": str(c.request_max_bytes),
-            "log.segment.bytes": str(c.segment_bytes), "default.replication.factor": "1"}
+            "log.segment.bytes": str(c.segment_bytes),
+            "default.replication.factor": str(min(3, len(ctx.meta.brokers)))}
 
 
 def _describe_resource(ctx, resource) -> dict:
@@ -135,11 +141,11 @@ async def handle_describe_configs(body, ctx, version: int):
 
 
 async def handle_describe_cluster(body, ctx, version: int):
-    host, port = ctx.config.advertised_host_port
+    brokers = [{"broker_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
+               for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)]
     return build(response_schema(60, version), throttle_time=0, error_code=0,
                  endpoint_type=getattr(body, "endpoint_type", 1), cluster_id=ctx.cluster_id,
-                 controller_id=ctx.node_id,
-                 brokers=[{"broker_id": ctx.node_id, "host": host, "port": port, "rack": None}],
+                 controller_id=ctx.meta_leader_id(), brokers=brokers,
                  cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)
 
 

@@ -27,3 +27,26 @@ async def topic_for_request(ctx, name: str, *, allow_auto_create: bool):
     from chronik_trio.cluster.meta import UnknownTopic
 
     raise UnknownTopic(f"topic {name!r} does not exist")
+
+
+def leader_hint(ctx, topic_name: str, partition: int) -> tuple[ErrorCode, dict]:
+    """The error for a partition this node cannot serve, and the current_leader fields
+    (KIP-951): NOT_LEADER_OR_FOLLOWER with the leader __meta knows, LEADER_NOT_AVAILABLE
+    when there is none, UNKNOWN_TOPIC_OR_PARTITION when the partition does not exist."""
+    topic = ctx.meta.topics.get(topic_name)
+    if topic is None or not 0 <= partition < topic.partition_count:
+        return ErrorCode.unknown_topic_or_partition, {}
+    leader = ctx.meta.leader_of(topic, partition)
+    if leader is None:
+        return ErrorCode.leader_not_available, {}
+    return ErrorCode.not_leader_or_follower, {"leader_id": leader.leader, "leader_epoch": leader.epoch}
+
+
+def node_endpoints(ctx, leader_ids) -> list[dict]:
+    """Broker endpoints of the leaders named in current_leader fields (KIP-951)."""
+    out = []
+    for node_id in sorted(set(leader_ids)):
+        broker = ctx.meta.brokers.get(node_id)
+        if broker is not None:
+            out.append({"node_id": node_id, "host": broker.host, "port": broker.port, "rack": broker.rack})
+    return out

@@ -12,7 +12,9 @@ from kio.schema.errors import ErrorCode
 
 from ..codec import build, has_field, response_schema
 from ..errors import KafkaError
-from .common import error_code_of
+from .common import error_code_of, leader_hint, node_endpoints
+
+FOLLOWER_FETCH_MIN_VERSION = 11  # KIP-392: consumers may fetch from followers from v11
 
 MAX_WAIT_S_CAP = 30.0  # never park a request longer than this, whatever the client asks
 
@@ -41,7 +43,7 @@ def _resolve(ctx, body, by_id: bool) -> list[tuple]:
     return wanted
 
 
-def _collect(ctx, wanted, by_id: bool, max_bytes: int):
+def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int):
     """Read every wanted partition once. Returns (per-partition entries, bytes, replicas, error seen)."""
     entries, total, replicas, any_error = [], 0, [], False
     for key, name, p in wanted:
@@ -49,14 +51,19 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int):
                  "log_start_offset": -1, "aborted_transactions": None, "records": b""}
         replica = ctx.replica(name, p.partition) if name is not None else None
         error = None
-        if replica is None:
-            error = ErrorCode.unknown_topic_id if by_id and name is None else ErrorCode.unknown_topic_or_partition
+        if replica is None or (not replica.is_leader and version < FOLLOWER_FETCH_MIN_VERSION):
+            if by_id and name is None:
+                error = ErrorCode.unknown_topic_id
+            else:
+                error, leader = leader_hint(ctx, name, p.partition)
+                if leader:
+                    entry["current_leader"] = leader
+            replica = None
         else:
             error = _epoch_error(p.current_leader_epoch, replica.leader_epoch)
         if error is None:
-            state = replica.state
-            entry.update(high_watermark=state.high_watermark, last_stable_offset=state.high_watermark,
-                         log_start_offset=state.log_start_offset)
+            hw = replica.high_watermark
+            entry.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=replica.log_start_offset)
             budget = min(p.partition_max_bytes, max_bytes - total)
             if budget > 0 or total == 0:
                 try:
@@ -81,7 +88,7 @@ async def handle_fetch(body, ctx, version: int):
     max_bytes = body.max_bytes if has_field(type(body), "max_bytes") else 2**31 - 1
     deadline = trio.current_time() + min(body.max_wait.total_seconds(), MAX_WAIT_S_CAP)
     while True:
-        entries, total, replicas, any_error = _collect(ctx, wanted, by_id, max_bytes)
+        entries, total, replicas, any_error = _collect(ctx, wanted, by_id, max_bytes, version)
         if total >= body.min_bytes or any_error or trio.current_time() >= deadline or not replicas:
             break
         moved = trio.Event()
@@ -99,5 +106,6 @@ async def handle_fetch(body, ctx, version: int):
         if not responses or responses[-1][topic_field] != key:
             responses.append({topic_field: key, "partitions": []})
         responses[-1]["partitions"].append(entry)
+    leaders = [e["current_leader"]["leader_id"] for _, e in entries if "current_leader" in e]
     return build(response_schema(1, version), throttle_time=0, error_code=0, session_id=0,
-                 responses=responses)
+                 responses=responses, node_endpoints=node_endpoints(ctx, leaders))

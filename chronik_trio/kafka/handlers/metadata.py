@@ -15,16 +15,16 @@ log = logging.getLogger(__name__)
 def _topic_entry(ctx, topic) -> dict:
     partitions = []
     for index, replicas in enumerate(topic.replicas):
-        replica = ctx.replica(topic.name, index)
-        online = replica is not None
+        leader = ctx.meta.leader_of(topic, index)  # as reported to __meta by the leader
+        offline = [r for r in replicas if r not in ctx.meta.brokers]
         partitions.append({
-            "error_code": 0 if online else 5,  # LEADER_NOT_AVAILABLE
+            "error_code": 0 if leader else 5,  # LEADER_NOT_AVAILABLE
             "partition_index": index,
-            "leader_id": ctx.node_id if online else -1,
-            "leader_epoch": replica.leader_epoch if online else -1,
+            "leader_id": leader.leader if leader else -1,
+            "leader_epoch": leader.epoch if leader else -1,
             "replica_nodes": replicas,
-            "isr_nodes": replicas if online else (),
-            "offline_replicas": () if online else replicas,
+            "isr_nodes": replicas if leader else (),
+            "offline_replicas": offline,
         })
     return {"error_code": 0, "name": topic.name, "topic_id": topic.topic_id,
             "is_internal": topic.name.startswith(INTERNAL_TOPIC_PREFIX),
@@ -55,8 +55,8 @@ async def handle_metadata(body, ctx, version: int):
                     topics.append({"error_code": error_code_of(exc), "name": name})
                     continue
             topics.append(_topic_entry(ctx, topic))
-    host, port = ctx.config.advertised_host_port
-    return build(response_schema(3, version),
-                 brokers=[{"node_id": ctx.node_id, "host": host, "port": port, "rack": None}],
-                 cluster_id=ctx.cluster_id, controller_id=ctx.node_id, topics=topics,
+    brokers = [{"node_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
+               for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)]
+    return build(response_schema(3, version), brokers=brokers,
+                 cluster_id=ctx.cluster_id, controller_id=ctx.meta_leader_id(), topics=topics,
                  cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from kio.schema.errors import ErrorCode
 
 from ..codec import build, response_schema
+from ..records import first_offset_at_or_after
+from .common import leader_hint
 from .fetch import _epoch_error
 
 LATEST = -1
@@ -16,11 +18,10 @@ LATEST_TIERED = -5
 
 def _lookup(replica, timestamp: int) -> tuple[ErrorCode, int, int]:
     """(error, offset, timestamp) for one partition."""
-    state = replica.state
     if timestamp == LATEST:
-        return ErrorCode.none, state.high_watermark, -1
+        return ErrorCode.none, replica.high_watermark, -1
     if timestamp in (EARLIEST, EARLIEST_LOCAL):
-        return ErrorCode.none, state.log_start_offset, -1
+        return ErrorCode.none, replica.log_start_offset, -1
     if timestamp == LATEST_TIERED:
         return ErrorCode.none, -1, -1  # no tiered storage
     if timestamp == MAX_TIMESTAMP:
@@ -28,9 +29,13 @@ def _lookup(replica, timestamp: int) -> tuple[ErrorCode, int, int]:
     if timestamp < 0:
         return ErrorCode.invalid_request, -1, -1
     found = replica.log.offset_for_timestamp(timestamp)
-    if found is None or found[0] >= state.high_watermark:
+    if found is None or found[0] >= replica.high_watermark:
         return ErrorCode.none, -1, -1
-    return ErrorCode.none, max(found[0], state.log_start_offset), found[1]
+    base_offset, max_timestamp = found
+    (batch,) = replica.read(base_offset, 1)[:1]
+    exact = first_offset_at_or_after(batch, timestamp)
+    offset, found_timestamp = exact if exact is not None else (base_offset, max_timestamp)
+    return ErrorCode.none, max(offset, replica.log_start_offset), found_timestamp
 
 
 async def handle_list_offsets(body, ctx, version: int):
@@ -41,8 +46,8 @@ async def handle_list_offsets(body, ctx, version: int):
             replica = ctx.replica(topic.name, p.partition_index)
             entry = {"partition_index": p.partition_index, "timestamp": -1, "offset": -1,
                      "leader_epoch": -1}
-            if replica is None:
-                entry["error_code"] = ErrorCode.unknown_topic_or_partition
+            if replica is None or not replica.is_leader:  # offsets come from the leader
+                entry["error_code"] = leader_hint(ctx, topic.name, p.partition_index)[0]
             else:
                 error = _epoch_error(getattr(p, "current_leader_epoch", -1), replica.leader_epoch)
                 if error is None:

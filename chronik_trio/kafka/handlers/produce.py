@@ -1,8 +1,9 @@
-"""Produce (api key 0): validate batches, assign offsets, answer per acks.
+"""Produce (api key 0): validate batches, propose them through the partition's Raft group.
 
-Single node today: acks=1 and acks=all both answer once the leader's append is durable (it is
-the only replica); acks=0 never answers, and a failed acks=0 request closes the connection so
-the producer notices (as Kafka does).
+acks=-1 is answered once the batches are committed (durable on a quorum), acks=1 once they
+are durable in the leader's own log, acks=0 never; a failed acks=0 request closes the
+connection so the producer notices (as Kafka does). A proposal that loses its leader before
+committing is answered with a retriable error, never as written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from chronik_trio.cluster.meta import ClusterError
 from ..codec import build, response_schema
 from ..errors import KafkaError, ProtocolViolation
 from ..records import parse_batches
-from .common import error_code_of, topic_for_request
+from .common import error_code_of, leader_hint, node_endpoints, topic_for_request
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +29,45 @@ class AcksZeroFailed(ProtocolViolation):
     """An acks=0 produce failed: Kafka's answer is to close the connection."""
 
 
-async def _append_one(ctx, topic, partition_data) -> tuple[dict, tuple | None]:
-    """Append one partition's batches; return (response entry, (replica, last index) or None)."""
-    entry = {"index": partition_data.index, "base_offset": -1, "log_append_time": None,
-             "log_start_offset": -1}
-    replica = ctx.replica(topic.name, partition_data.index)
+def _entry(index: int, error: ErrorCode, **fields) -> dict:
+    return {"index": index, "error_code": error, "base_offset": -1, "log_append_time": None,
+            "log_start_offset": -1, **fields}
+
+
+async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
+    from chronik_trio.node.raft_group import NotLeader, ProposalFailed
+
+    index = partition_data.index
+    replica = ctx.replica(topic.name, index)
     if replica is None:
-        return {**entry, "error_code": ErrorCode.unknown_topic_or_partition}, None
+        error, leader = leader_hint(ctx, topic.name, index)
+        return _entry(index, error, current_leader=leader) if leader else _entry(index, error)
     batch_bytes_max = min(ctx.config.message_max_bytes, int(topic.config("max.message.bytes")))
     try:
         if partition_data.records is None:
             raise KafkaError("produce without records", ErrorCode.invalid_record)
         headers = parse_batches(partition_data.records, batch_bytes_max=batch_bytes_max)
     except KafkaError as exc:
-        log.info("produce to %s-%d refused: %s", topic.name, partition_data.index, exc)
-        return {**entry, "error_code": exc.error_code, "error_message": str(exc)}, None
-    base_offset, last_index = replica.append(partition_data.records, headers)
-    entry.update(error_code=ErrorCode.none, base_offset=base_offset,
-                 log_start_offset=replica.state.log_start_offset)
-    return entry, (replica, last_index)
+        log.info("produce to %s-%d refused: %s", topic.name, index, exc)
+        return _entry(index, exc.error_code, error_message=str(exc))
+    try:
+        base_offset = await replica.produce(partition_data.records, headers, acks)
+    except NotLeader:
+        error, leader = leader_hint(ctx, topic.name, index)
+        return _entry(index, error, current_leader=leader) if leader else _entry(index, error)
+    except ProposalFailed as exc:
+        # Not written, or not known to be: retriable either way, never reported as written.
+        error = ErrorCode.request_timed_out if replica.is_leader else ErrorCode.not_leader_or_follower
+        return _entry(index, error, error_message=str(exc))
+    return _entry(index, ErrorCode.none, base_offset=base_offset, log_start_offset=replica.log_start_offset)
+
+
+async def _produce_timed(ctx, topic, partition_data, acks: int, timeout_s: float) -> dict:
+    with trio.move_on_after(max(timeout_s, 0.0)):
+        return await _produce_one(ctx, topic, partition_data, acks)
+    # Not known committed within the request's timeout: it may still commit, which is why
+    # Kafka's answer is the retriable REQUEST_TIMED_OUT.
+    return _entry(partition_data.index, ErrorCode.request_timed_out)
 
 
 async def handle_produce(body, ctx, version: int):
@@ -55,42 +76,34 @@ async def handle_produce(body, ctx, version: int):
         refused = ErrorCode.invalid_required_acks
     elif body.transactional_id is not None:
         refused = ErrorCode.transactional_id_authorization_failed  # transactions: not built
-    responses, waits = [], []
-    for topic_data in body.topic_data:
-        entries = []
-        try:
-            topic = await topic_for_request(ctx, topic_data.name, allow_auto_create=True)
-        except ClusterError as exc:
-            topic, topic_error = None, error_code_of(exc)
-        for partition_data in topic_data.partition_data:
-            if refused is not None or topic is None:
-                code = refused if refused is not None else topic_error
-                entries.append({"index": partition_data.index, "error_code": code, "base_offset": -1,
-                                "log_append_time": None, "log_start_offset": -1})
+    timeout_s = body.timeout.total_seconds()
+    responses = []
+    async with trio.open_nursery() as nursery:  # partitions in parallel: one commit round
+        for topic_data in body.topic_data:
+            entries: list = []
+            responses.append({"name": topic_data.name, "partition_responses": entries})
+            try:
+                topic = None if refused is not None else await topic_for_request(
+                    ctx, topic_data.name, allow_auto_create=True)
+            except ClusterError as exc:
+                entries.extend(_entry(p.index, error_code_of(exc)) for p in topic_data.partition_data)
                 continue
-            entry, wait = await _append_one(ctx, topic, partition_data)
-            entries.append(entry)
-            if wait is not None:
-                waits.append((entry, wait))
-        responses.append({"name": topic_data.name, "partition_responses": entries})
+            for i, partition_data in enumerate(topic_data.partition_data):
+                if topic is None:
+                    entries.append(_entry(partition_data.index, refused))
+                    continue
+                entries.append(None)
+                nursery.start_soon(_fill, entries, i, ctx, topic, partition_data, body.acks, timeout_s)
     if body.acks == 0:
         failed = [e for r in responses for e in r["partition_responses"] if e["error_code"] != 0]
         if failed:
             raise AcksZeroFailed(f"acks=0 produce failed with {failed[0]['error_code'].name}")
         return None
-    await _await_durable(waits, body.timeout.total_seconds(), ctx.config.fsync == "always")
-    return build(response_schema(0, version), responses=responses, throttle_time=0)
+    leaders = [e["current_leader"]["leader_id"] for r in responses for e in r["partition_responses"]
+               if "current_leader" in e]
+    return build(response_schema(0, version), responses=responses, throttle_time=0,
+                 node_endpoints=node_endpoints(ctx, leaders))
 
 
-async def _await_durable(waits, timeout_s: float, fsync_always: bool) -> None:
-    if not fsync_always:
-        return
-    with trio.move_on_after(max(timeout_s, 0.0)):
-        for entry, (replica, last_index) in waits:
-            await replica.wait_durable(last_index)
-            entry["done"] = True
-    for entry, _ in waits:
-        # Not known durable within the request's timeout: the records may still become
-        # durable, which is why Kafka's answer is the retriable REQUEST_TIMED_OUT.
-        if not entry.pop("done", False):
-            entry.update(error_code=ErrorCode.request_timed_out, base_offset=-1)
+async def _fill(entries: list, i: int, ctx, topic, partition_data, acks: int, timeout_s: float) -> None:
+    entries[i] = await _produce_timed(ctx, topic, partition_data, acks, timeout_s)

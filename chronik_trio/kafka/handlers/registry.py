@@ -5,7 +5,7 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, fetch, metadata, offsets, produce
+from . import admin, epochs, fetch, metadata, offsets, produce
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -26,6 +26,7 @@ HANDLERS = {
     19: ((2, 7), admin.handle_create_topics),
     20: ((1, 6), admin.handle_delete_topics),
     22: ((0, 4), admin.handle_init_producer_id),
+    23: ((2, 4), epochs.handle_offset_for_leader_epoch),
     32: ((1, 4), admin.handle_describe_configs),
     60: ((0, 1), admin.handle_describe_cluster),
 }

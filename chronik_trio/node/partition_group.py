@@ -1,0 +1,207 @@
+"""A partition replica on this node: a Raft group whose log is the Kafka log.
+
+Kafka over Raft (design.md): the leader assigns each batch its offsets and writes the term
+as partitionLeaderEpoch, then proposes the batch as one entry; followers store the entries
+as the leader sent them. The high watermark is the end of the last *committed* data entry,
+known to every replica as it applies entries, so any replica can serve reads below it.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import typing
+
+import trio
+
+from chronik_trio import storage
+from chronik_trio.cluster.meta import Topic
+from chronik_trio.kafka.errors import OffsetOutOfRange
+from chronik_trio.kafka.records import BatchHeader, with_offsets
+from chronik_trio.raft.types import Entry, Snapshot, StateRole
+from chronik_trio.storage.raft_storage import partition_snapshot_data, partition_snapshot_next_offset
+
+from .raft_group import RaftGroup
+
+log = logging.getLogger(__name__)
+
+_BASE_AND_DELTA = struct.Struct(">q15xi")  # baseOffset @0, lastOffsetDelta @23
+SCAN_BACK_ENTRIES_MAX = 1000  # empty entries (leader changes) between batches are few
+
+
+def batch_end_offset(data: bytes | memoryview) -> int:
+    base, last_delta = _BASE_AND_DELTA.unpack_from(data, 0)
+    return base + last_delta + 1
+
+
+class PartitionMachine:
+    """What applying committed entries gives: the high watermark. One per replica."""
+
+    def __init__(self, topic: Topic, partition: int, log_: storage.SegmentLog,
+                 on_leader: typing.Callable[["PartitionMachine", int], None]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.log = log_
+        self._on_leader = on_leader
+        # Applying starts over from the snapshot (Raft re-delivers committed entries), so the
+        # high watermark starts at the log's start and climbs back as entries are applied.
+        self.high_watermark = log_.log_start_offset
+        self.leader_epoch = 0
+        self.role = StateRole.FOLLOWER
+        self._watchers: set[trio.Event] = set()
+
+    def apply(self, entries: typing.Sequence[Entry]) -> list:
+        results = []
+        for entry in entries:
+            if entry.data:
+                end = batch_end_offset(entry.data)
+                results.append(end)
+                self.high_watermark = max(self.high_watermark, end)
+            else:
+                results.append(None)
+        if self._watchers and any(entry.data for entry in entries):
+            for watcher in self._watchers:
+                watcher.set()
+            self._watchers.clear()
+        return results
+
+    def on_soft_state(self, leader_id: int, role: StateRole, term: int) -> None:
+        self.role = role
+        self.leader_epoch = term
+        if role == StateRole.LEADER:
+            self._on_leader(self, term)
+
+    def on_conf_state(self, index, conf_state) -> None:
+        pass
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.high_watermark = max(self.high_watermark, partition_snapshot_next_offset(snapshot))
+
+    def watch(self, event: trio.Event) -> None:
+        """Set event the next time the high watermark moves."""
+        self._watchers.add(event)
+
+    def unwatch(self, event: trio.Event) -> None:
+        self._watchers.discard(event)
+
+
+class PartitionReplica:
+    """The produce and fetch side of one partition replica (what Kafka handlers use)."""
+
+    def __init__(self, topic: Topic, partition: int, group: RaftGroup, machine: PartitionMachine) -> None:
+        self.topic_name = topic.name
+        self.topic_id = topic.topic_id
+        self.partition = partition
+        self.group = group
+        self.machine = machine
+        self.log = machine.log
+        self.closed = False
+        self._next_offset: int | None = None  # the leader's next offset; None: read the log
+        self._epoch = 0  # the term _next_offset belongs to
+
+    @property
+    def leader_epoch(self) -> int:
+        return self.machine.leader_epoch
+
+    @property
+    def high_watermark(self) -> int:
+        return self.machine.high_watermark
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.log.log_start_offset
+
+    @property
+    def is_leader(self) -> bool:
+        return self.group.is_leader
+
+    async def produce(self, records, headers: list[BatchHeader], acks: int) -> int:
+        """Assign offsets, propose one entry per batch; wait per acks (-1: applied, i.e.
+        committed; 1: durable in our own log; 0: nothing). Returns the first base offset.
+        Raises NotLeader or ProposalFailed (retriable)."""
+        async with self.group.lock:
+            self.group.check_leader()
+            term = self.group.term
+            if self._next_offset is None or self._epoch != term:
+                # A new term: every entry of ours is persisted (the Ready pass holds this
+                # lock until it is), so the log's end is exactly where offsets continue.
+                self._next_offset, self._epoch = self.log.next_offset, term
+            payloads, next_offset = [], self._next_offset
+            for header in headers:
+                payloads.append(with_offsets(records, header, next_offset, term))
+                next_offset += header.record_count
+            waiter = self.group.propose_locked_many(payloads)  # all or nothing
+            first_base, self._next_offset = self._next_offset, next_offset
+        self.group.wake_runtime()
+        if acks == -1:
+            await self.group.wait_applied(waiter)
+        elif acks == 1:
+            await self.group.wait_persisted(waiter.index)
+        return first_base
+
+    def read(self, offset: int, max_bytes: int) -> list[memoryview]:
+        """Whole batches from offset, below the high watermark (raises OffsetOutOfRange)."""
+        try:
+            return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=self.high_watermark)
+        except storage.OffsetOutOfRange as exc:
+            raise OffsetOutOfRange(str(exc)) from None
+
+    def watch(self, event: trio.Event) -> None:
+        self.machine.watch(event)
+
+    def unwatch(self, event: trio.Event) -> None:
+        self.machine.unwatch(event)
+
+    @property
+    def log_directory(self):
+        return self.group.storage.directory
+
+    async def apply_retention(self, now_ms: int, retention_bytes: int | None,
+                              retention_ms: int | None) -> int:
+        """Delete whole old segments. First a snapshot at the retention boundary, so that a
+        follower still behind it is sent that snapshot (its log then starts where ours
+        does) instead of entries that no longer exist. Only applied entries go."""
+        async with self.group.lock:
+            storage = self.group.storage
+            applied = self.group.node.raft.log.applied
+            boundary = self.log.retention_boundary(
+                now_ms=now_ms, retention_bytes=retention_bytes, retention_ms=retention_ms,
+                keep_from_index=applied + 1)
+            if boundary - 1 <= storage.snapshot_index:
+                return 0
+            next_offset = self._offset_at(boundary)
+            conf_state = self.group.node.status().conf_state
+            await trio.to_thread.run_sync(
+                storage.create_snapshot, boundary - 1, conf_state, partition_snapshot_data(next_offset))
+            deleted = self.log.delete_before(boundary)
+        if deleted:
+            log.info("retention deleted %d segment(s) of %s-%d; log start offset now %d",
+                     deleted, self.topic_name, self.partition, self.log.log_start_offset)
+        return deleted
+
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
+        """OffsetForLeaderEpoch: (the largest epoch <= epoch in this log, the offset where
+        it ended: the start of the next epoch, or the log end offset for the current one).
+        (-1, -1) when the log holds no epoch that old. Epochs are Raft terms."""
+        runs = [(start, term) for start, term in self.log.term_runs() if term <= epoch]
+        if not runs:
+            return -1, -1
+        found = runs[-1][1]
+        later = [start for start, term in self.log.term_runs() if term > found]
+        if not later:
+            return found, self._leader_end_offset()
+        return found, self._offset_at(later[0])
+
+    def _leader_end_offset(self) -> int:
+        return self._next_offset if self._next_offset is not None and self._epoch == self.group.term \
+            else self.log.next_offset
+
+    def _offset_at(self, index: int) -> int:
+        """The Kafka offset the log continues from at entry index (the end of the last
+        batch before it)."""
+        low = max(self.group.storage.first_index(), index - SCAN_BACK_ENTRIES_MAX)
+        for i in range(index - 1, low - 1, -1):
+            (entry,) = self.group.storage.entries(i, i + 1)
+            if entry.data:
+                return batch_end_offset(entry.data)
+        return self.log.log_start_offset

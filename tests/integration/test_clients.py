@@ -167,10 +167,6 @@ def test_list_offsets_earliest_latest_by_timestamp(broker_factory, client):
         check_roundtrip(topic, recs, told, begins, ends, got)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "broker bug: ListOffsets by timestamp answers the baseOffset of the first batch whose "
-    "maxTimestamp >= the target (storage Log.offset_for_timestamp), not the first record "
-    "in it whose timestamp >= the target as Kafka does; remove this marker once fixed"))
 @pytest.mark.timeout(60)
 def test_list_offsets_by_timestamp_inside_a_batch(broker_factory):
     broker = broker_factory(name="lo-in-batch", extra_args=AUTO_CREATE).start()

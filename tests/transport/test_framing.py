@@ -15,6 +15,8 @@ from chronik_trio.transport.framing import (FRAME_HEADER_BYTES, FRAME_KIND_RAFT_
 
 from .helpers import message
 
+pytestmark = pytest.mark.timeout(30)
+
 node_ids = st.integers(min_value=0, max_value=2**64 - 1)
 
 

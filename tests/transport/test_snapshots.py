@@ -12,6 +12,8 @@ from chronik_trio.transport import SnapshotAssembler, SnapshotRefused, split_sna
 
 from .helpers import cluster, message, wait_connected, wait_until
 
+pytestmark = pytest.mark.timeout(30)
+
 
 def snapshot_message(from_: int, to: int, data: bytes, index: int = 10) -> raft_pb2.Message:
     m = raft_pb2.Message(type=raft_pb2.MSG_SNAPSHOT, to=to, term=3, snapshot=raft_pb2.Snapshot(

@@ -145,6 +145,7 @@ class MetaState:
         self.topics_by_id: dict[uuid.UUID, Topic] = {}
         self.leaders: dict[tuple[uuid.UUID, int], PartitionLeader] = {}
         self.next_producer_id = 0
+        self.cluster_id = ""
         self.version = 0  # bumps on every change; readers cache derived answers by it
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
 
@@ -165,6 +166,11 @@ class MetaState:
                 self._recent.popitem(last=False)
         return result
 
+    def _cluster_id_proposed(self, cmd: meta_pb2.ClusterIdProposed) -> Applied:
+        if not self.cluster_id:
+            self.cluster_id = cmd.cluster_id
+        return Applied(True)
+
     def leader_of(self, topic: Topic, partition: int) -> PartitionLeader | None:
         return self.leaders.get((topic.topic_id, partition))
 
@@ -182,7 +188,8 @@ class MetaState:
     # --- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        snap = meta_pb2.MetaSnapshot(next_producer_id=self.next_producer_id, version=self.version)
+        snap = meta_pb2.MetaSnapshot(next_producer_id=self.next_producer_id, version=self.version,
+                                     cluster_id=self.cluster_id)
         for b in self.brokers.values():
             snap.brokers.add(node_id=b.node_id, host=b.host, port=b.port, rack=b.rack or "",
                              raft_address=b.raft_address)
@@ -211,6 +218,7 @@ class MetaState:
             error = _error_from_code(r.error_code, r.error_message) if r.error_code else None
             self._recent[r.request_id] = Applied(r.ok, error, r.producer_id_start)
         self.next_producer_id, self.version = snap.next_producer_id, snap.version
+        self.cluster_id = snap.cluster_id
 
     def _broker_registered(self, cmd: meta_pb2.BrokerRegistered) -> Applied:
         self.brokers[cmd.node_id] = Broker(cmd.node_id, cmd.host, cmd.port, cmd.rack or None,
@@ -270,4 +278,5 @@ _APPLY = {
     "producer_ids_allocated": MetaState._producer_ids_allocated,
     "topic_configs_altered": MetaState._topic_configs_altered,
     "partition_leader_changed": MetaState._partition_leader_changed,
+    "cluster_id_proposed": MetaState._cluster_id_proposed,
 }

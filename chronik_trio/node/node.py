@@ -29,7 +29,7 @@ import trio
 
 from chronik_trio.cluster.meta import (Topic, TopicAlreadyExists, UnknownTopic,
                                        validate_topic_name)
-from chronik_trio.pb import meta_pb2
+from chronik_trio.pb import meta_pb2, raft_pb2
 from chronik_trio.raft.config import Config as RaftConfig
 from chronik_trio.raft.convert import message_from_pb, message_to_pb
 from chronik_trio.raft.rawnode import RawNode
@@ -72,7 +72,7 @@ class Node:
         self.meta_service: MetaService | None = None
         self.replicas: dict[tuple[str, int], PartitionReplica] = {}
         self.transport = None
-        self.cluster_id = ""
+        self._liveness: dict[int, bytes] = {}
         self.requests_inflight = 0
         self._shutdown = trio.Event()
         self._reconcile_wanted = trio.Event()
@@ -87,6 +87,10 @@ class Node:
     @property
     def meta(self):
         return self.meta_machine.state
+
+    @property
+    def cluster_id(self) -> str:
+        return self.meta.cluster_id
 
     def meta_leader_id(self) -> int:
         return self.meta_machine.leader_id or -1
@@ -326,7 +330,10 @@ class Node:
 
     def _heartbeat(self, peer: int) -> None:
         if self.transport is not None:
-            self.transport.send(peer, LIVENESS_GROUP, b"")
+            alive = self._liveness.get(peer)
+            if alive is None:  # addressed like any message, so the peer's server accepts it
+                alive = self._liveness[peer] = raft_pb2.Message(to=peer, **{"from": self.node_id}).SerializeToString()
+            self.transport.send(peer, LIVENESS_GROUP, alive)
 
     def _on_batch(self, batch) -> None:
         self.runtime.heard_from(batch.from_node)
@@ -358,9 +365,14 @@ class Node:
 
     def _open_stores(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.cluster_id = _cluster_id(self.data_dir)
         _remove_dirs(list((self.data_dir / "partitions").glob(f"*{DELETED_SUFFIX}")))
         self._open_meta()
+
+    async def _ensure_cluster_id(self) -> None:
+        if not self.meta.cluster_id:
+            proposal = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            await self.meta_service.propose(meta_pb2.MetaCommand(
+                cluster_id_proposed=meta_pb2.ClusterIdProposed(cluster_id=proposal)))
 
     async def _register_broker(self) -> None:
         host, port = self.config.advertised_host_port
@@ -392,6 +404,7 @@ class Node:
                 nursery.start_soon(self._leader_report_loop)
                 nursery.start_soon(self._retention_loop)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
+                await self._ensure_cluster_id()
                 await self._register_broker()
                 await self._serve_kafka(listeners, task_status)
                 nursery.cancel_scope.cancel()
@@ -453,15 +466,6 @@ class Node:
                 retention_ms = int(topic.config("retention.ms"))
                 await replica.apply_retention(now_ms, retention_bytes if retention_bytes >= 0 else None,
                                               retention_ms if retention_ms >= 0 else None)
-
-
-def _cluster_id(data_dir: pathlib.Path) -> str:
-    path = data_dir / "cluster_id"
-    if path.exists():
-        return path.read_text().strip()
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    _write_durably(path, cluster_id)
-    return cluster_id
 
 
 def _write_durably(path: pathlib.Path, text: str) -> None:

@@ -118,3 +118,13 @@ def test_a_snapshot_restores_an_equal_state_including_dedup_memory():
     assert copy.snapshot() == state.snapshot()
     replay = copy.apply(_with_id(_create("a"), b"c2"))
     assert not replay.ok and isinstance(replay.error, meta.TopicAlreadyExists)
+
+
+def test_the_first_applied_cluster_id_wins_and_survives_snapshots():
+    state = meta.MetaState()
+    for proposal in ("first", "second"):
+        state.apply(meta_pb2.MetaCommand(cluster_id_proposed=meta_pb2.ClusterIdProposed(cluster_id=proposal)))
+    assert state.cluster_id == "first"
+    copy = meta.MetaState()
+    copy.restore(state.snapshot())
+    assert copy.cluster_id == "first"

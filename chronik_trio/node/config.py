@@ -45,6 +45,10 @@ class NodeConfig:
     # Join an existing cluster: never bootstrap __meta, wait to be sent its state.
     join: bool = False
     rack: str | None = None
+    # __meta snapshots its state and drops older log segments every this many entries;
+    # a member further behind is sent the snapshot instead of the entries.
+    meta_snapshot_entries: int = 10_000
+    meta_segment_bytes: int = 4 << 20
     # How often each log's durable index is checkpointed (2 fsyncs per changed log); recovery
     # treats a bad frame at or below it as corruption, above it as a torn tail.
     hard_state_interval_ms: int = 5000
@@ -61,7 +65,7 @@ class NodeConfig:
             raise ConfigError(f"fsync must be one of {FSYNC_POLICIES}, got {self.fsync!r}")
         for key in ("default_partitions", "message_max_bytes", "request_max_bytes",
                     "segment_bytes", "fsync_interval_ms", "retention_check_interval_ms",
-                    "hard_state_interval_ms"):
+                    "hard_state_interval_ms", "meta_snapshot_entries", "meta_segment_bytes"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 

@@ -55,7 +55,8 @@ LIVENESS_GROUP = ""  # transport messages of this group only say "I am alive"
 LEADER_REPORTS_INFLIGHT_MAX = 64  # concurrent __meta proposals reporting partition leaders
 DEFAULT_REPLICATION_FACTOR_MAX = 3
 CREATE_TOPIC_TIMEOUT_S = 30.0
-REPLAY_WARN_S = 30.0  # log which groups are slow to replay after this, then keep waiting
+REPLAY_WARN_S = 30.0
+META_SNAPSHOT_CHECK_S = 1.0  # log which groups are slow to replay after this, then keep waiting
 
 
 class Node:
@@ -222,7 +223,8 @@ class Node:
 
     def _open_meta(self) -> None:
         directory = self.data_dir / "meta"
-        storage = DurableRaftStorage(self.disk, directory, kafka=False)
+        segment_bytes = self.config.meta_segment_bytes
+        storage = DurableRaftStorage(self.disk, directory, kafka=False, segment_bytes=segment_bytes)
         if not storage.is_initialized:
             storage.close()
             if self.config.join:
@@ -230,7 +232,7 @@ class Node:
                                   f"a running cluster is not supported yet; start every member "
                                   f"with the same --peers instead")
             storage = DurableRaftStorage.bootstrap(self.disk, directory, voters=self.config.voters,
-                                                   kafka=False)
+                                                   kafka=False, segment_bytes=segment_bytes)
             log.info("bootstrapped __meta with voters %s", self.config.voters)
         group = self._start_group(META_GROUP_ID, storage, self.meta_machine)
         self.meta_service = MetaService(self.node_id, group, self.meta_machine)
@@ -403,6 +405,7 @@ class Node:
                 nursery.start_soon(self._reconcile_loop)
                 nursery.start_soon(self._leader_report_loop)
                 nursery.start_soon(self._retention_loop)
+                nursery.start_soon(self._meta_snapshot_loop)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._ensure_cluster_id()
                 await self._register_broker()
@@ -453,6 +456,22 @@ class Node:
         except (AttributeError, OSError):
             peer = "unknown peer"
         await serve_connection(stream, self, peer)
+
+    async def _meta_snapshot_loop(self) -> None:
+        """Snapshot __meta's state every meta_snapshot_entries applied entries and drop the
+        log before it. Under the group's lock, so the state is exactly that of `applied`."""
+        group = self.meta_service.group
+        while True:
+            await trio.sleep(META_SNAPSHOT_CHECK_S)
+            async with group.lock:
+                applied = group.node.raft.log.applied
+                if applied - group.storage.snapshot_index < self.config.meta_snapshot_entries:
+                    continue
+                data = self.meta.snapshot()
+                conf_state = group.node.status().conf_state
+                await trio.to_thread.run_sync(group.storage.create_snapshot, applied, conf_state, data)
+                group.storage.compact(applied + 1)
+            log.info("__meta snapshot at index %d (%d bytes); older log segments dropped", applied, len(data))
 
     async def _retention_loop(self) -> None:
         while True:

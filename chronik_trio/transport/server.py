@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import google.protobuf.message
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..pb import transport_pb2
@@ -37,11 +38,45 @@ STREAM_PATH = "/raft/v1/stream"
 BATCH_PATH = "/raft/v1/batch"
 FROM_NODE_HEADER = b"chronik-from-node"
 
+# Log lines for drops, per reason, per interval. Someone sending garbage in a loop must not
+# flood the log; the metric still counts every drop, and the next line logged says how many
+# went unlogged.
+DROP_LOG_LINES_MAX = 10
+DROP_LOG_INTERVAL_S = 10.0
+
 # Snapshots half-received at once on one stream: a leader of many groups may be catching a
 # peer up on a few of them together; each holds up to snapshot_bytes_max in memory.
 SNAPSHOT_ASSEMBLIES_MAX = 4
 
 OnBatch = Callable[[transport_pb2.RaftBatch], None]
+
+
+class DropLog:
+    """Decides which drops get a log line: at most `lines_max` per reason per interval.
+
+    `admit(reason)` returns None to stay quiet, or how many drops of that reason went
+    unlogged before this one (0 usually). Time comes from the injected clock.
+    """
+
+    def __init__(self, clock: Callable[[], float], lines_max: int = DROP_LOG_LINES_MAX,
+                 interval_s: float = DROP_LOG_INTERVAL_S) -> None:
+        self._clock = clock
+        self._lines_max = lines_max
+        self._interval_s = interval_s
+        # reason -> [interval start, lines logged in it, drops not logged]
+        self._state: dict[DropReason, list] = {}
+
+    def admit(self, reason: DropReason) -> int | None:
+        now = self._clock()
+        state = self._state.setdefault(reason, [now, 0, 0])
+        if now - state[0] >= self._interval_s:
+            state[0], state[1] = now, 0
+        if state[1] >= self._lines_max:
+            state[2] += 1
+            return None
+        state[1] += 1
+        unlogged, state[2] = state[2], 0
+        return unlogged
 
 
 class RaftIngressApp:
@@ -56,12 +91,14 @@ class RaftIngressApp:
         peer_label: maps a claimed node id to a bounded metric label.
         health: returns the JSON-able object /health answers.
         on_fatal: receives any unexpected exception raised while serving.
+        clock: the time the drop log's rate limit runs on.
     """
 
     def __init__(self, *, node_id: int, on_batch: OnBatch, frame_bytes_max: int,
                  request_bytes_max: int, snapshot_bytes_max: int, metrics: TransportMetrics,
                  peer_label: Callable[[int], str], health: Callable[[], dict],
-                 on_fatal: Callable[[BaseException], None]) -> None:
+                 on_fatal: Callable[[BaseException], None],
+                 clock: Callable[[], float] = trio.current_time) -> None:
         self.node_id = node_id
         self.on_batch = on_batch
         self.frame_bytes_max = frame_bytes_max
@@ -71,6 +108,7 @@ class RaftIngressApp:
         self.peer_label = peer_label
         self.health = health
         self.on_fatal = on_fatal
+        self._drop_log = DropLog(clock)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         try:
@@ -256,13 +294,22 @@ class RaftIngressApp:
 
     def _drop(self, reason: DropReason, from_node: int, what: str, count: int = 1) -> None:
         self.metrics.drop(reason, max(count, 1))
-        log.warning("node %d: dropped from node %d (%s): %s", self.node_id, from_node,
-                    reason.value, what)
+        unlogged = self._drop_log.admit(reason)
+        if unlogged is not None:
+            log.warning("node %d: dropped from node %d (%s): %s%s", self.node_id, from_node,
+                        reason.value, what, _unlogged_note(unlogged))
 
     def _drop_stream(self, scope: dict, reason: DropReason, what: str) -> None:
         self.metrics.drop(reason)
-        log.warning("node %d: refused request %s %s from %s (%s): %s", self.node_id,
-                    scope["method"], scope["path"], scope.get("client"), reason.value, what)
+        unlogged = self._drop_log.admit(reason)
+        if unlogged is not None:
+            log.warning("node %d: refused request %s %s from %s (%s): %s%s", self.node_id,
+                        scope["method"], scope["path"], scope.get("client"), reason.value,
+                        what, _unlogged_note(unlogged))
+
+
+def _unlogged_note(unlogged: int) -> str:
+    return f" ({unlogged} more of this reason not logged)" if unlogged else ""
 
 
 class _Exchange:

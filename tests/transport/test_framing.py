@@ -87,3 +87,4 @@ def test_decoder_fails_on_the_header_alone_without_waiting_for_the_payload():
     decoder = FrameDecoder(frame_bytes_max=10)
     with pytest.raises(FrameTooLarge):
         decoder.feed(b"\x01\xff\xff\xff\xff")
+

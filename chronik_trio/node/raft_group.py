@@ -96,6 +96,7 @@ class RaftGroup:
         self.quiesced = False
         self.idle_ticks = 0
         self.replay_target = 0  # the node serves once applied reaches this (node.py)
+        self.leader_changes = 0
         self.persisted_index = storage.log.durable_index
         self._persist_waiters: list[tuple[int, int, trio.Event]] = []  # a heap by index
         self._waiters: dict[int, _Waiter] = {}
@@ -258,6 +259,10 @@ class RaftGroup:
 
     def on_soft_state(self, ss: SoftState) -> None:
         was_leader = self.is_leader
+        if ss.leader_id != self.leader_id and ss.leader_id:
+            self.leader_changes += 1
+            log.info("group %s: leader is node %d at term %d (seen by node %d)",
+                     self.group_id, ss.leader_id, self.node.raft.term, self.node.raft.id)
         self.leader_id, self.role = ss.leader_id, ss.role
         self.term = self.node.raft.term
         if was_leader and not self.is_leader:

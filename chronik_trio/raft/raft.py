@@ -253,6 +253,9 @@ class Raft:
         self.trk.progress[self.id].become_replicate()
         # Conf changes in the uncommitted tail may be pending: allow none until applied.
         self.pending_conf_index = self.log.last_index()
+        # One of them may remove us: until they are applied, act as if it does.
+        self.leaving_voters = self.leaving_voters or self._has_conf_change_between(
+            self.log.applied + 1, self.log.last_index() + 1)
         # The empty entry commits the entries of earlier terms (Raft paper 5.4.2).
         assert self._append_entries([Entry(term=0, index=0)])
 
@@ -362,7 +365,9 @@ class Raft:
             self._campaign(pre_vote=False, transfer=transfer)
 
     def _has_unapplied_conf_changes(self) -> bool:
-        lo, hi = self.log.applied + 1, self.log.committed + 1
+        return self._has_conf_change_between(self.log.applied + 1, self.log.committed + 1)
+
+    def _has_conf_change_between(self, lo: int, hi: int) -> bool:
         while lo < hi:
             ents = self.log.slice(lo, hi, CONF_SCAN_PAGE_BYTES)
             if any(e.type == EntryType.CONF_CHANGE_V2 for e in ents):
@@ -553,12 +558,15 @@ class Raft:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
         conf_at, next_cfg = 0, None
         for i, e in enumerate(m.entries):
-            if e.type == EntryType.CONF_CHANGE_V2:
-                next_cfg = self._check_conf_change(decode_conf_change(e.data))
-                conf_at = self.log.last_index() + i + 1
-            elif self.leaving_voters:
+            cc = decode_conf_change(e.data) if e.type == EntryType.CONF_CHANGE_V2 else None
+            if self.leaving_voters and (cc is None or not cc.leaves_joint()):
+                # Only finishing the joint config may follow our own removal (see
+                # leaving_voters in __init__).
                 raise ProposalDropped(f"leader {self.id} is leaving the voters; "
                                       "leadership is being handed off")
+            if cc is not None:
+                next_cfg = self._check_conf_change(cc)
+                conf_at = self.log.last_index() + i + 1
         if not self._append_entries(list(m.entries)):
             raise ProposalDropped(f"uncommitted size over {self.max_uncommitted_size_bytes} B")
         if next_cfg is not None:
@@ -765,8 +773,6 @@ class Raft:
     def _switch_to_config(self, cfg: TrackerConfig, prs: dict[int, Progress]) -> ConfState:
         self.trk.config, self.trk.progress = cfg, prs
         cs = cfg.conf_state()
-        if self.pending_conf_index <= self.log.applied + 1:
-            self.leaving_voters = self.id not in cfg.voters.incoming
         if self.state != StateRole.LEADER:
             return cs
         if self._maybe_commit():
@@ -794,6 +800,9 @@ class Raft:
 
     def applied_to(self, index: int) -> None:
         self.log.applied_to(index)
+        if index >= self.pending_conf_index:
+            # Every conf change in our log is applied: the current config is the newest.
+            self.leaving_voters = self.id not in self.trk.config.voters.incoming
         if self.trk.config.auto_leave and index >= self.pending_conf_index and \
                 self.state == StateRole.LEADER:
             # Leave the joint config on our own: propose the empty ConfChangeV2.

@@ -134,6 +134,8 @@ def _error_from_code(code: int, message: str) -> ClusterError:
 class PartitionLeader:
     leader: int
     epoch: int
+    isr: tuple[int, ...] = ()  # empty: not reported yet (all replicas)
+    isr_version: int = 0
 
 
 class MetaState:
@@ -180,9 +182,11 @@ class MetaState:
         if topic is None or not 0 <= cmd.partition < topic.partition_count:
             return Applied(False, UnknownTopic(f"no partition {cmd.partition} of topic id {topic_id}"))
         known = self.leaders.get((topic_id, cmd.partition))
-        if known is not None and (known.epoch, known.leader) >= (cmd.leader_epoch, cmd.leader):
+        report = (cmd.leader_epoch, cmd.leader, cmd.isr_version)
+        if known is not None and (known.epoch, known.leader, known.isr_version) >= report:
             return Applied(True)  # stale or repeated report: nothing changes
-        self.leaders[(topic_id, cmd.partition)] = PartitionLeader(cmd.leader, cmd.leader_epoch)
+        self.leaders[(topic_id, cmd.partition)] = PartitionLeader(
+            cmd.leader, cmd.leader_epoch, tuple(cmd.isr), cmd.isr_version)
         return Applied(True)
 
     # --- snapshots ---------------------------------------------------------------------------
@@ -198,7 +202,7 @@ class MetaState:
                             partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in t.replicas])
         for (topic_id, partition), pl in self.leaders.items():
             snap.leaders.add(topic_id=topic_id.bytes, partition=partition, leader=pl.leader,
-                             leader_epoch=pl.epoch)
+                             leader_epoch=pl.epoch, isr=pl.isr, isr_version=pl.isr_version)
         for request_id, a in self._recent.items():
             snap.recent.add(request_id=request_id, ok=a.ok, producer_id_start=a.producer_id_start,
                             error_code=int(a.error.error_code) if a.error else 0,

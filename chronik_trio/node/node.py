@@ -56,7 +56,8 @@ LEADER_REPORTS_INFLIGHT_MAX = 64  # concurrent __meta proposals reporting partit
 DEFAULT_REPLICATION_FACTOR_MAX = 3
 CREATE_TOPIC_TIMEOUT_S = 30.0
 REPLAY_WARN_S = 30.0
-META_SNAPSHOT_CHECK_S = 1.0  # log which groups are slow to replay after this, then keep waiting
+META_SNAPSHOT_CHECK_S = 1.0
+ISR_CHECK_S = 1.0  # how often leaders recompute their ISR (Kafka checks every lag/2)  # log which groups are slow to replay after this, then keep waiting
 
 
 class Node:
@@ -78,7 +79,9 @@ class Node:
         self._shutdown = trio.Event()
         self._reconcile_wanted = trio.Event()
         self._reconcile_lock = trio.Lock()
-        self._leader_reports: dict[tuple[uuid.UUID, int], int] = {}  # -> term to report
+        # (topic id, partition) -> (term, isr) to report to __meta
+        self._leader_reports: dict[tuple[uuid.UUID, int], tuple[int, tuple[int, ...]]] = {}
+        self._isr_version = 0  # orders this node's reports (with the epoch)
         self._leader_report_wanted = trio.Event()
         self._producer_ids = (0, 0)  # [next, end) of this node's reserved block
         self._producer_id_lock = trio.Lock()
@@ -258,7 +261,8 @@ class Node:
     def _start_partition(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
         machine = PartitionMachine(topic, partition, storage.log, self._became_leader)
         group = self._start_group(f"{topic.topic_id.hex}-{partition}", storage, machine)
-        self.replicas[(topic.name, partition)] = PartitionReplica(topic, partition, group, machine)
+        self.replicas[(topic.name, partition)] = PartitionReplica(
+            topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000)
 
     def _meta_changed(self) -> None:
         self._reconcile_wanted.set()
@@ -295,8 +299,24 @@ class Node:
             await self._reconcile()
 
     def _became_leader(self, machine: PartitionMachine, term: int) -> None:
-        self._leader_reports[(machine.topic.topic_id, machine.partition)] = term
+        self._leader_reports[(machine.topic.topic_id, machine.partition)] = (term, ())
         self._leader_report_wanted.set()
+
+    async def _isr_loop(self) -> None:
+        """Recompute the ISR of every partition led here; report changes to __meta."""
+        while True:
+            await trio.sleep(ISR_CHECK_S)
+            now = trio.current_time()
+            for replica in list(self.replicas.values()):
+                group = replica.group
+                if replica.closed or not group.is_leader or group.lock.locked():
+                    continue
+                before = replica.isr
+                isr = replica.update_isr(now)
+                known = self.meta.leaders.get((replica.topic_id, replica.partition))
+                if isr != before or (known and known.isr and known.isr != isr and known.epoch == group.term):
+                    self._leader_reports[(replica.topic_id, replica.partition)] = (group.term, isr)
+                    self._leader_report_wanted.set()
 
     async def _leader_report_loop(self) -> None:
         """Tell __meta promptly about every partition this node now leads."""
@@ -306,22 +326,25 @@ class Node:
                 await self._leader_report_wanted.wait()
                 self._leader_report_wanted = trio.Event()
                 reports, self._leader_reports = self._leader_reports, {}
-                for (topic_id, partition), term in reports.items():
-                    nursery.start_soon(self._report_leader, limiter, topic_id, partition, term)
+                for (topic_id, partition), (term, isr) in reports.items():
+                    self._isr_version += 1
+                    nursery.start_soon(self._report_leader, limiter, topic_id, partition, term, isr,
+                                       self._isr_version)
 
-    async def _report_leader(self, limiter, topic_id: uuid.UUID, partition: int, term: int) -> None:
+    async def _report_leader(self, limiter, topic_id: uuid.UUID, partition: int, term: int,
+                             isr: tuple[int, ...], isr_version: int) -> None:
         async with limiter:
             known = self.meta.leaders.get((topic_id, partition))
-            if known is not None and (known.leader, known.epoch) == (self.node_id, term):
+            if known is not None and (known.leader, known.epoch, known.isr) == (self.node_id, term, isr):
                 return
             try:
                 await self.meta_service.propose(meta_pb2.MetaCommand(
                     partition_leader_changed=meta_pb2.PartitionLeaderChanged(
                         topic_id=topic_id.bytes, partition=partition, leader=self.node_id,
-                        leader_epoch=term)))
+                        leader_epoch=term, isr=isr, isr_version=isr_version)))
             except MetaUnavailable as exc:
                 log.warning("could not report leadership of %s-%d: %s", topic_id.hex, partition, exc)
-                self._leader_reports.setdefault((topic_id, partition), term)
+                self._leader_reports.setdefault((topic_id, partition), (term, isr))
                 self._leader_report_wanted.set()
 
     # --- network -----------------------------------------------------------------------------
@@ -406,6 +429,7 @@ class Node:
                 nursery.start_soon(self._leader_report_loop)
                 nursery.start_soon(self._retention_loop)
                 nursery.start_soon(self._meta_snapshot_loop)
+                nursery.start_soon(self._isr_loop)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._ensure_cluster_id()
                 await self._register_broker()

@@ -85,10 +85,21 @@ class PartitionMachine:
         self._watchers.discard(event)
 
 
-class PartitionReplica:
-    """The produce and fetch side of one partition replica (what Kafka handlers use)."""
+class NotEnoughReplicas(Exception):
+    """acks=all with fewer in-sync replicas than min.insync.replicas: refused, not written."""
 
-    def __init__(self, topic: Topic, partition: int, group: RaftGroup, machine: PartitionMachine) -> None:
+
+class PartitionReplica:
+    """The produce and fetch side of one partition replica (what Kafka handlers use).
+
+    In-sync replicas (on the leader): a follower is in sync while it is active in Raft's
+    check-quorum sense and has, within lag_time_s, replicated everything the leader had at
+    the previous ISR check (Kafka's replica.lag.time.max.ms rule, checked every
+    ISR_CHECK_S by the node). The leader is always in sync.
+    """
+
+    def __init__(self, topic: Topic, partition: int, group: RaftGroup, machine: PartitionMachine,
+                 *, lag_time_s: float) -> None:
         self.topic_name = topic.name
         self.topic_id = topic.topic_id
         self.partition = partition
@@ -98,6 +109,12 @@ class PartitionReplica:
         self.closed = False
         self._next_offset: int | None = None  # the leader's next offset; None: read the log
         self._epoch = 0  # the term _next_offset belongs to
+        self.min_insync = int(topic.config("min.insync.replicas"))
+        self.lag_time_s = lag_time_s
+        self._caught_up_at: dict[int, float] = {}
+        self._last_index_seen = 0
+        self._isr_term = 0
+        self.isr: tuple[int, ...] = ()
 
     @property
     def leader_epoch(self) -> int:
@@ -115,12 +132,33 @@ class PartitionReplica:
     def is_leader(self) -> bool:
         return self.group.is_leader
 
+    def update_isr(self, now: float) -> tuple[int, ...]:
+        """Recompute the ISR (leader only, no await: Raft's state cannot move meanwhile)."""
+        raft = self.group.node.raft
+        progress = raft.trk.progress
+        if self._isr_term != raft.term:  # a new leader starts from "everyone caught up"
+            self._isr_term = raft.term
+            self._caught_up_at = {peer: now for peer in progress}
+            self._last_index_seen = raft.log.last_index()
+        for peer, pr in progress.items():
+            if peer == raft.id or self.group.quiesced or pr.match >= self._last_index_seen:
+                self._caught_up_at[peer] = now
+        self._last_index_seen = raft.log.last_index()
+        self.isr = tuple(sorted(
+            peer for peer, pr in progress.items() if not pr.is_learner and (
+                peer == raft.id or (pr.recent_active and now - self._caught_up_at.get(peer, -1e18) <= self.lag_time_s))))
+        return self.isr
+
     async def produce(self, records, headers: list[BatchHeader], acks: int) -> int:
         """Assign offsets, propose one entry per batch; wait per acks (-1: applied, i.e.
         committed; 1: durable in our own log; 0: nothing). Returns the first base offset.
         Raises NotLeader or ProposalFailed (retriable)."""
         async with self.group.lock:
             self.group.check_leader()
+            if acks == -1 and len(self.update_isr(trio.current_time())) < self.min_insync:
+                raise NotEnoughReplicas(
+                    f"{self.topic_name}-{self.partition}: in-sync replicas {list(self.isr)} are fewer "
+                    f"than min.insync.replicas={self.min_insync}")
             term = self.group.term
             if self._next_offset is None or self._epoch != term:
                 # A new term: every entry of ours is persisted (the Ready pass holds this

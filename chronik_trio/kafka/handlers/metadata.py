@@ -23,7 +23,7 @@ def _topic_entry(ctx, topic) -> dict:
             "leader_id": leader.leader if leader else -1,
             "leader_epoch": leader.epoch if leader else -1,
             "replica_nodes": replicas,
-            "isr_nodes": replicas if leader else (),
+            "isr_nodes": (leader.isr or replicas) if leader else (),
             "offline_replicas": offline,
         })
     return {"error_code": 0, "name": topic.name, "topic_id": topic.topic_id,

@@ -35,6 +35,7 @@ def _entry(index: int, error: ErrorCode, **fields) -> dict:
 
 
 async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
+    from chronik_trio.node.partition_group import NotEnoughReplicas
     from chronik_trio.node.raft_group import NotLeader, ProposalFailed
 
     index = partition_data.index
@@ -52,6 +53,8 @@ async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
         return _entry(index, exc.error_code, error_message=str(exc))
     try:
         base_offset = await replica.produce(partition_data.records, headers, acks)
+    except NotEnoughReplicas as exc:
+        return _entry(index, ErrorCode.not_enough_replicas, error_message=str(exc))
     except NotLeader:
         error, leader = leader_hint(ctx, topic.name, index)
         return _entry(index, error, current_leader=leader) if leader else _entry(index, error)

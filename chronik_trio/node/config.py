@@ -45,6 +45,8 @@ class NodeConfig:
     # Join an existing cluster: never bootstrap __meta, wait to be sent its state.
     join: bool = False
     rack: str | None = None
+    # How often leaders check whether to hand a partition back to its preferred replica.
+    leader_balance_interval_ms: int = 5000
     # A follower that has not caught up with the leader for this long leaves the ISR.
     replica_lag_time_max_ms: int = 10_000
     # __meta snapshots its state and drops older log segments every this many entries;
@@ -68,7 +70,7 @@ class NodeConfig:
         for key in ("default_partitions", "message_max_bytes", "request_max_bytes",
                     "segment_bytes", "fsync_interval_ms", "retention_check_interval_ms",
                     "hard_state_interval_ms", "meta_snapshot_entries", "meta_segment_bytes",
-                    "replica_lag_time_max_ms"):
+                    "replica_lag_time_max_ms", "leader_balance_interval_ms"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 

@@ -151,6 +151,47 @@ class Node:
         start = zlib.crc32(name.encode()) % len(brokers)
         return [[brokers[(start + p + i) % len(brokers)] for i in range(rf)] for p in range(partitions)]
 
+    async def add_partitions(self, name: str, count: int, *, assignment: list[list[int]] | None = None,
+                             validate_only: bool = False, timeout_s: float = CREATE_TOPIC_TIMEOUT_S) -> Topic:
+        """Grow a topic to `count` partitions (CreatePartitions); returns once the new
+        partitions have leaders here."""
+        from chronik_trio.cluster.meta import InvalidPartitionCount
+
+        topic = self.meta.topics.get(name)
+        if topic is None:
+            raise UnknownTopic(f"topic {name!r} does not exist")
+        if count <= topic.partition_count:
+            raise InvalidPartitionCount(
+                f"topic {name!r} has {topic.partition_count} partitions; {count} would not add any")
+        rf = len(topic.replicas[0])
+        new = assignment or self._assign(name, count, rf)[topic.partition_count:]
+        if validate_only:
+            return topic
+        applied = await self.meta_service.propose(meta_pb2.MetaCommand(partitions_added=meta_pb2.PartitionsAdded(
+            name=name, topic_id=topic.topic_id.bytes,
+            partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in new])))
+        if not applied.ok:
+            raise applied.error
+        topic = self.meta.topics[name]
+        await self._wait_for_leaders(topic, timeout_s)
+        return topic
+
+    async def _balance_loop(self) -> None:
+        """Preferred leaders: hand leadership back to a partition's first replica once it is
+        in sync again (after a restart), so leaders stay spread across brokers."""
+        interval_s = self.config.leader_balance_interval_ms / 1000
+        while True:
+            await trio.sleep(interval_s)
+            for (name, partition), replica in list(self.replicas.items()):
+                topic = self.meta.topics.get(name)
+                if topic is None or replica.closed or not replica.is_leader:
+                    continue
+                preferred = topic.replicas[partition][0]
+                if preferred != self.node_id and preferred in replica.isr and \
+                        not replica.group.transfer_pending():
+                    log.info("handing %s-%d back to its preferred leader, node %d", name, partition, preferred)
+                    replica.group.transfer_leader(preferred)
+
     async def _wait_for_leaders(self, topic: Topic, timeout_s: float) -> None:
         with trio.fail_after(timeout_s):
             while not all(self.meta.leader_of(topic, p) for p in range(topic.partition_count)):
@@ -430,6 +471,7 @@ class Node:
                 nursery.start_soon(self._retention_loop)
                 nursery.start_soon(self._meta_snapshot_loop)
                 nursery.start_soon(self._isr_loop)
+                nursery.start_soon(self._balance_loop)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._ensure_cluster_id()
                 await self._register_broker()

@@ -117,6 +117,16 @@ class RaftGroup:
             self.quiesced = False  # real traffic: tick again
         self._wake(self)
 
+    def transfer_leader(self, peer: int) -> None:
+        """Ask Raft to hand leadership to peer (stepped by the next Ready pass)."""
+        self._reports.append(("transfer", peer, False))
+        self.unquiesce()
+        self._wake(self)
+
+    def transfer_pending(self) -> bool:
+        """Whether a leader transfer is already under way."""
+        return self.node.raft.lead_transferee != 0 or any(k == "transfer" for k, _, _ in self._reports)
+
     def report_unreachable(self, peer: int) -> None:
         self._reports.append(("unreachable", peer, False))
         self._wake(self)
@@ -220,8 +230,10 @@ class RaftGroup:
         for kind, peer, ok in reports:
             if kind == "unreachable":
                 self.node.report_unreachable(peer)
-            else:
+            elif kind == "snapshot":
                 self.node.report_snapshot(peer, ok)
+            elif self.is_leader:
+                self.node.transfer_leader(peer)
         while self.inbox:
             message = self.inbox.popleft()
             busy = busy or message.type != MessageType.HEARTBEAT_RESPONSE

@@ -120,3 +120,18 @@ def test_retention_by_size_deletes_whole_old_segments(broker_factory):
     assert high == 200
     assert 0 < low < 200  # whole segments went; the active one (and the newest data) stays
     assert on_disk() <= 30000 + 20000  # over retention.bytes by less than one segment
+
+
+def test_create_partitions_adds_partitions_that_take_writes(broker):
+    from confluent_kafka.admin import NewPartitions
+    admin = _admin(broker)
+    _create(admin, "grow", 2)
+    admin.create_partitions([NewPartitions("grow", 5)])["grow"].result(timeout=15)
+    assert sorted(admin.list_topics(timeout=10).topics["grow"].partitions) == [0, 1, 2, 3, 4]
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for part in range(5):
+        p.produce("grow", b"x", partition=part)
+    assert p.flush(15) == 0
+    with pytest.raises(KafkaException) as shrink:
+        admin.create_partitions([NewPartitions("grow", 3)])["grow"].result(timeout=15)
+    assert shrink.value.args[0].name() == "INVALID_PARTITIONS"

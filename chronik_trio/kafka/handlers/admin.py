@@ -157,3 +157,29 @@ async def handle_init_producer_id(body, ctx, version: int):
                      producer_id=-1, producer_epoch=-1)
     producer_id = await ctx.allocate_producer_id()
     return build(resp, throttle_time=0, error_code=0, producer_id=producer_id, producer_epoch=0)
+
+
+async def _add_partitions_one(ctx, spec, validate_only: bool, timeout_s: float) -> dict:
+    from chronik_trio.node.meta_group import MetaUnavailable
+
+    out = {"name": spec.name}
+    assignment = [list(a.broker_ids) for a in spec.assignments] if spec.assignments else None
+    try:
+        if assignment is not None:
+            unknown = {b for a in assignment for b in a} - set(ctx.meta.brokers)
+            if unknown:
+                return {**out, "error_code": ErrorCode.invalid_replica_assignment,
+                        "error_message": f"unknown brokers {sorted(unknown)} in {assignment}"}
+        await ctx.add_partitions(spec.name, spec.count, assignment=assignment,
+                                 validate_only=validate_only, timeout_s=timeout_s)
+    except ClusterError as exc:
+        return {**out, "error_code": error_code_of(exc), "error_message": str(exc)}
+    except (TimeoutError, trio.TooSlowError, MetaUnavailable) as exc:
+        return {**out, "error_code": ErrorCode.request_timed_out, "error_message": str(exc)}
+    return {**out, "error_code": ErrorCode.none}
+
+
+async def handle_create_partitions(body, ctx, version: int):
+    timeout_s = max(body.timeout.total_seconds(), 1.0)
+    results = [await _add_partitions_one(ctx, spec, body.validate_only, timeout_s) for spec in body.topics]
+    return build(response_schema(37, version), throttle_time=0, results=results)

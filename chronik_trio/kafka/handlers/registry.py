@@ -28,6 +28,7 @@ HANDLERS = {
     22: ((0, 4), admin.handle_init_producer_id),
     23: ((2, 4), epochs.handle_offset_for_leader_epoch),
     32: ((1, 4), admin.handle_describe_configs),
+    37: ((0, 3), admin.handle_create_partitions),
     60: ((0, 1), admin.handle_describe_cluster),
 }
 

@@ -19,10 +19,20 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A currently free loopback port, never one this process handed out before (the OS
+    may offer the same ephemeral port again as soon as the probe socket closes)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 class BrokerProcess:

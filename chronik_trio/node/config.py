@@ -42,6 +42,8 @@ class NodeConfig:
     # The cluster's Raft members: "1@host:port,2@host:port,..." (Raft addresses); this node's
     # entry is where it listens for peers. None: a one-node cluster with no Raft port.
     peers: str | None = None
+    # Where a node without peers serves /health and /metrics (with peers: its Raft address).
+    admin_listen: str | None = None
     # Join an existing cluster: never bootstrap __meta, wait to be sent its state.
     join: bool = False
     rack: str | None = None
@@ -63,6 +65,8 @@ class NodeConfig:
         _host_port(self.listen, key="listen")
         if self.advertised is not None:
             _host_port(self.advertised, key="advertised")
+        if self.admin_listen is not None:
+            _host_port(self.admin_listen, key="admin_listen")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.fsync not in FSYNC_POLICIES:
@@ -101,6 +105,10 @@ class NodeConfig:
     @property
     def listen_host_port(self) -> tuple[str, int]:
         return _host_port(self.listen, key="listen")
+
+    @property
+    def admin_host_port(self) -> tuple[str, int]:
+        return _host_port(self.admin_listen, key="admin_listen")
 
     @property
     def advertised_host_port(self) -> tuple[str, int]:

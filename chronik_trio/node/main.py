@@ -39,6 +39,8 @@ def _node_parser(sub) -> None:
     p.add_argument("--segment-bytes", type=int)
     p.add_argument("--retention-check-interval-ms", type=int)
     p.add_argument("--peers", help='the cluster\'s Raft members, "1@host:port,2@host:port,..."')
+    p.add_argument("--admin-listen", help="HOST:PORT for /health and /metrics on a node without peers "
+                   "(with peers they are on the node's Raft address)")
     p.add_argument("--join", action="store_true", default=None,
                    help="join an existing cluster: never bootstrap the cluster metadata group")
     p.add_argument("--rack", help="this broker's rack (for rack-aware replica placement and fetch)")

@@ -75,6 +75,7 @@ class Node:
         self.replicas: dict[tuple[str, int], PartitionReplica] = {}
         self.transport = None
         self._liveness: dict[int, bytes] = {}
+        self._serving = False
         self.requests_inflight = 0
         self._shutdown = trio.Event()
         self._reconcile_wanted = trio.Event()
@@ -420,12 +421,30 @@ class Node:
             group.report_snapshot(peer, ok)
 
     def _make_transport(self):
+        """The HTTP/2 app: Raft ingress from peers, /health and /metrics. On the node's
+        entry in --peers; a node without peers serves it only with --admin-listen."""
+        from prometheus_client import CollectorRegistry
+
         from chronik_trio.transport.transport import Transport
+
+        from .metrics import NodeMetrics
 
         members = self.config.peer_addresses
         peers = {n: address for n, address in members.items() if n != self.node_id}
-        return Transport(self.node_id, members[self.node_id], peers, self._on_batch,
-                         self._report_unreachable, report_snapshot=self._report_snapshot)
+        listen = members[self.node_id] if members else self.config.admin_host_port
+        registry = CollectorRegistry()
+        metrics = NodeMetrics(registry, self.runtime)
+        self.runtime.observe_pass = metrics.ready_pass_seconds.observe
+        self.runtime.observe_fsync = metrics.fsync_seconds.observe
+        return Transport(self.node_id, listen, peers, self._on_batch, self._report_unreachable,
+                         report_snapshot=self._report_snapshot, registry=registry, health=self._health)
+
+    def _health(self) -> dict:
+        groups = list(self.runtime.groups.values())
+        return {"cluster_id": self.meta.cluster_id, "meta_leader": self.meta_leader_id(),
+                "groups": len(groups), "leading": sum(1 for g in groups if g.is_leader),
+                "quiesced": sum(1 for g in groups if g.quiesced),
+                "serving_kafka": self._serving, "partitions": len(self.replicas)}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -460,7 +479,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.runtime.run)
-                if self.config.peers is not None:
+                if self.config.peers is not None or self.config.admin_listen is not None:
                     self.transport = self._make_transport()
                     await nursery.start(self.transport.run)
                 await self._wait_replayed([self.meta_service.group])
@@ -497,7 +516,9 @@ class Node:
                          self.node_id, self.config.listen, self.config.advertised or self.config.listen,
                          self.data_dir, self.config.voters)
                 task_status.started(listeners)
+                self._serving = True
                 await self._shutdown.wait()
+                self._serving = False
                 acceptor.cancel_scope.cancel()
             for listener in listeners:
                 await listener.aclose()

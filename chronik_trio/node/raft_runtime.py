@@ -21,6 +21,7 @@ later simulation) can drive a whole cluster in one process.
 from __future__ import annotations
 
 import logging
+import time
 import typing
 
 import trio
@@ -67,6 +68,8 @@ class RaftRuntime:
         self._last_commit_checkpoint = 0.0
         self.passes = 0
         self.fsync_rounds = 0
+        self.observe_pass: typing.Callable[[float], None] = lambda seconds: None
+        self.observe_fsync: typing.Callable[[float], None] = lambda seconds: None
 
     def add(self, group: RaftGroup) -> None:
         assert group.group_id not in self.groups, group.group_id
@@ -137,6 +140,7 @@ class RaftRuntime:
     async def ready_pass(self) -> None:
         """One pass over every active group; see the module docstring for the order."""
         active, self._active = list(self._active.values()), {}
+        started = time.perf_counter()
         held = []
         try:
             for group in active:
@@ -153,6 +157,7 @@ class RaftRuntime:
             for group in held:
                 group.lock.release()
         self.passes += 1
+        self.observe_pass(time.perf_counter() - started)
 
     def _collect(self, groups: list[RaftGroup]) -> list:
         readies = []
@@ -183,7 +188,9 @@ class RaftRuntime:
         tickets = [(g, g.storage.begin_sync(save_commit=save_commit)) for g, _ in readies]
         tickets = [(g, t) for g, t in tickets if t is not None]
         if tickets:
+            started = time.perf_counter()
             await trio.to_thread.run_sync(_run_tickets, [t for _, t in tickets])
+            self.observe_fsync(time.perf_counter() - started)
             self.fsync_rounds += 1
             for group, ticket in tickets:
                 group.on_persisted(group.storage.end_sync(ticket))

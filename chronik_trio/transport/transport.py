@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 import logging
 
 import hypercorn.config
@@ -62,6 +63,7 @@ class Transport:
         frame_bytes_max: the largest frame (RaftBatch or snapshot chunk) sent or received.
         snapshot_bytes_max: the largest snapshot data accepted from a peer.
         registry: where metrics go; by default a new CollectorRegistry of this transport.
+        health: extra JSON-able facts (the node's) merged into what /health answers.
         connect: opens a stream to (host, port); the seam for a simulated network.
     """
 
@@ -72,10 +74,12 @@ class Transport:
                  frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
                  snapshot_bytes_max: int = SNAPSHOT_BYTES_MAX_DEFAULT,
                  registry: CollectorRegistry | None = None,
+                 health: Callable[[], dict] | None = None,
                  connect: Connect = trio.open_tcp_stream) -> None:
         assert node_id > 0 and node_id not in peers, (node_id, peers)
         self.node_id = node_id
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._extra_health = health
         self.metrics = TransportMetrics(self.registry)
         self.frame_bytes_max = frame_bytes_max
         self._listen = listen
@@ -203,5 +207,8 @@ class Transport:
                               f"{self._fatal!r}") from self._fatal
 
     def _health(self) -> dict:
-        return {"status": "ok", "node_id": self.node_id,
-                "peers": {str(p): s.state.value for p, s in self._senders.items()}}
+        answer = {"status": "ok", "node_id": self.node_id,
+                  "peers": {str(p): s.state.value for p, s in self._senders.items()}}
+        if self._extra_health is not None:
+            answer.update(self._extra_health())
+        return answer

@@ -9,7 +9,6 @@ known to every replica as it applies entries, so any replica can serve reads bel
 from __future__ import annotations
 
 import logging
-import struct
 import typing
 
 import trio
@@ -18,6 +17,8 @@ from chronik_trio import storage
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.kafka.errors import OffsetOutOfRange
 from chronik_trio.kafka.records import BatchHeader, with_offsets
+from chronik_trio.partition.state import (FollowerProgress, HighWatermark, InSyncReplicas,
+                                          OffsetAssigner, batch_end_offset)
 from chronik_trio.raft.types import Entry, Snapshot, StateRole
 from chronik_trio.storage.raft_storage import partition_snapshot_data, partition_snapshot_next_offset
 
@@ -25,13 +26,7 @@ from .raft_group import RaftGroup
 
 log = logging.getLogger(__name__)
 
-_BASE_AND_DELTA = struct.Struct(">q15xi")  # baseOffset @0, lastOffsetDelta @23
 SCAN_BACK_ENTRIES_MAX = 1000  # empty entries (leader changes) between batches are few
-
-
-def batch_end_offset(data: bytes | memoryview) -> int:
-    base, last_delta = _BASE_AND_DELTA.unpack_from(data, 0)
-    return base + last_delta + 1
 
 
 class PartitionMachine:
@@ -43,22 +38,17 @@ class PartitionMachine:
         self.partition = partition
         self.log = log_
         self._on_leader = on_leader
-        # Applying starts over from the snapshot (Raft re-delivers committed entries), so the
-        # high watermark starts at the log's start and climbs back as entries are applied.
-        self.high_watermark = log_.log_start_offset
+        self.hw = HighWatermark(log_.log_start_offset)
         self.leader_epoch = 0
         self.role = StateRole.FOLLOWER
         self._watchers: set[trio.Event] = set()
 
+    @property
+    def high_watermark(self) -> int:
+        return self.hw.offset
+
     def apply(self, entries: typing.Sequence[Entry]) -> list:
-        results = []
-        for entry in entries:
-            if entry.data:
-                end = batch_end_offset(entry.data)
-                results.append(end)
-                self.high_watermark = max(self.high_watermark, end)
-            else:
-                results.append(None)
+        results = self.hw.apply([entry.data for entry in entries])
         if self._watchers and any(entry.data for entry in entries):
             for watcher in self._watchers:
                 watcher.set()
@@ -75,7 +65,7 @@ class PartitionMachine:
         pass
 
     def restore(self, snapshot: Snapshot) -> None:
-        self.high_watermark = max(self.high_watermark, partition_snapshot_next_offset(snapshot))
+        self.hw.restore(partition_snapshot_next_offset(snapshot))
 
     def watch(self, event: trio.Event) -> None:
         """Set event the next time the high watermark moves."""
@@ -92,10 +82,7 @@ class NotEnoughReplicas(Exception):
 class PartitionReplica:
     """The produce and fetch side of one partition replica (what Kafka handlers use).
 
-    In-sync replicas (on the leader): a follower is in sync while it is active in Raft's
-    check-quorum sense and has, within lag_time_s, replicated everything the leader had at
-    the previous ISR check (Kafka's replica.lag.time.max.ms rule, checked every
-    ISR_CHECK_S by the node). The leader is always in sync.
+    The ISR rule is partition.state.InSyncReplicas, fed from the leader's Raft progress.
     """
 
     def __init__(self, topic: Topic, partition: int, group: RaftGroup, machine: PartitionMachine,
@@ -107,14 +94,9 @@ class PartitionReplica:
         self.machine = machine
         self.log = machine.log
         self.closed = False
-        self._next_offset: int | None = None  # the leader's next offset; None: read the log
-        self._epoch = 0  # the term _next_offset belongs to
+        self._offsets = OffsetAssigner()
         self.min_insync = int(topic.config("min.insync.replicas"))
-        self.lag_time_s = lag_time_s
-        self._caught_up_at: dict[int, float] = {}
-        self._last_index_seen = 0
-        self._isr_term = 0
-        self.isr: tuple[int, ...] = ()
+        self._isr = InSyncReplicas(lag_time_s)
 
     @property
     def leader_epoch(self) -> int:
@@ -132,22 +114,17 @@ class PartitionReplica:
     def is_leader(self) -> bool:
         return self.group.is_leader
 
+    @property
+    def isr(self) -> tuple[int, ...]:
+        return self._isr.isr
+
     def update_isr(self, now: float) -> tuple[int, ...]:
         """Recompute the ISR (leader only, no await: Raft's state cannot move meanwhile)."""
         raft = self.group.node.raft
-        progress = raft.trk.progress
-        if self._isr_term != raft.term:  # a new leader starts from "everyone caught up"
-            self._isr_term = raft.term
-            self._caught_up_at = {peer: now for peer in progress}
-            self._last_index_seen = raft.log.last_index()
-        for peer, pr in progress.items():
-            if peer == raft.id or self.group.quiesced or pr.match >= self._last_index_seen:
-                self._caught_up_at[peer] = now
-        self._last_index_seen = raft.log.last_index()
-        self.isr = tuple(sorted(
-            peer for peer, pr in progress.items() if not pr.is_learner and (
-                peer == raft.id or (pr.recent_active and now - self._caught_up_at.get(peer, -1e18) <= self.lag_time_s))))
-        return self.isr
+        progress = {peer: FollowerProgress(pr.match, pr.recent_active, pr.is_learner)
+                    for peer, pr in raft.trk.progress.items()}
+        return self._isr.update(now, term=raft.term, leader=raft.id, last_index=raft.log.last_index(),
+                                idle=self.group.quiesced, progress=progress)
 
     async def produce(self, records, headers: list[BatchHeader], acks: int) -> int:
         """Assign offsets, propose one entry per batch; wait per acks (-1: applied, i.e.
@@ -160,16 +137,11 @@ class PartitionReplica:
                     f"{self.topic_name}-{self.partition}: in-sync replicas {list(self.isr)} are fewer "
                     f"than min.insync.replicas={self.min_insync}")
             term = self.group.term
-            if self._next_offset is None or self._epoch != term:
-                # A new term: every entry of ours is persisted (the Ready pass holds this
-                # lock until it is), so the log's end is exactly where offsets continue.
-                self._next_offset, self._epoch = self.log.next_offset, term
-            payloads, next_offset = [], self._next_offset
-            for header in headers:
-                payloads.append(with_offsets(records, header, next_offset, term))
-                next_offset += header.record_count
+            bases = self._offsets.reserve(term, self.log.next_offset, [h.record_count for h in headers])
+            payloads = [with_offsets(records, h, base, term) for h, base in zip(headers, bases)]
             waiter = self.group.propose_locked_many(payloads)  # all or nothing
-            first_base, self._next_offset = self._next_offset, next_offset
+            self._offsets.commit_reservation()
+            first_base = bases[0]
         self.group.wake_runtime()
         if acks == -1:
             await self.group.wait_applied(waiter)
@@ -231,8 +203,7 @@ class PartitionReplica:
         return found, self._offset_at(later[0])
 
     def _leader_end_offset(self) -> int:
-        return self._next_offset if self._next_offset is not None and self._epoch == self.group.term \
-            else self.log.next_offset
+        return self._offsets.end_offset(self.group.term, self.log.next_offset)
 
     def _offset_at(self, index: int) -> int:
         """The Kafka offset the log continues from at entry index (the end of the last

@@ -1,5 +1,5 @@
-"""Pure partition state: applying committed entries gives offsets, high watermark, producer state.
+"""Pure partition logic: the high watermark from committed entries, the leader's offset
+reservations, the ISR rule (producer state comes with idempotence).
 
-May import: the standard library, attrs, chronik_trio.kafka.records (pure batch header code).
-No trio, no I/O, no clocks.
+May import: the standard library and attrs. No trio, no I/O, no clocks (time is passed in).
 """

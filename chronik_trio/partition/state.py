@@ -1,49 +1,117 @@
-"""Kafka offsets over a partition's log of entries.
+"""Kafka over Raft, the pure part: offsets, the high watermark, and the ISR rule.
 
-The leader assigns each record batch a contiguous range of Kafka offsets when it appends the
-entry; the high watermark moves to the end of the last *committed* data entry (for a single
-voter: the last durable one). Nothing at or above the high watermark is served to consumers.
-Pure: the node tells it what was appended and what was committed.
+The node (node/partition_group.py) feeds these from the partition's Raft group; nothing
+here touches files, sockets, clocks or trio. Time is a number the caller passes in.
 """
 
 from __future__ import annotations
 
-import collections
+import struct
+import typing
 
-PENDING_ENTRIES_MAX = 1 << 20  # a guard: more in-flight entries than this is a runaway producer
+import attrs
+
+_BASE_AND_DELTA = struct.Struct(">q15xi")  # baseOffset @0, lastOffsetDelta @23 of a v2 batch
 
 
-class PartitionState:
-    def __init__(self, *, log_start_offset: int, next_offset: int, leader_epoch: int) -> None:
-        assert 0 <= log_start_offset <= next_offset, (log_start_offset, next_offset)
-        self.log_start_offset = log_start_offset
-        self.next_offset = next_offset  # the next offset to hand out (includes in-flight entries)
-        self.high_watermark = next_offset  # recovered logs hold only committed entries
-        self.leader_epoch = leader_epoch
-        # (entry index, end offset) of appended but not yet committed data entries, in order
-        self._pending: collections.deque[tuple[int, int]] = collections.deque()
+def batch_end_offset(data: bytes | memoryview) -> int:
+    """The offset after a record batch's last record."""
+    base, last_delta = _BASE_AND_DELTA.unpack_from(data, 0)
+    return base + last_delta + 1
 
-    def assign(self, record_count: int) -> int:
-        """Reserve offsets for a batch of record_count records; return its base offset."""
-        assert record_count > 0, record_count
-        base = self.next_offset
-        self.next_offset += record_count
-        return base
 
-    def appended(self, entry_index: int, end_offset: int) -> None:
-        """The data entry at entry_index (offsets up to end_offset, exclusive) is in the log."""
-        assert not self._pending or self._pending[-1][0] < entry_index, (self._pending[-1], entry_index)
-        assert len(self._pending) < PENDING_ENTRIES_MAX, len(self._pending)
-        self._pending.append((entry_index, end_offset))
+class HighWatermark:
+    """What applying committed entries gives every replica: the end of the last committed
+    batch. Nothing at or above it is served to consumers."""
 
-    def committed(self, commit_index: int) -> bool:
-        """Entries up to commit_index are committed; return whether the high watermark moved."""
-        moved = False
-        while self._pending and self._pending[0][0] <= commit_index:
-            _, self.high_watermark = self._pending.popleft()
-            moved = True
-        return moved
+    def __init__(self, log_start_offset: int) -> None:
+        # Applying starts over from the snapshot (Raft re-delivers committed entries), so
+        # the high watermark starts at the log's start and climbs back as entries apply.
+        self.offset = log_start_offset
 
-    def log_start_moved(self, log_start_offset: int) -> None:
-        assert log_start_offset >= self.log_start_offset, (log_start_offset, self.log_start_offset)
-        self.log_start_offset = log_start_offset
+    def apply(self, entry_datas: typing.Sequence[bytes]) -> list[int | None]:
+        """Apply committed normal entries in order; returns each data entry's end offset
+        (None for empty entries: leader no-ops carry no offsets)."""
+        results: list[int | None] = []
+        for data in entry_datas:
+            if data:
+                end = batch_end_offset(data)
+                results.append(end)
+                if end > self.offset:
+                    self.offset = end
+            else:
+                results.append(None)
+        return results
+
+    def restore(self, next_offset: int) -> None:
+        """A snapshot says the log continues from next_offset."""
+        self.offset = max(self.offset, next_offset)
+
+
+class OffsetAssigner:
+    """The leader's next offset. A new term starts from the log's end, which is exact then
+    because every entry of the previous term is persisted before the leader's first
+    proposal (the Ready pass holds the group lock until it is)."""
+
+    def __init__(self) -> None:
+        self._next: int | None = None
+        self._term = 0
+
+    def reserve(self, term: int, log_next_offset: int, record_counts: typing.Sequence[int]) -> list[int]:
+        """Base offsets for batches of these record counts; the reservation holds only if
+        the caller proposes them (call commit_reservation after a successful proposal)."""
+        if self._next is None or self._term != term:
+            self._next, self._term = log_next_offset, term
+        bases, offset = [], self._next
+        for count in record_counts:
+            assert count > 0, count
+            bases.append(offset)
+            offset += count
+        self._pending = offset
+        return bases
+
+    def commit_reservation(self) -> None:
+        self._next = self._pending
+
+    def end_offset(self, term: int, log_next_offset: int) -> int:
+        """The leader's log end offset in term (proposed, not necessarily persisted)."""
+        return self._next if self._next is not None and self._term == term else log_next_offset
+
+
+@attrs.frozen(slots=True)
+class FollowerProgress:
+    match: int
+    recent_active: bool
+    is_learner: bool
+
+
+class InSyncReplicas:
+    """Kafka's replica.lag.time.max.ms rule over Raft progress, on the leader.
+
+    A follower is in sync while Raft sees it active (check-quorum) and it has, within
+    lag_time_s, replicated everything the leader had at the previous check. The leader is
+    always in sync; a new term starts with everyone caught up (as Kafka starts from the
+    previous ISR)."""
+
+    def __init__(self, lag_time_s: float) -> None:
+        self.lag_time_s = lag_time_s
+        self._caught_up_at: dict[int, float] = {}
+        self._last_index_seen = 0
+        self._term = 0
+        self.isr: tuple[int, ...] = ()
+
+    def update(self, now: float, *, term: int, leader: int, last_index: int, idle: bool,
+               progress: dict[int, FollowerProgress]) -> tuple[int, ...]:
+        if self._term != term:
+            self._term = term
+            self._caught_up_at = {peer: now for peer in progress}
+            self._last_index_seen = last_index
+        for peer, pr in progress.items():
+            if peer == leader or idle or pr.match >= self._last_index_seen:
+                self._caught_up_at[peer] = now
+        self._last_index_seen = last_index
+        self.isr = tuple(sorted(
+            peer for peer, pr in progress.items() if not pr.is_learner and (
+                peer == leader or (pr.recent_active and
+                                   now - self._caught_up_at.get(peer, float("-inf")) <= self.lag_time_s))))
+        return self.isr

@@ -7,7 +7,6 @@ import tomllib
 
 import attrs
 
-FSYNC_POLICIES = ("always", "interval")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -31,10 +30,6 @@ class NodeConfig:
     log_level: str = "info"
     default_partitions: int = 1
     auto_create_topics: bool = True
-    # always: answer a produce only after its fsync; interval: after the write, fsync every
-    # fsync_interval_ms (faster, loses the last interval on power loss; never on a crash).
-    fsync: str = "always"
-    fsync_interval_ms: int = 1000
     message_max_bytes: int = 1048588  # Kafka's message.max.bytes default
     request_max_bytes: int = 100 << 20  # Kafka's socket.request.max.bytes default
     segment_bytes: int = 64 << 20
@@ -55,9 +50,6 @@ class NodeConfig:
     # a member further behind is sent the snapshot instead of the entries.
     meta_snapshot_entries: int = 10_000
     meta_segment_bytes: int = 4 << 20
-    # How often each log's durable index is checkpointed (2 fsyncs per changed log); recovery
-    # treats a bad frame at or below it as corruption, above it as a torn tail.
-    hard_state_interval_ms: int = 5000
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:
@@ -69,11 +61,8 @@ class NodeConfig:
             _host_port(self.admin_listen, key="admin_listen")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
-        if self.fsync not in FSYNC_POLICIES:
-            raise ConfigError(f"fsync must be one of {FSYNC_POLICIES}, got {self.fsync!r}")
         for key in ("default_partitions", "message_max_bytes", "request_max_bytes",
-                    "segment_bytes", "fsync_interval_ms", "retention_check_interval_ms",
-                    "hard_state_interval_ms", "meta_snapshot_entries", "meta_segment_bytes",
+                    "segment_bytes", "retention_check_interval_ms", "meta_snapshot_entries", "meta_segment_bytes",
                     "replica_lag_time_max_ms", "leader_balance_interval_ms"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")

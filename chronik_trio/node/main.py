@@ -29,9 +29,6 @@ def _node_parser(sub) -> None:
     p.add_argument("--data-dir", type=pathlib.Path, help="where logs and metadata live (default ./data)")
     p.add_argument("--log-level", choices=config_mod.LOG_LEVELS)
     p.add_argument("--default-partitions", type=int, help="partitions of auto-created topics (default 1)")
-    p.add_argument("--fsync", choices=config_mod.FSYNC_POLICIES,
-                   help="always: ack after fsync (default); interval: ack after write")
-    p.add_argument("--fsync-interval-ms", type=int)
     p.add_argument("--auto-create-topics", dest="auto_create_topics", action="store_true", default=None)
     p.add_argument("--no-auto-create-topics", dest="auto_create_topics", action="store_false")
     p.add_argument("--message-max-bytes", type=int, help="largest record batch accepted")

@@ -292,7 +292,7 @@ class Node:
         if directory.exists() and (not id_file.exists() or id_file.read_text() != topic.topic_id.hex):
             log.warning("removing %s: it belongs to an older topic of the same name", directory)
             _remove_dirs([_rename_deleted(directory)])
-        segment_bytes = int(topic.config("segment.bytes"))
+        segment_bytes = int(topic.configs.get("segment.bytes", self.config.segment_bytes))
         if directory.exists():
             return DurableRaftStorage(self.disk, directory, kafka=True, segment_bytes=segment_bytes)
         directory.mkdir(parents=True)

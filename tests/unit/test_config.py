@@ -7,21 +7,23 @@ from chronik_trio.node.config import ConfigError, load
 
 def test_flags_win_over_the_file(tmp_path):
     f = tmp_path / "node.toml"
-    f.write_text('[node]\nnode_id = 3\nlisten = "127.0.0.1:9999"\nfsync = "interval"\n')
+    f.write_text('[node]\nnode_id = 3\nlisten = "127.0.0.1:9999"\nrack = "r1"\n')
     cfg = load(f, {"node_id": 5, "listen": None})
-    assert (cfg.node_id, cfg.listen, cfg.fsync) == (5, "127.0.0.1:9999", "interval")
+    assert (cfg.node_id, cfg.listen, cfg.rack) == (5, "127.0.0.1:9999", "r1")
     assert cfg.advertised_host_port == ("127.0.0.1", 9999)
 
 
 def test_defaults_give_a_node_on_9092():
     cfg = load(None, {})
-    assert cfg.listen_host_port == ("127.0.0.1", 9092) and cfg.fsync == "always"
+    assert cfg.listen_host_port == ("127.0.0.1", 9092) and cfg.voters == (1,)
 
 
 @pytest.mark.parametrize("text,match", [
     ('nodeid = 1', "unknown key 'nodeid'"),
     ('listen = "nohost"', "HOST:PORT"),
-    ('fsync = "sometimes"', "fsync"),
+    ('fsync = "always"', "unknown key 'fsync'"),
+    ('peers = "1@a:1,1@b:2"', "twice"),
+    ('node_id = 4\npeers = "1@a:1,2@b:2"', "no entry for node_id 4"),
     ('default_partitions = 0', "default_partitions"),
     ('node_id = ', "node.toml"),
 ])

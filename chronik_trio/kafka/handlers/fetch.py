@@ -43,8 +43,24 @@ def _resolve(ctx, body, by_id: bool) -> list[tuple]:
     return wanted
 
 
-def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int):
-    """Read every wanted partition once. Returns (per-partition entries, bytes, replicas, error seen)."""
+def _preferred_replica(ctx, name: str, partition: int, replica, client_rack: str) -> int | None:
+    """KIP-392: the leader names an in-sync replica in the consumer's rack when it is not
+    in that rack itself; None: serve from here."""
+    if not client_rack or not replica.is_leader:
+        return None
+    me = ctx.meta.brokers.get(ctx.node_id)
+    if me is not None and me.rack == client_rack:
+        return None
+    for node_id in replica.isr:
+        broker = ctx.meta.brokers.get(node_id)
+        if node_id != ctx.node_id and broker is not None and broker.rack == client_rack:
+            return node_id
+    return None
+
+
+def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack: str = ""):
+    """Read every wanted partition once. Returns (per-partition entries, bytes, replicas,
+    whether to answer at once: an error or a redirect to a preferred replica)."""
     entries, total, replicas, any_error = [], 0, [], False
     for key, name, p in wanted:
         entry = {"partition_index": p.partition, "high_watermark": -1, "last_stable_offset": -1,
@@ -61,6 +77,15 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int):
             replica = None
         else:
             error = _epoch_error(p.current_leader_epoch, replica.leader_epoch)
+        preferred = None if error is not None else _preferred_replica(ctx, name, p.partition, replica, client_rack)
+        if preferred is not None:
+            hw = replica.high_watermark
+            entry.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=replica.log_start_offset,
+                         preferred_read_replica=preferred)
+            entry["error_code"] = ErrorCode.none
+            entries.append((key, entry))
+            any_error = True  # a redirect is answered at once, like an error
+            continue
         if error is None:
             hw = replica.high_watermark
             entry.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=replica.log_start_offset)
@@ -88,7 +113,8 @@ async def handle_fetch(body, ctx, version: int):
     max_bytes = body.max_bytes if has_field(type(body), "max_bytes") else 2**31 - 1
     deadline = trio.current_time() + min(body.max_wait.total_seconds(), MAX_WAIT_S_CAP)
     while True:
-        entries, total, replicas, any_error = _collect(ctx, wanted, by_id, max_bytes, version)
+        entries, total, replicas, any_error = _collect(ctx, wanted, by_id, max_bytes, version,
+                                                       getattr(body, "rack_id", "") or "")
         if total >= body.min_bytes or any_error or trio.current_time() >= deadline or not replicas:
             break
         moved = trio.Event()

@@ -70,6 +70,9 @@ class TransportMetrics:
         self.connect_failures = Counter(p + "connect_failures",
                                         "Connections to a peer that failed or broke",
                                         ["peer"], registry=registry)
+        self.connection_failures = Counter(
+            p + "server_connection_failures",
+            "Incoming connections closed because hypercorn failed on them", registry=registry)
         self.reported_unreachable = Counter(p + "reported_unreachable",
                                             "report_unreachable calls for a peer", ["peer"],
                                             registry=registry)

@@ -167,7 +167,8 @@ class Transport:
             self.listen_address = sock.getsockname()[:2]
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(
-                serve_listeners, self.app, self._hypercorn_config(), listeners))
+                serve_listeners, self.app, self._hypercorn_config(), listeners,
+                self._on_connection_failed))
             self._nursery = nursery
             nursery.start_soon(self._watch_fatal)
             for peer_id in self._senders:
@@ -195,6 +196,11 @@ class Transport:
     async def _run_sender(self, sender: PeerSender, scope: trio.CancelScope) -> None:
         with scope:
             await sender.run()
+
+    def _on_connection_failed(self, peer: str, exc: BaseException) -> None:
+        self.metrics.connection_failures.inc()
+        log.error("node %d: the connection from %s failed inside hypercorn and was closed",
+                  self.node_id, peer, exc_info=exc)
 
     def _on_fatal(self, exc: BaseException) -> None:
         if self._fatal is None:

@@ -8,9 +8,12 @@ node ids. Whatever reaches on_batch must satisfy the transport's promises.
 
 from __future__ import annotations
 
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chronik_trio.pb import raft_pb2, transport_pb2
@@ -168,3 +171,115 @@ async def test_batches_claiming_another_node_are_dropped_with_their_reason():
                               ("unknown_kind", 1), ("malformed", 1)]:
             assert registry.get_sample_value("chronik_transport_dropped_total",
                                              {"reason": reason}) == count, reason
+
+
+# HTTP/2-level misuse: streams opened, reset, re-prioritized, windows and settings changed,
+# and raw frames for streams that never existed, in any order.
+h2_paths = st.sampled_from([STREAM_PATH, BATCH_PATH, "/health", "/metrics", "/nowhere"])
+h2_ops = st.one_of(
+    st.tuples(st.just("open"), h2_paths, st.sampled_from(["GET", "POST"]), st.booleans(),
+              st.sampled_from([b"1", b"2", b"x"])),
+    st.tuples(st.just("data"), st.integers(0, 5), frames, st.booleans()),
+    st.tuples(st.just("reset"), st.integers(0, 5)),
+    st.tuples(st.just("priority"), st.integers(0, 5), st.integers(0, 11), st.integers(1, 256)),
+    st.tuples(st.just("window"), st.integers(0, 5), st.integers(1, 2**20)),
+    st.tuples(st.just("ping")),
+    st.tuples(st.just("settings"), st.integers(0, 2**31 - 1)),
+    st.tuples(st.just("raw"), st.sampled_from(["data", "rst", "priority", "window", "headers"]),
+              st.integers(0, 15), st.binary(max_size=30)),
+    st.tuples(st.just("read")),
+)
+
+
+def _raw_frame(kind: str, stream_id: int, payload: bytes) -> bytes:
+    frame = {"data": lambda: hyperframe.frame.DataFrame(stream_id, data=payload),
+             "rst": lambda: hyperframe.frame.RstStreamFrame(stream_id),
+             "priority": lambda: hyperframe.frame.PriorityFrame(stream_id, depends_on=1),
+             "window": lambda: hyperframe.frame.WindowUpdateFrame(stream_id,
+                                                                  window_increment=1000),
+             "headers": lambda: hyperframe.frame.HeadersFrame(stream_id, data=payload,
+                                                              flags=["END_HEADERS"]),
+             }[kind]()
+    return frame.serialize()
+
+
+def _apply_h2_op(client: H2Client, sids: list[int], op: tuple) -> bytes:
+    """Applies one op to the client's h2 state; returns raw bytes to send after its output."""
+    conn, kind = client.conn, op[0]
+    if kind == "open":
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(b":method", op[2].encode()), (b":scheme", b"http"),
+                                (b":authority", b"t"), (b":path", op[1].encode()),
+                                (FROM_NODE_HEADER, op[4])], end_stream=op[3])
+        sids.append(sid)
+    elif kind == "data" and sids:
+        conn.send_data(sids[op[1] % len(sids)], op[2] or b"\x01", end_stream=op[3])
+    elif kind == "reset" and sids:
+        conn.reset_stream(sids[op[1] % len(sids)])
+    elif kind == "priority" and sids:
+        conn.prioritize(sids[op[1] % len(sids)], weight=op[3],
+                        depends_on=op[2] * 2 + 1 if op[2] else 0)
+    elif kind == "window":
+        conn.increment_flow_control_window(
+            op[2], stream_id=sids[op[1] % len(sids)] if sids and op[1] else None)
+    elif kind == "ping":
+        conn.ping(b"chronikt")
+    elif kind == "settings":
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: op[1]})
+    elif kind == "raw":
+        return _raw_frame(op[1], op[2] * 2 + 1, op[3])
+    return b""
+
+
+async def run_h2_ops(address: tuple[str, int], ops: list[tuple]) -> None:
+    async with H2Client.open(address) as client:
+        sids: list[int] = []
+        for op in ops:
+            raw = b""
+            try:
+                if op[0] == "read":
+                    with trio.move_on_after(0.02):
+                        data = await client.stream.receive_some(65536)
+                        if not data:
+                            return
+                        client.conn.receive_data(data)
+                else:
+                    raw = _apply_h2_op(client, sids, op)
+            except (h2.exceptions.ProtocolError, ValueError, KeyError):
+                pass  # our own h2 refuses the move (KeyError: a stream it forgot): skip it
+            await client.stream.send_all(client.conn.data_to_send() + raw)
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sessions=st.lists(st.lists(h2_ops, max_size=12), min_size=1, max_size=3))
+# Found by this test: hypercorn wrote from two tasks at once (BusyResourceError) ...
+@example(sessions=[[("open", STREAM_PATH, "GET", False, b"1"),
+                    ("open", STREAM_PATH, "GET", False, b"1"),
+                    ("data", 0, b"\x01\x00\x00\x00\x04\x08\x00\x10\x00", True),
+                    ("ping",), ("reset", 1), ("settings", 6132),
+                    ("data", 4, b"\x01\x00\x01\x00\x01", False), ("reset", 1),
+                    ("data", 1, b"]\x95\x08", False), ("reset", 4), ("read",), ("ping",)]])
+# ... and raised KeyError for DATA on a stream it had forgotten.
+@example(sessions=[[("open", STREAM_PATH, "GET", False, b"1"),
+                    ("open", STREAM_PATH, "GET", False, b"1"),
+                    ("data", 0, encode_frame(0, b""), False),
+                    ("open", STREAM_PATH, "GET", False, b"1")],
+                   [("data", 3, encode_frame(235, b"\xd5"), False),
+                    ("open", "/health", "POST", True, b"1"), ("settings", 263697),
+                    ("data", 0, b"\x01\x00\x00\x00\x04\x08\x01\x10\x03", True),
+                    ("window", 0, 329965), ("open", BATCH_PATH, "POST", True, b"1"),
+                    ("open", STREAM_PATH, "GET", False, b"1"), ("read",), ("reset", 2),
+                    ("data", 2, b"\x02\x00\x00\x00\x1f", False), ("reset", 1),
+                    ("window", 3, 981)]])
+async def test_http2_misuse_never_stops_the_server(sessions):
+    async with cluster(1, frame_bytes_max=FRAME_BYTES_MAX) as (a,):
+        for ops in sessions:
+            with trio.move_on_after(ATTACK_TIMEOUT_S):
+                try:
+                    await run_h2_ops(a.address, ops)
+                except (OSError, trio.BrokenResourceError):
+                    pass  # the server closed a connection that broke the protocol
+        check_delivered(a)
+        async with H2Client.open(a.address) as client:
+            assert (await client.request("GET", "/health")).status == 200

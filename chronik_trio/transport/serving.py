@@ -4,11 +4,14 @@ hypercorn.trio.serve would do, except that hypercorn (0.18) has no setting for t
 flow-control windows or the advertised max frame size: its connections keep the protocol
 defaults (64 KiB windows, 16 KiB frames), and a sender of big appends then waits for a
 WINDOW_UPDATE every 32 KiB. Measured here (docs/transport.md): 64 KiB messages at ~37 MB/s
-with the defaults, ~76 MB/s with 8 MiB windows and 1 MiB frames. So this module is the
+with the defaults, ~124 MB/s with 8 MiB windows and 1 MiB frames. So this module is the
 small part of hypercorn.trio.run.worker_serve we need (no lifespan, no QUIC, no TLS yet),
 with a TCPServer that, when a connection turns out to be HTTP/2, sends a SETTINGS frame with
 bigger windows and frame size, and a WINDOW_UPDATE for the connection window. Both are
 ordinary HTTP/2 (RFC 9113 6.5, 6.9); h2 applies our new limits once the peer acknowledges.
+
+Each connection also runs inside its own boundary: hypercorn failing on what one client sent
+closes that connection, not the server (see serve_listeners).
 
 It also takes ready-made trio Listeners, the node's seam for its listeners. hypercorn asks a
 plain stream's `.socket` for the peer's address; a stream without one (an in-memory stream of

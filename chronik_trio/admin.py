@@ -87,7 +87,7 @@ def _metadata(args, client):
 def _result(args, future, what: str):
     """The result of an AdminClient future; a refusal is an AdminError naming the Kafka error."""
     try:
-        return future.result(timeout=args.timeout + 5)  # the broker answers within args.timeout
+        return future.result(timeout=args.timeout + 1)  # librdkafka gives up after args.timeout
     except concurrent.futures.TimeoutError:
         raise AdminError(f"{what}: no answer within {args.timeout:g} s", exit_code=2) from None
     except Exception as exc:

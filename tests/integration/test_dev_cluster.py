@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.timeout(90)
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 PORT_ATTEMPTS = 20
+MANAGED_PORT_LOW = 20000  # below: well-known and registered ports others may use
 
 
 def ports_free(ports) -> bool:
@@ -39,10 +41,24 @@ def ports_free(ports) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_base_port(nodes: int) -> int:
-    """A base port whose 2*nodes consecutive ports (Kafka, then Raft) are all free now."""
+    """A base port whose 2*nodes consecutive ports (Kafka, then Raft) are all free now.
+
+    Chosen below the ephemeral range: a port there can be taken at any moment as the local
+    port of some outgoing connection (this machine runs many), which made a restarted
+    dev-cluster fail to bind its old Raft port. free_port() is the fallback.
+    """
+    low = max(MANAGED_PORT_LOW, 1024)
+    high = _ephemeral_low() - 2 * nodes
     for _ in range(PORT_ATTEMPTS):
-        base = free_port()
+        base = random.randrange(low, high) if high > low else free_port()
         if base + 2 * nodes <= 65535 and ports_free(range(base, base + 2 * nodes)):
             return base
     raise RuntimeError(f"no {2 * nodes} consecutive free ports in {PORT_ATTEMPTS} attempts")
@@ -244,7 +260,7 @@ def test_busy_ports_are_refused(tmp_path, capsys):
         base = s.getsockname()[1]
         code, err = run_dev_cluster(capsys, "--nodes", "1", "--base-port", str(base),
                                     "--data-dir", str(tmp_path / "dc"))
-    assert code == 2 and f"port(s) [{base}]" in err and "in use" in err
+    assert code == 2 and f"port(s) [{base}" in err and "in use" in err
 
 
 def test_a_data_dir_it_did_not_make_is_never_wiped(tmp_path, capsys):

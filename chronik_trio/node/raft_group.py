@@ -96,6 +96,7 @@ class RaftGroup:
         self.quiesced = False
         self.idle_ticks = 0
         self.replay_target = 0  # the node serves once applied reaches this (node.py)
+        self.closed = False  # set under the lock; the Ready pass skips closed groups
         self.leader_changes = 0
         self.persisted_index = storage.log.durable_index
         self._persist_waiters: list[tuple[int, int, trio.Event]] = []  # a heap by index
@@ -298,5 +299,7 @@ class RaftGroup:
             waiter.resolve(error=ProposalFailed(reason))
 
     def close(self) -> None:
+        """Call with the lock held (or with the runtime stopped)."""
+        self.closed = True
         self._fail_waiters(f"group {self.group_id}: closed")
         self.storage.close()

@@ -145,6 +145,9 @@ class RaftRuntime:
         try:
             for group in active:
                 await group.lock.acquire()
+                if group.closed:  # removed (topic deleted) while we waited for its lock
+                    group.lock.release()
+                    continue
                 held.append(group)
             readies = self._collect(held)
             if readies:

@@ -136,3 +136,24 @@ async def test_idle_groups_quiesce_and_a_quiesced_group_still_fails_over(tmp_pat
     new = await cluster.wait_leader("q1", among=rest, timeout_s=5)
     assert new != victim
     await _propose_all(cluster, [b"after-failover"], group="q1")
+
+
+async def test_a_group_closed_while_the_ready_pass_waits_for_a_lock_is_skipped(tmp_path, nursery):
+    # The Ready pass snapshots its active groups, then awaits each lock in turn. A group
+    # removed and closed meanwhile (DeleteTopics) must be skipped, not stepped.
+    cluster = LocalCluster(tmp_path, node_ids=(1,), groups=("a", "b"), seed=6)
+    await cluster.start(nursery, 1, bootstrap=True)
+    runtime = cluster.runtimes[1]
+    a, b = runtime.groups["a"], runtime.groups["b"]
+    await cluster.wait_leader("a")
+    await cluster.wait_leader("b")
+    async with a.lock:
+        runtime.wake(a)
+        runtime.wake(b)
+        await trio.sleep(0.05)  # the pass is now waiting for a's lock, with b after it
+        async with b.lock:
+            runtime.remove("b")
+            b.close()
+    await trio.sleep(0.1)  # the pass acquires b's lock, sees it closed and skips it
+    await _propose_all(cluster, [b"still-alive"], group="a")
+    assert _applied(cluster, 1, "a")[-1] == b"still-alive"

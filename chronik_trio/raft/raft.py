@@ -734,14 +734,11 @@ class Raft:
         return self.log.match_term(self.log.committed, self.term)
 
     def _leader_read_index(self, m: Message) -> None:
-        if self.trk.is_singleton() and self.id in self.trk.config.voters.incoming:
-            # We alone are the quorum. (A leader that is no longer a voter must not take
-            # this shortcut: the sole voter may already lead a later term.)
-            self._respond_read(m, self.log.committed)
-            return
         if not self._committed_entry_in_current_term():
-            # Our commit index may lag the previous leader's until an entry of our term
-            # commits (thesis 6.4): hold the read until then.
+            # Our commit index may lag what was committed before (by the previous leader,
+            # or by us before a restart: the commit index in the hard state may be older
+            # than what was applied) until an entry of our term commits (thesis 6.4). Even
+            # a single voter must wait; the simulation found that case.
             if len(self.pending_read_index_messages) >= MAX_PENDING_READ_INDEX_MESSAGES:
                 raise ReadIndexDropped("too many reads waiting for the first commit")
             self.pending_read_index_messages.append(m)
@@ -749,7 +746,11 @@ class Raft:
         self._serve_read_index(m)
 
     def _serve_read_index(self, m: Message) -> None:
-        if self.read_only.option == ReadOnlyOption.SAFE:
+        if self.trk.is_singleton() and self.id in self.trk.config.voters.incoming:
+            # We alone are the quorum. (A leader that is no longer a voter must not take
+            # this shortcut: the sole voter may already lead a later term.)
+            self._respond_read(m, self.log.committed)
+        elif self.read_only.option == ReadOnlyOption.SAFE:
             self.read_only.add_request(self.log.committed, m)
             self.read_only.recv_ack(self.id, m.context)
             self._bcast_heartbeat()

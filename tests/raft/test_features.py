@@ -418,3 +418,39 @@ def test_leader_that_is_no_longer_a_voter_does_not_answer_reads_alone():
     rd = c.process_ready(1)
     assert rd is not None and not rd.read_states
     assert any(m.type == MT.HEARTBEAT and m.context == b"stale?" for m in rd.messages)
+
+
+def test_restarted_single_voter_serves_reads_only_after_committing_in_its_term():
+    # Found by the simulation: with asynchronous persistence the hard state's commit index
+    # can be older than what was applied (and acknowledged) before a crash.
+    from chronik_trio.raft import Config, HardState, MemoryStorage, RawNode
+
+    def drive(n, storage):
+        states = []
+        while n.has_ready():
+            rd = n.ready()
+            storage.append(rd.entries)
+            if rd.hard_state is not None:
+                storage.set_hard_state(rd.hard_state)
+            states += rd.read_states
+            n.advance(rd)
+        return states
+
+    storage = MemoryStorage.with_voters((1,))
+    n = RawNode(Config(id=1), storage)
+    n.campaign()
+    drive(n, storage)
+    n.propose_batch([b"a", b"b"])
+    drive(n, storage)
+    assert n.raft.log.committed == 3
+    hs = storage.hard_state
+    storage.set_hard_state(HardState(hs.term, hs.vote, commit=1))  # the newer one was lost
+    n = RawNode(Config(id=1), storage)
+    n.campaign()
+    rd = n.ready()  # the new term and self-vote; once durable, 1 leads
+    storage.set_hard_state(rd.hard_state)
+    n.advance(rd)
+    assert n.raft.state == StateRole.LEADER and n.raft.log.committed == 1
+    n.read_index(b"after restart")  # before the empty entry of term 2 commits
+    states = drive(n, storage)
+    assert [(s.index, s.request_ctx) for s in states] == [(4, b"after restart")]

@@ -3,11 +3,17 @@
 Hypothesis draws a list of attacks per example: raw bytes (with or without the HTTP/2
 preface), HTTP/2 requests to the Raft routes with garbage bodies, truncated or oversized
 frames, unknown frame kinds, streams abandoned mid-frame, and well-formed batches with wrong
-node ids. Whatever reaches on_batch must satisfy the transport's promises.
+node ids. Whatever reaches on_batch must satisfy the transport's promises. Then HTTP/2
+misuse of the server, and a peer that answers the sender with garbage.
 """
 
 from __future__ import annotations
 
+import functools
+
+import h2.config
+import h2.connection
+import h2.events
 import h2.exceptions
 import h2.settings
 import hyperframe.frame
@@ -19,7 +25,8 @@ from hypothesis import strategies as st
 from chronik_trio.pb import raft_pb2, transport_pb2
 from chronik_trio.transport import (BATCH_PATH, FRAME_KIND_RAFT_BATCH,
                                     FRAME_KIND_SNAPSHOT_CHUNK, FROM_NODE_HEADER, STREAM_PATH,
-                                    encode_frame, encode_group_message, encode_raft_batch)
+                                    PeerState, Transport, encode_frame, encode_group_message,
+                                    encode_raft_batch)
 
 from .helpers import H2Client, Node, cluster, message, wait_connected, wait_until
 
@@ -283,3 +290,85 @@ async def test_http2_misuse_never_stops_the_server(sessions):
         check_delivered(a)
         async with H2Client.open(a.address) as client:
             assert (await client.request("GET", "/health")).status == 200
+
+
+# A peer that answers the sender with garbage: raw bytes, odd statuses, a body, an early end,
+# a reset, GOAWAY, a server push, settings that shrink our frames.
+peer_answers = st.lists(st.one_of(
+    st.binary(max_size=200),
+    st.sampled_from([("status", b"200"), ("status", b"500"), ("status", b"x"),
+                     ("data", b"oops"), ("end",), ("reset",), ("goaway",), ("push",),
+                     ("window",), ("settings",)]),
+), max_size=6)
+
+
+def _answer(conn: h2.connection.H2Connection, sid: int, step) -> bytes:
+    if isinstance(step, bytes):
+        return conn.data_to_send() + step
+    kind = step[0]
+    if kind == "status":
+        conn.send_headers(sid, [(b":status", step[1])])
+    elif kind == "data":
+        conn.send_data(sid, step[1])
+    elif kind == "end":
+        conn.end_stream(sid)
+    elif kind == "reset":
+        conn.reset_stream(sid)
+    elif kind == "goaway":
+        conn.close_connection()
+    elif kind == "push":
+        conn.push_stream(sid, 2, [(b":method", b"GET"), (b":path", b"/"),
+                                  (b":scheme", b"http"), (b":authority", b"x")])
+    elif kind == "window":
+        conn.increment_flow_control_window(1000)
+    elif kind == "settings":
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    return conn.data_to_send()
+
+
+def _garbage_peer(script: list):
+    async def handler(stream: trio.SocketStream) -> None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        sid = None
+        with trio.move_on_after(ATTACK_TIMEOUT_S):
+            while sid is None:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        sid = event.stream_id
+        if sid is None:
+            return
+        for step in script:
+            try:
+                out = _answer(conn, sid, step)
+            except h2.exceptions.ProtocolError:
+                out = b""  # h2 will not make that move in this state
+            try:
+                await stream.send_all(out)
+            except trio.BrokenResourceError:
+                return
+    return handler
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=peer_answers)
+async def test_a_peer_answering_garbage_never_stops_the_sender(script):
+    a = Node(1)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(
+            trio.serve_tcp, _garbage_peer(script), 0, host="127.0.0.1"))
+        a.transport = Transport(1, ("127.0.0.1", 0), {2: listeners[0].socket.getsockname()[:2]},
+                                a.on_batch, a.report_unreachable)
+        await nursery.start(a.transport.run)
+        with trio.move_on_after(0.3):
+            while True:  # send() never raises nor blocks, whatever the peer does
+                a.transport.send(2, "g", message(1, 2, 0, b"x" * 100))
+                await trio.sleep(0.01)
+        assert a.transport.peer_state(2) in set(PeerState)
+        nursery.cancel_scope.cancel()

@@ -40,6 +40,15 @@ async def test_health_answers_json_with_peer_states():
 
 
 @pytest.mark.timeout(30)
+async def test_health_includes_what_the_node_adds():
+    async with cluster(1, health=lambda: {"meta_leader": 3}) as (a,):
+        async with H2Client.open(a.address) as client:
+            response = await client.request("GET", "/health")
+    assert json.loads(response.body) == {"status": "ok", "node_id": 1, "peers": {},
+                                         "meta_leader": 3}
+
+
+@pytest.mark.timeout(30)
 async def test_metrics_show_sent_received_dropped_and_queue_depth():
     async with cluster(2) as (a, b):
         await wait_connected([a, b])

@@ -203,7 +203,7 @@ def test_three_nodes_serve_clients_stop_on_sigterm_and_restart_from_their_data(d
         assert p["leader_epoch"] >= 1 and p["offline_replicas"] == [], p
 
     assert cluster.signal(signal.SIGTERM) == 0, cluster.output()
-    assert "every node stopped cleanly" in cluster.output()
+    assert "every node stopped" in cluster.output()
     assert not [pid for pid in cluster.node_pids.values() if is_node_process(pid)]
     for i in (1, 2, 3):
         log = (cluster.data_dir / f"node{i}" / "node.log").read_text()
@@ -237,6 +237,31 @@ def test_nodes_stop_when_the_supervisor_is_killed(dev_cluster):
         time.sleep(0.1)
     assert not is_node_process(cluster.node_pids[1])
     assert "node 1 stopped cleanly" in (cluster.data_dir / "node1" / "node.log").read_text()
+
+
+def test_sigterm_while_nodes_start_stops_them_with_exit_0(tmp_path):
+    out_path = tmp_path / "out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([CHRONIK_TRIO, "dev-cluster", "--nodes", "1", "--base-port",
+                                 str(free_base_port(1)), "--data-dir", str(tmp_path / "dc")],
+                                stdout=out, stderr=subprocess.STDOUT)
+    node_pid = None
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while node_pid is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(r"node 1: kafka .*?, pid (\d+)", out_path.read_text())
+            node_pid = int(found.group(1)) if found else None
+            time.sleep(0.02)
+        assert node_pid is not None, out_path.read_text()
+        os.kill(proc.pid, signal.SIGTERM)  # the node is still starting (or just ready)
+        assert proc.wait(timeout=STOP_TIMEOUT_S) == 0, out_path.read_text()
+        assert not is_node_process(node_pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        if node_pid is not None and is_node_process(node_pid):
+            os.kill(node_pid, signal.SIGKILL)
 
 
 def run_dev_cluster(capsys, *args: str) -> tuple[int, str]:

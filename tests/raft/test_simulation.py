@@ -19,10 +19,10 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 from .sim import Sim, random_schedule
 
 PROFILES = {
-    "ci": dict(max_examples=250, stateful_step_count=60),
+    "ci": dict(max_examples=150, stateful_step_count=60),
     "deep": dict(max_examples=5000, stateful_step_count=200),
 }
-SEEDED_RUNS = {"ci": 60, "deep": 5000}
+SEEDED_RUNS = {"ci": 40, "deep": 5000}
 """Long seed-driven schedules (sim.random_schedule) per cluster size."""
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 TIMEOUT_S = 240 if PROFILE == "ci" else 8 * 3600

@@ -198,24 +198,26 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
                      for row in [header, *rows])
 
 
-def cmd_topics(args) -> int:
-    md = _metadata(args, _admin_client(args))
-    extras, extras_error = {}, None
-    # Ask the broker that answered the Metadata above, so both views are its own; librdkafka
-    # names it only once it knows the broker's id (-1 while it talks to a bootstrap address).
+def _extras(args, md) -> dict:
+    """partition_extras from the broker that answered `md` (so both views are its own), else
+    from a bootstrap address; {} with a warning on stderr if none answers. librdkafka names
+    the answering broker only once it knows its id (-1 while it talks to a bootstrap address)."""
     answered = md.brokers.get(md.orig_broker_id)
     candidates = ([f"{answered.host}:{answered.port}"] if answered is not None else []) + \
         [a.strip() for a in args.bootstrap.split(",") if a.strip()]
+    why = "no address to ask"
     for address in candidates:
         try:
-            extras = partition_extras(address, args.timeout)
-            break
+            return partition_extras(address, args.timeout)
         except (OSError, ValueError) as exc:
-            extras_error = f"leader epochs and offline replicas unknown: {address} did not answer ({exc})"
-    else:
-        extras_error = extras_error or "leader epochs and offline replicas unknown"
-    if extras:
-        extras_error = None
+            why = f"{address} did not answer ({exc})"
+    print(f"chronik-trio admin: leader epochs and offline replicas unknown: {why}", file=sys.stderr)
+    return {}
+
+
+def cmd_topics(args) -> int:
+    md = _metadata(args, _admin_client(args))
+    extras = _extras(args, md)
     topics = topic_rows(md, extras)
     wanted = set(args.names)
     if wanted:
@@ -223,8 +225,6 @@ def cmd_topics(args) -> int:
         if missing:
             raise AdminError(f"no such topic(s): {', '.join(missing)}")
         topics = [t for t in topics if t["name"] in wanted]
-    if extras_error:
-        print(f"chronik-trio admin: {extras_error}", file=sys.stderr)
     if args.json:
         print(json.dumps({"topics": topics}, indent=2))
         return 0

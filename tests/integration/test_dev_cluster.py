@@ -178,6 +178,7 @@ def consume_all(bootstrap: str, topic: str, partitions: int, expected: int) -> l
     return values
 
 
+@pytest.mark.timeout(180)  # two 3-node starts: 20 s on a quiet machine, 50 s seen at load 10
 def test_three_nodes_serve_clients_stop_on_sigterm_and_restart_from_their_data(dev_cluster):
     cluster = dev_cluster(3).start()
     assert cluster.bootstrap == ",".join(f"127.0.0.1:{cluster.base_port + i}" for i in range(3))

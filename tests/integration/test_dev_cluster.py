@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from chronik_trio import cli
+from chronik_trio import dev_cluster as dev_cluster_module
 from tests.brokers import CHRONIK_TRIO, free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -215,8 +216,9 @@ def test_three_nodes_serve_clients_stop_on_sigterm_and_restart_from_their_data(d
     assert sorted(consume_all(again.bootstrap, "events", 3, len(sent))) == sorted(sent)
     assert again.signal(signal.SIGINT) == 0, again.output()  # Ctrl-C stops it like SIGTERM
     assert not [pid for pid in again.node_pids.values() if is_node_process(pid)]
-    for i in (1, 2, 3):  # __meta was bootstrapped on the first start only
-        assert (cluster.data_dir / f"node{i}" / "node.log").read_text().count("bootstrapped __meta") == 1
+    for i in (1, 2, 3):  # __meta was bootstrapped on the first start only; logs are appended to
+        log = (cluster.data_dir / f"node{i}" / "node.log").read_text()
+        assert log.count("bootstrapped __meta") == 1 and log.count("--- dev-cluster: starting") == 2
 
 
 def test_a_node_that_dies_stops_the_cluster_with_its_log_tail(dev_cluster):
@@ -297,6 +299,16 @@ def test_a_data_dir_it_did_not_make_is_never_wiped(tmp_path, capsys):
                                 "--data-dir", str(precious), "--clean")
     assert code == 2 and "dev-cluster did not make it" in err
     assert (precious / "keep.txt").read_text() == "mine"
+
+
+def test_clean_wipes_a_data_dir_it_made(tmp_path):
+    data_dir = tmp_path / "dc"
+    dev_cluster_module.prepare_data_dir(data_dir, 3, 9092, clean=False)
+    (data_dir / "node1").mkdir()
+    (data_dir / "node1" / "old").write_text("x")
+    dev_cluster_module.prepare_data_dir(data_dir, 1, 9100, clean=True)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["dev-cluster.json"]
+    assert json.loads((data_dir / "dev-cluster.json").read_text()) == {"nodes": 1, "base_port": 9100}
 
 
 def test_a_data_dir_of_another_cluster_shape_is_refused(tmp_path, capsys):

@@ -95,13 +95,15 @@ def test_topics_lifecycle_on_one_node(broker, capsys):
     assert gone.returncode == 1 and "UNKNOWN_TOPIC" in gone.stderr
 
 
-def test_cluster_shows_id_controller_and_brokers(broker, capsys):
+def test_cluster_shows_id_controller_and_brokers(broker_factory, capsys):
+    broker = broker_factory(extra_args=["--rack", "rack-a"]).start()
     shown = json.loads(admin(broker.bootstrap, "cluster", "--json").stdout)
     assert shown["cluster_id"] and shown["controller"] == 1
-    assert shown["brokers"] == [{"id": 1, "host": "127.0.0.1", "port": broker.port, "rack": None}]
-    text = admin_here(capsys, broker.bootstrap, "cluster").stdout
-    assert f"cluster id: {shown['cluster_id']}" in text and "controller: 1" in text
-    assert f"1       127.0.0.1:{broker.port}  -" in text
+    assert shown["brokers"] == [{"id": 1, "host": "127.0.0.1", "port": broker.port, "rack": "rack-a"}]
+    text = admin_here(capsys, broker.bootstrap, "cluster").stdout.splitlines()
+    assert text[:2] == [f"cluster id: {shown['cluster_id']}", "controller: 1"]
+    assert [line.split() for line in text[2:]] == [["BROKER", "ADDRESS", "RACK"],
+                                                   ["1", f"127.0.0.1:{broker.port}", "rack-a"]]
 
 
 def test_no_answer_from_the_bootstrap_is_exit_code_2(capsys):

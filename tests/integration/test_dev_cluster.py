@@ -222,7 +222,8 @@ def test_three_nodes_serve_clients_stop_on_sigterm_and_restart_from_their_data(d
 
 
 def test_a_node_that_dies_stops_the_cluster_with_its_log_tail(dev_cluster):
-    cluster = dev_cluster(2).start()
+    cluster = dev_cluster(2, extra=["--log-level", "debug"]).start()
+    assert " DEBUG " in (cluster.data_dir / "node1" / "node.log").read_text()  # passed on
     os.kill(cluster.node_pids[2], signal.SIGKILL)
     assert cluster.proc.wait(timeout=STOP_TIMEOUT_S) == 1
     out = cluster.output()

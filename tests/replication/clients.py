@@ -1,0 +1,158 @@
+"""The single-node client drivers (tests/integration/clients_python.py), creating topics
+with replication factor 3; and the kafkajs run for a replicated topic.
+
+Everything else (produce, list offsets, consume, the checks) is the drivers' own code, so a
+client behaves here exactly as in the single-node tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from tests.integration.clients_common import Rec
+from tests.integration.clients_python import (OP_TIMEOUT_S, AioKafkaDriver, ConfluentDriver,
+                                              KafkaPythonDriver)
+
+REPLICATION_FACTOR = 3
+JS_DIR = pathlib.Path(__file__).resolve().parents[1] / "js"
+KAFKAJS_SCRIPT = pathlib.Path(__file__).resolve().parent / "kafkajs_rf3.js"
+KAFKAJS_TIMEOUT_S = 150.0
+
+
+class ConfluentRF3(ConfluentDriver):
+    def create_topics(self, topics: Sequence[str], partitions: int,
+                      configs: Mapping[str, str] | None = None) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+        admin = AdminClient(self._conf())
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=partitions, replication_factor=REPLICATION_FACTOR,
+                      config=dict(configs or {})) for t in topics],
+            operation_timeout=OP_TIMEOUT_S, request_timeout=OP_TIMEOUT_S)
+        for f in futures.values():
+            f.result(timeout=OP_TIMEOUT_S + 10)   # raises KafkaException on a topic error
+
+
+class KafkaPythonRF3(KafkaPythonDriver):
+    def create_topics(self, topics: Sequence[str], partitions: int,
+                      configs: Mapping[str, str] | None = None) -> None:
+        from kafka.admin import KafkaAdminClient
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                 request_timeout_ms=int(OP_TIMEOUT_S * 1000))
+        try:
+            admin.create_topics({t: {"num_partitions": partitions,
+                                     "replication_factor": REPLICATION_FACTOR,
+                                     "configs": dict(configs or {})} for t in topics},
+                                timeout_ms=int(OP_TIMEOUT_S * 1000), wait_for_metadata=True)
+        finally:
+            admin.close()
+
+
+class AioKafkaRF3(AioKafkaDriver):
+    def create_topics(self, topics: Sequence[str], partitions: int,
+                      configs: Mapping[str, str] | None = None) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        async def go():
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                        request_timeout_ms=int(OP_TIMEOUT_S * 1000))
+            await admin.start()
+            try:
+                return await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=REPLICATION_FACTOR,
+                              topic_configs=dict(configs or {})) for t in topics],
+                    timeout_ms=int(OP_TIMEOUT_S * 1000))
+            finally:
+                await admin.close()
+        response = self._run(go())
+        # aiokafka returns the CreateTopics response instead of raising on a topic error.
+        errors = [t for t in response.topic_errors if t[1] != 0]
+        assert not errors, f"aiokafka CreateTopics: {errors}"
+
+
+RF3_DRIVERS = {d.name: d for d in (ConfluentRF3, KafkaPythonRF3, AioKafkaRF3)}
+
+
+def kafkajs_ready() -> str | None:
+    """None when node, npm and kafkajs (tests/js) are usable; else why not."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        return f"kafkajs needs Node.js and npm on PATH; found node={node}, npm={npm}"
+    probe = subprocess.run([node, "-e", "require.resolve('kafkajs'); require.resolve('kafkajs-snappy')"],
+                           cwd=JS_DIR, capture_output=True, text=True, timeout=30)
+    if probe.returncode == 0:
+        return None
+    # Not installed yet: install from the committed lock file, as test_clients.py does.
+    proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                          cwd=JS_DIR, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"npm ci in {JS_DIR} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return None
+
+
+def _b64(b: bytes | None) -> str | None:
+    return None if b is None else base64.b64encode(b).decode()
+
+
+def kafkajs_create_and_produce(brokers: list[str], topic: str, partitions: int, recs: list[Rec],
+                               work_dir: pathlib.Path, *, chunk: int = 1000) -> list[tuple[int, int]]:
+    """kafkajs creates `topic` (replication factor 3) and produces `recs` with acks=-1;
+    returns the (partition, offset) each record was told."""
+    spec = {"brokers": brokers, "topic": topic, "partitions": partitions,
+            "replicationFactor": REPLICATION_FACTOR, "chunk": chunk,
+            "records": [{"p": r.partition, "k": _b64(r.key), "v": _b64(r.value),
+                         "h": [[k, _b64(v)] for k, v in r.headers], "t": r.timestamp_ms}
+                        for r in recs]}
+    spec_path, out_path = work_dir / f"{topic}-spec.json", work_dir / f"{topic}-out.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run([shutil.which("node"), str(KAFKAJS_SCRIPT), str(spec_path), str(out_path)],
+                          cwd=JS_DIR, capture_output=True, text=True, timeout=KAFKAJS_TIMEOUT_S)
+    assert proc.returncode == 0, f"kafkajs run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    out = json.loads(out_path.read_text())
+    assert out["created"] is True, out
+    return [(r.partition, o) for r, o in zip(recs, out["offsets"])]
+
+
+def confluent_consume_in_rack(bootstrap: str, rack: str, topic: str, ends: Mapping[int, int],
+                              timeout_s: float) -> tuple[dict[int, list], list[str]]:
+    """confluent-kafka consumer with client.rack=rack (Fetch v11+ with rack_id): leaders
+    name the in-sync replica in that rack as preferred read replica (KIP-392) and the
+    consumer fetches from it. Returns (records per partition, librdkafka's log lines about
+    preferred replicas, which show where it fetched from)."""
+    import logging
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from tests.integration.clients_common import Got, drain
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if "preferred" in message.lower():
+                lines.append(message)
+    logger = logging.getLogger(f"rdkafka-{rack}-{topic}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Collect())
+    c = Consumer({"bootstrap.servers": bootstrap, "broker.address.family": "v4",
+                  "group.id": "chronik-trio-tests-never-joined", "enable.auto.commit": False,
+                  "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+                  "fetch.wait.max.ms": 100, "client.rack": rack, "debug": "fetch", "logger": logger})
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+
+        def poll():
+            out = []
+            for m in c.consume(2000, 0.5):
+                assert m.error() is None, m.error()
+                out.append(Got(m.partition(), m.offset(), m.key(), m.value(),
+                               tuple(m.headers() or ()), m.timestamp()[1]))
+            return out
+        return drain(poll, ends, timeout_s=timeout_s), lines
+    finally:
+        c.close()

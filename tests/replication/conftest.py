@@ -1,0 +1,48 @@
+"""One 3-node cluster of real `chronik-trio node` processes for the whole package (starting
+one costs seconds on a 2-core machine); each test gets it with every node running, and
+whatever a test killed is restarted after it. Every process is stopped by PID at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.replication.cluster import Cluster
+
+# A short lag time makes an ISR shrink visible within seconds; a short balance interval makes
+# a restarted preferred leader get its partitions back within seconds.
+CLUSTER_CONFIG = "replica_lag_time_max_ms = 2000\nleader_balance_interval_ms = 1000\n"
+
+
+@pytest.fixture(scope="package")
+def shared_cluster(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("replication"), 3, config_text=CLUSTER_CONFIG)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+def _heal(cluster: Cluster) -> None:
+    for n in cluster.ids:
+        if not cluster.is_running(n):
+            cluster.restart(n)
+    cluster.wait_brokers()
+
+
+@pytest.fixture
+def cluster(shared_cluster, request):
+    """The shared cluster with all nodes running; node logs are printed on failure."""
+    _heal(shared_cluster)
+    yield shared_cluster
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        print(shared_cluster.log_tails(3000))
+    _heal(shared_cluster)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report

@@ -57,6 +57,7 @@ DEFAULT_REPLICATION_FACTOR_MAX = 3
 CREATE_TOPIC_TIMEOUT_S = 30.0
 REPLAY_WARN_S = 30.0
 META_SNAPSHOT_CHECK_S = 1.0
+META_CATCH_UP_S = 10.0
 ISR_CHECK_S = 1.0  # how often leaders recompute their ISR (Kafka checks every lag/2)  # log which groups are slow to replay after this, then keep waiting
 
 
@@ -236,7 +237,8 @@ class Node:
         return RaftConfig(id=self.node_id, election_tick=ELECTION_TICK, heartbeat_tick=HEARTBEAT_TICK,
                           rng=random.Random(seed))
 
-    def _start_group(self, group_id: str, storage: DurableRaftStorage, machine) -> RaftGroup:
+    def _start_group(self, group_id: str, storage: DurableRaftStorage, machine, *,
+                     campaign_now: bool = False) -> RaftGroup:
         snapshot = storage.snapshot(0) if storage.first_index() > 1 else None
         if snapshot is not None:
             machine.restore(snapshot)
@@ -249,6 +251,8 @@ class Node:
         if conf_state.voters == (self.node_id,):
             node.campaign()  # the only voter: lead at once instead of after a timeout
             group.replay_target = storage.last_index()
+        elif campaign_now:
+            node.campaign()
         self.runtime.add(group)
         return group
 
@@ -261,6 +265,15 @@ class Node:
             slow = [g.group_id for g in groups if g.node.raft.log.applied < g.replay_target]
             log.warning("still replaying %d group(s) after %.0f s: %s", len(slow), REPLAY_WARN_S, slow[:5])
             await self._until_replayed(groups)
+
+    async def _wait_meta_caught_up(self) -> None:
+        """With peers: before serving, hear from the __meta leader and apply up to the
+        commit index it sent, so Metadata does not answer from a stale copy (bounded: a
+        cluster without quorum still starts, and catches up later)."""
+        group = self.meta_service.group
+        with trio.move_on_after(META_CATCH_UP_S):
+            while not (group.leader_id and group.node.raft.log.applied >= group.node.raft.log.committed):
+                await trio.sleep(self.runtime.tick_interval_s / 5)
 
     async def _until_replayed(self, groups: list[RaftGroup]) -> None:
         while any(g.node.raft.log.applied < g.replay_target for g in groups):
@@ -302,9 +315,15 @@ class Node:
 
     def _start_partition(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
         machine = PartitionMachine(topic, partition, storage.log, self._became_leader)
-        group = self._start_group(f"{topic.topic_id.hex}-{partition}", storage, machine)
+        # A new partition's preferred replica campaigns at once, the others wait for an
+        # election timeout: its first leader is the preferred one, with no hand-over after.
+        new = storage.last_index() == 0 and storage.initial_state()[0].term == 0
+        preferred = topic.replicas[partition][0] == self.node_id
+        group = self._start_group(f"{topic.topic_id.hex}-{partition}", storage, machine,
+                                  campaign_now=new and preferred)
         self.replicas[(topic.name, partition)] = PartitionReplica(
-            topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000)
+            topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000,
+            alive=self.runtime.is_alive)
 
     def _meta_changed(self) -> None:
         self._reconcile_wanted.set()
@@ -354,7 +373,7 @@ class Node:
                 if replica.closed or not group.is_leader or group.lock.locked():
                     continue
                 before = replica.isr
-                isr = replica.update_isr(now)
+                isr = replica.update_isr(now, self.runtime.is_alive)
                 known = self.meta.leaders.get((replica.topic_id, replica.partition))
                 if isr != before or (known and known.isr and known.isr != isr and known.epoch == group.term):
                     self._leader_reports[(replica.topic_id, replica.partition)] = (group.term, isr)
@@ -483,6 +502,7 @@ class Node:
                     self.transport = self._make_transport()
                     await nursery.start(self.transport.run)
                 await self._wait_replayed([self.meta_service.group])
+                await self._wait_meta_caught_up()
                 await self._reconcile()  # partitions already assigned here
                 await self._wait_replayed([r.group for r in self.replicas.values()])
                 nursery.start_soon(self._reconcile_loop)

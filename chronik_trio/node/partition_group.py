@@ -86,7 +86,7 @@ class PartitionReplica:
     """
 
     def __init__(self, topic: Topic, partition: int, group: RaftGroup, machine: PartitionMachine,
-                 *, lag_time_s: float) -> None:
+                 *, lag_time_s: float, alive: typing.Callable[[int, float], bool]) -> None:
         self.topic_name = topic.name
         self.topic_id = topic.topic_id
         self.partition = partition
@@ -97,6 +97,7 @@ class PartitionReplica:
         self._offsets = OffsetAssigner()
         self.min_insync = int(topic.config("min.insync.replicas"))
         self._isr = InSyncReplicas(lag_time_s)
+        self.alive = alive
 
     @property
     def leader_epoch(self) -> int:
@@ -118,10 +119,11 @@ class PartitionReplica:
     def isr(self) -> tuple[int, ...]:
         return self._isr.isr
 
-    def update_isr(self, now: float) -> tuple[int, ...]:
-        """Recompute the ISR (leader only, no await: Raft's state cannot move meanwhile)."""
+    def update_isr(self, now: float, alive: typing.Callable[[int, float], bool]) -> tuple[int, ...]:
+        """Recompute the ISR (leader only, no await: Raft's state cannot move meanwhile).
+        alive(node, now) is node-level liveness (the runtime's)."""
         raft = self.group.node.raft
-        progress = {peer: FollowerProgress(pr.match, pr.recent_active, pr.is_learner)
+        progress = {peer: FollowerProgress(pr.match, alive(peer, now), pr.is_learner)
                     for peer, pr in raft.trk.progress.items()}
         return self._isr.update(now, term=raft.term, leader=raft.id, last_index=raft.log.last_index(),
                                 idle=self.group.quiesced, progress=progress)
@@ -132,7 +134,7 @@ class PartitionReplica:
         Raises NotLeader or ProposalFailed (retriable)."""
         async with self.group.lock:
             self.group.check_leader()
-            if acks == -1 and len(self.update_isr(trio.current_time())) < self.min_insync:
+            if acks == -1 and len(self.update_isr(trio.current_time(), self.alive)) < self.min_insync:
                 raise NotEnoughReplicas(
                     f"{self.topic_name}-{self.partition}: in-sync replicas {list(self.isr)} are fewer "
                     f"than min.insync.replicas={self.min_insync}")

@@ -40,6 +40,7 @@ COMMIT_CHECKPOINT_INTERVAL_S = 5.0  # commit indexes are saved at least this oft
 # groups it led elect a new leader (after their own election timeout) and groups it
 # followed notice. Shorter than an election timeout, so quiescence adds little to failover.
 PEER_SILENCE_S = 0.3
+PEER_ACTIVE_S = 1.0  # heard from within this: active, for the ISR
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -88,6 +89,11 @@ class RaftRuntime:
         now = trio.current_time()
         self.peers = {p: self.peers.get(p, now) for p in peer_ids if p != self.node_id}
         self._silent &= set(self.peers)
+
+    def is_alive(self, node_id: int, now: float) -> bool:
+        """This node, or a peer heard from within PEER_ACTIVE_S (node-level liveness: one
+        message per peer per tick, so steadier than Raft's per-election recent_active)."""
+        return node_id == self.node_id or now - self.peers.get(node_id, float("-inf")) <= PEER_ACTIVE_S
 
     def heard_from(self, peer_id: int) -> None:
         if peer_id in self.peers:

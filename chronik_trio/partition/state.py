@@ -88,7 +88,7 @@ class FollowerProgress:
 class InSyncReplicas:
     """Kafka's replica.lag.time.max.ms rule over Raft progress, on the leader.
 
-    A follower is in sync while Raft sees it active (check-quorum) and it has, within
+    A follower is in sync while its node is alive (heard from recently) and it has, within
     lag_time_s, replicated everything the leader had at the previous check. The leader is
     always in sync; a new term starts with everyone caught up (as Kafka starts from the
     previous ISR)."""

@@ -60,7 +60,9 @@ async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
         return _entry(index, error, current_leader=leader) if leader else _entry(index, error)
     except ProposalFailed as exc:
         # Not written, or not known to be: retriable either way, never reported as written.
-        error = ErrorCode.request_timed_out if replica.is_leader else ErrorCode.not_leader_or_follower
+        # Dropped while leadership moves (or already moved): send the client to the leader.
+        moving = not replica.is_leader or replica.group.transfer_pending()
+        error = ErrorCode.not_leader_or_follower if moving else ErrorCode.request_timed_out
         return _entry(index, error, error_message=str(exc))
     return _entry(index, ErrorCode.none, base_offset=base_offset, log_start_offset=replica.log_start_offset)
 

@@ -15,6 +15,8 @@ import struct
 import attrs
 import crc32c
 
+from chronik_trio.varint import VarintError, read_varint
+
 from .errors import CorruptRecords, InvalidRecords, RecordsTooLarge
 
 BATCH_HEADER_BYTES = 61
@@ -86,20 +88,6 @@ def with_offsets(records: bytes | memoryview, header: BatchHeader, base_offset: 
     return bytes(out)
 
 
-def _read_varint(buf, pos: int) -> tuple[int, int]:
-    """A zigzag varint (records use signed varints) at pos: (value, new position)."""
-    raw = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        raw |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (raw >> 1) ^ -(raw & 1), pos
-        shift += 7
-        if shift > 63:
-            raise CorruptRecords("record varint longer than 64 bits")
-
-
 COMPRESSION_NONE = 0
 COMPRESSION_GZIP = 1
 
@@ -124,14 +112,14 @@ def first_offset_at_or_after(batch: bytes | memoryview, timestamp_ms: int) -> tu
     pos = 0
     try:
         for _ in range(count):
-            length, pos = _read_varint(records, pos)
+            length, pos = read_varint(records, pos)
             end = pos + length
             pos += 1  # record attributes
-            ts_delta, pos = _read_varint(records, pos)
-            offset_delta, pos = _read_varint(records, pos)
+            ts_delta, pos = read_varint(records, pos)
+            offset_delta, pos = read_varint(records, pos)
             if base_ts + ts_delta >= timestamp_ms:
                 return base_offset + offset_delta, base_ts + ts_delta
             pos = end
-    except IndexError:
+    except (IndexError, VarintError):
         raise CorruptRecords("record data ends inside a record") from None
     return None

@@ -21,6 +21,8 @@ from kio.serial._introspect import (
     get_field_tag,
 )
 
+from chronik_trio import varint
+
 from .errors import MalformedRequest
 
 _FIXED_SIZES_BYTES = {
@@ -32,27 +34,13 @@ _FIXED_SIZES_BYTES = {
 
 def read_uvarint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     """Return (value, new position) of an unsigned varint at pos."""
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise MalformedRequest("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise MalformedRequest("varint longer than 64 bits")
+    try:
+        return varint.read_uvarint(buf, pos)
+    except varint.VarintError as exc:
+        raise MalformedRequest(str(exc)) from None
 
 
-def write_uvarint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+write_uvarint = varint.write_uvarint
 
 
 @functools.cache

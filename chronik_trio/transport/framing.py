@@ -24,6 +24,7 @@ from collections.abc import Iterable
 import attrs
 
 from ..pb import raft_pb2
+from ..varint import write_uvarint
 
 FRAME_HEADER = struct.Struct(">BI")
 FRAME_HEADER_BYTES = FRAME_HEADER.size
@@ -116,35 +117,25 @@ def encode_frame(kind: int, payload: bytes) -> bytes:
     return FRAME_HEADER.pack(kind, len(payload)) + payload
 
 
-def encode_varint(value: int) -> bytes:
-    assert value >= 0, value
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def encode_group_message(group: str, message: raft_pb2.Message | bytes) -> bytes:
     """A chronik.transport.GroupMessage; `message` may be an encoded chronik.raft.Message."""
     data = message if isinstance(message, bytes) else message.SerializeToString()
     group_b = group.encode("utf-8")
-    return b"".join((bytes((_KEY_GROUP_GROUP,)), encode_varint(len(group_b)), group_b,
-                     bytes((_KEY_GROUP_MESSAGE,)), encode_varint(len(data)), data))
+    return b"".join((bytes((_KEY_GROUP_GROUP,)), write_uvarint(len(group_b)), group_b,
+                     bytes((_KEY_GROUP_MESSAGE,)), write_uvarint(len(data)), data))
 
 
 def group_message_overhead_bytes(encoded: bytes) -> int:
     """Bytes a GroupMessage of this length adds to a RaftBatch (key, length, body)."""
-    return 1 + len(encode_varint(len(encoded))) + len(encoded)
+    return 1 + len(write_uvarint(len(encoded))) + len(encoded)
 
 
 def encode_raft_batch(from_node: int, to_node: int, group_messages: Iterable[bytes]) -> bytes:
     """A chronik.transport.RaftBatch around GroupMessages from encode_group_message."""
-    parts = [bytes((_KEY_BATCH_FROM_NODE,)), encode_varint(from_node),
-             bytes((_KEY_BATCH_TO_NODE,)), encode_varint(to_node)]
+    parts = [bytes((_KEY_BATCH_FROM_NODE,)), write_uvarint(from_node),
+             bytes((_KEY_BATCH_TO_NODE,)), write_uvarint(to_node)]
     for encoded in group_messages:
-        parts += (bytes((_KEY_BATCH_MESSAGES,)), encode_varint(len(encoded)), encoded)
+        parts += (bytes((_KEY_BATCH_MESSAGES,)), write_uvarint(len(encoded)), encoded)
     return b"".join(parts)
 
 

@@ -11,9 +11,10 @@
   leader. The killed node is restarted and caught up between trials;
 - commit latency on an idle 3-node cluster: round trips of CreateTopics (one partition, RF 1
   on the answering node: the TopicCreated commit, the local group's election, the commit of
-  its leader report) and DeleteTopics (one __meta commit), through the __meta leader and
-  through a follower; and CreateTopics with RF 3 (what a client sees by default: it also
-  waits for a 3-voter partition group to elect).
+  its leader report) through the __meta leader and through a follower; CreateTopics with
+  RF 3 (what a client sees by default: it also waits for a 3-voter partition group to
+  elect); then DeleteTopics of the RF-1 topics (one __meta commit each, then the local
+  group is closed).
 
 Results go to stdout; docs/cluster-measurements.md records a run. Nothing here asserts a
 number (design.md: performance is measured, not asserted).
@@ -30,9 +31,9 @@ import subprocess
 import tempfile
 import time
 
-from tests.cluster.cluster import (META_GROUP, ClusterProcesses, cpu_seconds, create_topics,
-                                   create_until_committed, delete_topics, parse_leader_lines,
-                                   wait_topics_equal)
+from tests.cluster.cluster import (CONNECTION_ERRORS, META_GROUP, ClusterProcesses,
+                                   cpu_seconds, create_topics, create_until_committed,
+                                   delete_topics, parse_leader_lines, wait_topics_equal)
 from tests.cluster.test_stability import wait_settled
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.M)
@@ -58,18 +59,30 @@ def idle_cpu(cluster: ClusterProcesses, idle_s: float) -> dict[int, float]:
     return {n: (cpu_seconds(cluster.pid(n)) - before[n]) / elapsed * 100 for n in cluster.ids}
 
 
-def grow_to(cluster: ClusterProcesses, groups: int, have: int) -> int:
+def _log_count(cluster: ClusterProcesses, needle: str) -> int:
+    return sum(cluster.log(n).count(needle) for n in cluster.ids)
+
+
+def grow_to(cluster: ClusterProcesses, groups: int, have: int) -> bool:
+    """Create 100-partition RF-3 topics up to `groups` partitions, letting each settle
+    before the next; False (after saying why) if the cluster did not keep up."""
     with cluster.connect(1, timeout_s=300) as conn:
         for t in range(have // PARTITIONS_PER_TOPIC, groups // PARTITIONS_PER_TOPIC):
             name = f"idle-{t}"
             started = time.monotonic()
             answer = create_topics(conn, [name], partitions=PARTITIONS_PER_TOPIC,
                                    replication_factor=3, timeout_ms=120_000)
-            assert answer[name][0] == 0, answer
-            print(f"  created {name} ({PARTITIONS_PER_TOPIC} partitions, RF 3) in "
-                  f"{time.monotonic() - started:.1f} s", flush=True)
-    wait_settled(cluster, groups)
-    return groups
+            print(f"  CreateTopics {name} ({PARTITIONS_PER_TOPIC} partitions, RF 3): error "
+                  f"{answer[name][0]} after {time.monotonic() - started:.1f} s", flush=True)
+            try:
+                wait_settled(cluster, (t + 1) * PARTITIONS_PER_TOPIC)
+            except AssertionError as exc:
+                print(f"  not settled: {exc}; in the logs so far: "
+                      f"{_log_count(cluster, 'could not report leadership')} 'could not report "
+                      f"leadership', {_log_count(cluster, 'silent for')} 'silent for' lines, "
+                      f"{len(cluster.leader_lines())} leader lines", flush=True)
+                return False
+    return True
 
 
 def measure_cpu(root: pathlib.Path, idle_s: float) -> None:
@@ -80,12 +93,16 @@ def measure_cpu(root: pathlib.Path, idle_s: float) -> None:
               f"{_fmt(idle_cpu(cluster, idle_s))}", flush=True)
         have = 0
         for groups in (300, 1000):
-            have = grow_to(cluster, groups, have)
-            lines = sum(len(parse_leader_lines(cluster.log(n))) for n in cluster.ids)
+            settled = grow_to(cluster, groups, have)
+            have = groups
+            lines = len(cluster.leader_lines())
             cpu = idle_cpu(cluster, idle_s)
-            changed = sum(len(parse_leader_lines(cluster.log(n))) for n in cluster.ids) - lines
-            print(f"3 nodes, {groups} partition groups each: CPU % of a core over {idle_s:.0f} s: "
-                  f"{_fmt(cpu)}; leader lines logged meanwhile: {changed}", flush=True)
+            changed = len(cluster.leader_lines()) - lines
+            print(f"3 nodes, {groups} partition groups each{'' if settled else ' (NOT settled)'}: "
+                  f"CPU % of a core over {idle_s:.0f} s: {_fmt(cpu)}; leader lines logged "
+                  f"meanwhile: {changed}", flush=True)
+            if not settled:
+                return
     finally:
         cluster.close()
 
@@ -140,19 +157,31 @@ def measure_failover(root: pathlib.Path, trials: int) -> None:
         cluster.close()
 
 
-def _round_trips(cluster: ClusterProcesses, via: int, samples: int, prefix: str) -> tuple[list, list]:
-    creates, deletes = [], []
+def _create_round_trips(cluster: ClusterProcesses, via: int, names: list[str], **kwargs) -> list[float]:
+    times = []
     with cluster.connect(via) as conn:
-        for i in range(samples):
-            name = f"{prefix}-{i}"
+        for name in names:
             started = time.perf_counter()
-            code, message = create_topics(conn, [name], assignment=[[via]])[name]
-            creates.append(time.perf_counter() - started)
-            assert code == 0, (code, message)
-            started = time.perf_counter()
-            assert delete_topics(conn, [name])[name] == 0
-            deletes.append(time.perf_counter() - started)
-    return creates, deletes
+            code, message = create_topics(conn, [name], **kwargs)[name]
+            times.append(time.perf_counter() - started)
+            assert code == 0, (name, code, message)
+    return times
+
+
+def _delete_round_trips(cluster: ClusterProcesses, via: int, names: list[str]) -> list[float]:
+    """Stops early if the node drops the connection (DeleteTopics can crash a node:
+    /work/notes/cluster-bugs.md, bug 1), and says so."""
+    times = []
+    try:
+        with cluster.connect(via) as conn:
+            for name in names:
+                started = time.perf_counter()
+                assert delete_topics(conn, [name])[name] == 0
+                times.append(time.perf_counter() - started)
+    except CONNECTION_ERRORS as exc:
+        print(f"  DeleteTopics through node {via}: connection lost after {len(times)} deletes "
+              f"({exc!r}); node running: {cluster.is_running(via)}", flush=True)
+    return times
 
 
 def measure_latency(root: pathlib.Path, samples: int) -> None:
@@ -161,19 +190,19 @@ def measure_latency(root: pathlib.Path, samples: int) -> None:
         cluster.start()
         leader = cluster.wait_meta_leader(cluster.ids)
         follower = next(n for n in cluster.ids if n != leader)
+        created = {}
         for role, via in (("leader", leader), ("follower", follower)):
-            creates, deletes = _round_trips(cluster, via, samples, f"lat-{role}")
-            print(f"CreateTopics (RF 1, local) through the __meta {role}: {summary_ms(creates)}")
-            print(f"DeleteTopics through the __meta {role}: {summary_ms(deletes)}", flush=True)
-        rf3 = []
-        with cluster.connect(follower) as conn:
-            for i in range(max(samples // 4, 1)):
-                name = f"lat-rf3-{i}"
-                started = time.perf_counter()
-                assert create_topics(conn, [name], replication_factor=3)[name][0] == 0
-                rf3.append(time.perf_counter() - started)
-                assert delete_topics(conn, [name])[name] == 0
-        print(f"CreateTopics (RF 3) through a follower: {summary_ms(rf3)}")
+            names = created[role] = [f"lat-{role}-{i}" for i in range(samples)]
+            creates = _create_round_trips(cluster, via, names, assignment=[[via]])
+            print(f"CreateTopics (RF 1, local) through the __meta {role}: {summary_ms(creates)}",
+                  flush=True)
+        rf3_names = [f"lat-rf3-{i}" for i in range(max(samples // 4, 1))]
+        rf3 = _create_round_trips(cluster, follower, rf3_names, replication_factor=3)
+        print(f"CreateTopics (RF 3) through a follower: {summary_ms(rf3)}", flush=True)
+        for role, via in (("leader", leader), ("follower", follower)):
+            deletes = _delete_round_trips(cluster, via, created[role])
+            if deletes:
+                print(f"DeleteTopics through the __meta {role}: {summary_ms(deletes)}", flush=True)
     finally:
         cluster.close()
 
@@ -189,8 +218,9 @@ def main() -> None:
                             text=True).stdout.strip()
     print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, "
           f"load average {open('/proc/loadavg').read().split()[:3]}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="chronik-measure-") as tmp:
-        root = pathlib.Path(tmp)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="chronik-measure-"))
+    print(f"node logs and data under {root} (kept; remove when done)", flush=True)
+    if True:
         only = set(args.only or ["cpu", "failover", "latency"])
         if "latency" in only:
             measure_latency(root, args.samples)

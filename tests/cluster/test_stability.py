@@ -21,23 +21,32 @@ IDLE_S = float(os.environ.get("CHRONIK_CLUSTER_IDLE_S", "60"))
 TOPICS = 3
 PARTITIONS_PER_TOPIC = 100  # x RF 3 on 3 nodes: 300 partition groups on every node
 SETTLE_QUIET_S = 5.0  # creation has settled once no leader line was logged for this long
+# ... or this long while some partition is not led by its preferred replica: the nodes hand
+# leadership back every leader_balance_interval_ms (5 s), so a shorter quiet spell proves
+# nothing then.
+SETTLE_QUIET_UNBALANCED_S = 12.0
 SETTLE_MAX_S = 90.0
 
 
 def wait_settled(cluster: ClusterProcesses, partitions: int) -> dict[int, dict]:
     """Until every node's Metadata has a leader for every partition, the nodes agree, and no
-    node logged a leader line for SETTLE_QUIET_S; returns each node's leaders and epochs."""
+    node logged a leader line for SETTLE_QUIET_S (SETTLE_QUIET_UNBALANCED_S while a partition
+    is not led by its first replica); returns each node's leaders and epochs."""
     deadline = time.monotonic() + SETTLE_MAX_S
     lines, quiet_since, epochs = -1, time.monotonic(), {}
     while time.monotonic() < deadline:
         now_lines = sum(len(parse_leader_lines(cluster.log(n))) for n in cluster.ids)
         if now_lines != lines:
             lines, quiet_since = now_lines, time.monotonic()
-        epochs = {n: leader_epochs(cluster.metadata(n)) for n in cluster.ids}
+        answers = {n: cluster.metadata(n) for n in cluster.ids}
+        epochs = {n: leader_epochs(m) for n, m in answers.items()}
         complete = all(len(e) == partitions and all(le[0] > 0 for le in e.values())
                        for e in epochs.values())
         agreed = all(e == epochs[cluster.ids[0]] for e in epochs.values())
-        if complete and agreed and time.monotonic() - quiet_since >= SETTLE_QUIET_S:
+        balanced = all(p.leader_id == p.replica_nodes[0]
+                       for t in answers[cluster.ids[0]].topics for p in t.partitions)
+        quiet_needed_s = SETTLE_QUIET_S if balanced else SETTLE_QUIET_UNBALANCED_S
+        if complete and agreed and time.monotonic() - quiet_since >= quiet_needed_s:
             return epochs
         time.sleep(0.5)
     raise AssertionError(f"partition leaders did not settle within {SETTLE_MAX_S} s")

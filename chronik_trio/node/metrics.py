@@ -55,3 +55,6 @@ class _GroupCollector:
         yield GaugeMetricFamily("chronik_raft_quiesced_groups", "Groups quiesced (idle, not ticking)",
                                 value=sum(1 for g in groups if g.quiesced))
         yield CounterMetricFamily("chronik_ready_passes", "Ready passes run", value=self.runtime.passes)
+        yield CounterMetricFamily("chronik_raft_unknown_group_dropped",
+                                  "Peer messages dropped because no such group is hosted here",
+                                  value=self.runtime.unknown_group_drops)

@@ -98,6 +98,12 @@ class Node:
     def cluster_id(self) -> str:
         return self.meta.cluster_id
 
+    def broker_alive(self, node_id: int) -> bool:
+        """Whether this node hears from that broker (itself: always)."""
+        if self.config.peers is None:
+            return node_id == self.node_id
+        return self.runtime.is_alive(node_id, trio.current_time())
+
     def meta_leader_id(self) -> int:
         return self.meta_machine.leader_id or -1
 
@@ -427,6 +433,8 @@ class Node:
             if gm.group == LIVENESS_GROUP:
                 continue
             if not self.runtime.deliver(gm.group, message_from_pb(gm.message)):
+                # A group deleted here, or not created yet (its topic is still being applied).
+                self.runtime.unknown_group_drops += 1
                 log.debug("dropped a message from node %d for unknown group %s", batch.from_node, gm.group)
 
     def _report_unreachable(self, peer: int, group_id: str) -> None:

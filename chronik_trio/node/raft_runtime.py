@@ -69,6 +69,7 @@ class RaftRuntime:
         self._last_commit_checkpoint = 0.0
         self.passes = 0
         self.fsync_rounds = 0
+        self.unknown_group_drops = 0
         self.observe_pass: typing.Callable[[float], None] = lambda seconds: None
         self.observe_fsync: typing.Callable[[float], None] = lambda seconds: None
 

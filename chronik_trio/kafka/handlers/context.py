@@ -14,6 +14,7 @@ class BrokerContext(typing.Protocol):
     meta: MetaState  # this node's applied copy of __meta
 
     def meta_leader_id(self) -> int: ...
+    def broker_alive(self, node_id: int) -> bool: ...
     def replica(self, topic: str, partition: int) -> typing.Any | None:
         """This node's replica (node.partition_group.PartitionReplica), or None."""
     async def create_topic(self, name: str, partitions: int, configs: dict[str, str], *,

@@ -16,7 +16,7 @@ def _topic_entry(ctx, topic) -> dict:
     partitions = []
     for index, replicas in enumerate(topic.replicas):
         leader = ctx.meta.leader_of(topic, index)  # as reported to __meta by the leader
-        offline = [r for r in replicas if r not in ctx.meta.brokers]
+        offline = [r for r in replicas if r not in ctx.meta.brokers or not ctx.broker_alive(r)]
         partitions.append({
             "error_code": 0 if leader else 5,  # LEADER_NOT_AVAILABLE
             "partition_index": index,

@@ -268,6 +268,31 @@ def cmd_delete_topic(args) -> int:
     return 0
 
 
+def cmd_elect_preferred(args) -> int:
+    """Move leadership to each partition's preferred replica (ElectLeaders, PREFERRED)."""
+    ck = _confluent()
+    client = _admin_client(args)
+    partitions = None
+    if args.name is not None:
+        count = len(client.list_topics(args.name, timeout=args.timeout).topics[args.name].partitions)
+        chosen = args.partitions or list(range(count))
+        partitions = [ck.TopicPartition(args.name, p) for p in chosen]
+    # confluent-kafka 2.16's elect_leaders refuses timeout keywords (a binding bug); the
+    # broker applies its own timeout and _result bounds the wait.
+    future = client.elect_leaders(ck.ElectionType.PREFERRED, partitions)
+    results = _result(args, future, "elect-preferred")
+    failed = 0
+    for tp, error in sorted(results.items(), key=lambda item: (item[0].topic, item[0].partition)):
+        if error is None:
+            state = "moved to its preferred replica"
+        elif error.name() == "ELECTION_NOT_NEEDED":
+            state = "already led by its preferred replica"
+        else:
+            state, failed = f"{error.name()}: {error.str()}", failed + 1
+        print(f"{tp.topic}-{tp.partition}: {state}")
+    return 1 if failed else 0
+
+
 # --- cluster and health ------------------------------------------------------------------------
 
 def cmd_cluster(args) -> int:
@@ -356,7 +381,7 @@ def cmd_health(args) -> int:
 # --- the command -------------------------------------------------------------------------------
 
 COMMANDS = {"topics": cmd_topics, "create-topic": cmd_create_topic, "delete-topic": cmd_delete_topic,
-            "cluster": cmd_cluster, "health": cmd_health}
+            "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health}
 
 
 def _common_options(parser, *, defaults: bool) -> None:
@@ -390,6 +415,9 @@ def add_parser(sub) -> None:
     c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="a topic config")
     c = command("delete-topic", "delete a topic and its data on every replica")
     c.add_argument("name")
+    c = command("elect-preferred", "hand leadership to the preferred (first) replica (a leader transfer)")
+    c.add_argument("name", nargs="?", metavar="TOPIC", help="default: every topic")
+    c.add_argument("partitions", nargs="*", type=int, metavar="PARTITION", help="default: all of the topic's")
     c = command("cluster", "cluster id, controller, brokers")
     c.add_argument("--json", action="store_true")
     c = command("health", "exit 0 if every broker answers and every partition has a leader and a full ISR")

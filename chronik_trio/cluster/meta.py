@@ -173,6 +173,12 @@ class MetaState:
             self.cluster_id = cmd.cluster_id
         return Applied(True)
 
+    def _preferred_leader_requested(self, cmd: meta_pb2.PreferredLeaderRequested) -> Applied:
+        topic = self.topics_by_id.get(uuid.UUID(bytes=cmd.topic_id))
+        if topic is None or not 0 <= cmd.partition < topic.partition_count:
+            return Applied(False, UnknownTopic(f"no partition {cmd.partition} of that topic"))
+        return Applied(True)  # a request to the partition's leader; no state changes
+
     def leader_of(self, topic: Topic, partition: int) -> PartitionLeader | None:
         return self.leaders.get((topic.topic_id, partition))
 
@@ -283,4 +289,5 @@ _APPLY = {
     "topic_configs_altered": MetaState._topic_configs_altered,
     "partition_leader_changed": MetaState._partition_leader_changed,
     "cluster_id_proposed": MetaState._cluster_id_proposed,
+    "preferred_leader_requested": MetaState._preferred_leader_requested,
 }

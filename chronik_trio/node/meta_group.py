@@ -39,6 +39,8 @@ class MetaMachine:
         self.changed = trio.Event()  # set and replaced after every applied change
         self.leader_id = 0
         self.listeners: list[typing.Callable[[], None]] = []  # called after changes
+        # called with each applied command that is a request to act (not a state change)
+        self.command_listeners: list[typing.Callable[[meta_pb2.MetaCommand], None]] = []
 
     def expect(self, request_id: bytes) -> trio.Event:
         event = trio.Event()
@@ -61,6 +63,9 @@ class MetaMachine:
             command = meta_pb2.MetaCommand.FromString(entry.data)
             applied = self.state.apply(command)
             results.append(applied)
+            if applied.ok and command.HasField("preferred_leader_requested"):
+                for listener in self.command_listeners:
+                    listener(command)
             waiter = self._waiters.get(command.request_id)
             if waiter is not None:
                 waiter[1] = applied

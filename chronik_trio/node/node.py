@@ -58,6 +58,9 @@ CREATE_TOPIC_TIMEOUT_S = 30.0
 REPLAY_WARN_S = 30.0
 META_SNAPSHOT_CHECK_S = 1.0
 META_CATCH_UP_S = 10.0
+FIRST_CAMPAIGN_RETRIES = 5
+FIRST_CAMPAIGN_RETRY_S = 0.1
+PREFERRED_SETTLE_S = 3.0  # CreateTopics answers after this even if leadership did not move
 ISR_CHECK_S = 1.0  # how often leaders recompute their ISR (Kafka checks every lag/2)  # log which groups are slow to replay after this, then keep waiting
 
 
@@ -72,10 +75,12 @@ class Node:
         self.runtime = RaftRuntime(self.node_id, self._send, heartbeat=self._heartbeat)
         self.meta_machine = MetaMachine()
         self.meta_machine.listeners.append(self._meta_changed)
+        self.meta_machine.command_listeners.append(self._meta_command)
         self.meta_service: MetaService | None = None
         self.replicas: dict[tuple[str, int], PartitionReplica] = {}
         self.transport = None
         self._liveness: dict[int, bytes] = {}
+        self._nursery: trio.Nursery | None = None
         self._serving = False
         self.requests_inflight = 0
         self._shutdown = trio.Event()
@@ -139,8 +144,19 @@ class Node:
             raise applied.error
         topic = self.meta.topics[name]
         await self._wait_for_leaders(topic, timeout_s)
+        await self._settle_preferred_leaders(topic)
         log.info("created topic %s: %d partition(s), replicas %s", name, partitions, assignment)
         return topic
+
+    async def _settle_preferred_leaders(self, topic: Topic) -> None:
+        """Before answering CreateTopics: if a partition's first leader is not its preferred
+        replica, have leadership moved now (bounded), so no hand-over follows the answer
+        while the client's first produce is on its way."""
+        with trio.move_on_after(PREFERRED_SETTLE_S):
+            async with trio.open_nursery() as nursery:
+                for p in range(topic.partition_count):
+                    if self.meta.leader_of(topic, p).leader != topic.replicas[p][0]:
+                        nursery.start_soon(self.elect_preferred_leader, topic, p, PREFERRED_SETTLE_S)
 
     def _assign(self, name: str, partitions: int, replication_factor: int) -> list[list[int]]:
         from chronik_trio.cluster.meta import InvalidPartitionCount, ClusterError
@@ -327,9 +343,53 @@ class Node:
         preferred = topic.replicas[partition][0] == self.node_id
         group = self._start_group(f"{topic.topic_id.hex}-{partition}", storage, machine,
                                   campaign_now=new and preferred)
+        if new and preferred and self._nursery is not None:
+            # The first campaign can reach peers before they created the group (dropped);
+            # try again soon rather than leave the first election to a random replica.
+            self._nursery.start_soon(self._campaign_again, group)
         self.replicas[(topic.name, partition)] = PartitionReplica(
             topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000,
             alive=self.runtime.is_alive)
+
+    def _meta_command(self, command: meta_pb2.MetaCommand) -> None:
+        """A PreferredLeaderRequested was applied: if this node leads that partition, hand
+        leadership to its preferred replica (called from the Ready pass: queue, not step)."""
+        request = command.preferred_leader_requested
+        topic = self.meta.topics_by_id.get(uuid.UUID(bytes=request.topic_id))
+        replica = self.replicas.get((topic.name, request.partition)) if topic else None
+        if replica is None or not replica.is_leader:
+            return
+        preferred = topic.replicas[request.partition][0]
+        if preferred != self.node_id:
+            log.info("handing %s-%d to its preferred leader, node %d, as requested",
+                     topic.name, request.partition, preferred)
+            replica.group.transfer_leader(preferred)
+
+    async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
+        """ElectLeaders (preferred): False if the preferred replica already leads; True once
+        it leads in this node's metadata. Raises TooSlowError on timeout."""
+        preferred = topic.replicas[partition][0]
+        known = self.meta.leader_of(topic, partition)
+        if known is not None and known.leader == preferred:
+            return False
+        applied = await self.meta_service.propose(meta_pb2.MetaCommand(
+            preferred_leader_requested=meta_pb2.PreferredLeaderRequested(
+                topic_id=topic.topic_id.bytes, partition=partition)))
+        if not applied.ok:
+            raise applied.error
+        with trio.fail_after(timeout_s):
+            while (lead := self.meta.leader_of(topic, partition)) is None or lead.leader != preferred:
+                await self.meta_machine.changed.wait()
+        return True
+
+    async def _campaign_again(self, group: RaftGroup) -> None:
+        for _ in range(FIRST_CAMPAIGN_RETRIES):
+            await trio.sleep(FIRST_CAMPAIGN_RETRY_S)
+            if group.closed or group.leader_id:
+                return
+            async with group.lock:
+                group.node.campaign()
+            group.wake_runtime()
 
     def _meta_changed(self) -> None:
         self._reconcile_wanted.set()
@@ -505,6 +565,7 @@ class Node:
         self.runtime.set_peers(self.config.voters)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.runtime.run)
                 if self.config.peers is not None or self.config.admin_listen is not None:
                     self.transport = self._make_transport()

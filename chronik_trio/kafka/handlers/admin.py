@@ -183,3 +183,49 @@ async def handle_create_partitions(body, ctx, version: int):
     timeout_s = max(body.timeout.total_seconds(), 1.0)
     results = [await _add_partitions_one(ctx, spec, body.validate_only, timeout_s) for spec in body.topics]
     return build(response_schema(37, version), throttle_time=0, results=results)
+
+
+ELECTION_PREFERRED = 0
+
+
+async def _elect_one(ctx, topic, partition: int, election_type: int, timeout_s: float) -> dict:
+    from chronik_trio.node.meta_group import MetaUnavailable
+
+    out = {"partition_id": partition}
+    if topic is None or not 0 <= partition < topic.partition_count:
+        return {**out, "error_code": ErrorCode.unknown_topic_or_partition}
+    if election_type != ELECTION_PREFERRED:
+        return {**out, "error_code": ErrorCode.invalid_request,
+                "error_message": "Raft never elects a replica that may lack committed data; "
+                                 "only preferred elections exist"}
+    try:
+        moved = await ctx.elect_preferred_leader(topic, partition, timeout_s)
+    except (TimeoutError, trio.TooSlowError, MetaUnavailable) as exc:
+        return {**out, "error_code": ErrorCode.request_timed_out,
+                "error_message": f"the preferred replica did not take over in time: {exc}"}
+    except ClusterError as exc:
+        return {**out, "error_code": error_code_of(exc), "error_message": str(exc)}
+    if not moved:
+        return {**out, "error_code": ErrorCode.election_not_needed}
+    return {**out, "error_code": ErrorCode.none}
+
+
+async def handle_elect_leaders(body, ctx, version: int):
+    timeout_s = max(body.timeout.total_seconds(), 1.0)
+    election_type = getattr(body, "election_type", ELECTION_PREFERRED)
+    if body.topic_partitions is None:
+        wanted = [(t.name, list(range(t.partition_count))) for t in ctx.meta.topics.values()]
+    else:
+        wanted = [(tp.topic, list(tp.partitions)) for tp in body.topic_partitions]
+    results = []
+    async with trio.open_nursery() as nursery:
+        for name, partitions in wanted:
+            entries = [None] * len(partitions)
+            results.append({"topic": name, "partition_result": entries})
+            topic = ctx.meta.topics.get(name)
+            for i, partition in enumerate(partitions):
+                async def one(i=i, partition=partition, topic=topic, entries=entries):
+                    entries[i] = await _elect_one(ctx, topic, partition, election_type, timeout_s)
+                nursery.start_soon(one)
+    return build(response_schema(43, version), throttle_time=0, error_code=0,
+                 replica_election_results=results)

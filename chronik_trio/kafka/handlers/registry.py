@@ -29,6 +29,7 @@ HANDLERS = {
     23: ((2, 4), epochs.handle_offset_for_leader_epoch),
     32: ((1, 4), admin.handle_describe_configs),
     37: ((0, 3), admin.handle_create_partitions),
+    43: ((0, 2), admin.handle_elect_leaders),
     60: ((0, 1), admin.handle_describe_cluster),
 }
 

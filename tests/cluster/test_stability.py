@@ -28,11 +28,12 @@ SETTLE_QUIET_UNBALANCED_S = 12.0
 SETTLE_MAX_S = 90.0
 
 
-def wait_settled(cluster: ClusterProcesses, partitions: int) -> dict[int, dict]:
+def wait_settled(cluster: ClusterProcesses, partitions: int, max_s: float = SETTLE_MAX_S
+                 ) -> dict[int, dict]:
     """Until every node's Metadata has a leader for every partition, the nodes agree, and no
     node logged a leader line for SETTLE_QUIET_S (SETTLE_QUIET_UNBALANCED_S while a partition
     is not led by its first replica); returns each node's leaders and epochs."""
-    deadline = time.monotonic() + SETTLE_MAX_S
+    deadline = time.monotonic() + max_s
     lines, quiet_since, epochs = -1, time.monotonic(), {}
     while time.monotonic() < deadline:
         now_lines = sum(len(parse_leader_lines(cluster.log(n))) for n in cluster.ids)
@@ -49,7 +50,7 @@ def wait_settled(cluster: ClusterProcesses, partitions: int) -> dict[int, dict]:
         if complete and agreed and time.monotonic() - quiet_since >= quiet_needed_s:
             return epochs
         time.sleep(0.5)
-    raise AssertionError(f"partition leaders did not settle within {SETTLE_MAX_S} s")
+    raise AssertionError(f"partition leaders did not settle within {max_s} s")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import typing
 
 import trio
 
-from chronik_trio.raft.errors import ProposalDropped
+from chronik_trio.raft.errors import ProposalDropped, StepPeerNotFound
 from chronik_trio.raft.rawnode import RawNode
 from chronik_trio.raft.types import (ConfState, Entry, Message, MessageType, Snapshot, SoftState,
                                      StateRole)
@@ -172,11 +172,7 @@ class RaftGroup:
         if len(self._waiters) >= PENDING_PROPOSALS_MAX:
             raise ProposalFailed(f"group {self.group_id}: {len(self._waiters)} proposals pending")
         try:
-            if len(datas) == 1:
-                self.node.propose(datas[0])
-            else:
-                self.node.raft.step(Message(type=MessageType.PROPOSE, from_=self.node.raft.id,
-                                            entries=tuple(Entry(0, 0, d) for d in datas)))
+            self.node.propose_batch(datas)
         except ProposalDropped as exc:
             raise ProposalFailed(f"group {self.group_id}: {exc}") from None
         raft = self.node.raft  # the leader appended them at once: the last index and term
@@ -238,7 +234,11 @@ class RaftGroup:
         while self.inbox:
             message = self.inbox.popleft()
             busy = busy or message.type != MessageType.HEARTBEAT_RESPONSE
-            self.node.step(message)
+            try:
+                self.node.step(message)
+            except StepPeerNotFound:  # a response from a node no longer a member: routine
+                self.dropped_messages += 1
+                continue
             if message.context == QUIESCE_CONTEXT and message.type == MessageType.HEARTBEAT:
                 raft = self.node.raft
                 self.quiesced = message.from_ == raft.leader_id and message.term == raft.term

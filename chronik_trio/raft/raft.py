@@ -20,7 +20,7 @@ from .errors import (Compacted, ConfChangeInvalid, ProposalDropped, ReadIndexDro
                      SnapshotTemporarilyUnavailable, Unavailable)
 from .log import RaftLog
 from .quorum import VoteResult
-from .read_only import ReadOnly, ReadIndexStatus
+from .read_only import ReadOnly
 from .storage import Storage
 from .tracker import Progress, ProgressTracker, TrackerConfig
 from .types import (AFTER_PERSIST_MESSAGES, EMPTY_HARD_STATE, NONE, ConfChangeV2, ConfState,

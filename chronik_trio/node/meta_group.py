@@ -115,8 +115,17 @@ class MetaService:
                     except ProposalFailed:
                         await trio.sleep(META_NO_LEADER_BACKOFF_S)
                         continue
+                    # Wait for the commit; resend at once if a new leader appears (a follower
+                    # may have forwarded the command to the old one), else after a while.
+                    new_leader = self.group.leader_known
                     with trio.move_on_after(META_RETRY_S):
-                        await applied.wait()
+                        async with trio.open_nursery() as race:
+                            async def applied_or_new_leader(event):
+                                await event.wait()
+                                race.cancel_scope.cancel()
+                            race.start_soon(applied_or_new_leader, applied)
+                            race.start_soon(applied_or_new_leader, new_leader)
+                    if applied.is_set():
                         return self.machine.result(command.request_id)
         finally:
             self.machine.forget(command.request_id)

@@ -97,6 +97,7 @@ class RaftGroup:
         self.idle_ticks = 0
         self.replay_target = 0  # the node serves once applied reaches this (node.py)
         self.closed = False  # set under the lock; the Ready pass skips closed groups
+        self.leader_known = trio.Event()  # set and replaced whenever a leader is learnt
         self.leader_changes = 0
         self.persisted_index = storage.log.durable_index
         self._persist_waiters: list[tuple[int, int, trio.Event]] = []  # a heap by index
@@ -278,6 +279,9 @@ class RaftGroup:
                      self.group_id, ss.leader_id, self.node.raft.term, self.node.raft.id)
         self.leader_id, self.role = ss.leader_id, ss.role
         self.term = self.node.raft.term
+        if ss.leader_id:
+            self.leader_known.set()
+            self.leader_known = trio.Event()
         if was_leader and not self.is_leader:
             self._fail_waiters(f"group {self.group_id}: leadership lost before commit")
         self.machine.on_soft_state(ss.leader_id, ss.role, self.term)

@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 0.05  # with election_tick 10: elections after 0.5-1 s of silence
 COMMIT_CHECKPOINT_INTERVAL_S = 5.0  # commit indexes are saved at least this often
-# A peer not heard from for this long is presumed down: every quiesced group wakes up, so
-# groups it led elect a new leader (after their own election timeout) and groups it
-# followed notice. Shorter than an election timeout, so quiescence adds little to failover.
-PEER_SILENCE_S = 0.3
+# A peer not heard from for this long is presumed down: the quiesced groups it led wake up
+# and elect a new leader (after their own election timeout). Five liveness intervals, so a
+# loaded machine's scheduling hiccups do not wake groups for nothing.
+PEER_SILENCE_S = 0.5
+LIVENESS_EVERY_TICKS = 2  # one liveness message per peer every 100 ms
 PEER_ACTIVE_S = 1.0  # heard from within this: active, for the ISR
 
 
@@ -119,26 +120,36 @@ class RaftRuntime:
                 await self.ready_pass()
 
     async def _tick_loop(self) -> None:
+        ticks = 0
         while True:
             await trio.sleep(self.tick_interval_s)
-            self._check_peers()
+            ticks += 1
+            self._check_peers(send_liveness=ticks % LIVENESS_EVERY_TICKS == 0)
             for group in self.groups.values():
                 if not group.quiesced:
                     group.tick()
 
-    def _check_peers(self) -> None:
+    def _check_peers(self, *, send_liveness: bool) -> None:
         now = trio.current_time()
         newly_silent = []
         for peer, heard in self.peers.items():
-            self._heartbeat(peer)
+            if send_liveness:
+                self._heartbeat(peer)
             if now - heard > self.peer_silence_s and peer not in self._silent:
                 self._silent.add(peer)
                 newly_silent.append(peer)
-        if newly_silent:
-            log.info("node(s) %s silent for %.1f s: waking every quiesced group",
-                     newly_silent, self.peer_silence_s)
-            for group in self.groups.values():
-                group.unquiesce()
+        if not newly_silent:
+            return
+        if 2 * len(self._silent) >= len(self.peers) + 1:
+            # We hear no majority: we are likely the one cut off. Every group ticks again,
+            # so the groups we lead step down by check-quorum.
+            woken = [g for g in self.groups.values() if g.quiesced]
+        else:
+            woken = [g for g in self.groups.values() if g.quiesced and g.leader_id in newly_silent]
+        log.info("node(s) %s silent for %.1f s: waking %d quiesced group(s)",
+                 newly_silent, self.peer_silence_s, len(woken))
+        for group in woken:
+            group.unquiesce()
 
     @property
     def quiesced_count(self) -> int:

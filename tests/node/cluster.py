@@ -65,7 +65,7 @@ class LocalCluster:
 
     def build(self, node_id: int, *, bootstrap: bool) -> RaftRuntime:
         runtime = RaftRuntime(node_id, self._send_from(node_id), tick_interval_s=TICK_S,
-                              heartbeat=self._heartbeat_from(node_id), peer_silence_s=6 * TICK_S)
+                              heartbeat=self._heartbeat_from(node_id), peer_silence_s=15 * TICK_S)
         runtime.set_peers(self.node_ids)
         for gid in self.group_ids:
             directory = self.root / f"n{node_id}" / gid

@@ -217,9 +217,9 @@ class ClusterProcesses:
     def connect(self, n: int, timeout_s: float = 15.0) -> KafkaWire:
         return KafkaWire.connect(self.port(n), timeout=timeout_s)
 
-    def metadata(self, n: int, timeout_s: float = 15.0) -> Any:
+    def metadata(self, n: int, topics: list[str] | None = None, *, timeout_s: float = 15.0) -> Any:
         with self.connect(n, timeout_s) as conn:
-            return conn.metadata(None)
+            return conn.metadata(topics)
 
     def controller(self, n: int) -> int:
         """The __meta leader node n knows (Metadata's controller_id; -1 if none)."""

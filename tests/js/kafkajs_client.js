@@ -1,10 +1,10 @@
 'use strict'
-// kafkajs 2.2.4 driver for tests/integration/test_clients.py.
+// kafkajs 2.2.4 driver for tests/integration/test_clients.py and tests/replication.
 //
 // usage: node kafkajs_client.js SPEC.json OUT.json
 //
 // SPEC: { brokers: ["127.0.0.1:PORT"], chunk: N,
-//         create: [{topic, partitions}],                       (admin createTopics)
+//         create: [{topic, partitions, replicationFactor?}],   (admin createTopics; RF default 1)
 //         produce: [{topic, codec: none|gzip|snappy, acks: -1|1|0, idempotent: bool,
 //                    records: [{p, k, v, h: [[key, b64]...], t}]}],  (k, v: base64 or null)
 //         offsetsByTimestamp: [{topic, ts}] }
@@ -55,7 +55,7 @@ async function main () {
   try {
     if (spec.create.length) {
       out.created = await admin.createTopics({
-        topics: spec.create.map(t => ({ topic: t.topic, numPartitions: t.partitions, replicationFactor: 1 })),
+        topics: spec.create.map(t => ({ topic: t.topic, numPartitions: t.partitions, replicationFactor: t.replicationFactor || 1 })),
         waitForLeaders: true,
         timeout: 30000
       })

@@ -3,7 +3,7 @@
 
 `cluster.py` starts, kills and restarts nodes by PID and reads every replica's log with
 Fetch v12 sent to that broker; `clients.py` reuses the single-node client drivers with
-replication factor 3 and runs kafkajs (`kafkajs_rf3.js`); `failover.py` is the leader-kill
+replication factor 3 and runs kafkajs (`tests/js/kafkajs_client.js`); `failover.py` is the leader-kill
 stream shared by the tests and `measure.py` (`python -m tests.replication.measure`), which
 produces docs/replication-measurements.md. The tests: every client's records identical on
 every replica and through every broker (test_clients_rf3.py), leader and follower SIGKILL,

@@ -20,7 +20,7 @@ from tests.integration.clients_python import (OP_TIMEOUT_S, AioKafkaDriver, Conf
 
 REPLICATION_FACTOR = 3
 JS_DIR = pathlib.Path(__file__).resolve().parents[1] / "js"
-KAFKAJS_SCRIPT = pathlib.Path(__file__).resolve().parent / "kafkajs_rf3.js"
+KAFKAJS_SCRIPT = JS_DIR / "kafkajs_client.js"
 KAFKAJS_TIMEOUT_S = 150.0
 
 
@@ -101,11 +101,12 @@ def kafkajs_create_and_produce(brokers: list[str], topic: str, partitions: int, 
                                work_dir: pathlib.Path, *, chunk: int = 1000) -> list[tuple[int, int]]:
     """kafkajs creates `topic` (replication factor 3) and produces `recs` with acks=-1;
     returns the (partition, offset) each record was told."""
-    spec = {"brokers": brokers, "topic": topic, "partitions": partitions,
-            "replicationFactor": REPLICATION_FACTOR, "chunk": chunk,
-            "records": [{"p": r.partition, "k": _b64(r.key), "v": _b64(r.value),
-                         "h": [[k, _b64(v)] for k, v in r.headers], "t": r.timestamp_ms}
-                        for r in recs]}
+    spec = {"brokers": brokers, "chunk": chunk, "offsetsByTimestamp": [],
+            "create": [{"topic": topic, "partitions": partitions, "replicationFactor": REPLICATION_FACTOR}],
+            "produce": [{"topic": topic, "codec": "none", "acks": -1, "idempotent": False,
+                         "records": [{"p": r.partition, "k": _b64(r.key), "v": _b64(r.value),
+                                      "h": [[k, _b64(v)] for k, v in r.headers], "t": r.timestamp_ms}
+                                     for r in recs]}]}
     spec_path, out_path = work_dir / f"{topic}-spec.json", work_dir / f"{topic}-out.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run([shutil.which("node"), str(KAFKAJS_SCRIPT), str(spec_path), str(out_path)],
@@ -113,7 +114,7 @@ def kafkajs_create_and_produce(brokers: list[str], topic: str, partitions: int, 
     assert proc.returncode == 0, f"kafkajs run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     out = json.loads(out_path.read_text())
     assert out["created"] is True, out
-    return [(r.partition, o) for r, o in zip(recs, out["offsets"])]
+    return [(r.partition, o) for r, o in zip(recs, out["produced"][topic])]
 
 
 def confluent_consume_in_rack(bootstrap: str, rack: str, topic: str, ends: Mapping[int, int],

@@ -13,21 +13,16 @@ plain tuples.
 from __future__ import annotations
 
 import pathlib
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tests.brokers import BrokerProcess, free_port
-from tests.kafka_wire import (CREATE_TOPICS, FETCH, Batch, ConnectionClosed, KafkaWire, Record,
-                              build_batch, parse_batches)
+from tests.cluster.cluster import (CONNECTION_ERRORS, READY_TIMEOUT_S, ClusterProcesses,
+                                   distinct_free_ports)
+from tests.kafka_wire import (CREATE_TOPICS, FETCH, Batch, KafkaWire, Record, build_batch,
+                              parse_batches)
 
-READY_TIMEOUT_S = 60.0  # a loaded 2-core machine; a node is ready once __meta has a quorum
-STOP_TIMEOUT_S = 15.0
-POLL_S = 0.05
 FOLLOWER_FETCH_VERSION = 12  # >= 11: a follower serves reads up to its high watermark
 
 # Kafka error codes the tests look at.
@@ -39,7 +34,7 @@ NOT_ENOUGH_REPLICAS = 19
 NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
 INVALID_REPLICATION_FACTOR = 38
 
-CONNECTION_ERRORS = (OSError, ConnectionClosed, socket.timeout)
+__all__ = ["CONNECTION_ERRORS", "Cluster", "distinct_free_ports"]
 
 T = TypeVar("T")
 
@@ -63,18 +58,6 @@ def wait_for(what: str, probe: Callable[[], T], *, timeout_s: float, poll_s: flo
         time.sleep(poll_s)
 
 
-def distinct_free_ports(count: int) -> list[int]:
-    """free_port() can hand out one port twice (each probe socket is closed at once)."""
-    ports: list[int] = []
-    for _ in range(count * 20):  # bounded: collisions are rare
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"could not find {count} distinct free ports")
-
-
 @dataclass(frozen=True)
 class PartitionInfo:
     """One partition as one broker's Metadata reports it."""
@@ -85,57 +68,25 @@ class PartitionInfo:
     error: int
 
 
-class Cluster:
-    """`size` nodes (ids 1..size) on 127.0.0.1 with free Kafka and Raft ports."""
+class Cluster(ClusterProcesses):
+    """ClusterProcesses with node n alone in rack "rack<n>" (so a consumer can pick a replica
+    by rack, KIP-392), started once every broker is registered in __meta."""
 
     def __init__(self, root: pathlib.Path, size: int = 3, *, config_text: str = "") -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        ports = distinct_free_ports(2 * size)
-        self.ids = list(range(1, size + 1))
-        self.raft_ports = {n: ports[size + n - 1] for n in self.ids}
-        peers = ",".join(f"{n}@127.0.0.1:{self.raft_ports[n]}" for n in self.ids)
-        args = ["--peers", peers]
-        if config_text:
-            config = root / "node.toml"
-            config.write_text(config_text)
-            args += ["--config", str(config)]
-        # Node n is alone in rack "rack<n>", so a consumer can pick a replica by rack (KIP-392).
-        self.nodes = {n: BrokerProcess(root / f"node{n}" / "data", node_id=n, port=ports[n - 1],
-                                       extra_args=[*args, "--rack", self.rack(n)]) for n in self.ids}
-        self._log_start = {n: 0 for n in self.ids}
+        super().__init__(root, size, config_text=config_text or None)
+        for n in self.ids:
+            self.nodes[n].extra_args += ["--rack", self.rack(n)]
 
     @staticmethod
     def rack(n: int) -> str:
         return f"rack{n}"
 
-    # --- lifecycle -------------------------------------------------------------------------
-
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> "Cluster":
         """Start every node; return once all are ready and Metadata lists every broker."""
-        for n in self.ids:
-            self._start(n)
         deadline = time.monotonic() + timeout_s
-        for n in self.ids:
-            self.wait_ready(n, max(deadline - time.monotonic(), 0.1))
+        super().start(timeout_s)
         self.wait_brokers(max(deadline - time.monotonic(), 0.1))
         return self
-
-    def _start(self, n: int) -> None:
-        node = self.nodes[n]
-        self._log_start[n] = node.log_path.stat().st_size if node.log_path.exists() else 0
-        node.start(wait=False)
-
-    def wait_ready(self, n: int, timeout_s: float = READY_TIMEOUT_S) -> None:
-        node = self.nodes[n]
-        deadline = time.monotonic() + timeout_s
-        while f"node {n} ready:" not in self.current_log(n):
-            if node.proc.poll() is not None:
-                raise RuntimeError(f"node {n} exited with {node.proc.returncode}:\n"
-                                   f"{self.current_log(n)[-4000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node {n} not ready after {timeout_s:.0f} s:\n"
-                                   f"{self.current_log(n)[-4000:]}")
-            time.sleep(POLL_S)
 
     def wait_brokers(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until every running node's Metadata lists all the cluster's brokers (a topic with
@@ -144,47 +95,6 @@ class Cluster:
         wait_for("every broker registered",
                  lambda: all({int(b.node_id) for b in self.metadata(n).brokers} == want
                              for n in self.running()), timeout_s=timeout_s)
-
-    def is_running(self, n: int) -> bool:
-        proc = self.nodes[n].proc
-        return proc is not None and proc.poll() is None
-
-    def running(self) -> list[int]:
-        return [n for n in self.ids if self.is_running(n)]
-
-    def kill(self, n: int) -> float:
-        """SIGKILL node n by PID and reap it; returns time.monotonic() just before the signal."""
-        t = time.monotonic()
-        self.nodes[n].kill()
-        return t
-
-    def restart(self, n: int, *, timeout_s: float = READY_TIMEOUT_S) -> None:
-        assert not self.is_running(n), f"node {n} is still running"
-        self._start(n)
-        self.wait_ready(n, timeout_s)
-
-    def close(self) -> None:
-        """Stop every process by PID: SIGTERM all at once, wait, SIGKILL stragglers."""
-        live = [n for n in self.ids if self.is_running(n)]
-        for n in live:
-            self.nodes[n].signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for n in live:
-            proc = self.nodes[n].proc
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                self.nodes[n].kill()
-
-    # --- logs ------------------------------------------------------------------------------
-
-    def current_log(self, n: int) -> str:
-        try:
-            with open(self.nodes[n].log_path, "rb") as f:
-                f.seek(self._log_start[n])
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def log_tails(self, chars: int = 4000, pattern: str | None = None) -> str:
         out = []
@@ -197,19 +107,9 @@ class Cluster:
 
     # --- Kafka -----------------------------------------------------------------------------
 
-    def port(self, n: int) -> int:
-        return self.nodes[n].port
-
     def bootstrap(self, n: int | None = None) -> str:
         ids = self.ids if n is None else [n]
         return ",".join(self.nodes[i].bootstrap for i in ids)
-
-    def connect(self, n: int, timeout_s: float = 15.0) -> KafkaWire:
-        return KafkaWire.connect(self.port(n), timeout=timeout_s)
-
-    def metadata(self, n: int, topics: list[str] | None = None) -> Any:
-        with self.connect(n) as conn:
-            return conn.metadata(topics)
 
     def partitions(self, n: int, topic: str) -> dict[int, PartitionInfo]:
         """partition -> PartitionInfo as node n's Metadata reports it ({} if unknown)."""

@@ -109,6 +109,11 @@ class RaftGroup:
     def is_leader(self) -> bool:
         return self.role == StateRole.LEADER
 
+    @property
+    def sole_voter(self) -> bool:
+        """Whether this node is the group's only voter (a one-replica partition)."""
+        return tuple(self.node.raft.trk.voter_ids()) == (self.node.raft.id,)
+
     def deliver(self, message: Message) -> None:
         """A message from a peer (sync, never blocks): queued for the Ready pass."""
         if len(self.inbox) >= INBOX_MESSAGES_MAX:

@@ -330,8 +330,8 @@ class Node:
         segment_bytes = int(topic.configs.get("segment.bytes", self.config.segment_bytes))
         if directory.exists():
             return DurableRaftStorage(self.disk, directory, kafka=True, segment_bytes=segment_bytes)
-        directory.mkdir(parents=True)
-        _write_durably(id_file, topic.topic_id.hex)
+        self.disk.mkdir(directory)
+        self.disk.replace_file(id_file, topic.topic_id.hex.encode())
         return DurableRaftStorage.bootstrap(self.disk, directory, voters=topic.replicas[partition],
                                             kafka=True, segment_bytes=segment_bytes)
 
@@ -661,20 +661,6 @@ class Node:
                 retention_ms = int(topic.config("retention.ms"))
                 await replica.apply_retention(now_ms, retention_bytes if retention_bytes >= 0 else None,
                                               retention_ms if retention_ms >= 0 else None)
-
-
-def _write_durably(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _rename_deleted(directory: pathlib.Path) -> pathlib.Path:

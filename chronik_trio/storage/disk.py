@@ -121,6 +121,26 @@ class Disk:
         with _wrapped("mkdir", path):
             os.makedirs(path, exist_ok=True)
 
+    def replace_file(self, path: pathlib.Path, data: bytes | Sequence[bytes]) -> None:
+        """Replace `path` atomically and durably: write `path`.tmp, fsync, rename over
+        `path`, fsync the directory. Built from the primitives above, so FaultyDisk's faults
+        apply to every step.
+
+        Raises:
+            DiskError: the old file is still in place (or the new one, if only the last
+                directory fsync failed).
+        """
+        tmp = path.with_name(path.name + ".tmp")
+        f = self.open(tmp)
+        try:
+            self.truncate(f, 0)
+            self.pwritev(f, [data] if isinstance(data, bytes) else list(data), 0)
+            self.fsync(f)
+        finally:
+            self.close(f)
+        self.rename(tmp, path)
+        self.fsync_dir(path.parent)
+
 
 def _pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
     if len(buffers) <= IOV_MAX:

@@ -57,7 +57,6 @@ class HardStateFile:
     def __init__(self, disk: Disk, path: pathlib.Path) -> None:
         self._disk = disk
         self.path = path
-        self._tmp_path = path.with_name(path.name + ".tmp")
 
     def load(self) -> HardState:
         """The saved state; all zeros if the file does not exist.
@@ -82,12 +81,4 @@ class HardStateFile:
                 directory fsync failed).
         """
         self._disk.mkdir(self.path.parent)
-        f = self._disk.open(self._tmp_path)
-        try:
-            self._disk.truncate(f, 0)
-            self._disk.pwritev(f, [encode_hard_state(hs)], 0)
-            self._disk.fsync(f)
-        finally:
-            self._disk.close(f)
-        self._disk.rename(self._tmp_path, self.path)
-        self._disk.fsync_dir(self.path.parent)
+        self._disk.replace_file(self.path, encode_hard_state(hs))

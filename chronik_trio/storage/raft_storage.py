@@ -88,17 +88,8 @@ class SnapshotFile:
 
     def save(self, snap: Snapshot) -> None:
         body = snapshot_to_pb(snap).SerializeToString()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        f = self._disk.open(tmp)
-        try:
-            self._disk.truncate(f, 0)
-            self._disk.pwritev(f, [_SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, len(body), crc32c.crc32c(body)),
-                                   body], 0)
-            self._disk.fsync(f)
-        finally:
-            self._disk.close(f)
-        self._disk.rename(tmp, self.path)
-        self._disk.fsync_dir(self.path.parent)
+        header = _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, len(body), crc32c.crc32c(body))
+        self._disk.replace_file(self.path, [header, body])
 
 
 class RaftSyncTicket:

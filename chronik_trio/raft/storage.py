@@ -26,6 +26,15 @@ def limit_size(entries: list[Entry], max_size_bytes: int | None) -> list[Entry]:
     return entries
 
 
+def snapshot_for_request(snapshot: Snapshot, request_index: int) -> Snapshot:
+    """The Storage.snapshot() rule, shared by every Storage: the held snapshot, unless there
+    is none yet or it is older than request_index (SnapshotTemporarilyUnavailable)."""
+    if snapshot.metadata.index < max(request_index, 1):
+        raise SnapshotTemporarilyUnavailable(
+            f"snapshot at {snapshot.metadata.index} < requested {request_index}")
+    return snapshot
+
+
 class Storage(Protocol):
     """Read access to the durable log. Indexes are 1-based; index 0 is "before everything".
 
@@ -113,10 +122,7 @@ class MemoryStorage:
         return self._entries[0].index + len(self._entries) - 1
 
     def snapshot(self, request_index: int = 0) -> Snapshot:
-        if self._snapshot.metadata.index < max(request_index, 1):
-            raise SnapshotTemporarilyUnavailable(
-                f"snapshot at {self._snapshot.metadata.index} < requested {request_index}")
-        return self._snapshot
+        return snapshot_for_request(self._snapshot, request_index)
 
     # -- writes, made by the application while handling a Ready -----------------------------
 

@@ -26,8 +26,8 @@ import crc32c
 
 from chronik_trio.pb import raft_pb2
 from chronik_trio.raft.convert import snapshot_from_pb, snapshot_to_pb
-from chronik_trio.raft.errors import (Compacted, SnapshotOutOfDate,
-                                      SnapshotTemporarilyUnavailable, Unavailable)
+from chronik_trio.raft.errors import Compacted, SnapshotOutOfDate, Unavailable
+from chronik_trio.raft.storage import snapshot_for_request
 from chronik_trio.raft.types import (EMPTY_SNAPSHOT, ConfState, Entry, EntryType, HardState,
                                      Snapshot, SnapshotMetadata)
 
@@ -200,10 +200,7 @@ class DurableRaftStorage:
         return [Entry(e.term, e.index, bytes(e.payload), EntryType(e.type)) for e in stored]
 
     def snapshot(self, request_index: int = 0) -> Snapshot:
-        if self._snapshot.index < max(request_index, 1):
-            raise SnapshotTemporarilyUnavailable(
-                f"snapshot at {self._snapshot.index} < requested {request_index}")
-        return self._snapshot
+        return snapshot_for_request(self._snapshot, request_index)
 
     # --- writes, while handling a Ready ---------------------------------------------------------
 

@@ -29,6 +29,7 @@ import trio
 
 from chronik_trio.cluster.meta import (Topic, TopicAlreadyExists, UnknownTopic,
                                        validate_topic_name)
+from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.pb import meta_pb2, raft_pb2
 from chronik_trio.raft.config import Config as RaftConfig
 from chronik_trio.raft.convert import message_from_pb, message_to_pb
@@ -336,7 +337,8 @@ class Node:
                                             kafka=True, segment_bytes=segment_bytes)
 
     def _start_partition(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
-        machine = PartitionMachine(topic, partition, storage.log, self._became_leader)
+        machine = PartitionMachine(topic, partition, storage.log, self._became_leader,
+                                   states=[ProducerStateTable()])
         # A new partition's preferred replica campaigns at once, the others wait for an
         # election timeout: its first leader is the preferred one, with no hand-over after.
         new = storage.last_index() == 0 and storage.initial_state()[0].term == 0

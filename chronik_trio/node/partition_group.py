@@ -17,12 +17,15 @@ from chronik_trio import storage
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.kafka.errors import OffsetOutOfRange
 from chronik_trio.kafka.records import BatchHeader, with_offsets
-from chronik_trio.partition.state import (FollowerProgress, HighWatermark, InSyncReplicas,
-                                          OffsetAssigner, batch_end_offset)
+from chronik_trio.partition.producers import ProducerStateTable, idempotent_batch
+from chronik_trio.partition.state import (BatchState, FollowerProgress, HighWatermark, InSyncReplicas,
+                                          OffsetAssigner, batch_base_offset, batch_end_offset)
+from chronik_trio.pb import partition_pb2
 from chronik_trio.raft.types import Entry, Snapshot, StateRole
-from chronik_trio.storage.raft_storage import partition_snapshot_data, partition_snapshot_next_offset
+from chronik_trio.storage.raft_storage import (partition_snapshot_data, partition_snapshot_next_offset,
+                                               partition_snapshot_state)
 
-from .raft_group import RaftGroup
+from .raft_group import ProposalFailed, RaftGroup
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +33,23 @@ SCAN_BACK_ENTRIES_MAX = 1000  # empty entries (leader changes) between batches a
 
 
 class PartitionMachine:
-    """What applying committed entries gives: the high watermark. One per replica."""
+    """What applying committed entries gives: the high watermark, and the BatchStates
+    (partition/state.py) of this partition, e.g. its producer table. One per replica."""
 
     def __init__(self, topic: Topic, partition: int, log_: storage.SegmentLog,
-                 on_leader: typing.Callable[["PartitionMachine", int], None]) -> None:
+                 on_leader: typing.Callable[["PartitionMachine", int], None],
+                 states: typing.Sequence[BatchState] = ()) -> None:
         self.topic = topic
         self.partition = partition
         self.log = log_
         self._on_leader = on_leader
         self.hw = HighWatermark(log_.log_start_offset)
+        self.states: dict[str, BatchState] = {state.name: state for state in states}
+        self.state_end_offset = 0  # batches below it are in the states already
+        self.applied_index = 0
         self.leader_epoch = 0
         self.role = StateRole.FOLLOWER
+        self.role_listeners: list[typing.Callable[[int, StateRole, int], None]] = []
         self._watchers: set[trio.Event] = set()
 
     @property
@@ -49,23 +58,61 @@ class PartitionMachine:
 
     def apply(self, entries: typing.Sequence[Entry]) -> list:
         results = self.hw.apply([entry.data for entry in entries])
+        if self.states:
+            self._apply_states(entries)
+        if entries:
+            self.applied_index = entries[-1].index
         if self._watchers and any(entry.data for entry in entries):
-            for watcher in self._watchers:
-                watcher.set()
-            self._watchers.clear()
+            self._wake_watchers()
         return results
+
+    def _apply_states(self, entries: typing.Sequence[Entry]) -> None:
+        states = self.states.values()
+        for entry in entries:
+            data = entry.data
+            if not data or batch_base_offset(data) < self.state_end_offset:
+                continue
+            view = memoryview(data)
+            for state in states:
+                state.apply(view, entry.index)
+            self.state_end_offset = batch_end_offset(data)
+
+    def _wake_watchers(self) -> None:
+        for watcher in self._watchers:
+            watcher.set()
+        self._watchers.clear()
 
     def on_soft_state(self, leader_id: int, role: StateRole, term: int) -> None:
         self.role = role
         self.leader_epoch = term
+        self._wake_watchers()  # whoever waits on this replica looks at its role again
         if role == StateRole.LEADER:
             self._on_leader(self, term)
+        for listener in self.role_listeners:
+            listener(leader_id, role, term)
 
     def on_conf_state(self, index, conf_state) -> None:
         pass
 
     def restore(self, snapshot: Snapshot) -> None:
         self.hw.restore(partition_snapshot_next_offset(snapshot))
+        self.applied_index = max(self.applied_index, snapshot.index)
+        data = partition_snapshot_state(snapshot)
+        if not data:
+            return
+        saved = partition_pb2.PartitionSnapshotState.FromString(data)
+        if saved.end_offset < self.state_end_offset:
+            return  # ours is newer (a snapshot we made ourselves, restored at start)
+        self.state_end_offset = saved.end_offset
+        for name, state in self.states.items():
+            if name in saved.states:
+                state.decode(saved.states[name])
+
+    def snapshot_state(self) -> bytes:
+        """The states as of the applied index, for a snapshot (see BatchState)."""
+        return partition_pb2.PartitionSnapshotState(
+            end_offset=self.state_end_offset,
+            states={name: state.encode() for name, state in self.states.items()}).SerializeToString()
 
     def watch(self, event: trio.Event) -> None:
         """Set event the next time the high watermark moves."""
@@ -95,6 +142,8 @@ class PartitionReplica:
         self.log = machine.log
         self.closed = False
         self._offsets = OffsetAssigner()
+        self._producers: ProducerStateTable | None = None
+        self._producers_term = 0
         self.min_insync = int(topic.config("min.insync.replicas"))
         self._isr = InSyncReplicas(lag_time_s)
         self.alive = alive
@@ -131,7 +180,12 @@ class PartitionReplica:
     async def produce(self, records, headers: list[BatchHeader], acks: int) -> int:
         """Assign offsets, propose one entry per batch; wait per acks (-1: applied, i.e.
         committed; 1: durable in our own log; 0: nothing). Returns the first base offset.
-        Raises NotLeader or ProposalFailed (retriable)."""
+        Idempotent batches are checked against the leader's producer view first: a retried
+        batch is answered with its original offsets and not written again.
+        Raises NotLeader, ProposalFailed (retriable), NotEnoughReplicas or ProducerError."""
+        batches = [idempotent_batch(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
+                                    h.max_timestamp_ms) for h in headers]
+        idempotent = any(batch is not None for batch in batches)
         async with self.group.lock:
             self.group.check_leader()
             if acks == -1 and len(self.update_isr(trio.current_time(), self.alive)) < self.min_insync:
@@ -139,11 +193,24 @@ class PartitionReplica:
                     f"{self.topic_name}-{self.partition}: in-sync replicas {list(self.isr)} are fewer "
                     f"than min.insync.replicas={self.min_insync}")
             term = self.group.term
-            bases = self._offsets.reserve(term, self.log.next_offset, [h.record_count for h in headers])
-            payloads = [with_offsets(records, h, base, term) for h, base in zip(headers, bases)]
-            waiter = self.group.propose_locked_many(payloads)  # all or nothing
-            self._offsets.commit_reservation()
-            first_base = bases[0]
+            producers = self._leader_producers(term) if idempotent else None
+            duplicate = producers.check(batches) if producers is not None else None
+            if duplicate is None:
+                bases = self._offsets.reserve(term, self.log.next_offset, [h.record_count for h in headers])
+                payloads = [with_offsets(records, h, base, term) for h, base in zip(headers, bases)]
+                waiter = self.group.propose_locked_many(payloads)  # all or nothing
+                self._offsets.commit_reservation()
+                if producers is not None:
+                    first_index = waiter.index - len(payloads) + 1
+                    for i, (batch, header, base) in enumerate(zip(batches, headers, bases)):
+                        if batch is not None:
+                            producers.record(batch, base, base + header.record_count - 1, first_index + i)
+        if duplicate is not None:
+            log.debug("%s-%d: duplicate of the batch at offset %d (producer sequence %d..%d)",
+                      self.topic_name, self.partition, duplicate.first_offset, duplicate.first_seq,
+                      duplicate.last_seq)
+            await self._wait_durable(duplicate.index, acks, term)
+            return duplicate.first_offset
         self.group.wake_runtime()
         if acks == -1 or (acks == 1 and self.group.sole_voter):
             # With no other voter the commit follows the leader's own fsync at once, and
@@ -152,7 +219,43 @@ class PartitionReplica:
             await self.group.wait_applied(waiter)
         elif acks == 1:
             await self.group.wait_persisted(waiter.index)
-        return first_base
+        return bases[0]
+
+    def _leader_producers(self, term: int) -> ProducerStateTable:
+        """The leader's producer view (call with the lock held): the applied table plus
+        every entry of this leader's log not applied yet. A leader keeps every entry of its
+        log, so they will commit, in this order; the view then grows with each proposal."""
+        if self._producers is None or self._producers_term != term:
+            table = self.machine.states[ProducerStateTable.name].copy()
+            raft_log = self.group.node.raft.log
+            low, high = self.machine.applied_index + 1, raft_log.last_index() + 1
+            for entry in (raft_log.slice(low, high, None) if low < high else ()):
+                if entry.data and batch_base_offset(entry.data) >= self.machine.state_end_offset:
+                    table.apply(memoryview(entry.data), entry.index)
+            self._producers, self._producers_term = table, term
+        return self._producers
+
+    async def _wait_durable(self, index: int, acks: int, term: int) -> None:
+        """Wait, as a new batch at index would have been waited for, while this node leads
+        in term: the answer to a duplicate promises what the original's answer promised."""
+        if acks == 0:
+            return
+        if acks == 1 and not self.group.sole_voter:
+            await self.group.wait_persisted(index)
+        else:
+            while self.machine.applied_index < index and self.is_leader and self.group.term == term:
+                event = trio.Event()
+                self.machine.watch(event)
+                await event.wait()
+        if not self.is_leader or self.group.term != term:
+            raise ProposalFailed(f"{self.topic_name}-{self.partition}: leadership lost before the "
+                                 f"original of a retried batch (entry {index}) was known committed")
+
+    def describe_producers(self) -> list:
+        """DescribeProducers: the leader's view of this partition's producers."""
+        fresh = self._producers is not None and self._producers_term == self.group.term
+        table = self._producers if fresh else self.machine.states[ProducerStateTable.name]
+        return list(table.producers.values())
 
     def read(self, offset: int, max_bytes: int) -> list[memoryview]:
         """Whole batches from offset, below the high watermark (raises OffsetOutOfRange)."""
@@ -187,7 +290,8 @@ class PartitionReplica:
             next_offset = self._offset_at(boundary)
             conf_state = self.group.node.status().conf_state
             await trio.to_thread.run_sync(
-                storage.create_snapshot, boundary - 1, conf_state, partition_snapshot_data(next_offset))
+                storage.create_snapshot, boundary - 1, conf_state,
+                partition_snapshot_data(next_offset, self.machine.snapshot_state()))
             deleted = self.log.delete_before(boundary)
         if deleted:
             log.info("retention deleted %d segment(s) of %s-%d; log start offset now %d",

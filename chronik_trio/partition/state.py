@@ -12,6 +12,34 @@ import typing
 import attrs
 
 _BASE_AND_DELTA = struct.Struct(">q15xi")  # baseOffset @0, lastOffsetDelta @23 of a v2 batch
+_BASE = struct.Struct(">q")
+
+
+class BatchState(typing.Protocol):
+    """State a replica derives from its partition's committed batches, beyond the high
+    watermark: the producer table (partition/producers.py), a group coordinator's groups
+    and offsets on __consumer_offsets. Kept in the partition's snapshots.
+
+    apply() sees each committed batch once, in log order. A snapshot's state may be newer
+    than the snapshot's log position (it is taken at the applied index, while the snapshot
+    sits at the retention boundary); the machine then skips the batches it already holds,
+    by offset, so that restoring and replaying give exactly the state of applying them all.
+    """
+
+    name: str
+
+    def apply(self, data: memoryview, index: int) -> None:
+        """One committed v2 record batch (a Raft entry's data) at Raft index `index`."""
+
+    def encode(self) -> bytes:
+        ...
+
+    def decode(self, data: bytes) -> None:
+        """Replace the state by an encoded one."""
+
+
+def batch_base_offset(data: bytes | memoryview) -> int:
+    return _BASE.unpack_from(data, 0)[0]
 
 
 def batch_end_offset(data: bytes | memoryview) -> int:

@@ -41,18 +41,25 @@ from .log import SegmentLog, SyncTicket
 SNAPSHOT_FILE = "snapshot"
 HARD_STATE_FILE = "hardstate"
 # A partition group's snapshot data starts with the Kafka offset its log continues from
-# (a log reset to a snapshot holds no batch to derive it from).
+# (a log reset to a snapshot holds no batch to derive it from); what follows is the
+# replica's derived state (node/partition_group.py, proto/partition.proto), opaque here.
 PARTITION_SNAPSHOT = struct.Struct(">q")
 
 
-def partition_snapshot_data(next_offset: int) -> bytes:
-    return PARTITION_SNAPSHOT.pack(next_offset)
+def partition_snapshot_data(next_offset: int, state: bytes = b"") -> bytes:
+    return PARTITION_SNAPSHOT.pack(next_offset) + state
+
+
+def partition_snapshot_state(snap: Snapshot) -> bytes:
+    return bytes(snap.data[PARTITION_SNAPSHOT.size:])
 
 
 def partition_snapshot_next_offset(snap: Snapshot) -> int:
     if len(snap.data) < PARTITION_SNAPSHOT.size:
         return 0
     return PARTITION_SNAPSHOT.unpack_from(snap.data)[0]
+
+
 _SNAPSHOT_MAGIC = b"CTSN"
 _SNAPSHOT_HEADER = struct.Struct(">4sII")  # magic, body length, crc32c of body
 

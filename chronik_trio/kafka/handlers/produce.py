@@ -37,6 +37,7 @@ def _entry(index: int, error: ErrorCode, **fields) -> dict:
 async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
     from chronik_trio.node.partition_group import NotEnoughReplicas
     from chronik_trio.node.raft_group import NotLeader, ProposalFailed
+    from chronik_trio.partition.producers import InvalidProducerEpoch, OutOfOrderSequence, is_transactional
 
     index = partition_data.index
     replica = ctx.replica(topic.name, index)
@@ -48,6 +49,9 @@ async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
         if partition_data.records is None:
             raise KafkaError("produce without records", ErrorCode.invalid_record)
         headers = parse_batches(partition_data.records, batch_bytes_max=batch_bytes_max)
+        if any(is_transactional(h.attributes) for h in headers):
+            raise KafkaError("transactional batches need transactions, which this broker does not have",
+                             ErrorCode.invalid_txn_state)
     except KafkaError as exc:
         log.info("produce to %s-%d refused: %s", topic.name, index, exc)
         return _entry(index, exc.error_code, error_message=str(exc))
@@ -55,6 +59,12 @@ async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
         base_offset = await replica.produce(partition_data.records, headers, acks)
     except NotEnoughReplicas as exc:
         return _entry(index, ErrorCode.not_enough_replicas, error_message=str(exc))
+    except OutOfOrderSequence as exc:
+        log.info("produce to %s-%d refused: %s", topic.name, index, exc)
+        return _entry(index, ErrorCode.out_of_order_sequence_number, error_message=str(exc))
+    except InvalidProducerEpoch as exc:
+        log.info("produce to %s-%d refused: %s", topic.name, index, exc)
+        return _entry(index, ErrorCode.invalid_producer_epoch, error_message=str(exc))
     except NotLeader:
         error, leader = leader_hint(ctx, topic.name, index)
         return _entry(index, error, current_leader=leader) if leader else _entry(index, error)

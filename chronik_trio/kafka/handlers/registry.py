@@ -5,7 +5,7 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, epochs, fetch, metadata, offsets, produce
+from . import admin, epochs, fetch, metadata, offsets, produce, producers
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -31,6 +31,7 @@ HANDLERS = {
     37: ((0, 3), admin.handle_create_partitions),
     43: ((0, 2), admin.handle_elect_leaders),
     60: ((0, 1), admin.handle_describe_cluster),
+    61: ((0, 0), producers.handle_describe_producers),
 }
 
 

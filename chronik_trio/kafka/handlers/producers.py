@@ -1,0 +1,29 @@
+"""DescribeProducers (api key 61): the idempotent producers a partition's leader knows.
+
+The state is the leader's producer view (node/partition_group.py): per producer id, its
+epoch and the last sequence and timestamp it wrote to the partition.
+"""
+
+from __future__ import annotations
+
+from kio.schema.errors import ErrorCode
+
+from ..codec import build, response_schema
+from .common import leader_hint
+
+
+def _one(ctx, topic_name: str, partition: int) -> dict:
+    replica = ctx.replica(topic_name, partition)
+    if replica is None or not replica.is_leader:
+        return {"partition_index": partition, "error_code": leader_hint(ctx, topic_name, partition)[0],
+                "active_producers": []}
+    producers = [{"producer_id": e.producer_id, "producer_epoch": e.epoch, "last_sequence": e.last_seq,
+                  "last_timestamp": e.last_timestamp, "coordinator_epoch": -1, "current_txn_start_offset": -1}
+                 for e in replica.describe_producers()]
+    return {"partition_index": partition, "error_code": ErrorCode.none, "active_producers": producers}
+
+
+async def handle_describe_producers(body, ctx, version: int):
+    topics = [{"name": t.name, "partitions": [_one(ctx, t.name, p) for p in t.partition_indexes]}
+              for t in body.topics]
+    return build(response_schema(61, version), throttle_time=0, topics=topics)

@@ -40,7 +40,7 @@ EXPIRY_CHECK_EVERY = 1024  # batches applied between expiry sweeps
 
 # baseOffset @0, lastOffsetDelta @23, maxTimestamp @35, producerId @43, producerEpoch @51,
 # baseSequence @53 of a v2 record batch.
-_BATCH = struct.Struct(">q15xi12xqqhi")
+_BATCH = struct.Struct(">q15xi8xqqhi")
 _TRANSACTIONAL = 0x10
 
 

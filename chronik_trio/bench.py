@@ -1,12 +1,25 @@
-"""`chronik-trio bench`: produce and consume throughput against any Kafka bootstrap address.
+"""`chronik-trio bench`: measure a Kafka broker (ours or any other), and chronik-trio's parts.
 
-    chronik-trio bench --cluster 1 --records 1000000 --record-bytes 100
-    chronik-trio bench --bootstrap 127.0.0.1:9092 --acks 1 --json out.json
+    chronik-trio bench --cluster 3 --record-bytes 1000 --records 200000          # 3 local nodes
+    chronik-trio bench --bootstrap 127.0.0.1:9092 --acks 1 --json out.json      # any broker
+    chronik-trio bench --cluster 3 --modes latency --rate 500 --plot latency.png
+    chronik-trio bench --modes raft                                               # no broker
 
-With `--cluster 1` it starts its own node (a real `chronik-trio node` process on a free
-loopback port with a temporary data directory) and stops it afterwards. The client is
-confluent-kafka (librdkafka), installed with the `bench` or `test` extra. Every figure in
-the report says how it was measured. Nothing here asserts a speed; it measures.
+Modes (`--modes`, comma-separated; default `throughput,latency`):
+
+- `throughput`: closed-loop produce of `--records` records (`--producers` processes, round
+  robin over `--partitions`), then one consumer reads the topic from offset 0;
+- `latency`: open loop at `--rate` records/s for `--warmup-s` + `--duration-s`: produce
+  latency from when each record was *due* to its acknowledgement, and end-to-end latency
+  from due to consumed (a consumer reading the same partitions in another thread);
+- `raft`: the Raft core alone, an in-memory 3-node group in this process (raft/bench.py);
+- `node`: with the tool's own cluster (or `--metrics HOST:PORT,...`), every node's Ready pass
+  and fsync-round histograms over the run, and its CPU time and RSS (own cluster only).
+  Added automatically when the tool starts the cluster.
+
+`--cluster 1|3` starts real `chronik-trio node` processes on 127.0.0.1 (temporary data dir,
+stopped by PID afterwards). Every figure in the report says how it was measured, and the
+report carries the load average, since this machine is shared. Nothing asserts a speed.
 """
 
 from __future__ import annotations
@@ -18,203 +31,345 @@ import json
 import os
 import pathlib
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
-NODE_READY_TIMEOUT_S = 30.0
-CONSUME_IDLE_TIMEOUT_S = 10.0  # stop consuming when nothing arrives for this long
-PRODUCE_QUEUE_MESSAGES_MAX = 1_000_000  # librdkafka's local queue; a full queue is waited out
+from chronik_trio import bench_kafka, bench_local
+
+MODES = ("throughput", "latency", "raft", "node")
+TOPIC_CREATE_TIMEOUT_S = 60.0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure produce/consume throughput of a Kafka broker")
+    p = sub.add_parser("bench", help="measure a Kafka broker (ours or any), and chronik-trio's parts")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--bootstrap", help="HOST:PORT of any Kafka broker")
-    target.add_argument("--cluster", type=int, choices=[1], default=None,
-                        help="start a local chronik-trio node for the run (default when no --bootstrap)")
-    p.add_argument("--records", type=int, default=500_000)
+    target.add_argument("--bootstrap", help="HOST:PORT[,...] of any Kafka broker")
+    target.add_argument("--cluster", type=int, choices=[1, 3], default=None,
+                        help="start 1 or 3 local chronik-trio nodes for the run (default 1 without --bootstrap)")
+    p.add_argument("--modes", default="throughput,latency",
+                   help=f"comma-separated, from {','.join(MODES)} (default throughput,latency)")
+    p.add_argument("--records", type=int, default=500_000, help="throughput: records per run")
     p.add_argument("--record-bytes", type=int, default=100)
     p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--replication-factor", type=int, default=None,
+                   help="of the bench topic (default: the cluster's size, or 1 with --bootstrap)")
+    p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
     p.add_argument("--acks", choices=["0", "1", "all"], default="all")
     p.add_argument("--linger-ms", type=int, default=5)
     p.add_argument("--batch-bytes", type=int, default=1_000_000, help="librdkafka batch.size")
     p.add_argument("--compression", default="none", choices=["none", "gzip", "snappy", "lz4", "zstd"])
-    p.add_argument("--repeat", type=int, default=3, help="runs; the report gives each and the median")
+    p.add_argument("--rate", type=float, default=500.0, help="latency: offered records/s (open loop)")
+    p.add_argument("--latency-linger-ms", type=int, default=0,
+                   help="latency: linger.ms of the paced producer (default 0: send at once)")
+    p.add_argument("--warmup-s", type=float, default=2.0,
+                   help="latency: seconds sent first and not counted; throughput: seconds produced "
+                        "to the topic before the measured run")
+    p.add_argument("--duration-s", type=float, default=10.0, help="latency: measured seconds")
+    p.add_argument("--raft-entries", type=int, default=50_000, help="raft: committed entries per run")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each mode; the report gives each and the median")
+    p.add_argument("--metrics", help="node mode against --bootstrap: HOST:PORT[,...] of chronik-trio /metrics")
     p.add_argument("--json", type=pathlib.Path, help="also write the report as JSON here")
+    p.add_argument("--plot", type=pathlib.Path, help="write a latency-over-time PNG here (latency mode)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _modes(args) -> list[str]:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"chronik-trio bench: unknown mode(s) {unknown}; choose from {','.join(MODES)}")
+    return modes
 
 
-@contextlib.contextmanager
-def _local_node():
-    """A real node process on loopback, stopped by PID at the end."""
-    with tempfile.TemporaryDirectory(prefix="chronik-bench-") as tmp:
-        port = _free_port()
-        log_path = pathlib.Path(tmp) / "node.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "chronik_trio.cli", "node", "--listen",
-                                     f"127.0.0.1:{port}", "--data-dir", f"{tmp}/data",
-                                     "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + NODE_READY_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the node exited: {log_path.read_text()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the node did not start listening") from None
-                    time.sleep(0.05)
-            yield f"127.0.0.1:{port}"
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
+def _needs_broker(modes: list[str]) -> bool:
+    return any(m in ("throughput", "latency") for m in modes)
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-def _produce(bootstrap: str, topic: str, args) -> dict:
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": args.acks,
-                         "linger.ms": args.linger_ms, "batch.size": args.batch_bytes,
-                         "compression.type": args.compression, "enable.idempotence": False,
-                         "queue.buffering.max.messages": PRODUCE_QUEUE_MESSAGES_MAX})
-    value = os.urandom(args.record_bytes)
-    latencies_s: list[float] = []
-    errors = [0]
-
-    def delivered(err, msg) -> None:
-        if err is not None:
-            errors[0] += 1
-        else:
-            latencies_s.append(msg.latency())
-
-    start = time.perf_counter()
-    for i in range(args.records):
-        while True:
-            try:
-                producer.produce(topic, value, partition=i % args.partitions, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.005)
-        if i % 5000 == 0:
-            producer.poll(0)
-    remaining = producer.flush(120)
-    elapsed_s = time.perf_counter() - start
-    latencies_s.sort()
-    acked = len(latencies_s)
-    return {"records": args.records, "acked": acked, "errors": errors[0], "unflushed": remaining,
-            "elapsed_s": round(elapsed_s, 3),
-            "records_per_s": round(acked / elapsed_s), "mb_per_s": round(acked * args.record_bytes / elapsed_s / 1e6, 1),
-            "delivery_latency_ms": {k: round(_percentile(latencies_s, q) * 1000, 2)
-                                    for k, q in (("p50", .5), ("p90", .9), ("p99", .99), ("max", 1.0))}}
-
-
-def _consume(bootstrap: str, topic: str, args, expected: int) -> dict:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chronik-bench",
-                         "enable.auto.commit": False, "fetch.max.bytes": 50 << 20,
-                         "max.partition.fetch.bytes": 10 << 20})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(args.partitions)])
-    got = nbytes = 0
-    start = last = time.perf_counter()
-    while got < expected and time.perf_counter() - last < CONSUME_IDLE_TIMEOUT_S:
-        for msg in consumer.consume(10_000, 1.0):
-            if msg.error() is None:
-                got += 1
-                nbytes += len(msg.value() or b"")
-                last = time.perf_counter()
-    elapsed_s = max(last - start, 1e-9)
-    consumer.close()
-    return {"records": got, "elapsed_s": round(elapsed_s, 3), "records_per_s": round(got / elapsed_s),
-            "mb_per_s": round(nbytes / elapsed_s / 1e6, 1)}
-
-
-def _one_run(bootstrap: str, args) -> dict:
+def _create_topic(bootstrap: str, args, replication_factor: int) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future
-    admin.create_topics([NewTopic(topic, args.partitions, 1)])[topic].result(timeout=30)
-    produced = _produce(bootstrap, topic, args)
-    consumed = _consume(bootstrap, topic, args, produced["acked"])
-    return {"topic": topic, "produce": produced, "consume": consumed}
+    admin.create_topics([NewTopic(topic, args.partitions, replication_factor)],
+                        request_timeout=TOPIC_CREATE_TIMEOUT_S)[topic].result(timeout=TOPIC_CREATE_TIMEOUT_S)
+    return topic
 
 
-def _method(args, target: str) -> str:
-    return (f"confluent-kafka (librdkafka) producer, {args.records} records of {args.record_bytes} "
-            f"bytes (random, compression {args.compression}) to {args.partitions} partitions "
-            f"round-robin, acks={args.acks}, linger.ms={args.linger_ms}, batch.size={args.batch_bytes}, "
-            f"idempotence off; throughput = acknowledged records / time from the first produce() to "
-            f"flush() returning; delivery latency = librdkafka's per-message latency (produce() to "
-            f"delivery report) at full speed, closed loop, so it includes client-side queueing. "
-            f"Consume: one consumer, assign() from offset 0, until every acknowledged record is read. "
-            f"Target: {target}; {args.repeat} run(s), median reported.")
+# --- the modes ----------------------------------------------------------------------------------
+
+def _throughput_run(bootstrap: str, args, rf: int) -> dict:
+    topic = _create_topic(bootstrap, args, rf)
+    warmed = None
+    if args.warmup_s > 0:
+        warmed = bench_kafka.produce_parallel(bootstrap, topic, args, seconds=args.warmup_s)
+    produced = bench_kafka.produce_parallel(bootstrap, topic, args)
+    expected = produced["acked"] + (warmed["acked"] if warmed else 0)
+    consumed = bench_kafka.consume(bootstrap, topic, args.partitions, expected)
+    return {"topic": topic, "warmup_records": warmed["acked"] if warmed else 0,
+            "produce": produced, "consume": consumed}
+
+
+def _latency_run(bootstrap: str, args, rf: int) -> dict:
+    topic = _create_topic(bootstrap, args, rf)
+    paced = argparse.Namespace(**{**vars(args), "linger_ms": args.latency_linger_ms})
+    result = bench_kafka.open_loop(bootstrap, topic, paced, args.rate, args.warmup_s,
+                                   args.duration_s, end_to_end=True)
+    result["topic"] = topic
+    return result
+
+
+def _raft_runs(args) -> dict:
+    from chronik_trio.raft import bench as raft_bench
+
+    out = {}
+    for entry_bytes in sorted({100, args.record_bytes}):
+        runs = [raft_bench.run(entry_bytes, args.raft_entries, time.perf_counter) for _ in range(args.repeat)]
+        out[f"{entry_bytes}B"] = {
+            "runs": [{"entries": r.entries, "elapsed_s": round(r.elapsed_s, 3),
+                      "entries_per_s": round(r.entries_per_s)} for r in runs],
+            "median_entries_per_s": round(statistics.median(r.entries_per_s for r in runs)),
+            "median_mb_per_s": round(statistics.median(r.entries_per_s for r in runs) * entry_bytes / 1e6, 1)}
+    return out
+
+
+class _NodeWatch:
+    """Scrapes every node before and after the broker modes; CPU and RSS of own processes."""
+
+    HISTOGRAMS = {"ready_pass": "chronik_ready_pass_seconds", "fsync_round": "chronik_fsync_round_seconds"}
+
+    def __init__(self, addresses: list[str], pids: list[int]) -> None:
+        self.addresses, self.pids = addresses, pids
+        self.before = [self._scrape(a) for a in addresses]
+        self.cpu_before = [bench_local.cpu_seconds(p) for p in pids]
+        self.rss_before = [bench_local.rss_bytes(p) for p in pids]
+        self.started = time.monotonic()
+
+    @staticmethod
+    def _scrape(address: str) -> dict:
+        try:
+            return bench_local.histograms(bench_local.scrape(address))
+        except OSError as exc:
+            return {"error": str(exc)}
+
+    def report(self) -> list[dict]:
+        elapsed = time.monotonic() - self.started
+        out = []
+        for k, address in enumerate(self.addresses):
+            after, before = self._scrape(address), self.before[k]
+            node = {"metrics": address}
+            if "error" in after or "error" in before:
+                node["error"] = after.get("error") or before.get("error")
+            else:
+                for key, name in self.HISTOGRAMS.items():
+                    if name in after:
+                        node[key] = bench_local.histogram_delta(before.get(name), after[name])
+            if k < len(self.pids):
+                pid = self.pids[k]
+                node["cpu_percent_of_a_core"] = round(
+                    (bench_local.cpu_seconds(pid) - self.cpu_before[k]) / elapsed * 100, 1)
+                node["rss_mb_before"] = round(self.rss_before[k] / 1e6, 1)
+                node["rss_mb_after"] = round(bench_local.rss_bytes(pid) / 1e6, 1)
+            out.append(node)
+        return out
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _methods(args, target: str, rf: int) -> dict:
+    common = (f"confluent-kafka {_client_version()} (librdkafka); {args.record_bytes}-byte random records "
+              f"(compression {args.compression}); topic of {args.partitions} partitions, replication "
+              f"factor {rf}, fresh for every run; acks={args.acks}; idempotence off; target: {target}")
+    return {
+        "throughput": (f"{common}. Produce: {args.producers} producer process(es), each producing its share of "
+                       f"{args.records} records round-robin over the partitions as fast as librdkafka takes "
+                       f"them, linger.ms={args.linger_ms}, batch.size={args.batch_bytes}, after "
+                       f"{args.warmup_s} s of warm-up produce to the same topic; throughput = acknowledged "
+                       f"records / time from the first produce() to the last flush() returning; delivery "
+                       f"latency = librdkafka's produce()-to-report time at full speed (closed loop, so it "
+                       f"includes client queueing). Consume: one consumer, assign() from offset 0, until "
+                       f"every acknowledged record (warm-up included) is read."),
+        "latency": (f"{common}. Open loop: one producer, linger.ms={args.latency_linger_ms}, record i due "
+                    f"at t0 + i/{args.rate:g} s whatever the broker does; {args.warmup_s} s warm-up not "
+                    f"counted, then {args.duration_s} s measured; produce latency = (time the sender loop "
+                    f"was late for the record) + librdkafka's produce()-to-acknowledgement time; "
+                    f"end-to-end = wall time the record was due -> consumed by a consumer (same process, "
+                    f"other thread, fetch.wait.max.ms=5) reading the partitions from their end."),
+        "raft": (f"raft/bench.py: three RawNodes with MemoryStorage in this process, Ready handled "
+                 f"synchronously, up to 512 proposals in flight; committed entries per second at the "
+                 f"leader, {args.raft_entries} entries per run; the cost of the Raft logic alone, no "
+                 f"disk or network."),
+        "node": ("chronik_ready_pass_seconds and chronik_fsync_round_seconds histograms scraped from each "
+                 "node's /metrics before and after the broker modes: count, mean, and percentiles as "
+                 "bucket upper bounds; CPU = process user+system time over the same window / wall time; "
+                 "RSS from /proc."),
+    }
+
+
+def _client_version() -> str:
+    try:
+        import confluent_kafka
+        version = confluent_kafka.version()
+        return version if isinstance(version, str) else version[0]
+    except ImportError:
+        return "(not installed)"
+
+
+def _load() -> list[float]:
+    try:
+        return [float(x) for x in pathlib.Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def _summary(results: dict) -> dict:
+    s: dict = {}
+    if "throughput" in results:
+        runs = results["throughput"]
+        s["produce_records_per_s"] = _median(r["produce"]["records_per_s"] for r in runs)
+        s["produce_mb_per_s"] = _median(r["produce"]["mb_per_s"] for r in runs)
+        s["consume_records_per_s"] = _median(r["consume"]["records_per_s"] for r in runs)
+        s["consume_mb_per_s"] = _median(r["consume"]["mb_per_s"] for r in runs)
+    if "latency" in results:
+        runs = results["latency"]
+        for kind in ("produce_latency_ms", "end_to_end_latency_ms"):
+            for q in ("p50", "p90", "p99", "p99_9", "max"):
+                s[f"{kind[:-3]}_{q}_ms"] = _median(r.get(kind, {}).get(q) for r in runs)
+    if "raft" in results:
+        for size, r in results["raft"].items():
+            s[f"raft_{size}_entries_per_s"] = r["median_entries_per_s"]
+    return s
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import confluent_kafka  # noqa: F401
-    except ImportError:
-        print("chronik-trio bench needs confluent-kafka: pip install 'chronik-trio[bench]'", file=sys.stderr)
-        return 2
+    modes = _modes(args)
+    if _needs_broker(modes):
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            print("chronik-trio bench needs confluent-kafka: pip install 'chronik-trio[bench]'", file=sys.stderr)
+            return 2
+    load_before = _load()
+    results: dict = {}
     with contextlib.ExitStack() as stack:
+        cluster = None
         if args.bootstrap:
-            bootstrap, target = args.bootstrap, f"broker at {args.bootstrap}"
+            bootstrap, target, rf = args.bootstrap, f"broker at {args.bootstrap}", args.replication_factor or 1
+            metrics = [a for a in (args.metrics or "").split(",") if a]
+        elif _needs_broker(modes) or "node" in modes:
+            size = args.cluster or 1
+            cluster = stack.enter_context(bench_local.local_cluster(size))
+            bootstrap, metrics, rf = cluster.bootstrap, cluster.metrics_addresses, args.replication_factor or size
+            target = (f"{size} local chronik-trio node process(es) started by the tool on 127.0.0.1 "
+                      f"(every acknowledged write fsynced)")
+            if "node" not in modes and _needs_broker(modes):
+                modes.append("node")
         else:
-            bootstrap = stack.enter_context(_local_node())
-            target = "a local single chronik-trio node started by the tool (fsync always)"
-        runs = [_one_run(bootstrap, args) for _ in range(args.repeat)]
+            bootstrap, target, rf, metrics = "", "none (in-process)", 1, []
+        watch = _NodeWatch(metrics, cluster.pids if cluster else []) if "node" in modes and metrics else None
+        if "throughput" in modes:
+            results["throughput"] = [_throughput_run(bootstrap, args, rf) for _ in range(args.repeat)]
+        if "latency" in modes:
+            results["latency"] = [_latency_run(bootstrap, args, rf) for _ in range(args.repeat)]
+        if watch is not None:
+            results["node"] = watch.report()
+    if "raft" in modes:
+        results["raft"] = _raft_runs(args)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()},
-              "method": _method(args, target), "runs": runs,
-              "median": {
-                  "produce_records_per_s": statistics.median(r["produce"]["records_per_s"] for r in runs),
-                  "produce_mb_per_s": statistics.median(r["produce"]["mb_per_s"] for r in runs),
-                  "produce_latency_p50_ms": statistics.median(r["produce"]["delivery_latency_ms"]["p50"] for r in runs),
-                  "produce_latency_p99_ms": statistics.median(r["produce"]["delivery_latency_ms"]["p99"] for r in runs),
-                  "consume_records_per_s": statistics.median(r["consume"]["records_per_s"] for r in runs),
-                  "consume_mb_per_s": statistics.median(r["consume"]["mb_per_s"] for r in runs)}}
+              "load_average": {"before": load_before, "after": _load()},
+              "modes": modes, "target": target,
+              "method": {m: t for m, t in _methods(args, target, rf).items() if m in modes},
+              "results": results, "summary": _summary(results)}
     _print(report)
+    if args.plot and "latency" in results:
+        _plot(results["latency"], args.plot, report)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    failed = any(r["produce"]["errors"] or r["produce"]["unflushed"] for r in runs)
-    return 1 if failed else 0
+        slim = json.loads(json.dumps(report))
+        for r in slim["results"].get("latency", []):  # the series are for the plot
+            r.pop("series", None)
+            r.pop("e2e_series", None)
+        args.json.write_text(json.dumps(slim, indent=2) + "\n")
+    return 1 if _failed(results) else 0
+
+
+def _failed(results: dict) -> bool:
+    for r in results.get("throughput", []):
+        if r["produce"]["errors"] or r["produce"]["unflushed"]:
+            return True
+    return any(r["errors"] or r["unflushed"] for r in results.get("latency", []))
 
 
 def _print(report: dict) -> None:
-    print(report["method"])
-    print(f"{'run':>4} {'produce rec/s':>14} {'MB/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'consume rec/s':>14} {'MB/s':>7} {'errors':>7}")
-    for i, r in enumerate(report["runs"], 1):
-        p, c, lat = r["produce"], r["consume"], r["produce"]["delivery_latency_ms"]
-        print(f"{i:>4} {p['records_per_s']:>14,} {p['mb_per_s']:>7} {lat['p50']:>8} {lat['p99']:>8} "
-              f"{lat['max']:>8} {c['records_per_s']:>14,} {c['mb_per_s']:>7} {p['errors'] + p['unflushed']:>7}")
-    m = report["median"]
-    print(f"median: produce {m['produce_records_per_s']:,} rec/s {m['produce_mb_per_s']} MB/s "
-          f"(p50 {m['produce_latency_p50_ms']} ms, p99 {m['produce_latency_p99_ms']} ms); "
-          f"consume {m['consume_records_per_s']:,} rec/s {m['consume_mb_per_s']} MB/s")
+    print(f"chronik-trio bench, {report['date']}, load average {report['load_average']['before']} -> "
+          f"{report['load_average']['after']}; target: {report['target']}")
+    for mode, text in report["method"].items():
+        print(f"  [{mode}] {text}")
+    res = report["results"]
+    if "throughput" in res:
+        print(f"{'run':>4} {'produce rec/s':>14} {'MB/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+              f"{'consume rec/s':>14} {'MB/s':>7} {'errors':>7}")
+        for i, r in enumerate(res["throughput"], 1):
+            p, c, lat = r["produce"], r["consume"], r["produce"]["delivery_latency_ms"]
+            print(f"{i:>4} {p['records_per_s']:>14,} {p['mb_per_s']:>7} {lat['p50']:>8} {lat['p99']:>8} "
+                  f"{lat['max']:>8} {c['records_per_s']:>14,} {c['mb_per_s']:>7} {p['errors'] + p['unflushed']:>7}")
+        m = report["summary"]
+        print(f"median: produce {m['produce_records_per_s']:,} rec/s {m['produce_mb_per_s']} MB/s; "
+              f"consume {m['consume_records_per_s']:,} rec/s {m['consume_mb_per_s']} MB/s")
+    if "latency" in res:
+        print(f"{'run':>4} {'rate/s':>8} {'what':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+              f"{'p99.9 ms':>9} {'max ms':>8} {'n':>7}")
+        for i, r in enumerate(res["latency"], 1):
+            for what, key in (("produce", "produce_latency_ms"), ("end-to-end", "end_to_end_latency_ms")):
+                q = r.get(key)
+                if q:
+                    print(f"{i:>4} {r['offered_rate_per_s']:>8g} {what:>10} {q['p50']!s:>8} {q['p90']!s:>8} "
+                          f"{q['p99']!s:>8} {q['p99_9']!s:>9} {q['max']!s:>8} {q['count']:>7}")
+    if "raft" in res:
+        for size, r in res["raft"].items():
+            print(f"raft core, {size} entries: {r['median_entries_per_s']:,} committed entries/s "
+                  f"({r['median_mb_per_s']} MB/s), median of {len(r['runs'])}")
+    for node in res.get("node", []):
+        parts = [f"node {node['metrics']}:"]
+        for key in ("ready_pass", "fsync_round"):
+            h = node.get(key)
+            if h:
+                parts.append(f"{key} n={h['count']} mean {h['mean_ms']} ms p50<={h['p50_ms_at_most']} "
+                             f"p99<={h['p99_ms_at_most']} ms;")
+        if "cpu_percent_of_a_core" in node:
+            parts.append(f"CPU {node['cpu_percent_of_a_core']} % of a core; RSS {node['rss_mb_before']} -> "
+                         f"{node['rss_mb_after']} MB")
+        if "error" in node:
+            parts.append(f"scrape failed: {node['error']}")
+        print(" ".join(parts))
+
+
+def _plot(runs: list[dict], path: pathlib.Path, report: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    offset = 0.0
+    for i, r in enumerate(runs):
+        for key, label, marker in (("series", "produce (due -> ack)", "."), ("e2e_series", "end to end", "x")):
+            pts = r.get(key) or []
+            if pts:
+                ax.scatter([offset + t for t, _ in pts], [ms for _, ms in pts], s=2, marker=marker,
+                           label=label if i == 0 else None, alpha=0.5)
+        offset += r["warmup_s"] + r["duration_s"]
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the first record was due (runs back to back)")
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title(f"open loop at {runs[0]['offered_rate_per_s']:g} records/s; {report['target'][:80]}",
+                 fontsize=8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

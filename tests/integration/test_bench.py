@@ -7,30 +7,99 @@ import pytest
 
 from tests.brokers import CHRONIK_TRIO
 
-pytestmark = pytest.mark.timeout(120)
+BRIEF = ["--records", "3000", "--record-bytes", "50", "--rate", "100", "--warmup-s", "0.5",
+         "--duration-s", "1", "--raft-entries", "500"]
+PERCENTILES = {"count", "p50", "p90", "p99", "p99_9", "max"}
 
 
-def _bench(tmp_path, *target):
+def _bench(tmp_path, *args, timeout_s=150):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([CHRONIK_TRIO, "bench", *target, "--records", "3000", "--record-bytes", "50",
-                           "--repeat", "2", "--json", str(out)],
-                          capture_output=True, text=True, timeout=100)
+    proc = subprocess.run([CHRONIK_TRIO, "bench", *BRIEF, *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=timeout_s)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "median: produce" in proc.stdout
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
 
 
-def test_bench_against_a_running_broker(broker, tmp_path):
-    report = _bench(tmp_path, "--bootstrap", broker.bootstrap)
-    assert len(report["runs"]) == 2
-    for run in report["runs"]:
-        assert run["produce"]["acked"] == 3000 and run["produce"]["errors"] == 0
-        assert run["consume"]["records"] == 3000
+def _check_throughput(report, runs, records=3000):
+    assert len(report["results"]["throughput"]) == runs
+    for run in report["results"]["throughput"]:
+        assert run["produce"]["acked"] == records and run["produce"]["errors"] == 0
+        assert run["consume"]["records"] == records + run["warmup_records"]
         assert run["produce"]["records_per_s"] > 0
-    assert "acks=all" in report["method"] and broker.bootstrap in report["method"]
+    assert report["summary"]["produce_mb_per_s"] is not None
 
 
-def test_bench_starts_and_stops_its_own_node(tmp_path):
-    report = _bench(tmp_path, "--cluster", "1")
-    assert all(r["consume"]["records"] == 3000 for r in report["runs"])
-    assert "started by the tool" in report["method"]
+def _check_latency(report, runs):
+    assert len(report["results"]["latency"]) == runs
+    for run in report["results"]["latency"]:
+        assert run["errors"] == 0 and run["acked"] == run["sent"]
+        assert run["measured"] == 100  # --rate 100 for --duration-s 1; warm-up records not counted
+        assert set(run["produce_latency_ms"]) == PERCENTILES
+        assert run["produce_latency_ms"]["count"] == run["measured"]
+        assert set(run["end_to_end_latency_ms"]) == PERCENTILES
+        assert run["end_to_end_latency_ms"]["count"] > 0
+        assert "series" not in run  # the series go to the plot, not the JSON
+    for key in ("produce_latency_p99_9_ms", "end_to_end_latency_p50_ms"):
+        assert key in report["summary"]
+
+
+@pytest.mark.timeout(180)
+def test_bench_against_a_running_broker(broker, tmp_path):
+    report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--repeat", "2",
+                            "--warmup-s", "0")
+    _check_throughput(report, 2)
+    _check_latency(report, 2)
+    assert "median: produce" in stdout and "end-to-end" in stdout
+    assert "acks=all" in report["method"]["throughput"] and broker.bootstrap in report["target"]
+    assert "open loop" in report["method"]["latency"].lower()
+    assert len(report["load_average"]["before"]) == 3
+    assert "node" not in report["results"]  # no --metrics: nothing to scrape
+
+
+@pytest.mark.timeout(180)
+def test_bench_starts_its_own_node_and_reads_its_ready_pass_and_fsync_timings(tmp_path):
+    plot = tmp_path / "latency.png"
+    report, stdout = _bench(tmp_path, "--cluster", "1", "--repeat", "1", "--modes",
+                            "throughput,latency,raft", "--plot", str(plot))
+    _check_throughput(report, 1)
+    _check_latency(report, 1)
+    assert "started by the tool" in report["target"]
+    [node] = report["results"]["node"]
+    assert "error" not in node, node
+    for key in ("ready_pass", "fsync_round"):
+        assert node[key]["count"] > 0 and node[key]["mean_ms"] is not None
+    assert node["cpu_percent_of_a_core"] >= 0 and node["rss_mb_after"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["results"]["raft"]["50B"]["runs"][0]["entries"] >= 500
+    assert "raft core" in stdout
+
+
+@pytest.mark.timeout(240)
+def test_bench_on_a_three_node_cluster_replicates_the_topic(tmp_path):
+    report, _ = _bench(tmp_path, "--cluster", "3", "--repeat", "1", "--producers", "2",
+                       "--warmup-s", "0", timeout_s=220)
+    _check_throughput(report, 1)
+    _check_latency(report, 1)
+    assert "replication factor 3" in report["method"]["throughput"]
+    assert "2 producer process(es)" in report["method"]["throughput"]
+    nodes = report["results"]["node"]
+    assert len(nodes) == 3 and all("error" not in n for n in nodes), nodes
+    assert sum(n["fsync_round"]["count"] for n in nodes) > 0
+
+
+@pytest.mark.timeout(120)
+def test_bench_raft_core_alone_needs_no_broker(tmp_path):
+    report, stdout = _bench(tmp_path, "--modes", "raft", "--repeat", "2", "--record-bytes", "1000")
+    assert report["target"].startswith("none")
+    assert set(report["results"]["raft"]) == {"100B", "1000B"}
+    for r in report["results"]["raft"].values():
+        assert len(r["runs"]) == 2 and all(run["entries"] >= 500 for run in r["runs"])
+        assert r["median_entries_per_s"] > 0
+    assert "throughput" not in report["results"]
+
+
+@pytest.mark.timeout(60)
+def test_bench_refuses_an_unknown_mode(tmp_path):
+    proc = subprocess.run([CHRONIK_TRIO, "bench", "--modes", "warp", "--json", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "unknown mode" in proc.stderr

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from chronik_trio import bench
+from chronik_trio import bench, bench_kafka
 from tests.brokers import BrokerProcess
 from tests.replication.cluster import NONE, Cluster, wait_balanced
 from tests.replication.failover import (KILL_AT_RECORD, STREAM_RATE_PER_S, STREAM_RECORDS,
@@ -62,8 +62,8 @@ def bench_runs(bootstrap: str, replication_factor: int, args: argparse.Namespace
         topic = f"bench-{tag}-{i}"
         create(bootstrap, topic, args.partitions, replication_factor)
         time.sleep(3)  # leaders settle on their preferred replicas first (balance interval 1 s)
-        produced = bench._produce(bootstrap, topic, args)
-        consumed = bench._consume(bootstrap, topic, args, produced["acked"])
+        produced = bench_kafka.produce_parallel(bootstrap, topic, args)
+        consumed = bench_kafka.consume(bootstrap, topic, args.partitions, produced["acked"])
         runs.append({"topic": topic, "produce": produced, "consume": consumed})
         print(f"  {tag} run {i + 1}: produce {produced['records_per_s']:,} rec/s "
               f"p50 {produced['delivery_latency_ms']['p50']} ms p99 {produced['delivery_latency_ms']['p99']} ms "
@@ -98,9 +98,7 @@ def paced_latency(bootstrap: str, replication_factor: int, tag: str) -> dict:
         producer.produce(topic, os.urandom(100), partition=i % 3, on_delivery=delivered)
         producer.poll(0)
     assert producer.flush(60) == 0
-    latencies_s.sort()
-    pct = {k: round(bench._percentile(latencies_s, q) * 1000, 2)
-           for k, q in (("p50", .5), ("p90", .9), ("p99", .99), ("max", 1.0))}
+    pct = bench_kafka.percentiles_ms(latencies_s)
     print(f"  {tag} paced: {len(latencies_s)} records, latency {pct}, errors {errors[0]}", flush=True)
     return {"records": PACED_RECORDS, "rate_per_s": PACED_RATE_PER_S, "acked": len(latencies_s),
             "errors": errors[0], "latency_ms": pct}
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "loadavg_at_start": os.getloadavg()},
-        "bench_method": bench._method(args, "see 'targets'"),
+        "bench_method": bench._methods(args, "see 'targets'", 3)["throughput"],
         "targets": {"single": "one chronik-trio node (no peers), topic replication factor 1",
                     "cluster": "three chronik-trio nodes on this machine, topic replication factor 3, "
                                "min.insync.replicas 2, replica_lag_time_max_ms 2000, "

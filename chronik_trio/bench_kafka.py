@@ -1,0 +1,242 @@
+"""For `chronik-trio bench`: the Kafka-client side, with confluent-kafka (librdkafka).
+
+- `produce_parallel`: closed-loop throughput, `producers` processes each producing its share
+  as fast as librdkafka accepts it;
+- `consume`: one consumer reading a topic from offset 0;
+- `open_loop`: records sent on a fixed schedule (record i is due at t0 + i / rate, whatever
+  the broker does), each record's latency counted from when it was *due*, so a stall shows
+  up in every record scheduled during it (no coordinated omission); a consumer in another
+  thread reads the same partitions from their end, for the end-to-end latency (due time ->
+  consumed).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import struct
+import threading
+import time
+
+CONSUME_IDLE_TIMEOUT_S = 10.0  # stop consuming when nothing arrives for this long
+PRODUCE_QUEUE_MESSAGES_MAX = 1_000_000  # librdkafka's local queue; a full queue is waited out
+FLUSH_TIMEOUT_S = 120.0
+POLL_EVERY_RECORDS = 5000  # serve delivery callbacks at least this often while producing
+OPEN_LOOP_POLL_MAX_S = 0.001  # the sender's schedule is kept to about this
+E2E_DRAIN_S = 5.0  # after the last send, how long the e2e consumer may take to catch up
+_STAMP = struct.Struct(">Qd")  # record index, due time (time.time(), shared by both threads)
+
+
+def percentiles_ms(values_s: list[float]) -> dict:
+    values = sorted(values_s)
+
+    def at(q: float) -> float | None:
+        if not values:
+            return None
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 3)
+
+    return {"count": len(values), "p50": at(.5), "p90": at(.9), "p99": at(.99), "p99_9": at(.999),
+            "max": at(1.0)}
+
+
+def producer_config(bootstrap: str, args, **overrides) -> dict:
+    config = {"bootstrap.servers": bootstrap, "acks": args.acks, "linger.ms": args.linger_ms,
+              "batch.size": args.batch_bytes, "compression.type": args.compression,
+              "enable.idempotence": False,
+              "queue.buffering.max.messages": PRODUCE_QUEUE_MESSAGES_MAX}
+    config.update(overrides)
+    return config
+
+
+# --- closed-loop throughput -------------------------------------------------------------------
+
+def _produce_share(bootstrap: str, topic: str, args, records: int, first: int,
+                   seconds: float | None = None) -> dict:
+    """Produce `records` (or for `seconds`) round-robin from partition `first`."""
+    from confluent_kafka import Producer
+
+    producer = Producer(producer_config(bootstrap, args))
+    value = os.urandom(args.record_bytes)
+    latencies_s: list[float] = []
+    errors = [0]
+
+    def delivered(err, msg) -> None:
+        if err is not None:
+            errors[0] += 1
+        else:
+            latencies_s.append(msg.latency())
+
+    start_wall, start = time.time(), time.perf_counter()
+    i = 0
+    while (i < records) if seconds is None else (time.perf_counter() - start < seconds):
+        try:
+            producer.produce(topic, value, partition=(first + i) % args.partitions, on_delivery=delivered)
+            i += 1
+        except BufferError:
+            producer.poll(0.005)
+        if i % POLL_EVERY_RECORDS == 0:
+            producer.poll(0)
+    remaining = producer.flush(FLUSH_TIMEOUT_S)
+    elapsed_s = time.perf_counter() - start
+    return {"records": i, "acked": len(latencies_s), "errors": errors[0], "unflushed": remaining,
+            "start_wall": start_wall, "end_wall": start_wall + elapsed_s,
+            "latency": percentiles_ms(latencies_s)}
+
+
+def _share_in_child(queue, *a) -> None:
+    queue.put(_produce_share(*a))
+
+
+def produce_parallel(bootstrap: str, topic: str, args, seconds: float | None = None) -> dict:
+    """Closed-loop throughput of `args.producers` producers (processes when more than one, so
+    that they do not share one interpreter lock)."""
+    n = args.producers
+    shares = [args.records // n + (1 if k < args.records % n else 0) for k in range(n)]
+    if n == 1:
+        parts = [_produce_share(bootstrap, topic, args, shares[0], 0, seconds)]
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_share_in_child, args=(queue, bootstrap, topic, args, shares[k], k, seconds))
+                 for k in range(n)]
+        for p in procs:
+            p.start()
+        try:
+            parts = [queue.get(timeout=FLUSH_TIMEOUT_S * 3) for _ in procs]
+        finally:
+            for p in procs:
+                p.join(timeout=FLUSH_TIMEOUT_S)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+    elapsed_s = max(p["end_wall"] for p in parts) - min(p["start_wall"] for p in parts)
+    acked = sum(p["acked"] for p in parts)
+    latency = parts[0]["latency"] if n == 1 else {
+        k: max(p["latency"][k] or 0 for p in parts) for k in parts[0]["latency"]} | {"note": "worst producer"}
+    return {"records": sum(p["records"] for p in parts), "acked": acked,
+            "errors": sum(p["errors"] for p in parts), "unflushed": sum(p["unflushed"] for p in parts),
+            "producers": n, "elapsed_s": round(elapsed_s, 3),
+            "records_per_s": round(acked / elapsed_s), "mb_per_s": round(acked * args.record_bytes / elapsed_s / 1e6, 1),
+            "delivery_latency_ms": latency}
+
+
+# --- consume ------------------------------------------------------------------------------------
+
+def consume(bootstrap: str, topic: str, partitions: int, expected: int) -> dict:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chronik-bench",
+                         "enable.auto.commit": False, "fetch.max.bytes": 50 << 20,
+                         "max.partition.fetch.bytes": 10 << 20})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = nbytes = 0
+    start = last = time.perf_counter()
+    while got < expected and time.perf_counter() - last < CONSUME_IDLE_TIMEOUT_S:
+        for msg in consumer.consume(10_000, 1.0):
+            if msg.error() is None:
+                got += 1
+                nbytes += len(msg.value() or b"")
+                last = time.perf_counter()
+    elapsed_s = max(last - start, 1e-9)
+    consumer.close()
+    return {"records": got, "elapsed_s": round(elapsed_s, 3), "records_per_s": round(got / elapsed_s),
+            "mb_per_s": round(nbytes / elapsed_s / 1e6, 1)}
+
+
+# --- open loop ------------------------------------------------------------------------------------
+
+class _EndToEnd(threading.Thread):
+    """Reads the topic from its current end and notes, per record, consumed - due."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer, TopicPartition, OFFSET_END
+
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chronik-bench-e2e",
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                                  "fetch.min.bytes": 1, "socket.nagle.disable": True})
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(partitions)])
+        self.samples: dict[int, tuple[float, float]] = {}  # index -> (due, consumed)
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            msgs = self.consumer.consume(1000, 0.05)
+            self.ready.set()  # a first poll has joined the partitions at their end
+            now = time.time()
+            for msg in msgs:
+                if msg.error() is None and len(msg.value() or b"") >= _STAMP.size:
+                    index, due = _STAMP.unpack_from(msg.value())
+                    self.samples[index] = (due, now)
+        self.consumer.close()
+
+
+def open_loop(bootstrap: str, topic: str, args, rate: float, warmup_s: float, duration_s: float,
+              end_to_end: bool) -> dict:
+    """Records of args.record_bytes at `rate` per second for warmup_s + duration_s."""
+    from confluent_kafka import Producer
+
+    # Nagle off: a lone small record must not wait for the previous one's ACK.
+    producer = Producer(producer_config(bootstrap, args, **{"socket.nagle.disable": True}))
+    e2e = _EndToEnd(bootstrap, topic, args.partitions) if end_to_end else None
+    if e2e is not None:
+        e2e.start()
+        e2e.ready.wait(10)
+        time.sleep(0.5)  # let the consumer's first fetches reach the (empty) end
+    padding = os.urandom(max(0, args.record_bytes - _STAMP.size))
+    total = int(rate * (warmup_s + duration_s))
+    warmup = int(rate * warmup_s)
+    due_rel: list[float] = [0.0] * total
+    acked_s: list[float | None] = [None] * total
+    errors = [0]
+    behind_max_s = 0.0
+
+    def on_delivery(index: int):
+        def cb(err, msg) -> None:
+            if err is not None:
+                errors[0] += 1
+            else:  # delivery (librdkafka's own clock) relative to when the record was due
+                acked_s[index] = msg.latency() + late[index]
+        return cb
+
+    late: list[float] = [0.0] * total
+    t0_wall, t0 = time.time(), time.perf_counter()
+    i = 0
+    while i < total:
+        now = time.perf_counter()
+        due_count = min(total, int((now - t0) * rate) + 1)
+        while i < due_count:
+            due = t0 + i / rate
+            due_rel[i] = i / rate
+            late[i] = time.perf_counter() - due  # time the record waited for our loop
+            behind_max_s = max(behind_max_s, late[i])
+            value = _STAMP.pack(i, t0_wall + i / rate) + padding
+            try:
+                producer.produce(topic, value, partition=i % args.partitions, on_delivery=on_delivery(i))
+            except BufferError:
+                producer.poll(0.001)
+                continue
+            i += 1
+        next_due = t0 + i / rate
+        producer.poll(max(0.0, min(OPEN_LOOP_POLL_MAX_S, next_due - time.perf_counter())))
+    remaining = producer.flush(FLUSH_TIMEOUT_S)
+    measured = [acked_s[k] for k in range(warmup, total) if acked_s[k] is not None]
+    result = {"offered_rate_per_s": rate, "warmup_s": warmup_s, "duration_s": duration_s,
+              "sent": total, "measured": total - warmup, "acked": sum(1 for a in acked_s if a is not None),
+              "errors": errors[0], "unflushed": remaining,
+              "sender_behind_max_ms": round(behind_max_s * 1000, 3),
+              "produce_latency_ms": percentiles_ms(measured),
+              "series": [(round(due_rel[k], 4), round(acked_s[k] * 1000, 3))
+                         for k in range(total) if acked_s[k] is not None]}
+    if e2e is not None:
+        deadline = time.monotonic() + E2E_DRAIN_S
+        while len(e2e.samples) < result["acked"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        e2e.stop.set()
+        e2e.join(10)
+        samples = {k: consumed - due for k, (due, consumed) in e2e.samples.items()}
+        result["end_to_end_latency_ms"] = percentiles_ms([v for k, v in samples.items() if k >= warmup])
+        result["consumed"] = len(samples)
+        result["e2e_series"] = [(round(k / rate, 4), round(v * 1000, 3)) for k, v in sorted(samples.items())]
+    return result

@@ -35,6 +35,7 @@ _INT_CONFIGS = {"retention.ms", "retention.bytes", "segment.bytes", "max.message
 _ENUM_CONFIGS = {"cleanup.policy": {"delete"}, "message.timestamp.type": {"CreateTime"}}
 
 
+PRODUCER_EPOCH_MAX = 32_766  # Kafka bumps to a new producer id before epoch 32767 (Short.MAX_VALUE)
 RECENT_REQUESTS_MAX = 10_000  # request ids remembered for deduplication (and in snapshots)
 
 
@@ -54,6 +55,10 @@ class TopicAlreadyExists(ClusterError):
 
 class UnknownTopic(ClusterError):
     error_code = ErrorCode.unknown_topic_or_partition
+
+
+class ProducerFenced(ClusterError):
+    error_code = ErrorCode.producer_fenced
 
 
 class InvalidTopicConfig(ClusterError):
@@ -119,6 +124,7 @@ class Applied:
     ok: bool
     error: ClusterError | None = None
     producer_id_start: int = -1
+    producer_epoch: int = -1
 
 
 def _error_from_code(code: int, message: str) -> ClusterError:
@@ -147,6 +153,8 @@ class MetaState:
         self.topics_by_id: dict[uuid.UUID, Topic] = {}
         self.leaders: dict[tuple[uuid.UUID, int], PartitionLeader] = {}
         self.next_producer_id = 0
+        # transactional id -> (producer id, epoch, last InitProducerId's timestamp)
+        self.transactional_ids: dict[str, tuple[int, int, int]] = {}
         self.cluster_id = ""
         self.version = 0  # bumps on every change; readers cache derived answers by it
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
@@ -211,8 +219,11 @@ class MetaState:
                              leader_epoch=pl.epoch, isr=pl.isr, isr_version=pl.isr_version)
         for request_id, a in self._recent.items():
             snap.recent.add(request_id=request_id, ok=a.ok, producer_id_start=a.producer_id_start,
+                            producer_epoch=a.producer_epoch,
                             error_code=int(a.error.error_code) if a.error else 0,
                             error_message=str(a.error) if a.error else "")
+        for tid, (pid, epoch, ts) in self.transactional_ids.items():
+            snap.transactional_ids.add(transactional_id=tid, producer_id=pid, epoch=epoch, timestamp_ms=ts)
         return snap.SerializeToString()
 
     def restore(self, data: bytes) -> None:
@@ -226,7 +237,9 @@ class MetaState:
             self._partition_leader_changed(pl)
         for r in snap.recent:
             error = _error_from_code(r.error_code, r.error_message) if r.error_code else None
-            self._recent[r.request_id] = Applied(r.ok, error, r.producer_id_start)
+            self._recent[r.request_id] = Applied(r.ok, error, r.producer_id_start, r.producer_epoch)
+        self.transactional_ids = {t.transactional_id: (t.producer_id, t.epoch, t.timestamp_ms)
+                                  for t in snap.transactional_ids}
         self.next_producer_id, self.version = snap.next_producer_id, snap.version
         self.cluster_id = snap.cluster_id
 
@@ -268,6 +281,27 @@ class MetaState:
         self.next_producer_id += cmd.count
         return Applied(True, producer_id_start=start)
 
+    def _transactional_id_initialized(self, cmd: meta_pb2.TransactionalIdInitialized) -> Applied:
+        horizon = cmd.timestamp_ms - cmd.expiration_ms
+        for tid in [t for t, (_, _, ts) in self.transactional_ids.items() if ts < horizon]:
+            del self.transactional_ids[tid]
+        known = self.transactional_ids.get(cmd.transactional_id)
+        expected = (cmd.expected_producer_id, cmd.expected_epoch)
+        if known is not None and cmd.expected_producer_id >= 0 and expected == (known[0], known[1] - 1):
+            # A retry of the bump this producer already got (its answer was lost): the same answer.
+            return Applied(True, producer_id_start=known[0], producer_epoch=known[1])
+        if known is not None and cmd.expected_producer_id >= 0 and expected != known[:2]:
+            return Applied(False, ProducerFenced(
+                f"transactional id {cmd.transactional_id!r} is at producer id {known[0]} epoch {known[1]}, "
+                f"not {cmd.expected_producer_id} epoch {cmd.expected_epoch}"))
+        if known is None or known[1] + 1 > PRODUCER_EPOCH_MAX:
+            pid, epoch = self.next_producer_id, 0
+            self.next_producer_id += 1
+        else:
+            pid, epoch = known[0], known[1] + 1
+        self.transactional_ids[cmd.transactional_id] = (pid, epoch, cmd.timestamp_ms)
+        return Applied(True, producer_id_start=pid, producer_epoch=epoch)
+
     def _topic_configs_altered(self, cmd: meta_pb2.TopicConfigsAltered) -> Applied:
         topic = self.topics.get(cmd.name)
         if topic is None:
@@ -290,4 +324,5 @@ _APPLY = {
     "partition_leader_changed": MetaState._partition_leader_changed,
     "cluster_id_proposed": MetaState._cluster_id_proposed,
     "preferred_leader_requested": MetaState._preferred_leader_requested,
+    "transactional_id_initialized": MetaState._transactional_id_initialized,
 }

@@ -138,3 +138,29 @@ def test_producer_state_survives_retention_through_the_snapshot(broker_factory):
         assert code == OUT_OF_ORDER_SEQUENCE_NUMBER, "producer state lost with the deleted segments"
         assert produce(conn, topic, idem(pid, seq - 5, 5, tag="x" * 100, ts=old)) == (NONE, seq - 5)  # a retry
         assert produce(conn, topic, idem(pid, seq, ts=old)) == (NONE, seq + 80)
+
+
+@pytest.mark.timeout(60)
+def test_init_producer_id_bumps_a_transactional_ids_epoch_and_fences_the_old_holder(broker):
+    def init(conn, tid, pid=-1, epoch=-1, version=4):
+        r = conn.request(INIT_PRODUCER_ID, {"transactional_id": tid, "transaction_timeout": 60000,
+                                            "producer_id": pid, "producer_epoch": epoch}, version=version)
+        return int(r.error_code), int(r.producer_id), int(r.producer_epoch)
+
+    with KafkaWire.connect(broker.port) as conn:
+        tid = random_topic()
+        code, pid, epoch = init(conn, tid)
+        assert (code, epoch) == (NONE, 0)
+        assert init(conn, tid) == (NONE, pid, 1)
+        assert init(conn, tid, pid, 1) == (NONE, pid, 2)
+        assert init(conn, tid, pid, 0)[0] == 90  # PRODUCER_FENCED
+        assert init(conn, tid, pid, 0, version=3)[0] == INVALID_PRODUCER_EPOCH
+        assert init_producer_id(conn) != pid  # idempotent producers get ids of their own
+    broker.restart()
+    with KafkaWire.connect(broker.port) as conn:
+        for _ in range(100):  # __meta's leader is elected again
+            result = init(conn, tid)
+            if result[0] == NONE:
+                break
+            time.sleep(0.1)
+        assert result == (NONE, pid, 3)  # durable through __meta

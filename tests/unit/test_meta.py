@@ -128,3 +128,41 @@ def test_the_first_applied_cluster_id_wins_and_survives_snapshots():
     copy = meta.MetaState()
     copy.restore(state.snapshot())
     assert copy.cluster_id == "first"
+
+
+def _init_txn(tid, pid=-1, epoch=-1, ts=1_000, expiration_ms=10_000):
+    return meta_pb2.MetaCommand(transactional_id_initialized=meta_pb2.TransactionalIdInitialized(
+        transactional_id=tid, expected_producer_id=pid, expected_epoch=epoch, timestamp_ms=ts,
+        expiration_ms=expiration_ms))
+
+
+def test_a_transactional_id_keeps_its_producer_id_and_each_init_bumps_the_epoch():
+    state = meta.MetaState()
+    state.apply(meta_pb2.MetaCommand(producer_ids_allocated=meta_pb2.ProducerIdsAllocated(node_id=1, count=10)))
+    first = state.apply(_init_txn("t"))
+    assert (first.producer_id_start, first.producer_epoch) == (10, 0)  # never one of a block
+    assert state.next_producer_id == 11
+    again = state.apply(_init_txn("t"))  # a new instance of the producer: fences the old one
+    assert (again.producer_id_start, again.producer_epoch) == (10, 1)
+    # KIP-360: with the id and epoch it holds, a producer bumps; a stale holder is fenced.
+    bumped = state.apply(_init_txn("t", 10, 1))
+    assert (bumped.producer_id_start, bumped.producer_epoch) == (10, 2)
+    retry = state.apply(_init_txn("t", 10, 1))  # the same bump again (its answer was lost)
+    assert (retry.producer_id_start, retry.producer_epoch) == (10, 2)
+    fenced = state.apply(_init_txn("t", 10, 0))
+    assert not fenced.ok and isinstance(fenced.error, meta.ProducerFenced)
+    assert state.apply(_init_txn("other")).producer_id_start == 11
+
+
+def test_an_exhausted_epoch_gets_a_new_producer_id_and_idle_ids_expire():
+    state = meta.MetaState()
+    state.transactional_ids["t"] = (5, meta.PRODUCER_EPOCH_MAX, 1_000)
+    state.next_producer_id = 6
+    result = state.apply(_init_txn("t", 5, meta.PRODUCER_EPOCH_MAX))
+    assert (result.producer_id_start, result.producer_epoch) == (6, 0)
+    state.apply(_init_txn("idle", ts=2_000))
+    state.apply(_init_txn("t", ts=20_000))  # 18 s later: "idle" (10 s expiration) is forgotten
+    assert set(state.transactional_ids) == {"t"}
+    copy = meta.MetaState()
+    copy.restore(state.snapshot())
+    assert copy.transactional_ids == state.transactional_ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 from kio.schema.errors import ErrorCode
@@ -13,6 +14,8 @@ from chronik_trio.cluster.meta import (
     validate_topic_configs,
     validate_topic_name,
 )
+
+from chronik_trio.pb import meta_pb2
 
 from ..codec import build, has_field, response_schema
 from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of
@@ -149,14 +152,41 @@ async def handle_describe_cluster(body, ctx, version: int):
                  cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)
 
 
+TRANSACTIONAL_ID_EXPIRATION_MS = 604_800_000  # Kafka's transactional.id.expiration.ms (7 days)
+INIT_PRODUCER_ID_FENCED_VERSION = 4  # older clients are told INVALID_PRODUCER_EPOCH instead
+
+
 async def handle_init_producer_id(body, ctx, version: int):
+    """A new producer id (epoch 0) for an idempotent producer, as Kafka answers even when
+    the producer gives the id it holds (KIP-360: it bumps its epoch itself when it can). A
+    transactional id keeps its producer id with the epoch bumped through __meta, which
+    fences the previous holder; transactions themselves are not built (Produce with a
+    transactional id is refused)."""
+    from chronik_trio.node.meta_group import MetaUnavailable
+
     resp = response_schema(22, version)
-    if body.transactional_id is not None:
-        # Transactions are not built; refuse clearly rather than pretend.
-        return build(resp, throttle_time=0, error_code=ErrorCode.transactional_id_authorization_failed,
+    try:
+        if body.transactional_id is None:
+            producer_id, epoch = await ctx.allocate_producer_id(), 0
+        else:
+            applied = await ctx.meta_service.propose(meta_pb2.MetaCommand(
+                transactional_id_initialized=meta_pb2.TransactionalIdInitialized(
+                    transactional_id=body.transactional_id,
+                    expected_producer_id=getattr(body, "producer_id", -1),  # v3+
+                    expected_epoch=getattr(body, "producer_epoch", -1),
+                    timestamp_ms=int(time.time() * 1000), expiration_ms=TRANSACTIONAL_ID_EXPIRATION_MS)))
+            if not applied.ok:
+                code = applied.error.error_code
+                if code == ErrorCode.producer_fenced and version < INIT_PRODUCER_ID_FENCED_VERSION:
+                    code = ErrorCode.invalid_producer_epoch
+                log.info("InitProducerId for %r refused: %s", body.transactional_id, applied.error)
+                return build(resp, throttle_time=0, error_code=code, producer_id=-1, producer_epoch=-1)
+            producer_id, epoch = applied.producer_id_start, applied.producer_epoch
+    except MetaUnavailable as exc:
+        log.info("InitProducerId: %s", exc)
+        return build(resp, throttle_time=0, error_code=ErrorCode.coordinator_not_available,
                      producer_id=-1, producer_epoch=-1)
-    producer_id = await ctx.allocate_producer_id()
-    return build(resp, throttle_time=0, error_code=0, producer_id=producer_id, producer_epoch=0)
+    return build(resp, throttle_time=0, error_code=0, producer_id=producer_id, producer_epoch=epoch)
 
 
 async def _add_partitions_one(ctx, spec, validate_only: bool, timeout_s: float) -> dict:

@@ -50,6 +50,9 @@ class NodeConfig:
     # a member further behind is sent the snapshot instead of the entries.
     meta_snapshot_entries: int = 10_000
     meta_segment_bytes: int = 4 << 20
+    # Kafka's producer.id.expiration.ms: a producer whose newest batch in a partition is this
+    # much older than the partition's newest is forgotten there (partition/producers.py).
+    producer_id_expiration_ms: int = 86_400_000
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:
@@ -63,7 +66,7 @@ class NodeConfig:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         for key in ("default_partitions", "message_max_bytes", "request_max_bytes",
                     "segment_bytes", "retention_check_interval_ms", "meta_snapshot_entries", "meta_segment_bytes",
-                    "replica_lag_time_max_ms", "leader_balance_interval_ms"):
+                    "replica_lag_time_max_ms", "leader_balance_interval_ms", "producer_id_expiration_ms"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 

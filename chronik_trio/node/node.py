@@ -338,7 +338,7 @@ class Node:
 
     def _start_partition(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
         machine = PartitionMachine(topic, partition, storage.log, self._became_leader,
-                                   states=[ProducerStateTable()])
+                                   states=[ProducerStateTable(self.config.producer_id_expiration_ms)])
         # A new partition's preferred replica campaigns at once, the others wait for an
         # election timeout: its first leader is the preferred one, with no hand-over after.
         new = storage.last_index() == 0 and storage.initial_state()[0].term == 0

@@ -53,6 +53,14 @@ class NodeConfig:
     # Kafka's producer.id.expiration.ms: a producer whose newest batch in a partition is this
     # much older than the partition's newest is forgotten there (partition/producers.py).
     producer_id_expiration_ms: int = 86_400_000
+    # Consumer groups (node/group_coordinator.py), Kafka's names with _ for the dots.
+    offsets_topic_num_partitions: int = 10  # Kafka: 50; each partition is a Raft group here
+    offsets_topic_replication_factor: int = 3  # capped at the number of brokers
+    offsets_retention_minutes: int = 7 * 24 * 60
+    offsets_retention_check_interval_ms: int = 600_000
+    group_initial_rebalance_delay_ms: int = 3000
+    group_min_session_timeout_ms: int = 6000
+    group_max_session_timeout_ms: int = 1_800_000
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:
@@ -66,7 +74,10 @@ class NodeConfig:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         for key in ("default_partitions", "message_max_bytes", "request_max_bytes",
                     "segment_bytes", "retention_check_interval_ms", "meta_snapshot_entries", "meta_segment_bytes",
-                    "replica_lag_time_max_ms", "leader_balance_interval_ms", "producer_id_expiration_ms"):
+                    "replica_lag_time_max_ms", "leader_balance_interval_ms", "producer_id_expiration_ms",
+                    "offsets_topic_num_partitions", "offsets_topic_replication_factor",
+                    "offsets_retention_minutes", "offsets_retention_check_interval_ms",
+                    "group_min_session_timeout_ms", "group_max_session_timeout_ms"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 

@@ -16,6 +16,7 @@ from chronik_trio.kafka import codec
 from chronik_trio.kafka.errors import ProtocolViolation, UnsupportedApi
 from chronik_trio.kafka.framing import FrameDecoder
 from chronik_trio.kafka.handlers import registry
+from chronik_trio.kafka.handlers.groups import REQUEST_CLIENT
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ async def _read_requests(stream, ctx, peer: str, send, nursery) -> None:
             while (frame := decoder.next_frame()) is not None:
                 request, slot = _decode(frame, ctx)
                 await send.send(slot)
-                nursery.start_soon(_answer, request, slot, ctx)
+                nursery.start_soon(_answer, request, slot, ctx, peer)
     # The client half-closed: answer what is in flight, then the writer ends.
 
 
@@ -91,9 +92,10 @@ def _decode(frame: bytes, ctx):
     return request, _Slot(f"{type(request.body).__name__} v{api_version}")
 
 
-async def _answer(request, slot: _Slot, ctx) -> None:
+async def _answer(request, slot: _Slot, ctx, peer: str) -> None:
     if request is None:
         return
+    REQUEST_CLIENT.set((request.client_id or "", "/" + peer.rpartition(":")[0]))  # Kafka's "/host"
     _, handler = registry.HANDLERS[request.api_key]
     ctx.requests_inflight += 1
     try:

@@ -38,6 +38,7 @@ from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
 
 from .config import ConfigError, NodeConfig
+from .group_coordinator import GroupCoordinator
 from .kafka_server import serve_connection
 from .meta_group import META_GROUP_ID, MetaMachine, MetaService, MetaUnavailable
 from .partition_group import PartitionMachine, PartitionReplica
@@ -93,6 +94,7 @@ class Node:
         self._leader_report_wanted = trio.Event()
         self._producer_ids = (0, 0)  # [next, end) of this node's reserved block
         self._producer_id_lock = trio.Lock()
+        self.groups = GroupCoordinator(self)  # consumer groups (on __consumer_offsets leaders)
 
     # --- what handlers use (kafka/handlers/context.py) ---------------------------------------
 
@@ -338,7 +340,8 @@ class Node:
 
     def _start_partition(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
         machine = PartitionMachine(topic, partition, storage.log, self._became_leader,
-                                   states=[ProducerStateTable(self.config.producer_id_expiration_ms)])
+                                   states=[ProducerStateTable(self.config.producer_id_expiration_ms),
+                                           *self.groups.states_for(topic)])
         # A new partition's preferred replica campaigns at once, the others wait for an
         # election timeout: its first leader is the preferred one, with no hand-over after.
         new = storage.last_index() == 0 and storage.initial_state()[0].term == 0
@@ -352,6 +355,7 @@ class Node:
         self.replicas[(topic.name, partition)] = PartitionReplica(
             topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000,
             alive=self.runtime.is_alive)
+        self.groups.attach(self.replicas[(topic.name, partition)])
 
     def _meta_command(self, command: meta_pb2.MetaCommand) -> None:
         """A PreferredLeaderRequested was applied: if this node leads that partition, hand
@@ -582,6 +586,7 @@ class Node:
                 nursery.start_soon(self._meta_snapshot_loop)
                 nursery.start_soon(self._isr_loop)
                 nursery.start_soon(self._balance_loop)
+                await nursery.start(self.groups.run)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._ensure_cluster_id()
                 await self._register_broker()

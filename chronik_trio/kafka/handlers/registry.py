@@ -5,7 +5,7 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, epochs, fetch, metadata, offsets, produce, producers
+from . import admin, epochs, fetch, groups, metadata, offsets, produce, producers
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -22,6 +22,15 @@ HANDLERS = {
     1: ((4, 16), fetch.handle_fetch),
     2: ((1, 9), offsets.handle_list_offsets),
     3: ((0, 12), metadata.handle_metadata),
+    8: ((2, 9), groups.handle_offset_commit),
+    9: ((1, 9), groups.handle_offset_fetch),
+    10: ((0, 6), groups.handle_find_coordinator),
+    11: ((0, 9), groups.handle_join_group),
+    12: ((0, 4), groups.handle_heartbeat),
+    13: ((0, 5), groups.handle_leave_group),
+    14: ((0, 5), groups.handle_sync_group),
+    15: ((0, 5), groups.handle_describe_groups),
+    16: ((0, 5), groups.handle_list_groups),
     18: ((0, 4), handle_api_versions),
     19: ((2, 7), admin.handle_create_topics),
     20: ((1, 6), admin.handle_delete_topics),
@@ -29,7 +38,9 @@ HANDLERS = {
     23: ((2, 4), epochs.handle_offset_for_leader_epoch),
     32: ((1, 4), admin.handle_describe_configs),
     37: ((0, 3), admin.handle_create_partitions),
+    42: ((0, 2), groups.handle_delete_groups),
     43: ((0, 2), admin.handle_elect_leaders),
+    47: ((0, 0), groups.handle_offset_delete),
     60: ((0, 1), admin.handle_describe_cluster),
     61: ((0, 0), producers.handle_describe_producers),
 }

@@ -1,0 +1,24 @@
+"""Consumer groups, the pure part: the classic group protocol, the committed-offsets table and
+their records on `__consumer_offsets`.
+
+- group.py: one group's state machine (members, generations, rebalances, static members),
+  driven by calls that carry the time; it emits events (JoinCompleted, SyncCompleted,
+  PersistWanted) for the node's coordinator to deliver and write.
+- store.py: GroupStore, the BatchState (partition/state.py) every replica of an offsets
+  partition derives from its committed batches: persisted groups and committed offsets.
+- records.py: the record keys and values, and a v2 record batch builder and reader.
+- hashing.py: which offsets partition a group lives on (Kafka's rule).
+
+May import: the standard library, attrs, crc32c, kio's ErrorCode, chronik_trio.varint and
+chronik_trio.partition. No trio, no I/O, no clocks: time is passed in by the caller.
+"""
+
+from .errors import GroupError
+from .group import (Group, GroupState, JoinCompleted, JoinPending, JoinRequest, JoinResult,
+                    PersistWanted, SyncCompleted, SyncPending, SyncResult)
+from .hashing import java_string_hash, partition_for
+from .store import GroupRecord, GroupStore, MemberRecord, OffsetRecord
+
+__all__ = ["GroupError", "Group", "GroupState", "JoinCompleted", "JoinPending", "JoinRequest", "JoinResult",
+           "PersistWanted", "SyncCompleted", "SyncPending", "SyncResult", "java_string_hash",
+           "partition_for", "GroupRecord", "GroupStore", "MemberRecord", "OffsetRecord"]

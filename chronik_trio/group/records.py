@@ -1,0 +1,140 @@
+"""The records a group coordinator writes to `__consumer_offsets`, and the v2 record batches
+that carry them.
+
+Keys follow Kafka's own layout (so a tool reading keys of Kafka's topic reads ours):
+  offset commit:   version i16 = 1, group string, topic string, partition i32
+  group metadata:  version i16 = 2, group string
+(strings are i16 length + UTF-8). Values are UTF-8 JSON objects with a "v" version field,
+not Kafka's binary value schemas: they are read only by this broker, JSON keeps them
+inspectable with any tool, and a value schema change is a new "v". A null value is a
+tombstone: the offset, or the group, is deleted.
+
+Batches are uncompressed magic-v2 batches without producer ids, one per coordinator write
+(a commit of N partitions is one batch of N records: applied together or not at all).
+"""
+
+from __future__ import annotations
+
+import struct
+import typing
+
+import crc32c
+
+from chronik_trio.varint import VarintError, read_varint, write_uvarint
+
+OFFSET_KEY_VERSION = 1
+GROUP_KEY_VERSION = 2
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+# baseOffset, batchLength, partitionLeaderEpoch, magic, crc, attributes, lastOffsetDelta,
+# baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, recordCount
+_HEADER = struct.Struct(">qiibIhiqqqhii")
+HEADER_BYTES = 61
+CRC_START = 21
+ATTR_COMPRESSION_MASK = 0x07
+ATTR_CONTROL = 0x20
+
+
+class RecordError(ValueError):
+    """A record on __consumer_offsets that this broker cannot read (skipped when applying)."""
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return _I16.pack(len(raw)) + raw
+
+
+def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
+    if pos + 2 > len(buf):
+        raise RecordError("key ends inside a string length")
+    (n,) = _I16.unpack_from(buf, pos)
+    pos += 2
+    if n < 0 or pos + n > len(buf):
+        raise RecordError(f"key string of {n} bytes does not fit")
+    return buf[pos:pos + n].decode(), pos + n
+
+
+def offset_key(group_id: str, topic: str, partition: int) -> bytes:
+    return _I16.pack(OFFSET_KEY_VERSION) + _string(group_id) + _string(topic) + _I32.pack(partition)
+
+
+def group_key(group_id: str) -> bytes:
+    return _I16.pack(GROUP_KEY_VERSION) + _string(group_id)
+
+
+def parse_key(key: bytes) -> tuple[str, str, str | None, int | None]:
+    """("offset", group, topic, partition) or ("group", group, None, None)."""
+    if len(key) < 2:
+        raise RecordError(f"key of {len(key)} bytes")
+    (version,) = _I16.unpack_from(key, 0)
+    group_id, pos = _read_string(key, 2)
+    if version in (0, OFFSET_KEY_VERSION):
+        topic, pos = _read_string(key, pos)
+        if pos + 4 > len(key):
+            raise RecordError("offset key ends before its partition")
+        return "offset", group_id, topic, _I32.unpack_from(key, pos)[0]
+    if version == GROUP_KEY_VERSION:
+        return "group", group_id, None, None
+    raise RecordError(f"unknown key version {version}")
+
+
+def _record(offset_delta: int, key: bytes, value: bytes | None) -> bytes:
+    body = bytearray(b"\x00")  # attributes
+    body += _zigzag(0)  # timestamp delta: every record has the batch's timestamp
+    body += _zigzag(offset_delta)
+    body += _zigzag(len(key)) + key
+    body += _zigzag(-1) if value is None else _zigzag(len(value)) + value
+    body += _zigzag(0)  # no headers
+    return _zigzag(len(body)) + bytes(body)
+
+
+def _zigzag(n: int) -> bytes:
+    return write_uvarint((n << 1) ^ (n >> 63))
+
+
+def build_batch(records: typing.Sequence[tuple[bytes, bytes | None]], timestamp_ms: int) -> bytes:
+    """An uncompressed v2 batch of (key, value) records; value None is a tombstone.
+    baseOffset and partitionLeaderEpoch are 0 here: the partition leader assigns them."""
+    assert records, "a batch needs at least one record"
+    body = b"".join(_record(i, key, value) for i, (key, value) in enumerate(records))
+    length = HEADER_BYTES - 12 + len(body)
+    header = bytearray(_HEADER.pack(0, length, 0, 2, 0, 0, len(records) - 1, timestamp_ms, timestamp_ms,
+                                    -1, -1, -1, len(records)))
+    out = header + body
+    struct.pack_into(">I", out, 17, crc32c.crc32c(bytes(out[CRC_START:])))
+    return bytes(out)
+
+
+def batch_records(batch: bytes | memoryview) -> list[tuple[bytes, bytes | None]]:
+    """The (key, value) records of one v2 batch. Raises RecordError for compressed or
+    control batches and for bytes that do not parse (the coordinator never writes those)."""
+    view = memoryview(batch)
+    if len(view) < HEADER_BYTES:
+        raise RecordError(f"batch of {len(view)} bytes")
+    fields = _HEADER.unpack_from(view, 0)
+    attributes, count = fields[5], fields[12]
+    if attributes & ATTR_COMPRESSION_MASK or attributes & ATTR_CONTROL:
+        raise RecordError(f"batch attributes {attributes:#x}: compressed or control")
+    data = bytes(view[HEADER_BYTES:])
+    out, pos = [], 0
+    try:
+        for _ in range(count):
+            length, pos = read_varint(data, pos)
+            end = pos + length
+            pos += 1  # attributes
+            _, pos = read_varint(data, pos)  # timestamp delta
+            _, pos = read_varint(data, pos)  # offset delta
+            key_len, pos = read_varint(data, pos)
+            key = data[pos:pos + key_len] if key_len >= 0 else b""
+            pos += max(key_len, 0)
+            value_len, pos = read_varint(data, pos)
+            value = data[pos:pos + value_len] if value_len >= 0 else None
+            if end > len(data):
+                raise RecordError("record runs past the batch")
+            out.append((key, value))
+            pos = end
+    except (IndexError, VarintError) as exc:
+        raise RecordError(f"record does not parse: {exc}") from None
+    return out
+
+

@@ -155,3 +155,55 @@ def test_every_record_once_in_order_through_two_leader_kills_and_a_paused_follow
         wrong = [(value, offset, told[value]) for offset, value in mine if told[value] != offset]
         assert not wrong, f"{s.name}: records not at the offset acknowledged: {wrong[:3]}"
     print(f"{topic}: {'; '.join(faults)}; {'; '.join(report)}")
+
+
+INIT_PRODUCER_ID = 22
+REQUEST_TIMED_OUT = 7
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_of_a_batch_still_in_flight_in_raft_is_not_written_again(cluster):
+    """The leader cannot commit while both followers are paused: the first attempt times
+    out with its entry proposed but not committed, and retries arrive meanwhile (and, after
+    the followers wake, at whichever node leads then, which holds the entry only as part
+    of the uncommitted tail its term commits). One copy is written, and the retry that
+    succeeds is told its offset."""
+    from tests.kafka_wire import Record, build_batch
+
+    topic = "idempotent-in-flight"
+    assert cluster.create_topic(1, topic, 1).error_code == NONE
+    info = wait_balanced(cluster, topic)[0]
+    leader, followers = info.leader, [n for n in info.replicas if n != info.leader]
+    with cluster.connect(leader) as conn:
+        r = conn.request(INIT_PRODUCER_ID, {"transactional_id": None, "transaction_timeout": 60000,
+                                            "producer_id": -1, "producer_epoch": -1})
+        pid = int(r.producer_id)
+
+        def batch(seq):
+            return build_batch([Record(None, b"seq-%d" % seq)], producer_id=pid, producer_epoch=0, base_sequence=seq)
+
+        assert int(conn.produce(topic, 0, batch(0)).error_code) == NONE
+        for n in followers:
+            cluster.pause(n)
+        try:
+            answers = [int(conn.produce(topic, 0, batch(1), timeout_ms=300).error_code) for _ in range(3)]
+        finally:
+            for n in followers:
+                cluster.resume(n)
+    assert NONE not in answers, answers  # no quorum: nothing can have been acknowledged
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "the retry was never acknowledged"
+        target = _leader(cluster, topic)
+        try:
+            with cluster.connect(target, timeout_s=5) as conn:
+                p = conn.produce(topic, 0, batch(1), timeout_ms=3000)
+        except OSError:
+            continue
+        if int(p.error_code) == NONE:
+            break
+        time.sleep(0.1)
+    (batches,) = wait_replicas_equal(cluster, topic, 1, at_least={0: 2}, timeout_s=30).values()
+    stored = [(offset, value) for offset, _, value, _ in records_by_offset(batches)]
+    assert stored == [(0, b"seq-0"), (1, b"seq-1")], (stored, answers)
+    assert int(p.base_offset) == 1

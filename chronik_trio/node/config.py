@@ -42,6 +42,9 @@ class NodeConfig:
     # Join an existing cluster: never bootstrap __meta, wait to be sent its state.
     join: bool = False
     rack: str | None = None
+    # The chaos harness's seam: storage goes through a FaultyDisk and the HTTP server answers
+    # POST /faults (node/faults.py). Off in production.
+    fault_injection: bool = False
     # How often leaders check whether to hand a partition back to its preferred replica.
     leader_balance_interval_ms: int = 5000
     # A follower that has not caught up with the leader for this long leaves the ISR.

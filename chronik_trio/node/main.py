@@ -41,6 +41,9 @@ def _node_parser(sub) -> None:
     p.add_argument("--join", action="store_true", default=None,
                    help="join an existing cluster: never bootstrap the cluster metadata group")
     p.add_argument("--rack", help="this broker's rack (for rack-aware replica placement and fetch)")
+    p.add_argument("--fault-injection", action="store_true", default=None,
+                   help="for the chaos harness: storage through a FaultyDisk and POST /faults on "
+                   "the HTTP server (latency, EIO/ENOSPC, power loss); never in production")
 
 
 def add_parser(sub) -> None:
@@ -70,13 +73,22 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        trio.run(_run_node, Node(cfg))
+        trio.run(_run_node, _make_node(cfg))
     except BaseException as exc:  # the process boundary: say what stopped the node, exit 1
         if isinstance(exc, KeyboardInterrupt):
             return 0
         log.critical("node %d stopped on an error: %s", cfg.node_id, _describe(exc), exc_info=exc)
         return 1
     return 0
+
+
+def _make_node(cfg: config_mod.NodeConfig) -> Node:
+    if not cfg.fault_injection:
+        return Node(cfg)
+    from .faults import FaultInjectingNode
+
+    log.warning("node %d: fault injection is on (POST /faults)", cfg.node_id)
+    return FaultInjectingNode(cfg)
 
 
 def _describe(exc: BaseException) -> str:

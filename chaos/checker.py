@@ -1,0 +1,356 @@
+"""The checker: a recorded history in, one CheckResult per check out. Pure: no I/O.
+
+The history is the list of events of history.jsonl (history.py names their fields):
+
+  send          one produce and its outcome: ok (with partition and offset), fail (the
+                broker refused it: not written), info (unknown: timed out, connection lost)
+  poll          records one consumer got from one partition, in order
+  seek          a consumer moved its position on purpose (so a jump is not a skip)
+  fault-start / fault-end   a nemesis fault and when it healed
+  final-read    every record of a partition below its high watermark, read at the end
+                through the partition's leader after every fault healed
+  replica-log   every record below the high watermark in one replica's log files
+  final-read-failed   the final read of a partition could not complete
+
+The checks are the anomalies of Jepsen's Kafka workload: lost writes, duplicates,
+inconsistent offsets, nonmonotonic sends and polls, poll skips, unseen records, replica
+divergence, and unavailability windows. A check marked report-only counts and shows its
+anomalies but does not fail the run; duplicates are report-only unless the workload was
+idempotent.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+EXAMPLES_MAX = 10  # anomalies shown per check in report.md; the count covers all of them
+# Gaps between successful writes shorter than this are ordinary pacing, not unavailability.
+UNAVAILABILITY_FLOOR_S = 0.5
+
+Part = tuple[str, int]
+
+
+@attrs.frozen
+class CheckResult:
+    name: str
+    passed: bool
+    report_only: bool
+    count: int
+    summary: str
+    examples: tuple[str, ...] = ()
+    # unavailability: fault description -> longest window (s) overlapping it
+    details: Mapping[str, float] = attrs.field(factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        if self.passed:
+            return "pass"
+        return "report-only" if self.report_only else "FAIL"
+
+
+@attrs.frozen
+class CheckOptions:
+    idempotence: bool = False
+    report_only: frozenset[str] = frozenset({"duplicates"})
+    disabled: frozenset[str] = frozenset()
+    unavailability_max_s: float | None = None
+
+
+def _part(e: dict) -> Part:
+    return (e["topic"], int(e["partition"]))
+
+
+class _History:
+    """The history's events grouped the way the checks read them."""
+
+    def __init__(self, events: Iterable[dict]) -> None:
+        self.sends: list[dict] = []
+        self.polls: list[dict] = []
+        self.seeks: list[dict] = []
+        self.faults: dict[int, dict] = {}
+        self.final: dict[Part, dict[int, str]] = {}
+        self.final_failed: dict[Part, str] = {}
+        self.replicas: dict[Part, dict[int, dict[int, str]]] = defaultdict(dict)
+        self.start_s = 0.0
+        self.end_s = 0.0
+        self.workload_end_s: float | None = None
+        for e in events:
+            kind = e["type"]
+            if kind == "send":
+                self.sends.append(e)
+            elif kind == "poll":
+                self.polls.append(e)
+            elif kind == "seek":
+                self.seeks.append(e)
+            elif kind == "fault-start":
+                self.faults[e["id"]] = {"start": e["t"], "end": None, "desc": e["desc"], "kind": e["kind"]}
+            elif kind == "fault-end":
+                if e["id"] in self.faults:
+                    self.faults[e["id"]]["end"] = e["t"]
+            elif kind == "final-read":
+                self.final[_part(e)] = {int(o): v for o, v in e["records"]}
+            elif kind == "final-read-failed":
+                self.final_failed[_part(e)] = e.get("error", "")
+            elif kind == "replica-log":
+                self.replicas[_part(e)][int(e["node"])] = {int(o): v for o, v in e["records"]}
+            elif kind == "workload-start":
+                self.start_s = e["t"]
+            elif kind == "workload-end":
+                self.workload_end_s = e["t"]
+            if "t" in e:
+                self.end_s = max(self.end_s, e["t"])
+        self.acked = [s for s in self.sends if s["outcome"] == "ok"]
+
+
+def _result(name: str, anomalies: list[str], opts: CheckOptions, summary_ok: str,
+            summary_bad: str, **kw) -> CheckResult:
+    report_only = name in opts.report_only
+    return CheckResult(name=name, passed=not anomalies, report_only=report_only,
+                       count=len(anomalies), summary=summary_ok if not anomalies else summary_bad,
+                       examples=tuple(anomalies[:EXAMPLES_MAX]), **kw)
+
+
+def check_lost_writes(h: _History, opts: CheckOptions) -> CheckResult:
+    """Every acknowledged write is in the final read of its partition."""
+    where: dict[Part, dict[str, list[int]]] = {}
+    for part, records in h.final.items():
+        index: dict[str, list[int]] = defaultdict(list)
+        for offset, value in records.items():
+            index[value].append(offset)
+        where[part] = index
+    lost = []
+    for s in h.acked:
+        part = _part(s)
+        if part in h.final_failed or part not in h.final:
+            lost.append(f"{s['value']} acked at {part[0]}-{part[1]}@{s['offset']}: partition "
+                        f"not read at the end ({h.final_failed.get(part, 'no final read')})")
+        elif s["value"] not in where[part]:
+            found = h.final[part].get(s["offset"])
+            lost.append(f"{s['value']} acked at {part[0]}-{part[1]}@{s['offset']} "
+                        f"(t={s['t_end']:.3f}) is missing from the final read; offset "
+                        f"{s['offset']} holds {found!r}")
+    return _result("lost_writes", lost, opts, f"all {len(h.acked)} acknowledged writes read back",
+                   f"{len(lost)} of {len(h.acked)} acknowledged writes lost")
+
+
+def check_duplicates(h: _History, opts: CheckOptions) -> CheckResult:
+    """No value is stored at two offsets (a retried send written twice)."""
+    dups = []
+    for part, records in sorted(h.final.items()):
+        seen: dict[str, int] = {}
+        for offset in sorted(records):
+            value = records[offset]
+            if value in seen:
+                dups.append(f"{value} at {part[0]}-{part[1]} offsets {seen[value]} and {offset}")
+            else:
+                seen[value] = offset
+    report_only = "duplicates" in opts.report_only and not opts.idempotence
+    why = "" if not report_only else " (expected without idempotence: report only)"
+    return CheckResult(name="duplicates", passed=not dups, report_only=report_only, count=len(dups),
+                       summary="no duplicates" if not dups else f"{len(dups)} duplicate record(s){why}",
+                       examples=tuple(dups[:EXAMPLES_MAX]))
+
+
+def check_inconsistent_offsets(h: _History, opts: CheckOptions) -> CheckResult:
+    """One offset, one value: across acks, polls, the final read and every replica's log."""
+    seen: dict[tuple[Part, int], dict[str, str]] = defaultdict(dict)
+
+    def note(part: Part, offset: int, value: str, source: str) -> None:
+        seen[(part, offset)].setdefault(value, source)
+
+    for s in h.acked:
+        note(_part(s), int(s["offset"]), s["value"], f"ack to {s['process']}")
+    for p in h.polls:
+        for offset, value in p["records"]:
+            note(_part(p), int(offset), value, f"poll by {p['process']} t={p['t']:.3f}")
+    for part, records in h.final.items():
+        for offset, value in records.items():
+            note(part, offset, value, "final read")
+    for part, nodes in h.replicas.items():
+        for node, records in nodes.items():
+            for offset, value in records.items():
+                note(part, offset, value, f"node {node}'s log")
+    bad = [f"{part[0]}-{part[1]}@{offset}: " + "; ".join(f"{v!r} ({src})" for v, src in values.items())
+           for (part, offset), values in sorted(seen.items()) if len(values) > 1]
+    return _result("inconsistent_offsets", bad, opts, f"{len(seen)} offsets, each with one value",
+                   f"{len(bad)} offset(s) seen with more than one value")
+
+
+def check_nonmonotonic_sends(h: _History, opts: CheckOptions) -> CheckResult:
+    """A producer's acknowledged writes to one partition get offsets in the order it sent them."""
+    bad = []
+    last: dict[tuple[str, Part], dict] = {}
+    for s in sorted(h.acked, key=lambda s: (s["process"], s["seq"])):
+        key = (s["process"], _part(s))
+        prev = last.get(key)
+        if prev is not None and int(s["offset"]) <= int(prev["offset"]):
+            bad.append(f"{s['process']} sent {prev['value']} before {s['value']} but they got "
+                       f"offsets {prev['offset']} and {s['offset']} in {key[1][0]}-{key[1][1]}")
+        last[key] = s
+    return _result("nonmonotonic_sends", bad, opts, "acknowledged offsets follow send order",
+                   f"{len(bad)} send(s) acknowledged out of order")
+
+
+def check_nonmonotonic_polls(h: _History, opts: CheckOptions) -> CheckResult:
+    """A consumer's polls of a partition return increasing offsets (unless it seeked)."""
+    bad = []
+    for process, part, stream in _poll_streams(h):
+        prev = None
+        for item in stream:
+            if item[0] == "seek":
+                prev = None
+                continue
+            _, t, offset = item
+            if prev is not None and offset <= prev[1]:
+                bad.append(f"{process} polled {part[0]}-{part[1]}@{prev[1]} (t={prev[0]:.3f}) "
+                           f"then @{offset} (t={t:.3f})")
+            prev = (t, offset)
+    return _result("nonmonotonic_polls", bad, opts, "polled offsets increase",
+                   f"{len(bad)} poll(s) went backwards")
+
+
+def check_poll_skips(h: _History, opts: CheckOptions) -> CheckResult:
+    """Between two successive polled offsets, no record of the final read was passed over."""
+    bad = []
+    for process, part, stream in _poll_streams(h):
+        offsets = sorted(h.final.get(part, {}))
+        prev = None
+        for item in stream:
+            if item[0] == "seek":
+                prev = None
+                continue
+            _, t, offset = item
+            if prev is not None and offset > prev + 1:
+                skipped = [o for o in offsets if prev < o < offset]
+                if skipped:
+                    bad.append(f"{process} jumped from {part[0]}-{part[1]}@{prev} to @{offset} "
+                               f"(t={t:.3f}), skipping {len(skipped)} record(s) from "
+                               f"@{skipped[0]}")
+            prev = offset
+    return _result("poll_skips", bad, opts, "no consumer skipped a record",
+                   f"{len(bad)} skip(s)")
+
+
+def _poll_streams(h: _History):
+    """(process, partition, [("poll", t, offset) | ("seek", t, offset)]) in time order."""
+    streams: dict[tuple[str, Part], list] = defaultdict(list)
+    for e in sorted(h.polls + h.seeks, key=lambda e: (e["t"], e["type"] != "seek")):
+        key = (e["process"], _part(e))
+        if e["type"] == "seek":
+            streams[key].append(("seek", e["t"], e.get("offset")))
+        else:
+            for offset, _ in e["records"]:
+                streams[key].append(("poll", e["t"], int(offset)))
+    for (process, part), stream in sorted(streams.items()):
+        yield process, part, stream
+
+
+def check_unseen(h: _History, opts: CheckOptions) -> CheckResult:
+    """Every acknowledged write was delivered to some consumer by the end of the run."""
+    if not h.polls and not h.seeks:
+        return CheckResult(name="unseen", passed=True, report_only="unseen" in opts.report_only,
+                           count=0, summary="no consumers in this workload")
+    polled = {(_part(p), v) for p in h.polls for _, v in p["records"]}
+    unseen = [f"{s['value']} acked at {s['topic']}-{s['partition']}@{s['offset']} never polled"
+              for s in h.acked if (_part(s), s["value"]) not in polled]
+    return _result("unseen", unseen, opts, "every acknowledged write was polled",
+                   f"{len(unseen)} acknowledged write(s) never polled")
+
+
+def check_divergence(h: _History, opts: CheckOptions) -> CheckResult:
+    """Replicas' logs agree below the high watermark, and a majority of them hold each record."""
+    bad = []
+    for part in sorted(h.replicas):
+        nodes = h.replicas[part]
+        final = h.final.get(part)
+        if final is None:
+            continue
+        majority = len(nodes) // 2 + 1
+        for offset in sorted(final):
+            holders = {n: records[offset] for n, records in nodes.items() if offset in records}
+            values = set(holders.values())
+            if len(values) > 1:
+                bad.append(f"{part[0]}-{part[1]}@{offset}: replicas disagree: {holders}")
+            elif len(holders) < majority:
+                bad.append(f"{part[0]}-{part[1]}@{offset} (below the high watermark) is in only "
+                           f"{sorted(holders)} of the replicas {sorted(nodes)}")
+    summary = (f"replicas agree below the high watermark ({len(h.replicas)} partition(s))"
+               if h.replicas else "no replica logs were read")
+    return _result("divergence", bad, opts, summary, f"{len(bad)} divergent offset(s)")
+
+
+def unavailability_windows(h: _History) -> list[tuple[float, float, Part]]:
+    """Windows (start, end, partition) without a successful write to that partition, longest
+    first, from the workload's start to its end (the last recorded time when it did not say).
+    Per partition: a leader's failure stops writes to its partitions only."""
+    end = h.workload_end_s if h.workload_end_s is not None else h.end_s
+    by_part: dict[Part, list[float]] = defaultdict(list)
+    for s in h.acked:
+        by_part[_part(s)].append(s["t_end"])
+    for s in h.sends:  # a partition never written to successfully is unavailable throughout
+        by_part.setdefault(_part(s), [])
+    windows = []
+    for part, times in by_part.items():
+        times.sort()
+        edges = [h.start_s, *times, max(end, times[-1] if times else end)]
+        windows += [(a, b, part) for a, b in zip(edges, edges[1:]) if b - a >= UNAVAILABILITY_FLOOR_S]
+    return sorted(windows, key=lambda w: w[0] - w[1])
+
+
+def check_unavailability(h: _History, opts: CheckOptions) -> CheckResult:
+    """The longest time a partition took no successful write, overall and per fault; fails
+    above max_s."""
+    windows = unavailability_windows(h)
+    longest = windows[0][1] - windows[0][0] if windows else 0.0
+    per_fault: dict[str, float] = {}
+    for fid, f in sorted(h.faults.items()):
+        end = f["end"] if f["end"] is not None else h.end_s
+        overlapping = [b - a for a, b, _ in windows if a <= end and b >= f["start"]]
+        per_fault[f"#{fid} {f['desc']} (t={f['start']:.1f}-{end:.1f})"] = max(overlapping, default=0.0)
+    examples = [f"{b - a:.2f} s without a successful write to {p[0]}-{p[1]}, t={a:.2f}-{b:.2f}"
+                for a, b, p in windows]
+    limit = opts.unavailability_max_s
+    too_long = limit is not None and longest > limit
+    summary = f"longest window without a successful write: {longest:.2f} s"
+    if limit is not None:
+        summary += f" (limit {limit:.1f} s)"
+    return CheckResult(name="unavailability", passed=not too_long,
+                       report_only="unavailability" in opts.report_only,
+                       count=len([w for w in windows if limit is not None and w[1] - w[0] > limit]),
+                       summary=summary, examples=tuple(examples[:EXAMPLES_MAX]), details=per_fault)
+
+
+CHECK_FUNCTIONS = {
+    "lost_writes": check_lost_writes,
+    "duplicates": check_duplicates,
+    "inconsistent_offsets": check_inconsistent_offsets,
+    "nonmonotonic_sends": check_nonmonotonic_sends,
+    "nonmonotonic_polls": check_nonmonotonic_polls,
+    "poll_skips": check_poll_skips,
+    "unseen": check_unseen,
+    "divergence": check_divergence,
+    "unavailability": check_unavailability,
+}
+
+
+def check_history(events: Iterable[dict], opts: CheckOptions = CheckOptions()) -> list[CheckResult]:
+    """Every enabled check over one history, in CHECK_FUNCTIONS order."""
+    h = _History(events)
+    return [fn(h, opts) for name, fn in CHECK_FUNCTIONS.items() if name not in opts.disabled]
+
+
+def verdict(results: list[CheckResult]) -> bool:
+    """True when every check passed or is report-only."""
+    return all(r.passed or r.report_only for r in results)
+
+
+def options_for(scenario) -> CheckOptions:
+    """CheckOptions from a Scenario's checks and workload."""
+    return CheckOptions(
+        idempotence=scenario.workload.idempotence,
+        report_only=frozenset(c.name for c in scenario.checks if c.report_only),
+        disabled=frozenset(c.name for c in scenario.checks if not c.enabled),
+        unavailability_max_s=scenario.check("unavailability").max_s)

@@ -1,0 +1,100 @@
+"""Read a stopped replica's partition log from its data dir, as an outsider reads files.
+
+The format is the one docs/storage.md documents: segment files `<20-digit index>.seg` of
+frames `length u32 | crc32c u32 | index u64 | term u64 | type u8 | payload` (big-endian);
+in a partition log a NORMAL entry with a payload is one Kafka v2 RecordBatch. Recovery
+truncates a torn tail, so reading stops at the first frame that does not fit (a node that
+was killed mid-write); its CRC is not checked here (the node checks it when it opens).
+Only uncompressed batches are decoded (the workload sends with compression.type none).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+
+FRAME = struct.Struct(">IIQQB")
+NORMAL = 0
+# baseOffset int64, batchLength int32, partitionLeaderEpoch int32, magic int8, crc u32,
+# attributes int16, lastOffsetDelta int32, firstTimestamp, maxTimestamp int64,
+# producerId int64, producerEpoch int16, baseSequence int32, records int32
+BATCH = struct.Struct(">qiibIhiqqqhii")
+COMPRESSION_MASK = 0x07
+CONTROL_BIT = 0x20
+
+
+class ReplicaLogError(Exception):
+    """A log the reader cannot decode (e.g. compressed batches)."""
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            break
+        shift += 7
+    return (result >> 1) ^ -(result & 1), pos
+
+
+def decode_batch(payload: bytes) -> list[tuple[int, bytes | None, bytes | None]]:
+    """(offset, key, value) of every record in one v2 RecordBatch (none for a control batch)."""
+    (base_offset, _, _, magic, _, attributes, _, _, _, _, _, _, count) = BATCH.unpack_from(payload)
+    if magic != 2:
+        raise ReplicaLogError(f"batch at offset {base_offset}: magic {magic}, not 2")
+    if attributes & CONTROL_BIT:
+        return []
+    if attributes & COMPRESSION_MASK:
+        raise ReplicaLogError(f"batch at offset {base_offset} is compressed; the reader "
+                              "decodes only uncompressed batches")
+    pos = BATCH.size
+    records = []
+    for _ in range(count):
+        length, pos = _varint(payload, pos)
+        end = pos + length
+        pos += 1  # attributes
+        _, pos = _varint(payload, pos)  # timestamp delta
+        offset_delta, pos = _varint(payload, pos)
+        key_len, pos = _varint(payload, pos)
+        key = payload[pos:pos + key_len] if key_len >= 0 else None
+        pos += max(key_len, 0)
+        value_len, pos = _varint(payload, pos)
+        value = payload[pos:pos + value_len] if value_len >= 0 else None
+        records.append((base_offset + offset_delta, key, value))
+        pos = end
+    return records
+
+
+def read_entries(directory: pathlib.Path) -> list[tuple[int, int, int, bytes]]:
+    """(index, term, type, payload) of every whole frame, segment by segment in index order."""
+    segments = sorted(p for p in directory.glob("*.seg") if p.stem.isdigit())
+    entries = []
+    for seg in segments:
+        data = seg.read_bytes()
+        pos = 0
+        while pos + FRAME.size <= len(data):
+            length, _, index, term, kind = FRAME.unpack_from(data, pos)
+            end = pos + 4 + length
+            if length < FRAME.size - 4 or end > len(data):
+                break  # a torn tail
+            entries.append((index, term, kind, data[pos + FRAME.size:end]))
+            pos = end
+    return entries
+
+
+def read_partition(directory: pathlib.Path) -> dict[int, str]:
+    """offset -> value (decoded as UTF-8) of a partition replica's log.
+
+    A later entry at an offset replaces an earlier one: what a node keeps after it truncates
+    a conflicting suffix is the later frame in its files."""
+    records: dict[int, str] = {}
+    by_index: dict[int, bytes] = {}
+    for index, _, kind, payload in read_entries(directory):
+        if kind == NORMAL and payload:
+            by_index[index] = payload
+    for index in sorted(by_index):
+        for offset, _, value in decode_batch(by_index[index]):
+            records[offset] = value.decode(errors="replace") if value is not None else ""
+    return records

@@ -1,0 +1,209 @@
+"""The workload: producers and consumers on real Kafka clients, each recording to the history.
+
+confluent-kafka and kafka-python are blocking: each producer and consumer runs in its own
+worker thread (trio.to_thread) and stops when its `threading.Event` is set. aiokafka
+runs inside the trio harness through trio-asyncio.
+
+Producers send unique values `<process>-<seq>` with key `k<seq mod keys>` to partition
+`key mod partitions` of topic `seq mod topics`, paced at `rate_per_s`. Without idempotence a
+producer keeps one request in flight, so its acknowledged offsets must follow its send
+order (nonmonotonic_sends); with idempotence the client keeps order itself.
+
+Consumers use assign() from the beginning of every partition with manual positions (no
+group coordination) and record every record they get.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import attrs
+
+from .history import History
+
+log = logging.getLogger(__name__)
+
+CONSUME_BATCH_MAX = 500
+POLL_TIMEOUT_S = 0.2
+FLUSH_TIMEOUT_S_MAX = 60.0
+# librdkafka errors after which a write may or may not have happened (outcome "info").
+INDETERMINATE = {"_MSG_TIMED_OUT", "_TIMED_OUT", "REQUEST_TIMED_OUT", "_TRANSPORT",
+                 "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "_TIMED_OUT_QUEUE", "NETWORK_EXCEPTION",
+                 "_PURGE_INFLIGHT", "_ALL_BROKERS_DOWN"}
+
+
+@attrs.define
+class Target:
+    """What the drain waits for: each partition's high watermark at the end."""
+
+    high_watermarks: dict[tuple[str, int], int] = attrs.field(factory=dict)
+    deadline: float = 0.0  # time.monotonic()
+    set: threading.Event = attrs.field(factory=threading.Event)
+
+
+def client_logger(path) -> logging.Logger:
+    """A logger writing the clients' own log lines to `path` (not the terminal)."""
+    logger = logging.getLogger(f"chaos.clients.{path}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    logger.addHandler(handler)
+    return logger
+
+
+def producer_config(bootstrap: str, spec, logger: logging.Logger) -> dict:
+    config = {
+        "bootstrap.servers": bootstrap,
+        "acks": spec.acks if spec.acks != "all" else "all",
+        "enable.idempotence": spec.idempotence,
+        "message.timeout.ms": int(spec.delivery_timeout_s * 1000),
+        "request.timeout.ms": int(spec.request_timeout_s * 1000),
+        "linger.ms": 5,
+        "compression.type": "none",
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 500,
+        "retry.backoff.ms": 100,
+        "topic.metadata.refresh.interval.ms": 2000,
+        "logger": logger,
+    }
+    if not spec.idempotence:
+        config["max.in.flight.requests.per.connection"] = 1
+    return config
+
+
+def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
+                 history: History, stop: threading.Event, logger: logging.Logger,
+                 seq_start: int = 0) -> None:
+    """A paced producer until `stop`; then it waits for its outstanding sends (bounded)."""
+    from confluent_kafka import KafkaError, Producer
+
+    producer = Producer(producer_config(bootstrap, spec, logger))
+    interval_s = 1.0 / spec.rate_per_s
+    next_at = time.monotonic()
+    seq = seq_start
+
+    def on_delivery(seq: int, topic: str, partition: int, key: str, value: str, t_start: float):
+        def callback(err, msg) -> None:
+            event = {"type": "send", "process": name, "seq": seq, "topic": topic,
+                     "partition": partition, "key": key, "value": value,
+                     "t_start": round(t_start, 6), "t_end": round(history.now(), 6)}
+            if err is None:
+                event.update(outcome="ok", offset=msg.offset())
+            else:
+                code = KafkaError(err.code()).name() if hasattr(err, "code") else str(err)
+                event.update(outcome="info" if code in INDETERMINATE else "fail",
+                             error=f"{code}: {err.str()}")
+            history.record(event)
+        return callback
+
+    while not stop.is_set():
+        topic, partitions = topics[seq % len(topics)]
+        key_index = seq % spec.keys
+        partition = key_index % partitions
+        key, value = f"k{key_index}", f"{name}-{seq}"
+        t_start = history.now()
+        try:
+            producer.produce(topic, value=value.encode(), key=key.encode(), partition=partition,
+                             on_delivery=on_delivery(seq, topic, partition, key, value, t_start))
+        except BufferError:
+            producer.poll(0.1)
+            continue
+        seq += 1
+        next_at += interval_s
+        delay = next_at - time.monotonic()
+        if delay < -1.0:  # far behind (a stalled client): do not burst to catch up
+            next_at = time.monotonic()
+        producer.poll(max(0.0, delay))
+    remaining = producer.flush(min(FLUSH_TIMEOUT_S_MAX, spec.delivery_timeout_s + 5))
+    if remaining:
+        log.warning("%s: %d send(s) still unanswered at the end (recorded as nothing)", name, remaining)
+
+
+def run_consumer(name: str, bootstrap: str, topics: list[tuple[str, int]], history: History,
+                 stop: threading.Event, target: Target, logger: logging.Logger) -> None:
+    """Read every partition from its beginning until `stop`, or once `target` is set, until
+    every partition's position reaches its high watermark (or the target's deadline)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"chaos-{name}",
+        "enable.auto.commit": False, "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+        "topic.metadata.refresh.interval.ms": 2000, "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 500, "logger": logger,
+    })
+    parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t, n in topics for p in range(n)]
+    consumer.assign(parts)
+    for tp in parts:
+        history.record({"type": "seek", "process": name, "topic": tp.topic,
+                        "partition": tp.partition, "offset": 0})
+    positions: dict[tuple[str, int], int] = {}
+    try:
+        while not stop.is_set():
+            if target.set.is_set() and (time.monotonic() > target.deadline or all(
+                    positions.get(tp, 0) >= hw for tp, hw in target.high_watermarks.items())):
+                break
+            messages = consumer.consume(CONSUME_BATCH_MAX, POLL_TIMEOUT_S)
+            t = round(history.now(), 6)
+            batches: dict[tuple[str, int], list] = {}
+            for msg in messages:
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        history.record({"type": "consumer-error", "process": name, "t": t,
+                                        "error": f"{err.name()}: {err.str()}"})
+                    continue
+                tp = (msg.topic(), msg.partition())
+                batches.setdefault(tp, []).append([msg.offset(), msg.value().decode()])
+                positions[tp] = msg.offset() + 1
+            for (topic, partition), records in batches.items():
+                history.record({"type": "poll", "process": name, "topic": topic,
+                                "partition": partition, "t": t, "records": records})
+    finally:
+        consumer.close()
+
+
+def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
+               logger: logging.Logger, now: Callable[[], float]) -> tuple[int, list]:
+    """(high watermark, [[offset, value], ...] below it) read through the partition's leader.
+
+    Raises:
+        TimeoutError: the partition could not be read to its high watermark in time.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-final-read",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "fetch.wait.max.ms": 100, "logger": logger})
+    try:
+        high = None
+        last_error = None
+        while high is None and time.monotonic() < deadline:
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                         timeout=min(5.0, timeout_s))
+            except KafkaException as exc:
+                last_error = exc
+                time.sleep(0.2)
+        if high is None:
+            raise TimeoutError(f"no high watermark for {topic}-{partition}: {last_error}")
+        records: dict[int, str] = {}
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        position = 0
+        while position < high:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}-{partition}: read to {position} of {high} in {timeout_s} s")
+            for msg in consumer.consume(CONSUME_BATCH_MAX, POLL_TIMEOUT_S):
+                if msg.error() is not None:
+                    continue
+                if msg.offset() < high:
+                    records[msg.offset()] = msg.value().decode()
+                position = max(position, msg.offset() + 1)
+        return high, sorted(records.items())
+    finally:
+        consumer.close()

@@ -1,0 +1,177 @@
+"""The chaos checker on hand-made histories: a clean one passes every check, and for each
+check a history with exactly its anomaly fails it (and only it, where that can hold)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.checker import CheckOptions, check_history, unavailability_windows, verdict, _History
+
+pytestmark = pytest.mark.timeout(30)
+
+T = "t"
+
+
+def send(process: str, seq: int, offset: int | None, *, t: float, partition: int = 0,
+         outcome: str = "ok") -> dict:
+    e = {"type": "send", "process": process, "seq": seq, "topic": T, "partition": partition,
+         "key": f"k{seq}", "value": f"{process}-{seq}", "t_start": t - 0.01, "t_end": t,
+         "outcome": outcome}
+    if outcome == "ok":
+        e["offset"] = offset
+    return e
+
+
+def poll(process: str, records: list, *, t: float, partition: int = 0) -> dict:
+    return {"type": "poll", "process": process, "topic": T, "partition": partition, "t": t,
+            "records": [list(r) for r in records]}
+
+
+def final(records: list, partition: int = 0) -> dict:
+    return {"type": "final-read", "topic": T, "partition": partition,
+            "high_watermark": len(records), "records": [list(r) for r in records]}
+
+
+def replica(node: int, records: list, partition: int = 0) -> dict:
+    return {"type": "replica-log", "node": node, "topic": T, "partition": partition,
+            "records": [list(r) for r in records]}
+
+
+def clean_history() -> list[dict]:
+    """Producer p0 writes p0-0..p0-4 at offsets 0..4, twice a second; c0 polls them all."""
+    records = [(i, f"p0-{i}") for i in range(5)]
+    return [
+        {"type": "workload-start", "t": 0.0},
+        *[send("p0", i, i, t=0.1 + 0.4 * i) for i in range(5)],
+        {"type": "seek", "process": "c0", "topic": T, "partition": 0, "offset": 0, "t": 0.0},
+        poll("c0", records[:2], t=1.0),
+        poll("c0", records[2:], t=2.0),
+        {"type": "workload-end", "t": 2.0},
+        final(records),
+        *[replica(n, records) for n in (1, 2, 3)],
+    ]
+
+
+def failed(events: list[dict], opts: CheckOptions = CheckOptions()) -> set[str]:
+    return {r.name for r in check_history(events, opts) if not r.passed}
+
+
+def replace(events: list[dict], index: int, event: dict) -> list[dict]:
+    return events[:index] + [event] + events[index + 1:]
+
+
+def test_a_clean_history_passes_every_check():
+    results = check_history(clean_history(), CheckOptions(unavailability_max_s=1.0))
+    assert [r.name for r in results if not r.passed] == []
+    assert verdict(results)
+
+
+def test_an_acknowledged_write_missing_from_the_final_read_is_lost():
+    events = clean_history()
+    records = [(i, f"p0-{i}") for i in range(5) if i != 3]
+    events = [e for e in events if e["type"] not in ("final-read", "replica-log")]
+    events += [final(records), *[replica(n, records) for n in (1, 2, 3)]]
+    results = {r.name: r for r in check_history(events)}
+    assert not results["lost_writes"].passed
+    assert "p0-3" in results["lost_writes"].examples[0]
+    assert not verdict(list(results.values()))
+
+
+def test_a_partition_without_a_final_read_counts_its_writes_as_lost():
+    events = [e for e in clean_history() if e["type"] != "final-read"]
+    events.append({"type": "final-read-failed", "topic": T, "partition": 0, "error": "timeout"})
+    assert "lost_writes" in failed(events)
+
+
+def test_a_value_at_two_offsets_is_a_duplicate_report_only_without_idempotence():
+    records = [(i, f"p0-{i}") for i in range(5)] + [(5, "p0-4")]
+    events = [e for e in clean_history() if e["type"] not in ("final-read", "replica-log")]
+    events += [final(records), *[replica(n, records) for n in (1, 2, 3)],
+               poll("c0", records[5:], t=2.5)]
+    results = {r.name: r for r in check_history(events)}
+    assert not results["duplicates"].passed and results["duplicates"].report_only
+    assert verdict(list(results.values()))  # report-only does not fail the run
+    idempotent = {r.name: r for r in check_history(events, CheckOptions(idempotence=True))}
+    assert not idempotent["duplicates"].passed and not idempotent["duplicates"].report_only
+    assert not verdict(list(idempotent.values()))
+
+
+def test_one_offset_with_two_values_is_inconsistent():
+    events = clean_history() + [poll("c1", [(2, "p9-9")], t=1.5)]
+    assert "inconsistent_offsets" in failed(events)
+
+
+def test_replicas_disagreeing_below_the_high_watermark_is_divergence():
+    records = [(i, f"p0-{i}") for i in range(5)]
+    other = records[:4] + [(4, "p7-7")]
+    events = [e for e in clean_history() if e["type"] != "replica-log"]
+    events += [replica(1, records), replica(2, records), replica(3, other)]
+    bad = failed(events)
+    assert "divergence" in bad and "inconsistent_offsets" in bad
+
+
+def test_a_record_held_by_a_minority_of_replicas_is_divergence():
+    records = [(i, f"p0-{i}") for i in range(5)]
+    events = [e for e in clean_history() if e["type"] != "replica-log"]
+    events += [replica(1, records), replica(2, records[:3]), replica(3, records[:3])]
+    assert failed(events) == {"divergence"}
+
+
+def test_offsets_against_send_order_are_nonmonotonic_sends():
+    events = clean_history()
+    events = replace(events, 3, send("p0", 2, 3, t=0.9))
+    events = replace(events, 4, send("p0", 3, 2, t=1.3))
+    assert "nonmonotonic_sends" in failed(events)
+
+
+def test_a_poll_going_backwards_is_nonmonotonic():
+    events = clean_history() + [poll("c0", [(1, "p0-1")], t=3.0)]
+    assert failed(events) == {"nonmonotonic_polls"}
+
+
+def test_a_poll_after_a_seek_may_go_back():
+    events = clean_history() + [
+        {"type": "seek", "process": "c0", "topic": T, "partition": 0, "offset": 1, "t": 2.5},
+        poll("c0", [(1, "p0-1")], t=3.0)]
+    assert failed(events) == set()
+
+
+def test_jumping_over_a_stored_record_is_a_poll_skip():
+    records = [(i, f"p0-{i}") for i in range(5)]
+    events = [e for e in clean_history() if e["type"] != "poll"]
+    events += [poll("c0", records[:2], t=1.0), poll("c0", records[3:], t=2.0),
+               poll("c1", records, t=2.0)]
+    assert failed(events) == {"poll_skips"}
+
+
+def test_an_acknowledged_write_no_consumer_got_is_unseen():
+    records = [(i, f"p0-{i}") for i in range(5)]
+    events = [e for e in clean_history() if e["type"] != "poll"] + [poll("c0", records[:4], t=1.0)]
+    assert failed(events) == {"unseen"}
+
+
+def test_a_long_gap_between_successful_writes_fails_unavailability():
+    events = clean_history()
+    events = replace(events, 5, send("p0", 4, 4, t=9.0))
+    events = [e if e["type"] != "workload-end" else {"type": "workload-end", "t": 9.0} for e in events]
+    events.append({"type": "fault-start", "id": 1, "kind": "kill", "desc": "SIGKILL leader", "t": 2.0})
+    events.append({"type": "fault-end", "id": 1, "t": 4.0})
+    results = {r.name: r for r in check_history(events, CheckOptions(unavailability_max_s=5.0))}
+    assert not results["unavailability"].passed
+    assert list(results["unavailability"].details.values()) == [pytest.approx(9.0 - 1.3)]
+    assert "longest window without a successful write: 7.70 s" in results["unavailability"].summary
+
+
+def test_unavailability_is_per_partition():
+    # Partition 1 takes writes throughout; partition 0 none between t=1 and t=8.
+    events = [{"type": "workload-start", "t": 0.0}, {"type": "workload-end", "t": 8.0},
+              send("p0", 0, 0, t=1.0, partition=0), send("p0", 1, 0, t=8.0, partition=0)]
+    events += [send("p1", i, i, t=0.5 * i, partition=1) for i in range(17)]
+    windows = unavailability_windows(_History(events))
+    assert windows[0] == (1.0, 8.0, (T, 0))
+
+
+def test_failed_and_indeterminate_sends_are_not_required():
+    events = clean_history() + [send("p0", 9, None, t=1.0, outcome="info"),
+                                send("p0", 10, None, t=1.0, outcome="fail")]
+    assert failed(events) == set()

@@ -1,0 +1,81 @@
+"""Scenario files: every shipped scenario validates; bad files fail naming file and key; the
+nemesis plan is a function of the seed."""
+
+from __future__ import annotations
+
+import pathlib
+import random
+
+import pytest
+
+from chaos.nemesis import plan
+from chaos.scenario import ScenarioError, load_scenario, parse_scenario
+
+pytestmark = pytest.mark.timeout(30)
+
+SCENARIOS = pathlib.Path(__file__).parents[2] / "chaos" / "scenarios"
+SHIPPED = ["failover", "partition", "crash-restart", "pause", "slow-disk", "disk-faults",
+           "power-loss", "rolling-restart", "mixed"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_scenario_is_valid(name):
+    scenario = load_scenario(SCENARIOS / f"{name}.yaml")
+    assert scenario.name == name
+    assert plan(scenario.nemesis, scenario.duration_s, random.Random(scenario.seed))
+
+
+def bad(text: str) -> str:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(text, "bad.yaml")
+    return str(info.value)
+
+
+def test_a_missing_name_is_named():
+    assert bad("seed: 1\n") == "bad.yaml: name: is required"
+
+
+def test_an_unknown_key_is_named_with_its_section():
+    message = bad("name: x\nworkload: {producers: 1, ratee_per_s: 3}\n")
+    assert message.startswith("bad.yaml: workload: unknown key(s) ['ratee_per_s']")
+
+
+def test_a_wrong_type_names_the_key():
+    assert bad("name: x\ncluster: {nodes: three}\n") == "bad.yaml: cluster.nodes: expected int, got 'three'"
+
+
+def test_a_bad_fault_names_its_place_in_the_schedule():
+    message = bad("name: x\nnemesis:\n  schedule:\n    - at_s: 5\n      fault: {kind: explode}\n")
+    assert message.startswith("bad.yaml: nemesis.schedule[0].fault.kind: must be one of")
+
+
+def test_a_target_beyond_the_cluster_is_refused():
+    message = bad("name: x\ncluster: {nodes: 3}\nnemesis:\n  schedule:\n"
+                  "    - {at_s: 5, fault: {kind: kill, target: 'node:4'}}\n")
+    assert "nemesis.schedule[0].fault.target" in message
+
+
+def test_a_schedule_entry_needs_exactly_one_time():
+    message = bad("name: x\nnemesis:\n  schedule:\n    - {at_s: 5, every_s: 3, fault: {kind: kill}}\n")
+    assert message == "bad.yaml: nemesis.schedule[0]: needs exactly one of at_s, every_s, interval_s"
+
+
+def test_idempotence_needs_acks_all():
+    assert "workload.idempotence" in bad("name: x\nworkload: {acks: 1, idempotence: true}\n")
+
+
+def test_invalid_yaml_is_reported_with_the_file():
+    assert bad("name: [x\n").startswith("bad.yaml: not valid YAML")
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(ScenarioError, match="nope.yaml: cannot read"):
+        load_scenario(tmp_path / "nope.yaml")
+
+
+def test_the_plan_depends_only_on_the_seed():
+    scenario = load_scenario(SCENARIOS / "mixed.yaml")
+    one = plan(scenario.nemesis, scenario.duration_s, random.Random(7))
+    assert one == plan(scenario.nemesis, scenario.duration_s, random.Random(7))
+    assert one != plan(scenario.nemesis, scenario.duration_s, random.Random(8))
+    assert all(p.at_s < scenario.duration_s - scenario.nemesis.quiet_s for p in one)

@@ -345,6 +345,8 @@ class GroupCoordinator:
         shard = self.shards.get(self.coordinator_partition(topic, group_id))
         if shard is None or not shard.current:
             raise GroupError("not the coordinator", ErrorCode.not_coordinator)
+        if not shard.loaded and shard.replica.machine.applied_index >= shard.load_index:
+            self._load(shard)  # caught up since the last tick
         if not shard.loaded:
             raise GroupError("loading", ErrorCode.coordinator_load_in_progress)
         return shard

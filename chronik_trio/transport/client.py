@@ -95,7 +95,8 @@ class PeerSender:
     def __init__(self, *, node_id: int, peer_id: int, address: tuple[str, int],
                  connect: Connect, frame_bytes_max: int, metrics: TransportMetrics,
                  report_unreachable: ReportUnreachable,
-                 report_snapshot: ReportSnapshot | None) -> None:
+                 report_snapshot: ReportSnapshot | None,
+                 report_down: Callable[[int], None] = lambda peer_id: None) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
         self.address = address
@@ -105,6 +106,7 @@ class PeerSender:
         self._peer_metrics: PeerMetrics = metrics.peer(peer_id)
         self._report_unreachable = report_unreachable
         self._report_snapshot = report_snapshot
+        self._report_down = report_down
         # Frames carry a chunk and a small envelope; leave room for the envelope.
         self._chunk_bytes = min(SNAPSHOT_CHUNK_BYTES, frame_bytes_max // 2)
         self.state = PeerState.CONNECTING
@@ -236,6 +238,9 @@ class PeerSender:
                              backoff_s)
                 self._set_state(PeerState.BACKOFF)
                 self._report_lost(connection.in_flight)
+                # Broken or refused: the peer's process most likely died; say so at once
+                # rather than after PEER_SILENCE_S of silence (failover time).
+                self._report_down(self.peer_id)
                 if connection.accepted:
                     backoff_s = RECONNECT_BACKOFF_INITIAL_S
                 await trio.sleep(backoff_s)

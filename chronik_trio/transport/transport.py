@@ -65,6 +65,9 @@ class Transport:
         registry: where metrics go; by default a new CollectorRegistry of this transport.
         health: extra JSON-able facts (the node's) merged into what /health answers.
         connect: opens a stream to (host, port); the seam for a simulated network.
+        on_peer_down: called with peer_id whenever the connection to it breaks or cannot be
+            made (a hint that its process died, sooner than silence shows it); may also be
+            set as the attribute of that name after construction. Synchronous, must not block.
     """
 
     def __init__(self, node_id: int, listen: tuple[str, int] | list[trio.abc.Listener],
@@ -75,9 +78,11 @@ class Transport:
                  snapshot_bytes_max: int = SNAPSHOT_BYTES_MAX_DEFAULT,
                  registry: CollectorRegistry | None = None,
                  health: Callable[[], dict] | None = None,
-                 connect: Connect = trio.open_tcp_stream) -> None:
+                 connect: Connect = trio.open_tcp_stream,
+                 on_peer_down: Callable[[int], None] | None = None) -> None:
         assert node_id > 0 and node_id not in peers, (node_id, peers)
         self.node_id = node_id
+        self.on_peer_down = on_peer_down
         self.registry = registry if registry is not None else CollectorRegistry()
         self._extra_health = health
         self.metrics = TransportMetrics(self.registry)
@@ -126,7 +131,8 @@ class Transport:
         self._senders[peer_id] = PeerSender(
             node_id=self.node_id, peer_id=peer_id, address=address, connect=self._connect,
             frame_bytes_max=self.frame_bytes_max, metrics=self.metrics,
-            report_unreachable=self._report_unreachable, report_snapshot=self._report_snapshot)
+            report_unreachable=self._report_unreachable, report_snapshot=self._report_snapshot,
+            report_down=self._peer_down)
         if self._nursery is not None:
             self._start_sender(peer_id)
 
@@ -196,6 +202,10 @@ class Transport:
     async def _run_sender(self, sender: PeerSender, scope: trio.CancelScope) -> None:
         with scope:
             await sender.run()
+
+    def _peer_down(self, peer_id: int) -> None:
+        if self.on_peer_down is not None:
+            self.on_peer_down(peer_id)
 
     def _on_connection_failed(self, peer: str, exc: BaseException) -> None:
         self.metrics.connection_failures.inc()

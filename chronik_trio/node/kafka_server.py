@@ -16,12 +16,13 @@ from chronik_trio.kafka import codec
 from chronik_trio.kafka.errors import ProtocolViolation, UnsupportedApi
 from chronik_trio.kafka.framing import FrameDecoder
 from chronik_trio.kafka.handlers import registry
-from chronik_trio.kafka.handlers.groups import REQUEST_CLIENT
+from chronik_trio.kafka.handlers.groups import COMMIT_TURN, REQUEST_CLIENT, CommitOrder
 
 log = logging.getLogger(__name__)
 
 INFLIGHT_REQUESTS_MAX = 32  # well above the 5 clients pipeline; bounds memory per connection
 RECEIVE_CHUNK_BYTES = 256 << 10
+OFFSET_COMMIT_KEY = 8
 
 
 class _Slot:
@@ -57,6 +58,7 @@ async def serve_connection(stream: trio.abc.Stream, ctx, peer: str) -> None:
 
 async def _read_requests(stream, ctx, peer: str, send, nursery) -> None:
     decoder = FrameDecoder(ctx.config.request_max_bytes)
+    commits = CommitOrder()
     async with send:
         while True:
             data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
@@ -69,6 +71,8 @@ async def _read_requests(stream, ctx, peer: str, send, nursery) -> None:
             while (frame := decoder.next_frame()) is not None:
                 request, slot = _decode(frame, ctx)
                 await send.send(slot)
+                is_commit = request is not None and request.api_key == OFFSET_COMMIT_KEY
+                COMMIT_TURN.set((commits, commits.ticket()) if is_commit else None)  # the task copies it
                 nursery.start_soon(_answer, request, slot, ctx, peer)
     # The client half-closed: answer what is in flight, then the writer ends.
 

@@ -6,6 +6,7 @@ Every process is started, signalled and reaped by PID; every wait is bounded.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -146,6 +147,44 @@ def stable_since(procs: Sequence[ConsumerProc], after: float) -> float:
     """When the live consumers last changed their assignment (after `after`)."""
     times = [e["t"] for c in procs if c.running for e in c.events() if e["e"] == "assigned" and e["t"] >= after]
     return max(times, default=after)
+
+
+def check_takeovers(procs: Sequence[ConsumerProc], partitions: int) -> None:
+    """A consumer that gets a partition starts at or after every commit logged before then."""
+    commits = []  # (time, partition, offset)
+    for c in procs:
+        for e in c.events():
+            if e["e"] == "commit":
+                commits += [(e["t"], int(p), o) for p, o in e["offsets"].items()]
+    for c in procs:
+        seen_first: set[int] = set()
+        assigned_at: dict[int, float] = {}
+        for e in c.events():
+            if e["e"] == "assigned":
+                seen_first -= set(range(partitions)) - set(e["parts"])
+                for p in e["parts"]:
+                    assigned_at.setdefault(p, e["t"])
+                for p in set(range(partitions)) - set(e["parts"]):
+                    assigned_at.pop(p, None)
+            elif e["e"] == "rec" and e["p"] not in seen_first:
+                seen_first.add(e["p"])
+                since = assigned_at.get(e["p"], e["t"])
+                known = max((o for t, p, o in commits if p == e["p"] and t < since), default=0)
+                assert e["o"] >= known, (f"{c.name} started p{e['p']} at {e['o']}, below the offset "
+                                         f"{known} committed before it was assigned")
+
+
+def check_consumed(procs: Sequence[ConsumerProc], expected: set[tuple[int, int]], what: str,
+                   partitions: int) -> None:
+    """Every expected record consumed; each once, unless a commit failed (a rebalance raced
+    it), after which the new owner may read again from the last commit, never before it."""
+    got = consumed(procs)
+    missing = expected - set(got)
+    assert not missing, f"{what}: {len(missing)} records never consumed, e.g. {sorted(missing)[:5]}"
+    dups = sorted(r for r, n in collections.Counter(got).items() if n > 1 and r in expected)
+    failed = [e for c in procs for e in c.events() if e["e"] == "commit_failed"]
+    assert not dups or failed, f"{what}: records consumed twice with every commit answered: {dups[:10]}"
+    check_takeovers(procs, partitions)
 
 
 def describe(procs: Sequence[ConsumerProc]) -> str:

@@ -9,13 +9,12 @@ assignment) are printed; docs/consumer-groups.md has the measured figures.
 
 from __future__ import annotations
 
-import collections
 import time
 
 import pytest
 
-from tests.groups.harness import (GROUP_CONFIG, ConsumerProc, committed, consumed, describe, produce,
-                                  split_ok, stable_since, wait_until)
+from tests.groups.harness import (GROUP_CONFIG, ConsumerProc, check_consumed, committed, consumed, describe,
+                                  produce, split_ok, stable_since, wait_until)
 from tests.kafka_wire import KafkaWire
 
 pytestmark = pytest.mark.timeout(150)
@@ -40,15 +39,6 @@ def consumers():
         c.kill()
 
 
-def _check_once(procs, expected: set[tuple[int, int]], what: str) -> None:
-    got = consumed(procs)
-    counts = collections.Counter(got)
-    missing = expected - set(got)
-    assert not missing, f"{what}: {len(missing)} records never consumed, e.g. {sorted(missing)[:5]}"
-    dups = {r: n for r, n in counts.items() if n > 1 and r in expected}
-    assert not dups, f"{what}: records consumed more than once: {sorted(dups)[:10]}"
-
-
 def _run_lifecycle(broker, consumers, tmp_path, clients: list[str], assignor: str, group: str) -> dict:
     topic = f"{group}-topic"
     with KafkaWire.connect(broker.port) as wire:
@@ -71,7 +61,7 @@ def _run_lifecycle(broker, consumers, tmp_path, clients: list[str], assignor: st
                    lambda: expected <= set(consumed(procs)), STEP_TIMEOUT_S, lambda: describe(procs))
         wait_until(f"{what}: partitions split", lambda: split_ok(procs, PARTITIONS), STEP_TIMEOUT_S,
                    lambda: describe(procs))
-        _check_once(procs, expected, what)
+        check_consumed(procs, expected, what, PARTITIONS)
         return stable_since(procs, after) - after
 
     times = {}
@@ -131,3 +121,8 @@ def test_three_consumers_split_leave_join_and_resume_after_restart(group_broker,
 def test_mixed_clients_share_a_group_with_the_range_assignor(group_broker, consumers, tmp_path):
     _run_lifecycle(group_broker, consumers, tmp_path, ["confluent-kafka", "kafka-python", "aiokafka"], "range",
                    "g-mixed")
+
+
+def test_librdkafka_cooperative_sticky_group_rebalances_incrementally(group_broker, consumers, tmp_path):
+    """The broker runs the classic protocol; the cooperative part is librdkafka's own."""
+    _run_lifecycle(group_broker, consumers, tmp_path, ["confluent-kafka"], "cooperative-sticky", "g-coop")

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tests.groups.harness import (GROUP_CONFIG, OFFSET_FETCH, ConsumerProc, consumed, coordinator, describe,
-                                  split_ok, wait_until)
+from tests.groups.harness import (GROUP_CONFIG, OFFSET_FETCH, ConsumerProc, check_takeovers, consumed, coordinator,
+                                  describe, split_ok, wait_until)
 from tests.kafka_wire import KafkaWire
 
 pytestmark = pytest.mark.timeout(180)
@@ -100,31 +100,6 @@ def _end_offsets(bootstrap: str) -> dict[int, int]:
         c.close()
 
 
-def _check_takeovers(procs) -> None:
-    """A consumer that gets a partition starts at or after every commit logged before then."""
-    commits = []  # (time, partition, offset)
-    for c in procs:
-        for e in c.events():
-            if e["e"] == "commit":
-                commits += [(e["t"], int(p), o) for p, o in e["offsets"].items()]
-    for c in procs:
-        seen_first: set[int] = set()
-        assigned_at: dict[int, float] = {}
-        for e in c.events():
-            if e["e"] == "assigned":
-                seen_first -= set(range(PARTITIONS)) - set(e["parts"])
-                for p in e["parts"]:
-                    assigned_at.setdefault(p, e["t"])
-                for p in set(range(PARTITIONS)) - set(e["parts"]):
-                    assigned_at.pop(p, None)
-            elif e["e"] == "rec" and e["p"] not in seen_first:
-                seen_first.add(e["p"])
-                since = assigned_at.get(e["p"], e["t"])
-                known = max((o for t, p, o in commits if p == e["p"] and t < since), default=0)
-                assert e["o"] >= known, (f"{c.name} started p{e['p']} at {e['o']}, below the offset "
-                                         f"{known} committed before it was assigned")
-
-
 def test_sigkill_of_the_coordinator_reforms_the_group_without_gaps(cluster_factory, tmp_path):
     cluster = cluster_factory(3, config_text=GROUP_CONFIG).start()
     ports = {n: cluster.nodes[n].port for n in cluster.ids}
@@ -170,7 +145,7 @@ def test_sigkill_of_the_coordinator_reforms_the_group_without_gaps(cluster_facto
     for c in procs:
         c.stop()
     assert not watcher.backwards, f"committed offsets moved backwards: {watcher.backwards}"
-    _check_takeovers(procs)
+    check_takeovers(procs, PARTITIONS)
     counts = collections.Counter(consumed(procs))
     repeated = sum(n - 1 for n in counts.values() if n > 1)
     with open("/proc/loadavg") as f:

@@ -6,7 +6,6 @@ members, session expiry)."""
 from __future__ import annotations
 
 import struct
-import time
 
 import pytest
 
@@ -239,3 +238,16 @@ def test_old_versions_of_offset_commit_and_fetch(wire):
     assert [(p.committed_offset, p.metadata, p.error_code) for p in r.topics[0].partitions] == [(42, "old", NONE)]
     j = join(wire, "g8", version=0)  # v0: no MEMBER_ID_REQUIRED
     assert (j.error_code, j.generation_id) == (NONE, 1)
+
+
+def test_pipelined_commits_of_one_connection_are_written_in_order(wire):
+    """Kafka handles a connection's requests one at a time: the last commit sent wins."""
+    for offset in range(1, 31):
+        wire.send(OFFSET_COMMIT, 8, {"group_id": "g9", "generation_id_or_member_epoch": -1, "member_id": "",
+                                     "group_instance_id": None, "topics": [{"name": TOPIC, "partitions": [
+                                         {"partition_index": 0, "committed_offset": offset,
+                                          "committed_leader_epoch": -1, "committed_metadata": None}]}]})
+    for _ in range(30):
+        _, r = wire.recv()
+        assert r.topics[0].partitions[0].error_code == NONE
+    assert fetch(wire, {"g9": [0]})["g9"] == (NONE, {(TOPIC, 0): (30, "")})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import datetime
 
+import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.group import GroupError, GroupState, JoinRequest, partition_for
@@ -22,6 +23,42 @@ from .common import AUTHORIZED_OPERATIONS_OMITTED
 # (node/kafka_server.py); DescribeGroups shows them, and member ids start with the client id.
 REQUEST_CLIENT: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
     "REQUEST_CLIENT", default=("", ""))
+
+
+
+class CommitOrder:
+    """The OffsetCommits of one connection, written in the order they arrived.
+
+    Kafka handles a connection's requests one at a time; here they run as concurrent tasks,
+    which trio does not run in spawn order. Two pipelined commits of one partition must not
+    land in the log in the opposite order (the older offset would win), so each commit takes
+    a ticket when its frame is read and writes only after the commits before it finished.
+    """
+
+    def __init__(self) -> None:
+        self._issued = 0
+        self._finished = 0
+        self._moved = trio.Event()
+
+    def ticket(self) -> int:
+        n = self._issued
+        self._issued += 1
+        return n
+
+    async def wait_turn(self, ticket: int) -> None:
+        while self._finished < ticket:
+            await self._moved.wait()
+
+    def finish(self, ticket: int) -> None:
+        assert ticket == self._finished, (ticket, self._finished)
+        self._finished += 1
+        self._moved.set()
+        self._moved = trio.Event()
+
+
+# The running OffsetCommit's place in its connection's order (set by the connection reader).
+COMMIT_TURN: contextvars.ContextVar[tuple[CommitOrder, int] | None] = contextvars.ContextVar(
+    "COMMIT_TURN", default=None)
 
 NO_OFFSET = -1
 NO_LEADER_EPOCH = -1
@@ -124,8 +161,15 @@ async def handle_offset_commit(body, ctx, version: int):
     offsets = [(t.name, p.partition_index, p.committed_offset,
                 getattr(p, "committed_leader_epoch", NO_LEADER_EPOCH), p.committed_metadata)
                for t in body.topics for p in t.partitions]
-    errors = iter(await ctx.groups.commit(body.group_id, body.member_id, body.generation_id_or_member_epoch,
-                                          getattr(body, "group_instance_id", None), offsets))
+    turn = COMMIT_TURN.get()
+    if turn is not None:
+        await turn[0].wait_turn(turn[1])
+    try:
+        errors = iter(await ctx.groups.commit(body.group_id, body.member_id, body.generation_id_or_member_epoch,
+                                              getattr(body, "group_instance_id", None), offsets))
+    finally:
+        if turn is not None:
+            turn[0].finish(turn[1])
     topics = [{"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": next(errors)}
                                                for p in t.partitions]} for t in body.topics]
     return build(response_schema(8, version), throttle_time=0, topics=topics)

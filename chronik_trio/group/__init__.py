@@ -13,12 +13,14 @@ May import: the standard library, attrs, crc32c, kio's ErrorCode, chronik_trio.v
 chronik_trio.partition. No trio, no I/O, no clocks: time is passed in by the caller.
 """
 
+OFFSETS_TOPIC = "__consumer_offsets"  # Kafka's name; written only by group coordinators
+
 from .errors import GroupError
 from .group import (Group, GroupState, JoinCompleted, JoinPending, JoinRequest, JoinResult,
                     PersistWanted, SyncCompleted, SyncPending, SyncResult)
 from .hashing import java_string_hash, partition_for
 from .store import GroupRecord, GroupStore, MemberRecord, OffsetRecord
 
-__all__ = ["GroupError", "Group", "GroupState", "JoinCompleted", "JoinPending", "JoinRequest", "JoinResult",
+__all__ = ["OFFSETS_TOPIC", "GroupError", "Group", "GroupState", "JoinCompleted", "JoinPending", "JoinRequest", "JoinResult",
            "PersistWanted", "SyncCompleted", "SyncPending", "SyncResult", "java_string_hash",
            "partition_for", "GroupRecord", "GroupStore", "MemberRecord", "OffsetRecord"]

@@ -31,7 +31,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.meta import ClusterError, Topic, TopicAlreadyExists
-from chronik_trio.group import (Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted, JoinPending,
+from chronik_trio.group import (OFFSETS_TOPIC, Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted, JoinPending,
                                 JoinRequest, JoinResult, MemberRecord, OffsetRecord, PersistWanted,
                                 SyncCompleted, SyncPending, SyncResult, partition_for)
 from chronik_trio.group.records import build_batch, group_key, offset_key
@@ -46,7 +46,6 @@ from .raft_group import NotLeader, ProposalFailed
 
 log = logging.getLogger(__name__)
 
-OFFSETS_TOPIC = "__consumer_offsets"
 TICK_S = 0.05  # session expiry and rebalance timeouts are checked this often
 LOAD_POLL_S = 0.02
 CREATE_TOPIC_WAIT_S = 10.0  # FindCoordinator waits this long for the topic, then retriable

@@ -251,3 +251,9 @@ def test_pipelined_commits_of_one_connection_are_written_in_order(wire):
         _, r = wire.recv()
         assert r.topics[0].partitions[0].error_code == NONE
     assert fetch(wire, {"g9": [0]})["g9"] == (NONE, {(TOPIC, 0): (30, "")})
+
+
+def test_clients_cannot_produce_to_the_offsets_topic(wire):
+    from tests.kafka_wire import Record, build_batch
+    r = wire.produce("__consumer_offsets", 0, build_batch([Record(b"forged", b"offset")]))
+    assert r.error_code == 17  # INVALID_TOPIC_EXCEPTION, as Kafka answers for internal topics

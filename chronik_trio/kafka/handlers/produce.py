@@ -14,6 +14,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.meta import ClusterError
+from chronik_trio.group import OFFSETS_TOPIC
 
 from ..codec import build, response_schema
 from ..errors import KafkaError, ProtocolViolation
@@ -97,6 +98,9 @@ async def handle_produce(body, ctx, version: int):
         for topic_data in body.topic_data:
             entries: list = []
             responses.append({"name": topic_data.name, "partition_responses": entries})
+            if topic_data.name == OFFSETS_TOPIC:  # internal: only group coordinators write it (Kafka too)
+                entries.extend(_entry(p.index, ErrorCode.invalid_topic_exception) for p in topic_data.partition_data)
+                continue
             try:
                 topic = None if refused is not None else await topic_for_request(
                     ctx, topic_data.name, allow_auto_create=True)

@@ -524,6 +524,8 @@ class SegmentLog:
             if b == a:
                 break
             out.extend(self._read_entries(seg, a, b))
+            if seg.first_index + b <= seg.last_index:
+                break  # the byte budget ran out inside this segment
             lo = seg.first_index + b
             k += 1
         return out

@@ -15,7 +15,10 @@ Modes (`--modes`, comma-separated; default `throughput,latency`):
 - `raft`: the Raft core alone, an in-memory 3-node group in this process (raft/bench.py);
 - `node`: with the tool's own cluster (or `--metrics HOST:PORT,...`), every node's Ready pass
   and fsync-round histograms over the run, and its CPU time and RSS (own cluster only).
-  Added automatically when the tool starts the cluster.
+  Added automatically when the tool starts the cluster;
+- `failover` (`--cluster 3` only): `--failover-trials` times, SIGKILL the leader of a
+  partition under a paced acks=all stream and time the first acknowledgement of a record
+  produced after the kill; the node is restarted between trials (bench_failover.py).
 
 `--cluster 1|3` starts real `chronik-trio node` processes on 127.0.0.1 (temporary data dir,
 stopped by PID afterwards). Every figure in the report says how it was measured, and the
@@ -38,7 +41,7 @@ import uuid
 
 from chronik_trio import bench_kafka, bench_local
 
-MODES = ("throughput", "latency", "raft", "node")
+MODES = ("throughput", "latency", "raft", "node", "failover")
 TOPIC_CREATE_TIMEOUT_S = 60.0
 
 
@@ -68,6 +71,8 @@ def add_parser(sub) -> None:
                         "to the topic before the measured run")
     p.add_argument("--duration-s", type=float, default=10.0, help="latency: measured seconds")
     p.add_argument("--raft-entries", type=int, default=50_000, help="raft: committed entries per run")
+    p.add_argument("--failover-trials", type=int, default=20, help="failover: SIGKILLs")
+    p.add_argument("--failover-rate", type=float, default=1000.0, help="failover: records/s of the stream")
     p.add_argument("--repeat", type=int, default=3, help="runs of each mode; the report gives each and the median")
     p.add_argument("--metrics", help="node mode against --bootstrap: HOST:PORT[,...] of chronik-trio /metrics")
     p.add_argument("--json", type=pathlib.Path, help="also write the report as JSON here")
@@ -83,7 +88,7 @@ def _modes(args) -> list[str]:
 
 
 def _needs_broker(modes: list[str]) -> bool:
-    return any(m in ("throughput", "latency") for m in modes)
+    return any(m in ("throughput", "latency", "failover") for m in modes)
 
 
 def _create_topic(bootstrap: str, args, replication_factor: int) -> str:
@@ -153,7 +158,7 @@ class _NodeWatch:
             return {"error": str(exc)}
 
     def report(self) -> list[dict]:
-        elapsed = time.monotonic() - self.started
+        elapsed = max(time.monotonic() - self.started, 1e-3)
         out = []
         for k, address in enumerate(self.addresses):
             after, before = self._scrape(address), self.before[k]
@@ -204,6 +209,13 @@ def _methods(args, target: str, rf: int) -> dict:
                  f"synchronously, up to 512 proposals in flight; committed entries per second at the "
                  f"leader, {args.raft_entries} entries per run; the cost of the Raft logic alone, no "
                  f"disk or network."),
+        "failover": (f"{args.failover_trials} trials on the tool's 3-node cluster, each on a fresh topic of 3 "
+                     f"partitions (replication factor 3): a producer (acks=all, linger.ms 5, librdkafka's "
+                     f"default retries and metadata refresh, idempotence off) sends {args.record_bytes}-byte "
+                     f"records paced at {args.failover_rate:g}/s round-robin; after 1 s the node leading "
+                     f"partition 0 is SIGKILLed; failover = SIGKILL to the first acknowledgement of a "
+                     f"partition-0 record produced after the kill (election, __meta update and the "
+                     f"client's metadata refresh and retry included); the node is restarted between trials."),
         "node": ("chronik_ready_pass_seconds and chronik_fsync_round_seconds histograms scraped from each "
                  "node's /metrics before and after the broker modes: count, mean, and percentiles as "
                  "bucket upper bounds; CPU = process user+system time over the same window / wall time; "
@@ -243,11 +255,17 @@ def _summary(results: dict) -> dict:
     if "raft" in results:
         for size, r in results["raft"].items():
             s[f"raft_{size}_entries_per_s"] = r["median_entries_per_s"]
+    if "failover" in results:
+        f = results["failover"]
+        s.update(failover_median_s=f["median_s"], failover_max_s=f["max_s"],
+                 failover_trials=len(f["trials"]), failover_failed_over=f["failed_over"])
     return s
 
 
 def run(args: argparse.Namespace) -> int:
     modes = _modes(args)
+    if "failover" in modes and args.cluster != 3:
+        raise SystemExit("chronik-trio bench: --modes failover needs --cluster 3 (it kills and restarts nodes)")
     if _needs_broker(modes):
         try:
             import confluent_kafka  # noqa: F401
@@ -267,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
             bootstrap, metrics, rf = cluster.bootstrap, cluster.metrics_addresses, args.replication_factor or size
             target = (f"{size} local chronik-trio node process(es) started by the tool on 127.0.0.1 "
                       f"(every acknowledged write fsynced)")
-            if "node" not in modes and _needs_broker(modes):
+            if "node" not in modes and ("throughput" in modes or "latency" in modes):
                 modes.append("node")
         else:
             bootstrap, target, rf, metrics = "", "none (in-process)", 1, []
@@ -278,6 +296,10 @@ def run(args: argparse.Namespace) -> int:
             results["latency"] = [_latency_run(bootstrap, args, rf) for _ in range(args.repeat)]
         if watch is not None:
             results["node"] = watch.report()
+        if "failover" in modes:
+            from chronik_trio import bench_failover
+            results["failover"] = bench_failover.failover_trials(cluster, args.failover_trials,
+                                                                 args.failover_rate, args.record_bytes)
     if "raft" in modes:
         results["raft"] = _raft_runs(args)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -303,6 +325,8 @@ def _failed(results: dict) -> bool:
     for r in results.get("throughput", []):
         if r["produce"]["errors"] or r["produce"]["unflushed"]:
             return True
+    if "failover" in results and results["failover"]["failed_over"] < len(results["failover"]["trials"]):
+        return True
     return any(r["errors"] or r["unflushed"] for r in results.get("latency", []))
 
 
@@ -335,6 +359,11 @@ def _print(report: dict) -> None:
         for size, r in res["raft"].items():
             print(f"raft core, {size} entries: {r['median_entries_per_s']:,} committed entries/s "
                   f"({r['median_mb_per_s']} MB/s), median of {len(r['runs'])}")
+    if "failover" in res:
+        f = res["failover"]
+        print(f"failover: {f['failed_over']} of {len(f['trials'])} trials failed over; median {f['median_s']} s, "
+              f"max {f['max_s']} s, min {f['min_s']} s; per trial: "
+              f"{', '.join(str(t['failover_s']) for t in f['trials'])}")
     for node in res.get("node", []):
         parts = [f"node {node['metrics']}:"]
         for key in ("ready_pass", "fsync_round"):

@@ -34,12 +34,33 @@ SCRAPE_TIMEOUT_S = 5.0
 SCRAPE_BYTES_MAX = 64 << 20  # /metrics of 1,000 groups is a few MB
 
 
-@attrs.frozen
+@attrs.define
 class LocalCluster:
     bootstrap: str
     metrics_addresses: list[str]  # HOST:PORT serving /metrics over HTTP/2, one per node
-    pids: list[int]
-    data_dir: pathlib.Path
+    specs: list  # dev_cluster.NodeSpec, node i at index i - 1
+    procs: list[subprocess.Popen]
+    peers: str
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def kill(self, node_id: int) -> float:
+        """SIGKILL node_id by PID; returns time.perf_counter() just before the signal."""
+        proc = self.procs[node_id - 1]
+        killed_at = time.perf_counter()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return killed_at
+
+    def restart(self, node_id: int) -> None:
+        """Start node_id again on its data dir; returns once it has logged that it is ready."""
+        spec = self.specs[node_id - 1]
+        assert self.procs[node_id - 1].poll() is not None, f"node {node_id} is running"
+        seen = spec.log_path.read_bytes().count(f"node {node_id} ready:".encode())
+        self.procs[node_id - 1] = dev_cluster.spawn(spec, self.peers, "info")
+        _wait_ready([spec], [self.procs[node_id - 1]], seen=seen)
 
 
 def _pick_base_port(nodes: int) -> int:
@@ -59,6 +80,7 @@ def local_cluster(nodes: int, log_level: str = "info"):
         base = _pick_base_port(nodes)
         specs = dev_cluster.plan(nodes, base, pathlib.Path(tmp))
         procs: list[subprocess.Popen] = []
+        cluster = None
         try:
             if nodes == 1:
                 spec = specs[0]
@@ -76,13 +98,15 @@ def local_cluster(nodes: int, log_level: str = "info"):
                 procs = [dev_cluster.spawn(s, peers, log_level) for s in specs]
                 metrics = [f"{dev_cluster.HOST}:{s.raft_port}" for s in specs]
             _wait_ready(specs, procs)
-            yield LocalCluster(",".join(s.kafka_address for s in specs), metrics,
-                               [p.pid for p in procs], pathlib.Path(tmp))
+            cluster = LocalCluster(",".join(s.kafka_address for s in specs), metrics, specs, procs,
+                                   dev_cluster.peers_of(specs) if nodes > 1 else "")
+            yield cluster
         finally:
-            _stop(procs)
+            _stop(cluster.procs if cluster is not None else procs)
 
 
-def _wait_ready(specs, procs) -> None:
+def _wait_ready(specs, procs, seen: int = 0) -> None:
+    """Until each node's log holds more than `seen` lines saying it is ready."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     waiting = list(zip(specs, procs))
     while waiting:
@@ -91,7 +115,7 @@ def _wait_ready(specs, procs) -> None:
                 raise SystemExit(f"chronik-trio bench: node {spec.node_id} exited "
                                  f"({proc.returncode}):\n{dev_cluster.log_tail(spec.log_path)}")
         waiting = [(s, p) for s, p in waiting
-                   if f"node {s.node_id} ready:".encode() not in s.log_path.read_bytes()]
+                   if s.log_path.read_bytes().count(f"node {s.node_id} ready:".encode()) <= seen]
         if waiting and time.monotonic() > deadline:
             raise SystemExit(f"chronik-trio bench: node(s) {[s.node_id for s, _ in waiting]} not "
                              f"ready after {READY_TIMEOUT_S:.0f} s")

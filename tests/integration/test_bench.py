@@ -103,3 +103,21 @@ def test_bench_refuses_an_unknown_mode(tmp_path):
     proc = subprocess.run([CHRONIK_TRIO, "bench", "--modes", "warp", "--json", str(tmp_path / "x")],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "unknown mode" in proc.stderr
+
+
+@pytest.mark.timeout(240)
+def test_bench_failover_kills_a_leader_and_times_the_first_write_on_its_successor(tmp_path):
+    report, stdout = _bench(tmp_path, "--cluster", "3", "--modes", "failover", "--failover-trials", "1",
+                            "--failover-rate", "200", timeout_s=220)
+    f = report["results"]["failover"]
+    [trial] = f["trials"]
+    assert trial["errors"] == 0 and trial["unflushed"] == 0 and trial["killed_node"] in (1, 2, 3)
+    assert f["failed_over"] == 1 and f["median_s"] == trial["failover_s"] > 0
+    assert "SIGKILL" in report["method"]["failover"] and "failover:" in stdout
+
+
+@pytest.mark.timeout(60)
+def test_bench_failover_needs_its_own_three_node_cluster(tmp_path):
+    proc = subprocess.run([CHRONIK_TRIO, "bench", "--cluster", "1", "--modes", "failover"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "--cluster 3" in proc.stderr

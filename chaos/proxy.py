@@ -30,6 +30,7 @@ CHUNK_BYTES = 65536
 # delayed link also loses throughput, as a long link does.
 DELAY_QUEUE_CHUNKS = 256
 CONNECT_TIMEOUT_S = 5.0
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class LinkState(enum.Enum):
@@ -86,26 +87,32 @@ class Proxy:
             self._connections.add(scope)
             try:
                 with scope:
-                    with trio.move_on_after(CONNECT_TIMEOUT_S) as connect_scope:
-                        server = await trio.open_tcp_stream(*self.target)
-                    if connect_scope.cancelled_caught:
-                        return
-                    async with server:
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
-                            nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
-            except OSError:
-                pass  # the target refused (a killed node): the client sees the close
+                    server = None
+                    try:
+                        with trio.move_on_after(CONNECT_TIMEOUT_S):
+                            server = await trio.open_tcp_stream(*self.target)
+                    except OSError:
+                        pass
+                    if server is None:
+                        return  # the target refused (a killed node) or is silent: close
+                    try:
+                        async with server:
+                            async with trio.open_nursery() as nursery:
+                                nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+                                nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
+                    except* STREAM_ERRORS:
+                        pass  # either side went away: so does the other
             finally:
                 self._connections.discard(scope)
 
     async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream,
                     done: trio.CancelScope) -> None:
+        """source -> sink through a queue that holds each chunk until its delivery time."""
         send, receive = trio.open_memory_channel(DELAY_QUEUE_CHUNKS)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._deliver, receive, sink)
-                async with send:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._deliver, receive, sink, done)
+            async with send:
+                try:
                     while True:
                         data = await source.receive_some(CHUNK_BYTES)
                         if not data:
@@ -113,14 +120,19 @@ class Proxy:
                         while self.state is LinkState.BLACKHOLE:
                             await self._changed.wait()
                         await send.send((trio.current_time() + self.delay_s, data))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                except STREAM_ERRORS:
+                    done.cancel()
+
+    async def _deliver(self, receive: trio.MemoryReceiveChannel, sink: trio.SocketStream,
+                       done: trio.CancelScope) -> None:
+        try:
+            async with receive:
+                async for deliver_at, data in receive:
+                    await trio.sleep_until(deliver_at)
+                    while self.state is LinkState.BLACKHOLE:
+                        await self._changed.wait()
+                    await sink.send_all(data)
+            await sink.send_eof() if hasattr(sink, "send_eof") else None
+        except STREAM_ERRORS:
             pass
         done.cancel()
-
-    async def _deliver(self, receive: trio.MemoryReceiveChannel, sink: trio.SocketStream) -> None:
-        async with receive:
-            async for deliver_at, data in receive:
-                await trio.sleep_until(deliver_at)
-                while self.state is LinkState.BLACKHOLE:
-                    await self._changed.wait()
-                await sink.send_all(data)

@@ -46,6 +46,10 @@ def verdict_line(scenario, results: list[CheckResult], passed: bool, run_dir: pa
             f"{longest}; {run_dir}")
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def write_report(run_dir: pathlib.Path, scenario, events: list[dict], results: list[CheckResult],
                  passed: bool, notes: list[str], argv: list[str] | None) -> None:
     counts = Counter(e["type"] for e in events)
@@ -68,7 +72,7 @@ def write_report(run_dir: pathlib.Path, scenario, events: list[dict], results: l
         lines += [f"- command: `{shlex.join(argv)}`", ""]
     lines += ["## Checks", "", "| check | verdict | count | summary |", "|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | {r.verdict} | {r.count} | {r.summary} |")
+        lines.append(f"| {r.name} | {r.verdict} | {r.count} | {_cell(r.summary)} |")
     lines.append("")
     for r in results:
         if r.examples and (not r.passed or r.name == "unavailability"):
@@ -80,8 +84,8 @@ def write_report(run_dir: pathlib.Path, scenario, events: list[dict], results: l
     for fid, f in sorted(faults.items()):
         end = ends.get(fid, {})
         key = next((k for k in per_fault if k.startswith(f"#{fid} ")), None)
-        lines.append(f"| {fid} | {f['desc']} | {f['t']:.1f} | {end.get('t', float('nan')):.1f} | "
-                     f"{per_fault.get(key, 0.0):.2f} | {end.get('note', '')} |")
+        lines.append(f"| {fid} | {_cell(f['desc'])} | {f['t']:.1f} | {end.get('t', float('nan')):.1f} | "
+                     f"{per_fault.get(key, 0.0):.2f} | {_cell(end.get('note', ''))} |")
     skipped = [e for e in events if e["type"] == "fault-skipped"]
     if skipped:
         lines += ["", "Skipped faults: " + "; ".join(f"{e['desc']} at {e['t']:.1f} s ({e['why']})"

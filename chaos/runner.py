@@ -135,8 +135,11 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
                     progress.phase = "healing"
                     notes = await nem.heal_all()
                     progress.phase = "stopping producers"
+                except BaseException:
+                    consumer_stop.set()  # the worker threads end only on their events
+                    raise
                 finally:
-                    stop.set()  # on an error too: the worker threads end only on their events
+                    stop.set()
             await _after_workload(scenario, cluster, history, logger, progress, target, nursery)
     finally:
         stop.set()

@@ -270,6 +270,15 @@ class RaftGroup:
             return []
         return self._quiesce()
 
+    def release_cached_entries(self) -> None:
+        """Let storage drop cached entries nobody will read soon: applied here and, on a
+        leader, matched by every follower (a lagging one is read from the files)."""
+        raft = self.node.raft
+        upto = raft.log.applied
+        if self.is_leader:
+            upto = min([upto] + [pr.match for peer, pr in raft.trk.progress.items() if peer != raft.id])
+        self.storage.release_recent(upto)
+
     def _caught_up(self) -> bool:
         raft = self.node.raft
         last = raft.log.last_index()

@@ -221,6 +221,7 @@ class RaftRuntime:
                     self._send_all(group, rd.persisted_messages)
                     self._apply(group, rd)
                     group.node.advance(rd)
+                    group.release_cached_entries()
         finally:
             for group in held:
                 group.lock.release()
@@ -234,6 +235,7 @@ class RaftRuntime:
         for group in groups:
             self._send_all(group, group.step_inbox_and_ticks())
             if not group.node.has_ready():
+                group.release_cached_entries()  # e.g. the last append responses came in
                 continue
             rd = group.node.ready()
             if rd.soft_state is not None:

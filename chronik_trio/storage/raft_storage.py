@@ -48,9 +48,10 @@ PARTITION_SNAPSHOT = struct.Struct(">q")
 # group: the Ready pass applies committed entries, and a leader sends followers their
 # appends, mostly within a few passes of appending them, and reading them back from the
 # segment files (pread, frame parsing, a copy) was 3-4 % of a node's time when producing.
-# Per group, so 1,000 busy groups could hold 1 GB at most; an idle group's stay until
-# its next append, restart, or snapshot.
-RECENT_ENTRIES_BYTES_MAX = 1 << 20
+# librdkafka sends batches of up to 1 MB (one entry each), so a few MiB. The runtime
+# releases entries once applied here and replicated to every follower
+# (`release_recent`), so an idle group holds none.
+RECENT_ENTRIES_BYTES_MAX = 8 << 20
 
 
 def partition_snapshot_data(next_offset: int, state: bytes = b"") -> bytes:
@@ -284,6 +285,15 @@ class DurableRaftStorage:
             self._recent_bytes -= FRAME_HEADER_BYTES + len(self._recent[drop].data)
             drop += 1
         if drop:
+            del self._recent[:drop]
+            self._recent_first += drop
+
+    def release_recent(self, upto: int) -> None:
+        """Entries <= upto are no longer needed soon (applied, and held by every follower):
+        drop them from memory; they stay in the files."""
+        drop = min(upto - self._recent_first + 1, len(self._recent))
+        if drop > 0:
+            self._recent_bytes -= sum(FRAME_HEADER_BYTES + len(e.data) for e in self._recent[:drop])
             del self._recent[:drop]
             self._recent_first += drop
 

@@ -90,3 +90,16 @@ def test_a_byte_limit_reached_inside_one_segment_stops_the_read_there(tmp_path):
                     budget = None if budget is None else budget - sizes[i]
                 assert [e.index for e in s.log.entries(lo, hi, limit)] == expected, (lo, hi, limit)
     s.close()
+
+
+def test_released_entries_are_read_from_the_files(tmp_path):
+    s = DurableRaftStorage.bootstrap(Disk(), tmp_path / "g", voters=(1, 2, 3), kafka=False)
+    s.append(_entries(1, 10, term=1))
+    s.release_recent(6)
+    assert s._recent_first == 7 and len(s._recent) == 4
+    assert [e.index for e in s.entries(1, 11)] == list(range(1, 11))
+    s.release_recent(10)
+    assert not s._recent and s._recent_bytes == 0
+    s.append(_entries(11, 2, term=1))
+    assert s._recent_first == 11 and [e.index for e in s.entries(5, 13)] == list(range(5, 13))
+    s.close()

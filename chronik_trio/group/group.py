@@ -480,6 +480,18 @@ class Group:
         self._member_gone(now_ms, member_id)
         return ErrorCode.none
 
+    def next_deadline_ms(self) -> float:
+        """When tick() may next have something to do (it is harmless to call it earlier)."""
+        deadline = float("inf")
+        for member in self.members.values():
+            if not (member.awaiting_join or member.awaiting_sync):
+                deadline = min(deadline, member.heartbeat_deadline_ms)
+        for pending in self.pending_members.values():
+            deadline = min(deadline, pending)
+        if self.state == GroupState.PREPARING_REBALANCE:
+            deadline = min(deadline, self._rebalance_deadline_ms, self._join_not_before_ms)
+        return deadline
+
     def tick(self, now_ms: float) -> None:
         """Expire sessions and pending member ids; complete a rebalance whose time is up."""
         for member_id, deadline in list(self.pending_members.items()):

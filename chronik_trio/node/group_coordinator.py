@@ -92,6 +92,7 @@ class _Shard:
         self.groups: dict[str, Group] = {}
         self.joins: dict[tuple[str, str], _Slot] = {}
         self.syncs: dict[tuple[str, str], _Slot] = {}
+        self.due_ms: dict[str, float] = {}  # group -> when its tick() may have work (sessions, rebalances)
         self.dirty: set[str] = set()  # groups whose metadata must be written
         self.writing: set[str] = set()  # groups with a writer task running
 
@@ -175,6 +176,7 @@ class GroupCoordinator:
                        members=[(m.member_id, m.instance_id, m.client_id, m.client_host, m.session_timeout_ms,
                                  m.rebalance_timeout_ms, m.subscription, m.assignment) for m in record.members])
             shard.groups[group_id] = group
+            shard.due_ms[group_id] = group.next_deadline_ms()
         for group_id in store.offsets:
             if group_id not in shard.groups:
                 shard.groups[group_id] = self._new_group(group_id)
@@ -215,11 +217,17 @@ class GroupCoordinator:
                 if shard.replica.machine.applied_index >= shard.load_index:
                     self._load(shard)
                 continue
-            for group in list(shard.groups.values()):
-                group.tick(now)
-                self._dispatch(shard, group)
+            for group_id, due_ms in list(shard.due_ms.items()):
+                group = shard.groups.get(group_id)
+                if group is None:
+                    del shard.due_ms[group_id]
+                elif due_ms <= now:
+                    group.tick(now)
+                    self._dispatch(shard, group)
 
     def _dispatch(self, shard: _Shard, group: Group) -> None:
+        """Deliver the group's events (after every call into it) and note its next deadline."""
+        shard.due_ms[group.group_id] = group.next_deadline_ms()
         for event in group.take_events():
             if isinstance(event, JoinCompleted):
                 slot = shard.joins.pop((group.group_id, event.member_id), None)

@@ -100,18 +100,29 @@ def fetch(wire, groups: dict[str, list[int] | None]):
 
 
 @pytest.fixture
-def wire(broker_factory, tmp_path):
+def broker(broker_factory, tmp_path):
     config = tmp_path / "groups.toml"
     config.write_text(CONFIG)
     broker = broker_factory(extra_args=["--config", str(config)]).start()
     with KafkaWire.connect(broker.port) as w:
         assert w.create_topics([TOPIC], partitions=2) == {TOPIC: 0}
-        r = w.request(FIND_COORDINATOR, {"key": "warm-up", "key_type": 0}, version=2)
-        assert r.error_code == NONE and r.port == broker.port, r
-        # Each offsets partition's coordinator loads once its log is applied (a moment).
-        wait_until("coordinators loaded", lambda: all(
-            g.error_code == NONE for g in w.request(DESCRIBE_GROUPS, {"groups": [f"g{i}" for i in range(20)]},
-                                                    version=0).groups), timeout_s=10)
+    return broker
+
+
+def _connect_loaded(broker) -> KafkaWire:
+    w = KafkaWire.connect(broker.port)
+    r = w.request(FIND_COORDINATOR, {"key": "warm-up", "key_type": 0}, version=2)
+    assert r.error_code == NONE and r.port == broker.port, r
+    # Each offsets partition's coordinator loads once its log is applied (a moment).
+    wait_until("coordinators loaded", lambda: all(
+        g.error_code == NONE for g in w.request(DESCRIBE_GROUPS, {"groups": [f"g{i}" for i in range(20)]},
+                                                version=0).groups), timeout_s=10)
+    return w
+
+
+@pytest.fixture
+def wire(broker):
+    with _connect_loaded(broker) as w:
         yield w
 
 
@@ -257,3 +268,16 @@ def test_clients_cannot_produce_to_the_offsets_topic(wire):
     from tests.kafka_wire import Record, build_batch
     r = wire.produce("__consumer_offsets", 0, build_batch([Record(b"forged", b"offset")]))
     assert r.error_code == 17  # INVALID_TOPIC_EXCEPTION, as Kafka answers for internal topics
+
+
+def test_groups_and_commits_survive_a_broker_restart(broker):
+    with _connect_loaded(broker) as w:
+        a = _stable_group(w, "g10")
+        assert commit(w, "g10", a.member_id, 1, [(TOPIC, 1, 77, "before restart")]) == {(TOPIC, 1): NONE}
+    broker.restart()
+    with _connect_loaded(broker) as w:
+        # Loaded from the log: Stable at generation 1 with the same member and assignment.
+        assert heartbeat(w, "g10", a.member_id, 1) == NONE
+        s = sync(w, "g10", a.member_id, 1)
+        assert (s.error_code, s.assignment) == (NONE, b"assignment")
+        assert fetch(w, {"g10": [1]})["g10"] == (NONE, {(TOPIC, 1): (77, "before restart")})

@@ -12,6 +12,7 @@ class BrokerContext(typing.Protocol):
     cluster_id: str
     config: typing.Any  # node.config.NodeConfig
     meta: MetaState  # this node's applied copy of __meta
+    groups: typing.Any  # node.group_coordinator.GroupCoordinator: the group APIs
 
     def meta_leader_id(self) -> int: ...
     def broker_alive(self, node_id: int) -> bool: ...

@@ -1,10 +1,10 @@
 """A cluster of `chronik-trio node` processes behind the harness's proxies.
 
-Node i listens for Kafka on 127.0.0.1:kafka_port(i) and for peers on raft_port(i); clients
-are told (--advertised) the address of node i's client proxy, and node i's --peers list
-names, for every other node j, the proxy of link i->j (its own entry is its real Raft
-address, where it listens). The harness itself talks to /health and /faults on the real
-Raft port, never through a proxy, so a cut link never hides a node from the harness.
+How nodes are wired is the network's business (network.py): by default node i listens on
+127.0.0.1, clients are told (--advertised) the address of node i's client proxy, and node
+i's --peers list names, for every other node j, the proxy of link i->j (its own entry is
+its real Raft address, where it listens). The harness itself talks to /health and /faults
+on the real Raft port, never through a proxy, so a cut link never hides a node from it.
 
 Processes are started, signalled and reaped by PID only. Node output is appended to
 nodes/node<i>.log across restarts. Leaders are learnt from the log lines the node
@@ -28,7 +28,8 @@ import urllib.request
 import attrs
 import trio
 
-from .proxy import LinkState, Proxy
+from .network import NetworkUnavailable, make_network
+from .proxy import LinkState
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class NodeProcess:
     log_path: pathlib.Path
     args: list[str]
     proc: subprocess.Popen | None = None
+    raft_host: str = "127.0.0.1"
     paused: bool = False
     log_start: int = 0  # where the current process's output starts in log_path
     starts: int = 0
@@ -92,7 +94,7 @@ class Cluster:
 
     def __init__(self, root: pathlib.Path, size: int, *, fault_injection: bool = False,
                  node_args: tuple[str, ...] = (), record=lambda event: None,
-                 ready_timeout_s: float = 90.0) -> None:
+                 ready_timeout_s: float = 90.0, network: str = "proxy") -> None:
         self.root = root
         self.size = size
         self.ids = list(range(1, size + 1))
@@ -101,36 +103,32 @@ class Cluster:
         self.record = record
         self.ready_timeout_s = ready_timeout_s
         self.nodes: dict[int, NodeProcess] = {}
-        self.client_proxies: dict[int, Proxy] = {}
-        self.link_proxies: dict[tuple[int, int], Proxy] = {}
+        self.network = make_network(network)
         self._leaders: dict[str, tuple[int, int]] = {}  # group -> (term, leader)
         self._log_read: dict[int, int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Start the proxies and every node; return once every node logged `ready`."""
-        ports = free_ports(2 * self.size)
-        kafka = {n: ports[n - 1] for n in self.ids}
-        raft = {n: ports[self.size + n - 1] for n in self.ids}
-        for n in self.ids:
-            self.client_proxies[n] = Proxy(f"client->{n}", ("127.0.0.1", kafka[n]))
-            await nursery.start(self.client_proxies[n].run)
-            for m in self.ids:
-                if m != n:
-                    self.link_proxies[(n, m)] = Proxy(f"{n}->{m}", ("127.0.0.1", raft[m]))
-                    await nursery.start(self.link_proxies[(n, m)].run)
+        """Set up the network and start every node; return once every node logged `ready`.
+
+        Raises:
+            ClusterError: a node was not ready in time, or the network mode cannot run here.
+        """
+        try:
+            await self.network.setup(nursery, self.ids, free_ports(2 * self.size))
+        except NetworkUnavailable as exc:
+            raise ClusterError(str(exc)) from None
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
         for n in self.ids:
-            peers = ",".join(f"{m}@127.0.0.1:{raft[m] if m == n else self.link_proxies[(n, m)].port}"
-                             for m in self.ids)
+            a = self.network.addresses(n, self.ids)
             data_dir = self.root / "nodes" / f"node{n}"
-            args = [CHRONIK_TRIO, "node", "--node-id", str(n), "--listen", f"127.0.0.1:{kafka[n]}",
-                    "--advertised", f"127.0.0.1:{self.client_proxies[n].port}",
-                    "--data-dir", str(data_dir), "--peers", peers, "--log-level", "info",
+            args = [*self.network.command_prefix(n), CHRONIK_TRIO, "node", "--node-id", str(n),
+                    "--listen", a.listen, "--advertised", a.advertised, "--data-dir", str(data_dir),
+                    "--peers", a.peers, "--log-level", "info",
                     *(["--fault-injection"] if self.fault_injection else []), *self.node_args]
-            self.nodes[n] = NodeProcess(n, kafka[n], raft[n], data_dir,
-                                        self.root / "nodes" / f"node{n}.log", args)
+            self.nodes[n] = NodeProcess(n, int(a.listen.rpartition(":")[2]), a.raft_port, data_dir,
+                                        self.root / "nodes" / f"node{n}.log", args, raft_host=a.raft_host)
         for n in self.ids:
             self.spawn(n)
         with trio.move_on_after(self.ready_timeout_s):
@@ -225,11 +223,13 @@ class Cluster:
                 await self.wait_exit(n)
 
     def kill_all_now(self) -> None:
-        """Synchronous last resort (on an error or cancellation): SIGKILL every node by PID."""
+        """Synchronous last resort (on an error or cancellation): SIGKILL every node by PID,
+        then remove what the network mode set up."""
         for node in self.nodes.values():
             if node.running:
                 os.kill(node.pid, signal.SIGKILL)
                 node.proc.wait(timeout=STOP_TIMEOUT_S)
+        self.network.teardown()
 
     def running(self) -> list[int]:
         return [n for n in self.ids if self.nodes[n].running and not self.nodes[n].paused]
@@ -238,14 +238,13 @@ class Cluster:
 
     @property
     def bootstrap_servers(self) -> str:
-        return ",".join(f"127.0.0.1:{self.client_proxies[n].port}" for n in self.ids)
+        return self.network.bootstrap(self.ids)
 
     def set_link(self, src: int, dst: int, state: LinkState, delay_s: float = 0.0) -> None:
-        self.link_proxies[(src, dst)].set(state, delay_s)
+        self.network.set_link(src, dst, state, delay_s)
 
     def heal_network(self) -> None:
-        for proxy in (*self.link_proxies.values(), *self.client_proxies.values()):
-            proxy.heal()
+        self.network.heal()
 
     # --- logs and leaders --------------------------------------------------------------------
 
@@ -302,7 +301,7 @@ class Cluster:
 
     async def http(self, n: int, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         """One HTTP/1.1 request to node n's Raft port (in a worker thread)."""
-        url = f"http://127.0.0.1:{self.nodes[n].raft_port}{path}"
+        url = f"http://{self.nodes[n].raft_host}:{self.nodes[n].raft_port}{path}"
         data = json.dumps(body).encode() if body is not None else None
 
         def call() -> tuple[int, dict]:

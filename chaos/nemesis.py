@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from .cluster import Cluster
+from .network import NetworkUnavailable
 from .proxy import LinkState
 from .scenario import FaultSpec, NemesisSpec
 
@@ -215,12 +216,15 @@ class Nemesis:
 
     async def _link(self, fault: FaultSpec, nodes: list[int]) -> str:
         state = {"cut": LinkState.CUT, "blackhole": LinkState.BLACKHOLE, "delay": LinkState.OK}[fault.link]
-        for n in nodes:
-            for m in self.cluster.ids:
-                if m != n:
-                    self.cluster.set_link(n, m, state, fault.delay_ms / 1000)
-                    if not fault.one_way:
-                        self.cluster.set_link(m, n, state, fault.delay_ms / 1000)
+        try:
+            for n in nodes:
+                for m in self.cluster.ids:
+                    if m != n:
+                        self.cluster.set_link(n, m, state, fault.delay_ms / 1000)
+                        if not fault.one_way:
+                            self.cluster.set_link(m, n, state, fault.delay_ms / 1000)
+        except NetworkUnavailable as exc:
+            return f"not injected: {exc}"
         return await self._hold(fault)
 
     async def _disk(self, fault: FaultSpec, nodes: list[int]) -> str:

@@ -121,12 +121,12 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
         async with trio.open_nursery() as nursery:
             nursery.start_soon(progress.run, t0)
             async with trio.open_nursery() as producers:
+                produce, consume = _client_tasks(spec.client)
                 for i in range(spec.producers):
-                    producers.start_soon(trio.to_thread.run_sync, workload.run_producer, f"p{i}",
-                                         bootstrap, spec, topics, history, stop, logger)
+                    producers.start_soon(produce, f"p{i}", bootstrap, spec, topics, history, stop, logger)
                 for i in range(spec.consumers):
-                    nursery.start_soon(trio.to_thread.run_sync, workload.run_consumer, f"c{i}",
-                                       bootstrap, topics, history, consumer_stop, target, logger)
+                    nursery.start_soon(consume, f"c{i}", bootstrap, topics, history, consumer_stop,
+                                       target, logger)
                 try:
                     async with trio.open_nursery() as faults:
                         faults.start_soon(nem.run, planned, t0)
@@ -146,6 +146,20 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
         consumer_stop.set()
     progress.done()
     return notes
+
+
+def _client_tasks(client: str):
+    """(producer task, consumer task) for a client library: the blocking ones in a worker
+    thread each, aiokafka in the harness's trio run through trio-asyncio."""
+    if client == "aiokafka":
+        return workload.run_producer_aiokafka, workload.run_consumer_aiokafka
+    produce, consume = {"confluent-kafka": (workload.run_producer, workload.run_consumer),
+                        "kafka-python": (workload.run_producer_kafka_python,
+                                         workload.run_consumer_kafka_python)}[client]
+
+    async def in_thread(fn, *args):
+        await trio.to_thread.run_sync(fn, *args)
+    return (lambda *args: in_thread(produce, *args)), (lambda *args: in_thread(consume, *args))
 
 
 async def _after_workload(scenario, cluster, history, logger, progress, target, nursery) -> None:
@@ -234,7 +248,7 @@ async def run_scenario(scenario: Scenario, run_dir: pathlib.Path, *, progress: b
         history.record({"type": "fault-planned", "at_s": p.at_s, "desc": nemesis_mod.describe(p.fault)})
     cluster = Cluster(run_dir, scenario.cluster.nodes, fault_injection=scenario.cluster.fault_injection,
                       node_args=scenario.cluster.node_args, record=history.record,
-                      ready_timeout_s=scenario.cluster.ready_timeout_s)
+                      ready_timeout_s=scenario.cluster.ready_timeout_s, network=scenario.cluster.network)
     notes: list[str] = []
     target = workload.Target()
     consumer_stop = threading.Event()

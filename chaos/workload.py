@@ -207,3 +207,194 @@ def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
         return high, sorted(records.items())
     finally:
         consumer.close()
+
+
+# --- kafka-python (blocking: worker threads, like confluent-kafka) ----------------------------
+
+# kafka-python errors after which a write may or may not have happened.
+INDETERMINATE_PY = {"KafkaTimeoutError", "RequestTimedOutError", "NotEnoughReplicasAfterAppendError",
+                    "KafkaConnectionError", "NodeNotReadyError", "CancelledError"}
+
+
+def _acks(spec):
+    return {"all": "all", "1": 1, "0": 0}[spec.acks]
+
+
+def run_producer_kafka_python(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
+                              history: History, stop: threading.Event, logger: logging.Logger,
+                              seq_start: int = 0) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap.split(","), acks=_acks(spec), enable_idempotence=spec.idempotence,
+        delivery_timeout_ms=int(spec.delivery_timeout_s * 1000),
+        request_timeout_ms=int(spec.request_timeout_s * 1000), linger_ms=5, retry_backoff_ms=100,
+        reconnect_backoff_ms=50, reconnect_backoff_max_ms=500, metadata_max_age_ms=2000,
+        max_in_flight_requests_per_connection=5 if spec.idempotence else 1)
+    interval_s = 1.0 / spec.rate_per_s
+    next_at = time.monotonic()
+    seq = seq_start
+    while not stop.is_set():
+        topic, partitions = topics[seq % len(topics)]
+        key_index = seq % spec.keys
+        partition = key_index % partitions
+        key, value = f"k{key_index}", f"{name}-{seq}"
+        event = {"type": "send", "process": name, "seq": seq, "topic": topic, "partition": partition,
+                 "key": key, "value": value, "t_start": round(history.now(), 6)}
+        try:
+            future = producer.send(topic, value=value.encode(), key=key.encode(), partition=partition)
+        except Exception as exc:  # refused before it was queued: nothing was sent
+            history.record({**event, "t_end": round(history.now(), 6), "outcome": "fail",
+                            "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            future.add_callback(lambda md, e=event: history.record(
+                {**e, "t_end": round(history.now(), 6), "outcome": "ok", "offset": md.offset}))
+            future.add_errback(lambda exc, e=event: history.record(
+                {**e, "t_end": round(history.now(), 6),
+                 "outcome": "info" if type(exc).__name__ in INDETERMINATE_PY else "fail",
+                 "error": f"{type(exc).__name__}: {exc}"}))
+        seq += 1
+        next_at += interval_s
+        delay = next_at - time.monotonic()
+        if delay < -1.0:
+            next_at = time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+    try:
+        producer.flush(timeout=min(FLUSH_TIMEOUT_S_MAX, spec.delivery_timeout_s + 5))
+    except Exception as exc:  # a flush timeout leaves the rest unanswered (not recorded)
+        log.warning("%s: flush: %r", name, exc)
+    producer.close(timeout=5)
+
+
+def run_consumer_kafka_python(name: str, bootstrap: str, topics: list[tuple[str, int]],
+                              history: History, stop: threading.Event, target: Target,
+                              logger: logging.Logger) -> None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None,
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             fetch_max_wait_ms=100, metadata_max_age_ms=2000,
+                             reconnect_backoff_ms=50, reconnect_backoff_max_ms=500)
+    parts = [TopicPartition(t, p) for t, n in topics for p in range(n)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    for tp in parts:
+        history.record({"type": "seek", "process": name, "topic": tp.topic, "partition": tp.partition,
+                        "offset": 0})
+    positions: dict[tuple[str, int], int] = {}
+    try:
+        while not stop.is_set():
+            if target.set.is_set() and (time.monotonic() > target.deadline or all(
+                    positions.get(tp, 0) >= hw for tp, hw in target.high_watermarks.items())):
+                break
+            try:
+                batches = consumer.poll(timeout_ms=int(POLL_TIMEOUT_S * 1000), max_records=CONSUME_BATCH_MAX)
+            except Exception as exc:  # recorded; the consumer goes on polling
+                history.record({"type": "consumer-error", "process": name, "error": repr(exc)})
+                time.sleep(POLL_TIMEOUT_S)
+                continue
+            t = round(history.now(), 6)
+            for tp, records in batches.items():
+                history.record({"type": "poll", "process": name, "topic": tp.topic, "partition": tp.partition,
+                                "t": t, "records": [[r.offset, r.value.decode()] for r in records]})
+                positions[(tp.topic, tp.partition)] = records[-1].offset + 1
+    finally:
+        consumer.close()
+
+
+# --- aiokafka (asyncio inside the trio harness, through trio-asyncio) ---------------------------
+
+async def run_producer_aiokafka(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
+                                history: History, stop: threading.Event, logger: logging.Logger) -> None:
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop():
+        await trio_asyncio.aio_as_trio(_aio_producer)(name, bootstrap, spec, topics, history, stop)
+
+
+async def _aio_producer(name, bootstrap, spec, topics, history, stop) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=_acks(spec),
+                                enable_idempotence=spec.idempotence,
+                                request_timeout_ms=int(spec.delivery_timeout_s * 1000),
+                                linger_ms=5, retry_backoff_ms=100, metadata_max_age_ms=2000)
+    await producer.start()
+    interval_s = 1.0 / spec.rate_per_s
+    pending: set = set()
+    seq = 0
+    try:
+        while not stop.is_set():
+            topic, partitions = topics[seq % len(topics)]
+            key_index = seq % spec.keys
+            partition = key_index % partitions
+            key, value = f"k{key_index}", f"{name}-{seq}"
+            event = {"type": "send", "process": name, "seq": seq, "topic": topic, "partition": partition,
+                     "key": key, "value": value, "t_start": round(history.now(), 6)}
+            seq += 1
+            try:
+                future = await producer.send(topic, value=value.encode(), key=key.encode(),
+                                             partition=partition)
+            except Exception as exc:  # refused before it was queued
+                history.record({**event, "t_end": round(history.now(), 6), "outcome": "fail",
+                                "error": f"{type(exc).__name__}: {exc}"})
+                continue
+
+            def done(f, e=event):
+                pending.discard(f)
+                if f.cancelled() or f.exception() is not None:
+                    exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
+                    history.record({**e, "t_end": round(history.now(), 6),
+                                    "outcome": "info" if type(exc).__name__ in INDETERMINATE_PY else "fail",
+                                    "error": f"{type(exc).__name__}: {exc}"})
+                else:
+                    history.record({**e, "t_end": round(history.now(), 6), "outcome": "ok",
+                                    "offset": f.result().offset})
+            pending.add(future)
+            future.add_done_callback(done)
+            await asyncio.sleep(interval_s)
+        if pending:
+            await asyncio.wait(pending, timeout=min(FLUSH_TIMEOUT_S_MAX, spec.delivery_timeout_s + 5))
+    finally:
+        await producer.stop()
+
+
+async def run_consumer_aiokafka(name: str, bootstrap: str, topics: list[tuple[str, int]],
+                                history: History, stop: threading.Event, target: Target,
+                                logger: logging.Logger) -> None:
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop():
+        await trio_asyncio.aio_as_trio(_aio_consumer)(name, bootstrap, topics, history, stop, target)
+
+
+async def _aio_consumer(name, bootstrap, topics, history, stop, target) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                                metadata_max_age_ms=2000)
+    await consumer.start()
+    parts = [TopicPartition(t, p) for t, n in topics for p in range(n)]
+    consumer.assign(parts)
+    await consumer.seek_to_beginning(*parts)
+    for tp in parts:
+        history.record({"type": "seek", "process": name, "topic": tp.topic, "partition": tp.partition,
+                        "offset": 0})
+    positions: dict[tuple[str, int], int] = {}
+    try:
+        while not stop.is_set():
+            if target.set.is_set() and (time.monotonic() > target.deadline or all(
+                    positions.get(tp, 0) >= hw for tp, hw in target.high_watermarks.items())):
+                break
+            batches = await consumer.getmany(timeout_ms=int(POLL_TIMEOUT_S * 1000), max_records=CONSUME_BATCH_MAX)
+            t = round(history.now(), 6)
+            for tp, records in batches.items():
+                history.record({"type": "poll", "process": name, "topic": tp.topic, "partition": tp.partition,
+                                "t": t, "records": [[r.offset, r.value.decode()] for r in records]})
+                positions[(tp.topic, tp.partition)] = records[-1].offset + 1
+    finally:
+        await consumer.stop()

@@ -107,7 +107,9 @@ class FrameDecoder:
                 self.state = DecoderState.PAYLOAD
             if len(self._buffer) < self._length:
                 return frames
-            frames.append(FrameReceived(self._kind, bytes(self._buffer[:self._length])))
+            with memoryview(self._buffer) as view:  # one copy of the payload, not two
+                payload = bytes(view[:self._length])
+            frames.append(FrameReceived(self._kind, payload))
             del self._buffer[:self._length]
             self.state = DecoderState.HEADER
 

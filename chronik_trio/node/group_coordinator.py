@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.05  # session expiry and rebalance timeouts are checked this often
 LOAD_POLL_S = 0.02
+LOAD_WAIT_S_MAX = 2.0  # a request waits this long for a new leader's load, then is told to retry
 CREATE_TOPIC_WAIT_S = 10.0  # FindCoordinator waits this long for the topic, then retriable
 JOIN_GRACE_S = 5.0  # beyond the rebalance timeout, a JoinGroup gives up waiting (never expected)
 SYNC_WAIT_S_MAX = 60.0  # a SyncGroup waits for the leader's assignment at most this long
@@ -358,6 +359,19 @@ class GroupCoordinator:
             raise GroupError("loading", ErrorCode.coordinator_load_in_progress)
         return shard
 
+    async def _loaded_shard(self, group_id: str) -> _Shard:
+        """_shard_for, waiting up to LOAD_WAIT_S_MAX while this node's coordinator is still
+        applying its log (a moment, usually): fewer COORDINATOR_LOAD_IN_PROGRESS answers,
+        which some clients' admin calls do not retry."""
+        deadline = trio.current_time() + LOAD_WAIT_S_MAX
+        while True:
+            try:
+                return self._shard_for(group_id)
+            except GroupError as exc:
+                if exc.error_code != ErrorCode.coordinator_load_in_progress or trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(LOAD_POLL_S)
+
     def _group(self, shard: _Shard, group_id: str, *, create: bool) -> Group | None:
         group = shard.groups.get(group_id)
         if group is None and create:
@@ -368,7 +382,7 @@ class GroupCoordinator:
 
     async def join(self, group_id: str, request: JoinRequest) -> JoinResult:
         try:
-            shard = self._shard_for(group_id)
+            shard = await self._loaded_shard(group_id)
         except GroupError as exc:
             return JoinResult(exc.error_code, request.member_id)
         group = self._group(shard, group_id, create=True)
@@ -395,7 +409,7 @@ class GroupCoordinator:
                    protocol_type: str | None, protocol_name: str | None,
                    assignments: typing.Sequence[tuple[str, bytes]]) -> SyncResult:
         try:
-            shard = self._shard_for(group_id)
+            shard = await self._loaded_shard(group_id)
         except GroupError as exc:
             return SyncResult(exc.error_code)
         group = self._group(shard, group_id, create=False)
@@ -420,9 +434,9 @@ class GroupCoordinator:
             del shard.syncs[key]
         return slot.value if slot.value is not None else SyncResult(ErrorCode.rebalance_in_progress)
 
-    def heartbeat(self, group_id: str, member_id: str, generation_id: int, instance_id: str | None) -> ErrorCode:
+    async def heartbeat(self, group_id: str, member_id: str, generation_id: int, instance_id: str | None) -> ErrorCode:
         try:
-            shard = self._shard_for(group_id)
+            shard = await self._loaded_shard(group_id)
         except GroupError as exc:
             return exc.error_code
         group = self._group(shard, group_id, create=False)
@@ -432,10 +446,10 @@ class GroupCoordinator:
         self._dispatch(shard, group)
         return error
 
-    def leave(self, group_id: str, members: typing.Sequence[tuple[str, str | None]]) -> tuple[ErrorCode, list[ErrorCode]]:
+    async def leave(self, group_id: str, members: typing.Sequence[tuple[str, str | None]]) -> tuple[ErrorCode, list[ErrorCode]]:
         """(top-level error, one error per member)."""
         try:
-            shard = self._shard_for(group_id)
+            shard = await self._loaded_shard(group_id)
         except GroupError as exc:
             return exc.error_code, []
         group = self._group(shard, group_id, create=False)
@@ -449,7 +463,7 @@ class GroupCoordinator:
                      offsets: typing.Sequence[tuple[str, int, int, int, str | None]]) -> list[ErrorCode]:
         """OffsetCommit of (topic, partition, offset, leader epoch, metadata); one error each."""
         try:
-            shard = self._shard_for(group_id)
+            shard = await self._loaded_shard(group_id)
         except GroupError as exc:
             return [exc.error_code] * len(offsets)
         group = self._group(shard, group_id, create=False)
@@ -480,11 +494,11 @@ class GroupCoordinator:
                 errors = [exc.error_code if e == ErrorCode.none else e for e in errors]
         return errors
 
-    def fetch(self, group_id: str, partitions: typing.Sequence[tuple[str, int]] | None
+    async def fetch(self, group_id: str, partitions: typing.Sequence[tuple[str, int]] | None
               ) -> dict[tuple[str, int], OffsetRecord | None]:
         """Committed offsets (None: none committed); partitions None means all of the group's.
         Raises GroupError when this node cannot answer for the group."""
-        shard = self._shard_for(group_id)
+        shard = await self._loaded_shard(group_id)
         committed = shard.store.committed(group_id)
         if partitions is None:
             return dict(committed)
@@ -494,13 +508,13 @@ class GroupCoordinator:
         return [group for shard in self.shards.values() if shard.loaded and shard.current
                 for group in shard.groups.values() if group.state != GroupState.DEAD]
 
-    def describe(self, group_id: str) -> Group | None:
+    async def describe(self, group_id: str) -> Group | None:
         """The live group (None: unknown here). Raises GroupError."""
-        return self._shard_for(group_id).groups.get(group_id)
+        return (await self._loaded_shard(group_id)).groups.get(group_id)
 
     async def delete_group(self, group_id: str) -> ErrorCode:
         try:
-            shard = self._shard_for(group_id)
+            shard = await self._loaded_shard(group_id)
         except GroupError as exc:
             return exc.error_code
         group = shard.groups.get(group_id)
@@ -524,7 +538,7 @@ class GroupCoordinator:
         """OffsetDelete: refused per partition (GROUP_SUBSCRIBED_TO_TOPIC) while a consumer
         group that is not Empty subscribes to the topic; Kafka's rule."""
         try:
-            shard = self._shard_for(group_id)
+            shard = await self._loaded_shard(group_id)
         except GroupError as exc:
             return exc.error_code, []
         group = shard.groups.get(group_id)

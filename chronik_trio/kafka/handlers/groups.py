@@ -139,7 +139,7 @@ async def handle_sync_group(body, ctx, version: int):
 
 
 async def handle_heartbeat(body, ctx, version: int):
-    error = ctx.groups.heartbeat(body.group_id, body.member_id, body.generation_id,
+    error = await ctx.groups.heartbeat(body.group_id, body.member_id, body.generation_id,
                                  getattr(body, "group_instance_id", None))
     return build(response_schema(12, version), throttle_time=0, error_code=error)
 
@@ -147,10 +147,10 @@ async def handle_heartbeat(body, ctx, version: int):
 async def handle_leave_group(body, ctx, version: int):
     cls = response_schema(13, version)
     if version < 3:
-        error, errors = ctx.groups.leave(body.group_id, [(body.member_id, None)])
+        error, errors = await ctx.groups.leave(body.group_id, [(body.member_id, None)])
         return build(cls, throttle_time=0, error_code=errors[0] if error == ErrorCode.none else error)
     members = [(m.member_id, m.group_instance_id) for m in body.members]
-    error, errors = ctx.groups.leave(body.group_id, members)
+    error, errors = await ctx.groups.leave(body.group_id, members)
     return build(cls, throttle_time=0, error_code=error, members=[
         {"member_id": m, "group_instance_id": i, "error_code": e} for (m, i), e in zip(members, errors)])
 
@@ -175,11 +175,11 @@ async def handle_offset_commit(body, ctx, version: int):
     return build(response_schema(8, version), throttle_time=0, topics=topics)
 
 
-def _fetch_group(ctx, group_id: str, topics) -> tuple[ErrorCode, list[dict]]:
+async def _fetch_group(ctx, group_id: str, topics) -> tuple[ErrorCode, list[dict]]:
     """(group error, topics) of one group; topics None asks for every committed offset."""
     wanted = None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
     try:
-        found = ctx.groups.fetch(group_id, wanted)
+        found = await ctx.groups.fetch(group_id, wanted)
     except GroupError as exc:
         return exc.error_code, []
     by_topic: dict[str, list[dict]] = {}
@@ -197,10 +197,10 @@ async def handle_offset_fetch(body, ctx, version: int):
     if version >= 8:
         groups = []
         for g in body.groups:
-            error, topics = _fetch_group(ctx, g.group_id, g.topics)
+            error, topics = await _fetch_group(ctx, g.group_id, g.topics)
             groups.append({"group_id": g.group_id, "error_code": error, "topics": topics})
         return build(cls, throttle_time=0, groups=groups)
-    error, topics = _fetch_group(ctx, body.group_id, body.topics)
+    error, topics = await _fetch_group(ctx, body.group_id, body.topics)
     if error != ErrorCode.none and not has_field(cls, "error_code"):
         # v1 has no group-level error: every partition asked for carries it.
         topics = [{"name": t.name, "partitions": [
@@ -211,11 +211,11 @@ async def handle_offset_fetch(body, ctx, version: int):
 
 # --- DescribeGroups / ListGroups / DeleteGroups / OffsetDelete ------------------------------------
 
-def _describe(ctx, group_id: str) -> dict:
+async def _describe(ctx, group_id: str) -> dict:
     entry = {"group_id": group_id, "group_state": "", "protocol_type": "", "protocol_data": "", "members": [],
              "authorized_operations": AUTHORIZED_OPERATIONS_OMITTED, "error_message": None}
     try:
-        group = ctx.groups.describe(group_id)
+        group = await ctx.groups.describe(group_id)
     except GroupError as exc:
         return {**entry, "error_code": exc.error_code}
     if group is None:
@@ -232,7 +232,7 @@ def _describe(ctx, group_id: str) -> dict:
 
 async def handle_describe_groups(body, ctx, version: int):
     return build(response_schema(15, version), throttle_time=0,
-                 groups=[_describe(ctx, group_id) for group_id in body.groups])
+                 groups=[await _describe(ctx, group_id) for group_id in body.groups])
 
 
 async def handle_list_groups(body, ctx, version: int):

@@ -37,6 +37,7 @@ CHRONIK_TRIO = str(pathlib.Path(sys.executable).parent / "chronik-trio")
 LEADER_LINE = re.compile(rb"group (\S+): leader is node (\d+) at term (\d+) \(seen by node (\d+)\)")
 STOP_TIMEOUT_S = 15.0
 POLL_S = 0.05
+EXIT_POLL_S = 0.1
 HTTP_TIMEOUT_S = 5.0
 META_GROUP = "__meta"
 
@@ -131,6 +132,7 @@ class Cluster:
                                         self.root / "nodes" / f"node{n}.log", args, raft_host=a.raft_host)
         for n in self.ids:
             self.spawn(n)
+        nursery.start_soon(self._watch_exits)
         with trio.move_on_after(self.ready_timeout_s):
             async with trio.open_nursery() as waits:
                 for n in self.ids:
@@ -166,6 +168,13 @@ class Cluster:
                     return True
                 await trio.sleep(POLL_S * 2)
         return False
+
+    async def _watch_exits(self) -> None:
+        """Record each process's exit when it happens (a node may stop on its own)."""
+        while True:
+            for n in self.ids:
+                self._note_exit(n)
+            await trio.sleep(EXIT_POLL_S)
 
     def _note_exit(self, n: int) -> None:
         node = self.nodes[n]

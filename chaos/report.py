@@ -93,9 +93,16 @@ def write_report(run_dir: pathlib.Path, scenario, events: list[dict], results: l
     exits = [e for e in events if e["type"] == "node" and e["what"] == "exited"]
     lines += ["", "## Node processes", ""]
     lines += [f"- t={e['t']:.1f} s node {e['node']} exited ({e['detail']})" for e in exits] or ["- no exits"]
-    unexpected = [e for e in exits if e["detail"] not in ("code -9", "code 0", "code 137")]
+    windows = [(f["t"], ends.get(fid, {}).get("t", float("inf")), set(f.get("nodes", ())))
+               for fid, f in faults.items() if f["kind"] == "disk"]
+    unexpected = [e for e in exits if e["detail"] not in ("code -9", "code 0", "code 137")
+                  and not any(a <= e["t"] <= b and e["node"] in nodes for a, b, nodes in windows)]
+    if len(unexpected) < len([e for e in exits if e["detail"] not in ("code -9", "code 0", "code 137")]):
+        lines += ["", "Exits during a disk fault on that node are the node stopping on a disk error, "
+                  "as designed (it recovers from its files when restarted)."]
     if unexpected:
-        lines += ["", "**Exits other than SIGKILL, a clean stop or a power loss (see nodes/*.log):** " +
+        lines += ["", "**Exits other than SIGKILL, a clean stop, a power loss or a disk fault (see "
+                  "nodes/*.log):** " +
                   ", ".join(f"node {e['node']} {e['detail']} at {e['t']:.1f} s" for e in unexpected)]
     failed_reads = [e for e in events if e["type"] in ("final-read-failed", "replica-log-failed")]
     if failed_reads or notes:

@@ -52,6 +52,11 @@ def client_logger(path) -> logging.Logger:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     logger.addHandler(handler)
+    for library in ("aiokafka", "kafka"):  # kafka-python and aiokafka log through logging
+        library_logger = logging.getLogger(library)
+        library_logger.propagate = False
+        library_logger.setLevel(logging.INFO)
+        library_logger.handlers[:] = [handler]
     return logger
 
 

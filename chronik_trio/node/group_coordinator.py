@@ -113,7 +113,6 @@ class GroupCoordinator:
         self.shards: dict[int, _Shard] = {}
         self._nursery: trio.Nursery | None = None
         self._topic_created: trio.Event | None = None
-        self.load_times_s: list[float] = []  # for tests and docs: how long loads took
 
     # --- settings ---------------------------------------------------------------------------------
 

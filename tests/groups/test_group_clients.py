@@ -126,3 +126,33 @@ def test_mixed_clients_share_a_group_with_the_range_assignor(group_broker, consu
 def test_librdkafka_cooperative_sticky_group_rebalances_incrementally(group_broker, consumers, tmp_path):
     """The broker runs the classic protocol; the cooperative part is librdkafka's own."""
     _run_lifecycle(group_broker, consumers, tmp_path, ["confluent-kafka"], "cooperative-sticky", "g-coop")
+
+
+def test_static_member_restart_keeps_its_partitions_without_a_rebalance(group_broker, consumers, tmp_path):
+    """group.instance.id (KIP-345) with librdkafka: a member SIGKILLed and restarted within its
+    session timeout gets its old partitions back, and the other member never rebalances."""
+    topic, group = "static-topic", "g-static"
+    with KafkaWire.connect(group_broker.port) as wire:
+        assert wire.create_topics([topic], partitions=PARTITIONS) == {topic: 0}
+
+    def make(name: str, instance: str) -> ConsumerProc:
+        c = ConsumerProc(tmp_path, name, "confluent-kafka", group_broker.bootstrap, group, topic,
+                         instance_id=instance)
+        consumers.append(c)
+        return c.start()
+
+    a, b = make("s0", "instance-0"), make("s1", "instance-1")
+    wait_until("two static members split the topic", lambda: split_ok([a, b], PARTITIONS), STEP_TIMEOUT_S,
+               lambda: describe([a, b]))
+    before = b.assigned()
+    changes_of_a = len([e for e in a.events() if e["e"] == "assigned"])
+    b.kill()  # no LeaveGroup: a static member is expected back
+    again = make("s1-again", "instance-1")
+    t0 = time.time()
+    wait_until("the restarted member has its partitions back", lambda: again.assigned() == before,
+               STEP_TIMEOUT_S, lambda: describe([a, again]))
+    produce(group_broker.port, topic, PARTITIONS, PER_PARTITION, "static")
+    wait_until("records flow to both", lambda: a.records() and again.records(), STEP_TIMEOUT_S,
+               lambda: describe([a, again]))
+    assert len([e for e in a.events() if e["e"] == "assigned"]) == changes_of_a, describe([a, again])
+    print(f"\nstatic member back with its partitions {time.time() - t0:.2f}s after its new process started")

@@ -229,3 +229,12 @@ def test_subscription_topics_reads_the_consumer_protocol():
     meta = struct.pack(">hi", 1, 2) + struct.pack(">h", 1) + b"a" + struct.pack(">h", 2) + b"bc" + b"\x00" * 8
     assert subscription_topics(meta) == {"a", "bc"}
     assert subscription_topics(b"\x01") == set()
+
+
+def test_a_static_leader_rejoining_is_told_to_skip_the_assignment():
+    g = form(["a", "b"], a={"instance_id": "i-a"}, b={"instance_id": "i-b"})
+    joins(g)
+    stabilise(g, DELAY_MS, {"a": b"A", "b": b"B"})
+    result = g.join(DELAY_MS + 1, request(instance_id="i-a"), "a2")
+    assert (result.error, result.leader, result.skip_assignment) == (ErrorCode.none, "a2", True)
+    assert {m for m, _, _ in result.members} == {"a2", "b"} and g.state == GroupState.STABLE

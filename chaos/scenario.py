@@ -44,9 +44,9 @@ FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-l
                "rolling-restart")
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability")
-# Checks that are report-only unless a scenario says otherwise; duplicates become a failing
-# check when the workload is idempotent (see checker.py).
-REPORT_ONLY_DEFAULT = frozenset({"duplicates"})
+# Checks that are report-only unless a scenario says otherwise; both become failing checks
+# when the workload is idempotent (see checker.py).
+REPORT_ONLY_DEFAULT = frozenset({"duplicates", "nonmonotonic_sends"})
 DURATION_S_MAX = 3600.0
 NODES_MAX = 9
 

@@ -72,35 +72,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(run_dir: pathlib.Path) -> int:
-    from .scenario import parse_scenario
-
     events = list(read_history(run_dir / "history.jsonl"))
-    scenario_text = (run_dir / "scenario.yaml").read_text()
-    scenario = _scenario_from_dump(scenario_text, run_dir, parse_scenario)
+    scenario = load_scenario(run_dir / "scenario.yaml")
     results = checker.check_history(events, checker.options_for(scenario))
     passed = checker.verdict(results)
     for r in results:
         print(f"{r.name:22} {r.verdict:12} {r.summary}")
     print(report.verdict_line(scenario, results, passed, run_dir))
     return 0 if passed else 1
-
-
-def _scenario_from_dump(text: str, run_dir: pathlib.Path, parse):
-    import yaml
-
-    data = yaml.safe_load(text)
-    nemesis = data.get("nemesis", {})
-    for entry in nemesis.get("schedule", []):  # the dump lists every entry's faults
-        for key in ("at_s", "every_s", "interval_s"):
-            if entry.get(key) is None:
-                entry.pop(key, None)
-        for fault in entry.get("faults", []):
-            for key in [k for k, v in fault.items() if v is None]:
-                fault.pop(key)
-    for check in data.get("checks", {}).values():
-        if check.get("max_s") is None:
-            check.pop("max_s", None)
-    return parse(yaml.safe_dump(data), str(run_dir / "scenario.yaml"), run_dir / "scenario.yaml")
 
 
 if __name__ == "__main__":

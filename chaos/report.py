@@ -13,9 +13,10 @@ from .checker import CheckResult, unavailability_windows, _History
 
 
 def _plain(value):
+    """attrs instances as plain data, None fields left out (absent keys take defaults)."""
     if attrs.has(type(value)):
         return {f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))
-                if f.name != "path"}
+                if f.name != "path" and getattr(value, f.name) is not None}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
@@ -29,9 +30,8 @@ def write_scenario(run_dir: pathlib.Path, scenario) -> None:
 
 
 def rerun_command(scenario, run_dir: pathlib.Path) -> str:
-    path = scenario.path or (run_dir / "scenario.yaml")
-    return (f"python -m chaos run {shlex.quote(str(path))} --seed {scenario.seed} "
-            f"--duration {scenario.duration_s:g}")
+    """The run's scenario.yaml is the scenario exactly as run (seed and overrides applied)."""
+    return f"python -m chaos run {shlex.quote(str(run_dir / 'scenario.yaml'))}"
 
 
 def verdict_line(scenario, results: list[CheckResult], passed: bool, run_dir: pathlib.Path) -> str:

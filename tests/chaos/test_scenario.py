@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import random
 
+import attrs
 import pytest
 
 from chaos.nemesis import plan
@@ -79,3 +80,13 @@ def test_the_plan_depends_only_on_the_seed():
     assert one == plan(scenario.nemesis, scenario.duration_s, random.Random(7))
     assert one != plan(scenario.nemesis, scenario.duration_s, random.Random(8))
     assert all(p.at_s < scenario.duration_s - scenario.nemesis.quiet_s for p in one)
+
+
+def test_the_scenario_written_to_a_run_dir_loads_back_as_the_same_scenario(tmp_path):
+    from chaos.report import write_scenario
+
+    for name in SHIPPED:
+        scenario = load_scenario(SCENARIOS / f"{name}.yaml")
+        write_scenario(tmp_path, scenario)
+        again = load_scenario(tmp_path / "scenario.yaml")
+        assert attrs.evolve(again, path=None) == attrs.evolve(scenario, path=None), name

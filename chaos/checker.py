@@ -80,6 +80,7 @@ class _History:
         self.start_s = 0.0
         self.end_s = 0.0
         self.workload_end_s: float | None = None
+        self.exits: list[dict] = []
         for e in events:
             kind = e["type"]
             if kind == "send":
@@ -89,7 +90,8 @@ class _History:
             elif kind == "seek":
                 self.seeks.append(e)
             elif kind == "fault-start":
-                self.faults[e["id"]] = {"start": e["t"], "end": None, "desc": e["desc"], "kind": e["kind"]}
+                self.faults[e["id"]] = {"start": e["t"], "end": None, "desc": e["desc"], "kind": e["kind"],
+                                        "nodes": e.get("nodes", [])}
             elif kind == "fault-end":
                 if e["id"] in self.faults:
                     self.faults[e["id"]]["end"] = e["t"]
@@ -99,6 +101,8 @@ class _History:
                 self.final_failed[_part(e)] = e.get("error", "")
             elif kind == "replica-log":
                 self.replicas[_part(e)][int(e["node"])] = {int(o): v for o, v in e["records"]}
+            elif kind == "node" and e.get("what") == "exited":
+                self.exits.append(e)
             elif kind == "workload-start":
                 self.start_s = e["t"]
             elif kind == "workload-end":
@@ -330,6 +334,22 @@ def check_unavailability(h: _History, opts: CheckOptions) -> CheckResult:
                        summary=summary, examples=tuple(examples[:EXAMPLES_MAX]), details=per_fault)
 
 
+# Exit details of a node that was killed (SIGKILL), stopped cleanly (SIGTERM) or lost power.
+EXPECTED_EXITS = frozenset({"code -9", "code 0", "code 137"})
+
+
+def check_node_crashes(h: _History, opts: CheckOptions) -> CheckResult:
+    """No node process stopped on its own: every exit is a kill, a clean stop, a power loss,
+    or a stop on a disk error injected into that node."""
+    disk = [(f["start"], f["end"] if f["end"] is not None else h.end_s, set(f["nodes"]))
+            for f in h.faults.values() if f["kind"] == "disk"]
+    bad = [f"node {e['node']} exited ({e['detail']}) at t={e['t']:.2f}: see nodes/node{e['node']}.log"
+           for e in h.exits if e["detail"] not in EXPECTED_EXITS
+           and not any(a <= e["t"] <= b + 1.0 and e["node"] in nodes for a, b, nodes in disk)]
+    return _result("node_crashes", bad, opts, f"{len(h.exits)} node exit(s), all caused by the nemesis "
+                   "or the harness", f"{len(bad)} node exit(s) nobody caused")
+
+
 CHECK_FUNCTIONS = {
     "lost_writes": check_lost_writes,
     "duplicates": check_duplicates,
@@ -340,6 +360,7 @@ CHECK_FUNCTIONS = {
     "unseen": check_unseen,
     "divergence": check_divergence,
     "unavailability": check_unavailability,
+    "node_crashes": check_node_crashes,
 }
 
 

@@ -90,6 +90,7 @@ class Nemesis:
         self.rng = rng
         self.first_topic = first_topic  # (name, partitions)
         self._next_id = 1
+        self._fid = 0  # the fault being injected
         self.active: str | None = None  # for the progress line
 
     async def run(self, planned: list[PlannedFault], t0_s: float) -> None:
@@ -111,6 +112,7 @@ class Nemesis:
         self.history.record({"type": "fault-start", "id": fid, "kind": fault.kind,
                              "desc": f"{desc} -> node(s) {nodes}", "nodes": nodes})
         self.active = f"#{fid} {fault.kind} {nodes}"
+        self._fid = fid
         note = ""
         try:
             note = await getattr(self, "_" + fault.kind.replace("-", "_"))(fault, nodes)
@@ -194,7 +196,8 @@ class Nemesis:
             for a in left:
                 for b in right:
                     self._cut(a, b, False)
-            return f"bridge node {bridge} between {sorted(left)} and {sorted(right)}" + await self._hold(fault)
+            self._detail(f"bridge node {bridge} between {sorted(left)} and {sorted(right)}")
+            return await self._hold(fault)
         else:  # majority-minority, isolate-random, or no leader known
             shuffled = self.rng.sample(ids, len(ids))
             minority = 1 if fault.mode != "majority-minority" else (len(ids) - 1) // 2
@@ -202,8 +205,12 @@ class Nemesis:
         for a in sides[0]:
             for b in sides[1]:
                 self._cut(a, b, one_way)
-        arrow = "->" if one_way else "|"
-        return f"{sides[0]} {arrow} {sides[1]}" + await self._hold(fault)
+        self._detail(f"{sides[0]} {'cannot send to' if one_way else 'cut from'} {sides[1]}")
+        return await self._hold(fault)
+
+    def _detail(self, text: str) -> None:
+        """What a fault chose when it started (the split), for the report."""
+        self.history.record({"type": "fault-detail", "id": self._fid, "detail": text})
 
     def _cut(self, a: int, b: int, one_way: bool) -> None:
         self.cluster.set_link(a, b, LinkState.CUT)

@@ -43,7 +43,8 @@ LINK_MODES = ("cut", "blackhole", "delay")
 FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-loss",
                "rolling-restart")
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
-          "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability")
+          "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
+          "node_crashes")
 # Checks that are report-only unless a scenario says otherwise; both become failing checks
 # when the workload is idempotent (see checker.py).
 REPORT_ONLY_DEFAULT = frozenset({"duplicates", "nonmonotonic_sends"})

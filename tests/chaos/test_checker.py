@@ -180,3 +180,13 @@ def test_failed_and_indeterminate_sends_are_not_required():
     events = clean_history() + [send("p0", 9, None, t=1.0, outcome="info"),
                                 send("p0", 10, None, t=1.0, outcome="fail")]
     assert failed(events) == set()
+
+
+def test_a_node_exiting_on_its_own_is_a_crash_but_not_during_a_disk_fault_on_it():
+    crash = {"type": "node", "node": 2, "what": "exited", "detail": "code 1", "t": 1.5}
+    assert failed(clean_history() + [crash]) == {"node_crashes"}
+    disk = [{"type": "fault-start", "id": 1, "kind": "disk", "desc": "EIO", "nodes": [2], "t": 1.0},
+            {"type": "fault-end", "id": 1, "t": 3.0}]
+    assert failed(clean_history() + disk + [crash]) == set()
+    killed = {"type": "node", "node": 2, "what": "exited", "detail": "code -9", "t": 1.5}
+    assert failed(clean_history() + [killed]) == set()

@@ -295,7 +295,8 @@ def check_divergence(h: _History, opts: CheckOptions) -> CheckResult:
 
 def unavailability_windows(h: _History) -> list[tuple[float, float, Part]]:
     """Windows (start, end, partition) without a successful write to that partition, longest
-    first, from the workload's start to its end (the last recorded time when it did not say).
+    first, from its first successful write to the workload's end (the last recorded time when
+    it did not say).
     Per partition: a leader's failure stops writes to its partitions only."""
     end = h.workload_end_s if h.workload_end_s is not None else h.end_s
     by_part: dict[Part, list[float]] = defaultdict(list)
@@ -306,7 +307,9 @@ def unavailability_windows(h: _History) -> list[tuple[float, float, Part]]:
     windows = []
     for part, times in by_part.items():
         times.sort()
-        edges = [h.start_s, *times, max(end, times[-1] if times else end)]
+        # From the partition's first successful write: the first write's latency (clients
+        # connecting, learning leaders) is not a fault's doing. No write at all: the whole run.
+        edges = [*times, max(end, times[-1])] if times else [h.start_s, end]
         windows += [(a, b, part) for a, b in zip(edges, edges[1:]) if b - a >= UNAVAILABILITY_FLOOR_S]
     return sorted(windows, key=lambda w: w[0] - w[1])
 

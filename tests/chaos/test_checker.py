@@ -190,3 +190,10 @@ def test_a_node_exiting_on_its_own_is_a_crash_but_not_during_a_disk_fault_on_it(
     assert failed(clean_history() + disk + [crash]) == set()
     killed = {"type": "node", "node": 2, "what": "exited", "detail": "code -9", "t": 1.5}
     assert failed(clean_history() + [killed]) == set()
+
+
+def test_a_partition_never_written_is_unavailable_for_the_whole_run():
+    events = [{"type": "workload-start", "t": 0.0}, {"type": "workload-end", "t": 8.0},
+              send("p0", 0, None, t=7.0, partition=0, outcome="info"),
+              *[send("p1", i, i, t=0.5 * i, partition=1) for i in range(17)]]
+    assert unavailability_windows(_History(events))[0] == (0.0, 8.0, (T, 0))

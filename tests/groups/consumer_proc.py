@@ -10,8 +10,10 @@ It appends JSON lines to SPEC.out (flushed at once, so the test reads them while
   {"t": time, "e": "commit", "offsets": {p: next}}   after each synchronous commit succeeded
   {"t": time, "e": "commit_failed", "error": "..."}
   {"t": time, "e": "closed"}                          after a clean close (SIGTERM)
-Each batch of records is committed (synchronously) before the next poll, so a consumer
-that is stopped cleanly, or loses partitions in a rebalance, has committed all it consumed.
+Each batch of records is committed (synchronously) before the next poll; a commit that a
+rebalance refused is retried after the next poll while the partition is still assigned, and
+once more at a clean close. A partition lost before its commit succeeded is read again by
+its next owner from the last commit.
 Runs until SIGTERM (a clean close: LeaveGroup) or SIGKILL; bounded by RUN_S_MAX.
 """
 
@@ -45,6 +47,21 @@ class Out:
 STOP = []
 
 
+def commit_pending(out: Out, pending: dict[int, int], assigned: set[int], commit, errors) -> None:
+    """Commit what was consumed of the partitions still assigned; a failed commit (a
+    rebalance raced it) is retried after the next poll, while the partition stays ours."""
+    offsets = {p: o for p, o in pending.items() if p in assigned}
+    pending.clear()
+    if not offsets:
+        return
+    try:
+        commit(offsets)
+        out.write("commit", offsets=offsets)
+    except errors as exc:
+        out.write("commit_failed", error=str(exc))
+        pending.update(offsets)
+
+
 def _stop(*_):
     STOP.append(True)
 
@@ -60,23 +77,22 @@ def run_confluent(spec, out: Out) -> None:
         conf["group.instance.id"] = spec["instance_id"]
     c = Consumer(conf)
     c.subscribe([spec["topic"]])
+
+    def commit(offsets):
+        c.commit(offsets=[TopicPartition(spec["topic"], p, o) for p, o in offsets.items()], asynchronous=False)
+
     deadline = time.monotonic() + RUN_S_MAX
+    pending: dict[int, int] = {}
     while not STOP and time.monotonic() < deadline:
         msgs = c.consume(500, POLL_S)
         out.assignment(tp.partition for tp in c.assignment())
-        nexts = {}
         for m in msgs:
             if m.error():
                 continue
             out.write("rec", p=m.partition(), o=m.offset())
-            nexts[m.partition()] = m.offset() + 1
-        if nexts:
-            try:
-                c.commit(offsets=[TopicPartition(spec["topic"], p, o) for p, o in nexts.items()],
-                         asynchronous=False)
-                out.write("commit", offsets=nexts)
-            except KafkaException as exc:
-                out.write("commit_failed", error=str(exc))
+            pending[m.partition()] = m.offset() + 1
+        commit_pending(out, pending, {tp.partition for tp in c.assignment()}, commit, KafkaException)
+    commit_pending(out, pending, {tp.partition for tp in c.assignment()}, commit, KafkaException)
     c.close()
     out.write("closed")
 
@@ -93,21 +109,20 @@ def run_kafka_python(spec, out: Out) -> None:
                       session_timeout_ms=spec["session_ms"], heartbeat_interval_ms=spec["heartbeat_ms"],
                       partition_assignment_strategy=[assignor], fetch_max_wait_ms=100,
                       metadata_max_age_ms=1000, **extra)
+    def commit(offsets):
+        c.commit({TopicPartition(spec["topic"], p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
+
     deadline = time.monotonic() + RUN_S_MAX
+    pending: dict[int, int] = {}
     while not STOP and time.monotonic() < deadline:
         batches = c.poll(timeout_ms=int(POLL_S * 1000), max_records=500)
         out.assignment(tp.partition for tp in c.assignment())
-        nexts = {}
         for tp, records in batches.items():
             for r in records:
                 out.write("rec", p=tp.partition, o=r.offset)
-                nexts[tp.partition] = r.offset + 1
-        if nexts:
-            try:
-                c.commit({TopicPartition(spec["topic"], p): OffsetAndMetadata(o, "", -1) for p, o in nexts.items()})
-                out.write("commit", offsets=nexts)
-            except KafkaError as exc:
-                out.write("commit_failed", error=repr(exc))
+                pending[tp.partition] = r.offset + 1
+        commit_pending(out, pending, {tp.partition for tp in c.assignment()}, commit, KafkaError)
+    commit_pending(out, pending, {tp.partition for tp in c.assignment()}, commit, KafkaError)
     c.close()
     out.write("closed")
 
@@ -126,20 +141,29 @@ async def _aiokafka(spec, out: Out) -> None:
                          metadata_max_age_ms=1000)
     await c.start()
     deadline = time.monotonic() + RUN_S_MAX
+    pending: dict[int, int] = {}
+
+    async def commit_all() -> None:
+        offsets = {p: o for p, o in pending.items() if p in {tp.partition for tp in c.assignment()}}
+        pending.clear()
+        if not offsets:
+            return
+        try:
+            await c.commit({TopicPartition(spec["topic"], p): o for p, o in offsets.items()})
+            out.write("commit", offsets=offsets)
+        except KafkaError as exc:
+            out.write("commit_failed", error=repr(exc))
+            pending.update(offsets)
+
     while not STOP and time.monotonic() < deadline:
         batches = await c.getmany(timeout_ms=int(POLL_S * 1000), max_records=500)
         out.assignment(tp.partition for tp in c.assignment())
-        nexts = {}
         for tp, records in batches.items():
             for r in records:
                 out.write("rec", p=tp.partition, o=r.offset)
-                nexts[tp.partition] = r.offset + 1
-        if nexts:
-            try:
-                await c.commit({TopicPartition(spec["topic"], p): o for p, o in nexts.items()})
-                out.write("commit", offsets=nexts)
-            except KafkaError as exc:
-                out.write("commit_failed", error=repr(exc))
+                pending[tp.partition] = r.offset + 1
+        await commit_all()
+    await commit_all()
     await c.stop()
     out.write("closed")
 

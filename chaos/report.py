@@ -98,6 +98,11 @@ def write_report(run_dir: pathlib.Path, scenario, events: list[dict], results: l
     if any(e["detail"] not in ("code -9", "code 0", "code 137") for e in exits):
         lines += ["", "A node that meets an injected disk error stops (exit code 1) and recovers "
                   "from its files when restarted; any other exit is a `node_crashes` finding."]
+    stalls = [e for e in events if e["type"] == "client-stall"]
+    if stalls:
+        lines += ["", "Client stalls (the harness's producer loop did not run; windows in them are "
+                  "not the broker's): " + ", ".join(f"{e['process']} t={e['since']:.2f}-{e['t']:.2f}"
+                                                     for e in stalls)]
     failed_reads = [e for e in events if e["type"] in ("final-read-failed", "replica-log-failed")]
     if failed_reads or notes:
         lines += ["", "## Notes", ""] + [f"- {e['type']}: {e.get('topic')}-{e.get('partition')} "

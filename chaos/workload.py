@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 CONSUME_BATCH_MAX = 500
 POLL_TIMEOUT_S = 0.2
 FLUSH_TIMEOUT_S_MAX = 60.0
+# A producer loop iteration later than this after the previous one is recorded: a stall of
+# the harness's own thread (not the broker) would otherwise look like unavailability.
+CLIENT_STALL_S = 1.0
 # librdkafka errors after which a write may or may not have happened (outcome "info").
 INDETERMINATE = {"_MSG_TIMED_OUT", "_TIMED_OUT", "REQUEST_TIMED_OUT", "_TRANSPORT",
                  "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "_TIMED_OUT_QUEUE", "NETWORK_EXCEPTION",
@@ -105,12 +108,17 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
             history.record(event)
         return callback
 
+    last_s = history.now()
     while not stop.is_set():
         topic, partitions = topics[seq % len(topics)]
         key_index = seq % spec.keys
         partition = key_index % partitions
         key, value = f"k{key_index}", f"{name}-{seq}"
         t_start = history.now()
+        if t_start - last_s > CLIENT_STALL_S:  # the loop itself did not run: not the broker's doing
+            history.record({"type": "client-stall", "process": name, "t": round(t_start, 6),
+                            "since": round(last_s, 6)})
+        last_s = t_start
         try:
             producer.produce(topic, value=value.encode(), key=key.encode(), partition=partition,
                              on_delivery=on_delivery(seq, topic, partition, key, value, t_start))

@@ -7,9 +7,9 @@ anomalies Jepsen's Kafka workload looks for (docs/chaos.md).
 
 It talks to the nodes only as an outsider does: processes and signals, sockets (the Kafka
 protocol through real clients, HTTP to /health and /faults), log lines and data files. It
-imports nothing from `chronik_trio`. Pure modules (scenario, checker, records) do no I/O
-beyond reading the file they are given; the trio runtime lives in runner, cluster, proxy,
-nemesis and workload.
+imports nothing from `chronik_trio`. The checker is pure (a history in, results out);
+scenario and replica_log only read the files they are given; the trio runtime lives in
+runner, cluster, network, proxy, nemesis and workload.
 """
 
 from .checker import CheckResult, check_history

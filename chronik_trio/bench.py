@@ -36,6 +36,7 @@ import pathlib
 import platform
 import statistics
 import sys
+import threading
 import time
 import uuid
 
@@ -143,12 +144,27 @@ class _NodeWatch:
 
     HISTOGRAMS = {"ready_pass": "chronik_ready_pass_seconds", "fsync_round": "chronik_fsync_round_seconds"}
 
+    RSS_SAMPLE_INTERVAL_S = 10.0  # for memory flatness over a long run
+
     def __init__(self, addresses: list[str], pids: list[int]) -> None:
         self.addresses, self.pids = addresses, pids
         self.before = [self._scrape(a) for a in addresses]
         self.cpu_before = [bench_local.cpu_seconds(p) for p in pids]
         self.rss_before = [bench_local.rss_bytes(p) for p in pids]
         self.started = time.monotonic()
+        self.rss_series: list[list] = [[] for _ in pids]  # (seconds since start, MB)
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
+        self._sampler.start()
+
+    def _sample_rss(self) -> None:
+        while not self._stop.wait(self.RSS_SAMPLE_INTERVAL_S):
+            t = round(time.monotonic() - self.started, 1)
+            for k, pid in enumerate(self.pids):
+                try:
+                    self.rss_series[k].append((t, round(bench_local.rss_bytes(pid) / 1e6, 1)))
+                except OSError:
+                    pass
 
     @staticmethod
     def _scrape(address: str) -> dict:
@@ -158,6 +174,8 @@ class _NodeWatch:
             return {"error": str(exc)}
 
     def report(self) -> list[dict]:
+        self._stop.set()
+        self._sampler.join()
         elapsed = max(time.monotonic() - self.started, 1e-3)
         out = []
         for k, address in enumerate(self.addresses):
@@ -175,6 +193,7 @@ class _NodeWatch:
                     (bench_local.cpu_seconds(pid) - self.cpu_before[k]) / elapsed * 100, 1)
                 node["rss_mb_before"] = round(self.rss_before[k] / 1e6, 1)
                 node["rss_mb_after"] = round(bench_local.rss_bytes(pid) / 1e6, 1)
+                node["rss_mb_series"] = self.rss_series[k]  # every RSS_SAMPLE_INTERVAL_S
             out.append(node)
         return out
 
@@ -219,7 +238,7 @@ def _methods(args, target: str, rf: int) -> dict:
         "node": ("chronik_ready_pass_seconds and chronik_fsync_round_seconds histograms scraped from each "
                  "node's /metrics before and after the broker modes: count, mean, and percentiles as "
                  "bucket upper bounds; CPU = process user+system time over the same window / wall time; "
-                 "RSS from /proc."),
+                 "RSS from /proc (VmRSS), also sampled every 10 s during the run."),
     }
 
 

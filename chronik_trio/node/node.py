@@ -109,10 +109,11 @@ class Node:
         return self.meta.cluster_id
 
     def broker_alive(self, node_id: int) -> bool:
-        """Whether this node hears from that broker (itself: always)."""
+        """Whether this node hears from that broker (itself: always), and its connection to
+        it has not broken since (a killed process shows as down at once)."""
         if self.config.peers is None:
             return node_id == self.node_id
-        return self.runtime.is_alive(node_id, trio.current_time())
+        return self.runtime.is_reachable(node_id, trio.current_time())
 
     def meta_leader_id(self) -> int:
         return self.meta_machine.leader_id or -1

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 INBOX_MESSAGES_MAX = 4096  # per group; a flood beyond this is dropped (Raft retries)
 PENDING_PROPOSALS_MAX = 10_000  # per group; bounds waiter memory if commits stall
 QUIESCE_AFTER_IDLE_TICKS = 20  # an idle leader quiesces after this many ticks (1 s at 50 ms)
+LEADER_LOST_GRACE_TICKS = 2  # see leader_lost
 QUIESCE_CONTEXT = b"chronik.quiesce"  # marks the leader's last heartbeat before it goes quiet
 
 
@@ -152,10 +153,23 @@ class RaftGroup:
         self.pending_ticks += 1
         self._wake(self)
 
-    def leader_lost(self, ticks: int) -> None:
-        """Our leader's node is gone (its connection broke): count `ticks` ticks of silence
-        at once, so that the election it needs starts sooner. Raft's safety does not depend
-        on timing; at worst an unneeded pre-vote is refused."""
+    def leader_lost(self, dead: int) -> None:
+        """Our leader's node `dead` is gone (its connection broke): count the silence at
+        once, so that the election starts without waiting 0.5-1 s. One survivor, chosen
+        alike by all of them (by term), counts up to two ticks short of its randomized
+        timeout and so campaigns 100 ms later; the others count one election timeout, which ends their
+        lease (they grant the pre-vote) and leaves them their randomized remainder, so two
+        do not split the vote. Raft's safety does not depend on timing; at worst an
+        unneeded pre-vote is refused by followers still hearing from a live leader."""
+        raft = self.node.raft
+        survivors = sorted(v for v in raft.trk.voter_ids() if v != dead)
+        if survivors and survivors[raft.term % len(survivors)] == raft.id:
+            # Two ticks short: the others notice the broken connection too before its
+            # pre-vote reaches them (until then they would refuse it, holding their lease).
+            ticks = max(1, raft.randomized_election_timeout_ticks - raft.election_elapsed_ticks
+                        - LEADER_LOST_GRACE_TICKS)
+        else:
+            ticks = raft.election_timeout_ticks
         self.unquiesce()
         self.pending_ticks += ticks
         self._wake(self)

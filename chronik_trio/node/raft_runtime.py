@@ -102,6 +102,12 @@ class RaftRuntime:
         message per peer per tick, so steadier than Raft's per-election recent_active)."""
         return node_id == self.node_id or now - self.peers.get(node_id, float("-inf")) <= PEER_ACTIVE_S
 
+    def is_reachable(self, node_id: int, now: float) -> bool:
+        """is_alive, and not cut off: its connection has not broken (peer_down) and it has
+        not been silent for peer_silence_s since. For what clients are told (Metadata), where
+        a dead leader should show as unavailable at once; the ISR keeps using is_alive."""
+        return self.is_alive(node_id, now) and node_id not in self._silent
+
     def heard_from(self, peer_id: int) -> None:
         if peer_id in self.peers:
             self.peers[peer_id] = trio.current_time()
@@ -110,10 +116,10 @@ class RaftRuntime:
     def peer_down(self, peer_id: int) -> None:
         """The transport's connection to peer broke or was refused: its process most likely
         died (a SIGKILL closes its sockets at once). Treated as silence without waiting for
-        PEER_SILENCE_S, and the groups it led count an election timeout of silence at once
-        (less one tick), so they elect within a few randomized ticks instead of 0.5-1 s.
-        Only a hint: if the peer is alive, its next message clears it (heard_from), and an
-        unneeded pre-vote is refused by the followers still hearing from their leader."""
+        PEER_SILENCE_S, and the groups it led count the silence at once, so one of their
+        followers campaigns at the next pass instead of after 0.5-1 s (RaftGroup.leader_lost).
+        Only a hint: if the peer is alive, its next message clears it (heard_from), and
+        followers still hearing from their leader refuse an unneeded pre-vote."""
         if peer_id not in self.peers or peer_id in self._silent:
             return
         self._silent.add(peer_id)
@@ -121,7 +127,7 @@ class RaftRuntime:
         log.info("node %d: connection to node %d lost: %d group(s) it led count it as silent",
                  self.node_id, peer_id, len(lost))
         for group in lost:
-            group.leader_lost(group.node.raft.election_timeout_ticks - 1)
+            group.leader_lost(peer_id)
         self._wake_if_majority_silent()
 
     def deliver(self, group_id: str, message: Message) -> bool:

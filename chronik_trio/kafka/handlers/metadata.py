@@ -17,6 +17,11 @@ def _topic_entry(ctx, topic) -> dict:
     for index, replicas in enumerate(topic.replicas):
         leader = ctx.meta.leader_of(topic, index)  # as reported to __meta by the leader
         offline = [r for r in replicas if r not in ctx.meta.brokers or not ctx.broker_alive(r)]
+        if leader and leader.leader in offline:
+            # Its process is gone (as Kafka's controller would have moved leadership by now):
+            # "no leader" makes clients query again soon (librdkafka: every 100 ms, growing),
+            # where a dead leader's id only makes them retry its connection.
+            leader = None
         partitions.append({
             "error_code": 0 if leader else 5,  # LEADER_NOT_AVAILABLE
             "partition_index": index,

@@ -481,7 +481,8 @@ class Group:
         return ErrorCode.none
 
     def next_deadline_ms(self) -> float:
-        """When tick() may next have something to do (it is harmless to call it earlier)."""
+        """When tick() next has something to do. The caller sleeps until then: a time in the
+        past must mean tick() has work, or the caller would spin."""
         deadline = float("inf")
         for member in self.members.values():
             if not (member.awaiting_join or member.awaiting_sync):
@@ -489,7 +490,9 @@ class Group:
         for pending in self.pending_members.values():
             deadline = min(deadline, pending)
         if self.state == GroupState.PREPARING_REBALANCE:
-            deadline = min(deadline, self._rebalance_deadline_ms, self._join_not_before_ms)
+            # Everyone in: the join completes when the initial delay ends; else at the timeout.
+            ready_ms = self._join_not_before_ms if self._all_joined() else self._rebalance_deadline_ms
+            deadline = min(deadline, ready_ms)
         return deadline
 
     def tick(self, now_ms: float) -> None:

@@ -14,7 +14,8 @@ members, sessions, rebalances.
   until it has applied its whole log (up to the new term's first entry), then builds the live
   groups from the GroupStore: members as of the last written generation, sessions restarted.
   A group that was Stable stays Stable, so its members' heartbeats succeed at once.
-- A node that stops leading drops the live groups; waiting JoinGroup / SyncGroup calls are
+- A node that stops leading drops the live groups (noticed at once, or at the loop's next
+  wake, at most IDLE_WAKE_S later); waiting JoinGroup / SyncGroup calls are
   answered NOT_COORDINATOR, and clients look up the coordinator again.
 
 Time: sessions and rebalances use trio's clock (monotonic); record timestamps (commit times,
@@ -46,7 +47,7 @@ from .raft_group import NotLeader, ProposalFailed
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.05  # session expiry and rebalance timeouts are checked this often
+IDLE_WAKE_S = 1.0  # with nothing due, the loop still wakes this often (leadership checks)
 LOAD_POLL_S = 0.02
 LOAD_WAIT_S_MAX = 2.0  # a request waits this long for a new leader's load, then is told to retry
 CREATE_TOPIC_WAIT_S = 10.0  # FindCoordinator waits this long for the topic, then retriable
@@ -112,6 +113,8 @@ class GroupCoordinator:
         self.node = node
         self.shards: dict[int, _Shard] = {}
         self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()  # set when something falls due before the loop's next wake
+        self._wake_at_s = 0.0
         self._topic_created: trio.Event | None = None
 
     # --- settings ---------------------------------------------------------------------------------
@@ -147,6 +150,7 @@ class GroupCoordinator:
                 self._unload(shard)
             load_index = replica.group.node.raft.log.last_index()
             self.shards[replica.partition] = _Shard(replica, term, load_index)
+            self._wake.set()  # load it soon
             log.info("offsets partition %d: leader at term %d, loading groups (log up to index %d)",
                      replica.partition, term, load_index)
         elif shard is not None and shard.replica is replica:
@@ -177,6 +181,7 @@ class GroupCoordinator:
                                  m.rebalance_timeout_ms, m.subscription, m.assignment) for m in record.members])
             shard.groups[group_id] = group
             shard.due_ms[group_id] = group.next_deadline_ms()
+        self._wake.set()
         for group_id in store.offsets:
             if group_id not in shard.groups:
                 shard.groups[group_id] = self._new_group(group_id)
@@ -197,13 +202,28 @@ class GroupCoordinator:
             task_status.started()
             next_expiry = trio.current_time() + self.setting("offsets_retention_check_interval_ms") / 1000
             while True:
-                await trio.sleep(TICK_S)
+                # Sleep until the first session or rebalance deadline (or a load to poll for):
+                # an idle node does not wake for groups that have nothing due.
+                self._wake_at_s = min(self._next_due_s(), next_expiry)
+                with trio.move_on_at(self._wake_at_s):
+                    await self._wake.wait()
+                self._wake = trio.Event()
                 self._tick()
                 if trio.current_time() >= next_expiry:
                     next_expiry = trio.current_time() + self.setting("offsets_retention_check_interval_ms") / 1000
                     for shard in list(self.shards.values()):
                         if shard.loaded:
                             nursery.start_soon(self._expire, shard)
+
+    def _next_due_s(self) -> float:
+        now_s = trio.current_time()
+        due_s = now_s + IDLE_WAKE_S
+        for shard in self.shards.values():
+            if not shard.loaded:
+                due_s = min(due_s, now_s + LOAD_POLL_S)
+            elif shard.due_ms:
+                due_s = min(due_s, min(shard.due_ms.values()) / 1000)
+        return due_s
 
     def _tick(self) -> None:
         now = self.now_ms()
@@ -227,7 +247,9 @@ class GroupCoordinator:
 
     def _dispatch(self, shard: _Shard, group: Group) -> None:
         """Deliver the group's events (after every call into it) and note its next deadline."""
-        shard.due_ms[group.group_id] = group.next_deadline_ms()
+        due_ms = shard.due_ms[group.group_id] = group.next_deadline_ms()
+        if due_ms / 1000 < self._wake_at_s:
+            self._wake.set()
         for event in group.take_events():
             if isinstance(event, JoinCompleted):
                 slot = shard.joins.pop((group.group_id, event.member_id), None)

@@ -15,6 +15,7 @@ from kio.schema.errors import ErrorCode
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.group import OFFSETS_TOPIC, GroupState, GroupStore, JoinRequest
 from chronik_trio.node.group_coordinator import GroupCoordinator
+from chronik_trio.raft.types import StateRole
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,7 +105,9 @@ def test_a_join_waiting_when_leadership_moves_is_told_not_coordinator():
             nursery.start_soon(second)  # waits: the first member must rejoin
             await trio.sleep(0.5)
             replica.is_leader = False
-            await trio.sleep(0.1)
+            for listener in replica.machine.role_listeners:  # what the Raft group reports
+                listener(2, StateRole.FOLLOWER, 2)
+            await trio.sleep(0)
             assert [r.error for r in results] == [ErrorCode.not_coordinator]
             nursery.cancel_scope.cancel()
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.groups.harness import (GROUP_CONFIG, OFFSET_FETCH, ConsumerProc, check_takeovers, consumed, coordinator,
                                   describe, split_ok, wait_until)
+from tests.cluster.cluster import CONNECTION_ERRORS
 from tests.kafka_wire import KafkaWire
 
 pytestmark = pytest.mark.timeout(180)
@@ -66,6 +67,7 @@ class CommitWatcher(threading.Thread):
         self.latest: dict[int, int] = {}
         self.backwards: list[str] = []
         self.samples = 0
+        self.last_sample_at = 0.0
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -76,12 +78,13 @@ class CommitWatcher(threading.Thread):
                 with KafkaWire.connect(self.ports[node], timeout=2.0) as wire:
                     r = wire.request(OFFSET_FETCH, {"groups": [{"group_id": GROUP, "topics": [
                         {"name": TOPIC, "partition_indexes": list(range(PARTITIONS))}]}]}, version=8)
-            except (OSError, AssertionError):
-                continue
+            except (*CONNECTION_ERRORS, AssertionError):
+                continue  # the killed node, or no coordinator yet: ask again
             (g,) = r.groups
             if g.error_code != 0:
                 continue
             self.samples += 1
+            self.last_sample_at = time.time()
             for t in g.topics:
                 for p in t.partitions:
                     if p.error_code == 0 and p.committed_offset >= 0:
@@ -139,7 +142,8 @@ def test_sigkill_of_the_coordinator_reforms_the_group_without_gaps(cluster_facto
     wait_until("every record consumed", lambda: everything <= set(consumed(procs)), STEP_TIMEOUT_S,
                lambda: f"missing {len(everything - set(consumed(procs)))}; {describe(procs)}")
     wait_until("commits reach the end", lambda: watcher.latest == ends, STEP_TIMEOUT_S,
-               lambda: f"committed {watcher.latest}, ends {ends}")
+               lambda: f"committed {watcher.latest}, ends {ends}; watcher alive {watcher.is_alive()}, "
+                       f"last sample {time.time() - watcher.last_sample_at:.1f}s ago")
     watcher.stopping.set()
     watcher.join(10)
     for c in procs:

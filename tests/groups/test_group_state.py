@@ -238,3 +238,15 @@ def test_a_static_leader_rejoining_is_told_to_skip_the_assignment():
     result = g.join(DELAY_MS + 1, request(instance_id="i-a"), "a2")
     assert (result.error, result.leader, result.skip_assignment) == (ErrorCode.none, "a2", True)
     assert {m for m, _, _ in result.members} == {"a2", "b"} and g.state == GroupState.STABLE
+
+
+def test_next_deadline_is_never_past_unless_tick_has_work():
+    """The coordinator sleeps until next_deadline_ms(): after a tick it must lie ahead."""
+    g = form(["a", "b"])
+    joins(g)
+    stabilise(g, DELAY_MS, {"a": b"A", "b": b"B"})
+    join_new(g, 200, "c")  # a rebalance waiting for a and b to rejoin
+    for now in (300, 5_000, DELAY_MS + SESSION_MS + 50, 40_000):
+        g.tick(now)
+        g.take_events()
+        assert g.next_deadline_ms() > now, (now, g.state, g.next_deadline_ms())

@@ -109,6 +109,7 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
         return callback
 
     last_s = history.now()
+    spent = {"produce_s": 0.0, "poll_s": 0.0}  # of the last iteration, for a client-stall event
     while not stop.is_set():
         topic, partitions = topics[seq % len(topics)]
         key_index = seq % spec.keys
@@ -117,7 +118,7 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
         t_start = history.now()
         if t_start - last_s > CLIENT_STALL_S:  # the loop itself did not run: not the broker's doing
             history.record({"type": "client-stall", "process": name, "t": round(t_start, 6),
-                            "since": round(last_s, 6)})
+                            "since": round(last_s, 6), **{k: round(v, 3) for k, v in spent.items()}})
         last_s = t_start
         try:
             producer.produce(topic, value=value.encode(), key=key.encode(), partition=partition,
@@ -125,12 +126,14 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
         except BufferError:
             producer.poll(0.1)
             continue
+        t_produced = history.now()
         seq += 1
         next_at += interval_s
         delay = next_at - time.monotonic()
         if delay < -1.0:  # far behind (a stalled client): do not burst to catch up
             next_at = time.monotonic()
         producer.poll(max(0.0, delay))
+        spent = {"produce_s": t_produced - t_start, "poll_s": history.now() - t_produced}
     remaining = producer.flush(min(FLUSH_TIMEOUT_S_MAX, spec.delivery_timeout_s + 5))
     if remaining:
         log.warning("%s: %d send(s) still unanswered at the end (recorded as nothing)", name, remaining)

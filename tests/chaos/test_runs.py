@@ -8,7 +8,9 @@ start, final reads and stop they take about 1.5 minutes on a loaded 2-core machi
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 
 import attrs
 import pytest
@@ -19,6 +21,24 @@ from chaos.scenario import load_scenario
 pytestmark = pytest.mark.timeout(240)
 
 SCENARIOS = pathlib.Path(__file__).parents[2] / "chaos" / "scenarios"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """The run's directory; at teardown any node process still running from it (e.g. after
+    a test timeout interrupted the harness's own cleanup) is killed by its PID."""
+    yield tmp_path
+    for pid_dir in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        mine = str(tmp_path).encode() + b"/"
+        if any(mine in arg for arg in argv) and int(pid_dir.name) != os.getpid():
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def short(name: str, **nemesis) -> object:
@@ -37,17 +57,17 @@ def assert_passed(result, run_dir: pathlib.Path, faults_min: int) -> None:
     assert result.verdict_line.startswith("chaos PASS: ")
 
 
-async def test_failover_loses_no_acknowledged_write(tmp_path):
+async def test_failover_loses_no_acknowledged_write(run_dir):
     scenario = short("failover", quiet_s=10.0, schedule=(attrs.evolve(
         load_scenario(SCENARIOS / "failover.yaml").nemesis.schedule[0], every_s=10.0, start_s=5.0),))
-    result = await run_scenario(scenario, tmp_path, progress=False)
-    assert_passed(result, tmp_path, faults_min=2)
+    result = await run_scenario(scenario, run_dir, progress=False)
+    assert_passed(result, run_dir, faults_min=2)
 
 
-async def test_partitions_lose_no_acknowledged_write(tmp_path):
+async def test_partitions_lose_no_acknowledged_write(run_dir):
     full = load_scenario(SCENARIOS / "partition.yaml").nemesis.schedule
     isolate = attrs.evolve(full[0], at_s=5.0, faults=(attrs.evolve(full[0].faults[0], duration_s=5.0),))
     split = attrs.evolve(full[1], at_s=13.0, faults=(attrs.evolve(full[1].faults[0], duration_s=5.0),))
     scenario = short("partition", quiet_s=10.0, schedule=(isolate, split))
-    result = await run_scenario(scenario, tmp_path, progress=False)
-    assert_passed(result, tmp_path, faults_min=2)
+    result = await run_scenario(scenario, run_dir, progress=False)
+    assert_passed(result, run_dir, faults_min=2)

@@ -252,6 +252,9 @@ class Cluster:
     def set_link(self, src: int, dst: int, state: LinkState, delay_s: float = 0.0) -> None:
         self.network.set_link(src, dst, state, delay_s)
 
+    def set_client_link(self, n: int, state: LinkState, delay_s: float = 0.0) -> None:
+        self.network.set_client_link(n, state, delay_s)
+
     def heal_network(self) -> None:
         self.network.heal()
 

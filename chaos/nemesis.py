@@ -73,7 +73,9 @@ def describe(fault: FaultSpec) -> str:
         return f"partition {fault.mode} for {fault.duration_s:g} s"
     if fault.kind == "link":
         what = f"delay {fault.delay_ms:g} ms" if fault.link == "delay" else fault.link
-        return f"{what} {'from' if fault.one_way else 'around'} {fault.target} for {fault.duration_s:g} s"
+        clients = " (clients too)" if fault.clients else ""
+        return (f"{what} {'from' if fault.one_way else 'around'} {fault.target}{clients} "
+                f"for {fault.duration_s:g} s")
     if fault.kind == "disk":
         what = ", ".join(x for x in (f"+{fault.latency_ms:g} ms" if fault.latency_ms else "",
                                      f"{fault.error} on {fault.error_on}" if fault.error else "") if x)
@@ -230,6 +232,8 @@ class Nemesis:
                         self.cluster.set_link(n, m, state, fault.delay_ms / 1000)
                         if not fault.one_way:
                             self.cluster.set_link(m, n, state, fault.delay_ms / 1000)
+                if fault.clients:
+                    self.cluster.set_client_link(n, state, fault.delay_ms / 1000)
         except NetworkUnavailable as exc:
             return f"not injected: {exc}"
         return await self._hold(fault)

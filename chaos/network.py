@@ -82,6 +82,10 @@ class ProxyNetwork:
     def set_link(self, src: int, dst: int, state: LinkState, delay_s: float = 0.0) -> None:
         self.link_proxies[(src, dst)].set(state, delay_s)
 
+    def set_client_link(self, n: int, state: LinkState, delay_s: float = 0.0) -> None:
+        """The link between every client and node n (both ways)."""
+        self.client_proxies[n].set(state, delay_s)
+
     def heal(self) -> None:
         for proxy in (*self.link_proxies.values(), *self.client_proxies.values()):
             proxy.heal()
@@ -188,6 +192,10 @@ class NetnsNetwork:
             veth = f"chv{self.tag}{src}p"
             subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", veth, "root",
                             "netem", "delay", f"{int(delay_s * 1000)}ms"], capture_output=True, check=True)
+
+    def set_client_link(self, n: int, state: LinkState, delay_s: float = 0.0) -> None:
+        raise NetworkUnavailable("client links are not faulted in netns mode (the harness and "
+                                 "its clients share one namespace); use network: proxy")
 
     def heal(self) -> None:
         for src, dst in list(self.routes):

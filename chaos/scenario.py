@@ -93,6 +93,7 @@ class FaultSpec:
     mode: str = "isolate-leader"      # partition
     link: str = "cut"                 # link: cut | blackhole | delay
     one_way: bool = False             # link: only from the target outwards
+    clients: bool = False             # link: the clients' link to the target too
     delay_ms: float = 0.0             # link delay
     latency_ms: float = 0.0           # disk
     error: str | None = None          # disk: EIO | ENOSPC
@@ -266,6 +267,7 @@ def _fault(r: _Reader, where: str, data: Any, nodes: int) -> FaultSpec:
                      mode=f.get("mode", str, "isolate-leader", choices=PARTITION_MODES),
                      link=f.get("link", str, "cut", choices=LINK_MODES),
                      one_way=f.get("one_way", bool, False),
+                     clients=f.get("clients", bool, False),
                      delay_ms=f.get("delay_ms", float, 0.0, minimum=0, maximum=60_000),
                      latency_ms=f.get("latency_ms", float, 0.0, minimum=0, maximum=60_000),
                      error=error, error_on=f.get("error_on", str, "both", choices=("write", "fsync", "both")),
@@ -275,6 +277,8 @@ def _fault(r: _Reader, where: str, data: Any, nodes: int) -> FaultSpec:
         f.fail("a disk fault takes one node, not all", "target")
     if kind == "disk" and spec.latency_ms == 0 and spec.error is None:
         f.fail("a disk fault needs latency_ms or error", "kind")
+    if spec.clients and kind != "link":
+        f.fail("only a link fault takes clients", "clients")
     if kind == "link" and spec.link == "delay" and spec.delay_ms == 0:
         f.fail("a delay needs delay_ms > 0", "delay_ms")
     return spec

@@ -90,3 +90,8 @@ def test_the_scenario_written_to_a_run_dir_loads_back_as_the_same_scenario(tmp_p
         write_scenario(tmp_path, scenario)
         again = load_scenario(tmp_path / "scenario.yaml")
         assert attrs.evolve(again, path=None) == attrs.evolve(scenario, path=None), name
+
+
+def test_only_a_link_fault_takes_clients():
+    message = bad("name: x\nnemesis:\n  schedule:\n    - {at_s: 5, fault: {kind: kill, clients: true}}\n")
+    assert message == "bad.yaml: nemesis.schedule[0].fault.clients: only a link fault takes clients"

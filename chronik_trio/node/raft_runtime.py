@@ -267,7 +267,10 @@ class RaftRuntime:
         tickets = [(g, t) for g, t in tickets if t is not None]
         if tickets:
             started = time.perf_counter()
-            await trio.to_thread.run_sync(_run_tickets, [t for _, t in tickets])
+            # Shielded: a shutdown must not leave a round begun but not ended (the thread's
+            # entry is a checkpoint); the clean close syncs every group again after it.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_run_tickets, [t for _, t in tickets])
             self.observe_fsync(time.perf_counter() - started)
             self.fsync_rounds += 1
             for group, ticket in tickets:

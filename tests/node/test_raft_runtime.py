@@ -157,3 +157,27 @@ async def test_a_group_closed_while_the_ready_pass_waits_for_a_lock_is_skipped(t
     await trio.sleep(0.1)  # the pass acquires b's lock, sees it closed and skips it
     await _propose_all(cluster, [b"still-alive"], group="a")
     assert _applied(cluster, 1, "a")[-1] == b"still-alive"
+
+
+async def test_a_shutdown_that_lands_as_an_fsync_round_starts_leaves_no_sync_half_done(tmp_path):
+    """Found by the chaos harness (mixed.yaml seed 10): cancelled as the round reached its
+    worker-thread call, the round left its tickets outstanding and the clean close's final
+    sync stopped the node with an AssertionError. The round now always finishes."""
+    import types
+
+    from chronik_trio.node.raft_runtime import RaftRuntime
+    from chronik_trio.raft.types import Entry
+    from chronik_trio.storage import Disk
+    from chronik_trio.storage.raft_storage import DurableRaftStorage
+
+    storage = DurableRaftStorage.bootstrap(Disk(), tmp_path / "g", voters=(1,), kafka=False)
+    storage.append([Entry(term=1, index=1, data=b"x")])
+    persisted: list[int] = []
+    group = types.SimpleNamespace(storage=storage, on_persisted=persisted.append)
+    runtime = RaftRuntime(1, lambda group_id, message: None)
+    with trio.CancelScope() as scope:
+        scope.cancel()  # the shutdown: the round's first checkpoint sees it
+        await runtime._persist([(group, None)])
+    assert persisted == [1]  # the round ran to the end
+    storage.sync(save_commit=True)  # what the clean close does next
+    storage.close()

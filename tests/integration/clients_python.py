@@ -1,8 +1,8 @@
 """One small driver per Python Kafka client, all with the same methods, so the same test
 body runs against confluent-kafka (librdkafka), kafka-python and aiokafka.
 
-No consumer groups yet: every consumer is manually assigned, starts from the earliest
-offset and never commits. confluent-kafka refuses to build a consumer without a group.id,
+These drivers test produce and fetch, so every consumer is manually assigned, starts from
+the earliest offset and never commits (tests/groups/ drives the clients' group consumers). confluent-kafka refuses to build a consumer without a group.id,
 so it gets one that is never joined (no subscribe, auto commit off, offset store off).
 
 Every call is bounded: producers flush with a timeout and fail on any delivery error or

@@ -207,18 +207,8 @@ def check_nonmonotonic_sends(h: _History, opts: CheckOptions) -> CheckResult:
 
 def check_nonmonotonic_polls(h: _History, opts: CheckOptions) -> CheckResult:
     """A consumer's polls of a partition return increasing offsets (unless it seeked)."""
-    bad = []
-    for process, part, stream in _poll_streams(h):
-        prev = None
-        for item in stream:
-            if item[0] == "seek":
-                prev = None
-                continue
-            _, t, offset = item
-            if prev is not None and offset <= prev[1]:
-                bad.append(f"{process} polled {part[0]}-{part[1]}@{prev[1]} (t={prev[0]:.3f}) "
-                           f"then @{offset} (t={t:.3f})")
-            prev = (t, offset)
+    bad = [f"{process} polled {part[0]}-{part[1]}@{prev[1]} (t={prev[0]:.3f}) then @{offset} (t={t:.3f})"
+           for process, part, prev, t, offset in _successive_polls(h) if offset <= prev[1]]
     return _result("nonmonotonic_polls", bad, opts, "polled offsets increase",
                    f"{len(bad)} poll(s) went backwards")
 
@@ -226,23 +216,29 @@ def check_nonmonotonic_polls(h: _History, opts: CheckOptions) -> CheckResult:
 def check_poll_skips(h: _History, opts: CheckOptions) -> CheckResult:
     """Between two successive polled offsets, no record of the final read was passed over."""
     bad = []
-    for process, part, stream in _poll_streams(h):
-        offsets = sorted(h.final.get(part, {}))
-        prev = None
-        for item in stream:
-            if item[0] == "seek":
-                prev = None
-                continue
-            _, t, offset = item
-            if prev is not None and offset > prev + 1:
-                skipped = [o for o in offsets if prev < o < offset]
-                if skipped:
-                    bad.append(f"{process} jumped from {part[0]}-{part[1]}@{prev} to @{offset} "
-                               f"(t={t:.3f}), skipping {len(skipped)} record(s) from "
-                               f"@{skipped[0]}")
-            prev = offset
+    for process, part, (_, prev), t, offset in _successive_polls(h):
+        if offset > prev + 1:
+            skipped = [o for o in sorted(h.final.get(part, {})) if prev < o < offset]
+            if skipped:
+                bad.append(f"{process} jumped from {part[0]}-{part[1]}@{prev} to @{offset} "
+                           f"(t={t:.3f}), skipping {len(skipped)} record(s) from "
+                           f"@{skipped[0]}")
     return _result("poll_skips", bad, opts, "no consumer skipped a record",
                    f"{len(bad)} skip(s)")
+
+
+def _successive_polls(h: _History):
+    """(process, partition, (t, offset) of the previous poll, t, offset) for every polled
+    record that follows another of the same consumer and partition with no seek between."""
+    for process, part, stream in _poll_streams(h):
+        prev = None
+        for kind, t, offset in stream:
+            if kind == "seek":
+                prev = None
+                continue
+            if prev is not None:
+                yield process, part, prev, t, offset
+            prev = (t, offset)
 
 
 def _poll_streams(h: _History):

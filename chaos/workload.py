@@ -46,6 +46,18 @@ class Target:
     deadline: float = 0.0  # time.monotonic()
     set: threading.Event = attrs.field(factory=threading.Event)
 
+    def reached(self, positions: dict[tuple[str, int], int]) -> bool:
+        """Whether a consumer at `positions` is done draining (once the target is set)."""
+        return self.set.is_set() and (time.monotonic() > self.deadline or all(
+            positions.get(tp, 0) >= hw for tp, hw in self.high_watermarks.items()))
+
+
+def record_seeks(history, name: str, parts) -> None:
+    """Every consumer starts each partition at offset 0: the history says so."""
+    for tp in parts:
+        history.record({"type": "seek", "process": name, "topic": tp.topic, "partition": tp.partition,
+                        "offset": 0})
+
 
 def client_logger(path) -> logging.Logger:
     """A logger writing the clients' own log lines to `path` (not the terminal)."""
@@ -154,14 +166,11 @@ def run_consumer(name: str, bootstrap: str, topics: list[tuple[str, int]], histo
     })
     parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t, n in topics for p in range(n)]
     consumer.assign(parts)
-    for tp in parts:
-        history.record({"type": "seek", "process": name, "topic": tp.topic,
-                        "partition": tp.partition, "offset": 0})
+    record_seeks(history, name, parts)
     positions: dict[tuple[str, int], int] = {}
     try:
         while not stop.is_set():
-            if target.set.is_set() and (time.monotonic() > target.deadline or all(
-                    positions.get(tp, 0) >= hw for tp, hw in target.high_watermarks.items())):
+            if target.reached(positions):
                 break
             messages = consumer.consume(CONSUME_BATCH_MAX, POLL_TIMEOUT_S)
             t = round(history.now(), 6)
@@ -295,14 +304,11 @@ def run_consumer_kafka_python(name: str, bootstrap: str, topics: list[tuple[str,
     parts = [TopicPartition(t, p) for t, n in topics for p in range(n)]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
-    for tp in parts:
-        history.record({"type": "seek", "process": name, "topic": tp.topic, "partition": tp.partition,
-                        "offset": 0})
+    record_seeks(history, name, parts)
     positions: dict[tuple[str, int], int] = {}
     try:
         while not stop.is_set():
-            if target.set.is_set() and (time.monotonic() > target.deadline or all(
-                    positions.get(tp, 0) >= hw for tp, hw in target.high_watermarks.items())):
+            if target.reached(positions):
                 break
             try:
                 batches = consumer.poll(timeout_ms=int(POLL_TIMEOUT_S * 1000), max_records=CONSUME_BATCH_MAX)
@@ -397,14 +403,11 @@ async def _aio_consumer(name, bootstrap, topics, history, stop, target) -> None:
     parts = [TopicPartition(t, p) for t, n in topics for p in range(n)]
     consumer.assign(parts)
     await consumer.seek_to_beginning(*parts)
-    for tp in parts:
-        history.record({"type": "seek", "process": name, "topic": tp.topic, "partition": tp.partition,
-                        "offset": 0})
+    record_seeks(history, name, parts)
     positions: dict[tuple[str, int], int] = {}
     try:
         while not stop.is_set():
-            if target.set.is_set() and (time.monotonic() > target.deadline or all(
-                    positions.get(tp, 0) >= hw for tp, hw in target.high_watermarks.items())):
+            if target.reached(positions):
                 break
             batches = await consumer.getmany(timeout_ms=int(POLL_TIMEOUT_S * 1000), max_records=CONSUME_BATCH_MAX)
             t = round(history.now(), 6)

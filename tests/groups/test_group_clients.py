@@ -16,6 +16,7 @@ import pytest
 from tests.groups.harness import (GROUP_CONFIG, ConsumerProc, check_consumed, committed, consumed, describe,
                                   produce, split_ok, stable_since, wait_until)
 from tests.kafka_wire import KafkaWire
+from tests.kafkajs import kafkajs_dir
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -114,6 +115,8 @@ def _loadavg() -> str:
 
 @pytest.mark.parametrize("client", ["confluent-kafka", "kafka-python", "aiokafka", "kafkajs"])
 def test_three_consumers_split_leave_join_and_resume_after_restart(group_broker, consumers, tmp_path, client):
+    if client == "kafkajs":
+        kafkajs_dir()  # installed (or the test is skipped with the reason)
     assignor = "roundrobin" if client == "kafkajs" else "range"
     _run_lifecycle(group_broker, consumers, tmp_path, [client], assignor, f"g-{client}")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import tests.kafkajs
 from tests.integration.clients_common import (
     PARTITIONS, Rec, check_roundtrip, make_records, split_evenly)
 from tests.integration.clients_python import PY_DRIVERS, ConfluentDriver
@@ -458,16 +459,7 @@ def test_clients_carry_on_across_a_broker_kill_and_restart(broker):
 @pytest.fixture(scope="session")
 def kafkajs_dir() -> Path:
     """tests/js with kafkajs 2.2.4 installed from the committed package-lock.json."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if npm is None or node is None:
-        pytest.skip("kafkajs test needs Node.js and npm on PATH; "
-                    f"found node={node}, npm={npm}")
-    proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                          cwd=JS_DIR, capture_output=True, text=True, timeout=240)
-    if proc.returncode != 0:
-        pytest.fail(f"npm ci in {JS_DIR} failed ({proc.returncode}):\n"
-                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", pytrace=False)
-    return JS_DIR
+    return tests.kafkajs.kafkajs_dir()
 
 
 def _b64(b: bytes | None) -> str | None:

@@ -77,22 +77,6 @@ class AioKafkaRF3(AioKafkaDriver):
 RF3_DRIVERS = {d.name: d for d in (ConfluentRF3, KafkaPythonRF3, AioKafkaRF3)}
 
 
-def kafkajs_ready() -> str | None:
-    """None when node, npm and kafkajs (tests/js) are usable; else why not."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        return f"kafkajs needs Node.js and npm on PATH; found node={node}, npm={npm}"
-    probe = subprocess.run([node, "-e", "require.resolve('kafkajs'); require.resolve('kafkajs-snappy')"],
-                           cwd=JS_DIR, capture_output=True, text=True, timeout=30)
-    if probe.returncode == 0:
-        return None
-    # Not installed yet: install from the committed lock file, as test_clients.py does.
-    proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                          cwd=JS_DIR, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"npm ci in {JS_DIR} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    return None
-
-
 def _b64(b: bytes | None) -> str | None:
     return None if b is None else base64.b64encode(b).decode()
 

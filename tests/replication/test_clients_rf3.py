@@ -14,8 +14,9 @@ import time
 import pytest
 
 from tests.integration.clients_common import make_records
+from tests.kafkajs import kafkajs_dir
 from tests.replication.clients import (RF3_DRIVERS, ConfluentRF3, confluent_consume_in_rack,
-                                       kafkajs_create_and_produce, kafkajs_ready)
+                                       kafkajs_create_and_produce)
 from tests.replication.cluster import (Cluster, records_by_offset, wait_balanced, wait_for,
                                        wait_replicas_equal)
 
@@ -123,9 +124,7 @@ def test_client_roundtrip_through_every_replica(cluster, client):
 
 @pytest.mark.timeout(200)
 def test_kafkajs_roundtrip_through_every_replica(cluster, tmp_path):
-    why_not = kafkajs_ready()
-    if why_not is not None:
-        pytest.skip(why_not)
+    kafkajs_dir()  # installed (or the test is skipped with the reason)
     topic = "rf3-kafkajs"
     recs = make_records(topic, RECORDS, partitions=PARTITIONS)
     brokers = [cluster.bootstrap(n) for n in cluster.ids]

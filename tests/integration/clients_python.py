@@ -53,6 +53,7 @@ def _headers(hs) -> tuple[tuple[str, bytes], ...]:
 
 class ConfluentDriver:
     name = "confluent-kafka"
+    replication_factor = 1  # of the topics create_topics makes (tests/replication: 3)
     codecs = ALL_CODECS
 
     def __init__(self, bootstrap: str) -> None:
@@ -75,8 +76,8 @@ class ConfluentDriver:
         from confluent_kafka.admin import AdminClient, NewTopic
         admin = AdminClient(self._conf())
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=1, config=dict(configs or {}))
-             for t in topics],
+            [NewTopic(t, num_partitions=partitions, replication_factor=self.replication_factor,
+                      config=dict(configs or {})) for t in topics],
             operation_timeout=OP_TIMEOUT_S, request_timeout=OP_TIMEOUT_S)
         for t, f in futures.items():
             f.result(timeout=OP_TIMEOUT_S + 10)   # raises KafkaException on a topic error
@@ -199,6 +200,7 @@ class ConfluentDriver:
 
 class KafkaPythonDriver:
     name = "kafka-python"
+    replication_factor = 1  # of the topics create_topics makes (tests/replication: 3)
     codecs = ALL_CODECS
 
     def __init__(self, bootstrap: str) -> None:
@@ -217,7 +219,8 @@ class KafkaPythonDriver:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
                                  request_timeout_ms=int(OP_TIMEOUT_S * 1000))
         try:
-            admin.create_topics({t: {"num_partitions": partitions, "replication_factor": 1,
+            admin.create_topics({t: {"num_partitions": partitions,
+                                     "replication_factor": self.replication_factor,
                                      "configs": dict(configs or {})} for t in topics},
                                 timeout_ms=int(OP_TIMEOUT_S * 1000), wait_for_metadata=True)
         finally:
@@ -337,6 +340,7 @@ class AioKafkaDriver:
     are plain sync functions, so no trio loop is running in this thread)."""
 
     name = "aiokafka"
+    replication_factor = 1  # of the topics create_topics makes (tests/replication: 3)
     codecs = ALL_CODECS
 
     def __init__(self, bootstrap: str) -> None:
@@ -363,13 +367,16 @@ class AioKafkaDriver:
                                         request_timeout_ms=int(OP_TIMEOUT_S * 1000))
             await admin.start()
             try:
-                await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1,
+                return await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=self.replication_factor,
                               topic_configs=dict(configs or {})) for t in topics],
                     timeout_ms=int(OP_TIMEOUT_S * 1000))
             finally:
                 await admin.close()
-        self._run(go())
+        response = self._run(go())
+        # aiokafka returns the CreateTopics response instead of raising on a topic error.
+        errors = [t for t in response.topic_errors if t[1] != 0]
+        assert not errors, f"aiokafka CreateTopics: {errors}"
 
     def partitions_for(self, topic: str) -> set[int]:
         from aiokafka import AIOKafkaProducer

@@ -12,10 +12,10 @@ import json
 import pathlib
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from tests.integration.clients_common import Rec
-from tests.integration.clients_python import (OP_TIMEOUT_S, AioKafkaDriver, ConfluentDriver,
+from tests.integration.clients_python import (AioKafkaDriver, ConfluentDriver,
                                               KafkaPythonDriver)
 
 REPLICATION_FACTOR = 3
@@ -25,53 +25,15 @@ KAFKAJS_TIMEOUT_S = 150.0
 
 
 class ConfluentRF3(ConfluentDriver):
-    def create_topics(self, topics: Sequence[str], partitions: int,
-                      configs: Mapping[str, str] | None = None) -> None:
-        from confluent_kafka.admin import AdminClient, NewTopic
-        admin = AdminClient(self._conf())
-        futures = admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=REPLICATION_FACTOR,
-                      config=dict(configs or {})) for t in topics],
-            operation_timeout=OP_TIMEOUT_S, request_timeout=OP_TIMEOUT_S)
-        for f in futures.values():
-            f.result(timeout=OP_TIMEOUT_S + 10)   # raises KafkaException on a topic error
+    replication_factor = REPLICATION_FACTOR
 
 
 class KafkaPythonRF3(KafkaPythonDriver):
-    def create_topics(self, topics: Sequence[str], partitions: int,
-                      configs: Mapping[str, str] | None = None) -> None:
-        from kafka.admin import KafkaAdminClient
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                 request_timeout_ms=int(OP_TIMEOUT_S * 1000))
-        try:
-            admin.create_topics({t: {"num_partitions": partitions,
-                                     "replication_factor": REPLICATION_FACTOR,
-                                     "configs": dict(configs or {})} for t in topics},
-                                timeout_ms=int(OP_TIMEOUT_S * 1000), wait_for_metadata=True)
-        finally:
-            admin.close()
+    replication_factor = REPLICATION_FACTOR
 
 
 class AioKafkaRF3(AioKafkaDriver):
-    def create_topics(self, topics: Sequence[str], partitions: int,
-                      configs: Mapping[str, str] | None = None) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        async def go():
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                        request_timeout_ms=int(OP_TIMEOUT_S * 1000))
-            await admin.start()
-            try:
-                return await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=REPLICATION_FACTOR,
-                              topic_configs=dict(configs or {})) for t in topics],
-                    timeout_ms=int(OP_TIMEOUT_S * 1000))
-            finally:
-                await admin.close()
-        response = self._run(go())
-        # aiokafka returns the CreateTopics response instead of raising on a topic error.
-        errors = [t for t in response.topic_errors if t[1] != 0]
-        assert not errors, f"aiokafka CreateTopics: {errors}"
+    replication_factor = REPLICATION_FACTOR
 
 
 RF3_DRIVERS = {d.name: d for d in (ConfluentRF3, KafkaPythonRF3, AioKafkaRF3)}

@@ -59,6 +59,27 @@ def record_seeks(history, name: str, parts) -> None:
                         "offset": 0})
 
 
+def planned_send(name: str, seq: int, topics: list[tuple[str, int]], keys: int) -> dict:
+    """Send number `seq` of producer `name`, as the history records it: topics in turn, key
+    seq % keys, the key's partition, and a value unique in the run."""
+    topic, partitions = topics[seq % len(topics)]
+    key_index = seq % keys
+    return {"type": "send", "process": name, "seq": seq, "topic": topic, "partition": key_index % partitions,
+            "key": f"k{key_index}", "value": f"{name}-{seq}"}
+
+
+def record_answer(history, event: dict, *, offset: int | None = None,
+                  exc: BaseException | None = None) -> None:
+    """kafka-python's and aiokafka's answer to a send: ok with its offset, or the exception
+    (indeterminate when the write may still have happened)."""
+    if exc is None:
+        history.record({**event, "t_end": round(history.now(), 6), "outcome": "ok", "offset": offset})
+    else:
+        history.record({**event, "t_end": round(history.now(), 6),
+                        "outcome": "info" if type(exc).__name__ in INDETERMINATE_PY else "fail",
+                        "error": f"{type(exc).__name__}: {exc}"})
+
+
 def client_logger(path) -> logging.Logger:
     """A logger writing the clients' own log lines to `path` (not the terminal)."""
     logger = logging.getLogger(f"chaos.clients.{path}")
@@ -106,11 +127,9 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
     next_at = time.monotonic()
     seq = seq_start
 
-    def on_delivery(seq: int, topic: str, partition: int, key: str, value: str, t_start: float):
+    def on_delivery(send: dict, t_start: float):
         def callback(err, msg) -> None:
-            event = {"type": "send", "process": name, "seq": seq, "topic": topic,
-                     "partition": partition, "key": key, "value": value,
-                     "t_start": round(t_start, 6), "t_end": round(history.now(), 6)}
+            event = {**send, "t_start": round(t_start, 6), "t_end": round(history.now(), 6)}
             if err is None:
                 event.update(outcome="ok", offset=msg.offset())
             else:
@@ -123,18 +142,15 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
     last_s = history.now()
     spent = {"produce_s": 0.0, "poll_s": 0.0}  # of the last iteration, for a client-stall event
     while not stop.is_set():
-        topic, partitions = topics[seq % len(topics)]
-        key_index = seq % spec.keys
-        partition = key_index % partitions
-        key, value = f"k{key_index}", f"{name}-{seq}"
+        send = planned_send(name, seq, topics, spec.keys)
         t_start = history.now()
         if t_start - last_s > CLIENT_STALL_S:  # the loop itself did not run: not the broker's doing
             history.record({"type": "client-stall", "process": name, "t": round(t_start, 6),
                             "since": round(last_s, 6), **{k: round(v, 3) for k, v in spent.items()}})
         last_s = t_start
         try:
-            producer.produce(topic, value=value.encode(), key=key.encode(), partition=partition,
-                             on_delivery=on_delivery(seq, topic, partition, key, value, t_start))
+            producer.produce(send["topic"], value=send["value"].encode(), key=send["key"].encode(),
+                             partition=send["partition"], on_delivery=on_delivery(send, t_start))
         except BufferError:
             producer.poll(0.1)
             continue
@@ -260,24 +276,16 @@ def run_producer_kafka_python(name: str, bootstrap: str, spec, topics: list[tupl
     next_at = time.monotonic()
     seq = seq_start
     while not stop.is_set():
-        topic, partitions = topics[seq % len(topics)]
-        key_index = seq % spec.keys
-        partition = key_index % partitions
-        key, value = f"k{key_index}", f"{name}-{seq}"
-        event = {"type": "send", "process": name, "seq": seq, "topic": topic, "partition": partition,
-                 "key": key, "value": value, "t_start": round(history.now(), 6)}
+        event = {**planned_send(name, seq, topics, spec.keys), "t_start": round(history.now(), 6)}
         try:
-            future = producer.send(topic, value=value.encode(), key=key.encode(), partition=partition)
+            future = producer.send(event["topic"], value=event["value"].encode(), key=event["key"].encode(),
+                                   partition=event["partition"])
         except Exception as exc:  # refused before it was queued: nothing was sent
             history.record({**event, "t_end": round(history.now(), 6), "outcome": "fail",
                             "error": f"{type(exc).__name__}: {exc}"})
         else:
-            future.add_callback(lambda md, e=event: history.record(
-                {**e, "t_end": round(history.now(), 6), "outcome": "ok", "offset": md.offset}))
-            future.add_errback(lambda exc, e=event: history.record(
-                {**e, "t_end": round(history.now(), 6),
-                 "outcome": "info" if type(exc).__name__ in INDETERMINATE_PY else "fail",
-                 "error": f"{type(exc).__name__}: {exc}"}))
+            future.add_callback(lambda md, e=event: record_answer(history, e, offset=md.offset))
+            future.add_errback(lambda exc, e=event: record_answer(history, e, exc=exc))
         seq += 1
         next_at += interval_s
         delay = next_at - time.monotonic()
@@ -350,16 +358,11 @@ async def _aio_producer(name, bootstrap, spec, topics, history, stop) -> None:
     seq = 0
     try:
         while not stop.is_set():
-            topic, partitions = topics[seq % len(topics)]
-            key_index = seq % spec.keys
-            partition = key_index % partitions
-            key, value = f"k{key_index}", f"{name}-{seq}"
-            event = {"type": "send", "process": name, "seq": seq, "topic": topic, "partition": partition,
-                     "key": key, "value": value, "t_start": round(history.now(), 6)}
+            event = {**planned_send(name, seq, topics, spec.keys), "t_start": round(history.now(), 6)}
             seq += 1
             try:
-                future = await producer.send(topic, value=value.encode(), key=key.encode(),
-                                             partition=partition)
+                future = await producer.send(event["topic"], value=event["value"].encode(),
+                                             key=event["key"].encode(), partition=event["partition"])
             except Exception as exc:  # refused before it was queued
                 history.record({**event, "t_end": round(history.now(), 6), "outcome": "fail",
                                 "error": f"{type(exc).__name__}: {exc}"})
@@ -368,13 +371,9 @@ async def _aio_producer(name, bootstrap, spec, topics, history, stop) -> None:
             def done(f, e=event):
                 pending.discard(f)
                 if f.cancelled() or f.exception() is not None:
-                    exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
-                    history.record({**e, "t_end": round(history.now(), 6),
-                                    "outcome": "info" if type(exc).__name__ in INDETERMINATE_PY else "fail",
-                                    "error": f"{type(exc).__name__}: {exc}"})
+                    record_answer(history, e, exc=f.exception() if not f.cancelled() else asyncio.CancelledError())
                 else:
-                    history.record({**e, "t_end": round(history.now(), 6), "outcome": "ok",
-                                    "offset": f.result().offset})
+                    record_answer(history, e, offset=f.result().offset)
             pending.add(future)
             future.add_done_callback(done)
             await asyncio.sleep(interval_s)

@@ -324,7 +324,9 @@ def check_unavailability(h: _History, opts: CheckOptions) -> CheckResult:
                 for a, b, p in windows]
     limit = opts.unavailability_max_s
     too_long = limit is not None and longest > limit
-    summary = f"longest window without a successful write: {longest:.2f} s"
+    # Gaps shorter than the floor are not windows: say so rather than print 0.00 s.
+    shown = f"{longest:.2f} s" if windows else f"under {UNAVAILABILITY_FLOOR_S:.2f} s"
+    summary = f"longest window without a successful write: {shown}"
     if limit is not None:
         summary += f" (limit {limit:.1f} s)"
     return CheckResult(name="unavailability", passed=not too_long,

@@ -197,3 +197,15 @@ def test_a_partition_never_written_is_unavailable_for_the_whole_run():
               send("p0", 0, None, t=7.0, partition=0, outcome="info"),
               *[send("p1", i, i, t=0.5 * i, partition=1) for i in range(17)]]
     assert unavailability_windows(_History(events))[0] == (0.0, 8.0, (T, 0))
+
+
+def test_gaps_below_the_floor_are_reported_as_under_it_not_as_zero():
+    from chaos.checker import UNAVAILABILITY_FLOOR_S, CheckOptions, check_unavailability
+    from chaos.checker import _History as History
+
+    events = [{"type": "run", "t": 0.0}]
+    events += [{"type": "send", "process": "p", "seq": i, "topic": "t", "partition": 0, "key": "k",
+                "value": f"v{i}", "t_start": i * 0.1, "t_end": i * 0.1 + 0.01, "outcome": "ok", "offset": i}
+               for i in range(20)]
+    result = check_unavailability(History(events), CheckOptions())
+    assert result.passed and f"under {UNAVAILABILITY_FLOOR_S:.2f} s" in result.summary

@@ -82,6 +82,8 @@ class Node:
         self.replicas: dict[tuple[str, int], PartitionReplica] = {}
         self.transport = None
         self._liveness: dict[int, bytes] = {}
+        # Tells this process from an earlier one of the same node in its liveness messages.
+        self._incarnation = random.getrandbits(62) + 1
         self._isr_alive: frozenset[int] = frozenset()  # nodes alive at the last ISR check
         self._isr_quiet: dict = {}  # (topic id, partition) -> (term, ISR, last index) checked idle
         self._nursery: trio.Nursery | None = None
@@ -505,11 +507,14 @@ class Node:
         if self.transport is not None:
             alive = self._liveness.get(peer)
             if alive is None:  # addressed like any message, so the peer's server accepts it
-                alive = self._liveness[peer] = raft_pb2.Message(to=peer, **{"from": self.node_id}).SerializeToString()
+                # term carries this process's incarnation (RaftRuntime.heard_from)
+                alive = self._liveness[peer] = raft_pb2.Message(
+                    to=peer, term=self._incarnation, **{"from": self.node_id}).SerializeToString()
             self.transport.send(peer, LIVENESS_GROUP, alive)
 
     def _on_batch(self, batch) -> None:
-        self.runtime.heard_from(batch.from_node)
+        incarnation = next((gm.message.term for gm in batch.messages if gm.group == LIVENESS_GROUP), None)
+        self.runtime.heard_from(batch.from_node, incarnation)
         for gm in batch.messages:
             if gm.group == LIVENESS_GROUP:
                 continue

@@ -96,6 +96,9 @@ class RaftGroup:
         self.dropped_messages = 0
         self.quiesced = False
         self.idle_ticks = 0
+        # (peer, term) when the group was woken because node peer went unheard; see
+        # wake_for_silence. None once real traffic woke it or it was quieted again.
+        self._silence_wake: tuple[int, int] | None = None
         self.replay_target = 0  # the node serves once applied reaches this (node.py)
         self.closed = False  # set under the lock; the Ready pass skips closed groups
         self.leader_known = trio.Event()  # set and replaced whenever a leader is learnt
@@ -123,6 +126,7 @@ class RaftGroup:
         self.inbox.append(message)
         if message.type != MessageType.HEARTBEAT_RESPONSE and message.context != QUIESCE_CONTEXT:
             self.quiesced = False  # real traffic: tick again
+            self._silence_wake = None
         self._wake(self)
 
     def transfer_leader(self, peer: int) -> None:
@@ -153,6 +157,32 @@ class RaftGroup:
         self.pending_ticks += 1
         self._wake(self)
 
+    def wake_for_silence(self, peer: int) -> None:
+        """Node peer went unheard (or its connection broke): tick again, so that if peer led
+        this group and is gone, an election follows. Remembered, so that hearing peer again
+        before anything changed quiets the group again (requiesce_if_false_alarm)."""
+        if self.quiesced:
+            self._silence_wake = (peer, self.node.raft.term)
+            self.unquiesce()
+
+    def requiesce_if_false_alarm(self, peer: int) -> bool:
+        """Node peer, whose silence woke this follower, was heard again (a pause, a broken
+        connection remade): if the group still follows peer at the same term, go quiet again.
+        Otherwise its quiesced leader stays silent, the follower's election timer runs out,
+        and it becomes a pre-candidate (forgetting the leader) only to be refused by the
+        replicas still holding the leader's lease. Returns whether it went quiet."""
+        wake = self._silence_wake
+        if wake is None or wake[0] != peer:
+            return False
+        self._silence_wake = None
+        raft = self.node.raft
+        if (self.quiesced or self.inbox or raft.state != StateRole.FOLLOWER
+                or raft.leader_id != peer or raft.term != wake[1]):
+            return False
+        self.quiesced = True
+        self.pending_ticks = 0
+        return True
+
     def leader_lost(self, dead: int) -> None:
         """Our leader's node `dead` is gone (its connection broke): count the silence at
         once, so that the election starts without waiting 0.5-1 s. One survivor, chosen
@@ -170,7 +200,10 @@ class RaftGroup:
                         - LEADER_LOST_GRACE_TICKS)
         else:
             ticks = raft.election_timeout_ticks
-        self.unquiesce()
+        if self.quiesced:
+            self.wake_for_silence(dead)
+        else:
+            self.unquiesce()
         self.pending_ticks += ticks
         self._wake(self)
 

@@ -67,6 +67,8 @@ class RaftRuntime:
         self.peer_silence_s = peer_silence_s
         self.peers: dict[int, float] = {}  # peer id -> trio time last heard from
         self._silent: set[int] = set()
+        self._heard_again: set[int] = set()  # silent peers heard since, awaiting a liveness message
+        self._incarnations: dict[int, int] = {}  # peer -> the process id its liveness carried
         self.groups: dict[str, RaftGroup] = {}
         self._active: dict[str, RaftGroup] = {}  # groups with inbox, ticks or proposals
         self._wakeup = trio.Event()
@@ -108,10 +110,31 @@ class RaftRuntime:
         a dead leader should show as unavailable at once; the ISR keeps using is_alive."""
         return self.is_alive(node_id, now) and node_id not in self._silent
 
-    def heard_from(self, peer_id: int) -> None:
-        if peer_id in self.peers:
-            self.peers[peer_id] = trio.current_time()
+    def heard_from(self, peer_id: int, incarnation: int | None = None) -> None:
+        """Any message from peer_id arrived; incarnation (its process's random id) when the
+        message was a liveness message. A peer heard again after its silence woke groups is a
+        false alarm (a pause, a remade connection) if its process is the same one: the groups
+        still following it at the same term go quiet again (requiesce_if_false_alarm). A
+        restarted process leads nothing, so then its groups' elections go on."""
+        if peer_id not in self.peers:
+            return
+        self.peers[peer_id] = trio.current_time()
+        if peer_id in self._silent:
             self._silent.discard(peer_id)
+            self._heard_again.add(peer_id)
+        if incarnation is None:
+            return
+        known = self._incarnations.get(peer_id)
+        self._incarnations[peer_id] = incarnation
+        if peer_id not in self._heard_again:
+            return
+        self._heard_again.discard(peer_id)
+        if known != incarnation:
+            return
+        quieted = sum(g.requiesce_if_false_alarm(peer_id) for g in self.groups.values())
+        if quieted:
+            log.info("node %d: node %d heard again: %d group(s) following it quiet again",
+                     self.node_id, peer_id, quieted)
 
     def peer_down(self, peer_id: int) -> None:
         """The transport's connection to peer broke or was refused: its process most likely
@@ -190,7 +213,7 @@ class RaftRuntime:
         log.info("node(s) %s silent for %.2f s: waking %d quiesced group(s)",
                  newly_silent, self.peer_silence_s, len(woken))
         for group in woken:
-            group.unquiesce()
+            group.wake_for_silence(group.leader_id)
 
     def _wake_if_majority_silent(self) -> bool:
         """If we hear no majority we are likely the one cut off: every group ticks again, so
@@ -201,7 +224,7 @@ class RaftRuntime:
         log.info("node(s) %s silent: no majority heard, waking %d quiesced group(s)",
                  sorted(self._silent), len(woken))
         for group in woken:
-            group.unquiesce()
+            group.wake_for_silence(group.leader_id)
         return True
 
     @property

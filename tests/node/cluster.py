@@ -49,6 +49,7 @@ class LocalCluster:
         self.runtimes: dict[int, RaftRuntime] = {}
         self.machines: dict[tuple[int, str], RecordingMachine] = {}
         self.scopes: dict[int, trio.CancelScope] = {}
+        self.incarnations: dict[int, int] = {}  # node -> its liveness messages' process id
 
     def _send_from(self, node_id: int):
         def send(group_id, message):
@@ -60,7 +61,7 @@ class LocalCluster:
     def _heartbeat_from(self, node_id: int):
         def heartbeat(peer):
             if (node_id, peer) not in self.cut and peer in self.runtimes:
-                self.runtimes[peer].heard_from(node_id)
+                self.runtimes[peer].heard_from(node_id, self.incarnations[node_id])
         return heartbeat
 
     def build(self, node_id: int, *, bootstrap: bool) -> RaftRuntime:
@@ -83,6 +84,7 @@ class LocalCluster:
     async def start(self, nursery, node_id: int, *, bootstrap: bool) -> None:
         runtime = self.build(node_id, bootstrap=bootstrap)
         self.runtimes[node_id] = runtime
+        self.incarnations[node_id] = self.incarnations.get(node_id, 0) + 1
         scope, done = trio.CancelScope(), trio.Event()
         self.scopes[node_id] = (scope, done)
 

@@ -4,7 +4,7 @@ import pytest
 import trio
 
 from chronik_trio.node.raft_group import NotLeader, ProposalFailed
-from tests.node.cluster import LocalCluster
+from tests.node.cluster import TICK_S, LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -181,3 +181,71 @@ async def test_a_shutdown_that_lands_as_an_fsync_round_starts_leaves_no_sync_hal
     assert persisted == [1]  # the round ran to the end
     storage.sync(save_commit=True)  # what the clean close does next
     storage.close()
+
+
+async def _all_quiesced(cluster, groups, timeout_s=10):
+    with trio.fail_after(timeout_s):
+        while not all(r.quiesced_count == len(groups) for r in cluster.runtimes.values()):
+            await trio.sleep(0.05)
+
+
+def _leader_changes(cluster):
+    return {(n, g): group.leader_changes for n, r in cluster.runtimes.items() for g, group in r.groups.items()}
+
+
+async def test_a_peer_heard_again_after_a_false_alarm_leaves_its_followers_quiet(tmp_path, nursery):
+    """A leader's node unheard for a while (a pause, a remade connection) wakes the quiesced
+    groups it leads on the other nodes. Heard again, and the same process (its liveness
+    carries its incarnation), they go quiet again at once: otherwise the quiesced leader
+    stays silent, each follower's election timer runs out and it becomes a pre-candidate,
+    forgetting its leader until the leader answers (a flap of every such group)."""
+    groups = tuple(f"q{i}" for i in range(6))
+    cluster = LocalCluster(tmp_path, groups=groups, seed=7)
+    for n in cluster.node_ids:
+        await cluster.start(nursery, n, bootstrap=True)
+    for g in groups:
+        await _propose_all(cluster, [b"hello"], group=g)
+    await _all_quiesced(cluster, groups)
+    before = _leader_changes(cluster)
+
+    # 1. The connection to the leader broke (peer_down): the chosen survivor would campaign
+    # about a tick later. The peer is heard again, same process, before the next pass.
+    leader = cluster.leader("q0")
+    follower = next(n for n in cluster.node_ids if n != leader)
+    runtime = cluster.runtimes[follower]
+    runtime.peer_down(leader)
+    led = [g for g in runtime.groups.values() if g.leader_id == leader]
+    assert led and not any(g.quiesced for g in led)
+    runtime.heard_from(leader, cluster.incarnations[leader])
+    assert all(g.quiesced for g in led)
+
+    # 2. The leader unheard past peer_silence_s: the tick loop wakes its groups; heard again.
+    runtime.peers[leader] -= 10.0
+    with trio.fail_after(5):
+        while all(g.quiesced for g in led):
+            await trio.sleep(TICK_S / 5)
+    runtime.heard_from(leader, cluster.incarnations[leader])
+    assert all(g.quiesced for g in led)
+
+    await trio.sleep(40 * TICK_S)  # past any election timeout
+    assert _leader_changes(cluster) == before, "a follower forgot its leader"
+    await _all_quiesced(cluster, groups)
+
+
+async def test_a_peer_heard_again_as_a_new_process_lets_the_woken_groups_go_on(tmp_path, nursery):
+    """A restarted process leads nothing: the groups its earlier process led stay awake, so
+    that their election goes on."""
+    groups = ("q0", "q1")
+    cluster = LocalCluster(tmp_path, groups=groups, seed=8)
+    for n in cluster.node_ids:
+        await cluster.start(nursery, n, bootstrap=True)
+    for g in groups:
+        await _propose_all(cluster, [b"hello"], group=g)
+    await _all_quiesced(cluster, groups)
+    leader = cluster.leader("q0")
+    follower = next(n for n in cluster.node_ids if n != leader)
+    runtime = cluster.runtimes[follower]
+    runtime.peer_down(leader)
+    led = [g for g in runtime.groups.values() if g.leader_id == leader]
+    runtime.heard_from(leader, cluster.incarnations[leader] + 1)
+    assert led and not any(g.quiesced for g in led)

@@ -57,6 +57,9 @@ def add_parser(sub) -> None:
     p.add_argument("--records", type=int, default=500_000, help="throughput: records per run")
     p.add_argument("--record-bytes", type=int, default=100)
     p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--topic-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config of the bench topic, e.g. retention.bytes=1073741824 to bound the "
+                        "disk a long run uses (repeatable)")
     p.add_argument("--replication-factor", type=int, default=None,
                    help="of the bench topic (default: the cluster's size, or 1 with --bootstrap)")
     p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
@@ -92,12 +95,23 @@ def _needs_broker(modes: list[str]) -> bool:
     return any(m in ("throughput", "latency", "failover") for m in modes)
 
 
+def _topic_configs(items: list[str]) -> dict[str, str]:
+    configs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"chronik-trio bench: --topic-config {item!r} is not KEY=VALUE")
+        configs[key.strip()] = value.strip()
+    return configs
+
+
 def _create_topic(bootstrap: str, args, replication_factor: int) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future
-    admin.create_topics([NewTopic(topic, args.partitions, replication_factor)],
+    admin.create_topics([NewTopic(topic, args.partitions, replication_factor,
+                                  config=_topic_configs(args.topic_config))],
                         request_timeout=TOPIC_CREATE_TIMEOUT_S)[topic].result(timeout=TOPIC_CREATE_TIMEOUT_S)
     return topic
 
@@ -208,7 +222,9 @@ def _median(values) -> float | None:
 def _methods(args, target: str, rf: int) -> dict:
     common = (f"confluent-kafka {_client_version()} (librdkafka); {args.record_bytes}-byte random records "
               f"(compression {args.compression}); topic of {args.partitions} partitions, replication "
-              f"factor {rf}, fresh for every run; acks={args.acks}; idempotence off; target: {target}")
+              f"factor {rf}, fresh for every run"
+              + "".join(f", {k}={v}" for k, v in _topic_configs(args.topic_config).items())
+              + f"; acks={args.acks}; idempotence off; target: {target}")
     return {
         "throughput": (f"{common}. Produce: {args.producers} producer process(es), each producing its share of "
                        f"{args.records} records round-robin over the partitions as fast as librdkafka takes "

@@ -115,7 +115,17 @@ class Node:
         it has not broken since (a killed process shows as down at once)."""
         if self.config.peers is None:
             return node_id == self.node_id
-        return self.runtime.is_reachable(node_id, trio.current_time())
+        if not self.runtime.is_reachable(node_id, trio.current_time()):
+            return False
+        if node_id != self.node_id and self.transport is not None and self.transport.peer_closed(node_id):
+            # Its process died a moment ago and our read loop has not run yet: act on it now
+            # (the groups it led start their election too), as the transport will shortly.
+            self.runtime.peer_down(node_id)
+            return False
+        return True
+
+    async def meta_changed(self) -> None:
+        await self.meta_machine.changed.wait()
 
     def meta_leader_id(self) -> int:
         return self.meta_machine.leader_id or -1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import select
 from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
@@ -116,6 +117,7 @@ class PeerSender:
         self._snapshots: collections.deque[_PendingSnapshot] = collections.deque()
         self._work = trio.Event()  # set while messages or snapshots are waiting
         self._connected = trio.Event()  # set while state is CONNECTED
+        self._connection: _Connection | None = None  # the current one, while run() has one
 
     @property
     def queue_depth_messages(self) -> int:
@@ -227,7 +229,7 @@ class PeerSender:
         try:
             while True:
                 self._peer_metrics.connect_attempts.inc()
-                connection = _Connection(self)
+                connection = self._connection = _Connection(self)
                 try:
                     await connection.serve()
                 except* CONNECTION_ERRORS as group:
@@ -253,6 +255,12 @@ class PeerSender:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
+    def closed_by_peer(self) -> bool:
+        """Whether our connection to the peer is up but the peer has already closed or reset
+        it, unseen by the read loop so far (see _Connection.closed_by_peer)."""
+        connection = self._connection
+        return self.state is PeerState.CONNECTED and connection is not None and connection.closed_by_peer()
+
     def _set_state(self, state: PeerState) -> None:
         self.state = state
         self._peer_metrics.connected.set(1 if state is PeerState.CONNECTED else 0)
@@ -276,6 +284,23 @@ class _Connection:
         self._window_opened = trio.Event()
         self.in_flight: list[tuple[str, bytes]] = []  # the batch being written
         self._ping_acked = trio.Event()
+
+    def closed_by_peer(self) -> bool:
+        """A zero-timeout poll of the socket for the peer's FIN or reset (or the socket
+        already closed while the failure is still on its way to run()). A SIGKILLed peer's
+        sockets are closed by its kernel at once; a Kafka client that saw its own
+        connection to that peer break may ask us for Metadata before our read loop has run
+        and noticed the same (a stale leader in the answer costs the client ~1 s)."""
+        sock = getattr(self._stream, "socket", None)
+        if sock is None:
+            return False
+        fd = sock.fileno()
+        if fd < 0:  # already closed: the connection failed and is being torn down
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLRDHUP)
+        return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+                   for _, events in poller.poll(0))
 
     async def serve(self) -> None:
         s = self.sender

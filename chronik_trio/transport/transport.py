@@ -148,6 +148,12 @@ class Transport:
         sender = self._senders.get(peer_id)
         return sender.state if sender is not None else None
 
+    def peer_closed(self, peer_id: int) -> bool:
+        """Whether the connection to peer_id is up in our books but already closed or reset
+        by the peer (its process died a moment ago); a syscall, no waiting."""
+        sender = self._senders.get(peer_id)
+        return sender is not None and sender.closed_by_peer()
+
     def queue_depth_messages(self, peer_id: int) -> int:
         return self._senders[peer_id].queue_depth_messages
 

@@ -91,3 +91,75 @@ def test_restarted_preferred_leader_gets_its_partitions_back(cluster):
     print(f"node {victim} restarted: preferred leadership of {topic} {preferred_by_victim} back "
           f"{back_s:.1f} s after it was ready")
     assert back_s < BALANCE_BOUND_S
+
+
+@pytest.mark.timeout(120)
+def test_metadata_during_an_election_waits_for_the_new_leader(cluster):
+    """Asked right after a partition leader's process died, a node does not name the dead
+    leader; and while the partition has no leader but a majority of its replicas is alive, it
+    waits (up to LEADERLESS_WAIT_S) for the election's result before it answers: a
+    client gets the new leader from its first ask after the kill, instead of "no leader"
+    and a retry after a growing backoff. An answer without a leader comes only after the
+    whole wait (a lower bound on time, so a slow machine cannot fail this)."""
+    from chronik_trio.kafka.handlers.metadata import LEADERLESS_WAIT_S
+
+    topic = "metadata-election"
+    assert cluster.create_topic(1, topic, 1).error_code == NONE
+    info = wait_balanced(cluster, topic)[0]
+    victim = info.leader
+    survivor = next(n for n in info.replicas if n != victim)
+    answers = []
+    with cluster.connect(survivor, timeout_s=30) as conn:
+        conn.metadata([topic])  # connected and warm before the kill
+        cluster.kill(victim)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            answer = conn.metadata([topic])
+            took = time.monotonic() - started
+            p = answer.topics[0].partitions[0]
+            answers.append((int(p.leader_id), int(p.error_code), round(took, 3)))
+            if int(p.leader_id) not in (victim, -1):
+                break
+            time.sleep(0.01)
+    print(f"node {victim} killed; node {survivor}'s answers (leader, error, seconds): {answers}")
+    new_leader = answers[-1][0]
+    assert new_leader not in (victim, -1), answers
+    # kill() reaped the process, so its sockets are closed: the survivor sees that at once
+    # (a poll of its connection) rather than when its read loop next runs.
+    assert all(a[0] != victim for a in answers), f"a dead leader named after the kill: {answers}"
+    hasty = [a for a in answers if a[0] == -1 and a[2] < LEADERLESS_WAIT_S * 0.9]
+    assert not hasty, f"answered 'no leader' without waiting for the election: {answers}"
+
+
+@pytest.mark.timeout(120)
+def test_metadata_asked_before_a_node_ran_since_a_leader_died_does_not_name_it(cluster):
+    """The race a Kafka client wins: it sees its connection to a killed leader break and
+    asks a survivor for Metadata before the survivor's transport has run and seen the same.
+    Here the survivor is paused across the kill and our request; when it runs again, its
+    Metadata handler may run before its read loop does, so it polls the connection to the
+    leader itself and must not name the dead leader."""
+    import threading
+
+    topic = "metadata-race"
+    assert cluster.create_topic(1, topic, 1).error_code == NONE
+    info = wait_balanced(cluster, topic)[0]
+    victim = info.leader
+    survivor = next(n for n in info.replicas if n != victim)
+    answers: list = []
+    with cluster.connect(survivor, timeout_s=30) as conn:
+        conn.metadata([topic])  # connected and warm
+        cluster.pause(survivor)
+        try:
+            cluster.kill(victim)
+            asking = threading.Thread(target=lambda: answers.append(conn.metadata([topic])))
+            asking.start()
+            time.sleep(0.3)  # the request waits in the survivor's socket
+        finally:
+            cluster.resume(survivor)
+        asking.join(timeout=30)
+    assert answers, "no answer to Metadata"
+    p = answers[0].topics[0].partitions[0]
+    print(f"node {victim} killed while node {survivor} was paused; its first answer: "
+          f"leader {p.leader_id}, error {p.error_code}")
+    assert int(p.leader_id) != victim, "the survivor named the dead leader"

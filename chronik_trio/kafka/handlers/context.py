@@ -16,6 +16,8 @@ class BrokerContext(typing.Protocol):
 
     def meta_leader_id(self) -> int: ...
     def broker_alive(self, node_id: int) -> bool: ...
+    async def meta_changed(self) -> None:
+        """Until this node applies the next change to __meta."""
     def replica(self, topic: str, partition: int) -> typing.Any | None:
         """This node's replica (node.partition_group.PartitionReplica), or None."""
     async def create_topic(self, name: str, partitions: int, configs: dict[str, str], *,

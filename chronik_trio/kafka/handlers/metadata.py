@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from chronik_trio.cluster.meta import ClusterError, INTERNAL_TOPIC_PREFIX
 
 from ..codec import build, has_field, response_schema
@@ -12,11 +14,12 @@ from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of, topic_for_requ
 log = logging.getLogger(__name__)
 
 
-def _topic_entry(ctx, topic) -> dict:
+def _topic_entry(ctx, topic, alive: dict[int, bool]) -> dict:
+    """alive: broker id -> ctx.broker_alive, asked once per request."""
     partitions = []
     for index, replicas in enumerate(topic.replicas):
         leader = ctx.meta.leader_of(topic, index)  # as reported to __meta by the leader
-        offline = [r for r in replicas if r not in ctx.meta.brokers or not ctx.broker_alive(r)]
+        offline = [r for r in replicas if not alive.get(r, False)]
         if leader and leader.leader in offline:
             # Its process is gone (as Kafka's controller would have moved leadership by now):
             # "no leader" makes clients query again soon (librdkafka: every 100 ms, growing),
@@ -37,29 +40,55 @@ def _topic_entry(ctx, topic) -> dict:
             "topic_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED}
 
 
-async def handle_metadata(body, ctx, version: int):
+# A Metadata request that finds a partition without a leader while a majority of its
+# replicas is alive waits up to this long for the election's result to reach __meta here:
+# the leader of a killed node's partitions is known 0.2-0.3 s after the kill, and an answer
+# with "no leader" sends librdkafka back only after growing intervals (100 ms, 200 ms, 400 ms
+# ...), so its first ask after the kill got "-1" and its retried produce came ~1 s later.
+LEADERLESS_WAIT_S = 0.5
+
+
+def _electing(topics: list[dict]) -> bool:
+    """Whether some partition has no leader while a majority of its replicas is alive (an
+    election can end soon; with no majority alive none will, and waiting would only delay)."""
+    return any(p["error_code"] == 5
+               and 2 * (len(p["replica_nodes"]) - len(p["offline_replicas"])) > len(p["replica_nodes"])
+               for t in topics for p in t.get("partitions", ()))
+
+
+async def _requested_topics(body, ctx, version: int) -> list[dict]:
     requested = body.topics
     if requested is not None and version == 0 and len(requested) == 0:
         requested = None  # v0: an empty list means every topic
     allow_auto = body.allow_auto_topic_creation if has_field(type(body), "allow_auto_topic_creation") else True
     topics = []
+    alive = {b: ctx.broker_alive(b) for b in ctx.meta.brokers}
     if requested is None:
-        topics = [_topic_entry(ctx, t) for t in ctx.meta.topics.values()]
-    else:
-        for wanted in requested:
-            name = wanted.name
-            if name is None:  # v10+: a lookup by topic id
-                topic = ctx.meta.topics_by_id.get(wanted.topic_id)
-                if topic is None:
-                    topics.append({"error_code": 100, "name": None, "topic_id": wanted.topic_id})
-                    continue
-            else:
-                try:
-                    topic = await topic_for_request(ctx, name, allow_auto_create=allow_auto)
-                except ClusterError as exc:
-                    topics.append({"error_code": error_code_of(exc), "name": name})
-                    continue
-            topics.append(_topic_entry(ctx, topic))
+        return [_topic_entry(ctx, t, alive) for t in ctx.meta.topics.values()]
+    for wanted in requested:
+        name = wanted.name
+        if name is None:  # v10+: a lookup by topic id
+            topic = ctx.meta.topics_by_id.get(wanted.topic_id)
+            if topic is None:
+                topics.append({"error_code": 100, "name": None, "topic_id": wanted.topic_id})
+                continue
+        else:
+            try:
+                topic = await topic_for_request(ctx, name, allow_auto_create=allow_auto)
+            except ClusterError as exc:
+                topics.append({"error_code": error_code_of(exc), "name": name})
+                continue
+        topics.append(_topic_entry(ctx, topic, alive))
+    return topics
+
+
+async def handle_metadata(body, ctx, version: int):
+    topics = await _requested_topics(body, ctx, version)
+    deadline = trio.current_time() + LEADERLESS_WAIT_S
+    while _electing(topics) and trio.current_time() < deadline:
+        with trio.move_on_at(deadline):
+            await ctx.meta_changed()
+        topics = await _requested_topics(body, ctx, version)
     brokers = [{"node_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
                for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)]
     return build(response_schema(3, version), brokers=brokers,

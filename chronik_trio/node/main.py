@@ -7,10 +7,13 @@ stops on an error (the last log line says which).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import pathlib
 import signal
 import sys
+import time
 
 import trio
 
@@ -59,8 +62,58 @@ async def _run_node(node: Node) -> None:
                     node.request_shutdown()
 
         nursery.start_soon(on_signals)
+        trim = _malloc_trim()
+        if trim is not None:
+            nursery.start_soon(_trim_heap, trim)
+        interval_s = float(os.environ.get("CHRONIK_TRACEMALLOC_S", "0") or 0)
+        if interval_s > 0:
+            nursery.start_soon(_log_heap_growth, interval_s)
         await node.run()
         nursery.cancel_scope.cancel()
+
+
+# How often the C heap hands freed memory back to the OS (_trim_heap).
+HEAP_TRIM_INTERVAL_S = 10.0
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+async def _trim_heap(trim, interval_s: float = HEAP_TRIM_INTERVAL_S) -> None:
+    """A burst of produce holds hundreds of MB in flight (1 MB batches in requests, Raft
+    entries, peer queues); once written, Python frees them, but glibc keeps the freed
+    pages in its heap, so a node's RSS stayed at its peak (62 -> 250-300 MB after 3 GB of
+    1 KB records, while tracemalloc counted under 10 MB live). malloc_trim(0) returns free
+    pages to the OS (measured 0.15-0.3 ms a call)."""
+    while True:
+        await trio.sleep(interval_s)
+        started = time.perf_counter()
+        trim(0)
+        log.debug("malloc_trim took %.2f ms", (time.perf_counter() - started) * 1000)
+
+
+async def _log_heap_growth(interval_s: float, top: int = 12) -> None:
+    """A diagnostic for memory growth (CHRONIK_TRACEMALLOC_S=60): every interval_s, log
+    the allocation sites whose live bytes grew most since the first snapshot. tracemalloc
+    slows allocation a lot; never leave it on in production."""
+    import tracemalloc
+
+    tracemalloc.start(1)
+    await trio.sleep(interval_s)
+    first = tracemalloc.take_snapshot()
+    while True:
+        await trio.sleep(interval_s)
+        stats = tracemalloc.take_snapshot().compare_to(first, "lineno")
+        current, _ = tracemalloc.get_traced_memory()
+        log.warning("tracemalloc: %.1f MB traced; grown most since the first snapshot:\n%s",
+                    current / 1e6, "\n".join(f"  {s}" for s in stats[:top]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -517,16 +517,16 @@ class Node:
         if self.transport is not None:
             alive = self._liveness.get(peer)
             if alive is None:  # addressed like any message, so the peer's server accepts it
-                # term carries this process's incarnation (RaftRuntime.heard_from)
+                # term carries this process's incarnation (RaftRuntime.liveness_from)
                 alive = self._liveness[peer] = raft_pb2.Message(
                     to=peer, term=self._incarnation, **{"from": self.node_id}).SerializeToString()
             self.transport.send(peer, LIVENESS_GROUP, alive)
 
     def _on_batch(self, batch) -> None:
-        incarnation = next((gm.message.term for gm in batch.messages if gm.group == LIVENESS_GROUP), None)
-        self.runtime.heard_from(batch.from_node, incarnation)
+        self.runtime.heard_from(batch.from_node)
         for gm in batch.messages:
-            if gm.group == LIVENESS_GROUP:
+            if gm.group == LIVENESS_GROUP:  # its term carries the sender's incarnation
+                self.runtime.liveness_from(batch.from_node, gm.message.term)
                 continue
             if not self.runtime.deliver(gm.group, message_from_pb(gm.message)):
                 # A group deleted here, or not created yet (its topic is still being applied).

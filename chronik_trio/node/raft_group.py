@@ -163,7 +163,7 @@ class RaftGroup:
         before anything changed quiets the group again (requiesce_if_false_alarm)."""
         if self.quiesced:
             self._silence_wake = (peer, self.node.raft.term)
-            self.unquiesce()
+        self.unquiesce()
 
     def requiesce_if_false_alarm(self, peer: int) -> bool:
         """Node peer, whose silence woke this follower, was heard again (a pause, a broken
@@ -200,10 +200,7 @@ class RaftGroup:
                         - LEADER_LOST_GRACE_TICKS)
         else:
             ticks = raft.election_timeout_ticks
-        if self.quiesced:
-            self.wake_for_silence(dead)
-        else:
-            self.unquiesce()
+        self.wake_for_silence(dead)
         self.pending_ticks += ticks
         self._wake(self)
 

@@ -58,8 +58,8 @@ class RaftRuntime:
                  tick_interval_s: float = TICK_INTERVAL_S,
                  peer_silence_s: float = PEER_SILENCE_S) -> None:
         """send(group_id, message) hands a Raft message to the network; heartbeat(peer)
-        sends one node-level liveness message (the network calls heard_from on the other
-        side); both must not block."""
+        sends one node-level liveness message (the network calls heard_from and
+        liveness_from on the other side); both must not block."""
         self.node_id = node_id
         self._send = send
         self._heartbeat = heartbeat
@@ -98,6 +98,7 @@ class RaftRuntime:
         now = trio.current_time()
         self.peers = {p: self.peers.get(p, now) for p in peer_ids if p != self.node_id}
         self._silent &= set(self.peers)
+        self._heard_again &= set(self.peers)
 
     def is_alive(self, node_id: int, now: float) -> bool:
         """This node, or a peer heard from within PEER_ACTIVE_S (node-level liveness: one
@@ -110,19 +111,22 @@ class RaftRuntime:
         a dead leader should show as unavailable at once; the ISR keeps using is_alive."""
         return self.is_alive(node_id, now) and node_id not in self._silent
 
-    def heard_from(self, peer_id: int, incarnation: int | None = None) -> None:
-        """Any message from peer_id arrived; incarnation (its process's random id) when the
-        message was a liveness message. A peer heard again after its silence woke groups is a
-        false alarm (a pause, a remade connection) if its process is the same one: the groups
-        still following it at the same term go quiet again (requiesce_if_false_alarm). A
-        restarted process leads nothing, so then its groups' elections go on."""
+    def heard_from(self, peer_id: int) -> None:
+        """Any message from peer_id arrived."""
         if peer_id not in self.peers:
             return
         self.peers[peer_id] = trio.current_time()
         if peer_id in self._silent:
             self._silent.discard(peer_id)
             self._heard_again.add(peer_id)
-        if incarnation is None:
+
+    def liveness_from(self, peer_id: int, incarnation: int) -> None:
+        """peer_id's liveness message, carrying its process's random id (after heard_from).
+        A peer heard again after its silence woke groups is a false alarm (a pause, a remade
+        connection) if its process is the same one: the groups still following it at the
+        same term go quiet again (requiesce_if_false_alarm). A restarted process leads
+        nothing, so then its groups' elections go on."""
+        if peer_id not in self.peers:
             return
         known = self._incarnations.get(peer_id)
         self._incarnations[peer_id] = incarnation

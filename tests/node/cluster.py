@@ -61,8 +61,13 @@ class LocalCluster:
     def _heartbeat_from(self, node_id: int):
         def heartbeat(peer):
             if (node_id, peer) not in self.cut and peer in self.runtimes:
-                self.runtimes[peer].heard_from(node_id, self.incarnations[node_id])
+                self.hear(peer, node_id, self.incarnations[node_id])
         return heartbeat
+
+    def hear(self, at: int, peer: int, incarnation: int) -> None:
+        """Node `at` gets a liveness message from `peer`'s process `incarnation`."""
+        self.runtimes[at].heard_from(peer)
+        self.runtimes[at].liveness_from(peer, incarnation)
 
     def build(self, node_id: int, *, bootstrap: bool) -> RaftRuntime:
         runtime = RaftRuntime(node_id, self._send_from(node_id), tick_interval_s=TICK_S,

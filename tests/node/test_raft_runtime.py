@@ -215,7 +215,7 @@ async def test_a_peer_heard_again_after_a_false_alarm_leaves_its_followers_quiet
     runtime.peer_down(leader)
     led = [g for g in runtime.groups.values() if g.leader_id == leader]
     assert led and not any(g.quiesced for g in led)
-    runtime.heard_from(leader, cluster.incarnations[leader])
+    cluster.hear(follower, leader, cluster.incarnations[leader])
     assert all(g.quiesced for g in led)
 
     # 2. Nothing from the leader's node past peer_silence_s: the tick loop wakes its groups.
@@ -243,5 +243,5 @@ async def test_a_peer_heard_again_as_a_new_process_lets_the_woken_groups_go_on(t
     runtime = cluster.runtimes[follower]
     runtime.peer_down(leader)
     led = [g for g in runtime.groups.values() if g.leader_id == leader]
-    runtime.heard_from(leader, cluster.incarnations[leader] + 1)
+    cluster.hear(follower, leader, cluster.incarnations[leader] + 1)
     assert led and not any(g.quiesced for g in led)

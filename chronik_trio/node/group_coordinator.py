@@ -32,7 +32,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.meta import ClusterError, Topic, TopicAlreadyExists
-from chronik_trio.group import (OFFSETS_TOPIC, Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted, JoinPending,
+from chronik_trio.group import (OFFSETS_TOPIC, Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted,
                                 JoinRequest, JoinResult, MemberRecord, OffsetRecord, PersistWanted,
                                 SyncCompleted, SyncPending, SyncResult, partition_for)
 from chronik_trio.group.records import build_batch, group_key, offset_key

@@ -15,12 +15,12 @@ chronik_trio.partition. No trio, no I/O, no clocks: time is passed in by the cal
 
 OFFSETS_TOPIC = "__consumer_offsets"  # Kafka's name; written only by group coordinators
 
-from .errors import GroupError
-from .group import (Group, GroupState, JoinCompleted, JoinPending, JoinRequest, JoinResult,
+from .errors import GroupError, IllegalGroupInput
+from .group import (Group, GroupInput, GroupState, JoinCompleted, JoinPending, JoinRequest, JoinResult,
                     PersistWanted, SyncCompleted, SyncPending, SyncResult)
 from .hashing import java_string_hash, partition_for
 from .store import GroupRecord, GroupStore, MemberRecord, OffsetRecord
 
-__all__ = ["OFFSETS_TOPIC", "GroupError", "Group", "GroupState", "JoinCompleted", "JoinPending", "JoinRequest", "JoinResult",
+__all__ = ["OFFSETS_TOPIC", "GroupError", "IllegalGroupInput", "Group", "GroupInput", "GroupState", "JoinCompleted", "JoinPending", "JoinRequest", "JoinResult",
            "PersistWanted", "SyncCompleted", "SyncPending", "SyncResult", "java_string_hash",
            "partition_for", "GroupRecord", "GroupStore", "MemberRecord", "OffsetRecord"]

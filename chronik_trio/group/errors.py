@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 from kio.schema.errors import ErrorCode
 
 
@@ -12,3 +14,15 @@ class GroupError(Exception):
     def __init__(self, message: str, error_code: ErrorCode) -> None:
         super().__init__(message)
         self.error_code = error_code
+
+
+class IllegalGroupInput(GroupError):
+    """An input the group's transition table has no row for in the group's state
+    (group/group.py, _TRANSITIONS). error_code is what Kafka answers a request refused in
+    that state (REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID, COORDINATOR_NOT_AVAILABLE), or
+    UNKNOWN_SERVER_ERROR for one of the group's own inputs, which only a bug sends there."""
+
+    def __init__(self, state: enum.Enum, group_input: enum.Enum, error_code: ErrorCode) -> None:
+        super().__init__(f"{group_input} in state {state}", error_code)
+        self.state = state
+        self.group_input = group_input

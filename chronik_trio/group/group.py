@@ -8,6 +8,12 @@ States, as Kafka names them:
   session expires--> PreparingRebalance
   PreparingRebalance --nobody left--> Empty;  any --deleted--> Dead
 
+Every move is a row of _TRANSITIONS, (state, GroupInput) -> (action, next state), as h2
+drives an HTTP/2 stream; Group._step is the only place the state changes. An input with no
+row in the current state raises IllegalGroupInput carrying the error code Kafka answers
+with (REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID, COORDINATOR_NOT_AVAILABLE); the request
+methods turn it, and the member checks' GroupErrors, into the answer.
+
 The caller passes the time (`now_ms`, a monotonic clock) into every call and calls tick()
 often; answers that must wait (JoinGroup until the rebalance completes, SyncGroup until the
 assignment is written) come back later as events in `outbox`: JoinCompleted, SyncCompleted,
@@ -27,12 +33,15 @@ import typing
 import attrs
 from kio.schema.errors import ErrorCode
 
+from .errors import GroupError, IllegalGroupInput
+
 UNKNOWN_MEMBER_ID = ""
 NO_GENERATION = -1
 # Kafka's group.min.session.timeout.ms and group.max.session.timeout.ms defaults.
 SESSION_TIMEOUT_MS_MIN = 6_000
 SESSION_TIMEOUT_MS_MAX = 1_800_000
 MEMBERS_MAX = 1000  # group.max.size is unbounded in Kafka; a bound keeps one group's cost known
+NEVER_MS = float("inf")  # a disarmed timer
 
 
 class GroupState(enum.Enum):
@@ -41,6 +50,32 @@ class GroupState(enum.Enum):
     COMPLETING_REBALANCE = "CompletingRebalance"
     STABLE = "Stable"
     DEAD = "Dead"
+
+
+class GroupInput(enum.Enum):
+    """What can happen to a group: the second key of _TRANSITIONS. The arguments an input's
+    actions take are in brackets."""
+
+    REQUEST_RECEIVED = "a client request, before any other check"  # ()
+    MEMBER_JOINED = "a new member joined"  # (now_ms, member_id)
+    MEMBER_REJOINED = "a member rejoined with the protocols it had"  # (now_ms, member_id)
+    LEADER_REJOINED = "the leader rejoined with the protocols it had"  # (now_ms, member_id)
+    MEMBER_CHANGED = "a member rejoined with other protocols"  # (now_ms, member_id)
+    STATIC_MEMBER_RETURNED = "a static member rejoined under a new id, the protocol stays"  # (now_ms, member_id)
+    STATIC_MEMBER_CHANGED = "a static member rejoined under a new id, the protocol changes"  # (now_ms, member_id)
+    MEMBER_LEFT = "a member left or its session expired (already removed)"  # (now_ms, member_id)
+    JOIN_PHASE_ENDED = "every member rejoined, or the rebalance timeout passed"  # (now_ms,)
+    JOIN_PHASE_ENDED_EMPTY = "the join phase ended with no member left"  # (now_ms,)
+    MEMBER_SYNCED = "a SyncGroup that brings no assignment"  # (member_id, assignments)
+    LEADER_SYNCED = "the leader's SyncGroup with the generation's assignment"  # (member_id, assignments)
+    ASSIGNMENT_PERSISTED = "the assignment's write committed"  # ()
+    PERSIST_FAILED = "a metadata write of this generation failed"  # (now_ms, error)
+    HEARTBEAT = "a member's Heartbeat"  # ()
+    MEMBER_COMMIT = "an OffsetCommit with a generation"  # (member_id, generation_id)
+    STANDALONE_COMMIT = "an OffsetCommit without a generation (offsets storage only)"  # (member_id, generation_id)
+    DELETED = "deleted, or its coordinator moved"  # ()
+    LOADED = "restored from the log with members"  # ()
+    LOADED_EMPTY = "restored from the log without members"  # ()
 
 
 @attrs.frozen(slots=True)
@@ -145,7 +180,7 @@ class Group:
                  session_timeout_ms_min: int = SESSION_TIMEOUT_MS_MIN,
                  session_timeout_ms_max: int = SESSION_TIMEOUT_MS_MAX) -> None:
         self.group_id = group_id
-        self.state = GroupState.EMPTY
+        self.state = GroupState.EMPTY  # changed only by _step
         self.protocol_type: str | None = None
         self.protocol_name: str | None = None
         self.generation_id = 0
@@ -156,10 +191,21 @@ class Group:
         self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
         self.session_timeout_ms_min = session_timeout_ms_min
         self.session_timeout_ms_max = session_timeout_ms_max
-        self._rebalance_deadline_ms = 0.0
-        self._join_not_before_ms = 0.0  # the initial rebalance delay of a group that was Empty
+        # The join phase's timers: armed only in PreparingRebalance, infinite otherwise.
+        self._rebalance_deadline_ms = NEVER_MS
+        self._join_not_before_ms = NEVER_MS  # the initial rebalance delay of a group that was Empty
         self._assignments: dict[str, bytes] | None = None  # the leader's, until written
         self.outbox: list[Event] = []
+
+    def _step(self, group_input: GroupInput, *args):
+        """Take one input: look up (state, input) in _TRANSITIONS, move to the next state,
+        run the row's action (after the move, so an action may take a further input) and
+        return what it returns. Raises IllegalGroupInput when the state has no such row."""
+        row = _TRANSITIONS.get((self.state, group_input))
+        if row is None:
+            raise IllegalGroupInput(self.state, group_input, _refusal(self.state, group_input))
+        action, self.state = row
+        return action(self, *args) if action is not None else None
 
     # --- what others ask ----------------------------------------------------------------------
 
@@ -181,15 +227,17 @@ class Group:
 
     def join(self, now_ms: float, request: JoinRequest, new_member_id: str) -> JoinResult | JoinPending:
         """A JoinGroup. new_member_id is the id a new member gets (the caller makes it)."""
-        if self.state == GroupState.DEAD:
-            return _error_join(ErrorCode.coordinator_not_available, request.member_id)
-        if not self.session_timeout_ms_min <= request.session_timeout_ms <= self.session_timeout_ms_max:
-            return _error_join(ErrorCode.invalid_session_timeout, request.member_id)
-        if not self._supports(request.protocol_type, request.protocols):
-            return _error_join(ErrorCode.inconsistent_group_protocol, request.member_id)
-        if request.member_id == UNKNOWN_MEMBER_ID:
-            return self._join_unknown(now_ms, request, new_member_id)
-        return self._join_known(now_ms, request)
+        try:
+            self._step(GroupInput.REQUEST_RECEIVED)
+            if not self.session_timeout_ms_min <= request.session_timeout_ms <= self.session_timeout_ms_max:
+                raise GroupError("session timeout out of bounds", ErrorCode.invalid_session_timeout)
+            if not self._supports(request.protocol_type, request.protocols):
+                raise GroupError("no protocol in common", ErrorCode.inconsistent_group_protocol)
+            if request.member_id == UNKNOWN_MEMBER_ID:
+                return self._join_unknown(now_ms, request, new_member_id)
+            return self._join_known(now_ms, request)
+        except GroupError as exc:
+            return _error_join(exc.error_code, request.member_id)
 
     def _supports(self, protocol_type: str, protocols: tuple[tuple[str, bytes], ...]) -> bool:
         if not protocol_type or not protocols:
@@ -224,22 +272,26 @@ class Group:
             del self.pending_members[member_id]
             return self._add_member(now_ms, request, member_id)
         if self._fenced(member_id, request.instance_id):
-            return _error_join(ErrorCode.fenced_instance_id, member_id)
+            raise GroupError(f"member {member_id} is fenced", ErrorCode.fenced_instance_id)
         member = self.members.get(member_id)
         if member is None:
-            return _error_join(ErrorCode.unknown_member_id, member_id)
+            raise GroupError(f"unknown member {member_id}", ErrorCode.unknown_member_id)
         changed = member.protocols != request.protocols
         self._update_member(now_ms, member, request)
-        if self.state == GroupState.PREPARING_REBALANCE:
-            member.awaiting_join = True
-            self._try_complete_join(now_ms)
-            return JoinPending(member_id)
-        if self.state == GroupState.COMPLETING_REBALANCE and not changed:
-            return self._join_result(member_id)  # a retried JoinGroup: the same answer again
-        if self.state == GroupState.STABLE and not changed and member_id != self.leader_id:
-            return self._join_result(member_id)  # nothing to rebalance for
-        member.awaiting_join = True
-        self._prepare_rebalance(now_ms)
+        if changed:
+            group_input = GroupInput.MEMBER_CHANGED
+        elif member_id == self.leader_id:
+            group_input = GroupInput.LEADER_REJOINED
+        else:
+            group_input = GroupInput.MEMBER_REJOINED
+        return self._await_join(now_ms, member_id, self._step(group_input, now_ms, member_id))
+
+    def _await_join(self, now_ms: float, member_id: str, answer: JoinResult | None) -> JoinResult | JoinPending:
+        """A join input's answer, or, when its action gave none, the member waits for the
+        join phase to end (which its join may have just completed)."""
+        if answer is not None:
+            return answer
+        self.members[member_id].awaiting_join = True
         self._try_complete_join(now_ms)
         return JoinPending(member_id)
 
@@ -250,7 +302,7 @@ class Group:
         member.client_id, member.client_host = request.client_id, request.client_host
         member.heartbeat_deadline_ms = now_ms + request.session_timeout_ms
 
-    def _add_member(self, now_ms: float, request: JoinRequest, member_id: str) -> JoinPending:
+    def _add_member(self, now_ms: float, request: JoinRequest, member_id: str) -> JoinResult | JoinPending:
         if not self.members:
             self.protocol_type = request.protocol_type
         member = Member(member_id, request.instance_id, request.client_id, request.client_host,
@@ -261,10 +313,7 @@ class Group:
             self.instances[request.instance_id] = member_id
         if self.leader_id is None:
             self.leader_id = member_id
-        if self.state != GroupState.PREPARING_REBALANCE:
-            self._prepare_rebalance(now_ms)
-        self._try_complete_join(now_ms)
-        return JoinPending(member_id)
+        return self._await_join(now_ms, member_id, self._step(GroupInput.MEMBER_JOINED, now_ms, member_id))
 
     def _replace_static(self, now_ms: float, request: JoinRequest, new_member_id: str):
         """A static member restarted: it takes over its old member id's place and assignment."""
@@ -281,16 +330,9 @@ class Group:
         self.instances[request.instance_id] = new_member_id
         if self.leader_id == old_id:
             self.leader_id = new_member_id
-        if self.state == GroupState.STABLE and self._select_protocol() == self.protocol_name:
-            self.outbox.append(PersistWanted(self.generation_id))  # the new member id
-            is_leader = new_member_id == self.leader_id
-            result = self._join_result(new_member_id)
-            return attrs.evolve(result, skip_assignment=is_leader)
-        member.awaiting_join = True
-        if self.state != GroupState.PREPARING_REBALANCE:
-            self._prepare_rebalance(now_ms)
-        self._try_complete_join(now_ms)
-        return JoinPending(new_member_id)
+        same = self._select_protocol() == self.protocol_name
+        group_input = GroupInput.STATIC_MEMBER_RETURNED if same else GroupInput.STATIC_MEMBER_CHANGED
+        return self._await_join(now_ms, new_member_id, self._step(group_input, now_ms, new_member_id))
 
     def _join_result(self, member_id: str) -> JoinResult:
         members = ()
@@ -300,16 +342,39 @@ class Group:
         return JoinResult(ErrorCode.none, member_id, self.generation_id, self.protocol_type,
                           self.protocol_name, self.leader_id or "", members)
 
+    # --- the actions of the join inputs (rows of _TRANSITIONS) ---------------------------------
+
+    def _answer_join(self, now_ms: float, member_id: str) -> JoinResult:
+        """A retried JoinGroup, or one with nothing to rebalance for: the current answer."""
+        return self._join_result(member_id)
+
+    def _keep_generation(self, now_ms: float, member_id: str) -> JoinResult:
+        """A static member's new id in a Stable group: written, no rebalance (KIP-345)."""
+        self.outbox.append(PersistWanted(self.generation_id))
+        return attrs.evolve(self._join_result(member_id), skip_assignment=member_id == self.leader_id)
+
+    def _rebalance_from_empty(self, now_ms: float, member_id: str) -> None:
+        """The first member of an Empty group: others joining within the initial delay join
+        the same generation."""
+        self._arm_join_timers(now_ms, self.initial_rebalance_delay_ms)
+
+    def _rebalance(self, now_ms: float, member_id: str) -> None:
+        self._arm_join_timers(now_ms, None)
+
+    def _abort_syncs_and_rebalance(self, now_ms: float, member_id: str) -> None:
+        """The generation being assigned is abandoned: its waiting SyncGroups are told so."""
+        self._fail_syncs(ErrorCode.rebalance_in_progress)
+        self._arm_join_timers(now_ms, None)
+
     # --- rebalancing ---------------------------------------------------------------------------
 
-    def _prepare_rebalance(self, now_ms: float) -> None:
-        if self.state == GroupState.COMPLETING_REBALANCE:
-            self._fail_syncs(ErrorCode.rebalance_in_progress)
-        was_empty = self.state == GroupState.EMPTY
-        self.state = GroupState.PREPARING_REBALANCE
+    def _arm_join_timers(self, now_ms: float, initial_delay_ms: int | None) -> None:
         timeout_ms = max((m.rebalance_timeout_ms for m in self.members.values()), default=0)
         self._rebalance_deadline_ms = now_ms + timeout_ms
-        self._join_not_before_ms = now_ms + min(self.initial_rebalance_delay_ms, timeout_ms) if was_empty else 0.0
+        self._join_not_before_ms = 0.0 if initial_delay_ms is None else now_ms + min(initial_delay_ms, timeout_ms)
+
+    def _disarm_join_timers(self) -> None:
+        self._rebalance_deadline_ms = self._join_not_before_ms = NEVER_MS
 
     def _fail_syncs(self, error: ErrorCode) -> None:
         self._assignments = None
@@ -322,31 +387,34 @@ class Group:
         return not self.pending_members and all(m.awaiting_join for m in self.members.values())
 
     def _try_complete_join(self, now_ms: float) -> None:
-        if self.state != GroupState.PREPARING_REBALANCE:
-            return
+        """End the join phase if its time has come (never outside PreparingRebalance: the
+        timers are disarmed there)."""
         if now_ms >= self._rebalance_deadline_ms or (self._all_joined() and now_ms >= self._join_not_before_ms):
-            self._complete_join(now_ms)
+            for member in [m for m in self.members.values() if not m.awaiting_join]:
+                self._remove(member.member_id)  # did not rejoin within the rebalance timeout
+            self.generation_id += 1
+            ended = GroupInput.JOIN_PHASE_ENDED if self.members else GroupInput.JOIN_PHASE_ENDED_EMPTY
+            self._step(ended, now_ms)
 
     def _complete_join(self, now_ms: float) -> None:
-        for member in [m for m in self.members.values() if not m.awaiting_join]:
-            self._remove(member.member_id)  # did not rejoin within the rebalance timeout
-        self.generation_id += 1
-        if not self.members:
-            self.state = GroupState.EMPTY
-            self.protocol_name = None
-            self.leader_id = None
-            self.outbox.append(PersistWanted(self.generation_id))
-            return
+        """Action: the generation is formed; every member gets its JoinGroup answer."""
+        self._disarm_join_timers()
         self.protocol_name = self._select_protocol()
         if self.leader_id not in self.members:
             self.leader_id = next(iter(self.members))
-        self.state = GroupState.COMPLETING_REBALANCE
         self._assignments = None
         for member in self.members.values():
             member.awaiting_join = False
             member.assignment = b""
             member.heartbeat_deadline_ms = now_ms + member.session_timeout_ms
             self.outbox.append(JoinCompleted(member.member_id, self._join_result(member.member_id)))
+
+    def _become_empty(self, now_ms: float) -> None:
+        """Action: nobody rejoined; the empty group is written."""
+        self._disarm_join_timers()
+        self.protocol_name = None
+        self.leader_id = None
+        self.outbox.append(PersistWanted(self.generation_id))
 
     def _select_protocol(self) -> str | None:
         """Kafka's vote: each member votes for its most preferred protocol that every member
@@ -379,8 +447,7 @@ class Group:
     def _member_gone(self, now_ms: float, member_id: str) -> None:
         """A member left or its session expired: the others rebalance without it."""
         self._remove(member_id)
-        if self.state in (GroupState.STABLE, GroupState.COMPLETING_REBALANCE):
-            self._prepare_rebalance(now_ms)
+        self._step(GroupInput.MEMBER_LEFT, now_ms, member_id)
         self._try_complete_join(now_ms)
 
     # --- SyncGroup -----------------------------------------------------------------------------
@@ -388,24 +455,33 @@ class Group:
     def sync(self, now_ms: float, member_id: str, generation_id: int, instance_id: str | None,
              protocol_type: str | None, protocol_name: str | None,
              assignments: typing.Sequence[tuple[str, bytes]]) -> SyncResult | SyncPending:
-        error = self._check_member(member_id, generation_id, instance_id)
-        if error is not None:
-            return SyncResult(error)
-        if (protocol_type is not None and protocol_type != self.protocol_type) or \
-                (protocol_name is not None and protocol_name != self.protocol_name):
-            return SyncResult(ErrorCode.inconsistent_group_protocol)
-        member = self.members[member_id]
-        member.heartbeat_deadline_ms = now_ms + member.session_timeout_ms
-        if self.state == GroupState.PREPARING_REBALANCE:
-            return SyncResult(ErrorCode.rebalance_in_progress)
-        if self.state == GroupState.STABLE:
-            return SyncResult(ErrorCode.none, self.protocol_type, self.protocol_name, member.assignment)
-        member.awaiting_sync = True
-        if member_id == self.leader_id and self._assignments is None:
-            given = dict(assignments)
-            self._assignments = {m: given.get(m, b"") for m in self.members}
-            self.outbox.append(PersistWanted(self.generation_id))
+        try:
+            self._check_member(member_id, generation_id, instance_id)
+            if (protocol_type is not None and protocol_type != self.protocol_type) or \
+                    (protocol_name is not None and protocol_name != self.protocol_name):
+                raise GroupError("another protocol", ErrorCode.inconsistent_group_protocol)
+            member = self.members[member_id]
+            member.heartbeat_deadline_ms = now_ms + member.session_timeout_ms
+            assigns = member_id == self.leader_id and self._assignments is None
+            group_input = GroupInput.LEADER_SYNCED if assigns else GroupInput.MEMBER_SYNCED
+            return self._step(group_input, member_id, assignments)
+        except GroupError as exc:
+            return SyncResult(exc.error_code)
+
+    def _answer_sync(self, member_id: str, assignments: typing.Sequence[tuple[str, bytes]]) -> SyncResult:
+        """Action: a Stable group's SyncGroup is answered with the member's assignment."""
+        return SyncResult(ErrorCode.none, self.protocol_type, self.protocol_name, self.members[member_id].assignment)
+
+    def _await_assignment(self, member_id: str, assignments: typing.Sequence[tuple[str, bytes]]) -> SyncPending:
+        self.members[member_id].awaiting_sync = True
         return SyncPending(member_id)
+
+    def _take_assignment(self, member_id: str, assignments: typing.Sequence[tuple[str, bytes]]) -> SyncPending:
+        """Action: the leader's assignment, to be written before anyone gets it."""
+        given = dict(assignments)
+        self._assignments = {m: given.get(m, b"") for m in self.members}
+        self.outbox.append(PersistWanted(self.generation_id))
+        return self._await_assignment(member_id, assignments)
 
     def snapshot_assignments(self) -> dict[str, bytes]:
         """The assignment to write: the leader's while it is being written, else the current."""
@@ -415,14 +491,16 @@ class Group:
 
     def persisted(self, generation_id: int) -> None:
         """The metadata written at generation_id is committed: a pending assignment applies."""
-        if self.state != GroupState.COMPLETING_REBALANCE or generation_id != self.generation_id \
-                or self._assignments is None:
-            return
+        if generation_id == self.generation_id and self._assignments is not None:
+            self._step(GroupInput.ASSIGNMENT_PERSISTED)
+
+    def _hand_out_assignment(self) -> None:
+        """Action: the written assignment is every member's; the waiting SyncGroups get it."""
+        assert self._assignments is not None
         for member_id, assignment in self._assignments.items():
             if member_id in self.members:
                 self.members[member_id].assignment = assignment
         self._assignments = None
-        self.state = GroupState.STABLE
         for member in self.members.values():
             if member.awaiting_sync:
                 member.awaiting_sync = False
@@ -430,54 +508,64 @@ class Group:
                     ErrorCode.none, self.protocol_type, self.protocol_name, member.assignment)))
 
     def persist_failed(self, now_ms: float, generation_id: int, error: ErrorCode) -> None:
-        """Writing the assignment failed (e.g. leadership of the offsets partition moved)."""
-        if self.state != GroupState.COMPLETING_REBALANCE or generation_id != self.generation_id:
-            return
+        """Writing the group's metadata failed (e.g. leadership of the offsets partition moved)."""
+        if generation_id == self.generation_id:
+            self._step(GroupInput.PERSIST_FAILED, now_ms, error)
+
+    def _assignment_lost(self, now_ms: float, error: ErrorCode) -> None:
+        """Action: the assignment was not written; its SyncGroups fail and the group rejoins."""
         self._fail_syncs(error)
-        self._prepare_rebalance(now_ms)
+        self._arm_join_timers(now_ms, None)
 
     # --- Heartbeat, LeaveGroup, session expiry --------------------------------------------------
 
-    def _check_member(self, member_id: str, generation_id: int, instance_id: str | None) -> ErrorCode | None:
-        if self.state == GroupState.DEAD:
-            return ErrorCode.coordinator_not_available
+    def _check_member(self, member_id: str, generation_id: int, instance_id: str | None) -> None:
+        """Kafka's checks of a member's request, in Kafka's order. Raises GroupError."""
+        self._step(GroupInput.REQUEST_RECEIVED)
         if self._fenced(member_id, instance_id):
-            return ErrorCode.fenced_instance_id
+            raise GroupError(f"member {member_id} is fenced", ErrorCode.fenced_instance_id)
+        self._check_generation(member_id, generation_id)
+
+    def _check_generation(self, member_id: str, generation_id: int) -> None:
+        """Also the action of a commit to a group with members: it must come from a member of
+        this generation."""
         if member_id not in self.members:
-            return ErrorCode.unknown_member_id
+            raise GroupError(f"unknown member {member_id}", ErrorCode.unknown_member_id)
         if generation_id != self.generation_id:
-            return ErrorCode.illegal_generation
-        return None
+            raise GroupError(f"generation {generation_id} is not {self.generation_id}",
+                             ErrorCode.illegal_generation)
 
     def heartbeat(self, now_ms: float, member_id: str, generation_id: int,
                   instance_id: str | None) -> ErrorCode:
-        error = self._check_member(member_id, generation_id, instance_id)
-        if error is not None:
-            return error
-        member = self.members[member_id]
-        member.heartbeat_deadline_ms = now_ms + member.session_timeout_ms
-        if self.state == GroupState.PREPARING_REBALANCE:
-            return ErrorCode.rebalance_in_progress
+        try:
+            self._check_member(member_id, generation_id, instance_id)
+            member = self.members[member_id]
+            member.heartbeat_deadline_ms = now_ms + member.session_timeout_ms
+            self._step(GroupInput.HEARTBEAT)
+        except GroupError as exc:
+            return exc.error_code
         return ErrorCode.none
 
     def leave(self, now_ms: float, member_id: str, instance_id: str | None) -> ErrorCode:
         """One member of a LeaveGroup (by member id, or by instance id for static members)."""
-        if self.state == GroupState.DEAD:
-            return ErrorCode.coordinator_not_available
-        if instance_id is not None:
-            current = self.instances.get(instance_id)
-            if current is None:
-                return ErrorCode.unknown_member_id
-            if member_id != UNKNOWN_MEMBER_ID and member_id != current:
-                return ErrorCode.fenced_instance_id
-            member_id = current
-        if member_id in self.pending_members:
-            del self.pending_members[member_id]
-            self._try_complete_join(now_ms)
-            return ErrorCode.none
-        if member_id not in self.members:
-            return ErrorCode.unknown_member_id
-        self._member_gone(now_ms, member_id)
+        try:
+            self._step(GroupInput.REQUEST_RECEIVED)
+            if instance_id is not None:
+                current = self.instances.get(instance_id)
+                if current is None:
+                    raise GroupError(f"unknown instance {instance_id}", ErrorCode.unknown_member_id)
+                if member_id != UNKNOWN_MEMBER_ID and member_id != current:
+                    raise GroupError(f"member {member_id} is fenced", ErrorCode.fenced_instance_id)
+                member_id = current
+            if member_id in self.pending_members:
+                del self.pending_members[member_id]
+                self._try_complete_join(now_ms)
+                return ErrorCode.none
+            if member_id not in self.members:
+                raise GroupError(f"unknown member {member_id}", ErrorCode.unknown_member_id)
+            self._member_gone(now_ms, member_id)
+        except GroupError as exc:
+            return exc.error_code
         return ErrorCode.none
 
     def next_deadline_ms(self) -> float:
@@ -489,11 +577,10 @@ class Group:
                 deadline = min(deadline, member.heartbeat_deadline_ms)
         for pending in self.pending_members.values():
             deadline = min(deadline, pending)
-        if self.state == GroupState.PREPARING_REBALANCE:
-            # Everyone in: the join completes when the initial delay ends; else at the timeout.
-            ready_ms = self._join_not_before_ms if self._all_joined() else self._rebalance_deadline_ms
-            deadline = min(deadline, ready_ms)
-        return deadline
+        # Everyone in: the join completes when the initial delay ends; else at the timeout
+        # (both never, outside PreparingRebalance).
+        ready_ms = self._join_not_before_ms if self._all_joined() else self._rebalance_deadline_ms
+        return min(deadline, ready_ms)
 
     def tick(self, now_ms: float) -> None:
         """Expire sessions and pending member ids; complete a rebalance whose time is up."""
@@ -511,18 +598,14 @@ class Group:
 
     def check_commit(self, member_id: str, generation_id: int, instance_id: str | None) -> ErrorCode:
         """Whether an OffsetCommit may write (Kafka's order of checks)."""
-        if self.state == GroupState.DEAD:
-            return ErrorCode.coordinator_not_available
-        if self._fenced(member_id, instance_id):
-            return ErrorCode.fenced_instance_id
-        if generation_id < 0 and self.state == GroupState.EMPTY:
-            return ErrorCode.none  # a group that uses Kafka only to store offsets
-        if self.state == GroupState.COMPLETING_REBALANCE:
-            return ErrorCode.rebalance_in_progress
-        if member_id not in self.members:
-            return ErrorCode.unknown_member_id
-        if generation_id != self.generation_id:
-            return ErrorCode.illegal_generation
+        try:
+            self._step(GroupInput.REQUEST_RECEIVED)
+            if self._fenced(member_id, instance_id):
+                raise GroupError(f"member {member_id} is fenced", ErrorCode.fenced_instance_id)
+            commit = GroupInput.STANDALONE_COMMIT if generation_id < 0 else GroupInput.MEMBER_COMMIT
+            self._step(commit, member_id, generation_id)
+        except GroupError as exc:
+            return exc.error_code
         return ErrorCode.none
 
     def commit_seen(self, now_ms: float, member_id: str) -> None:
@@ -532,13 +615,18 @@ class Group:
 
     def mark_dead(self) -> None:
         """Deleted, or its coordinator moved: every waiting member is told to look again."""
+        self._step(GroupInput.DELETED)
+
+    def _tell_waiters_to_look_again(self) -> None:
+        """Action: the group is gone from this coordinator."""
+        self._disarm_join_timers()
+        self._assignments = None
         for member in self.members.values():
             if member.awaiting_join:
                 self.outbox.append(JoinCompleted(member.member_id,
                                                  _error_join(ErrorCode.not_coordinator, member.member_id)))
             if member.awaiting_sync:
                 self.outbox.append(SyncCompleted(member.member_id, SyncResult(ErrorCode.not_coordinator)))
-        self.state = GroupState.DEAD
 
     def load(self, now_ms: float, *, protocol_type: str | None, protocol_name: str | None,
              generation_id: int, leader_id: str | None,
@@ -557,6 +645,93 @@ class Group:
                                              now_ms + session_ms, assignment=assignment)
             if instance_id is not None:
                 self.instances[instance_id] = member_id
-        self.state = GroupState.STABLE if self.members else GroupState.EMPTY
+        self._step(GroupInput.LOADED if self.members else GroupInput.LOADED_EMPTY)
         if self.leader_id not in self.members:
             self.leader_id = next(iter(self.members), None)
+
+
+# --- the transition table --------------------------------------------------------------------
+
+_S = GroupState
+_I = GroupInput
+Action = typing.Optional[typing.Callable[..., typing.Any]]
+
+_LIVE = (_S.EMPTY, _S.PREPARING_REBALANCE, _S.COMPLETING_REBALANCE, _S.STABLE)
+_REJOINS = (_I.MEMBER_REJOINED, _I.LEADER_REJOINED, _I.MEMBER_CHANGED, _I.STATIC_MEMBER_RETURNED,
+            _I.STATIC_MEMBER_CHANGED)
+
+_TRANSITIONS: dict[tuple[GroupState, GroupInput], tuple[Action, GroupState]] = {
+    # Dead takes no request; every live state does (then the request's own checks run).
+    **{(state, _I.REQUEST_RECEIVED): (None, state) for state in _LIVE},
+
+    # JoinGroup. An action that answers returns the JoinResult; one that returns None
+    # leaves the member waiting for the join phase to end.
+    (_S.EMPTY, _I.MEMBER_JOINED): (Group._rebalance_from_empty, _S.PREPARING_REBALANCE),
+    (_S.COMPLETING_REBALANCE, _I.MEMBER_JOINED): (Group._abort_syncs_and_rebalance, _S.PREPARING_REBALANCE),
+    (_S.STABLE, _I.MEMBER_JOINED): (Group._rebalance, _S.PREPARING_REBALANCE),
+    **{(_S.PREPARING_REBALANCE, i): (None, _S.PREPARING_REBALANCE) for i in (_I.MEMBER_JOINED, *_REJOINS)},
+    (_S.COMPLETING_REBALANCE, _I.MEMBER_REJOINED): (Group._answer_join, _S.COMPLETING_REBALANCE),
+    (_S.COMPLETING_REBALANCE, _I.LEADER_REJOINED): (Group._answer_join, _S.COMPLETING_REBALANCE),
+    (_S.COMPLETING_REBALANCE, _I.MEMBER_CHANGED): (Group._abort_syncs_and_rebalance, _S.PREPARING_REBALANCE),
+    (_S.COMPLETING_REBALANCE, _I.STATIC_MEMBER_RETURNED): (Group._abort_syncs_and_rebalance,
+                                                           _S.PREPARING_REBALANCE),
+    (_S.COMPLETING_REBALANCE, _I.STATIC_MEMBER_CHANGED): (Group._abort_syncs_and_rebalance,
+                                                          _S.PREPARING_REBALANCE),
+    (_S.STABLE, _I.MEMBER_REJOINED): (Group._answer_join, _S.STABLE),
+    (_S.STABLE, _I.LEADER_REJOINED): (Group._rebalance, _S.PREPARING_REBALANCE),  # it may want a new assignment
+    (_S.STABLE, _I.MEMBER_CHANGED): (Group._rebalance, _S.PREPARING_REBALANCE),
+    (_S.STABLE, _I.STATIC_MEMBER_RETURNED): (Group._keep_generation, _S.STABLE),
+    (_S.STABLE, _I.STATIC_MEMBER_CHANGED): (Group._rebalance, _S.PREPARING_REBALANCE),
+
+    # A member gone (LeaveGroup, session expiry): the rest rebalance.
+    (_S.PREPARING_REBALANCE, _I.MEMBER_LEFT): (None, _S.PREPARING_REBALANCE),
+    (_S.COMPLETING_REBALANCE, _I.MEMBER_LEFT): (Group._abort_syncs_and_rebalance, _S.PREPARING_REBALANCE),
+    (_S.STABLE, _I.MEMBER_LEFT): (Group._rebalance, _S.PREPARING_REBALANCE),
+
+    # The join phase ends (everyone rejoined, or the rebalance timeout).
+    (_S.PREPARING_REBALANCE, _I.JOIN_PHASE_ENDED): (Group._complete_join, _S.COMPLETING_REBALANCE),
+    (_S.PREPARING_REBALANCE, _I.JOIN_PHASE_ENDED_EMPTY): (Group._become_empty, _S.EMPTY),
+
+    # SyncGroup, and the write of the leader's assignment.
+    (_S.COMPLETING_REBALANCE, _I.MEMBER_SYNCED): (Group._await_assignment, _S.COMPLETING_REBALANCE),
+    (_S.COMPLETING_REBALANCE, _I.LEADER_SYNCED): (Group._take_assignment, _S.COMPLETING_REBALANCE),
+    (_S.STABLE, _I.MEMBER_SYNCED): (Group._answer_sync, _S.STABLE),
+    (_S.STABLE, _I.LEADER_SYNCED): (Group._answer_sync, _S.STABLE),
+    (_S.COMPLETING_REBALANCE, _I.ASSIGNMENT_PERSISTED): (Group._hand_out_assignment, _S.STABLE),
+    (_S.COMPLETING_REBALANCE, _I.PERSIST_FAILED): (Group._assignment_lost, _S.PREPARING_REBALANCE),
+    # Elsewhere the failed write was no assignment (an Empty group, a static member's new
+    # id), or the group moved on: nobody waits on it.
+    **{(state, _I.PERSIST_FAILED): (None, state)
+       for state in (_S.EMPTY, _S.PREPARING_REBALANCE, _S.STABLE, _S.DEAD)},
+
+    # Heartbeat and OffsetCommit.
+    (_S.COMPLETING_REBALANCE, _I.HEARTBEAT): (None, _S.COMPLETING_REBALANCE),
+    (_S.STABLE, _I.HEARTBEAT): (None, _S.STABLE),
+    (_S.EMPTY, _I.STANDALONE_COMMIT): (None, _S.EMPTY),  # a group that uses Kafka only to store offsets
+    **{(state, i): (Group._check_generation, state)
+       for state in (_S.PREPARING_REBALANCE, _S.STABLE) for i in (_I.MEMBER_COMMIT, _I.STANDALONE_COMMIT)},
+
+    # Deletion, or this node no longer coordinates; loading on a new coordinator.
+    **{(state, _I.DELETED): (Group._tell_waiters_to_look_again, _S.DEAD) for state in _LIVE},
+    (_S.DEAD, _I.DELETED): (None, _S.DEAD),  # the waiters were told when it died
+    (_S.EMPTY, _I.LOADED): (None, _S.STABLE),
+    (_S.EMPTY, _I.LOADED_EMPTY): (None, _S.EMPTY),
+}
+
+# The inputs a client's request brings, and what Kafka answers one refused in a state.
+CLIENT_INPUTS = frozenset({
+    _I.REQUEST_RECEIVED, _I.MEMBER_JOINED, *_REJOINS, _I.MEMBER_LEFT, _I.MEMBER_SYNCED,
+    _I.LEADER_SYNCED, _I.HEARTBEAT, _I.MEMBER_COMMIT, _I.STANDALONE_COMMIT})
+_REFUSALS = {
+    _S.DEAD: ErrorCode.coordinator_not_available,
+    _S.EMPTY: ErrorCode.unknown_member_id,  # an Empty group has no members
+    _S.PREPARING_REBALANCE: ErrorCode.rebalance_in_progress,  # SyncGroup, Heartbeat
+    _S.COMPLETING_REBALANCE: ErrorCode.rebalance_in_progress,  # OffsetCommit
+}
+
+
+def _refusal(state: GroupState, group_input: GroupInput) -> ErrorCode:
+    """The error code of an input that `state` has no row for."""
+    if group_input in CLIENT_INPUTS and state in _REFUSALS:
+        return _REFUSALS[state]
+    return ErrorCode.unknown_server_error  # one of the group's own inputs: a bug

@@ -18,21 +18,14 @@ from __future__ import annotations
 import struct
 import typing
 
-import crc32c
-
+from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, HEADER_BYTES, encode_batch,
+                                       read_header)
 from chronik_trio.varint import VarintError, read_varint, write_uvarint
 
 OFFSET_KEY_VERSION = 1
 GROUP_KEY_VERSION = 2
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
-# baseOffset, batchLength, partitionLeaderEpoch, magic, crc, attributes, lastOffsetDelta,
-# baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, recordCount
-_HEADER = struct.Struct(">qiibIhiqqqhii")
-HEADER_BYTES = 61
-CRC_START = 21
-ATTR_COMPRESSION_MASK = 0x07
-ATTR_CONTROL = 0x20
 
 
 class RecordError(ValueError):
@@ -97,12 +90,8 @@ def build_batch(records: typing.Sequence[tuple[bytes, bytes | None]], timestamp_
     baseOffset and partitionLeaderEpoch are 0 here: the partition leader assigns them."""
     assert records, "a batch needs at least one record"
     body = b"".join(_record(i, key, value) for i, (key, value) in enumerate(records))
-    length = HEADER_BYTES - 12 + len(body)
-    header = bytearray(_HEADER.pack(0, length, 0, 2, 0, 0, len(records) - 1, timestamp_ms, timestamp_ms,
-                                    -1, -1, -1, len(records)))
-    out = header + body
-    struct.pack_into(">I", out, 17, crc32c.crc32c(bytes(out[CRC_START:])))
-    return bytes(out)
+    return encode_batch(body, record_count=len(records), base_timestamp_ms=timestamp_ms,
+                        max_timestamp_ms=timestamp_ms)
 
 
 def batch_records(batch: bytes | memoryview) -> list[tuple[bytes, bytes | None]]:
@@ -111,8 +100,8 @@ def batch_records(batch: bytes | memoryview) -> list[tuple[bytes, bytes | None]]
     view = memoryview(batch)
     if len(view) < HEADER_BYTES:
         raise RecordError(f"batch of {len(view)} bytes")
-    fields = _HEADER.unpack_from(view, 0)
-    attributes, count = fields[5], fields[12]
+    header = read_header(view)
+    attributes, count = header.attributes, header.record_count
     if attributes & ATTR_COMPRESSION_MASK or attributes & ATTR_CONTROL:
         raise RecordError(f"batch attributes {attributes:#x}: compressed or control")
     data = bytes(view[HEADER_BYTES:])

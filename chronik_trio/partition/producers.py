@@ -24,24 +24,18 @@ largest batch timestamp applied, so it is the same on every replica.
 
 from __future__ import annotations
 
-import struct
 import typing
 
 import attrs
 
 from chronik_trio.pb import partition_pb2
+from chronik_trio.record_batch import ATTR_TRANSACTIONAL, NO_PRODUCER_ID, NO_SEQUENCE, read_header
 
-NO_PRODUCER_ID = -1
-NO_SEQUENCE = -1
 BATCHES_KEPT = 5  # max.in.flight.requests.per.connection's limit for idempotent producers
 INT32_MAX = 2**31 - 1
 DEFAULT_EXPIRATION_MS = 86_400_000  # Kafka's producer.id.expiration.ms
 EXPIRY_CHECK_EVERY = 1024  # batches applied between expiry sweeps
 
-# baseOffset @0, lastOffsetDelta @23, maxTimestamp @35, producerId @43, producerEpoch @51,
-# baseSequence @53 of a v2 record batch.
-_BATCH = struct.Struct(">q15xi8xqqhi")
-_TRANSACTIONAL = 0x10
 
 
 class ProducerError(Exception):
@@ -186,11 +180,12 @@ class ProducerStateTable:
 
     def apply(self, data: memoryview, index: int) -> None:
         """A committed v2 batch (an entry's data) at Raft index `index`."""
-        base, last_delta, max_ts, producer_id, epoch, base_seq = _BATCH.unpack_from(data, 0)
-        if producer_id == NO_PRODUCER_ID:
+        h = read_header(data)
+        if h.producer_id == NO_PRODUCER_ID:
             return
-        batch = IdempotentBatch(producer_id, epoch, base_seq, last_sequence(base_seq, last_delta + 1), max_ts)
-        self.record(batch, base, base + last_delta, index)
+        batch = IdempotentBatch(h.producer_id, h.producer_epoch, h.base_sequence,
+                                last_sequence(h.base_sequence, h.last_offset_delta + 1), h.max_timestamp_ms)
+        self.record(batch, h.base_offset, h.last_offset, index)
 
     def expire(self) -> list[int]:
         """Forget producers whose newest batch is older than the expiration by the log's clock."""
@@ -237,4 +232,4 @@ def _add(entry: ProducerEntry, batch: IdempotentBatch, meta: BatchMeta) -> None:
 
 
 def is_transactional(attributes: int) -> bool:
-    return bool(attributes & _TRANSACTIONAL)
+    return bool(attributes & ATTR_TRANSACTIONAL)

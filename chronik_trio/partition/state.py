@@ -6,13 +6,12 @@ here touches files, sockets, clocks or trio. Time is a number the caller passes 
 
 from __future__ import annotations
 
-import struct
 import typing
 
 import attrs
 
-_BASE_AND_DELTA = struct.Struct(">q15xi")  # baseOffset @0, lastOffsetDelta @23 of a v2 batch
-_BASE = struct.Struct(">q")
+# batch_base_offset is not used here: the node reads it from this module with batch_end_offset.
+from chronik_trio.record_batch import batch_base_offset, batch_end_offset  # noqa: F401
 
 
 class BatchState(typing.Protocol):
@@ -36,16 +35,6 @@ class BatchState(typing.Protocol):
 
     def decode(self, data: bytes) -> None:
         """Replace the state by an encoded one."""
-
-
-def batch_base_offset(data: bytes | memoryview) -> int:
-    return _BASE.unpack_from(data, 0)[0]
-
-
-def batch_end_offset(data: bytes | memoryview) -> int:
-    """The offset after a record batch's last record."""
-    base, last_delta = _BASE_AND_DELTA.unpack_from(data, 0)
-    return base + last_delta + 1
 
 
 class HighWatermark:

@@ -4,6 +4,7 @@ May import: the standard library, attrs, crc32c. No trio: the node runs SyncTick
 worker thread (trio.to_thread.run_sync). All file I/O goes through a Disk.
 """
 
+from chronik_trio.raft.types import EntryType, HardState
 from chronik_trio.storage.disk import Disk, DiskFaults, DiskFile, FaultyDisk
 from chronik_trio.storage.errors import (
     CompactedError,
@@ -16,8 +17,8 @@ from chronik_trio.storage.errors import (
     StorageError,
     UnavailableError,
 )
-from chronik_trio.storage.frame import EntryType, LogEntry
-from chronik_trio.storage.hardstate import HardState, HardStateFile
+from chronik_trio.storage.frame import LogEntry
+from chronik_trio.storage.hardstate import HardStateFile
 from chronik_trio.storage.log import SegmentLog, SyncTicket
 
 __all__ = [

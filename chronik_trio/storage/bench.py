@@ -14,27 +14,21 @@ from __future__ import annotations
 import argparse
 import pathlib
 import shutil
-import struct
 import tempfile
 import time
 
-import crc32c
-
+from chronik_trio.record_batch import HEADER_BYTES, batch_base_offset, encode_batch
 from chronik_trio.storage.disk import Disk
 from chronik_trio.storage.frame import LogEntry
 from chronik_trio.storage.log import SegmentLog
 
 SYNC_EVERY_BYTES = 1 << 20
 READ_MAX_BYTES = 1 << 20
-_BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
 
 
 def make_batch(base_offset: int, size: int) -> bytes:
-    body = bytes(size - _BATCH_HEADER.size)
-    header = _BATCH_HEADER.pack(base_offset, size - 12, 1, 2, 0, 0, 0, 0, 0, -1, -1, -1, 1)
-    batch = bytearray(header + body)
-    struct.pack_into(">I", batch, 17, crc32c.crc32c(bytes(batch[21:])))
-    return bytes(batch)
+    return encode_batch(bytes(size - HEADER_BYTES), record_count=1, base_timestamp_ms=0,
+                        max_timestamp_ms=0, base_offset=base_offset, leader_epoch=1)
 
 
 def bench_append(root: pathlib.Path, entry_bytes: int, total_bytes: int, sync: bool,
@@ -76,7 +70,7 @@ def bench_read(root: pathlib.Path, batch_bytes: int, total_bytes: int) -> dict:
         batches = log.read_batches(offset, max_bytes=READ_MAX_BYTES, end_offset=log.next_offset)
         calls += 1
         read_bytes += sum(len(b) for b in batches)
-        offset = struct.unpack_from(">q", batches[-1])[0] + 1
+        offset = batch_base_offset(batches[-1]) + 1
     elapsed_s = time.perf_counter() - started
     log.close()
     return {"batches": count, "calls": calls, "elapsed_s": elapsed_s,

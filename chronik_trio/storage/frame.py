@@ -1,4 +1,4 @@
-"""Frames of a segment file and the few RecordBatch header fields storage reads.
+"""Frames of a segment file, and the check a partition log makes of each batch it stores.
 
 Frame (big-endian): length u32 | crc32c u32 | index u64 | term u64 | type u8 | payload.
 `length` counts the bytes after the length field; the CRC-32C covers index..payload.
@@ -6,11 +6,13 @@ Frame (big-endian): length u32 | crc32c u32 | index u64 | term u64 | type u8 | p
 
 from __future__ import annotations
 
-import enum
 import struct
 
 import attrs
 import crc32c
+
+from chronik_trio.raft.types import EntryType
+from chronik_trio.record_batch import HEADER_BYTES, MAGIC_V2, BatchHeader, read_header
 
 # length u32, crc u32
 FRAME_PREFIX = struct.Struct(">II")
@@ -22,21 +24,6 @@ FRAME_LENGTH_MIN = FRAME_HEADER_BYTES - 4
 # Above any batch we accept (Kafka's message.max.bytes is ~1 MiB by default) and small
 # enough that a garbage length is recognised as garbage instead of as a short read.
 FRAME_BYTES_MAX = 256 << 20
-
-# baseOffset int64 @0, magic int8 @16, lastOffsetDelta int32 @23, maxTimestamp int64 @35.
-BATCH_FIELDS = struct.Struct(">q8xb6xi8xq")
-# A v2 RecordBatch header is 61 bytes; anything shorter is not a batch.
-BATCH_HEADER_BYTES = 61
-BATCH_MAGIC = 2
-
-
-class EntryType(enum.IntEnum):
-    """Raft entry types (etcd raftpb.EntryType)."""
-
-    NORMAL = 0
-    CONF_CHANGE = 1
-    CONF_CHANGE_V2 = 2
-
 
 ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 
@@ -51,15 +38,6 @@ class LogEntry:
     payload: bytes | memoryview
 
 
-@attrs.frozen(slots=True)
-class BatchInfo:
-    """What the Kafka view needs of a RecordBatch header."""
-
-    base_offset: int
-    last_offset: int
-    max_timestamp_ms: int
-
-
 def frame_header(entry: LogEntry) -> bytes:
     """The 25-byte header of `entry`'s frame; the payload follows it unchanged."""
     tail = FRAME_TAIL.pack(entry.index, entry.term, entry.type)
@@ -72,16 +50,17 @@ def frame_crc(buf: memoryview, start: int, end: int) -> int:
     return crc32c.crc32c(buf[start:end])
 
 
-def batch_info(payload: bytes | memoryview) -> BatchInfo | str:
-    """The header fields of a v2 RecordBatch, or a reason why `payload` is not one."""
-    if len(payload) < BATCH_HEADER_BYTES:
-        return f"{len(payload)} bytes is shorter than a batch header ({BATCH_HEADER_BYTES})"
-    base_offset, magic, last_offset_delta, max_timestamp_ms = BATCH_FIELDS.unpack_from(payload)
-    if magic != BATCH_MAGIC:
-        return f"magic {magic}, expected {BATCH_MAGIC}"
-    if base_offset < 0 or last_offset_delta < 0:
-        return f"baseOffset {base_offset} lastOffsetDelta {last_offset_delta}"
-    return BatchInfo(base_offset, base_offset + last_offset_delta, max_timestamp_ms)
+def batch_info(payload: bytes | memoryview) -> BatchHeader | str:
+    """The header of a v2 RecordBatch, or a reason why `payload` is not one that a partition
+    log can index (base_offset, last_offset and max_timestamp_ms are what it uses)."""
+    if len(payload) < HEADER_BYTES:
+        return f"{len(payload)} bytes is shorter than a batch header ({HEADER_BYTES})"
+    header = read_header(payload)
+    if header.magic != MAGIC_V2:
+        return f"magic {header.magic}, expected {MAGIC_V2}"
+    if header.base_offset < 0 or header.last_offset_delta < 0:
+        return f"baseOffset {header.base_offset} lastOffsetDelta {header.last_offset_delta}"
+    return header
 
 
 def check_frame(buf: memoryview, pos: int, expected_index: int) -> tuple[str | None, int]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pathlib
 import struct
 
-import attrs
 import crc32c
 
+from chronik_trio.raft.types import HardState
 from chronik_trio.storage.disk import Disk
 from chronik_trio.storage.errors import CorruptHardStateError
 
@@ -20,15 +20,6 @@ VERSION = 1
 _BODY = struct.Struct(">4sHQQQ")
 _CRC = struct.Struct(">I")
 HARD_STATE_BYTES = _BODY.size + _CRC.size
-
-
-@attrs.frozen(slots=True)
-class HardState:
-    """Raft's persistent state: current term, vote in that term (0 = none), commit index."""
-
-    term: int = 0
-    vote: int = 0
-    commit: int = 0
 
 
 def encode_hard_state(hs: HardState) -> bytes:

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 
+from chronik_trio.raft.types import EntryType
+from chronik_trio.record_batch import BatchHeader, read_header
 from chronik_trio.storage.disk import Disk, DiskFile
 from chronik_trio.storage.errors import (
     CompactedError,
@@ -30,14 +32,11 @@ from chronik_trio.storage.errors import (
     UnavailableError,
 )
 from chronik_trio.storage.frame import (
-    BATCH_FIELDS,
     ENTRY_TYPES,
     FRAME_BYTES_MAX,
     FRAME_HEADER_BYTES,
     FRAME_PREFIX,
     FRAME_TAIL,
-    BatchInfo,
-    EntryType,
     LogEntry,
     batch_info,
     check_frame,
@@ -292,7 +291,7 @@ class SegmentLog:
         return self._run_terms[bisect.bisect_right(self._run_starts, index) - 1]
 
     def _index_entry(self, seg: Segment, position: int, term: int, entry_type: int,
-                     payload: bytes | memoryview, info: BatchInfo | None = None) -> None:
+                     payload: bytes | memoryview, info: BatchHeader | None = None) -> None:
         index = seg.first_index + seg.entry_count
         seg.positions.append(position)
         if not self._run_terms or self._run_terms[-1] != term:
@@ -301,7 +300,7 @@ class SegmentLog:
         if self.kafka and entry_type == NORMAL and payload:
             if info is None:
                 info = batch_info(payload)
-                assert isinstance(info, BatchInfo), info
+                assert isinstance(info, BatchHeader), info
             seg.add_batch(position, info, self._index_interval_bytes)
 
     # ------------------------------------------------------------------ appending
@@ -339,8 +338,8 @@ class SegmentLog:
             self._write(seg, headers, entries, infos, start, end, frames_bytes)
             start = end
 
-    def _batch_infos(self, entries: Sequence[LogEntry]) -> list[BatchInfo | None]:
-        infos: list[BatchInfo | None] = []
+    def _batch_infos(self, entries: Sequence[LogEntry]) -> list[BatchHeader | None]:
+        infos: list[BatchHeader | None] = []
         next_offset = self.next_offset
         for e in entries:
             assert e.type in ENTRY_TYPES, e.type
@@ -375,7 +374,7 @@ class SegmentLog:
         return end, total
 
     def _write(self, seg: Segment, headers: list[bytes], entries: Sequence[LogEntry],
-               infos: list[BatchInfo | None] | None, start: int, end: int,
+               infos: list[BatchHeader | None] | None, start: int, end: int,
                frames_bytes: int) -> None:
         buffers: list[bytes | memoryview] = []
         for k in range(start, end):
@@ -687,10 +686,10 @@ class SegmentLog:
                 if out and total + payload_bytes > max_bytes:
                     return out  # decided from the header: the payload is never read
                 payload = cursor.payload()
-                base_offset, _, last_delta, _ = BATCH_FIELDS.unpack_from(payload)
-                if base_offset >= end_offset:
+                header = read_header(payload)
+                if header.base_offset >= end_offset:
                     return out
-                if base_offset + last_delta >= start_offset:
+                if header.last_offset >= start_offset:
                     out.append(payload)
                     total += payload_bytes
                     if total >= max_bytes:
@@ -709,9 +708,9 @@ class SegmentLog:
             for _, entry_type, payload in self._frames_from(seg, pos, seg.block_end(block) - pos):
                 if entry_type != NORMAL or not payload:
                     continue
-                base_offset, _, _, max_timestamp_ms = BATCH_FIELDS.unpack_from(payload)
-                if max_timestamp_ms >= timestamp_ms:
-                    return base_offset, max_timestamp_ms
+                header = read_header(payload)
+                if header.max_timestamp_ms >= timestamp_ms:
+                    return header.base_offset, header.max_timestamp_ms
         return None
 
     def term_runs(self) -> list[tuple[int, int]]:
@@ -734,8 +733,7 @@ class SegmentLog:
             for frame_pos, entry_type, payload in self._frames_from(seg, pos, 0):
                 if entry_type != NORMAL or not payload:
                     continue
-                base_offset, _, last_delta, _ = BATCH_FIELDS.unpack_from(payload)
-                if base_offset + last_delta >= offset:
+                if read_header(payload).last_offset >= offset:
                     local = bisect.bisect_left(seg.positions, frame_pos)
                     return seg.first_index + local
         raise OffsetOutOfRange(offset, self.log_start_offset, self.next_offset)
@@ -806,8 +804,8 @@ def _entries_within(seg: Segment, a: int, b: int, budget: int | None, *, first: 
     return end, max(budget, 0)
 
 
-def _batch_at(payload: memoryview) -> BatchInfo:
+def _batch_at(payload: memoryview) -> BatchHeader:
     info = batch_info(payload)
-    assert isinstance(info, BatchInfo), info
+    assert isinstance(info, BatchHeader), info
     return info
 

@@ -34,7 +34,6 @@ from chronik_trio.raft.types import (EMPTY_SNAPSHOT, ConfState, Entry, EntryType
 from .disk import Disk
 from .errors import CompactedError, StorageError, UnavailableError
 from .frame import FRAME_HEADER_BYTES, LogEntry
-from .hardstate import HardState as FileHardState
 from .hardstate import HardStateFile
 from .log import SegmentLog, SyncTicket
 
@@ -124,8 +123,7 @@ class RaftSyncTicket:
         if self.log_ticket is not None:
             self.log_ticket.run()
         if self.hard_state is not None:
-            hs = self.hard_state
-            self._hard_state_file.save(FileHardState(hs.term, hs.vote, hs.commit))
+            self._hard_state_file.save(self.hard_state)
 
 
 class DurableRaftStorage:
@@ -149,7 +147,7 @@ class DurableRaftStorage:
         if self.log.last_index < self._snapshot.index:
             # The snapshot was saved but the log reset after it did not reach the disk.
             self.log.reset_to(self._snapshot.index, self._snapshot.term, next_offset=next_offset)
-        self._hard_state = HardState(saved.term, saved.vote, saved.commit)
+        self._hard_state = saved
         self._saved_hard_state = self._hard_state
         # Entries _recent_first .. _recent_first + len(_recent) - 1, as last appended.
         self._recent: list[Entry] = []

@@ -11,8 +11,9 @@ from array import array
 
 import attrs
 
+from chronik_trio.record_batch import BatchHeader
 from chronik_trio.storage.disk import Disk, DiskFile
-from chronik_trio.storage.frame import FRAME_HEADER_BYTES, FRAME_PREFIX, BatchInfo
+from chronik_trio.storage.frame import FRAME_HEADER_BYTES, FRAME_PREFIX
 
 SEGMENT_SUFFIX = ".seg"
 # Smallest pread when scanning forward for batches: fewer syscalls for small fetches,
@@ -88,7 +89,7 @@ class Segment:
             return self.positions[local + 1]
         return self.size_bytes
 
-    def add_batch(self, position: int, info: BatchInfo, index_interval_bytes: int) -> None:
+    def add_batch(self, position: int, info: BatchHeader, index_interval_bytes: int) -> None:
         """Index a batch whose frame starts at `position`. O(1)."""
         if not self.has_batches:
             self.first_offset = info.base_offset
@@ -136,7 +137,7 @@ class Segment:
             self.next_offset = -1
         return cut_position
 
-    def reset_tail_block(self, batches: list[tuple[int, BatchInfo]], index_interval_bytes: int
+    def reset_tail_block(self, batches: list[tuple[int, BatchHeader]], index_interval_bytes: int
                          ) -> None:
         """Re-index the last block from its batches (as rescanned after a cut)."""
         assert self.block_positions, "reset_tail_block needs a block"

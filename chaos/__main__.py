@@ -1,32 +1,43 @@
-"""`python -m chaos run SCENARIO.yaml [--seed N] [--duration S] [--out DIR]`
+"""`python -m chaos run SCENARIO [--seed N] [--duration S] [--out DIR]`
+`python -m chaos list` (the shipped scenarios)
 `python -m chaos check RUN_DIR` (re-check a recorded history)
-`python -m chaos validate SCENARIO.yaml...`
+`python -m chaos validate SCENARIO...`
 
-Exit codes: 0 every check passed; 1 a check failed; 2 a bad scenario or command line;
-3 the run could not be carried out (the cluster did not start, ...).
+SCENARIO is a scenario file's path, or the name of a shipped one (`failover` or
+`failover.yaml`, see `list`), from any directory.
+
+Exit codes: 0 every check passed; 1 a check failed; 2 a bad scenario or command line, or
+the harness's extra dependencies are not installed; 3 the run could not be carried out
+(the cluster did not start, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 import sys
 
-import trio
-
-from . import checker, report
-from .cluster import ClusterError
-from .history import read_history
-from .scenario import ScenarioError, load_scenario, with_overrides
+from . import shipped
 
 DEFAULT_OUT = pathlib.Path("chaos-runs")
+# The chaos extra (pyproject.toml): module -> the package that provides it.
+EXTRA_MODULES = {"yaml": "PyYAML", "trio_asyncio": "trio-asyncio", "matplotlib": "matplotlib",
+                 "confluent_kafka": "confluent-kafka", "kafka": "kafka-python", "aiokafka": "aiokafka"}
+INSTALL_HINT = "pip install -e '.[chaos]'"
+
+
+def missing_extras() -> list[str]:
+    """Packages of the chaos extra that are not installed."""
+    return [package for module, package in EXTRA_MODULES.items()
+            if importlib.util.find_spec(module) is None]
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario and check it")
-    run.add_argument("scenario", type=pathlib.Path)
+    run.add_argument("scenario", help="a scenario file, or a shipped scenario's name (see list)")
     run.add_argument("--seed", type=int, help="overrides the scenario's seed")
     run.add_argument("--duration", type=float, help="overrides duration_s")
     run.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT,
@@ -36,26 +47,53 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check a run directory's history.jsonl again")
     check.add_argument("run_dir", type=pathlib.Path)
     validate = sub.add_parser("validate", help="validate scenario files")
-    validate.add_argument("scenarios", type=pathlib.Path, nargs="+")
+    validate.add_argument("scenarios", nargs="+", help="files or shipped scenarios' names")
+    sub.add_parser("list", help="list the shipped scenarios")
     return p
+
+
+def scenario_path(argument: str) -> pathlib.Path:
+    """The file a SCENARIO argument names (a path, or a shipped scenario's name)."""
+    from .scenario import ScenarioError
+
+    path = shipped.resolve(argument)
+    if path is None:
+        raise ScenarioError(f"{argument}: no such file, and no shipped scenario of that name "
+                            f"(shipped: {', '.join(shipped.shipped_names())})")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.command == "list":
+        for name in shipped.shipped_names():
+            print(name)
+        return 0
+    missing = missing_extras()
+    if missing:
+        print(f"chaos: needs {', '.join(missing)}, not installed; install the harness's "
+              f"dependencies with: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    # Imported only now: they need the chaos extra.
+    import trio
+
+    from .cluster import ClusterError
+    from .runner import make_run_dir, run_scenario
+    from .scenario import ScenarioError, load_scenario, with_overrides
     try:
         if args.command == "validate":
-            for path in args.scenarios:
-                load_scenario(path)
-                print(f"{path}: ok")
+            for argument in args.scenarios:
+                load_scenario(scenario_path(argument))
+                print(f"{argument}: ok")
             return 0
         if args.command == "check":
             return _check(args.run_dir)
-        scenario = with_overrides(load_scenario(args.scenario), seed=args.seed, duration_s=args.duration)
+        scenario = with_overrides(load_scenario(scenario_path(args.scenario)), seed=args.seed,
+                                  duration_s=args.duration)
     except ScenarioError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
-    from .runner import make_run_dir, run_scenario
 
     run_dir = make_run_dir(args.out, scenario)
     print(f"chaos: {scenario.name} seed {scenario.seed}, {scenario.duration_s:g} s -> {run_dir}",
@@ -72,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(run_dir: pathlib.Path) -> int:
+    from . import checker, report
+    from .history import read_history
+    from .scenario import load_scenario
+
     events = list(read_history(run_dir / "history.jsonl"))
     scenario = load_scenario(run_dir / "scenario.yaml")
     results = checker.check_history(events, checker.options_for(scenario))

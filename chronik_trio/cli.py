@@ -8,7 +8,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from chronik_trio import admin, bench, dev_cluster
+    from chronik_trio.tools import admin, bench, dev_cluster
     from chronik_trio.node import main as node_main
 
     parser = argparse.ArgumentParser(prog="chronik-trio")

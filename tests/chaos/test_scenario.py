@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import pathlib
 import random
+import subprocess
+import sys
 
 import attrs
 import pytest
+
+import chaos.__main__ as chaos_main
 
 from chaos.nemesis import plan
 from chaos.scenario import ScenarioError, load_scenario, parse_scenario
@@ -95,3 +99,39 @@ def test_the_scenario_written_to_a_run_dir_loads_back_as_the_same_scenario(tmp_p
 def test_only_a_link_fault_takes_clients():
     message = bad("name: x\nnemesis:\n  schedule:\n    - {at_s: 5, fault: {kind: kill, clients: true}}\n")
     assert message == "bad.yaml: nemesis.schedule[0].fault.clients: only a link fault takes clients"
+
+
+def run_chaos(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chaos", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_chaos_list_shows_every_shipped_scenario_from_any_directory(tmp_path):
+    proc = run_chaos("list", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("argument", ["failover.yaml", "failover"])
+def test_a_shipped_scenario_is_found_by_name_from_any_directory(tmp_path, argument):
+    proc = run_chaos("validate", argument, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"{argument}: ok"), proc.stderr
+
+
+def test_an_unknown_scenario_name_lists_the_shipped_ones(tmp_path):
+    proc = run_chaos("run", "no-such-scenario", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no-such-scenario: no such file" in proc.stderr and "failover" in proc.stderr
+
+
+def test_a_missing_extra_is_named_with_the_install_command(monkeypatch, capsys):
+    monkeypatch.setattr(chaos_main, "EXTRA_MODULES", {"chronik_no_such_module": "no-such-package"})
+    assert chaos_main.main(["run", "failover"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-package" in err and "pip install -e '.[chaos]'" in err
+
+
+def test_importing_the_harness_entry_point_needs_no_extra():
+    code = "import sys, chaos.__main__; print(sorted({'yaml', 'aiokafka'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr

@@ -2,8 +2,9 @@
 
 After creation settles, over the idle window (CHRONIK_CLUSTER_IDLE_S seconds; 60 by default
 to keep CI short; the issue's 2-minute run is `CHRONIK_CLUSTER_IDLE_S=120`, its result is in
-docs/cluster-measurements.md), no node logs a leadership change of any group and the leader
-epochs (Raft terms) in every node's Metadata stay put. Each node's CPU use over the window is
+docs/cluster-measurements.md), no node logs a leadership change of any group, no follower forgets and re-learns
+its unchanged leader (a flap), and the leader epochs (Raft terms) in every node's Metadata
+stay put. Each node's CPU use over the window is
 printed, not asserted (performance is measured, never asserted: design.md).
 """
 
@@ -99,14 +100,13 @@ def test_idle_cluster_with_300_groups_keeps_leaders_and_terms(cluster_factory):
     new_lines = {n: parse_leader_lines(cluster.log(n))[lines_before[n]:] for n in cluster.ids}
     known = latest_per_group(cluster, lines_before)
     changes, relearnt = split_changes(new_lines, known)
-    if relearnt:
-        # A follower woken while its leader was quiesced (a peer briefly unheard) times out,
-        # becomes a pre-candidate (which forgets the leader), is refused by the replicas that
-        # still hold the leader's lease, and hears the same leader at the same term again.
-        print(f"{len(relearnt)} follower(s) re-learnt their unchanged leader, e.g. {relearnt[:3]}\n"
-              + cluster.log_excerpt("silent|connection to node", limit=10))
-    assert not changes, (f"leadership changed while idle: {changes[:10]}\n"
-                         + cluster.log_excerpt("silent|connection to node"))
+    excerpt = cluster.log_excerpt("silent|heard again|connection to node")
+    assert not changes, f"leadership changed while idle: {changes[:10]}\n{excerpt}"
+    # A flap: a follower that stopped hearing its quiesced leader, became a pre-candidate
+    # (forgetting the leader) and re-learnt the same leader at the same term. The pause
+    # test shows a woken follower goes quiet again without that; idle, none may happen.
+    assert not relearnt, (f"{len(relearnt)} follower(s) re-learnt their unchanged leader while "
+                          f"idle: {relearnt[:10]}\n{excerpt}")
     after = {n: leader_epochs(cluster.metadata(n)) for n in cluster.ids}
     for n in cluster.ids:
         moved = {k: (before[n][k], v) for k, v in after[n].items() if v != before[n][k]}

@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from chronik_trio import cli
-from chronik_trio import dev_cluster as dev_cluster_module
+from chronik_trio.tools import dev_cluster as dev_cluster_module
 from tests.brokers import CHRONIK_TRIO, free_port
 
 pytestmark = pytest.mark.timeout(90)

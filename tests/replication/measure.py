@@ -2,7 +2,7 @@
 [--repeat N] [--trials N] [--json FILE]`.
 
 1. acks=all throughput and delivery latency, single node vs 3-node cluster with replication
-   factor 3, with `chronik-trio bench`'s own produce and consume code (chronik_trio/bench.py)
+   factor 3, with `chronik-trio bench`'s own produce and consume code (chronik_trio/tools/bench.py)
    and the same settings for both. The bench CLI creates its topic with replication factor
    1, so this script creates the topic itself (replication factor = cluster size) and then
    runs the bench's _produce/_consume on it.
@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from chronik_trio import bench, bench_kafka
+from chronik_trio.tools import bench, bench_kafka
 from tests.brokers import BrokerProcess
 from tests.replication.cluster import NONE, Cluster, wait_balanced
 from tests.replication.failover import (KILL_AT_RECORD, STREAM_RATE_PER_S, STREAM_RECORDS,

@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 
-from chronik_trio import bench_kafka, bench_local
+from chronik_trio.tools import bench_failover, bench_kafka, bench_local
 
 MODES = ("throughput", "latency", "raft", "node", "failover")
 TOPIC_CREATE_TIMEOUT_S = 60.0
@@ -332,7 +332,6 @@ def run(args: argparse.Namespace) -> int:
         if watch is not None:
             results["node"] = watch.report()
         if "failover" in modes:
-            from chronik_trio import bench_failover
             results["failover"] = bench_failover.failover_trials(cluster, args.failover_trials,
                                                                  args.failover_rate, args.record_bytes)
     if "raft" in modes:

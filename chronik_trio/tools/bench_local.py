@@ -25,7 +25,7 @@ import time
 
 import attrs
 
-from chronik_trio import dev_cluster
+from chronik_trio.tools import dev_cluster
 
 READY_TIMEOUT_S = 60.0  # three nodes on a loaded 2-core machine start well within this
 STOP_TIMEOUT_S = 15.0

@@ -1,15 +1,15 @@
 """`chronik-trio admin`: inspect and change a cluster over the Kafka protocol.
 
-Every command asks the cluster through `--bootstrap` with confluent-kafka's AdminClient
-(Metadata, CreateTopics, DeleteTopics, DescribeCluster), exactly as any Kafka tool would.
-Two things librdkafka does not expose are asked with one plain request each, encoded by
-kio: the leader epoch and offline replicas of each partition (a Metadata v12 request to
-the broker that answered the AdminClient's Metadata), and whether a broker answers at all
-(an ApiVersions request to each broker, for `health`).
+Every command speaks the Kafka protocol itself, one request per blocking socket, encoded
+and decoded by kio (a core dependency), so the tool works after a plain `pip install -e .`:
+Metadata v12 (brokers, controller, and each partition's leader, leader epoch, replicas, ISR
+and offline replicas in one answer), CreateTopics, DeleteTopics and ElectLeaders (sent to
+the controller, as Kafka's own tools do), DescribeCluster, and an ApiVersions request to
+each broker to learn whether it answers at all (for `health`). Bootstrap addresses are
+tried in turn until one answers.
 
 Exit codes: 0 done (and, for `health`, healthy); 1 the cluster refused the operation or
-`health` found problems; 2 bad options, no answer from the cluster, or confluent-kafka is
-not installed.
+`health` found problems; 2 bad options or no answer from the cluster.
 """
 
 from __future__ import annotations
@@ -21,19 +21,31 @@ import json
 import socket
 import struct
 import sys
+import time
 
 import kio.index
+from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader, entity_writer
+
+from chronik_trio.kafka.codec import build
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_TIMEOUT_S = 10.0
 METADATA_API_KEY, METADATA_VERSION = 3, 12
+CREATE_TOPICS_API_KEY, CREATE_TOPICS_VERSION = 19, 7
+DELETE_TOPICS_API_KEY, DELETE_TOPICS_VERSION = 20, 6
+ELECT_LEADERS_API_KEY, ELECT_LEADERS_VERSION = 43, 2
+DESCRIBE_CLUSTER_API_KEY, DESCRIBE_CLUSTER_VERSION = 60, 0
 API_VERSIONS_API_KEY, API_VERSIONS_VERSION = 18, 0
+ELECTION_TYPE_PREFERRED = 0
+NOT_CONTROLLER = 41
+ELECTION_NOT_NEEDED = 84
 RESPONSE_BYTES_MAX = 64 << 20  # a Metadata answer for many thousands of partitions fits
 CLIENT_ID = "chronik-trio-admin"
-# librdkafka logs every refused connection at level 3 (error) on stderr; this tool reports
-# what failed itself, so only critical library messages get through.
-LIBRDKAFKA_LOG_LEVEL = 2
+# A request to the controller that finds it moved is sent again to the new one (the
+# controller is __meta's Raft leader, which may change during an election); this many times.
+CONTROLLER_ATTEMPTS_MAX = 5
+CONTROLLER_RETRY_S = 0.2
 
 
 class AdminError(Exception):
@@ -44,59 +56,19 @@ class AdminError(Exception):
         self.exit_code = exit_code
 
 
-# --- confluent-kafka -------------------------------------------------------------------------
-
-def _confluent():
+def error_name(code) -> str | None:
+    """The protocol's name of a Kafka error code (TOPIC_ALREADY_EXISTS), None for no error."""
+    code = int(code)
+    if code == 0:
+        return None
     try:
-        import confluent_kafka
-        import confluent_kafka.admin
-    except ImportError:
-        raise AdminError("chronik-trio admin needs confluent-kafka, which is not installed; "
-                         "install it with: pip install 'chronik-trio[bench]' (or the [test] extra)",
-                         exit_code=2) from None
-    return confluent_kafka
+        return ErrorCode(code).name.upper()
+    except ValueError:
+        return f"ERROR_{code}"
 
 
-def _admin_client(args):
-    ck = _confluent()
-    return ck.admin.AdminClient({"bootstrap.servers": args.bootstrap, "client.id": CLIENT_ID,
-                                 "log_level": LIBRDKAFKA_LOG_LEVEL})
-
-
-def _kafka_error(exc: BaseException):
-    """The KafkaError inside a confluent-kafka exception, or None."""
-    ck = _confluent()
-    if isinstance(exc, ck.KafkaException) and exc.args and isinstance(exc.args[0], ck.KafkaError):
-        return exc.args[0]
-    return None
-
-
-def _unreachable(args, exc: BaseException) -> AdminError:
-    error = _kafka_error(exc)
-    reason = f"{error.name()}: {error.str()}" if error is not None else f"{type(exc).__name__}: {exc}"
-    return AdminError(f"no answer from {args.bootstrap} within {args.timeout:g} s ({reason})", exit_code=2)
-
-
-def _metadata(args, client):
-    try:
-        return client.list_topics(timeout=args.timeout)
-    except Exception as exc:  # librdkafka raises KafkaException; anything else is as fatal
-        raise _unreachable(args, exc) from None
-
-
-def _result(args, future, what: str):
-    """The result of an AdminClient future; a refusal is an AdminError naming the Kafka error."""
-    try:
-        return future.result(timeout=args.timeout + 1)  # librdkafka gives up after args.timeout
-    except concurrent.futures.TimeoutError:
-        raise AdminError(f"{what}: no answer within {args.timeout:g} s", exit_code=2) from None
-    except Exception as exc:
-        error = _kafka_error(exc)
-        if error is None:
-            raise
-        if error.name() in ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN"):
-            raise _unreachable(args, exc) from None
-        raise AdminError(f"{what}: {error.name()}: {error.str()}") from None
+def _bootstrap(args) -> list[str]:
+    return [a.strip() for a in args.bootstrap.split(",") if a.strip()]
 
 
 # --- plain Kafka requests (kio) --------------------------------------------------------------
@@ -104,10 +76,14 @@ def _result(args, future, what: str):
 def kafka_request(address: str, api_key: int, version: int, body, timeout_s: float):
     """Send one request on a fresh connection and return the decoded response body.
 
+    `body` is a kio request entity, or a dict of its fields (nested entities as dicts).
+
     Raises OSError (refused, reset, timed out, closed early) or ValueError (a bad answer).
     """
     request_cls = kio.index.load_request_schema(api_key, version)
     response_cls = kio.index.load_response_schema(api_key, version)
+    if isinstance(body, dict):
+        body = build(request_cls, body)
     correlation_id = 1
     header = request_cls.__header_schema__(request_api_key=api_key, request_api_version=version,
                                            correlation_id=correlation_id, client_id=CLIENT_ID)
@@ -144,16 +120,6 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def partition_extras(address: str, timeout_s: float) -> dict[tuple[str, int], tuple[int, int, list[int]]]:
-    """(topic, partition) -> (leader, leader epoch, offline replicas) from one broker."""
-    request_cls = kio.index.load_request_schema(METADATA_API_KEY, METADATA_VERSION)
-    body = request_cls(topics=None, allow_auto_topic_creation=False,
-                       include_topic_authorized_operations=False)
-    response = kafka_request(address, METADATA_API_KEY, METADATA_VERSION, body, timeout_s)
-    return {(t.name, p.partition_index): (p.leader_id, p.leader_epoch, list(p.offline_replicas))
-            for t in response.topics for p in t.partitions}
-
-
 def probe(address: str, timeout_s: float) -> str | None:
     """None if the broker answers an ApiVersions request, else why not."""
     request_cls = kio.index.load_request_schema(API_VERSIONS_API_KEY, API_VERSIONS_VERSION)
@@ -166,25 +132,72 @@ def probe(address: str, timeout_s: float) -> str | None:
     return None
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def ask_any(args, api_key: int, version: int, body) -> tuple[str, object]:
+    """(address, answer) of the first bootstrap address that answers the request.
+
+    Raises:
+        AdminError (exit code 2): none answered within args.timeout each.
+    """
+    reasons = []
+    for address in _bootstrap(args):
+        try:
+            return address, kafka_request(address, api_key, version, body, args.timeout)
+        except (OSError, ValueError) as exc:
+            reasons.append(f"{address}: {_reason(exc)}")
+    raise AdminError(f"no answer from {args.bootstrap} within {args.timeout:g} s "
+                     f"({'; '.join(reasons) or 'no address given'})", exit_code=2)
+
+
+def metadata(args):
+    """Metadata v12 of every topic from the first bootstrap address that answers."""
+    _, md = ask_any(args, METADATA_API_KEY, METADATA_VERSION,
+                    {"topics": None, "allow_auto_topic_creation": False})
+    return md
+
+
+def ask_controller(args, api_key: int, version: int, body, what: str, error_codes):
+    """Send the request to the controller (the __meta leader) as the Metadata answer names
+    it; again to the new one when the answer is NOT_CONTROLLER (error_codes(answer) lists the
+    answer's codes), at most CONTROLLER_ATTEMPTS_MAX times. Returns the last answer."""
+    answer = None
+    for _ in range(CONTROLLER_ATTEMPTS_MAX):
+        md = metadata(args)
+        brokers = {int(b.node_id): f"{b.host}:{b.port}" for b in md.brokers}
+        address = brokers.get(int(md.controller_id))
+        if address is None:
+            time.sleep(CONTROLLER_RETRY_S)
+            continue
+        try:
+            answer = kafka_request(address, api_key, version, body, args.timeout)
+        except (OSError, ValueError) as exc:
+            raise AdminError(f"{what}: no answer from the controller at {address} within "
+                             f"{args.timeout:g} s ({_reason(exc)})", exit_code=2) from None
+        if NOT_CONTROLLER not in [int(c) for c in error_codes(answer)]:
+            return answer
+        time.sleep(CONTROLLER_RETRY_S)
+    if answer is None:
+        raise AdminError(f"{what}: the cluster names no controller (the __meta group has no "
+                         f"leader)", exit_code=2)
+    return answer
+
+
 # --- topics ------------------------------------------------------------------------------------
 
-def topic_rows(md, extras) -> list[dict]:
+def topic_rows(md) -> list[dict]:
     topics = []
-    for name in sorted(md.topics):
-        t = md.topics[name]
-        partitions = []
-        for p in sorted(t.partitions.values(), key=lambda p: p.id):
-            leader, epoch, offline = extras.get((name, p.id), (None, None, None))
-            partitions.append({
-                "partition": p.id, "leader": p.leader,
-                # only when the extra answer agrees on the leader (both come from one broker,
-                # moments apart, so a leader change in between shows as unknown)
-                "leader_epoch": epoch if leader == p.leader else None,
-                "replicas": list(p.replicas), "isr": list(p.isrs),
-                "offline_replicas": offline,
-                "error": p.error.name() if p.error is not None else None})
-        topics.append({"name": name, "error": t.error.name() if t.error is not None else None,
-                       "partitions": partitions})
+    for t in sorted(md.topics, key=lambda t: t.name):
+        partitions = [{
+            "partition": int(p.partition_index), "leader": int(p.leader_id),
+            "leader_epoch": int(p.leader_epoch) if int(p.leader_epoch) >= 0 else None,
+            "replicas": [int(r) for r in p.replica_nodes], "isr": [int(r) for r in p.isr_nodes],
+            "offline_replicas": [int(r) for r in p.offline_replicas],
+            "error": error_name(p.error_code)}
+            for p in sorted(t.partitions, key=lambda p: p.partition_index)]
+        topics.append({"name": t.name, "error": error_name(t.error_code), "partitions": partitions})
     return topics
 
 
@@ -198,30 +211,11 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
                      for row in [header, *rows])
 
 
-def _extras(args, md) -> dict:
-    """partition_extras from the broker that answered `md` (so both views are its own), else
-    from a bootstrap address; {} with a warning on stderr if none answers. librdkafka names
-    the answering broker only once it knows its id (-1 while it talks to a bootstrap address)."""
-    answered = md.brokers.get(md.orig_broker_id)
-    candidates = ([f"{answered.host}:{answered.port}"] if answered is not None else []) + \
-        [a.strip() for a in args.bootstrap.split(",") if a.strip()]
-    why = "no address to ask"
-    for address in candidates:
-        try:
-            return partition_extras(address, args.timeout)
-        except (OSError, ValueError) as exc:
-            why = f"{address} did not answer ({exc})"
-    print(f"chronik-trio admin: leader epochs and offline replicas unknown: {why}", file=sys.stderr)
-    return {}
-
-
 def cmd_topics(args) -> int:
-    md = _metadata(args, _admin_client(args))
-    extras = _extras(args, md)
-    topics = topic_rows(md, extras)
+    topics = topic_rows(metadata(args))
     wanted = set(args.names)
     if wanted:
-        missing = sorted(wanted - set(md.topics))
+        missing = sorted(wanted - {t["name"] for t in topics})
         if missing:
             raise AdminError(f"no such topic(s): {', '.join(missing)}")
         topics = [t for t in topics if t["name"] in wanted]
@@ -230,7 +224,7 @@ def cmd_topics(args) -> int:
         return 0
     rows = [[t["name"], p["partition"], p["leader"] if p["leader"] >= 0 else "none",
              "?" if p["leader_epoch"] is None else p["leader_epoch"], _ids(p["replicas"]), _ids(p["isr"]),
-             "?" if p["offline_replicas"] is None else _ids(p["offline_replicas"]), p["error"] or ""]
+             _ids(p["offline_replicas"]), p["error"] or ""]
             for t in topics for p in t["partitions"]]
     if not rows:
         print("no topics")
@@ -249,58 +243,82 @@ def _configs(pairs: list[str]) -> dict[str, str]:
     return configs
 
 
+def _timeout_ms(args) -> int:
+    return int(args.timeout * 1000)
+
+
+def _refused(what: str, code, message: str | None) -> AdminError:
+    return AdminError(f"{what}: {error_name(code)}" + (f": {message}" if message else ""))
+
+
 def cmd_create_topic(args) -> int:
     configs = _configs(args.config)
-    client = _admin_client(args)
-    ck = _confluent()
-    new = ck.admin.NewTopic(args.name, args.partitions, args.replication_factor, config=configs)
-    futures = client.create_topics([new], operation_timeout=args.timeout, request_timeout=args.timeout)
-    _result(args, futures[args.name], f"create-topic {args.name}")
+    what = f"create-topic {args.name}"
+    answer = ask_controller(args, CREATE_TOPICS_API_KEY, CREATE_TOPICS_VERSION, {
+        "topics": [{"name": args.name, "num_partitions": args.partitions,
+                    "replication_factor": args.replication_factor,
+                    "configs": [{"name": k, "value": v} for k, v in configs.items()]}],
+        "timeout": _timeout_ms(args), "validate_only": False}, what,
+        lambda a: [t.error_code for t in a.topics])
+    (topic,) = answer.topics
+    if int(topic.error_code) != 0:
+        raise _refused(what, topic.error_code, topic.error_message)
     print(f"created topic {args.name}")
     return 0
 
 
 def cmd_delete_topic(args) -> int:
-    client = _admin_client(args)
-    futures = client.delete_topics([args.name], operation_timeout=args.timeout, request_timeout=args.timeout)
-    _result(args, futures[args.name], f"delete-topic {args.name}")
+    what = f"delete-topic {args.name}"
+    answer = ask_controller(args, DELETE_TOPICS_API_KEY, DELETE_TOPICS_VERSION, {
+        "topics": [{"name": args.name}], "timeout": _timeout_ms(args)}, what,
+        lambda a: [t.error_code for t in a.responses])
+    (topic,) = answer.responses
+    if int(topic.error_code) != 0:
+        raise _refused(what, topic.error_code, topic.error_message)
     print(f"deleted topic {args.name}")
     return 0
 
 
 def cmd_elect_preferred(args) -> int:
     """Move leadership to each partition's preferred replica (ElectLeaders, PREFERRED)."""
-    ck = _confluent()
-    client = _admin_client(args)
-    partitions = None
+    partitions = None  # every partition of every topic
     if args.name is not None:
-        count = len(client.list_topics(args.name, timeout=args.timeout).topics[args.name].partitions)
-        chosen = args.partitions or list(range(count))
-        partitions = [ck.TopicPartition(args.name, p) for p in chosen]
-    # confluent-kafka 2.16's elect_leaders refuses timeout keywords (a binding bug); the
-    # broker applies its own timeout and _result bounds the wait.
-    future = client.elect_leaders(ck.ElectionType.PREFERRED, partitions)
-    results = _result(args, future, "elect-preferred")
+        (topic,) = [t for t in topic_rows(metadata(args)) if t["name"] == args.name] or [None]
+        if topic is None:
+            raise AdminError(f"no such topic: {args.name}")
+        chosen = args.partitions or [p["partition"] for p in topic["partitions"]]
+        partitions = [{"topic": args.name, "partitions": chosen}]
+    answer = ask_controller(args, ELECT_LEADERS_API_KEY, ELECT_LEADERS_VERSION, {
+        "election_type": ELECTION_TYPE_PREFERRED, "topic_partitions": partitions,
+        "timeout": _timeout_ms(args)}, "elect-preferred",
+        lambda a: [a.error_code, *(p.error_code for r in a.replica_election_results
+                                   for p in r.partition_result)])
+    if int(answer.error_code) != 0:
+        raise _refused("elect-preferred", answer.error_code, None)
+    results = sorted((r.topic, int(p.partition_id), int(p.error_code), p.error_message)
+                     for r in answer.replica_election_results for p in r.partition_result)
     failed = 0
-    for tp, error in sorted(results.items(), key=lambda item: (item[0].topic, item[0].partition)):
-        if error is None:
+    for topic, partition, code, message in results:
+        if code == 0:
             state = "moved to its preferred replica"
-        elif error.name() == "ELECTION_NOT_NEEDED":
+        elif code == ELECTION_NOT_NEEDED:
             state = "already led by its preferred replica"
         else:
-            state, failed = f"{error.name()}: {error.str()}", failed + 1
-        print(f"{tp.topic}-{tp.partition}: {state}")
+            state, failed = f"{error_name(code)}: {message or ''}".rstrip(": "), failed + 1
+        print(f"{topic}-{partition}: {state}")
     return 1 if failed else 0
 
 
 # --- cluster and health ------------------------------------------------------------------------
 
 def cmd_cluster(args) -> int:
-    client = _admin_client(args)
-    cluster = _result(args, client.describe_cluster(request_timeout=args.timeout), "cluster")
-    brokers = [{"id": n.id, "host": n.host, "port": n.port, "rack": n.rack}
-               for n in sorted(cluster.nodes, key=lambda n: n.id)]
-    controller = cluster.controller.id if cluster.controller is not None else None
+    _, cluster = ask_any(args, DESCRIBE_CLUSTER_API_KEY, DESCRIBE_CLUSTER_VERSION,
+                         {"include_cluster_authorized_operations": False})
+    if int(cluster.error_code) != 0:
+        raise _refused("cluster", cluster.error_code, cluster.error_message)
+    brokers = [{"id": int(b.broker_id), "host": b.host, "port": int(b.port), "rack": b.rack}
+               for b in sorted(cluster.brokers, key=lambda b: b.broker_id)]
+    controller = int(cluster.controller_id) if int(cluster.controller_id) >= 0 else None
     if args.json:
         print(json.dumps({"cluster_id": cluster.cluster_id, "controller": controller, "brokers": brokers},
                          indent=2))
@@ -313,7 +331,7 @@ def cmd_cluster(args) -> int:
 
 
 def health_problems(md, unreachable: dict[int, str]) -> list[dict]:
-    """Every problem of a cluster, from its metadata and which brokers did not answer (pure).
+    """Every problem of a cluster, from its Metadata and which brokers did not answer (pure).
 
     A broker stays registered after it dies, so its absence shows only as no answer; the
     partitions it led show as led by an unreachable broker until a new leader reports in,
@@ -324,48 +342,49 @@ def health_problems(md, unreachable: dict[int, str]) -> list[dict]:
     def problem(kind: str, message: str, **where) -> None:
         problems.append({"kind": kind, **where, "message": message})
 
-    if md.controller_id < 0:
+    if int(md.controller_id) < 0:
         problem("no_controller", "no controller: the answering broker knows no leader of __meta")
-    brokers = {b.id: f"{b.host}:{b.port}" for b in md.brokers.values()}
+    brokers = {int(b.node_id): f"{b.host}:{b.port}" for b in md.brokers}
     for broker_id in sorted(unreachable):
         problem("broker_unreachable", f"broker {broker_id} at {brokers[broker_id]} does not answer: "
                 f"{unreachable[broker_id]}", broker=broker_id)
-    for name in sorted(md.topics):
-        for p in sorted(md.topics[name].partitions.values(), key=lambda p: p.id):
-            where = {"topic": name, "partition": p.id}
-            tp = f"{name}-{p.id}"
-            if p.leader < 0:
-                reason = f" ({p.error.name()})" if p.error is not None else ""
+    for t in topic_rows(md):
+        for p in t["partitions"]:
+            where = {"topic": t["name"], "partition": p["partition"]}
+            tp, leader = f"{t['name']}-{p['partition']}", p["leader"]
+            if leader < 0:
+                reason = f" ({p['error']})" if p["error"] is not None else ""
                 problem("no_leader", f"{tp}: no leader{reason}", **where)
-            elif p.leader not in brokers:
-                problem("leader_not_registered", f"{tp}: leader {p.leader} is not a registered broker", **where)
-            elif p.leader in unreachable:
-                problem("leader_unreachable", f"{tp}: leader {p.leader} does not answer", **where)
-            unregistered = [r for r in p.replicas if r not in brokers]
+            elif leader not in brokers:
+                problem("leader_not_registered", f"{tp}: leader {leader} is not a registered broker", **where)
+            elif leader in unreachable:
+                problem("leader_unreachable", f"{tp}: leader {leader} does not answer", **where)
+            unregistered = [r for r in p["replicas"] if r not in brokers]
             if unregistered:
                 problem("replica_not_registered", f"{tp}: replica(s) {_ids(unregistered)} not registered "
                         f"brokers", replicas=unregistered, **where)
-            down = [r for r in p.replicas if r in unreachable]
+            down = [r for r in p["replicas"] if r in unreachable]
             if down:
                 problem("replica_unreachable", f"{tp}: replica(s) {_ids(down)} on brokers that do not answer",
                         replicas=down, **where)
-            out_of_sync = [r for r in p.replicas if r not in p.isrs]
+            out_of_sync = [r for r in p["replicas"] if r not in p["isr"]]
             if out_of_sync:
-                problem("under_replicated", f"{tp}: under-replicated: ISR {_ids(p.isrs)} of replicas "
-                        f"{_ids(p.replicas)}", replicas=out_of_sync, **where)
+                problem("under_replicated", f"{tp}: under-replicated: ISR {_ids(p['isr'])} of replicas "
+                        f"{_ids(p['replicas'])}", replicas=out_of_sync, **where)
     return problems
 
 
 def cmd_health(args) -> int:
-    md = _metadata(args, _admin_client(args))
-    addresses = {b.id: f"{b.host}:{b.port}" for b in md.brokers.values()}
+    md = metadata(args)
+    addresses = {int(b.node_id): f"{b.host}:{b.port}" for b in md.brokers}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
         answers = dict(zip(addresses, pool.map(lambda a: probe(a, args.timeout), addresses.values())))
     unreachable = {broker_id: why for broker_id, why in answers.items() if why is not None}
     problems = health_problems(md, unreachable)
-    partitions = sum(len(t.partitions) for t in md.topics.values())
+    partitions = sum(len(t.partitions) for t in md.topics)
+    controller = int(md.controller_id)
     summary = {"healthy": not problems, "brokers": len(addresses), "topics": len(md.topics),
-               "partitions": partitions, "controller": md.controller_id, "problems": problems}
+               "partitions": partitions, "controller": controller, "problems": problems}
     if args.json:
         print(json.dumps(summary, indent=2))
     elif problems:
@@ -373,7 +392,7 @@ def cmd_health(args) -> int:
         for p in problems:
             print(f"  {p['message']}")
     else:
-        print(f"healthy: {len(addresses)} broker(s) answer, controller {md.controller_id}, "
+        print(f"healthy: {len(addresses)} broker(s) answer, controller {controller}, "
               f"{len(md.topics)} topic(s), {partitions} partition(s) each with a leader and a full ISR")
     return 1 if problems else 0
 

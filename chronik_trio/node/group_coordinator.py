@@ -31,7 +31,8 @@ import uuid
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import ClusterError, Topic, TopicAlreadyExists
+from chronik_trio.cluster.meta import Topic, TopicAlreadyExists
+from chronik_trio.errors import BrokerError, NotEnoughReplicas, NotLeader, ProposalFailed
 from chronik_trio.group import (OFFSETS_TOPIC, Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted,
                                 JoinRequest, JoinResult, MemberRecord, OffsetRecord, PersistWanted,
                                 SyncCompleted, SyncPending, SyncResult, partition_for)
@@ -41,9 +42,7 @@ from chronik_trio.group.store import group_batch, offsets_batch
 from chronik_trio.kafka.records import parse_batches
 from chronik_trio.raft.types import StateRole
 
-from .meta_group import MetaUnavailable
-from .partition_group import NotEnoughReplicas, PartitionReplica
-from .raft_group import NotLeader, ProposalFailed
+from .partition_group import PartitionReplica
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +354,7 @@ class GroupCoordinator:
                                          {}, replication_factor=rf)
         except TopicAlreadyExists:
             pass
-        except (ClusterError, MetaUnavailable, trio.TooSlowError) as exc:
+        except BrokerError as exc:
             log.warning("could not create %s: %s", OFFSETS_TOPIC, exc)
         finally:
             done.set()

@@ -15,10 +15,11 @@ import typing
 import trio
 
 from chronik_trio.cluster.meta import Applied, MetaState
+from chronik_trio.errors import MetaUnavailable, ProposalFailed
 from chronik_trio.pb import meta_pb2
 from chronik_trio.raft.types import Snapshot, StateRole
 
-from .raft_group import ProposalFailed, RaftGroup
+from .raft_group import RaftGroup
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ META_GROUP_ID = "__meta"
 META_PROPOSE_TIMEOUT_S = 15.0  # a metadata command gives up after this (no quorum)
 META_RETRY_S = 1.0  # resend the same command if not applied within this (leader change)
 META_NO_LEADER_BACKOFF_S = 0.05
-
-
-class MetaUnavailable(Exception):
-    """No quorum of __meta within the timeout; retriable by the client."""
 
 
 class MetaMachine:

@@ -14,6 +14,7 @@ import typing
 
 import trio
 
+from chronik_trio.errors import NotLeader, ProposalFailed
 from chronik_trio.raft.errors import ProposalDropped, StepPeerNotFound
 from chronik_trio.raft.rawnode import RawNode
 from chronik_trio.raft.types import (ConfState, Entry, Message, MessageType, Snapshot, SoftState,
@@ -26,20 +27,6 @@ PENDING_PROPOSALS_MAX = 10_000  # per group; bounds waiter memory if commits sta
 QUIESCE_AFTER_IDLE_TICKS = 20  # an idle leader quiesces after this many ticks (1 s at 50 ms)
 LEADER_LOST_GRACE_TICKS = 2  # see leader_lost
 QUIESCE_CONTEXT = b"chronik.quiesce"  # marks the leader's last heartbeat before it goes quiet
-
-
-class NotLeader(Exception):
-    """This node is not the group's leader; `leader_id` is the one it knows (0: none)."""
-
-    def __init__(self, group_id: str, leader_id: int, term: int) -> None:
-        who = f"node {leader_id}" if leader_id else "no known leader"
-        super().__init__(f"group {group_id}: not the leader ({who}, term {term})")
-        self.group_id, self.leader_id, self.term = group_id, leader_id, term
-
-
-class ProposalFailed(Exception):
-    """The proposal will not be reported as applied (leadership lost, entry overwritten,
-    or dropped); retrying is safe for idempotent commands."""
 
 
 class StateMachine(typing.Protocol):

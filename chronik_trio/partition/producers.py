@@ -28,7 +28,9 @@ import struct
 import typing
 
 import attrs
+from kio.schema.errors import ErrorCode
 
+from chronik_trio.errors import BrokerError
 from chronik_trio.pb import partition_pb2
 
 NO_PRODUCER_ID = -1
@@ -44,16 +46,16 @@ _BATCH = struct.Struct(">q15xi8xqqhi")
 _TRANSACTIONAL = 0x10
 
 
-class ProducerError(Exception):
+class ProducerError(BrokerError):
     """A produce that breaks the sequence rules; nothing of it is appended."""
 
 
 class OutOfOrderSequence(ProducerError):
-    pass
+    error_code = ErrorCode.out_of_order_sequence_number
 
 
 class InvalidProducerEpoch(ProducerError):
-    pass
+    error_code = ErrorCode.invalid_producer_epoch
 
 
 def next_sequence(sequence: int, increment: int = 1) -> int:

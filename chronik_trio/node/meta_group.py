@@ -107,10 +107,14 @@ class MetaService:
         try:
             with trio.move_on_after(META_PROPOSE_TIMEOUT_S):
                 while True:
+                    leader_known = self.group.leader_known
                     try:
                         await self.group.propose_anywhere(data)
                     except ProposalFailed:
-                        await trio.sleep(META_NO_LEADER_BACKOFF_S)
+                        # No leader known (or leadership moving): try again once one is
+                        # learnt, or after a short pause if leadership stays where it is.
+                        with trio.move_on_after(META_NO_LEADER_BACKOFF_S):
+                            await leader_known.wait()
                         continue
                     # Wait for the commit; resend at once if a new leader appears (a follower
                     # may have forwarded the command to the old one), else after a while.

@@ -93,7 +93,8 @@ class Node:
         self._isr_quiet: dict = {}  # (topic id, partition) -> (term, ISR, last index) checked idle
         self._nursery: trio.Nursery | None = None
         self._serving = False
-        self.requests_inflight = 0
+        self._requests_inflight = 0
+        self._requests_drained: trio.Event | None = None  # set when requests_inflight drops to 0
         self._shutdown = trio.Event()
         self._reconcile_wanted = trio.Event()
         self._reconcile_lock = trio.Lock()
@@ -106,6 +107,18 @@ class Node:
         self.groups = GroupCoordinator(self)  # consumer groups (on __consumer_offsets leaders)
 
     # --- what handlers use (kafka/handlers/context.py) ---------------------------------------
+
+    @property
+    def requests_inflight(self) -> int:
+        """Kafka requests being answered (counted by kafka_server.py)."""
+        return self._requests_inflight
+
+    @requests_inflight.setter
+    def requests_inflight(self, count: int) -> None:
+        self._requests_inflight = count
+        if count == 0 and self._requests_drained is not None:
+            self._requests_drained.set()
+            self._requests_drained = None
 
     @property
     def meta(self):
@@ -325,11 +338,13 @@ class Node:
         group = self.meta_service.group
         with trio.move_on_after(META_CATCH_UP_S):
             while not (group.leader_id and group.node.raft.log.applied >= group.node.raft.log.committed):
-                await trio.sleep(self.runtime.tick_interval_s / 5)
+                await group.wait_advanced()
 
-    async def _until_replayed(self, groups: list[RaftGroup]) -> None:
-        while any(g.node.raft.log.applied < g.replay_target for g in groups):
-            await trio.sleep(self.runtime.tick_interval_s / 5)
+    @staticmethod
+    async def _until_replayed(groups: list[RaftGroup]) -> None:
+        for group in groups:
+            while group.node.raft.log.applied < group.replay_target and not group.closed:
+                await group.wait_advanced()
 
     def _open_meta(self) -> None:
         directory = self.data_dir / "meta"
@@ -418,7 +433,8 @@ class Node:
 
     async def _campaign_again(self, group: RaftGroup) -> None:
         for _ in range(FIRST_CAMPAIGN_RETRIES):
-            await trio.sleep(FIRST_CAMPAIGN_RETRY_S)
+            with trio.move_on_after(FIRST_CAMPAIGN_RETRY_S):
+                await group.leader_known.wait()
             if group.closed or group.leader_id:
                 return
             async with group.lock:
@@ -659,7 +675,8 @@ class Node:
             log.info("shutting down: no new connections, %d request(s) in flight", self.requests_inflight)
             with trio.move_on_after(SHUTDOWN_GRACE_S):
                 while self.requests_inflight:
-                    await trio.sleep(0.01)
+                    self._requests_drained = self._requests_drained or trio.Event()
+                    await self._requests_drained.wait()
             connections.cancel_scope.cancel()
 
     def _close_cleanly(self) -> None:

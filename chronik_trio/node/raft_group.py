@@ -93,6 +93,7 @@ class RaftGroup:
         self.persisted_index = storage.log.durable_index
         self._persist_waiters: list[tuple[int, int, trio.Event]] = []  # a heap by index
         self._waiters: dict[int, _Waiter] = {}
+        self._advanced: trio.Event | None = None  # see wait_advanced; made only when awaited
         ss = node.status().soft_state
         self.leader_id, self.role, self.term = ss.leader_id, ss.role, node.status().hard_state.term
 
@@ -244,6 +245,19 @@ class RaftGroup:
         heapq.heappush(self._persist_waiters, (index, id(event), event))
         await event.wait()
 
+    async def wait_advanced(self) -> None:
+        """Until the Ready pass next advances this group (its applied or commit index, its
+        leader or its term may have moved): callers re-check their condition after it."""
+        if self._advanced is None:
+            self._advanced = trio.Event()
+        await self._advanced.wait()
+
+    def advanced(self) -> None:
+        """Called by the Ready pass after advance()."""
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
+
     def on_persisted(self, index: int) -> None:
         self.persisted_index = max(self.persisted_index, index)
         while self._persist_waiters and self._persist_waiters[0][0] <= self.persisted_index:
@@ -359,4 +373,5 @@ class RaftGroup:
         """Call with the lock held (or with the runtime stopped)."""
         self.closed = True
         self._fail_waiters(f"group {self.group_id}: closed")
+        self.advanced()  # whoever waits on it looks again, and sees it closed
         self.storage.close()

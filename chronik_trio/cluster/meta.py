@@ -14,6 +14,7 @@ import uuid
 import attrs
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.errors import BrokerError
 from chronik_trio.pb import meta_pb2
 
 TOPIC_NAME_CHARS = re.compile(r"^[a-zA-Z0-9._-]+$")
@@ -39,10 +40,8 @@ PRODUCER_EPOCH_MAX = 32_766  # Kafka bumps to a new producer id before epoch 327
 RECENT_REQUESTS_MAX = 10_000  # request ids remembered for deduplication (and in snapshots)
 
 
-class ClusterError(Exception):
+class ClusterError(BrokerError):
     """Expected failure of a metadata operation; carries the Kafka error code it maps to."""
-
-    error_code: ErrorCode = ErrorCode.unknown_server_error
 
 
 class InvalidTopicName(ClusterError):
@@ -67,6 +66,10 @@ class InvalidTopicConfig(ClusterError):
 
 class InvalidPartitionCount(ClusterError):
     error_code = ErrorCode.invalid_partitions
+
+
+class InvalidReplicationFactor(ClusterError):
+    error_code = ErrorCode.invalid_replication_factor
 
 
 def validate_topic_name(name: str) -> None:
@@ -131,9 +134,7 @@ def _error_from_code(code: int, message: str) -> ClusterError:
     for cls in ClusterError.__subclasses__():
         if cls.error_code == code:
             return cls(message)
-    error = ClusterError(message)
-    error.error_code = ErrorCode(code)
-    return error
+    return ClusterError(message, ErrorCode(code))
 
 
 @attrs.frozen(slots=True)

@@ -1,23 +1,18 @@
-"""Expected failures of the Kafka layer. Each carries the Kafka error code it maps to.
+"""Expected failures of the Kafka layer.
 
-A `ConnectionError`-family failure (`ProtocolViolation` and subclasses) closes the client's
-connection with a log line; a `KafkaError` is answered in the response with its code.
+A `ProtocolViolation` (and subclasses) closes the client's connection with a log line; a
+`KafkaError` (a chronik_trio.errors.BrokerError) is answered in the response with its code.
 """
 
 from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.errors import BrokerError
 
-class KafkaError(Exception):
-    """A request-level failure answered with `error_code`."""
 
-    error_code: ErrorCode = ErrorCode.unknown_server_error
-
-    def __init__(self, message: str, error_code: ErrorCode | None = None) -> None:
-        super().__init__(message)
-        if error_code is not None:
-            self.error_code = error_code
+class KafkaError(BrokerError):
+    """A request-level failure of the Kafka layer, answered with `error_code`."""
 
 
 class CorruptRecords(KafkaError):
@@ -30,30 +25,6 @@ class InvalidRecords(KafkaError):
 
 class RecordsTooLarge(KafkaError):
     error_code = ErrorCode.message_too_large
-
-
-class InvalidTopic(KafkaError):
-    error_code = ErrorCode.invalid_topic_exception
-
-
-class UnknownTopicOrPartition(KafkaError):
-    error_code = ErrorCode.unknown_topic_or_partition
-
-
-class TopicExists(KafkaError):
-    error_code = ErrorCode.topic_already_exists
-
-
-class InvalidPartitions(KafkaError):
-    error_code = ErrorCode.invalid_partitions
-
-
-class InvalidReplicationFactor(KafkaError):
-    error_code = ErrorCode.invalid_replication_factor
-
-
-class InvalidConfig(KafkaError):
-    error_code = ErrorCode.invalid_config
 
 
 class OffsetOutOfRange(KafkaError):

@@ -31,7 +31,8 @@ import uuid
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import ClusterError, Topic, TopicAlreadyExists
+from chronik_trio.cluster.meta import Topic, TopicAlreadyExists
+from chronik_trio.errors import BrokerError, NotEnoughReplicas, NotLeader, ProposalFailed
 from chronik_trio.group import (OFFSETS_TOPIC, Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted,
                                 JoinRequest, JoinResult, MemberRecord, OffsetRecord, PersistWanted,
                                 SyncCompleted, SyncPending, SyncResult, partition_for)
@@ -41,14 +42,11 @@ from chronik_trio.group.store import group_batch, offsets_batch
 from chronik_trio.kafka.records import parse_batches
 from chronik_trio.raft.types import StateRole
 
-from .meta_group import MetaUnavailable
-from .partition_group import NotEnoughReplicas, PartitionReplica
-from .raft_group import NotLeader, ProposalFailed
+from .partition_group import PartitionReplica
 
 log = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # with nothing due, the loop still wakes this often (leadership checks)
-LOAD_POLL_S = 0.02
 LOAD_WAIT_S_MAX = 2.0  # a request waits this long for a new leader's load, then is told to retry
 CREATE_TOPIC_WAIT_S = 10.0  # FindCoordinator waits this long for the topic, then retriable
 JOIN_GRACE_S = 5.0  # beyond the rebalance timeout, a JoinGroup gives up waiting (never expected)
@@ -149,13 +147,21 @@ class GroupCoordinator:
             if shard is not None:
                 self._unload(shard)
             load_index = replica.group.node.raft.log.last_index()
-            self.shards[replica.partition] = _Shard(replica, term, load_index)
-            self._wake.set()  # load it soon
+            shard = self.shards[replica.partition] = _Shard(replica, term, load_index)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._load_when_applied, shard)
             log.info("offsets partition %d: leader at term %d, loading groups (log up to index %d)",
                      replica.partition, term, load_index)
         elif shard is not None and shard.replica is replica:
             del self.shards[replica.partition]
             self._unload(shard)
+
+    async def _load_when_applied(self, shard: _Shard) -> None:
+        """Wake the loop to load the shard once its replica has applied the new term's
+        first entry (everything before it is then in the GroupStore)."""
+        while shard.current and shard.replica.machine.applied_index < shard.load_index:
+            await shard.replica.group.wait_advanced()
+        self._wake.set()
 
     def _unload(self, shard: _Shard) -> None:
         for group in shard.groups.values():
@@ -199,11 +205,13 @@ class GroupCoordinator:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            for shard in self.shards.values():  # leaders since before the loop ran
+                nursery.start_soon(self._load_when_applied, shard)
             task_status.started()
             next_expiry = trio.current_time() + self.setting("offsets_retention_check_interval_ms") / 1000
             while True:
-                # Sleep until the first session or rebalance deadline (or a load to poll for):
-                # an idle node does not wake for groups that have nothing due.
+                # Sleep until the first session or rebalance deadline (or a shard is ready to
+                # load): an idle node does not wake for groups that have nothing due.
                 self._wake_at_s = min(self._next_due_s(), next_expiry)
                 with trio.move_on_at(self._wake_at_s):
                     await self._wake.wait()
@@ -219,9 +227,7 @@ class GroupCoordinator:
         now_s = trio.current_time()
         due_s = now_s + IDLE_WAKE_S
         for shard in self.shards.values():
-            if not shard.loaded:
-                due_s = min(due_s, now_s + LOAD_POLL_S)
-            elif shard.due_ms:
+            if shard.loaded and shard.due_ms:
                 due_s = min(due_s, min(shard.due_ms.values()) / 1000)
         return due_s
 
@@ -355,7 +361,7 @@ class GroupCoordinator:
                                          {}, replication_factor=rf)
         except TopicAlreadyExists:
             pass
-        except (ClusterError, MetaUnavailable, trio.TooSlowError) as exc:
+        except BrokerError as exc:
             log.warning("could not create %s: %s", OFFSETS_TOPIC, exc)
         finally:
             done.set()
@@ -391,7 +397,9 @@ class GroupCoordinator:
             except GroupError as exc:
                 if exc.error_code != ErrorCode.coordinator_load_in_progress or trio.current_time() >= deadline:
                     raise
-            await trio.sleep(LOAD_POLL_S)
+            topic = self.node.meta.topics[OFFSETS_TOPIC]  # _shard_for found it, and the shard
+            with trio.move_on_at(deadline):
+                await self.shards[self.coordinator_partition(topic, group_id)].replica.group.wait_advanced()
 
     def _group(self, shard: _Shard, group_id: str, *, create: bool) -> Group | None:
         group = shard.groups.get(group_id)

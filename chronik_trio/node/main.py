@@ -18,6 +18,7 @@ import time
 import trio
 
 from . import config as config_mod
+from .faults import FaultInjectingNode
 from .node import Node
 
 log = logging.getLogger("chronik_trio")
@@ -138,8 +139,6 @@ def run(args: argparse.Namespace) -> int:
 def _make_node(cfg: config_mod.NodeConfig) -> Node:
     if not cfg.fault_injection:
         return Node(cfg)
-    from .faults import FaultInjectingNode
-
     log.warning("node %d: fault injection is on (POST /faults)", cfg.node_id)
     return FaultInjectingNode(cfg)
 

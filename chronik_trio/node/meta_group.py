@@ -15,10 +15,11 @@ import typing
 import trio
 
 from chronik_trio.cluster.meta import Applied, MetaState
+from chronik_trio.errors import MetaUnavailable, ProposalFailed
 from chronik_trio.pb import meta_pb2
 from chronik_trio.raft.types import Snapshot, StateRole
 
-from .raft_group import ProposalFailed, RaftGroup
+from .raft_group import RaftGroup
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ META_GROUP_ID = "__meta"
 META_PROPOSE_TIMEOUT_S = 15.0  # a metadata command gives up after this (no quorum)
 META_RETRY_S = 1.0  # resend the same command if not applied within this (leader change)
 META_NO_LEADER_BACKOFF_S = 0.05
-
-
-class MetaUnavailable(Exception):
-    """No quorum of __meta within the timeout; retriable by the client."""
 
 
 class MetaMachine:
@@ -110,10 +107,14 @@ class MetaService:
         try:
             with trio.move_on_after(META_PROPOSE_TIMEOUT_S):
                 while True:
+                    leader_known = self.group.leader_known
                     try:
                         await self.group.propose_anywhere(data)
                     except ProposalFailed:
-                        await trio.sleep(META_NO_LEADER_BACKOFF_S)
+                        # No leader known (or leadership moving): try again once one is
+                        # learnt, or after a short pause if leadership stays where it is.
+                        with trio.move_on_after(META_NO_LEADER_BACKOFF_S):
+                            await leader_known.wait()
                         continue
                     # Wait for the commit; resend at once if a new leader appears (a follower
                     # may have forwarded the command to the old one), else after a while.

@@ -26,9 +26,11 @@ import uuid
 import zlib
 
 import trio
+from prometheus_client import CollectorRegistry
 
-from chronik_trio.cluster.meta import (Topic, TopicAlreadyExists, UnknownTopic,
-                                       validate_topic_name)
+from chronik_trio.cluster.meta import (InvalidPartitionCount, InvalidReplicationFactor, Topic,
+                                       TopicAlreadyExists, UnknownTopic, validate_topic_name)
+from chronik_trio.errors import MetaUnavailable, RequestTimedOut
 from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.pb import meta_pb2, raft_pb2
 from chronik_trio.raft.config import Config as RaftConfig
@@ -36,11 +38,13 @@ from chronik_trio.raft.convert import message_from_pb, message_to_pb
 from chronik_trio.raft.rawnode import RawNode
 from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
+from chronik_trio.transport.transport import Transport
 
 from .config import ConfigError, NodeConfig
 from .group_coordinator import GroupCoordinator
 from .kafka_server import serve_connection
-from .meta_group import META_GROUP_ID, MetaMachine, MetaService, MetaUnavailable
+from .metrics import NodeMetrics
+from .meta_group import META_GROUP_ID, MetaMachine, MetaService
 from .partition_group import PartitionMachine, PartitionReplica
 from .raft_group import RaftGroup
 from .raft_runtime import RaftRuntime
@@ -48,6 +52,7 @@ from .raft_runtime import RaftRuntime
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 3.0  # in-flight produces commit within milliseconds; long polls do not
+TRANSACTIONAL_ID_EXPIRATION_MS = 604_800_000  # Kafka's transactional.id.expiration.ms (7 days)
 PRODUCER_ID_BLOCK = 1000  # ids reserved per __meta command; a restart skips the unused rest
 ELECTION_TICK = 10  # x 50 ms ticks: a follower campaigns after 0.5-1 s without a leader
 HEARTBEAT_TICK = 2
@@ -88,7 +93,8 @@ class Node:
         self._isr_quiet: dict = {}  # (topic id, partition) -> (term, ISR, last index) checked idle
         self._nursery: trio.Nursery | None = None
         self._serving = False
-        self.requests_inflight = 0
+        self._requests_inflight = 0
+        self._requests_drained: trio.Event | None = None  # set when requests_inflight drops to 0
         self._shutdown = trio.Event()
         self._reconcile_wanted = trio.Event()
         self._reconcile_lock = trio.Lock()
@@ -101,6 +107,18 @@ class Node:
         self.groups = GroupCoordinator(self)  # consumer groups (on __consumer_offsets leaders)
 
     # --- what handlers use (kafka/handlers/context.py) ---------------------------------------
+
+    @property
+    def requests_inflight(self) -> int:
+        """Kafka requests being answered (counted by kafka_server.py)."""
+        return self._requests_inflight
+
+    @requests_inflight.setter
+    def requests_inflight(self, count: int) -> None:
+        self._requests_inflight = count
+        if count == 0 and self._requests_drained is not None:
+            self._requests_drained.set()
+            self._requests_drained = None
 
     @property
     def meta(self):
@@ -142,7 +160,7 @@ class Node:
                            timeout_s: float = CREATE_TOPIC_TIMEOUT_S) -> Topic:
         """Assign replicas across the registered brokers, commit the topic through __meta,
         and return once every partition has a leader in this node's metadata (so the first
-        produce after creation succeeds), or raise TimeoutError."""
+        produce after creation succeeds), or raise RequestTimedOut."""
         validate_topic_name(name)
         if name in self.meta.topics:
             raise TopicAlreadyExists(f"topic {name!r} already exists")
@@ -177,16 +195,11 @@ class Node:
                         nursery.start_soon(self.elect_preferred_leader, topic, p, PREFERRED_SETTLE_S)
 
     def _assign(self, name: str, partitions: int, replication_factor: int) -> list[list[int]]:
-        from chronik_trio.cluster.meta import InvalidPartitionCount, ClusterError
-        from kio.schema.errors import ErrorCode
-
         brokers = sorted(self.meta.brokers)
         rf = min(DEFAULT_REPLICATION_FACTOR_MAX, len(brokers)) if replication_factor == -1 else replication_factor
         if rf < 1 or rf > len(brokers):
-            error = ClusterError(f"replication factor {rf} is not between 1 and the cluster's "
-                                 f"{len(brokers)} broker(s)")
-            error.error_code = ErrorCode.invalid_replication_factor
-            raise error
+            raise InvalidReplicationFactor(f"replication factor {rf} is not between 1 and the "
+                                           f"cluster's {len(brokers)} broker(s)")
         if partitions < 1:
             raise InvalidPartitionCount(f"number of partitions must be positive, got {partitions}")
         # Spread preferred leaders (the first replica) round-robin from a per-topic start.
@@ -197,8 +210,6 @@ class Node:
                              validate_only: bool = False, timeout_s: float = CREATE_TOPIC_TIMEOUT_S) -> Topic:
         """Grow a topic to `count` partitions (CreatePartitions); returns once the new
         partitions have leaders here."""
-        from chronik_trio.cluster.meta import InvalidPartitionCount
-
         topic = self.meta.topics.get(name)
         if topic is None:
             raise UnknownTopic(f"topic {name!r} does not exist")
@@ -235,9 +246,12 @@ class Node:
                     replica.group.transfer_leader(preferred)
 
     async def _wait_for_leaders(self, topic: Topic, timeout_s: float) -> None:
-        with trio.fail_after(timeout_s):
+        with trio.move_on_after(timeout_s):
             while not all(self.meta.leader_of(topic, p) for p in range(topic.partition_count)):
                 await self.meta_machine.changed.wait()
+            return
+        raise RequestTimedOut(f"topic {topic.name!r} not ready within the timeout: a partition "
+                              f"has no leader after {timeout_s:.0f} s")
 
     async def auto_create(self, name: str) -> Topic:
         try:
@@ -269,6 +283,17 @@ class Node:
                 next_id, end = applied.producer_id_start, applied.producer_id_start + PRODUCER_ID_BLOCK
             self._producer_ids = (next_id + 1, end)
             return next_id
+
+    async def init_transactional_id(self, transactional_id: str, producer_id: int,
+                                    producer_epoch: int) -> tuple[int, int]:
+        applied = await self.meta_service.propose(meta_pb2.MetaCommand(
+            transactional_id_initialized=meta_pb2.TransactionalIdInitialized(
+                transactional_id=transactional_id, expected_producer_id=producer_id,
+                expected_epoch=producer_epoch, timestamp_ms=self.wall_clock_ms(),
+                expiration_ms=TRANSACTIONAL_ID_EXPIRATION_MS)))
+        if not applied.ok:
+            raise applied.error
+        return applied.producer_id_start, applied.producer_epoch
 
     # --- Raft groups -------------------------------------------------------------------------
 
@@ -313,11 +338,13 @@ class Node:
         group = self.meta_service.group
         with trio.move_on_after(META_CATCH_UP_S):
             while not (group.leader_id and group.node.raft.log.applied >= group.node.raft.log.committed):
-                await trio.sleep(self.runtime.tick_interval_s / 5)
+                await group.wait_advanced()
 
-    async def _until_replayed(self, groups: list[RaftGroup]) -> None:
-        while any(g.node.raft.log.applied < g.replay_target for g in groups):
-            await trio.sleep(self.runtime.tick_interval_s / 5)
+    @staticmethod
+    async def _until_replayed(groups: list[RaftGroup]) -> None:
+        for group in groups:
+            while group.node.raft.log.applied < group.replay_target and not group.closed:
+                await group.wait_advanced()
 
     def _open_meta(self) -> None:
         directory = self.data_dir / "meta"
@@ -388,7 +415,7 @@ class Node:
 
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         """ElectLeaders (preferred): False if the preferred replica already leads; True once
-        it leads in this node's metadata. Raises TooSlowError on timeout."""
+        it leads in this node's metadata. Raises RequestTimedOut on timeout."""
         preferred = topic.replicas[partition][0]
         known = self.meta.leader_of(topic, partition)
         if known is not None and known.leader == preferred:
@@ -398,14 +425,16 @@ class Node:
                 topic_id=topic.topic_id.bytes, partition=partition)))
         if not applied.ok:
             raise applied.error
-        with trio.fail_after(timeout_s):
+        with trio.move_on_after(timeout_s):
             while (lead := self.meta.leader_of(topic, partition)) is None or lead.leader != preferred:
                 await self.meta_machine.changed.wait()
-        return True
+            return True
+        raise RequestTimedOut(f"the preferred replica did not take over in time ({timeout_s:.0f} s)")
 
     async def _campaign_again(self, group: RaftGroup) -> None:
         for _ in range(FIRST_CAMPAIGN_RETRIES):
-            await trio.sleep(FIRST_CAMPAIGN_RETRY_S)
+            with trio.move_on_after(FIRST_CAMPAIGN_RETRY_S):
+                await group.leader_known.wait()
             if group.closed or group.leader_id:
                 return
             async with group.lock:
@@ -546,12 +575,6 @@ class Node:
     def _make_transport(self):
         """The HTTP/2 app: Raft ingress from peers, /health and /metrics. On the node's
         entry in --peers; a node without peers serves it only with --admin-listen."""
-        from prometheus_client import CollectorRegistry
-
-        from chronik_trio.transport.transport import Transport
-
-        from .metrics import NodeMetrics
-
         members = self.config.peer_addresses
         peers = {n: address for n, address in members.items() if n != self.node_id}
         listen = members[self.node_id] if members else self.config.admin_host_port
@@ -652,7 +675,8 @@ class Node:
             log.info("shutting down: no new connections, %d request(s) in flight", self.requests_inflight)
             with trio.move_on_after(SHUTDOWN_GRACE_S):
                 while self.requests_inflight:
-                    await trio.sleep(0.01)
+                    self._requests_drained = self._requests_drained or trio.Event()
+                    await self._requests_drained.wait()
             connections.cancel_scope.cancel()
 
     def _close_cleanly(self) -> None:

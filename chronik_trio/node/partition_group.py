@@ -12,9 +12,11 @@ import logging
 import typing
 
 import trio
+from kio.schema.errors import ErrorCode
 
 from chronik_trio import storage
 from chronik_trio.cluster.meta import Topic
+from chronik_trio.errors import NotEnoughReplicas, ProposalFailed
 from chronik_trio.kafka.errors import OffsetOutOfRange
 from chronik_trio.kafka.records import BatchHeader, with_offsets
 from chronik_trio.partition.producers import ProducerStateTable, idempotent_batch
@@ -25,7 +27,7 @@ from chronik_trio.raft.types import Entry, Snapshot, StateRole
 from chronik_trio.storage.raft_storage import (partition_snapshot_data, partition_snapshot_next_offset,
                                                partition_snapshot_state)
 
-from .raft_group import ProposalFailed, RaftGroup
+from .raft_group import RaftGroup
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +124,6 @@ class PartitionMachine:
         self._watchers.discard(event)
 
 
-class NotEnoughReplicas(Exception):
-    """acks=all with fewer in-sync replicas than min.insync.replicas: refused, not written."""
-
-
 class PartitionReplica:
     """The produce and fetch side of one partition replica (what Kafka handlers use).
 
@@ -183,6 +181,16 @@ class PartitionReplica:
         Idempotent batches are checked against the leader's producer view first: a retried
         batch is answered with its original offsets and not written again.
         Raises NotLeader, ProposalFailed (retriable), NotEnoughReplicas or ProducerError."""
+        try:
+            return await self._produce(records, headers, acks)
+        except ProposalFailed as exc:
+            # Dropped while leadership moves (or already moved): send the client to the
+            # leader (NOT_LEADER_OR_FOLLOWER); otherwise REQUEST_TIMED_OUT.
+            if not self.is_leader or self.group.transfer_pending():
+                raise ProposalFailed(str(exc), ErrorCode.not_leader_or_follower) from None
+            raise
+
+    async def _produce(self, records, headers: list[BatchHeader], acks: int) -> int:
         batches = [idempotent_batch(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
                                     h.max_timestamp_ms) for h in headers]
         idempotent = any(batch is not None for batch in batches)

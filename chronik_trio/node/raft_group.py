@@ -14,6 +14,7 @@ import typing
 
 import trio
 
+from chronik_trio.errors import NotLeader, ProposalFailed
 from chronik_trio.raft.errors import ProposalDropped, StepPeerNotFound
 from chronik_trio.raft.rawnode import RawNode
 from chronik_trio.raft.types import (ConfState, Entry, Message, MessageType, Snapshot, SoftState,
@@ -26,20 +27,6 @@ PENDING_PROPOSALS_MAX = 10_000  # per group; bounds waiter memory if commits sta
 QUIESCE_AFTER_IDLE_TICKS = 20  # an idle leader quiesces after this many ticks (1 s at 50 ms)
 LEADER_LOST_GRACE_TICKS = 2  # see leader_lost
 QUIESCE_CONTEXT = b"chronik.quiesce"  # marks the leader's last heartbeat before it goes quiet
-
-
-class NotLeader(Exception):
-    """This node is not the group's leader; `leader_id` is the one it knows (0: none)."""
-
-    def __init__(self, group_id: str, leader_id: int, term: int) -> None:
-        who = f"node {leader_id}" if leader_id else "no known leader"
-        super().__init__(f"group {group_id}: not the leader ({who}, term {term})")
-        self.group_id, self.leader_id, self.term = group_id, leader_id, term
-
-
-class ProposalFailed(Exception):
-    """The proposal will not be reported as applied (leadership lost, entry overwritten,
-    or dropped); retrying is safe for idempotent commands."""
 
 
 class StateMachine(typing.Protocol):
@@ -106,6 +93,7 @@ class RaftGroup:
         self.persisted_index = storage.log.durable_index
         self._persist_waiters: list[tuple[int, int, trio.Event]] = []  # a heap by index
         self._waiters: dict[int, _Waiter] = {}
+        self._advanced: trio.Event | None = None  # see wait_advanced; made only when awaited
         ss = node.status().soft_state
         self.leader_id, self.role, self.term = ss.leader_id, ss.role, node.status().hard_state.term
 
@@ -257,6 +245,19 @@ class RaftGroup:
         heapq.heappush(self._persist_waiters, (index, id(event), event))
         await event.wait()
 
+    async def wait_advanced(self) -> None:
+        """Until the Ready pass next advances this group (its applied or commit index, its
+        leader or its term may have moved): callers re-check their condition after it."""
+        if self._advanced is None:
+            self._advanced = trio.Event()
+        await self._advanced.wait()
+
+    def advanced(self) -> None:
+        """Called by the Ready pass after advance()."""
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
+
     def on_persisted(self, index: int) -> None:
         self.persisted_index = max(self.persisted_index, index)
         while self._persist_waiters and self._persist_waiters[0][0] <= self.persisted_index:
@@ -372,4 +373,5 @@ class RaftGroup:
         """Call with the lock held (or with the runtime stopped)."""
         self.closed = True
         self._fail_waiters(f"group {self.group_id}: closed")
+        self.advanced()  # whoever waits on it looks again, and sees it closed
         self.storage.close()

@@ -254,6 +254,7 @@ class RaftRuntime:
                     self._send_all(group, rd.persisted_messages)
                     self._apply(group, rd)
                     group.node.advance(rd)
+                    group.advanced()
                     group.release_cached_entries()
         finally:
             for group in held:

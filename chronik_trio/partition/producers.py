@@ -27,7 +27,9 @@ from __future__ import annotations
 import typing
 
 import attrs
+from kio.schema.errors import ErrorCode
 
+from chronik_trio.errors import BrokerError
 from chronik_trio.pb import partition_pb2
 from chronik_trio.record_batch import ATTR_TRANSACTIONAL, NO_PRODUCER_ID, NO_SEQUENCE, read_header
 
@@ -38,16 +40,16 @@ EXPIRY_CHECK_EVERY = 1024  # batches applied between expiry sweeps
 
 
 
-class ProducerError(Exception):
+class ProducerError(BrokerError):
     """A produce that breaks the sequence rules; nothing of it is appended."""
 
 
 class OutOfOrderSequence(ProducerError):
-    pass
+    error_code = ErrorCode.out_of_order_sequence_number
 
 
 class InvalidProducerEpoch(ProducerError):
-    pass
+    error_code = ErrorCode.invalid_producer_epoch
 
 
 def next_sequence(sequence: int, increment: int = 1) -> int:

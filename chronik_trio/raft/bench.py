@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from chronik_trio.pb import raft_pb2 as pb
+
 from .config import Config
 from .rawnode import RawNode
 from .storage import MemoryStorage
@@ -119,8 +121,6 @@ def measure_representation(clock: Callable[[], float], n: int = 20_000,
     """(build, read) microseconds per append message of 4 entries, with raft/'s dataclasses
     and with the generated protobuf classes; the minimum of `repeats` interleaved runs, so
     that noise from other processes on the machine does not decide."""
-    from chronik_trio.pb import raft_pb2 as pb
-
     def build_dc(k: int):
         return Message(type=MessageType.APPEND, to=2, from_=1, term=3, log_term=3, index=k,
                        commit=k, entries=tuple(Entry(3, k + j, b"d") for j in range(4)))

@@ -3,7 +3,7 @@
 import pytest
 import trio
 
-from chronik_trio.node.raft_group import NotLeader, ProposalFailed
+from chronik_trio.errors import NotLeader, ProposalFailed
 from tests.node.cluster import TICK_S, LocalCluster
 
 pytestmark = pytest.mark.timeout(60)

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import (
-    TOPIC_CONFIG_DEFAULTS,
-    ClusterError,
-    validate_topic_configs,
-    validate_topic_name,
-)
-
-from chronik_trio.pb import meta_pb2
+from chronik_trio.cluster.meta import TOPIC_CONFIG_DEFAULTS, Topic, validate_topic_configs, validate_topic_name
+from chronik_trio.errors import BrokerError, MetaUnavailable
 
 from ..codec import build, has_field, response_schema
-from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of
+from .common import AUTHORIZED_OPERATIONS_OMITTED
+from .context import BrokerContext
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +32,7 @@ def _topic_configs_out(topic_configs: dict[str, str]) -> list[dict]:
              "is_sensitive": False} for k, v in sorted(TOPIC_CONFIG_DEFAULTS.items())]
 
 
-async def _create_one(ctx, spec, validate_only: bool, timeout_s: float) -> dict:
-    from chronik_trio.node.meta_group import MetaUnavailable
-
+async def _create_one(ctx: BrokerContext, spec, validate_only: bool, timeout_s: float) -> dict:
     out = {"name": spec.name, "num_partitions": -1, "replication_factor": -1, "configs": None}
     partitions = spec.num_partitions if spec.num_partitions != -1 else ctx.config.default_partitions
     configs = {c.name: c.value for c in spec.configs}
@@ -58,11 +50,8 @@ async def _create_one(ctx, spec, validate_only: bool, timeout_s: float) -> dict:
         topic = await ctx.create_topic(spec.name, partitions, configs, validate_only=validate_only,
                                        replication_factor=spec.replication_factor,
                                        assignment=assignment, timeout_s=timeout_s)
-    except ClusterError as exc:
-        return {**out, "error_code": error_code_of(exc), "error_message": str(exc)}
-    except (TimeoutError, trio.TooSlowError, MetaUnavailable) as exc:
-        return {**out, "error_code": ErrorCode.request_timed_out,
-                "error_message": f"topic {spec.name!r} not ready within the timeout: {exc}"}
+    except BrokerError as exc:
+        return {**out, "error_code": exc.error_code, "error_message": str(exc)}
     return {**out, "error_code": ErrorCode.none, "topic_id": topic.topic_id,
             "num_partitions": topic.partition_count, "replication_factor": len(topic.replicas[0]),
             "configs": _topic_configs_out(topic.configs)}
@@ -98,8 +87,8 @@ async def handle_delete_topics(body, ctx, version: int):
         try:
             topic = await ctx.delete_topic(name)
             results.append({**entry, "topic_id": topic.topic_id, "error_code": ErrorCode.none})
-        except ClusterError as exc:
-            results.append({**entry, "error_code": error_code_of(exc), "error_message": str(exc)})
+        except BrokerError as exc:
+            results.append({**entry, "error_code": exc.error_code, "error_message": str(exc)})
     return build(response_schema(20, version), throttle_time=0, responses=results)
 
 
@@ -152,7 +141,6 @@ async def handle_describe_cluster(body, ctx, version: int):
                  cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)
 
 
-TRANSACTIONAL_ID_EXPIRATION_MS = 604_800_000  # Kafka's transactional.id.expiration.ms (7 days)
 INIT_PRODUCER_ID_FENCED_VERSION = 4  # older clients are told INVALID_PRODUCER_EPOCH instead
 
 
@@ -162,36 +150,30 @@ async def handle_init_producer_id(body, ctx, version: int):
     transactional id keeps its producer id with the epoch bumped through __meta, which
     fences the previous holder; transactions themselves are not built (Produce with a
     transactional id is refused)."""
-    from chronik_trio.node.meta_group import MetaUnavailable
-
     resp = response_schema(22, version)
     try:
         if body.transactional_id is None:
             producer_id, epoch = await ctx.allocate_producer_id(), 0
         else:
-            applied = await ctx.meta_service.propose(meta_pb2.MetaCommand(
-                transactional_id_initialized=meta_pb2.TransactionalIdInitialized(
-                    transactional_id=body.transactional_id,
-                    expected_producer_id=getattr(body, "producer_id", -1),  # v3+
-                    expected_epoch=getattr(body, "producer_epoch", -1),
-                    timestamp_ms=int(time.time() * 1000), expiration_ms=TRANSACTIONAL_ID_EXPIRATION_MS)))
-            if not applied.ok:
-                code = applied.error.error_code
-                if code == ErrorCode.producer_fenced and version < INIT_PRODUCER_ID_FENCED_VERSION:
-                    code = ErrorCode.invalid_producer_epoch
-                log.info("InitProducerId for %r refused: %s", body.transactional_id, applied.error)
-                return build(resp, throttle_time=0, error_code=code, producer_id=-1, producer_epoch=-1)
-            producer_id, epoch = applied.producer_id_start, applied.producer_epoch
+            producer_id, epoch = await ctx.init_transactional_id(
+                body.transactional_id, getattr(body, "producer_id", -1),  # v3+
+                getattr(body, "producer_epoch", -1))
     except MetaUnavailable as exc:
+        # Not REQUEST_TIMED_OUT: the Java producer retries InitProducerId only on the
+        # coordinator errors and treats any other as fatal.
         log.info("InitProducerId: %s", exc)
         return build(resp, throttle_time=0, error_code=ErrorCode.coordinator_not_available,
                      producer_id=-1, producer_epoch=-1)
+    except BrokerError as exc:
+        code = exc.error_code
+        if code == ErrorCode.producer_fenced and version < INIT_PRODUCER_ID_FENCED_VERSION:
+            code = ErrorCode.invalid_producer_epoch
+        log.info("InitProducerId for %r refused: %s", body.transactional_id, exc)
+        return build(resp, throttle_time=0, error_code=code, producer_id=-1, producer_epoch=-1)
     return build(resp, throttle_time=0, error_code=0, producer_id=producer_id, producer_epoch=epoch)
 
 
-async def _add_partitions_one(ctx, spec, validate_only: bool, timeout_s: float) -> dict:
-    from chronik_trio.node.meta_group import MetaUnavailable
-
+async def _add_partitions_one(ctx: BrokerContext, spec, validate_only: bool, timeout_s: float) -> dict:
     out = {"name": spec.name}
     assignment = [list(a.broker_ids) for a in spec.assignments] if spec.assignments else None
     try:
@@ -202,10 +184,8 @@ async def _add_partitions_one(ctx, spec, validate_only: bool, timeout_s: float) 
                         "error_message": f"unknown brokers {sorted(unknown)} in {assignment}"}
         await ctx.add_partitions(spec.name, spec.count, assignment=assignment,
                                  validate_only=validate_only, timeout_s=timeout_s)
-    except ClusterError as exc:
-        return {**out, "error_code": error_code_of(exc), "error_message": str(exc)}
-    except (TimeoutError, trio.TooSlowError, MetaUnavailable) as exc:
-        return {**out, "error_code": ErrorCode.request_timed_out, "error_message": str(exc)}
+    except BrokerError as exc:
+        return {**out, "error_code": exc.error_code, "error_message": str(exc)}
     return {**out, "error_code": ErrorCode.none}
 
 
@@ -218,9 +198,8 @@ async def handle_create_partitions(body, ctx, version: int):
 ELECTION_PREFERRED = 0
 
 
-async def _elect_one(ctx, topic, partition: int, election_type: int, timeout_s: float) -> dict:
-    from chronik_trio.node.meta_group import MetaUnavailable
-
+async def _elect_one(ctx: BrokerContext, topic: Topic | None, partition: int, election_type: int,
+                     timeout_s: float) -> dict:
     out = {"partition_id": partition}
     if topic is None or not 0 <= partition < topic.partition_count:
         return {**out, "error_code": ErrorCode.unknown_topic_or_partition}
@@ -230,11 +209,8 @@ async def _elect_one(ctx, topic, partition: int, election_type: int, timeout_s: 
                                  "only preferred elections exist"}
     try:
         moved = await ctx.elect_preferred_leader(topic, partition, timeout_s)
-    except (TimeoutError, trio.TooSlowError, MetaUnavailable) as exc:
-        return {**out, "error_code": ErrorCode.request_timed_out,
-                "error_message": f"the preferred replica did not take over in time: {exc}"}
-    except ClusterError as exc:
-        return {**out, "error_code": error_code_of(exc), "error_message": str(exc)}
+    except BrokerError as exc:
+        return {**out, "error_code": exc.error_code, "error_message": str(exc)}
     if not moved:
         return {**out, "error_code": ErrorCode.election_not_needed}
     return {**out, "error_code": ErrorCode.none}

@@ -4,32 +4,31 @@ from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import ClusterError, validate_topic_name
+from chronik_trio.cluster.meta import Topic, UnknownTopic, validate_topic_name
+from chronik_trio.errors import BrokerError
 
-from ..errors import KafkaError
+from .context import BrokerContext
 
 AUTHORIZED_OPERATIONS_OMITTED = -(2**31)  # Kafka's "not requested" value
 
 
 def error_code_of(exc: BaseException) -> ErrorCode:
-    assert isinstance(exc, (KafkaError, ClusterError)), exc
+    assert isinstance(exc, BrokerError), exc
     return exc.error_code
 
 
-async def topic_for_request(ctx, name: str, *, allow_auto_create: bool):
-    """The Topic, auto-created if allowed; or raise the ClusterError that explains why not."""
+async def topic_for_request(ctx: BrokerContext, name: str, *, allow_auto_create: bool) -> Topic:
+    """The Topic, auto-created if allowed; or raise the BrokerError that explains why not."""
     topic = ctx.meta.topics.get(name)
     if topic is not None:
         return topic
     validate_topic_name(name)
     if allow_auto_create and ctx.config.auto_create_topics:
         return await ctx.auto_create(name)
-    from chronik_trio.cluster.meta import UnknownTopic
-
     raise UnknownTopic(f"topic {name!r} does not exist")
 
 
-def leader_hint(ctx, topic_name: str, partition: int) -> tuple[ErrorCode, dict]:
+def leader_hint(ctx: BrokerContext, topic_name: str, partition: int) -> tuple[ErrorCode, dict]:
     """The error for a partition this node cannot serve, and the current_leader fields
     (KIP-951): NOT_LEADER_OR_FOLLOWER with the leader __meta knows, LEADER_NOT_AVAILABLE
     when there is none, UNKNOWN_TOPIC_OR_PARTITION when the partition does not exist."""
@@ -42,7 +41,7 @@ def leader_hint(ctx, topic_name: str, partition: int) -> tuple[ErrorCode, dict]:
     return ErrorCode.not_leader_or_follower, {"leader_id": leader.leader, "leader_epoch": leader.epoch}
 
 
-def node_endpoints(ctx, leader_ids) -> list[dict]:
+def node_endpoints(ctx: BrokerContext, leader_ids) -> list[dict]:
     """Broker endpoints of the leaders named in current_leader fields (KIP-951)."""
     out = []
     for node_id in sorted(set(leader_ids)):

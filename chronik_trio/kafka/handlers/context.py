@@ -1,32 +1,132 @@
-"""What a handler may use from the node (implemented by chronik_trio.node.node.Node)."""
+"""What a handler may use from the broker: typed interfaces, implemented above this layer.
+
+The node (chronik_trio.node) implements BrokerContext, its partition replicas implement
+Replica and its group coordinator implements GroupCoordinatorApi. Handlers import these
+Protocols, never the node, so every import points down (docs/architecture.md). Every
+expected failure a member raises is a chronik_trio.errors.BrokerError carrying its Kafka
+error code.
+"""
 
 from __future__ import annotations
 
 import typing
 
+import trio
+from kio.schema.errors import ErrorCode
+
 from chronik_trio.cluster.meta import MetaState, Topic
+from chronik_trio.group import Group, JoinRequest, JoinResult, OffsetRecord, SyncResult
+from chronik_trio.partition.producers import ProducerEntry
+from chronik_trio.storage import SegmentLog
+
+
+class BrokerConfig(typing.Protocol):
+    """The broker settings handlers read (node.config.NodeConfig has them)."""
+
+    @property
+    def default_partitions(self) -> int: ...
+    @property
+    def auto_create_topics(self) -> bool: ...
+    @property
+    def message_max_bytes(self) -> int: ...
+    @property
+    def request_max_bytes(self) -> int: ...
+    @property
+    def segment_bytes(self) -> int: ...
+    @property
+    def rack(self) -> str | None: ...
+
+
+class Replica(typing.Protocol):
+    """This node's replica of one partition (node.partition_group.PartitionReplica)."""
+
+    @property
+    def is_leader(self) -> bool: ...
+    @property
+    def leader_epoch(self) -> int: ...
+    @property
+    def high_watermark(self) -> int: ...
+    @property
+    def log_start_offset(self) -> int: ...
+    @property
+    def isr(self) -> tuple[int, ...]: ...
+    @property
+    def log(self) -> SegmentLog: ...
+
+    async def produce(self, records: bytes, headers: list, acks: int) -> int:
+        """The first base offset; raises NotLeader, ProposalFailed, NotEnoughReplicas or
+        ProducerError (all BrokerErrors)."""
+    def read(self, offset: int, max_bytes: int) -> list[memoryview]:
+        """Whole batches from offset below the high watermark; raises OffsetOutOfRange."""
+    def watch(self, event: trio.Event) -> None:
+        """Set event the next time the high watermark moves."""
+    def unwatch(self, event: trio.Event) -> None: ...
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]: ...
+    def describe_producers(self) -> list[ProducerEntry]: ...
+
+
+class GroupCoordinatorApi(typing.Protocol):
+    """The consumer-group APIs (node.group_coordinator.GroupCoordinator)."""
+
+    async def offsets_topic(self) -> Topic | None: ...
+    async def join(self, group_id: str, request: JoinRequest) -> JoinResult: ...
+    async def sync(self, group_id: str, member_id: str, generation_id: int, instance_id: str | None,
+                   protocol_type: str | None, protocol_name: str | None,
+                   assignments: typing.Sequence[tuple[str, bytes]]) -> SyncResult: ...
+    async def heartbeat(self, group_id: str, member_id: str, generation_id: int,
+                        instance_id: str | None) -> ErrorCode: ...
+    async def leave(self, group_id: str, members: typing.Sequence[tuple[str, str | None]]
+                    ) -> tuple[ErrorCode, list[ErrorCode]]: ...
+    async def commit(self, group_id: str, member_id: str, generation_id: int, instance_id: str | None,
+                     offsets: typing.Sequence[tuple[str, int, int, int, str | None]]) -> list[ErrorCode]: ...
+    async def fetch(self, group_id: str, partitions: typing.Sequence[tuple[str, int]] | None
+                    ) -> dict[tuple[str, int], OffsetRecord | None]: ...
+    def list_groups(self) -> list[Group]: ...
+    async def describe(self, group_id: str) -> Group | None: ...
+    async def delete_group(self, group_id: str) -> ErrorCode: ...
+    async def delete_offsets(self, group_id: str, partitions: typing.Sequence[tuple[str, int]]
+                             ) -> tuple[ErrorCode, list[ErrorCode]]: ...
 
 
 class BrokerContext(typing.Protocol):
-    node_id: int
-    cluster_id: str
-    config: typing.Any  # node.config.NodeConfig
-    meta: MetaState  # this node's applied copy of __meta
-    groups: typing.Any  # node.group_coordinator.GroupCoordinator: the group APIs
+    """What the handlers of one node use (node.node.Node)."""
+
+    @property
+    def node_id(self) -> int: ...
+    @property
+    def cluster_id(self) -> str: ...
+    @property
+    def config(self) -> BrokerConfig: ...
+    @property
+    def meta(self) -> MetaState:
+        """This node's applied copy of __meta."""
+    @property
+    def groups(self) -> GroupCoordinatorApi: ...
+    requests_inflight: int  # counted by the connection loop, for a graceful shutdown
 
     def meta_leader_id(self) -> int: ...
     def broker_alive(self, node_id: int) -> bool: ...
     async def meta_changed(self) -> None:
         """Until this node applies the next change to __meta."""
-    def replica(self, topic: str, partition: int) -> typing.Any | None:
-        """This node's replica (node.partition_group.PartitionReplica), or None."""
+    def replica(self, topic: str, partition: int) -> Replica | None:
+        """This node's replica of the partition, or None."""
     async def create_topic(self, name: str, partitions: int, configs: dict[str, str], *,
                            validate_only: bool = False, replication_factor: int = -1,
                            assignment: list[list[int]] | None = None,
-                           timeout_s: float = ...) -> Topic: ...
+                           timeout_s: float = ...) -> Topic:
+        """Returns once every partition has a leader here; raises BrokerError
+        (ClusterError, MetaUnavailable, RequestTimedOut)."""
     async def delete_topic(self, name: str) -> Topic: ...
-    async def add_partitions(self, name: str, count: int, *, assignment=None,
+    async def add_partitions(self, name: str, count: int, *, assignment: list[list[int]] | None = None,
                              validate_only: bool = False, timeout_s: float = ...) -> Topic: ...
     async def auto_create(self, name: str) -> Topic: ...
-    async def allocate_producer_id(self) -> int: ...
-    async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool: ...
+    async def allocate_producer_id(self) -> int:
+        """A new producer id; raises MetaUnavailable."""
+    async def init_transactional_id(self, transactional_id: str, producer_id: int,
+                                    producer_epoch: int) -> tuple[int, int]:
+        """(producer id, epoch) for a transactional id, its epoch bumped through __meta
+        (fencing the previous holder); raises ClusterError (ProducerFenced, ...) or
+        MetaUnavailable."""
+    async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
+        """False if the preferred replica already leads; True once it leads here. Raises
+        BrokerError (RequestTimedOut on timeout)."""

@@ -6,7 +6,8 @@ import logging
 
 import trio
 
-from chronik_trio.cluster.meta import ClusterError, INTERNAL_TOPIC_PREFIX
+from chronik_trio.cluster.meta import INTERNAL_TOPIC_PREFIX
+from chronik_trio.errors import BrokerError
 
 from ..codec import build, has_field, response_schema
 from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of, topic_for_request
@@ -75,7 +76,7 @@ async def _requested_topics(body, ctx, version: int) -> list[dict]:
         else:
             try:
                 topic = await topic_for_request(ctx, name, allow_auto_create=allow_auto)
-            except ClusterError as exc:
+            except BrokerError as exc:
                 topics.append({"error_code": error_code_of(exc), "name": name})
                 continue
         topics.append(_topic_entry(ctx, topic, alive))

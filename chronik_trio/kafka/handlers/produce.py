@@ -13,13 +13,16 @@ import logging
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import ClusterError
+from chronik_trio.cluster.meta import Topic
+from chronik_trio.errors import BrokerError, NotLeader
 from chronik_trio.group import OFFSETS_TOPIC
+from chronik_trio.partition.producers import is_transactional
 
 from ..codec import build, response_schema
 from ..errors import KafkaError, ProtocolViolation
 from ..records import parse_batches
-from .common import error_code_of, leader_hint, node_endpoints, topic_for_request
+from .common import leader_hint, node_endpoints, topic_for_request
+from .context import BrokerContext
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,7 @@ def _entry(index: int, error: ErrorCode, **fields) -> dict:
             "log_start_offset": -1, **fields}
 
 
-async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
-    from chronik_trio.node.partition_group import NotEnoughReplicas
-    from chronik_trio.node.raft_group import NotLeader, ProposalFailed
-    from chronik_trio.partition.producers import InvalidProducerEpoch, OutOfOrderSequence, is_transactional
-
+async def _produce_one(ctx: BrokerContext, topic: Topic, partition_data, acks: int) -> dict:
     index = partition_data.index
     replica = ctx.replica(topic.name, index)
     if replica is None:
@@ -53,28 +52,13 @@ async def _produce_one(ctx, topic, partition_data, acks: int) -> dict:
         if any(is_transactional(h.attributes) for h in headers):
             raise KafkaError("transactional batches need transactions, which this broker does not have",
                              ErrorCode.invalid_txn_state)
-    except KafkaError as exc:
-        log.info("produce to %s-%d refused: %s", topic.name, index, exc)
-        return _entry(index, exc.error_code, error_message=str(exc))
-    try:
         base_offset = await replica.produce(partition_data.records, headers, acks)
-    except NotEnoughReplicas as exc:
-        return _entry(index, ErrorCode.not_enough_replicas, error_message=str(exc))
-    except OutOfOrderSequence as exc:
-        log.info("produce to %s-%d refused: %s", topic.name, index, exc)
-        return _entry(index, ErrorCode.out_of_order_sequence_number, error_message=str(exc))
-    except InvalidProducerEpoch as exc:
-        log.info("produce to %s-%d refused: %s", topic.name, index, exc)
-        return _entry(index, ErrorCode.invalid_producer_epoch, error_message=str(exc))
     except NotLeader:
         error, leader = leader_hint(ctx, topic.name, index)
         return _entry(index, error, current_leader=leader) if leader else _entry(index, error)
-    except ProposalFailed as exc:
-        # Not written, or not known to be: retriable either way, never reported as written.
-        # Dropped while leadership moves (or already moved): send the client to the leader.
-        moving = not replica.is_leader or replica.group.transfer_pending()
-        error = ErrorCode.not_leader_or_follower if moving else ErrorCode.request_timed_out
-        return _entry(index, error, error_message=str(exc))
+    except BrokerError as exc:
+        log.info("produce to %s-%d refused: %s", topic.name, index, exc)
+        return _entry(index, exc.error_code, error_message=str(exc))
     return _entry(index, ErrorCode.none, base_offset=base_offset, log_start_offset=replica.log_start_offset)
 
 
@@ -104,8 +88,8 @@ async def handle_produce(body, ctx, version: int):
             try:
                 topic = None if refused is not None else await topic_for_request(
                     ctx, topic_data.name, allow_auto_create=True)
-            except ClusterError as exc:
-                entries.extend(_entry(p.index, error_code_of(exc)) for p in topic_data.partition_data)
+            except BrokerError as exc:
+                entries.extend(_entry(p.index, exc.error_code) for p in topic_data.partition_data)
                 continue
             for i, partition_data in enumerate(topic_data.partition_data):
                 if topic is None:

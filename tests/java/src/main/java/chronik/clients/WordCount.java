@@ -15,14 +15,19 @@ import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
+import org.apache.kafka.common.utils.Bytes;
+import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
+import org.apache.kafka.streams.state.KeyValueStore;
 
 /**
  * Kafka Streams' word count: lines from `--input` are split into words, grouped by word
  * (through a repartition topic) and counted (in a state store with a changelog topic); the
  * counts go to `--output`. A plain consumer reads `--output` until the latest count of every
  * word adds up to `--words` (the number of words in the input) or `--timeout-s` passed, then
- * prints the counts as one JSON line and the application's final state.
+ * prints the counts as one JSON line and the application's final state. `--no-changelog`
+ * keeps the counts in a store without a changelog topic (Streams makes changelogs compacted
+ * topics, which a broker without compaction refuses).
  */
 public final class WordCount {
     public static void main(String[] argv) throws Exception {
@@ -49,7 +54,9 @@ public final class WordCount {
                .flatMapValues(line -> Arrays.asList(line.toLowerCase(Locale.ROOT).split("\\W+")))
                .filter((k, w) -> !w.isEmpty())
                .groupBy((k, w) -> w)
-               .count()
+               .count(args.flag("no-changelog")
+                      ? Materialized.<String, Long, KeyValueStore<Bytes, byte[]>>as("counts").withLoggingDisabled()
+                      : Materialized.<String, Long, KeyValueStore<Bytes, byte[]>>as("counts"))
                .toStream()
                .to(output, Produced.with(Serdes.String(), Serdes.Long()));
 
@@ -60,7 +67,7 @@ public final class WordCount {
                 return org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
             });
             streams.start();
-            readCounts(bootstrap, output, words, deadline, counts);
+            readCounts(bootstrap, output, words, deadline, counts, streams);
             Json.line(Json.obj("counts", counts, "state", streams.state().toString()));
             streams.close(Duration.ofSeconds(30));
         }
@@ -68,7 +75,8 @@ public final class WordCount {
         System.exit(total == words ? 0 : 1);
     }
 
-    private static void readCounts(String bootstrap, String topic, long words, long deadline, Map<String, Long> counts) {
+    private static void readCounts(String bootstrap, String topic, long words, long deadline, Map<String, Long> counts,
+                                   KafkaStreams streams) {
         Properties props = new Properties();
         props.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
@@ -76,7 +84,8 @@ public final class WordCount {
         props.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
         try (KafkaConsumer<String, Long> consumer = new KafkaConsumer<>(props, new StringDeserializer(), new LongDeserializer())) {
             consumer.subscribe(List.of(topic));
-            while (System.nanoTime() < deadline) {
+            while (System.nanoTime() < deadline && !streams.state().hasCompletedShutdown()
+                   && streams.state() != KafkaStreams.State.ERROR && streams.state() != KafkaStreams.State.PENDING_ERROR) {
                 consumer.poll(Duration.ofMillis(500)).forEach(r -> counts.put(r.key(), r.value()));
                 if (counts.values().stream().mapToLong(Long::longValue).sum() >= words) return;
             }

@@ -170,3 +170,46 @@ def test_java_producer_goes_on_through_a_leader_kill(java, cluster: Cluster, tmp
     on_disk = [(value.decode(), offset) for offset, _k, value, _h in records_by_offset(logs[0])]
     assert len(on_disk) == len(set(v for v, _ in on_disk)), "a record was written twice"
     assert dict(on_disk) == told
+
+
+@pytest.mark.timeout(240)
+def test_two_java_consumers_split_a_group_and_read_everything_once(java, node, tmp_path):
+    """Two members of one classic group (the Java consumer's default assignors, range and
+    cooperative-sticky): once both are in, Admin shows the 3 partitions split between them,
+    and what is produced next is read by exactly one of them."""
+    topic, group = "java-split", "java-split-group"
+    (created,) = admin(java, node.bootstrap, f"create:{topic}:3:1")
+    assert "error" not in created, created
+    procs, outs = [], []
+    try:
+        for name in ("a", "b"):
+            outs.append(tmp_path / f"member-{name}.out")
+            with open(outs[-1], "w") as out:
+                procs.append(subprocess.Popen(java.command("chronik.clients.Consume", [
+                    "--bootstrap", node.bootstrap, "--topic", topic, "--group", group,
+                    "--expect", str(10**9), "--each", "--timeout-s", "150"]),
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+
+        def split() -> list[list[str]] | None:
+            (described,) = admin(java, node.bootstrap, f"describe-group:{group}", check=False)
+            members = [m["partitions"] for m in described.get("members", [])]
+            ok = (described.get("state") == "Stable" and len(members) == 2 and all(members)
+                  and sorted(p for m in members for p in m) == [f"{topic}-{p}" for p in range(3)])
+            return members if ok else None
+        members = wait_for("both members in the group, the partitions split", split, timeout_s=90, poll_s=0.5)
+        told = produce(java, node.bootstrap, topic, RECORDS, "split")
+
+        def read() -> list[list[dict]]:
+            return [[r for r in json_lines(out.read_text()) if "value" in r] for out in outs]
+        wait_for("every record read", lambda: sum(map(len, read())) >= RECORDS, timeout_s=60, poll_s=0.5)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(timeout=30)
+    per_member = read()
+    assert all(per_member), f"a member read nothing; assignment {members}"
+    got = [(r["value"], (r["partition"], r["offset"])) for records in per_member for r in records]
+    assert len(got) == len(told) and dict(got) == told
+    partitions = [{r["partition"] for r in records} for records in per_member]
+    assert not partitions[0] & partitions[1], partitions

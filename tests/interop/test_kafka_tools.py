@@ -22,6 +22,7 @@ GROUPS = f"{TOOLS}.consumer.group.ConsumerGroupCommand"
 CONFIGS = f"{TOOLS}.ConfigCommand"
 PRODUCER_PERF = f"{TOOLS}.ProducerPerformance"
 CONSUMER_PERF = f"{TOOLS}.ConsumerPerformance"
+LEADER_ELECTION = f"{TOOLS}.LeaderElectionCommand"
 TOOL_TIMEOUT_S = 120
 
 
@@ -112,7 +113,8 @@ PERF_RECORDS = 5000
 @pytest.mark.timeout(300)
 def test_perf_tools_on_three_nodes(java, cluster: Cluster):
     """kafka-producer-perf-test and kafka-consumer-perf-test, bounded in records, acks=all, on
-    a topic replicated 3 ways created by kafka-topics; the figures are not asserted on."""
+    a topic replicated 3 ways created by kafka-topics (the figures are not asserted on), and
+    kafka-leader-election asking for the preferred leaders."""
     b = cluster.bootstrap()
     topic = "tools-perf"
     tool(java, TOPICS, "--bootstrap-server", b, "--create", "--topic", topic, "--partitions", "3",
@@ -128,3 +130,7 @@ def test_perf_tools_on_three_nodes(java, cluster: Cluster):
     header, row = consumed.strip().splitlines()[-2:]
     fields = dict(zip([h.strip() for h in header.split(",")], [v.strip() for v in row.split(",")]))
     assert int(fields["data.consumed.in.nMsg"]) == PERF_RECORDS, consumed
+    elected = tool(java, LEADER_ELECTION, "--bootstrap-server", b, "--election-type", "preferred",
+                   "--topic", topic, "--partition", "0")
+    assert re.search(rf"(Successfully completed leader election|Valid replica already elected)"
+                     rf" .*for partitions {topic}-0", elected), elected

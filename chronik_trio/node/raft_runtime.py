@@ -255,6 +255,13 @@ class RaftRuntime:
                     self._apply(group, rd)
                     group.node.advance(rd)
                     group.release_cached_entries()
+                    if group.node.has_ready():
+                        # advance() itself can leave work: a sole voter's own durable
+                        # append commits, a follower's entries committed before they were
+                        # durable here become applicable, a candidate's vote for itself
+                        # counts, committed entries beyond one Ready's budget remain. Nothing
+                        # else would wake the group before its next tick (50 ms).
+                        self.wake(group)
         finally:
             for group in held:
                 group.lock.release()

@@ -6,6 +6,7 @@ import pathlib
 import random
 
 import trio
+import trio.testing
 
 from chronik_trio.node.raft_group import RaftGroup
 from chronik_trio.node.raft_runtime import RaftRuntime
@@ -16,6 +17,10 @@ from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
 
 TICK_S = 0.01
+# settle(): the real time every task must stay blocked for the runtimes to count as idle (a
+# worker-thread fsync finishing wakes one), and a bound on the rounds of that wait.
+SETTLE_CUSHION_S = 0.005
+SETTLE_ROUNDS_MAX = 5000
 
 
 class RecordingMachine:
@@ -40,8 +45,12 @@ class RecordingMachine:
 
 
 class LocalCluster:
-    def __init__(self, root: pathlib.Path, node_ids=(1, 2, 3), groups=("g",), seed: int = 1) -> None:
+    def __init__(self, root: pathlib.Path, node_ids=(1, 2, 3), groups=("g",), seed: int = 1,
+                 **raft_options) -> None:
+        """raft_options: more raft.Config fields for every group (e.g. a small
+        max_committed_size_per_ready_bytes)."""
         self.root = root
+        self.raft_options = raft_options
         self.node_ids = tuple(node_ids)
         self.group_ids = tuple(groups)
         self.seed = seed
@@ -50,6 +59,7 @@ class LocalCluster:
         self.machines: dict[tuple[int, str], RecordingMachine] = {}
         self.scopes: dict[int, trio.CancelScope] = {}
         self.incarnations: dict[int, int] = {}  # node -> its liveness messages' process id
+        self.in_pass: dict[int, bool] = {}  # node -> whether its runtime is inside a Ready pass
 
     def _send_from(self, node_id: int):
         def send(group_id, message):
@@ -73,6 +83,7 @@ class LocalCluster:
         runtime = RaftRuntime(node_id, self._send_from(node_id), tick_interval_s=TICK_S,
                               heartbeat=self._heartbeat_from(node_id), peer_silence_s=15 * TICK_S)
         runtime.set_peers(self.node_ids)
+        self._watch_passes(node_id, runtime)
         for gid in self.group_ids:
             directory = self.root / f"n{node_id}" / gid
             if bootstrap:
@@ -82,9 +93,36 @@ class LocalCluster:
             machine = RecordingMachine()
             self.machines[(node_id, gid)] = machine
             rng = random.Random(self.seed * 1000 + node_id)
-            node = RawNode(Config(id=node_id, election_tick=10, heartbeat_tick=2, rng=rng), storage)
+            node = RawNode(Config(id=node_id, election_tick=10, heartbeat_tick=2, rng=rng,
+                                  **self.raft_options), storage)
             runtime.add(RaftGroup(gid, node, storage, machine, runtime.wake))
         return runtime
+
+    def _watch_passes(self, node_id: int, runtime: RaftRuntime) -> None:
+        """Record when the runtime is inside a Ready pass (for settle), before it runs."""
+        self.in_pass[node_id] = False
+        ready_pass = runtime.ready_pass
+
+        async def watched() -> None:
+            self.in_pass[node_id] = True
+            try:
+                await ready_pass()
+            finally:
+                self.in_pass[node_id] = False
+
+        runtime.ready_pass = watched
+
+    async def settle(self, among=None) -> None:
+        """Until every task is blocked and no runtime (of among) is inside a Ready pass: each
+        then waits for a wake-up, with everything it was woken for done. Under a MockClock
+        that stands still no tick ever fires, so whatever is left undone then would have
+        waited for a tick."""
+        nodes = [n for n in self.runtimes if among is None or n in among]
+        for _ in range(SETTLE_ROUNDS_MAX):
+            await trio.testing.wait_all_tasks_blocked(SETTLE_CUSHION_S)
+            if not any(self.in_pass[n] for n in nodes):
+                return
+        raise AssertionError(f"runtimes {nodes} still in a Ready pass after {SETTLE_ROUNDS_MAX} rounds")
 
     async def start(self, nursery, node_id: int, *, bootstrap: bool) -> None:
         runtime = self.build(node_id, bootstrap=bootstrap)

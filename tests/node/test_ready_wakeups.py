@@ -1,0 +1,198 @@
+"""A group with work to do is handled at once, not at the next tick (issue 20).
+
+Virtual time stands still in these tests (pytest-trio's `mock_clock`: a MockClock at rate 0,
+no autojump), so no tick ever fires and no heartbeat is ever sent. `LocalCluster.settle`
+waits until every runtime waits for a wake-up with no Ready pass running; whatever is not
+done then could only have been done by a tick. Elections are started by hand (`campaign`).
+Real files and real fsyncs (worker threads), as in test_raft_runtime.py.
+"""
+
+import threading
+import time
+import types
+
+import pytest
+import trio
+
+from chronik_trio.node.raft_runtime import (FSYNC_INLINE_GROUPS_MAX, FSYNC_INLINE_ROUND_MAX_S,
+                                            FSYNC_THREAD_HOLD_S, RaftRuntime)
+from chronik_trio.raft.types import Entry
+from chronik_trio.storage.disk import DiskFaults, FaultyDisk
+from chronik_trio.storage.raft_storage import DurableRaftStorage
+from tests.node.cluster import LocalCluster
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _applied(cluster, node_id, group="g"):
+    return [d for _, d in cluster.machines[(node_id, group)].applied]
+
+
+async def _start(cluster, nursery):
+    for n in cluster.node_ids:
+        await cluster.start(nursery, n, bootstrap=True)
+    await cluster.settle()
+
+
+async def _campaign(cluster, node_id, group="g"):
+    raft_group = cluster.runtimes[node_id].groups[group]
+    async with raft_group.lock:
+        raft_group.node.campaign()
+    raft_group.wake_runtime()
+    await cluster.settle()
+
+
+def _propose_soon(nursery, raft_group, data, results):
+    async def propose():
+        results.append(await raft_group.propose(data))
+    nursery.start_soon(propose)
+
+
+async def test_a_sole_voter_elects_itself_and_applies_its_first_entry_without_a_tick(
+        tmp_path, nursery, mock_clock):
+    # The vote for itself counts once its new term is durable (in advance()), and the empty
+    # entry of its term commits once that is durable: each is a new Ready made by advance().
+    cluster = LocalCluster(tmp_path, node_ids=(1,))
+    await _start(cluster, nursery)
+    group = cluster.runtimes[1].groups["g"]
+    await _campaign(cluster, 1)
+    assert group.is_leader
+    raft_log = group.node.raft.log
+    assert raft_log.applied == raft_log.committed == raft_log.last_index() > 0
+    assert trio.current_time() == 0  # no tick could have fired
+
+
+async def test_a_sole_voter_commits_and_applies_a_proposal_in_the_pass_after_its_fsync(
+        tmp_path, nursery, mock_clock):
+    # Pass 1 appends and fsyncs; advance() then counts the leader's own durable append,
+    # which is a quorum: the commit is a new Ready, handled by pass 2 (no fsync needed).
+    cluster = LocalCluster(tmp_path, node_ids=(1,))
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    runtime = cluster.runtimes[1]
+    passes, rounds, results = runtime.passes, runtime.fsync_rounds, []
+    _propose_soon(nursery, runtime.groups["g"], b"one", results)
+    await cluster.settle()
+    assert _applied(cluster, 1) == [b"one"]
+    assert len(results) == 1
+    assert (runtime.passes - passes, runtime.fsync_rounds - rounds) == (2, 1)
+    assert trio.current_time() == 0
+
+
+async def test_committed_entries_beyond_one_ready_s_budget_are_applied_in_the_next_passes(
+        tmp_path, nursery, mock_clock):
+    # A Ready hands out committed entries up to max_committed_size_per_ready_bytes (at least
+    # one); the rest are a new Ready right after advance().
+    cluster = LocalCluster(tmp_path, node_ids=(1,), max_committed_size_per_ready_bytes=1)
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    runtime = cluster.runtimes[1]
+    group = runtime.groups["g"]
+    passes = runtime.passes
+    async with group.lock:
+        waiter = group.propose_locked_many([b"a", b"b", b"c"])
+    group.wake_runtime()
+    await cluster.settle()
+    assert _applied(cluster, 1) == [b"a", b"b", b"c"]
+    assert waiter.event.is_set() and waiter.error is None
+    assert runtime.passes - passes == 4  # append + fsync, then one entry per pass
+    assert trio.current_time() == 0
+
+
+async def test_three_voters_commit_and_apply_everywhere_without_a_tick(tmp_path, nursery, mock_clock):
+    # The leader commits when it steps a follower's append response (in the pass that
+    # response woke), then tells the followers in that pass's messages.
+    cluster = LocalCluster(tmp_path)
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    assert cluster.leader() == 1
+    results = []
+    _propose_soon(nursery, cluster.runtimes[1].groups["g"], b"x", results)
+    await cluster.settle()
+    assert len(results) == 1
+    for n in cluster.node_ids:
+        assert _applied(cluster, n) == [b"x"], n
+    assert trio.current_time() == 0
+
+
+async def test_a_follower_told_of_a_commit_before_its_own_fsync_applies_after_it(
+        tmp_path, nursery, mock_clock):
+    # The network holds back what the leader sends to node 3 while the leader commits with
+    # node 2, then hands it over at once: 3 steps the append and the leader's commit of that
+    # entry in one pass. The entry is committed but not yet durable here, so that Ready does
+    # not apply it; once the pass made it durable, advance() leaves a Ready that does.
+    cluster = LocalCluster(tmp_path)
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    runtime = cluster.runtimes[3]
+    deliver, held = runtime.deliver, []
+    runtime.deliver = lambda group_id, message: held.append((group_id, message)) or True
+    results = []
+    _propose_soon(nursery, cluster.runtimes[1].groups["g"], b"x", results)
+    await cluster.settle()
+    assert results and _applied(cluster, 1) == [b"x"]
+    assert [(m.entries[-1].index if m.entries else None, m.commit) for _, m in held] == [(2, 1), (None, 2)]
+    runtime.deliver = deliver
+    passes = runtime.passes
+    for group_id, message in held:
+        deliver(group_id, message)
+    await cluster.settle()
+    assert _applied(cluster, 3) == [b"x"]
+    assert runtime.passes - passes == 2  # append + fsync, then apply
+    assert trio.current_time() == 0
+
+
+class _FsyncThreads:
+    """A FaultyDisk whose injected fsync latency notes which thread waited it out."""
+
+    def __init__(self) -> None:
+        self.faults = DiskFaults()
+        self.threads: list[bool] = []  # per fsync: on the loop (main) thread?
+        self.disk = FaultyDisk(self.faults, sleep=self._sleep)
+
+    def _sleep(self, seconds: float) -> None:
+        self.threads.append(threading.current_thread() is threading.main_thread())
+        time.sleep(seconds)
+
+
+async def test_fsync_rounds_run_on_the_loop_thread_until_one_is_slow(tmp_path, mock_clock):
+    # A slow round on the loop thread sends the rounds of the next FSYNC_THREAD_HOLD_S (trio
+    # time) to a worker thread; the first round after that runs on the loop thread again.
+    disk = _FsyncThreads()
+    storage = DurableRaftStorage.bootstrap(disk.disk, tmp_path / "g", voters=(1,), kafka=False)
+    persisted: list[int] = []
+    group = types.SimpleNamespace(storage=storage, on_persisted=persisted.append)
+    runtime = RaftRuntime(1, lambda group_id, message: None)
+
+    async def fsync_round(index: int, latency_s: float) -> None:
+        disk.faults.fsync_latency_s = latency_s
+        storage.append([Entry(term=1, index=index, data=b"x")])
+        await runtime._persist([(group, None)])
+
+    await fsync_round(1, 2 * FSYNC_INLINE_ROUND_MAX_S)  # nothing slow seen yet: loop thread
+    await fsync_round(2, 0.0001)
+    mock_clock.jump(FSYNC_THREAD_HOLD_S / 2)
+    await fsync_round(3, 0.0001)
+    mock_clock.jump(FSYNC_THREAD_HOLD_S / 2)
+    await fsync_round(4, 0.0001)
+    assert disk.threads == [True, False, False, True]
+    assert (runtime.fsync_rounds, runtime.fsync_rounds_inline) == (4, 2)
+    assert persisted == [1, 2, 3, 4]  # each round made its entry durable before returning
+    storage.close()
+
+
+async def test_an_fsync_round_of_many_groups_goes_to_a_worker_thread(tmp_path, mock_clock):
+    disk = _FsyncThreads()
+    disk.faults.fsync_latency_s = 0.0001
+    readies = []
+    for i in range(FSYNC_INLINE_GROUPS_MAX + 1):
+        storage = DurableRaftStorage.bootstrap(disk.disk, tmp_path / f"g{i}", voters=(1,), kafka=False)
+        storage.append([Entry(term=1, index=1, data=b"x")])
+        readies.append((types.SimpleNamespace(storage=storage, on_persisted=lambda index: None), None))
+    disk.threads.clear()  # bootstrap's own fsyncs
+    runtime = RaftRuntime(1, lambda group_id, message: None)
+    await runtime._persist(readies)
+    assert disk.threads and not any(disk.threads)
+    assert (runtime.fsync_rounds, runtime.fsync_rounds_inline) == (1, 0)
+    for group, _ in readies:
+        group.storage.close()

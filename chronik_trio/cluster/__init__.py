@@ -1,4 +1,7 @@
-"""Pure cluster state machines: the __meta state (brokers, topics, assignments, producer ids).
+"""Pure cluster state machine: the replicated __meta state (brokers, topics with their
+configs, partition assignments and leaders, producer-id blocks, transactional ids) and the
+errors its commands answer with, in meta.py.
 
-May import: the standard library, attrs, chronik_trio.pb. No trio, no I/O, no clocks.
+May import: the standard library, attrs, kio's ErrorCode and chronik_trio.pb. No trio, no
+I/O, no clocks.
 """

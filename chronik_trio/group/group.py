@@ -199,8 +199,12 @@ class Group:
 
     def _step(self, group_input: GroupInput, *args):
         """Take one input: look up (state, input) in _TRANSITIONS, move to the next state,
-        run the row's action (after the move, so an action may take a further input) and
-        return what it returns. Raises IllegalGroupInput when the state has no such row."""
+        then run the row's action (as h2 does) and return what it returns.
+
+        Raises:
+            IllegalGroupInput: the state has no row for the input; nothing changed.
+            GroupError: the commit check's action refused (its rows keep the state).
+        """
         row = _TRANSITIONS.get((self.state, group_input))
         if row is None:
             raise IllegalGroupInput(self.state, group_input, _refusal(self.state, group_input))

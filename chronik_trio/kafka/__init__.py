@@ -1,6 +1,9 @@
-"""The Kafka wire protocol: framing (framing.py, pure), kio codec glue (codec.py, pure),
-record-batch headers (records.py, pure) and one handler module per API family (handlers/).
+"""The Kafka wire protocol: framing (framing.py), kio codec glue (codec.py), tagged fields
+(tagged.py), a produce's batch checks and ListOffsets' look into one batch (records.py), the
+protocol's errors (errors.py), and one handler module per API family (handlers/).
 
-Handlers are async functions (request body, context) -> response body; the context is the
-node (see handlers/context.py for what they may use). Only handlers may await.
+Everything but the handlers is pure: it may import the standard library, attrs, kio,
+chronik_trio.varint and chronik_trio.record_batch. Handlers are async functions (request
+body, context) -> response body; they may also import trio and the pure layers, and reach
+the node through the context (handlers/context.py). Only handlers await.
 """

@@ -1,8 +1,9 @@
 """Pure sans-I/O Raft (RawNode with the etcd-raft / raft-rs contract).
 
 May import: the standard library and chronik_trio.pb (generated protobuf) only.
-Never trio, sockets, files or clocks: time is tick(), randomness an injected random.Random.
-docs/raft.md describes the design, the API contract and how it is tested.
+Never trio, sockets, files or clocks: time is tick(), randomness an injected random.Random
+(bench.py's command line alone reads a clock). docs/raft.md describes the design, the API
+contract and how it is tested.
 """
 
 from .config import Config

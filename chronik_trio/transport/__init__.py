@@ -4,8 +4,9 @@ Carries chronik.transport.RaftBatch frames (proto/transport.proto) over cleartex
 prior knowledge; serves /health and /metrics on the same port. docs/transport.md describes the
 wire format, the limits, the metrics and the measured figures.
 
-May import: trio, h2, hypercorn, prometheus_client, chronik_trio.pb. Not node/ (the node uses
-this package, never the other way) nor the pure layers' internals.
+May import: trio, h2, hyperframe, hypercorn, prometheus_client, attrs, protobuf,
+chronik_trio.pb and chronik_trio.varint. Not node/ (the node uses this package, never the
+other way) nor the pure layers' internals.
 """
 
 from .client import (CONNECT_TIMEOUT_S, PEER_QUEUE_BYTES_MAX, PEER_QUEUE_MESSAGES_MAX,

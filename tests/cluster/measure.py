@@ -181,8 +181,8 @@ def _create_round_trips(cluster: ClusterProcesses, via: int, names: list[str], *
 
 
 def _delete_round_trips(cluster: ClusterProcesses, via: int, names: list[str]) -> list[float]:
-    """Stops early if the node drops the connection (DeleteTopics can crash a node:
-    /work/notes/cluster-bugs.md, C1), and says so."""
+    """Stops early if the node drops the connection (DeleteTopics once crashed a node: see
+    docs/cluster-measurements.md), and says so."""
     times = []
     try:
         with cluster.connect(via) as conn:

@@ -243,8 +243,8 @@ def produce_raw(cluster: Cluster, n: int, topic: str, partition: int, records: l
 def produce_until_written(cluster: Cluster, n: int, topic: str, partition: int, records: list[Record],
                           *, attempts: int = 20) -> int:
     """acks=all to node n, retried on NOT_ENOUGH_REPLICAS (up to `attempts`, 50 ms apart);
-    the base offset. For a test's setup writes only: a healthy ISR is sometimes seen as the
-    leader alone for a moment (/work/notes/cluster-bugs.md, R1; test_isr_refusals.py)."""
+    the base offset. For a test's setup writes only, which must not fail on a refusal the
+    test is not about (test_isr_refusals.py checks that a healthy ISR refuses none)."""
     answers = []
     for _ in range(attempts):
         error, base = produce_raw(cluster, n, topic, partition, records)

@@ -4,10 +4,11 @@ With all three nodes up, and with one follower down (2 of 3 in sync, min.insync.
 no acks=all produce may be refused with NOT_ENOUGH_REPLICAS. Each produce here is a first
 attempt: no retries (confluent-kafka with retries=0; raw Produce requests).
 
-Known to fail (see /work/notes/cluster-bugs.md): PartitionReplica.update_isr counts a
-follower in sync only while Raft's Progress.recent_active is set, and check-quorum clears
-recent_active on every follower each election timeout (raft.py _leader_check_quorum) until
-it answers again; an acks=all produce in that window sees an ISR of the leader alone.
+Written against a bug fixed in 0b0424b: the ISR rule counted a follower in sync only while
+Raft's Progress.recent_active was set, and check-quorum clears recent_active on every
+follower each election timeout (raft.py _leader_check_quorum) until it answers again, so an
+acks=all produce in that window saw an ISR of the leader alone. The ISR now follows node
+liveness.
 """
 
 from __future__ import annotations

@@ -238,7 +238,9 @@ class Node:
         return {"cluster_id": self.meta.cluster_id, "meta_leader": self.meta_leader_id(),
                 "groups": len(groups), "leading": sum(1 for g in groups if g.is_leader),
                 "quiesced": sum(1 for g in groups if g.quiesced),
-                "serving_kafka": self._serving, "partitions": len(self.replicas)}
+                "serving_kafka": self._serving, "partitions": len(self.replicas),
+                # who leads what, for outsiders (the node-process harness): group id -> term
+                "leading_groups": {g.group_id: g.term for g in groups if g.is_leader}}
 
     async def _wait_replayed(self, groups: list[RaftGroup]) -> None:
         """Until every group has applied its replay target (no quorum needed for that

@@ -11,6 +11,7 @@ import datetime
 import functools
 import struct
 import sys
+import types
 import typing
 import uuid
 
@@ -211,3 +212,98 @@ def has_field(cls: type, field_name: str) -> bool:
 
 def module_of(cls: type):
     return sys.modules[cls.__module__]
+
+
+# --- nulls where the schema has no null ------------------------------------------------------
+
+def _nullable(field: dataclasses.Field) -> bool:
+    """Whether the schema lets this field be null (`X | None`); an array of nullable items
+    (`tuple[X | None, ...]`) is not itself nullable."""
+    return typing.get_origin(field.type) in (typing.Union, types.UnionType) and \
+        type(None) in typing.get_args(field.type)
+
+
+@functools.cache
+def _null_plan(cls: type) -> tuple[tuple[str, bool, str, type | None], ...]:
+    """(name, nullable, kind, nested entity class) of each field of cls."""
+    return tuple((p.name, _nullable(f), p.kind, p.nested)
+                 for p, f in zip(_plan(cls), dataclasses.fields(cls)))
+
+
+def null_field(obj) -> str | None:
+    """The path of the first field of a decoded request that is null where its schema says
+    it never is, or None. kio reads a length of -1 as null whatever the schema says; Kafka
+    refuses such a request ("non-nullable field ... was serialized as null")."""
+    for name, nullable, kind, nested in _null_plan(type(obj)):
+        value = getattr(obj, name)
+        if value is None:
+            if not nullable:
+                return name
+            continue
+        if kind == "entity":
+            inner = null_field(value)
+            if inner is not None:
+                return f"{name}.{inner}"
+        elif kind == "entity_tuple":
+            for i, item in enumerate(value):
+                inner = null_field(item)
+                if inner is not None:
+                    return f"{name}[{i}].{inner}"
+    return None
+
+
+# --- the answer to a request whose handler failed ----------------------------------------------
+
+# A request element's field that names the same thing as a response element's field, where the
+# two schemas spell it differently (Fetch asks for "partition", answers "partition_index").
+_MIRROR_ALIASES = {"partition_index": ("partition", "index"), "index": ("partition_index",),
+                   "partition": ("partition_index",), "name": ("topic",), "topic": ("name",)}
+_KEY_FIELDS = ("name", "topic", "topic_id", "partition_index", "partition", "index", "group_id",
+               "key", "resource_type", "resource_name", "partition_id")
+
+
+def _array_fields(cls: type, *, strings_too: bool) -> list[_FieldPlan]:
+    return [p for p in _plan(cls)
+            if p.kind == "entity_tuple" or (strings_too and p.kind == "tuple" and p.kafka_type == "string")]
+
+
+def _mirror(resp_cls: type, request_obj, error_code: ErrorCode, *, top: bool) -> dict:
+    """Values for resp_cls: every error_code field set, and the response's list of topics,
+    partitions, groups or resources mirroring the request's list with the keys copied."""
+    values: dict[str, typing.Any] = {}
+    for plan in _plan(resp_cls):
+        if plan.name == "error_code":
+            values["error_code"] = error_code
+        elif plan.name == "error_message" and plan.default is None:
+            values["error_message"] = "unexpected server error (logged by the broker)"
+    if isinstance(request_obj, str):  # an element of an array of names: the first string key
+        first = next((p.name for p in _plan(resp_cls) if p.kafka_type == "string"), None)
+        if first is not None:
+            values[first] = request_obj
+        return values
+    if request_obj is None:
+        return values
+    req_plans = {p.name: p for p in _plan(type(request_obj))}
+    for plan in _plan(resp_cls):
+        if plan.kind != "primitive" or plan.name not in _KEY_FIELDS:
+            continue
+        for source in (plan.name, *_MIRROR_ALIASES.get(plan.name, ())):
+            if source in req_plans and req_plans[source].kind == "primitive":
+                values[plan.name] = getattr(request_obj, source)
+                break
+    resp_arrays = _array_fields(resp_cls, strings_too=False)
+    req_arrays = _array_fields(type(request_obj), strings_too=top)
+    if len(resp_arrays) == 1 and req_arrays:
+        items = getattr(request_obj, req_arrays[0].name) or ()
+        values[resp_arrays[0].name] = [
+            _mirror(resp_arrays[0].nested, item, error_code, top=False) for item in items]
+    return values
+
+
+def error_response(api_key: int, api_version: int, request_body, error_code: ErrorCode):
+    """The answer Kafka gives a request that failed as a whole: the top-level error_code where
+    the version has one, and each topic/partition/group/resource of the request answered with
+    error_code where the error lives in the entries (Produce, ListOffsets, CreateTopics, ...).
+    Keys the request does not carry (a Fetch v13 topic id...) are copied when present."""
+    cls = response_schema(api_key, api_version)
+    return build(cls, _mirror(cls, request_body, error_code, top=True))

@@ -18,7 +18,7 @@ DURATION_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
 
 
 class NodeMetrics:
-    def __init__(self, registry: CollectorRegistry, runtime) -> None:
+    def __init__(self, registry: CollectorRegistry, runtime, request_errors=None) -> None:
         self.ready_pass_seconds = Histogram(
             "chronik_ready_pass_seconds", "Time of one Ready pass over every active group",
             buckets=DURATION_BUCKETS_S, registry=registry)
@@ -26,6 +26,25 @@ class NodeMetrics:
             "chronik_fsync_round_seconds", "Time of one group-commit fsync round (worker thread)",
             buckets=DURATION_BUCKETS_S, registry=registry)
         registry.register(_GroupCollector(runtime))
+        if request_errors is not None:
+            registry.register(_RequestErrorCollector(request_errors))
+
+
+class _RequestErrorCollector:
+    """Kafka requests whose handler failed unexpectedly (node/kafka_server.py RequestErrors):
+    answered with UNKNOWN_SERVER_ERROR or their connection closed; the node kept serving."""
+
+    def __init__(self, request_errors) -> None:
+        self.request_errors = request_errors
+
+    def collect(self) -> typing.Iterator:
+        family = CounterMetricFamily("chronik_kafka_request_errors",
+                                     "Kafka requests that failed with an unexpected exception "
+                                     "(answered UNKNOWN_SERVER_ERROR or connection closed)",
+                                     labels=["api_key", "api_version"])
+        for (api_key, api_version), count in sorted(self.request_errors.counts.items()):
+            family.add_metric([str(api_key), str(api_version)], count)
+        yield family
 
 
 class _GroupCollector:

@@ -39,7 +39,7 @@ from chronik_trio.storage.raft_storage import DurableRaftStorage
 
 from .config import ConfigError, NodeConfig
 from .group_coordinator import GroupCoordinator
-from .kafka_server import serve_connection
+from .kafka_server import RequestErrors, serve_connection
 from .meta_group import META_GROUP_ID, MetaMachine, MetaService, MetaUnavailable
 from .partition_group import PartitionMachine, PartitionReplica
 from .raft_group import RaftGroup
@@ -89,6 +89,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._serving = False
         self.requests_inflight = 0
+        self.request_errors = RequestErrors()  # contained handler failures, in /metrics
         self._shutdown = trio.Event()
         self._reconcile_wanted = trio.Event()
         self._reconcile_lock = trio.Lock()
@@ -556,7 +557,7 @@ class Node:
         peers = {n: address for n, address in members.items() if n != self.node_id}
         listen = members[self.node_id] if members else self.config.admin_host_port
         registry = CollectorRegistry()
-        metrics = NodeMetrics(registry, self.runtime)
+        metrics = NodeMetrics(registry, self.runtime, self.request_errors)
         self.runtime.observe_pass = metrics.ready_pass_seconds.observe
         self.runtime.observe_fsync = metrics.fsync_seconds.observe
         return Transport(self.node_id, listen, peers, self._on_batch, self._report_unreachable,

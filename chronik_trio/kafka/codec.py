@@ -20,7 +20,7 @@ import kio.index
 import kio.serial
 from kio.schema.errors import ErrorCode
 from kio.serial.errors import BufferUnderflow, DecodeError
-from kio.serial._introspect import EntityField, EntityTupleField, classify_field, is_optional
+from kio.serial._introspect import EntityField, EntityTupleField, classify_field, get_field_tag, is_optional
 
 from .errors import MalformedRequest, UnsupportedApi
 from .tagged import strip_unknown_tags
@@ -77,6 +77,100 @@ def _read(cls: type, frame, offset: int, *, is_header: bool = False):
     return value, consumed
 
 
+# --- lengths checked before kio reads them ------------------------------------------------------
+
+_FIXED_BYTES = {"int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4,
+                "uint64": 8, "float64": 8, "bool": 1, "uuid": 16, "error_code": 2,
+                "timedelta_i32": 4, "timedelta_i64": 8, "datetime_i64": 8}
+_VARINT_BYTES_MAX = 5
+
+
+@functools.cache
+def _wire_plan(cls: type) -> tuple[tuple[str, str, str | None, type | None], ...]:
+    """(name, kind, kafka_type, nested) of cls's untagged fields, in wire order."""
+    plans = []
+    for plan, field in zip(_plan(cls), dataclasses.fields(cls)):
+        if get_field_tag(field) is None:
+            plans.append((plan.name, plan.kind, plan.kafka_type, plan.nested))
+    return tuple(plans)
+
+
+def _uvarint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(_VARINT_BYTES_MAX):
+        if pos + i >= len(buf):
+            raise MalformedRequest("truncated in a varint")
+        byte = buf[pos + i]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos + i + 1
+        shift += 7
+    raise MalformedRequest("varint longer than 5 bytes")
+
+
+def _length(buf, pos: int, flexible: bool, size_format: str) -> tuple[int, int]:
+    """(length, position after it); -1 for null. size_format: ">h" or ">i" when not flexible."""
+    if flexible:
+        n_plus_one, pos = _uvarint(buf, pos)
+        return n_plus_one - 1, pos
+    width = struct.calcsize(size_format)
+    if pos + width > len(buf):
+        raise MalformedRequest("truncated in a length")
+    return struct.unpack_from(size_format, buf, pos)[0], pos + width
+
+
+def _skip_primitive(kafka_type: str, flexible: bool, buf, pos: int, legacy_string: bool) -> int:
+    if kafka_type in _FIXED_BYTES:
+        return pos + _FIXED_BYTES[kafka_type]
+    if kafka_type == "string":
+        n, pos = _length(buf, pos, flexible and not legacy_string, ">h")
+    elif kafka_type in ("bytes", "records"):
+        n, pos = _length(buf, pos, flexible, ">i")
+    else:
+        raise MalformedRequest(f"no wire size known for kafka type {kafka_type!r}")
+    if n > len(buf) - pos:
+        raise MalformedRequest(f"a {kafka_type} claims {n} bytes, {len(buf) - pos} are left")
+    return pos + max(n, 0)
+
+
+def check_lengths(cls: type, buf, pos: int, *, is_header: bool = False) -> int:
+    """Walk the encoding of cls at buf[pos:] and refuse (MalformedRequest) any array, string
+    or bytes length larger than the bytes left; returns the end position.
+
+    kio's native reader reserves memory for an array's claimed length before reading it: a
+    request claiming 2^31 entries made it allocate 264 GB and abort the process. After this
+    check a claim is bounded by the frame, which the node's request_max_bytes bounds."""
+    flexible = cls.__flexible__
+    for name, kind, kafka_type, nested in _wire_plan(cls):
+        if kind == "primitive":
+            pos = _skip_primitive(kafka_type, flexible, buf, pos, is_header and name == "client_id")
+        elif kind == "entity":
+            pos = check_lengths(nested, buf, pos)
+        else:
+            n, pos = _length(buf, pos, flexible, ">i")
+            if n > len(buf) - pos:
+                raise MalformedRequest(f"{cls.__name__}.{name} claims {n} entries, {len(buf) - pos} bytes are left")
+            if kind == "tuple" and kafka_type in _FIXED_BYTES:
+                pos += max(n, 0) * _FIXED_BYTES[kafka_type]
+            else:
+                for _ in range(n):
+                    pos = (_skip_primitive(kafka_type, flexible, buf, pos, False) if kind == "tuple"
+                           else check_lengths(nested, buf, pos))
+        if pos > len(buf):
+            raise MalformedRequest(f"truncated in {cls.__name__}.{name}")
+    if flexible:
+        count, pos = _uvarint(buf, pos)
+        if count > len(buf) - pos:
+            raise MalformedRequest(f"{cls.__name__} claims {count} tagged fields, {len(buf) - pos} bytes are left")
+        for _ in range(count):
+            _, pos = _uvarint(buf, pos)
+            size, pos = _uvarint(buf, pos)
+            pos += size
+            if pos > len(buf):
+                raise MalformedRequest(f"truncated in a tagged field of {cls.__name__}")
+    return pos
+
+
 def decode_request(frame: bytes | memoryview) -> Request:
     """Decode one request frame (without its size prefix).
 
@@ -86,6 +180,7 @@ def decode_request(frame: bytes | memoryview) -> Request:
     """
     api_key, api_version, correlation_id = peek_header(frame)
     cls = request_schema(api_key, api_version)
+    check_lengths(cls, frame, check_lengths(cls.__header_schema__, frame, 0, is_header=True))
     header, header_bytes = _read(cls.__header_schema__, frame, 0, is_header=True)
     body, body_bytes = _read(cls, frame, header_bytes)
     trailing = len(frame) - header_bytes - body_bytes

@@ -27,7 +27,7 @@ import zlib
 
 import trio
 
-from chronik_trio.cluster.meta import (Topic, TopicAlreadyExists, UnknownTopic,
+from chronik_trio.cluster.meta import (PARTITIONS_PER_TOPIC_MAX, Topic, TopicAlreadyExists, UnknownTopic,
                                        validate_topic_name)
 from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.pb import meta_pb2, raft_pb2
@@ -190,6 +190,8 @@ class Node:
             raise error
         if partitions < 1:
             raise InvalidPartitionCount(f"number of partitions must be positive, got {partitions}")
+        if partitions > PARTITIONS_PER_TOPIC_MAX:
+            raise InvalidPartitionCount(f"{partitions} partitions; a topic has at most {PARTITIONS_PER_TOPIC_MAX}")
         # Spread preferred leaders (the first replica) round-robin from a per-topic start.
         start = zlib.crc32(name.encode()) % len(brokers)
         return [[brokers[(start + p + i) % len(brokers)] for i in range(rf)] for p in range(partitions)]

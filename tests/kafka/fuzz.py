@@ -47,7 +47,7 @@ from tests.kafka_wire import API_VERSIONS, KafkaWire, encode, request_class
 
 PROBE_CORRELATION_ID = 0x7EADBEEF
 PROBE = struct.pack(">i", 10) + struct.pack(">hhih", API_VERSIONS, 0, PROBE_CORRELATION_ID, -1)
-READ_TIMEOUT_S = 2.0  # a frame's answers (a Fetch may long-poll when its fields say so)
+READ_TIMEOUT_S = 0.5  # a frame's answers; past it the node is waiting as told (a long poll)
 PAD_BYTES_MAX = 1 << 20  # a prefix claiming more than this: the fuzzer gives the connection up
 REQUEST_BYTES_MAX = 100 << 20  # the node's default request_max_bytes: above it, it closes
 HEALTH_INTERVAL_S = 5.0
@@ -167,6 +167,10 @@ def _encode_body(body: Any) -> bytes:
 def mutated_frame(rng: random.Random, seed: tuple[int, int, Any], correlation_id: int) -> tuple[str, bytes]:
     """(mutation, wire bytes with size prefix) of one seed request."""
     api_key, version, body = seed
+    if isinstance(getattr(body, "group_id", None), str):
+        # A group of its own: a JoinGroup into a shared group waits for its other members
+        # (up to the rebalance timeout), which would measure patience, not robustness.
+        body = dataclasses.replace(body, group_id=f"fuzz-{api_key}-{version}-{correlation_id}-{rng.randrange(10**6)}")
     kind = rng.choice(MUTATIONS)
     header = _header(api_key, version, correlation_id)
     if kind == "value":
@@ -381,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=24 * 3600.0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--port", type=int, help="fuzz a running node (default: start one)")
     parser.add_argument("--admin-port", type=int, help="its /health port (with --port)")
     args = parser.parse_args(argv)

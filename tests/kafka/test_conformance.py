@@ -21,7 +21,12 @@ import pytest
 
 from tests.cluster.cluster import ClusterProcesses, create_topics
 from tests.kafka import conformance, live
-from tests.kafka_wire import FETCH, NONE, KafkaWire, encode_request, frame
+from tests.kafka_wire import CREATE_TOPICS, FETCH, METADATA, NONE, KafkaWire, encode_request, frame
+
+JOIN_GROUP = 11
+DESCRIBE_GROUPS = 15
+INVALID_PARTITIONS = 37
+GROUP_ID_NOT_FOUND = 69
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -130,3 +135,62 @@ def _wait_leader(cluster: ClusterProcesses, name: str, timeout_s: float = 30.0) 
             return seen.pop()
         time.sleep(0.1)
     raise TimeoutError(f"nodes do not agree on the leader of {name}-0: {seen}")
+
+
+# --------------------------------------------------------------------------- found by the fuzzer
+
+
+def test_an_array_claiming_2_31_entries_closes_only_that_connection(node):
+    """kio reserved memory for the claimed length before reading (264 GB) and aborted the
+    process; the node now checks every length against the bytes left first."""
+    broker, admin_port = node
+    payload = encode_request(METADATA, 4, 1, {"topics": [], "allow_auto_topic_creation": False})
+    assert payload[-5:] == b"\x00\x00\x00\x00\x00"  # topics: int32 count; then a bool
+    bad = payload[:-5] + struct.pack(">i", 2**31 - 1) + payload[-1:]
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
+        sock.sendall(frame(bad))
+        assert sock.recv(64) == b""
+    assert "claims 2147483647 entries" in broker.log_text()
+    assert broker.proc.poll() is None and live.health(admin_port)["serving_kafka"] is True
+
+
+def test_a_topic_of_2_31_partitions_is_refused_at_once(node):
+    """Building its replica list held the event loop (and memory) until the node was killed."""
+    broker, _ = node
+    with KafkaWire.connect(broker.port) as conn:
+        answer = conn.request(CREATE_TOPICS, {"topics": [{"name": "huge", "num_partitions": 2**31 - 1,
+                                                          "replication_factor": -1}],
+                                              "timeout": 5000, "validate_only": True}, version=5)
+        assert [int(t.error_code) for t in answer.topics] == [INVALID_PARTITIONS]
+        assert conn.topic_names() is not None  # still answering
+
+
+def test_a_join_with_a_negative_rebalance_timeout_is_answered(node):
+    broker, admin_port = node
+    before = live.metric(admin_port, live.REQUEST_ERRORS_METRIC)
+    with KafkaWire.connect(broker.port) as conn:
+        answer = conn.request(JOIN_GROUP, {"group_id": "negative-rebalance", "session_timeout": 10000,
+                                           "rebalance_timeout": -1, "member_id": "", "protocol_type": "consumer",
+                                           "protocols": [{"name": "range", "metadata": b""}]}, version=1)
+    assert int(answer.error_code) == NONE and answer.member_id
+    assert live.metric(admin_port, live.REQUEST_ERRORS_METRIC) == before
+
+
+@pytest.mark.parametrize("version", [10, 11, 12])
+def test_metadata_by_an_unknown_topic_id_answers_unknown_topic_id(node, version):
+    """v10-v11 ask by id but answer a non-nullable name: the null name did not encode."""
+    broker, _ = node
+    with KafkaWire.connect(broker.port) as conn:
+        answer = conn.request(METADATA, {"topics": [{"name": None, "topic_id": uuid.uuid4()}]}, version=version)
+    (topic,) = answer.topics
+    assert int(topic.error_code) == conformance.UNKNOWN_TOPIC_ID
+    assert topic.name == ("" if version < 12 else None)
+
+
+def test_describe_groups_v6_says_a_missing_group_is_not_found(node):
+    broker, _ = node
+    with KafkaWire.connect(broker.port) as conn:
+        v5 = conn.request(DESCRIBE_GROUPS, {"groups": ["never-made"]}, version=5).groups[0]
+        v6 = conn.request(DESCRIBE_GROUPS, {"groups": ["never-made"]}, version=6).groups[0]
+    assert (int(v5.error_code), v5.group_state) == (NONE, "Dead")
+    assert int(v6.error_code) == GROUP_ID_NOT_FOUND and v6.error_message

@@ -77,3 +77,7 @@ class _GroupCollector:
         yield CounterMetricFamily("chronik_raft_unknown_group_dropped",
                                   "Peer messages dropped because no such group is hosted here",
                                   value=self.runtime.unknown_group_drops)
+        yield CounterMetricFamily("chronik_raft_malformed_dropped",
+                                  "Peer messages dropped because no peer may send them (a type or entry "
+                                  "type outside the protocol, or a local-only type)",
+                                  value=self.runtime.malformed_drops)

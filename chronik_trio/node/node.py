@@ -32,7 +32,7 @@ from chronik_trio.cluster.meta import (PARTITIONS_PER_TOPIC_MAX, Topic, TopicAlr
 from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.pb import meta_pb2, raft_pb2
 from chronik_trio.raft.config import Config as RaftConfig
-from chronik_trio.raft.convert import message_from_pb, message_to_pb
+from chronik_trio.raft.convert import message_to_pb, peer_message_from_pb
 from chronik_trio.raft.rawnode import RawNode
 from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
@@ -531,7 +531,13 @@ class Node:
             if gm.group == LIVENESS_GROUP:  # its term carries the sender's incarnation
                 self.runtime.liveness_from(batch.from_node, gm.message.term)
                 continue
-            if not self.runtime.deliver(gm.group, message_from_pb(gm.message)):
+            message = peer_message_from_pb(gm.message)
+            if message is None:  # an enum value outside the protocol, or a local-only type
+                self.runtime.malformed_drops += 1
+                log.debug("dropped a message of type %d from node %d for group %s", gm.message.type,
+                          batch.from_node, gm.group)
+                continue
+            if not self.runtime.deliver(gm.group, message):
                 # A group deleted here, or not created yet (its topic is still being applied).
                 self.runtime.unknown_group_drops += 1
                 log.debug("dropped a message from node %d for unknown group %s", batch.from_node, gm.group)

@@ -77,6 +77,7 @@ class RaftRuntime:
         self.passes = 0
         self.fsync_rounds = 0
         self.unknown_group_drops = 0
+        self.malformed_drops = 0  # peer messages no peer may send (node.py _on_batch)
         self.observe_pass: typing.Callable[[float], None] = lambda seconds: None
         self.observe_fsync: typing.Callable[[float], None] = lambda seconds: None
 

@@ -172,8 +172,8 @@ def _not_contained(exc: Exception) -> bool:
 def _contained(request, ctx, peer: str) -> list:
     """Log and count the exception being handled; the chunks of an UNKNOWN_SERVER_ERROR
     answer of the request's API and version, or raise AnswerFailed to close the connection."""
-    log.error("request %s v%d (correlation %d) from client %r at %s failed; answered with "
-              "UNKNOWN_SERVER_ERROR, the node keeps serving", type(request.body).__name__,
+    log.error("request %s v%d (correlation %d) from client %r at %s failed; contained (answered "
+              "UNKNOWN_SERVER_ERROR, or its connection closed), the node keeps serving", type(request.body).__name__,
               request.api_version, request.correlation_id, request.client_id, peer, exc_info=True)
     errors = getattr(ctx, "request_errors", None)
     if errors is not None:

@@ -357,12 +357,20 @@ _KEY_FIELDS = ("name", "topic", "topic_id", "partition_index", "partition", "ind
                "key", "resource_type", "resource_name", "partition_id")
 
 
-def _array_fields(cls: type, *, strings_too: bool) -> list[_FieldPlan]:
-    return [p for p in _plan(cls)
-            if p.kind == "entity_tuple" or (strings_too and p.kind == "tuple" and p.kafka_type == "string")]
+_INDEX_KEYS = ("partition_index", "partition", "index", "partition_id")
 
 
-def _mirror(resp_cls: type, request_obj, error_code: ErrorCode, *, top: bool) -> dict:
+def _array_fields(cls: type, *, primitives_too: bool) -> list[_FieldPlan]:
+    return [p for p in _plan(cls) if p.kind == "entity_tuple" or (primitives_too and p.kind == "tuple")]
+
+
+@functools.cache
+def _has_error_code(cls: type) -> bool:
+    return any(p.name == "error_code" or (p.nested is not None and _has_error_code(p.nested))
+               for p in _plan(cls))
+
+
+def _mirror(resp_cls: type, request_obj, error_code: ErrorCode) -> dict:
     """Values for resp_cls: every error_code field set, and the response's list of topics,
     partitions, groups or resources mirroring the request's list with the keys copied."""
     values: dict[str, typing.Any] = {}
@@ -371,8 +379,10 @@ def _mirror(resp_cls: type, request_obj, error_code: ErrorCode, *, top: bool) ->
             values["error_code"] = error_code
         elif plan.name == "error_message" and plan.default is None:
             values["error_message"] = "unexpected server error (logged by the broker)"
-    if isinstance(request_obj, str):  # an element of an array of names: the first string key
-        first = next((p.name for p in _plan(resp_cls) if p.kafka_type == "string"), None)
+    if isinstance(request_obj, (str, int)):  # an element of an array of names or partitions
+        is_name = isinstance(request_obj, str)
+        first = next((p.name for p in _plan(resp_cls)
+                      if (p.kafka_type == "string" if is_name else p.name in _INDEX_KEYS)), None)
         if first is not None:
             values[first] = request_obj
         return values
@@ -386,12 +396,13 @@ def _mirror(resp_cls: type, request_obj, error_code: ErrorCode, *, top: bool) ->
             if source in req_plans and req_plans[source].kind == "primitive":
                 values[plan.name] = getattr(request_obj, source)
                 break
-    resp_arrays = _array_fields(resp_cls, strings_too=False)
-    req_arrays = _array_fields(type(request_obj), strings_too=top)
-    if len(resp_arrays) == 1 and req_arrays:
+    # The response's list that carries error codes (not node_endpoints, KIP-951's side list).
+    resp_arrays = [p for p in _array_fields(resp_cls, primitives_too=False) if _has_error_code(p.nested)]
+    req_arrays = _array_fields(type(request_obj), primitives_too=True)
+    if resp_arrays and req_arrays:
         items = getattr(request_obj, req_arrays[0].name) or ()
         values[resp_arrays[0].name] = [
-            _mirror(resp_arrays[0].nested, item, error_code, top=False) for item in items]
+            _mirror(resp_arrays[0].nested, item, error_code) for item in items]
     return values
 
 
@@ -401,4 +412,4 @@ def error_response(api_key: int, api_version: int, request_body, error_code: Err
     error_code where the error lives in the entries (Produce, ListOffsets, CreateTopics, ...).
     Keys the request does not carry (a Fetch v13 topic id...) are copied when present."""
     cls = response_schema(api_key, api_version)
-    return build(cls, _mirror(cls, request_body, error_code, top=True))
+    return build(cls, _mirror(cls, request_body, error_code))

@@ -180,7 +180,10 @@ def decode_request(frame: bytes | memoryview) -> Request:
     """
     api_key, api_version, correlation_id = peek_header(frame)
     cls = request_schema(api_key, api_version)
-    check_lengths(cls, frame, check_lengths(cls.__header_schema__, frame, 0, is_header=True))
+    try:
+        check_lengths(cls, frame, check_lengths(cls.__header_schema__, frame, 0, is_header=True))
+    except MalformedRequest as exc:
+        raise MalformedRequest(f"{cls.__name__} v{api_version} does not decode: {exc}") from None
     header, header_bytes = _read(cls.__header_schema__, frame, 0, is_header=True)
     body, body_bytes = _read(cls, frame, header_bytes)
     trailing = len(frame) - header_bytes - body_bytes

@@ -67,6 +67,7 @@ _INT_FIELDS = ("term", "log_term", "index", "commit", "reject_hint", "request_sn
 @dataclass
 class Report:
     frames: int = 0
+    delivered: int = 0  # frames the node's decoder took whole (the rest of a refused body is not read)
     requests: int = 0
     statuses: collections.Counter = field(default_factory=collections.Counter)
     reconnects: int = 0
@@ -78,7 +79,8 @@ class Report:
     in_flight: dict[int, bytes] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (f"frames {self.frames} in {self.requests} requests, {self.seconds:.0f} s "
+        return (f"frames {self.frames} (delivered whole {self.delivered}) in {self.requests} requests, "
+                f"{self.seconds:.0f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.0f}/s): HTTP statuses {dict(self.statuses)}, "
                 f"reconnects {self.reconnects}, health checks {self.health_checks}, "
                 f"node exits {self.node_exits}; mutations {dict(self.mutations)}")
@@ -198,6 +200,22 @@ def mutated_frame(rng: random.Random, seed: tuple[int, object]) -> tuple[str, by
     return mutation, struct.pack(">BI", kind, length) + bytes(data)
 
 
+FRAME_BYTES_MAX = 16 << 20  # the node's default transport frame limit
+
+
+def delivered(body: bytes) -> int:
+    """How many frames of body the node's transport decoder yields before it refuses the body
+    (a frame claiming more than FRAME_BYTES_MAX) or the body ends inside a frame."""
+    pos = count = 0
+    while len(body) - pos >= 5:
+        kind, length = struct.unpack_from(">BI", body, pos)
+        if length > FRAME_BYTES_MAX or len(body) - pos - 5 < length:
+            break
+        pos += 5 + length
+        count += 1
+    return count
+
+
 class _H2:
     """One HTTP/2 connection (prior knowledge) to the Raft port, one request at a time."""
 
@@ -277,6 +295,7 @@ def _worker(raft_port: int, corpus, rng: random.Random, report: Report, lock: th
                 conn = None
             with lock:
                 report.frames += n
+                report.delivered += delivered(body) if status != -2 else 0
                 report.requests += 1
                 report.statuses[status] += 1
                 report.reconnects += status == -2

@@ -38,6 +38,7 @@ def test_mutated_transport_frames_never_stop_the_node(node):
     assert not report.failures and report.node_exits == 0, about
     assert report.frames == FRAMES or report.seconds >= SECONDS, about
     assert report.statuses[204] > 0 and report.statuses[400] + report.statuses[413] > 0, about
+    assert 0 < report.delivered <= report.frames, about
 
 
 def _message(message_type: int, **fields) -> raft_pb2.Message:

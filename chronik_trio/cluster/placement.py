@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing
 import zlib
 
-from .meta import InvalidPartitionCount, InvalidReplicationFactor
+from .meta import PARTITIONS_PER_TOPIC_MAX, InvalidPartitionCount, InvalidReplicationFactor
 
 DEFAULT_REPLICATION_FACTOR_MAX = 3  # replication factor -1 means min(this, brokers)
 
@@ -25,5 +25,7 @@ def assign_replicas(name: str, partitions: int, replication_factor: int,
                                        f"cluster's {len(brokers)} broker(s)")
     if partitions < 1:
         raise InvalidPartitionCount(f"number of partitions must be positive, got {partitions}")
+    if partitions > PARTITIONS_PER_TOPIC_MAX:
+        raise InvalidPartitionCount(f"{partitions} partitions; a topic has at most {PARTITIONS_PER_TOPIC_MAX}")
     start = zlib.crc32(name.encode()) % len(brokers)
     return [[brokers[(start + p + i) % len(brokers)] for i in range(rf)] for p in range(partitions)]

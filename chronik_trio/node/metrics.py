@@ -33,6 +33,27 @@ class NodeMetrics:
         """Read the runtime's groups at every scrape."""
         self.registry.register(_GroupCollector(runtime))
 
+    def collect_request_errors(self, request_errors) -> None:
+        """Count the Kafka requests whose handler failed unexpectedly, at every scrape."""
+        self.registry.register(_RequestErrorCollector(request_errors))
+
+
+class _RequestErrorCollector:
+    """Kafka requests whose handler failed unexpectedly (node/kafka_server.py RequestErrors):
+    answered with UNKNOWN_SERVER_ERROR or their connection closed; the node kept serving."""
+
+    def __init__(self, request_errors) -> None:
+        self.request_errors = request_errors
+
+    def collect(self) -> typing.Iterator:
+        family = CounterMetricFamily("chronik_kafka_request_errors",
+                                     "Kafka requests that failed with an unexpected exception "
+                                     "(answered UNKNOWN_SERVER_ERROR or connection closed)",
+                                     labels=["api_key", "api_version"])
+        for (api_key, api_version), count in sorted(self.request_errors.counts.items()):
+            family.add_metric([str(api_key), str(api_version)], count)
+        yield family
+
 
 class _GroupCollector:
     def __init__(self, runtime: RaftRuntime) -> None:
@@ -67,3 +88,7 @@ class _GroupCollector:
         yield CounterMetricFamily("chronik_raft_unknown_group_dropped",
                                   "Peer messages dropped because no such group is hosted here",
                                   value=self.runtime.unknown_group_drops)
+        yield CounterMetricFamily("chronik_raft_malformed_dropped",
+                                  "Peer messages dropped because no peer may send them (a type or entry "
+                                  "type outside the protocol, or a local-only type)",
+                                  value=self.runtime.malformed_drops)

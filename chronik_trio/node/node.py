@@ -41,7 +41,7 @@ from chronik_trio.transport.transport import Transport
 
 from .config import ConfigError, NodeConfig
 from .group_coordinator import GroupCoordinator
-from .kafka_server import serve_connection
+from .kafka_server import RequestErrors, serve_connection
 from .leader_reports import LeaderReports
 from .meta_group import META_GROUP_ID, MetaMachine, MetaService
 from .metrics import NodeMetrics
@@ -87,6 +87,8 @@ class Node:
                                    observe_fsync=self.metrics.fsync_seconds.observe)
         self.peers.runtime = self.runtime
         self.metrics.collect_groups(self.runtime)
+        self.request_errors = RequestErrors()  # contained handler failures, in /metrics
+        self.metrics.collect_request_errors(self.request_errors)
         self.transport: Transport | None = None
         self.meta_machine = MetaMachine()
         self.meta_service = MetaService(self.node_id, self.meta_machine)  # opened by run()

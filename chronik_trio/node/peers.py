@@ -20,7 +20,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from chronik_trio.pb import raft_pb2, transport_pb2
-from chronik_trio.raft.convert import message_from_pb, message_to_pb
+from chronik_trio.raft.convert import message_to_pb, peer_message_from_pb
 from chronik_trio.raft.types import Message
 from chronik_trio.transport.transport import Transport
 
@@ -62,7 +62,13 @@ class PeerNetwork:
             if gm.group == LIVENESS_GROUP:  # its term carries the sender's incarnation
                 runtime.liveness_from(batch.from_node, gm.message.term)
                 continue
-            if not runtime.deliver(gm.group, message_from_pb(gm.message)):
+            message = peer_message_from_pb(gm.message)
+            if message is None:  # an enum value outside the protocol, or a local-only type
+                runtime.malformed_drops += 1
+                log.debug("dropped a message of type %d from node %d for group %s", gm.message.type,
+                          batch.from_node, gm.group)
+                continue
+            if not runtime.deliver(gm.group, message):
                 # A group deleted here, or not created yet (its topic is still being applied).
                 runtime.unknown_group_drops += 1
                 log.debug("dropped a message from node %d for unknown group %s", batch.from_node, gm.group)

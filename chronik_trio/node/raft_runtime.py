@@ -93,6 +93,7 @@ class RaftRuntime:
         self.fsync_inline_groups_max = FSYNC_INLINE_GROUPS_MAX  # 0: every round in a thread
         self._thread_until = float("-inf")  # rounds go to a worker thread until then (trio time)
         self.unknown_group_drops = 0
+        self.malformed_drops = 0  # peer messages no peer may send (node/peers.py)
         self.observe_pass = observe_pass
         self.observe_fsync = observe_fsync
 

@@ -161,7 +161,7 @@ class Node:
         applied = await self.meta_service.propose(command)
         if not applied.ok:
             raise applied.error
-        topic = self.meta.topics[name]
+        topic = self._still_there(name)
         await self._wait_for_leaders(topic, timeout_s)
         await self._settle_preferred_leaders(topic)
         log.info("created topic %s: %d partition(s), replicas %s", name, partitions, assignment)
@@ -217,8 +217,16 @@ class Node:
             partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in new])))
         if not applied.ok:
             raise applied.error
-        topic = self.meta.topics[name]
+        topic = self._still_there(name)
         await self._wait_for_leaders(topic, timeout_s)
+        return topic
+
+    def _still_there(self, name: str) -> Topic:
+        """The topic just changed through __meta, unless a DeleteTopics applied in the same
+        pass took it away before this task resumed."""
+        topic = self.meta.topics.get(name)
+        if topic is None:
+            raise UnknownTopic(f"topic {name!r} was deleted meanwhile")
         return topic
 
     async def _balance_loop(self) -> None:
@@ -241,6 +249,8 @@ class Node:
         with trio.fail_after(timeout_s):
             while not all(self.meta.leader_of(topic, p) for p in range(topic.partition_count)):
                 await self.meta_machine.changed.wait()
+                if topic.name not in self.meta.topics:  # a DeleteTopics applied meanwhile
+                    raise UnknownTopic(f"topic {topic.name!r} was deleted meanwhile")
 
     async def auto_create(self, name: str) -> Topic:
         try:

@@ -34,6 +34,7 @@ from chronik_trio.pb import meta_pb2, raft_pb2
 from chronik_trio.raft.config import Config as RaftConfig
 from chronik_trio.raft.convert import message_to_pb, peer_message_from_pb
 from chronik_trio.raft.rawnode import RawNode
+from chronik_trio.raft.types import MessageType
 from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
 
@@ -542,7 +543,9 @@ class Node:
                 self.runtime.liveness_from(batch.from_node, gm.message.term)
                 continue
             message = peer_message_from_pb(gm.message)
-            if message is None:  # an enum value outside the protocol, or a local-only type
+            if message is not None and message.type == MessageType.PROPOSE and gm.group != META_GROUP_ID:
+                message = None  # only __meta forwards proposals (propose_anywhere); others propose on the leader
+            if message is None:  # an enum value outside the protocol, a local-only type, ...
                 self.runtime.malformed_drops += 1
                 log.debug("dropped a message of type %d from node %d for group %s", gm.message.type,
                           batch.from_node, gm.group)

@@ -25,6 +25,7 @@ import time
 import uuid
 import zlib
 
+import google.protobuf.message
 import trio
 
 from chronik_trio.cluster.meta import (PARTITIONS_PER_TOPIC_MAX, Topic, TopicAlreadyExists, UnknownTopic,
@@ -66,6 +67,22 @@ FIRST_CAMPAIGN_RETRY_S = 0.1
 PREFERRED_SETTLE_S = 3.0  # CreateTopics answers after this even if leadership did not move
 ISR_CHECK_S = 1.0  # how often leaders recompute their ISR (Kafka checks every lag/2)  # log which groups are slow to replay after this, then keep waiting
 
+
+
+def _forwardable(gm) -> bool:
+    """Whether a proposal from a peer is one a follower forwards: only __meta's followers do
+    (MetaService.propose_anywhere), with normal entries that are MetaCommands. A committed
+    entry __meta cannot decode would stop every replica on every replay."""
+    if gm.group != META_GROUP_ID:
+        return False
+    try:
+        for entry in gm.message.entries:
+            if entry.type != raft_pb2.ENTRY_NORMAL:
+                return False
+            meta_pb2.MetaCommand.FromString(entry.data)
+    except google.protobuf.message.DecodeError:
+        return False
+    return True
 
 class Node:
     def __init__(self, config: NodeConfig, *, disk: Disk | None = None,
@@ -543,8 +560,8 @@ class Node:
                 self.runtime.liveness_from(batch.from_node, gm.message.term)
                 continue
             message = peer_message_from_pb(gm.message)
-            if message is not None and message.type == MessageType.PROPOSE and gm.group != META_GROUP_ID:
-                message = None  # only __meta forwards proposals (propose_anywhere); others propose on the leader
+            if message is not None and message.type == MessageType.PROPOSE and not _forwardable(gm):
+                message = None
             if message is None:  # an enum value outside the protocol, a local-only type, ...
                 self.runtime.malformed_drops += 1
                 log.debug("dropped a message of type %d from node %d for group %s", gm.message.type,

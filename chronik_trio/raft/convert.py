@@ -14,9 +14,7 @@ from .types import (LOCAL_MESSAGES, ConfChangeSingle, ConfChangeTransition, Conf
 
 # What a peer may send a group: protobuf enums are open (any int32 decodes), and a local
 # message type stepped from the network raises StepLocalMessage in the Ready pass.
-# The node proposes only on a group's leader (NotLeader otherwise), so no proposal is ever
-# forwarded between nodes, and one from the network would let any sender write entries.
-_PEER_MESSAGE_TYPES = frozenset(int(t) for t in MessageType if t not in LOCAL_MESSAGES | {MessageType.PROPOSE})
+_PEER_MESSAGE_TYPES = frozenset(int(t) for t in MessageType if t not in LOCAL_MESSAGES)
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 # A term is a Kafka leader epoch, an int32 on the wire: no real cluster gets near it, and a
 # term adopted from one message is kept forever (persisted). Indexes are int64 on disk.
@@ -85,16 +83,17 @@ def message_from_pb(p: pb.Message) -> Message:
 
 def peer_message_from_pb(p: pb.Message) -> Message | None:
     """message_from_pb for a message received from a peer; None when no peer may send it: a
-    type outside the enum, one a node only makes for itself, or a proposal (never forwarded
-    here); an entry type outside the enum; a term past PEER_TERM_MAX or an index past
-    PEER_INDEX_MAX; a snapshot message without a snapshot (raft/ asserts on it). The caller drops it (the node's Raft must never see it)."""
+    type outside the enum or one a node only makes for itself; an entry type outside the
+    enum; a term past PEER_TERM_MAX or an index past PEER_INDEX_MAX; a proposal without
+    entries or a snapshot message without a snapshot (raft/ asserts on those). The caller drops it (the node's Raft must never see it)."""
     if p.type not in _PEER_MESSAGE_TYPES or any(e.type not in _ENTRY_TYPES for e in p.entries):
         return None
     if max(p.term, p.log_term, *(e.term for e in p.entries)) > PEER_TERM_MAX or \
             max(p.index, p.commit, p.reject_hint, p.request_snapshot, *(e.index for e in p.entries)) > PEER_INDEX_MAX:
         return None
-    if p.type == MessageType.SNAPSHOT and not p.HasField("snapshot"):
-        return None
+    if (p.type == MessageType.PROPOSE and not p.entries) or (p.type == MessageType.SNAPSHOT
+                                                             and not p.HasField("snapshot")):
+        return None  # a forwarded proposal carries entries, a snapshot message a snapshot
     return message_from_pb(p)
 
 

@@ -8,7 +8,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.meta import TOPIC_CONFIG_DEFAULTS, Topic, validate_topic_configs, validate_topic_name
-from chronik_trio.errors import BrokerError, MetaUnavailable
+from chronik_trio.errors import BrokerError
 
 from ..codec import build, has_field, response_schema
 from .common import AUTHORIZED_OPERATIONS_OMITTED
@@ -158,12 +158,6 @@ async def handle_init_producer_id(body, ctx, version: int):
             producer_id, epoch = await ctx.init_transactional_id(
                 body.transactional_id, getattr(body, "producer_id", -1),  # v3+
                 getattr(body, "producer_epoch", -1))
-    except MetaUnavailable as exc:
-        # Not REQUEST_TIMED_OUT: the Java producer retries InitProducerId only on the
-        # coordinator errors and treats any other as fatal.
-        log.info("InitProducerId: %s", exc)
-        return build(resp, throttle_time=0, error_code=ErrorCode.coordinator_not_available,
-                     producer_id=-1, producer_epoch=-1)
     except BrokerError as exc:
         code = exc.error_code
         if code == ErrorCode.producer_fenced and version < INIT_PRODUCER_ID_FENCED_VERSION:

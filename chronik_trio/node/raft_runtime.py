@@ -47,8 +47,8 @@ PEER_SILENCE_S = 0.75
 LIVENESS_EVERY_TICKS = 5
 PEER_ACTIVE_S = 1.0  # heard from within this: active, for the ISR
 # An fsync round of at most FSYNC_INLINE_GROUPS_MAX groups runs on the loop thread, sparing
-# the hand-off to a worker thread and back (0.15-0.3 ms of CPU per round: docs/bench.md),
-# unless a round there took longer than FSYNC_INLINE_ROUND_MAX_S within FSYNC_THREAD_HOLD_S:
+# the hand-off to a worker thread and back (about 0.3 ms of CPU per round here), unless a
+# round there took longer than FSYNC_INLINE_ROUND_MAX_S within the last FSYNC_THREAD_HOLD_S:
 # then rounds go to a worker thread, so a slow disk stalls the loop (transport, Kafka, ticks)
 # for at most one round per hold period. Bigger rounds (many groups) always go to the
 # thread: their hand-off is shared. Writes (before the round) are on the loop thread anyway.

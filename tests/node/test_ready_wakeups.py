@@ -7,18 +7,9 @@ done then could only have been done by a tick. Elections are started by hand (`c
 Real files and real fsyncs (worker threads), as in test_raft_runtime.py.
 """
 
-import threading
-import time
-import types
-
 import pytest
 import trio
 
-from chronik_trio.node.raft_runtime import (FSYNC_INLINE_GROUPS_MAX, FSYNC_INLINE_ROUND_MAX_S,
-                                            FSYNC_THREAD_HOLD_S, RaftRuntime)
-from chronik_trio.raft.types import Entry
-from chronik_trio.storage.disk import DiskFaults, FaultyDisk
-from chronik_trio.storage.raft_storage import DurableRaftStorage
 from tests.node.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -140,59 +131,3 @@ async def test_a_follower_told_of_a_commit_before_its_own_fsync_applies_after_it
     assert _applied(cluster, 3) == [b"x"]
     assert runtime.passes - passes == 2  # append + fsync, then apply
     assert trio.current_time() == 0
-
-
-class _FsyncThreads:
-    """A FaultyDisk whose injected fsync latency notes which thread waited it out."""
-
-    def __init__(self) -> None:
-        self.faults = DiskFaults()
-        self.threads: list[bool] = []  # per fsync: on the loop (main) thread?
-        self.disk = FaultyDisk(self.faults, sleep=self._sleep)
-
-    def _sleep(self, seconds: float) -> None:
-        self.threads.append(threading.current_thread() is threading.main_thread())
-        time.sleep(seconds)
-
-
-async def test_fsync_rounds_run_on_the_loop_thread_until_one_is_slow(tmp_path, mock_clock):
-    # A slow round on the loop thread sends the rounds of the next FSYNC_THREAD_HOLD_S (trio
-    # time) to a worker thread; the first round after that runs on the loop thread again.
-    disk = _FsyncThreads()
-    storage = DurableRaftStorage.bootstrap(disk.disk, tmp_path / "g", voters=(1,), kafka=False)
-    persisted: list[int] = []
-    group = types.SimpleNamespace(storage=storage, on_persisted=persisted.append)
-    runtime = RaftRuntime(1, lambda group_id, message: None)
-
-    async def fsync_round(index: int, latency_s: float) -> None:
-        disk.faults.fsync_latency_s = latency_s
-        storage.append([Entry(term=1, index=index, data=b"x")])
-        await runtime._persist([(group, None)])
-
-    await fsync_round(1, 2 * FSYNC_INLINE_ROUND_MAX_S)  # nothing slow seen yet: loop thread
-    await fsync_round(2, 0.0001)
-    mock_clock.jump(FSYNC_THREAD_HOLD_S / 2)
-    await fsync_round(3, 0.0001)
-    mock_clock.jump(FSYNC_THREAD_HOLD_S / 2)
-    await fsync_round(4, 0.0001)
-    assert disk.threads == [True, False, False, True]
-    assert (runtime.fsync_rounds, runtime.fsync_rounds_inline) == (4, 2)
-    assert persisted == [1, 2, 3, 4]  # each round made its entry durable before returning
-    storage.close()
-
-
-async def test_an_fsync_round_of_many_groups_goes_to_a_worker_thread(tmp_path, mock_clock):
-    disk = _FsyncThreads()
-    disk.faults.fsync_latency_s = 0.0001
-    readies = []
-    for i in range(FSYNC_INLINE_GROUPS_MAX + 1):
-        storage = DurableRaftStorage.bootstrap(disk.disk, tmp_path / f"g{i}", voters=(1,), kafka=False)
-        storage.append([Entry(term=1, index=1, data=b"x")])
-        readies.append((types.SimpleNamespace(storage=storage, on_persisted=lambda index: None), None))
-    disk.threads.clear()  # bootstrap's own fsyncs
-    runtime = RaftRuntime(1, lambda group_id, message: None)
-    await runtime._persist(readies)
-    assert disk.threads and not any(disk.threads)
-    assert (runtime.fsync_rounds, runtime.fsync_rounds_inline) == (1, 0)
-    for group, _ in readies:
-        group.storage.close()

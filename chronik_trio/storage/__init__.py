@@ -1,7 +1,7 @@
 """Durable storage of Raft groups: segment logs of framed entries, hard state, the Disk seam.
 
 May import: the standard library, attrs, crc32c. No trio: the node runs SyncTicket.run in a
-worker thread (trio.to_thread.run_sync), or on the loop thread while the disk answers fast. All file I/O goes through a Disk.
+worker thread (trio.to_thread.run_sync). All file I/O goes through a Disk.
 """
 
 from chronik_trio.storage.disk import Disk, DiskFaults, DiskFile, FaultyDisk

@@ -7,9 +7,13 @@ done then could only have been done by a tick. Elections are started by hand (`c
 Real files and real fsyncs (worker threads), as in test_raft_runtime.py.
 """
 
+import threading
+
 import pytest
 import trio
+import trio.testing
 
+from chronik_trio.storage.disk import DiskFaults, FaultyDisk
 from tests.node.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -130,4 +134,49 @@ async def test_a_follower_told_of_a_commit_before_its_own_fsync_applies_after_it
     await cluster.settle()
     assert _applied(cluster, 3) == [b"x"]
     assert runtime.passes - passes == 2  # append + fsync, then apply
+    assert trio.current_time() == 0
+
+
+class _FsyncGate:
+    """A FaultyDisk whose fsyncs, once armed, wait in their worker thread until opened."""
+
+    WAIT_S_MAX = 30  # a bound on the worker thread's wait, should the test fail first
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()  # an armed fsync is waiting
+        self.opened = threading.Event()
+        self.disk = FaultyDisk(DiskFaults(fsync_latency_s=1e-9), sleep=self._sleep)
+
+    def _sleep(self, seconds: float) -> None:
+        if self.armed:
+            self.entered.set()
+            self.opened.wait(self.WAIT_S_MAX)
+
+
+async def test_a_proposal_made_during_a_pass_s_fsync_is_committed_by_the_passes_after_it(
+        tmp_path, nursery, mock_clock):
+    # The pass holds the group's lock through its fsync round; a proposal arriving then
+    # waits for the lock, gets it as the pass lets go, and wakes the runtime: pass 2 writes
+    # it (with the first proposal's commit), pass 3 applies it.
+    gate = _FsyncGate()
+    cluster = LocalCluster(tmp_path, node_ids=(1,), disk=gate.disk)
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    runtime = cluster.runtimes[1]
+    group = runtime.groups["g"]
+    passes, rounds, results = runtime.passes, runtime.fsync_rounds, []
+    gate.armed = True
+    _propose_soon(nursery, group, b"first", results)
+    await trio.to_thread.run_sync(gate.entered.wait, gate.WAIT_S_MAX)
+    assert cluster.in_pass[1] and group.lock.locked()
+    gate.armed = False
+    _propose_soon(nursery, group, b"second", results)
+    await trio.testing.wait_all_tasks_blocked()
+    assert group.lock.statistics().tasks_waiting == 1  # the second proposal
+    gate.opened.set()
+    await cluster.settle()
+    assert _applied(cluster, 1) == [b"first", b"second"]
+    assert len(results) == 2
+    assert (runtime.passes - passes, runtime.fsync_rounds - rounds) == (3, 2)
     assert trio.current_time() == 0

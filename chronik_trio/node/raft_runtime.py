@@ -12,7 +12,8 @@ order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 5. send `persisted_messages` (votes and append responses promise durable state, so they
    wait for step 4);
 6. apply committed entries (they are durable on a quorum, so applying never waits for 4),
-7. advance, release the lock.
+7. advance, release the lock; a group that has a Ready again (advance() can make one, e.g.
+   a sole voter's commit) is woken for the next pass, which starts at once.
 
 The runtime takes its clock from trio and its network as a `send` callable, so a test (or a
 later simulation) can drive a whole cluster in one process.

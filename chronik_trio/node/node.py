@@ -33,6 +33,7 @@ import uuid
 import trio
 from prometheus_client import CollectorRegistry
 
+from chronik_trio.cluster.configs import ConfigChange
 from chronik_trio.cluster.meta import MetaState, Topic
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
@@ -166,6 +167,15 @@ class Node:
     async def init_transactional_id(self, transactional_id: str, producer_id: int,
                                     producer_epoch: int) -> tuple[int, int]:
         return await self.producer_ids.init_transactional_id(transactional_id, producer_id, producer_epoch)
+
+    def topic_config(self, topic: Topic, key: str) -> str:
+        return self.replicas.topic_config(topic.name, key)
+
+    async def alter_topic_configs(self, name: str, change: ConfigChange) -> None:
+        await self.topics.alter_configs(name, change)
+
+    async def alter_broker_configs(self, broker: str, change: ConfigChange) -> None:
+        await self.topics.alter_broker_configs(broker, change)
 
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         return await self.preferred_leaders.elect(topic, partition, timeout_s)

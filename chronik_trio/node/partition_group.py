@@ -131,7 +131,8 @@ class PartitionReplica:
     """
 
     def __init__(self, topic: Topic, partition: int, group: RaftGroup, machine: PartitionMachine,
-                 *, lag_time_s: float, alive: typing.Callable[[int, float], bool]) -> None:
+                 *, lag_time_s: float, alive: typing.Callable[[int, float], bool],
+                 min_insync: typing.Callable[[], int]) -> None:
         self.topic_name = topic.name
         self.topic_id = topic.topic_id
         self.partition = partition
@@ -142,13 +143,17 @@ class PartitionReplica:
         self._offsets = OffsetAssigner()
         self._producers: ProducerStateTable | None = None
         self._producers_term = 0
-        self.min_insync = int(topic.config("min.insync.replicas"))
+        self._min_insync = min_insync  # the topic's current min.insync.replicas (live config)
         self._isr = InSyncReplicas(lag_time_s)
         self.alive = alive
 
     @property
     def leader_epoch(self) -> int:
         return self.machine.leader_epoch
+
+    @property
+    def min_insync(self) -> int:
+        return self._min_insync()
 
     @property
     def high_watermark(self) -> int:
@@ -196,10 +201,11 @@ class PartitionReplica:
         idempotent = any(batch is not None for batch in batches)
         async with self.group.lock:
             self.group.check_leader()
-            if acks == -1 and len(self.update_isr(trio.current_time(), self.alive)) < self.min_insync:
+            min_insync = self.min_insync
+            if acks == -1 and len(self.update_isr(trio.current_time(), self.alive)) < min_insync:
                 raise NotEnoughReplicas(
                     f"{self.topic_name}-{self.partition}: in-sync replicas {list(self.isr)} are fewer "
-                    f"than min.insync.replicas={self.min_insync}")
+                    f"than min.insync.replicas={min_insync}")
             term = self.group.term
             producers = self._leader_producers(term) if idempotent else None
             duplicate = producers.check(batches) if producers is not None else None

@@ -8,6 +8,7 @@ directory removed. One reconcile at a time; __meta changes ask for another.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
@@ -17,6 +18,7 @@ import uuid
 
 import trio
 
+from chronik_trio.cluster.configs import TOPIC_CONFIGS, resolve_topic
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.storage import Disk
@@ -43,6 +45,7 @@ class HostedReplicas:
     def __init__(self, config: NodeConfig, disk: Disk, runtime: RaftRuntime,
                  meta: MetaMachine, groups: GroupCoordinator) -> None:
         self.config = config
+        self._static = config.kafka_configs()  # fixed for the process's life
         self.node_id = config.node_id
         self.disk = disk
         self.data_dir = pathlib.Path(config.data_dir)
@@ -67,6 +70,14 @@ class HostedReplicas:
 
     def __len__(self) -> int:
         return len(self.by_partition)
+
+    def topic_config(self, topic_name: str, key: str) -> str:
+        """The effective value of a topic config now (live: read from __meta on each call)."""
+        topic = self._meta.state.topics.get(topic_name)
+        if topic is None:
+            return TOPIC_CONFIGS[key].default
+        state = self._meta.state
+        return resolve_topic(key, topic.configs, state.broker_configs, self.node_id, self._static).value
 
     def reconcile_soon(self) -> None:
         """__meta changed (a listener: no await)."""
@@ -118,7 +129,7 @@ class HostedReplicas:
         if directory.exists() and (not id_file.exists() or id_file.read_text() != topic.topic_id.hex):
             log.warning("removing %s: it belongs to an older topic of the same name", directory)
             remove_dirs([rename_deleted(directory)])
-        segment_bytes = int(topic.configs.get("segment.bytes", self.config.segment_bytes))
+        segment_bytes = int(self.topic_config(topic.name, "segment.bytes"))
         if directory.exists():
             return DurableRaftStorage(self.disk, directory, kafka=True, segment_bytes=segment_bytes)
         self.disk.mkdir(directory)
@@ -143,8 +154,12 @@ class HostedReplicas:
             self._nursery.start_soon(_campaign_again, group)
         replica = self.by_partition[(topic.name, partition)] = PartitionReplica(
             topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000,
-            alive=self.runtime.is_alive)
+            alive=self.runtime.is_alive,
+            min_insync=functools.partial(self._min_insync, topic.name))
         self._groups.attach(replica)
+
+    def _min_insync(self, topic_name: str) -> int:
+        return int(self.topic_config(topic_name, "min.insync.replicas"))
 
     def _became_leader(self, machine: PartitionMachine, term: int) -> None:
         for listener in self.leader_listeners:

@@ -121,6 +121,24 @@ def test_a_snapshot_restores_an_equal_state_including_dedup_memory():
     assert not replay.ok and isinstance(replay.error, meta.TopicAlreadyExists)
 
 
+def test_dynamic_broker_configs_apply_remove_and_survive_snapshots():
+    state = meta.MetaState()
+
+    def alter(broker, set_=None, removed=()):
+        state.apply(meta_pb2.MetaCommand(broker_configs_altered=meta_pb2.BrokerConfigsAltered(
+            broker=broker, set=set_ or {}, removed=removed)))
+
+    alter("", {"log.retention.ms": "5", "message.max.bytes": "9"})
+    alter("2", {"log.retention.ms": "6"})
+    alter("", removed=["message.max.bytes"])
+    alter("3", {"log.retention.bytes": "1"})
+    alter("3", removed=["log.retention.bytes"])
+    assert state.broker_configs == {"": {"log.retention.ms": "5"}, "2": {"log.retention.ms": "6"}}
+    copy = meta.MetaState()
+    copy.restore(state.snapshot())
+    assert copy.broker_configs == state.broker_configs and copy.snapshot() == state.snapshot()
+
+
 def test_the_first_applied_cluster_id_wins_and_survives_snapshots():
     state = meta.MetaState()
     for proposal in ("first", "second"):

@@ -334,10 +334,12 @@ def incremental_change(catalog: typing.Mapping[str, ConfigDef], current: typing.
 
 
 def replace_change(catalog: typing.Mapping[str, ConfigDef], current: typing.Mapping[str, str],
-                   configs: typing.Mapping[str, str | None]) -> ConfigChange:
+                   configs: typing.Sequence[tuple[str, str | None]]) -> ConfigChange:
     """AlterConfigs (legacy): the given configs become the resource's whole set of overrides."""
-    updated = {}
-    for key, value in configs.items():
+    updated: dict[str, str] = {}
+    for key, value in configs:
+        if key in updated:
+            raise InvalidConfig(f"config {key} appears more than once in the request")
         definition = catalog.get(key)
         if definition is None:
             raise InvalidConfig(f"config {key!r} is unknown or cannot be changed")

@@ -85,5 +85,7 @@ def test_incremental_refusals_name_the_key(ops, match):
 
 def test_alter_configs_replaces_the_whole_set_of_overrides():
     change = configs.replace_change(configs.TOPIC_CONFIGS, {"retention.ms": "1", "segment.bytes": "1024"},
-                                    {"retention.ms": "5"})
+                                    [("retention.ms", "5")])
     assert change.set == {"retention.ms": "5"} and change.removed == ("segment.bytes",)
+    with pytest.raises(InvalidConfig, match="retention.ms"):
+        configs.replace_change(configs.TOPIC_CONFIGS, {}, [("retention.ms", "5"), ("retention.ms", "6")])

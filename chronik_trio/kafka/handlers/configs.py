@@ -152,7 +152,7 @@ def _change(catalog, current, effective, configs, incremental: bool) -> ConfigCh
     if incremental:
         return incremental_change(catalog, current, effective,
                                   [(c.name, c.config_operation, c.value) for c in configs])
-    return replace_change(catalog, current, {c.name: c.value for c in configs})
+    return replace_change(catalog, current, [(c.name, c.value) for c in configs])
 
 
 async def handle_alter_configs(body, ctx, version: int):

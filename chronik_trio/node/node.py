@@ -26,6 +26,7 @@ import base64
 import functools
 import logging
 import pathlib
+import shutil
 import time
 import typing
 import uuid
@@ -167,6 +168,11 @@ class Node:
     async def init_transactional_id(self, transactional_id: str, producer_id: int,
                                     producer_epoch: int) -> tuple[int, int]:
         return await self.producer_ids.init_transactional_id(transactional_id, producer_id, producer_epoch)
+
+    async def log_dir_usage(self) -> tuple[str, int, int]:
+        directory = (self.data_dir / "partitions").absolute()
+        usage = await trio.to_thread.run_sync(shutil.disk_usage, self.data_dir)
+        return str(directory), usage.total, usage.free
 
     def topic_config(self, topic: Topic, key: str) -> str:
         return self.replicas.topic_config(topic.name, key)

@@ -156,7 +156,14 @@ class HostedReplicas:
             topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000,
             alive=self.runtime.is_alive,
             min_insync=functools.partial(self._min_insync, topic.name))
+        machine.log_start_listeners.append(functools.partial(self._trim_soon, replica))
         self._groups.attach(replica)
+
+    def _trim_soon(self, replica: PartitionReplica) -> None:
+        """A LOG_START entry applied (from the Ready pass: no await): delete the segments
+        below it in a task of our own."""
+        if self._nursery is not None:
+            self._nursery.start_soon(replica.delete_below_log_start)
 
     def _min_insync(self, topic_name: str) -> int:
         return int(self.topic_config(topic_name, "min.insync.replicas"))

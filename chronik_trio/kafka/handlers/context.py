@@ -66,6 +66,9 @@ class Replica(typing.Protocol):
     def unwatch(self, event: trio.Event) -> None: ...
     def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]: ...
     def describe_producers(self) -> list[ProducerEntry]: ...
+    async def delete_records(self, offset: int) -> int:
+        """DeleteRecords (leader): the log start offset once moved through Raft; raises
+        NotLeader, OffsetOutOfRange or ProposalFailed."""
 
 
 class GroupCoordinatorApi(typing.Protocol):
@@ -130,6 +133,8 @@ class BrokerContext(typing.Protocol):
         """(producer id, epoch) for a transactional id, its epoch bumped through __meta
         (fencing the previous holder); raises ClusterError (ProducerFenced, ...) or
         MetaUnavailable."""
+    async def log_dir_usage(self) -> tuple[str, int, int]:
+        """(the partitions' log directory, its file system's total and usable bytes)."""
     def topic_config(self, topic: Topic, key: str) -> str:
         """The topic's effective value of a config (its override, else the dynamic broker
         default, else the static setting, else Kafka's default)."""

@@ -3,10 +3,14 @@ IncrementalAlterConfigs, AlterConfigs, DescribeConfigs, and changes taking effec
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource as AioConfigResource
+from aiokafka.admin.config_resource import ConfigResourceType as AioConfigResourceType
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource,
                                    NewTopic, ResourceType)
@@ -185,3 +189,64 @@ def test_kafka_python_admin_reads_types_and_alters(broker):
         assert described["topic"][name]["cleanup.policy"]["config_type"] == "LIST"
     finally:
         admin.close()
+
+
+def test_aiokafka_admin_alters_and_describes(broker):
+    name = _topic(_admin(broker))
+
+    async def run():
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+        await admin.start()
+        try:
+            await admin.alter_configs([AioConfigResource(AioConfigResourceType.TOPIC, name,
+                                                         configs={"retention.bytes": "123456789"})])
+            return await admin.describe_configs([AioConfigResource(AioConfigResourceType.TOPIC, name)])
+        finally:
+            await admin.close()
+
+    (response,) = asyncio.run(run())
+    (resource,) = response.to_object()["resources"]
+    assert resource["error_code"] == 0, resource
+    entries = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+    assert entries["retention.bytes"] == "123456789" and entries["retention.ms"] == "604800000"
+
+
+def _old_segments(broker, admin, producer, hour_ago_ms: int) -> str:
+    name = _topic(admin, {"segment.bytes": "4096"})
+    for _ in range(20):
+        producer.produce(name, b"v" * 1000, timestamp=hour_ago_ms)
+        producer.flush(TIMEOUT_S)
+    return name
+
+
+def _segment_count(broker, name: str) -> int:
+    return len(list((broker.data_dir / "partitions" / f"{name}-0").glob("*.seg")))
+
+
+def _until_trimmed(broker, name: str) -> None:
+    deadline = time.monotonic() + 20
+    while _segment_count(broker, name) > 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _segment_count(broker, name) == 1
+
+
+def test_retention_ms_and_cleanup_policy_take_effect_live(broker_factory):
+    """retention.ms lowered while running deletes a topic's old segments at the next pass;
+    a topic switched to cleanup.policy=compact keeps them (no cleaner: nothing is deleted)
+    until it is switched back. Two sentinel topics, each changed after the previous one was
+    trimmed, show that retention passes ran after `kept` was switched."""
+    broker = broker_factory(extra_args=["--retention-check-interval-ms", "100"]).start()
+    admin = _admin(broker)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    hour_ago_ms = int(time.time() * 1000) - 3_600_000
+    kept, first, second = (_old_segments(broker, admin, producer, hour_ago_ms) for _ in range(3))
+    segments = _segment_count(broker, kept)
+    assert segments > 3
+    short = {"retention.ms": (AlterConfigOpType.SET, "60000")}
+    _incremental(admin, ResourceType.TOPIC, kept, {**short, "cleanup.policy": (AlterConfigOpType.SET, "compact")})
+    for sentinel in (first, second):
+        _incremental(admin, ResourceType.TOPIC, sentinel, short)
+        _until_trimmed(broker, sentinel)
+    assert _segment_count(broker, kept) == segments
+    _incremental(admin, ResourceType.TOPIC, kept, {"cleanup.policy": (AlterConfigOpType.DELETE, None)})
+    _until_trimmed(broker, kept)

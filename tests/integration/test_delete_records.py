@@ -5,12 +5,16 @@ it survives a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.structs import TopicPartition as AioTopicPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import TopicPartition as KpTopicPartition
 from kafka.admin import KafkaAdminClient
 
 from tests.kafka_wire import EARLIEST_TIMESTAMP, NONE, KafkaWire
@@ -110,3 +114,25 @@ def _check_start_empty(broker, name: str) -> None:
     with KafkaWire.connect(broker.port) as conn:
         assert conn.list_offset(name, 0, EARLIEST_TIMESTAMP) == (NONE, RECORDS)
         assert int(conn.fetch(name, 0, 0).error_code) == OFFSET_OUT_OF_RANGE
+
+
+def test_kafka_python_and_aiokafka_delete_records(broker):
+    name = _filled_topic(broker)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+    try:
+        answer = admin.delete_records({KpTopicPartition(name, 0): 10})
+    finally:
+        admin.close()
+    assert answer[KpTopicPartition(name, 0)]["low_watermark"] == 10
+    _check_start(broker, name, 10)
+
+    async def aio_delete():
+        aio = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+        await aio.start()
+        try:
+            return await aio.delete_records({AioTopicPartition(name, 0): RecordsToDelete(20)})
+        finally:
+            await aio.close()
+
+    assert asyncio.run(aio_delete()) == {AioTopicPartition(name, 0): 20}
+    _check_start(broker, name, 20)

@@ -199,7 +199,7 @@ def validate(definition: ConfigDef, value: str | None) -> None:
         top = definition.high if definition.high is not None else (
             INT_MAX if kind == ConfigType.INT else LONG_MAX)
         low = definition.low
-        if (low is not None and number < low) or number > top:
+        if number != number or (low is not None and number < low) or number > top:  # NaN != NaN
             raise InvalidConfig(f"config {key}={value!r} is out of range [{low}, {top}]")
     elif kind == ConfigType.BOOLEAN:
         if value.lower() not in ("true", "false"):

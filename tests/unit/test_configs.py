@@ -19,7 +19,7 @@ def test_legal_topic_configs_pass(key, value):
 @pytest.mark.parametrize("key,value", [
     ("no.such.config", "1"), ("retention.ms", "soon"), ("retention.ms", "-2"),
     ("min.insync.replicas", "0"), ("cleanup.policy", "purge"), ("cleanup.policy", ""),
-    ("preallocate", "yes"), ("min.cleanable.dirty.ratio", "1.5"), ("max.message.bytes", str(2**31)),
+    ("preallocate", "yes"), ("min.cleanable.dirty.ratio", "1.5"), ("min.cleanable.dirty.ratio", "nan"), ("max.message.bytes", str(2**31)),
     ("compression.type", "brotli")])
 def test_bad_topic_configs_name_the_key(key, value):
     with pytest.raises(InvalidConfig, match=key.replace(".", r"\.")) as caught:

@@ -53,3 +53,25 @@ def test_every_replica_follows_delete_records_including_one_that_was_down(cluste
              lambda: _start_seen(cluster, down, name, 25), timeout_s=30)
     wait_for(f"node {down} deleted its segments below 25",
              lambda: _segments(cluster, down, name) < before - 2, timeout_s=10)
+
+
+def test_a_follower_too_far_behind_gets_the_new_log_start_in_a_snapshot(cluster):
+    """The leader deleted the segments the follower would need (a snapshot at the boundary
+    first), so the follower is sent that snapshot, which carries the log start offset."""
+    name = "del3s-" + uuid.uuid4().hex[:6]
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap()})
+    admin.create_topics([NewTopic(name, 1, 3, config={"segment.bytes": "4096"})])[name].result(timeout=TIMEOUT_S)
+    leader = wait_balanced(cluster, name)[0].leader
+    produce_until_written(cluster, leader, name, 0, [Record(b"k", b"first")])
+    down = next(n for n in cluster.ids if n != leader)
+    cluster.kill(down)
+    for i in range(40):
+        produce_until_written(cluster, leader, name, 0, [Record(b"k", b"%03d" % i + b"." * 1000)])
+    (future,) = admin.delete_records([TopicPartition(name, 0, 35)]).values()
+    assert future.result(timeout=TIMEOUT_S).low_watermark == 35
+    wait_for("the leader deleted the segments below 35",
+             lambda: "DeleteRecords: deleted" in cluster.nodes[leader].log_text(), timeout_s=10)
+    cluster.restart(down)
+    wait_for(f"node {down} serves from offset 35", lambda: _start_seen(cluster, down, name, 35), timeout_s=30)
+    first_segment = min(int(p.stem) for p in (cluster.nodes[down].data_dir / "partitions" / f"{name}-0").glob("*.seg"))
+    assert first_segment > 10, "the follower was not reset to a snapshot"  # it had entries 1..3 only

@@ -123,6 +123,8 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
        "on every produce (MESSAGE_TOO_LARGE)", "message.max.bytes", low=0),
     _d("message.downconversion.enable", _BOOL, "true", "Stored; batches are never down-converted",
        "log.message.downconversion.enable", implemented=False),
+    _d("message.format.version", _STR, "3.0-IV1", "Stored (deprecated by Kafka 3, gone in 4); "
+       "batches are always kept as magic 2", "log.message.format.version", implemented=False),
     _d("message.timestamp.after.max.ms", _LONG, LONG_MAX, "Stored; timestamps are not checked",
        "log.message.timestamp.after.max.ms", low=0, implemented=False),
     _d("message.timestamp.before.max.ms", _LONG, LONG_MAX, "Stored; timestamps are not checked",

@@ -9,6 +9,10 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
+from kafka.admin import ConfigResource as KpConfigResource
+from kafka.admin import ConfigResourceType as KpConfigResourceType
+from kafka.admin import KafkaAdminClient
+
 from tests.kafka_wire import DESCRIBE_CONFIGS, MESSAGE_TOO_LARGE, Record
 from tests.replication.cluster import NONE, produce_raw, wait_balanced, wait_for
 
@@ -56,6 +60,18 @@ def test_a_change_through_one_node_is_seen_by_all_takes_effect_and_survives_a_re
                  lambda: _described(cluster, n, RESOURCE_BROKER, "3")["log.retention.bytes"]
                  == ("99999999", SOURCE_DYNAMIC_BROKER), timeout_s=10)
 
+    kp = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{cluster.port(1)}", request_timeout_ms=10000)
+    try:
+        result = kp.alter_configs([KpConfigResource(KpConfigResourceType.TOPIC, name,
+                                                    configs={"retention.bytes": "77777777"})], incremental=True)
+    finally:
+        kp.close()
+    assert result["topic"][name] == "OK", result
+    for n in cluster.ids:
+        wait_for(f"node {n} sees kafka-python's change",
+                 lambda: _described(cluster, n, RESOURCE_TOPIC, name)["retention.bytes"][0] == "77777777",
+                 timeout_s=10)
+
     big = [Record(b"k", b"x" * 3000)]
     error, _ = produce_raw(cluster, leader, name, 0, big)
     assert error == MESSAGE_TOO_LARGE
@@ -68,4 +84,5 @@ def test_a_change_through_one_node_is_seen_by_all_takes_effect_and_survives_a_re
     cluster.restart(follower)
     configs = _described(cluster, follower, RESOURCE_TOPIC, name)
     assert configs["retention.ms"][0] == "123456" and configs["max.message.bytes"][0] == "1048588"
+    assert configs["retention.bytes"][0] == "77777777"
     assert _described(cluster, follower, RESOURCE_BROKER, "3")["log.retention.bytes"][0] == "99999999"

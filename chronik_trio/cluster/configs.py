@@ -150,8 +150,9 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
        "log.retention.bytes", low=-1),
     _d("retention.ms", _LONG, 604_800_000, "Whole segments whose newest record is older are deleted "
        "(-1: no limit); checked every log.retention.check.interval.ms", "log.retention.ms", low=-1),
-    _d("segment.bytes", _INT, 64 << 20, "Segment file size; applies to partitions opened after "
-       "the change (a node restart)", "log.segment.bytes", low=14),
+    _d("segment.bytes", _INT, 64 << 20, "Segment file size; after a change each replica rolls "
+       "its active segment when the next append would take it past the new size",
+       "log.segment.bytes", low=14),
     _d("segment.index.bytes", _INT, 10_485_760, "Stored; the offset index is in memory",
        "log.index.size.max.bytes", low=4, implemented=False),
     _d("segment.jitter.ms", _LONG, 0, "Stored; segments roll by size only", "log.roll.jitter.ms",

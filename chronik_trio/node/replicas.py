@@ -112,6 +112,8 @@ class HostedReplicas:
                     replica.closed = True
                 del self.by_partition[key]
                 doomed.append(rename_deleted(replica.log_directory))
+        for (name, _), replica in self.by_partition.items():  # segment.bytes is a live config
+            replica.log.segment_bytes_max = int(self.topic_config(name, "segment.bytes"))
         for key, topic in wanted.items():
             if key not in self.by_partition:
                 storage = await trio.to_thread.run_sync(self._open_storage, topic, key[1])

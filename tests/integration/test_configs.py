@@ -250,3 +250,20 @@ def test_retention_ms_and_cleanup_policy_take_effect_live(broker_factory):
     assert _segment_count(broker, kept) == segments
     _incremental(admin, ResourceType.TOPIC, kept, {"cleanup.policy": (AlterConfigOpType.DELETE, None)})
     _until_trimmed(broker, kept)
+
+
+def test_segment_bytes_changed_while_running_rolls_smaller_segments(broker):
+    admin = _admin(broker)
+    name = _topic(admin)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+
+    def produce(count: int) -> None:
+        for _ in range(count):
+            producer.produce(name, b"v" * 1000)
+            producer.flush(TIMEOUT_S)
+
+    produce(5)
+    assert _segment_count(broker, name) == 1
+    _incremental(admin, ResourceType.TOPIC, name, {"segment.bytes": (AlterConfigOpType.SET, "4096")})
+    produce(20)
+    assert _segment_count(broker, name) >= 5  # about 20 KB more in segments of 4 KB

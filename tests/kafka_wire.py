@@ -70,6 +70,7 @@ MAX_VERSION = {
     INIT_PRODUCER_ID: 5,
     DESCRIBE_CONFIGS: 4,
     DESCRIBE_CLUSTER: 1,
+    44: 1,  # IncrementalAlterConfigs
 }
 
 _schema_cache: dict[tuple[int, int, str], type] = {}

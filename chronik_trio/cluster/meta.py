@@ -17,6 +17,8 @@ from kio.schema.errors import ErrorCode
 from chronik_trio.errors import BrokerError
 from chronik_trio.pb import meta_pb2
 
+from .configs import TOPIC_CONFIGS
+
 TOPIC_NAME_CHARS = re.compile(r"^[a-zA-Z0-9._-]+$")
 TOPIC_NAME_BYTES_MAX = 249  # Kafka's limit (room for ".<partition>" suffixes in file names)
 # Every partition is a Raft group with its own files and lock: far more than any node hosts.
@@ -24,21 +26,6 @@ TOPIC_NAME_BYTES_MAX = 249  # Kafka's limit (room for ".<partition>" suffixes in
 # list is built: 2^31-1 partitions once held the event loop building one.
 PARTITIONS_PER_TOPIC_MAX = 10_000
 INTERNAL_TOPIC_PREFIX = "__"
-
-# Topic configs we implement, with their defaults (Kafka's names and defaults where they exist).
-TOPIC_CONFIG_DEFAULTS: dict[str, str] = {
-    "cleanup.policy": "delete",
-    "retention.ms": str(7 * 24 * 3600 * 1000),
-    "retention.bytes": "-1",
-    "segment.bytes": str(64 << 20),
-    "max.message.bytes": str(1048588),
-    "min.insync.replicas": "1",
-    "message.timestamp.type": "CreateTime",
-}
-_INT_CONFIGS = {"retention.ms", "retention.bytes", "segment.bytes", "max.message.bytes",
-                "min.insync.replicas"}
-_ENUM_CONFIGS = {"cleanup.policy": {"delete"}, "message.timestamp.type": {"CreateTime"}}
-
 
 PRODUCER_EPOCH_MAX = 32_766  # Kafka bumps to a new producer id before epoch 32767 (Short.MAX_VALUE)
 RECENT_REQUESTS_MAX = 10_000  # request ids remembered for deduplication (and in snapshots)
@@ -64,10 +51,6 @@ class ProducerFenced(ClusterError):
     error_code = ErrorCode.producer_fenced
 
 
-class InvalidTopicConfig(ClusterError):
-    error_code = ErrorCode.invalid_config
-
-
 class InvalidPartitionCount(ClusterError):
     error_code = ErrorCode.invalid_partitions
 
@@ -84,20 +67,6 @@ def validate_topic_name(name: str) -> None:
         raise InvalidTopicName(f"topic name is {len(name)} characters; the limit is {TOPIC_NAME_BYTES_MAX}")
     if not TOPIC_NAME_CHARS.match(name):
         raise InvalidTopicName(f"topic name {name!r} has characters outside [a-zA-Z0-9._-]")
-
-
-def validate_topic_configs(configs: dict[str, str]) -> None:
-    """Raise InvalidTopicConfig for unknown names or unparsable values."""
-    for key, value in configs.items():
-        if key not in TOPIC_CONFIG_DEFAULTS:
-            raise InvalidTopicConfig(f"unknown or unsupported topic config {key!r}")
-        if key in _INT_CONFIGS:
-            try:
-                int(value)
-            except (TypeError, ValueError):
-                raise InvalidTopicConfig(f"config {key}={value!r} is not an integer") from None
-        if key in _ENUM_CONFIGS and value not in _ENUM_CONFIGS[key]:
-            raise InvalidTopicConfig(f"config {key}={value!r}: supported {sorted(_ENUM_CONFIGS[key])}")
 
 
 @attrs.frozen(slots=True)
@@ -121,7 +90,9 @@ class Topic:
         return len(self.replicas)
 
     def config(self, key: str) -> str:
-        return self.configs.get(key, TOPIC_CONFIG_DEFAULTS[key])
+        """The topic's own value, else Kafka's default (broker-level defaults are resolved by
+        MetaState.topic_config)."""
+        return self.configs.get(key, TOPIC_CONFIGS[key].default)
 
 
 @attrs.frozen(slots=True)
@@ -160,6 +131,8 @@ class MetaState:
         self.next_producer_id = 0
         # transactional id -> (producer id, epoch, last InitProducerId's timestamp)
         self.transactional_ids: dict[str, tuple[int, int, int]] = {}
+        # Dynamic broker configs: node id as a string, or "" (cluster default) -> overrides.
+        self.broker_configs: dict[str, dict[str, str]] = {}
         self.cluster_id = ""
         self.version = 0  # bumps on every change; readers cache derived answers by it
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
@@ -229,6 +202,8 @@ class MetaState:
                             error_message=str(a.error) if a.error else "")
         for tid, (pid, epoch, ts) in self.transactional_ids.items():
             snap.transactional_ids.add(transactional_id=tid, producer_id=pid, epoch=epoch, timestamp_ms=ts)
+        for broker, configs in sorted(self.broker_configs.items()):
+            snap.broker_configs.add(broker=broker, set=configs)
         return snap.SerializeToString()
 
     def restore(self, data: bytes) -> None:
@@ -245,6 +220,8 @@ class MetaState:
             self._recent[r.request_id] = Applied(r.ok, error, r.producer_id_start, r.producer_epoch)
         self.transactional_ids = {t.transactional_id: (t.producer_id, t.epoch, t.timestamp_ms)
                                   for t in snap.transactional_ids}
+        for b in snap.broker_configs:
+            self._broker_configs_altered(b)
         self.next_producer_id, self.version = snap.next_producer_id, snap.version
         self.cluster_id = snap.cluster_id
 
@@ -318,6 +295,16 @@ class MetaState:
         self.topics_by_id[topic.topic_id] = changed
         return Applied(True)
 
+    def _broker_configs_altered(self, cmd: meta_pb2.BrokerConfigsAltered) -> Applied:
+        configs = {k: v for k, v in self.broker_configs.get(cmd.broker, {}).items()
+                   if k not in cmd.removed}
+        configs.update(cmd.set)
+        if configs:
+            self.broker_configs[cmd.broker] = configs
+        else:
+            self.broker_configs.pop(cmd.broker, None)
+        return Applied(True)
+
 
 _APPLY = {
     "broker_registered": MetaState._broker_registered,
@@ -330,4 +317,5 @@ _APPLY = {
     "cluster_id_proposed": MetaState._cluster_id_proposed,
     "preferred_leader_requested": MetaState._preferred_leader_requested,
     "transactional_id_initialized": MetaState._transactional_id_initialized,
+    "broker_configs_altered": MetaState._broker_configs_altered,
 }

@@ -120,6 +120,31 @@ class NodeConfig:
     def advertised_host_port(self) -> tuple[str, int]:
         return _host_port(self.advertised or self.listen, key="advertised")
 
+    def kafka_configs(self) -> dict[str, str]:
+        """This node's static settings under Kafka's broker config names (DescribeConfigs;
+        message.max.bytes and log.segment.bytes are also the topics' static defaults)."""
+        return {
+            "broker.id": str(self.node_id), "node.id": str(self.node_id),
+            "listeners": f"PLAINTEXT://{self.listen}",
+            "advertised.listeners": f"PLAINTEXT://{self.advertised or self.listen}",
+            "log.dirs": str(self.data_dir), "num.partitions": str(self.default_partitions),
+            "auto.create.topics.enable": str(self.auto_create_topics).lower(),
+            "broker.rack": self.rack or "",
+            "message.max.bytes": str(self.message_max_bytes),
+            "socket.request.max.bytes": str(self.request_max_bytes),
+            "log.segment.bytes": str(self.segment_bytes),
+            "log.retention.check.interval.ms": str(self.retention_check_interval_ms),
+            "replica.lag.time.max.ms": str(self.replica_lag_time_max_ms),
+            "producer.id.expiration.ms": str(self.producer_id_expiration_ms),
+            "offsets.topic.num.partitions": str(self.offsets_topic_num_partitions),
+            "offsets.topic.replication.factor": str(self.offsets_topic_replication_factor),
+            "offsets.retention.minutes": str(self.offsets_retention_minutes),
+            "offsets.retention.check.interval.ms": str(self.offsets_retention_check_interval_ms),
+            "group.initial.rebalance.delay.ms": str(self.group_initial_rebalance_delay_ms),
+            "group.min.session.timeout.ms": str(self.group_min_session_timeout_ms),
+            "group.max.session.timeout.ms": str(self.group_max_session_timeout_ms),
+        }
+
 
 FIELD_TYPES = {f.name: f.type for f in attrs.fields(NodeConfig)}
 

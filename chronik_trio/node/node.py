@@ -26,6 +26,7 @@ import base64
 import functools
 import logging
 import pathlib
+import shutil
 import time
 import typing
 import uuid
@@ -33,6 +34,7 @@ import uuid
 import trio
 from prometheus_client import CollectorRegistry
 
+from chronik_trio.cluster.configs import ConfigChange
 from chronik_trio.cluster.meta import MetaState, Topic
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
@@ -166,6 +168,20 @@ class Node:
     async def init_transactional_id(self, transactional_id: str, producer_id: int,
                                     producer_epoch: int) -> tuple[int, int]:
         return await self.producer_ids.init_transactional_id(transactional_id, producer_id, producer_epoch)
+
+    async def log_dir_usage(self) -> tuple[str, int, int]:
+        directory = (self.data_dir / "partitions").absolute()
+        usage = await trio.to_thread.run_sync(shutil.disk_usage, self.data_dir)
+        return str(directory), usage.total, usage.free
+
+    def topic_config(self, topic: Topic, key: str) -> str:
+        return self.replicas.topic_config(topic.name, key)
+
+    async def alter_topic_configs(self, name: str, change: ConfigChange) -> None:
+        await self.topics.alter_configs(name, change)
+
+    async def alter_broker_configs(self, broker: str, change: ConfigChange) -> None:
+        await self.topics.alter_broker_configs(broker, change)
 
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         return await self.preferred_leaders.elect(topic, partition, timeout_s)

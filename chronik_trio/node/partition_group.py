@@ -9,6 +9,7 @@ known to every replica as it applies entries, so any replica can serve reads bel
 from __future__ import annotations
 
 import logging
+import struct
 import typing
 
 import trio
@@ -22,7 +23,7 @@ from chronik_trio.partition.producers import ProducerStateTable, idempotent_batc
 from chronik_trio.partition.state import (BatchState, FollowerProgress, HighWatermark, InSyncReplicas,
                                           OffsetAssigner, batch_base_offset, batch_end_offset)
 from chronik_trio.pb import partition_pb2
-from chronik_trio.raft.types import Entry, Snapshot, StateRole
+from chronik_trio.raft.types import Entry, EntryType, Snapshot, StateRole
 from chronik_trio.storage.raft_storage import (partition_snapshot_data, partition_snapshot_next_offset,
                                                partition_snapshot_state)
 
@@ -31,6 +32,8 @@ from .raft_group import RaftGroup
 log = logging.getLogger(__name__)
 
 SCAN_BACK_ENTRIES_MAX = 1000  # empty entries (leader changes) between batches are few
+LOG_START = struct.Struct(">q")  # the data of an EntryType.LOG_START entry (DeleteRecords)
+LOG_START_STATE = "log_start"  # its key in a snapshot's states
 
 
 class PartitionMachine:
@@ -47,6 +50,9 @@ class PartitionMachine:
         self.hw = HighWatermark(log_.log_start_offset)
         self.states: dict[str, BatchState] = {state.name: state for state in states}
         self.state_end_offset = 0  # batches below it are in the states already
+        # DeleteRecords: offsets below it are gone (LOG_START entries; kept in snapshots).
+        self.log_start_floor = 0
+        self.log_start_listeners: list[typing.Callable[[], None]] = []
         self.applied_index = 0
         self.leader_epoch = 0
         self.role = StateRole.FOLLOWER
@@ -58,7 +64,10 @@ class PartitionMachine:
         return self.hw.offset
 
     def apply(self, entries: typing.Sequence[Entry]) -> list:
-        results = self.hw.apply([entry.data for entry in entries])
+        results = self.hw.apply([entry.data if entry.type == EntryType.NORMAL else b"" for entry in entries])
+        for entry in entries:
+            if entry.type == EntryType.LOG_START:
+                self._log_start_moved(LOG_START.unpack(entry.data)[0])
         if self.states:
             self._apply_states(entries)
         if entries:
@@ -67,11 +76,17 @@ class PartitionMachine:
             self._wake_watchers()
         return results
 
+    def _log_start_moved(self, offset: int) -> None:
+        if offset > self.log_start_floor:
+            self.log_start_floor = offset
+            for listener in self.log_start_listeners:
+                listener()
+
     def _apply_states(self, entries: typing.Sequence[Entry]) -> None:
         states = self.states.values()
         for entry in entries:
             data = entry.data
-            if not data or batch_base_offset(data) < self.state_end_offset:
+            if not data or entry.type != EntryType.NORMAL or batch_base_offset(data) < self.state_end_offset:
                 continue
             view = memoryview(data)
             for state in states:
@@ -102,6 +117,8 @@ class PartitionMachine:
         if not data:
             return
         saved = partition_pb2.PartitionSnapshotState.FromString(data)
+        if LOG_START_STATE in saved.states:
+            self._log_start_moved(LOG_START.unpack(saved.states[LOG_START_STATE])[0])
         if saved.end_offset < self.state_end_offset:
             return  # ours is newer (a snapshot we made ourselves, restored at start)
         self.state_end_offset = saved.end_offset
@@ -111,9 +128,10 @@ class PartitionMachine:
 
     def snapshot_state(self) -> bytes:
         """The states as of the applied index, for a snapshot (see BatchState)."""
-        return partition_pb2.PartitionSnapshotState(
-            end_offset=self.state_end_offset,
-            states={name: state.encode() for name, state in self.states.items()}).SerializeToString()
+        states = {name: state.encode() for name, state in self.states.items()}
+        states[LOG_START_STATE] = LOG_START.pack(self.log_start_floor)
+        return partition_pb2.PartitionSnapshotState(end_offset=self.state_end_offset,
+                                                    states=states).SerializeToString()
 
     def watch(self, event: trio.Event) -> None:
         """Set event the next time the high watermark moves."""
@@ -130,7 +148,8 @@ class PartitionReplica:
     """
 
     def __init__(self, topic: Topic, partition: int, group: RaftGroup, machine: PartitionMachine,
-                 *, lag_time_s: float, alive: typing.Callable[[int, float], bool]) -> None:
+                 *, lag_time_s: float, alive: typing.Callable[[int, float], bool],
+                 min_insync: typing.Callable[[], int]) -> None:
         self.topic_name = topic.name
         self.topic_id = topic.topic_id
         self.partition = partition
@@ -141,7 +160,7 @@ class PartitionReplica:
         self._offsets = OffsetAssigner()
         self._producers: ProducerStateTable | None = None
         self._producers_term = 0
-        self.min_insync = int(topic.config("min.insync.replicas"))
+        self._min_insync = min_insync  # the topic's current min.insync.replicas (live config)
         self._isr = InSyncReplicas(lag_time_s)
         self.alive = alive
 
@@ -150,12 +169,17 @@ class PartitionReplica:
         return self.machine.leader_epoch
 
     @property
+    def min_insync(self) -> int:
+        return self._min_insync()
+
+    @property
     def high_watermark(self) -> int:
         return self.machine.high_watermark
 
     @property
     def log_start_offset(self) -> int:
-        return self.log.log_start_offset
+        """The first offset served: the log's first batch, or DeleteRecords' offset above it."""
+        return max(self.log.log_start_offset, self.machine.log_start_floor)
 
     @property
     def is_leader(self) -> bool:
@@ -195,10 +219,11 @@ class PartitionReplica:
         idempotent = any(batch is not None for batch in batches)
         async with self.group.lock:
             self.group.check_leader()
-            if acks == -1 and len(self.update_isr(trio.current_time(), self.alive)) < self.min_insync:
+            min_insync = self.min_insync
+            if acks == -1 and len(self.update_isr(trio.current_time(), self.alive)) < min_insync:
                 raise NotEnoughReplicas(
                     f"{self.topic_name}-{self.partition}: in-sync replicas {list(self.isr)} are fewer "
-                    f"than min.insync.replicas={self.min_insync}")
+                    f"than min.insync.replicas={min_insync}")
             term = self.group.term
             producers = self._leader_producers(term) if idempotent else None
             duplicate = producers.check(batches) if producers is not None else None
@@ -237,7 +262,8 @@ class PartitionReplica:
             node = self.group.node
             low, high = self.machine.applied_index + 1, node.last_index() + 1
             for entry in (node.entries(low, high) if low < high else ()):
-                if entry.data and batch_base_offset(entry.data) >= self.machine.state_end_offset:
+                if entry.data and entry.type == EntryType.NORMAL and \
+                        batch_base_offset(entry.data) >= self.machine.state_end_offset:
                     table.apply(memoryview(entry.data), entry.index)
             self._producers, self._producers_term = table, term
         return self._producers
@@ -266,6 +292,9 @@ class PartitionReplica:
 
     def read(self, offset: int, max_bytes: int) -> list[memoryview]:
         """Whole batches from offset, below the high watermark (raises OffsetOutOfRange)."""
+        if offset < self.machine.log_start_floor:
+            raise storage.OffsetOutOfRange(f"{self.topic_name}-{self.partition}: offset {offset} is below the "
+                                           f"log start offset {self.log_start_offset} (records deleted)")
         return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=self.high_watermark)
 
     def watch(self, event: trio.Event) -> None:
@@ -284,22 +313,65 @@ class PartitionReplica:
         follower still behind it is sent that snapshot (its log then starts where ours
         does) instead of entries that no longer exist. Only applied entries go."""
         async with self.group.lock:
-            storage = self.group.storage
             applied = self.group.node.applied_index
             boundary = self.log.retention_boundary(
                 now_ms=now_ms, retention_bytes=retention_bytes, retention_ms=retention_ms,
                 keep_from_index=applied + 1)
-            if boundary - 1 <= storage.snapshot_index:
-                return 0
-            next_offset = self._offset_at(boundary)
-            conf_state = self.group.node.status().conf_state
-            await trio.to_thread.run_sync(
-                storage.create_snapshot, boundary - 1, conf_state,
-                partition_snapshot_data(next_offset, self.machine.snapshot_state()))
-            deleted = self.log.delete_before(boundary)
+            deleted = await self._delete_segments_locked(boundary)
         if deleted:
             log.info("retention deleted %d segment(s) of %s-%d; log start offset now %d",
                      deleted, self.topic_name, self.partition, self.log.log_start_offset)
+        return deleted
+
+    async def _delete_segments_locked(self, boundary: int) -> int:
+        """Snapshot at boundary - 1, then delete the segments wholly below boundary (a
+        segment start). With the group's lock held."""
+        storage = self.group.storage
+        if boundary - 1 <= storage.snapshot_index:
+            return 0
+        next_offset = self._offset_at(boundary)
+        conf_state = self.group.node.status().conf_state
+        await trio.to_thread.run_sync(
+            storage.create_snapshot, boundary - 1, conf_state,
+            partition_snapshot_data(next_offset, self.machine.snapshot_state()))
+        return self.log.delete_before(boundary)
+
+    async def delete_records(self, offset: int) -> int:
+        """DeleteRecords on the leader: commit a LOG_START entry moving the log start offset
+        to offset (-1: the high watermark); every replica applies it. Returns the log start
+        offset once applied here. Raises NotLeader, OffsetOutOfRange (above the high
+        watermark) or ProposalFailed."""
+        async with self.group.lock:
+            self.group.check_leader()
+            target = self.high_watermark if offset == -1 else offset
+            if not 0 <= target <= self.high_watermark:
+                raise storage.OffsetOutOfRange(f"{self.topic_name}-{self.partition}: cannot delete below {offset}: "
+                                       f"the high watermark is {self.high_watermark}")
+            if target <= self.log_start_offset:
+                return self.log_start_offset
+            waiter = self.group.propose_locked_many([LOG_START.pack(target)], EntryType.LOG_START)
+        self.group.wake_runtime()
+        await self.group.wait_applied(waiter)
+        return self.log_start_offset
+
+    async def delete_below_log_start(self) -> int:
+        """Delete the segments wholly below the log start offset DeleteRecords set (on
+        every replica, after it applied the LOG_START entry); a snapshot first, as retention."""
+        async with self.group.lock:
+            if self.closed:
+                return 0
+            floor = self.machine.log_start_floor
+            if floor <= self.log.log_start_offset:
+                return 0
+            try:
+                index = self.log.entry_index_for_offset(floor)
+            except storage.OffsetOutOfRange:  # at the log's end: every batch goes
+                index = self.log.last_index + 1
+            boundary = self.log.segment_start(min(index, self.group.node.applied_index + 1))
+            deleted = await self._delete_segments_locked(boundary)
+        if deleted:
+            log.info("DeleteRecords: deleted %d segment(s) of %s-%d below offset %d",
+                     deleted, self.topic_name, self.partition, floor)
         return deleted
 
     def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
@@ -324,6 +396,6 @@ class PartitionReplica:
         low = max(self.group.storage.first_index(), index - SCAN_BACK_ENTRIES_MAX)
         for i in range(index - 1, low - 1, -1):
             (entry,) = self.group.storage.entries(i, i + 1)
-            if entry.data:
+            if entry.data and entry.type == EntryType.NORMAL:
                 return batch_end_offset(entry.data)
         return self.log.log_start_offset

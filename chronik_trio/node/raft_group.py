@@ -21,7 +21,7 @@ from chronik_trio.errors import NotLeader, ProposalFailed
 from chronik_trio.raft.config import Config as RaftConfig
 from chronik_trio.raft.errors import ProposalDropped, StepPeerNotFound
 from chronik_trio.raft.rawnode import RawNode
-from chronik_trio.raft.types import (ConfState, Entry, Message, MessageType, Snapshot, SoftState,
+from chronik_trio.raft.types import (ConfState, Entry, EntryType, Message, MessageType, Snapshot, SoftState,
                                      StateRole)
 
 log = logging.getLogger(__name__)
@@ -217,14 +217,14 @@ class RaftGroup:
         The caller wakes the runtime after releasing the lock."""
         return self.propose_locked_many([data])
 
-    def propose_locked_many(self, datas: list[bytes]) -> "_Waiter":
+    def propose_locked_many(self, datas: list[bytes], entry_type: EntryType = EntryType.NORMAL) -> "_Waiter":
         """Propose several entries in one proposal: Raft accepts or drops them together, so
         a multi-batch produce is never half written. Returns the waiter of the last one."""
         self.unquiesce()
         if len(self._waiters) >= PENDING_PROPOSALS_MAX:
             raise ProposalFailed(f"group {self.group_id}: {len(self._waiters)} proposals pending")
         try:
-            self.node.propose_batch(datas)
+            self.node.propose_batch(datas, entry_type)
         except ProposalDropped as exc:
             raise ProposalFailed(f"group {self.group_id}: {exc}") from None
         # The leader appended them at once: the last index and term are theirs.

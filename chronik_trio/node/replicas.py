@@ -8,6 +8,7 @@ directory removed. One reconcile at a time; __meta changes ask for another.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
@@ -17,6 +18,7 @@ import uuid
 
 import trio
 
+from chronik_trio.cluster.configs import TOPIC_CONFIGS, resolve_topic
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.storage import Disk
@@ -43,6 +45,7 @@ class HostedReplicas:
     def __init__(self, config: NodeConfig, disk: Disk, runtime: RaftRuntime,
                  meta: MetaMachine, groups: GroupCoordinator) -> None:
         self.config = config
+        self._static = config.kafka_configs()  # fixed for the process's life
         self.node_id = config.node_id
         self.disk = disk
         self.data_dir = pathlib.Path(config.data_dir)
@@ -67,6 +70,14 @@ class HostedReplicas:
 
     def __len__(self) -> int:
         return len(self.by_partition)
+
+    def topic_config(self, topic_name: str, key: str) -> str:
+        """The effective value of a topic config now (live: read from __meta on each call)."""
+        topic = self._meta.state.topics.get(topic_name)
+        if topic is None:
+            return TOPIC_CONFIGS[key].default
+        state = self._meta.state
+        return resolve_topic(key, topic.configs, state.broker_configs, self.node_id, self._static).value
 
     def reconcile_soon(self) -> None:
         """__meta changed (a listener: no await)."""
@@ -101,6 +112,8 @@ class HostedReplicas:
                     replica.closed = True
                 del self.by_partition[key]
                 doomed.append(rename_deleted(replica.log_directory))
+        for (name, _), replica in self.by_partition.items():  # segment.bytes is a live config
+            replica.log.segment_bytes_max = int(self.topic_config(name, "segment.bytes"))
         for key, topic in wanted.items():
             if key not in self.by_partition:
                 storage = await trio.to_thread.run_sync(self._open_storage, topic, key[1])
@@ -118,7 +131,7 @@ class HostedReplicas:
         if directory.exists() and (not id_file.exists() or id_file.read_text() != topic.topic_id.hex):
             log.warning("removing %s: it belongs to an older topic of the same name", directory)
             remove_dirs([rename_deleted(directory)])
-        segment_bytes = int(topic.configs.get("segment.bytes", self.config.segment_bytes))
+        segment_bytes = int(self.topic_config(topic.name, "segment.bytes"))
         if directory.exists():
             return DurableRaftStorage(self.disk, directory, kafka=True, segment_bytes=segment_bytes)
         self.disk.mkdir(directory)
@@ -143,8 +156,19 @@ class HostedReplicas:
             self._nursery.start_soon(_campaign_again, group)
         replica = self.by_partition[(topic.name, partition)] = PartitionReplica(
             topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000,
-            alive=self.runtime.is_alive)
+            alive=self.runtime.is_alive,
+            min_insync=functools.partial(self._min_insync, topic.name))
+        machine.log_start_listeners.append(functools.partial(self._trim_soon, replica))
         self._groups.attach(replica)
+
+    def _trim_soon(self, replica: PartitionReplica) -> None:
+        """A LOG_START entry applied (from the Ready pass: no await): delete the segments
+        below it in a task of our own."""
+        if self._nursery is not None:
+            self._nursery.start_soon(replica.delete_below_log_start)
+
+    def _min_insync(self, topic_name: str) -> int:
+        return int(self.topic_config(topic_name, "min.insync.replicas"))
 
     def _became_leader(self, machine: PartitionMachine, term: int) -> None:
         for listener in self.leader_listeners:

@@ -14,6 +14,7 @@ import trio
 
 from chronik_trio.cluster.meta import (InvalidPartitionCount, Topic, TopicAlreadyExists, UnknownTopic,
                                        validate_topic_name)
+from chronik_trio.cluster.configs import ConfigChange
 from chronik_trio.cluster.placement import assign_replicas
 from chronik_trio.errors import RequestTimedOut
 from chronik_trio.pb import meta_pb2
@@ -111,6 +112,31 @@ class Topics:
         await self._replicas.reconcile()
         log.info("deleted topic %s", name)
         return topic
+
+    async def alter_configs(self, name: str, change: ConfigChange) -> None:
+        """Commit a topic's config overrides through __meta (AlterConfigs); every replica reads
+        them live (retention, max.message.bytes, min.insync.replicas, cleanup.policy)."""
+        if name not in self._meta.state.topics:
+            raise UnknownTopic(f"topic {name!r} does not exist")
+        if not change.set and not change.removed:
+            return
+        applied = await self._meta_service.propose(meta_pb2.MetaCommand(
+            topic_configs_altered=meta_pb2.TopicConfigsAltered(name=name, set=change.set,
+                                                               removed=change.removed)))
+        if not applied.ok:
+            raise applied.error
+        log.info("topic %s configs: set %s, removed %s", name, change.set, list(change.removed))
+
+    async def alter_broker_configs(self, broker: str, change: ConfigChange) -> None:
+        """Commit dynamic broker configs (broker: a node id, or "" for the cluster default)."""
+        if not change.set and not change.removed:
+            return
+        applied = await self._meta_service.propose(meta_pb2.MetaCommand(
+            broker_configs_altered=meta_pb2.BrokerConfigsAltered(broker=broker, set=change.set,
+                                                                 removed=change.removed)))
+        if not applied.ok:
+            raise applied.error
+        log.info("broker %s configs: set %s, removed %s", broker or "default", change.set, list(change.removed))
 
     def _still_there(self, name: str) -> Topic:
         """The topic just changed through __meta, unless a DeleteTopics applied in the same

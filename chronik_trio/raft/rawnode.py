@@ -185,13 +185,15 @@ class RawNode:
         self.raft.step(Message(type=MessageType.PROPOSE, from_=self.raft.id,
                                entries=(Entry(term=0, index=0, data=data),)))
 
-    def propose_batch(self, datas: Sequence[bytes]) -> None:
+    def propose_batch(self, datas: Sequence[bytes], entry_type: EntryType = EntryType.NORMAL) -> None:
         """Propose several entries as one message: all are appended, in order, or none
-        (ProposalDropped), e.g. when the uncommitted-size bound would be crossed."""
+        (ProposalDropped), e.g. when the uncommitted-size bound would be crossed. entry_type:
+        NORMAL, or an application type Raft treats as normal (LOG_START)."""
         self._assert_not_in_ready("propose_batch")
         assert datas, "propose_batch needs at least one entry"
+        assert entry_type not in (EntryType.CONF_CHANGE, EntryType.CONF_CHANGE_V2), entry_type
         self.raft.step(Message(type=MessageType.PROPOSE, from_=self.raft.id,
-                               entries=tuple(Entry(term=0, index=0, data=d) for d in datas)))
+                               entries=tuple(Entry(term=0, index=0, data=d, type=entry_type) for d in datas)))
 
     def propose_conf_change(self, cc: ConfChangeV2) -> None:
         """Propose a membership change. Raises ProposalDropped if another is pending, the

@@ -19,6 +19,9 @@ class EntryType(enum.IntEnum):
     NORMAL = 0
     CONF_CHANGE = 1      # etcd's v1 conf change: reserved, never produced here
     CONF_CHANGE_V2 = 2
+    # Not etcd's: a partition's log start offset moves (DeleteRecords; node/partition_group.py).
+    # Raft replicates and commits it as a normal entry; only the partition state machine reads it.
+    LOG_START = 3
 
 
 class MessageType(enum.IntEnum):

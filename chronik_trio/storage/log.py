@@ -780,6 +780,24 @@ class SegmentLog:
                                            retention_ms=retention_ms, keep_from_index=keep_from_index)
         return self.delete_before(boundary)
 
+    @property
+    def segment_bytes_max(self) -> int:
+        return self._segment_bytes_max
+
+    @segment_bytes_max.setter
+    def segment_bytes_max(self, value: int) -> None:
+        """A new size limit (a live segment.bytes change): the active segment rolls at the
+        next append that would take it past the limit."""
+        assert value > 0, value
+        self._segment_bytes_max = value
+
+    def segment_start(self, index: int) -> int:
+        """The first index of the segment holding entry `index` (of the active segment if
+        index is past the end): delete_before() of it keeps that segment."""
+        if index > self.last_index:
+            return self._segments[-1].first_index
+        return self._segments[self._segment_for_index(index)].first_index
+
     def delete_before(self, index: int) -> int:
         """Delete the whole segments whose entries are all below index; returns how many."""
         deleted = 0

@@ -4,8 +4,10 @@ Every command speaks the Kafka protocol itself, one request per blocking socket,
 and decoded by kio (a core dependency), so the tool works after a plain `pip install -e .`:
 Metadata v12 (brokers, controller, and each partition's leader, leader epoch, replicas, ISR
 and offline replicas in one answer), CreateTopics, DeleteTopics and ElectLeaders (sent to
-the controller, as Kafka's own tools do), DescribeCluster, and an ApiVersions request to
-each broker to learn whether it answers at all (for `health`). Bootstrap addresses are
+the controller, as Kafka's own tools do), DescribeCluster, DescribeConfigs and
+IncrementalAlterConfigs (`config get|set|delete`: any broker, the change goes through
+__meta), and an ApiVersions request to each broker to learn whether it answers at all (for
+`health`). Bootstrap addresses are
 tried in turn until one answers.
 
 Exit codes: 0 done (and, for `health`, healthy); 1 the cluster refused the operation or
@@ -37,6 +39,13 @@ DELETE_TOPICS_API_KEY, DELETE_TOPICS_VERSION = 20, 6
 ELECT_LEADERS_API_KEY, ELECT_LEADERS_VERSION = 43, 2
 DESCRIBE_CLUSTER_API_KEY, DESCRIBE_CLUSTER_VERSION = 60, 0
 API_VERSIONS_API_KEY, API_VERSIONS_VERSION = 18, 0
+DESCRIBE_CONFIGS_API_KEY, DESCRIBE_CONFIGS_VERSION = 32, 4
+INCREMENTAL_ALTER_CONFIGS_API_KEY, INCREMENTAL_ALTER_CONFIGS_VERSION = 44, 1
+RESOURCE_TOPIC, RESOURCE_BROKER = 2, 4
+OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
+CONFIG_SOURCES = {1: "topic", 2: "broker", 3: "cluster-default", 4: "static", 5: "default"}
+CONFIG_TYPES = {1: "BOOLEAN", 2: "STRING", 3: "INT", 4: "SHORT", 5: "LONG", 6: "DOUBLE", 7: "LIST",
+                8: "CLASS", 9: "PASSWORD"}
 ELECTION_TYPE_PREFERRED = 0
 NOT_CONTROLLER = 41
 ELECTION_NOT_NEEDED = 84
@@ -309,6 +318,71 @@ def cmd_elect_preferred(args) -> int:
     return 1 if failed else 0
 
 
+# --- configs -----------------------------------------------------------------------------------
+
+def _config_resource(args) -> tuple[int, str, str]:
+    """(resource type, name, what) from --topic / --broker / --broker-default."""
+    if args.topic is not None:
+        return RESOURCE_TOPIC, args.topic, f"topic {args.topic}"
+    if args.broker is not None:
+        return RESOURCE_BROKER, str(args.broker), f"broker {args.broker}"
+    return RESOURCE_BROKER, "", "the cluster-wide broker default"
+
+
+def cmd_config_get(args) -> int:
+    rtype, name, what = _config_resource(args)
+    _, answer = ask_any(args, DESCRIBE_CONFIGS_API_KEY, DESCRIBE_CONFIGS_VERSION, {
+        "resources": [{"resource_type": rtype, "resource_name": name,
+                       "configuration_keys": args.keys or None}],
+        "include_synonyms": True, "include_documentation": True})
+    (result,) = answer.results
+    if int(result.error_code) != 0:
+        raise _refused(f"config get {what}", result.error_code, result.error_message)
+    rows = [{"name": c.name, "value": c.value, "source": CONFIG_SOURCES.get(int(c.config_source), "unknown"),
+             "type": CONFIG_TYPES.get(int(c.config_type), "UNKNOWN"), "read_only": bool(c.read_only),
+             "documentation": c.documentation} for c in sorted(result.configs, key=lambda c: c.name)]
+    if args.json:
+        print(json.dumps({"resource": what, "configs": rows}, indent=2))
+    elif rows:
+        print(format_table(["NAME", "VALUE", "SOURCE", "TYPE", "READ-ONLY"],
+                           [[r["name"], r["value"] if r["value"] is not None else "-", r["source"], r["type"],
+                             "yes" if r["read_only"] else ""] for r in rows]))
+    else:
+        print(f"no configs set for {what}")
+    return 0
+
+
+def _alter(args, ops: list[tuple[str, int, str | None]], verb: str) -> int:
+    rtype, name, what = _config_resource(args)
+    _, answer = ask_any(args, INCREMENTAL_ALTER_CONFIGS_API_KEY, INCREMENTAL_ALTER_CONFIGS_VERSION, {
+        "resources": [{"resource_type": rtype, "resource_name": name, "configs": [
+            {"name": k, "config_operation": op, "value": v} for k, op, v in ops]}],
+        "validate_only": args.validate_only})
+    (result,) = answer.responses
+    if int(result.error_code) != 0:
+        raise _refused(f"config {verb} {what}", result.error_code, result.error_message)
+    done = "valid (nothing changed: --validate-only)" if args.validate_only else "changed"
+    print(f"{what}: {', '.join(k for k, _, _ in ops)} {done}")
+    return 0
+
+
+def cmd_config_set(args) -> int:
+    ops = [(k, OP_SET, v) for k, v in _configs(args.pairs).items()]
+    ops += [(k, OP_APPEND, v) for k, v in _configs(args.append).items()]
+    ops += [(k, OP_SUBTRACT, v) for k, v in _configs(args.subtract).items()]
+    if not ops:
+        raise AdminError("config set: give KEY=VALUE, --append KEY=ITEM or --subtract KEY=ITEM", exit_code=2)
+    return _alter(args, ops, "set")
+
+
+def cmd_config_delete(args) -> int:
+    return _alter(args, [(k, OP_DELETE, None) for k in args.keys], "delete")
+
+
+def cmd_config(args) -> int:
+    return {"get": cmd_config_get, "set": cmd_config_set, "delete": cmd_config_delete}[args.config_command](args)
+
+
 # --- cluster and health ------------------------------------------------------------------------
 
 def cmd_cluster(args) -> int:
@@ -400,7 +474,8 @@ def cmd_health(args) -> int:
 # --- the command -------------------------------------------------------------------------------
 
 COMMANDS = {"topics": cmd_topics, "create-topic": cmd_create_topic, "delete-topic": cmd_delete_topic,
-            "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health}
+            "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health,
+            "config": cmd_config}
 
 
 def _common_options(parser, *, defaults: bool) -> None:
@@ -437,10 +512,39 @@ def add_parser(sub) -> None:
     c = command("elect-preferred", "hand leadership to the preferred (first) replica (a leader transfer)")
     c.add_argument("name", nargs="?", metavar="TOPIC", help="default: every topic")
     c.add_argument("partitions", nargs="*", type=int, metavar="PARTITION", help="default: all of the topic's")
+    _add_config_parser(command("config", "show or change topic and broker configs (DescribeConfigs, "
+                               "IncrementalAlterConfigs)"))
     c = command("cluster", "cluster id, controller, brokers")
     c.add_argument("--json", action="store_true")
     c = command("health", "exit 0 if every broker answers and every partition has a leader and a full ISR")
     c.add_argument("--json", action="store_true")
+
+
+def _add_config_parser(parser) -> None:
+    actions = parser.add_subparsers(dest="config_command", required=True)
+
+    def action(name: str, help_: str):
+        a = actions.add_parser(name, help=help_)
+        _common_options(a, defaults=False)
+        which = a.add_mutually_exclusive_group(required=True)
+        which.add_argument("--topic", metavar="NAME")
+        which.add_argument("--broker", type=int, metavar="ID", help="one broker's dynamic configs")
+        which.add_argument("--broker-default", action="store_true",
+                           help="the cluster-wide dynamic broker defaults")
+        return a
+
+    a = action("get", "every config of the resource with its value, source and type")
+    a.add_argument("keys", nargs="*", metavar="KEY", help="only these")
+    a.add_argument("--json", action="store_true")
+    a = action("set", "set configs (IncrementalAlterConfigs SET / APPEND / SUBTRACT)")
+    a.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
+    a.add_argument("--append", action="append", default=[], metavar="KEY=ITEM", help="add to a list config")
+    a.add_argument("--subtract", action="append", default=[], metavar="KEY=ITEM",
+                   help="remove from a list config")
+    a.add_argument("--validate-only", action="store_true", help="check, change nothing")
+    a = action("delete", "remove overrides: the value falls back to the broker default")
+    a.add_argument("keys", nargs="+", metavar="KEY")
+    a.add_argument("--validate-only", action="store_true", help="check, change nothing")
 
 
 def run(args: argparse.Namespace) -> int:

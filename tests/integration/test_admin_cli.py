@@ -167,3 +167,25 @@ def test_health_after_a_node_is_killed_and_after_it_returns(broker_factory, caps
     nodes[2].start()  # back from its data dir: it catches up and the ISR regrows
     back = health_until(capsys, b, lambda r: r["healthy"])
     assert back["healthy"], back
+
+
+def test_config_get_set_delete_on_a_topic_and_the_broker_default(broker, capsys):
+    """`admin config`: set (refused for a bad value, naming the key), get as JSON, delete."""
+    b = broker.bootstrap
+    assert admin_here(capsys, b, "create-topic", "cfg-cli", "--replication-factor", "1").returncode == 0
+    ran = admin(b, "config", "set", "--topic", "cfg-cli", "retention.ms=60000", "--append", "cleanup.policy=compact")
+    assert ran.returncode == 0, ran.stderr
+    ran = admin_here(capsys, b, "config", "set", "--topic", "cfg-cli", "retention.ms=soon")
+    assert ran.returncode == 1 and "INVALID_CONFIG" in ran.stderr and "retention.ms" in ran.stderr, ran
+    got = json.loads(admin_here(capsys, b, "config", "get", "--topic", "cfg-cli", "--json",
+                                "retention.ms", "cleanup.policy").stdout)
+    by_name = {c["name"]: c for c in got["configs"]}
+    assert (by_name["retention.ms"]["value"], by_name["retention.ms"]["source"],
+            by_name["retention.ms"]["type"]) == ("60000", "topic", "LONG")
+    assert by_name["cleanup.policy"]["value"] == "delete,compact"
+    assert admin_here(capsys, b, "config", "set", "--broker-default", "log.retention.ms=120000").returncode == 0
+    assert admin_here(capsys, b, "config", "delete", "--topic", "cfg-cli", "retention.ms").returncode == 0
+    got = json.loads(admin_here(capsys, b, "config", "get", "--topic", "cfg-cli", "--json", "retention.ms").stdout)
+    assert (got["configs"][0]["value"], got["configs"][0]["source"]) == ("120000", "cluster-default")
+    table = admin_here(capsys, b, "config", "get", "--broker", "1").stdout
+    assert "advertised.listeners" in table and "log.retention.ms" in table

@@ -3,7 +3,8 @@
 import time
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic,
+                                   ResourceType)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -13,6 +14,9 @@ def test_meta_survives_snapshot_compaction_and_restart(broker_factory, tmp_path)
     config.write_text("meta_snapshot_entries = 10\nmeta_segment_bytes = 2048\n")
     broker = broker_factory(extra_args=["--config", str(config)]).start()
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    dynamic = ConfigResource(ResourceType.BROKER, "1", incremental_configs=[ConfigEntry(
+        "log.retention.bytes", "7777777", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([dynamic])[dynamic].result(timeout=15)  # compacted into the snapshot
     names = [f"snap-{i}" for i in range(40)]
     for name in names:
         admin.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=15)
@@ -30,4 +34,6 @@ def test_meta_survives_snapshot_compaction_and_restart(broker_factory, tmp_path)
     topics = admin.list_topics(timeout=10).topics
     assert set(names) <= set(topics)
     assert admin.describe_cluster().result(timeout=10).cluster_id == cluster_id
+    resource = ConfigResource(ResourceType.BROKER, "1")
+    assert admin.describe_configs([resource])[resource].result(timeout=10)["log.retention.bytes"].value == "7777777"
     admin.create_topics([NewTopic("after-restart", 1, 1)])["after-restart"].result(timeout=15)

@@ -1,4 +1,5 @@
-"""CreateTopics, DeleteTopics, DescribeConfigs, DescribeCluster, InitProducerId."""
+"""CreateTopics, DeleteTopics, DescribeCluster, InitProducerId, CreatePartitions, ElectLeaders
+(the config APIs are configs.py)."""
 
 from __future__ import annotations
 
@@ -7,35 +8,21 @@ import logging
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import TOPIC_CONFIG_DEFAULTS, Topic, validate_topic_configs, validate_topic_name
+from chronik_trio.cluster.configs import TOPIC_CONFIGS, normalize, validate_topic_configs
+from chronik_trio.cluster.meta import Topic, validate_topic_name
 from chronik_trio.errors import BrokerError
 
 from ..codec import build, has_field, response_schema
 from .common import AUTHORIZED_OPERATIONS_OMITTED
+from .configs import topic_configs_out
 from .context import BrokerContext
 
 log = logging.getLogger(__name__)
 
-RESOURCE_TOPIC = 2
-RESOURCE_BROKER = 4
-SOURCE_DYNAMIC_TOPIC = 1
-SOURCE_STATIC_BROKER = 4
-SOURCE_DEFAULT = 5
-CONFIG_TYPE_STRING = 2
-CONFIG_TYPE_INT = 3
-CONFIG_TYPE_LONG = 5
-
-
-def _topic_configs_out(topic_configs: dict[str, str]) -> list[dict]:
-    return [{"name": k, "value": topic_configs.get(k, v), "read_only": False,
-             "config_source": SOURCE_DYNAMIC_TOPIC if k in topic_configs else SOURCE_DEFAULT,
-             "is_sensitive": False} for k, v in sorted(TOPIC_CONFIG_DEFAULTS.items())]
-
-
 async def _create_one(ctx: BrokerContext, spec, validate_only: bool, timeout_s: float) -> dict:
     out = {"name": spec.name, "num_partitions": -1, "replication_factor": -1, "configs": None}
     partitions = spec.num_partitions if spec.num_partitions != -1 else ctx.config.default_partitions
-    configs = {c.name: c.value for c in spec.configs}
+    configs = {c.name: c.value for c in spec.configs if c.value is not None}  # null: the default
     assignment = None
     try:
         validate_topic_name(spec.name)
@@ -47,6 +34,7 @@ async def _create_one(ctx: BrokerContext, spec, validate_only: bool, timeout_s: 
                         "error_message": f"invalid assignment {assignment}: unknown brokers {sorted(unknown)}"}
             partitions = len(assignment)
         validate_topic_configs(configs)
+        configs = {k: normalize(TOPIC_CONFIGS[k], v) for k, v in configs.items()}
         topic = await ctx.create_topic(spec.name, partitions, configs, validate_only=validate_only,
                                        replication_factor=spec.replication_factor,
                                        assignment=assignment, timeout_s=timeout_s)
@@ -54,7 +42,7 @@ async def _create_one(ctx: BrokerContext, spec, validate_only: bool, timeout_s: 
         return {**out, "error_code": exc.error_code, "error_message": str(exc)}
     return {**out, "error_code": ErrorCode.none, "topic_id": topic.topic_id,
             "num_partitions": topic.partition_count, "replication_factor": len(topic.replicas[0]),
-            "configs": _topic_configs_out(topic.configs)}
+            "configs": topic_configs_out(ctx, topic.configs)}
 
 
 async def handle_create_topics(body, ctx: BrokerContext, version: int):
@@ -90,46 +78,6 @@ async def handle_delete_topics(body, ctx: BrokerContext, version: int):
         except BrokerError as exc:
             results.append({**entry, "error_code": exc.error_code, "error_message": str(exc)})
     return build(response_schema(20, version), throttle_time=0, responses=results)
-
-
-def _broker_configs(ctx: BrokerContext) -> dict[str, str]:
-    c = ctx.config
-    return {"broker.id": str(ctx.node_id), "num.partitions": str(c.default_partitions),
-            "auto.create.topics.enable": str(c.auto_create_topics).lower(),
-            "broker.rack": c.rack or "",
-            "message.max.bytes": str(c.message_max_bytes),
-            "socket.request.max.bytes": str(c.request_max_bytes),
-            "log.segment.bytes": str(c.segment_bytes),
-            "default.replication.factor": str(min(3, len(ctx.meta.brokers)))}
-
-
-def _describe_resource(ctx: BrokerContext, resource) -> dict:
-    out = {"resource_type": resource.resource_type, "resource_name": resource.resource_name,
-           "error_code": ErrorCode.none, "configs": []}
-    keys = set(resource.configuration_keys) if resource.configuration_keys is not None else None
-    if resource.resource_type == RESOURCE_TOPIC:
-        topic = ctx.meta.topics.get(resource.resource_name)
-        if topic is None:
-            return {**out, "error_code": ErrorCode.unknown_topic_or_partition,
-                    "error_message": f"topic {resource.resource_name!r} does not exist"}
-        configs = _topic_configs_out(topic.configs)
-    elif resource.resource_type == RESOURCE_BROKER:
-        if resource.resource_name not in ("", str(ctx.node_id)):
-            return {**out, "error_code": ErrorCode.invalid_request,
-                    "error_message": f"this is broker {ctx.node_id}, not {resource.resource_name!r}"}
-        configs = [{"name": k, "value": v, "read_only": True, "config_source": SOURCE_STATIC_BROKER,
-                    "is_sensitive": False} for k, v in sorted(_broker_configs(ctx).items())]
-    else:
-        return {**out, "error_code": ErrorCode.invalid_request,
-                "error_message": f"resource type {resource.resource_type} is not supported"}
-    out["configs"] = [{**c, "synonyms": [], "config_type": CONFIG_TYPE_STRING, "documentation": None}
-                      for c in configs if keys is None or c["name"] in keys]
-    return out
-
-
-async def handle_describe_configs(body, ctx: BrokerContext, version: int):
-    results = [_describe_resource(ctx, r) for r in body.resources]
-    return build(response_schema(32, version), throttle_time=0, results=results)
 
 
 async def handle_describe_cluster(body, ctx: BrokerContext, version: int):

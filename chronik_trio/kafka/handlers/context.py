@@ -14,6 +14,7 @@ import typing
 import trio
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.cluster.configs import ConfigChange
 from chronik_trio.cluster.meta import MetaState, Topic
 from chronik_trio.group import Group, JoinRequest, JoinResult, OffsetRecord, SyncResult
 from chronik_trio.partition.producers import ProducerEntry
@@ -37,6 +38,8 @@ class BrokerConfig(typing.Protocol):
     def segment_bytes(self) -> int: ...
     @property
     def rack(self) -> str | None: ...
+    def kafka_configs(self) -> dict[str, str]:
+        """The static settings under Kafka's broker config names."""
 
 
 class Replica(typing.Protocol):
@@ -65,6 +68,9 @@ class Replica(typing.Protocol):
     def unwatch(self, event: trio.Event) -> None: ...
     def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]: ...
     def describe_producers(self) -> list[ProducerEntry]: ...
+    async def delete_records(self, offset: int) -> int:
+        """DeleteRecords (leader): the log start offset once moved through Raft; raises
+        NotLeader, OffsetOutOfRange or ProposalFailed."""
 
 
 class GroupCoordinatorApi(typing.Protocol):
@@ -129,6 +135,15 @@ class BrokerContext(typing.Protocol):
         """(producer id, epoch) for a transactional id, its epoch bumped through __meta
         (fencing the previous holder); raises ClusterError (ProducerFenced, ...) or
         MetaUnavailable."""
+    async def log_dir_usage(self) -> tuple[str, int, int]:
+        """(the partitions' log directory, its file system's total and usable bytes)."""
+    def topic_config(self, topic: Topic, key: str) -> str:
+        """The topic's effective value of a config (its override, else the dynamic broker
+        default, else the static setting, else Kafka's default)."""
+    async def alter_topic_configs(self, name: str, change: ConfigChange) -> None:
+        """Commit a topic's config change through __meta; raises BrokerError."""
+    async def alter_broker_configs(self, broker: str, change: ConfigChange) -> None:
+        """Commit a dynamic broker config change ("" = cluster default) through __meta."""
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         """False if the preferred replica already leads; True once it leads here. Raises
         BrokerError (RequestTimedOut on timeout)."""

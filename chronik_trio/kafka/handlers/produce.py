@@ -44,7 +44,7 @@ async def _produce_one(ctx: BrokerContext, topic: Topic, partition_data, acks: i
     if replica is None:
         error, leader = leader_hint(ctx, topic.name, index)
         return _entry(index, error, current_leader=leader) if leader else _entry(index, error)
-    batch_bytes_max = min(ctx.config.message_max_bytes, int(topic.config("max.message.bytes")))
+    batch_bytes_max = int(ctx.topic_config(topic, "max.message.bytes"))  # live: read per request
     try:
         if partition_data.records is None:
             raise KafkaError("produce without records", ErrorCode.invalid_record)

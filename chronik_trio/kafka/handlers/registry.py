@@ -5,7 +5,7 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, epochs, fetch, groups, metadata, offsets, produce, producers
+from . import admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -37,12 +37,16 @@ HANDLERS = {
     18: ((0, 4), handle_api_versions),
     19: ((2, 7), admin.handle_create_topics),
     20: ((1, 6), admin.handle_delete_topics),
+    21: ((0, 2), logs.handle_delete_records),
     22: ((0, 5), admin.handle_init_producer_id),
     23: ((2, 4), epochs.handle_offset_for_leader_epoch),
-    32: ((1, 4), admin.handle_describe_configs),
+    32: ((1, 4), configs.handle_describe_configs),
+    33: ((0, 2), configs.handle_alter_configs),
+    35: ((1, 4), logs.handle_describe_log_dirs),
     37: ((0, 3), admin.handle_create_partitions),
     42: ((0, 2), groups.handle_delete_groups),
     43: ((0, 2), admin.handle_elect_leaders),
+    44: ((0, 1), configs.handle_incremental_alter_configs),
     47: ((0, 0), groups.handle_offset_delete),
     60: ((0, 2), admin.handle_describe_cluster),
     61: ((0, 0), producers.handle_describe_producers),

@@ -1,0 +1,356 @@
+"""Topic and broker configuration: every topic config Kafka defines, its type, default,
+broker-level synonym and documentation; validation; resolution of a topic's effective value
+(topic override, then this broker's dynamic config, then the cluster-wide dynamic default,
+then the node's static setting, then the default), as Kafka's DescribeConfigs reports it;
+and the incremental operations (SET, DELETE, APPEND, SUBTRACT).
+
+Pure: no I/O. docs/configuration.md says which configs take effect and which are only stored.
+"""
+
+from __future__ import annotations
+
+import enum
+import typing
+
+import attrs
+from kio.schema.errors import ErrorCode
+
+from chronik_trio.errors import BrokerError
+
+LONG_MAX = 2**63 - 1
+INT_MAX = 2**31 - 1
+LIST_SEPARATOR = ","
+CLUSTER_DEFAULT = ""  # the broker resource name of the cluster-wide dynamic default
+
+
+class InvalidConfig(BrokerError):
+    """An unknown config key or a value it cannot take; the message names the key."""
+
+    error_code = ErrorCode.invalid_config
+
+
+class ConfigType(enum.IntEnum):
+    """DescribeConfigs' config_type (KIP-569)."""
+
+    BOOLEAN = 1
+    STRING = 2
+    INT = 3
+    SHORT = 4
+    LONG = 5
+    DOUBLE = 6
+    LIST = 7
+    CLASS = 8
+    PASSWORD = 9
+
+
+class ConfigSource(enum.IntEnum):
+    """DescribeConfigs' config_source."""
+
+    DYNAMIC_TOPIC_CONFIG = 1
+    DYNAMIC_BROKER_CONFIG = 2
+    DYNAMIC_DEFAULT_BROKER_CONFIG = 3
+    STATIC_BROKER_CONFIG = 4
+    DEFAULT_CONFIG = 5
+
+
+class AlterOp(enum.IntEnum):
+    """IncrementalAlterConfigs' config_operation."""
+
+    SET = 0
+    DELETE = 1
+    APPEND = 2
+    SUBTRACT = 3
+
+
+@attrs.frozen(slots=True)
+class ConfigDef:
+    name: str
+    type: ConfigType
+    default: str
+    doc: str
+    synonym: str | None = None  # the broker config that gives the topic's default
+    choices: frozenset[str] | None = None  # STRING: one of; LIST: each item one of
+    low: float | None = None  # numeric lower bound (inclusive)
+    high: float | None = None
+    implemented: bool = True  # False: stored and reported; the broker does not act on it
+
+
+def _d(name, type_, default, doc, synonym=None, choices=None, low=None, high=None, implemented=True):
+    return ConfigDef(name, type_, str(default), doc, synonym,
+                     frozenset(choices) if choices else None, low, high, implemented)
+
+
+_LONG, _INT, _STR, _BOOL, _DOUBLE, _LIST = (ConfigType.LONG, ConfigType.INT, ConfigType.STRING,
+                                           ConfigType.BOOLEAN, ConfigType.DOUBLE, ConfigType.LIST)
+COMPRESSION_TYPES = ("uncompressed", "zstd", "lz4", "snappy", "gzip", "producer")
+
+# Kafka 4.0's topic configs (TopicConfig / LogConfig), with Kafka's defaults except where
+# this broker differs (segment.bytes: 64 MiB, each partition a Raft group).
+TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
+    _d("cleanup.policy", _LIST, "delete", "delete: whole old segments are deleted by retention.ms / "
+       "retention.bytes; compact: no cleaner runs yet, retention deletes nothing",
+       "log.cleanup.policy", choices=("delete", "compact")),
+    _d("compression.type", _STR, "producer", "Stored; batches are always kept as the producer "
+       "compressed them (the producer setting)", "compression.type", choices=COMPRESSION_TYPES,
+       implemented=False),
+    _d("compression.gzip.level", _INT, -1, "Stored; no recompression", "compression.gzip.level",
+       low=-1, high=9, implemented=False),
+    _d("compression.lz4.level", _INT, 9, "Stored; no recompression", "compression.lz4.level",
+       low=1, high=17, implemented=False),
+    _d("compression.zstd.level", _INT, 3, "Stored; no recompression", "compression.zstd.level",
+       low=-131072, high=22, implemented=False),
+    _d("delete.retention.ms", _LONG, 86_400_000, "Stored; tombstones matter once compaction exists",
+       "log.cleaner.delete.retention.ms", low=0, implemented=False),
+    _d("file.delete.delay.ms", _LONG, 60_000, "Stored; segments are deleted at once",
+       "log.segment.delete.delay.ms", low=0, implemented=False),
+    _d("flush.messages", _LONG, LONG_MAX, "Stored; every acknowledged entry is already fsynced",
+       "log.flush.interval.messages", low=1, implemented=False),
+    _d("flush.ms", _LONG, LONG_MAX, "Stored; every acknowledged entry is already fsynced",
+       "log.flush.interval.ms", low=0, implemented=False),
+    _d("follower.replication.throttled.replicas", _LIST, "", "Stored; replication is not throttled",
+       "follower.replication.throttled.replicas", implemented=False),
+    _d("index.interval.bytes", _INT, 4096, "Stored; the offset index interval is fixed",
+       "log.index.interval.bytes", low=0, implemented=False),
+    _d("leader.replication.throttled.replicas", _LIST, "", "Stored; replication is not throttled",
+       "leader.replication.throttled.replicas", implemented=False),
+    _d("local.retention.bytes", _LONG, -2, "Stored; no tiered storage", "log.local.retention.bytes",
+       low=-2, implemented=False),
+    _d("local.retention.ms", _LONG, -2, "Stored; no tiered storage", "log.local.retention.ms",
+       low=-2, implemented=False),
+    _d("max.compaction.lag.ms", _LONG, LONG_MAX, "Stored; no cleaner yet",
+       "log.cleaner.max.compaction.lag.ms", low=1, implemented=False),
+    _d("max.message.bytes", _INT, 1_048_588, "Largest record batch a produce may carry, checked "
+       "on every produce (MESSAGE_TOO_LARGE)", "message.max.bytes", low=0),
+    _d("message.downconversion.enable", _BOOL, "true", "Stored; batches are never down-converted",
+       "log.message.downconversion.enable", implemented=False),
+    _d("message.format.version", _STR, "3.0-IV1", "Stored (deprecated by Kafka 3, gone in 4); "
+       "batches are always kept as magic 2", "log.message.format.version", implemented=False),
+    _d("message.timestamp.after.max.ms", _LONG, LONG_MAX, "Stored; timestamps are not checked",
+       "log.message.timestamp.after.max.ms", low=0, implemented=False),
+    _d("message.timestamp.before.max.ms", _LONG, LONG_MAX, "Stored; timestamps are not checked",
+       "log.message.timestamp.before.max.ms", low=0, implemented=False),
+    _d("message.timestamp.difference.max.ms", _LONG, LONG_MAX, "Stored; timestamps are not checked",
+       "log.message.timestamp.difference.max.ms", low=0, implemented=False),
+    _d("message.timestamp.type", _STR, "CreateTime", "Stored; timestamps are the producer's "
+       "(CreateTime)", "log.message.timestamp.type", choices=("CreateTime", "LogAppendTime"),
+       implemented=False),
+    _d("min.cleanable.dirty.ratio", _DOUBLE, 0.5, "Stored; no cleaner yet",
+       "log.cleaner.min.cleanable.ratio", low=0, high=1, implemented=False),
+    _d("min.compaction.lag.ms", _LONG, 0, "Stored; no cleaner yet", "log.cleaner.min.compaction.lag.ms",
+       low=0, implemented=False),
+    _d("min.insync.replicas", _INT, 1, "acks=all produce is refused (NOT_ENOUGH_REPLICAS) with "
+       "fewer in-sync replicas; checked on every produce", "min.insync.replicas", low=1),
+    _d("preallocate", _BOOL, "false", "Stored; segment files are not preallocated", "log.preallocate",
+       implemented=False),
+    _d("remote.log.copy.disable", _BOOL, "false", "Stored; no tiered storage", implemented=False),
+    _d("remote.log.delete.on.disable", _BOOL, "false", "Stored; no tiered storage", implemented=False),
+    _d("remote.storage.enable", _BOOL, "false", "Stored; no tiered storage", implemented=False),
+    _d("retention.bytes", _LONG, -1, "Per partition: whole oldest segments are deleted while the "
+       "log is larger (-1: no limit); checked every log.retention.check.interval.ms",
+       "log.retention.bytes", low=-1),
+    _d("retention.ms", _LONG, 604_800_000, "Whole segments whose newest record is older are deleted "
+       "(-1: no limit); checked every log.retention.check.interval.ms", "log.retention.ms", low=-1),
+    _d("segment.bytes", _INT, 64 << 20, "Segment file size; after a change each replica rolls "
+       "its active segment when the next append would take it past the new size",
+       "log.segment.bytes", low=14),
+    _d("segment.index.bytes", _INT, 10_485_760, "Stored; the offset index is in memory",
+       "log.index.size.max.bytes", low=4, implemented=False),
+    _d("segment.jitter.ms", _LONG, 0, "Stored; segments roll by size only", "log.roll.jitter.ms",
+       low=0, implemented=False),
+    _d("segment.ms", _LONG, 604_800_000, "Stored; segments roll by size only", "log.roll.ms", low=1,
+       implemented=False),
+    _d("unclean.leader.election.enable", _BOOL, "false", "Stored; Raft never elects a replica that "
+       "may lack committed data", "unclean.leader.election.enable", implemented=False),
+)}
+
+# Broker configs that can be changed while running (per broker or cluster-wide, in __meta):
+# the broker-level synonyms of the topic configs, which give every topic its default.
+DYNAMIC_BROKER_CONFIGS: dict[str, ConfigDef] = {
+    c.synonym: attrs.evolve(c, name=c.synonym, synonym=None)
+    for c in TOPIC_CONFIGS.values() if c.synonym is not None}
+
+# The types of the static broker settings DescribeConfigs lists (node/config.py's
+# kafka_configs()); these change only with a restart.
+STATIC_BROKER_TYPES: dict[str, ConfigType] = {
+    "broker.id": _INT, "node.id": _INT, "listeners": _STR, "advertised.listeners": _STR,
+    "log.dirs": _STR, "num.partitions": _INT, "auto.create.topics.enable": _BOOL,
+    "broker.rack": _STR, "socket.request.max.bytes": _INT,
+    "log.retention.check.interval.ms": _LONG, "replica.lag.time.max.ms": _LONG,
+    "producer.id.expiration.ms": _INT, "offsets.topic.num.partitions": _INT,
+    "offsets.topic.replication.factor": ConfigType.SHORT, "offsets.retention.minutes": _INT,
+    "offsets.retention.check.interval.ms": _LONG, "group.initial.rebalance.delay.ms": _INT,
+    "group.min.session.timeout.ms": _INT, "group.max.session.timeout.ms": _INT,
+    "default.replication.factor": _INT,
+}
+
+
+def parse_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(LIST_SEPARATOR) if item.strip()]
+
+
+def validate(definition: ConfigDef, value: str | None) -> None:
+    """Raise InvalidConfig (naming the key) unless value is legal for definition."""
+    key = definition.name
+    if value is None:
+        raise InvalidConfig(f"config {key} needs a value")
+    kind = definition.type
+    if kind in (ConfigType.INT, ConfigType.LONG, ConfigType.DOUBLE):
+        try:
+            number = float(value) if kind == ConfigType.DOUBLE else int(value)
+        except ValueError:
+            raise InvalidConfig(f"config {key}={value!r} is not {kind.name.lower()}") from None
+        top = definition.high if definition.high is not None else (
+            INT_MAX if kind == ConfigType.INT else LONG_MAX)
+        low = definition.low
+        if number != number or (low is not None and number < low) or number > top:  # NaN != NaN
+            raise InvalidConfig(f"config {key}={value!r} is out of range [{low}, {top}]")
+    elif kind == ConfigType.BOOLEAN:
+        if value.lower() not in ("true", "false"):
+            raise InvalidConfig(f"config {key}={value!r} is not true or false")
+    elif kind == ConfigType.STRING and definition.choices and value not in definition.choices:
+        raise InvalidConfig(f"config {key}={value!r}: one of {sorted(definition.choices)}")
+    elif kind == ConfigType.LIST and definition.choices:
+        items = parse_list(value)
+        bad = [item for item in items if item not in definition.choices]
+        if bad or not items:
+            raise InvalidConfig(f"config {key}={value!r}: a list of {sorted(definition.choices)}")
+
+
+def validate_topic_configs(configs: typing.Mapping[str, str | None]) -> None:
+    """Raise InvalidConfig for an unknown topic config or a bad value."""
+    for key, value in configs.items():
+        definition = TOPIC_CONFIGS.get(key)
+        if definition is None:
+            raise InvalidConfig(f"unknown topic config {key!r}")
+        validate(definition, value)
+
+
+def validate_broker_configs(configs: typing.Mapping[str, str | None]) -> None:
+    """Raise InvalidConfig for a broker config that is unknown or cannot change while running."""
+    for key, value in configs.items():
+        definition = DYNAMIC_BROKER_CONFIGS.get(key)
+        if definition is None:
+            raise InvalidConfig(f"broker config {key!r} is unknown or cannot be changed while running")
+        validate(definition, value)
+
+
+def normalize(definition: ConfigDef, value: str) -> str:
+    """The stored form: booleans lower-case, lists without blanks."""
+    if definition.type == ConfigType.BOOLEAN:
+        return value.lower()
+    if definition.type == ConfigType.LIST:
+        return LIST_SEPARATOR.join(parse_list(value))
+    return value
+
+
+@attrs.frozen(slots=True)
+class Resolved:
+    """A config's effective value, where it came from, and every level that sets it (the
+    synonyms, most specific first, as Kafka lists them)."""
+
+    name: str
+    value: str
+    source: ConfigSource
+    synonyms: tuple[tuple[str, str, ConfigSource], ...]
+
+
+def resolve_topic(key: str, topic_configs: typing.Mapping[str, str],
+                  broker_configs: typing.Mapping[str, typing.Mapping[str, str]], node_id: int,
+                  static: typing.Mapping[str, str]) -> Resolved:
+    """topic override > this broker's dynamic config > cluster default > static > default."""
+    definition = TOPIC_CONFIGS[key]
+    levels: list[tuple[str, str, ConfigSource]] = []
+    if key in topic_configs:
+        levels.append((key, topic_configs[key], ConfigSource.DYNAMIC_TOPIC_CONFIG))
+    if definition.synonym is not None:
+        levels.extend(_broker_levels(definition.synonym, broker_configs, node_id, static))
+    levels.append((definition.synonym or key, definition.default, ConfigSource.DEFAULT_CONFIG))
+    return Resolved(key, levels[0][1], levels[0][2], tuple(levels))
+
+
+def resolve_broker(key: str, broker_configs: typing.Mapping[str, typing.Mapping[str, str]],
+                   node_id: int, static: typing.Mapping[str, str]) -> Resolved:
+    """This broker's dynamic config > cluster default > static > default."""
+    levels = list(_broker_levels(key, broker_configs, node_id, static))
+    definition = DYNAMIC_BROKER_CONFIGS.get(key)
+    if definition is not None:
+        levels.append((key, definition.default, ConfigSource.DEFAULT_CONFIG))
+    return Resolved(key, levels[0][1], levels[0][2], tuple(levels))
+
+
+def _broker_levels(key, broker_configs, node_id, static):
+    mine = broker_configs.get(str(node_id), {})
+    if key in mine:
+        yield key, mine[key], ConfigSource.DYNAMIC_BROKER_CONFIG
+    cluster = broker_configs.get(CLUSTER_DEFAULT, {})
+    if key in cluster:
+        yield key, cluster[key], ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG
+    if key in static:
+        yield key, static[key], ConfigSource.STATIC_BROKER_CONFIG
+
+
+@attrs.frozen(slots=True)
+class ConfigChange:
+    """What an alter does to one resource's stored overrides."""
+
+    set: dict[str, str]
+    removed: tuple[str, ...]
+
+
+def incremental_change(catalog: typing.Mapping[str, ConfigDef], current: typing.Mapping[str, str],
+                       effective: typing.Callable[[str], str],
+                       ops: typing.Sequence[tuple[str, int, str | None]]) -> ConfigChange:
+    """IncrementalAlterConfigs on one resource. current: its stored overrides; effective(key):
+    the value APPEND and SUBTRACT start from. Raises InvalidConfig naming the key."""
+    updated = dict(current)
+    keys = [key for key, _, _ in ops]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise InvalidConfig(f"config {key} appears more than once in the request")
+    for key, op, value in ops:
+        definition = catalog.get(key)
+        if definition is None:
+            raise InvalidConfig(f"config {key!r} is unknown or cannot be changed")
+        try:
+            op = AlterOp(op)
+        except ValueError:
+            raise InvalidConfig(f"config {key}: unknown operation {op}") from None
+        if op == AlterOp.DELETE:
+            updated.pop(key, None)
+            continue
+        if op in (AlterOp.APPEND, AlterOp.SUBTRACT):
+            if definition.type != ConfigType.LIST:
+                raise InvalidConfig(f"config {key}: {op.name} needs a list config; it is "
+                                    f"{definition.type.name}")
+            items = parse_list(updated.get(key, effective(key)))
+            given = parse_list(value or "")
+            if op == AlterOp.APPEND:
+                items += [item for item in given if item not in items]
+            else:
+                items = [item for item in items if item not in given]
+            value = LIST_SEPARATOR.join(items)
+            if not items and definition.choices:
+                raise InvalidConfig(f"config {key}: SUBTRACT would leave it empty")
+        validate(definition, value)
+        updated[key] = normalize(definition, value)
+    return _diff(current, updated)
+
+
+def replace_change(catalog: typing.Mapping[str, ConfigDef], current: typing.Mapping[str, str],
+                   configs: typing.Sequence[tuple[str, str | None]]) -> ConfigChange:
+    """AlterConfigs (legacy): the given configs become the resource's whole set of overrides."""
+    updated: dict[str, str] = {}
+    for key, value in configs:
+        if key in updated:
+            raise InvalidConfig(f"config {key} appears more than once in the request")
+        definition = catalog.get(key)
+        if definition is None:
+            raise InvalidConfig(f"config {key!r} is unknown or cannot be changed")
+        validate(definition, value)
+        updated[key] = normalize(definition, value)
+    return _diff(current, updated)
+
+
+def _diff(current: typing.Mapping[str, str], updated: dict[str, str]) -> ConfigChange:
+    return ConfigChange({k: v for k, v in updated.items() if current.get(k) != v},
+                        tuple(sorted(k for k in current if k not in updated)))

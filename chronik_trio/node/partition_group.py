@@ -293,8 +293,8 @@ class PartitionReplica:
     def read(self, offset: int, max_bytes: int) -> list[memoryview]:
         """Whole batches from offset, below the high watermark (raises OffsetOutOfRange)."""
         if offset < self.machine.log_start_floor:
-            raise storage.OffsetOutOfRange(f"{self.topic_name}-{self.partition}: offset {offset} is below the "
-                                           f"log start offset {self.log_start_offset} (records deleted)")
+            # below the log start DeleteRecords set: those records are deleted
+            raise storage.OffsetOutOfRange(offset, self.log_start_offset, self.high_watermark)
         return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=self.high_watermark)
 
     def watch(self, event: trio.Event) -> None:
@@ -345,8 +345,7 @@ class PartitionReplica:
             self.group.check_leader()
             target = self.high_watermark if offset == -1 else offset
             if not 0 <= target <= self.high_watermark:
-                raise storage.OffsetOutOfRange(f"{self.topic_name}-{self.partition}: cannot delete below {offset}: "
-                                       f"the high watermark is {self.high_watermark}")
+                raise storage.OffsetOutOfRange(offset, self.log_start_offset, self.high_watermark)
             if target <= self.log_start_offset:
                 return self.log_start_offset
             waiter = self.group.propose_locked_many([LOG_START.pack(target)], EntryType.LOG_START)

@@ -31,6 +31,7 @@ def test_an_fsync_error_under_an_acks_all_produce_stops_the_node(broker_factory)
             data=json.dumps({"error": "EIO", "error_on": "fsync", "path": "partitions"}).encode())
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
+        broker.expect_exit()  # the disk error must stop it (checked below)
         try:
             answer = conn.produce("doomed", 0, build_batch([Record(b"k", b"after")]))
         except (ConnectionClosed, OSError):

@@ -260,30 +260,31 @@ def _refused(what: str, code, message: str | None) -> AdminError:
     return AdminError(f"{what}: {error_name(code)}" + (f": {message}" if message else ""))
 
 
+def _ask_one_topic(args, api_key: int, version: int, body, what: str, results) -> None:
+    """A request about one topic to the controller; results(answer) lists the answer's one
+    per-topic result, whose error is raised as AdminError."""
+    answer = ask_controller(args, api_key, version, body, what, lambda a: [t.error_code for t in results(a)])
+    (topic,) = results(answer)
+    if int(topic.error_code) != 0:
+        raise _refused(what, topic.error_code, topic.error_message)
+
+
 def cmd_create_topic(args) -> int:
     configs = _configs(args.config)
     what = f"create-topic {args.name}"
-    answer = ask_controller(args, CREATE_TOPICS_API_KEY, CREATE_TOPICS_VERSION, {
+    _ask_one_topic(args, CREATE_TOPICS_API_KEY, CREATE_TOPICS_VERSION, {
         "topics": [{"name": args.name, "num_partitions": args.partitions,
                     "replication_factor": args.replication_factor,
                     "configs": [{"name": k, "value": v} for k, v in configs.items()]}],
-        "timeout": _timeout_ms(args), "validate_only": False}, what,
-        lambda a: [t.error_code for t in a.topics])
-    (topic,) = answer.topics
-    if int(topic.error_code) != 0:
-        raise _refused(what, topic.error_code, topic.error_message)
+        "timeout": _timeout_ms(args), "validate_only": False}, what, lambda a: a.topics)
     print(f"created topic {args.name}")
     return 0
 
 
 def cmd_delete_topic(args) -> int:
     what = f"delete-topic {args.name}"
-    answer = ask_controller(args, DELETE_TOPICS_API_KEY, DELETE_TOPICS_VERSION, {
-        "topics": [{"name": args.name}], "timeout": _timeout_ms(args)}, what,
-        lambda a: [t.error_code for t in a.responses])
-    (topic,) = answer.responses
-    if int(topic.error_code) != 0:
-        raise _refused(what, topic.error_code, topic.error_message)
+    _ask_one_topic(args, DELETE_TOPICS_API_KEY, DELETE_TOPICS_VERSION, {
+        "topics": [{"name": args.name}], "timeout": _timeout_ms(args)}, what, lambda a: a.responses)
     print(f"deleted topic {args.name}")
     return 0
 

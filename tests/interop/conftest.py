@@ -10,7 +10,7 @@ import pytest
 
 from tests.brokers import BrokerProcess
 from tests.interop import gobuild, jvm
-from tests.replication.cluster import Cluster
+from tests.replication.cluster import running_cluster
 
 # A short lag time lets the ISR follow a killed node within seconds.
 CLUSTER_CONFIG = "replica_lag_time_max_ms = 2000\n"
@@ -42,18 +42,11 @@ def node(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def shared_cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("interop-cluster"), 3, config_text=CLUSTER_CONFIG)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.close()
+    with running_cluster(tmp_path_factory.mktemp("interop-cluster"), config_text=CLUSTER_CONFIG) as cluster:
+        yield cluster
 
 
 @pytest.fixture
 def cluster(shared_cluster):
     """The shared 3-node cluster with every node running."""
-    for n in shared_cluster.ids:
-        if not shared_cluster.is_running(n):
-            shared_cluster.restart(n)
-    shared_cluster.wait_brokers()
-    return shared_cluster
+    return shared_cluster.heal()

@@ -13,8 +13,9 @@ node went on serving the connection, a closed connection that it refused the fra
 edited prefix leaves the node waiting for more of a frame, the fuzzer sends those bytes
 (zeros) first, so the probe is never swallowed.
 
-A health check runs every HEALTH_INTERVAL_S and at the end: the process is alive, /health
-answers serving_kafka, and a produce and a fetch on a fresh connection round-trip.
+The health check both fuzzers share (tests/fuzzing.py) runs every 5 s and at the end: the
+process is alive, /health answers serving_kafka, and a produce and a fetch on a fresh
+connection round-trip.
 
     python -m tests.kafka.fuzz --frames 1000000          # starts its own node
     python -m tests.kafka.fuzz --port 9092 --admin-port 9644 --seconds 600
@@ -22,10 +23,9 @@ answers serving_kafka, and a produce and a fetch on a fresh connection round-tri
 
 from __future__ import annotations
 
-import argparse
-import collections
 import dataclasses
 import datetime
+import functools
 import io
 import pathlib
 import random
@@ -33,15 +33,15 @@ import socket
 import struct
 import sys
 import tempfile
-import threading
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from kio.serial import entity_writer
 from kio.serial._introspect import EntityField, EntityTupleField, classify_field
 
+from tests import fuzzing
+from tests.fuzzing import FuzzReport, Shared
 from tests.kafka import conformance, live
 from tests.kafka_wire import API_VERSIONS, KafkaWire, encode, request_class
 
@@ -50,7 +50,6 @@ PROBE = struct.pack(">i", 10) + struct.pack(">hhih", API_VERSIONS, 0, PROBE_CORR
 READ_TIMEOUT_S = 0.5  # a frame's answers; past it the node is waiting as told (a long poll)
 PAD_BYTES_MAX = 1 << 20  # a prefix claiming more than this: the fuzzer gives the connection up
 REQUEST_BYTES_MAX = 100 << 20  # the node's default request_max_bytes: above it, it closes
-HEALTH_INTERVAL_S = 5.0
 # Fields whose edge values make the node do legitimate, unbounded work (create 2^31
 # partitions, long-poll 30 s) rather than exercise its decoding and handlers.
 CALM_FIELDS = {"num_partitions", "count", "replication_factor", "validate_only", "max_wait",
@@ -61,19 +60,16 @@ INT_BOUNDS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
 
 
 @dataclass
-class Report:
-    frames: int = 0
+class Report(FuzzReport):
     probes_answered: int = 0
     closed_by_node: int = 0
     gave_up: int = 0  # prefix too large to pad, or no answer within READ_TIMEOUT_S
     timeouts: int = 0
-    health_checks: int = 0
-    node_exits: int = 0
-    seconds: float = 0.0
-    mutations: collections.Counter = field(default_factory=collections.Counter)
-    failures: list[str] = field(default_factory=list)
-    # Each worker's frame in flight: (api_key, version, mutation, wire bytes), to replay a failure.
-    in_flight: dict[int, tuple[int, int, str, bytes]] = field(default_factory=dict)
+    # in_flight: each worker's (api_key, version, mutation, wire bytes), to replay a failure.
+
+    def in_flight_text(self) -> str:
+        return "frames in flight: " + "; ".join(f"api {k} v{v} {m} {w.hex()}"
+                                                for k, v, m, w in self.in_flight.values())
 
     def line(self) -> str:
         return (f"frames {self.frames} in {self.seconds:.0f} s ({self.frames / max(self.seconds, 1e-9):.0f}/s): "
@@ -278,16 +274,12 @@ def _await_probe(sock: socket.socket) -> str:
         return "closed"
 
 
-def _worker(port: int, corpus, rng: random.Random, report: Report, lock: threading.Lock,
-            stop: threading.Event, frames_left: list[int], worker: int) -> None:
+def _worker(port: int, corpus, shared: Shared, rng: random.Random, worker: int) -> None:
+    report = shared.report
     conn = _Conn(port)
     correlation_id = 0
     try:
-        while not stop.is_set():
-            with lock:
-                if frames_left[0] <= 0:
-                    return
-                frames_left[0] -= 1
+        while shared.take(1):
             correlation_id = (correlation_id + 1) % 2**30
             seed = rng.choice(corpus)
             kind, wire = mutated_frame(rng, seed, correlation_id)
@@ -308,7 +300,7 @@ def _worker(port: int, corpus, rng: random.Random, report: Report, lock: threadi
                 outcome = "closed"
             if outcome != "answered":
                 conn.drop()
-            with lock:
+            with shared.lock:
                 report.frames += 1
                 report.mutations[kind] += 1
                 if outcome == "answered":
@@ -322,74 +314,22 @@ def _worker(port: int, corpus, rng: random.Random, report: Report, lock: threadi
         conn.drop()
 
 
-def check_health(port: int, admin_port: int, alive: Callable[[], bool]) -> str | None:
-    """None if the node is alive, says it serves, and round-trips a record; else why not."""
-    if not alive():
-        return "the node process exited"
-    try:
-        if not live.health(admin_port).get("serving_kafka"):
-            return "/health says the node is not serving Kafka"
-        live.round_trip(port, "fuzz-health")
-    except Exception as exc:
-        return f"health check failed: {type(exc).__name__}: {exc}"
-    return None
-
-
 def run(port: int, admin_port: int, alive: Callable[[], bool], *, frames: int, seconds: float,
         seed: int, workers: int = 4, progress: Callable[[Report], None] | None = None) -> Report:
     """Fuzz until `frames` frames were sent or `seconds` passed; health checks throughout."""
     with KafkaWire.connect(port) as conn:
-        if "fuzz-health" not in conn.topic_names():
-            live.create_topic(conn, "fuzz-health")
+        fuzzing.ensure_health_topic(conn)
     corpus = seeds(port)
-    report, lock, stop = Report(), threading.Lock(), threading.Event()
-    frames_left = [frames]
-    start = time.monotonic()
-    threads = [threading.Thread(target=_worker, args=(port, corpus, random.Random(seed * 1000 + i), report,
-                                                        lock, stop, frames_left, i), daemon=True)
-               for i in range(workers)]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=HEALTH_INTERVAL_S / len(threads))
-            report.seconds = time.monotonic() - start
-            problem = check_health(port, admin_port, alive)
-            report.health_checks += 1
-            if problem:
-                report.failures.append(f"after {report.frames} frames: {problem}; frames in flight: "
-                                       + "; ".join(f"api {k} v{v} {m} {w.hex()}"
-                                                   for k, v, m, w in report.in_flight.values()))
-                report.node_exits += not alive()
-                break
-            if progress:
-                progress(report)
-            if report.seconds >= seconds:
-                break
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    report.seconds = time.monotonic() - start
-    problem = check_health(port, admin_port, alive)
-    report.health_checks += 1
-    if problem:
-        report.failures.append(f"at the end: {problem}")
-        report.node_exits += not alive() and not report.node_exits
-    return report
+    return fuzzing.run_workers(functools.partial(_worker, port, corpus), Report(), kafka_port=port,
+                               admin_port=admin_port, alive=alive, frames=frames, seconds=seconds, seed=seed,
+                               workers=workers, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=float, default=24 * 3600.0)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=6)
+    parser = fuzzing.arguments(__doc__, workers=6)
     parser.add_argument("--port", type=int, help="fuzz a running node (default: start one)")
     parser.add_argument("--admin-port", type=int, help="its /health port (with --port)")
     args = parser.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
     broker = None
     if args.port is None:
         broker, admin_port = live.start_node(pathlib.Path(tempfile.mkdtemp(prefix="chronik-fuzz-")))
@@ -397,29 +337,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"node pid {broker.proc.pid} on port {port}, log {broker.log_path}", flush=True)
     else:
         port, admin_port, alive = args.port, args.admin_port, lambda: True
-    print(f"seed {seed}", flush=True)
-    last = [0.0]
-
-    def progress(report: Report) -> None:
-        if report.seconds - last[0] >= 60:
-            last[0] = report.seconds
-            print(report.line(), flush=True)
-
+    seed = fuzzing.seed_of(args)
     try:
         report = run(port, admin_port, alive, frames=args.frames, seconds=args.seconds, seed=seed,
-                     workers=args.workers, progress=progress)
+                     workers=args.workers, progress=fuzzing.progress_printer())
         if alive():
             print(f"contained handler errors (chronik_kafka_request_errors_total): "
                   f"{live.metric(admin_port, live.REQUEST_ERRORS_METRIC):.0f}", flush=True)
     finally:
         code = broker.stop() if broker is not None else None
-    print(report.line())
+    stopped = None
     if broker is not None:
-        print(f"node stopped with exit code {code}; contained handler errors are logged at ERROR in "
-              f"{broker.log_path}")
-    for failure in report.failures:
-        print("FAILURE:", failure)
-    return 1 if report.failures or report.node_exits else 0
+        stopped = (f"node stopped with exit code {code}; contained handler errors are logged at ERROR in "
+                   f"{broker.log_path}")
+    return fuzzing.conclude(report, stopped)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ plain tuples.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -94,6 +95,14 @@ class Cluster(ClusterProcesses):
                  lambda: all({int(b.node_id) for b in self.metadata(n).brokers} == want
                              for n in self.running()), timeout_s=timeout_s)
 
+    def heal(self) -> "Cluster":
+        """Restart every node that is not running; return once Metadata lists every broker."""
+        for n in self.ids:
+            if not self.is_running(n):
+                self.restart(n)
+        self.wait_brokers()
+        return self
+
     def log_tails(self, chars: int = 4000, pattern: str | None = None) -> str:
         out = []
         for n in self.ids:
@@ -129,6 +138,17 @@ class Cluster(ClusterProcesses):
                 "timeout": timeout_ms})
         (entry,) = r.topics
         return entry
+
+
+@contextlib.contextmanager
+def running_cluster(root: pathlib.Path, *, config_text: str = "") -> Iterator[Cluster]:
+    """A started 3-node Cluster, closed (every process stopped by PID) on leaving: the body
+    of a package-scoped cluster fixture."""
+    cluster = Cluster(root, 3, config_text=config_text)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
 
 
 def fetch_from(conn: KafkaWire, topic: str, partition: int, offset: int,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from nodeharness import UnexpectedExit
-from tests.replication.cluster import Cluster
+from tests.replication.cluster import running_cluster
 
 # A short lag time makes an ISR shrink visible within seconds; a short balance interval makes
 # a restarted preferred leader get its partitions back within seconds.
@@ -16,32 +16,22 @@ CLUSTER_CONFIG = "replica_lag_time_max_ms = 2000\nleader_balance_interval_ms = 1
 
 @pytest.fixture(scope="package")
 def shared_cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("replication"), 3, config_text=CLUSTER_CONFIG)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.close()
-
-
-def _heal(cluster: Cluster) -> None:
-    for n in cluster.ids:
-        if not cluster.is_running(n):
-            cluster.restart(n)
-    cluster.wait_brokers()
+    with running_cluster(tmp_path_factory.mktemp("replication"), config_text=CLUSTER_CONFIG) as cluster:
+        yield cluster
 
 
 @pytest.fixture
 def cluster(shared_cluster, request):
     """The shared cluster with all nodes running; node logs are printed on failure, and a
     node that exited during the test without the test causing it fails the test."""
-    _heal(shared_cluster)
+    shared_cluster.heal()
     problems_before = len(shared_cluster.problems())
     yield shared_cluster
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         print(shared_cluster.log_tails(3000))
     new = shared_cluster.problems()[problems_before:]
-    _heal(shared_cluster)
+    shared_cluster.heal()
     if new:
         raise UnexpectedExit("node exit(s) nobody caused during the test:\n" + "\n\n".join(new))
 

@@ -10,8 +10,8 @@ have. Each request carries one seed with one mutation: a message field set to an
 (type or entry type outside the enum, terms and indexes at 0 and 2^64-1, entries with
 garbage data), protobuf bytes flipped or cut, the transport frame's kind or length edited,
 the from-node header or the batch's from/to changed. Requests go over HTTP/2 (the sans-I/O
-h2 client), RECEIVED_BATCH_FRAMES_MAX frames per request body, and the health check of the
-Kafka fuzzer runs during and after the run.
+h2 client), RECEIVED_BATCH_FRAMES_MAX frames per request body, and the fuzzers' shared health
+check (tests/fuzzing.py) runs during and after the run.
 
 Raft trusts whoever speaks for a node id: a well-formed append or snapshot from any id at a
 higher term is taken as the leader's word, so it can write entries into a group's log (and
@@ -27,16 +27,14 @@ Entries, conf changes and snapshots go to the unknown group and the liveness gro
 
 from __future__ import annotations
 
-import argparse
 import collections
+import functools
 import pathlib
 import random
 import socket
 import struct
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -46,7 +44,9 @@ import h2.events
 import h2.exceptions
 
 from chronik_trio.pb import raft_pb2, transport_pb2
+from tests import fuzzing
 from tests.brokers import BrokerProcess, free_port
+from tests.fuzzing import FuzzReport, Shared
 from tests.kafka import live
 from tests.kafka_wire import KafkaWire
 
@@ -57,7 +57,6 @@ NOT_A_MEMBER = 7
 FRAME_KIND_RAFT_BATCH, FRAME_KIND_SNAPSHOT_CHUNK = 1, 2
 FRAMES_PER_REQUEST = 8  # bodies of several frames, as a peer's sender coalesces them
 READ_TIMEOUT_S = 5.0
-HEALTH_INTERVAL_S = 5.0
 U64_MAX = 2**64 - 1
 MESSAGE_TYPES = list(raft_pb2.MessageType.values())
 MUTATIONS = ("value", "value", "value", "flip", "truncate", "kind", "length", "envelope", "valid")
@@ -65,18 +64,14 @@ _INT_FIELDS = ("term", "log_term", "index", "commit", "reject_hint", "request_sn
 
 
 @dataclass
-class Report:
-    frames: int = 0
+class Report(FuzzReport):
     delivered: int = 0  # frames the node's decoder took whole (the rest of a refused body is not read)
     requests: int = 0
     statuses: collections.Counter = field(default_factory=collections.Counter)
     reconnects: int = 0
-    health_checks: int = 0
-    node_exits: int = 0
-    seconds: float = 0.0
-    mutations: collections.Counter = field(default_factory=collections.Counter)
-    failures: list[str] = field(default_factory=list)
-    in_flight: dict[int, bytes] = field(default_factory=dict)
+
+    def in_flight_text(self) -> str:
+        return "bodies in flight: " + "; ".join(b.hex() for b in self.in_flight.values())
 
     def line(self) -> str:
         return (f"frames {self.frames} (delivered whole {self.delivered}) in {self.requests} requests, "
@@ -101,8 +96,7 @@ def start_node(root: pathlib.Path) -> tuple[BrokerProcess, int]:
 def groups(kafka_port: int) -> list[str]:
     """Live group ids: __meta, a partition of a topic made here, the offsets topic's first."""
     with KafkaWire.connect(kafka_port) as conn:
-        if "fuzz-health" not in conn.topic_names():
-            live.create_topic(conn, "fuzz-health")
+        fuzzing.ensure_health_topic(conn)
         ids = [t.topic_id for t in conn.metadata(None).topics]
     real = ["__meta", *(f"{topic_id.hex}-0" for topic_id in ids)]
     REAL_GROUPS.update(real)
@@ -271,16 +265,11 @@ class _H2:
         self.sock.close()
 
 
-def _worker(raft_port: int, corpus, rng: random.Random, report: Report, lock: threading.Lock,
-            stop: threading.Event, frames_left: list[int], worker: int) -> None:
+def _worker(raft_port: int, corpus, shared: Shared, rng: random.Random, worker: int) -> None:
+    report = shared.report
     conn: _H2 | None = None
     try:
-        while not stop.is_set():
-            with lock:
-                n = min(FRAMES_PER_REQUEST, frames_left[0])
-                frames_left[0] -= n
-            if n <= 0:
-                return
+        while (n := shared.take(FRAMES_PER_REQUEST)) > 0:
             mutations, frames = zip(*(mutated_frame(rng, rng.choice(corpus)) for _ in range(n)))
             body = b"".join(frames)
             from_node = str(NOT_A_MEMBER) if rng.random() < 0.9 else rng.choice(("0", "-1", "x", "2", str(U64_MAX)))
@@ -293,7 +282,7 @@ def _worker(raft_port: int, corpus, rng: random.Random, report: Report, lock: th
                 if conn is not None:
                     conn.close()
                 conn = None
-            with lock:
+            with shared.lock:
                 report.frames += n
                 report.delivered += delivered(body) if status != -2 else 0
                 report.requests += 1
@@ -305,91 +294,30 @@ def _worker(raft_port: int, corpus, rng: random.Random, report: Report, lock: th
             conn.close()
 
 
-def _health(kafka_port: int, raft_port: int, alive: Callable[[], bool]) -> str | None:
-    if not alive():
-        return "the node process exited"
-    try:
-        if not live.health(raft_port).get("serving_kafka"):
-            return "/health says the node is not serving Kafka"
-        live.round_trip(kafka_port, "fuzz-health")
-    except Exception as exc:
-        return f"health check failed: {type(exc).__name__}: {exc}"
-    return None
-
-
 def run(kafka_port: int, raft_port: int, alive: Callable[[], bool], *, frames: int, seconds: float,
         seed: int, workers: int = 4, progress: Callable[[Report], None] | None = None) -> Report:
     corpus = seeds(groups(kafka_port))
-    report, lock, stop = Report(), threading.Lock(), threading.Event()
-    frames_left = [frames]
-    start = time.monotonic()
-    threads = [threading.Thread(target=_worker, args=(raft_port, corpus, random.Random(seed * 1000 + i), report,
-                                                        lock, stop, frames_left, i), daemon=True)
-               for i in range(workers)]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=HEALTH_INTERVAL_S / len(threads))
-            report.seconds = time.monotonic() - start
-            problem = _health(kafka_port, raft_port, alive)
-            report.health_checks += 1
-            if problem:
-                report.failures.append(f"after {report.frames} frames: {problem}; bodies in flight: "
-                                       + "; ".join(b.hex() for b in report.in_flight.values()))
-                report.node_exits += not alive()
-                break
-            if progress:
-                progress(report)
-            if report.seconds >= seconds:
-                break
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    report.seconds = time.monotonic() - start
-    problem = _health(kafka_port, raft_port, alive)
-    report.health_checks += 1
-    if problem:
-        report.failures.append(f"at the end: {problem}")
-        report.node_exits += not alive() and not report.node_exits
-    return report
+    return fuzzing.run_workers(functools.partial(_worker, raft_port, corpus), Report(), kafka_port=kafka_port,
+                               admin_port=raft_port, alive=alive, frames=frames, seconds=seconds, seed=seed,
+                               workers=workers, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=float, default=24 * 3600.0)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=4)
-    args = parser.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    args = fuzzing.arguments(__doc__, workers=4).parse_args(argv)
     broker, raft_port = start_node(pathlib.Path(tempfile.mkdtemp(prefix="chronik-transport-fuzz-")))
     print(f"node pid {broker.proc.pid}, kafka port {broker.port}, raft port {raft_port}, log {broker.log_path}",
           flush=True)
-    print(f"seed {seed}", flush=True)
-    last = [0.0]
-
-    def progress(report: Report) -> None:
-        if report.seconds - last[0] >= 60:
-            last[0] = report.seconds
-            print(report.line(), flush=True)
-
+    seed = fuzzing.seed_of(args)
     try:
         report = run(broker.port, raft_port, lambda: broker.proc.poll() is None, frames=args.frames,
-                     seconds=args.seconds, seed=seed, workers=args.workers, progress=progress)
+                     seconds=args.seconds, seed=seed, workers=args.workers, progress=fuzzing.progress_printer())
         if broker.proc.poll() is None:
             for name in ("chronik_transport_dropped_total", "chronik_raft_malformed_dropped_total",
                          "chronik_raft_unknown_group_dropped_total"):
                 print(f"{name}: {live.metric(raft_port, name):.0f}", flush=True)
     finally:
         code = broker.stop()
-    print(report.line())
-    print(f"node stopped with exit code {code}")
-    for failure in report.failures:
-        print("FAILURE:", failure[:4000])
-    return 1 if report.failures or report.node_exits else 0
+    return fuzzing.conclude(report, f"node stopped with exit code {code}", failure_chars=4000)
 
 
 if __name__ == "__main__":

@@ -73,9 +73,19 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     trio_run._r.seed(sub["trio"].getrandbits(64))
     clock = trio.testing.MockClock(autojump_threshold=0)
     box: dict = {}
+    # The nodes' log lines go to the seed's sim.log, not the terminal.
+    handler = logging.FileHandler(out_dir / "sim.log", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root_logger = logging.getLogger()
+    saved_handlers, saved_level = root_logger.handlers[:], root_logger.level
+    root_logger.handlers[:] = [handler]
+    root_logger.setLevel(logging.WARNING)
     try:
         trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box, clock=clock)
     finally:
+        root_logger.handlers[:] = saved_handlers
+        root_logger.setLevel(saved_level)
+        handler.close()
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved_flag
         trio_run._r.setstate(saved_r)
         if not keep_data:

@@ -23,6 +23,7 @@ import trio
 import chronik_trio.node.node as node_module
 from chronik_trio.node.config import NodeConfig
 from chronik_trio.node.node import Node
+from chronik_trio.storage.disk import DiskFaults
 from chronik_trio.transport.transport import Transport
 
 from ..proxy import LinkState
@@ -84,6 +85,8 @@ class SimCluster:
         if sim.running:
             return True
         self.net.power_on(n)
+        # Injected disk faults live in the process (as /faults does): a new one has none.
+        sim.disk.faults = DiskFaults()
         config = NodeConfig(node_id=n, listen=f"n{n}:{KAFKA_PORT}", data_dir=sim.data_dir,
                             peers=self.peers, log_level="warning")
         node = Node(config, disk=sim.disk,

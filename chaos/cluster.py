@@ -6,37 +6,33 @@ i's --peers list names, for every other node j, the proxy of link i->j (its own 
 its real Raft address, where it listens). The harness itself talks to /health and /faults
 on the real Raft port, never through a proxy, so a cut link never hides a node from it.
 
-Processes are started, signalled and reaped by PID only. Node output is appended to
-nodes/node<i>.log across restarts. Leaders are learnt from the log lines the node
-documents for operators: "group G: leader is node L at term T (seen by node N)".
+Processes are the node-process harness's (`nodeharness`): started, signalled and reaped by
+PID only, ready when /health says `serving_kafka`. Node output is appended to
+nodes/node<i>.log across restarts. Who leads which Raft group comes from each node's
+/health (`leading_groups`: the highest term any running node claims), refreshed by
+refresh_leaders() without blocking the trio loop that also runs the proxies.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
-import re
 import signal
-import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
 import attrs
 import trio
 
+from nodeharness import NodeGroup, NodeProcess, chronik_trio_command, free_ports, node_args
+
 from .network import NetworkUnavailable, make_network
 from .proxy import LinkState
 
 log = logging.getLogger(__name__)
 
-CHRONIK_TRIO = str(pathlib.Path(sys.executable).parent / "chronik-trio")
-LEADER_LINE = re.compile(rb"group (\S+): leader is node (\d+) at term (\d+) \(seen by node (\d+)\)")
 STOP_TIMEOUT_S = 15.0
-POLL_S = 0.05
 EXIT_POLL_S = 0.1
 HTTP_TIMEOUT_S = 5.0
 META_GROUP = "__meta"
@@ -46,41 +42,39 @@ class ClusterError(Exception):
     """The cluster could not be started or driven as asked."""
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct ports free at the moment (held open together so none repeats)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @attrs.define(eq=False)
-class NodeProcess:
-    node_id: int
+class ChaosNode:
+    """One node of the run: its harness process and where it listens."""
+    process: NodeProcess
     kafka_port: int
     raft_port: int
     data_dir: pathlib.Path
-    log_path: pathlib.Path
-    args: list[str]
-    proc: subprocess.Popen | None = None
     raft_host: str = "127.0.0.1"
-    paused: bool = False
-    log_start: int = 0  # where the current process's output starts in log_path
-    starts: int = 0
+    exit_noted: bool = True  # whether the current process's exit was recorded (none yet)
+
+    @property
+    def node_id(self) -> int:
+        return self.process.node_id
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process.running
+
+    @property
+    def paused(self) -> bool:
+        return self.process.paused
+
+    @property
+    def proc(self):
+        return self.process.proc
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        return self.process.pid
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.process.log_path
 
 
 class Cluster:
@@ -103,15 +97,15 @@ class Cluster:
         self.node_args = list(node_args)
         self.record = record
         self.ready_timeout_s = ready_timeout_s
-        self.nodes: dict[int, NodeProcess] = {}
+        self.nodes: dict[int, ChaosNode] = {}
+        self.group = NodeGroup()
         self.network = make_network(network)
-        self._leaders: dict[str, tuple[int, int]] = {}  # group -> (term, leader)
-        self._log_read: dict[int, int] = {}
+        self._leaders: dict[str, tuple[int, int]] = {}  # group -> (leader, term), from /health
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Set up the network and start every node; return once every node logged `ready`.
+        """Set up the network and start every node; return once every node is ready.
 
         Raises:
             ClusterError: a node was not ready in time, or the network mode cannot run here.
@@ -124,50 +118,51 @@ class Cluster:
         for n in self.ids:
             a = self.network.addresses(n, self.ids)
             data_dir = self.root / "nodes" / f"node{n}"
-            args = [*self.network.command_prefix(n), CHRONIK_TRIO, "node", "--node-id", str(n),
-                    "--listen", a.listen, "--advertised", a.advertised, "--data-dir", str(data_dir),
-                    "--peers", a.peers, "--log-level", "info",
-                    *(["--fault-injection"] if self.fault_injection else []), *self.node_args]
-            self.nodes[n] = NodeProcess(n, int(a.listen.rpartition(":")[2]), a.raft_port, data_dir,
-                                        self.root / "nodes" / f"node{n}.log", args, raft_host=a.raft_host)
+            args = node_args(n, listen=a.listen, data_dir=data_dir, peers=a.peers,
+                             extra=["--advertised", a.advertised,
+                                    *(["--fault-injection"] if self.fault_injection else []),
+                                    *self.node_args])
+            process = NodeProcess(n, [*self.network.command_prefix(n), *chronik_trio_command(), *args],
+                                  self.root / "nodes" / f"node{n}.log", f"{a.raft_host}:{a.raft_port}")
+            self.group.add(process)
+            self.nodes[n] = ChaosNode(process, int(a.listen.rpartition(":")[2]), a.raft_port, data_dir,
+                                      raft_host=a.raft_host)
         for n in self.ids:
             self.spawn(n)
         nursery.start_soon(self._watch_exits)
-        with trio.move_on_after(self.ready_timeout_s):
-            async with trio.open_nursery() as waits:
-                for n in self.ids:
-                    waits.start_soon(self.wait_ready, n)
-        not_ready = [n for n in self.ids if not self.is_ready(n)]
+        ready: set[int] = set()
+
+        async def wait(n: int) -> None:
+            if await self.wait_ready(n):
+                ready.add(n)
+        async with trio.open_nursery() as waits:
+            for n in self.ids:
+                waits.start_soon(wait, n)
+        not_ready = [n for n in self.ids if n not in ready]
         if not_ready:
             raise ClusterError(f"node(s) {not_ready} not ready after {self.ready_timeout_s:.0f} s; "
                                f"see {self.root / 'nodes'}")
 
     def spawn(self, n: int) -> None:
         node = self.nodes[n]
-        assert not node.running, f"node {n} is already running (pid {node.pid})"
-        node.log_start = node.log_path.stat().st_size if node.log_path.exists() else 0
-        with open(node.log_path, "ab") as out:
-            node.proc = subprocess.Popen(node.args, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        node.paused = False
-        node.starts += 1
-        self.record({"type": "node", "node": n, "what": "started", "detail": f"pid {node.proc.pid}"})
+        node.process.start()
+        node.exit_noted = False
+        self.record({"type": "node", "node": n, "what": "started", "detail": f"pid {node.pid}"})
 
     def is_ready(self, n: int) -> bool:
-        return self.nodes[n].running and f"node {n} ready:".encode() in self.current_log(n)
+        """One /health question (blocking, short): does node n serve Kafka?"""
+        return self.nodes[n].process.is_ready()
 
     async def wait_ready(self, n: int, timeout_s: float | None = None) -> bool:
-        """Until node n logs `ready` (True), exits or the timeout passes (False)."""
-        with trio.move_on_after(timeout_s if timeout_s is not None else self.ready_timeout_s):
-            while True:
-                if not self.nodes[n].running:
-                    self._note_exit(n)
-                    return False
-                if self.is_ready(n):
-                    self.record({"type": "node", "node": n, "what": "ready"})
-                    return True
-                await trio.sleep(POLL_S * 2)
-        return False
+        """Until node n says in /health that it serves Kafka (True), exits or the timeout
+        passes (False)."""
+        ready = await self.nodes[n].process.wait_ready_async(
+            timeout_s if timeout_s is not None else self.ready_timeout_s)
+        if ready:
+            self.record({"type": "node", "node": n, "what": "ready"})
+        else:
+            self._note_exit(n)
+        return ready
 
     async def _watch_exits(self) -> None:
         """Record each process's exit when it happens (a node may stop on its own)."""
@@ -178,32 +173,23 @@ class Cluster:
 
     def _note_exit(self, n: int) -> None:
         node = self.nodes[n]
-        if node.proc is not None and node.proc.poll() is not None and not getattr(node.proc, "_noted", False):
-            node.proc._noted = True  # type: ignore[attr-defined]
+        if node.proc is not None and node.proc.poll() is not None and not node.exit_noted:
+            node.exit_noted = True
             self.record({"type": "node", "node": n, "what": "exited", "detail": f"code {node.proc.returncode}"})
 
     def send_signal(self, n: int, sig: signal.Signals) -> bool:
-        """Send `sig` to node n's process by PID; False if it is not running."""
-        node = self.nodes[n]
-        if not node.running:
-            return False
-        if sig == signal.SIGKILL or sig == signal.SIGTERM:
-            if node.paused and sig == signal.SIGTERM:
-                os.kill(node.pid, signal.SIGCONT)
-            node.paused = False
-        os.kill(node.pid, sig)
-        if sig == signal.SIGSTOP:
-            node.paused = True
-        elif sig == signal.SIGCONT:
-            node.paused = False
-        return True
+        """Send `sig` to node n's process by PID; False if it is not running. SIGTERM
+        continues a paused node first (nodeharness)."""
+        return self.nodes[n].process.signal(sig)
+
+    def expect_exit(self, n: int) -> None:
+        """Node n's current process may exit with any code because of a fault the nemesis
+        injected (power loss, a disk error); the history's node_crashes check judges it."""
+        if self.nodes[n].running:
+            self.nodes[n].process.expect_exit()
 
     async def wait_exit(self, n: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
-        node = self.nodes[n]
-        with trio.move_on_after(timeout_s):
-            while node.running:
-                await trio.sleep(POLL_S)
-        if node.running:
+        if not await self.nodes[n].process.wait_exit_async(timeout_s):
             return False
         self._note_exit(n)
         return True
@@ -223,21 +209,14 @@ class Cluster:
 
     async def stop(self) -> None:
         """Stop every node by PID: SIGTERM (after SIGCONT), wait, SIGKILL stragglers."""
-        for n in self.ids:
-            if n in self.nodes and self.nodes[n].running:
-                self.send_signal(n, signal.SIGTERM)
-        for n in self.ids:
-            if n in self.nodes and not await self.wait_exit(n):
-                self.send_signal(n, signal.SIGKILL)
-                await self.wait_exit(n)
+        await self.group.stop_all_async(STOP_TIMEOUT_S)
+        for n in self.nodes:
+            self._note_exit(n)
 
     def kill_all_now(self) -> None:
         """Synchronous last resort (on an error or cancellation): SIGKILL every node by PID,
         then remove what the network mode set up."""
-        for node in self.nodes.values():
-            if node.running:
-                os.kill(node.pid, signal.SIGKILL)
-                node.proc.wait(timeout=STOP_TIMEOUT_S)
+        self.group.kill_all()
         self.network.teardown()
 
     def running(self) -> list[int]:
@@ -258,37 +237,23 @@ class Cluster:
     def heal_network(self) -> None:
         self.network.heal()
 
-    # --- logs and leaders --------------------------------------------------------------------
+    # --- logs and leaders ---------------------------------------------------------------------
 
     def current_log(self, n: int) -> bytes:
-        node = self.nodes[n]
-        try:
-            with open(node.log_path, "rb") as f:
-                f.seek(node.log_start)
-                return f.read()
-        except FileNotFoundError:
-            return b""
+        return self.nodes[n].process.current_log().encode()
 
-    def _scan_leader_lines(self) -> None:
-        for n, node in self.nodes.items():
-            try:
-                with open(node.log_path, "rb") as f:
-                    f.seek(self._log_read.get(n, 0))
-                    data = f.read()
-            except FileNotFoundError:
-                continue
-            end = data.rfind(b"\n") + 1
-            self._log_read[n] = self._log_read.get(n, 0) + end
-            for m in LEADER_LINE.finditer(data[:end]):
-                group, leader, term = m[1].decode(), int(m[2]), int(m[3])
-                if term >= self._leaders.get(group, (-1, 0))[0]:
-                    self._leaders[group] = (term, leader)
+    async def refresh_leaders(self) -> None:
+        """Ask every running node's /health who it leads (in a worker thread, so the
+        proxies on this trio loop keep moving); group_leader() answers from that."""
+        fresh = await trio.to_thread.run_sync(self.group.leaders)
+        for group, (leader, term) in fresh.items():
+            if term >= self._leaders.get(group, (0, -1))[1]:
+                self._leaders[group] = (leader, term)
 
     def group_leader(self, group: str) -> tuple[int, int] | None:
-        """(leader, term) of the highest term any node has logged for `group`."""
-        self._scan_leader_lines()
-        found = self._leaders.get(group)
-        return (found[1], found[0]) if found else None
+        """(leader, term) of the highest term a node claimed to lead `group` in /health, as of
+        the last refresh_leaders()."""
+        return self._leaders.get(group)
 
     def partition_group(self, topic: str, partition: int) -> str | None:
         """The Raft group id of a partition: its topic id (from any replica's data dir)."""

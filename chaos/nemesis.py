@@ -105,6 +105,7 @@ class Nemesis:
 
     async def inject(self, fault: FaultSpec) -> None:
         fid, self._next_id = self._next_id, self._next_id + 1
+        await self.cluster.refresh_leaders()
         nodes = self._targets(fault)
         desc = describe(fault)
         if not nodes:
@@ -246,6 +247,8 @@ class Nemesis:
             body.update(error=fault.error, error_on=fault.error_on)
         notes = []
         for n in nodes:
+            if fault.error:
+                self.cluster.expect_exit(n)  # a node stops on a disk error it cannot get past
             answer = await self.cluster.set_disk_faults(n, body)
             if answer is None or answer[0] != 200:
                 notes.append(f"node {n}: /faults answered {answer}")
@@ -254,6 +257,7 @@ class Nemesis:
 
     async def _power_loss(self, fault: FaultSpec, nodes: list[int]) -> str:
         for n in nodes:
+            self.cluster.expect_exit(n)
             await self.cluster.set_disk_faults(n, {"power_loss": True})
             if not await self.cluster.wait_exit(n, 5.0):
                 await self.cluster.kill(n)

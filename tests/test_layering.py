@@ -114,6 +114,16 @@ def test_no_chronik_import_inside_a_function(path):
     assert not inside, f"{path.relative_to(ROOT)}: imports inside functions {inside}"
 
 
+@pytest.mark.parametrize("path", [p for p in MODULES if p.parent.name != "raft"],
+                         ids=[i for p, i in zip(MODULES, IDS) if p.parent.name != "raft"])
+def test_nothing_outside_raft_reaches_into_raft_internals(path):
+    """RawNode.raft is the Raft state machine itself (its log, its progress tracker, its
+    timers); outside raft/ only RawNode's own methods and properties are used."""
+    hits = [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and node.attr in ("raft", "trk")]
+    assert not hits, f"{path.relative_to(ROOT)}: .raft / .trk at lines {hits}"
+
+
 def test_the_layering_rule_catches_upward_and_hidden_imports(tmp_path, monkeypatch):
     """The checker itself: a relative upward import and an import inside a function are seen."""
     package = tmp_path / "chronik_trio" / "kafka"

@@ -19,6 +19,10 @@ from chronik_trio.pb import meta_pb2
 
 TOPIC_NAME_CHARS = re.compile(r"^[a-zA-Z0-9._-]+$")
 TOPIC_NAME_BYTES_MAX = 249  # Kafka's limit (room for ".<partition>" suffixes in file names)
+# Every partition is a Raft group with its own files and lock: far more than any node hosts.
+# A CreateTopics or CreatePartitions over it is refused (INVALID_PARTITIONS) before a replica
+# list is built: 2^31-1 partitions once held the event loop building one.
+PARTITIONS_PER_TOPIC_MAX = 10_000
 INTERNAL_TOPIC_PREFIX = "__"
 
 # Topic configs we implement, with their defaults (Kafka's names and defaults where they exist).

@@ -28,9 +28,11 @@ import sys
 from collections.abc import Callable
 
 from chronik_trio.storage.disk import FaultyDisk
+from chronik_trio.transport.transport import Transport
 
 from .config import NodeConfig
 from .node import Node
+from .peers import tcp_transport
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +175,12 @@ class FaultInjectingNode(Node):
     """A Node on a FaultyDisk whose HTTP server also answers /faults."""
 
     def __init__(self, config: NodeConfig, **kwargs) -> None:
-        super().__init__(config, disk=FaultyDisk(), **kwargs)
+        disk = FaultyDisk()
+        endpoint = FaultEndpoint(disk, pathlib.Path(config.data_dir))
 
-    def _make_transport(self):
-        transport = super()._make_transport()
-        transport.app = FaultEndpoint(self.disk, self.data_dir).wrap(transport.app)
-        return transport
+        def make_transport(*args, **options) -> Transport:
+            transport = tcp_transport(*args, **options)
+            transport.app = endpoint.wrap(transport.app)
+            return transport
+
+        super().__init__(config, disk=disk, make_transport=make_transport, **kwargs)

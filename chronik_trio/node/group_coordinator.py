@@ -31,7 +31,7 @@ import uuid
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import Topic, TopicAlreadyExists
+from chronik_trio.cluster.meta import MetaState, Topic, TopicAlreadyExists
 from chronik_trio.errors import BrokerError, NotEnoughReplicas, NotLeader, ProposalFailed
 from chronik_trio.group import (OFFSETS_TOPIC, Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted,
                                 JoinRequest, JoinResult, MemberRecord, OffsetRecord, PersistWanted,
@@ -106,8 +106,45 @@ class _Shard:
                 and self.replica.leader_epoch == self.term)
 
 
+class GroupSettings(typing.Protocol):
+    """The coordinator's settings (node.config.NodeConfig has them); a missing one takes
+    its DEFAULTS value."""
+
+    @property
+    def offsets_topic_num_partitions(self) -> int: ...
+    @property
+    def offsets_topic_replication_factor(self) -> int: ...
+    @property
+    def offsets_retention_minutes(self) -> int: ...
+    @property
+    def offsets_retention_check_interval_ms(self) -> int: ...
+    @property
+    def group_initial_rebalance_delay_ms(self) -> int: ...
+    @property
+    def group_min_session_timeout_ms(self) -> int: ...
+    @property
+    def group_max_session_timeout_ms(self) -> int: ...
+
+
+class CoordinatorHost(typing.Protocol):
+    """What the coordinator uses from its node (node.node.Node)."""
+
+    @property
+    def config(self) -> GroupSettings: ...
+    @property
+    def meta(self) -> MetaState:
+        """This node's applied copy of __meta."""
+    def wall_clock_ms(self) -> int:
+        """Record timestamps (commit times, expiry)."""
+    async def create_topic(self, name: str, partitions: int, configs: dict[str, str], *,
+                           validate_only: bool = False, replication_factor: int = -1,
+                           assignment: list[list[int]] | None = None,
+                           timeout_s: float = ...) -> Topic:
+        """For __consumer_offsets; raises BrokerError."""
+
+
 class GroupCoordinator:
-    def __init__(self, node) -> None:
+    def __init__(self, node: CoordinatorHost) -> None:
         self.node = node
         self.shards: dict[int, _Shard] = {}
         self._nursery: trio.Nursery | None = None
@@ -123,7 +160,7 @@ class GroupCoordinator:
     def now_ms(self) -> float:
         return trio.current_time() * 1000
 
-    # --- partitions of __consumer_offsets (node.py calls these) ----------------------------------
+    # --- partitions of __consumer_offsets (replicas.py calls these) ------------------------------
 
     @staticmethod
     def states_for(topic: Topic) -> list:
@@ -146,7 +183,7 @@ class GroupCoordinator:
                 return
             if shard is not None:
                 self._unload(shard)
-            load_index = replica.group.node.raft.log.last_index()
+            load_index = replica.group.node.last_index()
             shard = self.shards[replica.partition] = _Shard(replica, term, load_index)
             if self._nursery is not None:
                 self._nursery.start_soon(self._load_when_applied, shard)

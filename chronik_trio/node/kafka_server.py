@@ -4,25 +4,56 @@ Clients pipeline (up to 5 requests in flight is common), so each request runs in
 and a writer task sends the answers in request order; a slow Fetch long-poll does not hold up
 the decode of the requests behind it. At most INFLIGHT_REQUESTS_MAX are in flight per
 connection: past that we stop reading, which pushes back on the client through TCP.
+
+Blast radius (docs/kafka-api.md, "Bad input and handler errors"): bytes that do not decode
+close their connection with a log line; an unexpected exception while answering one decoded
+request is contained here: that request is answered with UNKNOWN_SERVER_ERROR (or, where no
+answer can be formed, its connection is closed), logged at ERROR with its traceback and
+counted, and the node keeps serving. Failures that mean the node's own state can no longer
+be trusted (storage corruption, disk errors, memory) are not contained: they stop the node.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 
 import trio
+from kio.schema.errors import ErrorCode
 
 from chronik_trio.kafka import codec
-from chronik_trio.kafka.errors import ProtocolViolation, UnsupportedApi
+from chronik_trio.kafka.errors import MalformedRequest, ProtocolViolation, UnsupportedApi
 from chronik_trio.kafka.framing import FrameDecoder
 from chronik_trio.kafka.handlers import registry
 from chronik_trio.kafka.handlers.groups import COMMIT_TURN, REQUEST_CLIENT, CommitOrder
+from chronik_trio.storage.errors import CorruptHardStateError, CorruptLogError, DiskError
 
 log = logging.getLogger(__name__)
 
 INFLIGHT_REQUESTS_MAX = 32  # well above the 5 clients pipeline; bounds memory per connection
 RECEIVE_CHUNK_BYTES = 256 << 10
 OFFSET_COMMIT_KEY = 8
+PRODUCE_KEY = 0
+
+# Not contained: the node's own data or memory is in doubt, and fail-stop (design.md) is what
+# keeps a replica with a damaged log or an unknown page cache from serving or voting on it.
+FAIL_STOP_ERRORS = (CorruptLogError, CorruptHardStateError, DiskError, MemoryError)
+
+
+class RequestErrors:
+    """Requests answered with UNKNOWN_SERVER_ERROR (or closed) after an unexpected exception,
+    by (api_key, api_version); exported as chronik_kafka_request_errors in /metrics."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[tuple[int, int]] = collections.Counter()
+
+    def add(self, api_key: int, api_version: int) -> None:
+        self.counts[(api_key, api_version)] += 1
+
+
+class AnswerFailed(ProtocolViolation):
+    """A request whose handler failed and for which no error answer could be formed (or that
+    gets no answer, acks=0): its connection is closed, the client reconnects and retries."""
 
 
 class _Slot:
@@ -69,12 +100,22 @@ async def _read_requests(stream, ctx, peer: str, send, nursery) -> None:
                 break
             decoder.feed(data)
             while (frame := decoder.next_frame()) is not None:
-                request, slot = _decode(frame, ctx)
+                request, slot = _decode_or_close(frame, ctx)
                 await send.send(slot)
                 is_commit = request is not None and request.api_key == OFFSET_COMMIT_KEY
                 COMMIT_TURN.set((commits, commits.ticket()) if is_commit else None)  # the task copies it
                 nursery.start_soon(_answer, request, slot, ctx, peer)
     # The client half-closed: answer what is in flight, then the writer ends.
+
+
+def _decode_or_close(frame: bytes, ctx):
+    """_decode; any exception from it is a frame we cannot read, and closes the connection."""
+    try:
+        return _decode(frame, ctx)
+    except ProtocolViolation:
+        raise
+    except Exception as exc:  # a kio corner the codec's list does not name: still just bad bytes
+        raise MalformedRequest(f"request does not decode: {type(exc).__name__}: {exc}") from exc
 
 
 def _decode(frame: bytes, ctx):
@@ -89,6 +130,10 @@ def _decode(frame: bytes, ctx):
         raise UnsupportedApi(f"api_key {api_key} version {api_version} is not supported "
                              f"(correlation id {correlation_id})")
     request = codec.decode_request(frame)
+    null = codec.null_field(request.body)
+    if null is not None:
+        raise MalformedRequest(f"{type(request.body).__name__} v{api_version}: field {null} is null, "
+                               f"which its schema does not allow")
     if log.isEnabledFor(logging.DEBUG):
         log.debug("request %s v%d correlation %d from client %r%s", type(request.body).__name__,
                   api_version, correlation_id, request.client_id,
@@ -104,11 +149,44 @@ async def _answer(request, slot: _Slot, ctx, peer: str) -> None:
     ctx.requests_inflight += 1
     try:
         body = await handler(request.body, ctx, request.api_version)
+        chunks = None if body is None else codec.encode_response(request.correlation_id, body)
+    except Exception as exc:  # Cancelled and KeyboardInterrupt are BaseExceptions: never caught
+        if _not_contained(exc):
+            raise
+        chunks = _contained(request, ctx, peer)
     finally:
         ctx.requests_inflight -= 1
-    if body is not None:
-        slot.chunks = codec.encode_response(request.correlation_id, body)
+    slot.chunks = chunks
     slot.done.set()
+
+
+def _not_contained(exc: Exception) -> bool:
+    """A protocol violation (closes the connection) or a fail-stop error, alone or inside the
+    exception group of a handler's nursery (Produce runs its partitions in one)."""
+    passes = (ProtocolViolation, *FAIL_STOP_ERRORS)
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(passes) is not None
+    return isinstance(exc, passes)
+
+
+def _contained(request, ctx, peer: str) -> list:
+    """Log and count the exception being handled; the chunks of an UNKNOWN_SERVER_ERROR
+    answer of the request's API and version, or raise AnswerFailed to close the connection."""
+    log.error("request %s v%d (correlation %d) from client %r at %s failed; contained (answered "
+              "UNKNOWN_SERVER_ERROR, or its connection closed), the node keeps serving", type(request.body).__name__,
+              request.api_version, request.correlation_id, request.client_id, peer, exc_info=True)
+    errors = getattr(ctx, "request_errors", None)
+    if errors is not None:
+        errors.add(request.api_key, request.api_version)
+    if request.api_key == PRODUCE_KEY and getattr(request.body, "acks", None) == 0:
+        raise AnswerFailed("an acks=0 produce failed: closing the connection, as Kafka does")
+    try:
+        body = codec.error_response(request.api_key, request.api_version, request.body,
+                                    ErrorCode.unknown_server_error)
+        return codec.encode_response(request.correlation_id, body)
+    except Exception as exc:
+        raise AnswerFailed(f"no error answer could be formed for {type(request.body).__name__} "
+                           f"v{request.api_version}: {type(exc).__name__}: {exc}") from None
 
 
 async def _write_answers(stream, receive) -> None:

@@ -89,10 +89,21 @@ class MetaMachine:
 
 
 class MetaService:
-    def __init__(self, node_id: int, group: RaftGroup, machine: MetaMachine) -> None:
+    """Proposes commands through the __meta group, which the node opens at start (open())."""
+
+    def __init__(self, node_id: int, machine: MetaMachine) -> None:
         self.node_id = node_id
-        self.group = group
         self.machine = machine
+        self._group: RaftGroup | None = None
+
+    def open(self, group: RaftGroup) -> None:
+        assert self._group is None, "__meta is opened once"
+        self._group = group
+
+    @property
+    def group(self) -> RaftGroup:
+        assert self._group is not None, "__meta is not open yet"
+        return self._group
 
     @property
     def state(self) -> MetaState:

@@ -12,24 +12,51 @@ import typing
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .raft_runtime import RaftRuntime
+
 # Buckets from 0.1 ms to 2.5 s: a Ready pass is sub-millisecond when idle, fsyncs ~0.2-5 ms.
 DURATION_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                       0.25, 0.5, 1.0, 2.5)
 
 
 class NodeMetrics:
-    def __init__(self, registry: CollectorRegistry, runtime) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.ready_pass_seconds = Histogram(
             "chronik_ready_pass_seconds", "Time of one Ready pass over every active group",
             buckets=DURATION_BUCKETS_S, registry=registry)
         self.fsync_seconds = Histogram(
             "chronik_fsync_round_seconds", "Time of one group-commit fsync round (loop or worker thread)",
             buckets=DURATION_BUCKETS_S, registry=registry)
-        registry.register(_GroupCollector(runtime))
+
+    def collect_groups(self, runtime: RaftRuntime) -> None:
+        """Read the runtime's groups at every scrape."""
+        self.registry.register(_GroupCollector(runtime))
+
+    def collect_request_errors(self, request_errors) -> None:
+        """Count the Kafka requests whose handler failed unexpectedly, at every scrape."""
+        self.registry.register(_RequestErrorCollector(request_errors))
+
+
+class _RequestErrorCollector:
+    """Kafka requests whose handler failed unexpectedly (node/kafka_server.py RequestErrors):
+    answered with UNKNOWN_SERVER_ERROR or their connection closed; the node kept serving."""
+
+    def __init__(self, request_errors) -> None:
+        self.request_errors = request_errors
+
+    def collect(self) -> typing.Iterator:
+        family = CounterMetricFamily("chronik_kafka_request_errors",
+                                     "Kafka requests that failed with an unexpected exception "
+                                     "(answered UNKNOWN_SERVER_ERROR or connection closed)",
+                                     labels=["api_key", "api_version"])
+        for (api_key, api_version), count in sorted(self.request_errors.counts.items()):
+            family.add_metric([str(api_key), str(api_version)], count)
+        yield family
 
 
 class _GroupCollector:
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime: RaftRuntime) -> None:
         self.runtime = runtime
 
     def collect(self) -> typing.Iterator:
@@ -42,10 +69,10 @@ class _GroupCollector:
         dropped = CounterMetricFamily("chronik_raft_inbox_dropped", "Peer messages dropped (inbox full)",
                                       labels=labels)
         for group in list(self.runtime.groups.values()):
-            raft, key = group.node.raft, [group.group_id]
-            term.add_metric(key, raft.term)
-            commit.add_metric(key, raft.log.committed)
-            applied.add_metric(key, raft.log.applied)
+            node, key = group.node, [group.group_id]
+            term.add_metric(key, node.term)
+            commit.add_metric(key, node.committed_index)
+            applied.add_metric(key, node.applied_index)
             leader.add_metric(key, 1 if group.is_leader else 0)
             changes.add_metric(key, group.leader_changes)
             dropped.add_metric(key, group.dropped_messages)
@@ -61,3 +88,7 @@ class _GroupCollector:
         yield CounterMetricFamily("chronik_raft_unknown_group_dropped",
                                   "Peer messages dropped because no such group is hosted here",
                                   value=self.runtime.unknown_group_drops)
+        yield CounterMetricFamily("chronik_raft_malformed_dropped",
+                                  "Peer messages dropped because no peer may send them (a type or entry "
+                                  "type outside the protocol, or a local-only type)",
+                                  value=self.runtime.malformed_drops)

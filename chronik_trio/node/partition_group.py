@@ -169,10 +169,10 @@ class PartitionReplica:
     def update_isr(self, now: float, alive: typing.Callable[[int, float], bool]) -> tuple[int, ...]:
         """Recompute the ISR (leader only, no await: Raft's state cannot move meanwhile).
         alive(node, now) is node-level liveness (the runtime's)."""
-        raft = self.group.node.raft
+        node = self.group.node
         progress = {peer: FollowerProgress(pr.match, alive(peer, now), pr.is_learner)
-                    for peer, pr in raft.trk.progress.items()}
-        return self._isr.update(now, term=raft.term, leader=raft.id, last_index=raft.log.last_index(),
+                    for peer, pr in node.progress().items()}
+        return self._isr.update(now, term=node.term, leader=node.id, last_index=node.last_index(),
                                 idle=self.group.quiesced, progress=progress)
 
     async def produce(self, records, headers: list[BatchHeader], acks: int) -> int:
@@ -235,9 +235,9 @@ class PartitionReplica:
         log, so they will commit, in this order; the view then grows with each proposal."""
         if self._producers is None or self._producers_term != term:
             table = self.machine.states[ProducerStateTable.name].copy()
-            raft_log = self.group.node.raft.log
-            low, high = self.machine.applied_index + 1, raft_log.last_index() + 1
-            for entry in (raft_log.slice(low, high, None) if low < high else ()):
+            node = self.group.node
+            low, high = self.machine.applied_index + 1, node.last_index() + 1
+            for entry in (node.entries(low, high) if low < high else ()):
                 if entry.data and batch_base_offset(entry.data) >= self.machine.state_end_offset:
                     table.apply(memoryview(entry.data), entry.index)
             self._producers, self._producers_term = table, term
@@ -289,7 +289,7 @@ class PartitionReplica:
         does) instead of entries that no longer exist. Only applied entries go."""
         async with self.group.lock:
             storage = self.group.storage
-            applied = self.group.node.raft.log.applied
+            applied = self.group.node.applied_index
             boundary = self.log.retention_boundary(
                 now_ms=now_ms, retention_bytes=retention_bytes, retention_ms=retention_ms,
                 keep_from_index=applied + 1)

@@ -10,11 +10,15 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
+import os
+import random
 import typing
+import zlib
 
 import trio
 
 from chronik_trio.errors import NotLeader, ProposalFailed
+from chronik_trio.raft.config import Config as RaftConfig
 from chronik_trio.raft.errors import ProposalDropped, StepPeerNotFound
 from chronik_trio.raft.rawnode import RawNode
 from chronik_trio.raft.types import (ConfState, Entry, Message, MessageType, Snapshot, SoftState,
@@ -22,6 +26,8 @@ from chronik_trio.raft.types import (ConfState, Entry, Message, MessageType, Sna
 
 log = logging.getLogger(__name__)
 
+ELECTION_TICK = 10  # x 50 ms ticks: a follower campaigns after 0.5-1 s without a leader
+HEARTBEAT_TICK = 2
 INBOX_MESSAGES_MAX = 4096  # per group; a flood beyond this is dropped (Raft retries)
 PENDING_PROPOSALS_MAX = 10_000  # per group; bounds waiter memory if commits stall
 QUIESCE_AFTER_IDLE_TICKS = 20  # an idle leader quiesces after this many ticks (1 s at 50 ms)
@@ -104,7 +110,7 @@ class RaftGroup:
     @property
     def sole_voter(self) -> bool:
         """Whether this node is the group's only voter (a one-replica partition)."""
-        return tuple(self.node.raft.trk.voter_ids()) == (self.node.raft.id,)
+        return tuple(self.node.voter_ids()) == (self.node.id,)
 
     def deliver(self, message: Message) -> None:
         """A message from a peer (sync, never blocks): queued for the Ready pass."""
@@ -125,7 +131,7 @@ class RaftGroup:
 
     def transfer_pending(self) -> bool:
         """Whether a leader transfer is already under way."""
-        return self.node.raft.lead_transferee != 0 or any(k == "transfer" for k, _, _ in self._reports)
+        return self.node.lead_transferee != 0 or any(k == "transfer" for k, _, _ in self._reports)
 
     def report_unreachable(self, peer: int) -> None:
         self._reports.append(("unreachable", peer, False))
@@ -150,7 +156,7 @@ class RaftGroup:
         this group and is gone, an election follows. Remembered, so that hearing peer again
         before anything changed quiets the group again (requiesce_if_false_alarm)."""
         if self.quiesced:
-            self._silence_wake = (peer, self.node.raft.term)
+            self._silence_wake = (peer, self.node.term)
         self.unquiesce()
 
     def requiesce_if_false_alarm(self, peer: int) -> bool:
@@ -163,9 +169,9 @@ class RaftGroup:
         if wake is None or wake[0] != peer:
             return False
         self._silence_wake = None
-        raft = self.node.raft
-        if (self.quiesced or self.inbox or raft.state != StateRole.FOLLOWER
-                or raft.leader_id != peer or raft.term != wake[1]):
+        node = self.node
+        if (self.quiesced or self.inbox or node.role != StateRole.FOLLOWER
+                or node.leader_id != peer or node.term != wake[1]):
             return False
         self.quiesced = True
         self.pending_ticks = 0
@@ -179,15 +185,15 @@ class RaftGroup:
         lease (they grant the pre-vote) and leaves them their randomized remainder, so two
         do not split the vote. Raft's safety does not depend on timing; at worst an
         unneeded pre-vote is refused by followers still hearing from a live leader."""
-        raft = self.node.raft
-        survivors = sorted(v for v in raft.trk.voter_ids() if v != dead)
-        if survivors and survivors[raft.term % len(survivors)] == raft.id:
+        node, timer = self.node, self.node.election_timer()
+        survivors = sorted(v for v in node.voter_ids() if v != dead)
+        if survivors and survivors[node.term % len(survivors)] == node.id:
             # Two ticks short: the others notice the broken connection too before its
             # pre-vote reaches them (until then they would refuse it, holding their lease).
-            ticks = max(1, raft.randomized_election_timeout_ticks - raft.election_elapsed_ticks
+            ticks = max(1, timer.randomized_timeout_ticks - timer.elapsed_ticks
                         - LEADER_LOST_GRACE_TICKS)
         else:
-            ticks = raft.election_timeout_ticks
+            ticks = timer.timeout_ticks
         self.wake_for_silence(dead)
         self.pending_ticks += ticks
         self._wake(self)
@@ -221,9 +227,9 @@ class RaftGroup:
             self.node.propose_batch(datas)
         except ProposalDropped as exc:
             raise ProposalFailed(f"group {self.group_id}: {exc}") from None
-        raft = self.node.raft  # the leader appended them at once: the last index and term
-        waiter = _Waiter(raft.term)
-        waiter.index = raft.log.last_index()
+        # The leader appended them at once: the last index and term are theirs.
+        waiter = _Waiter(self.node.term)
+        waiter.index = self.node.last_index()
         self._waiters[waiter.index] = waiter
         return waiter
 
@@ -299,8 +305,7 @@ class RaftGroup:
                 self.dropped_messages += 1
                 continue
             if message.context == QUIESCE_CONTEXT and message.type == MessageType.HEARTBEAT:
-                raft = self.node.raft
-                self.quiesced = message.from_ == raft.leader_id and message.term == raft.term
+                self.quiesced = message.from_ == self.node.leader_id and message.term == self.node.term
         if self.quiesced:
             return []
         for _ in range(ticks):
@@ -318,34 +323,34 @@ class RaftGroup:
     def release_cached_entries(self) -> None:
         """Let storage drop cached entries nobody will read soon: applied here and, on a
         leader, matched by every follower (a lagging one is read from the files)."""
-        raft = self.node.raft
-        upto = raft.log.applied
+        node = self.node
+        upto = node.applied_index
         if self.is_leader:
-            upto = min([upto] + [pr.match for peer, pr in raft.trk.progress.items() if peer != raft.id])
+            upto = min([upto] + [match for peer, match in node.match_indexes().items() if peer != node.id])
         self.storage.release_recent(upto)
 
     def _caught_up(self) -> bool:
-        raft = self.node.raft
-        last = raft.log.last_index()
-        if raft.log.committed != last or raft.log.applied != last:
+        node = self.node
+        last = node.last_index()
+        if node.committed_index != last or node.applied_index != last:
             return False
-        return all(pr.match == last for pr in raft.trk.progress.values())
+        return all(match == last for match in node.match_indexes().values())
 
     def _quiesce(self) -> list[Message]:
-        raft = self.node.raft
+        node = self.node
         self.quiesced = True
-        return [Message(type=MessageType.HEARTBEAT, to=peer, from_=raft.id, term=raft.term,
-                        commit=min(pr.match, raft.log.committed), context=QUIESCE_CONTEXT)
-                for peer, pr in raft.trk.progress.items() if peer != raft.id]
+        return [Message(type=MessageType.HEARTBEAT, to=peer, from_=node.id, term=node.term,
+                        commit=min(match, node.committed_index), context=QUIESCE_CONTEXT)
+                for peer, match in node.match_indexes().items() if peer != node.id]
 
     def on_soft_state(self, ss: SoftState) -> None:
         was_leader = self.is_leader
         if ss.leader_id != self.leader_id and ss.leader_id:
             self.leader_changes += 1
             log.info("group %s: leader is node %d at term %d (seen by node %d)",
-                     self.group_id, ss.leader_id, self.node.raft.term, self.node.raft.id)
+                     self.group_id, ss.leader_id, self.node.term, self.node.id)
         self.leader_id, self.role = ss.leader_id, ss.role
-        self.term = self.node.raft.term
+        self.term = self.node.term
         if ss.leader_id:
             self.leader_known.set()
             self.leader_known = trio.Event()
@@ -375,3 +380,27 @@ class RaftGroup:
         self._fail_waiters(f"group {self.group_id}: closed")
         self.advanced()  # whoever waits on it looks again, and sees it closed
         self.storage.close()
+
+
+def open_group(node_id: int, group_id: str, storage, machine: StateMachine,
+               wake: typing.Callable[[RaftGroup], None], *, campaign_now: bool = False) -> RaftGroup:
+    """A RaftGroup over storage (restoring machine from its snapshot first), for the caller
+    to add to its runtime. A group whose only voter is this node campaigns at once, as does
+    one given campaign_now."""
+    snapshot = storage.snapshot(0) if storage.first_index() > 1 else None
+    if snapshot is not None:
+        machine.restore(snapshot)
+    seed = zlib.crc32(group_id.encode()) ^ (node_id << 20) ^ int.from_bytes(os.urandom(4), "big")
+    node = RawNode(RaftConfig(id=node_id, election_tick=ELECTION_TICK, heartbeat_tick=HEARTBEAT_TICK,
+                              rng=random.Random(seed)), storage)
+    group = RaftGroup(group_id, node, storage, machine, wake)
+    hard_state, conf_state = storage.initial_state()
+    # Replayed once the group has applied what it knew was committed; a group whose
+    # only voter is this node commits its whole log as soon as it leads again.
+    group.replay_target = hard_state.commit
+    if conf_state.voters == (node_id,):
+        node.campaign()  # the only voter: lead at once instead of after a timeout
+        group.replay_target = storage.last_index()
+    elif campaign_now:
+        node.campaign()
+    return group

@@ -66,10 +66,13 @@ class RaftRuntime:
     def __init__(self, node_id: int, send: typing.Callable[[str, Message], None], *,
                  heartbeat: typing.Callable[[int], None] = lambda peer: None,
                  tick_interval_s: float = TICK_INTERVAL_S,
-                 peer_silence_s: float = PEER_SILENCE_S) -> None:
+                 peer_silence_s: float = PEER_SILENCE_S,
+                 observe_pass: typing.Callable[[float], None] = lambda seconds: None,
+                 observe_fsync: typing.Callable[[float], None] = lambda seconds: None) -> None:
         """send(group_id, message) hands a Raft message to the network; heartbeat(peer)
         sends one node-level liveness message (the network calls heard_from and
-        liveness_from on the other side); both must not block."""
+        liveness_from on the other side); both must not block. observe_pass and
+        observe_fsync are given the seconds of each Ready pass and fsync round (metrics)."""
         self.node_id = node_id
         self._send = send
         self._heartbeat = heartbeat
@@ -90,8 +93,9 @@ class RaftRuntime:
         self.fsync_inline_groups_max = FSYNC_INLINE_GROUPS_MAX  # 0: every round in a thread
         self._thread_until = float("-inf")  # rounds go to a worker thread until then (trio time)
         self.unknown_group_drops = 0
-        self.observe_pass: typing.Callable[[float], None] = lambda seconds: None
-        self.observe_fsync: typing.Callable[[float], None] = lambda seconds: None
+        self.malformed_drops = 0  # peer messages no peer may send (node/peers.py)
+        self.observe_pass = observe_pass
+        self.observe_fsync = observe_fsync
 
     def add(self, group: RaftGroup) -> None:
         assert group.group_id not in self.groups, group.group_id

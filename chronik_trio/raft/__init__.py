@@ -17,7 +17,7 @@ from .describe import (describe_entry, describe_hard_state, describe_message, de
 from .errors import (Compacted, ConfChangeInvalid, ConfigInvalid, ProposalDropped, RaftError,
                      ReadIndexDropped, SnapshotOutOfDate, SnapshotTemporarilyUnavailable,
                      StepLocalMessage, StepPeerNotFound, Unavailable)
-from .rawnode import ProgressStatus, RawNode, Ready, Status
+from .rawnode import ElectionTimer, ProgressStatus, RawNode, Ready, Status
 from .storage import MemoryStorage, Storage
 from .types import (NONE, ConfChangeSingle, ConfChangeTransition, ConfChangeType,
                     ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
@@ -25,7 +25,7 @@ from .types import (NONE, ConfChangeSingle, ConfChangeTransition, ConfChangeType
                     SnapshotMetadata, SoftState, StateRole)
 
 __all__ = [
-    "Config", "RawNode", "Ready", "Status", "ProgressStatus", "Storage", "MemoryStorage",
+    "Config", "RawNode", "Ready", "Status", "ProgressStatus", "ElectionTimer", "Storage", "MemoryStorage",
     "NONE", "ConfChangeSingle", "ConfChangeTransition", "ConfChangeType", "ConfChangeV2",
     "ConfState", "Entry", "EntryType", "HardState", "Message", "MessageType",
     "ProgressState", "ReadOnlyOption", "ReadState", "Snapshot", "SnapshotMetadata",

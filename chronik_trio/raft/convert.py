@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from chronik_trio.pb import raft_pb2 as pb
 
-from .types import (ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2,
+from .types import (LOCAL_MESSAGES, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2,
                     ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot,
                     SnapshotMetadata)
+
+# What a peer may send a group: protobuf enums are open (any int32 decodes), and a local
+# message type stepped from the network raises StepLocalMessage in the Ready pass.
+# The node proposes only on a group's leader (NotLeader otherwise), so no proposal is ever
+# forwarded between nodes, and one from the network would let any sender write entries.
+_PEER_MESSAGE_TYPES = frozenset(int(t) for t in MessageType if t not in LOCAL_MESSAGES | {MessageType.PROPOSE})
+_ENTRY_TYPES = frozenset(int(t) for t in EntryType)
+# A term is a Kafka leader epoch, an int32 on the wire: no real cluster gets near it, and a
+# term adopted from one message is kept forever (persisted). Indexes are int64 on disk.
+PEER_TERM_MAX = 2**31 - 1
+PEER_INDEX_MAX = 2**63 - 1
 
 
 def entry_to_pb(e: Entry) -> pb.Entry:
@@ -70,6 +81,21 @@ def message_from_pb(p: pb.Message) -> Message:
                    entries=tuple(entry_from_pb(e) for e in p.entries), commit=p.commit,
                    snapshot=snap, reject=p.reject, reject_hint=p.reject_hint,
                    context=p.context, request_snapshot=p.request_snapshot)
+
+
+def peer_message_from_pb(p: pb.Message) -> Message | None:
+    """message_from_pb for a message received from a peer; None when no peer may send it: a
+    type outside the enum, one a node only makes for itself, or a proposal (never forwarded
+    here); an entry type outside the enum; a term past PEER_TERM_MAX or an index past
+    PEER_INDEX_MAX; a snapshot message without a snapshot (raft/ asserts on it). The caller drops it (the node's Raft must never see it)."""
+    if p.type not in _PEER_MESSAGE_TYPES or any(e.type not in _ENTRY_TYPES for e in p.entries):
+        return None
+    if max(p.term, p.log_term, *(e.term for e in p.entries)) > PEER_TERM_MAX or \
+            max(p.index, p.commit, p.reject_hint, p.request_snapshot, *(e.index for e in p.entries)) > PEER_INDEX_MAX:
+        return None
+    if p.type == MessageType.SNAPSHOT and not p.HasField("snapshot"):
+        return None
+    return message_from_pb(p)
 
 
 def encode_message(m: Message) -> bytes:

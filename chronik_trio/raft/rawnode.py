@@ -66,6 +66,15 @@ class ProgressStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ElectionTimer:
+    """A follower campaigns once elapsed_ticks reaches randomized_timeout_ticks (drawn anew
+    from [timeout_ticks, 2 * timeout_ticks) at each term change)."""
+    elapsed_ticks: int
+    timeout_ticks: int
+    randomized_timeout_ticks: int
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     id: int
     hard_state: HardState
@@ -98,6 +107,61 @@ class RawNode:
     @property
     def id(self) -> int:
         return self.raft.id
+
+    # -- what a runtime reads between Readies: cheap, no copies (status() copies) -----------
+
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def leader_id(self) -> int:
+        """The leader this node knows in the current term (NONE: none)."""
+        return self.raft.leader_id
+
+    @property
+    def role(self) -> StateRole:
+        return self.raft.state
+
+    @property
+    def lead_transferee(self) -> int:
+        """The peer a leader transfer is under way to (NONE: none)."""
+        return self.raft.lead_transferee
+
+    @property
+    def applied_index(self) -> int:
+        """The highest index the caller reported applied (advance / advance_apply)."""
+        return self.raft.log.applied
+
+    @property
+    def committed_index(self) -> int:
+        return self.raft.log.committed
+
+    def last_index(self) -> int:
+        """The index of the last entry in the log (stable or not)."""
+        return self.raft.log.last_index()
+
+    def entries(self, low: int, high: int) -> list[Entry]:
+        """The log's entries [low, high); low must not be compacted away."""
+        return self.raft.log.slice(low, high, None)
+
+    def voter_ids(self) -> frozenset[int]:
+        return self.raft.trk.voter_ids()
+
+    def match_indexes(self) -> dict[int, int]:
+        """Each member's match index as this node tracks it (meaningful on the leader)."""
+        return {peer: pr.match for peer, pr in self.raft.trk.progress.items()}
+
+    def progress(self) -> dict[int, ProgressStatus]:
+        """Each member's replication progress as this node tracks it (meaningful on the
+        leader; status() gives it only there)."""
+        return {i: ProgressStatus(pr.match, pr.next, pr.state, pr.is_learner, pr.recent_active)
+                for i, pr in self.raft.trk.progress.items()}
+
+    def election_timer(self) -> ElectionTimer:
+        r = self.raft
+        return ElectionTimer(elapsed_ticks=r.election_elapsed_ticks, timeout_ticks=r.election_timeout_ticks,
+                             randomized_timeout_ticks=r.randomized_election_timeout_ticks)
 
     def _assert_not_in_ready(self, what: str) -> None:
         assert not self._in_ready, f"{what} between ready() #{self._in_ready} and advance()"
@@ -270,11 +334,7 @@ class RawNode:
 
     def status(self) -> Status:
         r = self.raft
-        progress = {}
-        if r.state == StateRole.LEADER:
-            progress = {i: ProgressStatus(pr.match, pr.next, pr.state, pr.is_learner,
-                                          pr.recent_active)
-                        for i, pr in r.trk.progress.items()}
+        progress = self.progress() if r.state == StateRole.LEADER else {}
         return Status(id=r.id, hard_state=r.hard_state(), soft_state=r.soft_state(),
                       applied=r.log.applied, lead_transferee=r.lead_transferee,
                       conf_state=r.trk.config.conf_state(), progress=progress)

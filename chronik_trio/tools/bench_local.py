@@ -1,9 +1,11 @@
 """For `chronik-trio bench`: a local cluster of real node processes, and their /metrics.
 
-`local_cluster(n)` starts n `chronik-trio node` processes on 127.0.0.1 (the dev-cluster
-layout: Kafka ports base..base+n-1, Raft ports after them) with a temporary data directory,
-waits until each has logged that it is ready, and stops them by PID at the end (SIGTERM,
-then SIGKILL). A single node gets `--admin-listen` so that its /metrics is reachable too.
+`local_cluster(n)` starts n `chronik-trio node` processes on 127.0.0.1 through the
+node-process harness (`nodeharness`; the dev-cluster layout: Kafka ports base..base+n-1,
+Raft ports after them) with a temporary data directory, waits until each says in /health
+that it is ready, and stops them by PID at the end (SIGTERM, then SIGKILL). A single node
+runs without --peers and with `--admin-listen`, so that its /metrics and /health are
+reachable too.
 
 `scrape(address)` reads a node's Prometheus text over HTTP/2 (prior knowledge, the way the
 transport serves it), with `h2` and a blocking socket; `histogram_delta` turns two scrapes
@@ -15,21 +17,18 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import random
 import re
-import signal
 import socket
-import subprocess
+import sys
 import tempfile
 import time
 
 import attrs
 
 from chronik_trio.tools import dev_cluster
+from nodeharness import NodeExited, NodeGroup, NodeProcess, NotReady, free_ports
 
 READY_TIMEOUT_S = 60.0  # three nodes on a loaded 2-core machine start well within this
-STOP_TIMEOUT_S = 15.0
-PORT_PICK_ATTEMPTS_MAX = 50
 SCRAPE_TIMEOUT_S = 5.0
 SCRAPE_BYTES_MAX = 64 << 20  # /metrics of 1,000 groups is a few MB
 
@@ -38,101 +37,57 @@ SCRAPE_BYTES_MAX = 64 << 20  # /metrics of 1,000 groups is a few MB
 class LocalCluster:
     bootstrap: str
     metrics_addresses: list[str]  # HOST:PORT serving /metrics over HTTP/2, one per node
-    specs: list  # dev_cluster.NodeSpec, node i at index i - 1
-    procs: list[subprocess.Popen]
-    peers: str
+    group: NodeGroup  # node ids 1..n
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        return [self.group[n].pid for n in self.group.ids]
 
     def kill(self, node_id: int) -> float:
         """SIGKILL node_id by PID; returns time.perf_counter() just before the signal."""
-        proc = self.procs[node_id - 1]
         killed_at = time.perf_counter()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        self.group[node_id].kill()
         return killed_at
 
     def restart(self, node_id: int) -> None:
-        """Start node_id again on its data dir; returns once it has logged that it is ready."""
-        spec = self.specs[node_id - 1]
-        assert self.procs[node_id - 1].poll() is not None, f"node {node_id} is running"
-        seen = spec.log_path.read_bytes().count(f"node {node_id} ready:".encode())
-        self.procs[node_id - 1] = dev_cluster.spawn(spec, self.peers, "info")
-        _wait_ready([spec], [self.procs[node_id - 1]], seen=seen)
+        """Start node_id again on its data dir; returns once it says it is ready."""
+        node = self.group[node_id]
+        assert not node.running, f"node {node_id} is running"
+        _ready(node.start())
 
 
-def _pick_base_port(nodes: int) -> int:
-    rng = random.Random()
-    for _ in range(PORT_PICK_ATTEMPTS_MAX):
-        base = rng.randrange(20_000, 60_000)
-        ports = list(range(base, base + 2 * nodes + 1))  # +1: the single node's admin port
-        if not dev_cluster.busy_ports(ports):
-            return base
-    raise SystemExit("chronik-trio bench: found no free range of loopback ports")
+def _ready(node: NodeProcess) -> None:
+    try:
+        node.wait_ready(READY_TIMEOUT_S)
+    except (NodeExited, NotReady) as exc:
+        raise SystemExit(f"chronik-trio bench: {exc}") from None
 
 
 @contextlib.contextmanager
 def local_cluster(nodes: int, log_level: str = "info"):
     """Yields a LocalCluster of `nodes` running processes; stops them by PID afterwards."""
     with tempfile.TemporaryDirectory(prefix="chronik-bench-") as tmp:
-        base = _pick_base_port(nodes)
-        specs = dev_cluster.plan(nodes, base, pathlib.Path(tmp))
-        procs: list[subprocess.Popen] = []
-        cluster = None
+        ports = free_ports(2 * nodes + 1, contiguous=True)  # +1: the single node's admin port
+        specs = dev_cluster.plan(nodes, ports[0], pathlib.Path(tmp))
+        group = NodeGroup()
         try:
             if nodes == 1:
-                spec = specs[0]
-                admin = f"{dev_cluster.HOST}:{base + 2}"
-                command = [*dev_cluster.node_command(spec, "", log_level)]
-                command = command[:command.index("--peers")] + command[command.index("--peers") + 2:]
-                command += ["--admin-listen", admin]
-                spec.data_dir.mkdir(parents=True)
-                with open(spec.log_path, "ab") as log_file:
-                    procs.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                                  stderr=subprocess.STDOUT))
+                admin = f"{dev_cluster.HOST}:{ports[2]}"
+                group.add(dev_cluster.node_process(specs[0], "", log_level, admin_listen=admin))
                 metrics = [admin]
             else:
                 peers = dev_cluster.peers_of(specs)
-                procs = [dev_cluster.spawn(s, peers, log_level) for s in specs]
+                for spec in specs:
+                    group.add(dev_cluster.node_process(spec, peers, log_level))
                 metrics = [f"{dev_cluster.HOST}:{s.raft_port}" for s in specs]
-            _wait_ready(specs, procs)
-            cluster = LocalCluster(",".join(s.kafka_address for s in specs), metrics, specs, procs,
-                                   dev_cluster.peers_of(specs) if nodes > 1 else "")
-            yield cluster
+            group.start_all(timeout_s=None)
+            for n in group.ids:
+                _ready(group[n])
+            yield LocalCluster(",".join(s.kafka_address for s in specs), metrics, group)
         finally:
-            _stop(cluster.procs if cluster is not None else procs)
-
-
-def _wait_ready(specs, procs, seen: int = 0) -> None:
-    """Until each node's log holds more than `seen` lines saying it is ready."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    waiting = list(zip(specs, procs))
-    while waiting:
-        for spec, proc in waiting:
-            if proc.poll() is not None:
-                raise SystemExit(f"chronik-trio bench: node {spec.node_id} exited "
-                                 f"({proc.returncode}):\n{dev_cluster.log_tail(spec.log_path)}")
-        waiting = [(s, p) for s, p in waiting
-                   if s.log_path.read_bytes().count(f"node {s.node_id} ready:".encode()) <= seen]
-        if waiting and time.monotonic() > deadline:
-            raise SystemExit(f"chronik-trio bench: node(s) {[s.node_id for s, _ in waiting]} not "
-                             f"ready after {READY_TIMEOUT_S:.0f} s")
-        time.sleep(0.1)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            group.stop_all()
+            for problem in group.problems():  # a node that crashed makes the figures suspect
+                print(f"chronik-trio bench: {problem}", file=sys.stderr)
 
 
 def cpu_seconds(pid: int) -> float:

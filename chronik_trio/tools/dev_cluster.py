@@ -1,9 +1,10 @@
 """`chronik-trio dev-cluster`: a local cluster of real `chronik-trio node` processes.
 
-One supervisor (this process) starts N nodes on 127.0.0.1, Kafka ports `base_port ..
-base_port+N-1`, Raft ports right after them (`base_port+N .. base_port+2N-1`), data in
-`DATA_DIR/nodeI` with the node's log in `DATA_DIR/nodeI/node.log`. It prints the bootstrap
-string once every node has logged `node I ready`, then waits:
+One supervisor (this process) starts N nodes on 127.0.0.1 through the node-process harness
+(`nodeharness`), Kafka ports `base_port .. base_port+N-1`, Raft ports right after them
+(`base_port+N .. base_port+2N-1`), data in `DATA_DIR/nodeI` with the node's log in
+`DATA_DIR/nodeI/node.log`. It prints the bootstrap string once every node says in /health
+that it serves Kafka, then waits:
 
 - SIGINT (Ctrl-C) or SIGTERM: SIGTERM to every node by PID, wait up to STOP_TIMEOUT_S,
   SIGKILL by PID whatever is left; exit 0 if every node stopped cleanly, else 1.
@@ -21,25 +22,24 @@ ports or a data dir this command did not make.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import pathlib
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 
 import attrs
 import trio
+
+from nodeharness import NodeGroup, NodeProcess, describe_exit, node_args
 
 NODES_MAX = 7  # an odd-sized Raft group of up to 7 voters; more only slows a laptop down
 HOST = "127.0.0.1"
 MANIFEST = "dev-cluster.json"  # marks a data dir as ours: --clean wipes only such a dir
 READY_TIMEOUT_S = 60.0  # a loaded 2-core machine starts 7 nodes in well under this
 STOP_TIMEOUT_S = 15.0  # a node's own shutdown takes at most ~3 s of request grace plus syncs
-POLL_INTERVAL_S = 0.1  # how often logs are read for `ready` (and exits polled without pidfd)
 LOG_TAIL_LINES = 20  # of a failed node's log, shown on the terminal
 
 
@@ -78,10 +78,20 @@ def peers_of(specs: list[NodeSpec]) -> str:
     return ",".join(f"{s.node_id}@{HOST}:{s.raft_port}" for s in specs)
 
 
-def node_command(spec: NodeSpec, peers: str, log_level: str) -> list[str]:
-    return [sys.executable, "-m", "chronik_trio.cli", "node", "--node-id", str(spec.node_id),
-            "--listen", spec.kafka_address, "--data-dir", str(spec.data_dir),
-            "--peers", peers, "--log-level", log_level]
+def node_command(spec: NodeSpec, peers: str, log_level: str, admin_listen: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "chronik_trio.cli",
+            *node_args(spec.node_id, listen=spec.kafka_address, data_dir=spec.data_dir, peers=peers,
+                       admin_listen=admin_listen, log_level=log_level)]
+
+
+def node_process(spec: NodeSpec, peers: str, log_level: str, admin_listen: str | None = None) -> NodeProcess:
+    """The harness's process of one node: /health on its Raft address (on admin_listen for a
+    node without peers), in its own process group, SIGTERMed by the kernel if the supervisor
+    dies without stopping it."""
+    spec.data_dir.mkdir(parents=True, exist_ok=True)
+    return NodeProcess(spec.node_id, node_command(spec, peers, log_level, admin_listen), spec.log_path,
+                       admin_listen or f"{HOST}:{spec.raft_port}", banner="dev-cluster",
+                       own_process_group=True, with_parent=True)
 
 
 # --- the data dir and the ports (before anything starts) -------------------------------------
@@ -131,101 +141,34 @@ def busy_ports(ports: list[int]) -> list[int]:
 
 # --- processes ---------------------------------------------------------------------------------
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _pdeathsig_preexec():
-    """A preexec_fn asking the kernel to SIGTERM the child when we die (Linux), or None.
-
-    The child is forked from the main thread, which lives as long as the supervisor (the
-    signal follows the forking *thread*; that is why nodes are not spawned through
-    trio.run_process, which forks from a worker thread that may retire).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # we died between fork and prctl
-            os._exit(1)
-
-    return preexec
-
-
-def spawn(spec: NodeSpec, peers: str, log_level: str) -> subprocess.Popen:
-    spec.data_dir.mkdir(parents=True, exist_ok=True)
-    command = node_command(spec, peers, log_level)
-    with open(spec.log_path, "ab") as log_file:
-        log_file.write(f"--- dev-cluster: starting {' '.join(command)}\n".encode())
-        log_file.flush()
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, process_group=0,
-                                preexec_fn=_pdeathsig_preexec())
-
-
-async def wait_exited(proc: subprocess.Popen) -> int:
-    """Until the process has exited; reaps it and returns its return code."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is None:
-        while proc.poll() is None:
-            await trio.sleep(POLL_INTERVAL_S)
-        return proc.returncode
-    try:
-        await trio.lowlevel.wait_readable(pidfd)
-    finally:
-        os.close(pidfd)
-    return proc.wait()
-
-
-async def stop_all(procs: dict[int, subprocess.Popen], out) -> list[int]:
+async def stop_all(nodes: dict[int, NodeProcess], out) -> list[int]:
     """SIGTERM every running node by PID, wait, SIGKILL by PID what is left; reap all.
 
     Returns the ids of nodes that did not stop cleanly (non-zero exit or SIGKILL needed; a
     node killed by the SIGTERM itself, still starting, is not counted).
     """
-    running = {i: p for i, p in procs.items() if p.poll() is None}
-    for proc in running.values():
-        os.kill(proc.pid, signal.SIGTERM)
+    running = {i: node for i, node in nodes.items() if node.running}
+    async with trio.open_nursery() as nursery:
+        for node in running.values():
+            nursery.start_soon(node.stop_async, STOP_TIMEOUT_S)
     unclean = []
-    with trio.move_on_after(STOP_TIMEOUT_S):
-        async with trio.open_nursery() as nursery:
-            for proc in running.values():
-                nursery.start_soon(wait_exited, proc)
-    for node_id, proc in sorted(running.items()):
-        if proc.poll() is None:
-            print(f"dev-cluster: node {node_id} (pid {proc.pid}) still running {STOP_TIMEOUT_S:.0f} s "
+    for node_id, node in sorted(running.items()):
+        code = node.returncode
+        if code == -signal.SIGKILL:  # stop_async's last resort
+            print(f"dev-cluster: node {node_id} (pid {node.pid}) still running {STOP_TIMEOUT_S:.0f} s "
                   f"after SIGTERM: SIGKILL", file=out, flush=True)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
             unclean.append(node_id)
-        elif proc.returncode == -signal.SIGTERM:
+        elif code == -signal.SIGTERM:
             # SIGTERM's default action: the node was still starting, before its handler was
             # installed. Its storage recovers from a kill at any point (storage.md), and a
             # Ctrl-C right after start is no failure worth exit 1.
-            print(f"dev-cluster: node {node_id} (pid {proc.pid}) stopped while still starting",
+            print(f"dev-cluster: node {node_id} (pid {node.pid}) stopped while still starting",
                   file=out, flush=True)
-        elif proc.returncode != 0:
-            print(f"dev-cluster: node {node_id} (pid {proc.pid}) stopped with {describe_exit(proc.returncode)}",
+        elif code != 0:
+            print(f"dev-cluster: node {node_id} (pid {node.pid}) stopped with {describe_exit(code)}",
                   file=out, flush=True)
             unclean.append(node_id)
     return unclean
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit code {returncode}"
 
 
 def log_tail(path: pathlib.Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -245,8 +188,7 @@ def log_tail(path: pathlib.Path, lines: int = LOG_TAIL_LINES) -> str:
 class _Run:
     specs: list[NodeSpec]
     out: object
-    procs: dict[int, subprocess.Popen] = attrs.Factory(dict)
-    log_offsets: dict[int, int] = attrs.Factory(dict)  # where this run's lines start
+    group: NodeGroup = attrs.Factory(NodeGroup)
     stop: trio.Event = attrs.Factory(trio.Event)
     failed: bool = False
 
@@ -261,9 +203,9 @@ class _Run:
 
 
 async def _watch(run: _Run, spec: NodeSpec) -> None:
-    proc = run.procs[spec.node_id]
-    returncode = await wait_exited(proc)
-    run.fail(f"node {spec.node_id} (pid {proc.pid}) exited unexpectedly with {describe_exit(returncode)}; "
+    node = run.group[spec.node_id]
+    await node.wait_exit_async()
+    run.fail(f"node {spec.node_id} (pid {node.pid}) exited unexpectedly with {describe_exit(node.returncode)}; "
              f"last lines of {spec.log_path}:\n{log_tail(spec.log_path)}")
 
 
@@ -273,26 +215,16 @@ async def _on_signals(run: _Run, signals) -> None:
         run.stop.set()
 
 
-def _is_ready(run: _Run, spec: NodeSpec) -> bool:
-    marker = f"node {spec.node_id} ready:".encode()
-    try:
-        with open(spec.log_path, "rb") as f:
-            f.seek(run.log_offsets[spec.node_id])
-            return marker in f.read()
-    except OSError:
-        return False
-
-
 async def _announce_when_ready(run: _Run) -> None:
-    waiting = list(run.specs)
-    with trio.move_on_after(READY_TIMEOUT_S):
-        while waiting:
-            waiting = [s for s in waiting if not _is_ready(run, s)]
-            if waiting:
-                await trio.sleep(POLL_INTERVAL_S)
+    """Once every node says in /health that it serves Kafka (a node that exits meanwhile
+    is _watch's to report)."""
+    waiting = await run.group.wait_all_ready_async(READY_TIMEOUT_S)
+    if any(not run.group[n].running for n in waiting):
+        return  # _watch says which node exited, with its log
     if waiting:
-        tails = "\n".join(f"--- last lines of {s.log_path}:\n{log_tail(s.log_path)}" for s in waiting)
-        run.fail(f"node(s) {[s.node_id for s in waiting]} not ready after {READY_TIMEOUT_S:.0f} s\n{tails}")
+        tails = "\n".join(f"--- last lines of {s.log_path}:\n{log_tail(s.log_path)}"
+                          for s in run.specs if s.node_id in waiting)
+        run.fail(f"node(s) {waiting} not ready after {READY_TIMEOUT_S:.0f} s\n{tails}")
         return
     run.say("ready; bootstrap: " + ",".join(s.kafka_address for s in run.specs))
     run.say("Ctrl-C or SIGTERM stops every node")
@@ -307,17 +239,18 @@ async def supervise(specs: list[NodeSpec], log_level: str, out=sys.stdout) -> in
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_on_signals, run, signals)
                 for spec in specs:
-                    run.log_offsets[spec.node_id] = spec.log_path.stat().st_size if spec.log_path.exists() else 0
-                    run.procs[spec.node_id] = proc = spawn(spec, peers, log_level)
+                    # Spawned here, in the main thread: the kernel's SIGTERM on our death
+                    # follows the forking thread (nodeharness.die_with_parent).
+                    node = run.group.add(node_process(spec, peers, log_level)).start()
                     run.say(f"node {spec.node_id}: kafka {spec.kafka_address}, raft {HOST}:{spec.raft_port}, "
-                            f"pid {proc.pid}, log {spec.log_path}")
+                            f"pid {node.pid}, log {spec.log_path}")
                     nursery.start_soon(_watch, run, spec)
                 nursery.start_soon(_announce_when_ready, run)
                 await run.stop.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                unclean = await stop_all(run.procs, out)
+                unclean = await stop_all(run.group.nodes, out)
     if run.failed:
         return 1
     if unclean:

@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from nodeharness import NodeGroup, NodeProcess, chronik_trio_command, free_ports, node_args
 from chronik_trio.node.faults import POWER_LOSS_EXIT_CODE, FaultEndpoint, FaultRequestError
 from chronik_trio.storage.disk import FaultyDisk
 from chronik_trio.storage.errors import DiskError
 
 pytestmark = pytest.mark.timeout(60)
-
-CHRONIK_TRIO = str(pathlib.Path(sys.executable).parent / "chronik-trio")
 
 
 def endpoint(tmp_path: pathlib.Path, exits: list[int] | None = None) -> FaultEndpoint:
@@ -116,26 +110,22 @@ async def test_the_wrapped_app_serves_faults_and_passes_the_rest_on(tmp_path):
     assert passed == ["/health"]
 
 
-def free_port() -> int:
-    import socket
+def start_node(group: NodeGroup, tmp_path: pathlib.Path, *flags: str) -> tuple[NodeProcess, int]:
+    """One single node with /faults on its --admin-listen port, ready; (process, that port)."""
+    kafka, admin = free_ports(2)
+    args = node_args(1, listen=f"127.0.0.1:{kafka}", data_dir=tmp_path / "data",
+                     admin_listen=f"127.0.0.1:{admin}", extra=flags)
+    node = group.add(NodeProcess(1, [*chronik_trio_command(), *args], tmp_path / "node.log",
+                                 f"127.0.0.1:{admin}"))
+    return node.start().wait_ready(30), admin
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def start_node(tmp_path: pathlib.Path, *flags: str) -> tuple[subprocess.Popen, int, pathlib.Path]:
-    admin = free_port()
-    log_path = tmp_path / "node.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([CHRONIK_TRIO, "node", "--node-id", "1", "--listen", f"127.0.0.1:{free_port()}",
-                                 "--admin-listen", f"127.0.0.1:{admin}", "--data-dir", str(tmp_path / "data"),
-                                 *flags], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while b"node 1 ready" not in log_path.read_bytes():
-        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-        time.sleep(0.05)
-    return proc, admin, log_path
+@pytest.fixture
+def nodes():
+    """Nodes of one test: stopped by PID at teardown; an exit nobody caused fails the test."""
+    group = NodeGroup()
+    yield group
+    group.close()
 
 
 def post(port: int, body: dict) -> tuple[int, dict]:
@@ -148,32 +138,21 @@ def post(port: int, body: dict) -> tuple[int, dict]:
         return exc.code, {}
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
-def test_a_node_started_with_fault_injection_serves_faults_and_dies_on_power_loss(tmp_path):
-    proc, admin, log_path = start_node(tmp_path, "--fault-injection")
+def test_a_node_started_with_fault_injection_serves_faults_and_dies_on_power_loss(nodes, tmp_path):
+    node, admin = start_node(nodes, tmp_path, "--fault-injection")
+    status, state = post(admin, {"fsync_latency_ms": 5})
+    assert status == 200 and state["fsync_latency_ms"] == 5
+    assert post(admin, {"nope": 1})[0] == 400
+    node.expect_exit()  # the power loss ends it
     try:
-        status, state = post(admin, {"fsync_latency_ms": 5})
-        assert status == 200 and state["fsync_latency_ms"] == 5
-        assert post(admin, {"nope": 1})[0] == 400
-        try:
-            post(admin, {"power_loss": True})
-        except (OSError, urllib.error.URLError):
-            pass  # the process may die before it answers
-        assert proc.wait(timeout=10) == POWER_LOSS_EXIT_CODE
-        assert "power loss" in log_path.read_text()
-    finally:
-        stop(proc)
+        post(admin, {"power_loss": True})
+    except (OSError, urllib.error.URLError):
+        pass  # the process may die before it answers
+    assert node.proc.wait(timeout=10) == POWER_LOSS_EXIT_CODE
+    assert "power loss" in node.log_text()
 
 
-def test_a_node_without_fault_injection_has_no_faults_route(tmp_path):
-    proc, admin, _ = start_node(tmp_path)
-    try:
-        assert post(admin, {"power_loss": True})[0] == 404
-        assert proc.poll() is None
-    finally:
-        stop(proc)
+def test_a_node_without_fault_injection_has_no_faults_route(nodes, tmp_path):
+    node, admin = start_node(nodes, tmp_path)
+    assert post(admin, {"power_loss": True})[0] == 404
+    assert node.running

@@ -1,11 +1,13 @@
 """ClusterProcesses: N `chronik-trio node` processes forming one cluster on 127.0.0.1.
 
-Built on tests.brokers.BrokerProcess. Every process is started, signalled and reaped by PID;
-close() stops them all (a paused one is resumed first so it can hear SIGTERM). Logs are
+Built on the node-process harness (`nodeharness`) through tests.brokers.BrokerProcess:
+every process is started, signalled and reaped by PID; a node is ready when its /health
+says so; close() stops them all (a paused one is resumed first so it can hear SIGTERM) and
+raises nodeharness.UnexpectedExit if any node exited without the test causing it. Logs are
 appended across restarts, so each node remembers where its current process's log starts.
 
-The log lines read here are the node's contract with operators (node.py, raft_group.py):
-  node N ready: ...
+The log lines read here are the node's contract with operators (node.py, raft_group.py),
+for tests that look at the history of leadership (who led when), which /health cannot tell:
   group G: leader is node L at term T (seen by node N)
   __meta snapshot at index I (...)
 """
@@ -15,21 +17,20 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import signal
 import socket
-import subprocess
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from tests.brokers import BrokerProcess, free_port
+from nodeharness import NodeGroup, free_ports
+from nodeharness.process import READY_TIMEOUT_S as NODE_READY_TIMEOUT_S
+from tests.brokers import BrokerProcess
 from tests.kafka_wire import CREATE_TOPICS, DELETE_TOPICS, ConnectionClosed, KafkaWire
 
 META_GROUP = "__meta"
-READY_TIMEOUT_S = 60.0  # a loaded 2-core machine; a node is ready once __meta has a quorum
-STOP_TIMEOUT_S = 15.0
+READY_TIMEOUT_S = NODE_READY_TIMEOUT_S  # a loaded 2-core machine; ready once __meta has a quorum
 POLL_S = 0.05
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -61,18 +62,6 @@ def parse_leader_lines(text: str) -> list[LeaderSeen]:
     return [LeaderSeen(m[1], int(m[2]), int(m[3]), int(m[4])) for m in LEADER_LINE.finditer(text)]
 
 
-def distinct_free_ports(count: int) -> list[int]:
-    """free_port() can hand out one port twice (each probe socket is closed at once)."""
-    ports: list[int] = []
-    for _ in range(count * 20):  # bounded: collisions are rare
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"could not find {count} distinct free ports")
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads) from /proc/<pid>/stat, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -88,7 +77,7 @@ class ClusterProcesses:
                  extra_args: list[str] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        ports = distinct_free_ports(2 * size)
+        ports = free_ports(2 * size)
         self.ids = list(range(1, size + 1))
         self.raft_ports = {n: ports[size + n - 1] for n in self.ids}
         self.peers = ",".join(f"{n}@127.0.0.1:{self.raft_ports[n]}" for n in self.ids)
@@ -99,49 +88,34 @@ class ClusterProcesses:
             args += ["--config", str(config)]
         self.nodes = {n: BrokerProcess(root / f"node{n}" / "data", node_id=n, port=ports[n - 1],
                                        extra_args=args) for n in self.ids}
-        self._log_start = {n: 0 for n in self.ids}  # offset of the current process's first line
-        self._paused: set[int] = set()
+        self.group = NodeGroup()
+        for n in self.ids:
+            self.group.add(self.nodes[n].process)
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> "ClusterProcesses":
-        """Start every node, then wait until each logs `ready` (needs a __meta quorum)."""
+        """Start every node, then wait until each says in /health that it serves Kafka
+        (which needs a __meta quorum)."""
         for n in self.ids:
-            self._start(n)
-        deadline = time.monotonic() + timeout_s
-        for n in self.ids:
-            self.wait_ready(n, max(deadline - time.monotonic(), 0.1))
+            self.nodes[n].start(wait=False)
+        self.group.wait_all_ready(timeout_s)
         return self
 
-    def _start(self, n: int) -> None:
-        node = self.nodes[n]
-        self._log_start[n] = node.log_path.stat().st_size if node.log_path.exists() else 0
-        node.start(wait=False)
-
     def wait_ready(self, n: int, timeout_s: float = READY_TIMEOUT_S) -> None:
-        node = self.nodes[n]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if node.proc.poll() is not None:
-                raise RuntimeError(f"node {n} exited with {node.proc.returncode}:\n{self.log(n)[-4000:]}")
-            if f"node {n} ready:" in self.current_log(n):
-                return
-            time.sleep(POLL_S)
-        raise TimeoutError(f"node {n} not ready after {timeout_s:.0f} s:\n{self.current_log(n)[-4000:]}")
+        self.nodes[n].wait_ready(timeout_s)
 
     def pid(self, n: int) -> int:
         return self.nodes[n].proc.pid
 
     def is_running(self, n: int) -> bool:
-        proc = self.nodes[n].proc
-        return proc is not None and proc.poll() is None
+        return self.nodes[n].process.running
 
     def running(self) -> list[int]:
         return [n for n in self.ids if self.is_running(n)]
 
     def kill(self, n: int) -> float:
         """SIGKILL node n by PID and reap it; returns time.monotonic() just before the signal."""
-        self._paused.discard(n)
         t = time.monotonic()
         self.nodes[n].kill()
         return t
@@ -149,34 +123,24 @@ class ClusterProcesses:
     def restart(self, n: int, *, wait: bool = True, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Start node n again from its data dir (after kill or stop)."""
         assert not self.is_running(n), f"node {n} is still running"
-        self._start(n)
+        self.nodes[n].start(wait=False)
         if wait:
             self.wait_ready(n, timeout_s)
 
     def pause(self, n: int) -> None:
-        self._paused.add(n)
-        os.kill(self.pid(n), signal.SIGSTOP)
+        self.nodes[n].process.pause()
 
     def resume(self, n: int) -> None:
-        self._paused.discard(n)
-        os.kill(self.pid(n), signal.SIGCONT)
+        self.nodes[n].process.resume()
+
+    def problems(self) -> list[str]:
+        """Every exit nobody caused (and unclean stop) so far, over all restarts."""
+        return self.group.problems()
 
     def close(self) -> None:
-        """Stop every process by PID: SIGTERM all at once, wait, SIGKILL stragglers."""
-        for n in list(self._paused):
-            if self.is_running(n):
-                self.resume(n)
-        live = [n for n in self.ids if self.is_running(n)]
-        for n in live:
-            os.kill(self.pid(n), signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for n in live:
-            proc = self.nodes[n].proc
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=STOP_TIMEOUT_S)
+        """Stop every process by PID: SIGTERM all at once, wait, SIGKILL stragglers; then
+        raise nodeharness.UnexpectedExit if any node exited without the test causing it."""
+        self.group.close()
 
     # --- logs ------------------------------------------------------------------------------
 
@@ -186,18 +150,11 @@ class ClusterProcesses:
 
     def current_log(self, n: int) -> str:
         """What node n's current (last started) process logged."""
-        node = self.nodes[n]
-        try:
-            with open(node.log_path, "rb") as f:
-                f.seek(self._log_start[n])
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self.nodes[n].process.current_log()
 
     def forget_log_so_far(self, n: int) -> None:
         """current_log(n) starts from here on (to look only at what is logged next)."""
-        node = self.nodes[n]
-        self._log_start[n] = node.log_path.stat().st_size if node.log_path.exists() else 0
+        self.nodes[n].process.forget_log_so_far()
 
     def leader_lines(self, group: str | None = None) -> list[LeaderSeen]:
         seen = [s for n in self.ids for s in parse_leader_lines(self.log(n))]

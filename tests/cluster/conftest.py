@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import pytest
 
+from nodeharness import UnexpectedExit
 from tests.cluster.cluster import ClusterProcesses
 
 
 @pytest.fixture
 def cluster_factory(tmp_path):
-    """Makes ClusterProcesses (not started); every process is stopped by PID at teardown."""
+    """Makes ClusterProcesses (not started); every process is stopped by PID at teardown,
+    and the test fails if any node exited without the test causing it."""
     made: list[ClusterProcesses] = []
 
     def make(size: int = 3, **kwargs) -> ClusterProcesses:
@@ -16,5 +18,11 @@ def cluster_factory(tmp_path):
         return cluster
 
     yield make
-    for cluster in made:
-        cluster.close()
+    failures = []
+    for cluster in made:  # every cluster is stopped before any failure is raised
+        try:
+            cluster.close()
+        except UnexpectedExit as exc:
+            failures.append(str(exc))
+    if failures:
+        raise UnexpectedExit("\n\n".join(failures))

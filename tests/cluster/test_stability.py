@@ -11,7 +11,6 @@ printed, not asserted (performance is measured, never asserted: design.md).
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import pytest
@@ -130,11 +129,11 @@ def test_a_short_pause_of_one_node_changes_no_leader(cluster_factory):
     for n in cluster.ids:
         cluster.forget_log_so_far(n)
 
-    os.kill(cluster.pid(2), signal.SIGSTOP)
+    cluster.pause(2)
     try:
         time.sleep(0.8)  # less than silence (0.75 s) + the shortest election timeout (0.5 s)
     finally:
-        os.kill(cluster.pid(2), signal.SIGCONT)
+        cluster.resume(2)
     time.sleep(5)  # several election timeouts
 
     new_lines = {n: parse_leader_lines(cluster.log(n))[lines_before[n]:] for n in cluster.ids}

@@ -32,8 +32,7 @@ class FakeReplica:
         self.closed, self.is_leader, self.leader_epoch = False, True, 1
         self.machine = types.SimpleNamespace(states={GroupStore.name: GroupStore()}, applied_index=0,
                                              role_listeners=[])
-        self.group = types.SimpleNamespace(node=types.SimpleNamespace(raft=types.SimpleNamespace(
-            log=types.SimpleNamespace(last_index=lambda: 0))))
+        self.group = types.SimpleNamespace(node=types.SimpleNamespace(last_index=lambda: 0))
         self.writes = 0
 
     async def produce(self, batch, headers, acks):

@@ -16,8 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from chronik_trio import cli
-from tests.brokers import CHRONIK_TRIO, free_port
-from tests.integration import test_dev_cluster as dev_cluster_tests
+from tests.brokers import CHRONIK_TRIO, free_port, free_ports
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -124,9 +123,9 @@ def test_admin_needs_no_confluent_kafka(broker):
 
 
 def test_health_after_a_node_is_killed_and_after_it_returns(broker_factory, capsys):
-    base = dev_cluster_tests.free_base_port(3)  # Kafka ports, then Raft ports, as dev-cluster
-    kafka_ports = [base + i for i in range(3)]
-    peers = ",".join(f"{i}@127.0.0.1:{base + 3 + i - 1}" for i in (1, 2, 3))
+    ports = free_ports(6)
+    kafka_ports = ports[:3]
+    peers = ",".join(f"{i}@127.0.0.1:{ports[3 + i - 1]}" for i in (1, 2, 3))
     nodes = [broker_factory(f"n{i}", node_id=i, port=kafka_ports[i - 1], extra_args=["--peers", peers])
              for i in (1, 2, 3)]
     for node in nodes:  # all at once: none serves before __meta has a quorum

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import random
 import re
 import signal
 import socket
@@ -21,48 +20,19 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from chronik_trio import cli
 from chronik_trio.tools import dev_cluster as dev_cluster_module
-from tests.brokers import CHRONIK_TRIO, free_port
+from tests.brokers import CHRONIK_TRIO, free_ports
 
 pytestmark = pytest.mark.timeout(90)
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 PORT_ATTEMPTS = 20
-MANAGED_PORT_LOW = 20000  # below: well-known and registered ports others may use
-
-
-def ports_free(ports) -> bool:
-    for port in ports:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
 
 
 def free_base_port(nodes: int) -> int:
-    """A base port whose 2*nodes consecutive ports (Kafka, then Raft) are all free now.
-
-    Chosen below the ephemeral range: a port there can be taken at any moment as the local
-    port of some outgoing connection (this machine runs many), which made a restarted
-    dev-cluster fail to bind its old Raft port. free_port() is the fallback.
-    """
-    low = max(MANAGED_PORT_LOW, 1024)
-    high = _ephemeral_low() - 2 * nodes
-    for _ in range(PORT_ATTEMPTS):
-        base = random.randrange(low, high) if high > low else free_port()
-        if base + 2 * nodes <= 65535 and ports_free(range(base, base + 2 * nodes)):
-            return base
-    raise RuntimeError(f"no {2 * nodes} consecutive free ports in {PORT_ATTEMPTS} attempts")
+    """A base port whose 2*nodes consecutive ports (Kafka, then Raft) are all free now,
+    below the ephemeral range (nodeharness.free_ports)."""
+    return free_ports(2 * nodes, contiguous=True)[0]
 
 
 def is_node_process(pid: int) -> bool:

@@ -396,6 +396,7 @@ def test_corruption_before_tail_stops_the_node(broker):
 
     mark = len(broker.log_text())
     broker.start(wait=False)
+    broker.expect_exit()  # it must refuse the corrupt segment
     try:
         code = broker.proc.wait(timeout=30)
     except Exception:

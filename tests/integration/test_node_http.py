@@ -14,9 +14,7 @@ pytestmark = pytest.mark.timeout(60)
 
 async def test_health_and_metrics_of_a_node(broker_factory):
     broker = broker_factory()
-    admin_port = free_port()
-    while admin_port == broker.port:  # free_port can hand out the same port twice
-        admin_port = free_port()
+    admin_port = free_port()  # never one handed out before, so never the broker's
     broker.extra_args += ["--admin-listen", f"127.0.0.1:{admin_port}"]
     broker.start()
     p = Producer({"bootstrap.servers": broker.bootstrap})

@@ -4,27 +4,23 @@ import time
 
 import pytest
 
-from tests.brokers import BrokerProcess, free_port
+from tests.brokers import free_ports
 from tests.kafka_wire import FETCH, KafkaWire, Record, build_batch
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def racked_cluster(tmp_path):
-    raft_ports = [free_port() for _ in range(3)]
+def racked_cluster(broker_factory):
+    raft_ports = free_ports(3)
     peers = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(raft_ports))
-    nodes = [BrokerProcess(tmp_path / f"n{i}" / "data", node_id=i,
-                           extra_args=["--peers", peers, "--rack", f"rack-{i}"]) for i in (1, 2, 3)]
-    try:
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            node.wait_ready()
-        yield nodes
-    finally:
-        for node in nodes:
-            node.kill()
+    nodes = [broker_factory(f"n{i}", node_id=i, extra_args=["--peers", peers, "--rack", f"rack-{i}"])
+             for i in (1, 2, 3)]
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_ready()
+    return nodes
 
 
 def _fetch(conn, topic, rack):

@@ -124,6 +124,26 @@ def leader_of(cluster: Cluster, n: int, topic: str) -> int:
     return info.leader if info is not None and info.leader > 0 else 0
 
 
+CODECS = ("gzip", "snappy", "lz4", "zstd")
+
+
+@pytest.mark.timeout(240)
+def test_java_producer_compresses_with_every_codec_and_the_consumer_reads_them(java, node):
+    """The broker stores and serves the batches as the producer compressed them."""
+    told = {}
+    for codec in CODECS:
+        lines = java.program("Produce", ["--bootstrap", node.bootstrap, "--topic", f"java-{codec}",
+                                         "--count", "300", "--prefix", codec, "--compression", codec, "--each"],
+                             timeout_s=JAVA_TIMEOUT_S)
+        assert lines[-1]["produced"] == 300, lines[-1]
+        told.update({line["acked"]: (f"java-{codec}", line["partition"], line["offset"]) for line in lines[:-1]})
+    topics = ",".join(f"java-{codec}" for codec in CODECS)
+    records, summary = consume(java, node.bootstrap, topics, "java-codecs-group", len(told))
+    got = [(r["value"], (r["topic"], r["partition"], r["offset"])) for r in records]
+    assert len(got) == len(told) and dict(got) == told
+    assert summary["assigned"] == 3 * len(CODECS)
+
+
 FAILOVER_RECORDS = 600
 FAILOVER_INTERVAL_MS = 10  # about 6 s of sending, the kill early in it
 

@@ -82,6 +82,15 @@ def test_topic_console_and_group_tools_on_one_node(java, node):
     assert set(rows) == {(topic, p) for p in range(3)}
     assert all(current == end for current, end in rows.values()), rows
     assert sum(end for _, end in rows.values()) == 30
+    # Without a group: one partition from an offset, as kafka-console-consumer --partition reads.
+    (_, fullest), (_, end) = max(rows.items(), key=lambda row: row[1][1])
+    assert end >= 2, rows
+    tail = tool(java, CONSOLE_CONSUMER, "--bootstrap-server", b, "--topic", topic, "--partition", str(fullest),
+                "--offset", "1", "--max-messages", str(end - 1), "--timeout-ms", "60000",
+                "--formatter-property", "print.offset=true", "--formatter-property", "print.key=true")
+    read = re.findall(r"^Offset:(\d+)\s+(\S+)\s+(\S+)$", tail, re.M)
+    assert [int(o) for o, _, _ in read] == list(range(1, end)), tail
+    assert {f"{k}:{v}" for _, k, v in read} <= set(lines)
     reset = group_rows(tool(java, GROUPS, "--bootstrap-server", b, "--reset-offsets", "--group", group,
                             "--topic", topic, "--to-earliest", "--execute"))
     assert reset == {(topic, p): (0, 0) for p in range(3)}
@@ -112,7 +121,7 @@ PERF_RECORDS = 5000
 
 @pytest.mark.timeout(300)
 def test_perf_tools_on_three_nodes(java, cluster: Cluster):
-    """kafka-producer-perf-test and kafka-consumer-perf-test, bounded in records, acks=all, on
+    """kafka-producer-perf-test and kafka-consumer-perf-test, bounded in records, acks=all, lz4, on
     a topic replicated 3 ways created by kafka-topics (the figures are not asserted on), and
     kafka-leader-election asking for the preferred leaders."""
     b = cluster.bootstrap()
@@ -123,7 +132,7 @@ def test_perf_tools_on_three_nodes(java, cluster: Cluster):
     assert [(p, sorted(reps)) for p, _, reps, _ in described] == [(p, [1, 2, 3]) for p in range(3)]
     produced = tool(java, PRODUCER_PERF, "--bootstrap-server", b, "--topic", topic,
                     "--num-records", str(PERF_RECORDS), "--record-size", "100", "--throughput", "-1",
-                    "--command-property", "acks=all")
+                    "--command-property", "acks=all", "compression.type=lz4")
     assert re.search(rf"^{PERF_RECORDS} records sent, ", produced, re.M), produced
     consumed = tool(java, CONSUMER_PERF, "--bootstrap-server", b, "--topic", topic,
                     "--num-records", str(PERF_RECORDS), "--timeout", "60000")

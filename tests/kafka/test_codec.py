@@ -115,3 +115,35 @@ def test_a_known_tag_survives_the_skipping_of_an_unknown_one():
     frame = frame[: -len(tail)] + write_uvarint(2) + tail[1:] + write_uvarint(5) + write_uvarint(1) + b"q"
     request = codec.decode_request(frame)
     assert request.body.cluster_id == "c1"
+
+
+@pytest.mark.parametrize("api_key,version", ALL_VERSIONS)
+def test_every_version_has_an_unknown_server_error_answer_that_encodes(api_key, version):
+    """What the connection sends when a handler fails (node/kafka_server.py)."""
+    from kio.schema.errors import ErrorCode
+
+    from tests.kafka import conformance
+
+    target = conformance.Target("t", __import__("uuid").uuid4(), b"")
+    body = conformance.request_for(api_key, version, target)
+    answer = codec.error_response(api_key, version, body, ErrorCode.unknown_server_error)
+    data = b"".join(codec.encode_response(1, answer))
+    resp_cls = codec.response_schema(api_key, version)
+    _, n = kio.serial.entity_reader(resp_cls.__header_schema__)(data, 4)
+    decoded, _ = kio.serial.entity_reader(resp_cls)(data, 4 + n)
+    codes = [c for _, c in conformance.error_codes(decoded)]
+    if api_key != registry.API_VERSIONS_KEY:
+        assert codes and set(codes) == {-1}, decoded  # every error field says it, and there is one
+
+
+def test_a_length_past_the_frame_is_refused_before_kio_reads_it():
+    frame = _request_bytes(3, 4, codec.build(codec.request_schema(3, 4), topics=[]))
+    bad = frame[:-5] + struct.pack(">i", 2**31 - 1) + frame[-1:]
+    with pytest.raises(MalformedRequest, match="claims 2147483647 entries"):
+        codec.decode_request(bad)
+
+
+def test_a_null_where_the_schema_has_none_is_found():
+    body = codec.build(codec.request_schema(1, 8), topics=None)
+    assert codec.null_field(body) == "topics"
+    assert codec.null_field(codec.build(codec.request_schema(3, 9), topics=None)) is None  # nullable

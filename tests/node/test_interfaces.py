@@ -1,5 +1,5 @@
-"""The node implements the typed interfaces the Kafka handlers are written against
-(kafka/handlers/context.py): every member, with the same parameters and the same
+"""The node implements the typed interfaces the Kafka handlers (kafka/handlers/context.py)
+and the group coordinator (CoordinatorHost) are written against: every member, with the same parameters and the same
 sync/async kind, so a handler's call cannot miss at run time."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from chronik_trio.kafka.handlers.context import BrokerConfig, BrokerContext, GroupCoordinatorApi, Replica
 from chronik_trio.node.config import NodeConfig
-from chronik_trio.node.group_coordinator import GroupCoordinator
+from chronik_trio.node.group_coordinator import CoordinatorHost, GroupCoordinator, GroupSettings
 from chronik_trio.node.node import Node
 from chronik_trio.node.partition_group import PartitionReplica
 
@@ -29,9 +29,14 @@ def _params(function) -> list[tuple[str, object]]:
     return [(p.name, p.kind) for p in inspect.signature(function).parameters.values()][1:]
 
 
-def _check(protocol, implementation: type, instance_attributes: typing.Iterable[str] = ()) -> None:
+def _check(protocol, implementation: type, instance_attributes: typing.Collection[str] = ()) -> None:
     for name, declared in _members(protocol).items():
-        if inspect.isfunction(declared):
+        if inspect.isfunction(declared) and isinstance(instance_attributes, dict) and name in instance_attributes:
+            actual = instance_attributes[name]  # a callable the instance was given
+            assert callable(actual), (implementation.__name__, name)
+            assert inspect.iscoroutinefunction(actual) == inspect.iscoroutinefunction(declared), \
+                (implementation.__name__, name)
+        elif inspect.isfunction(declared):
             actual = getattr(implementation, name, None)
             assert inspect.isfunction(actual), (implementation.__name__, name)
             assert inspect.iscoroutinefunction(actual) == inspect.iscoroutinefunction(declared), \
@@ -44,6 +49,12 @@ def _check(protocol, implementation: type, instance_attributes: typing.Iterable[
 def test_the_node_is_a_broker_context(tmp_path):
     node = Node(NodeConfig(data_dir=tmp_path))
     _check(BrokerContext, Node, instance_attributes=vars(node))
+
+
+def test_the_node_hosts_the_group_coordinator(tmp_path):
+    node = Node(NodeConfig(data_dir=tmp_path))
+    _check(CoordinatorHost, Node, instance_attributes=vars(node))
+    _check(GroupSettings, NodeConfig, instance_attributes=attrs.fields_dict(NodeConfig))
 
 
 def test_partition_replicas_are_replicas():

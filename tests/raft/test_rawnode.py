@@ -200,3 +200,35 @@ def test_propose_batch_appends_all_entries_in_order_in_one_append():
     assert [[e.data for e in m.entries] for m in appends] == [[b"a", b"b", b"c"]]
     c.stabilize()
     assert c.peers[3].applied == [b"a", b"b", b"c"]
+
+
+def test_the_runtime_accessors_report_the_leaders_view():
+    """What a runtime reads between Readies (term, leader, indexes, progress, the election
+    timer) without reaching into RawNode.raft."""
+    storage = MemoryStorage.with_voters((1,))
+    n = RawNode(Config(id=1, election_tick=10), storage)
+    timer = n.election_timer()
+    assert (timer.elapsed_ticks, timer.timeout_ticks) == (0, 10)
+    assert 10 <= timer.randomized_timeout_ticks < 20
+    n.tick()
+    assert n.election_timer().elapsed_ticks == 1
+    assert (n.role, n.leader_id, n.voter_ids()) == (StateRole.FOLLOWER, 0, frozenset({1}))
+    n.campaign()
+    while n.has_ready():
+        rd = n.ready()
+        storage.append(rd.entries)
+        n.advance(rd)
+    n.propose(b"a")
+    rd = n.ready()
+    storage.append(rd.entries)
+    n.advance(rd)
+    while n.has_ready():  # the commit of "a" and its application
+        rd = n.ready()
+        storage.append(rd.entries)
+        n.advance(rd)
+    last = n.last_index()
+    assert (n.role, n.leader_id, n.term, n.lead_transferee) == (StateRole.LEADER, 1, 1, 0)
+    assert n.committed_index == n.applied_index == last
+    assert [e.data for e in n.entries(last, last + 1)] == [b"a"]
+    assert n.match_indexes() == {1: last}
+    assert n.progress()[1].match == last and not n.progress()[1].is_learner

@@ -1,9 +1,8 @@
 """A 3-node chronik-trio cluster of real processes for the replication tests (issue 5).
 
-Built on tests.brokers.BrokerProcess: every process is started, signalled and reaped by its
-PID; close() stops them all. Node logs are appended across restarts, so each node remembers
-where its current process's log starts (a restarted node is ready once *that* process logs
-`node N ready:`).
+Built on tests.cluster.cluster.ClusterProcesses (the node-process harness): every process is
+started, signalled and reaped by its PID, ready when its /health says so; close() stops them
+all and fails on any exit nobody caused.
 
 Also here: reading one replica's log as that broker serves it (Fetch v11+ sent to the broker
 directly, which a follower answers up to its own high watermark, KIP-392), and Metadata as
@@ -18,8 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tests.cluster.cluster import (CONNECTION_ERRORS, READY_TIMEOUT_S, ClusterProcesses,
-                                   distinct_free_ports)
+from tests.cluster.cluster import CONNECTION_ERRORS, READY_TIMEOUT_S, ClusterProcesses
 from tests.kafka_wire import (CREATE_TOPICS, FETCH, Batch, KafkaWire, Record, build_batch,
                               parse_batches)
 
@@ -34,7 +32,7 @@ NOT_ENOUGH_REPLICAS = 19
 NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
 INVALID_REPLICATION_FACTOR = 38
 
-__all__ = ["CONNECTION_ERRORS", "Cluster", "distinct_free_ports"]
+__all__ = ["CONNECTION_ERRORS", "Cluster"]
 
 T = TypeVar("T")
 

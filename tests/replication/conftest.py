@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from nodeharness import UnexpectedExit
 from tests.replication.cluster import Cluster
 
 # A short lag time makes an ISR shrink visible within seconds; a short balance interval makes
@@ -31,13 +32,18 @@ def _heal(cluster: Cluster) -> None:
 
 @pytest.fixture
 def cluster(shared_cluster, request):
-    """The shared cluster with all nodes running; node logs are printed on failure."""
+    """The shared cluster with all nodes running; node logs are printed on failure, and a
+    node that exited during the test without the test causing it fails the test."""
     _heal(shared_cluster)
+    problems_before = len(shared_cluster.problems())
     yield shared_cluster
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         print(shared_cluster.log_tails(3000))
+    new = shared_cluster.problems()[problems_before:]
     _heal(shared_cluster)
+    if new:
+        raise UnexpectedExit("node exit(s) nobody caused during the test:\n" + "\n\n".join(new))
 
 
 @pytest.hookimpl(hookwrapper=True)

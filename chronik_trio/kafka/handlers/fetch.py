@@ -76,7 +76,8 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
                     entry["current_leader"] = leader
             replica = None
         else:
-            error = _epoch_error(p.current_leader_epoch, replica.leader_epoch)
+            # v9+ (KIP-320); an older client does not fence by epoch
+            error = _epoch_error(getattr(p, "current_leader_epoch", -1), replica.leader_epoch)
         preferred = None if error is not None else _preferred_replica(ctx, name, p.partition, replica, client_rack)
         if preferred is not None:
             hw = replica.high_watermark

@@ -116,7 +116,8 @@ async def handle_join_group(body, ctx, version: int):
         client_id=client_id or "", client_host=client_host,
         protocol_type=body.protocol_type, protocols=tuple((p.name, bytes(p.metadata)) for p in body.protocols),
         session_timeout_ms=session_ms,
-        rebalance_timeout_ms=_ms(getattr(body, "rebalance_timeout", session_ms)),
+        # Kafka waits out a negative rebalance timeout at once; a trio deadline cannot be negative
+        rebalance_timeout_ms=max(_ms(getattr(body, "rebalance_timeout", session_ms)), 0),
         require_known_member_id=version >= 4)
     result = await ctx.groups.join(body.group_id, request)
     nullable = version >= 7
@@ -211,7 +212,10 @@ async def handle_offset_fetch(body, ctx, version: int):
 
 # --- DescribeGroups / ListGroups / DeleteGroups / OffsetDelete ------------------------------------
 
-async def _describe(ctx, group_id: str) -> dict:
+GROUP_NOT_FOUND_VERSION = 6  # KIP-1043: a group that does not exist is an error, not "Dead"
+
+
+async def _describe(ctx, group_id: str, version: int) -> dict:
     entry = {"group_id": group_id, "group_state": "", "protocol_type": "", "protocol_data": "", "members": [],
              "authorized_operations": AUTHORIZED_OPERATIONS_OMITTED, "error_message": None}
     try:
@@ -219,6 +223,9 @@ async def _describe(ctx, group_id: str) -> dict:
     except GroupError as exc:
         return {**entry, "error_code": exc.error_code}
     if group is None:
+        if version >= GROUP_NOT_FOUND_VERSION:
+            return {**entry, "error_code": ErrorCode.group_id_not_found, "group_state": GroupState.DEAD.value,
+                    "error_message": f"group {group_id!r} not found"}
         return {**entry, "error_code": ErrorCode.none, "group_state": GroupState.DEAD.value}
     stable = group.state == GroupState.STABLE
     members = [{"member_id": m.member_id, "group_instance_id": m.instance_id, "client_id": m.client_id,
@@ -232,7 +239,7 @@ async def _describe(ctx, group_id: str) -> dict:
 
 async def handle_describe_groups(body, ctx, version: int):
     return build(response_schema(15, version), throttle_time=0,
-                 groups=[await _describe(ctx, group_id) for group_id in body.groups])
+                 groups=[await _describe(ctx, group_id, version) for group_id in body.groups])
 
 
 async def handle_list_groups(body, ctx, version: int):

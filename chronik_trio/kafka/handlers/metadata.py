@@ -14,6 +14,8 @@ from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of, topic_for_requ
 
 log = logging.getLogger(__name__)
 
+NULLABLE_NAME_VERSION = 12  # MetadataResponse's topic name may be null from this version
+
 
 def _topic_entry(ctx, topic, alive: dict[int, bool]) -> dict:
     """alive: broker id -> ctx.broker_alive, asked once per request."""
@@ -71,7 +73,9 @@ async def _requested_topics(body, ctx, version: int) -> list[dict]:
         if name is None:  # v10+: a lookup by topic id
             topic = ctx.meta.topics_by_id.get(wanted.topic_id)
             if topic is None:
-                topics.append({"error_code": 100, "name": None, "topic_id": wanted.topic_id})
+                # the answer's name is nullable from v12 only (v10-v11 ask by id, answer by name)
+                topics.append({"error_code": 100, "name": None if version >= NULLABLE_NAME_VERSION else "",
+                               "topic_id": wanted.topic_id})
                 continue
         else:
             try:

@@ -13,7 +13,7 @@ import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.serialization.StringDeserializer;
 
 /**
- * Joins `--group` (classic protocol) subscribed to `--topic`, reads from the earliest offset
+ * Joins `--group` (classic protocol) subscribed to `--topic` (a comma-separated list), reads from the earliest offset
  * until `--expect` records arrived or `--timeout-s` passed, committing synchronously after each
  * poll, then prints one JSON line per record (`--each`), the committed offsets as the group
  * coordinator returns them, and a summary. Exits 0 when it read at least `--expect` records.
@@ -37,12 +37,12 @@ public final class Consume {
         int consumed = 0;
         boolean each = args.flag("each");
         try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(props)) {
-            consumer.subscribe(List.of(topic));
+            consumer.subscribe(List.of(topic.split(",")));
             while (consumed < expect && System.nanoTime() < deadline) {
                 var records = consumer.poll(Duration.ofMillis(500));
                 for (ConsumerRecord<String, String> r : records) {
                     consumed++;
-                    if (each) Json.line(Json.obj("partition", r.partition(), "offset", r.offset(),
+                    if (each) Json.line(Json.obj("topic", r.topic(), "partition", r.partition(), "offset", r.offset(),
                                                  "key", r.key(), "value", r.value()));
                 }
                 if (!records.isEmpty()) consumer.commitSync(Duration.ofSeconds(30));
@@ -50,7 +50,9 @@ public final class Consume {
             Map<String, Long> committed = new TreeMap<>();
             var parts = consumer.assignment();
             Map<TopicPartition, OffsetAndMetadata> got = consumer.committed(parts, Duration.ofSeconds(30));
-            got.forEach((tp, om) -> committed.put(String.valueOf(tp.partition()), om == null ? null : om.offset()));
+            boolean many = topic.contains(",");
+            got.forEach((tp, om) -> committed.put(many ? tp.toString() : String.valueOf(tp.partition()),
+                                                  om == null ? null : om.offset()));
             Json.line(Json.obj("consumed", consumed, "assigned", parts.size(), "committed", committed));
         }
         System.exit(consumed >= expect ? 0 : 1);

@@ -1,0 +1,51 @@
+"""Producer ids: for idempotent producers from blocks this node reserves in __meta, and
+for transactional ids with their epoch bumped through __meta (which fences the previous
+holder of the id)."""
+
+from __future__ import annotations
+
+import typing
+
+import trio
+
+from chronik_trio.pb import meta_pb2
+
+from .meta_group import MetaService
+
+PRODUCER_ID_BLOCK = 1000  # ids reserved per __meta command; a restart skips the unused rest
+TRANSACTIONAL_ID_EXPIRATION_MS = 604_800_000  # Kafka's transactional.id.expiration.ms (7 days)
+
+
+class ProducerIds:
+    def __init__(self, node_id: int, meta_service: MetaService,
+                 wall_clock_ms: typing.Callable[[], int]) -> None:
+        self.node_id = node_id
+        self._meta_service = meta_service
+        self._wall_clock_ms = wall_clock_ms
+        self._block = (0, 0)  # [next, end) of this node's reserved block
+        self._lock = trio.Lock()
+
+    async def allocate(self) -> int:
+        """A producer id never handed out before (raises MetaUnavailable)."""
+        async with self._lock:
+            next_id, end = self._block
+            if next_id >= end:
+                applied = await self._meta_service.propose(meta_pb2.MetaCommand(
+                    producer_ids_allocated=meta_pb2.ProducerIdsAllocated(
+                        node_id=self.node_id, count=PRODUCER_ID_BLOCK)))
+                next_id, end = applied.producer_id_start, applied.producer_id_start + PRODUCER_ID_BLOCK
+            self._block = (next_id + 1, end)
+            return next_id
+
+    async def init_transactional_id(self, transactional_id: str, producer_id: int,
+                                    producer_epoch: int) -> tuple[int, int]:
+        """(producer id, epoch) for transactional_id; raises ClusterError (ProducerFenced,
+        ...) or MetaUnavailable."""
+        applied = await self._meta_service.propose(meta_pb2.MetaCommand(
+            transactional_id_initialized=meta_pb2.TransactionalIdInitialized(
+                transactional_id=transactional_id, expected_producer_id=producer_id,
+                expected_epoch=producer_epoch, timestamp_ms=self._wall_clock_ms(),
+                expiration_ms=TRANSACTIONAL_ID_EXPIRATION_MS)))
+        if not applied.ok:
+            raise applied.error
+        return applied.producer_id_start, applied.producer_epoch

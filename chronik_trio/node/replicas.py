@@ -1,0 +1,180 @@
+"""The partition replicas this node hosts, opened and closed as __meta assigns them.
+
+Reconciling: every partition __meta assigns here gets a Raft group over its storage
+(created and bootstrapped with the partition's replicas on first use); a replica no longer
+assigned here (its topic deleted, or a new topic of the same name) is closed and its
+directory removed. One reconcile at a time; __meta changes ask for another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import typing
+import uuid
+
+import trio
+
+from chronik_trio.cluster.meta import Topic
+from chronik_trio.partition.producers import ProducerStateTable
+from chronik_trio.storage import Disk
+from chronik_trio.storage.raft_storage import DurableRaftStorage
+
+from .config import NodeConfig
+from .group_coordinator import GroupCoordinator
+from .meta_group import MetaMachine
+from .partition_group import PartitionMachine, PartitionReplica
+from .raft_group import RaftGroup, open_group
+from .raft_runtime import RaftRuntime
+
+log = logging.getLogger(__name__)
+
+TOPIC_ID_FILE = "topic_id"
+DELETED_SUFFIX = ".deleted"
+FIRST_CAMPAIGN_RETRIES = 5
+FIRST_CAMPAIGN_RETRY_S = 0.1
+
+
+class HostedReplicas:
+    """(topic name, partition) -> this node's PartitionReplica, kept in step with __meta."""
+
+    def __init__(self, config: NodeConfig, disk: Disk, runtime: RaftRuntime,
+                 meta: MetaMachine, groups: GroupCoordinator) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.disk = disk
+        self.data_dir = pathlib.Path(config.data_dir)
+        self.runtime = runtime
+        self._meta = meta
+        self._groups = groups
+        self.by_partition: dict[tuple[str, int], PartitionReplica] = {}
+        # Called (from the Ready pass: no await) when this node becomes a partition's leader.
+        self.leader_listeners: list[typing.Callable[[PartitionMachine, int], None]] = []
+        self._wanted = trio.Event()
+        self._lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+
+    def get(self, topic: str, partition: int) -> PartitionReplica | None:
+        return self.by_partition.get((topic, partition))
+
+    def all(self) -> list[PartitionReplica]:
+        return list(self.by_partition.values())
+
+    def items(self) -> list[tuple[tuple[str, int], PartitionReplica]]:
+        return list(self.by_partition.items())
+
+    def __len__(self) -> int:
+        return len(self.by_partition)
+
+    def reconcile_soon(self) -> None:
+        """__meta changed (a listener: no await)."""
+        self._wanted.set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Open the partitions already assigned here, then follow __meta's changes."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.reconcile()
+            task_status.started()
+            while True:
+                await self._wanted.wait()
+                self._wanted = trio.Event()
+                await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Open the partition groups __meta assigns here; stop and delete the others."""
+        async with self._lock:  # one at a time: it awaits between steps
+            await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> None:
+        wanted = {(t.name, p): t for t in self._meta.state.topics.values()
+                  for p, replicas in enumerate(t.replicas) if self.node_id in replicas}
+        doomed = []
+        for key, replica in list(self.by_partition.items()):
+            topic = wanted.get(key)
+            if topic is None or topic.topic_id != replica.topic_id:
+                async with replica.group.lock:  # not in the middle of a Ready
+                    self.runtime.remove(replica.group.group_id)
+                    replica.group.close()
+                    replica.closed = True
+                del self.by_partition[key]
+                doomed.append(rename_deleted(replica.log_directory))
+        for key, topic in wanted.items():
+            if key not in self.by_partition:
+                storage = await trio.to_thread.run_sync(self._open_storage, topic, key[1])
+                self._start(topic, key[1], storage)
+        if doomed:
+            await trio.to_thread.run_sync(remove_dirs, doomed)
+
+    def _directory(self, topic: Topic, partition: int) -> pathlib.Path:
+        return self.data_dir / "partitions" / f"{topic.name}-{partition}"
+
+    def _open_storage(self, topic: Topic, partition: int) -> DurableRaftStorage:
+        """Blocking (runs in a worker thread): open, or create and bootstrap, the storage."""
+        directory = self._directory(topic, partition)
+        id_file = directory / TOPIC_ID_FILE
+        if directory.exists() and (not id_file.exists() or id_file.read_text() != topic.topic_id.hex):
+            log.warning("removing %s: it belongs to an older topic of the same name", directory)
+            remove_dirs([rename_deleted(directory)])
+        segment_bytes = int(topic.configs.get("segment.bytes", self.config.segment_bytes))
+        if directory.exists():
+            return DurableRaftStorage(self.disk, directory, kafka=True, segment_bytes=segment_bytes)
+        self.disk.mkdir(directory)
+        self.disk.replace_file(id_file, topic.topic_id.hex.encode())
+        return DurableRaftStorage.bootstrap(self.disk, directory, voters=topic.replicas[partition],
+                                            kafka=True, segment_bytes=segment_bytes)
+
+    def _start(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
+        machine = PartitionMachine(topic, partition, storage.log, self._became_leader,
+                                   states=[ProducerStateTable(self.config.producer_id_expiration_ms),
+                                           *self._groups.states_for(topic)])
+        # A new partition's preferred replica campaigns at once, the others wait for an
+        # election timeout: its first leader is the preferred one, with no hand-over after.
+        new = storage.last_index() == 0 and storage.initial_state()[0].term == 0
+        preferred = topic.replicas[partition][0] == self.node_id
+        group = open_group(self.node_id, f"{topic.topic_id.hex}-{partition}", storage, machine,
+                           self.runtime.wake, campaign_now=new and preferred)
+        self.runtime.add(group)
+        if new and preferred and self._nursery is not None:
+            # The first campaign can reach peers before they created the group (dropped);
+            # try again soon rather than leave the first election to a random replica.
+            self._nursery.start_soon(_campaign_again, group)
+        replica = self.by_partition[(topic.name, partition)] = PartitionReplica(
+            topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000,
+            alive=self.runtime.is_alive)
+        self._groups.attach(replica)
+
+    def _became_leader(self, machine: PartitionMachine, term: int) -> None:
+        for listener in self.leader_listeners:
+            listener(machine, term)
+
+
+async def _campaign_again(group: RaftGroup) -> None:
+    for _ in range(FIRST_CAMPAIGN_RETRIES):
+        with trio.move_on_after(FIRST_CAMPAIGN_RETRY_S):
+            await group.leader_known.wait()
+        if group.closed or group.leader_id:
+            return
+        async with group.lock:
+            group.node.campaign()
+        group.wake_runtime()
+
+
+def rename_deleted(directory: pathlib.Path) -> pathlib.Path:
+    """Rename a doomed directory out of the way at once (removed later, or at the next start)."""
+    target = directory.with_name(f"{directory.name}.{uuid.uuid4().hex[:8]}{DELETED_SUFFIX}")
+    try:
+        os.replace(directory, target)
+    except FileNotFoundError:
+        pass
+    return target
+
+
+def remove_dirs(directories: list[pathlib.Path]) -> None:
+    for directory in directories:
+        try:
+            shutil.rmtree(directory)
+        except FileNotFoundError:
+            pass

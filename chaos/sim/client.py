@@ -106,16 +106,17 @@ class Client:
             if scope.cancelled_caught:
                 raise OSError(f"connect to {address[0]}:{address[1]} timed out")
             conn = self.conns[address] = Connection(stream)
-        with trio.move_on_after(self.request_timeout_s) as scope:
-            try:
-                return await conn.request(api_key, body)
-            except Unanswered:
+        answered = False
+        try:
+            with trio.move_on_after(self.request_timeout_s):
+                answer = await conn.request(api_key, body)
+                answered = True
+                return answer
+            raise Unanswered("request timed out")
+        finally:
+            if not answered:  # timed out, broken or cancelled: an answer may still come on it
                 self.conns.pop(address, None)
                 await conn.aclose()
-                raise
-        self.conns.pop(address, None)
-        await conn.aclose()
-        raise Unanswered("request timed out")
 
     async def refresh(self, topics: list[str]) -> None:
         addresses = list(self.brokers.values()) or self.bootstrap

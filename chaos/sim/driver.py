@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import random
 import shutil
@@ -79,7 +80,7 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     root_logger = logging.getLogger()
     saved_handlers, saved_level = root_logger.handlers[:], root_logger.level
     root_logger.handlers[:] = [handler]
-    root_logger.setLevel(logging.WARNING)
+    root_logger.setLevel(os.environ.get("CHAOS_SIM_LOG_LEVEL", "WARNING").upper())
     try:
         trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box, clock=clock)
     finally:

@@ -20,7 +20,6 @@ import signal
 import attrs
 import trio
 
-import chronik_trio.node.node as node_module
 from chronik_trio.node.config import NodeConfig
 from chronik_trio.node.node import Node
 from chronik_trio.storage.disk import DiskFaults
@@ -90,7 +89,8 @@ class SimCluster:
         config = NodeConfig(node_id=n, listen=f"n{n}:{KAFKA_PORT}", data_dir=sim.data_dir,
                             peers=self.peers, log_level="warning")
         node = Node(config, disk=sim.disk,
-                    wall_clock_ms=lambda: int((trio.current_time() + 1.7e9) * 1000) + sim.skew_ms)
+                    wall_clock_ms=lambda: int((trio.current_time() + 1.7e9) * 1000) + sim.skew_ms,
+                    make_transport=self._transport)
         # Every fsync round through the hand-off (virtual latency); the inline path decides
         # by measured real time, which no seed controls.
         node.runtime.fsync_inline_groups_max = 0
@@ -113,6 +113,13 @@ class SimCluster:
                 self.record({"type": "node", "node": n, "what": "ready"})
                 return True
         return False
+
+    def _transport(self, node_id, listen, peers, network, registry, health) -> Transport:
+        """The node's transport over the simulated network (Node's TransportFactory seam)."""
+        return Transport(node_id, [self.net.listen(node_id, listen)], peers, network.on_batch,
+                         network.report_unreachable, report_snapshot=network.report_snapshot,
+                         registry=registry, health=health, on_peer_down=network.peer_down,
+                         connect=self.net.connect)
 
     async def _run(self, sim: SimNode, node: Node, ready: trio.Event) -> None:
         ENDPOINT.set(sim.node_id)
@@ -166,6 +173,13 @@ class SimCluster:
                 await sim.exited.wait()
             notes += [f"node {n}: {x}" for x in sim.disk.power_loss(torn=torn)]
         return notes
+
+    def expect_exit(self, n: int) -> None:
+        """A fault may stop node n (the history's node_crashes check judges the exit)."""
+
+    async def refresh_leaders(self) -> None:
+        """Leaders are read from the nodes' memory when asked (partition_leader)."""
+        await trio.lowlevel.checkpoint()
 
     async def wait_exit(self, n: int, timeout_s: float) -> bool:
         with trio.move_on_after(timeout_s):
@@ -240,8 +254,8 @@ class SimCluster:
         node = self._any_node()
         if node is None:
             return None
-        leader = node.meta_service.group.leader_id
-        return (leader,) if leader else None
+        group = node.meta_service.group
+        return (group.leader_id, group.term) if group.leader_id else None
 
 
 @contextlib.contextmanager
@@ -251,25 +265,18 @@ def seams(net: SimNetwork, rng: random.Random, disks: dict[int, SimDisk]):
     The thread hand-off runs the work inline after the calling node's virtual fsync
     latency; os.urandom and the random module draw from the seed; the Raft listener and
     the transport's connector are the simulated network's."""
-    saved = (os.urandom, trio.to_thread.run_sync, trio.open_tcp_listeners, node_module.Transport,
-             random.getstate())
+    saved = (os.urandom, trio.to_thread.run_sync, random.getstate())
 
     async def run_sync(fn, *args, **_ignored):
         disk = disks.get(ENDPOINT.get())
         await trio.sleep(disk.fsync_latency_s() if disk is not None else 0.0)
         return fn(*args)
 
-    def transport(*args, **kwargs):
-        return Transport(*args, connect=net.connect, **kwargs)
-
     os.urandom = rng.randbytes
     random.seed(rng.getrandbits(64))
     trio.to_thread.run_sync = run_sync
-    trio.open_tcp_listeners = net.open_tcp_listeners
-    node_module.Transport = transport
     try:
         yield
     finally:
-        (os.urandom, trio.to_thread.run_sync, trio.open_tcp_listeners, node_module.Transport,
-         state) = saved
+        os.urandom, trio.to_thread.run_sync, state = saved
         random.setstate(state)

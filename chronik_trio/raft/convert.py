@@ -14,9 +14,10 @@ from .types import (LOCAL_MESSAGES, ConfChangeSingle, ConfChangeTransition, Conf
 
 # What a peer may send a group: protobuf enums are open (any int32 decodes), and a local
 # message type stepped from the network raises StepLocalMessage in the Ready pass.
-# The node proposes only on a group's leader (NotLeader otherwise), so no proposal is ever
-# forwarded between nodes, and one from the network would let any sender write entries.
-_PEER_MESSAGE_TYPES = frozenset(int(t) for t in MessageType if t not in LOCAL_MESSAGES | {MessageType.PROPOSE})
+# A proposal does come from peers: a follower's __meta proposal (propose_anywhere) is
+# forwarded to the leader by Raft. One is taken only with entries, all of them normal (a
+# forwarded conf change would let a peer change the membership; raft/ asserts on none).
+_PEER_MESSAGE_TYPES = frozenset(int(t) for t in MessageType if t not in LOCAL_MESSAGES)
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 # A term is a Kafka leader epoch, an int32 on the wire: no real cluster gets near it, and a
 # term adopted from one message is kept forever (persisted). Indexes are int64 on disk.
@@ -85,8 +86,8 @@ def message_from_pb(p: pb.Message) -> Message:
 
 def peer_message_from_pb(p: pb.Message) -> Message | None:
     """message_from_pb for a message received from a peer; None when no peer may send it: a
-    type outside the enum, one a node only makes for itself, or a proposal (never forwarded
-    here); an entry type outside the enum; a term past PEER_TERM_MAX or an index past
+    type outside the enum, one a node only makes for itself, or a proposal without entries or
+    with other than normal entries; an entry type outside the enum; a term past PEER_TERM_MAX or an index past
     PEER_INDEX_MAX; a snapshot message without a snapshot (raft/ asserts on it). The caller drops it (the node's Raft must never see it)."""
     if p.type not in _PEER_MESSAGE_TYPES or any(e.type not in _ENTRY_TYPES for e in p.entries):
         return None
@@ -94,6 +95,8 @@ def peer_message_from_pb(p: pb.Message) -> Message | None:
             max(p.index, p.commit, p.reject_hint, p.request_snapshot, *(e.index for e in p.entries)) > PEER_INDEX_MAX:
         return None
     if p.type == MessageType.SNAPSHOT and not p.HasField("snapshot"):
+        return None
+    if p.type == MessageType.PROPOSE and (not p.entries or any(e.type != EntryType.NORMAL for e in p.entries)):
         return None
     return message_from_pb(p)
 

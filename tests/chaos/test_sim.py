@@ -1,7 +1,7 @@
 """The whole-cluster simulation (chaos/sim, docs/simulation.md): real node code in one
 process under virtual time. A seed replays byte for byte, a fixed set of seeds passes every
-check and the liveness check, and a broker patched (inside the test only) to skip its fsync
-loses acknowledged writes on a power loss of every node, which the checker reports."""
+check and the liveness check, and each bug class of tests/chaos/sim_bugs.py (a patch of the
+broker in that process only) fails its seed, which passes without the patch."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import sys
 
 import pytest
 
-from chaos.scenario import parse_scenario
-from chaos.sim.driver import run_seed
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -47,23 +45,6 @@ checks:
   unavailability: {max_s: 30}
 """
 
-POWER_LOSS_ALL = """
-name: sim-power-loss-all
-seed: 1
-duration_s: 20
-cluster: {nodes: 3}
-topics:
-  - {name: chaos, partitions: 2, replication_factor: 3}
-workload: {producers: 2, consumers: 1, rate_per_s: 20}
-nemesis:
-  quiet_s: 5
-  schedule:
-    - {every_s: 5, start_s: 4, fault: {kind: power-loss, target: all, duration_s: 1}}
-checks:
-  duplicates: {report_only: true}
-"""
-
-
 def _sim(tmp_path: pathlib.Path, scenario_text: str, seeds: str) -> str:
     tmp_path.mkdir(parents=True, exist_ok=True)
     scenario = tmp_path / "scenario.yaml"
@@ -94,20 +75,34 @@ def test_ci_seeds_pass(tmp_path):
     assert "20 passed, 0 failed" in out, out
 
 
-@pytest.mark.timeout(300)
-def test_skipping_fsync_before_ack_is_caught(tmp_path):
-    """Bug class: acknowledging writes that were never fsynced. The patch (this test's
-    only) makes every node's fsync a no-op in the disk's books, so a power loss of all
-    nodes drops acknowledged writes: lost_writes must fail."""
-    def skip_fsync(node) -> None:
-        node.disk.skip_fsync = True
-    caught = []
-    for seed in range(1, 6):
-        result = run_seed(parse_scenario(POWER_LOSS_ALL), seed, tmp_path / f"seed{seed}", node_patch=skip_fsync)
-        if any(f.startswith("lost_writes") for f in result.failed):
-            caught.append(seed)
-            break
-    assert caught, "no seed among 1..5 caught acknowledged writes lost without fsync"
+# Bug class (tests/chaos/sim_bugs.py, a patch inside that process only) -> the first seed
+# among 1..50 that catches it (found with `python -m tests.chaos.sim_bugs NAME 1 50`).
+BUG_SEEDS = {
+    "acks_before_commit": 1,
+    "skip_fsync": 1,
+    "fetch_above_high_watermark": 1,
+}
+
+
+def _bug_run(name: str, seed: int) -> str:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run([sys.executable, "-m", "tests.chaos.sim_bugs", name, str(seed), str(seed)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return done.stdout + done.stderr
+
+
+@pytest.mark.timeout(600)
+def test_the_bug_seeds_pass_without_a_patch():
+    for seed in sorted(set(BUG_SEEDS.values())):
+        out = _bug_run("baseline", seed)
+        assert f"missed baseline in seeds {seed}..{seed}" in out, out
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", sorted(BUG_SEEDS))
+def test_a_bug_class_is_caught_by_its_seed(name):
+    out = _bug_run(name, BUG_SEEDS[name])
+    assert f"caught {name} by seed {BUG_SEEDS[name]}" in out, out
 
 
 def test_a_followers_forwarded_proposal_is_taken_at_ingress():

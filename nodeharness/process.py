@@ -241,7 +241,7 @@ class NodeProcess:
         elif sig not in (signal.SIGSTOP, signal.SIGCONT):
             self._expect(None)
         os.kill(self.pid, sig)
-        if sig in (signal.SIGSTOP, signal.SIGCONT):
+        if sig in (signal.SIGSTOP, signal.SIGCONT, signal.SIGKILL):
             self.paused = sig == signal.SIGSTOP
         return True
 

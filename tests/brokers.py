@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import sys
 
 from nodeharness import NodeProcess, chronik_trio_command, free_port, free_ports, node_args
 from nodeharness.process import READY_TIMEOUT_S, health_address_in
 
 __all__ = ["CHRONIK_TRIO", "READY_TIMEOUT_S", "BrokerProcess", "free_port", "free_ports"]
 
-# The command that runs `chronik-trio` (the console script beside this interpreter).
-CHRONIK_TRIO = chronik_trio_command()[0]
+# The console script installed beside the interpreter running the tests.
+CHRONIK_TRIO = str(pathlib.Path(sys.executable).parent / "chronik-trio")
 
 
 class BrokerProcess:

@@ -16,19 +16,37 @@ import logging
 import random
 import typing
 
+import google.protobuf.message
 import trio
 from prometheus_client import CollectorRegistry
 
-from chronik_trio.pb import raft_pb2, transport_pb2
+from chronik_trio.pb import meta_pb2, raft_pb2, transport_pb2
 from chronik_trio.raft.convert import message_to_pb, peer_message_from_pb
-from chronik_trio.raft.types import Message
+from chronik_trio.raft.types import Message, MessageType
 from chronik_trio.transport.transport import Transport
 
+from .meta_group import META_GROUP_ID
 from .raft_runtime import RaftRuntime
 
 log = logging.getLogger(__name__)
 
 LIVENESS_GROUP = ""  # transport messages of this group only say "I am alive"
+
+
+def _forwardable(gm: transport_pb2.GroupMessage) -> bool:
+    """Whether a proposal from a peer is one a follower forwards: only __meta's followers do
+    (MetaService.propose_anywhere), with normal entries that are MetaCommands. A committed
+    entry __meta cannot decode would stop every replica on every replay."""
+    if gm.group != META_GROUP_ID:
+        return False
+    try:
+        for entry in gm.message.entries:
+            if entry.type != raft_pb2.ENTRY_NORMAL:
+                return False
+            meta_pb2.MetaCommand.FromString(entry.data)
+    except google.protobuf.message.DecodeError:
+        return False
+    return True
 
 
 class PeerNetwork:
@@ -63,7 +81,9 @@ class PeerNetwork:
                 runtime.liveness_from(batch.from_node, gm.message.term)
                 continue
             message = peer_message_from_pb(gm.message)
-            if message is None:  # an enum value outside the protocol, or a local-only type
+            if message is not None and message.type == MessageType.PROPOSE and not _forwardable(gm):
+                message = None
+            if message is None:  # an enum value outside the protocol, a local-only type, ...
                 runtime.malformed_drops += 1
                 log.debug("dropped a message of type %d from node %d for group %s", gm.message.type,
                           batch.from_node, gm.group)

@@ -61,7 +61,7 @@ class Topics:
         applied = await self._meta_service.propose(command)
         if not applied.ok:
             raise applied.error
-        topic = self._meta.state.topics[name]
+        topic = self._still_there(name)
         await self.wait_for_leaders(topic, timeout_s)
         await self._preferred.settle(topic)
         log.info("created topic %s: %d partition(s), replicas %s", name, partitions, assignment)
@@ -86,7 +86,7 @@ class Topics:
             partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in new])))
         if not applied.ok:
             raise applied.error
-        topic = self._meta.state.topics[name]
+        topic = self._still_there(name)
         await self.wait_for_leaders(topic, timeout_s)
         return topic
 
@@ -112,11 +112,21 @@ class Topics:
         log.info("deleted topic %s", name)
         return topic
 
+    def _still_there(self, name: str) -> Topic:
+        """The topic just changed through __meta, unless a DeleteTopics applied in the same
+        pass took it away before this task resumed."""
+        topic = self._meta.state.topics.get(name)
+        if topic is None:
+            raise UnknownTopic(f"topic {name!r} was deleted meanwhile")
+        return topic
+
     async def wait_for_leaders(self, topic: Topic, timeout_s: float) -> None:
         """Until every partition of topic has a leader in this node's metadata."""
         with trio.move_on_after(timeout_s):
             while not all(self._meta.state.leader_of(topic, p) for p in range(topic.partition_count)):
                 await self._meta.changed.wait()
+                if topic.name not in self._meta.state.topics:  # a DeleteTopics applied meanwhile
+                    raise UnknownTopic(f"topic {topic.name!r} was deleted meanwhile")
             return
         raise RequestTimedOut(f"topic {topic.name!r} not ready within the timeout: a partition "
                               f"has no leader after {timeout_s:.0f} s")

@@ -14,9 +14,6 @@ from .types import (LOCAL_MESSAGES, ConfChangeSingle, ConfChangeTransition, Conf
 
 # What a peer may send a group: protobuf enums are open (any int32 decodes), and a local
 # message type stepped from the network raises StepLocalMessage in the Ready pass.
-# A proposal does come from peers: a follower's __meta proposal (propose_anywhere) is
-# forwarded to the leader by Raft. One is taken only with entries, all of them normal (a
-# forwarded conf change would let a peer change the membership; raft/ asserts on none).
 _PEER_MESSAGE_TYPES = frozenset(int(t) for t in MessageType if t not in LOCAL_MESSAGES)
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 # A term is a Kafka leader epoch, an int32 on the wire: no real cluster gets near it, and a
@@ -86,18 +83,17 @@ def message_from_pb(p: pb.Message) -> Message:
 
 def peer_message_from_pb(p: pb.Message) -> Message | None:
     """message_from_pb for a message received from a peer; None when no peer may send it: a
-    type outside the enum, one a node only makes for itself, or a proposal without entries or
-    with other than normal entries; an entry type outside the enum; a term past PEER_TERM_MAX or an index past
-    PEER_INDEX_MAX; a snapshot message without a snapshot (raft/ asserts on it). The caller drops it (the node's Raft must never see it)."""
+    type outside the enum or one a node only makes for itself; an entry type outside the
+    enum; a term past PEER_TERM_MAX or an index past PEER_INDEX_MAX; a proposal without
+    entries or a snapshot message without a snapshot (raft/ asserts on those). The caller drops it (the node's Raft must never see it)."""
     if p.type not in _PEER_MESSAGE_TYPES or any(e.type not in _ENTRY_TYPES for e in p.entries):
         return None
     if max(p.term, p.log_term, *(e.term for e in p.entries)) > PEER_TERM_MAX or \
             max(p.index, p.commit, p.reject_hint, p.request_snapshot, *(e.index for e in p.entries)) > PEER_INDEX_MAX:
         return None
-    if p.type == MessageType.SNAPSHOT and not p.HasField("snapshot"):
-        return None
-    if p.type == MessageType.PROPOSE and (not p.entries or any(e.type != EntryType.NORMAL for e in p.entries)):
-        return None
+    if (p.type == MessageType.PROPOSE and not p.entries) or (p.type == MessageType.SNAPSHOT
+                                                             and not p.HasField("snapshot")):
+        return None  # a forwarded proposal carries entries, a snapshot message a snapshot
     return message_from_pb(p)
 
 

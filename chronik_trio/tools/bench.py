@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 
+from chronik_trio.raft import bench as raft_bench
 from chronik_trio.tools import bench_failover, bench_kafka, bench_local
 
 MODES = ("throughput", "latency", "raft", "node", "failover")
@@ -141,8 +142,6 @@ def _latency_run(bootstrap: str, args, rf: int) -> dict:
 
 
 def _raft_runs(args) -> dict:
-    from chronik_trio.raft import bench as raft_bench
-
     out = {}
     for entry_bytes in sorted({100, args.record_bytes}):
         runs = [raft_bench.run(entry_bytes, args.raft_entries, time.perf_counter) for _ in range(args.repeat)]

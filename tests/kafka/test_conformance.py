@@ -24,6 +24,8 @@ from tests.kafka import conformance, live
 from tests.kafka_wire import CREATE_TOPICS, FETCH, METADATA, NONE, KafkaWire, encode_request, frame
 
 JOIN_GROUP = 11
+DELETE_TOPICS = 20
+CREATE_PARTITIONS = 37
 DESCRIBE_GROUPS = 15
 INVALID_PARTITIONS = 37
 GROUP_ID_NOT_FOUND = 69
@@ -194,3 +196,21 @@ def test_describe_groups_v6_says_a_missing_group_is_not_found(node):
         v6 = conn.request(DESCRIBE_GROUPS, {"groups": ["never-made"]}, version=6).groups[0]
     assert (int(v5.error_code), v5.group_state) == (NONE, "Dead")
     assert int(v6.error_code) == GROUP_ID_NOT_FOUND and v6.error_message
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_a_topic_deleted_while_its_partitions_are_added_is_answered(node, round_):
+    """Found by the long fuzz run: both proposals applied in one Ready pass, and the
+    CreatePartitions that resumed after its own looked the deleted topic up (KeyError)."""
+    broker, admin_port = node
+    before = live.metric(admin_port, live.REQUEST_ERRORS_METRIC)
+    name = f"grow-and-go-{round_}"
+    with KafkaWire.connect(broker.port) as conn:
+        live.create_topic(conn, name)
+        conn.send(CREATE_PARTITIONS, 3, {"topics": [{"name": name, "count": 2, "assignments": None}],
+                                         "timeout": 5000, "validate_only": False})
+        conn.send(DELETE_TOPICS, 4, {"topic_names": [name], "timeout": 5000})
+        (grown,), (deleted,) = conn.recv()[1].results, conn.recv()[1].responses
+    assert int(deleted.error_code) == NONE
+    assert int(grown.error_code) in (NONE, conformance.UNKNOWN_TOPIC_OR_PARTITION), grown
+    assert live.metric(admin_port, live.REQUEST_ERRORS_METRIC) == before, broker.log_text()[-3000:]

@@ -50,7 +50,7 @@ STOPPED_A_NODE = {
     "a local-only type (MsgHup): StepLocalMessage": _message(raft_pb2.MSG_HUP),
     "a type outside the enum: ValueError": _message(99),
     "an entry type outside the enum": _message(raft_pb2.MSG_APPEND, entries=[raft_pb2.Entry(type=9, index=2)]),
-    "a proposal (never forwarded here): an assert, or any sender's entries": _message(raft_pb2.MSG_PROPOSE),
+    "a proposal without entries: an assert": _message(raft_pb2.MSG_PROPOSE),
     "a term past int32 (the Kafka leader epoch)": _message(raft_pb2.MSG_VOTE, term=2**40),
     "a snapshot message without a snapshot: an assert": _message(raft_pb2.MSG_SNAPSHOT),
 }
@@ -78,10 +78,27 @@ def test_the_node_drops_them_counts_them_and_serves_on(node):
                 payload = batch.SerializeToString()
                 body = bytes([fuzz.FRAME_KIND_RAFT_BATCH]) + len(payload).to_bytes(4, "big") + payload
                 assert conn.post(body, str(fuzz.NOT_A_MEMBER)) == 204
+        # A proposal with entries, forwarded to a group other than __meta (only __meta's
+        # followers forward; partitions propose on their leader): it would write any sender's entries.
+        partition_group = next(g for g in group_ids if g.endswith("-0"))
+        batch = transport_pb2.RaftBatch(from_node=fuzz.NOT_A_MEMBER, to_node=fuzz.NODE_ID, messages=[
+            transport_pb2.GroupMessage(group=partition_group, message=_message(
+                raft_pb2.MSG_PROPOSE, entries=[raft_pb2.Entry(data=b"not a record batch")]))])
+        payload = batch.SerializeToString()
+        body = bytes([fuzz.FRAME_KIND_RAFT_BATCH]) + len(payload).to_bytes(4, "big") + payload
+        assert conn.post(body, str(fuzz.NOT_A_MEMBER)) == 204
+        # One forwarded to __meta whose entry is no MetaCommand: committed, it would stop every
+        # replica on every replay of the log.
+        batch = transport_pb2.RaftBatch(from_node=fuzz.NOT_A_MEMBER, to_node=fuzz.NODE_ID, messages=[
+            transport_pb2.GroupMessage(group="__meta", message=_message(
+                raft_pb2.MSG_PROPOSE, entries=[raft_pb2.Entry(data=b"\xff\xff\xff")]))])
+        payload = batch.SerializeToString()
+        body = bytes([fuzz.FRAME_KIND_RAFT_BATCH]) + len(payload).to_bytes(4, "big") + payload
+        assert conn.post(body, str(fuzz.NOT_A_MEMBER)) == 204
     finally:
         conn.close()
     dropped = live.metric(raft_port, "chronik_raft_malformed_dropped_total")
     # The liveness group ("") takes any type (only its term, the incarnation, is read).
-    assert dropped == len(STOPPED_A_NODE) * (len(group_ids) - 1)
+    assert dropped == len(STOPPED_A_NODE) * (len(group_ids) - 1) + 2
     assert broker.proc.poll() is None
     live.round_trip(broker.port, "fuzz-health")

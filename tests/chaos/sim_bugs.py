@@ -1,7 +1,7 @@
 """Bug classes the simulation must catch: each is a patch of the broker made inside this
 process only (never in the product), and `first_catch` runs seeds until one fails.
 
-    python -m tests.chaos.sim_bugs NAME [FIRST LAST]   (from the repository root)
+    python -m tests.chaos.sim_bugs NAME [FIRST LAST] [--stormy]   (from the repository root)
 
 prints `caught NAME by seed N: <failing checks>` or `missed NAME in seeds FIRST..LAST`.
 Run with PYTHONHASHSEED=0 (as test_sim.py does) so the seed that catches it is stable.
@@ -39,6 +39,32 @@ nemesis:
         - {kind: partition, mode: one-way-leader, duration_s: 3}
         - {kind: power-loss, target: all, duration_s: 1}
         - {kind: power-loss, target: leader, topic: chaos, duration_s: 1}
+checks:
+  duplicates: {report_only: true}
+  unavailability: {enabled: false}
+"""
+
+
+# Elections and power loss, close together: where a lost vote or an early acknowledgement
+# from a follower shows.
+STORMY = """
+name: sim-bugs-stormy
+seed: 1
+duration_s: 24
+cluster: {nodes: 3}
+topics:
+  - {name: chaos, partitions: 2, replication_factor: 3}
+workload: {producers: 2, consumers: 1, rate_per_s: 40, request_timeout_s: 3, delivery_timeout_s: 8}
+nemesis:
+  quiet_s: 6
+  schedule:
+    - interval_s: [1, 2]
+      start_s: 1
+      faults:
+        - {kind: kill, target: random, duration_s: 0.3}
+        - {kind: kill, target: leader, topic: chaos, duration_s: 0.3}
+        - {kind: power-loss, target: all, duration_s: 0.5}
+        - {kind: partition, mode: isolate-random, duration_s: 1}
 checks:
   duplicates: {report_only: true}
   unavailability: {enabled: false}
@@ -133,8 +159,9 @@ PATCHES = {f.__name__: f for f in (baseline, acks_before_commit, skip_fsync, vot
                                     fetch_above_high_watermark, follower_ack_before_durable)}
 
 
-def first_catch(name: str, seeds: range, out: pathlib.Path) -> tuple[int, tuple[str, ...]] | None:
-    scenario = parse_scenario(SCENARIO)
+def first_catch(name: str, seeds: range, out: pathlib.Path, scenario_text: str = SCENARIO
+                ) -> tuple[int, tuple[str, ...]] | None:
+    scenario = parse_scenario(scenario_text)
     for seed in seeds:
         with PATCHES[name]() as node_patch:
             result = run_seed(scenario, seed, out / f"{name}-{seed}", node_patch=node_patch)
@@ -146,8 +173,9 @@ def first_catch(name: str, seeds: range, out: pathlib.Path) -> tuple[int, tuple[
 def main(argv: list[str]) -> int:
     name = argv[0]
     first, last = (int(argv[1]), int(argv[2])) if len(argv) > 2 else (1, 50)
+    scenario_text = STORMY if "--stormy" in argv else SCENARIO
     with tempfile.TemporaryDirectory() as tmp:
-        found = first_catch(name, range(first, last + 1), pathlib.Path(tmp))
+        found = first_catch(name, range(first, last + 1), pathlib.Path(tmp), scenario_text)
     if found is None:
         print(f"missed {name} in seeds {first}..{last}")
         return 1

@@ -59,6 +59,9 @@ class _Pipe:
         at = max(at, held)
         self.last_at = at
         self.chunks.append([at, data])
+        if net.trace is not None:
+            net.trace.write('{"t":%.6f,"type":"bytes","from":%d,"to":%d,"n":%d,"deliver_at":%.6f}\n'
+                            % (now, self.src, self.dst, len(data), at))
         self.lot.unpark_all()
 
     def wake(self) -> None:

@@ -21,6 +21,8 @@ from chronik_trio.storage.disk import Disk, DiskFaults, DiskFile, FaultyDisk
 from chronik_trio.storage.errors import DiskError
 
 TORN_PIECE_BYTES = 512
+FSYNC_FASTEST_S = 0.0005
+FSYNC_SLOWEST_S = 0.010
 
 
 class _NoSyncDisk(Disk):
@@ -43,6 +45,8 @@ class SimDisk(FaultyDisk, _NoSyncDisk):
         self.root = root
         self.fsync_calls = 0
         self.skip_fsync = False  # a bug-class test's patch: fsync records nothing
+        # How fast this disk syncs, from the seed: a fast SSD (0.5 ms) to a slow disk (10 ms).
+        self.fsync_typical_s = rng.uniform(FSYNC_FASTEST_S, FSYNC_SLOWEST_S)
 
     def fsync(self, f: DiskFile) -> None:
         self.fsync_calls += 1
@@ -52,8 +56,7 @@ class SimDisk(FaultyDisk, _NoSyncDisk):
         super().fsync(f)
 
     def fsync_latency_s(self) -> float:
-        base = self.rng.uniform(0.0002, 0.003)
-        return base + self.faults.fsync_latency_s
+        return self.fsync_typical_s * self.rng.uniform(0.5, 1.5) + self.faults.fsync_latency_s
 
     def power_loss(self, *, torn: bool) -> list[str]:
         """Every unsynced byte is gone, except (torn) a random prefix of some files' unsynced

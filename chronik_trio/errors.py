@@ -2,8 +2,9 @@
 
 `BrokerError` carries the Kafka error code the failure is answered with; each layer
 subclasses it (kafka.errors.KafkaError, cluster.meta.ClusterError, group.errors.GroupError,
-partition.producers.ProducerError), so a handler answers any of them with `exc.error_code`
-and maps nothing by hand.
+partition.producers.ProducerError, storage.errors.OffsetOutOfRange), so a handler answers
+any of them with `exc.error_code` and maps nothing by hand (tests/unit/test_errors.py checks
+that every error class with a code is one, and that none is raised nowhere).
 
 The failures below are raised by the node runtime and caught by the Kafka handlers and the
 group layer, which sit below it: they live here, at the bottom, so that both the raiser and

@@ -27,10 +27,6 @@ class RecordsTooLarge(KafkaError):
     error_code = ErrorCode.message_too_large
 
 
-class OffsetOutOfRange(KafkaError):
-    error_code = ErrorCode.offset_out_of_range
-
-
 class ProtocolViolation(Exception):
     """The client broke the framing or the schema: its connection is closed with a log line."""
 

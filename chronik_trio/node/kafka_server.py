@@ -67,10 +67,6 @@ class _Slot:
         self.request = request
 
 
-class ConnectionClosed(Exception):
-    """Raised inside a connection's nursery to end it after a protocol violation."""
-
-
 async def serve_connection(stream: trio.abc.Stream, ctx, peer: str) -> None:
     """Serve one client until it disconnects or breaks the protocol (then close, log why)."""
     send, receive = trio.open_memory_channel[_Slot](INFLIGHT_REQUESTS_MAX)

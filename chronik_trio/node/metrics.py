@@ -26,7 +26,7 @@ class NodeMetrics:
             "chronik_ready_pass_seconds", "Time of one Ready pass over every active group",
             buckets=DURATION_BUCKETS_S, registry=registry)
         self.fsync_seconds = Histogram(
-            "chronik_fsync_round_seconds", "Time of one group-commit fsync round (loop or worker thread)",
+            "chronik_fsync_round_seconds", "Time of one group-commit fsync round (worker thread)",
             buckets=DURATION_BUCKETS_S, registry=registry)
 
     def collect_groups(self, runtime: RaftRuntime) -> None:
@@ -82,9 +82,6 @@ class _GroupCollector:
         yield GaugeMetricFamily("chronik_raft_quiesced_groups", "Groups quiesced (idle, not ticking)",
                                 value=sum(1 for g in groups if g.quiesced))
         yield CounterMetricFamily("chronik_ready_passes", "Ready passes run", value=self.runtime.passes)
-        yield CounterMetricFamily("chronik_fsync_rounds_inline",
-                                  "Fsync rounds run on the loop thread (the disk answered fast)",
-                                  value=self.runtime.fsync_rounds_inline)
         yield CounterMetricFamily("chronik_raft_unknown_group_dropped",
                                   "Peer messages dropped because no such group is hosted here",
                                   value=self.runtime.unknown_group_drops)

@@ -17,7 +17,6 @@ from kio.schema.errors import ErrorCode
 from chronik_trio import storage
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.errors import NotEnoughReplicas, ProposalFailed
-from chronik_trio.kafka.errors import OffsetOutOfRange
 from chronik_trio.kafka.records import BatchHeader, with_offsets
 from chronik_trio.partition.producers import ProducerStateTable, idempotent_batch
 from chronik_trio.partition.state import (BatchState, FollowerProgress, HighWatermark, InSyncReplicas,
@@ -267,10 +266,7 @@ class PartitionReplica:
 
     def read(self, offset: int, max_bytes: int) -> list[memoryview]:
         """Whole batches from offset, below the high watermark (raises OffsetOutOfRange)."""
-        try:
-            return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=self.high_watermark)
-        except storage.OffsetOutOfRange as exc:
-            raise OffsetOutOfRange(str(exc)) from None
+        return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=self.high_watermark)
 
     def watch(self, event: trio.Event) -> None:
         self.machine.watch(event)

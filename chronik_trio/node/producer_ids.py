@@ -1,13 +1,21 @@
-"""Producer ids: for idempotent producers from blocks this node reserves in __meta, and
-for transactional ids with their epoch bumped through __meta (which fences the previous
-holder of the id)."""
+"""Producer ids (InitProducerId): for idempotent producers from blocks this node reserves
+in __meta, and for transactional ids with their epoch bumped through __meta (which fences
+the previous holder of the id).
+
+Without __meta both raise MetaUnavailable with COORDINATOR_NOT_AVAILABLE, not its usual
+REQUEST_TIMED_OUT: the Java producer retries InitProducerId only on coordinator errors and
+treats any other as fatal.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import typing
 
 import trio
+from kio.schema.errors import ErrorCode
 
+from chronik_trio.errors import MetaUnavailable
 from chronik_trio.pb import meta_pb2
 
 from .meta_group import MetaService
@@ -30,9 +38,10 @@ class ProducerIds:
         async with self._lock:
             next_id, end = self._block
             if next_id >= end:
-                applied = await self._meta_service.propose(meta_pb2.MetaCommand(
-                    producer_ids_allocated=meta_pb2.ProducerIdsAllocated(
-                        node_id=self.node_id, count=PRODUCER_ID_BLOCK)))
+                with _coordinator_unavailable():
+                    applied = await self._meta_service.propose(meta_pb2.MetaCommand(
+                        producer_ids_allocated=meta_pb2.ProducerIdsAllocated(
+                            node_id=self.node_id, count=PRODUCER_ID_BLOCK)))
                 next_id, end = applied.producer_id_start, applied.producer_id_start + PRODUCER_ID_BLOCK
             self._block = (next_id + 1, end)
             return next_id
@@ -41,11 +50,20 @@ class ProducerIds:
                                     producer_epoch: int) -> tuple[int, int]:
         """(producer id, epoch) for transactional_id; raises ClusterError (ProducerFenced,
         ...) or MetaUnavailable."""
-        applied = await self._meta_service.propose(meta_pb2.MetaCommand(
-            transactional_id_initialized=meta_pb2.TransactionalIdInitialized(
-                transactional_id=transactional_id, expected_producer_id=producer_id,
-                expected_epoch=producer_epoch, timestamp_ms=self._wall_clock_ms(),
-                expiration_ms=TRANSACTIONAL_ID_EXPIRATION_MS)))
+        with _coordinator_unavailable():
+            applied = await self._meta_service.propose(meta_pb2.MetaCommand(
+                transactional_id_initialized=meta_pb2.TransactionalIdInitialized(
+                    transactional_id=transactional_id, expected_producer_id=producer_id,
+                    expected_epoch=producer_epoch, timestamp_ms=self._wall_clock_ms(),
+                    expiration_ms=TRANSACTIONAL_ID_EXPIRATION_MS)))
         if not applied.ok:
             raise applied.error
         return applied.producer_id_start, applied.producer_epoch
+
+
+@contextlib.contextmanager
+def _coordinator_unavailable() -> typing.Iterator[None]:
+    try:
+        yield
+    except MetaUnavailable as exc:
+        raise MetaUnavailable(str(exc), ErrorCode.coordinator_not_available) from None

@@ -1,19 +1,19 @@
 """Drives every Raft group of a node: ticks, peer messages, and the Ready pass.
 
 One Ready pass handles every group that has work, and makes all of their writes durable with
-one call that fsyncs each dirty file once (group commit across groups). The
+one worker-thread call that fsyncs each dirty file once (group commit across groups). The
 order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 
 1. step queued peer messages and due ticks, then take each group's Ready, holding its lock;
 2. send `messages` at once (a leader may send appends before its own fsync: Raft thesis
    10.2.1; heartbeats and votes requests promise nothing);
 3. write the snapshot, entries and hard state;
-4. fsync everything written, in one call (on the loop thread while the disk answers fast,
-   else in a worker thread: FSYNC_INLINE_ROUND_MAX_S);
+4. fsync everything written, in one worker-thread call;
 5. send `persisted_messages` (votes and append responses promise durable state, so they
    wait for step 4);
 6. apply committed entries (they are durable on a quorum, so applying never waits for 4),
-7. advance, release the lock.
+7. advance, release the lock; a group that has a Ready again (advance() can make one, e.g.
+   a sole voter's commit) is woken for the next pass, which starts at once.
 
 The runtime takes its clock from trio and its network as a `send` callable, so a test (or a
 later simulation) can drive a whole cluster in one process.
@@ -46,15 +46,6 @@ PEER_SILENCE_S = 0.75
 # most of a node's CPU (100 ms cost 0.5 % of a core more per node with 1,000 groups).
 LIVENESS_EVERY_TICKS = 5
 PEER_ACTIVE_S = 1.0  # heard from within this: active, for the ISR
-# An fsync round of at most FSYNC_INLINE_GROUPS_MAX groups runs on the loop thread, sparing
-# the hand-off to a worker thread and back (0.15-0.3 ms of CPU per round: docs/bench.md),
-# unless a round there took longer than FSYNC_INLINE_ROUND_MAX_S within FSYNC_THREAD_HOLD_S:
-# then rounds go to a worker thread, so a slow disk stalls the loop (transport, Kafka, ticks)
-# for at most one round per hold period. Bigger rounds (many groups) always go to the
-# thread: their hand-off is shared. Writes (before the round) are on the loop thread anyway.
-FSYNC_INLINE_GROUPS_MAX = 4
-FSYNC_INLINE_ROUND_MAX_S = 0.005  # a tenth of a tick
-FSYNC_THREAD_HOLD_S = 10.0
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -89,9 +80,6 @@ class RaftRuntime:
         self._last_commit_checkpoint = 0.0
         self.passes = 0
         self.fsync_rounds = 0
-        self.fsync_rounds_inline = 0  # of fsync_rounds, those run on the loop thread
-        self.fsync_inline_groups_max = FSYNC_INLINE_GROUPS_MAX  # 0: every round in a thread
-        self._thread_until = float("-inf")  # rounds go to a worker thread until then (trio time)
         self.unknown_group_drops = 0
         self.malformed_drops = 0  # peer messages no peer may send (node/peers.py)
         self.observe_pass = observe_pass
@@ -319,20 +307,11 @@ class RaftRuntime:
         tickets = [(g, t) for g, t in tickets if t is not None]
         if tickets:
             started = time.perf_counter()
-            if len(tickets) <= self.fsync_inline_groups_max and trio.current_time() >= self._thread_until:
-                # On the loop thread: the disk answered fast (FSYNC_INLINE_ROUND_MAX_S).
-                _run_tickets([t for _, t in tickets])
-                took_s = time.perf_counter() - started
-                self.fsync_rounds_inline += 1
-                if took_s > FSYNC_INLINE_ROUND_MAX_S:
-                    self._thread_until = trio.current_time() + FSYNC_THREAD_HOLD_S
-            else:
-                # Shielded: a shutdown must not leave a round begun but not ended (the
-                # thread's entry is a checkpoint); the clean close syncs every group again.
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_run_tickets, [t for _, t in tickets])
-                took_s = time.perf_counter() - started
-            self.observe_fsync(took_s)
+            # Shielded: a shutdown must not leave a round begun but not ended (the thread's
+            # entry is a checkpoint); the clean close syncs every group again after it.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_run_tickets, [t for _, t in tickets])
+            self.observe_fsync(time.perf_counter() - started)
             self.fsync_rounds += 1
             for group, ticket in tickets:
                 group.on_persisted(group.storage.end_sync(ticket))

@@ -5,8 +5,7 @@ Raft's Storage on disk (raft_storage.py), and the Disk seam all file I/O goes th
 
 May import: the standard library, attrs, crc32c, chronik_trio.raft (its types, errors and
 Storage contract), chronik_trio.record_batch and chronik_trio.pb. No trio: the I/O here
-blocks, so the node runs SyncTicket.run in a worker thread (trio.to_thread.run_sync), or on
-the loop thread while the disk answers fast.
+blocks, so the node runs SyncTicket.run in a worker thread (trio.to_thread.run_sync).
 """
 
 from chronik_trio.raft.types import EntryType, HardState

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
+from kio.schema.errors import ErrorCode
+
+from chronik_trio.errors import BrokerError
+
 
 class StorageError(Exception):
     """Base class of every expected storage failure."""
@@ -49,10 +53,10 @@ class UnavailableError(StorageError):
         super().__init__(f"index {index} is unavailable; the log ends at {last_index}")
 
 
-class OffsetOutOfRange(StorageError):
-    """A Kafka offset outside [log_start_offset, next_offset] (Kafka OFFSET_OUT_OF_RANGE)."""
+class OffsetOutOfRange(StorageError, BrokerError):
+    """A Kafka offset outside [log_start_offset, next_offset]; answered to the client."""
 
-    error_code = 1
+    error_code = ErrorCode.offset_out_of_range
 
     def __init__(self, offset: int, log_start_offset: int, next_offset: int) -> None:
         self.offset = offset
@@ -63,13 +67,13 @@ class OffsetOutOfRange(StorageError):
         )
 
 
-class InvalidBatchError(StorageError):
+class InvalidBatchError(StorageError, BrokerError):
     """A NORMAL entry of a partition log whose payload is not a v2 RecordBatch we can index.
 
-    Raised by append before anything is written (Kafka CORRUPT_MESSAGE).
+    Raised by append before anything is written.
     """
 
-    error_code = 2
+    error_code = ErrorCode.corrupt_message
 
     def __init__(self, index: int, reason: str) -> None:
         self.index = index

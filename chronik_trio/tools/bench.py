@@ -34,7 +34,6 @@ import json
 import os
 import pathlib
 import platform
-import re
 import statistics
 import sys
 import threading
@@ -157,7 +156,6 @@ class _NodeWatch:
     """Scrapes every node before and after the broker modes; CPU and RSS of own processes."""
 
     HISTOGRAMS = {"ready_pass": "chronik_ready_pass_seconds", "fsync_round": "chronik_fsync_round_seconds"}
-    COUNTERS = {"fsync_rounds_inline": "chronik_fsync_rounds_inline_total"}
 
     RSS_SAMPLE_INTERVAL_S = 10.0  # for memory flatness over a long run
 
@@ -184,15 +182,9 @@ class _NodeWatch:
     @staticmethod
     def _scrape(address: str) -> dict:
         try:
-            text = bench_local.scrape(address)
+            return bench_local.histograms(bench_local.scrape(address))
         except OSError as exc:
             return {"error": str(exc)}
-        out = bench_local.histograms(text)
-        for name in _NodeWatch.COUNTERS.values():
-            found = re.search(rf"^{name} (\S+)$", text, re.M)
-            if found:
-                out[name] = float(found.group(1))
-        return out
 
     def report(self) -> list[dict]:
         self._stop.set()
@@ -208,9 +200,6 @@ class _NodeWatch:
                 for key, name in self.HISTOGRAMS.items():
                     if name in after:
                         node[key] = bench_local.histogram_delta(before.get(name), after[name])
-                for key, name in self.COUNTERS.items():
-                    if name in after:
-                        node[key] = int(after[name] - before.get(name, 0.0))
             if k < len(self.pids):
                 pid = self.pids[k]
                 node["cpu_percent_of_a_core"] = round(
@@ -415,8 +404,6 @@ def _print(report: dict) -> None:
             if h:
                 parts.append(f"{key} n={h['count']} mean {h['mean_ms']} ms p50<={h['p50_ms_at_most']} "
                              f"p99<={h['p99_ms_at_most']} ms;")
-        if "fsync_rounds_inline" in node:
-            parts.append(f"fsync rounds on the loop thread {node['fsync_rounds_inline']};")
         if "cpu_percent_of_a_core" in node:
             parts.append(f"CPU {node['cpu_percent_of_a_core']} % of a core; RSS {node['rss_mb_before']} -> "
                          f"{node['rss_mb_after']} MB")

@@ -9,7 +9,6 @@ each prints JSON lines, asserted on here."""
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 

@@ -46,10 +46,11 @@ class RecordingMachine:
 
 class LocalCluster:
     def __init__(self, root: pathlib.Path, node_ids=(1, 2, 3), groups=("g",), seed: int = 1,
-                 **raft_options) -> None:
-        """raft_options: more raft.Config fields for every group (e.g. a small
-        max_committed_size_per_ready_bytes)."""
+                 disk: Disk | None = None, **raft_options) -> None:
+        """disk: every group's Disk (default a plain one); raft_options: more raft.Config
+        fields for every group (e.g. a small max_committed_size_per_ready_bytes)."""
         self.root = root
+        self.disk = disk if disk is not None else Disk()
         self.raft_options = raft_options
         self.node_ids = tuple(node_ids)
         self.group_ids = tuple(groups)
@@ -87,9 +88,9 @@ class LocalCluster:
         for gid in self.group_ids:
             directory = self.root / f"n{node_id}" / gid
             if bootstrap:
-                storage = DurableRaftStorage.bootstrap(Disk(), directory, voters=self.node_ids, kafka=False)
+                storage = DurableRaftStorage.bootstrap(self.disk, directory, voters=self.node_ids, kafka=False)
             else:
-                storage = DurableRaftStorage(Disk(), directory, kafka=False)
+                storage = DurableRaftStorage(self.disk, directory, kafka=False)
             machine = RecordingMachine()
             self.machines[(node_id, gid)] = machine
             rng = random.Random(self.seed * 1000 + node_id)

@@ -189,7 +189,6 @@ async def test_a_shutdown_that_lands_as_an_fsync_round_starts_leaves_no_sync_hal
     persisted: list[int] = []
     group = types.SimpleNamespace(storage=storage, on_persisted=persisted.append)
     runtime = RaftRuntime(1, lambda group_id, message: None)
-    runtime.fsync_inline_groups_max = 0  # the worker-thread round: its entry is a checkpoint
     with trio.CancelScope() as scope:
         scope.cancel()  # the shutdown: the round's first checkpoint sees it
         await runtime._persist([(group, None)])

@@ -8,17 +8,12 @@ Real files and real fsyncs (worker threads), as in test_raft_runtime.py.
 """
 
 import threading
-import time
-import types
 
 import pytest
 import trio
+import trio.testing
 
-from chronik_trio.node.raft_runtime import (FSYNC_INLINE_GROUPS_MAX, FSYNC_INLINE_ROUND_MAX_S,
-                                            FSYNC_THREAD_HOLD_S, RaftRuntime)
-from chronik_trio.raft.types import Entry
 from chronik_trio.storage.disk import DiskFaults, FaultyDisk
-from chronik_trio.storage.raft_storage import DurableRaftStorage
 from tests.node.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -142,57 +137,46 @@ async def test_a_follower_told_of_a_commit_before_its_own_fsync_applies_after_it
     assert trio.current_time() == 0
 
 
-class _FsyncThreads:
-    """A FaultyDisk whose injected fsync latency notes which thread waited it out."""
+class _FsyncGate:
+    """A FaultyDisk whose fsyncs, once armed, wait in their worker thread until opened."""
+
+    WAIT_S_MAX = 30  # a bound on the worker thread's wait, should the test fail first
 
     def __init__(self) -> None:
-        self.faults = DiskFaults()
-        self.threads: list[bool] = []  # per fsync: on the loop (main) thread?
-        self.disk = FaultyDisk(self.faults, sleep=self._sleep)
+        self.armed = False
+        self.entered = threading.Event()  # an armed fsync is waiting
+        self.opened = threading.Event()
+        self.disk = FaultyDisk(DiskFaults(fsync_latency_s=1e-9), sleep=self._sleep)
 
     def _sleep(self, seconds: float) -> None:
-        self.threads.append(threading.current_thread() is threading.main_thread())
-        time.sleep(seconds)
+        if self.armed:
+            self.entered.set()
+            self.opened.wait(self.WAIT_S_MAX)
 
 
-async def test_fsync_rounds_run_on_the_loop_thread_until_one_is_slow(tmp_path, mock_clock):
-    # A slow round on the loop thread sends the rounds of the next FSYNC_THREAD_HOLD_S (trio
-    # time) to a worker thread; the first round after that runs on the loop thread again.
-    disk = _FsyncThreads()
-    storage = DurableRaftStorage.bootstrap(disk.disk, tmp_path / "g", voters=(1,), kafka=False)
-    persisted: list[int] = []
-    group = types.SimpleNamespace(storage=storage, on_persisted=persisted.append)
-    runtime = RaftRuntime(1, lambda group_id, message: None)
-
-    async def fsync_round(index: int, latency_s: float) -> None:
-        disk.faults.fsync_latency_s = latency_s
-        storage.append([Entry(term=1, index=index, data=b"x")])
-        await runtime._persist([(group, None)])
-
-    await fsync_round(1, 2 * FSYNC_INLINE_ROUND_MAX_S)  # nothing slow seen yet: loop thread
-    await fsync_round(2, 0.0001)
-    mock_clock.jump(FSYNC_THREAD_HOLD_S / 2)
-    await fsync_round(3, 0.0001)
-    mock_clock.jump(FSYNC_THREAD_HOLD_S / 2)
-    await fsync_round(4, 0.0001)
-    assert disk.threads == [True, False, False, True]
-    assert (runtime.fsync_rounds, runtime.fsync_rounds_inline) == (4, 2)
-    assert persisted == [1, 2, 3, 4]  # each round made its entry durable before returning
-    storage.close()
-
-
-async def test_an_fsync_round_of_many_groups_goes_to_a_worker_thread(tmp_path, mock_clock):
-    disk = _FsyncThreads()
-    disk.faults.fsync_latency_s = 0.0001
-    readies = []
-    for i in range(FSYNC_INLINE_GROUPS_MAX + 1):
-        storage = DurableRaftStorage.bootstrap(disk.disk, tmp_path / f"g{i}", voters=(1,), kafka=False)
-        storage.append([Entry(term=1, index=1, data=b"x")])
-        readies.append((types.SimpleNamespace(storage=storage, on_persisted=lambda index: None), None))
-    disk.threads.clear()  # bootstrap's own fsyncs
-    runtime = RaftRuntime(1, lambda group_id, message: None)
-    await runtime._persist(readies)
-    assert disk.threads and not any(disk.threads)
-    assert (runtime.fsync_rounds, runtime.fsync_rounds_inline) == (1, 0)
-    for group, _ in readies:
-        group.storage.close()
+async def test_a_proposal_made_during_a_pass_s_fsync_is_committed_by_the_passes_after_it(
+        tmp_path, nursery, mock_clock):
+    # The pass holds the group's lock through its fsync round; a proposal arriving then
+    # waits for the lock, gets it as the pass lets go, and wakes the runtime: pass 2 writes
+    # it (with the first proposal's commit), pass 3 applies it.
+    gate = _FsyncGate()
+    cluster = LocalCluster(tmp_path, node_ids=(1,), disk=gate.disk)
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    runtime = cluster.runtimes[1]
+    group = runtime.groups["g"]
+    passes, rounds, results = runtime.passes, runtime.fsync_rounds, []
+    gate.armed = True
+    _propose_soon(nursery, group, b"first", results)
+    await trio.to_thread.run_sync(gate.entered.wait, gate.WAIT_S_MAX)
+    assert cluster.in_pass[1] and group.lock.locked()
+    gate.armed = False
+    _propose_soon(nursery, group, b"second", results)
+    await trio.testing.wait_all_tasks_blocked()
+    assert group.lock.statistics().tasks_waiting == 1  # the second proposal
+    gate.opened.set()
+    await cluster.settle()
+    assert _applied(cluster, 1) == [b"first", b"second"]
+    assert len(results) == 2
+    assert (runtime.passes - passes, runtime.fsync_rounds - rounds) == (3, 2)
+    assert trio.current_time() == 0

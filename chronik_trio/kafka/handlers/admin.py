@@ -8,7 +8,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.meta import TOPIC_CONFIG_DEFAULTS, Topic, validate_topic_configs, validate_topic_name
-from chronik_trio.errors import BrokerError, MetaUnavailable
+from chronik_trio.errors import BrokerError
 
 from ..codec import build, has_field, response_schema
 from .common import AUTHORIZED_OPERATIONS_OMITTED
@@ -57,7 +57,7 @@ async def _create_one(ctx: BrokerContext, spec, validate_only: bool, timeout_s: 
             "configs": _topic_configs_out(topic.configs)}
 
 
-async def handle_create_topics(body, ctx, version: int):
+async def handle_create_topics(body, ctx: BrokerContext, version: int):
     names = [t.name for t in body.topics]
     results = []
     for spec in body.topics:
@@ -70,7 +70,7 @@ async def handle_create_topics(body, ctx, version: int):
     return build(response_schema(19, version), throttle_time=0, topics=results)
 
 
-async def handle_delete_topics(body, ctx, version: int):
+async def handle_delete_topics(body, ctx: BrokerContext, version: int):
     results = []
     if has_field(type(body), "topic_names"):
         wanted = [(name, None) for name in body.topic_names]
@@ -92,7 +92,7 @@ async def handle_delete_topics(body, ctx, version: int):
     return build(response_schema(20, version), throttle_time=0, responses=results)
 
 
-def _broker_configs(ctx) -> dict[str, str]:
+def _broker_configs(ctx: BrokerContext) -> dict[str, str]:
     c = ctx.config
     return {"broker.id": str(ctx.node_id), "num.partitions": str(c.default_partitions),
             "auto.create.topics.enable": str(c.auto_create_topics).lower(),
@@ -103,7 +103,7 @@ def _broker_configs(ctx) -> dict[str, str]:
             "default.replication.factor": str(min(3, len(ctx.meta.brokers)))}
 
 
-def _describe_resource(ctx, resource) -> dict:
+def _describe_resource(ctx: BrokerContext, resource) -> dict:
     out = {"resource_type": resource.resource_type, "resource_name": resource.resource_name,
            "error_code": ErrorCode.none, "configs": []}
     keys = set(resource.configuration_keys) if resource.configuration_keys is not None else None
@@ -127,12 +127,12 @@ def _describe_resource(ctx, resource) -> dict:
     return out
 
 
-async def handle_describe_configs(body, ctx, version: int):
+async def handle_describe_configs(body, ctx: BrokerContext, version: int):
     results = [_describe_resource(ctx, r) for r in body.resources]
     return build(response_schema(32, version), throttle_time=0, results=results)
 
 
-async def handle_describe_cluster(body, ctx, version: int):
+async def handle_describe_cluster(body, ctx: BrokerContext, version: int):
     brokers = [{"broker_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
                for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)]
     return build(response_schema(60, version), throttle_time=0, error_code=0,
@@ -144,7 +144,7 @@ async def handle_describe_cluster(body, ctx, version: int):
 INIT_PRODUCER_ID_FENCED_VERSION = 4  # older clients are told INVALID_PRODUCER_EPOCH instead
 
 
-async def handle_init_producer_id(body, ctx, version: int):
+async def handle_init_producer_id(body, ctx: BrokerContext, version: int):
     """A new producer id (epoch 0) for an idempotent producer, as Kafka answers even when
     the producer gives the id it holds (KIP-360: it bumps its epoch itself when it can). A
     transactional id keeps its producer id with the epoch bumped through __meta, which
@@ -158,12 +158,6 @@ async def handle_init_producer_id(body, ctx, version: int):
             producer_id, epoch = await ctx.init_transactional_id(
                 body.transactional_id, getattr(body, "producer_id", -1),  # v3+
                 getattr(body, "producer_epoch", -1))
-    except MetaUnavailable as exc:
-        # Not REQUEST_TIMED_OUT: the Java producer retries InitProducerId only on the
-        # coordinator errors and treats any other as fatal.
-        log.info("InitProducerId: %s", exc)
-        return build(resp, throttle_time=0, error_code=ErrorCode.coordinator_not_available,
-                     producer_id=-1, producer_epoch=-1)
     except BrokerError as exc:
         code = exc.error_code
         if code == ErrorCode.producer_fenced and version < INIT_PRODUCER_ID_FENCED_VERSION:
@@ -189,7 +183,7 @@ async def _add_partitions_one(ctx: BrokerContext, spec, validate_only: bool, tim
     return {**out, "error_code": ErrorCode.none}
 
 
-async def handle_create_partitions(body, ctx, version: int):
+async def handle_create_partitions(body, ctx: BrokerContext, version: int):
     timeout_s = max(body.timeout.total_seconds(), 1.0)
     results = [await _add_partitions_one(ctx, spec, body.validate_only, timeout_s) for spec in body.topics]
     return build(response_schema(37, version), throttle_time=0, results=results)
@@ -216,7 +210,7 @@ async def _elect_one(ctx: BrokerContext, topic: Topic | None, partition: int, el
     return {**out, "error_code": ErrorCode.none}
 
 
-async def handle_elect_leaders(body, ctx, version: int):
+async def handle_elect_leaders(body, ctx: BrokerContext, version: int):
     timeout_s = max(body.timeout.total_seconds(), 1.0)
     election_type = getattr(body, "election_type", ELECTION_PREFERRED)
     if body.topic_partitions is None:

@@ -19,6 +19,8 @@ from chronik_trio.group import Group, JoinRequest, JoinResult, OffsetRecord, Syn
 from chronik_trio.partition.producers import ProducerEntry
 from chronik_trio.storage import SegmentLog
 
+from ..records import BatchHeader
+
 
 class BrokerConfig(typing.Protocol):
     """The broker settings handlers read (node.config.NodeConfig has them)."""
@@ -53,7 +55,7 @@ class Replica(typing.Protocol):
     @property
     def log(self) -> SegmentLog: ...
 
-    async def produce(self, records: bytes, headers: list, acks: int) -> int:
+    async def produce(self, records: bytes, headers: list[BatchHeader], acks: int) -> int:
         """The first base offset; raises NotLeader, ProposalFailed, NotEnoughReplicas or
         ProducerError (all BrokerErrors)."""
     def read(self, offset: int, max_bytes: int) -> list[memoryview]:

@@ -10,10 +10,11 @@ from kio.schema.errors import ErrorCode
 
 from ..codec import build, response_schema
 from .common import leader_hint
+from .context import BrokerContext
 from .fetch import _epoch_error
 
 
-def _one(ctx, topic_name: str, p) -> dict:
+def _one(ctx: BrokerContext, topic_name: str, p) -> dict:
     entry = {"partition": p.partition, "leader_epoch": -1, "end_offset": -1}
     replica = ctx.replica(topic_name, p.partition)
     if replica is None or not replica.is_leader:
@@ -25,7 +26,7 @@ def _one(ctx, topic_name: str, p) -> dict:
     return {**entry, "error_code": ErrorCode.none, "leader_epoch": epoch, "end_offset": end_offset}
 
 
-async def handle_offset_for_leader_epoch(body, ctx, version: int):
+async def handle_offset_for_leader_epoch(body, ctx: BrokerContext, version: int):
     topics = [{"topic": t.topic, "partitions": [_one(ctx, t.topic, p) for p in t.partitions]}
               for t in body.topics]
     return build(response_schema(23, version), throttle_time=0, topics=topics)

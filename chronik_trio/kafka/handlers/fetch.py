@@ -10,8 +10,9 @@ from __future__ import annotations
 import trio
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.errors import BrokerError
+
 from ..codec import build, has_field, response_schema
-from ..errors import KafkaError
 from .common import error_code_of, leader_hint, node_endpoints
 
 FOLLOWER_FETCH_MIN_VERSION = 11  # KIP-392: consumers may fetch from followers from v11
@@ -94,7 +95,7 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
             if budget > 0 or total == 0:
                 try:
                     views = replica.read(p.fetch_offset, max(budget, 1))
-                except KafkaError as exc:
+                except BrokerError as exc:
                     error = error_code_of(exc)
                 else:
                     if views:

@@ -18,6 +18,7 @@ from chronik_trio.group import GroupError, GroupState, JoinRequest, partition_fo
 
 from ..codec import build, has_field, response_schema
 from .common import AUTHORIZED_OPERATIONS_OMITTED
+from .context import BrokerContext
 
 # Who sent the request being handled: (client id, client host). Set by the connection
 # (node/kafka_server.py); DescribeGroups shows them, and member ids start with the client id.
@@ -75,7 +76,7 @@ def _ms(value) -> int:
 
 # --- FindCoordinator ------------------------------------------------------------------------------
 
-async def _find(ctx, key: str, key_type: int) -> dict:
+async def _find(ctx: BrokerContext, key: str, key_type: int) -> dict:
     none = {"node_id": -1, "host": "", "port": -1, "error_message": None}
     if key_type != KEY_TYPE_GROUP:
         error = ErrorCode.coordinator_not_available if key_type == KEY_TYPE_TRANSACTION else ErrorCode.invalid_request
@@ -93,7 +94,7 @@ async def _find(ctx, key: str, key_type: int) -> dict:
             "error_code": ErrorCode.none, "error_message": None}
 
 
-async def handle_find_coordinator(body, ctx, version: int):
+async def handle_find_coordinator(body, ctx: BrokerContext, version: int):
     cls = response_schema(10, version)
     key_type = getattr(body, "key_type", KEY_TYPE_GROUP)
     if version >= 4:
@@ -108,7 +109,7 @@ def _nullable_string(value: str | None, nullable: bool) -> str | None:
     return value if value is not None or nullable else ""
 
 
-async def handle_join_group(body, ctx, version: int):
+async def handle_join_group(body, ctx: BrokerContext, version: int):
     client_id, client_host = REQUEST_CLIENT.get()
     session_ms = _ms(body.session_timeout)
     request = JoinRequest(
@@ -129,7 +130,7 @@ async def handle_join_group(body, ctx, version: int):
                  members=[{"member_id": m, "group_instance_id": i, "metadata": md} for m, i, md in result.members])
 
 
-async def handle_sync_group(body, ctx, version: int):
+async def handle_sync_group(body, ctx: BrokerContext, version: int):
     result = await ctx.groups.sync(
         body.group_id, body.member_id, body.generation_id, getattr(body, "group_instance_id", None),
         getattr(body, "protocol_type", None), getattr(body, "protocol_name", None),
@@ -139,13 +140,13 @@ async def handle_sync_group(body, ctx, version: int):
                  assignment=result.assignment)
 
 
-async def handle_heartbeat(body, ctx, version: int):
+async def handle_heartbeat(body, ctx: BrokerContext, version: int):
     error = await ctx.groups.heartbeat(body.group_id, body.member_id, body.generation_id,
                                  getattr(body, "group_instance_id", None))
     return build(response_schema(12, version), throttle_time=0, error_code=error)
 
 
-async def handle_leave_group(body, ctx, version: int):
+async def handle_leave_group(body, ctx: BrokerContext, version: int):
     cls = response_schema(13, version)
     if version < 3:
         error, errors = await ctx.groups.leave(body.group_id, [(body.member_id, None)])
@@ -158,7 +159,7 @@ async def handle_leave_group(body, ctx, version: int):
 
 # --- OffsetCommit / OffsetFetch -------------------------------------------------------------------
 
-async def handle_offset_commit(body, ctx, version: int):
+async def handle_offset_commit(body, ctx: BrokerContext, version: int):
     offsets = [(t.name, p.partition_index, p.committed_offset,
                 getattr(p, "committed_leader_epoch", NO_LEADER_EPOCH), p.committed_metadata)
                for t in body.topics for p in t.partitions]
@@ -176,7 +177,7 @@ async def handle_offset_commit(body, ctx, version: int):
     return build(response_schema(8, version), throttle_time=0, topics=topics)
 
 
-async def _fetch_group(ctx, group_id: str, topics) -> tuple[ErrorCode, list[dict]]:
+async def _fetch_group(ctx: BrokerContext, group_id: str, topics) -> tuple[ErrorCode, list[dict]]:
     """(group error, topics) of one group; topics None asks for every committed offset."""
     wanted = None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
     try:
@@ -193,7 +194,7 @@ async def _fetch_group(ctx, group_id: str, topics) -> tuple[ErrorCode, list[dict
     return ErrorCode.none, [{"name": t, "partitions": ps} for t, ps in by_topic.items()]
 
 
-async def handle_offset_fetch(body, ctx, version: int):
+async def handle_offset_fetch(body, ctx: BrokerContext, version: int):
     cls = response_schema(9, version)
     if version >= 8:
         groups = []
@@ -215,7 +216,7 @@ async def handle_offset_fetch(body, ctx, version: int):
 GROUP_NOT_FOUND_VERSION = 6  # KIP-1043: a group that does not exist is an error, not "Dead"
 
 
-async def _describe(ctx, group_id: str, version: int) -> dict:
+async def _describe(ctx: BrokerContext, group_id: str, version: int) -> dict:
     entry = {"group_id": group_id, "group_state": "", "protocol_type": "", "protocol_data": "", "members": [],
              "authorized_operations": AUTHORIZED_OPERATIONS_OMITTED, "error_message": None}
     try:
@@ -237,12 +238,12 @@ async def _describe(ctx, group_id: str, version: int) -> dict:
             "members": members}
 
 
-async def handle_describe_groups(body, ctx, version: int):
+async def handle_describe_groups(body, ctx: BrokerContext, version: int):
     return build(response_schema(15, version), throttle_time=0,
                  groups=[await _describe(ctx, group_id, version) for group_id in body.groups])
 
 
-async def handle_list_groups(body, ctx, version: int):
+async def handle_list_groups(body, ctx: BrokerContext, version: int):
     states = {s.lower() for s in getattr(body, "states_filter", ())}
     types = {t.lower() for t in getattr(body, "types_filter", ())}
     if types and GROUP_TYPE_CLASSIC not in types:
@@ -254,12 +255,12 @@ async def handle_list_groups(body, ctx, version: int):
     return build(response_schema(16, version), throttle_time=0, error_code=ErrorCode.none, groups=groups)
 
 
-async def handle_delete_groups(body, ctx, version: int):
+async def handle_delete_groups(body, ctx: BrokerContext, version: int):
     results = [{"group_id": g, "error_code": await ctx.groups.delete_group(g)} for g in body.groups_names]
     return build(response_schema(42, version), throttle_time=0, results=results)
 
 
-async def handle_offset_delete(body, ctx, version: int):
+async def handle_offset_delete(body, ctx: BrokerContext, version: int):
     wanted = [(t.name, p.partition_index) for t in body.topics for p in t.partitions]
     error, errors = await ctx.groups.delete_offsets(body.group_id, wanted)
     topics = []

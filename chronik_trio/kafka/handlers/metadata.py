@@ -11,13 +11,14 @@ from chronik_trio.errors import BrokerError
 
 from ..codec import build, has_field, response_schema
 from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of, topic_for_request
+from .context import BrokerContext
 
 log = logging.getLogger(__name__)
 
 NULLABLE_NAME_VERSION = 12  # MetadataResponse's topic name may be null from this version
 
 
-def _topic_entry(ctx, topic, alive: dict[int, bool]) -> dict:
+def _topic_entry(ctx: BrokerContext, topic, alive: dict[int, bool]) -> dict:
     """alive: broker id -> ctx.broker_alive, asked once per request."""
     partitions = []
     for index, replicas in enumerate(topic.replicas):
@@ -59,7 +60,7 @@ def _electing(topics: list[dict]) -> bool:
                for t in topics for p in t.get("partitions", ()))
 
 
-async def _requested_topics(body, ctx, version: int) -> list[dict]:
+async def _requested_topics(body, ctx: BrokerContext, version: int) -> list[dict]:
     requested = body.topics
     if requested is not None and version == 0 and len(requested) == 0:
         requested = None  # v0: an empty list means every topic
@@ -87,7 +88,7 @@ async def _requested_topics(body, ctx, version: int) -> list[dict]:
     return topics
 
 
-async def handle_metadata(body, ctx, version: int):
+async def handle_metadata(body, ctx: BrokerContext, version: int):
     topics = await _requested_topics(body, ctx, version)
     deadline = trio.current_time() + LEADERLESS_WAIT_S
     while _electing(topics) and trio.current_time() < deadline:

@@ -7,6 +7,7 @@ from kio.schema.errors import ErrorCode
 from ..codec import build, response_schema
 from ..records import first_offset_at_or_after
 from .common import leader_hint
+from .context import BrokerContext
 from .fetch import _epoch_error
 
 LATEST = -1
@@ -38,7 +39,7 @@ def _lookup(replica, timestamp: int) -> tuple[ErrorCode, int, int]:
     return ErrorCode.none, max(offset, replica.log_start_offset), found_timestamp
 
 
-async def handle_list_offsets(body, ctx, version: int):
+async def handle_list_offsets(body, ctx: BrokerContext, version: int):
     topics = []
     for topic in body.topics:
         partitions = []

@@ -62,7 +62,7 @@ async def _produce_one(ctx: BrokerContext, topic: Topic, partition_data, acks: i
     return _entry(index, ErrorCode.none, base_offset=base_offset, log_start_offset=replica.log_start_offset)
 
 
-async def _produce_timed(ctx, topic, partition_data, acks: int, timeout_s: float) -> dict:
+async def _produce_timed(ctx: BrokerContext, topic, partition_data, acks: int, timeout_s: float) -> dict:
     with trio.move_on_after(max(timeout_s, 0.0)):
         return await _produce_one(ctx, topic, partition_data, acks)
     # Not known committed within the request's timeout: it may still commit, which is why
@@ -70,7 +70,7 @@ async def _produce_timed(ctx, topic, partition_data, acks: int, timeout_s: float
     return _entry(partition_data.index, ErrorCode.request_timed_out)
 
 
-async def handle_produce(body, ctx, version: int):
+async def handle_produce(body, ctx: BrokerContext, version: int):
     refused = None
     if body.acks not in ACKS_VALUES:
         refused = ErrorCode.invalid_required_acks
@@ -108,5 +108,5 @@ async def handle_produce(body, ctx, version: int):
                  node_endpoints=node_endpoints(ctx, leaders))
 
 
-async def _fill(entries: list, i: int, ctx, topic, partition_data, acks: int, timeout_s: float) -> None:
+async def _fill(entries: list, i: int, ctx: BrokerContext, topic, partition_data, acks: int, timeout_s: float) -> None:
     entries[i] = await _produce_timed(ctx, topic, partition_data, acks, timeout_s)

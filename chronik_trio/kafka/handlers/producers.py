@@ -10,9 +10,10 @@ from kio.schema.errors import ErrorCode
 
 from ..codec import build, response_schema
 from .common import leader_hint
+from .context import BrokerContext
 
 
-def _one(ctx, topic_name: str, partition: int) -> dict:
+def _one(ctx: BrokerContext, topic_name: str, partition: int) -> dict:
     replica = ctx.replica(topic_name, partition)
     if replica is None or not replica.is_leader:
         return {"partition_index": partition, "error_code": leader_hint(ctx, topic_name, partition)[0],
@@ -23,7 +24,7 @@ def _one(ctx, topic_name: str, partition: int) -> dict:
     return {"partition_index": partition, "error_code": ErrorCode.none, "active_producers": producers}
 
 
-async def handle_describe_producers(body, ctx, version: int):
+async def handle_describe_producers(body, ctx: BrokerContext, version: int):
     topics = [{"name": t.name, "partitions": [_one(ctx, t.name, p) for p in t.partition_indexes]}
               for t in body.topics]
     return build(response_schema(61, version), throttle_time=0, topics=topics)

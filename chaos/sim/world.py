@@ -91,9 +91,6 @@ class SimCluster:
         node = Node(config, disk=sim.disk,
                     wall_clock_ms=lambda: int((trio.current_time() + 1.7e9) * 1000) + sim.skew_ms,
                     make_transport=self._transport)
-        # Every fsync round through the hand-off (virtual latency); the inline path decides
-        # by measured real time, which no seed controls.
-        node.runtime.fsync_inline_groups_max = 0
         if self.node_patch is not None:
             self.node_patch(node)
         sim.node, sim.running, sim.exited, sim.proc = node, True, trio.Event(), _Proc()

@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(port, admin_port, alive, frames=args.frames, seconds=args.seconds, seed=seed,
                      workers=args.workers, progress=progress)
+        if alive():
+            print(f"contained handler errors (chronik_kafka_request_errors_total): "
+                  f"{live.metric(admin_port, live.REQUEST_ERRORS_METRIC):.0f}", flush=True)
     finally:
         code = broker.stop() if broker is not None else None
     print(report.line())

@@ -379,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(broker.port, raft_port, lambda: broker.proc.poll() is None, frames=args.frames,
                      seconds=args.seconds, seed=seed, workers=args.workers, progress=progress)
+        if broker.proc.poll() is None:
+            for name in ("chronik_transport_dropped_total", "chronik_raft_malformed_dropped_total",
+                         "chronik_raft_unknown_group_dropped_total"):
+                print(f"{name}: {live.metric(raft_port, name):.0f}", flush=True)
     finally:
         code = broker.stop()
     print(report.line())

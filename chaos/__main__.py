@@ -1,4 +1,6 @@
 """`python -m chaos run SCENARIO [--seed N] [--duration S] [--out DIR]`
+`python -m chaos sim [SCENARIO] (--seed N | --seeds A..B) [--trace]` (in simulation,
+docs/simulation.md)
 `python -m chaos list` (the shipped scenarios)
 `python -m chaos check RUN_DIR` (re-check a recorded history)
 `python -m chaos validate SCENARIO...`
@@ -49,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate scenario files")
     validate.add_argument("scenarios", nargs="+", help="files or shipped scenarios' names")
     sub.add_parser("list", help="list the shipped scenarios")
+    sim = sub.add_parser("sim", help="run a scenario in simulation (one process, virtual time)")
+    sim.add_argument("scenario", nargs="?", help="a scenario file or shipped name (default: the "
+                     "simulation's mixed scenario)")
+    seeds = sim.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", help="one seed (default: the scenario's)")
+    seeds.add_argument("--seeds", help="a range of seeds, A..B")
+    sim.add_argument("--duration", type=float, help="overrides duration_s")
+    sim.add_argument("--trace", action="store_true", help="also write trace.jsonl (every "
+                     "client operation, fault and node event with its virtual time)")
+    sim.add_argument("--jobs", type=int, help="processes for --seeds (default: every core)")
+    sim.add_argument("--out", type=pathlib.Path, default=pathlib.Path("chaos-sim"),
+                     help="where each seed's history goes (default ./chaos-sim)")
     return p
 
 
@@ -89,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return _check(args.run_dir)
+        if args.command == "sim":
+            return _sim(args, argv)
         scenario = with_overrides(load_scenario(scenario_path(args.scenario)), seed=args.seed,
                                   duration_s=args.duration)
     except ScenarioError as exc:
@@ -107,6 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     print(result.verdict_line)
     return 0 if result.passed else 1
+
+
+def _sim(args, argv: list[str]) -> int:
+    from .scenario import load_scenario, with_overrides
+    from .sim import cli
+
+    cli.ensure_fixed_hash_seed(argv)
+    path = scenario_path(args.scenario) if args.scenario else cli.DEFAULT_SCENARIO
+    scenario = with_overrides(load_scenario(path), duration_s=args.duration)
+    seeds = cli.parse_seeds(args.seeds or args.seed or str(scenario.seed))
+    return cli.run(scenario, seeds, args.out, trace=args.trace, jobs=args.jobs or cli.default_jobs())
 
 
 def _check(run_dir: pathlib.Path) -> int:

@@ -280,13 +280,26 @@ class Nemesis:
                     await self.cluster.set_disk_faults(n, {"latency_ms": 0, "error": None})
                 else:
                     notes.append(f"node {n} exited during the disk fault ({self._exit_code(n)}); restarted")
-        for n in nodes:
-            if not self.cluster.nodes[n].running:
-                if fault.kind not in ("kill", "restart", "power-loss", "rolling-restart", "disk"):
-                    notes.append(f"node {n} exited ({self._exit_code(n)}); restarted")
-                if not await self.cluster.restart(n, RESTART_READY_TIMEOUT_S):
-                    notes.append(f"node {n} not ready {RESTART_READY_TIMEOUT_S:.0f} s after restart")
+        dead = [n for n in nodes if not self.cluster.nodes[n].running]
+        for n in dead:
+            if fault.kind not in ("kill", "restart", "power-loss", "rolling-restart", "disk"):
+                notes.append(f"node {n} exited ({self._exit_code(n)}); restarted")
+        for n in await self._restart_together(dead):
+            notes.append(f"node {n} not ready {RESTART_READY_TIMEOUT_S:.0f} s after restart")
         return " ".join(notes)
+
+    async def _restart_together(self, nodes: list[int]) -> list[int]:
+        """Restart nodes at once, not one after another: a node of a cluster without quorum
+        (every node lost power) is not ready until a majority runs. Returns those not ready."""
+        slow = []
+
+        async def restart(n: int) -> None:
+            if not await self.cluster.restart(n, RESTART_READY_TIMEOUT_S):
+                slow.append(n)
+        async with trio.open_nursery() as nursery:
+            for n in nodes:
+                nursery.start_soon(restart, n)
+        return sorted(slow)
 
     def _exit_code(self, n: int) -> str:
         proc = self.cluster.nodes[n].proc
@@ -302,6 +315,6 @@ class Nemesis:
                 self.cluster.send_signal(n, signal.SIGCONT)
             if not node.running:
                 notes.append(f"node {n} was down at the end ({self._exit_code(n)})")
-                if not await self.cluster.restart(n, RESTART_READY_TIMEOUT_S):
-                    notes.append(f"node {n} not ready after its restart")
+        down = [n for n in self.cluster.ids if not self.cluster.nodes[n].running]
+        notes += [f"node {n} not ready after its restart" for n in await self._restart_together(down)]
         return notes

@@ -273,7 +273,7 @@ def _fault(r: _Reader, where: str, data: Any, nodes: int) -> FaultSpec:
                      error=error, error_on=f.get("error_on", str, "both", choices=("write", "fsync", "both")),
                      topic=f.get("topic", (str, type(None)), None),
                      partition=f.get("partition", int, 0, minimum=0))
-    if kind in ("disk", "power-loss") and target == "all":
+    if kind == "disk" and target == "all":  # power-loss may take all: the whole cluster's power
         f.fail("a disk fault takes one node, not all", "target")
     if kind == "disk" and spec.latency_ms == 0 and spec.error is None:
         f.fail("a disk fault needs latency_ms or error", "kind")

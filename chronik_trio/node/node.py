@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from chronik_trio.cluster.configs import ConfigChange
 from chronik_trio.cluster.meta import MetaState, Topic
+from chronik_trio.errors import MetaUnavailable
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
@@ -212,8 +213,7 @@ class Node:
                 nursery.start_soon(self.preferred_leaders.run)
                 await nursery.start(self.groups.run)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
-                await self._ensure_cluster_id()
-                await self._register_broker()
+                await self._join_cluster()
                 await self._serve_kafka(listeners, task_status)
                 nursery.cancel_scope.cancel()
         except BaseException:
@@ -278,6 +278,19 @@ class Node:
         with trio.move_on_after(META_CATCH_UP_S):
             while not (group.leader_id and group.node.applied_index >= group.node.committed_index):
                 await group.wait_advanced()
+
+    async def _join_cluster(self) -> None:
+        """Until this node is a registered member: a node started while __meta has no
+        quorum (e.g. the first of a cluster whose nodes all lost power, restarted one at a
+        time) waits for one instead of stopping, as a Kafka broker waits for its controllers
+        (the simulation found the nodes of such a cluster stopping one after the other)."""
+        while True:
+            try:
+                await self._ensure_cluster_id()
+                await self._register_broker()
+                return
+            except MetaUnavailable as exc:
+                log.warning("node %d not registered yet (%s); trying again", self.node_id, exc)
 
     async def _ensure_cluster_id(self) -> None:
         if not self.meta.cluster_id:

@@ -304,6 +304,9 @@ class RaftGroup:
             except StepPeerNotFound:  # a response from a node no longer a member: routine
                 self.dropped_messages += 1
                 continue
+            except ProposalDropped:  # a follower's forwarded proposal, and no leader takes it
+                self.dropped_messages += 1  # here now: its proposer retries (MetaService)
+                continue
             if message.context == QUIESCE_CONTEXT and message.type == MessageType.HEARTBEAT:
                 self.quiesced = message.from_ == self.node.leader_id and message.term == self.node.term
         if self.quiesced:

@@ -1,0 +1,375 @@
+"""In-process Kafka clients for the simulation: the wire protocol (kio) over the simulated
+network, recording the same history events as `chaos run`'s clients (history.py).
+
+Producers send `planned_send` values (workload.py) one at a time, to the partition leader
+from Metadata, with retries until the delivery timeout, and record the outcome with the
+rules of `chaos run`: ok (with its offset) when acknowledged; info when some attempt may
+have written it (the request was sent and no answer came, or the answer says it may have:
+REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND); fail otherwise. An idempotent producer
+(InitProducerId, one sequence per partition) retries a batch with the same sequence, so a
+retry of a write that happened is answered as a duplicate with the original offset.
+Consumers read every partition from offset 0 by assignment and record every poll.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+
+import kio.serial
+import trio
+from kio.schema.errors import ErrorCode
+
+from chronik_trio.kafka.codec import build, request_schema, response_schema
+from chronik_trio.record_batch import encode_batch
+from chronik_trio.varint import read_varint as _read_varint, write_uvarint
+
+from ..workload import planned_send, record_seeks
+
+PRODUCE, FETCH, LIST_OFFSETS, METADATA, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 3, 19, 22
+VERSION = {PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 7, METADATA: 12, CREATE_TOPICS: 7, INIT_PRODUCER_ID: 4}
+INDETERMINATE = {ErrorCode.request_timed_out, ErrorCode.not_enough_replicas_after_append}
+RETRY_BACKOFF_S = 0.1
+CONSUMER_POLL_WAIT_MS = 200
+
+
+class Unanswered(Exception):
+    """The connection broke or timed out with the request sent: it may have been acted on."""
+
+
+class Connection:
+    """One connection; one request at a time."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._buf = bytearray()
+        self._corr = 0
+
+    async def request(self, api_key: int, body: dict):
+        version = VERSION[api_key]
+        cls = request_schema(api_key, version)
+        self._corr += 1
+        header = cls.__header_schema__(request_api_key=api_key, request_api_version=version,
+                                       correlation_id=self._corr, client_id="sim")
+        sink = io.BytesIO()
+        kio.serial.entity_writer(type(header))(sink, header)
+        kio.serial.entity_writer(cls)(sink, build(cls, body))
+        payload = sink.getvalue()
+        try:
+            await self.stream.send_all(struct.pack(">i", len(payload)) + payload)
+            frame = await self._read_frame()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError) as exc:
+            raise Unanswered(f"connection lost: {exc or type(exc).__name__}") from None
+        resp = response_schema(api_key, version)
+        header, n = kio.serial.entity_reader(resp.__header_schema__)(frame, 0)
+        assert header.correlation_id == self._corr, (header.correlation_id, self._corr)
+        return kio.serial.entity_reader(resp)(frame, n)[0]
+
+    async def _read_frame(self) -> bytes:
+        while True:
+            if len(self._buf) >= 4:
+                (size,) = struct.unpack_from(">i", self._buf, 0)
+                if len(self._buf) >= 4 + size:
+                    frame = bytes(self._buf[4:4 + size])
+                    del self._buf[:4 + size]
+                    return frame
+            data = await self.stream.receive_some(1 << 20)
+            if not data:
+                raise EOFError("EOF")
+            self._buf += data
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+class Client:
+    """Connections to brokers by node id, and the metadata that says where leaders are."""
+
+    def __init__(self, net, bootstrap: list[tuple[str, int]], rng: random.Random,
+                 request_timeout_s: float) -> None:
+        self.net = net
+        self.bootstrap = bootstrap
+        self.rng = rng
+        self.request_timeout_s = request_timeout_s
+        self.conns: dict[tuple[str, int], Connection] = {}
+        self.brokers: dict[int, tuple[str, int]] = {}
+        self.leaders: dict[tuple[str, int], int] = {}
+
+    async def call(self, address: tuple[str, int], api_key: int, body: dict):
+        """One request to `address`; raises Unanswered (maybe acted on) or OSError (not sent)."""
+        conn = self.conns.get(address)
+        if conn is None:
+            with trio.move_on_after(self.request_timeout_s) as scope:
+                stream = await self.net.connect(*address)
+            if scope.cancelled_caught:
+                raise OSError(f"connect to {address[0]}:{address[1]} timed out")
+            conn = self.conns[address] = Connection(stream)
+        answered = False
+        try:
+            with trio.move_on_after(self.request_timeout_s):
+                answer = await conn.request(api_key, body)
+                answered = True
+                return answer
+            raise Unanswered("request timed out")
+        finally:
+            if not answered:  # timed out, broken or cancelled: an answer may still come on it
+                self.conns.pop(address, None)
+                await conn.aclose()
+
+    async def refresh(self, topics: list[str]) -> None:
+        addresses = list(self.brokers.values()) or self.bootstrap
+        address = addresses[self.rng.randrange(len(addresses))]
+        try:
+            r = await self.call(address, METADATA, {"topics": [{"name": t} for t in topics],
+                                                    "allow_auto_topic_creation": False})
+        except (OSError, Unanswered):
+            self.brokers = {}
+            return
+        self.brokers = {b.node_id: (b.host, b.port) for b in r.brokers} or self.brokers
+        for t in r.topics:
+            for p in t.partitions:
+                if p.error_code == ErrorCode.none and p.leader_id >= 0:
+                    self.leaders[(t.name, p.partition_index)] = int(p.leader_id)
+                else:
+                    self.leaders.pop((t.name, p.partition_index), None)
+
+    def leader_address(self, topic: str, partition: int) -> tuple[str, int] | None:
+        leader = self.leaders.get((topic, partition))
+        return self.brokers.get(leader) if leader is not None else None
+
+    async def aclose(self) -> None:
+        for conn in self.conns.values():
+            await conn.aclose()
+        self.conns.clear()
+
+
+def _varint(value: int) -> bytes:
+    return write_uvarint((value << 1) ^ (value >> 63))
+
+
+def _record(key: bytes, value: bytes) -> bytes:
+    body = b"\x00" + _varint(0) + _varint(0) + _varint(len(key)) + key + \
+        _varint(len(value)) + value + _varint(0)
+    return _varint(len(body)) + body
+
+
+def parse_records(data: bytes) -> list[tuple[int, str]]:
+    """(offset, value) of every record of uncompressed v2 batches; a partial tail is ignored."""
+    out = []
+    pos = 0
+    while pos + 61 <= len(data):
+        base, length = struct.unpack_from(">qi", data, pos)
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        count = struct.unpack_from(">i", data, pos + 57)[0]
+        p = pos + 61
+        for _ in range(count):
+            _length, p = _read_varint(data, p)
+            p += 1
+            _ts, p = _read_varint(data, p)
+            delta, p = _read_varint(data, p)
+            klen, p = _read_varint(data, p)
+            p += max(klen, 0)
+            vlen, p = _read_varint(data, p)
+            value = data[p:p + vlen].decode() if vlen >= 0 else ""
+            p += max(vlen, 0)
+            headers, p = _read_varint(data, p)
+            for _ in range(headers):
+                hk, p = _read_varint(data, p)
+                p += hk
+                hv, p = _read_varint(data, p)
+                p += max(hv, 0)
+            out.append((base + delta, value))
+        pos = end
+    return out
+
+
+async def create_topics(client: Client, topics, deadline_s: float) -> None:
+    """CreateTopics through any broker until every topic exists (bounded)."""
+    with trio.move_on_after(deadline_s):
+        while True:
+            address = client.bootstrap[client.rng.randrange(len(client.bootstrap))]
+            try:
+                r = await client.call(address, CREATE_TOPICS, {"timeout": 30000, "topics": [
+                    {"name": t.name, "num_partitions": t.partitions,
+                     "replication_factor": t.replication_factor} for t in topics]})
+                if all(x.error_code in (ErrorCode.none, ErrorCode.topic_already_exists) for x in r.topics):
+                    return
+            except (OSError, Unanswered):
+                pass
+            await trio.sleep(0.5)
+    raise RuntimeError("could not create the topics")
+
+
+async def run_producer(name: str, client: Client, spec, topics: list[tuple[str, int]], history,
+                       stop: trio.Event) -> None:
+    """Paced sends until `stop`, each recorded once with its outcome."""
+    interval = 1.0 / spec.rate_per_s
+    pid = epoch = -1
+    sequences: dict[tuple[str, int], int] = {}
+    seq = 0
+    next_at = trio.current_time()
+    while not stop.is_set():
+        if spec.idempotence and pid < 0:
+            pid, epoch = await _init_producer_id(client, stop)
+            if pid < 0:
+                return
+        event = planned_send(name, seq, topics, spec.keys)
+        part = (event["topic"], event["partition"])
+        base_seq = sequences.get(part, 0)
+        batch = encode_batch(_record(event["key"].encode(), event["value"].encode()), record_count=1,
+                             base_timestamp_ms=0, max_timestamp_ms=0, producer_id=pid,
+                             producer_epoch=epoch, base_sequence=base_seq if pid >= 0 else -1)
+        event = {**event, "t_start": round(history.now(), 6)}
+        outcome = await _send_one(client, spec, part, batch)
+        if outcome[0] == "ok":
+            history.record({**event, "t_end": round(history.now(), 6), "outcome": "ok", "offset": outcome[1]})
+        else:
+            history.record({**event, "t_end": round(history.now(), 6), "outcome": outcome[0],
+                            "error": outcome[1]})
+        if pid >= 0:
+            if outcome[0] == "info":
+                pid = epoch = -1  # a sequence gap would follow: start over with a new id
+                sequences.clear()
+            else:
+                sequences[part] = base_seq + 1 if outcome[0] == "ok" else base_seq
+        seq += 1
+        next_at = max(next_at + interval, trio.current_time())
+        await trio.sleep_until(next_at)
+
+
+async def _init_producer_id(client: Client, stop: trio.Event) -> tuple[int, int]:
+    while not stop.is_set():
+        addresses = list(client.brokers.values()) or client.bootstrap
+        address = addresses[client.rng.randrange(len(addresses))]
+        try:
+            r = await client.call(address, INIT_PRODUCER_ID, {"transactional_id": None,
+                                                             "transaction_timeout": 60000,
+                                                             "producer_id": -1, "producer_epoch": -1})
+            if r.error_code == ErrorCode.none:
+                return int(r.producer_id), int(r.producer_epoch)
+        except (OSError, Unanswered):
+            client.brokers = {}
+        await trio.sleep(RETRY_BACKOFF_S)
+    return -1, -1
+
+
+async def _send_one(client: Client, spec, part: tuple[str, int], batch: bytes) -> tuple[str, object]:
+    topic, partition = part
+    maybe = None  # why the write may have happened
+    last = "no attempt"
+    with trio.move_on_after(spec.delivery_timeout_s):
+        while True:
+            address = client.leader_address(topic, partition)
+            if address is None:
+                await client.refresh([topic])
+                address = client.leader_address(topic, partition)
+            if address is not None:
+                try:
+                    r = await client.call(address, PRODUCE, {
+                        "acks": -1 if spec.acks == "all" else int(spec.acks),
+                        "timeout": int(spec.request_timeout_s * 1000), "transactional_id": None,
+                        "topic_data": [{"name": topic, "partition_data": [{"index": partition, "records": batch}]}]})
+                    p = r.responses[0].partition_responses[0]
+                    if p.error_code == ErrorCode.none:
+                        return "ok", int(p.base_offset)
+                    last = p.error_code.name
+                    if p.error_code in INDETERMINATE:
+                        maybe = maybe or last
+                    elif p.error_code in (ErrorCode.out_of_order_sequence_number,
+                                          ErrorCode.invalid_producer_epoch, ErrorCode.unknown_producer_id):
+                        return ("info" if maybe else "fail"), f"{last} (after {maybe})" if maybe else last
+                except Unanswered as exc:
+                    last = str(exc)
+                    maybe = maybe or last
+                except OSError as exc:
+                    last = str(exc)
+                client.leaders.pop(part, None)
+            await trio.sleep(RETRY_BACKOFF_S)
+    if maybe:
+        return "info", f"delivery timed out ({last}; may have been written: {maybe})"
+    return "fail", f"delivery timed out ({last})"
+
+
+async def fetch_once(client: Client, topic: str, partition: int, offset: int, wait_ms: int
+                     ) -> tuple[int, int, list[tuple[int, str]]]:
+    """(error code, high watermark, records at or after offset) from the leader; raises
+    OSError/Unanswered."""
+    address = client.leader_address(topic, partition)
+    if address is None:
+        await client.refresh([topic])
+        address = client.leader_address(topic, partition)
+        if address is None:
+            raise OSError(f"no leader known for {topic}-{partition}")
+    r = await client.call(address, FETCH, {
+        "replica_id": -1, "max_wait": wait_ms, "min_bytes": 1, "max_bytes": 1 << 20, "isolation_level": 0,
+        "session_id": 0, "session_epoch": -1, "forgotten_topics_data": [], "rack_id": "",
+        "topics": [{"topic": topic, "partitions": [{"partition": partition, "fetch_offset": offset,
+                                                    "partition_max_bytes": 1 << 20, "current_leader_epoch": -1,
+                                                    "log_start_offset": -1, "last_fetched_epoch": -1}]}]})
+    p = r.responses[0].partitions[0]
+    if p.error_code != ErrorCode.none:
+        client.leaders.pop((topic, partition), None)
+        return int(p.error_code), -1, []
+    return 0, int(p.high_watermark), [(o, v) for o, v in parse_records(p.records or b"") if o >= offset]
+
+
+async def run_consumer(name: str, client: Client, topics: list[tuple[str, int]], history,
+                       stop: trio.Event, target: dict) -> None:
+    """Assign every partition from 0; poll in turn until `stop` and, once `target` (the
+    final read's high watermarks) is known, until every position reached it."""
+    parts = [(t, p) for t, n in topics for p in range(n)]
+    record_seeks(history, name, [_TP(t, p) for t, p in parts])
+    positions = {tp: 0 for tp in parts}
+    while not (stop.is_set() and all(positions[tp] >= target.get(tp, 0) for tp in parts)):
+        progressed = False
+        for tp in parts:
+            try:
+                code, _high, records = await fetch_once(client, tp[0], tp[1], positions[tp], 0)
+            except (OSError, Unanswered) as exc:
+                client.leaders.pop(tp, None)
+                history.record({"type": "consumer-error", "process": name, "error": str(exc)})
+                continue
+            if records:
+                progressed = True
+                history.record({"type": "poll", "process": name, "topic": tp[0], "partition": tp[1],
+                                "records": [[o, v] for o, v in records]})
+                positions[tp] = records[-1][0] + 1
+        if not progressed:
+            await trio.sleep(CONSUMER_POLL_WAIT_MS / 1000)
+
+
+async def final_read(client: Client, topic: str, partition: int, timeout_s: float
+                     ) -> tuple[int, list[tuple[int, str]]]:
+    """Every record below the high watermark (read at the start), retried until timeout."""
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                code, high, _ = await fetch_once(client, topic, partition, 0, 0)
+                if code == 0:
+                    break
+            except (OSError, Unanswered):
+                pass
+            await trio.sleep(0.2)
+        records: list[tuple[int, str]] = []
+        offset = 0
+        while offset < high:
+            try:
+                code, _, got = await fetch_once(client, topic, partition, offset, 0)
+            except (OSError, Unanswered):
+                await trio.sleep(0.2)
+                continue
+            if code or not got:
+                await trio.sleep(0.2)
+                continue
+            records += [(o, v) for o, v in got if o < high]
+            offset = got[-1][0] + 1
+    return high, records
+
+
+class _TP:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition

@@ -1,0 +1,247 @@
+"""One simulated run per seed: `run_seed` builds the world from one random.Random(seed),
+runs it in trio.run under MockClock(autojump_threshold=0) with trio's deterministic
+scheduling on, checks the history with chaos/checker.py, and returns the history's hash.
+
+Determinism: every choice comes from the seed (the nemesis plan and choices, the network's
+latencies, the disks, the clients, the node's randomness through world.seams), trio's run
+queue is ordered by task creation and shuffled by a generator seeded from the seed (the hook
+trio keeps for Hypothesis: `trio._core._run._ALLOW_DETERMINISTIC_SCHEDULING` and `_r`), and
+the history's times are virtual. String hashing must be fixed too (iteration order of sets):
+the CLI re-runs itself with PYTHONHASHSEED=0 when it is not set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import random
+import shutil
+import tempfile
+import time
+
+import attrs
+import trio
+import trio._core._run as trio_run
+import trio.testing
+
+from .. import checker, nemesis as nemesis_mod
+from ..history import History, read_history
+from ..replica_log import ReplicaLogError, read_partition
+from ..scenario import Scenario
+from . import client as sim_client
+from .net import SimNetwork
+from .world import SimCluster, seams
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0
+HEAL_SETTLE_S = 10.0
+LIVENESS_BOUND_S = 30.0  # after the last heal, every partition takes a write within this
+
+
+@attrs.frozen
+class SeedResult:
+    seed: int
+    passed: bool
+    digest: str
+    simulated_s: float
+    real_s: float
+    failed: tuple[str, ...]
+    history: pathlib.Path
+
+
+def history_digest(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: bool = False,
+             node_patch=None, keep_data: bool = False) -> SeedResult:
+    """Simulate `scenario` with `seed`; history.jsonl (and trace.jsonl) go to out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    sub = {name: random.Random(rng.getrandbits(64)) for name in
+           ("trio", "plan", "net", "disk", "clients", "node")}
+    history_path = out_dir / "history.jsonl"
+    history_path.unlink(missing_ok=True)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="chaos-sim-", dir=_scratch()))
+    started = time.perf_counter()
+    saved_flag = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    saved_r = trio_run._r.getstate()
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
+    trio_run._r.seed(sub["trio"].getrandbits(64))
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    box: dict = {}
+    # The nodes' log lines go to the seed's sim.log, not the terminal.
+    handler = logging.FileHandler(out_dir / "sim.log", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root_logger = logging.getLogger()
+    saved_handlers, saved_level = root_logger.handlers[:], root_logger.level
+    root_logger.handlers[:] = [handler]
+    root_logger.setLevel(os.environ.get("CHAOS_SIM_LOG_LEVEL", "WARNING").upper())
+    try:
+        trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box, clock=clock)
+    finally:
+        root_logger.handlers[:] = saved_handlers
+        root_logger.setLevel(saved_level)
+        handler.close()
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved_flag
+        trio_run._r.setstate(saved_r)
+        if not keep_data:
+            shutil.rmtree(root, ignore_errors=True)
+    real_s = time.perf_counter() - started
+    events = list(read_history(history_path))
+    results = checker.check_history(events, checker.options_for(scenario))
+    failed = [f"{r.name}: {r.summary} {list(r.examples[:2])}" for r in results
+              if not r.passed and not r.report_only]
+    failed += box.get("liveness", [])
+    return SeedResult(seed, not failed, history_digest(history_path), box.get("simulated_s", 0.0),
+                      real_s, tuple(failed), history_path)
+
+
+def _scratch() -> str | None:
+    shm = pathlib.Path("/dev/shm")
+    return str(shm) if shm.is_dir() else None
+
+
+async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, node_patch, box) -> None:
+    history = History(history_path, clock=trio.current_time)
+    tracer = None
+    if trace:
+        tracer = open(history_path.with_name("trace.jsonl"), "w", encoding="utf-8")
+        record = history.record
+
+        def traced(event: dict) -> None:
+            record(event)
+            tracer.write(json.dumps({"t": round(trio.current_time() - history.t0, 6), **event},
+                                    separators=(",", ":")) + "\n")
+        history.record = traced
+    history.record({"type": "run", "scenario": scenario.name, "seed": seed, "path": "simulation",
+                    "idempotence": scenario.workload.idempotence, "client": "sim",
+                    "duration_s": scenario.duration_s})
+    planned = nemesis_mod.plan(scenario.nemesis, scenario.duration_s, sub["plan"])
+    for p in planned:
+        history.record({"type": "fault-planned", "at_s": p.at_s, "desc": nemesis_mod.describe(p.fault)})
+    net = SimNetwork(sub["net"], trace=tracer)
+    try:
+        async with trio.open_nursery() as nursery:
+            cluster = SimCluster(root, scenario.cluster.nodes, sub["disk"], net, history.record,
+                                 nursery, node_patch=node_patch)
+            disks = {n: cluster.nodes[n].disk for n in cluster.ids}
+            with seams(net, sub["node"], disks):
+                await cluster.start_all()
+                await _workload(scenario, cluster, history, planned, sub, box)
+                for n in cluster.ids:
+                    await cluster.kill(n)
+            _replica_logs(scenario, cluster, history, box.get("high", {}))
+            nursery.cancel_scope.cancel()
+    finally:
+        box["simulated_s"] = trio.current_time() - history.t0
+        history.close()
+        if tracer is not None:
+            tracer.close()
+
+
+async def _workload(scenario: Scenario, cluster: SimCluster, history: History, planned, sub, box) -> None:
+    spec = scenario.workload
+    topics = [(t.name, t.partitions) for t in scenario.topics]
+    rng = sub["clients"]
+
+    def client() -> sim_client.Client:
+        return sim_client.Client(cluster.net, cluster.bootstrap, random.Random(rng.getrandbits(64)),
+                                 spec.request_timeout_s)
+    admin = client()
+    await sim_client.create_topics(admin, scenario.topics, START_TIMEOUT_S)
+    nem = nemesis_mod.Nemesis(cluster, history, sub["plan"], topics[0])
+    target: dict = {}
+    t0 = history.now()
+    history.record({"type": "workload-start", "t": round(t0, 6)})
+    stop_producers, stop_consumers = trio.Event(), trio.Event()
+    async with trio.open_nursery() as consumers:
+        for i in range(spec.consumers):
+            consumers.start_soon(sim_client.run_consumer, f"c{i}", client(), topics, history,
+                                 stop_consumers, target)
+        async with trio.open_nursery() as producers:
+            for i in range(spec.producers):
+                producers.start_soon(sim_client.run_producer, f"p{i}", client(), spec, topics, history,
+                                     stop_producers)
+            async with trio.open_nursery() as faults:
+                faults.start_soon(nem.run, planned, t0)
+                await trio.sleep(scenario.duration_s)
+                faults.cancel_scope.cancel()
+            await nem.heal_all()
+            healed = history.now()
+            stop_producers.set()
+        history.record({"type": "workload-end"})
+        box["liveness"] = await _liveness(client(), topics, history, healed)
+        high = box["high"] = {}
+        reader = client()
+        for name, partitions in topics:
+            for p in range(partitions):
+                try:
+                    hw, records = await sim_client.final_read(reader, name, p, spec.final_read_timeout_s)
+                except trio.TooSlowError:
+                    history.record({"type": "final-read-failed", "topic": name, "partition": p,
+                                    "error": "timed out"})
+                    continue
+                high[(name, p)] = target[(name, p)] = hw
+                history.record({"type": "final-read", "topic": name, "partition": p,
+                                "high_watermark": hw, "records": [[o, v] for o, v in records]})
+        stop_consumers.set()
+        consumers.cancel_scope.deadline = trio.current_time() + spec.final_read_timeout_s
+
+
+async def _liveness(client: sim_client.Client, topics, history: History, healed: float) -> list[str]:
+    """After the last heal, every partition takes an acknowledged write within the bound."""
+    spec = attrs.evolve(_LIVENESS_SPEC)
+    problems = []
+    for name, partitions in topics:
+        for p in range(partitions):
+            value = f"liveness-{name}-{p}"
+            batch = sim_client.encode_batch(sim_client._record(b"live", value.encode()), record_count=1,
+                                            base_timestamp_ms=0, max_timestamp_ms=0)
+            start = history.now()
+            outcome = await sim_client._send_one(client, spec, (name, p), batch)
+            took = history.now() - healed
+            history.record({"type": "send", "process": "liveness", "seq": p, "topic": name, "partition": p,
+                            "key": "live", "value": value, "t_start": round(start, 6),
+                            "t_end": round(history.now(), 6), "outcome": outcome[0],
+                            **({"offset": outcome[1]} if outcome[0] == "ok" else {"error": outcome[1]})})
+            if outcome[0] != "ok":
+                problems.append(f"liveness: {name}-{p} took no write within {LIVENESS_BOUND_S:g} s "
+                                f"of the last heal ({outcome[1]})")
+            elif took > LIVENESS_BOUND_S:
+                problems.append(f"liveness: {name}-{p} took a write only {took:.1f} s after the last heal")
+    return problems
+
+
+@attrs.frozen
+class _LivenessSpec:
+    acks: str = "all"
+    request_timeout_s: float = 5.0
+    delivery_timeout_s: float = LIVENESS_BOUND_S
+
+
+_LIVENESS_SPEC = _LivenessSpec()
+
+
+def _replica_logs(scenario: Scenario, cluster: SimCluster, history: History, high: dict) -> None:
+    for topic in scenario.topics:
+        for p in range(topic.partitions):
+            hw = high.get((topic.name, p))
+            if hw is None:
+                continue
+            for n in cluster.ids:
+                directory = cluster.nodes[n].data_dir / "partitions" / f"{topic.name}-{p}"
+                if not directory.is_dir():
+                    continue
+                try:
+                    records = read_partition(directory)
+                except (ReplicaLogError, OSError, IndexError) as exc:
+                    history.record({"type": "replica-log-failed", "node": n, "topic": topic.name,
+                                    "partition": p, "error": repr(exc)})
+                    continue
+                history.record({"type": "replica-log", "node": n, "topic": topic.name, "partition": p,
+                                "records": sorted((o, v) for o, v in records.items() if o < hw)})

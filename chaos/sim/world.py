@@ -1,0 +1,279 @@
+"""The simulated cluster: N real `Node`s in this trio run, their seams bound to the
+simulation, and the interface the nemesis (nemesis.py) drives, as `chaos run`'s Cluster.
+
+Seams (docs/simulation.md): each Node gets its Disk (SimDisk), its wall clock (virtual time
+plus a per-node skew) and its Kafka listener from the caller; the rest is bound for the
+whole process while a simulation runs (`seams()`): the Raft listener and the connector the
+node's transport uses, trio's thread hand-off (run inline after a virtual fsync latency),
+and the randomness the node draws (os.urandom, the random module) from the seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import random
+import signal
+
+import attrs
+import trio
+
+from chronik_trio.node.config import NodeConfig
+from chronik_trio.node.node import Node
+from chronik_trio.storage.disk import DiskFaults
+from chronik_trio.transport.transport import Transport
+
+from ..proxy import LinkState
+from .disk import SimDisk, error_number
+from .net import CLIENTS, ENDPOINT, Link, SimNetwork
+
+log = logging.getLogger(__name__)
+
+KAFKA_PORT = 9092
+RAFT_PORT = 7000
+SKEW_MAX_MS = 2000
+
+
+@attrs.define
+class _Proc:
+    returncode: int | None = None
+
+
+@attrs.define
+class SimNode:
+    node_id: int
+    data_dir: pathlib.Path
+    disk: SimDisk
+    skew_ms: int
+    node: Node | None = None
+    scope: trio.CancelScope | None = None
+    running: bool = False
+    paused: bool = False
+    exited: trio.Event = attrs.Factory(trio.Event)
+    proc: _Proc = attrs.Factory(_Proc)
+    starts: int = 0
+
+
+class SimCluster:
+    """What the nemesis needs of a cluster (chaos/cluster.py's Cluster), in process."""
+
+    def __init__(self, root: pathlib.Path, n: int, rng: random.Random, net: SimNetwork,
+                 record, nursery: trio.Nursery, node_patch=None) -> None:
+        self.ids = list(range(1, n + 1))
+        self.rng = rng
+        self.net = net
+        self.record = record
+        self.nursery = nursery
+        self.node_patch = node_patch  # a bug-class test's patch of each new Node
+        self.peers = ",".join(f"{i}@n{i}:{RAFT_PORT}" for i in self.ids)
+        self.nodes = {i: SimNode(i, root / f"node{i}", SimDisk(random.Random(rng.getrandbits(64)), root),
+                                 rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)) for i in self.ids}
+        self.bootstrap = [(f"n{i}", KAFKA_PORT) for i in self.ids]
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start_all(self) -> None:
+        async with trio.open_nursery() as starting:
+            for i in self.ids:
+                starting.start_soon(self.restart, i, 120.0)
+
+    async def restart(self, n: int, timeout_s: float) -> bool:
+        sim = self.nodes[n]
+        if sim.running:
+            return True
+        self.net.power_on(n)
+        # Injected disk faults live in the process (as /faults does): a new one has none.
+        sim.disk.faults = DiskFaults()
+        config = NodeConfig(node_id=n, listen=f"n{n}:{KAFKA_PORT}", data_dir=sim.data_dir,
+                            peers=self.peers, log_level="warning")
+        node = Node(config, disk=sim.disk,
+                    wall_clock_ms=lambda: int((trio.current_time() + 1.7e9) * 1000) + sim.skew_ms,
+                    make_transport=self._transport)
+        if self.node_patch is not None:
+            self.node_patch(node)
+        sim.node, sim.running, sim.exited, sim.proc = node, True, trio.Event(), _Proc()
+        sim.starts += 1
+        self.record({"type": "node", "node": n, "what": "started", "detail": f"start {sim.starts}"})
+        ready = trio.Event()
+        self.nursery.start_soon(self._run, sim, node, ready)
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as waiting:
+                async def until_exit():
+                    await sim.exited.wait()
+                    waiting.cancel_scope.cancel()
+                waiting.start_soon(until_exit)
+                await ready.wait()
+                waiting.cancel_scope.cancel()
+            if ready.is_set():
+                self.record({"type": "node", "node": n, "what": "ready"})
+                return True
+        return False
+
+    def _transport(self, node_id, listen, peers, network, registry, health) -> Transport:
+        """The node's transport over the simulated network (Node's TransportFactory seam)."""
+        return Transport(node_id, [self.net.listen(node_id, listen)], peers, network.on_batch,
+                         network.report_unreachable, report_snapshot=network.report_snapshot,
+                         registry=registry, health=health, on_peer_down=network.peer_down,
+                         connect=self.net.connect)
+
+    async def _run(self, sim: SimNode, node: Node, ready: trio.Event) -> None:
+        ENDPOINT.set(sim.node_id)
+        code = 0
+        with trio.CancelScope() as scope:
+            sim.scope = scope
+            try:
+                listeners = [self.net.listen(sim.node_id, (f"n{sim.node_id}", KAFKA_PORT))]
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(node.run, listeners)
+                    ready.set()
+            except Exception as exc:  # the node stopped on its own (a disk error, a bug)
+                code = 1
+                log.warning("node %d stopped: %r", sim.node_id, exc)
+                self.record({"type": "node", "node": sim.node_id, "what": "error",
+                             "detail": f"{type(exc).__name__}: {exc}"[:300]})
+        if scope.cancelled_caught:
+            code = -9
+        sim.running = False
+        sim.proc = _Proc(code)
+        if code != -9:  # a killed node's connections were reset when it was killed
+            self.net.crash(sim.node_id)
+        self.record({"type": "node", "node": sim.node_id, "what": "exited", "detail": f"code {code}"})
+        sim.exited.set()
+
+    async def kill(self, n: int, sig=signal.SIGKILL) -> None:
+        sim = self.nodes[n]
+        if not sim.running:
+            return
+        if sig == signal.SIGTERM:
+            sim.node.request_shutdown()
+            with trio.move_on_after(30):
+                await sim.exited.wait()
+            if sim.running:
+                await self.kill(n, signal.SIGKILL)
+            return
+        if sim.paused:
+            self.net.resume(n)
+            sim.paused = False
+        self.net.crash(n)
+        sim.scope.cancel()
+        await sim.exited.wait()
+
+    async def power_off(self, nodes: list[int], *, torn: bool) -> list[str]:
+        notes = []
+        for n in nodes:
+            sim = self.nodes[n]
+            if sim.running:
+                self.net.crash(n, power_off=True)
+                sim.scope.cancel()
+                await sim.exited.wait()
+            notes += [f"node {n}: {x}" for x in sim.disk.power_loss(torn=torn)]
+        return notes
+
+    def expect_exit(self, n: int) -> None:
+        """A fault may stop node n (the history's node_crashes check judges the exit)."""
+
+    async def refresh_leaders(self) -> None:
+        """Leaders are read from the nodes' memory when asked (partition_leader)."""
+        await trio.lowlevel.checkpoint()
+
+    async def wait_exit(self, n: int, timeout_s: float) -> bool:
+        with trio.move_on_after(timeout_s):
+            await self.nodes[n].exited.wait()
+            return True
+        return False
+
+    def running(self) -> list[int]:
+        return [n for n in self.ids if self.nodes[n].running]
+
+    def send_signal(self, n: int, sig) -> None:
+        sim = self.nodes[n]
+        if sig == signal.SIGSTOP and sim.running and not sim.paused:
+            sim.paused = True
+            self.net.pause(n)
+        elif sig == signal.SIGCONT and sim.paused:
+            sim.paused = False
+            self.net.resume(n)
+
+    # --- network and disk ------------------------------------------------------------------
+
+    def set_link(self, a: int, b: int, state: LinkState, delay_s: float = 0.0) -> None:
+        self.net.set_link(a, b, Link(state.value), delay_s)
+
+    def set_client_link(self, n: int, state: LinkState, delay_s: float = 0.0) -> None:
+        self.net.set_link(CLIENTS, n, Link(state.value), delay_s)
+        self.net.set_link(n, CLIENTS, Link(state.value), delay_s)
+
+    def heal_network(self) -> None:
+        self.net.heal()
+
+    async def set_disk_faults(self, n: int, body: dict):
+        sim = self.nodes[n]
+        if body.get("power_loss"):
+            await self.power_off([n], torn=bool(self.rng.getrandbits(1)))
+            return 200, {}
+        faults = sim.disk.faults
+        if "fsync_latency_ms" in body:
+            faults.fsync_latency_s = body["fsync_latency_ms"] / 1000
+        if "latency_ms" in body:
+            faults.fsync_latency_s = faults.write_latency_s = body["latency_ms"] / 1000
+        if "error" in body:
+            number = error_number(body["error"])
+            on = body.get("error_on", "both")
+            faults.write_errno = number if on in ("write", "both") else None
+            faults.fsync_errno = number if on in ("fsync", "both") else None
+        return 200, {}
+
+    # --- what the nemesis asks about the cluster -------------------------------------------
+
+    def _any_node(self) -> Node | None:
+        for n in self.ids:
+            sim = self.nodes[n]
+            if sim.running and sim.node is not None and sim.node.meta_service is not None:
+                return sim.node
+        return None
+
+    def partition_leader(self, topic: str, partition: int) -> int | None:
+        node = self._any_node()
+        t = node.meta.topics.get(topic) if node else None
+        if t is None:
+            return None
+        lead = node.meta.leader_of(t, partition)
+        return lead.leader if lead else None
+
+    def partition_replicas(self, topic: str, partition: int) -> list[int] | None:
+        node = self._any_node()
+        t = node.meta.topics.get(topic) if node else None
+        return list(t.replicas[partition]) if t else None
+
+    def group_leader(self, group: str):
+        node = self._any_node()
+        if node is None:
+            return None
+        group = node.meta_service.group
+        return (group.leader_id, group.term) if group.leader_id else None
+
+
+@contextlib.contextmanager
+def seams(net: SimNetwork, rng: random.Random, disks: dict[int, SimDisk]):
+    """Bind the process-wide seams to the simulation for the duration of one run.
+
+    The thread hand-off runs the work inline after the calling node's virtual fsync
+    latency; os.urandom and the random module draw from the seed; the Raft listener and
+    the transport's connector are the simulated network's."""
+    saved = (os.urandom, trio.to_thread.run_sync, random.getstate())
+
+    async def run_sync(fn, *args, **_ignored):
+        disk = disks.get(ENDPOINT.get())
+        await trio.sleep(disk.fsync_latency_s() if disk is not None else 0.0)
+        return fn(*args)
+
+    os.urandom = rng.randbytes
+    random.seed(rng.getrandbits(64))
+    trio.to_thread.run_sync = run_sync
+    try:
+        yield
+    finally:
+        os.urandom, trio.to_thread.run_sync, state = saved
+        random.setstate(state)

@@ -107,6 +107,26 @@ class Broker:
     port: int
     rack: str | None
     raft_address: str
+    # listener name -> (host, port) as advertised; empty: one listener at host:port
+    listeners: dict[str, tuple[str, int]] = attrs.field(factory=dict, hash=False)
+
+    def endpoint(self, listener: str | None) -> tuple[str, int] | None:
+        """Where a client that connected on `listener` reaches this broker (Kafka advertises
+        the same listener name); None when this broker has no such listener."""
+        if not self.listeners or listener is None:
+            return self.host, self.port
+        return self.listeners.get(listener)
+
+
+@attrs.frozen(slots=True)
+class ScramCredential:
+    """A user's SCRAM credential for one mechanism (RFC 5802 section 3): never the password."""
+
+    mechanism: str
+    iterations: int
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
 
 
 @attrs.frozen(slots=True)
@@ -161,6 +181,8 @@ class MetaState:
         # transactional id -> (producer id, epoch, last InitProducerId's timestamp)
         self.transactional_ids: dict[str, tuple[int, int, int]] = {}
         self.cluster_id = ""
+        # user -> mechanism -> credential (SCRAM; PLAIN is checked against these too)
+        self.scram_credentials: dict[str, dict[str, ScramCredential]] = {}
         self.version = 0  # bumps on every change; readers cache derived answers by it
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
 
@@ -215,7 +237,9 @@ class MetaState:
                                      cluster_id=self.cluster_id)
         for b in self.brokers.values():
             snap.brokers.add(node_id=b.node_id, host=b.host, port=b.port, rack=b.rack or "",
-                             raft_address=b.raft_address)
+                             raft_address=b.raft_address,
+                             listeners=[meta_pb2.ListenerEndpoint(name=n, host=h, port=p)
+                                        for n, (h, p) in b.listeners.items()])
         for t in self.topics.values():
             snap.topics.add(name=t.name, topic_id=t.topic_id.bytes, configs=t.configs,
                             partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in t.replicas])
@@ -229,6 +253,10 @@ class MetaState:
                             error_message=str(a.error) if a.error else "")
         for tid, (pid, epoch, ts) in self.transactional_ids.items():
             snap.transactional_ids.add(transactional_id=tid, producer_id=pid, epoch=epoch, timestamp_ms=ts)
+        for user, by_mechanism in self.scram_credentials.items():
+            for c in by_mechanism.values():
+                snap.scram_credentials.add(user=user, mechanism=c.mechanism, iterations=c.iterations,
+                                           salt=c.salt, stored_key=c.stored_key, server_key=c.server_key)
         return snap.SerializeToString()
 
     def restore(self, data: bytes) -> None:
@@ -247,10 +275,28 @@ class MetaState:
                                   for t in snap.transactional_ids}
         self.next_producer_id, self.version = snap.next_producer_id, snap.version
         self.cluster_id = snap.cluster_id
+        for c in snap.scram_credentials:
+            self._scram_credential_upserted(c)
 
     def _broker_registered(self, cmd: meta_pb2.BrokerRegistered) -> Applied:
         self.brokers[cmd.node_id] = Broker(cmd.node_id, cmd.host, cmd.port, cmd.rack or None,
-                                           cmd.raft_address)
+                                           cmd.raft_address, {e.name: (e.host, e.port) for e in cmd.listeners})
+        return Applied(True)
+
+    def _scram_credential_upserted(self, cmd: meta_pb2.ScramCredentialUpserted) -> Applied:
+        if not cmd.user:
+            return Applied(False, ClusterError("empty user name", ErrorCode.unacceptable_credential))
+        self.scram_credentials.setdefault(cmd.user, {})[cmd.mechanism] = ScramCredential(
+            cmd.mechanism, cmd.iterations, cmd.salt, cmd.stored_key, cmd.server_key)
+        return Applied(True)
+
+    def _scram_credential_deleted(self, cmd: meta_pb2.ScramCredentialDeleted) -> Applied:
+        by_mechanism = self.scram_credentials.get(cmd.user, {})
+        if by_mechanism.pop(cmd.mechanism, None) is None:
+            return Applied(False, ClusterError(f"user {cmd.user!r} has no {cmd.mechanism} credential",
+                                               ErrorCode.resource_not_found))
+        if not by_mechanism:
+            del self.scram_credentials[cmd.user]
         return Applied(True)
 
     def _topic_created(self, cmd: meta_pb2.TopicCreated) -> Applied:
@@ -330,4 +376,6 @@ _APPLY = {
     "cluster_id_proposed": MetaState._cluster_id_proposed,
     "preferred_leader_requested": MetaState._preferred_leader_requested,
     "transactional_id_initialized": MetaState._transactional_id_initialized,
+    "scram_credential_upserted": MetaState._scram_credential_upserted,
+    "scram_credential_deleted": MetaState._scram_credential_deleted,
 }

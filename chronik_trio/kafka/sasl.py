@@ -15,7 +15,8 @@ PLAIN users are checked against the same SCRAM credentials (any mechanism the us
 a password's salted hash is recomputed with the stored salt and iteration count and
 compared with the stored key, so one store serves both mechanisms and no password is kept.
 
-May import: the standard library, attrs, kio's ErrorCode and chronik_trio.errors.
+May import: the standard library, kio's ErrorCode, chronik_trio.errors and cluster.meta's
+ScramCredential (what __meta stores).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import hashlib
 import hmac
 import typing
 
-import attrs
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.cluster.meta import ScramCredential
 from chronik_trio.errors import BrokerError
 
 PLAIN = "PLAIN"
@@ -57,17 +58,6 @@ class SaslState(enum.Enum):
     EXPECT_FINAL = "expect_final"
     COMPLETE = "complete"
     FAILED = "failed"
-
-
-@attrs.frozen(slots=True)
-class ScramCredential:
-    """What is stored per user and mechanism (RFC 5802 section 3): never the password."""
-
-    mechanism: str
-    iterations: int
-    salt: bytes
-    stored_key: bytes
-    server_key: bytes
 
 
 CredentialLookup = typing.Callable[[str], typing.Mapping[str, ScramCredential]]

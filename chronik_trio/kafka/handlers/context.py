@@ -14,9 +14,10 @@ import typing
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import MetaState, Topic
+from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.group import Group, JoinRequest, JoinResult, OffsetRecord, SyncResult
 from chronik_trio.partition.producers import ProducerEntry
+from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import SegmentLog
 
 
@@ -127,6 +128,10 @@ class BrokerContext(typing.Protocol):
         """(producer id, epoch) for a transactional id, its epoch bumped through __meta
         (fencing the previous holder); raises ClusterError (ProducerFenced, ...) or
         MetaUnavailable."""
+    def random_bytes(self, count: int) -> bytes:
+        """Random bytes for nonces, from the node's random source (a seam for simulation)."""
+    async def propose_meta(self, command: meta_pb2.MetaCommand) -> Applied:
+        """Commit a command through __meta; its result as applied here. Raises MetaUnavailable."""
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         """False if the preferred replica already leads; True once it leads here. Raises
         BrokerError (RequestTimedOut on timeout)."""

@@ -10,6 +10,7 @@ from chronik_trio.cluster.meta import INTERNAL_TOPIC_PREFIX
 from chronik_trio.errors import BrokerError
 
 from ..codec import build, has_field, response_schema
+from ..session import current as current_session
 from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of, topic_for_request
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,10 @@ async def handle_metadata(body, ctx, version: int):
         with trio.move_on_at(deadline):
             await ctx.meta_changed()
         topics = await _requested_topics(body, ctx, version)
-    brokers = [{"node_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
-               for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)]
+    listener = current_session().listener  # each client is told the listener it came in on
+    brokers = [{"node_id": b.node_id, "host": host, "port": port, "rack": b.rack}
+               for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)
+               for host, port in [b.endpoint(listener) or (None, None)] if host is not None]
     return build(response_schema(3, version), brokers=brokers,
                  cluster_id=ctx.cluster_id, controller_id=ctx.meta_leader_id(), topics=topics,
                  cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)

@@ -104,6 +104,9 @@ async def open_session(stream: trio.abc.Stream, spec: Listener, context: ssl.SSL
             log.warning("listener %s: refused connection from %s: TLS handshake failed: %s", spec.name, peer, reason)
             return None
         principal = principal_of(stream.getpeercert())
+        if principal is not None:
+            log.info("listener %s: connection from %s with a client certificate, principal %s",
+                     spec.name, peer, principal)
     session = Session.for_listener(spec.name, spec.security_protocol, mechanisms)
     if principal is not None and not spec.uses_sasl:
         session.principal = principal

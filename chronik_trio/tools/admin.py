@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import io
 import json
+import os
 import socket
 import struct
 import sys
@@ -37,6 +39,10 @@ DELETE_TOPICS_API_KEY, DELETE_TOPICS_VERSION = 20, 6
 ELECT_LEADERS_API_KEY, ELECT_LEADERS_VERSION = 43, 2
 DESCRIBE_CLUSTER_API_KEY, DESCRIBE_CLUSTER_VERSION = 60, 0
 API_VERSIONS_API_KEY, API_VERSIONS_VERSION = 18, 0
+DESCRIBE_SCRAM_API_KEY, ALTER_SCRAM_API_KEY = 50, 51
+SCRAM_MECHANISM_TYPES = {"SCRAM-SHA-256": 1, "SCRAM-SHA-512": 2}  # Kafka's ScramMechanism
+SCRAM_ITERATIONS_DEFAULT = 8192  # Kafka's tools default (4096 is the minimum)
+SCRAM_SALT_BYTES = 32
 ELECTION_TYPE_PREFERRED = 0
 NOT_CONTROLLER = 41
 ELECTION_NOT_NEEDED = 84
@@ -397,10 +403,68 @@ def cmd_health(args) -> int:
     return 1 if problems else 0
 
 
+# --- users (SCRAM credentials) ----------------------------------------------------------------
+
+def _read_password(args) -> str:
+    """The password from --password-file, else the first line of stdin (never a flag: flags
+    are visible in the process list)."""
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as f:
+            text = f.readline()
+    else:
+        text = sys.stdin.readline()
+    password = text.rstrip("\r\n")
+    if not password:
+        raise AdminError("empty password", exit_code=2)
+    return password
+
+
+def cmd_user(args) -> int:
+    what = f"user {args.action}" + (f" {args.name}" if args.name else "")
+    if args.action == "list" or (args.action == "describe" and args.name):
+        users = None if args.action == "list" else [{"name": args.name}]
+        _, answer = ask_any(args, DESCRIBE_SCRAM_API_KEY, 0, {"users": users})
+        if int(answer.error_code) != 0:
+            raise _refused(what, answer.error_code, answer.error_message)
+        names = {v: k for k, v in SCRAM_MECHANISM_TYPES.items()}
+        rows = []
+        for result in answer.results:
+            if int(result.error_code) != 0:
+                raise _refused(what, result.error_code, result.error_message)
+            for info in result.credential_infos:
+                rows.append([result.user, names.get(int(info.mechanism), str(int(info.mechanism))),
+                             str(int(info.iterations))])
+        print(format_table(["USER", "MECHANISM", "ITERATIONS"], rows))
+        return 0
+    if not args.name:
+        raise AdminError(f"{what}: a user name is needed", exit_code=2)
+    mechanisms = args.mechanism or list(SCRAM_MECHANISM_TYPES)
+    if args.action == "delete":
+        body = {"deletions": [{"name": args.name, "mechanism": SCRAM_MECHANISM_TYPES[m]} for m in mechanisms],
+                "upsertions": []}
+    else:
+        password = _read_password(args)
+        upsertions = []
+        for m in mechanisms:
+            salt = os.urandom(SCRAM_SALT_BYTES)
+            hashed = hashlib.pbkdf2_hmac(m.removeprefix("SCRAM-").replace("-", "").lower(), password.encode(),
+                                         salt, args.iterations)
+            upsertions.append({"name": args.name, "mechanism": SCRAM_MECHANISM_TYPES[m],
+                               "iterations": args.iterations, "salt": salt, "salted_password": hashed})
+        body = {"deletions": [], "upsertions": upsertions}
+    _, answer = ask_any(args, ALTER_SCRAM_API_KEY, 0, body)
+    for result in answer.results:
+        if int(result.error_code) != 0:
+            raise _refused(what, result.error_code, result.error_message)
+    print(f"{'deleted' if args.action == 'delete' else 'set'} {', '.join(mechanisms)} credentials of user {args.name}")
+    return 0
+
+
 # --- the command -------------------------------------------------------------------------------
 
 COMMANDS = {"topics": cmd_topics, "create-topic": cmd_create_topic, "delete-topic": cmd_delete_topic,
-            "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health}
+            "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health,
+            "user": cmd_user}
 
 
 def _common_options(parser, *, defaults: bool) -> None:
@@ -439,6 +503,13 @@ def add_parser(sub) -> None:
     c.add_argument("partitions", nargs="*", type=int, metavar="PARTITION", help="default: all of the topic's")
     c = command("cluster", "cluster id, controller, brokers")
     c.add_argument("--json", action="store_true")
+    c = command("user", "SASL/SCRAM users: list, describe NAME, set NAME (password on stdin), delete NAME")
+    c.add_argument("action", choices=("list", "describe", "set", "delete"))
+    c.add_argument("name", nargs="?")
+    c.add_argument("--mechanism", action="append", choices=tuple(SCRAM_MECHANISM_TYPES),
+                   help="default: both SCRAM-SHA-256 and SCRAM-SHA-512")
+    c.add_argument("--iterations", type=int, default=SCRAM_ITERATIONS_DEFAULT)
+    c.add_argument("--password-file", help="read the password from this file's first line (default: stdin)")
     c = command("health", "exit 0 if every broker answers and every partition has a leader and a full ISR")
     c.add_argument("--json", action="store_true")
 

@@ -6,12 +6,14 @@ certificate from another CA) is refused with a log line and a count, the node se
 from __future__ import annotations
 
 import socket
+import subprocess
 import ssl
 import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from tests.brokers import CHRONIK_TRIO, free_port
 from tests.kafka import live
 from tests.kafka_wire import ConnectionClosed, KafkaWire, encode_request, frame, request_class
 
@@ -107,3 +109,11 @@ def test_a_tls_handshake_cut_half_way_is_refused(node):
             while sock.recv(1 << 16):  # an alert, perhaps; then the node closes
                 pass
     _refused_tls(node, "tls_handshake", attempt)
+
+
+def test_a_node_whose_certificate_does_not_load_exits_2_naming_it(tmp_path):
+    done = subprocess.run([CHRONIK_TRIO, "node", "--data-dir", str(tmp_path / "data"),
+                           "--listeners", f"SSL://127.0.0.1:{free_port()}",
+                           "--ssl-certfile", str(tmp_path / "missing.pem"), "--ssl-keyfile", str(tmp_path / "missing.key")],
+                          capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+    assert done.returncode == 2 and "TLS certificate or key does not load" in done.stderr, done.stderr

@@ -4,7 +4,8 @@ Every command speaks the Kafka protocol itself, one request per blocking socket,
 and decoded by kio (a core dependency), so the tool works after a plain `pip install -e .`:
 Metadata v12 (brokers, controller, and each partition's leader, leader epoch, replicas, ISR
 and offline replicas in one answer), CreateTopics, DeleteTopics and ElectLeaders (sent to
-the controller, as Kafka's own tools do), DescribeCluster, and an ApiVersions request to
+the controller, as Kafka's own tools do), DescribeCluster, Describe/AlterUserScramCredentials
+(`user`: SCRAM users, the password salted and hashed here), and an ApiVersions request to
 each broker to learn whether it answers at all (for `health`). Bootstrap addresses are
 tried in turn until one answers.
 

@@ -15,6 +15,8 @@ import attrs
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.errors import BrokerError
+
+from .acls import Acl, Operation, PatternType, Permission, ResourceType
 from chronik_trio.pb import meta_pb2
 
 TOPIC_NAME_CHARS = re.compile(r"^[a-zA-Z0-9._-]+$")
@@ -183,6 +185,7 @@ class MetaState:
         self.cluster_id = ""
         # user -> mechanism -> credential (SCRAM; PLAIN is checked against these too)
         self.scram_credentials: dict[str, dict[str, ScramCredential]] = {}
+        self.acls: dict[Acl, None] = {}  # insertion-ordered set of ACLs (cluster/acls.py)
         self.version = 0  # bumps on every change; readers cache derived answers by it
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
 
@@ -257,6 +260,7 @@ class MetaState:
             for c in by_mechanism.values():
                 snap.scram_credentials.add(user=user, mechanism=c.mechanism, iterations=c.iterations,
                                            salt=c.salt, stored_key=c.stored_key, server_key=c.server_key)
+        snap.acls.extend(acl_binding(a) for a in self.acls)
         return snap.SerializeToString()
 
     def restore(self, data: bytes) -> None:
@@ -277,6 +281,7 @@ class MetaState:
         self.cluster_id = snap.cluster_id
         for c in snap.scram_credentials:
             self._scram_credential_upserted(c)
+        self.acls = {acl_of(b): None for b in snap.acls}
 
     def _broker_registered(self, cmd: meta_pb2.BrokerRegistered) -> Applied:
         self.brokers[cmd.node_id] = Broker(cmd.node_id, cmd.host, cmd.port, cmd.rack or None,
@@ -288,6 +293,16 @@ class MetaState:
             return Applied(False, ClusterError("empty user name", ErrorCode.unacceptable_credential))
         self.scram_credentials.setdefault(cmd.user, {})[cmd.mechanism] = ScramCredential(
             cmd.mechanism, cmd.iterations, cmd.salt, cmd.stored_key, cmd.server_key)
+        return Applied(True)
+
+    def _acls_created(self, cmd: meta_pb2.AclsCreated) -> Applied:
+        for binding in cmd.acls:
+            self.acls[acl_of(binding)] = None
+        return Applied(True)
+
+    def _acls_deleted(self, cmd: meta_pb2.AclsDeleted) -> Applied:
+        for binding in cmd.acls:
+            self.acls.pop(acl_of(binding), None)
         return Applied(True)
 
     def _scram_credential_deleted(self, cmd: meta_pb2.ScramCredentialDeleted) -> Applied:
@@ -378,4 +393,17 @@ _APPLY = {
     "transactional_id_initialized": MetaState._transactional_id_initialized,
     "scram_credential_upserted": MetaState._scram_credential_upserted,
     "scram_credential_deleted": MetaState._scram_credential_deleted,
+    "acls_created": MetaState._acls_created,
+    "acls_deleted": MetaState._acls_deleted,
 }
+
+
+def acl_of(binding: meta_pb2.AclBinding) -> Acl:
+    return Acl(ResourceType(binding.resource_type), binding.resource_name, PatternType(binding.pattern_type),
+               binding.principal, binding.host, Operation(binding.operation), Permission(binding.permission))
+
+
+def acl_binding(acl: Acl) -> meta_pb2.AclBinding:
+    return meta_pb2.AclBinding(resource_type=acl.resource_type, resource_name=acl.resource_name,
+                               pattern_type=acl.pattern_type, principal=acl.principal, host=acl.host,
+                               operation=acl.operation, permission=acl.permission)

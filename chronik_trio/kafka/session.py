@@ -58,13 +58,14 @@ class Session:
     mechanisms: tuple[str, ...] = ()  # the SASL mechanisms the listener offers
     sasl: SaslServer | None = None
     failure: str | None = None  # why the connection is being closed (for its log line)
+    host: str = ""  # the client's address, as ACLs name hosts
 
     @classmethod
     def for_listener(cls, name: str | None, protocol: str, mechanisms: tuple[str, ...],
-                     principal: str = ANONYMOUS) -> "Session":
+                     principal: str = ANONYMOUS, host: str = "") -> "Session":
         needs_sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
         return cls(name, protocol, principal, AuthState.NEEDS_SASL if needs_sasl else AuthState.OPEN,
-                   mechanisms)
+                   mechanisms, host=host)
 
     @property
     def authenticating(self) -> bool:

@@ -126,6 +126,9 @@ class NodeConfig:
     ssl_cafile: str | None = None  # PEM: CAs whose client certificates are accepted
     ssl_client_auth: str = "none"
     sasl_enabled_mechanisms: str = ",".join(SASL_MECHANISMS)
+    # ACLs (Kafka's authorizer.class.name set): every request is checked; no ACL, no access.
+    authorizer_enabled: bool = False
+    super_users: str = ""  # Kafka's super.users: "User:admin;User:CN=ops,O=example"
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:
@@ -160,9 +163,16 @@ class NodeConfig:
             raise ConfigError(f"ssl_client_auth must be one of {SSL_CLIENT_AUTH}, got {self.ssl_client_auth!r}")
         if self.ssl_client_auth != "none" and not self.ssl_cafile:
             raise ConfigError(f"ssl_client_auth={self.ssl_client_auth} needs ssl_cafile (the client CAs)")
+        for principal in self.super_user_principals:
+            if ":" not in principal:
+                raise ConfigError(f"super_users: {principal!r} is not TYPE:NAME (e.g. User:admin)")
         for mechanism in self.sasl_mechanisms:
             if mechanism not in SASL_MECHANISMS:
                 raise ConfigError(f"sasl_enabled_mechanisms: {mechanism!r} is not one of {SASL_MECHANISMS}")
+
+    @property
+    def super_user_principals(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.super_users.split(";") if p.strip())
 
     @property
     def sasl_mechanisms(self) -> tuple[str, ...]:

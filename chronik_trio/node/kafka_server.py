@@ -26,7 +26,9 @@ from chronik_trio.kafka.errors import MalformedRequest, ProtocolViolation, Unsup
 from chronik_trio.kafka.framing import FrameDecoder
 from chronik_trio.kafka.handlers import registry
 from chronik_trio.kafka.handlers.groups import COMMIT_TURN, REQUEST_CLIENT, CommitOrder
+from chronik_trio.kafka.authorization import refusal
 from chronik_trio.kafka.session import SESSION, AuthState, Session
+from chronik_trio.kafka.session import current as current_session
 from chronik_trio.storage.errors import CorruptHardStateError, CorruptLogError, DiskError
 
 log = logging.getLogger(__name__)
@@ -178,7 +180,9 @@ async def _answer(request, slot: _Slot, ctx, peer: str) -> None:
     _, handler = registry.HANDLERS[request.api_key]
     ctx.requests_inflight += 1
     try:
-        body = await handler(request.body, ctx, request.api_version)
+        body = refusal(request.api_key, request.api_version, request.body, ctx, current_session())
+        if body is None:
+            body = await handler(request.body, ctx, request.api_version)
         chunks = None if body is None else codec.encode_response(request.correlation_id, body)
     except Exception as exc:  # Cancelled and KeyboardInterrupt are BaseExceptions: never caught
         if _not_contained(exc):

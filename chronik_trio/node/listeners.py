@@ -107,7 +107,7 @@ async def open_session(stream: trio.abc.Stream, spec: Listener, context: ssl.SSL
         if principal is not None:
             log.info("listener %s: connection from %s with a client certificate, principal %s",
                      spec.name, peer, principal)
-    session = Session.for_listener(spec.name, spec.security_protocol, mechanisms)
+    session = Session.for_listener(spec.name, spec.security_protocol, mechanisms, host=peer.rpartition(":")[0])
     if principal is not None and not spec.uses_sasl:
         session.principal = principal
     return stream, session

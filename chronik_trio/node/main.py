@@ -56,6 +56,9 @@ def _node_parser(sub) -> None:
     p.add_argument("--ssl-client-auth", choices=config_mod.SSL_CLIENT_AUTH,
                    help="ask TLS clients for a certificate (default none)")
     p.add_argument("--sasl-enabled-mechanisms", help="comma-separated: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (default all)")
+    p.add_argument("--authorizer-enabled", action="store_true", default=None,
+                   help="check every request against the ACLs; no ACL, no access (docs/security.md)")
+    p.add_argument("--super-users", help='principals allowed everything, "User:admin;User:CN=ops,O=example"')
     p.add_argument("--fault-injection", action="store_true", default=None,
                    help="for the chaos harness: storage through a FaultyDisk and POST /faults on "
                    "the HTTP server (latency, EIO/ENOSPC, power loss); never in production")

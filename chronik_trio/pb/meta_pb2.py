@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nmeta.proto\x12\x0c\x63hronik.meta\"\x96\x01\n\x10\x42rokerRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0c\n\x04rack\x18\x04 \x01(\t\x12\x14\n\x0craft_address\x18\x05 \x01(\t\x12\x31\n\tlisteners\x18\x06 \x03(\x0b\x32\x1e.chronik.meta.ListenerEndpoint\"W\n\x10ListenerEndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x19\n\x11security_protocol\x18\x04 \x01(\t\"\x84\x01\n\x17ScramCredentialUpserted\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tmechanism\x18\x02 \x01(\t\x12\x12\n\niterations\x18\x03 \x01(\x05\x12\x0c\n\x04salt\x18\x04 \x01(\x0c\x12\x12\n\nstored_key\x18\x05 \x01(\x0c\x12\x12\n\nserver_key\x18\x06 \x01(\x0c\"9\n\x16ScramCredentialDeleted\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tmechanism\x18\x02 \x01(\t\"\'\n\x13PartitionAssignment\x12\x10\n\x08replicas\x18\x01 \x03(\x05\"\xcf\x01\n\x0cTopicCreated\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\x0c\x12\x35\n\npartitions\x18\x03 \x03(\x0b\x32!.chronik.meta.PartitionAssignment\x12\x38\n\x07\x63onfigs\x18\x04 \x03(\x0b\x32\'.chronik.meta.TopicCreated.ConfigsEntry\x1a.\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x0cTopicDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\x0c\"h\n\x0fPartitionsAdded\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\x0c\x12\x35\n\npartitions\x18\x03 \x03(\x0b\x32!.chronik.meta.PartitionAssignment\"6\n\x14ProducerIdsAllocated\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x99\x01\n\x13TopicConfigsAltered\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x37\n\x03set\x18\x02 \x03(\x0b\x32*.chronik.meta.TopicConfigsAltered.SetEntry\x12\x0f\n\x07removed\x18\x03 \x03(\t\x1a*\n\x08SetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x16PartitionLeaderChanged\x12\x10\n\x08topic_id\x18\x01 \x01(\x0c\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06leader\x18\x03 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x03\x12\x0b\n\x03isr\x18\x05 \x03(\x05\x12\x13\n\x0bisr_version\x18\x06 \x01(\x03\"\'\n\x11\x43lusterIdProposed\x12\x12\n\ncluster_id\x18\x01 \x01(\t\"?\n\x18PreferredLeaderRequested\x12\x10\n\x08topic_id\x18\x01 \x01(\x0c\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x99\x01\n\x1aTransactionalIdInitialized\x12\x18\n\x10transactional_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65xpected_producer_id\x18\x02 \x01(\x03\x12\x16\n\x0e\x65xpected_epoch\x18\x03 \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x15\n\rexpiration_ms\x18\x05 \x01(\x03\"j\n\x14TransactionalIdState\x12\x18\n\x10transactional_id\x18\x01 \x01(\t\x12\x13\n\x0bproducer_id\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"\xd8\x06\n\x0bMetaCommand\x12;\n\x11\x62roker_registered\x18\x01 \x01(\x0b\x32\x1e.chronik.meta.BrokerRegisteredH\x00\x12\x33\n\rtopic_created\x18\x02 \x01(\x0b\x32\x1a.chronik.meta.TopicCreatedH\x00\x12\x33\n\rtopic_deleted\x18\x03 \x01(\x0b\x32\x1a.chronik.meta.TopicDeletedH\x00\x12\x39\n\x10partitions_added\x18\x04 \x01(\x0b\x32\x1d.chronik.meta.PartitionsAddedH\x00\x12\x44\n\x16producer_ids_allocated\x18\x05 \x01(\x0b\x32\".chronik.meta.ProducerIdsAllocatedH\x00\x12\x42\n\x15topic_configs_altered\x18\x06 \x01(\x0b\x32!.chronik.meta.TopicConfigsAlteredH\x00\x12H\n\x18partition_leader_changed\x18\x07 \x01(\x0b\x32$.chronik.meta.PartitionLeaderChangedH\x00\x12>\n\x13\x63luster_id_proposed\x18\x08 \x01(\x0b\x32\x1f.chronik.meta.ClusterIdProposedH\x00\x12L\n\x1apreferred_leader_requested\x18\t \x01(\x0b\x32&.chronik.meta.PreferredLeaderRequestedH\x00\x12P\n\x1ctransactional_id_initialized\x18\n \x01(\x0b\x32(.chronik.meta.TransactionalIdInitializedH\x00\x12J\n\x19scram_credential_upserted\x18< \x01(\x0b\x32%.chronik.meta.ScramCredentialUpsertedH\x00\x12H\n\x18scram_credential_deleted\x18= \x01(\x0b\x32$.chronik.meta.ScramCredentialDeletedH\x00\x12\x12\n\nrequest_id\x18\x0f \x01(\x0c\x42\t\n\x07\x63ommand\"\x8d\x01\n\rAppliedResult\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x19\n\x11producer_id_start\x18\x05 \x01(\x03\x12\x16\n\x0eproducer_epoch\x18\x06 \x01(\x05\"\x8f\x03\n\x0cMetaSnapshot\x12/\n\x07\x62rokers\x18\x01 \x03(\x0b\x32\x1e.chronik.meta.BrokerRegistered\x12*\n\x06topics\x18\x02 \x03(\x0b\x32\x1a.chronik.meta.TopicCreated\x12\x35\n\x07leaders\x18\x03 \x03(\x0b\x32$.chronik.meta.PartitionLeaderChanged\x12\x18\n\x10next_producer_id\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12+\n\x06recent\x18\x06 \x03(\x0b\x32\x1b.chronik.meta.AppliedResult\x12\x12\n\ncluster_id\x18\x07 \x01(\t\x12=\n\x11transactional_ids\x18\x08 \x03(\x0b\x32\".chronik.meta.TransactionalIdState\x12@\n\x11scram_credentials\x18< \x03(\x0b\x32%.chronik.meta.ScramCredentialUpsertedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nmeta.proto\x12\x0c\x63hronik.meta\"\x96\x01\n\x10\x42rokerRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0c\n\x04rack\x18\x04 \x01(\t\x12\x14\n\x0craft_address\x18\x05 \x01(\t\x12\x31\n\tlisteners\x18\x06 \x03(\x0b\x32\x1e.chronik.meta.ListenerEndpoint\"W\n\x10ListenerEndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x19\n\x11security_protocol\x18\x04 \x01(\t\"\x84\x01\n\x17ScramCredentialUpserted\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tmechanism\x18\x02 \x01(\t\x12\x12\n\niterations\x18\x03 \x01(\x05\x12\x0c\n\x04salt\x18\x04 \x01(\x0c\x12\x12\n\nstored_key\x18\x05 \x01(\x0c\x12\x12\n\nserver_key\x18\x06 \x01(\x0c\"\x98\x01\n\nAclBinding\x12\x15\n\rresource_type\x18\x01 \x01(\x05\x12\x15\n\rresource_name\x18\x02 \x01(\t\x12\x14\n\x0cpattern_type\x18\x03 \x01(\x05\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x11\n\toperation\x18\x06 \x01(\x05\x12\x12\n\npermission\x18\x07 \x01(\x05\"5\n\x0b\x41\x63lsCreated\x12&\n\x04\x61\x63ls\x18\x01 \x03(\x0b\x32\x18.chronik.meta.AclBinding\"5\n\x0b\x41\x63lsDeleted\x12&\n\x04\x61\x63ls\x18\x01 \x03(\x0b\x32\x18.chronik.meta.AclBinding\"9\n\x16ScramCredentialDeleted\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tmechanism\x18\x02 \x01(\t\"\'\n\x13PartitionAssignment\x12\x10\n\x08replicas\x18\x01 \x03(\x05\"\xcf\x01\n\x0cTopicCreated\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\x0c\x12\x35\n\npartitions\x18\x03 \x03(\x0b\x32!.chronik.meta.PartitionAssignment\x12\x38\n\x07\x63onfigs\x18\x04 \x03(\x0b\x32\'.chronik.meta.TopicCreated.ConfigsEntry\x1a.\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x0cTopicDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\x0c\"h\n\x0fPartitionsAdded\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\x0c\x12\x35\n\npartitions\x18\x03 \x03(\x0b\x32!.chronik.meta.PartitionAssignment\"6\n\x14ProducerIdsAllocated\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x99\x01\n\x13TopicConfigsAltered\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x37\n\x03set\x18\x02 \x03(\x0b\x32*.chronik.meta.TopicConfigsAltered.SetEntry\x12\x0f\n\x07removed\x18\x03 \x03(\t\x1a*\n\x08SetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x16PartitionLeaderChanged\x12\x10\n\x08topic_id\x18\x01 \x01(\x0c\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06leader\x18\x03 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x03\x12\x0b\n\x03isr\x18\x05 \x03(\x05\x12\x13\n\x0bisr_version\x18\x06 \x01(\x03\"\'\n\x11\x43lusterIdProposed\x12\x12\n\ncluster_id\x18\x01 \x01(\t\"?\n\x18PreferredLeaderRequested\x12\x10\n\x08topic_id\x18\x01 \x01(\x0c\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x99\x01\n\x1aTransactionalIdInitialized\x12\x18\n\x10transactional_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65xpected_producer_id\x18\x02 \x01(\x03\x12\x16\n\x0e\x65xpected_epoch\x18\x03 \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x15\n\rexpiration_ms\x18\x05 \x01(\x03\"j\n\x14TransactionalIdState\x12\x18\n\x10transactional_id\x18\x01 \x01(\t\x12\x13\n\x0bproducer_id\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"\xbe\x07\n\x0bMetaCommand\x12;\n\x11\x62roker_registered\x18\x01 \x01(\x0b\x32\x1e.chronik.meta.BrokerRegisteredH\x00\x12\x33\n\rtopic_created\x18\x02 \x01(\x0b\x32\x1a.chronik.meta.TopicCreatedH\x00\x12\x33\n\rtopic_deleted\x18\x03 \x01(\x0b\x32\x1a.chronik.meta.TopicDeletedH\x00\x12\x39\n\x10partitions_added\x18\x04 \x01(\x0b\x32\x1d.chronik.meta.PartitionsAddedH\x00\x12\x44\n\x16producer_ids_allocated\x18\x05 \x01(\x0b\x32\".chronik.meta.ProducerIdsAllocatedH\x00\x12\x42\n\x15topic_configs_altered\x18\x06 \x01(\x0b\x32!.chronik.meta.TopicConfigsAlteredH\x00\x12H\n\x18partition_leader_changed\x18\x07 \x01(\x0b\x32$.chronik.meta.PartitionLeaderChangedH\x00\x12>\n\x13\x63luster_id_proposed\x18\x08 \x01(\x0b\x32\x1f.chronik.meta.ClusterIdProposedH\x00\x12L\n\x1apreferred_leader_requested\x18\t \x01(\x0b\x32&.chronik.meta.PreferredLeaderRequestedH\x00\x12P\n\x1ctransactional_id_initialized\x18\n \x01(\x0b\x32(.chronik.meta.TransactionalIdInitializedH\x00\x12J\n\x19scram_credential_upserted\x18< \x01(\x0b\x32%.chronik.meta.ScramCredentialUpsertedH\x00\x12H\n\x18scram_credential_deleted\x18= \x01(\x0b\x32$.chronik.meta.ScramCredentialDeletedH\x00\x12\x31\n\x0c\x61\x63ls_created\x18> \x01(\x0b\x32\x19.chronik.meta.AclsCreatedH\x00\x12\x31\n\x0c\x61\x63ls_deleted\x18? \x01(\x0b\x32\x19.chronik.meta.AclsDeletedH\x00\x12\x12\n\nrequest_id\x18\x0f \x01(\x0c\x42\t\n\x07\x63ommand\"\x8d\x01\n\rAppliedResult\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x19\n\x11producer_id_start\x18\x05 \x01(\x03\x12\x16\n\x0eproducer_epoch\x18\x06 \x01(\x05\"\xb7\x03\n\x0cMetaSnapshot\x12/\n\x07\x62rokers\x18\x01 \x03(\x0b\x32\x1e.chronik.meta.BrokerRegistered\x12*\n\x06topics\x18\x02 \x03(\x0b\x32\x1a.chronik.meta.TopicCreated\x12\x35\n\x07leaders\x18\x03 \x03(\x0b\x32$.chronik.meta.PartitionLeaderChanged\x12\x18\n\x10next_producer_id\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12+\n\x06recent\x18\x06 \x03(\x0b\x32\x1b.chronik.meta.AppliedResult\x12\x12\n\ncluster_id\x18\x07 \x01(\t\x12=\n\x11transactional_ids\x18\x08 \x03(\x0b\x32\".chronik.meta.TransactionalIdState\x12@\n\x11scram_credentials\x18< \x03(\x0b\x32%.chronik.meta.ScramCredentialUpserted\x12&\n\x04\x61\x63ls\x18= \x03(\x0b\x32\x18.chronik.meta.AclBindingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,38 +41,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTENERENDPOINT']._serialized_end=268
   _globals['_SCRAMCREDENTIALUPSERTED']._serialized_start=271
   _globals['_SCRAMCREDENTIALUPSERTED']._serialized_end=403
-  _globals['_SCRAMCREDENTIALDELETED']._serialized_start=405
-  _globals['_SCRAMCREDENTIALDELETED']._serialized_end=462
-  _globals['_PARTITIONASSIGNMENT']._serialized_start=464
-  _globals['_PARTITIONASSIGNMENT']._serialized_end=503
-  _globals['_TOPICCREATED']._serialized_start=506
-  _globals['_TOPICCREATED']._serialized_end=713
-  _globals['_TOPICCREATED_CONFIGSENTRY']._serialized_start=667
-  _globals['_TOPICCREATED_CONFIGSENTRY']._serialized_end=713
-  _globals['_TOPICDELETED']._serialized_start=715
-  _globals['_TOPICDELETED']._serialized_end=761
-  _globals['_PARTITIONSADDED']._serialized_start=763
-  _globals['_PARTITIONSADDED']._serialized_end=867
-  _globals['_PRODUCERIDSALLOCATED']._serialized_start=869
-  _globals['_PRODUCERIDSALLOCATED']._serialized_end=923
-  _globals['_TOPICCONFIGSALTERED']._serialized_start=926
-  _globals['_TOPICCONFIGSALTERED']._serialized_end=1079
-  _globals['_TOPICCONFIGSALTERED_SETENTRY']._serialized_start=1037
-  _globals['_TOPICCONFIGSALTERED_SETENTRY']._serialized_end=1079
-  _globals['_PARTITIONLEADERCHANGED']._serialized_start=1082
-  _globals['_PARTITIONLEADERCHANGED']._serialized_end=1215
-  _globals['_CLUSTERIDPROPOSED']._serialized_start=1217
-  _globals['_CLUSTERIDPROPOSED']._serialized_end=1256
-  _globals['_PREFERREDLEADERREQUESTED']._serialized_start=1258
-  _globals['_PREFERREDLEADERREQUESTED']._serialized_end=1321
-  _globals['_TRANSACTIONALIDINITIALIZED']._serialized_start=1324
-  _globals['_TRANSACTIONALIDINITIALIZED']._serialized_end=1477
-  _globals['_TRANSACTIONALIDSTATE']._serialized_start=1479
-  _globals['_TRANSACTIONALIDSTATE']._serialized_end=1585
-  _globals['_METACOMMAND']._serialized_start=1588
-  _globals['_METACOMMAND']._serialized_end=2444
-  _globals['_APPLIEDRESULT']._serialized_start=2447
-  _globals['_APPLIEDRESULT']._serialized_end=2588
-  _globals['_METASNAPSHOT']._serialized_start=2591
-  _globals['_METASNAPSHOT']._serialized_end=2990
+  _globals['_ACLBINDING']._serialized_start=406
+  _globals['_ACLBINDING']._serialized_end=558
+  _globals['_ACLSCREATED']._serialized_start=560
+  _globals['_ACLSCREATED']._serialized_end=613
+  _globals['_ACLSDELETED']._serialized_start=615
+  _globals['_ACLSDELETED']._serialized_end=668
+  _globals['_SCRAMCREDENTIALDELETED']._serialized_start=670
+  _globals['_SCRAMCREDENTIALDELETED']._serialized_end=727
+  _globals['_PARTITIONASSIGNMENT']._serialized_start=729
+  _globals['_PARTITIONASSIGNMENT']._serialized_end=768
+  _globals['_TOPICCREATED']._serialized_start=771
+  _globals['_TOPICCREATED']._serialized_end=978
+  _globals['_TOPICCREATED_CONFIGSENTRY']._serialized_start=932
+  _globals['_TOPICCREATED_CONFIGSENTRY']._serialized_end=978
+  _globals['_TOPICDELETED']._serialized_start=980
+  _globals['_TOPICDELETED']._serialized_end=1026
+  _globals['_PARTITIONSADDED']._serialized_start=1028
+  _globals['_PARTITIONSADDED']._serialized_end=1132
+  _globals['_PRODUCERIDSALLOCATED']._serialized_start=1134
+  _globals['_PRODUCERIDSALLOCATED']._serialized_end=1188
+  _globals['_TOPICCONFIGSALTERED']._serialized_start=1191
+  _globals['_TOPICCONFIGSALTERED']._serialized_end=1344
+  _globals['_TOPICCONFIGSALTERED_SETENTRY']._serialized_start=1302
+  _globals['_TOPICCONFIGSALTERED_SETENTRY']._serialized_end=1344
+  _globals['_PARTITIONLEADERCHANGED']._serialized_start=1347
+  _globals['_PARTITIONLEADERCHANGED']._serialized_end=1480
+  _globals['_CLUSTERIDPROPOSED']._serialized_start=1482
+  _globals['_CLUSTERIDPROPOSED']._serialized_end=1521
+  _globals['_PREFERREDLEADERREQUESTED']._serialized_start=1523
+  _globals['_PREFERREDLEADERREQUESTED']._serialized_end=1586
+  _globals['_TRANSACTIONALIDINITIALIZED']._serialized_start=1589
+  _globals['_TRANSACTIONALIDINITIALIZED']._serialized_end=1742
+  _globals['_TRANSACTIONALIDSTATE']._serialized_start=1744
+  _globals['_TRANSACTIONALIDSTATE']._serialized_end=1850
+  _globals['_METACOMMAND']._serialized_start=1853
+  _globals['_METACOMMAND']._serialized_end=2811
+  _globals['_APPLIEDRESULT']._serialized_start=2814
+  _globals['_APPLIEDRESULT']._serialized_end=2955
+  _globals['_METASNAPSHOT']._serialized_start=2958
+  _globals['_METASNAPSHOT']._serialized_end=3397
 # @@protoc_insertion_point(module_scope)

@@ -461,11 +461,90 @@ def cmd_user(args) -> int:
     return 0
 
 
+# --- ACLs -------------------------------------------------------------------------------------
+
+ACL_VERSION = 3
+DESCRIBE_ACLS_API_KEY, CREATE_ACLS_API_KEY, DELETE_ACLS_API_KEY = 29, 30, 31
+RESOURCE_TYPES = {"any": 1, "topic": 2, "group": 3, "cluster": 4, "transactional-id": 5}
+PATTERN_TYPES = {1: "ANY", 3: "LITERAL", 4: "PREFIXED"}
+OPERATIONS = {name: number for number, name in enumerate(
+    ("unknown", "any", "all", "read", "write", "create", "delete", "alter", "describe", "cluster-action",
+     "describe-configs", "alter-configs", "idempotent-write"))}
+PERMISSIONS = {1: "ANY", 2: "DENY", 3: "ALLOW"}
+CLUSTER_RESOURCE = "kafka-cluster"
+
+
+def _acl_resource(args) -> tuple[int, str | None]:
+    given = [(kind, value) for kind, value in (("topic", args.topic), ("group", args.group),
+                                                ("transactional-id", args.transactional_id)) if value]
+    if args.cluster:
+        given.append(("cluster", CLUSTER_RESOURCE))
+    if len(given) > 1:
+        raise AdminError("give one of --topic, --group, --transactional-id, --cluster", exit_code=2)
+    if not given:
+        return RESOURCE_TYPES["any"], None
+    kind, name = given[0]
+    return RESOURCE_TYPES[kind], name
+
+
+def _acl_rows(resource_type, name, pattern, principal, host, operation, permission) -> list[str]:
+    kinds = {v: k for k, v in RESOURCE_TYPES.items()}
+    operations = {v: k for k, v in OPERATIONS.items()}
+    return [kinds.get(int(resource_type), str(int(resource_type))), name, PATTERN_TYPES.get(int(pattern), "?"),
+            principal, host, operations.get(int(operation), str(int(operation))).upper(),
+            PERMISSIONS.get(int(permission), "?")]
+
+
+ACL_HEADER = ["RESOURCE", "NAME", "PATTERN", "PRINCIPAL", "HOST", "OPERATION", "PERMISSION"]
+
+
+def cmd_acl(args) -> int:
+    resource_type, name = _acl_resource(args)
+    what = f"acl {args.action}"
+    pattern = 4 if args.prefixed else 3
+    if args.action == "list":
+        _, answer = ask_any(args, DESCRIBE_ACLS_API_KEY, ACL_VERSION, {
+            "resource_type_filter": resource_type, "resource_name_filter": name,
+            "pattern_type_filter": 2 if name is not None and not args.prefixed else (4 if args.prefixed else 1),
+            "principal_filter": args.principal, "host_filter": None, "operation": 1, "permission_type": 1})
+        if int(answer.error_code) != 0:
+            raise _refused(what, answer.error_code, answer.error_message)
+        rows = [_acl_rows(r.resource_type, r.resource_name, r.pattern_type, a.principal, a.host, a.operation,
+                          a.permission_type) for r in answer.resources for a in r.acls]
+        print(format_table(ACL_HEADER, rows))
+        return 0
+    if not args.principal or not args.operation or name is None:
+        raise AdminError(f"{what}: needs --principal, --operation and a resource", exit_code=2)
+    permission = 2 if args.deny else 3
+    entries = [{"resource_type": resource_type, "resource_name": name, "principal": args.principal,
+                "host": args.host, "operation": OPERATIONS[op], "permission_type": permission}
+               for op in args.operation]
+    if args.action == "add":
+        _, answer = ask_any(args, CREATE_ACLS_API_KEY, ACL_VERSION, {
+            "creations": [{**e, "resource_pattern_type": pattern} for e in entries]})
+        for result in answer.results:
+            if int(result.error_code) != 0:
+                raise _refused(what, result.error_code, result.error_message)
+        print(f"added {len(entries)} ACL(s)")
+        return 0
+    _, answer = ask_any(args, DELETE_ACLS_API_KEY, ACL_VERSION, {"filters": [
+        {"resource_type_filter": e["resource_type"], "resource_name_filter": e["resource_name"],
+         "pattern_type_filter": pattern, "principal_filter": e["principal"], "host_filter": e["host"],
+         "operation": e["operation"], "permission_type": e["permission_type"]} for e in entries]})
+    removed = 0
+    for result in answer.filter_results:
+        if int(result.error_code) != 0:
+            raise _refused(what, result.error_code, result.error_message)
+        removed += len(result.matching_acls)
+    print(f"removed {removed} ACL(s)")
+    return 0
+
+
 # --- the command -------------------------------------------------------------------------------
 
 COMMANDS = {"topics": cmd_topics, "create-topic": cmd_create_topic, "delete-topic": cmd_delete_topic,
             "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health,
-            "user": cmd_user}
+            "user": cmd_user, "acl": cmd_acl}
 
 
 def _common_options(parser, *, defaults: bool) -> None:
@@ -511,6 +590,18 @@ def add_parser(sub) -> None:
                    help="default: both SCRAM-SHA-256 and SCRAM-SHA-512")
     c.add_argument("--iterations", type=int, default=SCRAM_ITERATIONS_DEFAULT)
     c.add_argument("--password-file", help="read the password from this file's first line (default: stdin)")
+    c = command("acl", "ACLs: list [filters], add/remove --allow|--deny --principal P --operation OP RESOURCE")
+    c.add_argument("action", choices=("list", "add", "remove"))
+    c.add_argument("--principal", help="User:NAME, User:CN=..., or User:* for everyone")
+    c.add_argument("--operation", action="append", choices=tuple(o for o in OPERATIONS if o not in ("unknown", "any")))
+    c.add_argument("--host", default="*", help="the client address the ACL applies to (default any)")
+    c.add_argument("--deny", action="store_true", help="a DENY ACL (default ALLOW)")
+    c.add_argument("--allow", action="store_true", help="an ALLOW ACL (the default)")
+    c.add_argument("--topic")
+    c.add_argument("--group")
+    c.add_argument("--transactional-id")
+    c.add_argument("--cluster", action="store_true")
+    c.add_argument("--prefixed", action="store_true", help="the name is a prefix (default: literal)")
     c = command("health", "exit 0 if every broker answers and every partition has a leader and a full ISR")
     c.add_argument("--json", action="store_true")
 

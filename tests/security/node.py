@@ -52,7 +52,7 @@ class SecureNode:
                               input=stdin, capture_output=True, text=True, timeout=ADMIN_TIMEOUT_S)
 
 
-def start_secure_node(root: pathlib.Path) -> SecureNode:
+def start_secure_node(root: pathlib.Path, extra_args: tuple[str, ...] = ()) -> SecureNode:
     certs = make_certificates(root / "certs")
     broker = BrokerProcess(root / "data")
     ssl_port, sasl_ssl_port, sasl_plain_port, admin_port = free_ports(4)
@@ -61,10 +61,20 @@ def start_secure_node(root: pathlib.Path) -> SecureNode:
         "--listeners", ",".join(f"{name}://127.0.0.1:{port}" for name, port in ports.items()),
         "--ssl-certfile", certs.path("broker.pem"), "--ssl-keyfile", certs.path("broker.key"),
         "--ssl-cafile", certs.ca, "--ssl-client-auth", "requested",
-        "--admin-listen", f"127.0.0.1:{admin_port}", "--config", str(live.config_file(root))]
+        "--admin-listen", f"127.0.0.1:{admin_port}", "--config", str(live.config_file(root)), *extra_args]
     broker.start()
     node = SecureNode(broker, admin_port, certs, ports)
     for user, password in USERS.items():
         done = node.admin("user", "set", user, stdin=password + "\n")
         assert done.returncode == 0, done.stderr
     return node
+
+
+def plain_wire(node: SecureNode, user: str, password: str | None = None, *, listener: str = "SASL_PLAINTEXT") -> KafkaWire:
+    """A raw connection authenticated with SASL PLAIN (a SASL_SSL listener goes over TLS)."""
+    conn = node.tls_wire(listener) if listener == "SASL_SSL" else KafkaWire.connect(node.ports[listener])
+    assert int(conn.request(17, {"mechanism": "PLAIN"}, version=1).error_code) == 0
+    token = b"\0" + user.encode() + b"\0" + (password or USERS[user]).encode()
+    answer = conn.request(36, {"auth_bytes": token}, version=2)
+    assert int(answer.error_code) == 0, answer
+    return conn

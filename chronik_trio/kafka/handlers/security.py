@@ -13,6 +13,8 @@ import logging
 
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.cluster.acls import Acl, AclError, AclFilter, Operation, PatternType, Permission, ResourceType, check_acl
+from chronik_trio.cluster.meta import acl_binding
 from chronik_trio.errors import BrokerError
 from chronik_trio.pb import meta_pb2
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SASL_HANDSHAKE_KEY, SASL_AUTHENTICATE_KEY = 17, 36
 DESCRIBE_SCRAM_KEY, ALTER_SCRAM_KEY = 50, 51
+DESCRIBE_ACLS_KEY, CREATE_ACLS_KEY, DELETE_ACLS_KEY = 29, 30, 31
 NONCE_BYTES = 18  # 144 bits of server nonce, base64 without padding
 # What a failed client is told (the reason is logged, not sent: it would say which users exist).
 AUTHENTICATION_FAILED_MESSAGE = "Authentication failed: invalid credentials or SASL exchange"
@@ -140,3 +143,100 @@ async def handle_alter_user_scram_credentials(body, ctx, version: int):
         log.info("SCRAM credentials of user %r altered", name)
         results.append({"user": name, "error_code": 0})
     return build(response_schema(ALTER_SCRAM_KEY, version), results=results)
+
+
+# --- ACLs (cluster/acls.py) --------------------------------------------------------------------
+
+def _enum(cls, value: int):
+    try:
+        return cls(int(value))
+    except ValueError:
+        raise AclError(f"unknown {cls.__name__} {int(value)}") from None
+
+
+def _filter(f) -> AclFilter:
+    return AclFilter(_enum(ResourceType, f.resource_type_filter), f.resource_name_filter,
+                     _enum(PatternType, f.pattern_type_filter), f.principal_filter, f.host_filter,
+                     _enum(Operation, f.operation), _enum(Permission, f.permission_type))
+
+
+def _acl_fields(acl: Acl) -> dict:
+    return {"principal": acl.principal, "host": acl.host, "operation": int(acl.operation),
+            "permission_type": int(acl.permission)}
+
+
+def _by_resource(acls) -> list[dict]:
+    resources: dict[tuple, list] = {}
+    for acl in acls:
+        resources.setdefault((acl.resource_type, acl.resource_name, acl.pattern_type), []).append(acl)
+    return [{"resource_type": int(t), "resource_name": n, "pattern_type": int(p),
+             "acls": [_acl_fields(a) for a in group]} for (t, n, p), group in resources.items()]
+
+
+async def handle_describe_acls(body, ctx, version: int):
+    response = response_schema(DESCRIBE_ACLS_KEY, version)
+    try:
+        acl_filter = _filter(body)
+    except AclError as exc:
+        return build(response, error_code=ErrorCode.invalid_request, error_message=str(exc), resources=[])
+    matching = [a for a in ctx.meta.acls if acl_filter.matches(a)]
+    return build(response, error_code=0, error_message=None, resources=_by_resource(matching))
+
+
+async def handle_create_acls(body, ctx, version: int):
+    results, created = [], []
+    for c in body.creations:
+        try:
+            acl = Acl(_enum(ResourceType, c.resource_type), c.resource_name, _enum(PatternType, c.resource_pattern_type),
+                      c.principal, c.host, _enum(Operation, c.operation), _enum(Permission, c.permission_type))
+            check_acl(acl)
+        except AclError as exc:
+            results.append({"error_code": ErrorCode.invalid_request, "error_message": str(exc)})
+            continue
+        created.append(acl)
+        results.append({"error_code": 0, "error_message": None})
+    if created:
+        try:
+            applied = await ctx.propose_meta(meta_pb2.MetaCommand(acls_created=meta_pb2.AclsCreated(
+                acls=[acl_binding(a) for a in created])))
+            if not applied.ok:
+                raise applied.error
+        except BrokerError as exc:
+            results = [r if r["error_code"] else {"error_code": error_code_of(exc), "error_message": str(exc)}
+                       for r in results]
+        else:
+            log.info("ACLs created: %s", "; ".join(map(_describe, created)))
+    return build(response_schema(CREATE_ACLS_KEY, version), throttle_time=0, results=results)
+
+
+def _describe(acl: Acl) -> str:
+    return (f"{acl.permission.name} {acl.principal} from {acl.host} {acl.operation.name} on "
+            f"{acl.resource_type.name}:{acl.pattern_type.name}:{acl.resource_name}")
+
+
+async def handle_delete_acls(body, ctx, version: int):
+    results, doomed = [], {}
+    for f in body.filters:
+        try:
+            acl_filter = _filter(f)
+        except AclError as exc:
+            results.append({"error_code": ErrorCode.invalid_request, "error_message": str(exc), "matching_acls": []})
+            continue
+        matching = [a for a in ctx.meta.acls if acl_filter.matches(a)]
+        doomed.update(dict.fromkeys(matching))
+        results.append({"error_code": 0, "error_message": None, "matching_acls": [
+            {"error_code": 0, "error_message": None, "resource_type": int(a.resource_type),
+             "resource_name": a.resource_name, "pattern_type": int(a.pattern_type), **_acl_fields(a)}
+            for a in matching]})
+    if doomed:
+        try:
+            applied = await ctx.propose_meta(meta_pb2.MetaCommand(acls_deleted=meta_pb2.AclsDeleted(
+                acls=[acl_binding(a) for a in doomed])))
+            if not applied.ok:
+                raise applied.error
+        except BrokerError as exc:
+            results = [{**r, "error_code": error_code_of(exc), "error_message": str(exc), "matching_acls": []}
+                       if r["error_code"] == 0 else r for r in results]
+        else:
+            log.info("ACLs deleted: %s", "; ".join(map(_describe, doomed)))
+    return build(response_schema(DELETE_ACLS_KEY, version), throttle_time=0, filter_results=results)

@@ -7,6 +7,9 @@ never access."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
 import uuid
 
 import pytest
@@ -16,12 +19,14 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from kafka import KafkaConsumer, KafkaProducer
 
 from tests.kafka import live
+from tests.kafkajs import kafkajs_dir
 from tests.kafka_wire import KafkaWire
 
 from .node import USERS, start_secure_node
 
 pytestmark = pytest.mark.timeout(180)
 CLIENT_TIMEOUT_S = 30
+KAFKAJS_TIMEOUT_S = 90
 SASL_HANDSHAKE, SASL_AUTHENTICATE, METADATA = 17, 36, 3
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
 
@@ -181,3 +186,23 @@ def test_admin_user_lists_sets_and_deletes_and_users_survive_a_restart(node):
         conn.request(SASL_HANDSHAKE, {"mechanism": "PLAIN"}, version=1)
         answer = conn.request(SASL_AUTHENTICATE, {"auth_bytes": b"\0carol\0carol-pw"}, version=2)
         assert int(answer.error_code) == SASL_AUTHENTICATION_FAILED
+
+
+@pytest.mark.parametrize("mechanism, password, ok", [("scram-sha-256", USERS["alice"], True),
+                                                     ("scram-sha-512", "wrong", False)])
+def test_kafkajs_over_sasl_ssl_with_scram(node, tmp_path, mechanism, password, ok):
+    js_dir = kafkajs_dir()
+    topic = f"kjs-{uuid.uuid4().hex[:8]}"
+    spec, out = tmp_path / "spec.json", tmp_path / "out.json"
+    spec.write_text(json.dumps({"broker": node.address("SASL_SSL"), "ca": node.certs.ca, "mechanism": mechanism,
+                                "username": "alice", "password": password, "topic": topic, "value": "kafkajs"}))
+    done = subprocess.run([shutil.which("node"), str(js_dir / "kafkajs_sasl.js"), str(spec), str(out)],
+                          cwd=js_dir, capture_output=True, text=True, timeout=KAFKAJS_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    if ok:
+        assert result["error"] is None, result
+        assert result["produced"] == [{"partition": 0, "baseOffset": "0"}]
+        assert result["offsets"] == [{"partition": 0, "high": "1"}]
+    else:
+        assert result["produced"] is None and "SASL" in result["error"]["message"] + str(result["error"]["type"]), result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import subprocess
 import uuid
@@ -22,6 +23,7 @@ from tests.kafka import live
 from tests.kafkajs import kafkajs_dir
 from tests.kafka_wire import KafkaWire
 
+from . import fuzz_sasl
 from .node import USERS, start_secure_node
 
 pytestmark = pytest.mark.timeout(180)
@@ -206,3 +208,19 @@ def test_kafkajs_over_sasl_ssl_with_scram(node, tmp_path, mechanism, password, o
         assert result["offsets"] == [{"partition": 0, "high": "1"}]
     else:
         assert result["produced"] is None and "SASL" in result["error"]["message"] + str(result["error"]["type"]), result
+
+
+FUZZ_ATTEMPTS, FUZZ_SECONDS = 600, 20
+
+
+def test_mutated_sasl_exchanges_never_get_access_nor_stop_the_node(node):
+    seed = random.randrange(1 << 30)
+    errors_before = live.metric(node.admin_port, live.REQUEST_ERRORS_METRIC)
+    failures_before = node.auth_failures("sasl")
+    done = fuzz_sasl.run(node.ports["SASL_PLAINTEXT"], node.ports["PLAINTEXT"], "alice", USERS["alice"],
+                         attempts=FUZZ_ATTEMPTS, seconds=FUZZ_SECONDS, seed=seed)
+    assert done >= 50, f"seed {seed}: only {done} attempts"
+    assert live.metric(node.admin_port, live.REQUEST_ERRORS_METRIC) == errors_before, f"seed {seed}"
+    # every refused exchange was counted (the few that failed only at the socket are not)
+    live.wait_for(lambda: node.auth_failures("sasl") >= failures_before + done * 0.9, what="failures counted")
+    assert node.broker.proc.poll() is None

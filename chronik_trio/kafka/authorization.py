@@ -25,6 +25,7 @@ from kio.schema.errors import ErrorCode
 from chronik_trio.cluster.acls import CLUSTER_NAME, Operation, ResourceType, authorize, may_write_some_topic
 
 from . import codec
+from .errors import ProtocolViolation
 from .session import Session
 
 audit = logging.getLogger("chronik_trio.audit")
@@ -36,6 +37,13 @@ ERROR_CODES = {ResourceType.TOPIC: ErrorCode.topic_authorization_failed,
 FIND_COORDINATOR_GROUP, FIND_COORDINATOR_TRANSACTION = 0, 1
 DESCRIBE_CONFIGS_TOPIC = 2
 IDEMPOTENT_PRODUCER = "idempotent producer"  # InitProducerId without a transactional id (KIP-679)
+
+PRODUCE_KEY = 0
+
+
+class UnansweredDenial(ProtocolViolation):
+    """A denied request that gets no answer (acks=0 Produce): its connection is closed."""
+
 
 Check = tuple[Operation, ResourceType, str]
 # A requirement holds when any one of its checks is allowed (CreateTopics: CREATE on the
@@ -167,5 +175,8 @@ def refusal(api_key: int, api_version: int, body, ctx, session: Session):
             continue
         if not allowed(ctx, session, *alternatives[0], api):  # the first alternative is the one audited
             _, kind, _ = alternatives[0]
+            if api_key == PRODUCE_KEY and body.acks == 0:
+                raise UnansweredDenial(f"an acks=0 Produce by {session.principal} was denied: closing the "
+                                       f"connection, as Kafka does (no answer can carry the error)")
             return codec.error_response(api_key, api_version, body, ERROR_CODES[kind])
     return None

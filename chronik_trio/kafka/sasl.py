@@ -131,6 +131,8 @@ class SaslServer:
         self.principal: str | None = None
         self._credentials = credentials
         self._server_nonce = nonce
+        self._user = ""
+        self._gs2_header = ""
         self._credential: ScramCredential | None = None
         self._client_first_bare = ""
         self._server_first = ""
@@ -181,12 +183,11 @@ class SaslServer:
         if set(attributes) - {"n", "r"}:
             return self._fail(f"unsupported SCRAM extensions {sorted(set(attributes) - {'n', 'r'})}")
         user = _sasl_name(attributes["n"])
-        if authzid and authzid not in ("a=" + attributes["n"],):
+        if authzid and authzid != "a=" + attributes["n"]:
             return self._fail(f"user {user!r} may not act as {authzid!r}")
         credential = self._credentials(user).get(self.mechanism) if user else None
         if credential is None:
             return self._fail(f"no {self.mechanism} credential for user {user!r}")
-        self.principal = None
         self._user, self._credential, self._gs2_header = user, credential, f"{gs2_flag},{authzid},"
         self._client_first_bare = bare
         self._nonce = attributes["r"] + self._server_nonce

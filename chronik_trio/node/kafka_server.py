@@ -22,11 +22,11 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.kafka import codec
+from chronik_trio.kafka.authorization import refusal
 from chronik_trio.kafka.errors import MalformedRequest, ProtocolViolation, UnsupportedApi
 from chronik_trio.kafka.framing import FrameDecoder
 from chronik_trio.kafka.handlers import registry
 from chronik_trio.kafka.handlers.groups import COMMIT_TURN, REQUEST_CLIENT, CommitOrder
-from chronik_trio.kafka.authorization import refusal
 from chronik_trio.kafka.session import SESSION, AuthState, Session
 from chronik_trio.kafka.session import current as current_session
 from chronik_trio.storage.errors import CorruptHardStateError, CorruptLogError, DiskError

@@ -83,6 +83,14 @@ def test_denied_operations_get_kafkas_codes_and_an_audit_line(node):
     assert "operation=ALTER resource=CLUSTER:kafka-cluster api=CreateAcls" in log
 
 
+def test_a_denied_acks_0_produce_closes_the_connection_unanswered(node):
+    with plain_wire(node, "bob") as conn:
+        conn.send_no_response(0, 9, {"acks": 0, "timeout": 1000, "topic_data": [
+            {"name": "shared", "partition_data": [{"index": 0, "records": build_batch([Record(b"k", b"v")])}]}]})
+        assert conn.wait_closed() == b""
+    assert "an acks=0 Produce by User:bob was denied" in node.broker.log_text()
+
+
 def test_deny_wins_over_a_prefixed_allow(node):
     with plain_wire(node, "alice") as conn:
         assert _produce_code(conn, "alice-certs") == 0  # the prefixed ALLOW

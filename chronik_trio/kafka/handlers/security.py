@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 
+import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.acls import Acl, AclError, AclFilter, Operation, PatternType, Permission, ResourceType, check_acl
@@ -19,7 +20,7 @@ from chronik_trio.errors import BrokerError
 from chronik_trio.pb import meta_pb2
 
 from ..codec import build, response_schema
-from ..sasl import (SCRAM_HASHES, SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN, SCRAM_MECHANISM_TYPES, SaslFailed,
+from ..sasl import (PLAIN, SCRAM_HASHES, SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN, SCRAM_MECHANISM_TYPES, SaslFailed,
                     SaslServer, SaslState, credential_from_salted_password)
 from ..session import AuthState, current
 from .common import error_code_of
@@ -59,7 +60,12 @@ async def handle_sasl_authenticate(body, ctx, version: int):
         return build(response, error_code=ErrorCode.illegal_sasl_state,
                      error_message="SaslAuthenticate is not expected now", auth_bytes=b"")
     try:
-        token = session.sasl.receive(body.auth_bytes)
+        if session.sasl.mechanism == PLAIN:
+            # PLAIN recomputes a salted hash (PBKDF2, 4096-16384 rounds, milliseconds of CPU):
+            # off the event loop, so a flood of logins does not stall every other connection.
+            token = await trio.to_thread.run_sync(session.sasl.receive, body.auth_bytes)
+        else:
+            token = session.sasl.receive(body.auth_bytes)
     except SaslFailed as exc:
         session.fail(f"{session.sasl.mechanism}: {exc}")
         return build(response, error_code=exc.error_code, error_message=AUTHENTICATION_FAILED_MESSAGE,

@@ -75,3 +75,13 @@ def test_plain_is_checked_against_the_scram_credential(mechanism):
         with pytest.raises(sasl.SaslFailed):
             server.receive(token)
         assert server.principal is None
+
+
+def test_a_proof_spelt_with_other_unused_base64_bits_is_refused():
+    # "...G4=" style endings: the last character before "=" carries unused low bits; "dAndVQ="
+    # and "dAndVR=" decode to the same bytes. Only the canonical spelling is accepted.
+    server = _rfc7677_server()
+    server.receive(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
+    with pytest.raises(sasl.SaslFailed, match="not canonical"):
+        server.receive(b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+                       b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVR=")

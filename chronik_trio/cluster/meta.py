@@ -15,6 +15,8 @@ import attrs
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.errors import BrokerError
+
+from .acls import Acl, Operation, PatternType, Permission, ResourceType
 from chronik_trio.pb import meta_pb2
 
 from .configs import TOPIC_CONFIGS
@@ -76,6 +78,26 @@ class Broker:
     port: int
     rack: str | None
     raft_address: str
+    # listener name -> (host, port) as advertised; empty: one listener at host:port
+    listeners: dict[str, tuple[str, int]] = attrs.field(factory=dict, hash=False)
+
+    def endpoint(self, listener: str | None) -> tuple[str, int] | None:
+        """Where a client that connected on `listener` reaches this broker (Kafka advertises
+        the same listener name); None when this broker has no such listener."""
+        if not self.listeners or listener is None:
+            return self.host, self.port
+        return self.listeners.get(listener)
+
+
+@attrs.frozen(slots=True)
+class ScramCredential:
+    """A user's SCRAM credential for one mechanism (RFC 5802 section 3): never the password."""
+
+    mechanism: str
+    iterations: int
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
 
 
 @attrs.frozen(slots=True)
@@ -134,6 +156,9 @@ class MetaState:
         # Dynamic broker configs: node id as a string, or "" (cluster default) -> overrides.
         self.broker_configs: dict[str, dict[str, str]] = {}
         self.cluster_id = ""
+        # user -> mechanism -> credential (SCRAM; PLAIN is checked against these too)
+        self.scram_credentials: dict[str, dict[str, ScramCredential]] = {}
+        self.acls: dict[Acl, None] = {}  # insertion-ordered set of ACLs (cluster/acls.py)
         self.version = 0  # bumps on every change; readers cache derived answers by it
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
 
@@ -188,7 +213,9 @@ class MetaState:
                                      cluster_id=self.cluster_id)
         for b in self.brokers.values():
             snap.brokers.add(node_id=b.node_id, host=b.host, port=b.port, rack=b.rack or "",
-                             raft_address=b.raft_address)
+                             raft_address=b.raft_address,
+                             listeners=[meta_pb2.ListenerEndpoint(name=n, host=h, port=p)
+                                        for n, (h, p) in b.listeners.items()])
         for t in self.topics.values():
             snap.topics.add(name=t.name, topic_id=t.topic_id.bytes, configs=t.configs,
                             partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in t.replicas])
@@ -204,6 +231,11 @@ class MetaState:
             snap.transactional_ids.add(transactional_id=tid, producer_id=pid, epoch=epoch, timestamp_ms=ts)
         for broker, configs in sorted(self.broker_configs.items()):
             snap.broker_configs.add(broker=broker, set=configs)
+        for user, by_mechanism in self.scram_credentials.items():
+            for c in by_mechanism.values():
+                snap.scram_credentials.add(user=user, mechanism=c.mechanism, iterations=c.iterations,
+                                           salt=c.salt, stored_key=c.stored_key, server_key=c.server_key)
+        snap.acls.extend(acl_binding(a) for a in self.acls)
         return snap.SerializeToString()
 
     def restore(self, data: bytes) -> None:
@@ -224,10 +256,39 @@ class MetaState:
             self._broker_configs_altered(b)
         self.next_producer_id, self.version = snap.next_producer_id, snap.version
         self.cluster_id = snap.cluster_id
+        for c in snap.scram_credentials:
+            self._scram_credential_upserted(c)
+        self.acls = {acl_of(b): None for b in snap.acls}
 
     def _broker_registered(self, cmd: meta_pb2.BrokerRegistered) -> Applied:
         self.brokers[cmd.node_id] = Broker(cmd.node_id, cmd.host, cmd.port, cmd.rack or None,
-                                           cmd.raft_address)
+                                           cmd.raft_address, {e.name: (e.host, e.port) for e in cmd.listeners})
+        return Applied(True)
+
+    def _scram_credential_upserted(self, cmd: meta_pb2.ScramCredentialUpserted) -> Applied:
+        if not cmd.user:
+            return Applied(False, ClusterError("empty user name", ErrorCode.unacceptable_credential))
+        self.scram_credentials.setdefault(cmd.user, {})[cmd.mechanism] = ScramCredential(
+            cmd.mechanism, cmd.iterations, cmd.salt, cmd.stored_key, cmd.server_key)
+        return Applied(True)
+
+    def _acls_created(self, cmd: meta_pb2.AclsCreated) -> Applied:
+        for binding in cmd.acls:
+            self.acls[acl_of(binding)] = None
+        return Applied(True)
+
+    def _acls_deleted(self, cmd: meta_pb2.AclsDeleted) -> Applied:
+        for binding in cmd.acls:
+            self.acls.pop(acl_of(binding), None)
+        return Applied(True)
+
+    def _scram_credential_deleted(self, cmd: meta_pb2.ScramCredentialDeleted) -> Applied:
+        by_mechanism = self.scram_credentials.get(cmd.user, {})
+        if by_mechanism.pop(cmd.mechanism, None) is None:
+            return Applied(False, ClusterError(f"user {cmd.user!r} has no {cmd.mechanism} credential",
+                                               ErrorCode.resource_not_found))
+        if not by_mechanism:
+            del self.scram_credentials[cmd.user]
         return Applied(True)
 
     def _topic_created(self, cmd: meta_pb2.TopicCreated) -> Applied:
@@ -318,4 +379,19 @@ _APPLY = {
     "preferred_leader_requested": MetaState._preferred_leader_requested,
     "transactional_id_initialized": MetaState._transactional_id_initialized,
     "broker_configs_altered": MetaState._broker_configs_altered,
+    "scram_credential_upserted": MetaState._scram_credential_upserted,
+    "scram_credential_deleted": MetaState._scram_credential_deleted,
+    "acls_created": MetaState._acls_created,
+    "acls_deleted": MetaState._acls_deleted,
 }
+
+
+def acl_of(binding: meta_pb2.AclBinding) -> Acl:
+    return Acl(ResourceType(binding.resource_type), binding.resource_name, PatternType(binding.pattern_type),
+               binding.principal, binding.host, Operation(binding.operation), Permission(binding.permission))
+
+
+def acl_binding(acl: Acl) -> meta_pb2.AclBinding:
+    return meta_pb2.AclBinding(resource_type=acl.resource_type, resource_name=acl.resource_name,
+                               pattern_type=acl.pattern_type, principal=acl.principal, host=acl.host,
+                               operation=acl.operation, permission=acl.permission)

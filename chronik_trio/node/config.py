@@ -8,6 +8,9 @@ import tomllib
 import attrs
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SSL_CLIENT_AUTH = ("none", "requested", "required")  # Kafka's ssl.client.auth
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class ConfigError(Exception):
@@ -19,6 +22,54 @@ def _host_port(value: str, *, key: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+@attrs.frozen(slots=True)
+class Listener:
+    """One named Kafka listener: where it binds, what clients are told, how they must speak."""
+
+    name: str
+    host: str
+    port: int
+    security_protocol: str
+    advertised_host: str
+    advertised_port: int
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def _listener_list(value: str, *, key: str) -> dict[str, tuple[str, int]]:
+    """Kafka's "NAME://HOST:PORT,NAME://HOST:PORT" -> name -> (host, port), in order."""
+    out: dict[str, tuple[str, int]] = {}
+    for item in value.split(","):
+        name, sep, address = item.strip().partition("://")
+        if not sep or not name or not name.replace("_", "").isalnum():
+            raise ConfigError(f"{key}: expected NAME://HOST:PORT, got {item.strip()!r}")
+        if name.upper() in out:
+            raise ConfigError(f"{key}: listener {name} appears twice")
+        out[name.upper()] = _host_port(address, key=key)
+    return out
+
+
+def _protocol_map(value: str | None) -> dict[str, str]:
+    """Kafka's listener.security.protocol.map "NAME:PROTOCOL,..."; a listener named like a
+    protocol needs no entry (Kafka's default map)."""
+    mapping = {p: p for p in SECURITY_PROTOCOLS}
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, protocol = item.strip().partition(":")
+        if not sep or protocol.upper() not in SECURITY_PROTOCOLS:
+            raise ConfigError(f"listener_security_protocol_map: expected NAME:PROTOCOL with PROTOCOL one "
+                              f"of {SECURITY_PROTOCOLS}, got {item.strip()!r}")
+        mapping[name.upper()] = protocol.upper()
+    return mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -64,6 +115,20 @@ class NodeConfig:
     group_initial_rebalance_delay_ms: int = 3000
     group_min_session_timeout_ms: int = 6000
     group_max_session_timeout_ms: int = 1_800_000
+    # Security (docs/security.md), Kafka's names with _ for the dots. listeners:
+    # "NAME://HOST:PORT,..." (None: one PLAINTEXT listener at `listen`, told as `advertised`);
+    # advertised_listeners: what clients of each listener are told (default: listeners).
+    listeners: str | None = None
+    advertised_listeners: str | None = None
+    listener_security_protocol_map: str | None = None
+    ssl_certfile: str | None = None  # PEM: this broker's certificate (chain)
+    ssl_keyfile: str | None = None  # PEM: its private key
+    ssl_cafile: str | None = None  # PEM: CAs whose client certificates are accepted
+    ssl_client_auth: str = "none"
+    sasl_enabled_mechanisms: str = ",".join(SASL_MECHANISMS)
+    # ACLs (Kafka's authorizer.class.name set): every request is checked; no ACL, no access.
+    authorizer_enabled: bool = False
+    super_users: str = ""  # Kafka's super.users: "User:admin;User:CN=ops,O=example"
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:
@@ -84,10 +149,59 @@ class NodeConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 
+        self._check_security()
         if self.peers is not None:
             members = self.peer_addresses
             if self.node_id not in members:
                 raise ConfigError(f"peers {self.peers!r} has no entry for node_id {self.node_id}")
+
+    def _check_security(self) -> None:
+        specs = self.kafka_listeners
+        if any(s.uses_tls for s in specs) and not (self.ssl_certfile and self.ssl_keyfile):
+            raise ConfigError("a listener with SSL or SASL_SSL needs ssl_certfile and ssl_keyfile")
+        if self.ssl_client_auth not in SSL_CLIENT_AUTH:
+            raise ConfigError(f"ssl_client_auth must be one of {SSL_CLIENT_AUTH}, got {self.ssl_client_auth!r}")
+        if self.ssl_client_auth != "none" and not self.ssl_cafile:
+            raise ConfigError(f"ssl_client_auth={self.ssl_client_auth} needs ssl_cafile (the client CAs)")
+        for principal in self.super_user_principals:
+            if ":" not in principal:
+                raise ConfigError(f"super_users: {principal!r} is not TYPE:NAME (e.g. User:admin)")
+        for mechanism in self.sasl_mechanisms:
+            if mechanism not in SASL_MECHANISMS:
+                raise ConfigError(f"sasl_enabled_mechanisms: {mechanism!r} is not one of {SASL_MECHANISMS}")
+
+    @property
+    def super_user_principals(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.super_users.split(";") if p.strip())
+
+    @property
+    def sasl_mechanisms(self) -> tuple[str, ...]:
+        return tuple(m.strip().upper() for m in self.sasl_enabled_mechanisms.split(",") if m.strip())
+
+    @property
+    def kafka_listeners(self) -> tuple[Listener, ...]:
+        """The Kafka listeners in order; the first one's advertised address is the broker's
+        default (what a client of a listener that another broker lacks is told)."""
+        if self.listeners is None:
+            (host, port), (ahost, aport) = self.listen_host_port, self.advertised_host_port
+            protocol = _protocol_map(self.listener_security_protocol_map)["PLAINTEXT"]
+            return (Listener("PLAINTEXT", host, port, protocol, ahost, aport),)
+        binds = _listener_list(self.listeners, key="listeners")
+        told = binds if self.advertised_listeners is None else _listener_list(
+            self.advertised_listeners, key="advertised_listeners")
+        protocols = _protocol_map(self.listener_security_protocol_map)
+        specs = []
+        for name, (host, port) in binds.items():
+            if name not in protocols:
+                raise ConfigError(f"listener {name} has no entry in listener_security_protocol_map")
+            if name not in told:
+                raise ConfigError(f"listener {name} is missing from advertised_listeners")
+            ahost, aport = told[name]
+            specs.append(Listener(name, host, port, protocols[name], ahost if ahost != "0.0.0.0" else host, aport))
+        extra = set(told) - set(binds)
+        if extra:
+            raise ConfigError(f"advertised_listeners names listeners that do not exist: {sorted(extra)}")
+        return tuple(specs)
 
     @property
     def peer_addresses(self) -> dict[int, tuple[str, int]]:

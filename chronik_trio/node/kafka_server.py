@@ -22,10 +22,13 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.kafka import codec
+from chronik_trio.kafka.authorization import refusal
 from chronik_trio.kafka.errors import MalformedRequest, ProtocolViolation, UnsupportedApi
 from chronik_trio.kafka.framing import FrameDecoder
 from chronik_trio.kafka.handlers import registry
 from chronik_trio.kafka.handlers.groups import COMMIT_TURN, REQUEST_CLIENT, CommitOrder
+from chronik_trio.kafka.session import SESSION, AuthState, Session
+from chronik_trio.kafka.session import current as current_session
 from chronik_trio.storage.errors import CorruptHardStateError, CorruptLogError, DiskError
 
 log = logging.getLogger(__name__)
@@ -67,13 +70,16 @@ class _Slot:
         self.request = request
 
 
-async def serve_connection(stream: trio.abc.Stream, ctx, peer: str) -> None:
-    """Serve one client until it disconnects or breaks the protocol (then close, log why)."""
+async def serve_connection(stream: trio.abc.Stream, ctx, peer: str, session: Session | None = None) -> None:
+    """Serve one client until it disconnects or breaks the protocol (then close, log why).
+    session: the connection's listener and authentication (None: a default, open one)."""
     send, receive = trio.open_memory_channel[_Slot](INFLIGHT_REQUESTS_MAX)
+    if session is not None:
+        SESSION.set(session)  # every request's task copies this task's context
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_write_answers, stream, receive)
-            await _read_requests(stream, ctx, peer, send, nursery)
+            await _read_requests(stream, ctx, peer, send, nursery, session)
     except* ProtocolViolation as group:
         log.warning("closing connection from %s: %s", peer, group.exceptions[0])
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -83,7 +89,7 @@ async def serve_connection(stream: trio.abc.Stream, ctx, peer: str) -> None:
             await stream.aclose()
 
 
-async def _read_requests(stream, ctx, peer: str, send, nursery) -> None:
+async def _read_requests(stream, ctx, peer: str, send, nursery, session: Session | None = None) -> None:
     decoder = FrameDecoder(ctx.config.request_max_bytes)
     commits = CommitOrder()
     async with send:
@@ -97,11 +103,37 @@ async def _read_requests(stream, ctx, peer: str, send, nursery) -> None:
             decoder.feed(data)
             while (frame := decoder.next_frame()) is not None:
                 request, slot = _decode_or_close(frame, ctx)
+                authenticating = session is not None and session.authenticating
+                if authenticating and request is not None and not session.allows(request.api_key):
+                    _refuse(session, ctx, peer, f"{type(request.body).__name__} before authentication completed")
                 await send.send(slot)
                 is_commit = request is not None and request.api_key == OFFSET_COMMIT_KEY
                 COMMIT_TURN.set((commits, commits.ticket()) if is_commit else None)  # the task copies it
                 nursery.start_soon(_answer, request, slot, ctx, peer)
+                if authenticating:
+                    await slot.done.wait()  # the SASL exchange is one request at a time, in order
+                    if session.state is AuthState.FAILED:
+                        _count_refusal(session, ctx, peer)
+                        return  # the answer (its error code) is sent, then the connection closes
     # The client half-closed: answer what is in flight, then the writer ends.
+
+
+class NotAuthenticated(ProtocolViolation):
+    """A request other than the SASL exchange before authentication completed."""
+
+
+def _count_refusal(session: Session, ctx, peer: str) -> None:
+    log.warning("listener %s: authentication failed for the connection from %s: %s",
+                session.listener, peer, session.failure)
+    failures = getattr(ctx, "auth_failures", None)
+    if failures is not None:
+        failures.add(session.listener or "PLAINTEXT", "sasl")
+
+
+def _refuse(session: Session, ctx, peer: str, reason: str) -> None:
+    session.fail(reason)
+    _count_refusal(session, ctx, peer)
+    raise NotAuthenticated(reason)
 
 
 def _decode_or_close(frame: bytes, ctx):
@@ -144,7 +176,9 @@ async def _answer(request, slot: _Slot, ctx, peer: str) -> None:
     _, handler = registry.HANDLERS[request.api_key]
     ctx.requests_inflight += 1
     try:
-        body = await handler(request.body, ctx, request.api_version)
+        body = refusal(request.api_key, request.api_version, request.body, ctx, current_session())
+        if body is None:
+            body = await handler(request.body, ctx, request.api_version)
         chunks = None if body is None else codec.encode_response(request.correlation_id, body)
     except Exception as exc:  # Cancelled and KeyboardInterrupt are BaseExceptions: never caught
         if _not_contained(exc):

@@ -45,6 +45,20 @@ def _node_parser(sub) -> None:
     p.add_argument("--join", action="store_true", default=None,
                    help="join an existing cluster: never bootstrap the cluster metadata group")
     p.add_argument("--rack", help="this broker's rack (for rack-aware replica placement and fetch)")
+    p.add_argument("--listeners", help='named Kafka listeners, "NAME://HOST:PORT,..." (replaces --listen; '
+                   'docs/security.md)')
+    p.add_argument("--advertised-listeners", help='what clients of each listener are told, "NAME://HOST:PORT,..."')
+    p.add_argument("--listener-security-protocol-map",
+                   help='"NAME:PROTOCOL,..." with PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL')
+    p.add_argument("--ssl-certfile", help="PEM certificate (chain) of the SSL and SASL_SSL listeners")
+    p.add_argument("--ssl-keyfile", help="PEM private key of that certificate")
+    p.add_argument("--ssl-cafile", help="PEM CA certificates that client certificates must chain to")
+    p.add_argument("--ssl-client-auth", choices=config_mod.SSL_CLIENT_AUTH,
+                   help="ask TLS clients for a certificate (default none)")
+    p.add_argument("--sasl-enabled-mechanisms", help="comma-separated: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (default all)")
+    p.add_argument("--authorizer-enabled", action="store_true", default=None,
+                   help="check every request against the ACLs; no ACL, no access (docs/security.md)")
+    p.add_argument("--super-users", help='principals allowed everything, "User:admin;User:CN=ops,O=example"')
     p.add_argument("--fault-injection", action="store_true", default=None,
                    help="for the chaos harness: storage through a FaultyDisk and POST /faults on "
                    "the HTTP server (latency, EIO/ENOSPC, power loss); never in production")
@@ -127,7 +141,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        trio.run(_run_node, _make_node(cfg))
+        node = _make_node(cfg)
+    except config_mod.ConfigError as exc:
+        print(f"chronik-trio: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_run_node, node)
     except BaseException as exc:  # the process boundary: say what stopped the node, exit 1
         if isinstance(exc, KeyboardInterrupt):
             return 0

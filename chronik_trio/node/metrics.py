@@ -38,6 +38,24 @@ class NodeMetrics:
         self.registry.register(_RequestErrorCollector(request_errors))
 
 
+    def collect_auth_failures(self, failures) -> None:
+        """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""
+        self.registry.register(_AuthFailureCollector(failures))
+
+
+class _AuthFailureCollector:
+    def __init__(self, failures) -> None:
+        self.failures = failures
+
+    def collect(self) -> typing.Iterator:
+        family = CounterMetricFamily("chronik_authentication_failures",
+                                     "Client connections refused for authentication: a failed or stalled "
+                                     "TLS handshake, a failed SASL exchange", labels=["listener", "reason"])
+        for (listener, reason), count in sorted(self.failures.counts.items()):
+            family.add_metric([listener, reason], count)
+        yield family
+
+
 class _RequestErrorCollector:
     """Kafka requests whose handler failed unexpectedly (node/kafka_server.py RequestErrors):
     answered with UNKNOWN_SERVER_ERROR or their connection closed; the node kept serving."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import os
 import pathlib
 import shutil
 import time
@@ -35,7 +36,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from chronik_trio.cluster.configs import ConfigChange
-from chronik_trio.cluster.meta import MetaState, Topic
+from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.errors import MetaUnavailable
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
@@ -46,6 +47,7 @@ from .config import ConfigError, NodeConfig
 from .group_coordinator import GroupCoordinator
 from .kafka_server import RequestErrors, serve_connection
 from .leader_reports import LeaderReports
+from .listeners import AuthFailures, open_session, server_ssl_context
 from .meta_group import META_GROUP_ID, MetaMachine, MetaService
 from .metrics import NodeMetrics
 from .partition_group import PartitionReplica
@@ -92,6 +94,9 @@ class Node:
         self.metrics.collect_groups(self.runtime)
         self.request_errors = RequestErrors()  # contained handler failures, in /metrics
         self.metrics.collect_request_errors(self.request_errors)
+        self.ssl_context = server_ssl_context(config)  # raises ConfigError for bad PEM files
+        self.auth_failures = AuthFailures()  # refused TLS handshakes and SASL exchanges, in /metrics
+        self.metrics.collect_auth_failures(self.auth_failures)
         self.transport: Transport | None = None
         self.meta_machine = MetaMachine()
         self.meta_service = MetaService(self.node_id, self.meta_machine)  # opened by run()
@@ -183,6 +188,11 @@ class Node:
 
     async def alter_broker_configs(self, broker: str, change: ConfigChange) -> None:
         await self.topics.alter_broker_configs(broker, change)
+    def random_bytes(self, count: int) -> bytes:
+        return os.urandom(count)
+
+    async def propose_meta(self, command: meta_pb2.MetaCommand) -> Applied:
+        return await self.meta_service.propose(command)
 
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         return await self.preferred_leaders.elect(topic, partition, timeout_s)
@@ -299,25 +309,41 @@ class Node:
                 cluster_id_proposed=meta_pb2.ClusterIdProposed(cluster_id=proposal)))
 
     async def _register_broker(self) -> None:
-        host, port = self.config.advertised_host_port
+        specs = self.config.kafka_listeners
+        host, port = specs[0].advertised_host, specs[0].advertised_port
         members = self.config.peer_addresses
         raft_address = "%s:%d" % members[self.node_id] if members else ""
         rack = self.config.rack or ""
+        # One default listener: registered as before (host and port only).
+        listeners = {} if self.config.listeners is None else {
+            s.name: (s.advertised_host, s.advertised_port) for s in specs}
         me = self.meta.brokers.get(self.node_id)
-        if me is None or (me.host, me.port, me.rack or "", me.raft_address) != (host, port, rack, raft_address):
+        if me is None or (me.host, me.port, me.rack or "", me.raft_address, me.listeners) != (
+                host, port, rack, raft_address, listeners):
             await self.meta_service.propose(meta_pb2.MetaCommand(broker_registered=meta_pb2.BrokerRegistered(
-                node_id=self.node_id, host=host, port=port, rack=rack, raft_address=raft_address)))
+                node_id=self.node_id, host=host, port=port, rack=rack, raft_address=raft_address,
+                listeners=[meta_pb2.ListenerEndpoint(name=s.name, host=s.advertised_host, port=s.advertised_port,
+                                                     security_protocol=s.security_protocol)
+                           for s in specs if s.name in listeners])))
 
     async def _serve_kafka(self, listeners, task_status) -> None:
+        """listeners: trio listeners given by the caller, served as the first configured
+        listener; None: open one TCP listener per configured listener."""
+        specs = self.config.kafka_listeners
         if listeners is None:
-            host, port = self.config.listen_host_port
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            by_spec = [(spec, await trio.open_tcp_listeners(spec.port, host=spec.host)) for spec in specs]
+        else:
+            by_spec = [(specs[0], listeners)]
+        listeners = [listener for _, group in by_spec for listener in group]
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as acceptor:
-                await acceptor.start(functools.partial(
-                    trio.serve_listeners, self._serve_client, listeners, handler_nursery=connections))
-                log.info("node %d ready: kafka %s, advertised %s, data %s, voters %s",
-                         self.node_id, self.config.listen, self.config.advertised or self.config.listen,
+                for spec, group in by_spec:
+                    await acceptor.start(functools.partial(
+                        trio.serve_listeners, functools.partial(self._serve_client, spec), group,
+                        handler_nursery=connections))
+                log.info("node %d ready: kafka %s, data %s, voters %s", self.node_id,
+                         ", ".join(f"{s.name} ({s.security_protocol}) {s.host}:{s.port} advertised "
+                                   f"{s.advertised_host}:{s.advertised_port}" for s, _ in by_spec),
                          self.data_dir, self.config.voters)
                 task_status.started(listeners)
                 self._serving = True
@@ -333,13 +359,21 @@ class Node:
                     await self._requests_drained.wait()
             connections.cancel_scope.cancel()
 
-    async def _serve_client(self, stream) -> None:
+    async def _serve_client(self, spec, stream) -> None:
         try:
             host, port = stream.socket.getpeername()[:2]
             peer = f"{host}:{port}"
         except (AttributeError, OSError):
             peer = "unknown peer"
-        await serve_connection(stream, self, peer)
+        opened = await open_session(stream, spec, self.ssl_context, self.config.sasl_mechanisms, peer,
+                                    self.auth_failures)
+        if opened is None:
+            await trio.aclose_forcefully(stream)
+            return
+        secured, session = opened
+        if self.config.listeners is None:
+            session.listener = None  # one default listener: brokers are registered without names
+        await serve_connection(secured, self, peer, session)
 
     def _close_cleanly(self) -> None:
         """Everything written is made durable and recorded as such, then files are closed."""

@@ -6,8 +6,9 @@ Metadata v12 (brokers, controller, and each partition's leader, leader epoch, re
 and offline replicas in one answer), CreateTopics, DeleteTopics and ElectLeaders (sent to
 the controller, as Kafka's own tools do), DescribeCluster, DescribeConfigs and
 IncrementalAlterConfigs (`config get|set|delete`: any broker, the change goes through
-__meta), and an ApiVersions request to each broker to learn whether it answers at all (for
-`health`). Bootstrap addresses are
+__meta), Describe/AlterUserScramCredentials (`user`: SCRAM users, the password salted and
+hashed here), the ACL APIs (`acl`), and an ApiVersions request to each broker to learn
+whether it answers at all (for `health`). Bootstrap addresses are
 tried in turn until one answers.
 
 Exit codes: 0 done (and, for `health`, healthy); 1 the cluster refused the operation or
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import io
 import json
+import os
 import socket
 import struct
 import sys
@@ -46,6 +49,10 @@ OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
 CONFIG_SOURCES = {1: "topic", 2: "broker", 3: "cluster-default", 4: "static", 5: "default"}
 CONFIG_TYPES = {1: "BOOLEAN", 2: "STRING", 3: "INT", 4: "SHORT", 5: "LONG", 6: "DOUBLE", 7: "LIST",
                 8: "CLASS", 9: "PASSWORD"}
+DESCRIBE_SCRAM_API_KEY, ALTER_SCRAM_API_KEY = 50, 51
+SCRAM_MECHANISM_TYPES = {"SCRAM-SHA-256": 1, "SCRAM-SHA-512": 2}  # Kafka's ScramMechanism
+SCRAM_ITERATIONS_DEFAULT = 8192  # Kafka's tools default (4096 is the minimum)
+SCRAM_SALT_BYTES = 32
 ELECTION_TYPE_PREFERRED = 0
 NOT_CONTROLLER = 41
 ELECTION_NOT_NEEDED = 84
@@ -472,11 +479,147 @@ def cmd_health(args) -> int:
     return 1 if problems else 0
 
 
+# --- users (SCRAM credentials) ----------------------------------------------------------------
+
+def _read_password(args) -> str:
+    """The password from --password-file, else the first line of stdin (never a flag: flags
+    are visible in the process list)."""
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as f:
+            text = f.readline()
+    else:
+        text = sys.stdin.readline()
+    password = text.rstrip("\r\n")
+    if not password:
+        raise AdminError("empty password", exit_code=2)
+    return password
+
+
+def cmd_user(args) -> int:
+    what = f"user {args.action}" + (f" {args.name}" if args.name else "")
+    if args.action == "list" or (args.action == "describe" and args.name):
+        users = None if args.action == "list" else [{"name": args.name}]
+        _, answer = ask_any(args, DESCRIBE_SCRAM_API_KEY, 0, {"users": users})
+        if int(answer.error_code) != 0:
+            raise _refused(what, answer.error_code, answer.error_message)
+        names = {v: k for k, v in SCRAM_MECHANISM_TYPES.items()}
+        rows = []
+        for result in answer.results:
+            if int(result.error_code) != 0:
+                raise _refused(what, result.error_code, result.error_message)
+            for info in result.credential_infos:
+                rows.append([result.user, names.get(int(info.mechanism), str(int(info.mechanism))),
+                             str(int(info.iterations))])
+        print(format_table(["USER", "MECHANISM", "ITERATIONS"], rows))
+        return 0
+    if not args.name:
+        raise AdminError(f"{what}: a user name is needed", exit_code=2)
+    mechanisms = args.mechanism or list(SCRAM_MECHANISM_TYPES)
+    if args.action == "delete":
+        body = {"deletions": [{"name": args.name, "mechanism": SCRAM_MECHANISM_TYPES[m]} for m in mechanisms],
+                "upsertions": []}
+    else:
+        password = _read_password(args)
+        upsertions = []
+        for m in mechanisms:
+            salt = os.urandom(SCRAM_SALT_BYTES)
+            hashed = hashlib.pbkdf2_hmac(m.removeprefix("SCRAM-").replace("-", "").lower(), password.encode(),
+                                         salt, args.iterations)
+            upsertions.append({"name": args.name, "mechanism": SCRAM_MECHANISM_TYPES[m],
+                               "iterations": args.iterations, "salt": salt, "salted_password": hashed})
+        body = {"deletions": [], "upsertions": upsertions}
+    _, answer = ask_any(args, ALTER_SCRAM_API_KEY, 0, body)
+    for result in answer.results:
+        if int(result.error_code) != 0:
+            raise _refused(what, result.error_code, result.error_message)
+    print(f"{'deleted' if args.action == 'delete' else 'set'} {', '.join(mechanisms)} credentials of user {args.name}")
+    return 0
+
+
+# --- ACLs -------------------------------------------------------------------------------------
+
+ACL_VERSION = 3
+DESCRIBE_ACLS_API_KEY, CREATE_ACLS_API_KEY, DELETE_ACLS_API_KEY = 29, 30, 31
+RESOURCE_TYPES = {"any": 1, "topic": 2, "group": 3, "cluster": 4, "transactional-id": 5}
+PATTERN_TYPES = {1: "ANY", 3: "LITERAL", 4: "PREFIXED"}
+OPERATIONS = {name: number for number, name in enumerate(
+    ("unknown", "any", "all", "read", "write", "create", "delete", "alter", "describe", "cluster-action",
+     "describe-configs", "alter-configs", "idempotent-write"))}
+PERMISSIONS = {1: "ANY", 2: "DENY", 3: "ALLOW"}
+CLUSTER_RESOURCE = "kafka-cluster"
+
+
+def _acl_resource(args) -> tuple[int, str | None]:
+    given = [(kind, value) for kind, value in (("topic", args.topic), ("group", args.group),
+                                                ("transactional-id", args.transactional_id)) if value]
+    if args.cluster:
+        given.append(("cluster", CLUSTER_RESOURCE))
+    if len(given) > 1:
+        raise AdminError("give one of --topic, --group, --transactional-id, --cluster", exit_code=2)
+    if not given:
+        return RESOURCE_TYPES["any"], None
+    kind, name = given[0]
+    return RESOURCE_TYPES[kind], name
+
+
+def _acl_rows(resource_type, name, pattern, principal, host, operation, permission) -> list[str]:
+    kinds = {v: k for k, v in RESOURCE_TYPES.items()}
+    operations = {v: k for k, v in OPERATIONS.items()}
+    return [kinds.get(int(resource_type), str(int(resource_type))), name, PATTERN_TYPES.get(int(pattern), "?"),
+            principal, host, operations.get(int(operation), str(int(operation))).upper(),
+            PERMISSIONS.get(int(permission), "?")]
+
+
+ACL_HEADER = ["RESOURCE", "NAME", "PATTERN", "PRINCIPAL", "HOST", "OPERATION", "PERMISSION"]
+
+
+def cmd_acl(args) -> int:
+    resource_type, name = _acl_resource(args)
+    what = f"acl {args.action}"
+    pattern = 4 if args.prefixed else 3
+    if args.action == "list":
+        _, answer = ask_any(args, DESCRIBE_ACLS_API_KEY, ACL_VERSION, {
+            "resource_type_filter": resource_type, "resource_name_filter": name,
+            "pattern_type_filter": 2 if name is not None and not args.prefixed else (4 if args.prefixed else 1),
+            "principal_filter": args.principal, "host_filter": None, "operation": 1, "permission_type": 1})
+        if int(answer.error_code) != 0:
+            raise _refused(what, answer.error_code, answer.error_message)
+        rows = [_acl_rows(r.resource_type, r.resource_name, r.pattern_type, a.principal, a.host, a.operation,
+                          a.permission_type) for r in answer.resources for a in r.acls]
+        print(format_table(ACL_HEADER, rows))
+        return 0
+    if not args.principal or not args.operation or name is None:
+        raise AdminError(f"{what}: needs --principal, --operation and a resource", exit_code=2)
+    permission = 2 if args.deny else 3
+    entries = [{"resource_type": resource_type, "resource_name": name, "principal": args.principal,
+                "host": args.host, "operation": OPERATIONS[op], "permission_type": permission}
+               for op in args.operation]
+    if args.action == "add":
+        _, answer = ask_any(args, CREATE_ACLS_API_KEY, ACL_VERSION, {
+            "creations": [{**e, "resource_pattern_type": pattern} for e in entries]})
+        for result in answer.results:
+            if int(result.error_code) != 0:
+                raise _refused(what, result.error_code, result.error_message)
+        print(f"added {len(entries)} ACL(s)")
+        return 0
+    _, answer = ask_any(args, DELETE_ACLS_API_KEY, ACL_VERSION, {"filters": [
+        {"resource_type_filter": e["resource_type"], "resource_name_filter": e["resource_name"],
+         "pattern_type_filter": pattern, "principal_filter": e["principal"], "host_filter": e["host"],
+         "operation": e["operation"], "permission_type": e["permission_type"]} for e in entries]})
+    removed = 0
+    for result in answer.filter_results:
+        if int(result.error_code) != 0:
+            raise _refused(what, result.error_code, result.error_message)
+        removed += len(result.matching_acls)
+    print(f"removed {removed} ACL(s)")
+    return 0
+
+
 # --- the command -------------------------------------------------------------------------------
 
 COMMANDS = {"topics": cmd_topics, "create-topic": cmd_create_topic, "delete-topic": cmd_delete_topic,
             "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health,
-            "config": cmd_config}
+            "config": cmd_config, "user": cmd_user, "acl": cmd_acl}
 
 
 def _common_options(parser, *, defaults: bool) -> None:
@@ -517,6 +660,25 @@ def add_parser(sub) -> None:
                                "IncrementalAlterConfigs)"))
     c = command("cluster", "cluster id, controller, brokers")
     c.add_argument("--json", action="store_true")
+    c = command("user", "SASL/SCRAM users: list, describe NAME, set NAME (password on stdin), delete NAME")
+    c.add_argument("action", choices=("list", "describe", "set", "delete"))
+    c.add_argument("name", nargs="?")
+    c.add_argument("--mechanism", action="append", choices=tuple(SCRAM_MECHANISM_TYPES),
+                   help="default: both SCRAM-SHA-256 and SCRAM-SHA-512")
+    c.add_argument("--iterations", type=int, default=SCRAM_ITERATIONS_DEFAULT)
+    c.add_argument("--password-file", help="read the password from this file's first line (default: stdin)")
+    c = command("acl", "ACLs: list [filters], add/remove --allow|--deny --principal P --operation OP RESOURCE")
+    c.add_argument("action", choices=("list", "add", "remove"))
+    c.add_argument("--principal", help="User:NAME, User:CN=..., or User:* for everyone")
+    c.add_argument("--operation", action="append", choices=tuple(o for o in OPERATIONS if o not in ("unknown", "any")))
+    c.add_argument("--host", default="*", help="the client address the ACL applies to (default any)")
+    c.add_argument("--deny", action="store_true", help="a DENY ACL (default ALLOW)")
+    c.add_argument("--allow", action="store_true", help="an ALLOW ACL (the default)")
+    c.add_argument("--topic")
+    c.add_argument("--group")
+    c.add_argument("--transactional-id")
+    c.add_argument("--cluster", action="store_true")
+    c.add_argument("--prefixed", action="store_true", help="the name is a prefix (default: literal)")
     c = command("health", "exit 0 if every broker answers and every partition has a leader and a full ISR")
     c.add_argument("--json", action="store_true")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 import urllib.request
 import uuid
 
@@ -51,6 +52,26 @@ def metric(port: int, name: str) -> float:
     """Sum over labels of one counter or gauge of a node's /metrics."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in http_get(port, "/metrics").splitlines()
                if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+WAIT_TIMEOUT_S = 15.0
+
+
+def wait_for(condition, *, what: str, timeout_s: float = WAIT_TIMEOUT_S) -> None:
+    """Poll condition() until true; fail naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def metric_labelled(port: int, name: str, **labels: str) -> float:
+    """Sum of one metric's samples whose labels include all of `labels`."""
+    total = 0.0
+    for line in http_get(port, "/metrics").splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def create_topic(conn: KafkaWire, name: str, partitions: int = 1) -> uuid.UUID:

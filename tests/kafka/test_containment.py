@@ -31,7 +31,7 @@ class _Ctx:
     """What the handlers under test touch of a node, with a replica lookup that fails."""
 
     def __init__(self, failure: BaseException) -> None:
-        self.config = types.SimpleNamespace(request_max_bytes=1 << 20)
+        self.config = types.SimpleNamespace(request_max_bytes=1 << 20, authorizer_enabled=False)
         self.requests_inflight = 0
         self.request_errors = RequestErrors()
         self.meta = types.SimpleNamespace(topics={}, topics_by_id={}, brokers={})

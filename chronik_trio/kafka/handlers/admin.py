@@ -13,6 +13,7 @@ from chronik_trio.cluster.meta import Topic, validate_topic_name
 from chronik_trio.errors import BrokerError
 
 from ..codec import build, has_field, response_schema
+from ..session import current as current_session
 from .common import AUTHORIZED_OPERATIONS_OMITTED
 from .configs import topic_configs_out
 from .context import BrokerContext
@@ -81,8 +82,10 @@ async def handle_delete_topics(body, ctx: BrokerContext, version: int):
 
 
 async def handle_describe_cluster(body, ctx: BrokerContext, version: int):
-    brokers = [{"broker_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
-               for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)]
+    listener = current_session().listener
+    brokers = [{"broker_id": b.node_id, "host": host, "port": port, "rack": b.rack}
+               for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)
+               for host, port in [b.endpoint(listener) or (None, None)] if host is not None]
     return build(response_schema(60, version), throttle_time=0, error_code=0,
                  endpoint_type=getattr(body, "endpoint_type", 1), cluster_id=ctx.cluster_id,
                  controller_id=ctx.meta_leader_id(), brokers=brokers,

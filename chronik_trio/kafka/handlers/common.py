@@ -7,6 +7,7 @@ from kio.schema.errors import ErrorCode
 from chronik_trio.cluster.meta import Topic, UnknownTopic, validate_topic_name
 from chronik_trio.errors import BrokerError
 
+from ..session import current as current_session
 from .context import BrokerContext
 
 AUTHORIZED_OPERATIONS_OMITTED = -(2**31)  # Kafka's "not requested" value
@@ -46,6 +47,7 @@ def node_endpoints(ctx: BrokerContext, leader_ids) -> list[dict]:
     out = []
     for node_id in sorted(set(leader_ids)):
         broker = ctx.meta.brokers.get(node_id)
-        if broker is not None:
-            out.append({"node_id": node_id, "host": broker.host, "port": broker.port, "rack": broker.rack})
+        endpoint = broker.endpoint(current_session().listener) if broker is not None else None
+        if endpoint is not None:
+            out.append({"node_id": node_id, "host": endpoint[0], "port": endpoint[1], "rack": broker.rack})
     return out

@@ -15,9 +15,10 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.configs import ConfigChange
-from chronik_trio.cluster.meta import MetaState, Topic
+from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.group import Group, JoinRequest, JoinResult, OffsetRecord, SyncResult
 from chronik_trio.partition.producers import ProducerEntry
+from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import SegmentLog
 
 from ..records import BatchHeader
@@ -40,6 +41,10 @@ class BrokerConfig(typing.Protocol):
     def rack(self) -> str | None: ...
     def kafka_configs(self) -> dict[str, str]:
         """The static settings under Kafka's broker config names."""
+    @property
+    def authorizer_enabled(self) -> bool: ...
+    @property
+    def super_user_principals(self) -> frozenset[str]: ...
 
 
 class Replica(typing.Protocol):
@@ -144,6 +149,10 @@ class BrokerContext(typing.Protocol):
         """Commit a topic's config change through __meta; raises BrokerError."""
     async def alter_broker_configs(self, broker: str, change: ConfigChange) -> None:
         """Commit a dynamic broker config change ("" = cluster default) through __meta."""
+    def random_bytes(self, count: int) -> bytes:
+        """Random bytes for nonces, from the node's random source (a seam for simulation)."""
+    async def propose_meta(self, command: meta_pb2.MetaCommand) -> Applied:
+        """Commit a command through __meta; its result as applied here. Raises MetaUnavailable."""
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         """False if the preferred replica already leads; True once it leads here. Raises
         BrokerError (RequestTimedOut on timeout)."""

@@ -17,6 +17,7 @@ from kio.schema.errors import ErrorCode
 from chronik_trio.group import GroupError, GroupState, JoinRequest, partition_for
 
 from ..codec import build, has_field, response_schema
+from ..session import current as current_session
 from .common import AUTHORIZED_OPERATIONS_OMITTED
 from .context import BrokerContext
 
@@ -88,9 +89,10 @@ async def _find(ctx: BrokerContext, key: str, key_type: int) -> dict:
         return {**none, "error_code": ErrorCode.coordinator_not_available}
     leader = ctx.meta.leader_of(topic, partition_for(key, topic.partition_count))
     broker = ctx.meta.brokers.get(leader.leader) if leader is not None else None
-    if broker is None or not ctx.broker_alive(leader.leader):
+    endpoint = broker.endpoint(current_session().listener) if broker is not None else None
+    if endpoint is None or not ctx.broker_alive(leader.leader):
         return {**none, "error_code": ErrorCode.coordinator_not_available}
-    return {"node_id": broker.node_id, "host": broker.host, "port": broker.port,
+    return {"node_id": broker.node_id, "host": endpoint[0], "port": endpoint[1],
             "error_code": ErrorCode.none, "error_message": None}
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 
 import trio
+from kio.schema.errors import ErrorCode
 
+from chronik_trio.cluster.acls import CLUSTER_NAME, Operation, ResourceType
 from chronik_trio.cluster.meta import INTERNAL_TOPIC_PREFIX
 from chronik_trio.errors import BrokerError
 
+from ..authorization import allowed
 from ..codec import build, has_field, response_schema
+from ..session import current as current_session
 from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of, topic_for_request
 from .context import BrokerContext
 
@@ -67,10 +71,15 @@ async def _requested_topics(body, ctx: BrokerContext, version: int) -> list[dict
     allow_auto = body.allow_auto_topic_creation if has_field(type(body), "allow_auto_topic_creation") else True
     topics = []
     alive = {b: ctx.broker_alive(b) for b in ctx.meta.brokers}
-    if requested is None:
-        return [_topic_entry(ctx, t, alive) for t in ctx.meta.topics.values()]
+    session = current_session()
+    if requested is None:  # every topic the principal may describe
+        return [_topic_entry(ctx, t, alive) for t in ctx.meta.topics.values()
+                if allowed(ctx, session, Operation.DESCRIBE, ResourceType.TOPIC, t.name, "Metadata", audited=False)]
     for wanted in requested:
         name = wanted.name
+        if name is not None and not allowed(ctx, session, Operation.DESCRIBE, ResourceType.TOPIC, name, "Metadata"):
+            topics.append({"error_code": ErrorCode.topic_authorization_failed, "name": name})
+            continue
         if name is None:  # v10+: a lookup by topic id
             topic = ctx.meta.topics_by_id.get(wanted.topic_id)
             if topic is None:
@@ -80,12 +89,17 @@ async def _requested_topics(body, ctx: BrokerContext, version: int) -> list[dict
                 continue
         else:
             try:
-                topic = await topic_for_request(ctx, name, allow_auto_create=allow_auto)
+                topic = await topic_for_request(ctx, name, allow_auto_create=allow_auto and _may_create(ctx, session, name))
             except BrokerError as exc:
                 topics.append({"error_code": error_code_of(exc), "name": name})
                 continue
         topics.append(_topic_entry(ctx, topic, alive))
     return topics
+
+
+def _may_create(ctx, session, name: str) -> bool:
+    return any(allowed(ctx, session, Operation.CREATE, kind, resource, "Metadata", audited=False)
+               for kind, resource in ((ResourceType.TOPIC, name), (ResourceType.CLUSTER, CLUSTER_NAME)))
 
 
 async def handle_metadata(body, ctx: BrokerContext, version: int):
@@ -95,8 +109,10 @@ async def handle_metadata(body, ctx: BrokerContext, version: int):
         with trio.move_on_at(deadline):
             await ctx.meta_changed()
         topics = await _requested_topics(body, ctx, version)
-    brokers = [{"node_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
-               for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)]
+    listener = current_session().listener  # each client is told the listener it came in on
+    brokers = [{"node_id": b.node_id, "host": host, "port": port, "rack": b.rack}
+               for b in sorted(ctx.meta.brokers.values(), key=lambda b: b.node_id)
+               for host, port in [b.endpoint(listener) or (None, None)] if host is not None]
     return build(response_schema(3, version), brokers=brokers,
                  cluster_id=ctx.cluster_id, controller_id=ctx.meta_leader_id(), topics=topics,
                  cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers
+from . import admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers, security
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -34,20 +34,28 @@ HANDLERS = {
     14: ((0, 5), groups.handle_sync_group),
     15: ((0, 6), groups.handle_describe_groups),
     16: ((0, 5), groups.handle_list_groups),
+    # Kafka 4.0 dropped SaslHandshake v0 (raw SASL tokens outside Kafka frames, KIP-896)
+    17: ((1, 1), security.handle_sasl_handshake),
     18: ((0, 4), handle_api_versions),
     19: ((2, 7), admin.handle_create_topics),
     20: ((1, 6), admin.handle_delete_topics),
     21: ((0, 2), logs.handle_delete_records),
     22: ((0, 5), admin.handle_init_producer_id),
     23: ((2, 4), epochs.handle_offset_for_leader_epoch),
+    29: ((1, 3), security.handle_describe_acls),
+    30: ((1, 3), security.handle_create_acls),
+    31: ((1, 3), security.handle_delete_acls),
     32: ((1, 4), configs.handle_describe_configs),
     33: ((0, 2), configs.handle_alter_configs),
     35: ((1, 4), logs.handle_describe_log_dirs),
+    36: ((0, 2), security.handle_sasl_authenticate),
     37: ((0, 3), admin.handle_create_partitions),
     42: ((0, 2), groups.handle_delete_groups),
     43: ((0, 2), admin.handle_elect_leaders),
     44: ((0, 1), configs.handle_incremental_alter_configs),
     47: ((0, 0), groups.handle_offset_delete),
+    50: ((0, 0), security.handle_describe_user_scram_credentials),
+    51: ((0, 0), security.handle_alter_user_scram_credentials),
     60: ((0, 2), admin.handle_describe_cluster),
     61: ((0, 0), producers.handle_describe_producers),
 }

@@ -1,0 +1,127 @@
+"""ACLs against a real node with the authorizer on: allowed operations work for real
+clients, denied ones get Kafka's codes (TOPIC_/GROUP_/CLUSTER_AUTHORIZATION_FAILED), deny
+wins, prefixed patterns, a certificate principal, Metadata lists only describable topics,
+every denial is an audit line, and `chronik-trio admin acl` manages them."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from tests.kafka_wire import Record, build_batch
+
+from .node import USERS, plain_wire, start_secure_node
+
+pytestmark = pytest.mark.timeout(180)
+CLIENT_TIMEOUT_S = 30
+TOPIC_DENIED, GROUP_DENIED, CLUSTER_DENIED = 29, 30, 31
+FIND_COORDINATOR, DESCRIBE_CLUSTER, CREATE_ACLS = 10, 60, 30
+CERT_PRINCIPAL = "User:CN=alice,OU=eng,O=example"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    # The loopback PLAINTEXT listener is the operators' (its ANONYMOUS principal is a super user).
+    secure = start_secure_node(tmp_path_factory.mktemp("acls"), (
+        "--authorizer-enabled", "--super-users", "User:ANONYMOUS;User:admin"))
+    try:
+        for args in (["--allow", "--principal", "User:alice", "--operation", "write", "--operation", "read",
+                      "--operation", "create", "--topic", "alice-", "--prefixed"],
+                     ["--principal", "User:alice", "--operation", "read", "--group", "alice-", "--prefixed"],
+                     ["--deny", "--principal", "User:alice", "--operation", "write", "--topic", "alice-readonly"],
+                     ["--principal", CERT_PRINCIPAL, "--operation", "read", "--topic", "alice-certs"]):
+            done = secure.admin("acl", "add", *args)
+            assert done.returncode == 0, done.stderr
+        for topic in ("alice-readonly", "alice-certs", "shared"):
+            assert secure.admin("create-topic", topic, "--partitions", "1").returncode == 0
+        yield secure
+    finally:
+        secure.broker.stop()
+
+
+def _produce_code(conn, topic: str) -> int:
+    return int(conn.produce(topic, 0, build_batch([Record(b"k", b"v")])).error_code)
+
+
+def test_an_allowed_user_produces_and_consumes_with_confluent_kafka_over_sasl_ssl(node):
+    topic = f"alice-{uuid.uuid4().hex[:8]}"
+    conf = {"bootstrap.servers": node.address("SASL_SSL"), "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice", "sasl.password": USERS["alice"],
+            "ssl.ca.location": node.certs.ca}
+    producer = Producer({**conf, "acks": "all"})
+    producer.produce(topic, b"allowed")  # auto-created: alice may CREATE alice-*
+    assert producer.flush(CLIENT_TIMEOUT_S) == 0
+    consumer = Consumer({**conf, "group.id": f"alice-{topic}", "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe([topic])
+        for _ in range(CLIENT_TIMEOUT_S):
+            message = consumer.poll(1.0)
+            if message is not None and message.error() is None:
+                assert message.value() == b"allowed"
+                break
+        else:
+            pytest.fail("nothing consumed")
+    finally:
+        consumer.close()
+
+
+def test_denied_operations_get_kafkas_codes_and_an_audit_line(node):
+    with plain_wire(node, "bob") as conn:
+        assert _produce_code(conn, "shared") == TOPIC_DENIED
+        coordinator = conn.request(FIND_COORDINATOR, {"key": "alice-group", "key_type": 0}, version=3)
+        assert int(coordinator.error_code) == GROUP_DENIED
+        assert int(conn.request(DESCRIBE_CLUSTER, {}, version=0).error_code) == CLUSTER_DENIED
+        created = conn.request(CREATE_ACLS, {"creations": [{
+            "resource_type": 2, "resource_name": "shared", "resource_pattern_type": 3, "principal": "User:bob",
+            "host": "*", "operation": 4, "permission_type": 3}]}, version=3)
+        assert [int(r.error_code) for r in created.results] == [CLUSTER_DENIED]
+        assert int(conn.create_topics(["bob-topic"])["bob-topic"]) == TOPIC_DENIED
+    log = node.broker.log_text()
+    assert "DENIED principal=User:bob host=127.0.0.1 operation=WRITE resource=TOPIC:shared api=Produce" in log
+    assert "operation=ALTER resource=CLUSTER:kafka-cluster api=CreateAcls" in log
+
+
+def test_a_denied_acks_0_produce_closes_the_connection_unanswered(node):
+    with plain_wire(node, "bob") as conn:
+        conn.send_no_response(0, 9, {"acks": 0, "timeout": 1000, "topic_data": [
+            {"name": "shared", "partition_data": [{"index": 0, "records": build_batch([Record(b"k", b"v")])}]}]})
+        assert conn.wait_closed() == b""
+    assert "an acks=0 Produce by User:bob was denied" in node.broker.log_text()
+
+
+def test_deny_wins_over_a_prefixed_allow(node):
+    with plain_wire(node, "alice") as conn:
+        assert _produce_code(conn, "alice-certs") == 0  # the prefixed ALLOW
+        assert _produce_code(conn, "alice-readonly") == TOPIC_DENIED  # the literal DENY wins
+        assert _produce_code(conn, "shared") == TOPIC_DENIED  # no ACL, no access
+
+
+def test_metadata_lists_only_the_topics_the_principal_may_describe(node):
+    with plain_wire(node, "alice", listener="SASL_SSL") as conn:
+        names = {t.name for t in conn.metadata(None).topics}
+        assert {"alice-readonly", "alice-certs"} <= names and "shared" not in names
+        (shared,) = conn.metadata(["shared"]).topics
+        assert int(shared.error_code) == TOPIC_DENIED
+    with plain_wire(node, "bob") as conn:
+        assert {t.name for t in conn.metadata(None).topics} == set()
+
+
+def test_a_client_certificate_principal_is_authorized_by_its_acls(node):
+    with node.tls_wire("SSL", cert="alice") as conn:
+        assert _produce_code(conn, "alice-certs") == TOPIC_DENIED  # only READ granted
+        fetched = conn.fetch("alice-certs", 0, 0)
+        assert int(fetched.error_code) == 0
+
+
+def test_admin_acl_lists_and_removes(node):
+    listed = node.admin("acl", "list", "--principal", "User:alice")
+    assert listed.returncode == 0, listed.stderr
+    assert "alice-readonly" in listed.stdout and "DENY" in listed.stdout and "PREFIXED" in listed.stdout
+    removed = node.admin("acl", "remove", "--principal", "User:alice", "--operation", "write",
+                         "--topic", "alice-", "--prefixed")
+    assert removed.returncode == 0 and "removed 1 ACL(s)" in removed.stdout, removed.stderr
+    with plain_wire(node, "alice") as conn:
+        assert _produce_code(conn, "alice-certs") == TOPIC_DENIED
+    node.admin("acl", "add", "--principal", "User:alice", "--operation", "write", "--topic", "alice-", "--prefixed")

@@ -3,7 +3,7 @@ runs it in trio.run under MockClock(autojump_threshold=0) with trio's determinis
 scheduling on, checks the history with chaos/checker.py, and returns the history's hash.
 
 Determinism: every choice comes from the seed (the nemesis plan and choices, the network's
-latencies, the disks, the clients, the node's randomness through world.seams), trio's run
+latencies, the disks, the clients, each node's rng, Node's seam), trio's run
 queue is ordered by task creation and shuffled by a generator seeded from the seed (the hook
 trio keeps for Hypothesis: `trio._core._run._ALLOW_DETERMINISTIC_SCHEDULING` and `_r`), and
 the history's times are virtual. String hashing must be fixed too (iteration order of sets):
@@ -33,7 +33,7 @@ from ..replica_log import ReplicaLogError, read_partition
 from ..scenario import Scenario
 from . import client as sim_client
 from .net import SimNetwork
-from .world import SimCluster, seams
+from .world import SimCluster
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,11 @@ async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, n
     try:
         async with trio.open_nursery() as nursery:
             cluster = SimCluster(root, scenario.cluster.nodes, sub["disk"], net, history.record,
-                                 nursery, node_patch=node_patch)
-            disks = {n: cluster.nodes[n].disk for n in cluster.ids}
-            with seams(net, sub["node"], disks):
-                await cluster.start_all()
-                await _workload(scenario, cluster, history, planned, sub, box)
-                for n in cluster.ids:
-                    await cluster.kill(n)
+                                 nursery, node_patch=node_patch, node_rng=sub["node"])
+            await cluster.start_all()
+            await _workload(scenario, cluster, history, planned, sub, box)
+            for n in cluster.ids:
+                await cluster.kill(n)
             _replica_logs(scenario, cluster, history, box.get("high", {}))
             nursery.cancel_scope.cancel()
     finally:

@@ -1,18 +1,17 @@
 """The simulated cluster: N real `Node`s in this trio run, their seams bound to the
 simulation, and the interface the nemesis (nemesis.py) drives, as `chaos run`'s Cluster.
 
-Seams (docs/simulation.md): each Node gets its Disk (SimDisk), its wall clock (virtual time
-plus a per-node skew) and its Kafka listener from the caller; the rest is bound for the
-whole process while a simulation runs (`seams()`): the Raft listener and the connector the
-node's transport uses, trio's thread hand-off (run inline after a virtual fsync latency),
-and the randomness the node draws (os.urandom, the random module) from the seed.
+Seams (docs/simulation.md): each Node gets from the caller its Disk (SimDisk), its wall
+clock (virtual time plus a per-node skew), its Kafka listener, its transport (over the
+simulated network), its randomness (a random.Random drawn from the seed, new for each
+start) and its thread hand-off (run inline after the disk's virtual fsync latency).
+Nothing is bound process-wide.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import os
 import pathlib
 import random
 import signal
@@ -60,9 +59,11 @@ class SimCluster:
     """What the nemesis needs of a cluster (chaos/cluster.py's Cluster), in process."""
 
     def __init__(self, root: pathlib.Path, n: int, rng: random.Random, net: SimNetwork,
-                 record, nursery: trio.Nursery, node_patch=None) -> None:
+                 record, nursery: trio.Nursery, node_patch=None, *,
+                 node_rng: random.Random) -> None:
         self.ids = list(range(1, n + 1))
         self.rng = rng
+        self.node_rng = node_rng  # each started Node's own generator is drawn from it
         self.net = net
         self.record = record
         self.nursery = nursery
@@ -90,7 +91,9 @@ class SimCluster:
                             peers=self.peers, log_level="warning")
         node = Node(config, disk=sim.disk,
                     wall_clock_ms=lambda: int((trio.current_time() + 1.7e9) * 1000) + sim.skew_ms,
-                    make_transport=self._transport)
+                    make_transport=self._transport,
+                    rng=random.Random(self.node_rng.getrandbits(64)),
+                    run_sync=functools.partial(_inline_run_sync, sim.disk))
         if self.node_patch is not None:
             self.node_patch(node)
         sim.node, sim.running, sim.exited, sim.proc = node, True, trio.Event(), _Proc()
@@ -255,25 +258,8 @@ class SimCluster:
         return (group.leader_id, group.term) if group.leader_id else None
 
 
-@contextlib.contextmanager
-def seams(net: SimNetwork, rng: random.Random, disks: dict[int, SimDisk]):
-    """Bind the process-wide seams to the simulation for the duration of one run.
-
-    The thread hand-off runs the work inline after the calling node's virtual fsync
-    latency; os.urandom and the random module draw from the seed; the Raft listener and
-    the transport's connector are the simulated network's."""
-    saved = (os.urandom, trio.to_thread.run_sync, random.getstate())
-
-    async def run_sync(fn, *args, **_ignored):
-        disk = disks.get(ENDPOINT.get())
-        await trio.sleep(disk.fsync_latency_s() if disk is not None else 0.0)
-        return fn(*args)
-
-    os.urandom = rng.randbytes
-    random.seed(rng.getrandbits(64))
-    trio.to_thread.run_sync = run_sync
-    try:
-        yield
-    finally:
-        os.urandom, trio.to_thread.run_sync, state = saved
-        random.setstate(state)
+async def _inline_run_sync(disk: SimDisk, fn, *args, **_ignored):
+    """The node's thread hand-off (Node's run_sync seam): the work runs inline, after the
+    node's disk's fsync latency in virtual time."""
+    await trio.sleep(disk.fsync_latency_s())
+    return fn(*args)

@@ -80,7 +80,7 @@ def test_ci_seeds_pass(tmp_path):
 BUG_SEEDS = {
     "acks_before_commit": 1,
     "skip_fsync": 1,
-    "fetch_above_high_watermark": 1,
+    "fetch_above_high_watermark": 4,
 }
 
 

@@ -3,7 +3,7 @@ runs it in trio.run under MockClock(autojump_threshold=0) with trio's determinis
 scheduling on, checks the history with chaos/checker.py, and returns the history's hash.
 
 Determinism: every choice comes from the seed (the nemesis plan and choices, the network's
-latencies, the disks, the clients, the node's randomness through world.seams), trio's run
+latencies, the disks, the clients, each node's rng, Node's seam), trio's run
 queue is ordered by task creation and shuffled by a generator seeded from the seed (the hook
 trio keeps for Hypothesis: `trio._core._run._ALLOW_DETERMINISTIC_SCHEDULING` and `_r`), and
 the history's times are virtual. String hashing must be fixed too (iteration order of sets):
@@ -33,7 +33,7 @@ from ..replica_log import ReplicaLogError, read_partition
 from ..scenario import Scenario
 from . import client as sim_client
 from .net import SimNetwork
-from .world import SimCluster, seams
+from .world import SimCluster
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ def history_digest(path: pathlib.Path) -> str:
 
 
 def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: bool = False,
-             node_patch=None, keep_data: bool = False) -> SeedResult:
-    """Simulate `scenario` with `seed`; history.jsonl (and trace.jsonl) go to out_dir."""
+             node_patch=None, keep_data: bool = False, crash_after_vote: float = 0.0) -> SeedResult:
+    """Simulate `scenario` with `seed`; history.jsonl (and trace.jsonl) go to out_dir.
+    crash_after_vote (simulation only): the chance that a node is killed right after it
+    grants a Raft vote and restarted 50-300 ms later (world.SimCluster)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     sub = {name: random.Random(rng.getrandbits(64)) for name in
@@ -82,7 +84,8 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     root_logger.handlers[:] = [handler]
     root_logger.setLevel(os.environ.get("CHAOS_SIM_LOG_LEVEL", "WARNING").upper())
     try:
-        trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box, clock=clock)
+        trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box,
+                 crash_after_vote, clock=clock)
     finally:
         root_logger.handlers[:] = saved_handlers
         root_logger.setLevel(saved_level)
@@ -97,6 +100,7 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     failed = [f"{r.name}: {r.summary} {list(r.examples[:2])}" for r in results
               if not r.passed and not r.report_only]
     failed += box.get("liveness", [])
+    failed += box.get("safety", [])
     return SeedResult(seed, not failed, history_digest(history_path), box.get("simulated_s", 0.0),
                       real_s, tuple(failed), history_path)
 
@@ -106,7 +110,8 @@ def _scratch() -> str | None:
     return str(shm) if shm.is_dir() else None
 
 
-async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, node_patch, box) -> None:
+async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, node_patch, box,
+                crash_after_vote: float) -> None:
     history = History(history_path, clock=trio.current_time)
     tracer = None
     if trace:
@@ -128,13 +133,13 @@ async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, n
     try:
         async with trio.open_nursery() as nursery:
             cluster = SimCluster(root, scenario.cluster.nodes, sub["disk"], net, history.record,
-                                 nursery, node_patch=node_patch)
-            disks = {n: cluster.nodes[n].disk for n in cluster.ids}
-            with seams(net, sub["node"], disks):
-                await cluster.start_all()
-                await _workload(scenario, cluster, history, planned, sub, box)
-                for n in cluster.ids:
-                    await cluster.kill(n)
+                                 nursery, node_patch=node_patch, node_rng=sub["node"],
+                                 crash_after_vote=crash_after_vote)
+            await cluster.start_all()
+            await _workload(scenario, cluster, history, planned, sub, box)
+            for n in cluster.ids:
+                await cluster.kill(n)
+            box["safety"] = cluster.safety
             _replica_logs(scenario, cluster, history, box.get("high", {}))
             nursery.cancel_scope.cancel()
     finally:

@@ -1,18 +1,17 @@
 """The simulated cluster: N real `Node`s in this trio run, their seams bound to the
 simulation, and the interface the nemesis (nemesis.py) drives, as `chaos run`'s Cluster.
 
-Seams (docs/simulation.md): each Node gets its Disk (SimDisk), its wall clock (virtual time
-plus a per-node skew) and its Kafka listener from the caller; the rest is bound for the
-whole process while a simulation runs (`seams()`): the Raft listener and the connector the
-node's transport uses, trio's thread hand-off (run inline after a virtual fsync latency),
-and the randomness the node draws (os.urandom, the random module) from the seed.
+Seams (docs/simulation.md): each Node gets from the caller its Disk (SimDisk), its wall
+clock (virtual time plus a per-node skew), its Kafka listener, its transport (over the
+simulated network), its randomness (a random.Random drawn from the seed, new for each
+start) and its thread hand-off (run inline after the disk's virtual fsync latency).
+Nothing is bound process-wide.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import os
 import pathlib
 import random
 import signal
@@ -22,6 +21,7 @@ import trio
 
 from chronik_trio.node.config import NodeConfig
 from chronik_trio.node.node import Node
+from chronik_trio.raft.types import StateRole
 from chronik_trio.storage.disk import DiskFaults
 from chronik_trio.transport.transport import Transport
 
@@ -60,9 +60,20 @@ class SimCluster:
     """What the nemesis needs of a cluster (chaos/cluster.py's Cluster), in process."""
 
     def __init__(self, root: pathlib.Path, n: int, rng: random.Random, net: SimNetwork,
-                 record, nursery: trio.Nursery, node_patch=None) -> None:
+                 record, nursery: trio.Nursery, node_patch=None, *,
+                 node_rng: random.Random, crash_after_vote: float = 0.0) -> None:
         self.ids = list(range(1, n + 1))
         self.rng = rng
+        self.node_rng = node_rng  # each started Node's own generator is drawn from it
+        # Election safety (Raft's "at most one leader per term"): (group, term) -> the first
+        # node seen leading it; and the violations found (each pair once).
+        self.leaders: dict[tuple[str, int], int] = {}
+        self.safety: list[str] = []
+        self._reported: set[tuple[str, int, int]] = set()
+        # Simulation only: the chance that a node is killed right after it grants a vote (its
+        # vote response sent), and restarted 50-300 ms later, within the term's election.
+        self.crash_after_vote = crash_after_vote
+        self._votes_seen: set[tuple[int, str, int, int]] = set()  # (node, group, term, vote)
         self.net = net
         self.record = record
         self.nursery = nursery
@@ -90,7 +101,9 @@ class SimCluster:
                             peers=self.peers, log_level="warning")
         node = Node(config, disk=sim.disk,
                     wall_clock_ms=lambda: int((trio.current_time() + 1.7e9) * 1000) + sim.skew_ms,
-                    make_transport=self._transport)
+                    make_transport=self._transport,
+                    rng=random.Random(self.node_rng.getrandbits(64)),
+                    run_sync=functools.partial(self._run_sync, sim))
         if self.node_patch is not None:
             self.node_patch(node)
         sim.node, sim.running, sim.exited, sim.proc = node, True, trio.Event(), _Proc()
@@ -110,6 +123,57 @@ class SimCluster:
                 self.record({"type": "node", "node": n, "what": "ready"})
                 return True
         return False
+
+    async def _run_sync(self, sim: SimNode, fn, *args, **_ignored):
+        """The node's thread hand-off (Node's run_sync seam): the work runs inline, after the
+        node's disk's fsync latency in virtual time. Every fsync round of a node goes through
+        here, among them the round that persists a new leader's first entry, so this is also
+        where the node's Raft groups are checked for election safety (pure reads)."""
+        self._check_election_safety(sim)
+        votes = self._granted_votes(sim) if self.crash_after_vote else set()
+        await trio.sleep(sim.disk.fsync_latency_s())
+        result = fn(*args)
+        new = votes - self._votes_seen
+        self._votes_seen |= votes
+        if new and self.rng.random() < self.crash_after_vote:
+            self.nursery.start_soon(self._crash_after_vote, sim.node_id, sim.starts, sorted(new)[0])
+        return result
+
+    def _granted_votes(self, sim: SimNode) -> set[tuple[int, str, int, int]]:
+        if not sim.running or sim.node is None:
+            return set()
+        return {(sim.node_id, group_id, g.node.raft.term, g.node.raft.vote)
+                for group_id, g in sim.node.runtime.groups.items()
+                if g.node.raft.vote not in (0, sim.node_id)}
+
+    async def _crash_after_vote(self, n: int, start: int, vote) -> None:
+        """Kill node n once its vote response is on the wire; restart it soon after."""
+        await trio.sleep(0.005)  # the runtime sends the response after this fsync round
+        sim = self.nodes[n]
+        if not sim.running or sim.starts != start:
+            return
+        self.record({"type": "node", "node": n, "what": "crash-after-vote",
+                     "detail": f"group {vote[1]} term {vote[2]} voted {vote[3]}"})
+        await self.kill(n)
+        await trio.sleep(self.rng.uniform(0.05, 0.3))
+        await self.restart(n, 30.0)
+
+    def _check_election_safety(self, sim: SimNode) -> None:
+        if not sim.running or sim.node is None:
+            return
+        for group_id, group in sim.node.runtime.groups.items():
+            raft = group.node.raft  # the Raft state itself, not the group's copy of it
+            if raft.state != StateRole.LEADER:
+                continue
+            term = raft.term
+            first = self.leaders.setdefault((group_id, term), sim.node_id)
+            if first != sim.node_id and (group_id, term, sim.node_id) not in self._reported:
+                self._reported.add((group_id, term, sim.node_id))
+                problem = (f"election_safety: group {group_id} had two leaders in term {term} "
+                           f"(nodes {first} and {sim.node_id})")
+                self.safety.append(problem)
+                self.record({"type": "node", "node": sim.node_id, "what": "election-safety",
+                             "detail": problem})
 
     def _transport(self, node_id, listen, peers, network, registry, health) -> Transport:
         """The node's transport over the simulated network (Node's TransportFactory seam)."""
@@ -254,26 +318,3 @@ class SimCluster:
         group = node.meta_service.group
         return (group.leader_id, group.term) if group.leader_id else None
 
-
-@contextlib.contextmanager
-def seams(net: SimNetwork, rng: random.Random, disks: dict[int, SimDisk]):
-    """Bind the process-wide seams to the simulation for the duration of one run.
-
-    The thread hand-off runs the work inline after the calling node's virtual fsync
-    latency; os.urandom and the random module draw from the seed; the Raft listener and
-    the transport's connector are the simulated network's."""
-    saved = (os.urandom, trio.to_thread.run_sync, random.getstate())
-
-    async def run_sync(fn, *args, **_ignored):
-        disk = disks.get(ENDPOINT.get())
-        await trio.sleep(disk.fsync_latency_s() if disk is not None else 0.0)
-        return fn(*args)
-
-    os.urandom = rng.randbytes
-    random.seed(rng.getrandbits(64))
-    trio.to_thread.run_sync = run_sync
-    try:
-        yield
-    finally:
-        os.urandom, trio.to_thread.run_sync, state = saved
-        random.setstate(state)

@@ -25,8 +25,8 @@ expiry) use the node's wall clock.
 from __future__ import annotations
 
 import logging
+import random
 import typing
-import uuid
 
 import trio
 from kio.schema.errors import ErrorCode
@@ -43,6 +43,7 @@ from chronik_trio.kafka.records import parse_batches
 from chronik_trio.raft.types import StateRole
 
 from .partition_group import PartitionReplica
+from .seams import system_rng, uuid4
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,9 @@ class CoordinatorHost(typing.Protocol):
 
 
 class GroupCoordinator:
-    def __init__(self, node: CoordinatorHost) -> None:
+    def __init__(self, node: CoordinatorHost, rng: random.Random | None = None) -> None:
         self.node = node
+        self._rng = rng if rng is not None else system_rng()  # member ids
         self.shards: dict[int, _Shard] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()  # set when something falls due before the loop's next wake
@@ -452,7 +454,7 @@ class GroupCoordinator:
         except GroupError as exc:
             return JoinResult(exc.error_code, request.member_id)
         group = self._group(shard, group_id, create=True)
-        new_member_id = f"{request.client_id}-{uuid.uuid4()}"
+        new_member_id = f"{request.client_id}-{uuid4(self._rng)}"
         outcome = group.join(self.now_ms(), request, new_member_id)
         if isinstance(outcome, JoinResult):
             self._dispatch(shard, group)

@@ -9,7 +9,7 @@ Request ids make retries safe: a command that was already applied is not applied
 from __future__ import annotations
 
 import logging
-import os
+import random
 import typing
 
 import trio
@@ -91,8 +91,9 @@ class MetaMachine:
 class MetaService:
     """Proposes commands through the __meta group, which the node opens at start (open())."""
 
-    def __init__(self, node_id: int, machine: MetaMachine) -> None:
+    def __init__(self, node_id: int, machine: MetaMachine, rng: random.Random) -> None:
         self.node_id = node_id
+        self._rng = rng  # request ids
         self.machine = machine
         self._group: RaftGroup | None = None
 
@@ -112,7 +113,7 @@ class MetaService:
     async def propose(self, command: meta_pb2.MetaCommand) -> Applied:
         """Commit command through __meta and return its result as applied here.
         Raises MetaUnavailable after META_PROPOSE_TIMEOUT_S without a commit."""
-        command.request_id = self.node_id.to_bytes(4, "big") + os.urandom(12)
+        command.request_id = self.node_id.to_bytes(4, "big") + self._rng.randbytes(12)
         data = command.SerializeToString()
         applied = self.machine.expect(command.request_id)
         try:

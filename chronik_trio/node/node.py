@@ -27,10 +27,10 @@ import functools
 import logging
 import os
 import pathlib
+import random
 import shutil
 import time
 import typing
-import uuid
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -58,6 +58,7 @@ from .raft_group import RaftGroup, open_group
 from .raft_runtime import RaftRuntime
 from .replicas import DELETED_SUFFIX, HostedReplicas, remove_dirs
 from .retention import retention_loop
+from .seams import RunSync, system_rng, thread_run_sync, uuid4
 from .snapshots import meta_snapshot_loop
 from .topics import CREATE_TOPIC_TIMEOUT_S, Topics
 
@@ -78,18 +79,25 @@ class Node:
 
     def __init__(self, config: NodeConfig, *, disk: Disk | None = None,
                  wall_clock_ms: typing.Callable[[], int] = _wall_clock_ms,
-                 make_transport: TransportFactory = tcp_transport) -> None:
+                 make_transport: TransportFactory = tcp_transport,
+                 rng: random.Random | None = None, run_sync: RunSync = thread_run_sync) -> None:
+        """rng is the node's only randomness (default: seeded once from the operating
+        system); run_sync its hand-off of blocking work (default: a worker thread)."""
         self.config = config
+        self.rng = rng if rng is not None else system_rng()
+        self.run_sync = run_sync
         self.node_id = config.node_id
         self.disk = disk or Disk()
         self.wall_clock_ms = wall_clock_ms
         self.data_dir = pathlib.Path(config.data_dir)
         self._make_transport = make_transport
         self.metrics = NodeMetrics(CollectorRegistry())
-        self.peers = PeerNetwork(self.node_id, has_peers=config.peers is not None)
+        self.peers = PeerNetwork(self.node_id, has_peers=config.peers is not None,
+                                 incarnation=self.rng.getrandbits(62) + 1)
         self.runtime = RaftRuntime(self.node_id, self.peers.send, heartbeat=self.peers.heartbeat,
                                    observe_pass=self.metrics.ready_pass_seconds.observe,
-                                   observe_fsync=self.metrics.fsync_seconds.observe)
+                                   observe_fsync=self.metrics.fsync_seconds.observe,
+                                   run_sync=run_sync)
         self.peers.runtime = self.runtime
         self.metrics.collect_groups(self.runtime)
         self.request_errors = RequestErrors()  # contained handler failures, in /metrics
@@ -99,14 +107,15 @@ class Node:
         self.metrics.collect_auth_failures(self.auth_failures)
         self.transport: Transport | None = None
         self.meta_machine = MetaMachine()
-        self.meta_service = MetaService(self.node_id, self.meta_machine)  # opened by run()
-        self.groups = GroupCoordinator(self)  # consumer groups (on __consumer_offsets leaders)
-        self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine, self.groups)
+        self.meta_service = MetaService(self.node_id, self.meta_machine, self.rng)  # opened by run()
+        self.groups = GroupCoordinator(self, self.rng)  # consumer groups (on __consumer_offsets leaders)
+        self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine, self.groups,
+                                       rng=self.rng, run_sync=run_sync)
         self.meta_machine.listeners.append(self.replicas.reconcile_soon)
         self.preferred_leaders = PreferredLeaders(self.node_id, self.meta_machine, self.meta_service,
                                                   self.replicas, config.leader_balance_interval_ms / 1000)
         self.topics = Topics(self.meta_machine, self.meta_service, self.preferred_leaders, self.replicas,
-                             config.default_partitions)
+                             config.default_partitions, self.rng)
         self.producer_ids = ProducerIds(self.node_id, self.meta_service, wall_clock_ms)
         self.leader_reports = LeaderReports(self.node_id, self.meta_machine, self.meta_service,
                                             self.runtime, self.replicas)
@@ -177,7 +186,7 @@ class Node:
 
     async def log_dir_usage(self) -> tuple[str, int, int]:
         directory = (self.data_dir / "partitions").absolute()
-        usage = await trio.to_thread.run_sync(shutil.disk_usage, self.data_dir)
+        usage = await self.run_sync(shutil.disk_usage, self.data_dir)
         return str(directory), usage.total, usage.free
 
     def topic_config(self, topic: Topic, key: str) -> str:
@@ -219,7 +228,8 @@ class Node:
                 nursery.start_soon(self.leader_reports.run)
                 nursery.start_soon(retention_loop, self.replicas, self.meta_machine,
                                    self.config.retention_check_interval_ms / 1000, self.wall_clock_ms)
-                nursery.start_soon(meta_snapshot_loop, self.meta_service, self.config.meta_snapshot_entries)
+                nursery.start_soon(meta_snapshot_loop, self.meta_service, self.config.meta_snapshot_entries,
+                                   self.run_sync)
                 nursery.start_soon(self.preferred_leaders.run)
                 await nursery.start(self.groups.run)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
@@ -249,7 +259,8 @@ class Node:
             storage = DurableRaftStorage.bootstrap(self.disk, directory, voters=self.config.voters,
                                                    kafka=False, segment_bytes=segment_bytes)
             log.info("bootstrapped __meta with voters %s", self.config.voters)
-        group = open_group(self.node_id, META_GROUP_ID, storage, self.meta_machine, self.runtime.wake)
+        group = open_group(self.node_id, META_GROUP_ID, storage, self.meta_machine, self.runtime.wake,
+                           rng=self.rng)
         self.runtime.add(group)
         self.meta_service.open(group)
 
@@ -304,7 +315,7 @@ class Node:
 
     async def _ensure_cluster_id(self) -> None:
         if not self.meta.cluster_id:
-            proposal = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            proposal = base64.urlsafe_b64encode(uuid4(self.rng).bytes).decode().rstrip("=")
             await self.meta_service.propose(meta_pb2.MetaCommand(
                 cluster_id_proposed=meta_pb2.ClusterIdProposed(cluster_id=proposal)))
 

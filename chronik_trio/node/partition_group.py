@@ -28,6 +28,7 @@ from chronik_trio.storage.raft_storage import (partition_snapshot_data, partitio
                                                partition_snapshot_state)
 
 from .raft_group import RaftGroup
+from .seams import RunSync
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,9 @@ class PartitionReplica:
 
     def __init__(self, topic: Topic, partition: int, group: RaftGroup, machine: PartitionMachine,
                  *, lag_time_s: float, alive: typing.Callable[[int, float], bool],
-                 min_insync: typing.Callable[[], int]) -> None:
+                 min_insync: typing.Callable[[], int], run_sync: RunSync) -> None:
         self.topic_name = topic.name
+        self._run_sync = run_sync  # snapshots at retention boundaries
         self.topic_id = topic.topic_id
         self.partition = partition
         self.group = group
@@ -331,7 +333,7 @@ class PartitionReplica:
             return 0
         next_offset = self._offset_at(boundary)
         conf_state = self.group.node.status().conf_state
-        await trio.to_thread.run_sync(
+        await self._run_sync(
             storage.create_snapshot, boundary - 1, conf_state,
             partition_snapshot_data(next_offset, self.machine.snapshot_state()))
         return self.log.delete_before(boundary)

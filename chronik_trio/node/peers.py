@@ -13,7 +13,6 @@ network; node/faults.py wraps the default one).
 from __future__ import annotations
 
 import logging
-import random
 import typing
 
 import google.protobuf.message
@@ -50,15 +49,16 @@ def _forwardable(gm: transport_pb2.GroupMessage) -> bool:
 
 
 class PeerNetwork:
-    def __init__(self, node_id: int, *, has_peers: bool) -> None:
+    def __init__(self, node_id: int, *, has_peers: bool, incarnation: int) -> None:
         self.node_id = node_id
         self._has_peers = has_peers
         # Set by the node once it built the runtime (which is given this network's send).
         self.runtime: RaftRuntime | None = None
         self.transport: Transport | None = None  # set once the node made it
         self._liveness: dict[int, bytes] = {}
-        # Tells this process from an earlier one of the same node in its liveness messages.
-        self._incarnation = random.getrandbits(62) + 1
+        # Tells this process from an earlier one of the same node in its liveness messages
+        # (random, nonzero: the node draws it from its rng).
+        self._incarnation = incarnation
 
     def send(self, group_id: str, message: Message) -> None:
         if self.transport is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
-import os
 import random
 import typing
 import zlib
@@ -386,14 +385,15 @@ class RaftGroup:
 
 
 def open_group(node_id: int, group_id: str, storage, machine: StateMachine,
-               wake: typing.Callable[[RaftGroup], None], *, campaign_now: bool = False) -> RaftGroup:
+               wake: typing.Callable[[RaftGroup], None], *, rng: random.Random,
+               campaign_now: bool = False) -> RaftGroup:
     """A RaftGroup over storage (restoring machine from its snapshot first), for the caller
     to add to its runtime. A group whose only voter is this node campaigns at once, as does
-    one given campaign_now."""
+    one given campaign_now. The election timer's generator is seeded from rng."""
     snapshot = storage.snapshot(0) if storage.first_index() > 1 else None
     if snapshot is not None:
         machine.restore(snapshot)
-    seed = zlib.crc32(group_id.encode()) ^ (node_id << 20) ^ int.from_bytes(os.urandom(4), "big")
+    seed = zlib.crc32(group_id.encode()) ^ (node_id << 20) ^ rng.getrandbits(32)
     node = RawNode(RaftConfig(id=node_id, election_tick=ELECTION_TICK, heartbeat_tick=HEARTBEAT_TICK,
                               rng=random.Random(seed)), storage)
     group = RaftGroup(group_id, node, storage, machine, wake)

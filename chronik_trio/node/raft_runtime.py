@@ -32,6 +32,7 @@ from chronik_trio.raft.types import EntryType, Message
 from chronik_trio.storage.raft_storage import RaftSyncTicket
 
 from .raft_group import RaftGroup
+from .seams import RunSync, thread_run_sync
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,14 @@ class RaftRuntime:
                  tick_interval_s: float = TICK_INTERVAL_S,
                  peer_silence_s: float = PEER_SILENCE_S,
                  observe_pass: typing.Callable[[float], None] = lambda seconds: None,
-                 observe_fsync: typing.Callable[[float], None] = lambda seconds: None) -> None:
+                 observe_fsync: typing.Callable[[float], None] = lambda seconds: None,
+                 run_sync: RunSync = thread_run_sync) -> None:
         """send(group_id, message) hands a Raft message to the network; heartbeat(peer)
         sends one node-level liveness message (the network calls heard_from and
         liveness_from on the other side); both must not block. observe_pass and
         observe_fsync are given the seconds of each Ready pass and fsync round (metrics)."""
         self.node_id = node_id
+        self._run_sync = run_sync  # the fsync rounds' hand-off (a worker thread)
         self._send = send
         self._heartbeat = heartbeat
         self.tick_interval_s = tick_interval_s
@@ -310,7 +313,7 @@ class RaftRuntime:
             # Shielded: a shutdown must not leave a round begun but not ended (the thread's
             # entry is a checkpoint); the clean close syncs every group again after it.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_run_tickets, [t for _, t in tickets])
+                await self._run_sync(_run_tickets, [t for _, t in tickets])
             self.observe_fsync(time.perf_counter() - started)
             self.fsync_rounds += 1
             for group, ticket in tickets:

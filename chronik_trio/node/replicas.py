@@ -12,9 +12,9 @@ import functools
 import logging
 import os
 import pathlib
+import random
 import shutil
 import typing
-import uuid
 
 import trio
 
@@ -30,6 +30,7 @@ from .meta_group import MetaMachine
 from .partition_group import PartitionMachine, PartitionReplica
 from .raft_group import RaftGroup, open_group
 from .raft_runtime import RaftRuntime
+from .seams import RunSync, uuid4
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,11 @@ class HostedReplicas:
     """(topic name, partition) -> this node's PartitionReplica, kept in step with __meta."""
 
     def __init__(self, config: NodeConfig, disk: Disk, runtime: RaftRuntime,
-                 meta: MetaMachine, groups: GroupCoordinator) -> None:
+                 meta: MetaMachine, groups: GroupCoordinator, *, rng: random.Random,
+                 run_sync: RunSync) -> None:
         self.config = config
+        self._rng = rng
+        self._run_sync = run_sync
         self._static = config.kafka_configs()  # fixed for the process's life
         self.node_id = config.node_id
         self.disk = disk
@@ -111,15 +115,15 @@ class HostedReplicas:
                     replica.group.close()
                     replica.closed = True
                 del self.by_partition[key]
-                doomed.append(rename_deleted(replica.log_directory))
+                doomed.append(rename_deleted(replica.log_directory, self._rng))
         for (name, _), replica in self.by_partition.items():  # segment.bytes is a live config
             replica.log.segment_bytes_max = int(self.topic_config(name, "segment.bytes"))
         for key, topic in wanted.items():
             if key not in self.by_partition:
-                storage = await trio.to_thread.run_sync(self._open_storage, topic, key[1])
+                storage = await self._run_sync(self._open_storage, topic, key[1])
                 self._start(topic, key[1], storage)
         if doomed:
-            await trio.to_thread.run_sync(remove_dirs, doomed)
+            await self._run_sync(remove_dirs, doomed)
 
     def _directory(self, topic: Topic, partition: int) -> pathlib.Path:
         return self.data_dir / "partitions" / f"{topic.name}-{partition}"
@@ -130,7 +134,7 @@ class HostedReplicas:
         id_file = directory / TOPIC_ID_FILE
         if directory.exists() and (not id_file.exists() or id_file.read_text() != topic.topic_id.hex):
             log.warning("removing %s: it belongs to an older topic of the same name", directory)
-            remove_dirs([rename_deleted(directory)])
+            remove_dirs([rename_deleted(directory, self._rng)])
         segment_bytes = int(self.topic_config(topic.name, "segment.bytes"))
         if directory.exists():
             return DurableRaftStorage(self.disk, directory, kafka=True, segment_bytes=segment_bytes)
@@ -148,7 +152,7 @@ class HostedReplicas:
         new = storage.last_index() == 0 and storage.initial_state()[0].term == 0
         preferred = topic.replicas[partition][0] == self.node_id
         group = open_group(self.node_id, f"{topic.topic_id.hex}-{partition}", storage, machine,
-                           self.runtime.wake, campaign_now=new and preferred)
+                           self.runtime.wake, rng=self._rng, campaign_now=new and preferred)
         self.runtime.add(group)
         if new and preferred and self._nursery is not None:
             # The first campaign can reach peers before they created the group (dropped);
@@ -157,7 +161,7 @@ class HostedReplicas:
         replica = self.by_partition[(topic.name, partition)] = PartitionReplica(
             topic, partition, group, machine, lag_time_s=self.config.replica_lag_time_max_ms / 1000,
             alive=self.runtime.is_alive,
-            min_insync=functools.partial(self._min_insync, topic.name))
+            min_insync=functools.partial(self._min_insync, topic.name), run_sync=self._run_sync)
         machine.log_start_listeners.append(functools.partial(self._trim_soon, replica))
         self._groups.attach(replica)
 
@@ -186,9 +190,9 @@ async def _campaign_again(group: RaftGroup) -> None:
         group.wake_runtime()
 
 
-def rename_deleted(directory: pathlib.Path) -> pathlib.Path:
+def rename_deleted(directory: pathlib.Path, rng: random.Random) -> pathlib.Path:
     """Rename a doomed directory out of the way at once (removed later, or at the next start)."""
-    target = directory.with_name(f"{directory.name}.{uuid.uuid4().hex[:8]}{DELETED_SUFFIX}")
+    target = directory.with_name(f"{directory.name}.{uuid4(rng).hex[:8]}{DELETED_SUFFIX}")
     try:
         os.replace(directory, target)
     except FileNotFoundError:

@@ -9,13 +9,14 @@ import logging
 import trio
 
 from .meta_group import MetaService
+from .seams import RunSync
 
 log = logging.getLogger(__name__)
 
 META_SNAPSHOT_CHECK_S = 1.0
 
 
-async def meta_snapshot_loop(meta_service: MetaService, snapshot_entries: int) -> None:
+async def meta_snapshot_loop(meta_service: MetaService, snapshot_entries: int, run_sync: RunSync) -> None:
     """Under the group's lock, so the state is exactly that of the applied index."""
     group = meta_service.group
     while True:
@@ -26,6 +27,6 @@ async def meta_snapshot_loop(meta_service: MetaService, snapshot_entries: int) -
                 continue
             data = meta_service.state.snapshot()
             conf_state = group.node.status().conf_state
-            await trio.to_thread.run_sync(group.storage.create_snapshot, applied, conf_state, data)
+            await run_sync(group.storage.create_snapshot, applied, conf_state, data)
             group.storage.compact(applied + 1)
         log.info("__meta snapshot at index %d (%d bytes); older log segments dropped", applied, len(data))

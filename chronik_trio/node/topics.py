@@ -8,6 +8,7 @@ produce after creation succeeds.
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 
 import trio
@@ -22,6 +23,7 @@ from chronik_trio.pb import meta_pb2
 from .meta_group import MetaMachine, MetaService
 from .preferred_leaders import PreferredLeaders
 from .replicas import HostedReplicas
+from .seams import uuid4
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ MIN_INSYNC_REPLICAS_RF3 = "2"  # a topic of three or more replicas gets min.insy
 
 class Topics:
     def __init__(self, meta: MetaMachine, meta_service: MetaService, preferred: PreferredLeaders,
-                 replicas: HostedReplicas, default_partitions: int) -> None:
+                 replicas: HostedReplicas, default_partitions: int, rng: random.Random) -> None:
+        self._rng = rng  # topic ids
         self._meta = meta
         self._meta_service = meta_service
         self._preferred = preferred
@@ -54,7 +57,7 @@ class Topics:
         if len(assignment[0]) >= 3:
             configs.setdefault("min.insync.replicas", MIN_INSYNC_REPLICAS_RF3)
         command = meta_pb2.MetaCommand(topic_created=meta_pb2.TopicCreated(
-            name=name, topic_id=uuid.uuid4().bytes, configs=configs,
+            name=name, topic_id=uuid4(self._rng).bytes, configs=configs,
             partitions=[meta_pb2.PartitionAssignment(replicas=r) for r in assignment]))
         if validate_only:
             return Topic(name, uuid.UUID(bytes=command.topic_created.topic_id),

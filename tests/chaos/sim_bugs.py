@@ -1,7 +1,7 @@
 """Bug classes the simulation must catch: each is a patch of the broker made inside this
 process only (never in the product), and `first_catch` runs seeds until one fails.
 
-    python -m tests.chaos.sim_bugs NAME [FIRST LAST] [--stormy]   (from the repository root)
+    python -m tests.chaos.sim_bugs NAME [FIRST LAST] [--stormy | --votes]   (from the repository root)
 
 prints `caught NAME by seed N: <failing checks>` or `missed NAME in seeds FIRST..LAST`.
 Run with PYTHONHASHSEED=0 (as test_sim.py does) so the seed that catches it is stable.
@@ -70,6 +70,36 @@ checks:
   unavailability: {enabled: false}
 """
 
+
+# Votes forgotten: elections forced every few hundred milliseconds (a node isolated, the
+# leader killed) while nodes restart within a fraction of an election timeout, so a voter
+# that lost its vote is back while the term's other candidate still campaigns. Five nodes
+# (__meta has five voters) make split votes, and so second candidates, common. The
+# simulator's election-safety check (one leader per term per group) sees a double vote.
+VOTES = """
+name: sim-bugs-votes
+seed: 1
+duration_s: 20
+cluster: {nodes: 5}
+topics:
+  - {name: chaos, partitions: 2, replication_factor: 3}
+workload: {producers: 2, consumers: 1, rate_per_s: 20, request_timeout_s: 3, delivery_timeout_s: 8}
+nemesis:
+  quiet_s: 5
+  schedule:
+    - interval_s: [0.3, 0.8]
+      start_s: 1
+      faults:
+        - {kind: kill, target: random, duration_s: 0.1}
+        - {kind: kill, target: leader, topic: chaos, duration_s: 0.1}
+        - {kind: power-loss, target: random, duration_s: 0.1}
+        - {kind: partition, mode: isolate-random, duration_s: 0.6}
+        - {kind: partition, mode: isolate-leader, duration_s: 0.6}
+checks:
+  duplicates: {report_only: true}
+  unavailability: {enabled: false}
+"""
+VOTES_CRASH_AFTER_VOTE = 0.5  # with --votes: half the granted votes are followed by a kill
 
 @contextlib.contextmanager
 def _patched(owner, name: str, value):
@@ -159,12 +189,13 @@ PATCHES = {f.__name__: f for f in (baseline, acks_before_commit, skip_fsync, vot
                                     fetch_above_high_watermark, follower_ack_before_durable)}
 
 
-def first_catch(name: str, seeds: range, out: pathlib.Path, scenario_text: str = SCENARIO
-                ) -> tuple[int, tuple[str, ...]] | None:
+def first_catch(name: str, seeds: range, out: pathlib.Path, scenario_text: str = SCENARIO,
+                crash_after_vote: float = 0.0) -> tuple[int, tuple[str, ...]] | None:
     scenario = parse_scenario(scenario_text)
     for seed in seeds:
         with PATCHES[name]() as node_patch:
-            result = run_seed(scenario, seed, out / f"{name}-{seed}", node_patch=node_patch)
+            result = run_seed(scenario, seed, out / f"{name}-{seed}", node_patch=node_patch,
+                              crash_after_vote=crash_after_vote)
         if not result.passed:
             return seed, result.failed
     return None
@@ -173,9 +204,10 @@ def first_catch(name: str, seeds: range, out: pathlib.Path, scenario_text: str =
 def main(argv: list[str]) -> int:
     name = argv[0]
     first, last = (int(argv[1]), int(argv[2])) if len(argv) > 2 else (1, 50)
-    scenario_text = STORMY if "--stormy" in argv else SCENARIO
+    scenario_text = STORMY if "--stormy" in argv else VOTES if "--votes" in argv else SCENARIO
     with tempfile.TemporaryDirectory() as tmp:
-        found = first_catch(name, range(first, last + 1), pathlib.Path(tmp), scenario_text)
+        found = first_catch(name, range(first, last + 1), pathlib.Path(tmp), scenario_text,
+                            VOTES_CRASH_AFTER_VOTE if "--votes" in argv else 0.0)
     if found is None:
         print(f"missed {name} in seeds {first}..{last}")
         return 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import functools
 import logging
-import os
 import pathlib
 import random
 import shutil
@@ -58,7 +57,7 @@ from .raft_group import RaftGroup, open_group
 from .raft_runtime import RaftRuntime
 from .replicas import DELETED_SUFFIX, HostedReplicas, remove_dirs
 from .retention import retention_loop
-from .seams import RunSync, system_rng, thread_run_sync, uuid4
+from .seams import RunSync, secret_bytes, system_rng, thread_run_sync, uuid4
 from .snapshots import meta_snapshot_loop
 from .topics import CREATE_TOPIC_TIMEOUT_S, Topics
 
@@ -198,7 +197,7 @@ class Node:
     async def alter_broker_configs(self, broker: str, change: ConfigChange) -> None:
         await self.topics.alter_broker_configs(broker, change)
     def random_bytes(self, count: int) -> bytes:
-        return os.urandom(count)
+        return secret_bytes(count)
 
     async def propose_meta(self, command: meta_pb2.MetaCommand) -> Applied:
         return await self.meta_service.propose(command)

@@ -26,6 +26,13 @@ def system_rng() -> random.Random:
     return random.Random(int.from_bytes(os.urandom(16), "big"))
 
 
+def secret_bytes(count: int) -> bytes:
+    """Unpredictable bytes for secrets (SCRAM's server nonce): always the operating system's,
+    never a seeded generator, whose output an observer of enough of it could predict. The
+    simulation runs no SASL, so this does not reach its replay."""
+    return os.urandom(count)
+
+
 def uuid4(rng: random.Random) -> uuid.UUID:
     """A version-4 UUID from rng (uuid.uuid4 draws from os.urandom)."""
     return uuid.UUID(bytes=rng.randbytes(16), version=4)

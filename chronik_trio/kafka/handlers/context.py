@@ -150,7 +150,7 @@ class BrokerContext(typing.Protocol):
     async def alter_broker_configs(self, broker: str, change: ConfigChange) -> None:
         """Commit a dynamic broker config change ("" = cluster default) through __meta."""
     def random_bytes(self, count: int) -> bytes:
-        """Random bytes for nonces, from the node's random source (a seam for simulation)."""
+        """Unpredictable bytes for secrets such as SCRAM nonces (the operating system's)."""
     async def propose_meta(self, command: meta_pb2.MetaCommand) -> Applied:
         """Commit a command through __meta; its result as applied here. Raises MetaUnavailable."""
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:

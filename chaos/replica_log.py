@@ -98,3 +98,27 @@ def read_partition(directory: pathlib.Path) -> dict[int, str]:
         for offset, _, value in decode_batch(by_index[index]):
             records[offset] = value.decode(errors="replace") if value is not None else ""
     return records
+
+
+def record_replica_logs(topics, data_dirs: dict[int, pathlib.Path], high_watermarks: dict,
+                        record) -> None:
+    """After a run: record each replica's log below its partition's final high watermark, as
+    a history event ("replica-log", or "replica-log-failed" with the error), for the checker.
+    topics: the scenario's (name, partitions); data_dirs: node id -> its data directory."""
+    for topic in topics:
+        for p in range(topic.partitions):
+            high = high_watermarks.get((topic.name, p))
+            if high is None:
+                continue
+            for n, data_dir in data_dirs.items():
+                directory = data_dir / "partitions" / f"{topic.name}-{p}"
+                if not directory.is_dir():
+                    continue
+                try:
+                    records = read_partition(directory)
+                except (ReplicaLogError, OSError, IndexError) as exc:
+                    record({"type": "replica-log-failed", "node": n, "topic": topic.name,
+                            "partition": p, "error": repr(exc)})
+                    continue
+                record({"type": "replica-log", "node": n, "topic": topic.name, "partition": p,
+                        "records": sorted((o, v) for o, v in records.items() if o < high)})

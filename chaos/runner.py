@@ -21,7 +21,7 @@ import trio
 from . import checker, nemesis as nemesis_mod, report, workload
 from .cluster import Cluster, ClusterError
 from .history import History, read_history
-from .replica_log import ReplicaLogError, read_partition
+from .replica_log import record_replica_logs
 from .scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -201,27 +201,6 @@ async def _final_reads(scenario: Scenario, cluster: Cluster, history: History,
     target.deadline = time.monotonic() + timeout_s
 
 
-def _replica_logs(scenario: Scenario, cluster: Cluster, history: History,
-                  target: workload.Target) -> None:
-    for topic in scenario.topics:
-        for p in range(topic.partitions):
-            high = target.high_watermarks.get((topic.name, p))
-            if high is None:
-                continue
-            for n in cluster.ids:
-                directory = cluster.nodes[n].data_dir / "partitions" / f"{topic.name}-{p}"
-                if not directory.is_dir():
-                    continue
-                try:
-                    records = read_partition(directory)
-                except (ReplicaLogError, OSError, IndexError) as exc:
-                    history.record({"type": "replica-log-failed", "node": n, "topic": topic.name,
-                                    "partition": p, "error": repr(exc)})
-                    continue
-                history.record({"type": "replica-log", "node": n, "topic": topic.name, "partition": p,
-                                "records": sorted((o, v) for o, v in records.items() if o < high)})
-
-
 def make_run_dir(base: pathlib.Path, scenario: Scenario) -> pathlib.Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = base / f"{scenario.name}-seed{scenario.seed}-{stamp}"
@@ -267,7 +246,8 @@ async def run_scenario(scenario: Scenario, run_dir: pathlib.Path, *, progress: b
                 with trio.CancelScope(shield=True):
                     await cluster.stop()
                 nursery.cancel_scope.cancel()
-        _replica_logs(scenario, cluster, history, target)
+        record_replica_logs(scenario.topics, {n: cluster.nodes[n].data_dir for n in cluster.ids},
+                            target.high_watermarks, history.record)
     finally:
         cluster.kill_all_now()
         history.close()

@@ -29,7 +29,7 @@ import trio.testing
 
 from .. import checker, nemesis as nemesis_mod
 from ..history import History, read_history
-from ..replica_log import ReplicaLogError, read_partition
+from ..replica_log import record_replica_logs
 from ..scenario import Scenario
 from . import client as sim_client
 from .net import SimNetwork
@@ -140,7 +140,8 @@ async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, n
             for n in cluster.ids:
                 await cluster.kill(n)
             box["safety"] = cluster.safety
-            _replica_logs(scenario, cluster, history, box.get("high", {}))
+            record_replica_logs(scenario.topics, {n: cluster.nodes[n].data_dir for n in cluster.ids},
+                                box.get("high", {}), history.record)
             nursery.cancel_scope.cancel()
     finally:
         box["simulated_s"] = trio.current_time() - history.t0
@@ -232,21 +233,3 @@ class _LivenessSpec:
 _LIVENESS_SPEC = _LivenessSpec()
 
 
-def _replica_logs(scenario: Scenario, cluster: SimCluster, history: History, high: dict) -> None:
-    for topic in scenario.topics:
-        for p in range(topic.partitions):
-            hw = high.get((topic.name, p))
-            if hw is None:
-                continue
-            for n in cluster.ids:
-                directory = cluster.nodes[n].data_dir / "partitions" / f"{topic.name}-{p}"
-                if not directory.is_dir():
-                    continue
-                try:
-                    records = read_partition(directory)
-                except (ReplicaLogError, OSError, IndexError) as exc:
-                    history.record({"type": "replica-log-failed", "node": n, "topic": topic.name,
-                                    "partition": p, "error": repr(exc)})
-                    continue
-                history.record({"type": "replica-log", "node": n, "topic": topic.name, "partition": p,
-                                "records": sorted((o, v) for o, v in records.items() if o < hw)})

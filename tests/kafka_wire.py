@@ -437,16 +437,7 @@ def zigzag(n: int) -> int:
 
 def write_varint(n: int) -> bytes:
     """Signed (zigzag) varint / varlong, as record fields use."""
-    u = zigzag(n) & 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while True:
-        b = u & 0x7F
-        u >>= 7
-        if u:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return write_uvarint(zigzag(n) & 0xFFFFFFFFFFFFFFFF)
 
 
 def write_uvarint(u: int) -> bytes:

@@ -22,12 +22,14 @@ def _ca(directory: pathlib.Path, name: str) -> None:
              "-days", DAYS, "-subj", f"/O=chronik-trio tests/CN={name}", cwd=directory)
 
 
-def _signed(directory: pathlib.Path, ca: str, name: str, subject: str, *, server: bool) -> None:
+def _signed(directory: pathlib.Path, ca: str, name: str, subject: str, *, server: bool,
+            extensions_text: str | None = None) -> None:
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
              "-subj", subject, cwd=directory)
     extensions = directory / f"{name}.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n" if server
-                          else "extendedKeyUsage=clientAuth\n")
+    extensions.write_text(extensions_text or (
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n" if server
+        else "extendedKeyUsage=clientAuth\n"))
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
              "-CAcreateserial", "-out", f"{name}.pem", "-days", DAYS, "-extfile", extensions.name, cwd=directory)
 
@@ -54,3 +56,14 @@ def make_certificates(directory: pathlib.Path) -> Certificates:
     _signed(directory, "ca", "alice", "/O=example/OU=eng/CN=alice", server=False)
     _signed(directory, "other-ca", "mallory", "/O=example/CN=mallory", server=False)
     return Certificates(directory)
+
+
+def node_certificate(certs: Certificates, node_id: int | None, *, ca: str = "ca", name: str | None = None) -> str:
+    """A node's certificate for mutual TLS between nodes (docs/security.md): subjectAltName
+    DNS:node-<id> (none when node_id is None), also valid for its Kafka listeners on 127.0.0.1
+    and localhost, for both TLS client and server use. Returns the file stem (NAME.pem, NAME.key)."""
+    name = name or f"node-{node_id}"
+    san = ([f"DNS:node-{node_id}"] if node_id is not None else []) + ["IP:127.0.0.1", "DNS:localhost"]
+    _signed(certs.directory, ca, name, f"/O=chronik-trio tests/CN={name}", server=True,
+            extensions_text=f"subjectAltName={','.join(san)}\nextendedKeyUsage=serverAuth,clientAuth\n")
+    return name

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, Producer
 
 from tests.kafka_wire import Record, build_batch
 
-from .node import USERS, plain_wire, start_secure_node
+from .node import USERS, plain_wire, secure_node
 
 pytestmark = pytest.mark.timeout(180)
 CLIENT_TIMEOUT_S = 30
@@ -24,9 +24,8 @@ CERT_PRINCIPAL = "User:CN=alice,OU=eng,O=example"
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     # The loopback PLAINTEXT listener is the operators' (its ANONYMOUS principal is a super user).
-    secure = start_secure_node(tmp_path_factory.mktemp("acls"), (
-        "--authorizer-enabled", "--super-users", "User:ANONYMOUS;User:admin"))
-    try:
+    with secure_node(tmp_path_factory.mktemp("acls"), (
+            "--authorizer-enabled", "--super-users", "User:ANONYMOUS;User:admin")) as secure:
         for args in (["--allow", "--principal", "User:alice", "--operation", "write", "--operation", "read",
                       "--operation", "create", "--topic", "alice-", "--prefixed"],
                      ["--principal", "User:alice", "--operation", "read", "--group", "alice-", "--prefixed"],
@@ -37,8 +36,6 @@ def node(tmp_path_factory):
         for topic in ("alice-readonly", "alice-certs", "shared"):
             assert secure.admin("create-topic", topic, "--partitions", "1").returncode == 0
         yield secure
-    finally:
-        secure.broker.stop()
 
 
 def _produce_code(conn, topic: str) -> int:

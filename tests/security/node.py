@@ -49,8 +49,9 @@ class SecureNode:
     def auth_failures(self, reason: str) -> float:
         return live.metric_labelled(self.admin_port, "chronik_authentication_failures_total", reason=reason)
 
-    def admin(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([CHRONIK_TRIO, "admin", "--bootstrap", self.address("PLAINTEXT"), *args],
+    def admin(self, *args: str, stdin: str | None = None, listener: str = "PLAINTEXT") -> subprocess.CompletedProcess:
+        """`chronik-trio admin` at a listener (other than PLAINTEXT: give its security options in args)."""
+        return subprocess.run([CHRONIK_TRIO, "admin", "--bootstrap", self.address(listener), *args],
                               input=stdin, capture_output=True, text=True, timeout=ADMIN_TIMEOUT_S)
 
 

@@ -3,7 +3,7 @@ listener with that protocol beside their PLAINTEXT one, so that each run measure
 same nodes, alternately; the report gives the secured figures beside the plaintext ones.
 
 Certificates (a CA and one broker certificate for 127.0.0.1) are made in the run's temporary
-directory with the `openssl` command-line tool; SASL_SSL logs in as a user this module
+directory with the `openssl` command-line tool (certs.py); SASL_SSL logs in as a user this module
 creates through `chronik-trio admin user set` on the PLAINTEXT listener.
 """
 
@@ -16,13 +16,12 @@ import sys
 
 import attrs
 
+from chronik_trio.tools import certs
 from nodeharness import free_ports
 
 SECURED_PROTOCOLS = ("SSL", "SASL_SSL")
-OPENSSL_TIMEOUT_S = 60
 ADMIN_TIMEOUT_S = 60
 BENCH_USER = "bench"
-CERT_DAYS = "2"
 
 
 @attrs.frozen
@@ -62,21 +61,10 @@ class SecuredListeners:
                        text=True, check=True, capture_output=True, timeout=ADMIN_TIMEOUT_S)
 
 
-def _openssl(directory: pathlib.Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=OPENSSL_TIMEOUT_S)
-
-
 def secured_listeners(directory: pathlib.Path, protocol: str, node_ids: list[int],
                       mechanism: str) -> SecuredListeners:
-    """Makes the certificates in `directory` and picks free ports."""
-    directory.mkdir(parents=True, exist_ok=True)
-    _openssl(directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", CERT_DAYS, "-subj", "/CN=chronik-trio bench CA")
-    _openssl(directory, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
-             "-subj", "/CN=localhost")
-    (directory / "broker.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    _openssl(directory, "x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "broker.pem", "-days", CERT_DAYS, "-extfile", "broker.ext")
-    return SecuredListeners(protocol, dict(zip(node_ids, free_ports(len(node_ids)))),
-                            str(directory / "broker.pem"), str(directory / "broker.key"), str(directory / "ca.pem"),
-                            mechanism, secrets.token_urlsafe(18))
+    """Makes the certificates in `directory` (certs.py) and picks free ports."""
+    ca = certs.make_ca(directory)
+    certfile, keyfile = certs.make_signed(directory, "broker", "/CN=localhost", san=["IP:127.0.0.1", "DNS:localhost"])
+    return SecuredListeners(protocol, dict(zip(node_ids, free_ports(len(node_ids)))), str(certfile), str(keyfile),
+                            str(ca), mechanism, secrets.token_urlsafe(18))

@@ -43,10 +43,20 @@ class RefusalReason(str, enum.Enum):
 
 
 class PeerRefused(Exception):
-    def __init__(self, reason: RefusalReason, detail: str) -> None:
+    def __init__(self, reason: RefusalReason, detail: str, cause: BaseException | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.cause = cause  # what the TLS layer raised, if anything
+
+    @property
+    def by_tls(self) -> bool:
+        """Whether TLS itself refused (a certificate, an alert, a name), as opposed to the
+        connection just breaking or stalling during the handshake (a peer that is going down)."""
+        if self.reason not in (RefusalReason.TLS_HANDSHAKE, RefusalReason.TLS_TIMEOUT):
+            return True
+        return isinstance(self.cause, ssl.SSLError) and not isinstance(
+            self.cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError))
 
 
 @attrs.frozen
@@ -91,7 +101,7 @@ async def _handshake(stream: trio.SSLStream, timeout_s: float) -> None:
             cause = exc.__cause__
             raise PeerRefused(RefusalReason.TLS_HANDSHAKE,
                               f"TLS handshake failed: {type(cause).__name__}: {cause}"
-                              if cause else "TLS handshake failed: the peer closed") from None
+                              if cause else "TLS handshake failed: the peer closed", cause) from None
     if scope.cancelled_caught:
         raise PeerRefused(RefusalReason.TLS_TIMEOUT, f"no TLS handshake within {timeout_s:g} s")
 

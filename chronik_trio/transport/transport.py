@@ -226,8 +226,11 @@ class Transport:
             return await connect_peer(stream, self.tls, peer_id)
         except PeerRefused as refused:
             await trio.aclose_forcefully(stream)
-            self._refused(refused.reason, f"connection to node {peer_id} at {host}:{port}: "
-                                          f"{refused.detail}")
+            # A peer going down breaks handshakes too (a reset, an EOF): that is an ordinary
+            # connection failure, logged by the sender; only what TLS refused is a refusal.
+            if refused.by_tls:
+                self._refused(refused.reason, f"connection to node {peer_id} at {host}:{port}: "
+                                              f"{refused.detail}")
             raise trio.BrokenResourceError(str(refused)) from None
         except BaseException:
             await trio.aclose_forcefully(stream)

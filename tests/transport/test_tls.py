@@ -5,7 +5,6 @@ counted and logged, while the others keep exchanging."""
 from __future__ import annotations
 
 import logging
-import pathlib
 import ssl
 
 import pytest
@@ -57,14 +56,7 @@ def test_a_certificate_names_its_node_by_one_san_dns_name():
 
 @pytest.mark.timeout(30)
 async def test_three_transports_exchange_over_mutual_tls(certs):
-    nodes = [Node(i) for i in (1, 2, 3)]
-    listeners = [await listen() for _ in nodes]
-    for node, ls in zip(nodes, listeners):
-        node.address = ls[0].socket.getsockname()[:2]
-    async with trio.open_nursery() as nursery:
-        for node, ls in zip(nodes, listeners):
-            peers = {n.node_id: n.address for n in nodes if n is not node}
-            await start(nursery, node, peers, tls(certs, f"node-{node.node_id}"), ls)
+    async with cluster(3, per_node=lambda n: {"tls": tls(certs, f"node-{n}")}) as nodes:
         await wait_connected(nodes, timeout_s=10)
         for index in range(50):
             for sender in nodes:
@@ -76,7 +68,6 @@ async def test_three_transports_exchange_over_mutual_tls(certs):
             assert node.unreachable == []
             assert node.transport.registry.get_sample_value("chronik_transport_peers_refused_total",
                                                             {"reason": "tls_handshake"}) is None
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.timeout(40)

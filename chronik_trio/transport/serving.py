@@ -152,14 +152,14 @@ async def serve_listeners(app: object, config: hypercorn.config.Config,
         peer = _peer_name(stream)
         if not hasattr(stream, "socket") and not hasattr(stream, "do_handshake"):
             stream = _SocketlessStream(stream)
-        state: dict = {}
-        if accept is not None:
-            accepted = await accept(stream, peer)
-            if accepted is None:
-                await trio.aclose_forcefully(stream)
-                return
-            stream, state = accepted
         try:
+            state: dict = {}
+            if accept is not None:
+                accepted = await accept(stream, peer)
+                if accepted is None:
+                    await trio.aclose_forcefully(stream)
+                    return
+                stream, state = accepted
             await _RaftTCPServer(wrapped_app, config, context, ConnectionState(state), stream)
         except* Exception as group:
             # The boundary of one connection. Our app's own exceptions never arrive here
@@ -167,8 +167,10 @@ async def serve_listeners(app: object, config: hypercorn.config.Config,
             # node). What does is hypercorn or h2 failing on what one client sent, e.g.
             # KeyError for DATA on a stream hypercorn has forgotten, or BusyResourceError
             # when it writes from two tasks at once (both found by
-            # tests/transport/test_bad_input.py). That must cost this connection only;
-            # trio.serve_listeners would let it end the whole server.
+            # tests/transport/test_bad_input.py), or the TLS layer failing in a way accept
+            # did not foresee. That must cost this connection only; trio.serve_listeners
+            # would let it end the whole server.
+            await trio.aclose_forcefully(stream)
             on_connection_failed(peer, group)
 
     async with trio.open_nursery() as nursery:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import ssl
 
 import trio
@@ -75,7 +76,12 @@ def peer_tls(config: NodeConfig) -> PeerTLS | None:
                                 keyfile=config.peer_ssl_keyfile,
                                 handshake_timeout_s=config.authentication_timeout_ms / 1000)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"peer TLS certificate, key or CA does not load: {exc}") from None
+        unreadable = [f"{key}={path}" for key, path in (("peer_ssl_cafile", config.peer_ssl_cafile),
+                                                         ("peer_ssl_certfile", config.peer_ssl_certfile),
+                                                         ("peer_ssl_keyfile", config.peer_ssl_keyfile))
+                      if not os.access(path, os.R_OK)]
+        raise ConfigError(f"peer TLS certificate, key or CA does not load: {exc}"
+                          + (f" (not readable: {', '.join(unreadable)})" if unreadable else "")) from None
 
 
 def principal_of(certificate: dict | None) -> str | None:

@@ -105,10 +105,19 @@ def _h2_status(sock, claimed_node: int) -> int:
 
 def test_the_raft_port_refuses_what_mutual_tls_must_refuse(cluster):
     certs, port = cluster.certs, cluster.raft_port(1)
-    # A certificate of another CA claiming node 2.
+    # A certificate of another CA.
     with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
         try:  # TLS 1.3: the server's refusal arrives after the client's Finished
             with _peer_context(certs, "rogue-2").wrap_socket(raw) as sock:
+                assert sock.recv(1) == b""
+        except (ssl.SSLError, ConnectionError):
+            pass
+    # TLS without any certificate.
+    anonymous = ssl.create_default_context(cafile=certs.ca)
+    anonymous.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
+        try:
+            with anonymous.wrap_socket(raw) as sock:
                 assert sock.recv(1) == b""
         except (ssl.SSLError, ConnectionError):
             pass
@@ -130,7 +139,7 @@ def test_the_raft_port_refuses_what_mutual_tls_must_refuse(cluster):
     with socket.create_connection(("127.0.0.1", port), timeout=15) as stalled:
         stalled.sendall(hello[: len(hello) // 2])
         live.wait_for(lambda: cluster.refused(1, "tls_timeout") == 1, what="the stalled handshake timed out")
-    live.wait_for(lambda: cluster.refused(1, "tls_handshake") == 2, what="two failed handshakes counted")
+    live.wait_for(lambda: cluster.refused(1, "tls_handshake") == 3, what="three failed handshakes counted")
     assert cluster.refused(1, "node_id_mismatch") == 1
     log = cluster.processes.log(1)
     assert "refused peer (tls_handshake)" in log and "CERTIFICATE_VERIFY_FAILED" in log

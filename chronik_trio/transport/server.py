@@ -67,9 +67,9 @@ class DropLog:
         self._lines_max = lines_max
         self._interval_s = interval_s
         # reason -> [interval start, lines logged in it, drops not logged]
-        self._state: dict[DropReason, list] = {}
+        self._state: dict[DropReason | RefusalReason, list] = {}
 
-    def admit(self, reason: DropReason) -> int | None:
+    def admit(self, reason: DropReason | RefusalReason) -> int | None:
         now = self._clock()
         state = self._state.setdefault(reason, [now, 0, 0])
         if now - state[0] >= self._interval_s:

@@ -73,7 +73,7 @@ class Transport:
             through `connect` speak TLS, both ends show a certificate of the cluster's CA
             naming their node id. None: cleartext HTTP/2.
         public_listen: (host, port) or ready Listeners serving only /health and /metrics
-            (tls.py's PUBLIC_ROUTES when `tls` is on), in cleartext, for monitoring without
+            (server.py's PUBLIC_ROUTES when `tls` is on), in cleartext, for monitoring without
             a node certificate. None: no such listener.
     """
 

@@ -5,6 +5,8 @@ How nodes are wired is the network's business (network.py): by default node i li
 i's --peers list names, for every other node j, the proxy of link i->j (its own entry is
 its real Raft address, where it listens). The harness itself talks to /health and /faults
 on the real Raft port, never through a proxy, so a cut link never hides a node from it.
+With `peer_tls` the nodes speak mutual TLS to each other (certificates made for the run,
+chronik_trio/tools/certs.py), and the harness talks to each node's cleartext --admin-listen.
 
 Processes are the node-process harness's (`nodeharness`): started, signalled and reaped by
 PID only, ready when /health says `serving_kafka`. Node output is appended to
@@ -25,6 +27,7 @@ import urllib.request
 import attrs
 import trio
 
+from chronik_trio.tools.certs import make_ca, make_node_certificate
 from nodeharness import NodeGroup, NodeProcess, chronik_trio_command, free_ports, node_args
 
 from .network import NetworkUnavailable, make_network
@@ -50,6 +53,7 @@ class ChaosNode:
     raft_port: int
     data_dir: pathlib.Path
     raft_host: str = "127.0.0.1"
+    admin_address: str | None = None  # HOST:PORT of --admin-listen (peer_tls), else the Raft port
     exit_noted: bool = True  # whether the current process's exit was recorded (none yet)
 
     @property
@@ -89,12 +93,13 @@ class Cluster:
 
     def __init__(self, root: pathlib.Path, size: int, *, fault_injection: bool = False,
                  node_args: tuple[str, ...] = (), record=lambda event: None,
-                 ready_timeout_s: float = 90.0, network: str = "proxy") -> None:
+                 ready_timeout_s: float = 90.0, network: str = "proxy", peer_tls: bool = False) -> None:
         self.root = root
         self.size = size
         self.ids = list(range(1, size + 1))
         self.fault_injection = fault_injection
         self.node_args = list(node_args)
+        self.peer_tls = peer_tls
         self.record = record
         self.ready_timeout_s = ready_timeout_s
         self.nodes: dict[int, ChaosNode] = {}
@@ -115,18 +120,28 @@ class Cluster:
         except NetworkUnavailable as exc:
             raise ClusterError(str(exc)) from None
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
+        admin_ports = free_ports(self.size) if self.peer_tls else []
+        if self.peer_tls:
+            ca = await trio.to_thread.run_sync(make_ca, self.root / "certs")
         for n in self.ids:
             a = self.network.addresses(n, self.ids)
             data_dir = self.root / "nodes" / f"node{n}"
+            tls_args, admin_address = [], None
+            if self.peer_tls:
+                cert, key = await trio.to_thread.run_sync(make_node_certificate, self.root / "certs", n)
+                admin_address = f"{a.raft_host}:{admin_ports[n - 1]}"
+                tls_args = ["--peer-ssl-cafile", str(ca), "--peer-ssl-certfile", str(cert),
+                            "--peer-ssl-keyfile", str(key), "--admin-listen", admin_address]
             args = node_args(n, listen=a.listen, data_dir=data_dir, peers=a.peers,
                              extra=["--advertised", a.advertised,
                                     *(["--fault-injection"] if self.fault_injection else []),
-                                    *self.node_args])
+                                    *tls_args, *self.node_args])
             process = NodeProcess(n, [*self.network.command_prefix(n), *chronik_trio_command(), *args],
-                                  self.root / "nodes" / f"node{n}.log", f"{a.raft_host}:{a.raft_port}")
+                                  self.root / "nodes" / f"node{n}.log",
+                                  admin_address or f"{a.raft_host}:{a.raft_port}")
             self.group.add(process)
             self.nodes[n] = ChaosNode(process, int(a.listen.rpartition(":")[2]), a.raft_port, data_dir,
-                                      raft_host=a.raft_host)
+                                      raft_host=a.raft_host, admin_address=admin_address)
         for n in self.ids:
             self.spawn(n)
         nursery.start_soon(self._watch_exits)
@@ -277,8 +292,9 @@ class Cluster:
     # --- HTTP: /health and /faults -----------------------------------------------------------
 
     async def http(self, n: int, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        """One HTTP/1.1 request to node n's Raft port (in a worker thread)."""
-        url = f"http://{self.nodes[n].raft_host}:{self.nodes[n].raft_port}{path}"
+        """One HTTP/1.1 request to node n's Raft port, or its admin listener (in a worker thread)."""
+        node = self.nodes[n]
+        url = f"http://{node.admin_address or f'{node.raft_host}:{node.raft_port}'}{path}"
         data = json.dumps(body).encode() if body is not None else None
 
         def call() -> tuple[int, dict]:

@@ -59,6 +59,7 @@ class ClusterSpec:
     fault_injection: bool = False
     node_args: tuple[str, ...] = ()
     ready_timeout_s: float = 90.0
+    peer_tls: bool = False  # mutual TLS between the nodes (certificates made for the run)
 
 
 @attrs.frozen
@@ -204,7 +205,8 @@ def _cluster(r: _Reader) -> ClusterSpec:
                        network=c.get("network", str, "proxy", choices=NETWORKS),
                        fault_injection=c.get("fault_injection", bool, False),
                        node_args=tuple(args),
-                       ready_timeout_s=c.get("ready_timeout_s", float, 90.0, minimum=1))
+                       ready_timeout_s=c.get("ready_timeout_s", float, 90.0, minimum=1),
+                       peer_tls=c.get("peer_tls", bool, False))
 
 
 def _topics(r: _Reader, nodes: int) -> tuple[TopicSpec, ...]:

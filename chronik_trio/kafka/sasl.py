@@ -11,6 +11,8 @@ States and moves (anything else is a failure, and a failed exchange stays failed
     SCRAM-SHA-*    EXPECT_FIRST         client-first      -> server-first           EXPECT_FINAL
     SCRAM-SHA-*    EXPECT_FINAL         client-final      -> server-final (v=...)   COMPLETE
 
+The client side of SCRAM (ScramClient) is here too, for the admin tool and the tests.
+
 PLAIN users are checked against the same SCRAM credentials (any mechanism the user has):
 a password's salted hash is recomputed with the stored salt and iteration count and
 compared with the stored key, so one store serves both mechanisms and no password is kept.
@@ -237,3 +239,39 @@ _STEPS = {
     (False, SaslState.EXPECT_FIRST): SaslServer._client_first,
     (False, SaslState.EXPECT_FINAL): SaslServer._client_final,
 }
+
+
+class ScramClient:
+    """RFC 5802's client of one SCRAM exchange: first() -> server-first -> final(...) ->
+    server-final -> verify(...). Raises SaslFailed when the server's answers are wrong."""
+
+    def __init__(self, mechanism: str, user: str, password: str, nonce: str) -> None:
+        self.mechanism, self._password = mechanism, password
+        name = user.replace("=", "=3D").replace(",", "=2C")
+        self._bare = f"n={name},r={nonce}"
+        self._nonce = nonce
+        self._server_signature = b""
+
+    def first(self) -> bytes:
+        return ("n,," + self._bare).encode()
+
+    def final(self, server_first: bytes) -> bytes:
+        text = server_first.decode("utf-8", "replace")
+        attributes = _attributes(text, "server-first message")
+        if not attributes.get("r", "").startswith(self._nonce) or "s" not in attributes or "i" not in attributes:
+            raise SaslFailed(f"unexpected SCRAM server-first message {text[:80]!r}")
+        hash_name = SCRAM_HASHES[self.mechanism]
+        salted = salted_password(self.mechanism, self._password, base64.b64decode(attributes["s"]),
+                                 int(attributes["i"]))
+        client_key = _hmac(hash_name, salted, b"Client Key")
+        without_proof = f"c=biws,r={attributes['r']}"
+        auth_message = f"{self._bare},{text},{without_proof}".encode()
+        signature = _hmac(hash_name, hashlib.new(hash_name, client_key).digest(), auth_message)
+        self._server_signature = _hmac(hash_name, _hmac(hash_name, salted, b"Server Key"), auth_message)
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+    def verify(self, server_final: bytes) -> None:
+        expected = b"v=" + base64.b64encode(self._server_signature)
+        if not hmac.compare_digest(server_final, expected):
+            raise SaslFailed("the server's SCRAM signature does not match: not the server that knows the user")

@@ -88,7 +88,9 @@ class NodeConfig:
     # The cluster's Raft members: "1@host:port,2@host:port,..." (Raft addresses); this node's
     # entry is where it listens for peers. None: a one-node cluster with no Raft port.
     peers: str | None = None
-    # Where a node without peers serves /health and /metrics (with peers: its Raft address).
+    # Where a node serves /health and /metrics in cleartext: without peers the only place;
+    # with peers they are on its Raft address too, which speaks only mutual TLS once the
+    # peer_ssl_* files are set (then this is the way to them without a node certificate).
     admin_listen: str | None = None
     # Join an existing cluster: never bootstrap __meta, wait to be sent its state.
     join: bool = False
@@ -126,6 +128,15 @@ class NodeConfig:
     ssl_cafile: str | None = None  # PEM: CAs whose client certificates are accepted
     ssl_client_auth: str = "none"
     sasl_enabled_mechanisms: str = ",".join(SASL_MECHANISMS)
+    # Mutual TLS between nodes (docs/security.md): all three PEM files or none. The Raft port
+    # then speaks only TLS; both ends show a certificate signed by peer_ssl_cafile whose one
+    # subjectAltName DNS:node-<id> names their node id.
+    peer_ssl_cafile: str | None = None
+    peer_ssl_certfile: str | None = None
+    peer_ssl_keyfile: str | None = None
+    # A connection (Kafka listener or Raft port) that has not finished its TLS handshake and
+    # SASL exchange this long after it was accepted is closed, logged and counted.
+    authentication_timeout_ms: int = 10_000
     # ACLs (Kafka's authorizer.class.name set): every request is checked; no ACL, no access.
     authorizer_enabled: bool = False
     super_users: str = ""  # Kafka's super.users: "User:admin;User:CN=ops,O=example"
@@ -145,7 +156,8 @@ class NodeConfig:
                     "replica_lag_time_max_ms", "leader_balance_interval_ms", "producer_id_expiration_ms",
                     "offsets_topic_num_partitions", "offsets_topic_replication_factor",
                     "offsets_retention_minutes", "offsets_retention_check_interval_ms",
-                    "group_min_session_timeout_ms", "group_max_session_timeout_ms"):
+                    "group_min_session_timeout_ms", "group_max_session_timeout_ms",
+                    "authentication_timeout_ms"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 
@@ -163,12 +175,22 @@ class NodeConfig:
             raise ConfigError(f"ssl_client_auth must be one of {SSL_CLIENT_AUTH}, got {self.ssl_client_auth!r}")
         if self.ssl_client_auth != "none" and not self.ssl_cafile:
             raise ConfigError(f"ssl_client_auth={self.ssl_client_auth} needs ssl_cafile (the client CAs)")
+        peer_files = (self.peer_ssl_cafile, self.peer_ssl_certfile, self.peer_ssl_keyfile)
+        if any(peer_files) and not all(peer_files):
+            raise ConfigError("mutual TLS between nodes needs all of peer_ssl_cafile, peer_ssl_certfile "
+                              "and peer_ssl_keyfile")
+        if any(peer_files) and self.peers is None:
+            raise ConfigError("peer_ssl_* files are for the Raft port between nodes: they need peers")
         for principal in self.super_user_principals:
             if ":" not in principal:
                 raise ConfigError(f"super_users: {principal!r} is not TYPE:NAME (e.g. User:admin)")
         for mechanism in self.sasl_mechanisms:
             if mechanism not in SASL_MECHANISMS:
                 raise ConfigError(f"sasl_enabled_mechanisms: {mechanism!r} is not one of {SASL_MECHANISMS}")
+
+    @property
+    def peer_tls_enabled(self) -> bool:
+        return self.peer_ssl_cafile is not None
 
     @property
     def super_user_principals(self) -> frozenset[str]:

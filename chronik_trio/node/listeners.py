@@ -2,8 +2,9 @@
 
 For every listener of the config (node/config.py kafka_listeners) the node opens a TCP
 listener; a connection to an SSL or SASL_SSL listener is wrapped in trio.SSLStream (the
-standard library's ssl, certificates from PEM files) and must finish its TLS handshake
-within TLS_HANDSHAKE_TIMEOUT_S. A client certificate, when the listener asks for one and
+standard library's ssl, certificates from PEM files). A connection must finish its TLS
+handshake and, on a SASL listener, its SASL exchange within authentication_timeout_ms of
+being accepted (AuthDeadline), or it is closed. A client certificate, when the listener asks for one and
 the client sends one signed by ssl_cafile, names the connection's principal
 ("User:CN=...,O=..." as Kafka writes an X.500 name). The connection then gets a Session
 (kafka/session.py) that says whether SASL must come first.
@@ -17,18 +18,18 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import ssl
 
 import trio
 
 from chronik_trio.kafka.session import Session
+from chronik_trio.transport.tls import PeerTLS
 
 from .config import ConfigError, Listener, NodeConfig
 
 log = logging.getLogger(__name__)
 
-# A client that connects and never finishes its handshake holds a socket and a task: bounded.
-TLS_HANDSHAKE_TIMEOUT_S = 10.0
 # The X.500 attribute names Kafka's default principal builder writes (RFC 2253's short names).
 _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
               "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
@@ -37,7 +38,8 @@ _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitNa
 
 class AuthFailures:
     """Connections refused for authentication, by (listener, reason): tls_handshake,
-    tls_timeout, sasl (wrong credentials, unknown mechanism, out-of-turn request)."""
+    tls_timeout, sasl (wrong credentials, unknown mechanism, out-of-turn request),
+    sasl_timeout (no finished SASL exchange in time)."""
 
     def __init__(self) -> None:
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -64,6 +66,24 @@ def server_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
     return context
 
 
+def peer_tls(config: NodeConfig) -> PeerTLS | None:
+    """Mutual TLS between nodes (transport/tls.py), None when not configured. Raises
+    ConfigError when a PEM file is missing or does not load."""
+    if not config.peer_tls_enabled:
+        return None
+    try:
+        return PeerTLS.from_pem(cafile=config.peer_ssl_cafile, certfile=config.peer_ssl_certfile,
+                                keyfile=config.peer_ssl_keyfile,
+                                handshake_timeout_s=config.authentication_timeout_ms / 1000)
+    except (OSError, ssl.SSLError) as exc:
+        unreadable = [f"{key}={path}" for key, path in (("peer_ssl_cafile", config.peer_ssl_cafile),
+                                                         ("peer_ssl_certfile", config.peer_ssl_certfile),
+                                                         ("peer_ssl_keyfile", config.peer_ssl_keyfile))
+                      if not os.access(path, os.R_OK)]
+        raise ConfigError(f"peer TLS certificate, key or CA does not load: {exc}"
+                          + (f" (not readable: {', '.join(unreadable)})" if unreadable else "")) from None
+
+
 def principal_of(certificate: dict | None) -> str | None:
     """"User:CN=alice,OU=eng,O=example" from a peer certificate as ssl.getpeercert() gives it
     (RFC 2253 order: the most specific attribute first), or None without a certificate."""
@@ -83,21 +103,21 @@ def _escape(value: str) -> str:
 
 
 async def open_session(stream: trio.abc.Stream, spec: Listener, context: ssl.SSLContext | None,
-                       mechanisms: tuple[str, ...], peer: str, failures: AuthFailures):
+                       mechanisms: tuple[str, ...], peer: str, failures: AuthFailures, timeout_s: float):
     """(the stream to serve, its Session), or None after logging and counting why the
-    connection is refused (the caller closes the raw stream)."""
+    connection is refused (the caller closes the raw stream). A TLS handshake has timeout_s."""
     principal = None
     if spec.uses_tls:
         assert context is not None, spec
         stream = trio.SSLStream(stream, context, server_side=True)
         reason = None
-        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT_S) as timeout:
+        with trio.move_on_after(timeout_s) as timeout:
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
                 reason = f"{type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ else "peer closed"
         if timeout.cancelled_caught:
-            reason = f"no TLS handshake within {TLS_HANDSHAKE_TIMEOUT_S:.0f} s"
+            reason = f"no TLS handshake within {timeout_s:g} s"
         if reason is not None:
             kind = "tls_timeout" if timeout.cancelled_caught else "tls_handshake"
             failures.add(spec.name, kind)
@@ -111,3 +131,17 @@ async def open_session(stream: trio.abc.Stream, spec: Listener, context: ssl.SSL
     if principal is not None and not spec.uses_sasl:
         session.principal = principal
     return stream, session
+
+
+async def close_unauthenticated(session: Session, timeout_s: float, accepted_at: float, peer: str,
+                                failures: AuthFailures, connection: trio.CancelScope) -> None:
+    """Run beside a connection on a SASL listener: timeout_s after it was accepted (trio time
+    accepted_at), if its SASL exchange has not completed, log, count (sasl_timeout) and cancel
+    `connection`. Kafka has no such bound (it has connections.max.idle.ms)."""
+    await trio.sleep_until(accepted_at + timeout_s)
+    if session.authenticating:
+        listener = session.listener or "PLAINTEXT"
+        failures.add(listener, "sasl_timeout")
+        log.warning("listener %s: closed the connection from %s: not authenticated within %g s",
+                    listener, peer, timeout_s)
+        connection.cancel()

@@ -40,8 +40,8 @@ def _node_parser(sub) -> None:
     p.add_argument("--segment-bytes", type=int)
     p.add_argument("--retention-check-interval-ms", type=int)
     p.add_argument("--peers", help='the cluster\'s Raft members, "1@host:port,2@host:port,..."')
-    p.add_argument("--admin-listen", help="HOST:PORT for /health and /metrics on a node without peers "
-                   "(with peers they are on the node's Raft address)")
+    p.add_argument("--admin-listen", help="HOST:PORT for /health and /metrics in cleartext (with peers they "
+                   "are on the node's Raft address too, which needs a node certificate under --peer-ssl-*)")
     p.add_argument("--join", action="store_true", default=None,
                    help="join an existing cluster: never bootstrap the cluster metadata group")
     p.add_argument("--rack", help="this broker's rack (for rack-aware replica placement and fetch)")
@@ -56,6 +56,13 @@ def _node_parser(sub) -> None:
     p.add_argument("--ssl-client-auth", choices=config_mod.SSL_CLIENT_AUTH,
                    help="ask TLS clients for a certificate (default none)")
     p.add_argument("--sasl-enabled-mechanisms", help="comma-separated: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (default all)")
+    p.add_argument("--peer-ssl-cafile", help="PEM CA that signs every node's certificate: mutual TLS between "
+                   "nodes on the Raft port (with --peer-ssl-certfile and --peer-ssl-keyfile)")
+    p.add_argument("--peer-ssl-certfile", help="PEM certificate of this node, with subjectAltName DNS:node-<id>")
+    p.add_argument("--peer-ssl-keyfile", help="PEM private key of that certificate")
+    p.add_argument("--authentication-timeout-ms", type=int,
+                   help="close a connection that has not finished TLS and SASL this long after it was "
+                   "accepted (default 10000)")
     p.add_argument("--authorizer-enabled", action="store_true", default=None,
                    help="check every request against the ACLs; no ACL, no access (docs/security.md)")
     p.add_argument("--super-users", help='principals allowed everything, "User:admin;User:CN=ops,O=example"')

@@ -49,8 +49,8 @@ class _AuthFailureCollector:
 
     def collect(self) -> typing.Iterator:
         family = CounterMetricFamily("chronik_authentication_failures",
-                                     "Client connections refused for authentication: a failed or stalled "
-                                     "TLS handshake, a failed SASL exchange", labels=["listener", "reason"])
+                                     "Client connections refused for authentication: a failed or stalled TLS handshake, "
+                                     "a failed SASL exchange or one not finished in time", labels=["listener", "reason"])
         for (listener, reason), count in sorted(self.failures.counts.items()):
             family.add_metric([listener, reason], count)
         yield family

@@ -46,7 +46,7 @@ from .config import ConfigError, NodeConfig
 from .group_coordinator import GroupCoordinator
 from .kafka_server import RequestErrors, serve_connection
 from .leader_reports import LeaderReports
-from .listeners import AuthFailures, open_session, server_ssl_context
+from .listeners import AuthFailures, close_unauthenticated, open_session, peer_tls, server_ssl_context
 from .meta_group import META_GROUP_ID, MetaMachine, MetaService
 from .metrics import NodeMetrics
 from .partition_group import PartitionReplica
@@ -102,6 +102,7 @@ class Node:
         self.request_errors = RequestErrors()  # contained handler failures, in /metrics
         self.metrics.collect_request_errors(self.request_errors)
         self.ssl_context = server_ssl_context(config)  # raises ConfigError for bad PEM files
+        self.peer_tls = peer_tls(config)  # mutual TLS between nodes, or None; ConfigError likewise
         self.auth_failures = AuthFailures()  # refused TLS handshakes and SASL exchanges, in /metrics
         self.metrics.collect_auth_failures(self.auth_failures)
         self.transport: Transport | None = None
@@ -269,7 +270,14 @@ class Node:
         members = self.config.peer_addresses
         peers = {n: address for n, address in members.items() if n != self.node_id}
         listen = members[self.node_id] if members else self.config.admin_host_port
-        return self._make_transport(self.node_id, listen, peers, self.peers, self.metrics.registry, self._health)
+        # Only when asked for, so a factory of a simulated network needs no such options.
+        options = {}
+        if self.peer_tls is not None:
+            options["tls"] = self.peer_tls
+        if members and self.config.admin_listen is not None:
+            options["public_listen"] = self.config.admin_host_port
+        return self._make_transport(self.node_id, listen, peers, self.peers, self.metrics.registry, self._health,
+                                    **options)
 
     def _health(self) -> dict:
         groups = list(self.runtime.groups.values())
@@ -375,15 +383,24 @@ class Node:
             peer = f"{host}:{port}"
         except (AttributeError, OSError):
             peer = "unknown peer"
+        accepted_at = trio.current_time()
+        timeout_s = self.config.authentication_timeout_ms / 1000
         opened = await open_session(stream, spec, self.ssl_context, self.config.sasl_mechanisms, peer,
-                                    self.auth_failures)
+                                    self.auth_failures, timeout_s)
         if opened is None:
             await trio.aclose_forcefully(stream)
             return
         secured, session = opened
         if self.config.listeners is None:
             session.listener = None  # one default listener: brokers are registered without names
-        await serve_connection(secured, self, peer, session)
+        if not session.authenticating:
+            await serve_connection(secured, self, peer, session)
+            return
+        async with trio.open_nursery() as connection:
+            connection.start_soon(close_unauthenticated, session, timeout_s, accepted_at, peer,
+                                  self.auth_failures, connection.cancel_scope)
+            await serve_connection(secured, self, peer, session)
+            connection.cancel_scope.cancel()
 
     def _close_cleanly(self) -> None:
         """Everything written is made durable and recorded as such, then files are closed."""

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from chronik_trio.pb import meta_pb2, raft_pb2, transport_pb2
 from chronik_trio.raft.convert import message_to_pb, peer_message_from_pb
 from chronik_trio.raft.types import Message, MessageType
+from chronik_trio.transport.tls import PeerTLS
 from chronik_trio.transport.transport import Transport
 
 from .meta_group import META_GROUP_ID
@@ -123,15 +124,19 @@ class PeerNetwork:
 
 
 class TransportFactory(typing.Protocol):
+    """Makes the node's transport. The node passes `tls` and `public_listen` only when its
+    config asks for them (mutual TLS between nodes, a cleartext /health listener)."""
+
     def __call__(self, node_id: int, listen: tuple[str, int], peers: dict[int, tuple[str, int]],
                  network: PeerNetwork, registry: CollectorRegistry,
-                 health: typing.Callable[[], dict]) -> Transport: ...
+                 health: typing.Callable[[], dict], **options) -> Transport: ...
 
 
 def tcp_transport(node_id: int, listen: tuple[str, int], peers: dict[int, tuple[str, int]],
                   network: PeerNetwork, registry: CollectorRegistry,
-                  health: typing.Callable[[], dict]) -> Transport:
+                  health: typing.Callable[[], dict], *, tls: PeerTLS | None = None,
+                  public_listen: tuple[str, int] | None = None) -> Transport:
     """The HTTP/2 transport over TCP: Raft ingress from peers, /health and /metrics."""
     return Transport(node_id, listen, peers, network.on_batch, network.report_unreachable,
                      report_snapshot=network.report_snapshot, registry=registry, health=health,
-                     on_peer_down=network.peer_down)
+                     on_peer_down=network.peer_down, tls=tls, public_listen=public_listen)

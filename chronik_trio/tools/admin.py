@@ -11,6 +11,13 @@ hashed here), the ACL APIs (`acl`), and an ApiVersions request to each broker to
 whether it answers at all (for `health`). Bootstrap addresses are
 tried in turn until one answers.
 
+Secured listeners: --security-protocol SSL, SASL_PLAINTEXT or SASL_SSL, with the SASL
+mechanism, user and CA as flags or in a --command-config file of librdkafka's property names
+(`security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
+`ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`); the SASL password is
+read from that file only, never from a flag. Each request's connection does its TLS
+handshake and SASL exchange (PLAIN or SCRAM, whose server signature is checked) first.
+
 Exit codes: 0 done (and, for `health`, healthy); 1 the cluster refused the operation or
 `health` found problems; 2 bad options or no answer from the cluster.
 """
@@ -18,12 +25,15 @@ Exit codes: 0 done (and, for `health`, healthy); 1 the cluster refused the opera
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import hashlib
 import io
 import json
 import os
+import secrets
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -33,6 +43,7 @@ from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader, entity_writer
 
 from chronik_trio.kafka.codec import build
+from chronik_trio.kafka.sasl import MECHANISMS as SASL_MECHANISMS, PLAIN, SaslFailed, ScramClient
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_TIMEOUT_S = 10.0
@@ -87,15 +98,131 @@ def _bootstrap(args) -> list[str]:
     return [a.strip() for a in args.bootstrap.split(",") if a.strip()]
 
 
+# --- connections: plaintext, TLS, SASL ----------------------------------------------------------
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_HANDSHAKE_API_KEY, SASL_HANDSHAKE_VERSION = 17, 1
+SASL_AUTHENTICATE_API_KEY, SASL_AUTHENTICATE_VERSION = 36, 2
+# --command-config keys (librdkafka's names) -> our option names
+COMMAND_CONFIG_KEYS = {"security.protocol": "security_protocol", "sasl.mechanism": "sasl_mechanism",
+                       "sasl.username": "sasl_username", "sasl.password": "sasl_password",
+                       "ssl.ca.location": "ssl_cafile", "ssl.certificate.location": "ssl_certfile",
+                       "ssl.key.location": "ssl_keyfile"}
+
+
+class Security:
+    """How to open a connection: TLS (with which CA and client certificate) and SASL."""
+
+    def __init__(self, *, security_protocol: str = "PLAINTEXT", sasl_mechanism: str | None = None,
+                 sasl_username: str | None = None, sasl_password: str | None = None,
+                 ssl_cafile: str | None = None, ssl_certfile: str | None = None,
+                 ssl_keyfile: str | None = None) -> None:
+        self.protocol = security_protocol.upper()
+        if self.protocol not in SECURITY_PROTOCOLS:
+            raise AdminError(f"security.protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, got "
+                             f"{security_protocol!r}", exit_code=2)
+        self.mechanism = (sasl_mechanism or "SCRAM-SHA-512").upper()
+        self.username, self.password = sasl_username, sasl_password
+        self.context: ssl.SSLContext | None = None
+        if self.protocol.startswith("SASL"):
+            if self.mechanism not in SASL_MECHANISMS:
+                raise AdminError(f"sasl.mechanism must be one of {', '.join(SASL_MECHANISMS)}", exit_code=2)
+            if not self.username or self.password is None:
+                raise AdminError(f"{self.protocol} needs sasl.username and sasl.password (the password in "
+                                 f"the --command-config file)", exit_code=2)
+        if self.protocol.endswith("SSL"):
+            try:
+                self.context = ssl.create_default_context(cafile=ssl_cafile)
+                if ssl_certfile:
+                    self.context.load_cert_chain(ssl_certfile, ssl_keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise AdminError(f"TLS files do not load: {exc}", exit_code=2) from None
+
+    def connect(self, address: str, timeout_s: float) -> socket.socket:
+        """A connection to `address`, through TLS and SASL as configured.
+
+        Raises OSError (refused, TLS failed, timed out) or AdminError (authentication failed).
+        """
+        host, _, port = address.rpartition(":")
+        sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        try:
+            sock.settimeout(timeout_s)
+            if self.context is not None:
+                sock = self.context.wrap_socket(sock, server_hostname=host)
+            if self.protocol.startswith("SASL"):
+                self._authenticate(sock, address)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    def _authenticate(self, sock: socket.socket, address: str) -> None:
+        answer = _exchange(sock, address, SASL_HANDSHAKE_API_KEY, SASL_HANDSHAKE_VERSION,
+                           {"mechanism": self.mechanism})
+        if answer.error_code != 0:
+            raise AdminError(f"{address} does not offer SASL {self.mechanism} ({error_name(answer.error_code)}; "
+                             f"it offers {', '.join(answer.mechanisms) or 'none'})", exit_code=2)
+        if self.mechanism == PLAIN:
+            self._step(sock, address, b"\0" + self.username.encode() + b"\0" + self.password.encode())
+            return
+        client = ScramClient(self.mechanism, self.username, self.password,
+                             base64.b64encode(secrets.token_bytes(24)).decode())
+        try:
+            client.verify(self._step(sock, address, client.final(self._step(sock, address, client.first()))))
+        except SaslFailed as exc:
+            raise AdminError(f"{address}: SASL {self.mechanism}: {exc}", exit_code=2) from None
+
+    def _step(self, sock: socket.socket, address: str, token: bytes) -> bytes:
+        answer = _exchange(sock, address, SASL_AUTHENTICATE_API_KEY, SASL_AUTHENTICATE_VERSION,
+                           {"auth_bytes": token})
+        if answer.error_code != 0:
+            raise AdminError(f"{address}: SASL {self.mechanism} authentication as {self.username!r} failed "
+                             f"({error_name(answer.error_code)}: {answer.error_message})", exit_code=2)
+        return answer.auth_bytes
+
+
+def security_of(args) -> Security:
+    """The Security of the --command-config file, with flags overriding it."""
+    options: dict[str, str] = {}
+    path = getattr(args, "command_config", None)
+    if path:
+        try:
+            lines = open(path, encoding="utf-8").read().splitlines()
+        except OSError as exc:
+            raise AdminError(f"--command-config: {exc}", exit_code=2) from None
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith(("#", "!")):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or key.strip() not in COMMAND_CONFIG_KEYS:
+                raise AdminError(f"--command-config {path}, line {number}: expected one of "
+                                 f"{', '.join(COMMAND_CONFIG_KEYS)} as KEY=VALUE", exit_code=2)
+            options[COMMAND_CONFIG_KEYS[key.strip()]] = value.strip()
+    for name in ("security_protocol", "sasl_mechanism", "sasl_username", "ssl_cafile", "ssl_certfile",
+                 "ssl_keyfile"):
+        if getattr(args, name, None):
+            options[name] = getattr(args, name)
+    return Security(**options)
+
+
 # --- plain Kafka requests (kio) --------------------------------------------------------------
 
-def kafka_request(address: str, api_key: int, version: int, body, timeout_s: float):
+def kafka_request(address: str, api_key: int, version: int, body, timeout_s: float,
+                  security: Security | None = None):
     """Send one request on a fresh connection and return the decoded response body.
 
     `body` is a kio request entity, or a dict of its fields (nested entities as dicts).
 
-    Raises OSError (refused, reset, timed out, closed early) or ValueError (a bad answer).
+    Raises OSError (refused, reset, timed out, closed early, TLS failed), ValueError (a bad
+    answer) or AdminError (SASL authentication failed).
     """
+    with (security or Security()).connect(address, timeout_s) as sock:
+        return _exchange(sock, address, api_key, version, body)
+
+
+def _exchange(sock: socket.socket, address: str, api_key: int, version: int, body):
+    """One request and its answer on an open connection."""
     request_cls = kio.index.load_request_schema(api_key, version)
     response_cls = kio.index.load_response_schema(api_key, version)
     if isinstance(body, dict):
@@ -107,14 +234,11 @@ def kafka_request(address: str, api_key: int, version: int, body, timeout_s: flo
     entity_writer(type(header))(sink, header)
     entity_writer(request_cls)(sink, body)
     payload = sink.getvalue()
-    host, _, port = address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
-        sock.settimeout(timeout_s)
-        sock.sendall(struct.pack(">i", len(payload)) + payload)
-        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-        if not 0 < size <= RESPONSE_BYTES_MAX:
-            raise ValueError(f"{address} answered a frame of {size} bytes")
-        frame = _recv_exact(sock, size)
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+    if not 0 < size <= RESPONSE_BYTES_MAX:
+        raise ValueError(f"{address} answered a frame of {size} bytes")
+    frame = _recv_exact(sock, size)
     # ApiVersions answers always carry response header v0 (KIP-511).
     header_cls = (kio.index.load_response_schema(api_key, 0).__header_schema__
                   if api_key == API_VERSIONS_API_KEY else response_cls.__header_schema__)
@@ -136,12 +260,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def probe(address: str, timeout_s: float) -> str | None:
+def probe(address: str, timeout_s: float, security: Security | None = None) -> str | None:
     """None if the broker answers an ApiVersions request, else why not."""
     request_cls = kio.index.load_request_schema(API_VERSIONS_API_KEY, API_VERSIONS_VERSION)
     try:
-        response = kafka_request(address, API_VERSIONS_API_KEY, API_VERSIONS_VERSION, request_cls(), timeout_s)
-    except (OSError, ValueError) as exc:
+        response = kafka_request(address, API_VERSIONS_API_KEY, API_VERSIONS_VERSION, request_cls(), timeout_s,
+                                 security)
+    except (OSError, ValueError, AdminError) as exc:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if response.error_code != 0:
         return f"ApiVersions error code {int(response.error_code)}"
@@ -161,7 +286,7 @@ def ask_any(args, api_key: int, version: int, body) -> tuple[str, object]:
     reasons = []
     for address in _bootstrap(args):
         try:
-            return address, kafka_request(address, api_key, version, body, args.timeout)
+            return address, kafka_request(address, api_key, version, body, args.timeout, getattr(args, "security", None))
         except (OSError, ValueError) as exc:
             reasons.append(f"{address}: {_reason(exc)}")
     raise AdminError(f"no answer from {args.bootstrap} within {args.timeout:g} s "
@@ -188,7 +313,7 @@ def ask_controller(args, api_key: int, version: int, body, what: str, error_code
             time.sleep(CONTROLLER_RETRY_S)
             continue
         try:
-            answer = kafka_request(address, api_key, version, body, args.timeout)
+            answer = kafka_request(address, api_key, version, body, args.timeout, getattr(args, "security", None))
         except (OSError, ValueError) as exc:
             raise AdminError(f"{what}: no answer from the controller at {address} within "
                              f"{args.timeout:g} s ({_reason(exc)})", exit_code=2) from None
@@ -460,7 +585,7 @@ def cmd_health(args) -> int:
     md = metadata(args)
     addresses = {int(b.node_id): f"{b.host}:{b.port}" for b in md.brokers}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
-        answers = dict(zip(addresses, pool.map(lambda a: probe(a, args.timeout), addresses.values())))
+        answers = dict(zip(addresses, pool.map(lambda a: probe(a, args.timeout, getattr(args, "security", None)), addresses.values())))
     unreachable = {broker_id: why for broker_id, why in answers.items() if why is not None}
     problems = health_problems(md, unreachable)
     partitions = sum(len(t.partitions) for t in md.topics)
@@ -630,6 +755,15 @@ def _common_options(parser, *, defaults: bool) -> None:
                         help=f"HOST:PORT[,HOST:PORT...] of the cluster (default {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT_S),
                         help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--command-config", default=default(None), metavar="FILE",
+                        help="client properties (librdkafka names): security.protocol, sasl.mechanism, "
+                        "sasl.username, sasl.password, ssl.ca.location, ssl.certificate.location, ssl.key.location")
+    parser.add_argument("--security-protocol", default=default(None), choices=SECURITY_PROTOCOLS)
+    parser.add_argument("--sasl-mechanism", default=default(None), choices=SASL_MECHANISMS)
+    parser.add_argument("--sasl-username", default=default(None))
+    parser.add_argument("--ssl-cafile", default=default(None), help="PEM CA the brokers' certificates chain to")
+    parser.add_argument("--ssl-certfile", default=default(None), help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--ssl-keyfile", default=default(None), help="PEM key of --ssl-certfile")
 
 
 def add_parser(sub) -> None:
@@ -712,6 +846,7 @@ def _add_config_parser(parser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        args.security = security_of(args)
         return COMMANDS[args.admin_command](args)
     except AdminError as exc:
         print(f"chronik-trio admin: {exc}", file=sys.stderr)

@@ -20,6 +20,11 @@ Modes (`--modes`, comma-separated; default `throughput,latency`):
   partition under a paced acks=all stream and time the first acknowledgement of a record
   produced after the kill; the node is restarted between trials (bench_failover.py).
 
+`--security-protocol SSL|SASL_SSL` (with the tool's own cluster): every node gets a second
+listener of that protocol (bench_security.py), and each throughput and latency run is done
+over PLAINTEXT and over it, alternately, on the same nodes; the report gives both and the
+ratio of throughputs and the extra latency per request (difference of the medians).
+
 `--cluster 1|3` starts real `chronik-trio node` processes on 127.0.0.1 (temporary data dir,
 stopped by PID afterwards). Every figure in the report says how it was measured, and the
 report carries the load average, since this machine is shared. Nothing asserts a speed.
@@ -41,7 +46,7 @@ import time
 import uuid
 
 from chronik_trio.raft import bench as raft_bench
-from chronik_trio.tools import bench_failover, bench_kafka, bench_local
+from chronik_trio.tools import bench_failover, bench_kafka, bench_local, bench_security
 
 MODES = ("throughput", "latency", "raft", "node", "failover")
 TOPIC_CREATE_TIMEOUT_S = 60.0
@@ -78,6 +83,11 @@ def add_parser(sub) -> None:
     p.add_argument("--raft-entries", type=int, default=50_000, help="raft: committed entries per run")
     p.add_argument("--failover-trials", type=int, default=20, help="failover: SIGKILLs")
     p.add_argument("--failover-rate", type=float, default=1000.0, help="failover: records/s of the stream")
+    p.add_argument("--security-protocol", default="PLAINTEXT", choices=("PLAINTEXT", *bench_security.SECURED_PROTOCOLS),
+                   help="also measure every throughput/latency run over a listener of this protocol, "
+                        "alternating with PLAINTEXT (own cluster only)")
+    p.add_argument("--sasl-mechanism", default="SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+                   help="with --security-protocol SASL_SSL")
     p.add_argument("--repeat", type=int, default=3, help="runs of each mode; the report gives each and the median")
     p.add_argument("--metrics", help="node mode against --bootstrap: HOST:PORT[,...] of chronik-trio /metrics")
     p.add_argument("--json", type=pathlib.Path, help="also write the report as JSON here")
@@ -110,7 +120,8 @@ def _create_topic(bootstrap: str, args, replication_factor: int) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future
+    # must outlive the future
+    admin = AdminClient({**(getattr(args, "client_config", None) or {}), "bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, args.partitions, replication_factor,
                                   config=_topic_configs(args.topic_config))],
                         request_timeout=TOPIC_CREATE_TIMEOUT_S)[topic].result(timeout=TOPIC_CREATE_TIMEOUT_S)
@@ -126,7 +137,7 @@ def _throughput_run(bootstrap: str, args, rf: int) -> dict:
         warmed = bench_kafka.produce_parallel(bootstrap, topic, args, seconds=args.warmup_s)
     produced = bench_kafka.produce_parallel(bootstrap, topic, args)
     expected = produced["acked"] + (warmed["acked"] if warmed else 0)
-    consumed = bench_kafka.consume(bootstrap, topic, args.partitions, expected)
+    consumed = bench_kafka.consume(bootstrap, topic, args.partitions, expected, getattr(args, "client_config", None))
     return {"topic": topic, "warmup_records": warmed["acked"] if warmed else 0,
             "produce": produced, "consume": consumed}
 
@@ -274,6 +285,31 @@ def _load() -> list[float]:
 
 
 def _summary(results: dict) -> dict:
+    s = _mode_summary(results, "")
+    if "throughput_secured" in results or "latency_secured" in results:
+        secured = _mode_summary({m: results[f"{m}_secured"] for m in ("throughput", "latency")
+                                 if f"{m}_secured" in results}, "secured_")
+        s.update(secured)
+        if "produce_records_per_s" in s and s.get("secured_produce_records_per_s") is not None:
+            s["secured_produce_fraction_of_plaintext"] = round(
+                s["secured_produce_records_per_s"] / s["produce_records_per_s"], 3)
+            s["secured_consume_fraction_of_plaintext"] = round(
+                s["secured_consume_records_per_s"] / s["consume_records_per_s"], 3)
+        for q in ("p50", "p99"):
+            plain, sec = s.get(f"produce_latency_{q}_ms"), s.get(f"secured_produce_latency_{q}_ms")
+            if plain is not None and sec is not None:
+                s[f"secured_extra_produce_latency_{q}_ms"] = round(sec - plain, 3)
+    if "raft" in results:
+        for size, r in results["raft"].items():
+            s[f"raft_{size}_entries_per_s"] = r["median_entries_per_s"]
+    if "failover" in results:
+        f = results["failover"]
+        s.update(failover_median_s=f["median_s"], failover_max_s=f["max_s"],
+                 failover_trials=len(f["trials"]), failover_failed_over=f["failed_over"])
+    return s
+
+
+def _mode_summary(results: dict, prefix: str) -> dict:
     s: dict = {}
     if "throughput" in results:
         runs = results["throughput"]
@@ -286,18 +322,15 @@ def _summary(results: dict) -> dict:
         for kind in ("produce_latency_ms", "end_to_end_latency_ms"):
             for q in ("p50", "p90", "p99", "p99_9", "max"):
                 s[f"{kind[:-3]}_{q}_ms"] = _median(r.get(kind, {}).get(q) for r in runs)
-    if "raft" in results:
-        for size, r in results["raft"].items():
-            s[f"raft_{size}_entries_per_s"] = r["median_entries_per_s"]
-    if "failover" in results:
-        f = results["failover"]
-        s.update(failover_median_s=f["median_s"], failover_max_s=f["max_s"],
-                 failover_trials=len(f["trials"]), failover_failed_over=f["failed_over"])
-    return s
+    return {prefix + k: v for k, v in s.items()}
 
 
 def run(args: argparse.Namespace) -> int:
     modes = _modes(args)
+    secured = args.security_protocol != "PLAINTEXT"
+    if secured and args.bootstrap:
+        raise SystemExit("chronik-trio bench: --security-protocol needs the tool's own cluster (--cluster), "
+                         "whose nodes it gives a secured listener")
     if "failover" in modes and args.cluster != 3:
         raise SystemExit("chronik-trio bench: --modes failover needs --cluster 3 (it kills and restarts nodes)")
     if _needs_broker(modes):
@@ -315,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
             metrics = [a for a in (args.metrics or "").split(",") if a]
         elif _needs_broker(modes) or "node" in modes:
             size = args.cluster or 1
-            cluster = stack.enter_context(bench_local.local_cluster(size))
+            cluster = stack.enter_context(bench_local.local_cluster(
+                size, security_protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism))
             bootstrap, metrics, rf = cluster.bootstrap, cluster.metrics_addresses, args.replication_factor or size
             target = (f"{size} local chronik-trio node process(es) started by the tool on 127.0.0.1 "
                       f"(every acknowledged write fsynced)")
@@ -324,10 +358,20 @@ def run(args: argparse.Namespace) -> int:
         else:
             bootstrap, target, rf, metrics = "", "none (in-process)", 1, []
         watch = _NodeWatch(metrics, cluster.pids if cluster else []) if "node" in modes and metrics else None
-        if "throughput" in modes:
-            results["throughput"] = [_throughput_run(bootstrap, args, rf) for _ in range(args.repeat)]
-        if "latency" in modes:
-            results["latency"] = [_latency_run(bootstrap, args, rf) for _ in range(args.repeat)]
+        # Over PLAINTEXT and, with --security-protocol, over the secured listener, alternately.
+        targets = [("", bootstrap, args)]
+        if secured and cluster is not None and cluster.secured is not None:
+            secured_args = argparse.Namespace(**vars(args), client_config=cluster.secured.client_config)
+            targets.append(("_secured", cluster.secured.bootstrap, secured_args))
+            target += f"; and over each node's {args.security_protocol} listener" + (
+                f" (SASL {args.sasl_mechanism})" if args.security_protocol == "SASL_SSL" else "")
+        for mode, one_run in (("throughput", _throughput_run), ("latency", _latency_run)):
+            if mode in modes:
+                for suffix, _, _ in targets:
+                    results[mode + suffix] = []
+                for _ in range(args.repeat):
+                    for suffix, address, run_args in targets:
+                        results[mode + suffix].append(one_run(address, run_args, rf))
         if watch is not None:
             results["node"] = watch.report()
         if "failover" in modes:
@@ -347,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         _plot(results["latency"], args.plot, report)
     if args.json:
         slim = json.loads(json.dumps(report))
-        for r in slim["results"].get("latency", []):  # the series are for the plot
+        for r in slim["results"].get("latency", []) + slim["results"].get("latency_secured", []):  # for the plot
             r.pop("series", None)
             r.pop("e2e_series", None)
         args.json.write_text(json.dumps(slim, indent=2) + "\n")
@@ -355,12 +399,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _failed(results: dict) -> bool:
-    for r in results.get("throughput", []):
+    for r in results.get("throughput", []) + results.get("throughput_secured", []):
         if r["produce"]["errors"] or r["produce"]["unflushed"]:
             return True
     if "failover" in results and results["failover"]["failed_over"] < len(results["failover"]["trials"]):
         return True
-    return any(r["errors"] or r["unflushed"] for r in results.get("latency", []))
+    return any(r["errors"] or r["unflushed"] for r in results.get("latency", []) + results.get("latency_secured", []))
 
 
 def _print(report: dict) -> None:
@@ -369,6 +413,19 @@ def _print(report: dict) -> None:
     for mode, text in report["method"].items():
         print(f"  [{mode}] {text}")
     res = report["results"]
+    _print_broker_modes(report, res, "", "")
+    if "throughput_secured" in res or "latency_secured" in res:
+        print("over the secured listener:")
+        _print_broker_modes(report, {m: res[f"{m}_secured"] for m in ("throughput", "latency")
+                                     if f"{m}_secured" in res}, "secured_", "secured ")
+        m = report["summary"]
+        print("secured/plaintext: " + ", ".join(f"{k.removeprefix('secured_')} {v}" for k, v in m.items()
+                                                 if k.startswith(("secured_produce_fraction", "secured_consume_fraction",
+                                                                  "secured_extra"))))
+    _print_other_modes(res)
+
+
+def _print_broker_modes(report: dict, res: dict, prefix: str, label: str) -> None:
     if "throughput" in res:
         print(f"{'run':>4} {'produce rec/s':>14} {'MB/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
               f"{'consume rec/s':>14} {'MB/s':>7} {'errors':>7}")
@@ -376,8 +433,8 @@ def _print(report: dict) -> None:
             p, c, lat = r["produce"], r["consume"], r["produce"]["delivery_latency_ms"]
             print(f"{i:>4} {p['records_per_s']:>14,} {p['mb_per_s']:>7} {lat['p50']:>8} {lat['p99']:>8} "
                   f"{lat['max']:>8} {c['records_per_s']:>14,} {c['mb_per_s']:>7} {p['errors'] + p['unflushed']:>7}")
-        m = report["summary"]
-        print(f"median: produce {m['produce_records_per_s']:,} rec/s {m['produce_mb_per_s']} MB/s; "
+        m = {k.removeprefix(prefix): v for k, v in report["summary"].items() if k.startswith(prefix)}
+        print(f"{label}median: produce {m['produce_records_per_s']:,} rec/s {m['produce_mb_per_s']} MB/s; "
               f"consume {m['consume_records_per_s']:,} rec/s {m['consume_mb_per_s']} MB/s")
     if "latency" in res:
         print(f"{'run':>4} {'rate/s':>8} {'what':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
@@ -388,6 +445,9 @@ def _print(report: dict) -> None:
                 if q:
                     print(f"{i:>4} {r['offered_rate_per_s']:>8g} {what:>10} {q['p50']!s:>8} {q['p90']!s:>8} "
                           f"{q['p99']!s:>8} {q['p99_9']!s:>9} {q['max']!s:>8} {q['count']:>7}")
+
+
+def _print_other_modes(res: dict) -> None:
     if "raft" in res:
         for size, r in res["raft"].items():
             print(f"raft core, {size} entries: {r['median_entries_per_s']:,} committed entries/s "

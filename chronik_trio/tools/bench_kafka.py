@@ -44,6 +44,7 @@ def producer_config(bootstrap: str, args, **overrides) -> dict:
               "batch.size": args.batch_bytes, "compression.type": args.compression,
               "enable.idempotence": False,
               "queue.buffering.max.messages": PRODUCE_QUEUE_MESSAGES_MAX}
+    config.update(getattr(args, "client_config", None) or {})  # TLS / SASL settings
     config.update(overrides)
     return config
 
@@ -122,10 +123,10 @@ def produce_parallel(bootstrap: str, topic: str, args, seconds: float | None = N
 
 # --- consume ------------------------------------------------------------------------------------
 
-def consume(bootstrap: str, topic: str, partitions: int, expected: int) -> dict:
+def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_config: dict | None = None) -> dict:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chronik-bench",
+    consumer = Consumer({**(client_config or {}), "bootstrap.servers": bootstrap, "group.id": "chronik-bench",
                          "enable.auto.commit": False, "fetch.max.bytes": 50 << 20,
                          "max.partition.fetch.bytes": 10 << 20})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
@@ -148,11 +149,12 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int) -> dict:
 class _EndToEnd(threading.Thread):
     """Reads the topic from its current end and notes, per record, consumed - due."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, partitions: int, client_config: dict | None = None) -> None:
         super().__init__(daemon=True)
         from confluent_kafka import Consumer, TopicPartition, OFFSET_END
 
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chronik-bench-e2e",
+        self.consumer = Consumer({**(client_config or {}), "bootstrap.servers": bootstrap,
+                                  "group.id": "chronik-bench-e2e",
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 5,
                                   "fetch.min.bytes": 1, "socket.nagle.disable": True})
         self.consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(partitions)])
@@ -179,7 +181,7 @@ def open_loop(bootstrap: str, topic: str, args, rate: float, warmup_s: float, du
 
     # Nagle off: a lone small record must not wait for the previous one's ACK.
     producer = Producer(producer_config(bootstrap, args, **{"socket.nagle.disable": True}))
-    e2e = _EndToEnd(bootstrap, topic, args.partitions) if end_to_end else None
+    e2e = _EndToEnd(bootstrap, topic, args.partitions, getattr(args, "client_config", None)) if end_to_end else None
     if e2e is not None:
         e2e.start()
         e2e.ready.wait(10)

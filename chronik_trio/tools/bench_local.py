@@ -25,7 +25,7 @@ import time
 
 import attrs
 
-from chronik_trio.tools import dev_cluster
+from chronik_trio.tools import bench_security, dev_cluster
 from nodeharness import NodeExited, NodeGroup, NodeProcess, NotReady, free_ports
 
 READY_TIMEOUT_S = 60.0  # three nodes on a loaded 2-core machine start well within this
@@ -38,6 +38,7 @@ class LocalCluster:
     bootstrap: str
     metrics_addresses: list[str]  # HOST:PORT serving /metrics over HTTP/2, one per node
     group: NodeGroup  # node ids 1..n
+    secured: bench_security.SecuredListeners | None = None  # a second listener of each node
 
     @property
     def pids(self) -> list[int]:
@@ -64,11 +65,18 @@ def _ready(node: NodeProcess) -> None:
 
 
 @contextlib.contextmanager
-def local_cluster(nodes: int, log_level: str = "info"):
-    """Yields a LocalCluster of `nodes` running processes; stops them by PID afterwards."""
+def local_cluster(nodes: int, log_level: str = "info", *, security_protocol: str = "PLAINTEXT",
+                  sasl_mechanism: str = "SCRAM-SHA-512"):
+    """Yields a LocalCluster of `nodes` running processes; stops them by PID afterwards.
+    With security_protocol SSL or SASL_SSL each node also has a listener of that protocol
+    (bench_security.py)."""
     with tempfile.TemporaryDirectory(prefix="chronik-bench-") as tmp:
         ports = free_ports(2 * nodes + 1, contiguous=True)  # +1: the single node's admin port
         specs = dev_cluster.plan(nodes, ports[0], pathlib.Path(tmp))
+        secured = None
+        if security_protocol != "PLAINTEXT":
+            secured = bench_security.secured_listeners(pathlib.Path(tmp) / "certs", security_protocol,
+                                                       [s.node_id for s in specs], sasl_mechanism)
         group = NodeGroup()
         try:
             if nodes == 1:
@@ -80,10 +88,16 @@ def local_cluster(nodes: int, log_level: str = "info"):
                 for spec in specs:
                     group.add(dev_cluster.node_process(spec, peers, log_level))
                 metrics = [f"{dev_cluster.HOST}:{s.raft_port}" for s in specs]
+            if secured is not None:
+                for spec in specs:
+                    group[spec.node_id].command += secured.node_args(spec.node_id, spec.kafka_address)
             group.start_all(timeout_s=None)
             for n in group.ids:
                 _ready(group[n])
-            yield LocalCluster(",".join(s.kafka_address for s in specs), metrics, group)
+            bootstrap = ",".join(s.kafka_address for s in specs)
+            if secured is not None:
+                secured.create_user(bootstrap)
+            yield LocalCluster(bootstrap, metrics, group, secured)
         finally:
             group.stop_all()
             for problem in group.problems():  # a node that crashed makes the figures suspect

@@ -1,7 +1,8 @@
 """HTTP/2 Raft transport between nodes: a hypercorn ASGI server and one h2 sender per peer.
 
-Carries chronik.transport.RaftBatch frames (proto/transport.proto) over cleartext HTTP/2 with
-prior knowledge; serves /health and /metrics on the same port. docs/transport.md describes the
+Carries chronik.transport.RaftBatch frames (proto/transport.proto) over HTTP/2 with prior
+knowledge, in cleartext or over mutual TLS (tls.py); serves /health and /metrics on the same
+port. docs/transport.md describes the
 wire format, the limits, the metrics and the measured figures.
 
 May import: trio, h2, hyperframe, hypercorn, prometheus_client, attrs, protobuf,

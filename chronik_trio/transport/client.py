@@ -291,7 +291,10 @@ class _Connection:
         sockets are closed by its kernel at once; a Kafka client that saw its own
         connection to that peer break may ask us for Metadata before our read loop has run
         and noticed the same (a stale leader in the answer costs the client ~1 s)."""
-        sock = getattr(self._stream, "socket", None)
+        stream = self._stream
+        # Under TLS (tls.py) the socket is the one of the stream it wraps.
+        sock = getattr(stream, "socket", None) or getattr(
+            getattr(stream, "transport_stream", None), "socket", None)
         if sock is None:
             return False
         fd = sock.fileno()

@@ -73,6 +73,9 @@ class TransportMetrics:
         self.connection_failures = Counter(
             p + "server_connection_failures",
             "Incoming connections closed because hypercorn failed on them", registry=registry)
+        self.peers_refused = Counter(
+            p + "peers_refused", "Connections or requests between nodes refused by mutual TLS "
+            "(reason: tls.RefusalReason)", ["reason"], registry=registry)
         self.reported_unreachable = Counter(p + "reported_unreachable",
                                             "report_unreachable calls for a peer", ["peer"],
                                             registry=registry)

@@ -31,12 +31,15 @@ from ..pb import transport_pb2
 from .framing import FRAME_KIND_RAFT_BATCH, FRAME_KIND_SNAPSHOT_CHUNK, FrameDecoder, FrameTooLarge
 from .metrics import PEER_OTHER, DropReason, TransportMetrics
 from .snapshot import SnapshotAssembler, SnapshotRefused
+from .tls import CONNECTION_NODE_KEY, RefusalReason
 
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/raft/v1/stream"
 BATCH_PATH = "/raft/v1/batch"
 FROM_NODE_HEADER = b"chronik-from-node"
+# What a connection without a peer's certificate may still ask when mutual TLS is on.
+PUBLIC_ROUTES = frozenset({("GET", "/health"), ("GET", "/metrics")})
 
 # Log lines for drops, per reason, per interval. Someone sending garbage in a loop must not
 # flood the log; the metric still counts every drop, and the next line logged says how many
@@ -64,9 +67,9 @@ class DropLog:
         self._lines_max = lines_max
         self._interval_s = interval_s
         # reason -> [interval start, lines logged in it, drops not logged]
-        self._state: dict[DropReason, list] = {}
+        self._state: dict[DropReason | RefusalReason, list] = {}
 
-    def admit(self, reason: DropReason) -> int | None:
+    def admit(self, reason: DropReason | RefusalReason) -> int | None:
         now = self._clock()
         state = self._state.setdefault(reason, [now, 0, 0])
         if now - state[0] >= self._interval_s:
@@ -92,14 +95,24 @@ class RaftIngressApp:
         health: returns the JSON-able object /health answers.
         on_fatal: receives any unexpected exception raised while serving.
         clock: the time the drop log's rate limit runs on.
+        peers_authenticated: mutual TLS is on (tls.py): every request but PUBLIC_ROUTES
+            needs a connection whose certificate named a node, and one naming a node may not
+            claim another in its chronik-from-node header. Checked before routing, so every
+            route inherits it.
+        on_refused: called with (RefusalReason, what) for each request so refused.
     """
 
     def __init__(self, *, node_id: int, on_batch: OnBatch, frame_bytes_max: int,
                  request_bytes_max: int, snapshot_bytes_max: int, metrics: TransportMetrics,
                  peer_label: Callable[[int], str], health: Callable[[], dict],
                  on_fatal: Callable[[BaseException], None],
-                 clock: Callable[[], float] = trio.current_time) -> None:
+                 clock: Callable[[], float] = trio.current_time,
+                 peers_authenticated: bool = False,
+                 on_refused: Callable[[RefusalReason, str], None] = lambda reason, what: None
+                 ) -> None:
         self.node_id = node_id
+        self.peers_authenticated = peers_authenticated
+        self.on_refused = on_refused
         self.on_batch = on_batch
         self.frame_bytes_max = frame_bytes_max
         self.request_bytes_max = request_bytes_max
@@ -122,6 +135,12 @@ class RaftIngressApp:
 
     async def _route(self, scope: dict, exchange: _Exchange) -> None:
         method, path = scope["method"], scope["path"]
+        if self.peers_authenticated and (method, path) not in PUBLIC_ROUTES:
+            refusal = self._unauthenticated(scope)
+            if refusal is not None:
+                self.on_refused(*refusal)
+                await exchange.respond(403, b"refused: " + refusal[1].encode() + b"\n")
+                return
         if path in (STREAM_PATH, BATCH_PATH):
             if method != "POST":
                 await exchange.respond(405, b"POST only\n")
@@ -137,6 +156,20 @@ class RaftIngressApp:
                                    CONTENT_TYPE_LATEST.encode())
         else:
             await exchange.respond(404, b"not found\n")
+
+    def _unauthenticated(self, scope: dict) -> tuple[RefusalReason, str] | None:
+        """Why mutual TLS refuses this request, or None: it came on a connection whose
+        certificate named a node, and claims that node (or no node) as its sender."""
+        certified = scope.get("state", {}).get(CONNECTION_NODE_KEY)
+        what = f"{scope['method']} {scope['path']} from {_client(scope)}"
+        if certified is None:
+            return RefusalReason.UNAUTHENTICATED, f"{what}: no node certificate on this connection"
+        claimed = [value for name, value in scope["headers"] if name == FROM_NODE_HEADER]
+        if claimed and claimed != [str(certified).encode()]:
+            return (RefusalReason.NODE_ID_MISMATCH,
+                    f"{what}: claims node {b','.join(claimed).decode('ascii', 'replace')}, "
+                    f"its certificate names node {certified}")
+        return None
 
     def _claimed_node(self, scope: dict) -> int | None:
         for name, value in scope["headers"]:
@@ -306,6 +339,11 @@ class RaftIngressApp:
             log.warning("node %d: refused request %s %s from %s (%s): %s%s", self.node_id,
                         scope["method"], scope["path"], scope.get("client"), reason.value,
                         what, _unlogged_note(unlogged))
+
+
+def _client(scope: dict) -> str:
+    client = scope.get("client")
+    return "%s:%s" % tuple(client[:2]) if client else "an unknown address"
 
 
 def _unlogged_note(unlogged: int) -> str:

@@ -5,7 +5,8 @@ flow-control windows or the advertised max frame size: its connections keep the 
 defaults (64 KiB windows, 16 KiB frames), and a sender of big appends then waits for a
 WINDOW_UPDATE every 32 KiB. Measured here (docs/transport.md): 64 KiB messages at ~37 MB/s
 with the defaults, ~124 MB/s with 8 MiB windows and 1 MiB frames. So this module is the
-small part of hypercorn.trio.run.worker_serve we need (no lifespan, no QUIC, no TLS yet),
+small part of hypercorn.trio.run.worker_serve we need (no lifespan, no QUIC; TLS is done
+before hypercorn sees a stream, by the `accept` hook: tls.py),
 with a TCPServer that, when a connection turns out to be HTTP/2, sends a SETTINGS frame with
 bigger windows and frame size, and a WINDOW_UPDATE for the connection window. Both are
 ordinary HTTP/2 (RFC 9113 6.5, 6.9); h2 applies our new limits once the peer acknowledges.
@@ -25,7 +26,7 @@ import binascii
 import functools
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import h2.settings
 import hyperframe.frame
@@ -127,15 +128,22 @@ class _SocketlessStream(trio.abc.Stream):
         await self.stream.aclose()
 
 
+# Given each accepted stream and the peer's name: the stream to serve (e.g. TLS over it) and
+# the connection's state (copied into every request's ASGI scope), or None to close it.
+Accept = Callable[[trio.abc.Stream, str], Awaitable[tuple[trio.abc.Stream, dict] | None]]
+
+
 async def serve_listeners(app: object, config: hypercorn.config.Config,
                           listeners: list[trio.abc.Listener],
                           on_connection_failed: Callable[[str, BaseException], None], *,
+                          accept: Accept | None = None,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
     """Serves `app` (ASGI, without lifespan events) on `listeners` until cancelled.
 
     A connection whose hypercorn task fails is closed and reported to
-    `on_connection_failed(peer, exception)`; the others go on.
+    `on_connection_failed(peer, exception)`; the others go on. `accept`, when given, sees
+    every stream first (the TLS handshake and the peer's identity, tls.py).
     """
     context = WorkerContext(None)
     wrapped_app = wrap_app(app, config.wsgi_max_body_size, "asgi")
@@ -145,15 +153,24 @@ async def serve_listeners(app: object, config: hypercorn.config.Config,
         if not hasattr(stream, "socket") and not hasattr(stream, "do_handshake"):
             stream = _SocketlessStream(stream)
         try:
-            await _RaftTCPServer(wrapped_app, config, context, ConnectionState({}), stream)
+            state: dict = {}
+            if accept is not None:
+                accepted = await accept(stream, peer)
+                if accepted is None:
+                    await trio.aclose_forcefully(stream)
+                    return
+                stream, state = accepted
+            await _RaftTCPServer(wrapped_app, config, context, ConnectionState(state), stream)
         except* Exception as group:
             # The boundary of one connection. Our app's own exceptions never arrive here
             # (hypercorn catches them; the app hands them to on_fatal, which stops the
             # node). What does is hypercorn or h2 failing on what one client sent, e.g.
             # KeyError for DATA on a stream hypercorn has forgotten, or BusyResourceError
             # when it writes from two tasks at once (both found by
-            # tests/transport/test_bad_input.py). That must cost this connection only;
-            # trio.serve_listeners would let it end the whole server.
+            # tests/transport/test_bad_input.py), or the TLS layer failing in a way accept
+            # did not foresee. That must cost this connection only; trio.serve_listeners
+            # would let it end the whole server.
+            await trio.aclose_forcefully(stream)
             on_connection_failed(peer, group)
 
     async with trio.open_nursery() as nursery:

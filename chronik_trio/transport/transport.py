@@ -14,8 +14,9 @@ from ..pb import raft_pb2
 from .client import (PING_INTERVAL_S, Connect, PeerSender, PeerState, ReportSnapshot,
                      ReportUnreachable)
 from .metrics import DropReason, TransportMetrics
-from .server import OnBatch, RaftIngressApp, peer_label_for
+from .server import DropLog, OnBatch, RaftIngressApp, peer_label_for
 from .serving import serve_listeners
+from .tls import CONNECTION_NODE_KEY, PeerRefused, PeerTLS, RefusalReason, accept_peer, connect_peer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ class Transport:
         on_peer_down: called with peer_id whenever the connection to it breaks or cannot be
             made (a hint that its process died, sooner than silence shows it); may also be
             set as the attribute of that name after construction. Synchronous, must not block.
+        tls: mutual TLS between nodes (tls.py): the listeners and every connection made
+            through `connect` speak TLS, both ends show a certificate of the cluster's CA
+            naming their node id. None: cleartext HTTP/2.
+        public_listen: (host, port) or ready Listeners serving only /health and /metrics
+            (server.py's PUBLIC_ROUTES when `tls` is on), in cleartext, for monitoring without
+            a node certificate. None: no such listener.
     """
 
     def __init__(self, node_id: int, listen: tuple[str, int] | list[trio.abc.Listener],
@@ -79,9 +86,16 @@ class Transport:
                  registry: CollectorRegistry | None = None,
                  health: Callable[[], dict] | None = None,
                  connect: Connect = trio.open_tcp_stream,
-                 on_peer_down: Callable[[int], None] | None = None) -> None:
+                 on_peer_down: Callable[[int], None] | None = None,
+                 tls: PeerTLS | None = None,
+                 public_listen: tuple[str, int] | list[trio.abc.Listener] | None = None
+                 ) -> None:
         assert node_id > 0 and node_id not in peers, (node_id, peers)
         self.node_id = node_id
+        self.tls = tls
+        self._public_listen = public_listen
+        self.public_address: tuple[str, int] | None = None
+        self._refusal_log = DropLog(trio.current_time)
         self.on_peer_down = on_peer_down
         self.registry = registry if registry is not None else CollectorRegistry()
         self._extra_health = health
@@ -102,7 +116,8 @@ class Transport:
             request_bytes_max=frame_bytes_max, snapshot_bytes_max=snapshot_bytes_max,
             metrics=self.metrics,
             peer_label=peer_label_for(lambda: self._senders), health=self._health,
-            on_fatal=self._on_fatal)
+            on_fatal=self._on_fatal, peers_authenticated=tls is not None,
+            on_refused=self._refused)
         for peer_id, address in peers.items():
             self.add_peer(peer_id, address)
 
@@ -128,8 +143,10 @@ class Transport:
         assert peer_id > 0 and peer_id != self.node_id, peer_id
         if peer_id in self._senders:
             self.remove_peer(peer_id)
+        connect = (self._connect if self.tls is None
+                   else functools.partial(self._connect_tls, peer_id))
         self._senders[peer_id] = PeerSender(
-            node_id=self.node_id, peer_id=peer_id, address=address, connect=self._connect,
+            node_id=self.node_id, peer_id=peer_id, address=address, connect=connect,
             frame_bytes_max=self.frame_bytes_max, metrics=self.metrics,
             report_unreachable=self._report_unreachable, report_snapshot=self._report_snapshot,
             report_down=self._peer_down)
@@ -169,18 +186,19 @@ class Transport:
             TransportFailed: serving raised an unexpected exception (its __cause__).
         """
         assert self._nursery is None, "Transport.run called twice"
-        if isinstance(self._listen, tuple):
-            host, port = self._listen
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        else:
-            listeners = self._listen
-        sock = getattr(listeners[0], "socket", None)
-        if sock is not None:
-            self.listen_address = sock.getsockname()[:2]
+        listeners = await _open_listeners(self._listen)
+        self.listen_address = _address_of(listeners)
+        public = [] if self._public_listen is None else await _open_listeners(self._public_listen)
+        self.public_address = _address_of(public)
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(
                 serve_listeners, self.app, self._hypercorn_config(), listeners,
-                self._on_connection_failed))
+                self._on_connection_failed,
+                accept=None if self.tls is None else self._accept_tls))
+            if public:
+                await nursery.start(functools.partial(
+                    serve_listeners, self.app, self._hypercorn_config(), public,
+                    self._on_connection_failed, accept=_uncertified))
             self._nursery = nursery
             nursery.start_soon(self._watch_fatal)
             for peer_id in self._senders:
@@ -188,6 +206,43 @@ class Transport:
             log.info("node %d: Raft transport listening on %s", self.node_id,
                      self.listen_address or listeners)
             task_status.started(self.listen_address)
+
+    async def _accept_tls(self, stream: trio.abc.Stream, peer: str
+                          ) -> tuple[trio.abc.Stream, dict] | None:
+        assert self.tls is not None
+        try:
+            secured, node_id = await accept_peer(stream, self.tls)
+        except PeerRefused as refused:
+            self._refused(refused.reason, f"connection from {peer}: {refused.detail}")
+            return None
+        log.debug("node %d: TLS connection from %s, certificate of node %d", self.node_id, peer,
+                  node_id)
+        return secured, {CONNECTION_NODE_KEY: node_id}
+
+    async def _connect_tls(self, peer_id: int, host: str, port: int) -> trio.abc.Stream:
+        assert self.tls is not None
+        stream = await self._connect(host, port)
+        try:
+            return await connect_peer(stream, self.tls, peer_id)
+        except PeerRefused as refused:
+            await trio.aclose_forcefully(stream)
+            # A peer going down breaks handshakes too (a reset, an EOF): that is an ordinary
+            # connection failure, logged by the sender; only what TLS refused is a refusal.
+            if refused.by_tls:
+                self._refused(refused.reason, f"connection to node {peer_id} at {host}:{port}: "
+                                              f"{refused.detail}")
+            raise trio.BrokenResourceError(str(refused)) from None
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+
+    def _refused(self, reason: RefusalReason, what: str) -> None:
+        """A peer refused by mutual TLS: counted, and logged (rate-limited per reason)."""
+        self.metrics.peers_refused.labels(reason.value).inc()
+        unlogged = self._refusal_log.admit(reason)
+        if unlogged is not None:
+            more = f" ({unlogged} more not logged)" if unlogged else ""
+            log.warning("node %d: refused peer (%s): %s%s", self.node_id, reason.value, what, more)
 
     def _hypercorn_config(self) -> hypercorn.config.Config:
         config = hypercorn.config.Config()
@@ -234,3 +289,21 @@ class Transport:
         if self._extra_health is not None:
             answer.update(self._extra_health())
         return answer
+
+
+async def _open_listeners(listen: tuple[str, int] | list[trio.abc.Listener]
+                          ) -> list[trio.abc.Listener]:
+    if isinstance(listen, tuple):
+        host, port = listen
+        return await trio.open_tcp_listeners(port, host=host)
+    return listen
+
+
+def _address_of(listeners: list[trio.abc.Listener]) -> tuple[str, int] | None:
+    sock = getattr(listeners[0], "socket", None) if listeners else None
+    return None if sock is None else sock.getsockname()[:2]
+
+
+async def _uncertified(stream: trio.abc.Stream, peer: str) -> tuple[trio.abc.Stream, dict]:
+    """A public listener's connection: no node certificate (only PUBLIC_ROUTES with TLS on)."""
+    return stream, {CONNECTION_NODE_KEY: None}

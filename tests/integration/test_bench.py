@@ -20,18 +20,18 @@ def _bench(tmp_path, *args, timeout_s=150):
     return json.loads(out.read_text()), proc.stdout
 
 
-def _check_throughput(report, runs, records=3000):
-    assert len(report["results"]["throughput"]) == runs
-    for run in report["results"]["throughput"]:
+def _check_throughput(report, runs, records=3000, mode="throughput"):
+    assert len(report["results"][mode]) == runs
+    for run in report["results"][mode]:
         assert run["produce"]["acked"] == records and run["produce"]["errors"] == 0
         assert run["consume"]["records"] == records + run["warmup_records"]
         assert run["produce"]["records_per_s"] > 0
     assert report["summary"]["produce_mb_per_s"] is not None
 
 
-def _check_latency(report, runs):
-    assert len(report["results"]["latency"]) == runs
-    for run in report["results"]["latency"]:
+def _check_latency(report, runs, mode="latency"):
+    assert len(report["results"][mode]) == runs
+    for run in report["results"][mode]:
         assert run["errors"] == 0 and run["acked"] == run["sent"]
         assert run["measured"] == 100  # --rate 100 for --duration-s 1; warm-up records not counted
         assert set(run["produce_latency_ms"]) == PERCENTILES
@@ -72,6 +72,20 @@ def test_bench_starts_its_own_node_and_reads_its_ready_pass_and_fsync_timings(tm
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["results"]["raft"]["50B"]["runs"][0]["entries"] >= 500
     assert "raft core" in stdout
+
+
+@pytest.mark.timeout(180)
+def test_bench_over_sasl_ssl_measures_both_listeners_of_the_same_node(tmp_path):
+    report, stdout = _bench(tmp_path, "--cluster", "1", "--repeat", "1", "--modes", "throughput,latency",
+                            "--security-protocol", "SASL_SSL", "--warmup-s", "0")
+    for suffix in ("", "_secured"):
+        _check_throughput(report, 1, mode="throughput" + suffix)
+        _check_latency(report, 1, mode="latency" + suffix)
+    summary = report["summary"]
+    assert summary["secured_produce_fraction_of_plaintext"] > 0
+    assert "secured_extra_produce_latency_p50_ms" in summary
+    assert "SASL_SSL listener (SASL SCRAM-SHA-512)" in report["target"]
+    assert "over the secured listener:" in stdout
 
 
 @pytest.mark.timeout(240)

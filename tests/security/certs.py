@@ -1,35 +1,15 @@
-"""Certificates made at test time with the `openssl` command-line tool (no new dependency):
-a cluster CA, a broker certificate for 127.0.0.1/localhost, client certificates signed by
-it, and a second, unrelated CA with a client certificate of its own."""
+"""Certificates made at test time with the `openssl` command-line tool (no new dependency,
+chronik_trio/tools/certs.py): a cluster CA, a broker certificate for 127.0.0.1/localhost,
+client certificates signed by it, and a second, unrelated CA with a client certificate of
+its own; node certificates for mutual TLS between nodes on demand."""
 
 from __future__ import annotations
 
 import pathlib
-import subprocess
 
 import attrs
 
-OPENSSL_TIMEOUT_S = 30
-DAYS = "2"
-
-
-def _openssl(*args: str, cwd: pathlib.Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=OPENSSL_TIMEOUT_S)
-
-
-def _ca(directory: pathlib.Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-             "-days", DAYS, "-subj", f"/O=chronik-trio tests/CN={name}", cwd=directory)
-
-
-def _signed(directory: pathlib.Path, ca: str, name: str, subject: str, *, server: bool) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", subject, cwd=directory)
-    extensions = directory / f"{name}.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n" if server
-                          else "extendedKeyUsage=clientAuth\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", DAYS, "-extfile", extensions.name, cwd=directory)
+from chronik_trio.tools.certs import CLIENT, make_ca, make_node_certificate, make_signed
 
 
 @attrs.frozen
@@ -47,10 +27,17 @@ class Certificates:
 def make_certificates(directory: pathlib.Path) -> Certificates:
     """ca.pem; broker.pem/.key; alice.pem/.key (CN=alice,OU=eng,O=example, signed by ca);
     other-ca.pem and mallory.pem/.key (signed by other-ca)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    _ca(directory, "ca")
-    _ca(directory, "other-ca")
-    _signed(directory, "ca", "broker", "/O=chronik-trio tests/CN=localhost", server=True)
-    _signed(directory, "ca", "alice", "/O=example/OU=eng/CN=alice", server=False)
-    _signed(directory, "other-ca", "mallory", "/O=example/CN=mallory", server=False)
+    make_ca(directory, "ca")
+    make_ca(directory, "other-ca")
+    make_signed(directory, "broker", "/O=chronik-trio tests/CN=localhost", san=["IP:127.0.0.1", "DNS:localhost"])
+    make_signed(directory, "alice", "/O=example/OU=eng/CN=alice", usages=(CLIENT,))
+    make_signed(directory, "mallory", "/O=example/CN=mallory", ca="other-ca", usages=(CLIENT,))
     return Certificates(directory)
+
+
+def node_certificate(certs: Certificates, node_id: int | None, *, ca: str = "ca", name: str | None = None) -> str:
+    """A node's certificate (chronik_trio/tools/certs.py make_node_certificate) in the
+    certificates' directory; returns the file stem (NAME.pem, NAME.key)."""
+    name = name or f"node-{node_id}"
+    make_node_certificate(certs.directory, node_id, ca=ca, name=name)
+    return name

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
-import hmac
 import random
 import socket
 import time
 
+from chronik_trio.kafka.sasl import SaslFailed, ScramClient
 from tests.kafka import live
 from tests.kafka_wire import ConnectionClosed, KafkaWire
 
@@ -30,7 +29,6 @@ SASL_HANDSHAKE, SASL_AUTHENTICATE, METADATA = 17, 36, 3
 HEALTH_EVERY = 250
 SOCKET_TIMEOUT_S = 10.0
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 
 
 def mutate(rng: random.Random, token: bytes) -> bytes:
@@ -56,19 +54,6 @@ def mutate(rng: random.Random, token: bytes) -> bytes:
             return bytes(data)
 
 
-def _client_final(mechanism: str, password: str, client_first_bare: str, server_first: bytes) -> bytes:
-    attributes = dict(part.split("=", 1) for part in server_first.decode().split(","))
-    hash_name = HASHES[mechanism]
-    salted = hashlib.pbkdf2_hmac(hash_name, password.encode(), base64.b64decode(attributes["s"]), int(attributes["i"]))
-    client_key = hmac.new(salted, b"Client Key", hash_name).digest()
-    stored_key = hashlib.new(hash_name, client_key).digest()
-    without_proof = f"c=biws,r={attributes['r']}"
-    auth_message = f"{client_first_bare},{server_first.decode()},{without_proof}".encode()
-    signature = hmac.new(stored_key, auth_message, hash_name).digest()
-    proof = bytes(a ^ b for a, b in zip(client_key, signature))
-    return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
-
-
 def _authenticate(conn: KafkaWire, token: bytes):
     return conn.request(SASL_AUTHENTICATE, {"auth_bytes": token}, version=2)
 
@@ -86,11 +71,14 @@ def login(port: int, mechanism: str, user: str, password: str, *, rng: random.Ra
             token = b"\0" + user.encode() + b"\0" + password.encode()
             answer = _authenticate(conn, mutate(rng, token) if mutated_step > 0 else token)
         else:
-            bare = f"n={user},r={base64.b64encode(random.Random(1).randbytes(18)).decode()}"
-            first = ("n,," + bare).encode()
+            client = ScramClient(mechanism, user, password, base64.b64encode(random.Random(1).randbytes(18)).decode())
+            first = client.first()
             answer = _authenticate(conn, mutate(rng, first) if mutated_step == 1 else first)
             if int(answer.error_code) == 0:
-                final = _client_final(mechanism, password, bare, answer.auth_bytes)
+                try:
+                    final = client.final(answer.auth_bytes)
+                except SaslFailed:  # the mutation changed our nonce: the server's is not ours
+                    return _granted(conn)
                 answer = _authenticate(conn, mutate(rng, final) if mutated_step == 2 else final)
         if int(answer.error_code) != 0:
             return _granted(conn)

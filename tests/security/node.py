@@ -3,12 +3,14 @@ made at run time, and SCRAM users created through `chronik-trio admin user`."""
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import socket
 import ssl
 import subprocess
 
 import attrs
+from collections.abc import Iterator
 
 from tests.brokers import CHRONIK_TRIO, BrokerProcess, free_ports
 from tests.kafka import live
@@ -47,9 +49,23 @@ class SecureNode:
     def auth_failures(self, reason: str) -> float:
         return live.metric_labelled(self.admin_port, "chronik_authentication_failures_total", reason=reason)
 
-    def admin(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([CHRONIK_TRIO, "admin", "--bootstrap", self.address("PLAINTEXT"), *args],
+    def admin(self, *args: str, stdin: str | None = None, listener: str = "PLAINTEXT") -> subprocess.CompletedProcess:
+        """`chronik-trio admin` at a listener (other than PLAINTEXT: give its security options in args)."""
+        return subprocess.run([CHRONIK_TRIO, "admin", "--bootstrap", self.address(listener), *args],
                               input=stdin, capture_output=True, text=True, timeout=ADMIN_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def secure_node(root: pathlib.Path, extra_args: tuple[str, ...] = ()) -> Iterator[SecureNode]:
+    """A started SecureNode (users of USERS created), stopped when the block ends: what every
+    module of these tests serves its tests with (a module-scoped fixture around it)."""
+    node = None
+    try:
+        node = start_secure_node(root, extra_args)
+        yield node
+    finally:
+        if node is not None:
+            node.broker.stop()
 
 
 def start_secure_node(root: pathlib.Path, extra_args: tuple[str, ...] = ()) -> SecureNode:
@@ -64,9 +80,13 @@ def start_secure_node(root: pathlib.Path, extra_args: tuple[str, ...] = ()) -> S
         "--admin-listen", f"127.0.0.1:{admin_port}", "--config", str(live.config_file(root)), *extra_args]
     broker.start()
     node = SecureNode(broker, admin_port, certs, ports)
-    for user, password in USERS.items():
-        done = node.admin("user", "set", user, stdin=password + "\n")
-        assert done.returncode == 0, done.stderr
+    try:
+        for user, password in USERS.items():
+            done = node.admin("user", "set", user, stdin=password + "\n")
+            assert done.returncode == 0, done.stderr
+    except BaseException:
+        broker.stop()
+        raise
     return node
 
 

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, Producer
 
 from tests.kafka_wire import Record, build_batch
 
-from .node import USERS, plain_wire, start_secure_node
+from .node import USERS, plain_wire, secure_node
 
 pytestmark = pytest.mark.timeout(180)
 CLIENT_TIMEOUT_S = 30
@@ -24,9 +24,8 @@ CERT_PRINCIPAL = "User:CN=alice,OU=eng,O=example"
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     # The loopback PLAINTEXT listener is the operators' (its ANONYMOUS principal is a super user).
-    secure = start_secure_node(tmp_path_factory.mktemp("acls"), (
-        "--authorizer-enabled", "--super-users", "User:ANONYMOUS;User:admin"))
-    try:
+    with secure_node(tmp_path_factory.mktemp("acls"), (
+            "--authorizer-enabled", "--super-users", "User:ANONYMOUS;User:admin")) as secure:
         for args in (["--allow", "--principal", "User:alice", "--operation", "write", "--operation", "read",
                       "--operation", "create", "--topic", "alice-", "--prefixed"],
                      ["--principal", "User:alice", "--operation", "read", "--group", "alice-", "--prefixed"],
@@ -37,8 +36,6 @@ def node(tmp_path_factory):
         for topic in ("alice-readonly", "alice-certs", "shared"):
             assert secure.admin("create-topic", topic, "--partitions", "1").returncode == 0
         yield secure
-    finally:
-        secure.broker.stop()
 
 
 def _produce_code(conn, topic: str) -> int:
@@ -125,3 +122,33 @@ def test_admin_acl_lists_and_removes(node):
     with plain_wire(node, "alice") as conn:
         assert _produce_code(conn, "alice-certs") == TOPIC_DENIED
     node.admin("acl", "add", "--principal", "User:alice", "--operation", "write", "--topic", "alice-", "--prefixed")
+
+
+def test_admin_over_sasl_ssl_and_mutual_tls_acts_as_its_principal(node, tmp_path):
+    """`chronik-trio admin` with a --command-config (SASL_SSL, SCRAM-SHA-512) is alice, so the
+    authorizer lets it create her prefixed topics only; with her client certificate over SSL it
+    is User:CN=alice,...; a wrong password or an untrusted broker certificate exits 2."""
+    config = tmp_path / "alice.properties"
+    config.write_text(f"security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.username=alice\n"
+                      f"sasl.password={USERS['alice']}\nssl.ca.location={node.certs.ca}\n")
+    as_alice = ("--command-config", str(config))
+    created = node.admin(*as_alice, "create-topic", "alice-by-admin", listener="SASL_SSL")
+    assert created.returncode == 0, created.stderr
+    refused = node.admin(*as_alice, "create-topic", "not-alices", listener="SASL_SSL")
+    assert refused.returncode == 1 and "TOPIC_AUTHORIZATION_FAILED" in refused.stderr
+    listed = node.admin(*as_alice, "topics", listener="SASL_SSL")
+    assert listed.returncode == 0 and "alice-by-admin" in listed.stdout and "shared" not in listed.stdout
+    plain = node.admin("--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN",
+                       "--command-config", str(config), "topics", listener="SASL_PLAINTEXT")
+    assert plain.returncode == 0 and "alice-by-admin" in plain.stdout, plain.stderr
+    wrong = tmp_path / "wrong.properties"
+    wrong.write_text(config.read_text().replace(USERS["alice"], "not-her-password"))
+    denied = node.admin("--command-config", str(wrong), "topics", listener="SASL_SSL")
+    assert denied.returncode == 2 and "SASL_AUTHENTICATION_FAILED" in denied.stderr
+    by_cert = node.admin("--security-protocol", "SSL", "--ssl-cafile", node.certs.ca,
+                         "--ssl-certfile", node.certs.path("alice.pem"), "--ssl-keyfile", node.certs.path("alice.key"),
+                         "topics", listener="SSL")
+    assert by_cert.returncode == 0 and "alice-certs" in by_cert.stdout and "alice-by-admin" not in by_cert.stdout
+    untrusted = node.admin("--security-protocol", "SSL", "--ssl-cafile", node.certs.path("other-ca.pem"),
+                           "topics", listener="SSL")
+    assert untrusted.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import ssl
+import time
 import uuid
 
 import pytest
@@ -17,19 +18,18 @@ from tests.brokers import CHRONIK_TRIO, free_port
 from tests.kafka import live
 from tests.kafka_wire import ConnectionClosed, KafkaWire, encode_request, frame, request_class
 
-from .node import start_secure_node
+from .node import plain_wire, secure_node
 
 pytestmark = pytest.mark.timeout(120)
 CLIENT_TIMEOUT_S = 30
+AUTHENTICATION_TIMEOUT_MS = 4000
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    secure = start_secure_node(tmp_path_factory.mktemp("listeners"))
-    try:
+    with secure_node(tmp_path_factory.mktemp("listeners"),
+                     ("--authentication-timeout-ms", str(AUTHENTICATION_TIMEOUT_MS))) as secure:
         yield secure
-    finally:
-        secure.broker.stop()
 
 
 def _broker_ports(conn: KafkaWire) -> list[int]:
@@ -109,6 +109,26 @@ def test_a_tls_handshake_cut_half_way_is_refused(node):
             while sock.recv(1 << 16):  # an alert, perhaps; then the node closes
                 pass
     _refused_tls(node, "tls_handshake", attempt)
+
+
+def test_a_connection_that_never_finishes_authenticating_is_closed_in_time(node):
+    """authentication_timeout_ms bounds a TLS handshake that never starts and a SASL exchange
+    that stops after its handshake; a connection that authenticated meanwhile stays open."""
+    before = {reason: node.auth_failures(reason) for reason in ("tls_timeout", "sasl_timeout")}
+    started = time.monotonic()  # before the stalled connection is accepted
+    with plain_wire(node, "alice") as done, KafkaWire.connect(node.ports["SASL_PLAINTEXT"]) as stalled, \
+            socket.create_connection(("127.0.0.1", node.ports["SSL"]), timeout=15) as silent:
+        assert int(stalled.request(17, {"mechanism": "SCRAM-SHA-256"}, version=1).error_code) == 0
+        stalled.wait_closed(timeout=AUTHENTICATION_TIMEOUT_MS / 1000 + 20)
+        assert time.monotonic() - started >= AUTHENTICATION_TIMEOUT_MS / 1000 - 0.05  # not early
+        silent.settimeout(20)
+        assert silent.recv(1) == b""
+        assert done.metadata(None).brokers  # the authenticated one is still served
+    for reason in before:
+        live.wait_for(lambda: node.auth_failures(reason) == before[reason] + 1, what=f"{reason} counted")
+    log = node.broker.log_text()
+    assert f"not authenticated within {AUTHENTICATION_TIMEOUT_MS / 1000:g} s" in log
+    assert f"no TLS handshake within {AUTHENTICATION_TIMEOUT_MS / 1000:g} s" in log
 
 
 def test_a_node_whose_certificate_does_not_load_exits_2_naming_it(tmp_path):

@@ -24,7 +24,7 @@ from tests.kafkajs import kafkajs_dir
 from tests.kafka_wire import KafkaWire
 
 from . import fuzz_sasl
-from .node import USERS, start_secure_node
+from .node import USERS, secure_node
 
 pytestmark = pytest.mark.timeout(180)
 CLIENT_TIMEOUT_S = 30
@@ -35,11 +35,8 @@ SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    secure = start_secure_node(tmp_path_factory.mktemp("sasl"))
-    try:
+    with secure_node(tmp_path_factory.mktemp("sasl")) as secure:
         yield secure
-    finally:
-        secure.broker.stop()
 
 
 def _confluent_conf(node, listener: str, mechanism: str, user: str, password: str) -> dict:

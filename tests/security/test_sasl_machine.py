@@ -85,3 +85,17 @@ def test_a_proof_spelt_with_other_unused_base64_bits_is_refused():
     with pytest.raises(sasl.SaslFailed, match="not canonical"):
         server.receive(b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
                        b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVR=")
+
+
+def test_the_scram_client_follows_the_rfc_7677_transcript_and_checks_the_server():
+    client = sasl.ScramClient(sasl.SCRAM_SHA_256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO")
+    server = _rfc7677_server()
+    assert client.first() == b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+    final = client.final(server.receive(client.first()))
+    assert final == (b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+                     b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+    client.verify(server.receive(final))
+    with pytest.raises(sasl.SaslFailed, match="signature"):
+        client.verify(b"v=" + base64.b64encode(bytes(32)))
+    with pytest.raises(sasl.SaslFailed, match="server-first"):  # a server nonce not extending ours
+        sasl.ScramClient(sasl.SCRAM_SHA_256, "user", "pencil", "abc").final(b"r=xyz,s=AAAA,i=4096")

@@ -8,6 +8,7 @@ import pytest
 from chronik_trio.cluster.meta import MetaState
 from chronik_trio.kafka import sasl
 from chronik_trio.node.config import ConfigError, NodeConfig
+from chronik_trio.node.listeners import peer_tls
 from chronik_trio.pb import meta_pb2
 
 
@@ -57,7 +58,18 @@ def test_listeners_parse_as_kafka_writes_them():
     ({"ssl_client_auth": "required"}, "needs ssl_cafile"),
     ({"sasl_enabled_mechanisms": "PLAIN,GSSAPI"}, "GSSAPI"),
     ({"listeners": "PLAINTEXT://127.0.0.1:1", "advertised_listeners": "OTHER://h:2"}, "missing from advertised"),
+    ({"peers": "1@127.0.0.1:1", "peer_ssl_cafile": "ca.pem"}, "needs all of peer_ssl_cafile"),
+    ({"peer_ssl_cafile": "ca.pem", "peer_ssl_certfile": "n.pem", "peer_ssl_keyfile": "n.key"}, "they need peers"),
+    ({"authentication_timeout_ms": 0}, "authentication_timeout_ms must be positive"),
 ])
 def test_bad_listener_config_is_refused_with_the_key_named(values, message):
     with pytest.raises(ConfigError, match=message):
         NodeConfig(**values).kafka_listeners
+
+
+def test_peer_tls_files_that_do_not_load_are_a_config_error(tmp_path):
+    missing = str(tmp_path / "missing.pem")
+    config = NodeConfig(peers="1@127.0.0.1:1", peer_ssl_cafile=missing, peer_ssl_certfile=missing,
+                        peer_ssl_keyfile=missing)
+    with pytest.raises(ConfigError, match="peer TLS certificate, key or CA does not load"):
+        peer_tls(config)

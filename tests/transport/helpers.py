@@ -52,8 +52,10 @@ async def listen() -> list[trio.SocketListener]:
 
 
 @contextlib.asynccontextmanager
-async def cluster(count: int, **transport_kwargs) -> AsyncIterator[list[Node]]:
-    """`count` transports (ids 1..count) that know each other, running until the block ends."""
+async def cluster(count: int, per_node: Callable[[int], dict] | None = None,
+                  **transport_kwargs) -> AsyncIterator[list[Node]]:
+    """`count` transports (ids 1..count) that know each other, running until the block ends;
+    per_node(node_id) gives more Transport arguments of one node (e.g. its TLS)."""
     nodes = [Node(i + 1) for i in range(count)]
     listeners = [await listen() for _ in nodes]
     for node, ls in zip(nodes, listeners):
@@ -61,8 +63,8 @@ async def cluster(count: int, **transport_kwargs) -> AsyncIterator[list[Node]]:
     async with trio.open_nursery() as nursery:
         for node, ls in zip(nodes, listeners):
             peers = {n.node_id: n.address for n in nodes if n is not node}
-            node.transport = Transport(node.node_id, ls, peers, node.on_batch,
-                                       node.report_unreachable, **transport_kwargs)
+            node.transport = Transport(node.node_id, ls, peers, node.on_batch, node.report_unreachable,
+                                       **transport_kwargs, **(per_node(node.node_id) if per_node else {}))
             await nursery.start(node.transport.run)
         yield nodes
         nursery.cancel_scope.cancel()

@@ -175,18 +175,22 @@ class CleanResult:
     records_dropped: int = 0
     tombstones_dropped: int = 0
     seconds: float = 0.0
+    # The newest-timestamp of the oldest batch holding a tombstone kept (None: none kept):
+    # once it is delete.retention.ms old, a pass is due even without new data.
+    oldest_tombstone_ms: int | None = None
 
 
 def plan_clean(segments: typing.Sequence[Segment], *, upto_index: int, clean_offset: int,
-               now_ms: int, min_lag_ms: int, max_lag_ms: int, min_dirty_ratio: float
-               ) -> CleanPlan | None:
+               now_ms: int, min_lag_ms: int, max_lag_ms: int, min_dirty_ratio: float,
+               tombstones_due: bool = False) -> CleanPlan | None:
     """The closed segments a pass cleans, or None if there is nothing worth cleaning.
 
     `segments` are the log's (the last, active one is never cleaned); a segment is cleanable
     when all its entries are < upto_index (committed, applied and durable here) and its
     newest record is at least min_lag_ms old. Offsets below clean_offset were cleaned by an
     earlier pass. A pass runs when the dirty share of the cleanable bytes reaches
-    min_dirty_ratio, or when a dirty segment's oldest records are max_lag_ms old.
+    min_dirty_ratio, or when a dirty segment's oldest records are max_lag_ms old, or when
+    tombstones kept by the last pass are now past delete.retention.ms (tombstones_due).
     """
     chosen: list[Segment] = []
     for seg in segments[:-1]:
@@ -196,12 +200,14 @@ def plan_clean(segments: typing.Sequence[Segment], *, upto_index: int, clean_off
             break
         chosen.append(seg)
     dirty = [seg for seg in chosen if seg.has_batches and seg.next_offset > clean_offset]
-    if not dirty:
-        return None
     dirty_bytes = sum(seg.size_bytes for seg in dirty)
     total_bytes = sum(seg.size_bytes for seg in chosen)
-    if total_bytes and dirty_bytes / total_bytes >= min_dirty_ratio:
+    if not chosen or not (dirty or tombstones_due):
+        return None
+    if dirty and dirty_bytes / total_bytes >= min_dirty_ratio:
         reason = f"dirty ratio {dirty_bytes / total_bytes:.2f}"
+    elif tombstones_due:
+        reason = "tombstones past delete.retention.ms"
     elif dirty[0].block_max_timestamps_ms[0] <= now_ms - max_lag_ms:
         reason = "max.compaction.lag.ms"
     else:
@@ -289,6 +295,8 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
             result.replacements.append((seg, new))
             throttle.charge(new.size_bytes)
             result.bytes_written += new.size_bytes
+    if opaque_seen:
+        result.oldest_tombstone_ms = None  # not removable now: no pass is due for them
     result.seconds = time.monotonic() - started
     return result
 
@@ -315,9 +323,12 @@ def _clean_segment(disk: Disk, seg: Segment, buf: memoryview, key_map: dict[byte
                     if latest is not None and latest != header.base_offset + record.offset_delta:
                         dropped += 1
                         continue
-                    if record.tombstone and drop_tombstones and header.max_timestamp_ms < horizon_ms:
-                        tombstones += 1
-                        continue
+                    if record.tombstone:
+                        if drop_tombstones and header.max_timestamp_ms < horizon_ms:
+                            tombstones += 1
+                            continue
+                        result.oldest_tombstone_ms = min(result.oldest_tombstone_ms or header.max_timestamp_ms,
+                                                         header.max_timestamp_ms)
                     kept.append(record)
                 if len(kept) != len(decoded[1]):
                     payload = memoryview(rebuild_batch(payload, header, kept))

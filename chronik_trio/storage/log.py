@@ -504,7 +504,10 @@ class SegmentLog:
         self._close_files()
 
     def _close_files(self) -> None:
-        self._pins = 0
+        if self._pins:  # the cleaner still reads some: unpin() closes them
+            self._closing.extend(seg.file for seg in self._segments)
+            self._segments = []
+            return
         self._release_closing()
         for seg in self._segments:
             self._disk.close(seg.file)
@@ -821,7 +824,7 @@ class SegmentLog:
     def unpin(self) -> None:
         assert self._pins > 0
         self._pins -= 1
-        if not self._pins and self._ticket is None:
+        if not self._pins and (self._ticket is None or self._closed):
             self._release_closing()
 
     def replace_segment(self, old: Segment, new: Segment) -> bool:
@@ -834,8 +837,11 @@ class SegmentLog:
         self._disk.close(new.file)
         k = next((i for i, seg in enumerate(self._segments) if seg is old), None)
         if self._closed or k is None or k == len(self._segments) - 1 or \
-                old.entry_count != new.entry_count or old.size_bytes == 0:
-            self._disk.unlink(tmp)
+                old.entry_count != new.entry_count:
+            try:
+                self._disk.unlink(tmp)
+            except DiskError as e:  # e.g. the directory was removed with its topic
+                logger.info("could not remove the cleaner's copy %s: %s", tmp, e)
             return False
         self._disk.rename(tmp, old.path)
         new.file = self._disk.open(old.path)

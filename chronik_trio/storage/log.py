@@ -851,14 +851,11 @@ class SegmentLog:
         return True
 
     def roll_if_older(self, now_ms: int, segment_ms: int) -> bool:
-        """segment.ms: roll the active segment when its first batch's timestamp is at least
-        segment_ms old (a segment without batches never rolls). Returns whether it rolled."""
+        """segment.ms: roll the active segment when its oldest batches are at least
+        segment_ms old (the newest maxTimestamp of its first index block, so no read is
+        needed); a segment without batches never rolls. Returns whether it rolled."""
         seg = self._segments[-1]
-        if not seg.has_batches:
-            return False
-        cursor = FrameCursor(self._disk, seg, seg.block_positions[0], 0)
-        cursor.header()
-        if read_header(cursor.payload()).base_timestamp_ms > now_ms - segment_ms:
+        if not seg.has_batches or seg.block_max_timestamps_ms[0] > now_ms - segment_ms:
             return False
         self._roll()
         return True

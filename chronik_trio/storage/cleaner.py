@@ -185,7 +185,8 @@ def plan_clean(segments: typing.Sequence[Segment], *, upto_index: int, clean_off
                tombstones_due: bool = False) -> CleanPlan | None:
     """The closed segments a pass cleans, or None if there is nothing worth cleaning.
 
-    `segments` are the log's (the last, active one is never cleaned); a segment is cleanable
+    `segments` are the log's (the active one and the last one with batches are never
+    cleaned); a segment is cleanable
     when all its entries are < upto_index (committed, applied and durable here) and its
     newest record is at least min_lag_ms old. Offsets below clean_offset were cleaned by an
     earlier pass. A pass runs when the dirty share of the cleanable bytes reaches
@@ -193,7 +194,12 @@ def plan_clean(segments: typing.Sequence[Segment], *, upto_index: int, clean_off
     tombstones kept by the last pass are now past delete.retention.ms (tombstones_due).
     """
     chosen: list[Segment] = []
-    for seg in segments[:-1]:
+    # Never the active segment, nor the last one holding batches (as Kafka never cleans its
+    # active segment): the log's last batch stays whole, so a consumer always reaches the
+    # high watermark with a record (emptied batches are not served).
+    with_batches = [k for k, seg in enumerate(segments) if seg.has_batches]
+    end = min(len(segments) - 1, with_batches[-1] if with_batches else 0)
+    for seg in segments[:end]:
         if seg.last_index >= upto_index or not seg.entry_count:
             break
         if seg.has_batches and seg.max_timestamp_ms > now_ms - min_lag_ms:

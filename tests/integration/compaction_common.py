@@ -65,6 +65,42 @@ def wait_compacted(read: Callable[[int], list], want: list[tuple[int, bytes | No
                          f"({len(want)}), read {got[:4]}... ({len(got)})")
 
 
+SENTINEL_KEY = b"~sentinel"
+SENTINEL_WAIT_S = 4.0
+
+
+def settle(bootstrap: str, topic: str, reads: Sequence[Callable[[int], list]],
+           want: list[tuple[int, bytes | None, bytes | None]], what: str,
+           timeout_s: float = CLEANED_TIMEOUT_S) -> list[tuple[int, bytes | None, bytes | None]]:
+    """Until every reader sees exactly `want` plus the latest sentinel. The cleaner never
+    touches the segment holding a log's last batch (Kafka never cleans its active segment),
+    so, as in Kafka, the last records are cleaned once a later record lands in a newer
+    segment: a sentinel record (one key) is produced now and again (after segment.ms has
+    rolled the segment) until the records before it are compacted everywhere (each sentinel
+    with a key of its own, so every one stays). Returns the
+    compacted log it waited for."""
+    from tests.integration.clients_python import ConfluentDriver
+    producer = ConfluentDriver(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    sentinels = []
+    # segment.ms (300 ms) and a cleaner pass (100 ms): the segment holding the last records
+    # has rolled, so the first sentinel usually lands in a new one.
+    time.sleep(0.6)
+    for n in range(1000):
+        key = SENTINEL_KEY + b"-%d" % n  # each its own key: the last one is never cleaned
+        [(_, offset)] = producer.produce(topic, [Rec(0, key, b"s", (), int(time.time() * 1000))])
+        sentinels.append((offset, key, b"s"))
+        full = sorted([*want, *sentinels])
+        try:
+            for read in reads:
+                wait_compacted(read, full, what, timeout_s=min(SENTINEL_WAIT_S, max(deadline - time.monotonic(), 0.1)))
+            return full
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+    raise AssertionError("settle: too many rounds")
+
+
 def reader(driver, topic: str) -> Callable[[int], list]:
     def read(count: int) -> list:
         return [(g.offset, g.key, g.value) for g in driver.read_from(topic, 0, 0, count, timeout_s=3)]

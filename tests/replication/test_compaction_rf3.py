@@ -10,15 +10,14 @@ import uuid
 
 import pytest
 
-from tests.integration.compaction_common import (CLEANED_TIMEOUT_S, create_compacted, kafkajs_produce,
-                                                 keyed_records, latest)
+from tests.integration.compaction_common import create_compacted, kafkajs_produce, keyed_records, latest, settle
 from tests.kafkajs import kafkajs_dir
-from tests.replication.cluster import read_replica, records_by_offset, wait_balanced, wait_for
+from tests.replication.cluster import read_replica, records_by_offset, wait_balanced
 from tests.replication.clients import RF3_DRIVERS, ConfluentRF3
 
 pytestmark = pytest.mark.timeout(240)
 
-RECORDS = 96
+RECORDS = 48
 
 
 def _served(cluster, n: int, topic: str) -> list[tuple[int, bytes | None, bytes | None]] | None:
@@ -30,9 +29,10 @@ def _served(cluster, n: int, topic: str) -> list[tuple[int, bytes | None, bytes 
 
 
 def _wait_compacted_on(cluster, nodes, topic: str, want) -> None:
-    for n in nodes:
-        wait_for(f"node {n} serves {topic} compacted", lambda: _served(cluster, n, topic) == want,
-                 timeout_s=CLEANED_TIMEOUT_S, poll_s=0.3)
+    """Until each node serves exactly `want` (plus the sentinel settle() adds)."""
+    def on(n):
+        return lambda _count: _served(cluster, n, topic) or []  # all it serves, compared whole
+    settle(cluster.bootstrap(), topic, [on(n) for n in nodes], want, f"{topic} on nodes {list(nodes)}")
 
 
 def _produce(client: str, cluster, topic: str, recs, tmp_path):

@@ -305,3 +305,14 @@ def test_segment_ms_rolls_the_active_segment(open_log):
     assert log.roll_if_older(2_000, 1_000)
     assert log.segment_count == 2 and log.segments[-1].entry_count == 0
     assert not log.roll_if_older(5_000, 1_000)  # an empty active segment stays
+
+
+def test_the_last_segment_with_batches_is_not_cleaned(compacted):
+    """After a segment.ms roll the active segment is empty: the segment before it holds the
+    log's last batch and stays as written (Kafka never cleans its active segment)."""
+    log, _ = compacted()
+    assert log.roll_if_older(NOW_MS, 1)
+    last = log.segments[-2]
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    assert plan.segments and last not in plan.segments and plan.segments[-1] is log.segments[-3]

@@ -179,6 +179,8 @@ DOUBLE_MAX = 1.7976931348623157e308
 DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
     _d("log.cleaner.dedupe.buffer.size", _LONG, 16 << 20, "Memory of one cleaning pass's key map "
        "(128 bytes a key): a pass cleans as many segments as their keys fit", low=1 << 10),
+    _d("log.cleaner.backoff.ms", _LONG, 15_000, "How often the cleaner looks at every replica of a "
+       "compacted topic (static default: the node's log_cleaner_backoff_ms)", low=1),
     _d("log.cleaner.io.max.bytes.per.second", _DOUBLE, "1.7976931348623157E308", "The cleaner's "
        "reads plus writes per second, per pass (a pass sleeps to keep under it)", low=1,
        high=DOUBLE_MAX),
@@ -195,7 +197,7 @@ STATIC_BROKER_TYPES: dict[str, ConfigType] = {
     "offsets.topic.replication.factor": ConfigType.SHORT, "offsets.retention.minutes": _INT,
     "offsets.retention.check.interval.ms": _LONG, "group.initial.rebalance.delay.ms": _INT,
     "group.min.session.timeout.ms": _INT, "group.max.session.timeout.ms": _INT,
-    "default.replication.factor": _INT, "log.cleaner.backoff.ms": _LONG,
+    "default.replication.factor": _INT,
 }
 
 

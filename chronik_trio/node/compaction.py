@@ -47,11 +47,10 @@ class CleanerStats:
 
 
 class LogCleaner:
-    def __init__(self, replicas: HostedReplicas, meta: MetaMachine, *, backoff_s: float,
+    def __init__(self, replicas: HostedReplicas, meta: MetaMachine, *,
                  wall_clock_ms: typing.Callable[[], int], run_sync: RunSync) -> None:
         self._replicas = replicas
         self._meta = meta
-        self._backoff_s = backoff_s
         self._wall_clock_ms = wall_clock_ms
         self._run_sync = run_sync
         # Per replica: the Kafka offset below which its log is clean, and the timestamp of
@@ -61,8 +60,8 @@ class LogCleaner:
         self.stats = CleanerStats()
 
     async def run(self) -> None:
-        while True:
-            await trio.sleep(self._backoff_s)
+        while True:  # log.cleaner.backoff.ms: the node's setting, or a dynamic one in __meta
+            await trio.sleep(int(self._replicas.broker_config("log.cleaner.backoff.ms")) / 1000)
             await self.pass_once()
 
     async def pass_once(self) -> None:

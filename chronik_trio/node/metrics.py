@@ -38,9 +38,34 @@ class NodeMetrics:
         self.registry.register(_RequestErrorCollector(request_errors))
 
 
+    def collect_cleaner(self, stats) -> None:
+        """The log cleaner's totals (node/compaction.py CleanerStats), at every scrape."""
+        self.registry.register(_CleanerCollector(stats))
+
     def collect_auth_failures(self, failures) -> None:
         """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""
         self.registry.register(_AuthFailureCollector(failures))
+
+
+class _CleanerCollector:
+    def __init__(self, stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> typing.Iterator:
+        s = self.stats
+        yield CounterMetricFamily("chronik_cleaner_passes", "Cleaner passes that cleaned a log", value=s.passes)
+        yield CounterMetricFamily("chronik_cleaner_segments_replaced", "Segments rewritten by the cleaner",
+                                  value=s.segments_replaced)
+        yield CounterMetricFamily("chronik_cleaner_read_bytes", "Bytes of log the cleaner read",
+                                  value=s.bytes_read)
+        yield CounterMetricFamily("chronik_cleaner_written_bytes", "Bytes the cleaner wrote",
+                                  value=s.bytes_written)
+        yield CounterMetricFamily("chronik_cleaner_records_removed", "Superseded records removed",
+                                  value=s.records_dropped)
+        yield CounterMetricFamily("chronik_cleaner_tombstones_removed", "Tombstones removed",
+                                  value=s.tombstones_dropped)
+        yield CounterMetricFamily("chronik_cleaner_busy_seconds", "Time in cleaning passes (worker thread)",
+                                  value=s.seconds)
 
 
 class _AuthFailureCollector:

@@ -113,9 +113,9 @@ class Node:
         self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine, self.groups,
                                        rng=self.rng, run_sync=run_sync)
         self.meta_machine.listeners.append(self.replicas.reconcile_soon)
-        self.cleaner = LogCleaner(self.replicas, self.meta_machine,
-                                  backoff_s=config.log_cleaner_backoff_ms / 1000,
-                                  wall_clock_ms=wall_clock_ms, run_sync=run_sync)
+        self.cleaner = LogCleaner(self.replicas, self.meta_machine, wall_clock_ms=wall_clock_ms,
+                                  run_sync=run_sync)
+        self.metrics.collect_cleaner(self.cleaner.stats)
         self.preferred_leaders = PreferredLeaders(self.node_id, self.meta_machine, self.meta_service,
                                                   self.replicas, config.leader_balance_interval_ms / 1000)
         self.topics = Topics(self.meta_machine, self.meta_service, self.preferred_leaders, self.replicas,

@@ -142,7 +142,7 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
        "log.cleaner.min.cleanable.ratio", low=0, high=1),
     _d("min.compaction.lag.ms", _LONG, 0, "Compacted topics: a segment is cleaned only once its "
        "newest record is this old", "log.cleaner.min.compaction.lag.ms",
-       low=0, implemented=False),
+       low=0),
     _d("min.insync.replicas", _INT, 1, "acks=all produce is refused (NOT_ENOUGH_REPLICAS) with "
        "fewer in-sync replicas; checked on every produce", "min.insync.replicas", low=1),
     _d("preallocate", _BOOL, "false", "Stored; segment files are not preallocated", "log.preallocate",
@@ -162,8 +162,8 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
        "log.index.size.max.bytes", low=4, implemented=False),
     _d("segment.jitter.ms", _LONG, 0, "Stored; segments roll by size only", "log.roll.jitter.ms",
        low=0, implemented=False),
-    _d("segment.ms", _LONG, 604_800_000, "Compacted topics: the active segment rolls (and becomes "
-       "cleanable) once its first batch is this old, checked every log.cleaner.backoff.ms; other "
+    _d("segment.ms", _LONG, 604_800_000, "Compacted topics: the active segment rolls once its oldest "
+       "batches are this old, checked every log.cleaner.backoff.ms; other "
        "topics roll by size only", "log.roll.ms", low=1),
     _d("unclean.leader.election.enable", _BOOL, "false", "Stored; Raft never elects a replica that "
        "may lack committed data", "unclean.leader.election.enable", implemented=False),

@@ -48,24 +48,22 @@ class NodeMetrics:
 
 
 class _CleanerCollector:
+    COUNTERS = (  # (metric, help, CleanerStats field)
+        ("chronik_cleaner_passes", "Cleaner passes that cleaned a log", "passes"),
+        ("chronik_cleaner_segments_replaced", "Segments rewritten by the cleaner", "segments_replaced"),
+        ("chronik_cleaner_read_bytes", "Bytes of log the cleaner read", "bytes_read"),
+        ("chronik_cleaner_written_bytes", "Bytes the cleaner wrote", "bytes_written"),
+        ("chronik_cleaner_records_removed", "Superseded records removed", "records_dropped"),
+        ("chronik_cleaner_tombstones_removed", "Tombstones removed", "tombstones_dropped"),
+        ("chronik_cleaner_busy_seconds", "Time in cleaning passes (worker thread)", "seconds"),
+    )
+
     def __init__(self, stats) -> None:
         self.stats = stats
 
     def collect(self) -> typing.Iterator:
-        s = self.stats
-        yield CounterMetricFamily("chronik_cleaner_passes", "Cleaner passes that cleaned a log", value=s.passes)
-        yield CounterMetricFamily("chronik_cleaner_segments_replaced", "Segments rewritten by the cleaner",
-                                  value=s.segments_replaced)
-        yield CounterMetricFamily("chronik_cleaner_read_bytes", "Bytes of log the cleaner read",
-                                  value=s.bytes_read)
-        yield CounterMetricFamily("chronik_cleaner_written_bytes", "Bytes the cleaner wrote",
-                                  value=s.bytes_written)
-        yield CounterMetricFamily("chronik_cleaner_records_removed", "Superseded records removed",
-                                  value=s.records_dropped)
-        yield CounterMetricFamily("chronik_cleaner_tombstones_removed", "Tombstones removed",
-                                  value=s.tombstones_dropped)
-        yield CounterMetricFamily("chronik_cleaner_busy_seconds", "Time in cleaning passes (worker thread)",
-                                  value=s.seconds)
+        for name, help_text, field in self.COUNTERS:
+            yield CounterMetricFamily(name, help_text, value=getattr(self.stats, field))
 
 
 class _AuthFailureCollector:

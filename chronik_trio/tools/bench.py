@@ -67,7 +67,7 @@ def add_parser(sub) -> None:
                    help="give record i the key k<i mod KEYS> (0: no keys); with --topic-config "
                         "cleanup.policy=compact the cleaner has work (its rate is in the node report)")
     p.add_argument("--broker-config", action="append", default=[], metavar="KEY=VALUE",
-                   help="with the tool's own cluster: a cluster-wide dynamic broker config set before "
+                   help="with the tool's own cluster: a dynamic broker config set on every node before "
                         "the run (e.g. log.cleaner.backoff.ms=1000)")
     p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
     p.add_argument("--acks", choices=["0", "1", "all"], default="all")
@@ -123,13 +123,16 @@ def _create_topic(bootstrap: str, args, replication_factor: int) -> str:
     return topic
 
 
-def _set_broker_configs(bootstrap: str, configs: dict[str, str]) -> None:
+def _set_broker_configs(bootstrap: str, configs: dict[str, str], nodes: int) -> None:
+    """Set on each of the tool's nodes (ids 1..nodes: librdkafka refuses the cluster-wide
+    default's empty broker name)."""
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    resource = ConfigResource(ResourceType.BROKER, "", incremental_configs=[
+    resources = [ConfigResource(ResourceType.BROKER, str(n), incremental_configs=[
         ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()])
-    for future in admin.incremental_alter_configs([resource]).values():
+        for n in range(1, nodes + 1)]
+    for future in admin.incremental_alter_configs(resources).values():
         future.result(timeout=TOPIC_CREATE_TIMEOUT_S)
 
 
@@ -353,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             bootstrap, target, rf, metrics = "", "none (in-process)", 1, []
         if cluster is not None and args.broker_config:
-            _set_broker_configs(bootstrap, _topic_configs(args.broker_config))
+            _set_broker_configs(bootstrap, _topic_configs(args.broker_config), args.cluster or 1)
         watch = _NodeWatch(metrics, cluster.pids if cluster else []) if "node" in modes and metrics else None
         if "throughput" in modes:
             results["throughput"] = [_throughput_run(bootstrap, args, rf) for _ in range(args.repeat)]

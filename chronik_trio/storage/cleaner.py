@@ -70,12 +70,11 @@ def plain_data_batch(header: BatchHeader) -> bool:
     return not header.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL)
 
 
-@attrs.frozen
-class Record:
+class Record(typing.NamedTuple):  # a NamedTuple: the cleaner makes one per record read
     offset_delta: int
     key: bytes | None
     tombstone: bool
-    raw: memoryview  # the whole record, its length varint included
+    raw: bytes  # the whole record, its length varint included
 
 
 def decode_records(payload: bytes | memoryview) -> tuple[BatchHeader, list[Record]] | None:
@@ -85,33 +84,49 @@ def decode_records(payload: bytes | memoryview) -> tuple[BatchHeader, list[Recor
     header = read_header(view)
     codec = header.attributes & ATTR_COMPRESSION_MASK
     if codec == COMPRESSION_NONE:
-        data = view[HEADER_BYTES:]
+        data = bytes(view[HEADER_BYTES:])  # indexing bytes is faster than a memoryview
     elif codec == COMPRESSION_GZIP:
         try:
-            data = memoryview(gzip.decompress(view[HEADER_BYTES:]))
+            data = gzip.decompress(view[HEADER_BYTES:])
         except (OSError, EOFError, ValueError):
             return None
     else:
         return None
     out: list[Record] = []
     pos = 0
+    size = len(data)
     try:
         for _ in range(header.record_count):
+            # The varints inline when they are one byte (most are): this loop is the
+            # cleaner's cost.
             start = pos
-            length, pos = read_varint(data, pos)
+            b = data[pos]
+            if b < 0x80:
+                length, pos = (b >> 1) ^ -(b & 1), pos + 1
+            else:
+                length, pos = read_varint(data, pos)
             end = pos + length
-            if length < 0 or end > len(data):
+            if length < 0 or end > size:
                 return None
             pos += 1  # attributes
-            _, pos = read_varint(data, pos)  # timestamp delta
-            offset_delta, pos = read_varint(data, pos)
-            key_len, pos = read_varint(data, pos)
-            key = bytes(data[pos:pos + key_len]) if key_len >= 0 else None
+            b = data[pos]
+            pos = pos + 1 if b < 0x80 else read_varint(data, pos)[1]  # timestamp delta
+            b = data[pos]
+            if b < 0x80:
+                offset_delta, pos = (b >> 1) ^ -(b & 1), pos + 1
+            else:
+                offset_delta, pos = read_varint(data, pos)
+            b = data[pos]
+            if b < 0x80:
+                key_len, pos = (b >> 1) ^ -(b & 1), pos + 1
+            else:
+                key_len, pos = read_varint(data, pos)
+            key = data[pos:pos + key_len] if key_len >= 0 else None
             pos += max(key_len, 0)
-            value_len, pos = read_varint(data, pos)
-            if pos > end:
+            if pos >= end:
                 return None
-            out.append(Record(offset_delta, key, value_len < 0, data[start:end]))
+            tombstone = data[pos] == 1  # the value length varint: zigzag(-1) is 0x01
+            out.append(Record(offset_delta, key, tombstone, data[start:end]))
             pos = end
     except (IndexError, VarintError):
         return None
@@ -139,7 +154,9 @@ def rebuild_batch(payload: bytes | memoryview, header: BatchHeader, kept: list[R
 
 
 def key_digest(key: bytes) -> bytes:
-    return hashlib.blake2b(key, digest_size=16).digest()
+    """The key map's key: a key shorter than 16 bytes itself, else its 16-byte BLAKE2b
+    digest (so the two kinds never meet)."""
+    return key if len(key) < 16 else hashlib.blake2b(key, digest_size=16).digest()
 
 
 @attrs.frozen

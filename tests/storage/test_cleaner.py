@@ -119,10 +119,13 @@ def test_latest_value_per_key_offsets_and_entries_kept(compacted, open_log):
             assert cleaned_latest[key][0] == offset, (offset, key)
     assert [(e.index, e.term, e.type) for e in log.entries(1, log.last_index + 1)] == before
     assert (log.next_offset, log.first_index, log.last_index) == (next_offset, first_index, last_index)
-    # batch offsets are preserved: lastOffsetDelta unchanged, records keep their deltas
-    for entry in log.entries(1, log.last_index + 1):
-        header = read_header(entry.payload)
-        assert header.last_offset_delta == 1
+    # batch offsets are preserved: lastOffsetDelta unchanged, records keep their deltas;
+    # batches left empty stay in the log but are not served
+    headers = [read_header(entry.payload) for entry in log.entries(1, log.last_index + 1)]
+    assert all(h.last_offset_delta == 1 for h in headers)
+    assert any(h.record_count == 0 for h in headers)
+    served = log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset)
+    assert served and all(read_header(p).record_count > 0 for p in served)
     log.sync()
     log.close()
     again = open_log("p", kafka=True, segment_bytes_max=600)

@@ -26,6 +26,7 @@ from chronik_trio.storage.cleaner import CleanSettings, plan_clean, run_clean
 from chronik_trio.storage.disk import Disk
 from chronik_trio.storage.frame import LogEntry
 from chronik_trio.storage.log import SegmentLog
+from chronik_trio.varint import write_uvarint
 
 SYNC_EVERY_BYTES = 1 << 20
 READ_MAX_BYTES = 1 << 20
@@ -95,13 +96,7 @@ def _keyed_batch(base_offset: int, records: int, keys: int) -> bytes:
 
 
 def _zigzag(n: int) -> bytes:
-    u = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while u > 0x7F:
-        out.append((u & 0x7F) | 0x80)
-        u >>= 7
-    out.append(u)
-    return bytes(out)
+    return write_uvarint((n << 1) ^ (n >> 63))
 
 
 def bench_clean(root: pathlib.Path, records_per_batch: int, total_bytes: int, keys: int = 10_000) -> dict:

@@ -60,6 +60,10 @@ class CheckOptions:
     report_only: frozenset[str] = frozenset({"duplicates", "nonmonotonic_sends"})
     disabled: frozenset[str] = frozenset()
     unavailability_max_s: float | None = None
+    # Topics with cleanup.policy compact: the cleaner removes superseded records, so
+    # lost_writes, unseen and poll_skips leave them to the compaction check, and divergence
+    # does not ask a majority of replicas to hold each offset (each replica cleans its own).
+    compacted: frozenset[str] = frozenset()
 
 
 def _part(e: dict) -> Part:
@@ -131,6 +135,8 @@ def check_lost_writes(h: _History, opts: CheckOptions) -> CheckResult:
     lost = []
     for s in h.acked:
         part = _part(s)
+        if part[0] in opts.compacted:
+            continue
         if part in h.final_failed or part not in h.final:
             lost.append(f"{s['value']} acked at {part[0]}-{part[1]}@{s['offset']}: partition "
                         f"not read at the end ({h.final_failed.get(part, 'no final read')})")
@@ -217,7 +223,7 @@ def check_poll_skips(h: _History, opts: CheckOptions) -> CheckResult:
     """Between two successive polled offsets, no record of the final read was passed over."""
     bad = []
     for process, part, (_, prev), t, offset in _successive_polls(h):
-        if offset > prev + 1:
+        if offset > prev + 1 and part[0] not in opts.compacted:
             skipped = [o for o in sorted(h.final.get(part, {})) if prev < o < offset]
             if skipped:
                 bad.append(f"{process} jumped from {part[0]}-{part[1]}@{prev} to @{offset} "
@@ -262,7 +268,7 @@ def check_unseen(h: _History, opts: CheckOptions) -> CheckResult:
                            count=0, summary="no consumers in this workload")
     polled = {(_part(p), v) for p in h.polls for _, v in p["records"]}
     unseen = [f"{s['value']} acked at {s['topic']}-{s['partition']}@{s['offset']} never polled"
-              for s in h.acked if (_part(s), s["value"]) not in polled]
+              for s in h.acked if (_part(s), s["value"]) not in polled and s["topic"] not in opts.compacted]
     return _result("unseen", unseen, opts, "every acknowledged write was polled",
                    f"{len(unseen)} acknowledged write(s) never polled")
 
@@ -281,7 +287,7 @@ def check_divergence(h: _History, opts: CheckOptions) -> CheckResult:
             values = set(holders.values())
             if len(values) > 1:
                 bad.append(f"{part[0]}-{part[1]}@{offset}: replicas disagree: {holders}")
-            elif len(holders) < majority:
+            elif len(holders) < majority and part[0] not in opts.compacted:
                 bad.append(f"{part[0]}-{part[1]}@{offset} (below the high watermark) is in only "
                            f"{sorted(holders)} of the replicas {sorted(nodes)}")
     summary = (f"replicas agree below the high watermark ({len(h.replicas)} partition(s))"
@@ -351,6 +357,56 @@ def check_node_crashes(h: _History, opts: CheckOptions) -> CheckResult:
                    "or the harness", f"{len(bad)} node exit(s) nobody caused")
 
 
+def check_compaction(h: _History, opts: CheckOptions) -> CheckResult:
+    """On compacted topics, per key: the final read's last record of the key is its latest
+    acknowledged value or a later send (never an older value: a newer one was not lost, and
+    no older one came back above it); a key whose latest acknowledged send was a tombstone
+    may also be absent (the tombstone removed with every older value). Every record read
+    is a value that was sent (inconsistent_offsets checks it is at the offset acked)."""
+    parts = sorted(p for p in set(h.final) | set(h.final_failed) if p[0] in opts.compacted)
+    if not parts:
+        return CheckResult(name="compaction", passed=True, report_only="compaction" in opts.report_only,
+                           count=0, summary="no compacted topic")
+    sends = {s["value"]: s for s in h.sends}
+    bad: list[str] = []
+    keys = removed = 0
+    for part in parts:
+        if part in h.final_failed or part not in h.final:
+            bad.append(f"{part[0]}-{part[1]}: not read at the end ({h.final_failed.get(part, 'no final read')})")
+            continue
+        final = h.final[part]
+        last_read: dict[str, tuple[int, str]] = {}
+        for offset in sorted(final):
+            send = sends.get(final[offset])
+            if send is None:
+                bad.append(f"{part[0]}-{part[1]}@{offset} holds {final[offset]!r}, which nobody sent")
+                continue
+            last_read[send["key"]] = (offset, final[offset])
+        latest: dict[str, dict] = {}
+        for s in h.acked:
+            if _part(s) == part:
+                if int(s["offset"]) not in final:
+                    removed += 1
+                if s["key"] not in latest or int(s["offset"]) > int(latest[s["key"]]["offset"]):
+                    latest[s["key"]] = s
+        for key, s in sorted(latest.items()):
+            keys += 1
+            read = last_read.get(key)
+            acked_at = int(s["offset"])
+            if read is None:
+                if not s.get("tombstone"):
+                    bad.append(f"{part[0]}-{part[1]} key {key}: its latest acknowledged value "
+                               f"{s['value']} (@{acked_at}) is gone and the key is absent")
+            elif read[0] < acked_at:
+                what = "tombstoned key shows an older value" if s.get("tombstone") else "older value"
+                bad.append(f"{part[0]}-{part[1]} key {key}: {what}: the final read ends with "
+                           f"{read[1]} @{read[0]}, but {s['value']} was acknowledged @{acked_at}")
+    return _result("compaction", bad, opts,
+                   f"{keys} key(s): each reads as its latest acknowledged value or later "
+                   f"({removed} acknowledged record(s) removed by the cleaner)",
+                   f"{len(bad)} key(s) read wrong after compaction")
+
+
 CHECK_FUNCTIONS = {
     "lost_writes": check_lost_writes,
     "duplicates": check_duplicates,
@@ -362,6 +418,7 @@ CHECK_FUNCTIONS = {
     "divergence": check_divergence,
     "unavailability": check_unavailability,
     "node_crashes": check_node_crashes,
+    "compaction": check_compaction,
 }
 
 
@@ -382,4 +439,5 @@ def options_for(scenario) -> CheckOptions:
         idempotence=scenario.workload.idempotence,
         report_only=frozenset(c.name for c in scenario.checks if c.report_only),
         disabled=frozenset(c.name for c in scenario.checks if not c.enabled),
-        unavailability_max_s=scenario.check("unavailability").max_s)
+        unavailability_max_s=scenario.check("unavailability").max_s,
+        compacted=frozenset(t.name for t in scenario.topics if t.compacted))

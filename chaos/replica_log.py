@@ -39,8 +39,9 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     return (result >> 1) ^ -(result & 1), pos
 
 
-def decode_batch(payload: bytes) -> list[tuple[int, bytes | None, bytes | None]]:
-    """(offset, key, value) of every record in one v2 RecordBatch (none for a control batch)."""
+def decode_batch(payload: bytes, headers: list | None = None) -> list[tuple[int, bytes | None, bytes | None]]:
+    """(offset, key, value) of every record in one v2 RecordBatch (none for a control batch).
+    With `headers` (a list), each record's [(key, value)] headers are appended to it."""
     (base_offset, _, _, magic, _, attributes, _, _, _, _, _, _, count) = BATCH.unpack_from(payload)
     if magic != 2:
         raise ReplicaLogError(f"batch at offset {base_offset}: magic {magic}, not 2")
@@ -63,6 +64,18 @@ def decode_batch(payload: bytes) -> list[tuple[int, bytes | None, bytes | None]]
         value_len, pos = _varint(payload, pos)
         value = payload[pos:pos + value_len] if value_len >= 0 else None
         records.append((base_offset + offset_delta, key, value))
+        if headers is not None:
+            pos += max(value_len, 0)
+            count_h, pos = _varint(payload, pos)
+            pairs = []
+            for _ in range(count_h):
+                n, pos = _varint(payload, pos)
+                hk = payload[pos:pos + n].decode(errors="replace")
+                pos += n
+                n, pos = _varint(payload, pos)
+                pairs.append((hk, payload[pos:pos + n] if n >= 0 else None))
+                pos += max(n, 0)
+            headers.append(pairs)
         pos = end
     return records
 
@@ -95,8 +108,11 @@ def read_partition(directory: pathlib.Path) -> dict[int, str]:
         if kind == NORMAL and payload:
             by_index[index] = payload
     for index in sorted(by_index):
-        for offset, _, value in decode_batch(by_index[index]):
-            records[offset] = value.decode(errors="replace") if value is not None else ""
+        headers: list = []
+        for (offset, _, value), pairs in zip(decode_batch(by_index[index], headers), headers):
+            if value is None:  # a tombstone: the workload's id rides in a header
+                value = next((v for k, v in pairs if k == "chaos-id" and v is not None), b"")
+            records[offset] = value.decode(errors="replace")
     return records
 
 

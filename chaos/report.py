@@ -26,6 +26,8 @@ def write_scenario(run_dir: pathlib.Path, scenario) -> None:
     """scenario.yaml: the scenario exactly as run (seed and overrides applied)."""
     data = _plain(scenario)
     data["checks"] = {c.pop("name"): c for c in data["checks"]}
+    for topic in data["topics"]:
+        topic["configs"] = dict(topic.get("configs", ()))  # a mapping, as scenario files give it
     (run_dir / "scenario.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 

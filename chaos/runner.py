@@ -50,7 +50,8 @@ async def create_topics(bootstrap: str, scenario: Scenario, logger: logging.Logg
     while pending:
         if time.monotonic() > deadline:
             raise ClusterError(f"could not create topics {sorted(pending)}: {errors}")
-        futures = admin.create_topics([NewTopic(t.name, t.partitions, t.replication_factor)
+        futures = admin.create_topics([NewTopic(t.name, t.partitions, t.replication_factor,
+                                                config=dict(t.configs))
                                        for t in pending.values()], request_timeout=30)
         for name, future in futures.items():
             try:

@@ -44,7 +44,7 @@ FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-l
                "rolling-restart")
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
-          "node_crashes")
+          "node_crashes", "compaction")
 # Checks that are report-only unless a scenario says otherwise; both become failing checks
 # when the workload is idempotent (see checker.py).
 REPORT_ONLY_DEFAULT = frozenset({"duplicates", "nonmonotonic_sends"})
@@ -67,6 +67,11 @@ class TopicSpec:
     name: str
     partitions: int = 1
     replication_factor: int = 3
+    configs: tuple[tuple[str, str], ...] = ()  # topic configs at creation, e.g. cleanup.policy
+
+    @property
+    def compacted(self) -> bool:
+        return "compact" in dict(self.configs).get("cleanup.policy", "")
 
 
 @attrs.frozen
@@ -81,6 +86,7 @@ class WorkloadSpec:
     request_timeout_s: float = 5.0
     delivery_timeout_s: float = 10.0
     final_read_timeout_s: float = 60.0
+    tombstone_every: int = 0  # every Nth send a tombstone (null value) of its key; 0: none
 
 
 @attrs.frozen
@@ -219,9 +225,14 @@ def _topics(r: _Reader, nodes: int) -> tuple[TopicSpec, ...]:
         name = t.get("name", str, None)
         if not name:
             t.fail("is required", "name")
+        configs = t.data.get("configs", {})
+        if not isinstance(configs, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
+                                                    and not isinstance(v, bool) for k, v in configs.items()):
+            t.fail("must be a mapping of config names to values", "configs")
         topics.append(TopicSpec(name=name, partitions=t.get("partitions", int, 1, minimum=1, maximum=64),
                                 replication_factor=t.get("replication_factor", int, min(3, nodes),
-                                                         minimum=1, maximum=nodes)))
+                                                         minimum=1, maximum=nodes),
+                                configs=tuple(sorted((k, str(v)) for k, v in configs.items()))))
     if len({t.name for t in topics}) != len(topics):
         r.fail("topic names must be distinct", "topics")
     return tuple(topics)
@@ -242,7 +253,8 @@ def _workload(r: _Reader) -> WorkloadSpec:
         acks=acks, idempotence=w.get("idempotence", bool, False),
         request_timeout_s=w.get("request_timeout_s", float, 5.0, minimum=0.1),
         delivery_timeout_s=w.get("delivery_timeout_s", float, 10.0, minimum=0.1),
-        final_read_timeout_s=w.get("final_read_timeout_s", float, 60.0, minimum=1))
+        final_read_timeout_s=w.get("final_read_timeout_s", float, 60.0, minimum=1),
+        tombstone_every=w.get("tombstone_every", int, 0, minimum=0))
     if spec.idempotence and spec.acks != "all":
         w.fail("idempotence needs acks: all", "idempotence")
     if spec.producers == 0:

@@ -59,13 +59,42 @@ def record_seeks(history, name: str, parts) -> None:
                         "offset": 0})
 
 
-def planned_send(name: str, seq: int, topics: list[tuple[str, int]], keys: int) -> dict:
+def planned_send(name: str, seq: int, topics: list[tuple[str, int]], keys: int,
+                 tombstone_every: int = 0) -> dict:
     """Send number `seq` of producer `name`, as the history records it: topics in turn, key
-    seq % keys, the key's partition, and a value unique in the run."""
+    seq % keys, the key's partition, and a value unique in the run. With tombstone_every=N,
+    every Nth send is a tombstone (a null value) of its key: its history value is
+    `<name>-<seq>:tombstone`, carried in the record's TOMBSTONE_HEADER (see read_value)."""
     topic, partitions = topics[seq % len(topics)]
     key_index = seq % keys
-    return {"type": "send", "process": name, "seq": seq, "topic": topic, "partition": key_index % partitions,
+    send = {"type": "send", "process": name, "seq": seq, "topic": topic, "partition": key_index % partitions,
             "key": f"k{key_index}", "value": f"{name}-{seq}"}
+    if tombstone_every and seq % tombstone_every == tombstone_every - 1:
+        send.update(value=f"{name}-{seq}{TOMBSTONE_SUFFIX}", tombstone=True)
+    return send
+
+
+TOMBSTONE_HEADER = "chaos-id"
+TOMBSTONE_SUFFIX = ":tombstone"
+
+
+def record_payload(send: dict) -> tuple[bytes | None, list[tuple[str, bytes]] | None]:
+    """(value, headers) a producer sends for a planned send: a tombstone's value is null and
+    its history value rides in a header, so reads can still tell which send it was."""
+    if send.get("tombstone"):
+        return None, [(TOMBSTONE_HEADER, send["value"].encode())]
+    return send["value"].encode(), None
+
+
+def read_value(value: bytes | None, headers) -> str:
+    """A record's history value: its value, or for a tombstone its TOMBSTONE_HEADER ("" if
+    it has none)."""
+    if value is not None:
+        return value.decode()
+    for k, v in headers or ():
+        if k == TOMBSTONE_HEADER and v is not None:
+            return bytes(v).decode()
+    return ""
 
 
 def record_answer(history, event: dict, *, offset: int | None = None,
@@ -142,14 +171,15 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
     last_s = history.now()
     spent = {"produce_s": 0.0, "poll_s": 0.0}  # of the last iteration, for a client-stall event
     while not stop.is_set():
-        send = planned_send(name, seq, topics, spec.keys)
+        send = planned_send(name, seq, topics, spec.keys, spec.tombstone_every)
+        value, headers = record_payload(send)
         t_start = history.now()
         if t_start - last_s > CLIENT_STALL_S:  # the loop itself did not run: not the broker's doing
             history.record({"type": "client-stall", "process": name, "t": round(t_start, 6),
                             "since": round(last_s, 6), **{k: round(v, 3) for k, v in spent.items()}})
         last_s = t_start
         try:
-            producer.produce(send["topic"], value=send["value"].encode(), key=send["key"].encode(),
+            producer.produce(send["topic"], value=value, key=send["key"].encode(), headers=headers,
                              partition=send["partition"], on_delivery=on_delivery(send, t_start))
         except BufferError:
             producer.poll(0.1)
@@ -199,7 +229,7 @@ def run_consumer(name: str, bootstrap: str, topics: list[tuple[str, int]], histo
                                         "error": f"{err.name()}: {err.str()}"})
                     continue
                 tp = (msg.topic(), msg.partition())
-                batches.setdefault(tp, []).append([msg.offset(), msg.value().decode()])
+                batches.setdefault(tp, []).append([msg.offset(), read_value(msg.value(), msg.headers())])
                 positions[tp] = msg.offset() + 1
             for (topic, partition), records in batches.items():
                 history.record({"type": "poll", "process": name, "topic": topic,
@@ -243,7 +273,7 @@ def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
                 if msg.error() is not None:
                     continue
                 if msg.offset() < high:
-                    records[msg.offset()] = msg.value().decode()
+                    records[msg.offset()] = read_value(msg.value(), msg.headers())
                 position = max(position, msg.offset() + 1)
         return high, sorted(records.items())
     finally:
@@ -276,10 +306,12 @@ def run_producer_kafka_python(name: str, bootstrap: str, spec, topics: list[tupl
     next_at = time.monotonic()
     seq = seq_start
     while not stop.is_set():
-        event = {**planned_send(name, seq, topics, spec.keys), "t_start": round(history.now(), 6)}
+        event = {**planned_send(name, seq, topics, spec.keys, spec.tombstone_every),
+                 "t_start": round(history.now(), 6)}
+        value, headers = record_payload(event)
         try:
-            future = producer.send(event["topic"], value=event["value"].encode(), key=event["key"].encode(),
-                                   partition=event["partition"])
+            future = producer.send(event["topic"], value=value, key=event["key"].encode(),
+                                   headers=headers, partition=event["partition"])
         except Exception as exc:  # refused before it was queued: nothing was sent
             history.record({**event, "t_end": round(history.now(), 6), "outcome": "fail",
                             "error": f"{type(exc).__name__}: {exc}"})
@@ -327,7 +359,7 @@ def run_consumer_kafka_python(name: str, bootstrap: str, topics: list[tuple[str,
             t = round(history.now(), 6)
             for tp, records in batches.items():
                 history.record({"type": "poll", "process": name, "topic": tp.topic, "partition": tp.partition,
-                                "t": t, "records": [[r.offset, r.value.decode()] for r in records]})
+                                "t": t, "records": [[r.offset, read_value(r.value, r.headers)] for r in records]})
                 positions[(tp.topic, tp.partition)] = records[-1].offset + 1
     finally:
         consumer.close()
@@ -358,10 +390,12 @@ async def _aio_producer(name, bootstrap, spec, topics, history, stop) -> None:
     seq = 0
     try:
         while not stop.is_set():
-            event = {**planned_send(name, seq, topics, spec.keys), "t_start": round(history.now(), 6)}
+            event = {**planned_send(name, seq, topics, spec.keys, spec.tombstone_every),
+                     "t_start": round(history.now(), 6)}
             seq += 1
+            value, headers = record_payload(event)
             try:
-                future = await producer.send(event["topic"], value=event["value"].encode(),
+                future = await producer.send(event["topic"], value=value, headers=headers,
                                              key=event["key"].encode(), partition=event["partition"])
             except Exception as exc:  # refused before it was queued
                 history.record({**event, "t_end": round(history.now(), 6), "outcome": "fail",
@@ -412,7 +446,7 @@ async def _aio_consumer(name, bootstrap, topics, history, stop, target) -> None:
             t = round(history.now(), 6)
             for tp, records in batches.items():
                 history.record({"type": "poll", "process": name, "topic": tp.topic, "partition": tp.partition,
-                                "t": t, "records": [[r.offset, r.value.decode()] for r in records]})
+                                "t": t, "records": [[r.offset, read_value(r.value, r.headers)] for r in records]})
                 positions[(tp.topic, tp.partition)] = records[-1].offset + 1
     finally:
         await consumer.stop()

@@ -88,7 +88,8 @@ COMPRESSION_TYPES = ("uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"
 # this broker differs (segment.bytes: 64 MiB, each partition a Raft group).
 TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
     _d("cleanup.policy", _LIST, "delete", "delete: whole old segments are deleted by retention.ms / "
-       "retention.bytes; compact: no cleaner runs yet, retention deletes nothing",
+       "retention.bytes; compact: the cleaner keeps the latest record of each key (docs/compaction.md); "
+       "compact alone turns retention off",
        "log.cleanup.policy", choices=("delete", "compact")),
     _d("compression.type", _STR, "producer", "Stored; batches are always kept as the producer "
        "compressed them (the producer setting)", "compression.type", choices=COMPRESSION_TYPES,
@@ -99,8 +100,9 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
        low=1, high=17, implemented=False),
     _d("compression.zstd.level", _INT, 3, "Stored; no recompression", "compression.zstd.level",
        low=-131072, high=22, implemented=False),
-    _d("delete.retention.ms", _LONG, 86_400_000, "Stored; tombstones matter once compaction exists",
-       "log.cleaner.delete.retention.ms", low=0, implemented=False),
+    _d("delete.retention.ms", _LONG, 86_400_000, "Compacted topics: a tombstone (null value) is "
+       "removed by the cleaner once its batch's newest timestamp is this old",
+       "log.cleaner.delete.retention.ms", low=0),
     _d("file.delete.delay.ms", _LONG, 60_000, "Stored; segments are deleted at once",
        "log.segment.delete.delay.ms", low=0, implemented=False),
     _d("flush.messages", _LONG, LONG_MAX, "Stored; every acknowledged entry is already fsynced",
@@ -117,8 +119,9 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
        low=-2, implemented=False),
     _d("local.retention.ms", _LONG, -2, "Stored; no tiered storage", "log.local.retention.ms",
        low=-2, implemented=False),
-    _d("max.compaction.lag.ms", _LONG, LONG_MAX, "Stored; no cleaner yet",
-       "log.cleaner.max.compaction.lag.ms", low=1, implemented=False),
+    _d("max.compaction.lag.ms", _LONG, LONG_MAX, "Compacted topics: a closed segment whose oldest "
+       "records are this old is cleaned whatever the dirty ratio",
+       "log.cleaner.max.compaction.lag.ms", low=1),
     _d("max.message.bytes", _INT, 1_048_588, "Largest record batch a produce may carry, checked "
        "on every produce (MESSAGE_TOO_LARGE)", "message.max.bytes", low=0),
     _d("message.downconversion.enable", _BOOL, "true", "Stored; batches are never down-converted",
@@ -134,10 +137,12 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
     _d("message.timestamp.type", _STR, "CreateTime", "Stored; timestamps are the producer's "
        "(CreateTime)", "log.message.timestamp.type", choices=("CreateTime", "LogAppendTime"),
        implemented=False),
-    _d("min.cleanable.dirty.ratio", _DOUBLE, 0.5, "Stored; no cleaner yet",
-       "log.cleaner.min.cleanable.ratio", low=0, high=1, implemented=False),
-    _d("min.compaction.lag.ms", _LONG, 0, "Stored; no cleaner yet", "log.cleaner.min.compaction.lag.ms",
-       low=0, implemented=False),
+    _d("min.cleanable.dirty.ratio", _DOUBLE, 0.5, "Compacted topics: a pass runs when the bytes "
+       "not yet cleaned are at least this share of the closed segments' bytes",
+       "log.cleaner.min.cleanable.ratio", low=0, high=1),
+    _d("min.compaction.lag.ms", _LONG, 0, "Compacted topics: a segment is cleaned only once its "
+       "newest record is this old", "log.cleaner.min.compaction.lag.ms",
+       low=0),
     _d("min.insync.replicas", _INT, 1, "acks=all produce is refused (NOT_ENOUGH_REPLICAS) with "
        "fewer in-sync replicas; checked on every produce", "min.insync.replicas", low=1),
     _d("preallocate", _BOOL, "false", "Stored; segment files are not preallocated", "log.preallocate",
@@ -157,8 +162,9 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
        "log.index.size.max.bytes", low=4, implemented=False),
     _d("segment.jitter.ms", _LONG, 0, "Stored; segments roll by size only", "log.roll.jitter.ms",
        low=0, implemented=False),
-    _d("segment.ms", _LONG, 604_800_000, "Stored; segments roll by size only", "log.roll.ms", low=1,
-       implemented=False),
+    _d("segment.ms", _LONG, 604_800_000, "Compacted topics: the active segment rolls once its oldest "
+       "batches are this old, checked every log.cleaner.backoff.ms; other "
+       "topics roll by size only", "log.roll.ms", low=1),
     _d("unclean.leader.election.enable", _BOOL, "false", "Stored; Raft never elects a replica that "
        "may lack committed data", "unclean.leader.election.enable", implemented=False),
 )}
@@ -168,6 +174,17 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
 DYNAMIC_BROKER_CONFIGS: dict[str, ConfigDef] = {
     c.synonym: attrs.evolve(c, name=c.synonym, synonym=None)
     for c in TOPIC_CONFIGS.values() if c.synonym is not None}
+# The cleaner's own bounds (docs/compaction.md), read at every pass.
+DOUBLE_MAX = 1.7976931348623157e308
+DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
+    _d("log.cleaner.dedupe.buffer.size", _LONG, 16 << 20, "Memory of one cleaning pass's key map "
+       "(128 bytes a key): a pass cleans as many segments as their keys fit", low=1 << 10),
+    _d("log.cleaner.backoff.ms", _LONG, 15_000, "How often the cleaner looks at every replica of a "
+       "compacted topic (static default: the node's log_cleaner_backoff_ms)", low=1),
+    _d("log.cleaner.io.max.bytes.per.second", _DOUBLE, "1.7976931348623157E308", "The cleaner's "
+       "reads plus writes per second, per pass (a pass sleeps to keep under it)", low=1,
+       high=DOUBLE_MAX),
+)})
 
 # The types of the static broker settings DescribeConfigs lists (node/config.py's
 # kafka_configs()); these change only with a restart.

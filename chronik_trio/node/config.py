@@ -85,6 +85,9 @@ class NodeConfig:
     request_max_bytes: int = 100 << 20  # Kafka's socket.request.max.bytes default
     segment_bytes: int = 64 << 20
     retention_check_interval_ms: int = 300_000  # Kafka's log.retention.check.interval.ms
+    # Kafka's log.cleaner.backoff.ms: the cleaner of compacted topics looks at every
+    # replica's log this often (docs/compaction.md).
+    log_cleaner_backoff_ms: int = 15_000
     # The cluster's Raft members: "1@host:port,2@host:port,..." (Raft addresses); this node's
     # entry is where it listens for peers. None: a one-node cluster with no Raft port.
     peers: str | None = None
@@ -152,7 +155,7 @@ class NodeConfig:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         for key in ("default_partitions", "message_max_bytes", "request_max_bytes",
-                    "segment_bytes", "retention_check_interval_ms", "meta_snapshot_entries", "meta_segment_bytes",
+                    "segment_bytes", "retention_check_interval_ms", "log_cleaner_backoff_ms", "meta_snapshot_entries", "meta_segment_bytes",
                     "replica_lag_time_max_ms", "leader_balance_interval_ms", "producer_id_expiration_ms",
                     "offsets_topic_num_partitions", "offsets_topic_replication_factor",
                     "offsets_retention_minutes", "offsets_retention_check_interval_ms",
@@ -270,6 +273,7 @@ class NodeConfig:
             "socket.request.max.bytes": str(self.request_max_bytes),
             "log.segment.bytes": str(self.segment_bytes),
             "log.retention.check.interval.ms": str(self.retention_check_interval_ms),
+            "log.cleaner.backoff.ms": str(self.log_cleaner_backoff_ms),
             "replica.lag.time.max.ms": str(self.replica_lag_time_max_ms),
             "producer.id.expiration.ms": str(self.producer_id_expiration_ms),
             "offsets.topic.num.partitions": str(self.offsets_topic_num_partitions),

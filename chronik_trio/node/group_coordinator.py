@@ -396,8 +396,9 @@ class GroupCoordinator:
         brokers = len(self.node.meta.brokers)
         rf = max(1, min(self.setting("offsets_topic_replication_factor"), brokers))
         try:
+            # Compacted, as Kafka's: every record is keyed, deletions are tombstones.
             await self.node.create_topic(OFFSETS_TOPIC, self.setting("offsets_topic_num_partitions"),
-                                         {}, replication_factor=rf)
+                                         {"cleanup.policy": "compact"}, replication_factor=rf)
         except TopicAlreadyExists:
             pass
         except BrokerError as exc:

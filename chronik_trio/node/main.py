@@ -39,6 +39,8 @@ def _node_parser(sub) -> None:
     p.add_argument("--request-max-bytes", type=int, help="largest request frame accepted")
     p.add_argument("--segment-bytes", type=int)
     p.add_argument("--retention-check-interval-ms", type=int)
+    p.add_argument("--log-cleaner-backoff-ms", type=int,
+                   help="how often the cleaner of compacted topics runs (default 15000)")
     p.add_argument("--peers", help='the cluster\'s Raft members, "1@host:port,2@host:port,..."')
     p.add_argument("--admin-listen", help="HOST:PORT for /health and /metrics in cleartext (with peers they "
                    "are on the node's Raft address too, which needs a node certificate under --peer-ssl-*)")

@@ -38,9 +38,32 @@ class NodeMetrics:
         self.registry.register(_RequestErrorCollector(request_errors))
 
 
+    def collect_cleaner(self, stats) -> None:
+        """The log cleaner's totals (node/compaction.py CleanerStats), at every scrape."""
+        self.registry.register(_CleanerCollector(stats))
+
     def collect_auth_failures(self, failures) -> None:
         """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""
         self.registry.register(_AuthFailureCollector(failures))
+
+
+class _CleanerCollector:
+    COUNTERS = (  # (metric, help, CleanerStats field)
+        ("chronik_cleaner_passes", "Cleaner passes that cleaned a log", "passes"),
+        ("chronik_cleaner_segments_replaced", "Segments rewritten by the cleaner", "segments_replaced"),
+        ("chronik_cleaner_read_bytes", "Bytes of log the cleaner read", "bytes_read"),
+        ("chronik_cleaner_written_bytes", "Bytes the cleaner wrote", "bytes_written"),
+        ("chronik_cleaner_records_removed", "Superseded records removed", "records_dropped"),
+        ("chronik_cleaner_tombstones_removed", "Tombstones removed", "tombstones_dropped"),
+        ("chronik_cleaner_busy_seconds", "Time in cleaning passes (worker thread)", "seconds"),
+    )
+
+    def __init__(self, stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> typing.Iterator:
+        for name, help_text, field in self.COUNTERS:
+            yield CounterMetricFamily(name, help_text, value=getattr(self.stats, field))
 
 
 class _AuthFailureCollector:

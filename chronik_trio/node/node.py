@@ -6,7 +6,8 @@ Node wires the parts and runs their lifecycle; each job has its own module:
 - meta_group.py: the __meta group; replicas.py: the partition replicas hosted here,
   opened and closed as __meta assigns them;
 - topics.py (placement: cluster/placement.py), preferred_leaders.py, producer_ids.py,
-  leader_reports.py (ISR and leader reports), retention.py, snapshots.py (__meta's);
+  leader_reports.py (ISR and leader reports), retention.py, compaction.py (the log
+  cleaner), snapshots.py (__meta's);
 - peers.py: Raft messages and node-level liveness with the peers, over a transport made by
   the TransportFactory the node is given;
 - group_coordinator.py: consumer groups; kafka_server.py: one task per client connection.
@@ -56,6 +57,7 @@ from .producer_ids import ProducerIds
 from .raft_group import RaftGroup, open_group
 from .raft_runtime import RaftRuntime
 from .replicas import DELETED_SUFFIX, HostedReplicas, remove_dirs
+from .compaction import LogCleaner
 from .retention import retention_loop
 from .seams import RunSync, secret_bytes, system_rng, thread_run_sync, uuid4
 from .snapshots import meta_snapshot_loop
@@ -112,6 +114,9 @@ class Node:
         self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine, self.groups,
                                        rng=self.rng, run_sync=run_sync)
         self.meta_machine.listeners.append(self.replicas.reconcile_soon)
+        self.cleaner = LogCleaner(self.replicas, self.meta_machine, wall_clock_ms=wall_clock_ms,
+                                  run_sync=run_sync)
+        self.metrics.collect_cleaner(self.cleaner.stats)
         self.preferred_leaders = PreferredLeaders(self.node_id, self.meta_machine, self.meta_service,
                                                   self.replicas, config.leader_balance_interval_ms / 1000)
         self.topics = Topics(self.meta_machine, self.meta_service, self.preferred_leaders, self.replicas,
@@ -228,6 +233,7 @@ class Node:
                 nursery.start_soon(self.leader_reports.run)
                 nursery.start_soon(retention_loop, self.replicas, self.meta_machine,
                                    self.config.retention_check_interval_ms / 1000, self.wall_clock_ms)
+                nursery.start_soon(self.cleaner.run)
                 nursery.start_soon(meta_snapshot_loop, self.meta_service, self.config.meta_snapshot_entries,
                                    self.run_sync)
                 nursery.start_soon(self.preferred_leaders.run)

@@ -18,7 +18,7 @@ import typing
 
 import trio
 
-from chronik_trio.cluster.configs import TOPIC_CONFIGS, resolve_topic
+from chronik_trio.cluster.configs import TOPIC_CONFIGS, resolve_broker, resolve_topic
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.storage import Disk
@@ -82,6 +82,10 @@ class HostedReplicas:
             return TOPIC_CONFIGS[key].default
         state = self._meta.state
         return resolve_topic(key, topic.configs, state.broker_configs, self.node_id, self._static).value
+
+    def broker_config(self, key: str) -> str:
+        """The effective value of a broker config now (dynamic ones live from __meta)."""
+        return resolve_broker(key, self._meta.state.broker_configs, self.node_id, self._static).value
 
     def reconcile_soon(self) -> None:
         """__meta changed (a listener: no await)."""

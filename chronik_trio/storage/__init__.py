@@ -1,10 +1,11 @@
 """Durable storage of Raft groups: segment logs of framed entries with a sparse Kafka-offset
 index (log.py, segment.py, frame.py), the hard-state file (hardstate.py), snapshots and
 Raft's Storage on disk (raft_storage.py), and the Disk seam all file I/O goes through
-(disk.py; FaultyDisk adds the chaos harness's faults). bench.py is its micro-benchmark.
+(disk.py; FaultyDisk adds the chaos harness's faults), and the log cleaner of compacted
+topics (cleaner.py). bench.py is its micro-benchmark.
 
 May import: the standard library, attrs, crc32c, chronik_trio.raft (its types, errors and
-Storage contract), chronik_trio.record_batch and chronik_trio.pb. No trio: the I/O here
+Storage contract), chronik_trio.record_batch, chronik_trio.varint and chronik_trio.pb. No trio: the I/O here
 blocks, so the node runs SyncTicket.run in a worker thread (trio.to_thread.run_sync).
 """
 

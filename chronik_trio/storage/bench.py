@@ -5,7 +5,11 @@ Measures, on real files with real fsync:
     64 per call), a sync() per 1 MB written (what a busy partition leader does between
     Ready batches);
   - the same appends without any sync (the CPU cost of append itself);
-  - read_batches over a partition log of 1 KB batches, 1 MiB per call, sequentially.
+  - read_batches over a partition log of 1 KB batches, 1 MiB per call, sequentially;
+  - the log cleaner (`--clean`, or `--only-clean`): one pass over a partition log of
+    --mb of keyed 100-byte records (1 and 100 per batch, 10,000 keys, 1 MiB segments):
+    MB of log cleaned per second, reading the log twice (key map, copies) and writing
+    the copies, fsynced.
 Each figure is the median of --runs runs. Keep --mb small on a shared machine.
 """
 
@@ -18,9 +22,11 @@ import tempfile
 import time
 
 from chronik_trio.record_batch import HEADER_BYTES, batch_base_offset, encode_batch
+from chronik_trio.storage.cleaner import CleanSettings, plan_clean, run_clean
 from chronik_trio.storage.disk import Disk
 from chronik_trio.storage.frame import LogEntry
 from chronik_trio.storage.log import SegmentLog
+from chronik_trio.varint import write_uvarint
 
 SYNC_EVERY_BYTES = 1 << 20
 READ_MAX_BYTES = 1 << 20
@@ -77,6 +83,46 @@ def bench_read(root: pathlib.Path, batch_bytes: int, total_bytes: int) -> dict:
             "batches_per_s": count / elapsed_s, "mb_per_s": read_bytes / elapsed_s / 1e6}
 
 
+def _keyed_batch(base_offset: int, records: int, keys: int) -> bytes:
+    body = bytearray()
+    for k in range(records):
+        key = b"key-%06d" % ((base_offset + k) % keys)
+        value = bytes(100)
+        rec = (b"\x00" + _zigzag(0) + _zigzag(k) + _zigzag(len(key)) + key + _zigzag(len(value))
+               + value + _zigzag(0))
+        body += _zigzag(len(rec)) + rec
+    return encode_batch(bytes(body), record_count=records, base_timestamp_ms=0, max_timestamp_ms=0,
+                        base_offset=base_offset, leader_epoch=1)
+
+
+def _zigzag(n: int) -> bytes:
+    return write_uvarint((n << 1) ^ (n >> 63))
+
+
+def bench_clean(root: pathlib.Path, records_per_batch: int, total_bytes: int, keys: int = 10_000) -> dict:
+    log = SegmentLog.open(Disk(), root / "clean", kafka=True, segment_bytes_max=1 << 20)
+    index, offset, size = 1, 0, 0
+    while size < total_bytes:
+        batch = _keyed_batch(offset, records_per_batch, keys)
+        log.append([LogEntry(index, 1, 0, batch)])
+        index, offset, size = index + 1, offset + records_per_batch, size + len(batch)
+    log.sync()
+    log_bytes = log.size_bytes
+    started = time.perf_counter()
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=1,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    result = run_clean(Disk(), plan, CleanSettings(now_ms=1, delete_retention_ms=0, key_map_bytes=1 << 30,
+                                                   io_bytes_per_s=None, index_interval_bytes=4096))
+    for old, new in result.replacements:
+        log.replace_segment(old, new)
+    log.sync()
+    elapsed_s = time.perf_counter() - started
+    log.close()
+    return {"elapsed_s": elapsed_s, "log_mb": log_bytes / 1e6, "records": offset,
+            "removed": result.records_dropped, "mb_per_s": log_bytes / elapsed_s / 1e6,
+            "records_per_s": offset / elapsed_s}
+
+
 def median_run(runs: int, fn, *args) -> dict:
     """The run with the median elapsed time of `runs` runs."""
     results = sorted((fn(*args) for _ in range(runs)), key=lambda r: r["elapsed_s"])
@@ -89,8 +135,18 @@ def main() -> None:
                         help="where to write (default: a temporary directory)")
     parser.add_argument("--mb", type=int, default=64, help="megabytes per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--clean", action="store_true", help="also measure the log cleaner")
+    parser.add_argument("--only-clean", action="store_true", help="measure only the log cleaner")
     args = parser.parse_args()
     total_bytes = args.mb << 20
+    if args.clean or args.only_clean:
+        for per_batch in (1, 100):
+            r = median_run(args.runs, _in_tmp, args.dir, bench_clean, per_batch, total_bytes)
+            print(f"clean {r['log_mb']:.1f} MB, {per_batch:>3} record(s) per batch: {r['mb_per_s']:>6.1f} MB/s "
+                  f"of log, {r['records_per_s']:>9,.0f} records/s ({r['removed']} of {r['records']} "
+                  f"removed, {r['elapsed_s']:.2f} s)")
+        if args.only_clean:
+            return
     for entry_bytes, per_call in ((1024, 1), (1024, 64), (100 * 1024, 1)):
         for sync in (True, False):
             r = median_run(args.runs, _in_tmp, args.dir, bench_append, entry_bytes,

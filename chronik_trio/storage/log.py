@@ -42,7 +42,9 @@ from chronik_trio.storage.frame import (
     check_frame,
     frame_header,
 )
+from chronik_trio.storage.cleaner import CLEANED_SUFFIX
 from chronik_trio.storage.segment import (
+    SEGMENT_SUFFIX,
     FrameCursor,
     Segment,
     parse_segment_name,
@@ -111,6 +113,9 @@ class SegmentLog:
         self._closing: list[DiskFile] = []
         self._durable_index = 0
         self._closed = False
+        # The cleaner reads closed segments in a worker thread: while pinned, retired
+        # segments' files stay open (as for a sync ticket).
+        self._pins = 0
 
     # ------------------------------------------------------------------ opening
 
@@ -151,6 +156,12 @@ class SegmentLog:
         return sorted(found)
 
     def _recover(self, durable_index: int, empty_next_offset: int) -> None:
+        for name in self._disk.listdir(self.directory):
+            if name.endswith(SEGMENT_SUFFIX + CLEANED_SUFFIX):
+                # A cleaner's copy that was never swapped in: the segment it copies is whole.
+                logger.info("removing %s left by an interrupted clean", name)
+                self._disk.unlink(self.directory / name)
+                self._directory_dirty = True
         files = self._segment_files()
         expected = files[0][0] if files else 1
         for k, (first, path) in enumerate(files):
@@ -468,12 +479,14 @@ class SegmentLog:
         if unlink:
             self._disk.unlink(seg.path)
             self._directory_dirty = True
-        if self._ticket is not None:
+        if self._ticket is not None or self._pins:
             self._closing.append(seg.file)
         else:
             self._disk.close(seg.file)
 
     def _release_closing(self) -> None:
+        if self._pins:
+            return  # unpin() releases them
         closing, self._closing = self._closing, []
         for f in closing:
             self._disk.close(f)
@@ -491,6 +504,10 @@ class SegmentLog:
         self._close_files()
 
     def _close_files(self) -> None:
+        if self._pins:  # the cleaner still reads some: unpin() closes them
+            self._closing.extend(seg.file for seg in self._segments)
+            self._segments = []
+            return
         self._release_closing()
         for seg in self._segments:
             self._disk.close(seg.file)
@@ -689,7 +706,8 @@ class SegmentLog:
                 header = read_header(payload)
                 if header.base_offset >= end_offset:
                     return out
-                if header.last_offset >= start_offset:
+                if header.last_offset >= start_offset and header.record_count:
+                    # (a batch the cleaner emptied keeps its offsets in the log, unserved)
                     out.append(payload)
                     total += payload_bytes
                     if total >= max_bytes:
@@ -790,6 +808,57 @@ class SegmentLog:
         next append that would take it past the limit."""
         assert value > 0, value
         self._segment_bytes_max = value
+
+    # ------------------------------------------------------------------ compaction
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The segments, oldest first (the last is the active one). For the cleaner's plan."""
+        return tuple(self._segments)
+
+    def pin(self) -> None:
+        """Keep the files of segments retired from now on open until unpin() (the cleaner
+        reads them in a worker thread)."""
+        self._pins += 1
+
+    def unpin(self) -> None:
+        assert self._pins > 0
+        self._pins -= 1
+        if not self._pins and (self._ticket is None or self._closed):
+            self._release_closing()
+
+    def replace_segment(self, old: Segment, new: Segment) -> bool:
+        """Swap in the cleaner's copy of `old` (written to `<name>.cleaned` and fsynced with
+        its directory, open as new.file): rename it over the segment and index it. False,
+        and the copy deleted, when `old` is no longer in the log (deleted by retention,
+        truncated, or dropped by a snapshot meanwhile). The rename becomes durable at the
+        next sync; until then a power loss leaves either file, both whole."""
+        tmp = old.path.with_name(old.path.name + CLEANED_SUFFIX)
+        self._disk.close(new.file)
+        k = next((i for i, seg in enumerate(self._segments) if seg is old), None)
+        if self._closed or k is None or k == len(self._segments) - 1 or \
+                old.entry_count != new.entry_count:
+            try:
+                self._disk.unlink(tmp)
+            except DiskError as e:  # e.g. the directory was removed with its topic
+                logger.info("could not remove the cleaner's copy %s: %s", tmp, e)
+            return False
+        self._disk.rename(tmp, old.path)
+        new.file = self._disk.open(old.path)
+        self._segments[k] = new
+        self._retire(old, unlink=False)
+        self._directory_dirty = True
+        return True
+
+    def roll_if_older(self, now_ms: int, segment_ms: int) -> bool:
+        """segment.ms: roll the active segment when its oldest batches are at least
+        segment_ms old (the newest maxTimestamp of its first index block, so no read is
+        needed); a segment without batches never rolls. Returns whether it rolled."""
+        seg = self._segments[-1]
+        if not seg.has_batches or seg.block_max_timestamps_ms[0] > now_ms - segment_ms:
+            return False
+        self._roll()
+        return True
 
     def segment_start(self, index: int) -> int:
         """The first index of the segment holding entry `index` (of the active segment if

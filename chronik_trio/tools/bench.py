@@ -68,6 +68,12 @@ def add_parser(sub) -> None:
                         "disk a long run uses (repeatable)")
     p.add_argument("--replication-factor", type=int, default=None,
                    help="of the bench topic (default: the cluster's size, or 1 with --bootstrap)")
+    p.add_argument("--keys", type=int, default=0,
+                   help="give record i the key k<i mod KEYS> (0: no keys); with --topic-config "
+                        "cleanup.policy=compact the cleaner has work (its rate is in the node report)")
+    p.add_argument("--broker-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="with the tool's own cluster: a dynamic broker config set on every node before "
+                        "the run (e.g. log.cleaner.backoff.ms=1000)")
     p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
     p.add_argument("--acks", choices=["0", "1", "all"], default="all")
     p.add_argument("--linger-ms", type=int, default=5)
@@ -126,6 +132,19 @@ def _create_topic(bootstrap: str, args, replication_factor: int) -> str:
                                   config=_topic_configs(args.topic_config))],
                         request_timeout=TOPIC_CREATE_TIMEOUT_S)[topic].result(timeout=TOPIC_CREATE_TIMEOUT_S)
     return topic
+
+
+def _set_broker_configs(bootstrap: str, configs: dict[str, str], nodes: int) -> None:
+    """Set on each of the tool's nodes (ids 1..nodes: librdkafka refuses the cluster-wide
+    default's empty broker name)."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resources = [ConfigResource(ResourceType.BROKER, str(n), incremental_configs=[
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()])
+        for n in range(1, nodes + 1)]
+    for future in admin.incremental_alter_configs(resources).values():
+        future.result(timeout=TOPIC_CREATE_TIMEOUT_S)
 
 
 # --- the modes ----------------------------------------------------------------------------------
@@ -193,9 +212,10 @@ class _NodeWatch:
     @staticmethod
     def _scrape(address: str) -> dict:
         try:
-            return bench_local.histograms(bench_local.scrape(address))
+            text = bench_local.scrape(address)
         except OSError as exc:
             return {"error": str(exc)}
+        return {**bench_local.histograms(text), "cleaner": bench_local.cleaner_counters(text)}
 
     def report(self) -> list[dict]:
         self._stop.set()
@@ -211,6 +231,16 @@ class _NodeWatch:
                 for key, name in self.HISTOGRAMS.items():
                     if name in after:
                         node[key] = bench_local.histogram_delta(before.get(name), after[name])
+                cleaned = {k: v - before["cleaner"].get(k, 0.0) for k, v in after["cleaner"].items()}
+                if cleaned.get("chronik_cleaner_passes"):
+                    busy = cleaned["chronik_cleaner_busy_seconds"]
+                    read_mb = cleaned["chronik_cleaner_read_bytes"] / 1e6
+                    node["cleaner"] = {
+                        "passes": int(cleaned["chronik_cleaner_passes"]), "read_mb": round(read_mb, 2),
+                        "written_mb": round(cleaned["chronik_cleaner_written_bytes"] / 1e6, 2),
+                        "records_removed": int(cleaned["chronik_cleaner_records_removed"]),
+                        "busy_s": round(busy, 2),
+                        "read_mb_per_busy_s": round(read_mb / busy, 1) if busy else None}
             if k < len(self.pids):
                 pid = self.pids[k]
                 node["cpu_percent_of_a_core"] = round(
@@ -264,7 +294,9 @@ def _methods(args, target: str, rf: int) -> dict:
         "node": ("chronik_ready_pass_seconds and chronik_fsync_round_seconds histograms scraped from each "
                  "node's /metrics before and after the broker modes: count, mean, and percentiles as "
                  "bucket upper bounds; CPU = process user+system time over the same window / wall time; "
-                 "RSS from /proc (VmRSS), also sampled every 10 s during the run."),
+                 "RSS from /proc (VmRSS), also sampled every 10 s during the run; the log cleaner's "
+                 "counters over the same window (cleaner rate = bytes of log read by cleaning passes / "
+                 "time inside those passes, in the worker thread, while produce continues)."),
     }
 
 
@@ -357,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
                 modes.append("node")
         else:
             bootstrap, target, rf, metrics = "", "none (in-process)", 1, []
+        if cluster is not None and args.broker_config:
+            _set_broker_configs(bootstrap, _topic_configs(args.broker_config), args.cluster or 1)
         watch = _NodeWatch(metrics, cluster.pids if cluster else []) if "node" in modes and metrics else None
         # Over PLAINTEXT and, with --security-protocol, over the secured listener, alternately.
         targets = [("", bootstrap, args)]
@@ -467,6 +501,11 @@ def _print_other_modes(res: dict) -> None:
         if "cpu_percent_of_a_core" in node:
             parts.append(f"CPU {node['cpu_percent_of_a_core']} % of a core; RSS {node['rss_mb_before']} -> "
                          f"{node['rss_mb_after']} MB")
+        if "cleaner" in node:
+            c = node["cleaner"]
+            parts.append(f"cleaner: {c['passes']} pass(es), {c['read_mb']} MB read, {c['written_mb']} MB "
+                         f"written, {c['records_removed']} records removed, {c['busy_s']} s busy: "
+                         f"{c['read_mb_per_busy_s']} MB/s")
         if "error" in node:
             parts.append(f"scrape failed: {node['error']}")
         print(" ".join(parts))

@@ -71,7 +71,8 @@ def _produce_share(bootstrap: str, topic: str, args, records: int, first: int,
     i = 0
     while (i < records) if seconds is None else (time.perf_counter() - start < seconds):
         try:
-            producer.produce(topic, value, partition=(first + i) % args.partitions, on_delivery=delivered)
+            producer.produce(topic, value, partition=(first + i) % args.partitions, on_delivery=delivered,
+                             key=b"k%d" % (i % args.keys) if getattr(args, "keys", 0) else None)
             i += 1
         except BufferError:
             producer.poll(0.005)
@@ -215,7 +216,8 @@ def open_loop(bootstrap: str, topic: str, args, rate: float, warmup_s: float, du
             behind_max_s = max(behind_max_s, late[i])
             value = _STAMP.pack(i, t0_wall + i / rate) + padding
             try:
-                producer.produce(topic, value, partition=i % args.partitions, on_delivery=on_delivery(i))
+                producer.produce(topic, value, partition=i % args.partitions, on_delivery=on_delivery(i),
+                                 key=b"k%d" % (i % args.keys) if getattr(args, "keys", 0) else None)
             except BufferError:
                 producer.poll(0.001)
                 continue

@@ -169,6 +169,14 @@ def histograms(text: str) -> dict[str, dict]:
     return out
 
 
+_COUNTER = re.compile(r'^(chronik_cleaner_\w+)_total (\S+)$', re.M)
+
+
+def cleaner_counters(text: str) -> dict[str, float]:
+    """The log cleaner's counters (chronik_cleaner_*_total) of a /metrics text."""
+    return {name: float(value) for name, value in _COUNTER.findall(text)}
+
+
 def histogram_delta(before: dict | None, after: dict) -> dict:
     """Count, mean and bucket-bound p50/p99/max (ms) of what was observed between scrapes."""
     b_buckets = dict(before["buckets"]) if before else {}

@@ -209,3 +209,40 @@ def test_gaps_below_the_floor_are_reported_as_under_it_not_as_zero():
                for i in range(20)]
     result = check_unavailability(History(events), CheckOptions())
     assert result.passed and f"under {UNAVAILABILITY_FLOOR_S:.2f} s" in result.summary
+
+
+def compacted_history(final_records: list, *, tombstone_last: bool = False) -> list[dict]:
+    """p0 writes key k0 at offsets 0, 2, 4 and key k1 at 1, 3 (the last of k0 a tombstone if
+    asked); the final read is final_records; replicas hold what the final read holds."""
+    sends = []
+    for i in range(5):
+        e = send("p0", i, i, t=0.1 + 0.1 * i)
+        e["key"] = f"k{i % 2}"
+        if tombstone_last and i == 4:
+            e.update(value="p0-4:tombstone", tombstone=True)
+        sends.append(e)
+    return [{"type": "workload-start", "t": 0.0}, *sends, {"type": "workload-end", "t": 1.0},
+            final(final_records), *[replica(n, final_records) for n in (1, 2, 3)]]
+
+
+COMPACTED = CheckOptions(compacted=frozenset({T}))
+
+
+def test_a_compacted_topic_passes_with_only_the_latest_value_per_key():
+    events = compacted_history([(3, "p0-3"), (4, "p0-4")])
+    assert failed(events, COMPACTED) == set()
+    # without the compacted option, the records the cleaner removed count as lost
+    assert "lost_writes" in failed(events)
+
+
+def test_compaction_fails_when_an_older_value_is_the_last_of_its_key():
+    assert failed(compacted_history([(2, "p0-2"), (3, "p0-3")]), COMPACTED) == {"compaction"}
+    assert failed(compacted_history([(3, "p0-3")]), COMPACTED) == {"compaction"}  # k0 gone
+
+
+def test_a_tombstoned_key_may_vanish_but_not_come_back_older():
+    assert failed(compacted_history([(3, "p0-3")], tombstone_last=True), COMPACTED) == set()
+    assert failed(compacted_history([(3, "p0-3"), (4, "p0-4:tombstone")], tombstone_last=True),
+                  COMPACTED) == set()
+    assert failed(compacted_history([(2, "p0-2"), (3, "p0-3")], tombstone_last=True),
+                  COMPACTED) == {"compaction"}

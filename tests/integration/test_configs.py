@@ -232,7 +232,8 @@ def _until_trimmed(broker, name: str) -> None:
 
 def test_retention_ms_and_cleanup_policy_take_effect_live(broker_factory):
     """retention.ms lowered while running deletes a topic's old segments at the next pass;
-    a topic switched to cleanup.policy=compact keeps them (no cleaner: nothing is deleted)
+    a topic switched to cleanup.policy=compact keeps them (retention is off; the cleaner
+    rewrites segments but never deletes one)
     until it is switched back. Two sentinel topics, each changed after the previous one was
     trimmed, show that retention passes ran after `kept` was switched."""
     broker = broker_factory(extra_args=["--retention-check-interval-ms", "100"]).start()

@@ -1,0 +1,131 @@
+"""The log cleaner's task: every log.cleaner.backoff.ms, each replica of a topic whose
+cleanup.policy includes compact rolls its active segment if segment.ms says so, then
+cleans its closed segments (storage/cleaner.py; docs/compaction.md).
+
+Each replica cleans its own log, only below what it has applied (so committed: committed
+entries are never truncated) and has fsynced. The Raft group keeps running meanwhile: the
+plan and the swap are synchronous steps on the event loop between Ready passes, the key
+map and the new segment files are built in a worker thread, and the log keeps the files of
+the segments being read open while it is pinned. Entries keep their index and term, so a
+follower further behind is sent the compacted entries and its log is a valid Raft log.
+
+Configs are read at every pass, so AlterConfigs changes take effect at the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+
+import attrs
+import trio
+
+from chronik_trio.cluster.configs import parse_list
+from chronik_trio.storage import DiskError
+from chronik_trio.storage.cleaner import CleanResult, CleanSettings, plan_clean, run_clean
+from chronik_trio.storage.log import INDEX_INTERVAL_BYTES_DEFAULT
+
+from .meta_group import MetaMachine
+from .partition_group import PartitionReplica
+from .replicas import HostedReplicas
+from .seams import RunSync
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class CleanerStats:
+    """What the cleaner did since the node started (bench and metrics read it)."""
+
+    passes: int = 0
+    segments_replaced: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    records_dropped: int = 0
+    tombstones_dropped: int = 0
+    seconds: float = 0.0
+
+
+class LogCleaner:
+    def __init__(self, replicas: HostedReplicas, meta: MetaMachine, *,
+                 wall_clock_ms: typing.Callable[[], int], run_sync: RunSync) -> None:
+        self._replicas = replicas
+        self._meta = meta
+        self._wall_clock_ms = wall_clock_ms
+        self._run_sync = run_sync
+        # Per replica: the Kafka offset below which its log is clean, and the timestamp of
+        # the oldest tombstone kept (in memory: after a restart the first pass reads
+        # everything once and finds little to change).
+        self._clean_offsets: dict[int, tuple[PartitionReplica, int, int | None]] = {}
+        self.stats = CleanerStats()
+
+    async def run(self) -> None:
+        while True:  # log.cleaner.backoff.ms: the node's setting, or a dynamic one in __meta
+            await trio.sleep(int(self._replicas.broker_config("log.cleaner.backoff.ms")) / 1000)
+            await self.pass_once()
+
+    async def pass_once(self) -> None:
+        self._clean_offsets = {k: v for k, v in self._clean_offsets.items() if not v[0].closed}
+        for (name, partition), replica in self._replicas.items():
+            if replica.closed or name not in self._meta.state.topics:
+                continue
+            if "compact" not in parse_list(self._replicas.topic_config(name, "cleanup.policy")):
+                continue
+            try:
+                await self.clean_replica(name, replica)
+            except DiskError as exc:
+                # Only the cleaner's own copy was being written: the log is unchanged.
+                log.warning("cleaning %s-%d failed, retried next pass: %s", name, partition, exc)
+
+    def _settings(self, name: str, now_ms: int) -> CleanSettings:
+        config = self._replicas.topic_config
+        rate = float(self._replicas.broker_config("log.cleaner.io.max.bytes.per.second"))
+        return CleanSettings(
+            now_ms=now_ms, delete_retention_ms=int(config(name, "delete.retention.ms")),
+            key_map_bytes=int(self._replicas.broker_config("log.cleaner.dedupe.buffer.size")),
+            io_bytes_per_s=rate if rate < 1e300 else None,
+            index_interval_bytes=INDEX_INTERVAL_BYTES_DEFAULT)
+
+    async def clean_replica(self, name: str, replica: PartitionReplica) -> CleanResult | None:
+        config = self._replicas.topic_config
+        now_ms = self._wall_clock_ms()
+        seg_log = replica.log
+        if seg_log.roll_if_older(now_ms, int(config(name, "segment.ms"))):
+            log.debug("%s-%d: segment.ms rolled the active segment", name, replica.partition)
+        known = self._clean_offsets.get(id(replica))
+        if known is None or known[0] is not replica:
+            known = (replica, 0, None)
+        _, clean_offset, oldest_tombstone_ms = known
+        delete_retention_ms = int(config(name, "delete.retention.ms"))
+        tombstones_due = oldest_tombstone_ms is not None and \
+            oldest_tombstone_ms < now_ms - delete_retention_ms
+        upto_index = min(replica.machine.applied_index, seg_log.durable_index) + 1
+        plan = plan_clean(seg_log.segments, upto_index=upto_index, clean_offset=clean_offset,
+                          now_ms=now_ms, min_lag_ms=int(config(name, "min.compaction.lag.ms")),
+                          max_lag_ms=int(config(name, "max.compaction.lag.ms")),
+                          min_dirty_ratio=float(config(name, "min.cleanable.dirty.ratio")),
+                          tombstones_due=tombstones_due)
+        if plan is None:
+            return None
+        settings = self._settings(name, now_ms)
+        seg_log.pin()
+        try:
+            result = await self._run_sync(run_clean, self._replicas.disk, plan, settings)
+            replaced = sum(seg_log.replace_segment(old, new) for old, new in result.replacements)
+        finally:
+            seg_log.unpin()
+        self._clean_offsets[id(replica)] = (replica, max(clean_offset, result.clean_offset),
+                                            result.oldest_tombstone_ms)
+        stats = self.stats
+        stats.passes += 1
+        stats.segments_replaced += replaced
+        stats.bytes_read += result.bytes_read
+        stats.bytes_written += result.bytes_written
+        stats.records_dropped += result.records_dropped
+        stats.tombstones_dropped += result.tombstones_dropped
+        stats.seconds += result.seconds
+        log.info("cleaned %s-%d (%s): %d of %d segment(s) rewritten, %d record(s) and %d tombstone(s) "
+                 "removed, %.1f MB read in %.2f s; clean below offset %d", name, replica.partition,
+                 plan.reason, replaced, len(plan.segments), result.records_dropped,
+                 result.tombstones_dropped, result.bytes_read / 1e6, result.seconds, result.clean_offset)
+        return result

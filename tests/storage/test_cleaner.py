@@ -1,0 +1,321 @@
+"""The log cleaner (storage/cleaner.py) on real segment files: latest value per key,
+offsets and Raft entries preserved, tombstones, the key-map bound, and crashes mid-clean."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import crc32c
+import pytest
+
+from chronik_trio.record_batch import HEADER_BYTES, read_header
+from chronik_trio.storage import Disk, FaultyDisk, LogEntry
+from chronik_trio.storage.cleaner import (CLEANED_SUFFIX, CleanSettings, decode_records, plan_clean,
+                                          rebuild_batch, run_clean)
+from tests.kafka_wire import Record, build_batch, parse_batches
+
+NOW_MS = 10_000_000
+DAY_MS = 86_400_000
+
+
+def keyed_entries(first_index: int, first_offset: int, items, *, per_batch: int = 2, ts: int = 1_000,
+                  term: int = 1) -> list[LogEntry]:
+    """Entries of batches of `per_batch` (key, value) records, offsets contiguous."""
+    out, offset, index = [], first_offset, first_index
+    for k in range(0, len(items), per_batch):
+        chunk = items[k:k + per_batch]
+        batch = build_batch([Record(key, value) for key, value in chunk], base_offset=offset,
+                            base_timestamp_ms=ts)
+        out.append(LogEntry(index, term, 0, batch))
+        offset += len(chunk)
+        index += 1
+    return out
+
+
+def gzip_batch(items, base_offset: int, ts: int = 1_000) -> bytes:
+    plain = build_batch([Record(k, v) for k, v in items], base_offset=base_offset, base_timestamp_ms=ts)
+    body = gzip.compress(plain[HEADER_BYTES:])
+    out = bytearray(plain[:HEADER_BYTES] + body)
+    struct.pack_into(">i", out, 8, len(out) - 12)
+    struct.pack_into(">h", out, 21, 1)
+    struct.pack_into(">I", out, 17, crc32c.crc32c(bytes(out[21:])))
+    return bytes(out)
+
+
+def settings(**kw) -> CleanSettings:
+    base = dict(now_ms=NOW_MS, delete_retention_ms=DAY_MS, key_map_bytes=1 << 20,
+                io_bytes_per_s=None, index_interval_bytes=4096)
+    base.update(kw)
+    return CleanSettings(**base)
+
+
+def clean_once(log, disk, *, clean_offset: int = 0, **kw) -> int:
+    """One whole pass as the node runs it; returns how many segments were replaced."""
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=clean_offset,
+                      now_ms=NOW_MS, min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    if plan is None:
+        return 0
+    log.pin()
+    try:
+        result = run_clean(disk, plan, settings(**kw))
+        return sum(log.replace_segment(old, new) for old, new in result.replacements)
+    finally:
+        log.unpin()
+
+
+def read_all(log) -> dict[int, tuple[bytes | None, bytes | None]]:
+    """offset -> (key, value) of every record served."""
+    out = {}
+    for payload in log.read_batches(log.log_start_offset, max_bytes=1 << 30, end_offset=log.next_offset):
+        (batch,) = parse_batches(bytes(payload))
+        assert batch.crc_ok
+        for r in batch.records:
+            out[batch.base_offset + r.offset_delta] = (r.key, r.value)
+    return out
+
+
+def latest_by_key(items) -> dict[bytes, tuple[int, bytes | None]]:
+    latest = {}
+    for offset, (key, value) in enumerate(items):
+        latest[key] = (offset, value)
+    return latest
+
+
+def workload(n: int, keys: int):
+    return [(f"k{i % keys}".encode(), f"v{i}".encode()) for i in range(n)]
+
+
+@pytest.fixture
+def compacted(open_log):
+    """A partition log of 60 records over 10 keys in several small segments."""
+    def make(disk=None, items=None):
+        items = items if items is not None else workload(60, 10)
+        log = open_log("p", kafka=True, segment_bytes_max=600, disk=disk)
+        log.append(keyed_entries(1, 0, items))
+        log.sync()
+        return log, items
+    return make
+
+
+def test_latest_value_per_key_offsets_and_entries_kept(compacted, open_log):
+    log, items = compacted()
+    before = [(e.index, e.term, e.type) for e in log.entries(1, log.last_index + 1)]
+    next_offset, first_index, last_index = log.next_offset, log.first_index, log.last_index
+    assert log.segment_count > 4
+    replaced = clean_once(log, Disk())
+    assert replaced >= 3
+    got = read_all(log)
+    active_first = log.segments[-1]
+    latest = latest_by_key(items)
+    # every key's latest record is there, at its own offset, and nothing older survives in
+    # the cleaned segments
+    for key, (offset, value) in latest.items():
+        assert got[offset] == (key, value)
+    # below the active segment (never cleaned), one record per key: the latest there
+    cleaned_latest = latest_by_key(items[:active_first.offset_lo])
+    for offset, (key, value) in got.items():
+        if offset < active_first.offset_lo:
+            assert cleaned_latest[key][0] == offset, (offset, key)
+    assert [(e.index, e.term, e.type) for e in log.entries(1, log.last_index + 1)] == before
+    assert (log.next_offset, log.first_index, log.last_index) == (next_offset, first_index, last_index)
+    # batch offsets are preserved: lastOffsetDelta unchanged, records keep their deltas;
+    # batches left empty stay in the log but are not served
+    headers = [read_header(entry.payload) for entry in log.entries(1, log.last_index + 1)]
+    assert all(h.last_offset_delta == 1 for h in headers)
+    assert any(h.record_count == 0 for h in headers)
+    served = log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset)
+    assert served and all(read_header(p).record_count > 0 for p in served)
+    log.sync()
+    log.close()
+    again = open_log("p", kafka=True, segment_bytes_max=600)
+    assert read_all(again) == got
+    assert clean_once(again, Disk()) == 0  # already clean: nothing changes
+
+
+def test_tombstones_kept_until_delete_retention_then_removed(compacted):
+    items = workload(30, 5) + [(b"k1", None), (b"k2", None)] + workload(20, 1)
+    log, _ = compacted(items=items)
+    clean_once(log, Disk())
+    got = read_all(log)
+    values = {key: value for key, value in got.values()}
+    assert values[b"k1"] is None and values[b"k2"] is None  # tombstones still served
+    assert sum(1 for key, _ in got.values() if key == b"k1") == 1
+    clean_once(log, Disk(), now_ms=NOW_MS + 2 * DAY_MS)
+    got = read_all(log)
+    keys = {key for key, _ in got.values()}
+    assert b"k1" not in keys and b"k2" not in keys  # gone with every older value
+    assert b"k3" in keys
+
+
+def test_unreadable_batch_blocks_tombstone_removal(open_log):
+    """A batch whose records cannot be read here (snappy, say) is kept whole; an old value of
+    a key may hide in it, so no tombstone is removed while it is in the log."""
+    hidden = bytearray(build_batch([Record(b"k1", b"old")], base_offset=0, base_timestamp_ms=1_000))
+    struct.pack_into(">h", hidden, 21, 2)  # claims snappy: records unreadable here
+    struct.pack_into(">I", hidden, 17, crc32c.crc32c(bytes(hidden[21:])))
+    assert decode_records(bytes(hidden)) is None
+    log = open_log("o", kafka=True, segment_bytes_max=300)
+    log.append([LogEntry(1, 1, 0, bytes(hidden))] + keyed_entries(2, 1, [(b"k1", None)] + [(b"x%d" % (i % 3), b"v") for i in range(12)]))
+    log.sync()
+    clean_once(log, Disk(), now_ms=NOW_MS + 2 * DAY_MS)
+    batches = [read_header(p) for p in log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset)]
+    assert batches[0].base_offset == 0 and batches[0].record_count == 1  # kept whole
+    tombstones = [r for payload in log.read_batches(1, max_bytes=1 << 30, end_offset=log.next_offset)
+                  for r in (decode_records(payload) or (None, []))[1] if r.key == b"k1"]
+    assert [r.tombstone for r in tombstones] == [True]
+
+
+def test_gzip_batches_are_cleaned_and_stay_gzip(open_log):
+    log = open_log("g", kafka=True, segment_bytes_max=400)
+    entries, offset = [], 0
+    for k in range(12):
+        entries.append(LogEntry(k + 1, 1, 0, gzip_batch([(b"a", b"%d" % k), (b"b%d" % k, b"x")], offset)))
+        offset += 2
+    log.append(entries)
+    log.sync()
+    assert clean_once(log, Disk()) >= 1
+    got = read_all_gzip(log)
+    active_lo = log.segments[-1].offset_lo
+    assert sum(1 for o, (key, _) in got.items() if key == b"a" and o < active_lo) == 1
+    assert max(o for o, (key, _) in got.items() if key == b"a") == 22  # the latest
+    assert all(key.startswith(b"b") for key, _ in got.values() if key != b"a")
+
+
+def read_all_gzip(log):
+    out = {}
+    for payload in log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset):
+        header, records = decode_records(bytes(payload))
+        assert header.attributes & 7 == 1
+        for r in records:
+            raw = bytes(r.raw)
+            out[header.base_offset + r.offset_delta] = (r.key, raw)
+    return out
+
+
+def test_rebuilt_empty_batch_keeps_offsets():
+    batch = build_batch([Record(b"a", b"1"), Record(b"a", b"2"), Record(b"a", b"3")], base_offset=40)
+    header, _ = decode_records(batch)
+    empty = rebuild_batch(batch, header, [])
+    h = read_header(empty)
+    assert (h.base_offset, h.last_offset_delta, h.record_count, h.size_bytes) == (40, 2, 0, HEADER_BYTES)
+    assert crc32c.crc32c(empty[21:]) == h.crc
+
+
+def test_key_map_bound_cleans_a_prefix_and_later_passes_continue(compacted):
+    items = workload(30, 5) + [(b"u%d" % i, b"x") for i in range(90)]
+    log, _ = compacted(items=items)
+    # room for 12 keys: the map fills in the segment after the first 30 records
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    log.pin()
+    try:
+        result = run_clean(Disk(), plan, settings(key_map_bytes=12 * 128))
+        for old, new in result.replacements:
+            log.replace_segment(old, new)
+    finally:
+        log.unpin()
+    assert result.replacements and 0 < result.clean_offset <= 40
+    got = read_all(log)
+    latest = latest_by_key(items)
+    for key, (offset, value) in latest.items():
+        assert got[offset] == (key, value)
+
+
+def test_plan_respects_upto_index_lag_and_ratio(compacted):
+    log, _ = compacted()
+    segs = log.segments
+    assert plan_clean(segs, upto_index=segs[1].last_index, clean_offset=0, now_ms=NOW_MS, min_lag_ms=0,
+                      max_lag_ms=2**63 - 1, min_dirty_ratio=0.0).segments == (segs[0],)
+    assert plan_clean(segs, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=NOW_MS, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0) is None
+    clean_offset = segs[-2].next_offset
+    assert plan_clean(segs, upto_index=log.last_index + 1, clean_offset=clean_offset, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0) is None
+    some_dirty = segs[-3].next_offset
+    assert plan_clean(segs, upto_index=log.last_index + 1, clean_offset=some_dirty, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.9) is None
+    assert plan_clean(segs, upto_index=log.last_index + 1, clean_offset=some_dirty, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=1, min_dirty_ratio=0.9).reason == "max.compaction.lag.ms"
+
+
+def test_crash_before_swap_leaves_old_segment(compacted, open_log):
+    log, items = compacted()
+    before = read_all(log)
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    log.pin()
+    result = run_clean(Disk(), plan, settings())
+    directory = log.directory
+    assert any(p.name.endswith(CLEANED_SUFFIX) for p in directory.iterdir())
+    for _, new in result.replacements:  # the process dies: copies never swapped in
+        Disk().close(new.file)
+    log.unpin()
+    log.close()
+    again = open_log("p", kafka=True, segment_bytes_max=600)
+    assert not any(p.name.endswith(CLEANED_SUFFIX) for p in directory.iterdir())
+    assert read_all(again) == before
+
+
+@pytest.mark.parametrize("swapped", [0, 1, 99])
+def test_power_loss_mid_clean_leaves_whole_segments(compacted, open_log, swapped):
+    """Power loss after `swapped` segments were renamed in, before any log sync: every
+    segment is either the old or the new one, and the log reads the latest values."""
+    disk = FaultyDisk()
+    log, items = compacted(disk=disk)
+    before = read_all(log)
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    log.pin()
+    result = run_clean(disk, plan, settings())
+    for k, (old, new) in enumerate(result.replacements):
+        if k < swapped:
+            assert log.replace_segment(old, new)
+        else:
+            disk.close(new.file)
+    log.unpin()
+    last_index = log.last_index
+    log.close()
+    disk.drop_unsynced()
+    again = open_log("p", kafka=True, segment_bytes_max=600, disk=disk, durable_index=last_index)
+    got = read_all(again)
+    latest = latest_by_key(items)
+    for key, (offset, value) in latest.items():
+        assert got[offset] == (key, value)
+    assert set(got) <= set(before)
+    assert all(before[o] == got[o] for o in got)
+
+
+def test_swap_refused_when_segment_deleted_meanwhile(compacted):
+    log, _ = compacted()
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    log.pin()
+    result = run_clean(Disk(), plan, settings())
+    old, new = result.replacements[0]
+    log.delete_before(log.segments[1].first_index)  # retention, while the cleaner ran
+    assert not log.replace_segment(old, new)
+    assert all(log.replace_segment(o, n) for o, n in result.replacements[1:])
+    log.unpin()
+    assert not old.path.exists()
+    assert not any(p.name.endswith(CLEANED_SUFFIX) for p in log.directory.iterdir())
+
+
+def test_segment_ms_rolls_the_active_segment(open_log):
+    log = open_log("r", kafka=True)
+    log.append(keyed_entries(1, 0, workload(4, 2), ts=1_000))
+    assert not log.roll_if_older(1_500, 1_000)
+    assert log.roll_if_older(2_000, 1_000)
+    assert log.segment_count == 2 and log.segments[-1].entry_count == 0
+    assert not log.roll_if_older(5_000, 1_000)  # an empty active segment stays
+
+
+def test_the_last_segment_with_batches_is_not_cleaned(compacted):
+    """After a segment.ms roll the active segment is empty: the segment before it holds the
+    log's last batch and stays as written (Kafka never cleans its active segment)."""
+    log, _ = compacted()
+    assert log.roll_if_older(NOW_MS, 1)
+    last = log.segments[-2]
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    assert plan.segments and last not in plan.segments and plan.segments[-1] is log.segments[-3]

@@ -315,7 +315,7 @@ async def ask_to_join(node_id: int, raft_address: tuple[str, int], member: str, 
                         answer.error_message)
             await trio.sleep(JOIN_RETRY_S)
             continue
-        raise JoinRefused(f"{member} refused node {node_id}'s join request: {code.name}: {answer.error_message}")
+        raise JoinRefused(f"{member} refused node {node_id}'s join request: {code.name.upper()}: {answer.error_message}")
 
 
 async def kafka_call(address: str, api_key: int, version: int, body, timeout_s: float):

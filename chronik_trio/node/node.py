@@ -43,6 +43,7 @@ from chronik_trio.storage.raft_storage import DurableRaftStorage
 from chronik_trio.transport.transport import Transport
 
 from .config import ConfigError, NodeConfig
+from .disk_health import DiskHealth
 from .group_coordinator import GroupCoordinator
 from .kafka_server import RequestErrors, serve_connection
 from .leader_reports import LeaderReports
@@ -112,8 +113,13 @@ class Node:
         self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine, self.groups,
                                        rng=self.rng, run_sync=run_sync)
         self.meta_machine.listeners.append(self.replicas.reconcile_soon)
-        self.preferred_leaders = PreferredLeaders(self.node_id, self.meta_machine, self.meta_service,
-                                                  self.replicas, config.leader_balance_interval_ms / 1000)
+        self.disk_health = DiskHealth(self.node_id, config.disk_degraded_fsync_ms / 1000, self.runtime,
+                                      self.meta_machine, self.meta_service)
+        self.runtime.observe_fsync = self._observe_fsync
+        self.preferred_leaders = PreferredLeaders(
+            self.node_id, self.meta_machine, self.meta_service, self.replicas, runtime=self.runtime,
+            disk=self.disk_health, static_configs=config.kafka_configs,
+            min_healthy_s=config.leader_balance_min_healthy_ms / 1000)
         self.topics = Topics(self.meta_machine, self.meta_service, self.preferred_leaders, self.replicas,
                              config.default_partitions, self.rng)
         self.producer_ids = ProducerIds(self.node_id, self.meta_service, wall_clock_ms)
@@ -246,6 +252,7 @@ class Node:
                 nursery.start_soon(meta_snapshot_loop, self.meta_service, self.config.meta_snapshot_entries,
                                    self.run_sync)
                 nursery.start_soon(self.preferred_leaders.run)
+                nursery.start_soon(self.disk_health.run)
                 await nursery.start(self.groups.run)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._join_cluster()
@@ -281,6 +288,10 @@ class Node:
         self.meta_machine.conf_state = group.node.status().conf_state
         self.runtime.add(group)
         self.meta_service.open(group)
+
+    def _observe_fsync(self, seconds: float) -> None:
+        self.metrics.fsync_seconds.observe(seconds)
+        self.disk_health.observe(seconds)
 
     def _other_peers(self) -> dict[int, tuple[str, int]]:
         return {n: address for n, address in self.config.peer_addresses.items() if n != self.node_id}
@@ -319,6 +330,7 @@ class Node:
                 "serving_kafka": self._serving, "partitions": len(self.replicas),
                 "meta_voters": list(self.meta_machine.conf_state.voters),
                 "meta_learners": list(self.meta_machine.conf_state.learners),
+                "disk_degraded": self.disk_health.degraded,
                 # who leads what, for outsiders (the node-process harness): group id -> term
                 "leading_groups": {g.group_id: g.term for g in groups if g.is_leader}}
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
-import time
 
 import pytest
 
@@ -18,14 +16,9 @@ from nodeharness import free_port
 from tests.brokers import CHRONIK_TRIO, BrokerProcess
 from tests.kafka_wire import CREATE_TOPICS
 from tests.replication.cluster import Cluster, wait_for
-from tests.replication.failover import RetryingProducer, check_acked_on_every_replica, key_of
+from tests.replication.failover import PacedLoad, RetryingProducer, check_acked_on_every_replica
 
 pytestmark = pytest.mark.timeout(300)
-
-LOAD_RECORDS_MAX = 4000
-LOAD_RATE_PER_S = 100
-LOAD_S_MAX = 120.0
-
 
 def admin(cluster: Cluster, n: int, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CHRONIK_TRIO, "admin", "--bootstrap", cluster.bootstrap(n), *args],
@@ -39,45 +32,6 @@ def brokers_seen(cluster: Cluster, n: int) -> set[int]:
 def meta_voters(cluster: Cluster, n: int) -> list[int] | None:
     health = cluster.nodes[n].process.health()
     return health and health.get("meta_voters")
-
-
-class PacedLoad:
-    """Produce key_of(i) records round-robin over `partitions` at LOAD_RATE_PER_S from a
-    thread, at most LOAD_RECORDS_MAX of them or LOAD_S_MAX seconds, until stop()."""
-
-    def __init__(self, cluster: Cluster, topic: str, partitions: int) -> None:
-        self.producer = RetryingProducer(cluster, topic)
-        self.partitions = partitions
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> "PacedLoad":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        p, start = self.producer, time.monotonic()
-        for i in range(LOAD_RECORDS_MAX):
-            if self._stop.is_set() or time.monotonic() - start > LOAD_S_MAX:
-                break
-            p.producer.produce(p.topic, value=b"value-%d" % i, key=key_of(i), partition=i % self.partitions,
-                               on_delivery=lambda err, msg, i=i: self._report(i, err, msg))
-            self.sent = i + 1
-            p.producer.poll(1 / LOAD_RATE_PER_S)
-
-    def _report(self, i, err, msg) -> None:
-        if err is not None:
-            self.producer.errors.append(f"record {i}: {err}")
-        else:
-            self.producer.acked[i] = (msg.partition(), msg.offset(), time.monotonic())
-
-    def stop(self) -> dict[int, tuple[int, int, float]]:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        left = self.producer.producer.flush(60)
-        assert left == 0, f"{left} records undelivered; errors {self.producer.errors[:3]}"
-        return self.producer.acked
 
 
 def test_a_cluster_grows_to_four_and_shrinks_back_to_three_under_load(tmp_path):

@@ -102,16 +102,18 @@ class Membership:
     # --- every node: whom to talk to ------------------------------------------------------------
 
     def addresses(self) -> dict[int, tuple[str, int]]:
-        """Every other member's Raft address: --peers, then what __meta knows (registered
-        brokers, joining nodes), less removed nodes."""
+        """Every other member's Raft address: what __meta knows (registered brokers, joining
+        nodes), where --peers names a node its entry instead (the operator's word wins: e.g.
+        the chaos harness routes each link through a proxy), less removed nodes."""
         state = self._machine.state
-        out = dict(self._config_peers)
+        out: dict[int, tuple[str, int]] = {}
         for broker in state.brokers.values():
             if (address := parse_address(broker.raft_address)) is not None:
                 out[broker.node_id] = address
         for node_id, raft_address in state.joining.items():
             if (address := parse_address(raft_address)) is not None:
                 out[node_id] = address
+        out.update(self._config_peers)
         for node_id in state.removed_nodes:
             out.pop(node_id, None)
         out.pop(self.node_id, None)

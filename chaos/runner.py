@@ -227,7 +227,8 @@ async def run_scenario(scenario: Scenario, run_dir: pathlib.Path, *, progress: b
         history.record({"type": "fault-planned", "at_s": p.at_s, "desc": nemesis_mod.describe(p.fault)})
     cluster = Cluster(run_dir, scenario.cluster.nodes, fault_injection=scenario.cluster.fault_injection,
                       node_args=scenario.cluster.node_args, record=history.record,
-                      ready_timeout_s=scenario.cluster.ready_timeout_s, network=scenario.cluster.network)
+                      ready_timeout_s=scenario.cluster.ready_timeout_s, network=scenario.cluster.network,
+                      spares=scenario.cluster.spares)
     notes: list[str] = []
     target = workload.Target()
     consumer_stop = threading.Event()

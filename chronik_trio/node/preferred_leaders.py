@@ -9,9 +9,11 @@ answer), and the automatic balancer (run), Kafka's auto leader rebalance made he
   partitions whose preferred replica is B, the share led elsewhere (from __meta's leaders);
   above `leader.imbalance.per.broker.percentage`, the node hands each such partition it
   leads back to B, if B is in its ISR and eligible;
-- B is eligible when its disk is not degraded (disk_health.py, reported through __meta) and
-  this node has heard from it without a break for `leader_balance_min_healthy_ms`
-  (hysteresis: a node that restarts or flaps must stay up that long first);
+- B is eligible when this node has heard from it without a break, and its disk has not been
+  reported degraded (disk_health.py, through __meta), for `leader_balance_min_healthy_ms`
+  (hysteresis: a node that restarts, flaps or has just recovered must stay so that long
+  first), and B has acknowledged everything committed in the partition (a disk that has
+  just turned slow shows here before its report arrives);
 - a node whose own disk is degraded hands every partition it leads to an eligible in-sync
   replica at once (checked every second), and takes none back until healthy again;
 - `auto.leader.rebalance.enable=false` turns the hand-back off (ElectLeaders still works).
@@ -61,7 +63,8 @@ class PreferredLeaders:
         self._disk = disk
         self._static_configs = static_configs
         self._min_healthy_s = min_healthy_s
-        self._alive_since: dict[int, float] = {}  # peer -> since when heard without a break
+        # peer -> since when heard without a break and its disk not reported degraded
+        self._healthy_since: dict[int, float] = {}
         self._next_check = 0.0
         self.handed_back = 0  # leaderships handed to their preferred replica by the balancer
         self.handed_off = 0  # leaderships handed off because this node's disk is degraded
@@ -131,21 +134,28 @@ class PreferredLeaders:
         return value(ENABLE) == "true", float(value(INTERVAL)), int(value(PERCENTAGE))
 
     def _track_liveness(self, now: float) -> None:
+        degraded = self._meta.state.disk_degraded
         for peer in list(self._runtime.peers):
-            if self._runtime.is_reachable(peer, now):
-                self._alive_since.setdefault(peer, now)
+            if self._runtime.is_reachable(peer, now) and peer not in degraded:
+                self._healthy_since.setdefault(peer, now)
             else:
-                self._alive_since.pop(peer, None)
+                self._healthy_since.pop(peer, None)
 
     def eligible(self, node_id: int, now: float) -> bool:
-        """Whether node_id may be given leadership: its disk is not degraded, and (another
-        node) it has been heard without a break for min_healthy_s."""
-        if node_id in self._meta.state.disk_degraded:
-            return False
+        """Whether node_id may be given leadership: (another node) it has been heard without a
+        break, and its disk not reported degraded, for min_healthy_s."""
         if node_id == self.node_id:
-            return not self._disk.degraded
-        since = self._alive_since.get(node_id)
+            return not self._disk.degraded and node_id not in self._meta.state.disk_degraded
+        since = self._healthy_since.get(node_id)
         return since is not None and now - since >= self._min_healthy_s
+
+    @staticmethod
+    def _keeps_up(replica: PartitionReplica, node_id: int) -> bool:
+        """Whether node_id has acknowledged everything committed in the partition, as its
+        leader sees it: a replica whose disk has just turned slow lags here before it
+        reports itself degraded, and a leader transfer to it would stall writes."""
+        progress = replica.group.node.progress().get(node_id)
+        return progress is not None and progress.match >= replica.group.node.committed_index
 
     def _rebalance(self, now: float, percentage: int) -> None:
         """Kafka's rule: a broker whose preferred partitions are led elsewhere for more than
@@ -171,7 +181,7 @@ class PreferredLeaders:
             if topic is None or replica.closed or not replica.is_leader or replica.group.transfer_pending():
                 continue
             preferred = topic.replicas[partition][0]
-            if preferred in wanting and preferred in replica.isr:
+            if preferred in wanting and preferred in replica.isr and self._keeps_up(replica, preferred):
                 log.info("handing %s-%d back to its preferred leader, node %d", name, partition, preferred)
                 self.handed_back += 1
                 replica.group.transfer_leader(preferred)
@@ -193,6 +203,7 @@ class PreferredLeaders:
     def _handoff_target(self, replicas: tuple[int, ...], replica: PartitionReplica, now: float) -> int | None:
         isr = replica.isr
         for candidate in replicas:
-            if candidate != self.node_id and candidate in isr and self.eligible(candidate, now):
+            if (candidate != self.node_id and candidate in isr and self.eligible(candidate, now)
+                    and self._keeps_up(replica, candidate)):
                 return candidate
         return None

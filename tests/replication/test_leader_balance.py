@@ -24,7 +24,7 @@ CONFIG = ("fault_injection = true\nleader_balance_interval_ms = 1000\nleader_bal
 SLOW_FSYNC_MS = 500
 WATCH_S = 8.0  # how long leadership is watched while the disk stays slow
 RECOVER_S = 10.0  # disk_health.RECOVER_S: clean this long before the disk counts as healthy
-BACK_BOUND_S = RECOVER_S + 2.0 + 1.0 + 12.0  # + min healthy + check interval + slack for a loaded machine
+BACK_BOUND_S = RECOVER_S + 2.0 + 1.0 + 15.0  # + min healthy + check interval + slack for a loaded machine
 
 
 def set_faults(cluster: Cluster, n: int, faults: dict) -> None:

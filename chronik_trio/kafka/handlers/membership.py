@@ -57,23 +57,22 @@ async def handle_add_raft_voter(body, ctx: BrokerContext, version: int):
 
 
 async def handle_remove_raft_voter(body, ctx: BrokerContext, version: int):
-    try:
-        _check_cluster_id(body, ctx)
-        await ctx.remove_node(int(body.voter_id))
-    except BrokerError as exc:
-        log.info("RemoveRaftVoter for node %d refused: %s", body.voter_id, exc)
-        return _answer(REMOVE_RAFT_VOTER, version, exc)
-    return _answer(REMOVE_RAFT_VOTER, version, None)
+    return await _remove(REMOVE_RAFT_VOTER, version, body, ctx, int(body.voter_id), force=False)
 
 
 async def handle_unregister_broker(body, ctx: BrokerContext, version: int):
-    try:
-        await ctx.remove_node(int(body.broker_id), force=True)
-    except BrokerError as exc:
-        log.info("UnregisterBroker for node %d refused: %s", body.broker_id, exc)
-        return _answer(UNREGISTER_BROKER, version, exc)
-    return _answer(UNREGISTER_BROKER, version, None)
+    return await _remove(UNREGISTER_BROKER, version, body, ctx, int(body.broker_id), force=True)
 
+
+async def _remove(api_key: int, version: int, body, ctx: BrokerContext, node_id: int, *, force: bool):
+    try:
+        if hasattr(body, "cluster_id"):
+            _check_cluster_id(body, ctx)
+        await ctx.remove_node(node_id, force=force)
+    except BrokerError as exc:
+        log.info("%s for node %d refused: %s", "UnregisterBroker" if force else "RemoveRaftVoter", node_id, exc)
+        return _answer(api_key, version, exc)
+    return _answer(api_key, version, None)
 
 DESCRIBE_QUORUM = 55
 METADATA_TOPIC = "__cluster_metadata"  # the name Kafka's tools ask for; here it is __meta

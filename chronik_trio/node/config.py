@@ -111,7 +111,7 @@ class NodeConfig:
     leader_balance_min_healthy_ms: int = 10_000
     # A node whose recent fsync median is above this reports its disk degraded: it is given
     # no leadership and hands off what it leads.
-    disk_degraded_fsync_ms: int = 200
+    disk_degraded_fsync_ms: int = 500
     # A follower that has not caught up with the leader for this long leaves the ISR.
     replica_lag_time_max_ms: int = 10_000
     # __meta snapshots its state and drops older log segments every this many entries;

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(240)
 
 CONFIG = ("fault_injection = true\nleader_balance_interval_ms = 1000\nleader_balance_min_healthy_ms = 2000\n"
           "replica_lag_time_max_ms = 3000\n")
-SLOW_FSYNC_MS = 500
+SLOW_FSYNC_MS = 1000  # clearly above disk_degraded_fsync_ms (500)
 WATCH_S = 8.0  # how long leadership is watched while the disk stays slow
 RECOVER_S = 10.0  # disk_health.RECOVER_S: clean this long before the disk counts as healthy
 BACK_BOUND_S = RECOVER_S + 2.0 + 1.0 + 15.0  # + min healthy + check interval + slack for a loaded machine

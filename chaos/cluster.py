@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
 import signal
 import urllib.error
 import urllib.request
@@ -93,10 +94,12 @@ class Cluster:
 
     def __init__(self, root: pathlib.Path, size: int, *, fault_injection: bool = False,
                  node_args: tuple[str, ...] = (), record=lambda event: None,
-                 ready_timeout_s: float = 90.0, network: str = "proxy", peer_tls: bool = False) -> None:
+                 ready_timeout_s: float = 90.0, network: str = "proxy", peer_tls: bool = False,
+                 spares: int = 0) -> None:
         self.root = root
         self.size = size
-        self.ids = list(range(1, size + 1))
+        self.ids = list(range(1, size + 1))  # the members (a spare while it has joined)
+        self.spare_ids = list(range(size + 1, size + spares + 1))
         self.fault_injection = fault_injection
         self.node_args = list(node_args)
         self.peer_tls = peer_tls
@@ -115,17 +118,22 @@ class Cluster:
         Raises:
             ClusterError: a node was not ready in time, or the network mode cannot run here.
         """
+        everyone = self.ids + self.spare_ids
         try:
-            await self.network.setup(nursery, self.ids, free_ports(2 * self.size))
+            await self.network.setup(nursery, everyone, free_ports(2 * len(everyone)))
         except NetworkUnavailable as exc:
             raise ClusterError(str(exc)) from None
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
-        admin_ports = free_ports(self.size) if self.peer_tls else []
+        admin_ports = free_ports(len(everyone)) if self.peer_tls else []
         if self.peer_tls:
             ca = await trio.to_thread.run_sync(make_ca, self.root / "certs")
-        for n in self.ids:
-            a = self.network.addresses(n, self.ids)
+        for n in everyone:
+            # A spare's --peers names itself and the members (not the other spares), and it
+            # joins through node 1's Kafka address; the members' --peers do not name spares
+            # (they learn a joined spare's Raft address from __meta: those links are direct).
+            a = self.network.addresses(n, self.ids if n in self.ids else [*self.ids, n])
             data_dir = self.root / "nodes" / f"node{n}"
+            join = [] if n in self.ids else ["--join", self.network.addresses(1, self.ids).listen]
             tls_args, admin_address = [], None
             if self.peer_tls:
                 cert, key = await trio.to_thread.run_sync(make_node_certificate, self.root / "certs", n)
@@ -133,7 +141,7 @@ class Cluster:
                 tls_args = ["--peer-ssl-cafile", str(ca), "--peer-ssl-certfile", str(cert),
                             "--peer-ssl-keyfile", str(key), "--admin-listen", admin_address]
             args = node_args(n, listen=a.listen, data_dir=data_dir, peers=a.peers,
-                             extra=["--advertised", a.advertised,
+                             extra=["--advertised", a.advertised, *join,
                                     *(["--fault-injection"] if self.fault_injection else []),
                                     *tls_args, *self.node_args])
             process = NodeProcess(n, [*self.network.command_prefix(n), *chronik_trio_command(), *args],
@@ -157,6 +165,20 @@ class Cluster:
         if not_ready:
             raise ClusterError(f"node(s) {not_ready} not ready after {self.ready_timeout_s:.0f} s; "
                                f"see {self.root / 'nodes'}")
+
+    async def join_spare(self, n: int) -> bool:
+        """Start spare node n on an empty data dir with --join; True once it serves Kafka (a
+        voter of __meta, registered)."""
+        shutil.rmtree(self.nodes[n].data_dir, ignore_errors=True)
+        self.ids.append(n)
+        self.spawn(n)
+        return await self.wait_ready(n)
+
+    async def retire_spare(self, n: int) -> None:
+        """Stop spare node n (after its removal from the cluster) and forget its data."""
+        await self.kill(n, signal.SIGTERM)
+        self.ids.remove(n)
+        shutil.rmtree(self.nodes[n].data_dir, ignore_errors=True)
 
     def spawn(self, n: int) -> None:
         node = self.nodes[n]

@@ -16,9 +16,13 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import subprocess
+import time
 
 import attrs
 import trio
+
+from nodeharness import chronik_trio_command
 
 from .cluster import Cluster
 from .network import NetworkUnavailable
@@ -28,6 +32,9 @@ from .scenario import FaultSpec, NemesisSpec
 log = logging.getLogger(__name__)
 
 RESTART_READY_TIMEOUT_S = 60.0
+JOIN_KILL_AT_S = (0.2, 1.5)  # join-remove: when the __meta leader is killed after the join starts
+JOIN_KILL_DOWN_S = 3.0
+REMOVE_NODE_TIMEOUT_S = 90.0
 
 
 @attrs.frozen
@@ -82,6 +89,9 @@ def describe(fault: FaultSpec) -> str:
         return f"disk {what} on {fault.target} for {fault.duration_s:g} s"
     if fault.kind == "power-loss":
         return f"power loss on {fault.target}, restart after {fault.duration_s:g} s"
+    if fault.kind == "join-remove":
+        during = ", SIGKILL the __meta leader during the join" if fault.target == "meta-leader" else ""
+        return f"a spare node joins{during}, serves {fault.duration_s:g} s, and is removed"
     return "rolling restart of every node"
 
 
@@ -265,6 +275,39 @@ class Nemesis:
         await trio.sleep(fault.duration_s)
         return ""
 
+    async def _join_remove(self, fault: FaultSpec, nodes: list[int]) -> str:
+        """A spare node joins (--join: learner, then voter of __meta through joint consensus,
+        then a registered broker); with target meta-leader, the __meta leader is SIGKILLed
+        while the join is in flight and restarted JOIN_KILL_DOWN_S later. The node serves
+        for duration_s, then `admin remove-node` takes it out and it is stopped."""
+        spare = next((n for n in self.cluster.spare_ids if n not in self.cluster.ids), None)
+        if spare is None:
+            return "no spare node (cluster.spares) free: nothing joined"
+        started = trio.current_time()
+        victims = []
+        async with trio.open_nursery() as both:
+            joined: list[bool] = []
+
+            async def join() -> None:
+                joined.append(await self.cluster.join_spare(spare))
+            both.start_soon(join)
+            if fault.target == "meta-leader":
+                await trio.sleep(self.rng.uniform(*JOIN_KILL_AT_S))
+                victims = [n for n in nodes if n in self.cluster.running()]
+                for n in victims:
+                    await self.cluster.kill(n, signal.SIGKILL)
+                self._detail(f"node {spare} joining; SIGKILL __meta leader {victims}")
+                await trio.sleep(JOIN_KILL_DOWN_S)
+                await self._restart_together(victims)
+        joined_s = trio.current_time() - started
+        if not joined or not joined[0]:
+            return f"node {spare} NOT ready {joined_s:.0f} s after it was started with --join"
+        self._detail(f"node {spare} joined and serves after {joined_s:.1f} s")
+        await trio.sleep(fault.duration_s)
+        code, out = await trio.to_thread.run_sync(_remove_node, self.cluster.bootstrap_servers, spare)
+        await self.cluster.retire_spare(spare)
+        return f"node {spare} joined in {joined_s:.1f} s; remove-node exit {code}: {out.strip()[-200:]}"
+
     # --- heal --------------------------------------------------------------------------------
 
     async def _heal(self, fault: FaultSpec, nodes: list[int]) -> str:
@@ -318,3 +361,15 @@ class Nemesis:
         down = [n for n in self.cluster.ids if not self.cluster.nodes[n].running]
         notes += [f"node {n} not ready after its restart" for n in await self._restart_together(down)]
         return notes
+
+
+def _remove_node(bootstrap: str, node_id: int) -> tuple[int, str]:
+    """`chronik-trio admin remove-node` (the operator's command), retried while the cluster
+    answers without a verdict (exit 2); (exit code, output)."""
+    deadline = time.monotonic() + REMOVE_NODE_TIMEOUT_S
+    while True:
+        run = subprocess.run([*chronik_trio_command(), "admin", "--bootstrap", bootstrap, "remove-node",
+                              str(node_id)], capture_output=True, text=True, timeout=REMOVE_NODE_TIMEOUT_S)
+        if run.returncode != 2 or time.monotonic() > deadline:
+            return run.returncode, run.stdout + run.stderr
+        time.sleep(1.0)

@@ -229,7 +229,7 @@ async def run_scenario(scenario: Scenario, run_dir: pathlib.Path, *, progress: b
     cluster = Cluster(run_dir, scenario.cluster.nodes, fault_injection=scenario.cluster.fault_injection,
                       node_args=scenario.cluster.node_args, record=history.record,
                       ready_timeout_s=scenario.cluster.ready_timeout_s, network=scenario.cluster.network,
-                      peer_tls=scenario.cluster.peer_tls)
+                      peer_tls=scenario.cluster.peer_tls, spares=scenario.cluster.spares)
     notes: list[str] = []
     target = workload.Target()
     consumer_stop = threading.Event()

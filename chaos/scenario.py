@@ -41,7 +41,7 @@ PARTITION_MODES = ("isolate-leader", "isolate-random", "majority-minority", "bri
                    "one-way-leader")
 LINK_MODES = ("cut", "blackhole", "delay")
 FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-loss",
-               "rolling-restart")
+               "rolling-restart", "join-remove")
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
           "node_crashes", "compaction")
@@ -60,6 +60,7 @@ class ClusterSpec:
     node_args: tuple[str, ...] = ()
     ready_timeout_s: float = 90.0
     peer_tls: bool = False  # mutual TLS between the nodes (certificates made for the run)
+    spares: int = 0  # nodes not started with the cluster: a join-remove fault adds one with --join
 
 
 @attrs.frozen
@@ -212,7 +213,8 @@ def _cluster(r: _Reader) -> ClusterSpec:
                        fault_injection=c.get("fault_injection", bool, False),
                        node_args=tuple(args),
                        ready_timeout_s=c.get("ready_timeout_s", float, 90.0, minimum=1),
-                       peer_tls=c.get("peer_tls", bool, False))
+                       peer_tls=c.get("peer_tls", bool, False),
+                       spares=c.get("spares", int, 0, minimum=0, maximum=3))
 
 
 def _topics(r: _Reader, nodes: int) -> tuple[TopicSpec, ...]:

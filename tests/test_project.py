@@ -31,3 +31,18 @@ def test_generated_protobuf_code_is_current():
     proc = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_merge_conflict_markers_are_committed():
+    """A conflict resolved in a hurry must not leave git's markers in a tracked file."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                           check=True, timeout=30).stdout.split()
+    marked = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".proto", ".yaml", ".toml", ".go", ".java", ".js", ".xml"}:
+            continue
+        text = path.read_text(errors="replace")
+        if re.search(r"^(<{7} |>{7} |={7}$)", text, re.M):
+            marked.append(name)
+    assert marked == []

@@ -185,6 +185,16 @@ DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
        "reads plus writes per second, per pass (a pass sleeps to keep under it)", low=1,
        high=DOUBLE_MAX),
 )})
+# Leader balancing (node/preferred_leaders.py), Kafka's names; the static values are the
+# node's own settings (node/config.py), a dynamic one (per broker or cluster-wide) wins.
+DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
+    _d("auto.leader.rebalance.enable", _BOOL, "true", "Leaders hand partitions back to their "
+       "preferred replica when a broker's imbalance is above leader.imbalance.per.broker.percentage"),
+    _d("leader.imbalance.check.interval.seconds", _LONG, 5, "How often each leader checks the "
+       "balance (Kafka's default is 300)", low=1),
+    _d("leader.imbalance.per.broker.percentage", _INT, 10, "The share of a broker's preferred "
+       "partitions led elsewhere above which leadership is handed back to it", low=0, high=100),
+)})
 
 # The types of the static broker settings DescribeConfigs lists (node/config.py's
 # kafka_configs()); these change only with a restart.

@@ -159,6 +159,12 @@ class MetaState:
         # user -> mechanism -> credential (SCRAM; PLAIN is checked against these too)
         self.scram_credentials: dict[str, dict[str, ScramCredential]] = {}
         self.acls: dict[Acl, None] = {}  # insertion-ordered set of ACLs (cluster/acls.py)
+        # Membership (node/membership.py): nodes asked to join, not yet registered as brokers
+        # (node id -> Raft HOST:PORT); nodes removed (their registration is refused); nodes
+        # whose disk reports degraded (given no partition leadership).
+        self.joining: dict[int, str] = {}
+        self.removed_nodes: set[int] = set()
+        self.disk_degraded: set[int] = set()
         self.version = 0  # bumps on every change; readers cache derived answers by it
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
 
@@ -236,6 +242,9 @@ class MetaState:
                 snap.scram_credentials.add(user=user, mechanism=c.mechanism, iterations=c.iterations,
                                            salt=c.salt, stored_key=c.stored_key, server_key=c.server_key)
         snap.acls.extend(acl_binding(a) for a in self.acls)
+        snap.joining.extend(meta_pb2.JoiningNode(node_id=n, raft_address=a) for n, a in sorted(self.joining.items()))
+        snap.removed_nodes.extend(sorted(self.removed_nodes))
+        snap.disk_degraded.extend(sorted(self.disk_degraded))
         return snap.SerializeToString()
 
     def restore(self, data: bytes) -> None:
@@ -259,10 +268,58 @@ class MetaState:
         for c in snap.scram_credentials:
             self._scram_credential_upserted(c)
         self.acls = {acl_of(b): None for b in snap.acls}
+        self.joining = {j.node_id: j.raft_address for j in snap.joining}
+        self.removed_nodes = set(snap.removed_nodes)
+        self.disk_degraded = set(snap.disk_degraded)
 
     def _broker_registered(self, cmd: meta_pb2.BrokerRegistered) -> Applied:
+        if cmd.node_id in self.removed_nodes:
+            return Applied(False, ClusterError(f"node {cmd.node_id} was removed from the cluster; add it "
+                                               f"again with --join on an empty data dir",
+                                               ErrorCode.broker_id_not_registered))
+        self.joining.pop(cmd.node_id, None)
         self.brokers[cmd.node_id] = Broker(cmd.node_id, cmd.host, cmd.port, cmd.rack or None,
                                            cmd.raft_address, {e.name: (e.host, e.port) for e in cmd.listeners})
+        return Applied(True)
+
+    def replicas_on(self, node_id: int) -> list[str]:
+        """The partitions (as "topic-partition") with a replica on node_id."""
+        return [f"{t.name}-{p}" for t in self.topics.values()
+                for p, replicas in enumerate(t.replicas) if node_id in replicas]
+
+    def _node_join_requested(self, cmd: meta_pb2.NodeJoinRequested) -> Applied:
+        broker = self.brokers.get(cmd.node_id)
+        if broker is not None:
+            return Applied(False, ClusterError(
+                f"node id {cmd.node_id} is in use: a registered broker at {broker.host}:{broker.port} "
+                f"(raft {broker.raft_address or '-'}); remove it first or pick another id",
+                ErrorCode.duplicate_voter))
+        if cmd.node_id < 1 or not cmd.raft_address:
+            return Applied(False, ClusterError(f"a joining node needs an id >= 1 and a Raft address, "
+                                               f"got {cmd.node_id} at {cmd.raft_address!r}",
+                                               ErrorCode.invalid_request))
+        self.joining[cmd.node_id] = cmd.raft_address
+        self.removed_nodes.discard(cmd.node_id)
+        return Applied(True)
+
+    def _node_removed(self, cmd: meta_pb2.NodeRemoved) -> Applied:
+        hosted = self.replicas_on(cmd.node_id)
+        if hosted and not cmd.force:
+            shown = ", ".join(hosted[:10]) + (f" and {len(hosted) - 10} more" if len(hosted) > 10 else "")
+            return Applied(False, ClusterError(
+                f"node {cmd.node_id} still hosts replicas of {len(hosted)} partition(s): {shown}; move them "
+                f"first (decommission), or force the removal of a dead node", ErrorCode.invalid_request))
+        self.brokers.pop(cmd.node_id, None)
+        self.joining.pop(cmd.node_id, None)
+        self.disk_degraded.discard(cmd.node_id)
+        self.removed_nodes.add(cmd.node_id)
+        return Applied(True)
+
+    def _node_health_reported(self, cmd: meta_pb2.NodeHealthReported) -> Applied:
+        if cmd.disk_degraded:
+            self.disk_degraded.add(cmd.node_id)
+        else:
+            self.disk_degraded.discard(cmd.node_id)
         return Applied(True)
 
     def _scram_credential_upserted(self, cmd: meta_pb2.ScramCredentialUpserted) -> Applied:
@@ -383,6 +440,9 @@ _APPLY = {
     "scram_credential_deleted": MetaState._scram_credential_deleted,
     "acls_created": MetaState._acls_created,
     "acls_deleted": MetaState._acls_deleted,
+    "node_join_requested": MetaState._node_join_requested,
+    "node_removed": MetaState._node_removed,
+    "node_health_reported": MetaState._node_health_reported,
 }
 
 

@@ -146,6 +146,10 @@ REQUIREMENTS: dict[int, typing.Any] = {
     51: lambda b, m: _cluster(Operation.ALTER),
     60: lambda b, m: _cluster(Operation.DESCRIBE),
     61: lambda b, m: _each(Operation.READ, T, _names(b.topics)),
+    55: lambda b, m: _cluster(Operation.DESCRIBE),
+    64: lambda b, m: _cluster(Operation.ALTER),  # membership (node/membership.py)
+    80: lambda b, m: _cluster(Operation.ALTER),
+    81: lambda b, m: _cluster(Operation.ALTER),
 }
 
 

@@ -416,3 +416,46 @@ def error_response(api_key: int, api_version: int, request_body, error_code: Err
     Keys the request does not carry (a Fetch v13 topic id...) are copied when present."""
     cls = response_schema(api_key, api_version)
     return build(cls, _mirror(cls, request_body, error_code))
+
+
+# --- the client side: one request out, its response back (tools/admin.py, a joining node) ---
+
+API_VERSIONS_API_KEY = 18
+
+
+def encode_client_request(api_key: int, version: int, body, correlation_id: int, client_id: str) -> bytes:
+    """A whole request frame (size prefix included); body is a kio request entity or a dict
+    of its fields (nested entities as dicts)."""
+    request_cls = kio.index.load_request_schema(api_key, version)
+    if isinstance(body, dict):
+        body = build(request_cls, body)
+    header = request_cls.__header_schema__(request_api_key=api_key, request_api_version=version,
+                                           correlation_id=correlation_id, client_id=client_id)
+    sink = _BytesSink()
+    kio.serial.entity_writer(type(header))(sink, header)
+    kio.serial.entity_writer(request_cls)(sink, body)
+    payload = b"".join(sink.parts)
+    return struct.pack(">i", len(payload)) + payload
+
+
+def decode_client_response(api_key: int, version: int, frame: bytes, correlation_id: int):
+    """The response body of a frame (without its size prefix). Raises ValueError when the
+    correlation id is not ours, or kio's errors for a frame that does not parse."""
+    response_cls = kio.index.load_response_schema(api_key, version)
+    # ApiVersions answers always carry response header v0 (KIP-511).
+    header_cls = (kio.index.load_response_schema(api_key, 0).__header_schema__
+                  if api_key == API_VERSIONS_API_KEY else response_cls.__header_schema__)
+    response_header, offset = kio.serial.entity_reader(header_cls)(frame, 0)
+    if response_header.correlation_id != correlation_id:
+        raise ValueError(f"the answer carries correlation id {response_header.correlation_id}")
+    response, _ = kio.serial.entity_reader(response_cls)(frame, offset)
+    return response
+
+
+class _BytesSink:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        return len(data)

@@ -95,14 +95,28 @@ class NodeConfig:
     # with peers they are on its Raft address too, which speaks only mutual TLS once the
     # peer_ssl_* files are set (then this is the way to them without a node certificate).
     admin_listen: str | None = None
-    # Join an existing cluster: never bootstrap __meta, wait to be sent its state.
-    join: bool = False
+    # Join a running cluster (node/membership.py): the Kafka HOST:PORT of any member. With an
+    # empty data dir the node asks that member to add it (AddRaftVoter) instead of
+    # bootstrapping __meta; peers then needs only this node's own entry (its Raft address).
+    # Ignored once the data dir holds __meta (a restart).
+    join: str | None = None
     rack: str | None = None
     # The chaos harness's seam: storage goes through a FaultyDisk and the HTTP server answers
     # POST /faults (node/faults.py). Off in production.
     fault_injection: bool = False
-    # How often leaders check whether to hand a partition back to its preferred replica.
+    # How often leaders check whether to hand a partition back to its preferred replica
+    # (Kafka's leader.imbalance.check.interval.seconds, also a dynamic broker config).
     leader_balance_interval_ms: int = 5000
+    # Leader balancing (node/preferred_leaders.py; Kafka's names, also dynamic broker configs):
+    # on/off, and the share of a broker's preferred partitions led elsewhere that starts it.
+    auto_leader_rebalance_enable: bool = True
+    leader_imbalance_per_broker_percentage: int = 10
+    # A node must have been alive, with a healthy disk, this long before leadership is handed
+    # back to it (hysteresis: no flapping onto a node that comes and goes).
+    leader_balance_min_healthy_ms: int = 10_000
+    # A node whose recent fsync median is above this reports its disk degraded: it is given
+    # no leadership and hands off what it leads.
+    disk_degraded_fsync_ms: int = 500
     # A follower that has not caught up with the leader for this long leaves the ISR.
     replica_lag_time_max_ms: int = 10_000
     # __meta snapshots its state and drops older log segments every this many entries;
@@ -155,8 +169,10 @@ class NodeConfig:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         for key in ("default_partitions", "message_max_bytes", "request_max_bytes",
-                    "segment_bytes", "retention_check_interval_ms", "log_cleaner_backoff_ms", "meta_snapshot_entries", "meta_segment_bytes",
-                    "replica_lag_time_max_ms", "leader_balance_interval_ms", "producer_id_expiration_ms",
+                    "segment_bytes", "retention_check_interval_ms", "log_cleaner_backoff_ms",
+                    "meta_snapshot_entries", "meta_segment_bytes",
+                    "replica_lag_time_max_ms", "leader_balance_interval_ms",
+                    "leader_balance_min_healthy_ms", "disk_degraded_fsync_ms", "producer_id_expiration_ms",
                     "offsets_topic_num_partitions", "offsets_topic_replication_factor",
                     "offsets_retention_minutes", "offsets_retention_check_interval_ms",
                     "group_min_session_timeout_ms", "group_max_session_timeout_ms",
@@ -164,6 +180,14 @@ class NodeConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 
+        if not 0 <= self.leader_imbalance_per_broker_percentage <= 100:
+            raise ConfigError(f"leader_imbalance_per_broker_percentage must be 0..100, got "
+                              f"{self.leader_imbalance_per_broker_percentage}")
+        if self.join is not None:
+            _host_port(self.join, key="join")
+            if self.peers is None:
+                raise ConfigError("join needs peers with at least this node's entry (where it listens "
+                                  "for Raft traffic)")
         self._check_security()
         if self.peers is not None:
             members = self.peer_addresses
@@ -275,6 +299,9 @@ class NodeConfig:
             "log.retention.check.interval.ms": str(self.retention_check_interval_ms),
             "log.cleaner.backoff.ms": str(self.log_cleaner_backoff_ms),
             "replica.lag.time.max.ms": str(self.replica_lag_time_max_ms),
+            "auto.leader.rebalance.enable": str(self.auto_leader_rebalance_enable).lower(),
+            "leader.imbalance.check.interval.seconds": str(max(1, self.leader_balance_interval_ms // 1000)),
+            "leader.imbalance.per.broker.percentage": str(self.leader_imbalance_per_broker_percentage),
             "producer.id.expiration.ms": str(self.producer_id_expiration_ms),
             "offsets.topic.num.partitions": str(self.offsets_topic_num_partitions),
             "offsets.topic.replication.factor": str(self.offsets_topic_replication_factor),

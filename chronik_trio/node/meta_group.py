@@ -17,7 +17,7 @@ import trio
 from chronik_trio.cluster.meta import Applied, MetaState
 from chronik_trio.errors import MetaUnavailable, ProposalFailed
 from chronik_trio.pb import meta_pb2
-from chronik_trio.raft.types import Snapshot, StateRole
+from chronik_trio.raft.types import ConfState, Snapshot, StateRole
 
 from .raft_group import RaftGroup
 
@@ -38,6 +38,8 @@ class MetaMachine:
         self.listeners: list[typing.Callable[[], None]] = []  # called after changes
         # called with each applied command that is a request to act (not a state change)
         self.command_listeners: list[typing.Callable[[meta_pb2.MetaCommand], None]] = []
+        # __meta's own membership as applied here (node/membership.py watches it)
+        self.conf_state = ConfState()
 
     def expect(self, request_id: bytes) -> trio.Event:
         event = trio.Event()
@@ -81,10 +83,14 @@ class MetaMachine:
         self.leader_id = leader_id
 
     def on_conf_state(self, index, conf_state) -> None:
-        pass
+        log.info("__meta membership at index %d: voters %s, learners %s%s", index, conf_state.voters,
+                 conf_state.learners, f", leaving {conf_state.voters_outgoing}" if conf_state.voters_outgoing else "")
+        self.conf_state = conf_state
+        self._changed()
 
     def restore(self, snapshot: Snapshot) -> None:
         self.state.restore(snapshot.data)
+        self.conf_state = snapshot.metadata.conf_state
         self._changed()
 
 

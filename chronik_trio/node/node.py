@@ -44,10 +44,12 @@ from chronik_trio.storage.raft_storage import DurableRaftStorage
 from chronik_trio.transport.transport import Transport
 
 from .config import ConfigError, NodeConfig
+from .disk_health import DiskHealth
 from .group_coordinator import GroupCoordinator
 from .kafka_server import RequestErrors, serve_connection
 from .leader_reports import LeaderReports
 from .listeners import AuthFailures, close_unauthenticated, open_session, peer_tls, server_ssl_context
+from .membership import Membership, ask_to_join, learn_members, wait_until_voter
 from .meta_group import META_GROUP_ID, MetaMachine, MetaService
 from .metrics import NodeMetrics
 from .partition_group import PartitionReplica
@@ -117,13 +119,21 @@ class Node:
         self.cleaner = LogCleaner(self.replicas, self.meta_machine, wall_clock_ms=wall_clock_ms,
                                   run_sync=run_sync)
         self.metrics.collect_cleaner(self.cleaner.stats)
-        self.preferred_leaders = PreferredLeaders(self.node_id, self.meta_machine, self.meta_service,
-                                                  self.replicas, config.leader_balance_interval_ms / 1000)
+        self.disk_health = DiskHealth(self.node_id, config.disk_degraded_fsync_ms / 1000, self.runtime,
+                                      self.meta_machine, self.meta_service)
+        self.runtime.observe_fsync = self._observe_fsync
+        self.preferred_leaders = PreferredLeaders(
+            self.node_id, self.meta_machine, self.meta_service, self.replicas, runtime=self.runtime,
+            disk=self.disk_health, static_configs=config.kafka_configs,
+            min_healthy_s=config.leader_balance_min_healthy_ms / 1000)
         self.topics = Topics(self.meta_machine, self.meta_service, self.preferred_leaders, self.replicas,
                              config.default_partitions, self.rng)
         self.producer_ids = ProducerIds(self.node_id, self.meta_service, wall_clock_ms)
         self.leader_reports = LeaderReports(self.node_id, self.meta_machine, self.meta_service,
                                             self.runtime, self.replicas)
+        self.membership = Membership(self.node_id, config.peer_addresses, self.meta_machine, self.meta_service,
+                                     self.runtime, self.peers, run_sync)
+        self._joining = False  # set by _open_stores: an empty data dir and --join
         self._serving = False
         self._requests_inflight = 0
         self._requests_drained: trio.Event | None = None  # set when requests_inflight drops to 0
@@ -211,6 +221,15 @@ class Node:
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         return await self.preferred_leaders.elect(topic, partition, timeout_s)
 
+    def meta_quorum(self):
+        return self.membership.quorum()
+
+    async def add_node(self, node_id: int, raft_address: str) -> None:
+        await self.membership.add_node(node_id, raft_address)
+
+    async def remove_node(self, node_id: int, *, force: bool = False, timeout_s: float = 30.0) -> None:
+        await self.membership.remove_node(node_id, force=force, timeout_s=timeout_s)
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def request_shutdown(self) -> None:
@@ -227,6 +246,9 @@ class Node:
                     self.transport = self.peers.transport = self._start_transport()
                     await nursery.start(self.transport.run)
                 await self._wait_replayed([self.meta_service.group])
+                nursery.start_soon(self.membership.run)
+                if self._joining and not await self._join_as_new_member():
+                    nursery.cancel_scope.cancel()  # stopped while joining
                 await self._wait_meta_caught_up()
                 await nursery.start(self.replicas.run)  # opens the partitions assigned here
                 await self._wait_replayed([r.group for r in self.replicas.all()])
@@ -237,6 +259,7 @@ class Node:
                 nursery.start_soon(meta_snapshot_loop, self.meta_service, self.config.meta_snapshot_entries,
                                    self.run_sync)
                 nursery.start_soon(self.preferred_leaders.run)
+                nursery.start_soon(self.disk_health.run)
                 await nursery.start(self.groups.run)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._join_cluster()
@@ -259,22 +282,47 @@ class Node:
         if not storage.is_initialized:
             storage.close()
             if self.config.join:
-                raise ConfigError(f"{directory} is empty and --join was given: adding a member to "
-                                  f"a running cluster is not supported yet; start every member "
-                                  f"with the same --peers instead")
-            storage = DurableRaftStorage.bootstrap(self.disk, directory, voters=self.config.voters,
-                                                   kafka=False, segment_bytes=segment_bytes)
-            log.info("bootstrapped __meta with voters %s", self.config.voters)
+                # No configuration: the __meta leader sends a snapshot once this node is a learner.
+                storage = DurableRaftStorage(self.disk, directory, kafka=False, segment_bytes=segment_bytes)
+                self._joining = True
+                log.info("__meta is empty and --join was given: joining the cluster through %s", self.config.join)
+            else:
+                storage = DurableRaftStorage.bootstrap(self.disk, directory, voters=self.config.voters,
+                                                       kafka=False, segment_bytes=segment_bytes)
+                log.info("bootstrapped __meta with voters %s", self.config.voters)
         group = open_group(self.node_id, META_GROUP_ID, storage, self.meta_machine, self.runtime.wake,
                            rng=self.rng)
+        self.meta_machine.conf_state = group.node.status().conf_state
         self.runtime.add(group)
         self.meta_service.open(group)
+
+    def _observe_fsync(self, seconds: float) -> None:
+        self.metrics.fsync_seconds.observe(seconds)
+        self.disk_health.observe(seconds)
+
+    def _other_peers(self) -> dict[int, tuple[str, int]]:
+        return {n: address for n, address in self.config.peer_addresses.items() if n != self.node_id}
+
+    async def _join_as_new_member(self) -> bool:
+        """An empty data dir and --join: learn the members' Raft addresses from the member,
+        ask it to add this node, then wait until __meta has made it a voter (membership.py
+        describes the steps). False if a shutdown was requested meanwhile."""
+        async with trio.open_nursery() as race:
+            async def stop_on_shutdown() -> None:
+                await self._shutdown.wait()
+                race.cancel_scope.cancel()
+            race.start_soon(stop_on_shutdown)
+            self.membership.learn(await learn_members(self.config.join))
+            await ask_to_join(self.node_id, self.config.peer_addresses[self.node_id], self.config.join)
+            await wait_until_voter(self.node_id, self.meta_machine)
+            race.cancel_scope.cancel()
+        return not self._shutdown.is_set()
 
     def _start_transport(self) -> Transport:
         """The HTTP/2 app: Raft ingress from peers, /health and /metrics. On the node's
         entry in --peers; a node without peers serves it only with --admin-listen."""
         members = self.config.peer_addresses
-        peers = {n: address for n, address in members.items() if n != self.node_id}
+        peers = self._other_peers()
         listen = members[self.node_id] if members else self.config.admin_host_port
         # Only when asked for, so a factory of a simulated network needs no such options.
         options = {}
@@ -282,8 +330,11 @@ class Node:
             options["tls"] = self.peer_tls
         if members and self.config.admin_listen is not None:
             options["public_listen"] = self.config.admin_host_port
-        return self._make_transport(self.node_id, listen, peers, self.peers, self.metrics.registry, self._health,
-                                    **options)
+        transport = self._make_transport(self.node_id, listen, peers, self.peers, self.metrics.registry,
+                                         self._health, **options)
+        self.peers.transport = transport
+        self.membership.transport_started(peers)  # then peers learnt from __meta
+        return transport
 
     def _health(self) -> dict:
         groups = list(self.runtime.groups.values())
@@ -291,6 +342,9 @@ class Node:
                 "groups": len(groups), "leading": sum(1 for g in groups if g.is_leader),
                 "quiesced": sum(1 for g in groups if g.quiesced),
                 "serving_kafka": self._serving, "partitions": len(self.replicas),
+                "meta_voters": list(self.meta_machine.conf_state.voters),
+                "meta_learners": list(self.meta_machine.conf_state.learners),
+                "disk_degraded": self.disk_health.degraded,
                 # who leads what, for outsiders (the node-process harness): group id -> term
                 "leading_groups": {g.group_id: g.term for g in groups if g.is_leader}}
 
@@ -344,11 +398,13 @@ class Node:
         me = self.meta.brokers.get(self.node_id)
         if me is None or (me.host, me.port, me.rack or "", me.raft_address, me.listeners) != (
                 host, port, rack, raft_address, listeners):
-            await self.meta_service.propose(meta_pb2.MetaCommand(broker_registered=meta_pb2.BrokerRegistered(
+            applied = await self.meta_service.propose(meta_pb2.MetaCommand(broker_registered=meta_pb2.BrokerRegistered(
                 node_id=self.node_id, host=host, port=port, rack=rack, raft_address=raft_address,
                 listeners=[meta_pb2.ListenerEndpoint(name=s.name, host=s.advertised_host, port=s.advertised_port,
                                                      security_protocol=s.security_protocol)
                            for s in specs if s.name in listeners])))
+            if not applied.ok:
+                raise applied.error  # a removed node: it must not serve as a member
 
     async def _serve_kafka(self, listeners, task_status) -> None:
         """listeners: trio listeners given by the caller, served as the first configured
@@ -368,7 +424,7 @@ class Node:
                 log.info("node %d ready: kafka %s, data %s, voters %s", self.node_id,
                          ", ".join(f"{s.name} ({s.security_protocol}) {s.host}:{s.port} advertised "
                                    f"{s.advertised_host}:{s.advertised_port}" for s, _ in by_spec),
-                         self.data_dir, self.config.voters)
+                         self.data_dir, self.meta_machine.conf_state.voters)
                 task_status.started(listeners)
                 self._serving = True
                 await self._shutdown.wait()

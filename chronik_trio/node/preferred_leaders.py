@@ -1,38 +1,73 @@
 """Preferred leaders: leadership goes back to each partition's first replica, so leaders
-stay spread across the brokers.
+stay spread across the brokers (placement spreads the first replicas evenly).
 
 Three ways: ElectLeaders (a PreferredLeaderRequested command through __meta, acted on by
 whichever node leads the partition), right after CreateTopics (so no hand-over follows the
-answer), and periodically, once a preferred replica is in sync again after a restart.
+answer), and the automatic balancer (run), Kafka's auto leader rebalance made health-aware:
+
+- every `leader.imbalance.check.interval.seconds` each node looks at every broker B: of the
+  partitions whose preferred replica is B, the share led elsewhere (from __meta's leaders);
+  above `leader.imbalance.per.broker.percentage`, the node hands each such partition it
+  leads back to B, if B is in its ISR and eligible;
+- B is eligible when this node has heard from it without a break, and its disk has not been
+  reported degraded (disk_health.py, through __meta), for `leader_balance_min_healthy_ms`
+  (hysteresis: a node that restarts, flaps or has just recovered must stay so that long
+  first), and B has acknowledged everything committed in the partition (a disk that has
+  just turned slow shows here before its report arrives);
+- a node whose own disk is degraded hands every partition it leads to an eligible in-sync
+  replica at once (checked every second), and takes none back until healthy again;
+- `auto.leader.rebalance.enable=false` turns the hand-back off (ElectLeaders still works).
+
+The three settings are broker configs (static in the node's config, dynamic through
+IncrementalAlterConfigs, per broker or cluster-wide). Bound: a restarted node leads its
+preferred partitions again within min_healthy + one check interval + a leader transfer
+(< 1 s) once it is back in their ISR; docs/operations.md.
 """
 
 from __future__ import annotations
 
 import logging
+import typing
 import uuid
 
 import trio
 
+from chronik_trio.cluster.configs import resolve_broker
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.errors import RequestTimedOut
 from chronik_trio.pb import meta_pb2
 
+from .disk_health import DiskHealth
 from .meta_group import MetaMachine, MetaService
+from .partition_group import PartitionReplica
+from .raft_runtime import RaftRuntime
 from .replicas import HostedReplicas
 
 log = logging.getLogger(__name__)
 
 PREFERRED_SETTLE_S = 3.0  # CreateTopics answers after this even if leadership did not move
+BALANCE_TICK_S = 1.0  # liveness is tracked, and a degraded disk acted on, this often
+ENABLE, INTERVAL, PERCENTAGE = ("auto.leader.rebalance.enable", "leader.imbalance.check.interval.seconds",
+                                "leader.imbalance.per.broker.percentage")
 
 
 class PreferredLeaders:
     def __init__(self, node_id: int, meta: MetaMachine, meta_service: MetaService,
-                 replicas: HostedReplicas, balance_interval_s: float) -> None:
+                 replicas: HostedReplicas, *, runtime: RaftRuntime, disk: DiskHealth,
+                 static_configs: typing.Callable[[], dict[str, str]], min_healthy_s: float) -> None:
         self.node_id = node_id
         self._meta = meta
         self._meta_service = meta_service
         self._replicas = replicas
-        self._balance_interval_s = balance_interval_s
+        self._runtime = runtime
+        self._disk = disk
+        self._static_configs = static_configs
+        self._min_healthy_s = min_healthy_s
+        # peer -> since when heard without a break and its disk not reported degraded
+        self._healthy_since: dict[int, float] = {}
+        self._next_check = 0.0
+        self.handed_back = 0  # leaderships handed to their preferred replica by the balancer
+        self.handed_off = 0  # leaderships handed off because this node's disk is degraded
         meta.command_listeners.append(self._meta_command)
 
     async def elect(self, topic: Topic, partition: int, timeout_s: float) -> bool:
@@ -78,16 +113,97 @@ class PreferredLeaders:
             replica.group.transfer_leader(preferred)
 
     async def run(self) -> None:
-        """Hand leadership back to a partition's first replica once it is in sync again
-        (after a restart)."""
         while True:
-            await trio.sleep(self._balance_interval_s)
-            for (name, partition), replica in self._replicas.items():
-                topic = self._meta.state.topics.get(name)
-                if topic is None or replica.closed or not replica.is_leader:
+            await trio.sleep(BALANCE_TICK_S)
+            now = trio.current_time()
+            self._track_liveness(now)
+            if self._disk.degraded:
+                self._hand_off_all(now)
+                continue
+            enabled, interval_s, percentage = self._settings()
+            if not enabled or now < self._next_check:
+                continue
+            self._next_check = now + interval_s
+            self._rebalance(now, percentage)
+
+    def _settings(self) -> tuple[bool, float, int]:
+        state, static = self._meta.state, self._static_configs()
+
+        def value(key: str) -> str:
+            return resolve_broker(key, state.broker_configs, self.node_id, static).value
+        return value(ENABLE) == "true", float(value(INTERVAL)), int(value(PERCENTAGE))
+
+    def _track_liveness(self, now: float) -> None:
+        degraded = self._meta.state.disk_degraded
+        for peer in list(self._runtime.peers):
+            if self._runtime.is_reachable(peer, now) and peer not in degraded:
+                self._healthy_since.setdefault(peer, now)
+            else:
+                self._healthy_since.pop(peer, None)
+
+    def eligible(self, node_id: int, now: float) -> bool:
+        """Whether node_id may be given leadership: (another node) it has been heard without a
+        break, and its disk not reported degraded, for min_healthy_s."""
+        if node_id == self.node_id:
+            return not self._disk.degraded and node_id not in self._meta.state.disk_degraded
+        since = self._healthy_since.get(node_id)
+        return since is not None and now - since >= self._min_healthy_s
+
+    @staticmethod
+    def _keeps_up(replica: PartitionReplica, node_id: int) -> bool:
+        """Whether node_id has acknowledged everything committed in the partition, as its
+        leader sees it: a replica whose disk has just turned slow lags here before it
+        reports itself degraded, and a leader transfer to it would stall writes."""
+        progress = replica.group.node.progress().get(node_id)
+        return progress is not None and progress.match >= replica.group.node.committed_index
+
+    def _rebalance(self, now: float, percentage: int) -> None:
+        """Kafka's rule: a broker whose preferred partitions are led elsewhere for more than
+        `percentage` of them gets those this node leads back (if eligible and in the ISR)."""
+        state = self._meta.state
+        preferred_count: dict[int, int] = {}
+        led_elsewhere: dict[int, int] = {}
+        for topic in state.topics.values():
+            for partition, replicas in enumerate(topic.replicas):
+                if not replicas:
                     continue
-                preferred = topic.replicas[partition][0]
-                if preferred != self.node_id and preferred in replica.isr and \
-                        not replica.group.transfer_pending():
-                    log.info("handing %s-%d back to its preferred leader, node %d", name, partition, preferred)
-                    replica.group.transfer_leader(preferred)
+                preferred = replicas[0]
+                preferred_count[preferred] = preferred_count.get(preferred, 0) + 1
+                known = state.leader_of(topic, partition)
+                if known is not None and known.leader != preferred:
+                    led_elsewhere[preferred] = led_elsewhere.get(preferred, 0) + 1
+        wanting = {b for b, n in led_elsewhere.items()
+                   if 100 * n > percentage * preferred_count[b] and b != self.node_id and self.eligible(b, now)}
+        if not wanting:
+            return
+        for (name, partition), replica in self._replicas.items():
+            topic = state.topics.get(name)
+            if topic is None or replica.closed or not replica.is_leader or replica.group.transfer_pending():
+                continue
+            preferred = topic.replicas[partition][0]
+            if preferred in wanting and preferred in replica.isr and self._keeps_up(replica, preferred):
+                log.info("handing %s-%d back to its preferred leader, node %d", name, partition, preferred)
+                self.handed_back += 1
+                replica.group.transfer_leader(preferred)
+
+    def _hand_off_all(self, now: float) -> None:
+        """This node's disk is degraded: every partition it leads goes to an eligible in-sync
+        replica (preferred order), if there is one."""
+        state = self._meta.state
+        for (name, partition), replica in self._replicas.items():
+            topic = state.topics.get(name)
+            if topic is None or replica.closed or not replica.is_leader or replica.group.transfer_pending():
+                continue
+            target = self._handoff_target(topic.replicas[partition], replica, now)
+            if target is not None:
+                log.info("disk degraded: handing %s-%d to node %d", name, partition, target)
+                self.handed_off += 1
+                replica.group.transfer_leader(target)
+
+    def _handoff_target(self, replicas: tuple[int, ...], replica: PartitionReplica, now: float) -> int | None:
+        isr = replica.isr
+        for candidate in replicas:
+            if (candidate != self.node_id and candidate in isr and self.eligible(candidate, now)
+                    and self._keeps_up(replica, candidate)):
+                return candidate
+        return None

@@ -18,9 +18,9 @@ import trio
 
 from chronik_trio.errors import NotLeader, ProposalFailed
 from chronik_trio.raft.config import Config as RaftConfig
-from chronik_trio.raft.errors import ProposalDropped, StepPeerNotFound
+from chronik_trio.raft.errors import ConfChangeInvalid, ProposalDropped, StepPeerNotFound
 from chronik_trio.raft.rawnode import RawNode
-from chronik_trio.raft.types import (ConfState, Entry, EntryType, Message, MessageType, Snapshot, SoftState,
+from chronik_trio.raft.types import (ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot, SoftState,
                                      StateRole)
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,15 @@ class RaftGroup:
         return tuple(self.node.voter_ids()) == (self.node.id,)
 
     def deliver(self, message: Message) -> None:
-        """A message from a peer (sync, never blocks): queued for the Ready pass."""
-        if len(self.inbox) >= INBOX_MESSAGES_MAX:
+        """A message from a peer (sync, never blocks): queued for the Ready pass.
+
+        A group without a configuration yet (a node joining the cluster, node/membership.py)
+        takes no entries from the start of the log: applied on an empty configuration, the
+        first conf change would fail. It waits for the leader's snapshot instead (the leader
+        sends one once its log no longer starts at index 1)."""
+        if len(self.inbox) >= INBOX_MESSAGES_MAX or (
+                message.type == MessageType.APPEND and message.index == 0 and message.entries
+                and not self.storage.is_initialized):
             self.dropped_messages += 1
             return
         self.inbox.append(message)
@@ -205,6 +212,19 @@ class RaftGroup:
             waiter = self.propose_locked(data)
         self._wake(self)
         return await self.wait_applied(waiter)
+
+    async def propose_conf_change(self, change: ConfChangeV2) -> None:
+        """Propose a membership change as the leader; does not wait for it to apply (the
+        caller watches the configuration). Raises NotLeader or ProposalFailed (another change
+        is pending, or the change is invalid for the current configuration)."""
+        async with self.lock:
+            self.check_leader()
+            self.unquiesce()
+            try:
+                self.node.propose_conf_change(change)
+            except (ProposalDropped, ConfChangeInvalid) as exc:
+                raise ProposalFailed(f"group {self.group_id}: {exc}") from None
+        self._wake(self)
 
     def check_leader(self) -> None:
         """Raise NotLeader unless this node leads the group (call with the lock held)."""

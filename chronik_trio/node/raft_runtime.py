@@ -87,6 +87,7 @@ class RaftRuntime:
         self.malformed_drops = 0  # peer messages no peer may send (node/peers.py)
         self.observe_pass = observe_pass
         self.observe_fsync = observe_fsync
+        self.fsync_started: float | None = None  # trio time the fsync round in flight began
 
     def add(self, group: RaftGroup) -> None:
         assert group.group_id not in self.groups, group.group_id
@@ -312,8 +313,10 @@ class RaftRuntime:
             started = time.perf_counter()
             # Shielded: a shutdown must not leave a round begun but not ended (the thread's
             # entry is a checkpoint); the clean close syncs every group again after it.
+            self.fsync_started = trio.current_time()
             with trio.CancelScope(shield=True):
                 await self._run_sync(_run_tickets, [t for _, t in tickets])
+            self.fsync_started = None
             self.observe_fsync(time.perf_counter() - started)
             self.fsync_rounds += 1
             for group, ticket in tickets:

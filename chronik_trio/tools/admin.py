@@ -28,7 +28,6 @@ import argparse
 import base64
 import concurrent.futures
 import hashlib
-import io
 import json
 import os
 import secrets
@@ -37,12 +36,12 @@ import ssl
 import struct
 import sys
 import time
+import uuid
 
 import kio.index
 from kio.schema.errors import ErrorCode
-from kio.serial import entity_reader, entity_writer
 
-from chronik_trio.kafka.codec import build
+from chronik_trio.kafka.codec import build, decode_client_response, encode_client_request
 from chronik_trio.kafka.sasl import MECHANISMS as SASL_MECHANISMS, PLAIN, SaslFailed, ScramClient
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -223,30 +222,16 @@ def kafka_request(address: str, api_key: int, version: int, body, timeout_s: flo
 
 def _exchange(sock: socket.socket, address: str, api_key: int, version: int, body):
     """One request and its answer on an open connection."""
-    request_cls = kio.index.load_request_schema(api_key, version)
-    response_cls = kio.index.load_response_schema(api_key, version)
-    if isinstance(body, dict):
-        body = build(request_cls, body)
     correlation_id = 1
-    header = request_cls.__header_schema__(request_api_key=api_key, request_api_version=version,
-                                           correlation_id=correlation_id, client_id=CLIENT_ID)
-    sink = io.BytesIO()
-    entity_writer(type(header))(sink, header)
-    entity_writer(request_cls)(sink, body)
-    payload = sink.getvalue()
-    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    sock.sendall(encode_client_request(api_key, version, body, correlation_id, CLIENT_ID))
     (size,) = struct.unpack(">i", _recv_exact(sock, 4))
     if not 0 < size <= RESPONSE_BYTES_MAX:
         raise ValueError(f"{address} answered a frame of {size} bytes")
-    frame = _recv_exact(sock, size)
-    # ApiVersions answers always carry response header v0 (KIP-511).
-    header_cls = (kio.index.load_response_schema(api_key, 0).__header_schema__
-                  if api_key == API_VERSIONS_API_KEY else response_cls.__header_schema__)
-    response_header, offset = entity_reader(header_cls)(frame, 0)
-    if response_header.correlation_id != correlation_id:
-        raise ValueError(f"{address} answered correlation id {response_header.correlation_id}")
-    response, _ = entity_reader(response_cls)(frame, offset)
-    return response
+    answer = _recv_exact(sock, size)
+    try:
+        return decode_client_response(api_key, version, answer, correlation_id)
+    except ValueError as exc:
+        raise ValueError(f"{address}: {exc}") from None
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -742,7 +727,27 @@ def cmd_acl(args) -> int:
 
 # --- the command -------------------------------------------------------------------------------
 
-COMMANDS = {"topics": cmd_topics, "create-topic": cmd_create_topic, "delete-topic": cmd_delete_topic,
+REMOVE_RAFT_VOTER_API_KEY, UNREGISTER_BROKER_API_KEY = 81, 64
+REMOVE_NODE_WAIT_S = 40.0  # the broker answers once __meta's voters changed (it waits up to 30 s)
+
+
+def cmd_remove_node(args) -> int:
+    """Take a node out of the cluster: RemoveRaftVoter, or UnregisterBroker with --force (a
+    dead node that still hosts replicas). Refusals name the reason (docs/operations.md)."""
+    if args.force:
+        api_key, body = UNREGISTER_BROKER_API_KEY, {"broker_id": args.node_id}
+    else:
+        api_key, body = REMOVE_RAFT_VOTER_API_KEY, {"cluster_id": None, "voter_id": args.node_id,
+                                                    "voter_directory_id": uuid.UUID(int=0)}
+    args.timeout = max(args.timeout, REMOVE_NODE_WAIT_S)
+    _, answer = ask_any(args, api_key, 0, body)
+    if int(answer.error_code) != 0:
+        raise _refused(f"remove-node {args.node_id}", answer.error_code, answer.error_message)
+    print(f"node {args.node_id} removed: out of the broker registry and of __meta's voters")
+    return 0
+
+
+COMMANDS = {"topics": cmd_topics, "remove-node": cmd_remove_node, "create-topic": cmd_create_topic, "delete-topic": cmd_delete_topic,
             "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health,
             "config": cmd_config, "user": cmd_user, "acl": cmd_acl}
 
@@ -813,6 +818,10 @@ def add_parser(sub) -> None:
     c.add_argument("--transactional-id")
     c.add_argument("--cluster", action="store_true")
     c.add_argument("--prefixed", action="store_true", help="the name is a prefix (default: literal)")
+    c = command("remove-node", "take a node out of the cluster (refused while it hosts replicas)")
+    c.add_argument("node_id", type=int, metavar="NODE_ID")
+    c.add_argument("--force", action="store_true",
+                   help="a dead node (unheard for 10 s) that still hosts replicas: they stay, offline, until moved")
     c = command("health", "exit 0 if every broker answers and every partition has a leader and a full ISR")
     c.add_argument("--json", action="store_true")
 

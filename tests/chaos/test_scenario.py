@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 SCENARIOS = pathlib.Path(__file__).parents[2] / "chaos" / "scenarios"
 SHIPPED = ["failover", "partition", "crash-restart", "pause", "slow-disk", "disk-faults",
            "power-loss", "rolling-restart", "mixed", "failover-idempotent", "failover-mtls",
-           "compaction"]
+           "compaction", "grow-shrink"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

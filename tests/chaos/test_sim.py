@@ -84,7 +84,7 @@ BUG_SEEDS = {
     "acks_before_commit": (1, ""),
     "skip_fsync": (1, ""),
     "fetch_above_high_watermark": (4, ""),
-    "vote_not_persisted": (1, "--votes"),
+    "vote_not_persisted": (9, "--votes"),
 }
 
 

@@ -81,11 +81,12 @@ class ClusterProcesses:
         self.ids = list(range(1, size + 1))
         self.raft_ports = {n: ports[size + n - 1] for n in self.ids}
         self.peers = ",".join(f"{n}@127.0.0.1:{self.raft_ports[n]}" for n in self.ids)
-        args = ["--peers", self.peers, *(extra_args or [])]
+        self._shared_args = list(extra_args or [])  # every node's, a joining one's too
         if config_text is not None:
             config = root / "node.toml"
             config.write_text(config_text)
-            args += ["--config", str(config)]
+            self._shared_args += ["--config", str(config)]
+        args = ["--peers", self.peers, *self._shared_args]
         self.nodes = {n: BrokerProcess(root / f"node{n}" / "data", node_id=n, port=ports[n - 1],
                                        extra_args=args) for n in self.ids}
         self.group = NodeGroup()
@@ -104,6 +105,21 @@ class ClusterProcesses:
 
     def wait_ready(self, n: int, timeout_s: float = READY_TIMEOUT_S) -> None:
         self.nodes[n].wait_ready(timeout_s)
+
+    def join_node(self, n: int, *, via: int, wait: bool = True, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Start a new node n on an empty data dir with `--join` through node `via`'s Kafka
+        address (its --peers names only itself); it becomes one of self.ids."""
+        assert n not in self.nodes, f"node {n} exists"
+        kafka_port, raft_port = free_ports(2)
+        self.raft_ports[n] = raft_port
+        args = ["--peers", f"{n}@127.0.0.1:{raft_port}", "--join", self.nodes[via].bootstrap,
+                *self._shared_args]
+        self.nodes[n] = BrokerProcess(self.root / f"node{n}" / "data", node_id=n, port=kafka_port, extra_args=args)
+        self.group.add(self.nodes[n].process)
+        self.ids.append(n)
+        self.nodes[n].start(wait=False)
+        if wait:
+            self.wait_ready(n, timeout_s)
 
     def pid(self, n: int) -> int:
         return self.nodes[n].proc.pid

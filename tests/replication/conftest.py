@@ -12,7 +12,8 @@ from tests.replication.cluster import running_cluster
 # A short lag time makes an ISR shrink visible within seconds; a short balance interval makes
 # a restarted preferred leader get its partitions back within seconds.
 CLUSTER_CONFIG = ("replica_lag_time_max_ms = 2000\nleader_balance_interval_ms = 1000\n"
-                  "log_cleaner_backoff_ms = 100\n")  # compaction tests: a cleaner pass every 100 ms
+                  "log_cleaner_backoff_ms = 100\n"  # compaction tests: a cleaner pass every 100 ms
+                  "leader_balance_min_healthy_ms = 3000\n")
 
 
 @pytest.fixture(scope="package")

@@ -10,6 +10,7 @@ reaction (noticing the dead connection, refreshing metadata, retrying).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 
 from tests.replication.cluster import Cluster, PartitionInfo, records_by_offset, wait_replicas_equal
@@ -138,3 +139,47 @@ class RetryingProducer:
         left = self.producer.flush(FLUSH_TIMEOUT_S)
         assert left == 0 and not self.errors, f"{left} undelivered; errors {self.errors[:3]}"
         assert all(i in self.acked for i in indexes)
+
+
+LOAD_RECORDS_MAX = 4000
+LOAD_RATE_PER_S = 100
+LOAD_S_MAX = 120.0
+
+
+class PacedLoad:
+    """Produce key_of(i) records round-robin over `partitions` at LOAD_RATE_PER_S from a
+    thread, at most LOAD_RECORDS_MAX of them or LOAD_S_MAX seconds, until stop()."""
+
+    def __init__(self, cluster: Cluster, topic: str, partitions: int) -> None:
+        self.producer = RetryingProducer(cluster, topic)
+        self.partitions = partitions
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "PacedLoad":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        p, start = self.producer, time.monotonic()
+        for i in range(LOAD_RECORDS_MAX):
+            if self._stop.is_set() or time.monotonic() - start > LOAD_S_MAX:
+                break
+            p.producer.produce(p.topic, value=b"value-%d" % i, key=key_of(i), partition=i % self.partitions,
+                               on_delivery=lambda err, msg, i=i: self._report(i, err, msg))
+            self.sent = i + 1
+            p.producer.poll(1 / LOAD_RATE_PER_S)
+
+    def _report(self, i, err, msg) -> None:
+        if err is not None:
+            self.producer.errors.append(f"record {i}: {err}")
+        else:
+            self.producer.acked[i] = (msg.partition(), msg.offset(), time.monotonic())
+
+    def stop(self) -> dict[int, tuple[int, int, float]]:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        left = self.producer.producer.flush(60)
+        assert left == 0, f"{left} records undelivered; errors {self.producer.errors[:3]}"
+        return self.producer.acked

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import typing
 
+import attrs
+
 import trio
 from kio.schema.errors import ErrorCode
 
@@ -101,6 +103,20 @@ class GroupCoordinatorApi(typing.Protocol):
                              ) -> tuple[ErrorCode, list[ErrorCode]]: ...
 
 
+@attrs.frozen
+class MetaQuorum:
+    """__meta's Raft group as one node sees it: leader (0: none), term, commit index, voters,
+    learners, every member's Raft address, and (on the leader) each member's log end."""
+
+    leader_id: int
+    term: int
+    commit_index: int
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    addresses: dict[int, tuple[str, int]]
+    match: dict[int, int]
+
+
 class BrokerContext(typing.Protocol):
     """What the handlers of one node use (node.node.Node)."""
 
@@ -156,3 +172,9 @@ class BrokerContext(typing.Protocol):
     async def elect_preferred_leader(self, topic: Topic, partition: int, timeout_s: float) -> bool:
         """False if the preferred replica already leads; True once it leads here. Raises
         BrokerError (RequestTimedOut on timeout)."""
+    def meta_quorum(self) -> "MetaQuorum":
+        """__meta's Raft group as this node sees it (DescribeQuorum)."""
+    async def add_node(self, node_id: int, raft_address: str) -> None:
+        """Record a node asking to join (node/membership.py). Raises BrokerError."""
+    async def remove_node(self, node_id: int, *, force: bool = False, timeout_s: float = 30.0) -> None:
+        """Take a node out of the cluster (node/membership.py). Raises BrokerError."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers, security
+from . import admin, configs, epochs, fetch, groups, logs, membership, metadata, offsets, produce, producers, security
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -56,8 +56,12 @@ HANDLERS = {
     47: ((0, 0), groups.handle_offset_delete),
     50: ((0, 0), security.handle_describe_user_scram_credentials),
     51: ((0, 0), security.handle_alter_user_scram_credentials),
+    55: ((0, 2), membership.handle_describe_quorum),
     60: ((0, 2), admin.handle_describe_cluster),
     61: ((0, 0), producers.handle_describe_producers),
+    64: ((0, 0), membership.handle_unregister_broker),
+    80: ((0, 0), membership.handle_add_raft_voter),
+    81: ((0, 0), membership.handle_remove_raft_voter),
 }
 
 

@@ -6,7 +6,7 @@ i's --peers list names, for every other node j, the proxy of link i->j (its own 
 its real Raft address, where it listens). The harness itself talks to /health and /faults
 on the real Raft port, never through a proxy, so a cut link never hides a node from it.
 With `peer_tls` the nodes speak mutual TLS to each other (certificates made for the run,
-chronik_trio/tools/certs.py), and the harness talks to each node's cleartext --admin-listen.
+nodeharness/certs.py), and the harness talks to each node's cleartext --admin-listen.
 
 Processes are the node-process harness's (`nodeharness`): started, signalled and reaped by
 PID only, ready when /health says `serving_kafka`. Node output is appended to
@@ -28,7 +28,7 @@ import urllib.request
 import attrs
 import trio
 
-from chronik_trio.tools.certs import make_ca, make_node_certificate
+from nodeharness.certs import make_ca, make_node_certificate
 from nodeharness import NodeGroup, NodeProcess, chronik_trio_command, free_ports, node_args
 
 from .network import NetworkUnavailable, make_network

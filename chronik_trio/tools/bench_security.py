@@ -16,7 +16,7 @@ import sys
 
 import attrs
 
-from chronik_trio.tools import certs
+from nodeharness import certs
 from nodeharness import free_ports
 
 SECURED_PROTOCOLS = ("SSL", "SASL_SSL")

@@ -1,5 +1,5 @@
 """Certificates made at test time with the `openssl` command-line tool (no new dependency,
-chronik_trio/tools/certs.py): a cluster CA, a broker certificate for 127.0.0.1/localhost,
+nodeharness/certs.py): a cluster CA, a broker certificate for 127.0.0.1/localhost,
 client certificates signed by it, and a second, unrelated CA with a client certificate of
 its own; node certificates for mutual TLS between nodes on demand."""
 
@@ -9,7 +9,7 @@ import pathlib
 
 import attrs
 
-from chronik_trio.tools.certs import CLIENT, make_ca, make_node_certificate, make_signed
+from nodeharness.certs import CLIENT, make_ca, make_node_certificate, make_signed
 
 
 @attrs.frozen
@@ -36,7 +36,7 @@ def make_certificates(directory: pathlib.Path) -> Certificates:
 
 
 def node_certificate(certs: Certificates, node_id: int | None, *, ca: str = "ca", name: str | None = None) -> str:
-    """A node's certificate (chronik_trio/tools/certs.py make_node_certificate) in the
+    """A node's certificate (nodeharness/certs.py make_node_certificate) in the
     certificates' directory; returns the file stem (NAME.pem, NAME.key)."""
     name = name or f"node-{node_id}"
     make_node_certificate(certs.directory, node_id, ca=ca, name=name)

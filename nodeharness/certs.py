@@ -1,9 +1,9 @@
 """Test and benchmark certificates made with the `openssl` command-line tool (no Python
 dependency): a CA, and certificates it signs with given subjectAltNames and key usages.
 
-For tools that need TLS on throw-away nodes (`bench --security-protocol`, the chaos
-harness's `peer_tls`) and for the tests; docs/security.md shows the same commands for
-operators.
+Part of the node-process harness (it imports nothing of the broker), for what needs TLS on
+throw-away nodes (`bench --security-protocol`, the chaos harness's `peer_tls`) and for the
+tests; docs/security.md shows the same commands for operators.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from .preferred_leaders import PreferredLeaders
 from .producer_ids import ProducerIds
 from .raft_group import RaftGroup, open_group
 from .raft_runtime import RaftRuntime
+from .reassignments import Reassigner
 from .replicas import DELETED_SUFFIX, HostedReplicas, remove_dirs
 from .retention import retention_loop
 from .seams import RunSync, secret_bytes, system_rng, thread_run_sync, uuid4
@@ -116,6 +117,7 @@ class Node:
         self.topics = Topics(self.meta_machine, self.meta_service, self.preferred_leaders, self.replicas,
                              config.default_partitions, self.rng)
         self.producer_ids = ProducerIds(self.node_id, self.meta_service, wall_clock_ms)
+        self.reassigner = Reassigner(self.node_id, self.meta_machine, self.meta_service, self.replicas)
         self.leader_reports = LeaderReports(self.node_id, self.meta_machine, self.meta_service,
                                             self.runtime, self.replicas)
         self._serving = False
@@ -230,6 +232,7 @@ class Node:
                 nursery.start_soon(meta_snapshot_loop, self.meta_service, self.config.meta_snapshot_entries,
                                    self.run_sync)
                 nursery.start_soon(self.preferred_leaders.run)
+                nursery.start_soon(self.reassigner.run)
                 await nursery.start(self.groups.run)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._join_cluster()

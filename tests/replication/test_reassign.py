@@ -5,12 +5,15 @@ cancelling, and bad input with Kafka's error codes."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
 import pytest
 
-from tests.replication.cluster import Cluster, read_replica, records_by_offset, wait_for
+from tests.brokers import CHRONIK_TRIO
+from tests.kafka_wire import Record
+from tests.replication.cluster import Cluster, produce_until_written, read_replica, records_by_offset, wait_for
 from tests.replication.failover import key_of
 
 pytestmark = pytest.mark.timeout(240)
@@ -184,3 +187,40 @@ def test_cancel_restores_the_original_replicas_and_bad_input_gets_kafkas_codes(c
     assert ongoing(cluster, asker)[(topic, 0)] == ((home, down), (down,), ())
     assert alter(cluster, asker, topic, 0, None) == (0, "")
     wait_for("the original replicas back", lambda: moved(cluster, topic, [home]), timeout_s=MOVE_TIMEOUT_S)
+
+
+def admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHRONIK_TRIO, "admin", "--bootstrap", cluster.bootstrap(), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_decommission_moves_every_replica_off_a_node_or_refuses_naming_the_partition(tmp_path):
+    cluster = Cluster(tmp_path).start()
+    try:
+        assert int(cluster.create_topic(1, "dc", 3, replication_factor=2).error_code) == 0
+        assert int(cluster.create_topic(1, "dc-full", 1, replication_factor=3).error_code) == 0
+        records = [Record(key=b"k%d" % i, value=b"v%d" % i) for i in range(20)]
+        def led():
+            found = cluster.partitions(1, "dc")
+            return found if found and all(i.leader != -1 for i in found.values()) else None
+        leaders = wait_for("leaders", led, timeout_s=30)
+        for p, info in leaders.items():
+            produce_until_written(cluster, info.leader, "dc", p, records)
+        refused = admin(cluster, "decommission", "3")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "dc-full-0: replicas " in refused.stderr and "cover every other broker" in refused.stderr
+        assert not ongoing(cluster, 1)  # nothing was moved
+        assert admin(cluster, "delete-topic", "dc-full").returncode == 0
+
+        done = admin(cluster, "decommission", "3")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "node 3 holds no partition replica" in done.stdout
+        for p, info in cluster.partitions(1, "dc").items():
+            assert sorted(info.replicas) == [1, 2] and sorted(info.isr) == [1, 2], (p, info)
+            for n in (1, 2):
+                hw, batches = read_replica(cluster, n, "dc", p)
+                assert [(k, v) for _, k, v, _ in records_by_offset(batches)] == [(r.key, r.value) for r in records]
+        wait_for("node 3 deleted its replicas", lambda: not list(
+            (cluster.nodes[3].data_dir / "partitions").glob("dc-*")), timeout_s=30)
+    finally:
+        cluster.close()

@@ -168,6 +168,14 @@ TOPIC_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
 DYNAMIC_BROKER_CONFIGS: dict[str, ConfigDef] = {
     c.synonym: attrs.evolve(c, name=c.synonym, synonym=None)
     for c in TOPIC_CONFIGS.values() if c.synonym is not None}
+# The catch-up throttle of partition moves (node/throttle.py), Kafka's names, bytes/s.
+DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
+    _d("leader.replication.throttled.rate", _LONG, LONG_MAX, "Bytes/s this broker sends, as a "
+       "partition leader, to replicas catching up as learners during a move, summed over them", low=1),
+    _d("follower.replication.throttled.rate", _LONG, LONG_MAX, "Stored; Raft followers do not "
+       "fetch: the leader's throttle (leader.replication.throttled.rate) limits catch-up", low=1,
+       implemented=False),
+)})
 
 # The types of the static broker settings DescribeConfigs lists (node/config.py's
 # kafka_configs()); these change only with a restart.

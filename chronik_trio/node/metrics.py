@@ -43,6 +43,21 @@ class NodeMetrics:
         self.registry.register(_AuthFailureCollector(failures))
 
 
+    def collect_throttle(self, throttle) -> None:
+        """The catch-up throttle of partition moves (node/throttle.py), at every scrape."""
+        self.registry.register(_ThrottleCollector(throttle))
+
+
+class _ThrottleCollector:
+    def __init__(self, throttle) -> None:
+        self.throttle = throttle
+
+    def collect(self) -> typing.Iterator:
+        yield CounterMetricFamily("chronik_catch_up_throttled_bytes",
+                                  "Bytes to learners that waited for leader.replication.throttled.rate",
+                                  value=self.throttle.throttled_bytes)
+
+
 class _AuthFailureCollector:
     def __init__(self, failures) -> None:
         self.failures = failures

@@ -52,7 +52,7 @@ class HostedReplicas:
         self.config = config
         self._rng = rng
         self._run_sync = run_sync
-        self._static = config.kafka_configs()  # fixed for the process's life
+        self._static = self.static_configs = config.kafka_configs()  # fixed for the process's life
         self.node_id = config.node_id
         self.disk = disk
         self.data_dir = pathlib.Path(config.data_dir)

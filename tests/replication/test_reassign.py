@@ -224,3 +224,27 @@ def test_decommission_moves_every_replica_off_a_node_or_refuses_naming_the_parti
             (cluster.nodes[3].data_dir / "partitions").glob("dc-*")), timeout_s=30)
     finally:
         cluster.close()
+
+
+def test_a_throttled_move_catches_up_within_the_rate_and_completes(cluster):
+    topic = "reassign-throttled"
+    assert int(cluster.create_topic(1, topic, 1, replication_factor=1).error_code) == 0
+    (home,) = wait_for("a leader", lambda: [i.replicas[0] for i in cluster.partitions(1, topic).values()
+                                           if i.leader != -1], timeout_s=30)
+    value = bytes(range(256)) * 40  # 10 KiB per record
+    for i in range(40):  # 400 KiB to catch up
+        produce_until_written(cluster, home, topic, 0, [Record(key=b"k%d" % i, value=value)])
+    set_rate = admin(cluster, "config", "set", "--broker-default", "leader.replication.throttled.rate=100000")
+    assert set_rate.returncode == 0, set_rate.stderr
+    try:
+        throttled_before = cluster.raft_metric(home, "chronik_catch_up_throttled_bytes_total")
+        other = next(n for n in cluster.ids if n != home)
+        assert alter(cluster, home, topic, 0, [home, other]) == (0, "")
+        wait_for("the throttled move", lambda: moved(cluster, topic, [home, other]), timeout_s=MOVE_TIMEOUT_S)
+        assert cluster.raft_metric(home, "chronik_catch_up_throttled_bytes_total") > throttled_before
+    finally:
+        assert admin(cluster, "config", "delete", "--broker-default",
+                     "leader.replication.throttled.rate").returncode == 0
+    logs = {n: read_replica(cluster, n, topic, 0) for n in (home, other)}
+    assert logs[home][0] == logs[other][0] == 40
+    assert [b.raw for b in logs[home][1]] == [b.raw for b in logs[other][1]]

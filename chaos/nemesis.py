@@ -29,9 +29,9 @@ from .scenario import FaultSpec, NemesisSpec
 log = logging.getLogger(__name__)
 
 RESTART_READY_TIMEOUT_S = 60.0
-# membership: a move's target keeps at least this many replicas (a quorum survives one loss
-# only from 3; 2 keeps acks=all writes possible with every replica up).
-MEMBERSHIP_REPLICAS_MIN = 2
+# membership: a move's target keeps at least this many replicas, so that the one node the
+# fault kills or cuts off leaves a quorum of the old, the new and the joint config.
+MEMBERSHIP_REPLICAS_MIN = 3
 MEMBERSHIP_IN_FLIGHT_S = (0.0, 0.3)  # the second fault lands this soon after the request
 MOVE_DONE_TIMEOUT_S = 60.0  # after the heal, the move must complete within this
 ADMIN_TIMEOUT_MS = 15_000

@@ -175,6 +175,8 @@ DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
     _d("follower.replication.throttled.rate", _LONG, LONG_MAX, "Stored; Raft followers do not "
        "fetch: the leader's throttle (leader.replication.throttled.rate) limits catch-up", low=1,
        implemented=False),
+    _d("replica.alter.log.dirs.io.max.bytes.per.second", _LONG, LONG_MAX, "Stored; one log "
+       "directory per broker: replicas never move between directories", low=1, implemented=False),
 )})
 
 # The types of the static broker settings DescribeConfigs lists (node/config.py's

@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 STEP_INTERVAL_S = 0.1  # how often a leader looks at its moves while any is in progress
 # A learner this close to the leader's last index is caught up: promoting it costs the new
-# config at most this many entries of catching up before it can count toward a commit.
-CAUGHT_UP_LAG_ENTRIES = 100
+# config at most this many entries of catching up before it can count toward a commit (a
+# few produce requests' worth under load; a log of large batches makes each entry large).
+CAUGHT_UP_LAG_ENTRIES = 16
 
 
 def next_change(node_id: int, conf_state, progress: dict, last_index: int,

@@ -10,6 +10,9 @@ import threading
 import time
 
 import pytest
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient
+from kafka.errors import InvalidReplicationAssignmentError, NoReassignmentInProgressError
 
 from tests.brokers import CHRONIK_TRIO
 from tests.kafka_wire import Record
@@ -166,7 +169,8 @@ def test_cancel_restores_the_original_replicas_and_bad_input_gets_kafkas_codes(c
     assert int(cluster.create_topic(1, topic, 1, replication_factor=1).error_code) == 0
     (home,) = wait_for("a leader", lambda: [i.replicas[0] for i in cluster.partitions(1, topic).values()
                                            if i.leader != -1], timeout_s=30)
-    down = next(n for n in cluster.ids if n != home)
+    controller = cluster.controller(home)  # kafka-python sends moves to it: it stays up
+    down = next(n for n in cluster.ids if n not in (home, controller))
     asker = next(n for n in cluster.ids if n not in (home, down))
 
     assert alter(cluster, asker, "no-such-topic", 0, [home])[0] == UNKNOWN_TOPIC_OR_PARTITION
@@ -177,6 +181,14 @@ def test_cancel_restores_the_original_replicas_and_bad_input_gets_kafkas_codes(c
     assert code == INVALID_REPLICA_ASSIGNMENT and "99" in message
     assert alter(cluster, asker, topic, 0, None)[0] == NO_REASSIGNMENT_IN_PROGRESS
     assert (topic, 0) not in ongoing(cluster, asker)
+    admin_client = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(), request_timeout_ms=30_000)
+    try:  # kafka-python's admin client gets the same answers
+        tp = TopicPartition(topic, 0)
+        assert admin_client.alter_partition_reassignments({tp: [home, 99]}) == {tp: InvalidReplicationAssignmentError}
+        assert admin_client.alter_partition_reassignments({tp: None}) == {tp: NoReassignmentInProgressError}
+        assert admin_client.list_partition_reassignments([tp]) == {}
+    finally:
+        admin_client.close()
 
     # A new replica on a stopped node cannot catch up: the move stays in progress until cancelled.
     cluster.kill(down)

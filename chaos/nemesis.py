@@ -124,6 +124,7 @@ class Nemesis:
         self.first_topic = first_topic  # (name, partitions)
         self._next_id = 1
         self._fid = 0  # the fault being injected
+        self._moving: tuple[str, int, list[int]] | None = None  # a membership fault's move
         self.active: str | None = None  # for the progress line
 
     async def run(self, planned: list[PlannedFault], t0_s: float) -> None:
@@ -155,6 +156,8 @@ class Nemesis:
                 note = (note or "") + await self._heal(fault, nodes)
                 self.history.record({"type": "fault-end", "id": fid, "note": note.strip()})
                 self.active = None
+        if self._moving is not None:
+            await self._wait_move()
 
     # --- targets -----------------------------------------------------------------------------
 
@@ -327,13 +330,18 @@ class Nemesis:
                     self._cut(leader, m, False)
             victims = [leader]
         self._detail(f"{fault.mode} -> node(s) {victims}" if victims else f"{fault.mode}: no node to hit")
+        self._moving = (topic, fault.partition, target)  # inject() waits for it after the heal
         await trio.sleep(fault.duration_s)
-        self.cluster.heal_network()
-        slow = await self._restart_together([n for n in victims if not self.cluster.nodes[n].running])
-        done = await trio.to_thread.run_sync(_wait_moved, self.cluster.bootstrap_servers, topic,
-                                             fault.partition, target)
-        return (f"not ready after restart: {slow} " if slow else "") + (
-            "move complete" if done else f"move to {target} NOT complete {MOVE_DONE_TIMEOUT_S:.0f} s after the heal")
+        return ""
+
+    async def _wait_move(self) -> None:
+        """After a membership fault healed (every node back): until its move completed."""
+        topic, partition, target = self._moving
+        self._moving = None
+        started = self.history.now()
+        done = await trio.to_thread.run_sync(_wait_moved, self.cluster.bootstrap_servers, topic, partition, target)
+        self._detail(f"move complete {self.history.now() - started:.1f} s after the heal" if done else
+                     f"move to {target} NOT complete {MOVE_DONE_TIMEOUT_S:.0f} s after the heal")
 
     # --- heal --------------------------------------------------------------------------------
 

@@ -755,8 +755,11 @@ def cmd_decommission(args) -> int:
 
 
 def remove_from_meta_voters(args, node: int) -> int:
-    """The last step of a decommission: take node out of __meta's voters. The hook for the
-    node-removal command; until the cluster has it, the node keeps its __meta vote."""
+    """The last step of a decommission: take node out of __meta's voters and the broker
+    registry. The hook for the node-removal command (branch join-balance: `admin remove-node`,
+    RemoveRaftVoter); once both are merged its body is
+    `args.node_id, args.force = node, False; return cmd_remove_node(args)`. Until then the
+    node keeps its __meta vote."""
     print(f"node {node} is still a voter of __meta: removing it is not supported yet")
     return 0
 

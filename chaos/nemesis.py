@@ -347,7 +347,7 @@ class Nemesis:
 
     async def _heal(self, fault: FaultSpec, nodes: list[int]) -> str:
         notes = []
-        if fault.kind in ("partition", "link"):
+        if fault.kind in ("partition", "link", "membership"):
             self.cluster.heal_network()
         if fault.kind == "pause":
             for n in nodes:

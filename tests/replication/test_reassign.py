@@ -13,6 +13,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import InvalidReplicationAssignmentError, NoReassignmentInProgressError
+from kio.schema.errors import ErrorCode
 
 from tests.brokers import CHRONIK_TRIO
 from tests.kafka_wire import Record
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.timeout(240)
 
 ALTER = 45
 LIST = 46
-UNKNOWN_TOPIC_OR_PARTITION = 3
-INVALID_REPLICA_ASSIGNMENT = 39
-NO_REASSIGNMENT_IN_PROGRESS = 85
+UNKNOWN_TOPIC_OR_PARTITION = ErrorCode.unknown_topic_or_partition
+INVALID_REPLICA_ASSIGNMENT = ErrorCode.invalid_replica_assignment
+NO_REASSIGNMENT_IN_PROGRESS = ErrorCode.no_reassignment_in_progress
 MOVE_TIMEOUT_S = 60.0
 RECORDS_MAX = 20_000  # bounds the producer loop
 PRODUCE_INTERVAL_S = 0.005

@@ -204,7 +204,7 @@ def test_cancel_restores_the_original_replicas_and_bad_input_gets_kafkas_codes(c
 
 def admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CHRONIK_TRIO, "admin", "--bootstrap", cluster.bootstrap(), *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_decommission_moves_every_replica_off_a_node_or_refuses_naming_the_partition(tmp_path):
@@ -234,7 +234,7 @@ def test_decommission_moves_every_replica_off_a_node_or_refuses_naming_the_parti
                 hw, batches = read_replica(cluster, n, "dc", p)
                 assert [(k, v) for _, k, v, _ in records_by_offset(batches)] == [(r.key, r.value) for r in records]
         wait_for("node 3 deleted its replicas", lambda: not list(
-            (cluster.nodes[3].data_dir / "partitions").glob("dc-*")), timeout_s=30)
+            (cluster.nodes[3].data_dir / "partitions").glob("dc-*")), timeout_s=60)
     finally:
         cluster.close()
 

@@ -35,6 +35,12 @@ RESTART_READY_TIMEOUT_S = 60.0
 JOIN_KILL_AT_S = (0.2, 1.5)  # join-remove: when the __meta leader is killed after the join starts
 JOIN_KILL_DOWN_S = 3.0
 REMOVE_NODE_TIMEOUT_S = 90.0
+# membership: a move's target keeps at least this many replicas, so that the one node the
+# fault kills or cuts off leaves a quorum of the old, the new and the joint config.
+MEMBERSHIP_REPLICAS_MIN = 3
+MEMBERSHIP_IN_FLIGHT_S = (0.0, 0.3)  # the second fault lands this soon after the request
+MOVE_DONE_TIMEOUT_S = 60.0  # after the heal, the move must complete within this
+ADMIN_TIMEOUT_MS = 15_000
 
 
 @attrs.frozen
@@ -92,7 +98,31 @@ def describe(fault: FaultSpec) -> str:
     if fault.kind == "join-remove":
         during = ", SIGKILL the __meta leader during the join" if fault.target == "meta-leader" else ""
         return f"a spare node joins{during}, serves {fault.duration_s:g} s, and is removed"
+    if fault.kind == "membership":
+        topic = fault.topic or "the first topic"
+        return f"move {topic}-{fault.partition}'s replicas, {fault.mode} during it, for {fault.duration_s:g} s"
     return "rolling restart of every node"
+
+
+def membership_target(replicas: list[int], nodes: list[int], rng: random.Random) -> list[int]:
+    """A new replica set: one replica swapped for a node without one, one added, or one
+    removed (never below MEMBERSHIP_REPLICAS_MIN), chosen by rng among those possible."""
+    free = [n for n in nodes if n not in replicas]
+    options = []
+    if free:
+        options += ["swap", "grow"]
+    if len(replicas) > MEMBERSHIP_REPLICAS_MIN:
+        options.append("shrink")
+    if not options:
+        return list(replicas)
+    choice = rng.choice(options)
+    if choice == "swap":
+        out = rng.choice(replicas)
+        return [rng.choice(free) if r == out else r for r in replicas]
+    if choice == "grow":
+        return [*replicas, rng.choice(free)]
+    out = rng.choice(replicas)
+    return [r for r in replicas if r != out]
 
 
 class Nemesis:
@@ -103,6 +133,7 @@ class Nemesis:
         self.first_topic = first_topic  # (name, partitions)
         self._next_id = 1
         self._fid = 0  # the fault being injected
+        self._moving: tuple[str, int, list[int]] | None = None  # a membership fault's move
         self.active: str | None = None  # for the progress line
 
     async def run(self, planned: list[PlannedFault], t0_s: float) -> None:
@@ -134,6 +165,8 @@ class Nemesis:
                 note = (note or "") + await self._heal(fault, nodes)
                 self.history.record({"type": "fault-end", "id": fid, "note": note.strip()})
                 self.active = None
+        if self._moving is not None:
+            await self._wait_move()
 
     # --- targets -----------------------------------------------------------------------------
 
@@ -147,8 +180,8 @@ class Nemesis:
         target = fault.target
         if fault.kind in ("rolling-restart",) or target == "all":
             return list(self.cluster.ids)
-        if fault.kind == "partition":
-            return running  # the split is chosen when it starts
+        if fault.kind in ("partition", "membership"):
+            return running  # the split, or the move, is chosen when it starts
         if target.startswith("node:"):
             n = int(target[5:])
             return [n] if n in running else []
@@ -308,11 +341,55 @@ class Nemesis:
         await self.cluster.retire_spare(spare)
         return f"node {spare} joined in {joined_s:.1f} s; remove-node exit {code}: {out.strip()[-200:]}"
 
+    async def _membership(self, fault: FaultSpec, nodes: list[int]) -> str:
+        """Move a partition's replicas (AlterPartitionReassignments through kafka-python's
+        admin client); while its joint-consensus change is in flight, kill the leader or a
+        joining replica, or isolate the leader, for duration_s; heal; then wait until the
+        move is complete (ListPartitionReassignments) and Metadata shows the target."""
+        topic = fault.topic or self.first_topic[0]
+        replicas = await trio.to_thread.run_sync(_replicas, self.cluster.bootstrap_servers, topic, fault.partition)
+        if not replicas:
+            return f"{topic}-{fault.partition}: no replicas in Metadata; not moved"
+        target = membership_target(replicas, list(self.cluster.ids), self.rng)
+        self._detail(f"{topic}-{fault.partition}: {replicas} -> {target}, {fault.mode} during the move")
+        error = await trio.to_thread.run_sync(_alter, self.cluster.bootstrap_servers, topic, fault.partition, target)
+        if error is not None:
+            return f"reassignment refused: {error}"
+        await trio.sleep(self.rng.uniform(*MEMBERSHIP_IN_FLIGHT_S))
+        await self.cluster.refresh_leaders()
+        leader = self._leader(fault)
+        victims: list[int] = []
+        if fault.mode == "kill-leader" and leader is not None:
+            victims = [leader]
+        elif fault.mode == "kill-joining":
+            joining = [n for n in target if n not in replicas and n in self.cluster.running()]
+            victims = [self.rng.choice(joining)] if joining else []
+        for n in victims:
+            await self.cluster.kill(n, signal.SIGKILL)
+        if fault.mode == "isolate-leader" and leader is not None:
+            for m in self.cluster.ids:
+                if m != leader:
+                    self._cut(leader, m, False)
+            victims = [leader]
+        self._detail(f"{fault.mode} -> node(s) {victims}" if victims else f"{fault.mode}: no node to hit")
+        self._moving = (topic, fault.partition, target)  # inject() waits for it after the heal
+        await trio.sleep(fault.duration_s)
+        return ""
+
+    async def _wait_move(self) -> None:
+        """After a membership fault healed (every node back): until its move completed."""
+        topic, partition, target = self._moving
+        self._moving = None
+        started = self.history.now()
+        done = await trio.to_thread.run_sync(_wait_moved, self.cluster.bootstrap_servers, topic, partition, target)
+        self._detail(f"move complete {self.history.now() - started:.1f} s after the heal" if done else
+                     f"move to {target} NOT complete {MOVE_DONE_TIMEOUT_S:.0f} s after the heal")
+
     # --- heal --------------------------------------------------------------------------------
 
     async def _heal(self, fault: FaultSpec, nodes: list[int]) -> str:
         notes = []
-        if fault.kind in ("partition", "link"):
+        if fault.kind in ("partition", "link", "membership"):
             self.cluster.heal_network()
         if fault.kind == "pause":
             for n in nodes:
@@ -325,7 +402,7 @@ class Nemesis:
                     notes.append(f"node {n} exited during the disk fault ({self._exit_code(n)}); restarted")
         dead = [n for n in nodes if not self.cluster.nodes[n].running]
         for n in dead:
-            if fault.kind not in ("kill", "restart", "power-loss", "rolling-restart", "disk"):
+            if fault.kind not in ("kill", "restart", "power-loss", "rolling-restart", "disk", "membership"):
                 notes.append(f"node {n} exited ({self._exit_code(n)}); restarted")
         for n in await self._restart_together(dead):
             notes.append(f"node {n} not ready {RESTART_READY_TIMEOUT_S:.0f} s after restart")
@@ -373,3 +450,55 @@ def _remove_node(bootstrap: str, node_id: int) -> tuple[int, str]:
         if run.returncode != 2 or time.monotonic() > deadline:
             return run.returncode, run.stdout + run.stderr
         time.sleep(1.0)
+
+
+# --- membership: Kafka's admin APIs through kafka-python (blocking: run in a worker thread) ----
+
+def _admin(bootstrap: str):
+    from kafka.admin import KafkaAdminClient
+    return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS,
+                            client_id="chaos-nemesis")
+
+
+def _replicas(bootstrap: str, topic: str, partition: int) -> list[int]:
+    admin = _admin(bootstrap)
+    try:
+        for t in admin.describe_topics([topic]):
+            for p in t["partitions"]:  # Metadata's own field names
+                if p["partition_index"] == partition:
+                    return list(p["replica_nodes"])
+        return []
+    finally:
+        admin.close()
+
+
+def _alter(bootstrap: str, topic: str, partition: int, target: list[int]) -> str | None:
+    """None once the broker accepted the move; else the error's name."""
+    from kafka import TopicPartition
+    admin = _admin(bootstrap)
+    try:
+        result = admin.alter_partition_reassignments({TopicPartition(topic, partition): target},
+                                                     timeout_ms=ADMIN_TIMEOUT_MS)
+        error = result.get(TopicPartition(topic, partition))
+        return None if error is None else error.__name__
+    except Exception as exc:  # a client error is the run's finding, not the harness's crash
+        return repr(exc)
+    finally:
+        admin.close()
+
+
+def _wait_moved(bootstrap: str, topic: str, partition: int, target: list[int]) -> bool:
+    deadline = time.monotonic() + MOVE_DONE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            admin = _admin(bootstrap)
+            try:
+                ongoing = admin.list_partition_reassignments({topic: [partition]})
+            finally:
+                admin.close()
+            if not ongoing and _replicas(bootstrap, topic, partition) == target:
+                return True
+        except Exception as exc:  # the cluster is still recovering: ask again
+            log.info("waiting for the move of %s-%d: %r", topic, partition, exc)
+        time.sleep(0.5)
+    return False

@@ -40,8 +40,10 @@ TARGETS = ("leader", "follower", "random", "meta-leader", "all")
 PARTITION_MODES = ("isolate-leader", "isolate-random", "majority-minority", "bridge",
                    "one-way-leader")
 LINK_MODES = ("cut", "blackhole", "delay")
+# membership: what else happens while the partition's joint-consensus change is in flight.
+MEMBERSHIP_MODES = ("none", "kill-leader", "kill-joining", "isolate-leader")
 FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-loss",
-               "rolling-restart", "join-remove")
+               "rolling-restart", "join-remove", "membership")
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
           "node_crashes", "compaction")
@@ -98,7 +100,7 @@ class FaultSpec:
     target: str = "leader"
     duration_s: float = 5.0
     signal: str = "KILL"
-    mode: str = "isolate-leader"      # partition
+    mode: str = "isolate-leader"      # partition; membership: MEMBERSHIP_MODES
     link: str = "cut"                 # link: cut | blackhole | delay
     one_way: bool = False             # link: only from the target outwards
     clients: bool = False             # link: the clients' link to the target too
@@ -280,7 +282,8 @@ def _fault(r: _Reader, where: str, data: Any, nodes: int) -> FaultSpec:
     spec = FaultSpec(kind=kind, target=target,
                      duration_s=f.get("duration_s", float, 5.0, minimum=0, maximum=DURATION_S_MAX),
                      signal=f.get("signal", str, "KILL", choices=SIGNALS),
-                     mode=f.get("mode", str, "isolate-leader", choices=PARTITION_MODES),
+                     mode=f.get("mode", str, "isolate-leader",
+                                choices=PARTITION_MODES + MEMBERSHIP_MODES[:-1]),
                      link=f.get("link", str, "cut", choices=LINK_MODES),
                      one_way=f.get("one_way", bool, False),
                      clients=f.get("clients", bool, False),
@@ -293,6 +296,10 @@ def _fault(r: _Reader, where: str, data: Any, nodes: int) -> FaultSpec:
         f.fail("a disk fault takes one node, not all", "target")
     if kind == "disk" and spec.latency_ms == 0 and spec.error is None:
         f.fail("a disk fault needs latency_ms or error", "kind")
+    if kind == "membership" and spec.mode not in MEMBERSHIP_MODES:
+        f.fail(f"a membership fault's mode is one of {list(MEMBERSHIP_MODES)}", "mode")
+    if kind == "partition" and spec.mode not in PARTITION_MODES:
+        f.fail(f"a partition's mode is one of {list(PARTITION_MODES)}", "mode")
     if spec.clients and kind != "link":
         f.fail("only a link fault takes clients", "clients")
     if kind == "link" and spec.link == "delay" and spec.delay_ms == 0:

@@ -195,6 +195,16 @@ DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
     _d("leader.imbalance.per.broker.percentage", _INT, 10, "The share of a broker's preferred "
        "partitions led elsewhere above which leadership is handed back to it", low=0, high=100),
 )})
+# The catch-up throttle of partition moves (node/throttle.py), Kafka's names, bytes/s.
+DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
+    _d("leader.replication.throttled.rate", _LONG, LONG_MAX, "Bytes/s this broker sends, as a "
+       "partition leader, to replicas catching up as learners during a move, summed over them", low=1),
+    _d("follower.replication.throttled.rate", _LONG, LONG_MAX, "Stored; Raft followers do not "
+       "fetch: the leader's throttle (leader.replication.throttled.rate) limits catch-up", low=1,
+       implemented=False),
+    _d("replica.alter.log.dirs.io.max.bytes.per.second", _LONG, LONG_MAX, "Stored; one log "
+       "directory per broker: replicas never move between directories", low=1, implemented=False),
+)})
 
 # The types of the static broker settings DescribeConfigs lists (node/config.py's
 # kafka_configs()); these change only with a restart.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import re
+import typing
 import uuid
 
 import attrs
@@ -59,6 +60,26 @@ class InvalidPartitionCount(ClusterError):
 
 class InvalidReplicationFactor(ClusterError):
     error_code = ErrorCode.invalid_replication_factor
+
+
+class InvalidReplicaAssignment(ClusterError):
+    error_code = ErrorCode.invalid_replica_assignment
+
+
+class NoReassignmentInProgress(ClusterError):
+    error_code = ErrorCode.no_reassignment_in_progress
+
+
+def validate_replica_assignment(replicas: tuple[int, ...], brokers: typing.Container[int]) -> None:
+    """Raise InvalidReplicaAssignment for an empty list, a broker twice, or an unknown broker
+    (Kafka's controller refuses each with INVALID_REPLICA_ASSIGNMENT)."""
+    if not replicas:
+        raise InvalidReplicaAssignment("the replica list is empty")
+    if len(set(replicas)) != len(replicas):
+        raise InvalidReplicaAssignment(f"replicas {list(replicas)} name a broker more than once")
+    unknown = sorted(r for r in replicas if r not in brokers)
+    if unknown:
+        raise InvalidReplicaAssignment(f"replicas {list(replicas)} name unknown broker(s) {unknown}")
 
 
 def validate_topic_name(name: str) -> None:
@@ -135,6 +156,27 @@ def _error_from_code(code: int, message: str) -> ClusterError:
 
 
 @attrs.frozen(slots=True)
+class Reassignment:
+    """A partition moving from `original` to `target` replicas (AlterPartitionReassignments).
+    Meanwhile the topic's replicas are target + the others still hosting it."""
+
+    target: tuple[int, ...]
+    original: tuple[int, ...]
+    # __meta's version when the move began (kept when the target is replaced or cancelled):
+    # the conf changes of this move carry it, so a replica created for it knows which
+    # ADD of itself in the partition's log is this move's and not an earlier one's.
+    generation: int = 0
+
+    @property
+    def adding(self) -> tuple[int, ...]:
+        return tuple(r for r in self.target if r not in self.original)
+
+    @property
+    def removing(self) -> tuple[int, ...]:
+        return tuple(r for r in self.original if r not in self.target)
+
+
+@attrs.frozen(slots=True)
 class PartitionLeader:
     leader: int
     epoch: int
@@ -165,6 +207,11 @@ class MetaState:
         self.joining: dict[int, str] = {}
         self.removed_nodes: set[int] = set()
         self.disk_degraded: set[int] = set()
+        self.reassignments: dict[tuple[uuid.UUID, int], Reassignment] = {}
+        # The voters a partition's Raft group was bootstrapped with, for every partition ever
+        # reassigned (for the others they are its replicas): a node opening a new replica of
+        # it bootstraps with them and learns every later config from the log or a snapshot.
+        self.bootstrap_voters: dict[tuple[uuid.UUID, int], tuple[int, ...]] = {}
         self.version = 0  # bumps on every change; readers cache derived answers by it
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
 
@@ -245,6 +292,11 @@ class MetaState:
         snap.joining.extend(meta_pb2.JoiningNode(node_id=n, raft_address=a) for n, a in sorted(self.joining.items()))
         snap.removed_nodes.extend(sorted(self.removed_nodes))
         snap.disk_degraded.extend(sorted(self.disk_degraded))
+        for (topic_id, partition), r in self.reassignments.items():
+            snap.reassignments.add(topic_id=topic_id.bytes, partition=partition, target=r.target,
+                                   original=r.original, generation=r.generation)
+        for (topic_id, partition), voters in self.bootstrap_voters.items():
+            snap.bootstrap_voters.add(topic_id=topic_id.bytes, partition=partition, target=voters)
         return snap.SerializeToString()
 
     def restore(self, data: bytes) -> None:
@@ -271,6 +323,10 @@ class MetaState:
         self.joining = {j.node_id: j.raft_address for j in snap.joining}
         self.removed_nodes = set(snap.removed_nodes)
         self.disk_degraded = set(snap.disk_degraded)
+        self.reassignments = {(uuid.UUID(bytes=r.topic_id), r.partition): Reassignment(
+            tuple(r.target), tuple(r.original), r.generation) for r in snap.reassignments}
+        self.bootstrap_voters = {(uuid.UUID(bytes=r.topic_id), r.partition): tuple(r.target)
+                                 for r in snap.bootstrap_voters}
 
     def _broker_registered(self, cmd: meta_pb2.BrokerRegistered) -> Applied:
         if cmd.node_id in self.removed_nodes:
@@ -365,6 +421,8 @@ class MetaState:
         del self.topics_by_id[topic.topic_id]
         for partition in range(topic.partition_count):
             self.leaders.pop((topic.topic_id, partition), None)
+            self.reassignments.pop((topic.topic_id, partition), None)
+            self.bootstrap_voters.pop((topic.topic_id, partition), None)
         return Applied(True)
 
     def _partitions_added(self, cmd: meta_pb2.PartitionsAdded) -> Applied:
@@ -374,6 +432,56 @@ class MetaState:
         grown = attrs.evolve(topic, replicas=topic.replicas + tuple(tuple(p.replicas) for p in cmd.partitions))
         self.topics[topic.name] = grown
         self.topics_by_id[topic.topic_id] = grown
+        return Applied(True)
+
+    # --- partition reassignment ----------------------------------------------------------------
+
+    def partition_bootstrap_voters(self, topic: Topic, partition: int) -> tuple[int, ...]:
+        """The voters a new replica of this partition bootstraps its Raft group with."""
+        return self.bootstrap_voters.get((topic.topic_id, partition), topic.replicas[partition])
+
+    def _set_replicas(self, topic: Topic, partition: int, replicas: tuple[int, ...]) -> None:
+        changed = attrs.evolve(topic, replicas=topic.replicas[:partition] + (replicas,)
+                               + topic.replicas[partition + 1:])
+        self.topics[topic.name] = changed
+        self.topics_by_id[topic.topic_id] = changed
+
+    def _partition_reassignment_requested(self, cmd: meta_pb2.PartitionReassignmentRequested) -> Applied:
+        topic = self.topics_by_id.get(uuid.UUID(bytes=cmd.topic_id))
+        if topic is None or not 0 <= cmd.partition < topic.partition_count:
+            return Applied(False, UnknownTopic(f"no partition {cmd.partition} of that topic"))
+        key = (topic.topic_id, cmd.partition)
+        current, known = topic.replicas[cmd.partition], self.reassignments.get(key)
+        if cmd.cancel:
+            if known is None:
+                return Applied(False, NoReassignmentInProgress(
+                    f"{topic.name}-{cmd.partition} has no reassignment in progress"))
+            target = known.original
+        else:
+            target = tuple(cmd.target)
+            try:
+                validate_replica_assignment(target, self.brokers)
+            except ClusterError as exc:
+                return Applied(False, exc)
+            if known is None and target == current:
+                return Applied(True)  # already there: nothing to move
+        self.bootstrap_voters.setdefault(key, current if known is None else known.original)
+        self.reassignments[key] = Reassignment(target, known.original if known else current,
+                                               known.generation if known else self.version)
+        self._set_replicas(topic, cmd.partition, target + tuple(r for r in current if r not in target))
+        return Applied(True)
+
+    def _partition_reassignment_completed(self, cmd: meta_pb2.PartitionReassignmentCompleted) -> Applied:
+        topic = self.topics_by_id.get(uuid.UUID(bytes=cmd.topic_id))
+        if topic is None or not 0 <= cmd.partition < topic.partition_count:
+            return Applied(False, UnknownTopic(f"no partition {cmd.partition} of that topic"))
+        key = (topic.topic_id, cmd.partition)
+        known = self.reassignments.get(key)
+        if known is None or known.target != tuple(cmd.replicas):
+            return Applied(False, NoReassignmentInProgress(
+                f"{topic.name}-{cmd.partition} is not being reassigned to {list(cmd.replicas)}"))
+        del self.reassignments[key]
+        self._set_replicas(topic, cmd.partition, known.target)
         return Applied(True)
 
     def _producer_ids_allocated(self, cmd: meta_pb2.ProducerIdsAllocated) -> Applied:
@@ -443,6 +551,8 @@ _APPLY = {
     "node_join_requested": MetaState._node_join_requested,
     "node_removed": MetaState._node_removed,
     "node_health_reported": MetaState._node_health_reported,
+    "partition_reassignment_requested": MetaState._partition_reassignment_requested,
+    "partition_reassignment_completed": MetaState._partition_reassignment_completed,
 }
 
 

@@ -138,6 +138,8 @@ REQUIREMENTS: dict[int, typing.Any] = {
     33: lambda b, m: _configs(Operation.ALTER_CONFIGS, b),
     35: lambda b, m: _cluster(Operation.DESCRIBE),
     44: lambda b, m: _configs(Operation.ALTER_CONFIGS, b),
+    45: lambda b, m: _cluster(Operation.ALTER),  # Kafka: ALTER on the cluster
+    46: lambda b, m: _cluster(Operation.DESCRIBE),  # Kafka: DESCRIBE on the cluster
     37: lambda b, m: _each(Operation.ALTER, T, _names(b.topics)),
     42: lambda b, m: _each(Operation.DELETE, G, b.groups_names),
     43: lambda b, m: _cluster(Operation.ALTER),

@@ -37,7 +37,6 @@ class NodeMetrics:
         """Count the Kafka requests whose handler failed unexpectedly, at every scrape."""
         self.registry.register(_RequestErrorCollector(request_errors))
 
-
     def collect_cleaner(self, stats) -> None:
         """The log cleaner's totals (node/compaction.py CleanerStats), at every scrape."""
         self.registry.register(_CleanerCollector(stats))
@@ -45,6 +44,10 @@ class NodeMetrics:
     def collect_auth_failures(self, failures) -> None:
         """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""
         self.registry.register(_AuthFailureCollector(failures))
+
+    def collect_throttle(self, throttle) -> None:
+        """The catch-up throttle of partition moves (node/throttle.py), at every scrape."""
+        self.registry.register(_ThrottleCollector(throttle))
 
 
 class _CleanerCollector:
@@ -64,6 +67,16 @@ class _CleanerCollector:
     def collect(self) -> typing.Iterator:
         for name, help_text, field in self.COUNTERS:
             yield CounterMetricFamily(name, help_text, value=getattr(self.stats, field))
+
+
+class _ThrottleCollector:
+    def __init__(self, throttle) -> None:
+        self.throttle = throttle
+
+    def collect(self) -> typing.Iterator:
+        yield CounterMetricFamily("chronik_catch_up_throttled_bytes",
+                                  "Bytes to learners that waited for leader.replication.throttled.rate",
+                                  value=self.throttle.throttled_bytes)
 
 
 class _AuthFailureCollector:

@@ -35,7 +35,7 @@ import typing
 import trio
 from prometheus_client import CollectorRegistry
 
-from chronik_trio.cluster.configs import ConfigChange
+from chronik_trio.cluster.configs import ConfigChange, resolve_broker
 from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.errors import MetaUnavailable
 from chronik_trio.pb import meta_pb2
@@ -58,6 +58,8 @@ from .preferred_leaders import PreferredLeaders
 from .producer_ids import ProducerIds
 from .raft_group import RaftGroup, open_group
 from .raft_runtime import RaftRuntime
+from .reassignments import Reassigner
+from .throttle import RATE_CONFIG, CatchUpThrottle
 from .replicas import DELETED_SUFFIX, HostedReplicas, remove_dirs
 from .compaction import LogCleaner
 from .retention import retention_loop
@@ -97,7 +99,10 @@ class Node:
         self.metrics = NodeMetrics(CollectorRegistry())
         self.peers = PeerNetwork(self.node_id, has_peers=config.peers is not None,
                                  incarnation=self.rng.getrandbits(62) + 1)
-        self.runtime = RaftRuntime(self.node_id, self.peers.send, heartbeat=self.peers.heartbeat,
+        self._catch_up_rate_at = (-1, 0)  # (__meta version, rate): see _catch_up_rate
+        self.throttle = CatchUpThrottle(self.peers.send, self._is_learner, self._catch_up_rate)
+        self.metrics.collect_throttle(self.throttle)
+        self.runtime = RaftRuntime(self.node_id, self.throttle.send, heartbeat=self.peers.heartbeat,
                                    observe_pass=self.metrics.ready_pass_seconds.observe,
                                    observe_fsync=self.metrics.fsync_seconds.observe,
                                    run_sync=run_sync)
@@ -129,6 +134,7 @@ class Node:
         self.topics = Topics(self.meta_machine, self.meta_service, self.preferred_leaders, self.replicas,
                              config.default_partitions, self.rng)
         self.producer_ids = ProducerIds(self.node_id, self.meta_service, wall_clock_ms)
+        self.reassigner = Reassigner(self.node_id, self.meta_machine, self.meta_service, self.replicas)
         self.leader_reports = LeaderReports(self.node_id, self.meta_machine, self.meta_service,
                                             self.runtime, self.replicas)
         self.membership = Membership(self.node_id, config.peer_addresses, self.meta_machine, self.meta_service,
@@ -241,6 +247,7 @@ class Node:
         self.runtime.set_peers(self.config.voters)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.throttle.run)
                 await nursery.start(self.runtime.run)
                 if self.config.peers is not None or self.config.admin_listen is not None:
                     self.transport = self.peers.transport = self._start_transport()
@@ -260,6 +267,7 @@ class Node:
                                    self.run_sync)
                 nursery.start_soon(self.preferred_leaders.run)
                 nursery.start_soon(self.disk_health.run)
+                nursery.start_soon(self.reassigner.run)
                 await nursery.start(self.groups.run)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._join_cluster()
@@ -272,6 +280,20 @@ class Node:
                 group.storage.close()
             raise
         self._close_cleanly()
+
+    def _is_learner(self, group_id: str, peer: int) -> bool:
+        group = self.runtime.groups.get(group_id)
+        progress = group.node.progress().get(peer) if group is not None else None
+        return progress is not None and progress.is_learner
+
+    def _catch_up_rate(self) -> int:
+        """leader.replication.throttled.rate now (asked per append: cached by __meta's version)."""
+        version, rate = self._catch_up_rate_at
+        if version != self.meta.version:
+            rate = int(resolve_broker(RATE_CONFIG, self.meta.broker_configs, self.node_id,
+                                      self.replicas.static_configs).value)
+            self._catch_up_rate_at = (self.meta.version, rate)
+        return rate
 
     def _open_stores(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ from chronik_trio.errors import NotLeader, ProposalFailed
 from chronik_trio.raft.config import Config as RaftConfig
 from chronik_trio.raft.errors import ConfChangeInvalid, ProposalDropped, StepPeerNotFound
 from chronik_trio.raft.rawnode import RawNode
-from chronik_trio.raft.types import (ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot, SoftState,
-                                     StateRole)
+from chronik_trio.raft.types import (ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message,
+                                     MessageType, Snapshot, SoftState, StateRole)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ class RaftGroup:
         # wake_for_silence. None once real traffic woke it or it was quieted again.
         self._silence_wake: tuple[int, int] | None = None
         self.replay_target = 0  # the node serves once applied reaches this (node.py)
+        # A replica created to join a partition being reassigned (node/reassignments.py): it
+        # does not tick, so never campaigns, until it applied the conf change of that move
+        # (generation in its context) adding it. Its bootstrap config is the group's first
+        # one, which may name it a voter (or the only one) long before it really is.
+        self.joining_generation: int | None = None
+        self.joined_listeners: list[typing.Callable[[], None]] = []
         self.closed = False  # set under the lock; the Ready pass skips closed groups
         self.leader_known = trio.Event()  # set and replaced whenever a leader is learnt
         self.leader_changes = 0
@@ -330,6 +336,8 @@ class RaftGroup:
                 self.quiesced = message.from_ == self.node.leader_id and message.term == self.node.term
         if self.quiesced:
             return []
+        if self.joining_generation is not None:
+            ticks = 0  # see joining_generation
         for _ in range(ticks):
             self.node.tick()
         if not self.is_leader:
@@ -380,6 +388,19 @@ class RaftGroup:
             self._fail_waiters(f"group {self.group_id}: leadership lost before commit")
         self.machine.on_soft_state(ss.leader_id, ss.role, self.term)
 
+    def conf_change_applied(self, cc: ConfChangeV2) -> None:
+        """A committed conf change was applied here (by the Ready pass)."""
+        if self.joining_generation is None or not cc.context.isdigit():
+            return
+        me = self.node.id
+        adds_me = any(c.node_id == me and c.type != ConfChangeType.REMOVE_NODE for c in cc.changes)
+        if adds_me and int(cc.context) >= self.joining_generation:
+            log.info("group %s: node %d joined (conf change of generation %s)", self.group_id, me,
+                     cc.context.decode())
+            self.joining_generation = None
+            for listener in self.joined_listeners:
+                listener()
+
     def on_applied(self, entries: typing.Sequence[Entry], results: list) -> None:
         for entry, result in zip(entries, results):
             waiter = self._waiters.pop(entry.index, None)
@@ -406,7 +427,7 @@ class RaftGroup:
 
 def open_group(node_id: int, group_id: str, storage, machine: StateMachine,
                wake: typing.Callable[[RaftGroup], None], *, rng: random.Random,
-               campaign_now: bool = False) -> RaftGroup:
+               campaign_now: bool = False, joining_generation: int | None = None) -> RaftGroup:
     """A RaftGroup over storage (restoring machine from its snapshot first), for the caller
     to add to its runtime. A group whose only voter is this node campaigns at once, as does
     one given campaign_now. The election timer's generator is seeded from rng."""
@@ -417,11 +438,14 @@ def open_group(node_id: int, group_id: str, storage, machine: StateMachine,
     node = RawNode(RaftConfig(id=node_id, election_tick=ELECTION_TICK, heartbeat_tick=HEARTBEAT_TICK,
                               rng=random.Random(seed)), storage)
     group = RaftGroup(group_id, node, storage, machine, wake)
+    group.joining_generation = joining_generation
     hard_state, conf_state = storage.initial_state()
     # Replayed once the group has applied what it knew was committed; a group whose
     # only voter is this node commits its whole log as soon as it leads again.
     group.replay_target = hard_state.commit
-    if conf_state.voters == (node_id,):
+    if joining_generation is not None:
+        pass  # never campaigns before it joined (see RaftGroup.joining_generation)
+    elif conf_state.voters == (node_id,):
         node.campaign()  # the only voter: lead at once instead of after a timeout
         group.replay_target = storage.last_index()
     elif campaign_now:

@@ -332,7 +332,9 @@ class RaftRuntime:
             if entry.type == EntryType.CONF_CHANGE_V2:
                 self._flush_normal(group, normal)
                 normal = []
-                conf_state = group.node.apply_conf_change(decode_conf_change(entry.data))
+                cc = decode_conf_change(entry.data)
+                conf_state = group.node.apply_conf_change(cc)
+                group.conf_change_applied(cc)
                 group.machine.on_conf_state(entry.index, conf_state)
             else:
                 normal.append(entry)

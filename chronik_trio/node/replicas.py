@@ -35,6 +35,9 @@ from .seams import RunSync, uuid4
 log = logging.getLogger(__name__)
 
 TOPIC_ID_FILE = "topic_id"
+# In a replica created to join a partition being moved: the move's generation, until this
+# replica applied the conf change adding it (RaftGroup.joining_generation).
+JOINING_FILE = "joining"
 DELETED_SUFFIX = ".deleted"
 FIRST_CAMPAIGN_RETRIES = 5
 FIRST_CAMPAIGN_RETRY_S = 0.1
@@ -49,7 +52,7 @@ class HostedReplicas:
         self.config = config
         self._rng = rng
         self._run_sync = run_sync
-        self._static = config.kafka_configs()  # fixed for the process's life
+        self._static = self.static_configs = config.kafka_configs()  # fixed for the process's life
         self.node_id = config.node_id
         self.disk = disk
         self.data_dir = pathlib.Path(config.data_dir)
@@ -125,7 +128,8 @@ class HostedReplicas:
         for key, topic in wanted.items():
             if key not in self.by_partition:
                 storage = await self._run_sync(self._open_storage, topic, key[1])
-                self._start(topic, key[1], storage)
+                joining = await self._run_sync(self._joining_generation, topic, key[1])
+                self._start(topic, key[1], storage, joining)
         if doomed:
             await self._run_sync(remove_dirs, doomed)
 
@@ -144,10 +148,33 @@ class HostedReplicas:
             return DurableRaftStorage(self.disk, directory, kafka=True, segment_bytes=segment_bytes)
         self.disk.mkdir(directory)
         self.disk.replace_file(id_file, topic.topic_id.hex.encode())
-        return DurableRaftStorage.bootstrap(self.disk, directory, voters=topic.replicas[partition],
+        # A partition ever reassigned: its group's first config, not today's replicas (this
+        # replica learns the later configs from the entries or the snapshot it is sent).
+        state = self._meta.state
+        voters = state.partition_bootstrap_voters(topic, partition)
+        if (topic.topic_id, partition) in state.bootstrap_voters:
+            move = state.reassignments.get((topic.topic_id, partition))
+            if move is None:
+                log.warning("%s-%d: a new replica here, but no move in progress: it will follow and "
+                            "vote, never campaign", topic.name, partition)
+            generation = move.generation if move is not None else state.version
+            self.disk.replace_file(directory / JOINING_FILE, b"%d" % generation)
+        return DurableRaftStorage.bootstrap(self.disk, directory, voters=voters,
                                             kafka=True, segment_bytes=segment_bytes)
 
-    def _start(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
+    def _joining_generation(self, topic: Topic, partition: int) -> int | None:
+        """Blocking: the generation in the replica's JOINING_FILE, or None."""
+        path = self._directory(topic, partition) / JOINING_FILE
+        return int(path.read_bytes()) if self.disk.exists(path) else None
+
+    def _joined(self, topic: Topic, partition: int) -> None:
+        """The replica applied the conf change that added it (from the Ready pass: no await)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_sync, self.disk.unlink,
+                                     self._directory(topic, partition) / JOINING_FILE)
+
+    def _start(self, topic: Topic, partition: int, storage: DurableRaftStorage,
+               joining_generation: int | None = None) -> None:
         machine = PartitionMachine(topic, partition, storage.log, self._became_leader,
                                    states=[ProducerStateTable(self.config.producer_id_expiration_ms),
                                            *self._groups.states_for(topic)])
@@ -156,9 +183,11 @@ class HostedReplicas:
         new = storage.last_index() == 0 and storage.initial_state()[0].term == 0
         preferred = topic.replicas[partition][0] == self.node_id
         group = open_group(self.node_id, f"{topic.topic_id.hex}-{partition}", storage, machine,
-                           self.runtime.wake, rng=self._rng, campaign_now=new and preferred)
+                           self.runtime.wake, rng=self._rng, campaign_now=new and preferred,
+                           joining_generation=joining_generation)
+        group.joined_listeners.append(functools.partial(self._joined, topic, partition))
         self.runtime.add(group)
-        if new and preferred and self._nursery is not None:
+        if new and preferred and joining_generation is None and self._nursery is not None:
             # The first campaign can reach peers before they created the group (dropped);
             # try again soon rather than leave the first election to a random replica.
             self._nursery.start_soon(_campaign_again, group)

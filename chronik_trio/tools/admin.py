@@ -747,9 +747,154 @@ def cmd_remove_node(args) -> int:
     return 0
 
 
+# --- moving partitions (issue 17) ---------------------------------------------------------------
+
+ALTER_REASSIGNMENTS_API_KEY, ALTER_REASSIGNMENTS_VERSION = 45, 0
+LIST_REASSIGNMENTS_API_KEY, LIST_REASSIGNMENTS_VERSION = 46, 0
+MOVE_WAIT_POLL_S = 0.5
+
+
+class Refused(AdminError):
+    """A move that would break a partition (named in the message)."""
+
+
+def _majority(count: int) -> int:
+    return count // 2 + 1
+
+
+def plan_decommission(topics: list[dict], brokers: list[int], node: int) -> dict[tuple[str, int], list[int]]:
+    """(topic, partition) -> new replicas moving every replica off node, each partition
+    keeping its replication factor: node's place goes to the broker holding fewest replicas
+    (after the moves planned so far) among those not holding one of that partition. topics:
+    topic_rows(). Raises Refused naming every partition that cannot move: no other broker is
+    free to take the replica, or its in-sync replicas are no quorum of the old or the new
+    replica set (a joint-consensus change needs both)."""
+    load = {b: 0 for b in brokers if b != node}
+    for t in topics:
+        for p in t["partitions"]:
+            for r in p["replicas"]:
+                if r in load:
+                    load[r] += 1
+    plan, refusals = {}, []
+    for t in topics:
+        for p in t["partitions"]:
+            replicas, isr = p["replicas"], set(p["isr"])
+            if node not in replicas:
+                continue
+            name = f"{t['name']}-{p['partition']}"
+            free = sorted((count, b) for b, count in load.items() if b not in replicas)
+            if not free:
+                refusals.append(f"{name}: replicas {_ids(replicas)} cover every other broker; no broker "
+                                f"can take node {node}'s replica (replication factor {len(replicas)})")
+                continue
+            if len(isr) < _majority(len(replicas)) or len(isr - {node}) + 1 < _majority(len(replicas)):
+                refusals.append(f"{name}: only {_ids(sorted(isr)) if isr else 'no replica'} in sync of "
+                                f"replicas {_ids(replicas)}: moving node {node}'s replica needs a quorum")
+                continue
+            new = free[0][1]
+            load[new] += 1
+            plan[(t["name"], p["partition"])] = [new if r == node else r for r in replicas]
+    if refusals:
+        raise Refused("refusing to decommission node %d:\n  %s" % (node, "\n  ".join(refusals)))
+    return plan
+
+
+def alter_reassignments(args, moves: dict[tuple[str, int], list[int] | None]) -> list[str]:
+    """Send one AlterPartitionReassignments; the failures as lines (empty: all accepted)."""
+    by_topic: dict[str, list[dict]] = {}
+    for (topic, partition), replicas in sorted(moves.items()):
+        by_topic.setdefault(topic, []).append({"partition_index": partition, "replicas": replicas})
+    _, answer = ask_any(args, ALTER_REASSIGNMENTS_API_KEY, ALTER_REASSIGNMENTS_VERSION, {
+        "timeout": _timeout_ms(args), "topics": [{"name": t, "partitions": ps} for t, ps in by_topic.items()]})
+    if int(answer.error_code) != 0:
+        raise _refused("reassign", answer.error_code, answer.error_message)
+    return [f"{t.name}-{int(p.partition_index)}: {error_name(p.error_code)}: {p.error_message or ''}".rstrip(": ")
+            for t in answer.responses for p in t.partitions if int(p.error_code) != 0]
+
+
+def list_reassignments(args) -> dict[tuple[str, int], dict]:
+    _, answer = ask_any(args, LIST_REASSIGNMENTS_API_KEY, LIST_REASSIGNMENTS_VERSION,
+                        {"timeout": _timeout_ms(args), "topics": None})
+    if int(answer.error_code) != 0:
+        raise _refused("reassignments", answer.error_code, answer.error_message)
+    return {(t.name, int(p.partition_index)): {
+        "replicas": [int(r) for r in p.replicas], "adding": [int(r) for r in p.adding_replicas],
+        "removing": [int(r) for r in p.removing_replicas]} for t in answer.topics for p in t.partitions}
+
+
+def wait_moved(args, moves: dict[tuple[str, int], list[int]]) -> None:
+    """Until no move of these partitions is listed in progress and Metadata shows each one's
+    replicas as planned; AdminError after args.wait_timeout."""
+    deadline = time.monotonic() + args.wait_timeout
+    while True:
+        pending = set(list_reassignments(args)) & set(moves)
+        if not pending:
+            current = {(t["name"], p["partition"]): p["replicas"] for t in topic_rows(metadata(args))
+                       for p in t["partitions"]}
+            pending = {k for k, want in moves.items() if want is not None and current.get(k) != want}
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise AdminError(f"still moving after {args.wait_timeout:g} s: "
+                             + ", ".join(f"{t}-{p}" for t, p in sorted(pending)))
+        time.sleep(MOVE_WAIT_POLL_S)
+
+
+def cmd_reassign(args) -> int:
+    """Move one partition's replicas (AlterPartitionReassignments), or cancel its move."""
+    replicas = None if args.cancel else [int(r) for r in args.replicas.split(",") if r.strip()]
+    if replicas is None and args.replicas:
+        raise AdminError("give either REPLICAS or --cancel", exit_code=2)
+    failed = alter_reassignments(args, {(args.topic, args.partition): replicas})
+    if failed:
+        print("\n".join(failed))
+        return 1
+    what = "cancelled" if replicas is None else f"moving to {_ids(replicas)}"
+    print(f"{args.topic}-{args.partition}: {what}")
+    if args.wait and replicas is not None:
+        wait_moved(args, {(args.topic, args.partition): replicas})
+        print(f"{args.topic}-{args.partition}: replicas are {_ids(replicas)}")
+    return 0
+
+
+def cmd_reassignments(args) -> int:
+    rows = [[f"{t}-{p}", _ids(m["replicas"]), _ids(m["adding"]), _ids(m["removing"])]
+            for (t, p), m in sorted(list_reassignments(args).items())]
+    print(format_table(["PARTITION", "REPLICAS", "ADDING", "REMOVING"], rows))
+    return 0
+
+
+def cmd_decommission(args) -> int:
+    """Move every replica off a node (keeping replication factors), then take the node out
+    of __meta's voters when the cluster supports it."""
+    md = metadata(args)
+    brokers = [int(b.node_id) for b in md.brokers]
+    if args.node not in brokers:
+        raise AdminError(f"no broker {args.node} in the cluster (brokers: {_ids(sorted(brokers))})")
+    plan = plan_decommission(topic_rows(md), brokers, args.node)
+    for (topic, partition), replicas in sorted(plan.items()):
+        print(f"{topic}-{partition}: -> {_ids(replicas)}")
+    if plan:
+        failed = alter_reassignments(args, plan)
+        if failed:
+            print("\n".join(failed))
+            return 1
+        wait_moved(args, plan)
+    print(f"node {args.node} holds no partition replica")
+    return remove_from_meta_voters(args, args.node)
+
+
+def remove_from_meta_voters(args, node: int) -> int:
+    """The last step of a decommission: take node out of __meta's voters and the broker
+    registry (`admin remove-node`, RemoveRaftVoter)."""
+    args.node_id, args.force = node, False
+    return cmd_remove_node(args)
+
+
 COMMANDS = {"topics": cmd_topics, "remove-node": cmd_remove_node, "create-topic": cmd_create_topic, "delete-topic": cmd_delete_topic,
             "elect-preferred": cmd_elect_preferred, "cluster": cmd_cluster, "health": cmd_health,
-            "config": cmd_config, "user": cmd_user, "acl": cmd_acl}
+            "config": cmd_config, "user": cmd_user, "acl": cmd_acl,
+            "reassign": cmd_reassign, "reassignments": cmd_reassignments, "decommission": cmd_decommission}
 
 
 def _common_options(parser, *, defaults: bool) -> None:
@@ -824,6 +969,18 @@ def add_parser(sub) -> None:
                    help="a dead node (unheard for 10 s) that still hosts replicas: they stay, offline, until moved")
     c = command("health", "exit 0 if every broker answers and every partition has a leader and a full ISR")
     c.add_argument("--json", action="store_true")
+    c = command("reassign", "move a partition's replicas (AlterPartitionReassignments), or --cancel its move")
+    c.add_argument("topic")
+    c.add_argument("partition", type=int)
+    c.add_argument("replicas", nargs="?", default="", metavar="REPLICAS",
+                   help="comma-separated broker ids, the preferred leader first")
+    c.add_argument("--cancel", action="store_true", help="cancel the move: back to the original replicas")
+    c.add_argument("--wait", action="store_true", help="return once the move is complete")
+    c.add_argument("--wait-timeout", type=float, default=600.0, help="seconds (default 600)")
+    command("reassignments", "the partition moves in progress (ListPartitionReassignments)")
+    c = command("decommission", "move every replica off a node, keeping replication factors")
+    c.add_argument("node", type=int)
+    c.add_argument("--wait-timeout", type=float, default=600.0, help="seconds (default 600)")
 
 
 def _add_config_parser(parser) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 import chaos.__main__ as chaos_main
 
-from chaos.nemesis import plan
+from chaos.nemesis import MEMBERSHIP_REPLICAS_MIN, membership_target, plan
 from chaos.scenario import ScenarioError, load_scenario, parse_scenario
 
 pytestmark = pytest.mark.timeout(30)
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 SCENARIOS = pathlib.Path(__file__).parents[2] / "chaos" / "scenarios"
 SHIPPED = ["failover", "partition", "crash-restart", "pause", "slow-disk", "disk-faults",
            "power-loss", "rolling-restart", "mixed", "failover-idempotent", "failover-mtls",
-           "compaction", "grow-shrink"]
+           "compaction", "grow-shrink", "membership"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -64,6 +64,22 @@ def test_a_target_beyond_the_cluster_is_refused():
 def test_a_schedule_entry_needs_exactly_one_time():
     message = bad("name: x\nnemesis:\n  schedule:\n    - {at_s: 5, every_s: 3, fault: {kind: kill}}\n")
     assert message == "bad.yaml: nemesis.schedule[0]: needs exactly one of at_s, every_s, interval_s"
+
+
+def test_modes_belong_to_their_fault_kind():
+    membership = "name: x\nnemesis:\n  schedule:\n    - {at_s: 5, fault: {kind: %s, mode: %s}}\n"
+    assert "a membership fault's mode is one of" in bad(membership % ("membership", "bridge"))
+    assert "a partition's mode is one of" in bad(membership % ("partition", "kill-joining"))
+    parse_scenario(membership % ("membership", "kill-joining"), "ok.yaml")
+
+
+def test_a_membership_move_changes_one_replica_and_keeps_enough():
+    rng = random.Random(5)
+    for _ in range(200):
+        replicas = rng.sample([1, 2, 3, 4], rng.choice([3, 4]))
+        target = membership_target(replicas, [1, 2, 3, 4], rng)
+        assert len(set(target)) == len(target) >= MEMBERSHIP_REPLICAS_MIN
+        assert len(set(target) ^ set(replicas)) in (1, 2)  # one added, removed, or swapped
 
 
 def test_idempotence_needs_acks_all():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, configs, epochs, fetch, groups, logs, membership, metadata, offsets, produce, producers, security
+from . import (admin, configs, epochs, fetch, groups, logs, membership, metadata, offsets, produce, producers,
+               reassignments, security)
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -53,6 +54,8 @@ HANDLERS = {
     42: ((0, 2), groups.handle_delete_groups),
     43: ((0, 2), admin.handle_elect_leaders),
     44: ((0, 1), configs.handle_incremental_alter_configs),
+    45: ((0, 1), reassignments.handle_alter_partition_reassignments),
+    46: ((0, 0), reassignments.handle_list_partition_reassignments),
     47: ((0, 0), groups.handle_offset_delete),
     50: ((0, 0), security.handle_describe_user_scram_credentials),
     51: ((0, 0), security.handle_alter_user_scram_credentials),

@@ -32,11 +32,13 @@ import time
 import typing
 
 import trio
+from kio.schema.errors import ErrorCode
 from prometheus_client import CollectorRegistry
 
 from chronik_trio.cluster.configs import ConfigChange
 from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.errors import MetaUnavailable
+from chronik_trio.partition.transactions import TxnMarker
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
@@ -60,6 +62,7 @@ from .retention import retention_loop
 from .seams import RunSync, secret_bytes, system_rng, thread_run_sync, uuid4
 from .snapshots import meta_snapshot_loop
 from .topics import CREATE_TOPIC_TIMEOUT_S, Topics
+from .txn_markers import write_txn_markers
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +185,18 @@ class Node:
     async def init_transactional_id(self, transactional_id: str, producer_id: int,
                                     producer_epoch: int) -> tuple[int, int]:
         return await self.producer_ids.init_transactional_id(transactional_id, producer_id, producer_epoch)
+
+    async def write_txn_markers(self, markers: list[TxnMarker]) -> dict[tuple[str, int], ErrorCode]:
+        """The transaction coordinator's entry point: write commit/abort markers to the
+        partitions this node leads (node/txn_markers.py); per partition, none once the
+        control batch is committed, else the Kafka error code."""
+        return await write_txn_markers(markers, self.meta, self.replica, self.wall_clock_ms())
+
+    async def verify_txn_partition(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                                   topic: str, partition: int, add: bool) -> ErrorCode:
+        """PLACEHOLDER until the transaction coordinator is merged: it confirms every
+        partition (none). The coordinator's implementation replaces this method."""
+        return ErrorCode.none
 
     async def log_dir_usage(self) -> tuple[str, int, int]:
         directory = (self.data_dir / "partitions").absolute()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers, security
+from . import admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers, security, txn_markers
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -42,6 +42,7 @@ HANDLERS = {
     21: ((0, 2), logs.handle_delete_records),
     22: ((0, 5), admin.handle_init_producer_id),
     23: ((2, 4), epochs.handle_offset_for_leader_epoch),
+    27: ((1, 2), txn_markers.handle_write_txn_markers),  # refused: the coordinator writes in process
     29: ((1, 3), security.handle_describe_acls),
     30: ((1, 3), security.handle_create_acls),
     31: ((1, 3), security.handle_delete_acls),

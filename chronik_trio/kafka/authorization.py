@@ -138,6 +138,7 @@ REQUIREMENTS: dict[int, typing.Any] = {
     21: lambda b, m: _each(Operation.DELETE, T, _names(b.topics)),
     22: lambda b, m: _init_producer_id(b),
     23: lambda b, m: _each(Operation.DESCRIBE, T, _names(b.topics, "topic")),
+    27: lambda b, m: _cluster(Operation.CLUSTER_ACTION),  # Kafka's; the handler refuses every client anyway
     29: lambda b, m: _cluster(Operation.DESCRIBE),
     30: lambda b, m: _cluster(Operation.ALTER),
     31: lambda b, m: _cluster(Operation.ALTER),

@@ -41,7 +41,6 @@ from chronik_trio.group.subscription import subscription_topics
 from chronik_trio.group.store import group_batch, offsets_batch
 from chronik_trio.kafka.records import parse_batches
 from chronik_trio.raft.types import StateRole
-from chronik_trio.record_batch import NO_PRODUCER_ID
 
 from .partition_group import PartitionReplica
 from .seams import system_rng, uuid4
@@ -321,14 +320,14 @@ class GroupCoordinator:
         if not shard.current:
             raise GroupError("not the coordinator", ErrorCode.not_coordinator)
         headers = parse_batches(batch, batch_bytes_max=BATCH_BYTES_MAX)
-        if transactional:
-            headers = [h._replace(producer_id=NO_PRODUCER_ID) for h in headers]
         try:
-            await shard.replica.produce(batch, headers, -1)
+            await shard.replica.produce(batch, headers, -1, coordinator=transactional)
         except (NotLeader, ProposalFailed) as exc:
             raise GroupError(f"offsets write failed: {exc}", ErrorCode.not_coordinator) from None
         except NotEnoughReplicas as exc:
             raise GroupError(f"offsets write refused: {exc}", ErrorCode.coordinator_not_available) from None
+        except BrokerError as exc:  # a transactional batch the partition refused (its rules)
+            raise GroupError(f"offsets write refused: {exc}", exc.error_code) from None
         if not shard.current:
             # Committed, but this node no longer leads: the next coordinator has it; the
             # client should talk to that one.

@@ -33,11 +33,13 @@ import time
 import typing
 
 import trio
+from kio.schema.errors import ErrorCode
 from prometheus_client import CollectorRegistry
 
 from chronik_trio.cluster.configs import ConfigChange
 from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.errors import MetaUnavailable
+from chronik_trio.partition.transactions import TxnMarker
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
@@ -63,6 +65,7 @@ from .snapshots import meta_snapshot_loop
 from .topics import CREATE_TOPIC_TIMEOUT_S, Topics
 from .txn_coordinator import TxnCoordinator
 from .txn_routes import TxnRoutes
+from .txn_markers import write_txn_markers
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +192,16 @@ class Node:
         return await self.txn_routes.write_markers(coordinator_epoch, marker)
 
     async def verify_txn_partition(self, transactional_id: str, producer_id: int, producer_epoch: int,
-                                   topic: str, partition: int, add: bool):
+                                   topic: str, partition: int, add: bool) -> ErrorCode:
         """For a partition leader: ask the transactional id's coordinator, wherever it is."""
         return await self.txn_routes.verify_txn_partition(transactional_id, producer_id, producer_epoch, topic,
                                                           partition, add)
+
+    async def write_txn_markers(self, markers: list[TxnMarker]) -> dict[tuple[str, int], ErrorCode]:
+        """The transaction coordinator's entry point: write commit/abort markers to the
+        partitions this node leads (node/txn_markers.py); per partition, none once the
+        control batch is committed, else the Kafka error code."""
+        return await write_txn_markers(markers, self.meta, self.replica, self.wall_clock_ms())
 
     async def log_dir_usage(self) -> tuple[str, int, int]:
         directory = (self.data_dir / "partitions").absolute()

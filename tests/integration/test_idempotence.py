@@ -1,6 +1,6 @@
 """Idempotent produce on a real node, byte for byte (raw wire client): a retried batch is
 written once and answered with its original offsets; sequence gaps, fenced epochs and
-transactional batches get Kafka's error codes; the producer state is rebuilt after a
+transactional batches without a transactional id get Kafka's error codes; the producer state is rebuilt after a
 SIGKILL and kept through retention (a snapshot carries it); DescribeProducers shows it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ INIT_PRODUCER_ID = 22
 DESCRIBE_PRODUCERS = 61
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 INVALID_PRODUCER_EPOCH = 47
-INVALID_TXN_STATE = 48
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 
 
 def init_producer_id(conn: KafkaWire) -> int:
@@ -74,7 +74,7 @@ def test_gaps_fenced_epochs_and_transactional_batches_get_kafkas_codes(broker):
         assert produce(conn, topic, idem(pid, 5, epoch=2))[0] == OUT_OF_ORDER_SEQUENCE_NUMBER  # new epoch not at 0
         txn = build_batch([Record(None, b"t")], producer_id=pid, producer_epoch=1, base_sequence=2,
                           attributes=0x10)
-        assert produce(conn, topic, txn)[0] == INVALID_TXN_STATE
+        assert produce(conn, topic, txn)[0] == TRANSACTIONAL_ID_AUTHORIZATION_FAILED  # no transactional id
         assert produce(conn, topic, idem(pid, 2, epoch=1)) == (NONE, 2)  # nothing refused was kept
         assert produce(conn, topic, idem(pid, 0, epoch=2)) == (NONE, 3)  # a bumped epoch starts at 0
         assert values(conn, topic) == [b"v-0", b"v-1", b"v-2", b"v-0"]

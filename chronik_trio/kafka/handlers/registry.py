@@ -6,7 +6,7 @@ import kio.schema.index
 
 from ..codec import build, response_schema
 from . import (admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers, security,
-               transactions)
+               transactions, txn_markers)
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -46,6 +46,7 @@ HANDLERS = {
     24: ((0, 5), transactions.handle_add_partitions_to_txn),
     25: ((0, 4), transactions.handle_add_offsets_to_txn),
     26: ((0, 5), transactions.handle_end_txn),
+    27: ((1, 2), txn_markers.handle_write_txn_markers),  # refused: the coordinator writes in process
     28: ((0, 5), transactions.handle_txn_offset_commit),
     29: ((1, 3), security.handle_describe_acls),
     30: ((1, 3), security.handle_create_acls),

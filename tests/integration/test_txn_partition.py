@@ -18,16 +18,32 @@ from tests.kafka_wire import NONE, KafkaWire, Record, build_batch, parse_batches
 
 PRODUCE, FETCH, LIST_OFFSETS, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 19, 22
 WRITE_TXN_MARKERS, DESCRIBE_PRODUCERS = 27, 61
+FIND_COORDINATOR, ADD_PARTITIONS_TO_TXN = 10, 24
 INVALID_RECORD, INVALID_TXN_STATE, CLUSTER_AUTHORIZATION_FAILED = 87, 48, 31
 TRANSACTIONAL = 0x10
 TXN_ID = "txn-part-test"
 
 
-def init_producer_id(conn: KafkaWire) -> tuple[int, int]:
-    r = conn.request(INIT_PRODUCER_ID, {"transactional_id": TXN_ID, "transaction_timeout": 60000,
-                                        "producer_id": -1, "producer_epoch": -1})
-    assert r.error_code == NONE, r
-    return int(r.producer_id), int(r.producer_epoch)
+def init_producer_id(conn: KafkaWire, topic: str) -> tuple[int, int]:
+    """As a transactional client begins: find the coordinator (creating __transaction_state),
+    InitProducerId, and add partition 0 of topic to the transaction (AddPartitionsToTxn)."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = conn.request(FIND_COORDINATOR, {"key": TXN_ID, "key_type": 1}, version=3)
+        if r.error_code == NONE:
+            r = conn.request(INIT_PRODUCER_ID, {"transactional_id": TXN_ID, "transaction_timeout": 60000,
+                                                "producer_id": -1, "producer_epoch": -1})
+            if r.error_code == NONE:
+                break
+        assert time.monotonic() < deadline, r
+        time.sleep(0.1)
+    pid, epoch = int(r.producer_id), int(r.producer_epoch)
+    r = conn.request(ADD_PARTITIONS_TO_TXN, {
+        "v3_and_below_transactional_id": TXN_ID, "v3_and_below_producer_id": pid,
+        "v3_and_below_producer_epoch": epoch, "v3_and_below_topics": [{"name": topic, "partitions": [0]}]},
+        version=3)
+    assert r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code == NONE, r
+    return pid, epoch
 
 
 def produce(conn: KafkaWire, topic: str, batch: bytes, transactional_id: str | None = TXN_ID) -> tuple[int, int]:
@@ -79,7 +95,7 @@ def test_an_open_transaction_holds_the_last_stable_offset_for_read_committed(bro
     topic = random_topic()
     with KafkaWire.connect(broker.port) as conn:
         conn.create_topics([topic])
-        pid, epoch = init_producer_id(conn)
+        pid, epoch = init_producer_id(conn, topic)
         assert produce(conn, topic, build_batch([Record(None, b"plain")]), None) == (NONE, 0)
         assert produce(conn, topic, txn_batch(pid, epoch, 0, b"t0", b"t1")) == (NONE, 1)
         assert produce(conn, topic, txn_batch(pid, epoch, 2, b"t2")) == (NONE, 3)
@@ -103,7 +119,7 @@ def test_what_kafka_refuses_in_a_transaction_is_refused_and_nothing_is_written(b
     topic = random_topic()
     with KafkaWire.connect(broker.port) as conn:
         conn.create_topics([topic])
-        pid, epoch = init_producer_id(conn)
+        pid, epoch = init_producer_id(conn, topic)
         assert produce(conn, topic, txn_batch(pid, epoch, 0, b"t0")) == (NONE, 0)
         plain = build_batch([Record(None, b"x")], producer_id=pid, producer_epoch=epoch, base_sequence=1)
         assert produce(conn, topic, plain, None)[0] == INVALID_TXN_STATE  # plain write inside a transaction
@@ -133,7 +149,7 @@ def test_an_open_transaction_survives_restart_and_retention_through_the_snapshot
             "name": topic, "num_partitions": 1, "replication_factor": -1, "assignments": [],
             "configs": [{"name": "retention.ms", "value": "60000"}]}], "timeout": 10000, "validate_only": False})
         assert r.topics[0].error_code == NONE
-        pid, epoch = init_producer_id(conn)
+        pid, epoch = init_producer_id(conn, topic)
         assert produce(conn, topic, build_batch([Record(None, b"y" * 500)], base_timestamp_ms=old), None) == (NONE, 0)
         assert produce(conn, topic, txn_batch(pid, epoch, 0, b"t" * 500, ts=old)) == (NONE, 1)
         # Plain writes fill segments after it, so that retention deletes the segment that

@@ -237,3 +237,33 @@ def test_bad_input_gets_kafkas_codes(cluster_factory):
         assert end(pid, epoch, False) == NONE
         assert end(pid, epoch, True) == INVALID_TXN_STATE  # commit after its abort
         assert end(pid, epoch, False) == NONE  # a retried abort
+
+
+def test_kafkajs_transaction_with_send_offsets(cluster_factory, tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from tests.kafkajs import kafkajs_dir
+    js = kafkajs_dir()
+    cluster = cluster_factory(3, config_text=CONFIG).start()
+    bootstrap = _bootstrap(cluster)
+    _create(cluster, "js-out", "js-in")
+    spec = {"brokers": bootstrap.split(","), "transactionalId": "js-txn", "topic": "js-out", "partitions": PARTITIONS,
+            "commit": [f"js-commit-{i}" for i in range(12)], "abort": [f"js-abort-{i}" for i in range(12)],
+            "offsets": {"group": "js-group", "topic": "js-in", "partition": 1, "offset": 7}}
+    spec_path, out_path = tmp_path / "spec.json", tmp_path / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run([shutil.which("node"), str(js / "kafkajs_txn.js"), str(spec_path), str(out_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out_path.read_text()) == {"ok": True}
+    assert sorted(_read_all(bootstrap, "js-out", "read_committed", 12)) == sorted(spec["commit"])
+    consumer = Consumer({"bootstrap.servers": bootstrap, "broker.address.family": "v4", "group.id": "js-group"})
+    try:
+        (tp,) = consumer.committed([TopicPartition("js-in", 1)], 30)
+        assert tp.offset == 7
+    finally:
+        consumer.close()

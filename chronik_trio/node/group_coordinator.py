@@ -312,17 +312,22 @@ class GroupCoordinator:
 
     # --- writing through Raft ---------------------------------------------------------------------
 
-    async def _produce(self, shard: _Shard, batch: bytes) -> None:
-        """Write one batch to the offsets partition; return once committed. Raises GroupError."""
+    async def _produce(self, shard: _Shard, batch: bytes, *, transactional: bool = False) -> None:
+        """Write one batch to the offsets partition; return once committed. Raises GroupError.
+        transactional: TxnOffsetCommit's batch, which carries the transaction's producer id
+        and epoch but no sequence: the leader appends it as Kafka's coordinator does, without
+        the idempotent producer's sequence check (nothing else writes with that id here)."""
         if not shard.current:
             raise GroupError("not the coordinator", ErrorCode.not_coordinator)
         headers = parse_batches(batch, batch_bytes_max=BATCH_BYTES_MAX)
         try:
-            await shard.replica.produce(batch, headers, -1)
+            await shard.replica.produce(batch, headers, -1, coordinator=transactional)
         except (NotLeader, ProposalFailed) as exc:
             raise GroupError(f"offsets write failed: {exc}", ErrorCode.not_coordinator) from None
         except NotEnoughReplicas as exc:
             raise GroupError(f"offsets write refused: {exc}", ErrorCode.coordinator_not_available) from None
+        except BrokerError as exc:  # a transactional batch the partition refused (its rules)
+            raise GroupError(f"offsets write refused: {exc}", exc.error_code) from None
         if not shard.current:
             # Committed, but this node no longer leads: the next coordinator has it; the
             # client should talk to that one.
@@ -528,8 +533,11 @@ class GroupCoordinator:
         return ErrorCode.none, errors
 
     async def commit(self, group_id: str, member_id: str, generation_id: int, instance_id: str | None,
-                     offsets: typing.Sequence[tuple[str, int, int, int, str | None]]) -> list[ErrorCode]:
-        """OffsetCommit of (topic, partition, offset, leader epoch, metadata); one error each."""
+                     offsets: typing.Sequence[tuple[str, int, int, int, str | None]], *,
+                     producer: tuple[int, int] | None = None) -> list[ErrorCode]:
+        """OffsetCommit of (topic, partition, offset, leader epoch, metadata); one error each.
+        producer: TxnOffsetCommit's (producer id, epoch): the offsets are written as a
+        transactional batch and count only once the transaction's commit marker lands."""
         try:
             shard = await self._loaded_shard(group_id)
         except GroupError as exc:
@@ -539,10 +547,14 @@ class GroupCoordinator:
             if generation_id >= 0:
                 return [ErrorCode.illegal_generation] * len(offsets)
             group = self._group(shard, group_id, create=True)
-        error = group.check_commit(member_id, generation_id, instance_id)
+        # A TxnOffsetCommit without member info (v0-v2, or a producer outside the group) is
+        # not checked against the group, as in Kafka; with it, as an OffsetCommit is.
+        unchecked = producer is not None and generation_id < 0 and not member_id
+        error = ErrorCode.none if unchecked else group.check_commit(member_id, generation_id, instance_id)
         if error != ErrorCode.none:
             return [error] * len(offsets)
-        group.commit_seen(self.now_ms(), member_id)
+        if not unchecked:
+            group.commit_seen(self.now_ms(), member_id)
         errors: list[ErrorCode] = []
         writes = []
         now_wall = self.node.wall_clock_ms()
@@ -557,10 +569,15 @@ class GroupCoordinator:
                 writes.append((topic, partition, OffsetRecord(offset, epoch, metadata, now_wall)))
         if writes:
             try:
-                await self._produce(shard, offsets_batch(group_id, writes, now_wall))
+                await self._produce(shard, offsets_batch(group_id, writes, now_wall, producer=producer),
+                                    transactional=producer is not None)
             except GroupError as exc:
                 errors = [exc.error_code if e == ErrorCode.none else e for e in errors]
         return errors
+
+    async def unstable_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        """Partitions with an offset in an undecided transaction (OffsetFetch require_stable)."""
+        return (await self._loaded_shard(group_id)).store.unstable(group_id)
 
     async def fetch(self, group_id: str, partitions: typing.Sequence[tuple[str, int]] | None
               ) -> dict[tuple[str, int], OffsetRecord | None]:

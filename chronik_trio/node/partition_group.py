@@ -214,19 +214,21 @@ class PartitionReplica:
                                 idle=self.group.quiesced, progress=progress)
 
     async def produce(self, records, headers: list[BatchHeader], acks: int,
-                      verify: TxnVerifier | None = None) -> int:
+                      verify: TxnVerifier | None = None, *, coordinator: bool = False) -> int:
         """Assign offsets, propose one entry per batch; wait per acks (-1: applied, i.e.
         committed; 1: durable in our own log; 0: nothing). Returns the first base offset.
         Idempotent batches are checked against the leader's producer view first: a retried
         batch is answered with its original offsets and not written again. A transactional
         batch that would open a transaction here is first confirmed by verify(producer id,
         epoch) (the coordinator, KIP-890), and appended only if no marker for the producer
-        landed meanwhile.
+        landed meanwhile. coordinator: a group coordinator's own transactional batch
+        (TxnOffsetCommit's offsets, without sequence numbers): appended without the
+        idempotent producer's duplicate and sequence checks, as Kafka appends it.
         Raises NotLeader, ProposalFailed (retriable), NotEnoughReplicas, ProducerError or
         TxnError."""
         try:
             guard = await self._verify_transaction(headers, verify) if verify is not None else None
-            return await self._produce(records, headers, acks, guard)
+            return await self._produce(records, headers, acks, guard, coordinator)
         except ProposalFailed as exc:
             # Dropped while leadership moves (or already moved): send the client to the
             # leader (NOT_LEADER_OR_FOLLOWER); otherwise REQUEST_TIMED_OUT.
@@ -253,7 +255,8 @@ class PartitionReplica:
                              f"for producer {txn.producer_id} epoch {txn.producer_epoch}", error)
         return term, txn.producer_id, txn.producer_epoch, seen
 
-    async def _produce(self, records, headers: list[BatchHeader], acks: int, guard: tuple | None) -> int:
+    async def _produce(self, records, headers: list[BatchHeader], acks: int, guard: tuple | None,
+                       coordinator: bool = False) -> int:
         batches = [idempotent_batch(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
                                     h.max_timestamp_ms) for h in headers]
         idempotent = any(batch is not None for batch in batches)
@@ -266,7 +269,7 @@ class PartitionReplica:
                     f"than min.insync.replicas={min_insync}")
             term = self.group.term
             view = self._leader_view(term) if idempotent else None
-            duplicate = view.producers.check(batches) if view is not None else None
+            duplicate = view.producers.check(batches) if view is not None and not coordinator else None
             if duplicate is None:
                 if view is not None:
                     view.check_transactions(headers, guard, term)

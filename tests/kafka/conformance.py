@@ -116,6 +116,8 @@ def plausible(cls: type, target: Target) -> Any:
             value = value(target)
         elif f.name not in _BY_NAME:
             value = () if shape.is_array else _by_type(f)
+        if value is None and "None" not in str(f.type):  # e.g. a transactional id that is not nullable here
+            value = _by_type(f)
         if kafka_type.startswith("timedelta") and isinstance(value, int):
             value = datetime.timedelta(milliseconds=value)
         if shape.is_array and value is not None and not isinstance(value, tuple):

@@ -79,12 +79,13 @@ def _ms(value) -> int:
 
 async def _find(ctx: BrokerContext, key: str, key_type: int) -> dict:
     none = {"node_id": -1, "host": "", "port": -1, "error_message": None}
-    if key_type != KEY_TYPE_GROUP:
-        error = ErrorCode.coordinator_not_available if key_type == KEY_TYPE_TRANSACTION else ErrorCode.invalid_request
-        return {**none, "error_code": error, "error_message": "only group coordinators are served here"}
+    if key_type not in (KEY_TYPE_GROUP, KEY_TYPE_TRANSACTION):
+        return {**none, "error_code": ErrorCode.invalid_request, "error_message": f"unknown key type {key_type}"}
     if not key:
-        return {**none, "error_code": ErrorCode.invalid_request, "error_message": "empty group id"}
-    topic = await ctx.groups.offsets_topic()
+        return {**none, "error_code": ErrorCode.invalid_request, "error_message": "empty key"}
+    # A group's coordinator leads its __consumer_offsets partition; a transactional id's its
+    # __transaction_state partition (both Kafka's hash of the key).
+    topic = await (ctx.groups.offsets_topic() if key_type == KEY_TYPE_GROUP else ctx.txns.txn_topic())
     if topic is None:
         return {**none, "error_code": ErrorCode.coordinator_not_available}
     leader = ctx.meta.leader_of(topic, partition_for(key, topic.partition_count))

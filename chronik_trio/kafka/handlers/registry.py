@@ -5,7 +5,8 @@ from __future__ import annotations
 import kio.schema.index
 
 from ..codec import build, response_schema
-from . import admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers, security, txn_markers
+from . import (admin, configs, epochs, fetch, groups, logs, metadata, offsets, produce, producers, security,
+               transactions, txn_markers)
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -42,7 +43,11 @@ HANDLERS = {
     21: ((0, 2), logs.handle_delete_records),
     22: ((0, 5), admin.handle_init_producer_id),
     23: ((2, 4), epochs.handle_offset_for_leader_epoch),
+    24: ((0, 5), transactions.handle_add_partitions_to_txn),
+    25: ((0, 4), transactions.handle_add_offsets_to_txn),
+    26: ((0, 5), transactions.handle_end_txn),
     27: ((1, 2), txn_markers.handle_write_txn_markers),  # refused: the coordinator writes in process
+    28: ((0, 5), transactions.handle_txn_offset_commit),
     29: ((1, 3), security.handle_describe_acls),
     30: ((1, 3), security.handle_create_acls),
     31: ((1, 3), security.handle_delete_acls),
@@ -59,6 +64,8 @@ HANDLERS = {
     51: ((0, 0), security.handle_alter_user_scram_credentials),
     60: ((0, 2), admin.handle_describe_cluster),
     61: ((0, 0), producers.handle_describe_producers),
+    65: ((0, 0), transactions.handle_describe_transactions),
+    66: ((0, 2), transactions.handle_list_transactions),
 }
 
 

@@ -277,6 +277,10 @@ class PartitionReplica:
                 payloads = [with_offsets(records, h, base, term) for h, base in zip(headers, bases)]
                 waiter = self.group.propose_locked_many(payloads)  # all or nothing
                 self._offsets.commit_reservation()
+                # The view follows every batch this leader appends, not only the checked
+                # ones: a caller may append a producer's batch unchecked (the group
+                # coordinator's transactional offsets), and its marker must find it.
+                view = view or (self._view if self._view_term == term else None)
                 if view is not None:
                     view.apply(payloads, waiter.index - len(payloads) + 1)
         if duplicate is not None:

@@ -185,7 +185,9 @@ class ProducerStateTable:
         h = read_header(data)
         if h.producer_id == NO_PRODUCER_ID:
             return
-        if h.attributes & ATTR_CONTROL:
+        if h.attributes & ATTR_CONTROL or h.base_sequence == NO_SEQUENCE:
+            # a marker, or a coordinator's batch for the producer (transactional offsets):
+            # no sequence to follow, only the epoch
             self._marker(h.producer_id, h.producer_epoch, h.max_timestamp_ms)
             return
         batch = IdempotentBatch(h.producer_id, h.producer_epoch, h.base_sequence,

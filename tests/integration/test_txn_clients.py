@@ -20,6 +20,7 @@ CONFIG = ("transaction_state_log_num_partitions = 3\noffsets_topic_num_partition
           "group_initial_rebalance_delay_ms = 0\ntransaction_max_timeout_ms = 120000\n")
 PARTITIONS = 3
 FIND_COORDINATOR, INIT_PRODUCER_ID, ADD_PARTITIONS_TO_TXN, END_TXN = 10, 22, 24, 26
+OFFSET_FETCH, ADD_OFFSETS_TO_TXN, TXN_OFFSET_COMMIT, UNSTABLE_OFFSET_COMMIT = 9, 25, 28, 88
 DESCRIBE_TRANSACTIONS, LIST_TRANSACTIONS = 65, 66
 INVALID_TXN_STATE, INVALID_PRODUCER_ID_MAPPING, INVALID_TRANSACTION_TIMEOUT = 48, 49, 50
 PRODUCER_FENCED, TRANSACTIONAL_ID_NOT_FOUND, NOT_COORDINATOR = 90, 105, 16
@@ -178,11 +179,11 @@ def test_aiokafka_and_kafka_python_transactions(cluster_factory):
     assert sorted(seen) == sorted([f"aio-commit-{i}" for i in range(10)] + [f"kp-commit-{i}" for i in range(10)])
 
 
-def _coordinator_wire(cluster, transactional_id: str) -> KafkaWire:
+def _coordinator_wire(cluster, key: str, key_type: int = 1) -> KafkaWire:
     with cluster.connect(1) as wire:
         deadline = time.monotonic() + 30
         while True:
-            r = wire.request(FIND_COORDINATOR, {"key": transactional_id, "key_type": 1}, version=3)
+            r = wire.request(FIND_COORDINATOR, {"key": key, "key_type": key_type}, version=3)
             if r.error_code == NONE:
                 break
             assert time.monotonic() < deadline, r
@@ -237,6 +238,26 @@ def test_bad_input_gets_kafkas_codes(cluster_factory):
         assert end(pid, epoch, False) == NONE
         assert end(pid, epoch, True) == INVALID_TXN_STATE  # commit after its abort
         assert end(pid, epoch, False) == NONE  # a retried abort
+
+        # Offsets in a transaction: unstable while it is open, the group's once it commits
+        r = wire.request(ADD_OFFSETS_TO_TXN, {"transactional_id": "bad-txn", "producer_id": pid,
+                                              "producer_epoch": epoch, "group_id": "bad-group"}, version=3)
+        assert r.error_code == NONE
+        with _coordinator_wire(cluster, "bad-group", key_type=0) as group_wire:
+            def fetch_offset():
+                r = group_wire.request(OFFSET_FETCH, {"group_id": "bad-group", "require_stable": True, "topics": [
+                    {"name": "bad-out", "partition_indexes": [0]}]}, version=7)
+                p = r.topics[0].partitions[0]
+                return p.error_code, p.committed_offset
+
+            r = group_wire.request(TXN_OFFSET_COMMIT, {
+                "transactional_id": "bad-txn", "group_id": "bad-group", "producer_id": pid, "producer_epoch": epoch,
+                "topics": [{"name": "bad-out", "partitions": [{"partition_index": 0, "committed_offset": 42,
+                                                                "committed_metadata": ""}]}]}, version=2)
+            assert r.topics[0].partitions[0].error_code == NONE
+            assert fetch_offset() == (UNSTABLE_OFFSET_COMMIT, -1)
+            assert end(pid, epoch, True) == NONE
+            assert fetch_offset() == (NONE, 42)
 
 
 def test_kafkajs_transaction_with_send_offsets(cluster_factory, tmp_path):

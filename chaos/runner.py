@@ -7,6 +7,7 @@ log per node), clients.log, history.jsonl, report.md and timeline.png.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 import random
@@ -121,7 +122,7 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
         async with trio.open_nursery() as nursery:
             nursery.start_soon(progress.run, t0)
             async with trio.open_nursery() as producers:
-                produce, consume = _client_tasks(spec.client)
+                produce, consume = _client_tasks(spec.client, spec.transactional)
                 for i in range(spec.producers):
                     producers.start_soon(produce, f"p{i}", bootstrap, spec, topics, history, stop, logger)
                 for i in range(spec.consumers):
@@ -148,14 +149,18 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
     return notes
 
 
-def _client_tasks(client: str):
+def _client_tasks(client: str, transactional: bool = False):
     """(producer task, consumer task) for a client library: the blocking ones in a worker
-    thread each, aiokafka in the harness's trio run through trio-asyncio."""
+    thread each, aiokafka in the harness's trio run through trio-asyncio. Transactional:
+    confluent-kafka transactions and read_committed consumers."""
     if client == "aiokafka":
         return workload.run_producer_aiokafka, workload.run_consumer_aiokafka
     produce, consume = {"confluent-kafka": (workload.run_producer, workload.run_consumer),
                         "kafka-python": (workload.run_producer_kafka_python,
                                          workload.run_consumer_kafka_python)}[client]
+    if transactional:
+        produce = workload.run_producer_txn
+        consume = functools.partial(workload.run_consumer, isolation="read_committed")
 
     async def in_thread(fn, *args):
         await trio.to_thread.run_sync(fn, *args)
@@ -190,7 +195,7 @@ async def _final_reads(scenario: Scenario, cluster: Cluster, history: History,
             try:
                 high, records = await trio.to_thread.run_sync(
                     workload.final_read, cluster.bootstrap_servers, topic.name, p, timeout_s, logger,
-                    history.now)
+                    history.now, "read_committed" if scenario.workload.transactional else "read_uncommitted")
             except Exception as exc:  # a timeout or any client failure: reported, lost_writes fails
                 history.record({"type": "final-read-failed", "topic": topic.name, "partition": p,
                                 "error": repr(exc)})

@@ -44,7 +44,7 @@ FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-l
                "rolling-restart")
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
-          "node_crashes")
+          "node_crashes", "aborted_reads", "torn_transactions", "precommitted_reads")
 # Checks that are report-only unless a scenario says otherwise; both become failing checks
 # when the workload is idempotent (see checker.py).
 REPORT_ONLY_DEFAULT = frozenset({"duplicates", "nonmonotonic_sends"})
@@ -80,6 +80,12 @@ class WorkloadSpec:
     request_timeout_s: float = 5.0
     delivery_timeout_s: float = 10.0
     final_read_timeout_s: float = 60.0
+    # Transactions (confluent-kafka only): each producer writes transactions of txn_records
+    # sends (across partitions), every abort_every-th aborted on purpose; consumers and the
+    # final read are read_committed.
+    transactional: bool = False
+    txn_records: int = 5
+    abort_every: int = 3
 
 
 @attrs.frozen
@@ -240,7 +246,12 @@ def _workload(r: _Reader) -> WorkloadSpec:
         acks=acks, idempotence=w.get("idempotence", bool, False),
         request_timeout_s=w.get("request_timeout_s", float, 5.0, minimum=0.1),
         delivery_timeout_s=w.get("delivery_timeout_s", float, 10.0, minimum=0.1),
-        final_read_timeout_s=w.get("final_read_timeout_s", float, 60.0, minimum=1))
+        final_read_timeout_s=w.get("final_read_timeout_s", float, 60.0, minimum=1),
+        transactional=w.get("transactional", bool, False),
+        txn_records=w.get("txn_records", int, 5, minimum=1, maximum=1000),
+        abort_every=w.get("abort_every", int, 3, minimum=0))
+    if spec.transactional and (spec.client != "confluent-kafka" or not spec.idempotence):
+        w.fail("needs client: confluent-kafka and idempotence: true", "transactional")
     if spec.idempotence and spec.acks != "all":
         w.fail("idempotence needs acks: all", "idempotence")
     if spec.producers == 0:

@@ -74,7 +74,7 @@ class TxnMetadata:
     timeout_ms: int
     state: TxnState
     partitions: frozenset[tuple[str, int]] = frozenset()
-    start_ms: int = -1  # when the ongoing transaction began (its timeout runs from here)
+    start_ms: int = -1  # when the last transaction began (its timeout runs from here); -1: none since init
     update_ms: int = -1  # the last change (transactional.id.expiration.ms runs from here)
     # The (id, epoch) a successful InitProducerId or TV2 EndTxn replaced: a retry of that
     # call carries it and is answered with the current pair instead of being fenced.
@@ -263,7 +263,7 @@ def _prepare(current: TxnMetadata, state: TxnState, now_ms: int, *, tv2: bool) -
 def complete(current: TxnMetadata, now_ms: int) -> TxnMetadata:
     """After every marker of a prepared transaction is written."""
     state = S.COMPLETE_COMMIT if current.state == S.PREPARE_COMMIT else S.COMPLETE_ABORT
-    return _to(current, state, now_ms, partitions=frozenset(), start_ms=-1)
+    return _to(current, state, now_ms, partitions=frozenset())
 
 
 def timed_out(meta: TxnMetadata, now_ms: int) -> bool:

@@ -8,6 +8,9 @@ import pytest
 from hypothesis import given, settings
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.group import GroupStore, OffsetRecord
+from chronik_trio.group.store import offsets_batch
+from chronik_trio.partition.transactions import TxnMarker, control_batch
 from chronik_trio.txn import TxnState, TxnStore, txn_batch
 from chronik_trio.txn import state as ts
 
@@ -192,3 +195,30 @@ def test_the_store_skips_what_it_cannot_read():
     store = TxnStore()
     store.apply(memoryview(b"\x00" * 10), 1)
     assert store.skipped_records == 1 and not store.txns
+
+
+def test_offsets_in_a_transaction_count_only_once_it_commits():
+    """GroupStore (group/store.py): TxnOffsetCommit's transactional batch is pending until
+    its producer's commit marker; an abort marker drops it; pending offsets survive a
+    snapshot."""
+    store = GroupStore()
+
+    def txn_commit(pid, offset, index):
+        batch = offsets_batch("g", [("t", 0, OffsetRecord(offset, -1, None, 1))], 1, producer=(pid, 0))
+        store.apply(memoryview(batch), index)
+
+    def marker(pid, commit, index):
+        store.apply(memoryview(control_batch(TxnMarker(pid, 0, commit, 1, [("__consumer_offsets", 0)]), 1)), index)
+
+    txn_commit(5, 10, 1)
+    txn_commit(6, 99, 2)  # another producer's transaction, to be aborted
+    assert store.committed("g") == {} and store.unstable("g") == {("t", 0)}
+    restored = GroupStore()
+    restored.decode(store.encode())
+    assert restored.pending == store.pending
+    marker(5, True, 3)
+    assert store.committed("g")[("t", 0)].offset == 10
+    marker(6, False, 4)
+    assert store.committed("g")[("t", 0)].offset == 10 and store.unstable("g") == set()
+    marker(5, True, 5)  # a repeated marker changes nothing
+    assert store.committed("g")[("t", 0)].offset == 10 and store.skipped_records == 0

@@ -12,6 +12,8 @@ import pytest
 from tests.kafka_wire import NONE, KafkaWire, Record, build_batch, random_topic
 
 INIT_PRODUCER_ID = 22
+FIND_COORDINATOR = 10
+COORDINATOR_NOT_READY = (14, 15, 16)  # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR
 DESCRIBE_PRODUCERS = 61
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 INVALID_PRODUCER_EPOCH = 47
@@ -143,9 +145,16 @@ def test_producer_state_survives_retention_through_the_snapshot(broker_factory):
 @pytest.mark.timeout(60)
 def test_init_producer_id_bumps_a_transactional_ids_epoch_and_fences_the_old_holder(broker):
     def init(conn, tid, pid=-1, epoch=-1, version=4):
-        r = conn.request(INIT_PRODUCER_ID, {"transactional_id": tid, "transaction_timeout": 60000,
-                                            "producer_id": pid, "producer_epoch": epoch}, version=version)
-        return int(r.error_code), int(r.producer_id), int(r.producer_epoch)
+        # The transaction coordinator answers (FindCoordinator creates __transaction_state;
+        # COORDINATOR_NOT_AVAILABLE / COORDINATOR_LOAD_IN_PROGRESS meanwhile).
+        deadline = time.monotonic() + 30
+        while True:
+            conn.request(FIND_COORDINATOR, {"key": tid, "key_type": 1}, version=3)
+            r = conn.request(INIT_PRODUCER_ID, {"transactional_id": tid, "transaction_timeout": 60000,
+                                                "producer_id": pid, "producer_epoch": epoch}, version=version)
+            if r.error_code not in COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                return int(r.error_code), int(r.producer_id), int(r.producer_epoch)
+            time.sleep(0.1)
 
     with KafkaWire.connect(broker.port) as conn:
         tid = random_topic()

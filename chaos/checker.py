@@ -352,6 +352,34 @@ def check_precommitted_reads(h: _History, opts: CheckOptions) -> CheckResult:
                    f"{len(bad)} read(s) before the commit")
 
 
+COPY_PREFIX = "copy:"  # chaos/workload.py's copier
+
+
+def check_exactly_once_output(h: _History, opts: CheckOptions) -> CheckResult:
+    """With a copier (consume-transform-produce): in the final read, every committed input
+    record is copied exactly once, nothing else is (no copy of an aborted record), and a
+    record of unknown outcome at most once."""
+    copies: dict[str, int] = defaultdict(int)
+    for records in h.final.values():
+        for value in records.values():
+            if value.startswith(COPY_PREFIX):
+                copies[value[len(COPY_PREFIX):]] += 1
+    if not copies:
+        return CheckResult(name="exactly_once_output", passed=True, report_only=False, count=0,
+                           summary="no copier in this workload")
+    outcome = {s["value"]: s["outcome"] for s in h.sends}
+    bad = []
+    for s in h.acked:
+        if copies.get(s["value"], 0) != 1:
+            bad.append(f"{s['value']} (committed) copied {copies.get(s['value'], 0)} time(s)")
+    for value, count in sorted(copies.items()):
+        kind = outcome.get(value)
+        if kind in ("fail", None) or (kind == "info" and count > 1):
+            bad.append(f"{value} ({kind or 'never sent'}) copied {count} time(s)")
+    return _result("exactly_once_output", bad, opts, f"{len(h.acked)} committed records copied exactly once",
+                   f"{len(bad)} record(s) not copied exactly once")
+
+
 def unavailability_windows(h: _History) -> list[tuple[float, float, Part]]:
     """Windows (start, end, partition) without a successful write to that partition, longest
     first, from its first successful write to the workload's end (the last recorded time when
@@ -428,6 +456,7 @@ CHECK_FUNCTIONS = {
     "aborted_reads": check_aborted_reads,
     "torn_transactions": check_torn_transactions,
     "precommitted_reads": check_precommitted_reads,
+    "exactly_once_output": check_exactly_once_output,
 }
 
 

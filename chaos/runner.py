@@ -113,7 +113,9 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
     Returns the notes of the final heal."""
     topics = [(t.name, t.partitions) for t in scenario.topics]
     spec = scenario.workload
+    sources = [t for t in topics if t[0] != spec.copy_to]  # what producers write
     stop = threading.Event()
+    copier_done = threading.Event()
     bootstrap = cluster.bootstrap_servers
     t0 = history.now()
     history.record({"type": "workload-start", "t": round(t0, 6)})
@@ -124,7 +126,11 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
             async with trio.open_nursery() as producers:
                 produce, consume = _client_tasks(spec.client, spec.transactional)
                 for i in range(spec.producers):
-                    producers.start_soon(produce, f"p{i}", bootstrap, spec, topics, history, stop, logger)
+                    producers.start_soon(produce, f"p{i}", bootstrap, spec, sources, history, stop, logger)
+                if spec.copy_to is not None:
+                    out = next(t for t in topics if t[0] == spec.copy_to)
+                    nursery.start_soon(trio.to_thread.run_sync, workload.run_copier, bootstrap, spec, sources,
+                                       out, history, stop, consumer_stop, copier_done, logger)
                 for i in range(spec.consumers):
                     nursery.start_soon(consume, f"c{i}", bootstrap, topics, history, consumer_stop,
                                        target, logger)
@@ -141,6 +147,9 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
                     raise
                 finally:
                     stop.set()
+            if spec.copy_to is not None:  # the copier catches up before the final reads
+                progress.phase = "copier catching up"
+                await trio.to_thread.run_sync(copier_done.wait, spec.final_read_timeout_s)
             await _after_workload(scenario, cluster, history, logger, progress, target, nursery)
     finally:
         stop.set()

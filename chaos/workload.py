@@ -257,6 +257,83 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
             stop.wait(delay)
 
 
+COPY_PREFIX = "copy:"
+COPIER_IDLE_S = 5.0  # after the producers stopped, the copier ends once idle this long
+
+
+def run_copier(bootstrap: str, spec, sources: list[tuple[str, int]], out: tuple[str, int], history: History,
+               producers_stopped: threading.Event, stop: threading.Event, done: threading.Event,
+               logger: logging.Logger) -> None:
+    """The consume-transform-produce stage: reads `sources` in a consumer group
+    (read_committed) and writes COPY_PREFIX + value to the same partition number (mod the
+    output's partitions) of `out`, each batch one transaction with its input offsets
+    (send_offsets_to_transaction). A failed transaction is aborted and the consumer
+    rewound to the group's committed offsets, as an exactly-once application does. Ends
+    (setting `done`) once the producers stopped and nothing new came for COPIER_IDLE_S."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
+
+    timeout_s = spec.delivery_timeout_s * 2
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-copier", "isolation.level": "read_committed",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+                         "topic.metadata.refresh.interval.ms": 2000, "reconnect.backoff.ms": 50,
+                         "reconnect.backoff.max.ms": 500, "logger": logger})
+    consumer.subscribe([t for t, _ in sources])
+    config = {k: v for k, v in producer_config(bootstrap, spec, logger).items()
+              if k != "max.in.flight.requests.per.connection"}
+    config.update({"transactional.id": "chaos-copier", "enable.idempotence": True,
+                   "transaction.timeout.ms": int(max(10.0, 4 * spec.delivery_timeout_s) * 1000)})
+    producer = None
+    idle_since = None
+
+    def rewind() -> None:
+        try:
+            for tp in consumer.committed(consumer.assignment(), timeout_s):
+                tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                consumer.seek(tp)
+        except KafkaException as exc:
+            history.record({"type": "copier-error", "t": round(history.now(), 6), "error": f"rewind: {exc}"})
+
+    try:
+        while not stop.is_set():
+            if producer is None:
+                producer = Producer(config)
+                try:
+                    producer.init_transactions(timeout_s)
+                except KafkaException as exc:
+                    history.record({"type": "copier-error", "t": round(history.now(), 6), "error": str(exc)})
+                    producer = None
+                    stop.wait(0.5)
+                    continue
+                rewind()
+            msgs = [m for m in consumer.consume(100, POLL_TIMEOUT_S * 2) if m.error() is None]
+            if not msgs:
+                if producers_stopped.is_set():
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since > COPIER_IDLE_S:
+                        break
+                continue
+            idle_since = None
+            try:
+                producer.begin_transaction()
+                for m in msgs:
+                    producer.produce(out[0], value=(COPY_PREFIX + m.value().decode()).encode(),
+                                     partition=m.partition() % out[1])
+                producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
+                                                     consumer.consumer_group_metadata(), timeout_s)
+                producer.commit_transaction(timeout_s)
+                history.record({"type": "copy", "t": round(history.now(), 6), "records": len(msgs)})
+            except KafkaException as exc:
+                history.record({"type": "copier-error", "t": round(history.now(), 6), "error": str(exc.args[0])})
+                try:
+                    producer.abort_transaction(timeout_s)
+                except KafkaException:
+                    producer = None  # a new instance fences this one and ends its transaction
+                rewind()
+    finally:
+        done.set()
+        consumer.close()
+
+
 def run_consumer(name: str, bootstrap: str, topics: list[tuple[str, int]], history: History,
                  stop: threading.Event, target: Target, logger: logging.Logger,
                  isolation: str = "read_uncommitted") -> None:

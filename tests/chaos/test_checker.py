@@ -237,3 +237,17 @@ def test_transaction_checks():
     assert failed(txn_history(aborted_polled=True)) >= {"aborted_reads"}
     assert "torn_transactions" in failed(txn_history(torn=True))
     assert "precommitted_reads" in failed(txn_history(early=True))
+
+
+def test_exactly_once_output():
+    """A copier's output (copy:<value>): each committed input once, no aborted one."""
+    base = txn_history()
+
+    def with_copies(*values: str) -> list[dict]:
+        return base + [{"type": "final-read", "topic": "out", "partition": 0, "high_watermark": len(values),
+                        "records": [[i, f"copy:{v}"] for i, v in enumerate(values)]}]
+
+    assert "exactly_once_output" not in failed(with_copies("p0-0", "p0-1"))
+    assert "exactly_once_output" in failed(with_copies("p0-0"))  # one committed record not copied
+    assert "exactly_once_output" in failed(with_copies("p0-0", "p0-1", "p0-1"))  # copied twice
+    assert "exactly_once_output" in failed(with_copies("p0-0", "p0-1", "p0-2"))  # an aborted one copied

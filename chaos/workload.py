@@ -168,6 +168,16 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
         log.warning("%s: %d send(s) still unanswered at the end (recorded as nothing)", name, remaining)
 
 
+def txn_producer_config(bootstrap: str, spec, logger: logging.Logger, transactional_id: str) -> dict:
+    """A transactional confluent-kafka producer: idempotent, transaction timeout 4 delivery
+    timeouts (at least 10 s)."""
+    config = {k: v for k, v in producer_config(bootstrap, spec, logger).items()
+              if k != "max.in.flight.requests.per.connection"}
+    config.update({"transactional.id": transactional_id, "enable.idempotence": True,
+                   "transaction.timeout.ms": int(max(10.0, 4 * spec.delivery_timeout_s) * 1000)})
+    return config
+
+
 def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
                      history: History, stop: threading.Event, logger: logging.Logger,
                      seq_start: int = 0) -> None:
@@ -180,10 +190,7 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
     just before commit_transaction was called (nothing of it may be read before that)."""
     from confluent_kafka import KafkaException, Producer
 
-    config = {k: v for k, v in producer_config(bootstrap, spec, logger).items()
-              if k != "max.in.flight.requests.per.connection"}
-    config.update({"transactional.id": f"chaos-{name}", "enable.idempotence": True,
-                   "transaction.timeout.ms": int(max(10.0, 4 * spec.delivery_timeout_s) * 1000)})
+    config = txn_producer_config(bootstrap, spec, logger, f"chaos-{name}")
     timeout_s = spec.delivery_timeout_s * 2
     producer = None
     seq, n = seq_start, 0
@@ -278,10 +285,7 @@ def run_copier(bootstrap: str, spec, sources: list[tuple[str, int]], out: tuple[
                          "topic.metadata.refresh.interval.ms": 2000, "reconnect.backoff.ms": 50,
                          "reconnect.backoff.max.ms": 500, "logger": logger})
     consumer.subscribe([t for t, _ in sources])
-    config = {k: v for k, v in producer_config(bootstrap, spec, logger).items()
-              if k != "max.in.flight.requests.per.connection"}
-    config.update({"transactional.id": "chaos-copier", "enable.idempotence": True,
-                   "transaction.timeout.ms": int(max(10.0, 4 * spec.delivery_timeout_s) * 1000)})
+    config = txn_producer_config(bootstrap, spec, logger, "chaos-copier")
     producer = None
     idle_since = None
 

@@ -176,6 +176,7 @@ class TransactionState:
 
     def __init__(self) -> None:
         self.producers: dict[int, TxnProducer] = {}
+        self.open: dict[int, int] = {}  # producer id -> first offset, the open transactions only
         self.aborted: list[AbortedTxn] = []  # by last offset (markers come in log order)
         self._aborted_last: list[int] = []  # their last offsets, for bisect
 
@@ -195,7 +196,7 @@ class TransactionState:
             entry = self.producers[h.producer_id] = TxnProducer(h.producer_id, h.producer_epoch)
         entry.epoch = max(entry.epoch, h.producer_epoch)
         if entry.first_offset < 0:
-            entry.first_offset = h.base_offset
+            entry.first_offset = self.open[h.producer_id] = h.base_offset
 
     def _end(self, marker: ControlMarker, offset: int) -> None:
         entry = self.producers.get(marker.producer_id)
@@ -205,6 +206,7 @@ class TransactionState:
             self.aborted.append(AbortedTxn(marker.producer_id, entry.first_offset, offset))
             self._aborted_last.append(offset)
         entry.first_offset = -1
+        self.open.pop(marker.producer_id, None)
         entry.epoch = max(entry.epoch, marker.producer_epoch)
         entry.coordinator_epoch = max(entry.coordinator_epoch, marker.coordinator_epoch)
         entry.markers_seen += 1
@@ -213,8 +215,7 @@ class TransactionState:
 
     def first_unstable_offset(self) -> int | None:
         """The first offset of the oldest ongoing transaction, or None."""
-        starts = [e.first_offset for e in self.producers.values() if e.first_offset >= 0]
-        return min(starts) if starts else None
+        return min(self.open.values()) if self.open else None
 
     def last_stable_offset(self, high_watermark: int) -> int:
         first = self.first_unstable_offset()
@@ -274,6 +275,7 @@ class TransactionState:
     def copy(self) -> "TransactionState":
         state = TransactionState()
         state.producers = {pid: e.clone() for pid, e in self.producers.items()}
+        state.open = dict(self.open)
         state.aborted, state._aborted_last = list(self.aborted), list(self._aborted_last)
         return state
 
@@ -290,5 +292,6 @@ class TransactionState:
         msg = partition_pb2.TransactionStates.FromString(data)
         self.producers = {p.producer_id: TxnProducer(p.producer_id, p.epoch, p.first_offset, p.coordinator_epoch)
                           for p in msg.producers}
+        self.open = {p.producer_id: p.first_offset for p in msg.producers if p.first_offset >= 0}
         self.aborted = [AbortedTxn(a.producer_id, a.first_offset, a.last_offset) for a in msg.aborted]
         self._aborted_last = [a.last_offset for a in self.aborted]

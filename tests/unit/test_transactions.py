@@ -194,3 +194,4 @@ def test_snapshot_then_the_rest_equals_applying_everything(plan, cut):
     assert {p: (e.epoch, e.first_offset, e.coordinator_epoch) for p, e in restored.producers.items()} == \
            {p: (e.epoch, e.first_offset, e.coordinator_epoch) for p, e in whole.producers.items()}
     assert restored.aborted_between(0, 10**9) == whole.aborted_between(0, 10**9)
+    assert restored.open == whole.open and restored.first_unstable_offset() == whole.first_unstable_offset()

@@ -31,7 +31,7 @@ import typing
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import MetaState, Topic, TopicAlreadyExists
+from chronik_trio.cluster.meta import MetaState, Topic
 from chronik_trio.errors import BrokerError, NotEnoughReplicas, NotLeader, ProposalFailed
 from chronik_trio.group import (OFFSETS_TOPIC, Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted,
                                 JoinRequest, JoinResult, MemberRecord, OffsetRecord, PersistWanted,
@@ -42,6 +42,7 @@ from chronik_trio.group.store import group_batch, offsets_batch
 from chronik_trio.kafka.records import parse_batches
 from chronik_trio.raft.types import StateRole
 
+from .internal_topic import InternalTopic
 from .partition_group import PartitionReplica
 from .seams import system_rng, uuid4
 
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # with nothing due, the loop still wakes this often (leadership checks)
 LOAD_WAIT_S_MAX = 2.0  # a request waits this long for a new leader's load, then is told to retry
-CREATE_TOPIC_WAIT_S = 10.0  # FindCoordinator waits this long for the topic, then retriable
 JOIN_GRACE_S = 5.0  # beyond the rebalance timeout, a JoinGroup gives up waiting (never expected)
 SYNC_WAIT_S_MAX = 60.0  # a SyncGroup waits for the leader's assignment at most this long
 WRITE_RECORDS_MAX = 10_000  # tombstones per expiry batch: bounds one Raft entry
@@ -152,7 +152,7 @@ class GroupCoordinator:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()  # set when something falls due before the loop's next wake
         self._wake_at_s = 0.0
-        self._topic_created: trio.Event | None = None
+        self._topic = InternalTopic(OFFSETS_TOPIC)
 
     # --- settings ---------------------------------------------------------------------------------
 
@@ -386,30 +386,8 @@ class GroupCoordinator:
 
     async def offsets_topic(self) -> Topic | None:
         """__consumer_offsets, created on first use; None while it is being created."""
-        topic = self.node.meta.topics.get(OFFSETS_TOPIC)
-        if topic is not None:
-            return topic
-        if self._topic_created is None and self._nursery is not None:
-            self._topic_created = trio.Event()
-            self._nursery.start_soon(self._create_topic, self._topic_created)
-        if self._topic_created is not None:
-            with trio.move_on_after(CREATE_TOPIC_WAIT_S):
-                await self._topic_created.wait()
-        return self.node.meta.topics.get(OFFSETS_TOPIC)
-
-    async def _create_topic(self, done: trio.Event) -> None:
-        brokers = len(self.node.meta.brokers)
-        rf = max(1, min(self.setting("offsets_topic_replication_factor"), brokers))
-        try:
-            await self.node.create_topic(OFFSETS_TOPIC, self.setting("offsets_topic_num_partitions"),
-                                         {}, replication_factor=rf)
-        except TopicAlreadyExists:
-            pass
-        except BrokerError as exc:
-            log.warning("could not create %s: %s", OFFSETS_TOPIC, exc)
-        finally:
-            done.set()
-            self._topic_created = None
+        return await self._topic.get(self.node, self._nursery, self.setting("offsets_topic_num_partitions"),
+                                     self.setting("offsets_topic_replication_factor"))
 
     def coordinator_partition(self, topic: Topic, group_id: str) -> int:
         return partition_for(group_id, topic.partition_count)

@@ -36,7 +36,7 @@ import typing
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import MetaState, Topic, TopicAlreadyExists
+from chronik_trio.cluster.meta import MetaState, Topic
 from chronik_trio.errors import BrokerError, NotEnoughReplicas, NotLeader, ProposalFailed
 from chronik_trio.group import partition_for
 from chronik_trio.kafka.records import parse_batches
@@ -44,13 +44,13 @@ from chronik_trio.raft.types import StateRole
 from chronik_trio.txn import TXN_TOPIC, TxnMetadata, TxnState, TxnStore, txn_batch
 from chronik_trio.txn import state as ts
 
+from .internal_topic import InternalTopic
 from .partition_group import PartitionReplica
 
 log = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0
 LOAD_WAIT_S_MAX = 2.0
-CREATE_TOPIC_WAIT_S = 10.0
 END_TXN_WAIT_S = 5.0  # EndTxn waits this long for its markers before answering anyway
 INIT_WAIT_S = 5.0  # InitProducerId waits this long for the abort of a fenced transaction
 MARKER_BACKOFF_S = (0.05, 1.0)  # retry of markers a partition could not take yet: first, most
@@ -122,7 +122,7 @@ class TxnCoordinator:
         self.shards: dict[int, _Shard] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
-        self._topic_created: trio.Event | None = None
+        self._topic = InternalTopic(TXN_TOPIC)
 
     def setting(self, name: str) -> int:
         return int(getattr(self.node.config, name, DEFAULTS[name]))
@@ -290,29 +290,8 @@ class TxnCoordinator:
 
     async def txn_topic(self) -> Topic | None:
         """__transaction_state, created on first use; None while it is being created."""
-        topic = self.node.meta.topics.get(TXN_TOPIC)
-        if topic is not None:
-            return topic
-        if self._topic_created is None and self._nursery is not None:
-            self._topic_created = trio.Event()
-            self._nursery.start_soon(self._create_topic, self._topic_created)
-        if self._topic_created is not None:
-            with trio.move_on_after(CREATE_TOPIC_WAIT_S):
-                await self._topic_created.wait()
-        return self.node.meta.topics.get(TXN_TOPIC)
-
-    async def _create_topic(self, done: trio.Event) -> None:
-        rf = max(1, min(self.setting("transaction_state_log_replication_factor"), len(self.node.meta.brokers)))
-        try:
-            await self.node.create_topic(TXN_TOPIC, self.setting("transaction_state_log_num_partitions"), {},
-                                         replication_factor=rf)
-        except TopicAlreadyExists:
-            pass
-        except BrokerError as exc:
-            log.warning("could not create %s: %s", TXN_TOPIC, exc)
-        finally:
-            done.set()
-            self._topic_created = None
+        return await self._topic.get(self.node, self._nursery, self.setting("transaction_state_log_num_partitions"),
+                                     self.setting("transaction_state_log_replication_factor"))
 
     def coordinator_of(self, transactional_id: str) -> tuple[Topic, int] | None:
         """(topic, partition) of the coordinator of transactional_id; None: no topic yet."""

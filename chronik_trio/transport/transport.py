@@ -131,11 +131,12 @@ class Transport:
 
     async def call(self, peer_id: int, name: str, body: bytes, *, timeout_s: float = rpc.RPC_TIMEOUT_S) -> bytes:
         """A request/response call to a peer's handler `name` (rpc.py), over a connection of
-        its own made with the same `connect` as the Raft stream. Raises rpc.RpcFailed."""
+        its own made the way the peer's Raft stream is made (its sender's connect: whatever
+        secures that channel secures this one). Raises rpc.RpcFailed."""
         sender = self._senders.get(peer_id)
         if sender is None:
             raise rpc.RpcFailed(f"node {peer_id} is not a peer")
-        return await rpc.call(self._connect, self.node_id, sender.address, name, body,
+        return await rpc.call(sender._connect, self.node_id, sender.address, name, body,
                               from_header=FROM_NODE_HEADER, timeout_s=timeout_s)
 
     def add_peer(self, peer_id: int, address: tuple[str, int]) -> None:

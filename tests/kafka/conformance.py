@@ -72,6 +72,7 @@ _BY_NAME: dict[str, Any] = {
     "partitions": (0,),
     "name": lambda t: t.topic, "topic": lambda t: t.topic, "resource_name": lambda t: t.topic,
     "topic_names": lambda t: (t.topic,), "topic_id": lambda t: t.topic_id,
+    "transactional_ids": lambda t: (t.group,),
     "records": lambda t: t.records,
 }
 # Arrays of entities that stay empty (one entry would ask for something else: a topic config
@@ -147,7 +148,7 @@ def error_codes(obj: Any, path: str = "") -> Iterator[tuple[str, int]]:
     """(path, code) of every error_code field in a decoded answer; top-level paths have no dot."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if f.name == "error_code":
+        if f.metadata.get("kafka_type") == "error_code":
             yield (path + f.name, int(value))
         elif dataclasses.is_dataclass(value):
             yield from error_codes(value, f"{path}{f.name}.")

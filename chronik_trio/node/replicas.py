@@ -147,7 +147,7 @@ class HostedReplicas:
     def _start(self, topic: Topic, partition: int, storage: DurableRaftStorage) -> None:
         machine = PartitionMachine(topic, partition, storage.log, self._became_leader,
                                    states=[ProducerStateTable(self.config.producer_id_expiration_ms),
-                                           TransactionState(),
+                                           TransactionState(self.config.producer_id_expiration_ms),
                                            *self._groups.states_for(topic)])
         # A new partition's preferred replica campaigns at once, the others wait for an
         # election timeout: its first leader is the preferred one, with no hand-over after.

@@ -44,6 +44,7 @@ CONTROL_KEY = struct.Struct(">hh")  # version, type
 MARKER_VALUE = struct.Struct(">hi")  # version, coordinator epoch (EndTransactionMarker v0)
 CONTROL_VERSION = 0
 NO_COORDINATOR_EPOCH = -1
+EXPIRY_CHECK_EVERY = 1024  # transactional batches and markers applied between expiry sweeps
 
 
 class TxnError(BrokerError):
@@ -158,13 +159,14 @@ class TxnProducer:
     epoch: int
     first_offset: int = -1  # of its ongoing transaction; -1: none
     coordinator_epoch: int = NO_COORDINATOR_EPOCH  # of the last marker written for it
+    last_timestamp: int = -1  # the newest batch's max timestamp: for expiry, by the log's clock
     # Markers applied for it in this (leader) view: a produce verified with the coordinator
     # is appended only if no marker came in between (KIP-890's verification guard).
     markers_seen: int = 0
 
     def clone(self) -> "TxnProducer":
         return TxnProducer(self.producer_id, self.epoch, self.first_offset, self.coordinator_epoch,
-                           self.markers_seen)
+                           self.last_timestamp, self.markers_seen)
 
 
 class TransactionState:
@@ -174,8 +176,15 @@ class TransactionState:
 
     name = "transactions"
 
-    def __init__(self) -> None:
+    def __init__(self, expiration_ms: int = 86_400_000) -> None:
+        """expiration_ms: a producer with no open transaction is forgotten this long (by
+        the log's clock: the largest batch timestamp applied) after its last batch, as
+        Kafka's producer.id.expiration.ms forgets producer state."""
+        self.expiration_ms = expiration_ms
+        self.log_time_ms = -1
+        self._since_sweep = 0
         self.producers: dict[int, TxnProducer] = {}
+        self.open: dict[int, int] = {}  # producer id -> first offset, the open transactions only
         self.aborted: list[AbortedTxn] = []  # by last offset (markers come in log order)
         self._aborted_last: list[int] = []  # their last offsets, for bisect
 
@@ -185,19 +194,38 @@ class TransactionState:
         h = read_header(data)
         if not h.attributes & ATTR_TRANSACTIONAL or h.producer_id == NO_PRODUCER_ID:
             return
+        self._tick(h.max_timestamp_ms)
         if h.attributes & ATTR_CONTROL:
             marker = read_control(data)
             if marker is not None:
-                self._end(marker, h.base_offset)
+                entry = self._end(marker, h.base_offset)
+                entry.last_timestamp = max(entry.last_timestamp, h.max_timestamp_ms)
             return
         entry = self.producers.get(h.producer_id)
         if entry is None:
             entry = self.producers[h.producer_id] = TxnProducer(h.producer_id, h.producer_epoch)
+        entry.last_timestamp = max(entry.last_timestamp, h.max_timestamp_ms)
         entry.epoch = max(entry.epoch, h.producer_epoch)
         if entry.first_offset < 0:
-            entry.first_offset = h.base_offset
+            entry.first_offset = self.open[h.producer_id] = h.base_offset
 
-    def _end(self, marker: ControlMarker, offset: int) -> None:
+    def _tick(self, timestamp_ms: int) -> None:
+        self.log_time_ms = max(self.log_time_ms, timestamp_ms)
+        self._since_sweep += 1
+        if self._since_sweep >= EXPIRY_CHECK_EVERY:
+            self.expire()
+
+    def expire(self) -> list[int]:
+        """Forget the producers without an open transaction whose last batch is older
+        than the expiration by the log's clock (the same on every replica)."""
+        self._since_sweep = 0
+        horizon = self.log_time_ms - self.expiration_ms
+        gone = [pid for pid, e in self.producers.items() if e.first_offset < 0 and e.last_timestamp < horizon]
+        for pid in gone:
+            del self.producers[pid]
+        return gone
+
+    def _end(self, marker: ControlMarker, offset: int) -> TxnProducer:
         entry = self.producers.get(marker.producer_id)
         if entry is None:
             entry = self.producers[marker.producer_id] = TxnProducer(marker.producer_id, marker.producer_epoch)
@@ -205,16 +233,17 @@ class TransactionState:
             self.aborted.append(AbortedTxn(marker.producer_id, entry.first_offset, offset))
             self._aborted_last.append(offset)
         entry.first_offset = -1
+        self.open.pop(marker.producer_id, None)
         entry.epoch = max(entry.epoch, marker.producer_epoch)
         entry.coordinator_epoch = max(entry.coordinator_epoch, marker.coordinator_epoch)
         entry.markers_seen += 1
+        return entry
 
     # --- what readers ask --------------------------------------------------------------------
 
     def first_unstable_offset(self) -> int | None:
         """The first offset of the oldest ongoing transaction, or None."""
-        starts = [e.first_offset for e in self.producers.values() if e.first_offset >= 0]
-        return min(starts) if starts else None
+        return min(self.open.values()) if self.open else None
 
     def last_stable_offset(self, high_watermark: int) -> int:
         first = self.first_unstable_offset()
@@ -272,23 +301,27 @@ class TransactionState:
     # --- snapshots and the leader's view -----------------------------------------------------
 
     def copy(self) -> "TransactionState":
-        state = TransactionState()
+        state = TransactionState(self.expiration_ms)
+        state.log_time_ms, state._since_sweep = self.log_time_ms, self._since_sweep
         state.producers = {pid: e.clone() for pid, e in self.producers.items()}
+        state.open = dict(self.open)
         state.aborted, state._aborted_last = list(self.aborted), list(self._aborted_last)
         return state
 
     def encode(self) -> bytes:
-        msg = partition_pb2.TransactionStates()
+        msg = partition_pb2.TransactionStates(log_time_ms=self.log_time_ms)
         for e in self.producers.values():
             msg.producers.add(producer_id=e.producer_id, epoch=e.epoch, first_offset=e.first_offset,
-                              coordinator_epoch=e.coordinator_epoch)
+                              coordinator_epoch=e.coordinator_epoch, last_timestamp=e.last_timestamp)
         for a in self.aborted:
             msg.aborted.add(producer_id=a.producer_id, first_offset=a.first_offset, last_offset=a.last_offset)
         return msg.SerializeToString()
 
     def decode(self, data: bytes) -> None:
         msg = partition_pb2.TransactionStates.FromString(data)
-        self.producers = {p.producer_id: TxnProducer(p.producer_id, p.epoch, p.first_offset, p.coordinator_epoch)
-                          for p in msg.producers}
+        self.log_time_ms = msg.log_time_ms
+        self.producers = {p.producer_id: TxnProducer(p.producer_id, p.epoch, p.first_offset, p.coordinator_epoch,
+                                                     p.last_timestamp) for p in msg.producers}
+        self.open = {p.producer_id: p.first_offset for p in msg.producers if p.first_offset >= 0}
         self.aborted = [AbortedTxn(a.producer_id, a.first_offset, a.last_offset) for a in msg.aborted]
         self._aborted_last = [a.last_offset for a in self.aborted]

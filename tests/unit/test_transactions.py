@@ -19,13 +19,15 @@ from tests.kafka_wire import Record, build_batch, parse_batches
 pytestmark = pytest.mark.timeout(60)
 
 
-def data(offset: int, pid: int, *, count: int = 1, epoch: int = 0, transactional: bool = True) -> bytes:
+def data(offset: int, pid: int, *, count: int = 1, epoch: int = 0, transactional: bool = True,
+         ts: int = 1_000) -> bytes:
     return build_batch([Record(None, b"x")] * count, base_offset=offset, producer_id=pid, producer_epoch=epoch,
-                       base_sequence=0, attributes=ATTR_TRANSACTIONAL if transactional else 0)
+                       base_sequence=0, attributes=ATTR_TRANSACTIONAL if transactional else 0, base_timestamp_ms=ts)
 
 
-def marker(offset: int, pid: int, commit: bool, *, epoch: int = 0, coordinator_epoch: int = 0) -> bytes:
-    batch = bytearray(control_batch(TxnMarker(pid, epoch, commit, coordinator_epoch, []), 1_000))
+def marker(offset: int, pid: int, commit: bool, *, epoch: int = 0, coordinator_epoch: int = 0,
+           ts: int = 1_000) -> bytes:
+    batch = bytearray(control_batch(TxnMarker(pid, epoch, commit, coordinator_epoch, []), ts))
     batch[:8] = offset.to_bytes(8, "big", signed=True)
     return bytes(batch)
 
@@ -135,6 +137,18 @@ def test_a_non_transactional_batch_during_a_transaction_is_refused_and_verificat
     assert log.state.markers_seen(5) == seen + 1 and log.state.needs_verification(5, 0)
 
 
+def test_producers_without_an_open_transaction_expire_by_the_logs_clock():
+    state = TransactionState(expiration_ms=1_000)
+    for i, batch in enumerate([data(0, 1, ts=0), marker(1, 1, commit=True, ts=0), data(2, 2, ts=0),
+                               data(3, 3, ts=5_000)]):
+        state.apply(memoryview(batch), i + 1)
+    assert state.expire() == [1]  # 2 is old too, but its transaction is open
+    assert sorted(state.producers) == [2, 3] and state.first_unstable_offset() == 2
+    restored = TransactionState(expiration_ms=1_000)
+    restored.decode(state.encode())
+    assert restored.log_time_ms == 5_000 and restored.expire() == []
+
+
 # --- random logs -----------------------------------------------------------------------------
 
 # A step: (producer id, kind) with kind "data", "plain" (non-transactional), "commit", "abort".
@@ -194,3 +208,4 @@ def test_snapshot_then_the_rest_equals_applying_everything(plan, cut):
     assert {p: (e.epoch, e.first_offset, e.coordinator_epoch) for p, e in restored.producers.items()} == \
            {p: (e.epoch, e.first_offset, e.coordinator_epoch) for p, e in whole.producers.items()}
     assert restored.aborted_between(0, 10**9) == whole.aborted_between(0, 10**9)
+    assert restored.open == whole.open and restored.first_unstable_offset() == whole.first_unstable_offset()

@@ -85,8 +85,11 @@ class _History:
         self.end_s = 0.0
         self.workload_end_s: float | None = None
         self.exits: list[dict] = []
+        self.sends_and_txns: list[dict] = []
         for e in events:
             kind = e["type"]
+            if kind == "txn":
+                self.sends_and_txns.append(e)
             if kind == "send":
                 self.sends.append(e)
             elif kind == "poll":
@@ -114,6 +117,7 @@ class _History:
             if "t" in e:
                 self.end_s = max(self.end_s, e["t"])
         self.acked = [s for s in self.sends if s["outcome"] == "ok"]
+        self.txns = [e for e in self.sends_and_txns if e["type"] == "txn"]
 
 
 def _result(name: str, anomalies: list[str], opts: CheckOptions, summary_ok: str,
@@ -295,6 +299,93 @@ def check_divergence(h: _History, opts: CheckOptions) -> CheckResult:
     return _result("divergence", bad, opts, summary, f"{len(bad)} divergent offset(s)")
 
 
+def _txn_values(h: _History) -> dict[tuple[Part, str], dict]:
+    """(partition, value) -> the transaction (`txn` event) that wrote it."""
+    return {((t, int(p)), v): txn for txn in h.txns for t, p, v in txn["values"]}
+
+
+def check_aborted_reads(h: _History, opts: CheckOptions) -> CheckResult:
+    """No record of an aborted transaction reaches a read_committed reader (polls or the
+    final read)."""
+    owner = _txn_values(h)
+    bad = []
+    for p in h.polls:
+        for offset, value in p["records"]:
+            txn = owner.get((_part(p), value))
+            if txn is not None and txn["outcome"] == "abort":
+                bad.append(f"{p['process']} polled {value} ({p['topic']}-{p['partition']}@{offset}, t={p['t']:.3f}) "
+                           f"of {txn['process']}'s aborted transaction {txn['txn']}")
+    for part, records in h.final.items():
+        for offset, value in records.items():
+            txn = owner.get((part, value))
+            if txn is not None and txn["outcome"] == "abort":
+                bad.append(f"the final read holds {value} ({part[0]}-{part[1]}@{offset}) of an aborted transaction")
+    aborted = sum(1 for t in h.txns if t["outcome"] == "abort")
+    return _result("aborted_reads", bad, opts, f"no record of {aborted} aborted transaction(s) was read",
+                   f"{len(bad)} read(s) of aborted records")
+
+
+def check_torn_transactions(h: _History, opts: CheckOptions) -> CheckResult:
+    """Once everything is stable (the final read, after every fault healed), a transaction
+    is there whole or not at all: committed ones whole; those of unknown outcome whole or
+    absent."""
+    present = {(part, value) for part, records in h.final.items() for value in records.values()}
+    bad = []
+    for txn in h.txns:
+        if txn["outcome"] not in ("commit", "info"):
+            continue
+        values = [((t, int(p)), v) for t, p, v in txn["values"]]
+        found = [v for v in values if v in present]
+        if found and len(found) < len(values) or (txn["outcome"] == "commit" and len(found) < len(values)):
+            bad.append(f"{txn['process']}'s transaction {txn['txn']} ({txn['outcome']}): {len(found)} of "
+                       f"{len(values)} records in the final read")
+    return _result("torn_transactions", bad, opts, f"{len(h.txns)} transaction(s), none torn",
+                   f"{len(bad)} torn transaction(s)")
+
+
+def check_precommitted_reads(h: _History, opts: CheckOptions) -> CheckResult:
+    """No read_committed consumer sees a record before its producer asked to commit it
+    (so before the commit marker can have been written)."""
+    owner = _txn_values(h)
+    bad = []
+    for p in h.polls:
+        for offset, value in p["records"]:
+            txn = owner.get((_part(p), value))
+            if txn is not None and (txn["t_commit"] is None or p["t"] < txn["t_commit"]):
+                bad.append(f"{p['process']} polled {value} at t={p['t']:.3f}, before its transaction "
+                           f"{txn['process']}/{txn['txn']} asked to commit (t={txn['t_commit']})")
+    return _result("precommitted_reads", bad, opts, "nothing was read before its transaction's commit",
+                   f"{len(bad)} read(s) before the commit")
+
+
+COPY_PREFIX = "copy:"  # chaos/workload.py's copier
+
+
+def check_exactly_once_output(h: _History, opts: CheckOptions) -> CheckResult:
+    """With a copier (consume-transform-produce): in the final read, every committed input
+    record is copied exactly once, nothing else is (no copy of an aborted record), and a
+    record of unknown outcome at most once."""
+    copies: dict[str, int] = defaultdict(int)
+    for records in h.final.values():
+        for value in records.values():
+            if value.startswith(COPY_PREFIX):
+                copies[value[len(COPY_PREFIX):]] += 1
+    if not copies:
+        return CheckResult(name="exactly_once_output", passed=True, report_only=False, count=0,
+                           summary="no copier in this workload")
+    outcome = {s["value"]: s["outcome"] for s in h.sends}
+    bad = []
+    for s in h.acked:
+        if copies.get(s["value"], 0) != 1:
+            bad.append(f"{s['value']} (committed) copied {copies.get(s['value'], 0)} time(s)")
+    for value, count in sorted(copies.items()):
+        kind = outcome.get(value)
+        if kind in ("fail", None) or (kind == "info" and count > 1):
+            bad.append(f"{value} ({kind or 'never sent'}) copied {count} time(s)")
+    return _result("exactly_once_output", bad, opts, f"{len(h.acked)} committed records copied exactly once",
+                   f"{len(bad)} record(s) not copied exactly once")
+
+
 def unavailability_windows(h: _History) -> list[tuple[float, float, Part]]:
     """Windows (start, end, partition) without a successful write to that partition, longest
     first, from its first successful write to the workload's end (the last recorded time when
@@ -419,6 +510,10 @@ CHECK_FUNCTIONS = {
     "unavailability": check_unavailability,
     "node_crashes": check_node_crashes,
     "compaction": check_compaction,
+    "aborted_reads": check_aborted_reads,
+    "torn_transactions": check_torn_transactions,
+    "precommitted_reads": check_precommitted_reads,
+    "exactly_once_output": check_exactly_once_output,
 }
 
 

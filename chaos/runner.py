@@ -7,6 +7,7 @@ log per node), clients.log, history.jsonl, report.md and timeline.png.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 import random
@@ -113,7 +114,9 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
     Returns the notes of the final heal."""
     topics = [(t.name, t.partitions) for t in scenario.topics]
     spec = scenario.workload
+    sources = [t for t in topics if t[0] != spec.copy_to]  # what producers write
     stop = threading.Event()
+    copier_done = threading.Event()
     bootstrap = cluster.bootstrap_servers
     t0 = history.now()
     history.record({"type": "workload-start", "t": round(t0, 6)})
@@ -122,9 +125,13 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
         async with trio.open_nursery() as nursery:
             nursery.start_soon(progress.run, t0)
             async with trio.open_nursery() as producers:
-                produce, consume = _client_tasks(spec.client)
+                produce, consume = _client_tasks(spec.client, spec.transactional)
                 for i in range(spec.producers):
-                    producers.start_soon(produce, f"p{i}", bootstrap, spec, topics, history, stop, logger)
+                    producers.start_soon(produce, f"p{i}", bootstrap, spec, sources, history, stop, logger)
+                if spec.copy_to is not None:
+                    out = next(t for t in topics if t[0] == spec.copy_to)
+                    nursery.start_soon(trio.to_thread.run_sync, workload.run_copier, bootstrap, spec, sources,
+                                       out, history, stop, consumer_stop, copier_done, logger)
                 for i in range(spec.consumers):
                     nursery.start_soon(consume, f"c{i}", bootstrap, topics, history, consumer_stop,
                                        target, logger)
@@ -141,6 +148,9 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
                     raise
                 finally:
                     stop.set()
+            if spec.copy_to is not None:  # the copier catches up before the final reads
+                progress.phase = "copier catching up"
+                await trio.to_thread.run_sync(copier_done.wait, spec.final_read_timeout_s)
             await _after_workload(scenario, cluster, history, logger, progress, target, nursery)
     finally:
         stop.set()
@@ -149,14 +159,18 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
     return notes
 
 
-def _client_tasks(client: str):
+def _client_tasks(client: str, transactional: bool = False):
     """(producer task, consumer task) for a client library: the blocking ones in a worker
-    thread each, aiokafka in the harness's trio run through trio-asyncio."""
+    thread each, aiokafka in the harness's trio run through trio-asyncio. Transactional:
+    confluent-kafka transactions and read_committed consumers."""
     if client == "aiokafka":
         return workload.run_producer_aiokafka, workload.run_consumer_aiokafka
     produce, consume = {"confluent-kafka": (workload.run_producer, workload.run_consumer),
                         "kafka-python": (workload.run_producer_kafka_python,
                                          workload.run_consumer_kafka_python)}[client]
+    if transactional:
+        produce = workload.run_producer_txn
+        consume = functools.partial(workload.run_consumer, isolation="read_committed")
 
     async def in_thread(fn, *args):
         await trio.to_thread.run_sync(fn, *args)
@@ -191,7 +205,7 @@ async def _final_reads(scenario: Scenario, cluster: Cluster, history: History,
             try:
                 high, records = await trio.to_thread.run_sync(
                     workload.final_read, cluster.bootstrap_servers, topic.name, p, timeout_s, logger,
-                    history.now)
+                    history.now, "read_committed" if scenario.workload.transactional else "read_uncommitted")
             except Exception as exc:  # a timeout or any client failure: reported, lost_writes fails
                 history.record({"type": "final-read-failed", "topic": topic.name, "partition": p,
                                 "error": repr(exc)})

@@ -46,7 +46,8 @@ FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-l
                "rolling-restart", "join-remove", "membership")
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
-          "node_crashes", "compaction")
+          "node_crashes", "compaction", "aborted_reads", "torn_transactions", "precommitted_reads",
+          "exactly_once_output")
 # Checks that are report-only unless a scenario says otherwise; both become failing checks
 # when the workload is idempotent (see checker.py).
 REPORT_ONLY_DEFAULT = frozenset({"duplicates", "nonmonotonic_sends"})
@@ -90,6 +91,16 @@ class WorkloadSpec:
     delivery_timeout_s: float = 10.0
     final_read_timeout_s: float = 60.0
     tombstone_every: int = 0  # every Nth send a tombstone (null value) of its key; 0: none
+    # Transactions (confluent-kafka only): each producer writes transactions of txn_records
+    # sends (across partitions), every abort_every-th aborted on purpose; consumers and the
+    # final read are read_committed.
+    transactional: bool = False
+    txn_records: int = 5
+    abort_every: int = 3
+    # A consume-transform-produce stage: one copier reads the other topics (read_committed,
+    # consumer group) and writes "copy:<value>" to this topic in transactions that carry
+    # its input offsets (send_offsets_to_transaction). None: no copier.
+    copy_to: str | None = None
 
 
 @attrs.frozen
@@ -258,7 +269,15 @@ def _workload(r: _Reader) -> WorkloadSpec:
         request_timeout_s=w.get("request_timeout_s", float, 5.0, minimum=0.1),
         delivery_timeout_s=w.get("delivery_timeout_s", float, 10.0, minimum=0.1),
         final_read_timeout_s=w.get("final_read_timeout_s", float, 60.0, minimum=1),
-        tombstone_every=w.get("tombstone_every", int, 0, minimum=0))
+        tombstone_every=w.get("tombstone_every", int, 0, minimum=0),
+        transactional=w.get("transactional", bool, False),
+        txn_records=w.get("txn_records", int, 5, minimum=1, maximum=1000),
+        abort_every=w.get("abort_every", int, 3, minimum=0),
+        copy_to=w.get("copy_to", (str, type(None)), None))
+    if spec.copy_to is not None and not spec.transactional:
+        w.fail("a copier needs transactional: true", "copy_to")
+    if spec.transactional and (spec.client != "confluent-kafka" or not spec.idempotence):
+        w.fail("needs client: confluent-kafka and idempotence: true", "transactional")
     if spec.idempotence and spec.acks != "all":
         w.fail("idempotence needs acks: all", "idempotence")
     if spec.producers == 0:

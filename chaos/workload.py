@@ -27,6 +27,7 @@ from .history import History
 log = logging.getLogger(__name__)
 
 CONSUME_BATCH_MAX = 500
+FINAL_IDLE_S = 5.0  # a read_committed final read ends after this long without a new record
 POLL_TIMEOUT_S = 0.2
 FLUSH_TIMEOUT_S_MAX = 60.0
 # A producer loop iteration later than this after the previous one is recorded: a stall of
@@ -197,8 +198,184 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
         log.warning("%s: %d send(s) still unanswered at the end (recorded as nothing)", name, remaining)
 
 
+def txn_producer_config(bootstrap: str, spec, logger: logging.Logger, transactional_id: str) -> dict:
+    """A transactional confluent-kafka producer: idempotent, transaction timeout 4 delivery
+    timeouts (at least 10 s)."""
+    config = {k: v for k, v in producer_config(bootstrap, spec, logger).items()
+              if k != "max.in.flight.requests.per.connection"}
+    config.update({"transactional.id": transactional_id, "enable.idempotence": True,
+                   "transaction.timeout.ms": int(max(10.0, 4 * spec.delivery_timeout_s) * 1000)})
+    return config
+
+
+def new_txn_producer(config: dict, timeout_s: float, history: History, failure: dict):
+    """A transactional producer with its transactions initialized (fencing any earlier
+    instance of its id), or None with `failure` recorded."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer(config)
+    try:
+        producer.init_transactions(timeout_s)
+    except KafkaException as exc:
+        history.record({**failure, "t": round(history.now(), 6), "error": str(exc.args[0])})
+        return None
+    return producer
+
+
+def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
+                     history: History, stop: threading.Event, logger: logging.Logger,
+                     seq_start: int = 0) -> None:
+    """Transactions until `stop`: each of spec.txn_records planned sends (so across
+    partitions and topics), committed, or aborted on purpose every spec.abort_every-th.
+
+    The history gets each send with the transaction's outcome (ok with its offset when the
+    commit succeeded; fail when it was aborted, so never to be read; info when the commit's
+    outcome is unknown) and one `txn` event: its values, outcome, and t_commit, the time
+    just before commit_transaction was called (nothing of it may be read before that)."""
+    from confluent_kafka import KafkaException
+
+    config = txn_producer_config(bootstrap, spec, logger, f"chaos-{name}")
+    timeout_s = spec.delivery_timeout_s * 2
+    producer = None
+    seq, n = seq_start, 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        if producer is None:
+            producer = new_txn_producer(config, timeout_s, history, {"type": "txn-init-failed", "process": name})
+            if producer is None:
+                stop.wait(0.5)
+                continue
+        sends = [planned_send(name, seq + j, topics, spec.keys) for j in range(spec.txn_records)]
+        seq += len(sends)
+        n += 1
+        abort = spec.abort_every > 0 and n % spec.abort_every == 0
+        offsets: dict[int, int] = {}
+
+        def delivered(send_seq: int):
+            def callback(err, msg) -> None:
+                if err is None:
+                    offsets[send_seq] = msg.offset()
+            return callback
+
+        t_start, t_commit = history.now(), None
+        try:
+            producer.begin_transaction()
+            for send in sends:
+                producer.produce(send["topic"], value=send["value"].encode(), key=send["key"].encode(),
+                                 partition=send["partition"], on_delivery=delivered(send["seq"]))
+            producer.flush(timeout_s)  # every record written (and its offset known) before the end
+            t_commit = history.now()
+            if abort:
+                producer.abort_transaction(timeout_s)
+                outcome = "abort"
+            else:
+                producer.commit_transaction(timeout_s)
+                outcome = "commit"
+        except KafkaException as exc:
+            error = exc.args[0]
+            outcome = "info"
+            if t_commit is None and error.txn_requires_abort():
+                try:
+                    producer.abort_transaction(timeout_s)
+                    outcome = "abort"
+                except KafkaException:
+                    pass
+            if outcome == "info":
+                producer = None  # a new instance: its InitProducerId fences and ends this one
+            history.record({"type": "txn-error", "process": name, "txn": n, "t": round(history.now(), 6),
+                            "error": str(error)})
+        t_end = round(history.now(), 6)
+        for send in sends:
+            event = {**send, "t_start": round(t_start, 6), "t_end": t_end, "txn": n}
+            if outcome == "commit":
+                event.update(outcome="ok", offset=offsets[send["seq"]])
+            else:
+                event.update(outcome="fail" if outcome == "abort" else "info", error=f"transaction {outcome}")
+            history.record(event)
+        history.record({"type": "txn", "process": name, "txn": n, "outcome": outcome, "t_start": round(t_start, 6),
+                        "t_commit": round(t_commit, 6) if t_commit is not None else None, "t_end": t_end,
+                        "values": [[s["topic"], s["partition"], s["value"]] for s in sends]})
+        next_at += len(sends) / spec.rate_per_s
+        delay = next_at - time.monotonic()
+        if delay < -1.0:
+            next_at = time.monotonic()
+        elif delay > 0:
+            stop.wait(delay)
+
+
+COPY_PREFIX = "copy:"
+COPIER_IDLE_S = 5.0  # after the producers stopped, the copier ends once idle this long
+
+
+def run_copier(bootstrap: str, spec, sources: list[tuple[str, int]], out: tuple[str, int], history: History,
+               producers_stopped: threading.Event, stop: threading.Event, done: threading.Event,
+               logger: logging.Logger) -> None:
+    """The consume-transform-produce stage: reads `sources` in a consumer group
+    (read_committed) and writes COPY_PREFIX + value to the same partition number (mod the
+    output's partitions) of `out`, each batch one transaction with its input offsets
+    (send_offsets_to_transaction). A failed transaction is aborted and the consumer
+    rewound to the group's committed offsets, as an exactly-once application does. Ends
+    (setting `done`) once the producers stopped and nothing new came for COPIER_IDLE_S."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+
+    timeout_s = spec.delivery_timeout_s * 2
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-copier", "isolation.level": "read_committed",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+                         "topic.metadata.refresh.interval.ms": 2000, "reconnect.backoff.ms": 50,
+                         "reconnect.backoff.max.ms": 500, "logger": logger})
+    consumer.subscribe([t for t, _ in sources])
+    config = txn_producer_config(bootstrap, spec, logger, "chaos-copier")
+    producer = None
+    idle_since = None
+
+    def rewind() -> None:
+        try:
+            for tp in consumer.committed(consumer.assignment(), timeout_s):
+                tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                consumer.seek(tp)
+        except KafkaException as exc:
+            history.record({"type": "copier-error", "t": round(history.now(), 6), "error": f"rewind: {exc}"})
+
+    try:
+        while not stop.is_set():
+            if producer is None:
+                producer = new_txn_producer(config, timeout_s, history, {"type": "copier-error"})
+                if producer is None:
+                    stop.wait(0.5)
+                    continue
+                rewind()
+            msgs = [m for m in consumer.consume(100, POLL_TIMEOUT_S * 2) if m.error() is None]
+            if not msgs:
+                if producers_stopped.is_set():
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since > COPIER_IDLE_S:
+                        break
+                continue
+            idle_since = None
+            try:
+                producer.begin_transaction()
+                for m in msgs:
+                    producer.produce(out[0], value=(COPY_PREFIX + m.value().decode()).encode(),
+                                     partition=m.partition() % out[1])
+                producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
+                                                     consumer.consumer_group_metadata(), timeout_s)
+                producer.commit_transaction(timeout_s)
+                history.record({"type": "copy", "t": round(history.now(), 6), "records": len(msgs)})
+            except KafkaException as exc:
+                history.record({"type": "copier-error", "t": round(history.now(), 6), "error": str(exc.args[0])})
+                try:
+                    producer.abort_transaction(timeout_s)
+                except KafkaException:
+                    producer = None  # a new instance fences this one and ends its transaction
+                rewind()
+    finally:
+        done.set()
+        consumer.close()
+
+
 def run_consumer(name: str, bootstrap: str, topics: list[tuple[str, int]], history: History,
-                 stop: threading.Event, target: Target, logger: logging.Logger) -> None:
+                 stop: threading.Event, target: Target, logger: logging.Logger,
+                 isolation: str = "read_uncommitted") -> None:
     """Read every partition from its beginning until `stop`, or once `target` is set, until
     every partition's position reaches its high watermark (or the target's deadline)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -208,7 +385,7 @@ def run_consumer(name: str, bootstrap: str, topics: list[tuple[str, int]], histo
         "enable.auto.commit": False, "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
         "topic.metadata.refresh.interval.ms": 2000, "reconnect.backoff.ms": 50,
-        "reconnect.backoff.max.ms": 500, "logger": logger,
+        "reconnect.backoff.max.ms": 500, "logger": logger, "isolation.level": isolation,
     })
     parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t, n in topics for p in range(n)]
     consumer.assign(parts)
@@ -239,8 +416,11 @@ def run_consumer(name: str, bootstrap: str, topics: list[tuple[str, int]], histo
 
 
 def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
-               logger: logging.Logger, now: Callable[[], float]) -> tuple[int, list]:
+               logger: logging.Logger, now: Callable[[], float],
+               isolation: str = "read_uncommitted") -> tuple[int, list]:
     """(high watermark, [[offset, value], ...] below it) read through the partition's leader.
+    read_committed: aborted records and markers are never delivered, so the read also ends
+    once nothing new arrived for FINAL_IDLE_S (everything is stable after the heal).
 
     Raises:
         TimeoutError: the partition could not be read to its high watermark in time.
@@ -250,7 +430,7 @@ def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
     deadline = time.monotonic() + timeout_s
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-final-read",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "fetch.wait.max.ms": 100, "logger": logger})
+                         "fetch.wait.max.ms": 100, "logger": logger, "isolation.level": isolation})
     try:
         high = None
         last_error = None
@@ -266,12 +446,16 @@ def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
         records: dict[int, str] = {}
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         position = 0
+        last_new = time.monotonic()
         while position < high:
+            if isolation == "read_committed" and time.monotonic() - last_new > FINAL_IDLE_S:
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}-{partition}: read to {position} of {high} in {timeout_s} s")
             for msg in consumer.consume(CONSUME_BATCH_MAX, POLL_TIMEOUT_S):
                 if msg.error() is not None:
                     continue
+                last_new = time.monotonic()
                 if msg.offset() < high:
                     records[msg.offset()] = read_value(msg.value(), msg.headers())
                 position = max(position, msg.offset() + 1)

@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("raft",),  # sans-I/O Raft; stdlib and pb only (tests/raft/test_layering.py)
     ("storage", "partition", "cluster"),  # durable logs; pure partition and __meta machines
     ("group",),  # pure consumer groups; builds on partition's BatchState
+    ("txn",),  # pure transaction coordinator state; builds on group's record batches
     ("kafka",),  # wire protocol and handlers, against typed interfaces (handlers/context.py)
     ("transport",),  # HTTP/2 between nodes
     ("node",),  # the trio runtime: wires everything below

@@ -218,6 +218,9 @@ STATIC_BROKER_TYPES: dict[str, ConfigType] = {
     "offsets.retention.check.interval.ms": _LONG, "group.initial.rebalance.delay.ms": _INT,
     "group.min.session.timeout.ms": _INT, "group.max.session.timeout.ms": _INT,
     "default.replication.factor": _INT,
+    "transaction.state.log.num.partitions": _INT, "transaction.state.log.replication.factor": ConfigType.SHORT,
+    "transaction.max.timeout.ms": _INT, "transactional.id.expiration.ms": _INT,
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms": _INT,
 }
 
 

@@ -9,8 +9,11 @@ not Kafka's binary value schemas: they are read only by this broker, JSON keeps 
 inspectable with any tool, and a value schema change is a new "v". A null value is a
 tombstone: the offset, or the group, is deleted.
 
-Batches are uncompressed magic-v2 batches without producer ids, one per coordinator write
-(a commit of N partitions is one batch of N records: applied together or not at all).
+Batches are uncompressed magic-v2 batches, one per coordinator write (a commit of N
+partitions is one batch of N records: applied together or not at all), without producer
+ids except TxnOffsetCommit's: a transactional batch of the transaction's producer id and
+epoch, whose offsets count once the partition's commit marker (a control batch: key
+version i16, type i16 with 0 abort and 1 commit) for that producer follows it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from __future__ import annotations
 import struct
 import typing
 
-from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, HEADER_BYTES, encode_batch,
-                                       read_header)
+from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_BYTES,
+                                       encode_batch, read_header)
 from chronik_trio.varint import VarintError, read_varint, write_uvarint
 
 OFFSET_KEY_VERSION = 1
@@ -85,24 +88,32 @@ def _zigzag(n: int) -> bytes:
     return write_uvarint((n << 1) ^ (n >> 63))
 
 
-def build_batch(records: typing.Sequence[tuple[bytes, bytes | None]], timestamp_ms: int) -> bytes:
+def build_batch(records: typing.Sequence[tuple[bytes, bytes | None]], timestamp_ms: int, *,
+                producer: tuple[int, int] | None = None) -> bytes:
     """An uncompressed v2 batch of (key, value) records; value None is a tombstone.
-    baseOffset and partitionLeaderEpoch are 0 here: the partition leader assigns them."""
+    baseOffset and partitionLeaderEpoch are 0 here: the partition leader assigns them.
+    producer: (producer id, epoch) of a transactional batch (TxnOffsetCommit's offsets),
+    which has no sequence (Kafka writes it so too: the coordinator's, not a producer's)."""
     assert records, "a batch needs at least one record"
     body = b"".join(_record(i, key, value) for i, (key, value) in enumerate(records))
+    if producer is None:
+        return encode_batch(body, record_count=len(records), base_timestamp_ms=timestamp_ms,
+                            max_timestamp_ms=timestamp_ms)
     return encode_batch(body, record_count=len(records), base_timestamp_ms=timestamp_ms,
-                        max_timestamp_ms=timestamp_ms)
+                        max_timestamp_ms=timestamp_ms, attributes=ATTR_TRANSACTIONAL,
+                        producer_id=producer[0], producer_epoch=producer[1])
 
 
-def batch_records(batch: bytes | memoryview) -> list[tuple[bytes, bytes | None]]:
-    """The (key, value) records of one v2 batch. Raises RecordError for compressed or
-    control batches and for bytes that do not parse (the coordinator never writes those)."""
+def batch_records(batch: bytes | memoryview, *, control: bool = False) -> list[tuple[bytes, bytes | None]]:
+    """The (key, value) records of one v2 batch. Raises RecordError for compressed batches,
+    for control batches unless control is set, and for bytes that do not parse (the
+    coordinators never write those)."""
     view = memoryview(batch)
     if len(view) < HEADER_BYTES:
         raise RecordError(f"batch of {len(view)} bytes")
     header = read_header(view)
     attributes, count = header.attributes, header.record_count
-    if attributes & ATTR_COMPRESSION_MASK or attributes & ATTR_CONTROL:
+    if attributes & ATTR_COMPRESSION_MASK or (attributes & ATTR_CONTROL and not control):
         raise RecordError(f"batch attributes {attributes:#x}: compressed or control")
     data = bytes(view[HEADER_BYTES:])
     out, pos = [], 0
@@ -127,3 +138,13 @@ def batch_records(batch: bytes | memoryview) -> list[tuple[bytes, bytes | None]]
     return out
 
 
+
+
+CONTROL_ABORT, CONTROL_COMMIT = 0, 1
+
+
+def control_type(key: bytes) -> int:
+    """The type of a control record (Kafka's EndTransactionMarker key: version, type)."""
+    if len(key) < 4:
+        raise RecordError(f"control key of {len(key)} bytes")
+    return _I16.unpack_from(key, 2)[0]

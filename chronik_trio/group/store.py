@@ -3,6 +3,12 @@ every replica derives them from the partition's committed batches (a BatchState,
 partition/state.py). A new coordinator starts from it; OffsetFetch answers from it, so only
 committed offsets are ever served. Expiry is decided here too, from the records' own
 timestamps, so every replica agrees on what is expired.
+
+Offsets in transactions (TxnOffsetCommit) arrive as a transactional batch of the
+transaction's producer id: they are held as pending, per producer, and become committed
+offsets only when that producer's commit marker (a control batch) is applied; its abort
+marker drops them. So OffsetFetch never serves an offset of an undecided or aborted
+transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import typing
 
 import attrs
 
-from .records import RecordError, batch_records, build_batch, group_key, offset_key, parse_key
+from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_BYTES, read_header
+
+from .records import (CONTROL_ABORT, CONTROL_COMMIT, RecordError, batch_records, build_batch, control_type,
+                      group_key, offset_key, parse_key)
 
 log = logging.getLogger(__name__)
 
@@ -102,23 +111,54 @@ class GroupStore:
     def __init__(self) -> None:
         self.groups: dict[str, GroupRecord] = {}
         self.offsets: dict[str, dict[tuple[str, int], OffsetRecord]] = {}
+        # producer id -> group -> (topic, partition) -> offset: TxnOffsetCommits not decided yet
+        self.pending: dict[int, dict[str, dict[tuple[str, int], OffsetRecord]]] = {}
         self.skipped_records = 0  # records this broker could not read (not written by it)
 
     # --- BatchState ------------------------------------------------------------------------------
 
     def apply(self, data: memoryview, index: int) -> None:
+        header = read_header(data) if len(data) >= HEADER_BYTES else None
+        if header is not None and header.attributes & ATTR_CONTROL:
+            self._apply_marker(data, header.producer_id, index)
+            return
         try:
             records = batch_records(data)
         except RecordError as exc:
             self.skipped_records += 1
             log.warning("__consumer_offsets entry %d is not a coordinator batch, skipped: %s", index, exc)
             return
+        transactional = header is not None and header.attributes & ATTR_TRANSACTIONAL
         for key, value in records:
             try:
-                self._apply_record(key, value)
+                if transactional:
+                    self._apply_pending(header.producer_id, key, value)
+                else:
+                    self._apply_record(key, value)
             except _DECODE_ERRORS as exc:
                 self.skipped_records += 1
                 log.warning("__consumer_offsets entry %d: a record does not decode, skipped: %s", index, exc)
+
+    def _apply_marker(self, data: memoryview, producer_id: int, index: int) -> None:
+        try:
+            kind = control_type(batch_records(data, control=True)[0][0])
+        except (RecordError, IndexError) as exc:
+            self.skipped_records += 1
+            log.warning("__consumer_offsets entry %d: a control batch that does not decode, skipped: %s", index, exc)
+            return
+        pending = self.pending.pop(producer_id, {})
+        if kind == CONTROL_COMMIT:
+            for group_id, offsets in pending.items():
+                self.offsets.setdefault(group_id, {}).update(offsets)
+        elif kind != CONTROL_ABORT:
+            log.warning("__consumer_offsets entry %d: control record type %d, ignored", index, kind)
+
+    def _apply_pending(self, producer_id: int, key: bytes, value: bytes | None) -> None:
+        kind, group_id, topic, partition = parse_key(key)
+        if kind != "offset" or value is None:
+            raise RecordError(f"a transactional batch holds only offset commits, not {kind}")
+        self.pending.setdefault(producer_id, {}).setdefault(group_id, {})[(topic, partition)] = \
+            OffsetRecord.from_value(value)
 
     def _apply_record(self, key: bytes, value: bytes | None) -> None:
         kind, group_id, topic, partition = parse_key(key)
@@ -143,6 +183,8 @@ class GroupStore:
             "groups": {g: r.to_value().decode() for g, r in self.groups.items()},
             "offsets": {g: [[t, p, r.to_value().decode()] for (t, p), r in offsets.items()]
                         for g, offsets in self.offsets.items()},
+            "pending": {str(pid): {g: [[t, p, r.to_value().decode()] for (t, p), r in offsets.items()]
+                                   for g, offsets in groups.items()} for pid, groups in self.pending.items()},
         }, separators=(",", ":")).encode()
 
     def decode(self, data: bytes) -> None:
@@ -150,6 +192,9 @@ class GroupStore:
         self.groups = {g: GroupRecord.from_value(v.encode()) for g, v in d["groups"].items()}
         self.offsets = {g: {(t, int(p)): OffsetRecord.from_value(v.encode()) for t, p, v in offsets}
                         for g, offsets in d["offsets"].items()}
+        self.pending = {int(pid): {g: {(t, int(p)): OffsetRecord.from_value(v.encode()) for t, p, v in offsets}
+                                   for g, offsets in groups.items()}
+                        for pid, groups in d.get("pending", {}).items()}
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -158,6 +203,10 @@ class GroupStore:
 
     def committed(self, group_id: str) -> dict[tuple[str, int], OffsetRecord]:
         return self.offsets.get(group_id, {})
+
+    def unstable(self, group_id: str) -> set[tuple[str, int]]:
+        """Partitions of the group with an offset in a transaction not decided yet."""
+        return {tp for groups in self.pending.values() for tp in groups.get(group_id, {})}
 
     # --- expiry (offsets.retention.minutes) -------------------------------------------------------
 
@@ -187,8 +236,10 @@ class GroupStore:
 
 
 def offsets_batch(group_id: str, commits: typing.Sequence[tuple[str, int, OffsetRecord]],
-                  timestamp_ms: int) -> bytes:
-    return build_batch([(offset_key(group_id, t, p), r.to_value()) for t, p, r in commits], timestamp_ms)
+                  timestamp_ms: int, *, producer: tuple[int, int] | None = None) -> bytes:
+    """producer: (id, epoch) of the transaction the offsets belong to (TxnOffsetCommit)."""
+    return build_batch([(offset_key(group_id, t, p), r.to_value()) for t, p, r in commits], timestamp_ms,
+                       producer=producer)
 
 
 def group_batch(group_id: str, record: GroupRecord | None, timestamp_ms: int) -> bytes:

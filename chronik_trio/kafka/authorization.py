@@ -93,6 +93,13 @@ def _find_coordinator(body) -> list[Requirement]:
     return _each(Operation.DESCRIBE, kind, keys)
 
 
+def _add_partitions_to_txn(body) -> list[Requirement]:
+    if hasattr(body, "transactions"):
+        return _cluster(Operation.CLUSTER_ACTION)
+    return (_each(Operation.WRITE, X, [body.v3_and_below_transactional_id])
+            + _each(Operation.WRITE, T, _names(body.v3_and_below_topics)))
+
+
 def _init_producer_id(body) -> list[Requirement]:
     if body.transactional_id:
         return _each(Operation.WRITE, X, [body.transactional_id])
@@ -131,6 +138,7 @@ REQUIREMENTS: dict[int, typing.Any] = {
     21: lambda b, m: _each(Operation.DELETE, T, _names(b.topics)),
     22: lambda b, m: _init_producer_id(b),
     23: lambda b, m: _each(Operation.DESCRIBE, T, _names(b.topics, "topic")),
+    27: lambda b, m: _cluster(Operation.CLUSTER_ACTION),  # Kafka's; the handler refuses every client anyway
     29: lambda b, m: _cluster(Operation.DESCRIBE),
     30: lambda b, m: _cluster(Operation.ALTER),
     31: lambda b, m: _cluster(Operation.ALTER),
@@ -152,6 +160,15 @@ REQUIREMENTS: dict[int, typing.Any] = {
     64: lambda b, m: _cluster(Operation.ALTER),  # membership (node/membership.py)
     80: lambda b, m: _cluster(Operation.ALTER),
     81: lambda b, m: _cluster(Operation.ALTER),
+    # Transactions, Kafka's rules: a producer writes its transactional id and the topics it
+    # adds; AddPartitionsToTxn v4+ (verifyOnly, batched) is between brokers (CLUSTER_ACTION).
+    24: lambda b, m: _add_partitions_to_txn(b),
+    25: lambda b, m: _each(Operation.WRITE, X, [b.transactional_id]) + _each(Operation.READ, G, [b.group_id]),
+    26: lambda b, m: _each(Operation.WRITE, X, [b.transactional_id]),
+    28: lambda b, m: _each(Operation.WRITE, X, [b.transactional_id]) + _each(Operation.READ, G, [b.group_id])
+    + _each(Operation.READ, T, _names(b.topics)),
+    65: lambda b, m: _each(Operation.DESCRIBE, X, b.transactional_ids),
+    66: _NO_CHECK,  # handlers/transactions.py lists only describable transactional ids
 }
 
 

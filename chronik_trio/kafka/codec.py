@@ -229,6 +229,7 @@ def _default_for(kafka_type: str | None, optional: bool, kind: str):
         "string": "", "bytes": b"", "records": b"", "bool": False, "float64": 0.0,
         "uuid": uuid.UUID(int=0), "error_code": ErrorCode.none,
         "timedelta_i32": datetime.timedelta(0), "timedelta_i64": datetime.timedelta(0),
+        "datetime_i64": datetime.datetime.fromtimestamp(0, datetime.timezone.utc),
     }.get(kafka_type, 0)
 
 
@@ -369,7 +370,7 @@ def _array_fields(cls: type, *, primitives_too: bool) -> list[_FieldPlan]:
 
 @functools.cache
 def _has_error_code(cls: type) -> bool:
-    return any(p.name == "error_code" or (p.nested is not None and _has_error_code(p.nested))
+    return any(p.kafka_type == "error_code" or (p.nested is not None and _has_error_code(p.nested))
                for p in _plan(cls))
 
 
@@ -378,8 +379,8 @@ def _mirror(resp_cls: type, request_obj, error_code: ErrorCode) -> dict:
     partitions, groups or resources mirroring the request's list with the keys copied."""
     values: dict[str, typing.Any] = {}
     for plan in _plan(resp_cls):
-        if plan.name == "error_code":
-            values["error_code"] = error_code
+        if plan.kafka_type == "error_code":  # error_code, or e.g. AddPartitionsToTxn's partition_error_code
+            values[plan.name] = error_code
         elif plan.name == "error_message" and plan.default is None:
             values["error_message"] = "unexpected server error (logged by the broker)"
     if isinstance(request_obj, (str, int)):  # an element of an array of names or partitions

@@ -134,6 +134,12 @@ class NodeConfig:
     group_initial_rebalance_delay_ms: int = 3000
     group_min_session_timeout_ms: int = 6000
     group_max_session_timeout_ms: int = 1_800_000
+    # Transactions (node/txn_coordinator.py), Kafka's names with _ for the dots.
+    transaction_state_log_num_partitions: int = 10  # Kafka: 50; each partition is a Raft group here
+    transaction_state_log_replication_factor: int = 3  # capped at the number of brokers
+    transaction_max_timeout_ms: int = 900_000
+    transactional_id_expiration_ms: int = 604_800_000
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: int = 10_000
     # Security (docs/security.md), Kafka's names with _ for the dots. listeners:
     # "NAME://HOST:PORT,..." (None: one PLAINTEXT listener at `listen`, told as `advertised`);
     # advertised_listeners: what clients of each listener are told (default: listeners).
@@ -176,7 +182,10 @@ class NodeConfig:
                     "offsets_topic_num_partitions", "offsets_topic_replication_factor",
                     "offsets_retention_minutes", "offsets_retention_check_interval_ms",
                     "group_min_session_timeout_ms", "group_max_session_timeout_ms",
-                    "authentication_timeout_ms"):
+                    "authentication_timeout_ms",
+                    "transaction_state_log_num_partitions", "transaction_state_log_replication_factor",
+                    "transaction_max_timeout_ms", "transactional_id_expiration_ms",
+                    "transaction_abort_timed_out_transaction_cleanup_interval_ms"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 
@@ -310,6 +319,12 @@ class NodeConfig:
             "group.initial.rebalance.delay.ms": str(self.group_initial_rebalance_delay_ms),
             "group.min.session.timeout.ms": str(self.group_min_session_timeout_ms),
             "group.max.session.timeout.ms": str(self.group_max_session_timeout_ms),
+            "transaction.state.log.num.partitions": str(self.transaction_state_log_num_partitions),
+            "transaction.state.log.replication.factor": str(self.transaction_state_log_replication_factor),
+            "transaction.max.timeout.ms": str(self.transaction_max_timeout_ms),
+            "transactional.id.expiration.ms": str(self.transactional_id_expiration_ms),
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms":
+                str(self.transaction_abort_timed_out_transaction_cleanup_interval_ms),
         }
 
 

@@ -31,7 +31,7 @@ import typing
 import trio
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.meta import MetaState, Topic, TopicAlreadyExists
+from chronik_trio.cluster.meta import MetaState, Topic
 from chronik_trio.errors import BrokerError, NotEnoughReplicas, NotLeader, ProposalFailed
 from chronik_trio.group import (OFFSETS_TOPIC, Group, GroupError, GroupRecord, GroupState, GroupStore, JoinCompleted,
                                 JoinRequest, JoinResult, MemberRecord, OffsetRecord, PersistWanted,
@@ -42,6 +42,7 @@ from chronik_trio.group.store import group_batch, offsets_batch
 from chronik_trio.kafka.records import parse_batches
 from chronik_trio.raft.types import StateRole
 
+from .internal_topic import InternalTopic
 from .partition_group import PartitionReplica
 from .seams import system_rng, uuid4
 
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # with nothing due, the loop still wakes this often (leadership checks)
 LOAD_WAIT_S_MAX = 2.0  # a request waits this long for a new leader's load, then is told to retry
-CREATE_TOPIC_WAIT_S = 10.0  # FindCoordinator waits this long for the topic, then retriable
 JOIN_GRACE_S = 5.0  # beyond the rebalance timeout, a JoinGroup gives up waiting (never expected)
 SYNC_WAIT_S_MAX = 60.0  # a SyncGroup waits for the leader's assignment at most this long
 WRITE_RECORDS_MAX = 10_000  # tombstones per expiry batch: bounds one Raft entry
@@ -152,7 +152,8 @@ class GroupCoordinator:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()  # set when something falls due before the loop's next wake
         self._wake_at_s = 0.0
-        self._topic_created: trio.Event | None = None
+        # Compacted, as Kafka's: every record is keyed, deletions are tombstones.
+        self._topic = InternalTopic(OFFSETS_TOPIC, {"cleanup.policy": "compact"})
 
     # --- settings ---------------------------------------------------------------------------------
 
@@ -312,17 +313,22 @@ class GroupCoordinator:
 
     # --- writing through Raft ---------------------------------------------------------------------
 
-    async def _produce(self, shard: _Shard, batch: bytes) -> None:
-        """Write one batch to the offsets partition; return once committed. Raises GroupError."""
+    async def _produce(self, shard: _Shard, batch: bytes, *, transactional: bool = False) -> None:
+        """Write one batch to the offsets partition; return once committed. Raises GroupError.
+        transactional: TxnOffsetCommit's batch, which carries the transaction's producer id
+        and epoch but no sequence: the leader appends it as Kafka's coordinator does, without
+        the idempotent producer's sequence check (nothing else writes with that id here)."""
         if not shard.current:
             raise GroupError("not the coordinator", ErrorCode.not_coordinator)
         headers = parse_batches(batch, batch_bytes_max=BATCH_BYTES_MAX)
         try:
-            await shard.replica.produce(batch, headers, -1)
+            await shard.replica.produce(batch, headers, -1, coordinator=transactional)
         except (NotLeader, ProposalFailed) as exc:
             raise GroupError(f"offsets write failed: {exc}", ErrorCode.not_coordinator) from None
         except NotEnoughReplicas as exc:
             raise GroupError(f"offsets write refused: {exc}", ErrorCode.coordinator_not_available) from None
+        except BrokerError as exc:  # a transactional batch the partition refused (its rules)
+            raise GroupError(f"offsets write refused: {exc}", exc.error_code) from None
         if not shard.current:
             # Committed, but this node no longer leads: the next coordinator has it; the
             # client should talk to that one.
@@ -381,31 +387,8 @@ class GroupCoordinator:
 
     async def offsets_topic(self) -> Topic | None:
         """__consumer_offsets, created on first use; None while it is being created."""
-        topic = self.node.meta.topics.get(OFFSETS_TOPIC)
-        if topic is not None:
-            return topic
-        if self._topic_created is None and self._nursery is not None:
-            self._topic_created = trio.Event()
-            self._nursery.start_soon(self._create_topic, self._topic_created)
-        if self._topic_created is not None:
-            with trio.move_on_after(CREATE_TOPIC_WAIT_S):
-                await self._topic_created.wait()
-        return self.node.meta.topics.get(OFFSETS_TOPIC)
-
-    async def _create_topic(self, done: trio.Event) -> None:
-        brokers = len(self.node.meta.brokers)
-        rf = max(1, min(self.setting("offsets_topic_replication_factor"), brokers))
-        try:
-            # Compacted, as Kafka's: every record is keyed, deletions are tombstones.
-            await self.node.create_topic(OFFSETS_TOPIC, self.setting("offsets_topic_num_partitions"),
-                                         {"cleanup.policy": "compact"}, replication_factor=rf)
-        except TopicAlreadyExists:
-            pass
-        except BrokerError as exc:
-            log.warning("could not create %s: %s", OFFSETS_TOPIC, exc)
-        finally:
-            done.set()
-            self._topic_created = None
+        return await self._topic.get(self.node, self._nursery, self.setting("offsets_topic_num_partitions"),
+                                     self.setting("offsets_topic_replication_factor"))
 
     def coordinator_partition(self, topic: Topic, group_id: str) -> int:
         return partition_for(group_id, topic.partition_count)
@@ -529,8 +512,11 @@ class GroupCoordinator:
         return ErrorCode.none, errors
 
     async def commit(self, group_id: str, member_id: str, generation_id: int, instance_id: str | None,
-                     offsets: typing.Sequence[tuple[str, int, int, int, str | None]]) -> list[ErrorCode]:
-        """OffsetCommit of (topic, partition, offset, leader epoch, metadata); one error each."""
+                     offsets: typing.Sequence[tuple[str, int, int, int, str | None]], *,
+                     producer: tuple[int, int] | None = None) -> list[ErrorCode]:
+        """OffsetCommit of (topic, partition, offset, leader epoch, metadata); one error each.
+        producer: TxnOffsetCommit's (producer id, epoch): the offsets are written as a
+        transactional batch and count only once the transaction's commit marker lands."""
         try:
             shard = await self._loaded_shard(group_id)
         except GroupError as exc:
@@ -540,10 +526,14 @@ class GroupCoordinator:
             if generation_id >= 0:
                 return [ErrorCode.illegal_generation] * len(offsets)
             group = self._group(shard, group_id, create=True)
-        error = group.check_commit(member_id, generation_id, instance_id)
+        # A TxnOffsetCommit without member info (v0-v2, or a producer outside the group) is
+        # not checked against the group, as in Kafka; with it, as an OffsetCommit is.
+        unchecked = producer is not None and generation_id < 0 and not member_id
+        error = ErrorCode.none if unchecked else group.check_commit(member_id, generation_id, instance_id)
         if error != ErrorCode.none:
             return [error] * len(offsets)
-        group.commit_seen(self.now_ms(), member_id)
+        if not unchecked:
+            group.commit_seen(self.now_ms(), member_id)
         errors: list[ErrorCode] = []
         writes = []
         now_wall = self.node.wall_clock_ms()
@@ -558,10 +548,15 @@ class GroupCoordinator:
                 writes.append((topic, partition, OffsetRecord(offset, epoch, metadata, now_wall)))
         if writes:
             try:
-                await self._produce(shard, offsets_batch(group_id, writes, now_wall))
+                await self._produce(shard, offsets_batch(group_id, writes, now_wall, producer=producer),
+                                    transactional=producer is not None)
             except GroupError as exc:
                 errors = [exc.error_code if e == ErrorCode.none else e for e in errors]
         return errors
+
+    async def unstable_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        """Partitions with an offset in an undecided transaction (OffsetFetch require_stable)."""
+        return (await self._loaded_shard(group_id)).store.unstable(group_id)
 
     async def fetch(self, group_id: str, partitions: typing.Sequence[tuple[str, int]] | None
               ) -> dict[tuple[str, int], OffsetRecord | None]:

@@ -10,7 +10,8 @@ Node wires the parts and runs their lifecycle; each job has its own module:
   cleaner), snapshots.py (__meta's);
 - peers.py: Raft messages and node-level liveness with the peers, over a transport made by
   the TransportFactory the node is given;
-- group_coordinator.py: consumer groups; kafka_server.py: one task per client connection.
+- group_coordinator.py: consumer groups; txn_coordinator.py: transactions, and
+  txn_routes.py their calls between nodes; kafka_server.py: one task per client connection.
 
 A node without peers is a one-voter cluster: the same code, with nobody to send to. The node
 takes its listeners, Disk and transport factory from the caller, so the same code can later
@@ -33,11 +34,13 @@ import time
 import typing
 
 import trio
+from kio.schema.errors import ErrorCode
 from prometheus_client import CollectorRegistry
 
 from chronik_trio.cluster.configs import ConfigChange, resolve_broker
 from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.errors import MetaUnavailable
+from chronik_trio.partition.transactions import TxnMarker
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
@@ -66,6 +69,9 @@ from .retention import retention_loop
 from .seams import RunSync, secret_bytes, system_rng, thread_run_sync, uuid4
 from .snapshots import meta_snapshot_loop
 from .topics import CREATE_TOPIC_TIMEOUT_S, Topics
+from .txn_coordinator import TxnCoordinator
+from .txn_routes import TxnRoutes
+from .txn_markers import write_txn_markers
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +124,10 @@ class Node:
         self.meta_machine = MetaMachine()
         self.meta_service = MetaService(self.node_id, self.meta_machine, self.rng)  # opened by run()
         self.groups = GroupCoordinator(self, self.rng)  # consumer groups (on __consumer_offsets leaders)
-        self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine, self.groups,
-                                       rng=self.rng, run_sync=run_sync)
+        self.txns = TxnCoordinator(self)  # transactions (on __transaction_state leaders)
+        self.txn_routes = TxnRoutes(self)
+        self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine,
+                                       _InternalTopics(self.groups, self.txns), rng=self.rng, run_sync=run_sync)
         self.meta_machine.listeners.append(self.replicas.reconcile_soon)
         self.cleaner = LogCleaner(self.replicas, self.meta_machine, wall_clock_ms=wall_clock_ms,
                                   run_sync=run_sync)
@@ -201,9 +209,21 @@ class Node:
     async def allocate_producer_id(self) -> int:
         return await self.producer_ids.allocate()
 
-    async def init_transactional_id(self, transactional_id: str, producer_id: int,
-                                    producer_epoch: int) -> tuple[int, int]:
-        return await self.producer_ids.init_transactional_id(transactional_id, producer_id, producer_epoch)
+    async def write_markers(self, coordinator_epoch: int, marker) -> dict:
+        """The coordinator's markers, to whichever nodes lead their partitions (txn_routes.py)."""
+        return await self.txn_routes.write_markers(coordinator_epoch, marker)
+
+    async def verify_txn_partition(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                                   topic: str, partition: int, add: bool) -> ErrorCode:
+        """For a partition leader: ask the transactional id's coordinator, wherever it is."""
+        return await self.txn_routes.verify_txn_partition(transactional_id, producer_id, producer_epoch, topic,
+                                                          partition, add)
+
+    async def write_txn_markers(self, markers: list[TxnMarker]) -> dict[tuple[str, int], ErrorCode]:
+        """The transaction coordinator's entry point: write commit/abort markers to the
+        partitions this node leads (node/txn_markers.py); per partition, none once the
+        control batch is committed, else the Kafka error code."""
+        return await write_txn_markers(markers, self.meta, self.replica, self.wall_clock_ms())
 
     async def log_dir_usage(self) -> tuple[str, int, int]:
         directory = (self.data_dir / "partitions").absolute()
@@ -251,6 +271,7 @@ class Node:
                 await nursery.start(self.runtime.run)
                 if self.config.peers is not None or self.config.admin_listen is not None:
                     self.transport = self.peers.transport = self._start_transport()
+                    self.txn_routes.register(self.transport)
                     await nursery.start(self.transport.run)
                 await self._wait_replayed([self.meta_service.group])
                 nursery.start_soon(self.membership.run)
@@ -269,6 +290,7 @@ class Node:
                 nursery.start_soon(self.disk_health.run)
                 nursery.start_soon(self.reassigner.run)
                 await nursery.start(self.groups.run)
+                await nursery.start(self.txns.run)
                 # Serve Kafka only as a member of a working cluster: registered in __meta.
                 await self._join_cluster()
                 await self._serve_kafka(listeners, task_status)
@@ -493,6 +515,21 @@ class Node:
             group.storage.sync(save_commit=True)
             group.close()
         log.info("node %d stopped cleanly; %d Raft group(s) synced and closed", self.node_id, len(groups))
+
+
+class _InternalTopics:
+    """The coordinators that own internal topics, as one for HostedReplicas: each gives the
+    BatchStates of its topic's partitions and watches their leadership."""
+
+    def __init__(self, *owners) -> None:
+        self.owners = owners
+
+    def states_for(self, topic: Topic) -> list:
+        return [state for owner in self.owners for state in owner.states_for(topic)]
+
+    def attach(self, replica: PartitionReplica) -> None:
+        for owner in self.owners:
+            owner.attach(replica)
 
 
 async def _until_replayed(groups: list[RaftGroup]) -> None:

@@ -19,7 +19,10 @@ from chronik_trio import storage
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.errors import NotEnoughReplicas, ProposalFailed
 from chronik_trio.kafka.records import BatchHeader, with_offsets
-from chronik_trio.partition.producers import ProducerStateTable, idempotent_batch
+from chronik_trio.record_batch import ATTR_TRANSACTIONAL, NO_PRODUCER_ID, read_header
+from chronik_trio.partition.producers import ProducerEntry, ProducerStateTable, idempotent_batch
+from chronik_trio.partition.transactions import (AbortedTxn, InvalidTxnState, TransactionState, TxnMarker,
+                                                 control_batch)
 from chronik_trio.partition.state import (BatchState, FollowerProgress, HighWatermark, InSyncReplicas,
                                           OffsetAssigner, batch_base_offset, batch_end_offset)
 from chronik_trio.pb import partition_pb2
@@ -63,6 +66,16 @@ class PartitionMachine:
     @property
     def high_watermark(self) -> int:
         return self.hw.offset
+
+    @property
+    def transactions(self) -> TransactionState | None:
+        return self.states.get(TransactionState.name)  # type: ignore[return-value]
+
+    @property
+    def last_stable_offset(self) -> int:
+        """The first offset of the oldest open transaction, else the high watermark."""
+        txns = self.transactions
+        return self.hw.offset if txns is None else txns.last_stable_offset(self.hw.offset)
 
     def apply(self, entries: typing.Sequence[Entry]) -> list:
         results = self.hw.apply([entry.data if entry.type == EntryType.NORMAL else b"" for entry in entries])
@@ -160,8 +173,8 @@ class PartitionReplica:
         self.log = machine.log
         self.closed = False
         self._offsets = OffsetAssigner()
-        self._producers: ProducerStateTable | None = None
-        self._producers_term = 0
+        self._view: LeaderView | None = None
+        self._view_term = 0
         self._min_insync = min_insync  # the topic's current min.insync.replicas (live config)
         self._isr = InSyncReplicas(lag_time_s)
         self.alive = alive
@@ -200,14 +213,22 @@ class PartitionReplica:
         return self._isr.update(now, term=node.term, leader=node.id, last_index=node.last_index(),
                                 idle=self.group.quiesced, progress=progress)
 
-    async def produce(self, records, headers: list[BatchHeader], acks: int) -> int:
+    async def produce(self, records, headers: list[BatchHeader], acks: int,
+                      verify: TxnVerifier | None = None, *, coordinator: bool = False) -> int:
         """Assign offsets, propose one entry per batch; wait per acks (-1: applied, i.e.
         committed; 1: durable in our own log; 0: nothing). Returns the first base offset.
         Idempotent batches are checked against the leader's producer view first: a retried
-        batch is answered with its original offsets and not written again.
-        Raises NotLeader, ProposalFailed (retriable), NotEnoughReplicas or ProducerError."""
+        batch is answered with its original offsets and not written again. A transactional
+        batch that would open a transaction here is first confirmed by verify(producer id,
+        epoch) (the coordinator, KIP-890), and appended only if no marker for the producer
+        landed meanwhile. coordinator: a group coordinator's own transactional batch
+        (TxnOffsetCommit's offsets, without sequence numbers): appended without the
+        idempotent producer's duplicate and sequence checks, as Kafka appends it.
+        Raises NotLeader, ProposalFailed (retriable), NotEnoughReplicas, ProducerError or
+        TxnError."""
         try:
-            return await self._produce(records, headers, acks)
+            guard = await self._verify_transaction(headers, verify) if verify is not None else None
+            return await self._produce(records, headers, acks, guard, coordinator)
         except ProposalFailed as exc:
             # Dropped while leadership moves (or already moved): send the client to the
             # leader (NOT_LEADER_OR_FOLLOWER); otherwise REQUEST_TIMED_OUT.
@@ -215,7 +236,27 @@ class PartitionReplica:
                 raise ProposalFailed(str(exc), ErrorCode.not_leader_or_follower) from None
             raise
 
-    async def _produce(self, records, headers: list[BatchHeader], acks: int) -> int:
+    async def _verify_transaction(self, headers: list[BatchHeader], verify: TxnVerifier) -> tuple | None:
+        """None if no batch opens a transaction here, else the guard _produce checks:
+        (term, producer id, epoch, markers seen for it before verifying)."""
+        txn = next((h for h in headers if h.attributes & ATTR_TRANSACTIONAL), None)
+        if txn is None:
+            return None
+        async with self.group.lock:
+            self.group.check_leader()
+            term = self.group.term
+            txns = self._leader_view(term).txns
+            if not txns.needs_verification(txn.producer_id, txn.producer_epoch):
+                return None
+            seen = txns.markers_seen(txn.producer_id)
+        error = await verify(txn.producer_id, txn.producer_epoch)
+        if error != ErrorCode.none:
+            raise TxnRefused(f"{self.topic_name}-{self.partition}: the coordinator answered {error.name} "
+                             f"for producer {txn.producer_id} epoch {txn.producer_epoch}", error)
+        return term, txn.producer_id, txn.producer_epoch, seen
+
+    async def _produce(self, records, headers: list[BatchHeader], acks: int, guard: tuple | None,
+                       coordinator: bool = False) -> int:
         batches = [idempotent_batch(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
                                     h.max_timestamp_ms) for h in headers]
         idempotent = any(batch is not None for batch in batches)
@@ -227,18 +268,21 @@ class PartitionReplica:
                     f"{self.topic_name}-{self.partition}: in-sync replicas {list(self.isr)} are fewer "
                     f"than min.insync.replicas={min_insync}")
             term = self.group.term
-            producers = self._leader_producers(term) if idempotent else None
-            duplicate = producers.check(batches) if producers is not None else None
+            view = self._leader_view(term) if idempotent else None
+            duplicate = view.producers.check(batches) if view is not None and not coordinator else None
             if duplicate is None:
+                if view is not None:
+                    view.check_transactions(headers, guard, term)
                 bases = self._offsets.reserve(term, self.log.next_offset, [h.record_count for h in headers])
                 payloads = [with_offsets(records, h, base, term) for h, base in zip(headers, bases)]
                 waiter = self.group.propose_locked_many(payloads)  # all or nothing
                 self._offsets.commit_reservation()
-                if producers is not None:
-                    first_index = waiter.index - len(payloads) + 1
-                    for i, (batch, header, base) in enumerate(zip(batches, headers, bases)):
-                        if batch is not None:
-                            producers.record(batch, base, base + header.record_count - 1, first_index + i)
+                # The view follows every batch this leader appends, not only the checked
+                # ones: a caller may append a producer's batch unchecked (the group
+                # coordinator's transactional offsets), and its marker must find it.
+                view = view or (self._view if self._view_term == term else None)
+                if view is not None:
+                    view.apply(payloads, waiter.index - len(payloads) + 1)
         if duplicate is not None:
             log.debug("%s-%d: duplicate of the batch at offset %d (producer sequence %d..%d)",
                       self.topic_name, self.partition, duplicate.first_offset, duplicate.first_seq,
@@ -255,20 +299,59 @@ class PartitionReplica:
             await self.group.wait_persisted(waiter.index)
         return bases[0]
 
-    def _leader_producers(self, term: int) -> ProducerStateTable:
-        """The leader's producer view (call with the lock held): the applied table plus
-        every entry of this leader's log not applied yet. A leader keeps every entry of its
-        log, so they will commit, in this order; the view then grows with each proposal."""
-        if self._producers is None or self._producers_term != term:
-            table = self.machine.states[ProducerStateTable.name].copy()
+    async def write_txn_marker(self, marker: TxnMarker, timestamp_ms: int) -> None:
+        """Write a transaction's commit or abort marker (a control batch) through this
+        partition's Raft group; returns once it is committed. Idempotent: with no open
+        transaction of the producer here (the marker already written, or nothing written in
+        the transaction) nothing is appended; it returns once everything this leader has
+        in its log is committed, so an earlier copy of the marker is too.
+        Raises NotLeader, ProposalFailed, MarkerEpochFenced or TransactionCoordinatorFenced."""
+        try:
+            await self._write_txn_marker(marker, timestamp_ms)
+        except ProposalFailed as exc:
+            if not self.is_leader or self.group.transfer_pending():
+                raise ProposalFailed(str(exc), ErrorCode.not_leader_or_follower) from None
+            raise
+
+    async def _write_txn_marker(self, marker: TxnMarker, timestamp_ms: int) -> None:
+        async with self.group.lock:
+            self.group.check_leader()
+            term = self.group.term
+            view = self._leader_view(term)
+            producer = view.producers.producers.get(marker.producer_id)
+            view.txns.check_marker(marker, producer.epoch if producer is not None else -1)
+            if view.txns.ongoing_start(marker.producer_id) < 0:
+                waiter, index = None, self.group.node.last_index()
+            else:
+                batch = control_batch(marker, timestamp_ms)
+                (base,) = self._offsets.reserve(term, self.log.next_offset, [1])
+                payload = with_offsets(batch, read_header(batch), base, term)
+                waiter = self.group.propose_locked_many([payload])
+                self._offsets.commit_reservation()
+                view.apply([payload], waiter.index)
+        if waiter is None:
+            await self._wait_durable(index, -1, term)
+            return
+        self.group.wake_runtime()
+        await self.group.wait_applied(waiter)
+
+    def _leader_view(self, term: int) -> "LeaderView":
+        """The leader's producer and transaction view (call with the lock held): the
+        applied states plus every entry of this leader's log not applied yet. A leader keeps
+        every entry of its log, so they will commit, in this order; the view then grows
+        with each proposal."""
+        if self._view is None or self._view_term != term:
+            txns = self.machine.transactions
+            view = LeaderView(self.machine.states[ProducerStateTable.name].copy(),
+                              txns.copy() if txns is not None else TransactionState())
             node = self.group.node
             low, high = self.machine.applied_index + 1, node.last_index() + 1
             for entry in (node.entries(low, high) if low < high else ()):
                 if entry.data and entry.type == EntryType.NORMAL and \
                         batch_base_offset(entry.data) >= self.machine.state_end_offset:
-                    table.apply(memoryview(entry.data), entry.index)
-            self._producers, self._producers_term = table, term
-        return self._producers
+                    view.apply([entry.data], entry.index)
+            self._view, self._view_term = view, term
+        return self._view
 
     async def _wait_durable(self, index: int, acks: int, term: int) -> None:
         """Wait, as a new batch at index would have been waited for, while this node leads
@@ -286,18 +369,37 @@ class PartitionReplica:
             raise ProposalFailed(f"{self.topic_name}-{self.partition}: leadership lost before the "
                                  f"original of a retried batch (entry {index}) was known committed")
 
-    def describe_producers(self) -> list:
-        """DescribeProducers: the leader's view of this partition's producers."""
-        fresh = self._producers is not None and self._producers_term == self.group.term
-        table = self._producers if fresh else self.machine.states[ProducerStateTable.name]
-        return list(table.producers.values())
+    def describe_producers(self) -> list[tuple[ProducerEntry, int, int]]:
+        """DescribeProducers: the leader's view of this partition's producers, each with
+        its open transaction's first offset (-1: none) and last coordinator epoch."""
+        fresh = self._view is not None and self._view_term == self.group.term
+        table = self._view.producers if fresh else self.machine.states[ProducerStateTable.name]
+        txns = self._view.txns if fresh else (self.machine.transactions or TransactionState())
+        out = []
+        for entry in table.producers.values():
+            txn = txns.producers.get(entry.producer_id)
+            out.append((entry, txn.first_offset if txn else -1, txn.coordinator_epoch if txn else -1))
+        return out
 
-    def read(self, offset: int, max_bytes: int) -> list[memoryview]:
-        """Whole batches from offset, below the high watermark (raises OffsetOutOfRange)."""
+    @property
+    def last_stable_offset(self) -> int:
+        return self.machine.last_stable_offset
+
+    def aborted_transactions(self, start_offset: int, end_offset: int) -> list[AbortedTxn]:
+        """The aborted transactions with records in [start_offset, end_offset)."""
+        txns = self.machine.transactions
+        return txns.aborted_between(start_offset, end_offset) if txns is not None else []
+
+    def read(self, offset: int, max_bytes: int, *, committed_only: bool = False) -> list[memoryview]:
+        """Whole batches from offset, below the high watermark, or with committed_only
+        (read_committed) below the last stable offset. Raises OffsetOutOfRange."""
         if offset < self.machine.log_start_floor:
             # below the log start DeleteRecords set: those records are deleted
             raise storage.OffsetOutOfRange(offset, self.log_start_offset, self.high_watermark)
-        return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=self.high_watermark)
+        end = self.last_stable_offset if committed_only else self.high_watermark
+        if committed_only and offset >= end and offset <= self.high_watermark:
+            return []  # waiting for the open transaction to end, not out of range
+        return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=end)
 
     def watch(self, event: trio.Event) -> None:
         self.machine.watch(event)
@@ -336,7 +438,11 @@ class PartitionReplica:
         await self._run_sync(
             storage.create_snapshot, boundary - 1, conf_state,
             partition_snapshot_data(next_offset, self.machine.snapshot_state()))
-        return self.log.delete_before(boundary)
+        deleted = self.log.delete_before(boundary)
+        txns = self.machine.transactions
+        if deleted and txns is not None:  # the aborted index need not outlive the log
+            txns.forget_before(self.log.log_start_offset)
+        return deleted
 
     async def delete_records(self, offset: int) -> int:
         """DeleteRecords on the leader: commit a LOG_START entry moving the log start offset
@@ -400,3 +506,45 @@ class PartitionReplica:
             if entry.data and entry.type == EntryType.NORMAL:
                 return batch_end_offset(entry.data)
         return self.log.log_start_offset
+
+
+TxnVerifier = typing.Callable[[int, int], typing.Awaitable[ErrorCode]]
+
+
+class TxnRefused(InvalidTxnState):
+    """The coordinator did not confirm the partition is in the producer's transaction; the
+    produce is answered with the coordinator's code."""
+
+
+class LeaderView:
+    """A partition leader's producer table and transaction state: applied, plus its log's
+    entries not applied yet (PartitionReplica._leader_view)."""
+
+    def __init__(self, producers: ProducerStateTable, txns: TransactionState) -> None:
+        self.producers = producers
+        self.txns = txns
+
+    def apply(self, payloads: typing.Sequence[bytes], first_index: int) -> None:
+        for i, payload in enumerate(payloads):
+            view = memoryview(payload)
+            self.producers.apply(view, first_index + i)
+            self.txns.apply(view, first_index + i)
+
+    def check_transactions(self, headers: list[BatchHeader], guard: tuple | None, term: int) -> None:
+        """Raises InvalidTxnState for a non-transactional batch of a producer in a
+        transaction here, or for a verified batch whose transaction a marker ended while
+        the coordinator was being asked (KIP-890's guard against hanging transactions)."""
+        for h in headers:
+            if h.producer_id != NO_PRODUCER_ID:
+                self.txns.check_data(h.producer_id, bool(h.attributes & ATTR_TRANSACTIONAL))
+        if guard is None:
+            return
+        guard_term, producer_id, epoch, seen = guard
+        if not self.txns.needs_verification(producer_id, epoch):
+            return  # another produce opened the transaction meanwhile
+        if guard_term != term:
+            raise ProposalFailed(f"producer {producer_id}: leadership changed while the partition was "
+                                 f"being verified")
+        if self.txns.markers_seen(producer_id) != seen:
+            raise InvalidTxnState(f"producer {producer_id} epoch {epoch}: a marker ended its transaction "
+                                  f"while the partition was being verified")

@@ -1,6 +1,6 @@
-"""Producer ids (InitProducerId): for idempotent producers from blocks this node reserves
-in __meta, and for transactional ids with their epoch bumped through __meta (which fences
-the previous holder of the id).
+"""Producer ids (InitProducerId): from blocks this node reserves in __meta, for idempotent
+producers and for the transaction coordinator (node/txn_coordinator.py), which keeps the
+transactional ids and their epochs on `__transaction_state`.
 
 Without __meta both raise MetaUnavailable with COORDINATOR_NOT_AVAILABLE, not its usual
 REQUEST_TIMED_OUT: the Java producer retries InitProducerId only on coordinator errors and
@@ -21,7 +21,6 @@ from chronik_trio.pb import meta_pb2
 from .meta_group import MetaService
 
 PRODUCER_ID_BLOCK = 1000  # ids reserved per __meta command; a restart skips the unused rest
-TRANSACTIONAL_ID_EXPIRATION_MS = 604_800_000  # Kafka's transactional.id.expiration.ms (7 days)
 
 
 class ProducerIds:
@@ -45,20 +44,6 @@ class ProducerIds:
                 next_id, end = applied.producer_id_start, applied.producer_id_start + PRODUCER_ID_BLOCK
             self._block = (next_id + 1, end)
             return next_id
-
-    async def init_transactional_id(self, transactional_id: str, producer_id: int,
-                                    producer_epoch: int) -> tuple[int, int]:
-        """(producer id, epoch) for transactional_id; raises ClusterError (ProducerFenced,
-        ...) or MetaUnavailable."""
-        with _coordinator_unavailable():
-            applied = await self._meta_service.propose(meta_pb2.MetaCommand(
-                transactional_id_initialized=meta_pb2.TransactionalIdInitialized(
-                    transactional_id=transactional_id, expected_producer_id=producer_id,
-                    expected_epoch=producer_epoch, timestamp_ms=self._wall_clock_ms(),
-                    expiration_ms=TRANSACTIONAL_ID_EXPIRATION_MS)))
-        if not applied.ok:
-            raise applied.error
-        return applied.producer_id_start, applied.producer_epoch
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import trio
 from chronik_trio.cluster.configs import TOPIC_CONFIGS, resolve_broker, resolve_topic
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.partition.producers import ProducerStateTable
+from chronik_trio.partition.transactions import TransactionState
 from chronik_trio.storage import Disk
 from chronik_trio.storage.raft_storage import DurableRaftStorage
 
@@ -177,6 +178,7 @@ class HostedReplicas:
                joining_generation: int | None = None) -> None:
         machine = PartitionMachine(topic, partition, storage.log, self._became_leader,
                                    states=[ProducerStateTable(self.config.producer_id_expiration_ms),
+                                           TransactionState(self.config.producer_id_expiration_ms),
                                            *self._groups.states_for(topic)])
         # A new partition's preferred replica campaigns at once, the others wait for an
         # election timeout: its first leader is the preferred one, with no hand-over after.

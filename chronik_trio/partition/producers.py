@@ -31,7 +31,7 @@ from kio.schema.errors import ErrorCode
 
 from chronik_trio.errors import BrokerError
 from chronik_trio.pb import partition_pb2
-from chronik_trio.record_batch import ATTR_TRANSACTIONAL, NO_PRODUCER_ID, NO_SEQUENCE, read_header
+from chronik_trio.record_batch import ATTR_CONTROL, NO_PRODUCER_ID, NO_SEQUENCE, read_header
 
 BATCHES_KEPT = 5  # max.in.flight.requests.per.connection's limit for idempotent producers
 INT32_MAX = 2**31 - 1
@@ -185,9 +185,26 @@ class ProducerStateTable:
         h = read_header(data)
         if h.producer_id == NO_PRODUCER_ID:
             return
+        if h.attributes & ATTR_CONTROL or h.base_sequence == NO_SEQUENCE:
+            # a marker, or a coordinator's batch for the producer (transactional offsets):
+            # no sequence to follow, only the epoch
+            self._marker(h.producer_id, h.producer_epoch, h.max_timestamp_ms)
+            return
         batch = IdempotentBatch(h.producer_id, h.producer_epoch, h.base_sequence,
                                 last_sequence(h.base_sequence, h.last_offset_delta + 1), h.max_timestamp_ms)
         self.record(batch, h.base_offset, h.last_offset, index)
+
+    def _marker(self, producer_id: int, epoch: int, timestamp_ms: int) -> None:
+        """A transaction marker (control batch): it has no sequence, but a newer epoch in it
+        (a coordinator that bumped the epoch, or TV2's epoch per transaction) fences the
+        producer's older epoch here and starts its sequence over, as Kafka's markers do."""
+        entry = self.producers.get(producer_id)
+        if entry is None:
+            entry = self.producers[producer_id] = ProducerEntry(producer_id, epoch, -1, [])
+        elif epoch > entry.epoch:
+            entry.epoch = epoch
+            entry.batches.clear()
+        entry.last_timestamp = max(entry.last_timestamp, timestamp_ms)
 
     def expire(self) -> list[int]:
         """Forget producers whose newest batch is older than the expiration by the log's clock."""
@@ -231,7 +248,3 @@ def _add(entry: ProducerEntry, batch: IdempotentBatch, meta: BatchMeta) -> None:
         del entry.batches[0]
     if batch.max_timestamp > entry.last_timestamp:
         entry.last_timestamp = batch.max_timestamp
-
-
-def is_transactional(attributes: int) -> bool:
-    return bool(attributes & ATTR_TRANSACTIONAL)

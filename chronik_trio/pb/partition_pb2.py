@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fpartition.proto\x12\x11\x63hronik.partition\"\xa2\x01\n\x16PartitionSnapshotState\x12\x12\n\nend_offset\x18\x01 \x01(\x03\x12\x45\n\x06states\x18\x02 \x03(\x0b\x32\x35.chronik.partition.PartitionSnapshotState.StatesEntry\x1a-\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"n\n\rProducerBatch\x12\x11\n\tfirst_seq\x18\x01 \x01(\x05\x12\x10\n\x08last_seq\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\x12\x13\n\x0blast_offset\x18\x04 \x01(\x03\x12\r\n\x05index\x18\x05 \x01(\x04\"~\n\rProducerEntry\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x16\n\x0elast_timestamp\x18\x03 \x01(\x03\x12\x31\n\x07\x62\x61tches\x18\x04 \x03(\x0b\x32 .chronik.partition.ProducerBatch\"Z\n\x0eProducerStates\x12\x13\n\x0blog_time_ms\x18\x01 \x01(\x03\x12\x33\n\tproducers\x18\x02 \x03(\x0b\x32 .chronik.partition.ProducerEntryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fpartition.proto\x12\x11\x63hronik.partition\"\xa2\x01\n\x16PartitionSnapshotState\x12\x12\n\nend_offset\x18\x01 \x01(\x03\x12\x45\n\x06states\x18\x02 \x03(\x0b\x32\x35.chronik.partition.PartitionSnapshotState.StatesEntry\x1a-\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"n\n\rProducerBatch\x12\x11\n\tfirst_seq\x18\x01 \x01(\x05\x12\x10\n\x08last_seq\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\x12\x13\n\x0blast_offset\x18\x04 \x01(\x03\x12\r\n\x05index\x18\x05 \x01(\x04\"~\n\rProducerEntry\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x16\n\x0elast_timestamp\x18\x03 \x01(\x03\x12\x31\n\x07\x62\x61tches\x18\x04 \x03(\x0b\x32 .chronik.partition.ProducerBatch\"Z\n\x0eProducerStates\x12\x13\n\x0blog_time_ms\x18\x01 \x01(\x03\x12\x33\n\tproducers\x18\x02 \x03(\x0b\x32 .chronik.partition.ProducerEntry\"\x7f\n\x10TxnProducerState\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\x12\x19\n\x11\x63oordinator_epoch\x18\x04 \x01(\x05\x12\x16\n\x0elast_timestamp\x18\x05 \x01(\x03\"Q\n\x0f\x41\x62ortedTxnEntry\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x66irst_offset\x18\x02 \x01(\x03\x12\x13\n\x0blast_offset\x18\x03 \x01(\x03\"\x95\x01\n\x11TransactionStates\x12\x36\n\tproducers\x18\x01 \x03(\x0b\x32#.chronik.partition.TxnProducerState\x12\x33\n\x07\x61\x62orted\x18\x02 \x03(\x0b\x32\".chronik.partition.AbortedTxnEntry\x12\x13\n\x0blog_time_ms\x18\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,4 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCERENTRY']._serialized_end=441
   _globals['_PRODUCERSTATES']._serialized_start=443
   _globals['_PRODUCERSTATES']._serialized_end=533
+  _globals['_TXNPRODUCERSTATE']._serialized_start=535
+  _globals['_TXNPRODUCERSTATE']._serialized_end=662
+  _globals['_ABORTEDTXNENTRY']._serialized_start=664
+  _globals['_ABORTEDTXNENTRY']._serialized_end=745
+  _globals['_TRANSACTIONSTATES']._serialized_start=748
+  _globals['_TRANSACTIONSTATES']._serialized_end=897
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,9 @@ Routes:
                         the sending node; every RaftBatch must carry that from_node and our
                         node id as to_node.
   POST /raft/v1/batch   the same frames in one bounded request body (tools, the benchmark).
+  POST /rpc/v1/<name>   a request/response call between nodes (rpc.py): the handler
+                        registered under <name> answers the body; header
+                        `chronik-from-node` names the caller.
   GET  /health          200, a small JSON object.
   GET  /metrics         Prometheus text of the transport's registry.
 
@@ -30,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..pb import transport_pb2
 from .framing import FRAME_KIND_RAFT_BATCH, FRAME_KIND_SNAPSHOT_CHUNK, FrameDecoder, FrameTooLarge
 from .metrics import PEER_OTHER, DropReason, TransportMetrics
+from .rpc import RPC_PATH_PREFIX, RpcHandler, RpcRefused
 from .snapshot import SnapshotAssembler, SnapshotRefused
 from .tls import CONNECTION_NODE_KEY, RefusalReason
 
@@ -108,8 +112,8 @@ class RaftIngressApp:
                  on_fatal: Callable[[BaseException], None],
                  clock: Callable[[], float] = trio.current_time,
                  peers_authenticated: bool = False,
-                 on_refused: Callable[[RefusalReason, str], None] = lambda reason, what: None
-                 ) -> None:
+                 on_refused: Callable[[RefusalReason, str], None] = lambda reason, what: None,
+                 rpc_handlers: dict[str, RpcHandler] | None = None) -> None:
         self.node_id = node_id
         self.peers_authenticated = peers_authenticated
         self.on_refused = on_refused
@@ -121,6 +125,7 @@ class RaftIngressApp:
         self.peer_label = peer_label
         self.health = health
         self.on_fatal = on_fatal
+        self.rpc_handlers = rpc_handlers if rpc_handlers is not None else {}
         self._drop_log = DropLog(clock)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -148,6 +153,8 @@ class RaftIngressApp:
                 await self._serve_stream(scope, exchange)
             else:
                 await self._serve_batch(scope, exchange)
+        elif path.startswith(RPC_PATH_PREFIX) and method == "POST":
+            await self._serve_rpc(scope, exchange, path[len(RPC_PATH_PREFIX):])
         elif path == "/health" and method == "GET":
             body = json.dumps(self.health()).encode() + b"\n"
             await exchange.respond(200, body, b"application/json")
@@ -238,6 +245,30 @@ class RaftIngressApp:
             await exchange.respond(400, b"truncated frame\n")
             return
         await exchange.respond(204, b"")
+
+    async def _serve_rpc(self, scope: dict, exchange: _Exchange, name: str) -> None:
+        handler = self.rpc_handlers.get(name)
+        from_node = self._claimed_node(scope)
+        if handler is None or from_node is None:
+            await exchange.respond(404 if handler is None else 400,
+                                   b"unknown call\n" if handler is None else b"chronik-from-node header required\n")
+            return
+        body = bytearray()
+        while (chunk := await exchange.receive()) is not None:
+            body += chunk
+            if len(body) > self.request_bytes_max:
+                self._drop_stream(scope, DropReason.OVERSIZED, f"body above {self.request_bytes_max} bytes")
+                await exchange.respond(413, b"request body too large\n")
+                return
+        if exchange.disconnected:
+            return
+        try:
+            answer = await handler(from_node, bytes(body))
+        except RpcRefused as exc:
+            log.warning("call %s from node %d refused: %s", name, from_node, exc)
+            await exchange.respond(400, str(exc).encode()[:1000] + b"\n")
+            return
+        await exchange.respond(200, answer, b"application/x-protobuf")
 
     def _assembler(self) -> SnapshotAssembler:
         return SnapshotAssembler(self.snapshot_bytes_max, SNAPSHOT_ASSEMBLIES_MAX)

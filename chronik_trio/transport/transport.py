@@ -14,7 +14,8 @@ from ..pb import raft_pb2
 from .client import (PING_INTERVAL_S, Connect, PeerSender, PeerState, ReportSnapshot,
                      ReportUnreachable)
 from .metrics import DropReason, TransportMetrics
-from .server import DropLog, OnBatch, RaftIngressApp, peer_label_for
+from . import rpc
+from .server import FROM_NODE_HEADER, DropLog, OnBatch, RaftIngressApp, peer_label_for
 from .serving import serve_listeners
 from .tls import CONNECTION_NODE_KEY, PeerRefused, PeerTLS, RefusalReason, accept_peer, connect_peer
 
@@ -111,13 +112,14 @@ class Transport:
         self._fatal: BaseException | None = None
         self._fatal_event = trio.Event()
         self.listen_address: tuple[str, int] | None = None
+        self.rpc_handlers: dict[str, rpc.RpcHandler] = {}
         self.app = RaftIngressApp(
             node_id=node_id, on_batch=on_batch, frame_bytes_max=frame_bytes_max,
             request_bytes_max=frame_bytes_max, snapshot_bytes_max=snapshot_bytes_max,
             metrics=self.metrics,
             peer_label=peer_label_for(lambda: self._senders), health=self._health,
             on_fatal=self._on_fatal, peers_authenticated=tls is not None,
-            on_refused=self._refused)
+            on_refused=self._refused, rpc_handlers=self.rpc_handlers)
         for peer_id, address in peers.items():
             self.add_peer(peer_id, address)
 
@@ -137,6 +139,20 @@ class Transport:
                 self._report_snapshot(peer_id, group, False)
             return False
         return sender.enqueue(group, message)
+
+    def add_rpc_handler(self, name: str, handler: rpc.RpcHandler) -> None:
+        """Serve POST /rpc/v1/<name> with handler (rpc.py)."""
+        self.rpc_handlers[name] = handler
+
+    async def call(self, peer_id: int, name: str, body: bytes, *, timeout_s: float = rpc.RPC_TIMEOUT_S) -> bytes:
+        """A request/response call to a peer's handler `name` (rpc.py), over a connection of
+        its own made the way the peer's Raft stream is made (its sender's connect: whatever
+        secures that channel secures this one). Raises rpc.RpcFailed."""
+        sender = self._senders.get(peer_id)
+        if sender is None:
+            raise rpc.RpcFailed(f"node {peer_id} is not a peer")
+        return await rpc.call(sender._connect, self.node_id, sender.address, name, body,
+                              from_header=FROM_NODE_HEADER, timeout_s=timeout_s)
 
     def add_peer(self, peer_id: int, address: tuple[str, int]) -> None:
         """Starts sending to a new peer (replacing its address if known)."""

@@ -246,3 +246,45 @@ def test_a_tombstoned_key_may_vanish_but_not_come_back_older():
                   COMPACTED) == set()
     assert failed(compacted_history([(2, "p0-2"), (3, "p0-3")], tombstone_last=True),
                   COMPACTED) == {"compaction"}
+
+
+def txn_history(*, aborted_polled: bool = False, torn: bool = False, early: bool = False) -> list[dict]:
+    """p0's transaction 1 (p0-0, p0-1 at offsets 0, 1) commits at t=0.5; transaction 2
+    (p0-2, p0-3 at offsets 3, 4, after the commit marker at 2) is aborted; c0 polls the
+    committed records (read_committed)."""
+    committed = [(0, "p0-0"), (1, "p0-1")]
+    txn = lambda n, outcome, values: {  # noqa: E731
+        "type": "txn", "process": "p0", "txn": n, "outcome": outcome, "t_start": 0.0, "t_commit": 0.5 * n,
+        "t_end": 0.5 * n + 0.1, "values": [[T, 0, v] for v in values]}
+    polled = committed + ([(3, "p0-2")] if aborted_polled else [])
+    return [
+        {"type": "workload-start", "t": 0.0},
+        send("p0", 0, 0, t=0.6), send("p0", 1, 1, t=0.6),
+        send("p0", 2, None, t=1.1, outcome="fail"), send("p0", 3, None, t=1.1, outcome="fail"),
+        txn(1, "commit", ["p0-0", "p0-1"]), txn(2, "abort", ["p0-2", "p0-3"]),
+        {"type": "seek", "process": "c0", "topic": T, "partition": 0, "offset": 0, "t": 0.0},
+        poll("c0", polled, t=0.4 if early else 1.5),
+        {"type": "workload-end", "t": 2.0},
+        final(committed[:1] if torn else committed),
+    ]
+
+
+def test_transaction_checks():
+    assert not failed(txn_history()) - {"unavailability"}
+    assert failed(txn_history(aborted_polled=True)) >= {"aborted_reads"}
+    assert "torn_transactions" in failed(txn_history(torn=True))
+    assert "precommitted_reads" in failed(txn_history(early=True))
+
+
+def test_exactly_once_output():
+    """A copier's output (copy:<value>): each committed input once, no aborted one."""
+    base = txn_history()
+
+    def with_copies(*values: str) -> list[dict]:
+        return base + [{"type": "final-read", "topic": "out", "partition": 0, "high_watermark": len(values),
+                        "records": [[i, f"copy:{v}"] for i, v in enumerate(values)]}]
+
+    assert "exactly_once_output" not in failed(with_copies("p0-0", "p0-1"))
+    assert "exactly_once_output" in failed(with_copies("p0-0"))  # one committed record not copied
+    assert "exactly_once_output" in failed(with_copies("p0-0", "p0-1", "p0-1"))  # copied twice
+    assert "exactly_once_output" in failed(with_copies("p0-0", "p0-1", "p0-2"))  # an aborted one copied

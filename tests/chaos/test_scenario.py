@@ -21,7 +21,8 @@ pytestmark = pytest.mark.timeout(30)
 SCENARIOS = pathlib.Path(__file__).parents[2] / "chaos" / "scenarios"
 SHIPPED = ["failover", "partition", "crash-restart", "pause", "slow-disk", "disk-faults",
            "power-loss", "rolling-restart", "mixed", "failover-idempotent", "failover-mtls",
-           "compaction", "grow-shrink", "membership"]
+           "compaction", "grow-shrink", "membership", "transactions", "transactions-copy",
+           "transactions-pause", "transactions-partition"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

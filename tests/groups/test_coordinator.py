@@ -35,7 +35,7 @@ class FakeReplica:
         self.group = types.SimpleNamespace(node=types.SimpleNamespace(last_index=lambda: 0))
         self.writes = 0
 
-    async def produce(self, batch, headers, acks):
+    async def produce(self, batch, headers, acks, verify=None, *, coordinator=False):
         assert acks == -1
         await trio.sleep(0.001)  # a commit round
         self.writes += 1

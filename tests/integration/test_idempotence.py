@@ -1,6 +1,6 @@
 """Idempotent produce on a real node, byte for byte (raw wire client): a retried batch is
 written once and answered with its original offsets; sequence gaps, fenced epochs and
-transactional batches get Kafka's error codes; the producer state is rebuilt after a
+transactional batches without a transactional id get Kafka's error codes; the producer state is rebuilt after a
 SIGKILL and kept through retention (a snapshot carries it); DescribeProducers shows it."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import pytest
 from tests.kafka_wire import NONE, KafkaWire, Record, build_batch, random_topic
 
 INIT_PRODUCER_ID = 22
+FIND_COORDINATOR = 10
+COORDINATOR_NOT_READY = (14, 15, 16)  # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR
 DESCRIBE_PRODUCERS = 61
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 INVALID_PRODUCER_EPOCH = 47
-INVALID_TXN_STATE = 48
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 
 
 def init_producer_id(conn: KafkaWire) -> int:
@@ -74,7 +76,7 @@ def test_gaps_fenced_epochs_and_transactional_batches_get_kafkas_codes(broker):
         assert produce(conn, topic, idem(pid, 5, epoch=2))[0] == OUT_OF_ORDER_SEQUENCE_NUMBER  # new epoch not at 0
         txn = build_batch([Record(None, b"t")], producer_id=pid, producer_epoch=1, base_sequence=2,
                           attributes=0x10)
-        assert produce(conn, topic, txn)[0] == INVALID_TXN_STATE
+        assert produce(conn, topic, txn)[0] == TRANSACTIONAL_ID_AUTHORIZATION_FAILED  # no transactional id
         assert produce(conn, topic, idem(pid, 2, epoch=1)) == (NONE, 2)  # nothing refused was kept
         assert produce(conn, topic, idem(pid, 0, epoch=2)) == (NONE, 3)  # a bumped epoch starts at 0
         assert values(conn, topic) == [b"v-0", b"v-1", b"v-2", b"v-0"]
@@ -143,9 +145,16 @@ def test_producer_state_survives_retention_through_the_snapshot(broker_factory):
 @pytest.mark.timeout(60)
 def test_init_producer_id_bumps_a_transactional_ids_epoch_and_fences_the_old_holder(broker):
     def init(conn, tid, pid=-1, epoch=-1, version=4):
-        r = conn.request(INIT_PRODUCER_ID, {"transactional_id": tid, "transaction_timeout": 60000,
-                                            "producer_id": pid, "producer_epoch": epoch}, version=version)
-        return int(r.error_code), int(r.producer_id), int(r.producer_epoch)
+        # The transaction coordinator answers (FindCoordinator creates __transaction_state;
+        # COORDINATOR_NOT_AVAILABLE / COORDINATOR_LOAD_IN_PROGRESS meanwhile).
+        deadline = time.monotonic() + 30
+        while True:
+            conn.request(FIND_COORDINATOR, {"key": tid, "key_type": 1}, version=3)
+            r = conn.request(INIT_PRODUCER_ID, {"transactional_id": tid, "transaction_timeout": 60000,
+                                                "producer_id": pid, "producer_epoch": epoch}, version=version)
+            if r.error_code not in COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                return int(r.error_code), int(r.producer_id), int(r.producer_epoch)
+            time.sleep(0.1)
 
     with KafkaWire.connect(broker.port) as conn:
         tid = random_topic()

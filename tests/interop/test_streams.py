@@ -40,7 +40,7 @@ def produce_lines(bootstrap: str, topic: str, lines: list[str]) -> None:
 
 
 def run_word_count(java: JavaKit, bootstrap: str, tag: str, lines: list[str], tmp_path, *,
-                   replication_factor: int) -> None:
+                   replication_factor: int, guarantee: str = "at_least_once") -> None:
     source, sink = f"{tag}-lines", f"{tag}-counts"
     out = admin(java, bootstrap, f"create:{source}:3:{replication_factor}",
                 f"create:{sink}:3:{replication_factor}")
@@ -51,7 +51,7 @@ def run_word_count(java: JavaKit, bootstrap: str, tag: str, lines: list[str], tm
         "--bootstrap", bootstrap, "--application-id", f"{tag}-app", "--input", source, "--output", sink,
         "--words", str(sum(want.values())), "--state-dir", str(tmp_path / "streams-state"),
         "--replication-factor", str(replication_factor), "--timeout-s", str(STREAMS_TIMEOUT_S - 30),
-        "--no-changelog"],
+        "--guarantee", guarantee, "--no-changelog"],
         timeout_s=STREAMS_TIMEOUT_S, check=False)
     final = [r for r in results if "counts" in r]
     assert final, f"no counts printed: {results}"
@@ -74,3 +74,12 @@ def test_streams_word_count_at_least_once_on_three_nodes(java, cluster, tmp_path
     """The same with every topic (input, repartition, output) replicated 3 ways."""
     lines = TEXT.splitlines() * 20
     run_word_count(java, cluster.bootstrap(), "wc-three", lines, tmp_path, replication_factor=3)
+
+
+@pytest.mark.timeout(STREAMS_TIMEOUT_S + 60)
+def test_streams_word_count_exactly_once_v2_on_three_nodes(java, cluster, tmp_path):
+    """processing.guarantee=exactly_once_v2: every task's output, repartition writes and
+    input offsets are one transaction (transactions.md)."""
+    lines = TEXT.splitlines() * 20
+    run_word_count(java, cluster.bootstrap(), "wc-eos", lines, tmp_path, replication_factor=3,
+                   guarantee="exactly_once_v2")

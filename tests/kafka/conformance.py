@@ -72,6 +72,7 @@ _BY_NAME: dict[str, Any] = {
     "partitions": (0,),
     "name": lambda t: t.topic, "topic": lambda t: t.topic, "resource_name": lambda t: t.topic,
     "topic_names": lambda t: (t.topic,), "topic_id": lambda t: t.topic_id,
+    "transactional_ids": lambda t: (t.group,),
     "records": lambda t: t.records,
 }
 # Arrays of entities that stay empty (one entry would ask for something else: a topic config
@@ -116,6 +117,8 @@ def plausible(cls: type, target: Target) -> Any:
             value = value(target)
         elif f.name not in _BY_NAME:
             value = () if shape.is_array else _by_type(f)
+        if value is None and "None" not in str(f.type):  # e.g. a transactional id that is not nullable here
+            value = _by_type(f)
         if kafka_type.startswith("timedelta") and isinstance(value, int):
             value = datetime.timedelta(milliseconds=value)
         if shape.is_array and value is not None and not isinstance(value, tuple):
@@ -145,7 +148,7 @@ def error_codes(obj: Any, path: str = "") -> Iterator[tuple[str, int]]:
     """(path, code) of every error_code field in a decoded answer; top-level paths have no dot."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if f.name == "error_code":
+        if f.metadata.get("kafka_type") == "error_code":
             yield (path + f.name, int(value))
         elif dataclasses.is_dataclass(value):
             yield from error_codes(value, f"{path}{f.name}.")

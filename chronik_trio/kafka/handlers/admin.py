@@ -98,24 +98,30 @@ INIT_PRODUCER_ID_FENCED_VERSION = 4  # older clients are told INVALID_PRODUCER_E
 async def handle_init_producer_id(body, ctx: BrokerContext, version: int):
     """A new producer id (epoch 0) for an idempotent producer, as Kafka answers even when
     the producer gives the id it holds (KIP-360: it bumps its epoch itself when it can). A
-    transactional id keeps its producer id with the epoch bumped through __meta, which
-    fences the previous holder; transactions themselves are not built (Produce with a
-    transactional id is refused)."""
+    transactional id is the transaction coordinator's (node/txn_coordinator.py): it keeps
+    the id's producer id with the epoch bumped, which fences the previous holder (and
+    aborts its ongoing transaction)."""
     resp = response_schema(22, version)
-    try:
-        if body.transactional_id is None:
-            producer_id, epoch = await ctx.allocate_producer_id(), 0
-        else:
-            producer_id, epoch = await ctx.init_transactional_id(
-                body.transactional_id, getattr(body, "producer_id", -1),  # v3+
-                getattr(body, "producer_epoch", -1))
-    except BrokerError as exc:
-        code = exc.error_code
+    if body.transactional_id is None:
+        try:
+            producer_id = await ctx.allocate_producer_id()
+        except BrokerError as exc:
+            log.info("InitProducerId refused: %s", exc)
+            return build(resp, throttle_time=0, error_code=exc.error_code, producer_id=-1, producer_epoch=-1)
+        return build(resp, throttle_time=0, error_code=0, producer_id=producer_id, producer_epoch=0)
+    timeout = body.transaction_timeout
+    timeout_ms = int(timeout.total_seconds() * 1000) if hasattr(timeout, "total_seconds") else int(timeout)
+    decision = await ctx.txns.init_producer_id(body.transactional_id, timeout_ms,
+                                               getattr(body, "producer_id", -1),  # v3+
+                                               getattr(body, "producer_epoch", -1))
+    code = decision.error
+    if code != ErrorCode.none:
+        log.info("InitProducerId for %r refused: %s", body.transactional_id, code.name)
         if code == ErrorCode.producer_fenced and version < INIT_PRODUCER_ID_FENCED_VERSION:
             code = ErrorCode.invalid_producer_epoch
-        log.info("InitProducerId for %r refused: %s", body.transactional_id, exc)
         return build(resp, throttle_time=0, error_code=code, producer_id=-1, producer_epoch=-1)
-    return build(resp, throttle_time=0, error_code=0, producer_id=producer_id, producer_epoch=epoch)
+    return build(resp, throttle_time=0, error_code=0, producer_id=decision.producer_id,
+                 producer_epoch=decision.producer_epoch)
 
 
 async def _add_partitions_one(ctx: BrokerContext, spec, validate_only: bool, timeout_s: float) -> dict:

@@ -20,8 +20,10 @@ from chronik_trio.cluster.configs import ConfigChange
 from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.group import Group, JoinRequest, JoinResult, OffsetRecord, SyncResult
 from chronik_trio.partition.producers import ProducerEntry
+from chronik_trio.partition.transactions import AbortedTxn
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import SegmentLog
+from chronik_trio.txn import Decision, TxnMetadata
 
 from ..records import BatchHeader
 
@@ -65,16 +67,26 @@ class Replica(typing.Protocol):
     @property
     def log(self) -> SegmentLog: ...
 
-    async def produce(self, records: bytes, headers: list[BatchHeader], acks: int) -> int:
-        """The first base offset; raises NotLeader, ProposalFailed, NotEnoughReplicas or
-        ProducerError (all BrokerErrors)."""
-    def read(self, offset: int, max_bytes: int) -> list[memoryview]:
-        """Whole batches from offset below the high watermark; raises OffsetOutOfRange."""
+    @property
+    def last_stable_offset(self) -> int:
+        """The first offset of the oldest open transaction, else the high watermark."""
+
+    async def produce(self, records: bytes, headers: list[BatchHeader], acks: int,
+                      verify: typing.Callable[[int, int], typing.Awaitable[ErrorCode]] | None = None) -> int:
+        """The first base offset; raises NotLeader, ProposalFailed, NotEnoughReplicas,
+        ProducerError or TxnError (all BrokerErrors). verify(producer id, epoch) asks the
+        transaction coordinator before a transactional batch opens a transaction here."""
+    def read(self, offset: int, max_bytes: int, *, committed_only: bool = False) -> list[memoryview]:
+        """Whole batches from offset below the high watermark (committed_only: below the
+        last stable offset); raises OffsetOutOfRange."""
+    def aborted_transactions(self, start_offset: int, end_offset: int) -> list[AbortedTxn]:
+        """The aborted transactions with records in [start_offset, end_offset)."""
     def watch(self, event: trio.Event) -> None:
         """Set event the next time the high watermark moves."""
     def unwatch(self, event: trio.Event) -> None: ...
     def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]: ...
-    def describe_producers(self) -> list[ProducerEntry]: ...
+    def describe_producers(self) -> list[tuple[ProducerEntry, int, int]]:
+        """(producer, its open transaction's first offset or -1, last coordinator epoch or -1)."""
     async def delete_records(self, offset: int) -> int:
         """DeleteRecords (leader): the log start offset once moved through Raft; raises
         NotLeader, OffsetOutOfRange or ProposalFailed."""
@@ -93,7 +105,9 @@ class GroupCoordinatorApi(typing.Protocol):
     async def leave(self, group_id: str, members: typing.Sequence[tuple[str, str | None]]
                     ) -> tuple[ErrorCode, list[ErrorCode]]: ...
     async def commit(self, group_id: str, member_id: str, generation_id: int, instance_id: str | None,
-                     offsets: typing.Sequence[tuple[str, int, int, int, str | None]]) -> list[ErrorCode]: ...
+                     offsets: typing.Sequence[tuple[str, int, int, int, str | None]], *,
+                     producer: tuple[int, int] | None = None) -> list[ErrorCode]: ...
+    async def unstable_offsets(self, group_id: str) -> set[tuple[str, int]]: ...
     async def fetch(self, group_id: str, partitions: typing.Sequence[tuple[str, int]] | None
                     ) -> dict[tuple[str, int], OffsetRecord | None]: ...
     def list_groups(self) -> list[Group]: ...
@@ -117,6 +131,25 @@ class MetaQuorum:
     match: dict[int, int]
 
 
+class TxnCoordinatorApi(typing.Protocol):
+    """The transaction APIs (node.txn_coordinator.TxnCoordinator)."""
+
+    async def txn_topic(self) -> Topic | None: ...
+    def coordinator_of(self, transactional_id: str) -> tuple[Topic, int] | None: ...
+    async def init_producer_id(self, transactional_id: str, timeout_ms: int, producer_id: int,
+                               producer_epoch: int) -> Decision: ...
+    async def add_partitions(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                             partitions: typing.Iterable[tuple[str, int]]) -> ErrorCode: ...
+    async def verify_partition(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                               topic: str, partition: int, add: bool) -> ErrorCode: ...
+    async def end_txn(self, transactional_id: str, producer_id: int, producer_epoch: int, commit: bool,
+                      *, tv2: bool = False) -> Decision: ...
+    async def describe(self, transactional_id: str) -> TxnMetadata:
+        """Raises BrokerError with the code to answer."""
+    def list_transactions(self) -> list[TxnMetadata]: ...
+    def coordinator_loading(self) -> bool: ...
+
+
 class BrokerContext(typing.Protocol):
     """What the handlers of one node use (node.node.Node)."""
 
@@ -131,6 +164,8 @@ class BrokerContext(typing.Protocol):
         """This node's applied copy of __meta."""
     @property
     def groups(self) -> GroupCoordinatorApi: ...
+    @property
+    def txns(self) -> TxnCoordinatorApi: ...
     requests_inflight: int  # counted by the connection loop, for a graceful shutdown
 
     def meta_leader_id(self) -> int: ...
@@ -151,11 +186,12 @@ class BrokerContext(typing.Protocol):
     async def auto_create(self, name: str) -> Topic: ...
     async def allocate_producer_id(self) -> int:
         """A new producer id; raises MetaUnavailable."""
-    async def init_transactional_id(self, transactional_id: str, producer_id: int,
-                                    producer_epoch: int) -> tuple[int, int]:
-        """(producer id, epoch) for a transactional id, its epoch bumped through __meta
-        (fencing the previous holder); raises ClusterError (ProducerFenced, ...) or
-        MetaUnavailable."""
+    def wall_clock_ms(self) -> int: ...
+    async def verify_txn_partition(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                                   topic: str, partition: int, add: bool) -> ErrorCode:
+        """The transaction coordinator's word on a transactional produce that would open a
+        transaction on the partition (KIP-890): add=False, is the partition in the
+        transaction; add=True (TV2), add it. ErrorCode.none, or the produce's answer."""
     async def log_dir_usage(self) -> tuple[str, int, int]:
         """(the partitions' log directory, its file system's total and usable bytes)."""
     def topic_config(self, topic: Topic, key: str) -> str:

@@ -3,6 +3,8 @@
 Limits: partition_max_bytes per partition and max_bytes per response, except that the first
 batch found is always returned whole (KIP-74) so a consumer can never get stuck behind a
 large batch. No fetch sessions (KIP-227): we answer session_id 0, so clients send full fetches.
+isolation_level 1 (read_committed) serves up to the last stable offset, with the aborted
+transactions of the range served (docs/transactions.md).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.errors import BrokerError
+from chronik_trio.record_batch import HEADER_BYTES, read_header
 
 from ..codec import build, has_field, response_schema
 from .common import error_code_of, leader_hint, node_endpoints
 
 FOLLOWER_FETCH_MIN_VERSION = 11  # KIP-392: consumers may fetch from followers from v11
 
-MAX_WAIT_S_CAP = 30.0  # never park a request longer than this, whatever the client asks
+MAX_WAIT_S_CAP = 30.0
+READ_COMMITTED = 1  # isolation_level  # never park a request longer than this, whatever the client asks
 
 
 def _epoch_error(current_leader_epoch: int, leader_epoch: int) -> ErrorCode | None:
@@ -59,9 +63,31 @@ def _preferred_replica(ctx, name: str, partition: int, replica, client_rack: str
     return None
 
 
-def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack: str = ""):
+def _end_offset(data: bytes | memoryview) -> int:
+    """The offset after the last batch of whole batches (bounded by their count)."""
+    pos, end = 0, -1
+    while pos + HEADER_BYTES <= len(data):
+        header = read_header(data, pos)
+        end = header.end_offset
+        pos += header.size_bytes
+    return end
+
+
+def _read_committed(entry: dict, replica, fetch_offset: int) -> None:
+    """read_committed (isolation_level 1): the last stable offset, and the aborted
+    transactions with records in what is served, so the consumer can drop them."""
+    lso = replica.last_stable_offset
+    end = _end_offset(entry["records"]) if entry["records"] else fetch_offset
+    entry["last_stable_offset"] = lso
+    entry["aborted_transactions"] = [{"producer_id": a.producer_id, "first_offset": a.first_offset}
+                                     for a in replica.aborted_transactions(fetch_offset, end)]
+
+
+def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack: str = "",
+             committed_only: bool = False):
     """Read every wanted partition once. Returns (per-partition entries, bytes, replicas,
-    whether to answer at once: an error or a redirect to a preferred replica)."""
+    whether to answer at once: an error or a redirect to a preferred replica).
+    committed_only (read_committed): up to each partition's last stable offset."""
     entries, total, replicas, any_error = [], 0, [], False
     for key, name, p in wanted:
         entry = {"partition_index": p.partition, "high_watermark": -1, "last_stable_offset": -1,
@@ -82,8 +108,8 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
         preferred = None if error is not None else _preferred_replica(ctx, name, p.partition, replica, client_rack)
         if preferred is not None:
             hw = replica.high_watermark
-            entry.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=replica.log_start_offset,
-                         preferred_read_replica=preferred)
+            entry.update(high_watermark=hw, last_stable_offset=replica.last_stable_offset if committed_only else hw,
+                         log_start_offset=replica.log_start_offset, preferred_read_replica=preferred)
             entry["error_code"] = ErrorCode.none
             entries.append((key, entry))
             any_error = True  # a redirect is answered at once, like an error
@@ -94,7 +120,7 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
             budget = min(p.partition_max_bytes, max_bytes - total)
             if budget > 0 or total == 0:
                 try:
-                    views = replica.read(p.fetch_offset, max(budget, 1))
+                    views = replica.read(p.fetch_offset, max(budget, 1), committed_only=committed_only)
                 except BrokerError as exc:
                     error = error_code_of(exc)
                 else:
@@ -102,6 +128,8 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
                         data = views[0] if len(views) == 1 else b"".join(views)
                         entry["records"] = data
                         total += len(data)
+            if committed_only and error is None:
+                _read_committed(entry, replica, p.fetch_offset)
             replicas.append(replica)
         entry["error_code"] = error if error is not None else ErrorCode.none
         any_error = any_error or error is not None
@@ -111,12 +139,13 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
 
 async def handle_fetch(body, ctx, version: int):
     by_id = version >= 13
+    committed_only = body.isolation_level == READ_COMMITTED
     wanted = _resolve(ctx, body, by_id)
     max_bytes = body.max_bytes if has_field(type(body), "max_bytes") else 2**31 - 1
     deadline = trio.current_time() + min(body.max_wait.total_seconds(), MAX_WAIT_S_CAP)
     while True:
         entries, total, replicas, any_error = _collect(ctx, wanted, by_id, max_bytes, version,
-                                                       getattr(body, "rack_id", "") or "")
+                                                       getattr(body, "rack_id", "") or "", committed_only)
         if total >= body.min_bytes or any_error or trio.current_time() >= deadline or not replicas:
             break
         moved = trio.Event()

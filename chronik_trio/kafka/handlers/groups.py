@@ -79,12 +79,13 @@ def _ms(value) -> int:
 
 async def _find(ctx: BrokerContext, key: str, key_type: int) -> dict:
     none = {"node_id": -1, "host": "", "port": -1, "error_message": None}
-    if key_type != KEY_TYPE_GROUP:
-        error = ErrorCode.coordinator_not_available if key_type == KEY_TYPE_TRANSACTION else ErrorCode.invalid_request
-        return {**none, "error_code": error, "error_message": "only group coordinators are served here"}
+    if key_type not in (KEY_TYPE_GROUP, KEY_TYPE_TRANSACTION):
+        return {**none, "error_code": ErrorCode.invalid_request, "error_message": f"unknown key type {key_type}"}
     if not key:
-        return {**none, "error_code": ErrorCode.invalid_request, "error_message": "empty group id"}
-    topic = await ctx.groups.offsets_topic()
+        return {**none, "error_code": ErrorCode.invalid_request, "error_message": "empty key"}
+    # A group's coordinator leads its __consumer_offsets partition; a transactional id's its
+    # __transaction_state partition (both Kafka's hash of the key).
+    topic = await (ctx.groups.offsets_topic() if key_type == KEY_TYPE_GROUP else ctx.txns.txn_topic())
     if topic is None:
         return {**none, "error_code": ErrorCode.coordinator_not_available}
     leader = ctx.meta.leader_of(topic, partition_for(key, topic.partition_count))
@@ -179,17 +180,22 @@ async def handle_offset_commit(body, ctx: BrokerContext, version: int):
     return build(response_schema(8, version), throttle_time=0, topics=topics)
 
 
-async def _fetch_group(ctx: BrokerContext, group_id: str, topics) -> tuple[ErrorCode, list[dict]]:
-    """(group error, topics) of one group; topics None asks for every committed offset."""
+async def _fetch_group(ctx: BrokerContext, group_id: str, topics,
+                       require_stable: bool = False) -> tuple[ErrorCode, list[dict]]:
+    """(group error, topics) of one group; topics None asks for every committed offset.
+    require_stable (v7+): a partition with an offset in an undecided transaction answers
+    UNSTABLE_OFFSET_COMMIT (the client retries), as Kafka does."""
     wanted = None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
     try:
         found = await ctx.groups.fetch(group_id, wanted)
+        unstable = await ctx.groups.unstable_offsets(group_id) if require_stable else set()
     except GroupError as exc:
         return exc.error_code, []
     by_topic: dict[str, list[dict]] = {}
     for (topic, partition), record in sorted(found.items()):
         by_topic.setdefault(topic, []).append({
-            "partition_index": partition, "error_code": ErrorCode.none,
+            "partition_index": partition,
+            "error_code": ErrorCode.unstable_offset_commit if (topic, partition) in unstable else ErrorCode.none,
             "committed_offset": record.offset if record else NO_OFFSET,
             "committed_leader_epoch": record.leader_epoch if record else NO_LEADER_EPOCH,
             "metadata": (record.metadata or "") if record else ""})
@@ -201,10 +207,10 @@ async def handle_offset_fetch(body, ctx: BrokerContext, version: int):
     if version >= 8:
         groups = []
         for g in body.groups:
-            error, topics = await _fetch_group(ctx, g.group_id, g.topics)
+            error, topics = await _fetch_group(ctx, g.group_id, g.topics, getattr(body, "require_stable", False))
             groups.append({"group_id": g.group_id, "error_code": error, "topics": topics})
         return build(cls, throttle_time=0, groups=groups)
-    error, topics = await _fetch_group(ctx, body.group_id, body.topics)
+    error, topics = await _fetch_group(ctx, body.group_id, body.topics, getattr(body, "require_stable", False))
     if error != ErrorCode.none and not has_field(cls, "error_code"):
         # v1 has no group-level error: every partition asked for carries it.
         topics = [{"name": t.name, "partitions": [

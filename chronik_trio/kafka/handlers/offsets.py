@@ -1,4 +1,5 @@
-"""ListOffsets (api key 2): earliest, latest, and by timestamp (from batch headers)."""
+"""ListOffsets (api key 2): earliest, latest, and by timestamp (from batch headers).
+isolation_level 1 (read_committed, v2+) answers up to the last stable offset."""
 
 from __future__ import annotations
 
@@ -17,10 +18,15 @@ EARLIEST_LOCAL = -4
 LATEST_TIERED = -5
 
 
-def _lookup(replica, timestamp: int) -> tuple[ErrorCode, int, int]:
-    """(error, offset, timestamp) for one partition."""
+READ_COMMITTED = 1
+
+
+def _lookup(replica, timestamp: int, isolation_level: int) -> tuple[ErrorCode, int, int]:
+    """(error, offset, timestamp) for one partition; latest under read_committed is the
+    last stable offset, as Kafka answers."""
     if timestamp == LATEST:
-        return ErrorCode.none, replica.high_watermark, -1
+        stable = isolation_level == READ_COMMITTED
+        return ErrorCode.none, replica.last_stable_offset if stable else replica.high_watermark, -1
     if timestamp in (EARLIEST, EARLIEST_LOCAL):
         return ErrorCode.none, replica.log_start_offset, -1
     if timestamp == LATEST_TIERED:
@@ -29,8 +35,9 @@ def _lookup(replica, timestamp: int) -> tuple[ErrorCode, int, int]:
         return ErrorCode.invalid_request, -1, -1  # not built: needs a max-timestamp index
     if timestamp < 0:
         return ErrorCode.invalid_request, -1, -1
+    end = replica.last_stable_offset if isolation_level == READ_COMMITTED else replica.high_watermark
     found = replica.log.offset_for_timestamp(timestamp)
-    if found is None or found[0] >= replica.high_watermark:
+    if found is None or found[0] >= end:
         return ErrorCode.none, -1, -1
     base_offset, max_timestamp = found
     (batch,) = replica.read(base_offset, 1)[:1]
@@ -41,6 +48,7 @@ def _lookup(replica, timestamp: int) -> tuple[ErrorCode, int, int]:
 
 async def handle_list_offsets(body, ctx: BrokerContext, version: int):
     topics = []
+    isolation_level = getattr(body, "isolation_level", 0)  # v2+
     for topic in body.topics:
         partitions = []
         for p in topic.partitions:
@@ -52,7 +60,7 @@ async def handle_list_offsets(body, ctx: BrokerContext, version: int):
             else:
                 error = _epoch_error(getattr(p, "current_leader_epoch", -1), replica.leader_epoch)
                 if error is None:
-                    error, offset, timestamp = _lookup(replica, p.timestamp)
+                    error, offset, timestamp = _lookup(replica, p.timestamp, isolation_level)
                     entry.update(offset=offset, timestamp=timestamp, leader_epoch=replica.leader_epoch)
                 entry["error_code"] = error
             partitions.append(entry)

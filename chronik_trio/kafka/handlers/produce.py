@@ -8,6 +8,7 @@ committing is answered with a retriable error, never as written.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import trio
@@ -16,7 +17,7 @@ from kio.schema.errors import ErrorCode
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.errors import BrokerError, NotLeader
 from chronik_trio.group import OFFSETS_TOPIC
-from chronik_trio.partition.producers import is_transactional
+from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, NO_PRODUCER_ID
 
 from ..codec import build, response_schema
 from ..errors import KafkaError, ProtocolViolation
@@ -27,6 +28,7 @@ from .context import BrokerContext
 log = logging.getLogger(__name__)
 
 ACKS_VALUES = (-1, 0, 1)
+TV2_PRODUCE_MIN_VERSION = 12
 
 
 class AcksZeroFailed(ProtocolViolation):
@@ -38,7 +40,28 @@ def _entry(index: int, error: ErrorCode, **fields) -> dict:
             "log_start_offset": -1, **fields}
 
 
-async def _produce_one(ctx: BrokerContext, topic: Topic, partition_data, acks: int) -> dict:
+def _check_transactional(headers, transactional_id: str | None) -> bool:
+    """Whether the batches are transactional; raises KafkaError for what Kafka refuses:
+    control batches from a client (only the coordinator's markers are control batches),
+    transactional and plain batches mixed, a transactional batch without a producer id or
+    without the request's transactional id."""
+    kinds = {bool(h.attributes & ATTR_TRANSACTIONAL) for h in headers}
+    if any(h.attributes & ATTR_CONTROL for h in headers):
+        raise KafkaError("clients may not write control batches", ErrorCode.invalid_record)
+    if len(kinds) > 1:
+        raise KafkaError("transactional and non-transactional batches in one produce", ErrorCode.invalid_record)
+    if True not in kinds:
+        return False
+    if any(h.producer_id == NO_PRODUCER_ID for h in headers) or len({h.producer_id for h in headers}) > 1:
+        raise KafkaError("transactional batches need one producer id", ErrorCode.invalid_record)
+    if transactional_id is None:
+        raise KafkaError("transactional batches without a transactional id",
+                         ErrorCode.transactional_id_authorization_failed)
+    return True
+
+
+async def _produce_one(ctx: BrokerContext, topic: Topic, partition_data, acks: int,
+                       transactional_id: str | None = None, add_to_txn: bool = False) -> dict:
     index = partition_data.index
     replica = ctx.replica(topic.name, index)
     if replica is None:
@@ -49,10 +72,10 @@ async def _produce_one(ctx: BrokerContext, topic: Topic, partition_data, acks: i
         if partition_data.records is None:
             raise KafkaError("produce without records", ErrorCode.invalid_record)
         headers = parse_batches(partition_data.records, batch_bytes_max=batch_bytes_max)
-        if any(is_transactional(h.attributes) for h in headers):
-            raise KafkaError("transactional batches need transactions, which this broker does not have",
-                             ErrorCode.invalid_txn_state)
-        base_offset = await replica.produce(partition_data.records, headers, acks)
+        verify = None
+        if _check_transactional(headers, transactional_id):
+            verify = functools.partial(_verify, ctx, transactional_id, topic.name, index, add_to_txn)
+        base_offset = await replica.produce(partition_data.records, headers, acks, verify)
     except NotLeader:
         error, leader = leader_hint(ctx, topic.name, index)
         return _entry(index, error, current_leader=leader) if leader else _entry(index, error)
@@ -62,9 +85,15 @@ async def _produce_one(ctx: BrokerContext, topic: Topic, partition_data, acks: i
     return _entry(index, ErrorCode.none, base_offset=base_offset, log_start_offset=replica.log_start_offset)
 
 
-async def _produce_timed(ctx: BrokerContext, topic, partition_data, acks: int, timeout_s: float) -> dict:
+async def _verify(ctx: BrokerContext, transactional_id: str, topic: str, partition: int, add: bool,
+                  producer_id: int, producer_epoch: int) -> ErrorCode:
+    return await ctx.verify_txn_partition(transactional_id, producer_id, producer_epoch, topic, partition, add)
+
+
+async def _produce_timed(ctx: BrokerContext, topic, partition_data, acks: int, timeout_s: float,
+                         transactional_id: str | None, add_to_txn: bool) -> dict:
     with trio.move_on_after(max(timeout_s, 0.0)):
-        return await _produce_one(ctx, topic, partition_data, acks)
+        return await _produce_one(ctx, topic, partition_data, acks, transactional_id, add_to_txn)
     # Not known committed within the request's timeout: it may still commit, which is why
     # Kafka's answer is the retriable REQUEST_TIMED_OUT.
     return _entry(partition_data.index, ErrorCode.request_timed_out)
@@ -74,8 +103,10 @@ async def handle_produce(body, ctx: BrokerContext, version: int):
     refused = None
     if body.acks not in ACKS_VALUES:
         refused = ErrorCode.invalid_required_acks
-    elif body.transactional_id is not None:
-        refused = ErrorCode.transactional_id_authorization_failed  # transactions: not built
+    elif body.transactional_id is not None and body.acks != -1:
+        refused = ErrorCode.invalid_required_acks  # Kafka: transactional writes need acks=all
+    # KIP-890 part 2: from Produce v12 the client leaves adding partitions to the leader.
+    add_to_txn = version >= TV2_PRODUCE_MIN_VERSION
     timeout_s = body.timeout.total_seconds()
     responses = []
     async with trio.open_nursery() as nursery:  # partitions in parallel: one commit round
@@ -96,7 +127,8 @@ async def handle_produce(body, ctx: BrokerContext, version: int):
                     entries.append(_entry(partition_data.index, refused))
                     continue
                 entries.append(None)
-                nursery.start_soon(_fill, entries, i, ctx, topic, partition_data, body.acks, timeout_s)
+                nursery.start_soon(_fill, entries, i, ctx, topic, partition_data, body.acks, timeout_s,
+                                   body.transactional_id, add_to_txn)
     if body.acks == 0:
         failed = [e for r in responses for e in r["partition_responses"] if e["error_code"] != 0]
         if failed:
@@ -108,5 +140,6 @@ async def handle_produce(body, ctx: BrokerContext, version: int):
                  node_endpoints=node_endpoints(ctx, leaders))
 
 
-async def _fill(entries: list, i: int, ctx: BrokerContext, topic, partition_data, acks: int, timeout_s: float) -> None:
-    entries[i] = await _produce_timed(ctx, topic, partition_data, acks, timeout_s)
+async def _fill(entries: list, i: int, ctx: BrokerContext, topic, partition_data, acks: int, timeout_s: float,
+                transactional_id: str | None, add_to_txn: bool) -> None:
+    entries[i] = await _produce_timed(ctx, topic, partition_data, acks, timeout_s, transactional_id, add_to_txn)

@@ -1,7 +1,8 @@
 """DescribeProducers (api key 61): the idempotent producers a partition's leader knows.
 
 The state is the leader's producer view (node/partition_group.py): per producer id, its
-epoch and the last sequence and timestamp it wrote to the partition.
+epoch, the last sequence and timestamp it wrote to the partition, the first offset of its open
+transaction (-1: none) and the coordinator epoch of its last transaction marker.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ def _one(ctx: BrokerContext, topic_name: str, partition: int) -> dict:
         return {"partition_index": partition, "error_code": leader_hint(ctx, topic_name, partition)[0],
                 "active_producers": []}
     producers = [{"producer_id": e.producer_id, "producer_epoch": e.epoch, "last_sequence": e.last_seq,
-                  "last_timestamp": e.last_timestamp, "coordinator_epoch": -1, "current_txn_start_offset": -1}
-                 for e in replica.describe_producers()]
+                  "last_timestamp": e.last_timestamp, "coordinator_epoch": coordinator_epoch,
+                  "current_txn_start_offset": txn_start}
+                 for e, txn_start, coordinator_epoch in replica.describe_producers()]
     return {"partition_index": partition, "error_code": ErrorCode.none, "active_producers": producers}
 
 

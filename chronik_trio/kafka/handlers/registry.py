@@ -6,7 +6,7 @@ import kio.schema.index
 
 from ..codec import build, response_schema
 from . import (admin, configs, epochs, fetch, groups, logs, membership, metadata, offsets, produce, producers,
-               reassignments, security)
+               reassignments, security, transactions, txn_markers)
 
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
@@ -43,6 +43,11 @@ HANDLERS = {
     21: ((0, 2), logs.handle_delete_records),
     22: ((0, 5), admin.handle_init_producer_id),
     23: ((2, 4), epochs.handle_offset_for_leader_epoch),
+    24: ((0, 5), transactions.handle_add_partitions_to_txn),
+    25: ((0, 4), transactions.handle_add_offsets_to_txn),
+    26: ((0, 5), transactions.handle_end_txn),
+    27: ((1, 2), txn_markers.handle_write_txn_markers),  # refused: the coordinator writes in process
+    28: ((0, 5), transactions.handle_txn_offset_commit),
     29: ((1, 3), security.handle_describe_acls),
     30: ((1, 3), security.handle_create_acls),
     31: ((1, 3), security.handle_delete_acls),
@@ -65,6 +70,8 @@ HANDLERS = {
     64: ((0, 0), membership.handle_unregister_broker),
     80: ((0, 0), membership.handle_add_raft_voter),
     81: ((0, 0), membership.handle_remove_raft_voter),
+    65: ((0, 0), transactions.handle_describe_transactions),
+    66: ((0, 2), transactions.handle_list_transactions),
 }
 
 

@@ -1,0 +1,417 @@
+"""The transaction coordinator: transactional ids on the leaders of `__transaction_state`
+partitions.
+
+The coordinator of transactional id t is the leader of partition partition_for(t, N) of
+the internal topic `__transaction_state` (Kafka's hash; created through __meta on the first
+FindCoordinator TRANSACTION; N = transaction_state_log_num_partitions, replication factor
+min(transaction_state_log_replication_factor, brokers)). Every replica of such a partition
+derives a TxnStore (txn/store.py) from its committed batches; the decisions of txn/state.py
+are taken on the leader from that committed state, one request of an id at a time (a lock
+per id), and each decision's record is committed through the partition's Raft group
+before the client is answered or any marker is written.
+
+- EndTxn (and the abort of a fenced or timed-out transaction) writes PrepareCommit /
+  PrepareAbort, then the markers (node.write_markers: partition leaders on this node or, over
+  the peer transport, on others), then CompleteCommit / CompleteAbort. The client is
+  answered once the prepare record is committed and the completion is done or
+  END_TXN_WAIT_S passed (the outcome is decided by then; a client that starts its next
+  transaction early is told CONCURRENT_TRANSACTIONS and retries, as with Kafka).
+- A node that becomes leader answers COORDINATOR_LOAD_IN_PROGRESS until it has applied its
+  whole log (up to the new term's first entry); then it resumes the markers of every
+  prepared transaction in the store. Markers are idempotent on the partitions, so a marker
+  written twice (by the old and the new coordinator) is harmless.
+- Every cleanup interval the leader aborts transactions past their timeout (with a bumped
+  epoch, which fences their producer) and forgets ids idle for
+  transactional_id_expiration_ms (a tombstone).
+
+Time: transaction start and update times are the node's wall clock (they are written and
+read by the next coordinator); waits use trio's clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from chronik_trio.cluster.meta import MetaState, Topic
+from chronik_trio.errors import BrokerError, NotEnoughReplicas, NotLeader, ProposalFailed
+from chronik_trio.group import partition_for
+from chronik_trio.kafka.records import parse_batches
+from chronik_trio.raft.types import StateRole
+from chronik_trio.txn import TXN_TOPIC, TxnMetadata, TxnState, TxnStore, txn_batch
+from chronik_trio.txn import state as ts
+
+from .internal_topic import InternalTopic
+from .partition_group import PartitionReplica
+
+log = logging.getLogger(__name__)
+
+IDLE_WAKE_S = 1.0
+LOAD_WAIT_S_MAX = 2.0
+END_TXN_WAIT_S = 5.0  # EndTxn waits this long for its markers before answering anyway
+INIT_WAIT_S = 5.0  # InitProducerId waits this long for the abort of a fenced transaction
+MARKER_BACKOFF_S = (0.05, 1.0)  # retry of markers a partition could not take yet: first, most
+BATCH_BYTES_MAX = 1 << 30
+# Marker errors after which retrying cannot help: the partition is gone, or it already has a
+# newer epoch of the producer (a marker of this transaction was written before).
+MARKER_GIVE_UP = frozenset({ErrorCode.unknown_topic_or_partition, ErrorCode.invalid_producer_epoch,
+                            ErrorCode.producer_fenced})
+
+DEFAULTS = {
+    "transaction_state_log_num_partitions": 10,
+    "transaction_state_log_replication_factor": 3,
+    "transaction_max_timeout_ms": 900_000,
+    "transactional_id_expiration_ms": 604_800_000,
+    "transaction_abort_timed_out_transaction_cleanup_interval_ms": 10_000,
+}
+
+
+class TxnError(BrokerError):
+    """A request the coordinator cannot take here (error_code: the Kafka answer)."""
+
+
+class _Shard:
+    """The coordinator of one `__transaction_state` partition while this node leads it."""
+
+    def __init__(self, replica: PartitionReplica, term: int, load_index: int) -> None:
+        self.replica = replica
+        self.term = term
+        self.load_index = load_index
+        self.loaded = False
+        self.locks: dict[str, trio.Lock] = {}
+        self.completing: dict[str, trio.Event] = {}  # txn id -> set when its completion ends
+
+    @property
+    def store(self) -> TxnStore:
+        return self.replica.machine.states[TxnStore.name]
+
+    @property
+    def current(self) -> bool:
+        return (not self.replica.closed and self.replica.is_leader
+                and self.replica.leader_epoch == self.term)
+
+    def lock(self, transactional_id: str) -> trio.Lock:
+        lock = self.locks.get(transactional_id)
+        if lock is None:
+            lock = self.locks[transactional_id] = trio.Lock()
+        return lock
+
+
+class TxnHost(typing.Protocol):
+    """What the coordinator uses from its node (node.node.Node)."""
+
+    @property
+    def config(self) -> typing.Any: ...
+    @property
+    def meta(self) -> MetaState: ...
+    def wall_clock_ms(self) -> int: ...
+    async def create_topic(self, name: str, partitions: int, configs: dict[str, str], *,
+                           replication_factor: int = -1) -> Topic: ...
+    async def allocate_producer_id(self) -> int: ...
+    async def write_markers(self, coordinator_epoch: int, marker: ts.Marker) -> dict[tuple[str, int], ErrorCode]:
+        """Write the marker to every partition it names (wherever their leaders are);
+        per partition the error (none: committed in that partition)."""
+
+
+class TxnCoordinator:
+    def __init__(self, node: TxnHost) -> None:
+        self.node = node
+        self.shards: dict[int, _Shard] = {}
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        # Compacted, as Kafka's: the latest record of each transactional id is its state.
+        self._topic = InternalTopic(TXN_TOPIC, {"cleanup.policy": "compact"})
+
+    def setting(self, name: str) -> int:
+        return int(getattr(self.node.config, name, DEFAULTS[name]))
+
+    # --- partitions of __transaction_state (replicas.py calls these) --------------------------
+
+    @staticmethod
+    def states_for(topic: Topic) -> list:
+        return [TxnStore()] if topic.name == TXN_TOPIC else []
+
+    def attach(self, replica: PartitionReplica) -> None:
+        if replica.topic_name != TXN_TOPIC:
+            return
+        replica.machine.role_listeners.append(
+            lambda leader_id, role, term: self._role_changed(replica, role, term))
+        if replica.is_leader:
+            self._role_changed(replica, StateRole.LEADER, replica.leader_epoch)
+
+    def _role_changed(self, replica: PartitionReplica, role: StateRole, term: int) -> None:
+        shard = self.shards.get(replica.partition)
+        if role == StateRole.LEADER:
+            if shard is not None and shard.term == term and shard.replica is replica:
+                return
+            shard = self.shards[replica.partition] = _Shard(replica, term, replica.group.node.last_index())
+            if self._nursery is not None:
+                self._nursery.start_soon(self._load_when_applied, shard)
+            log.info("transaction state partition %d: leader at term %d, loading (log up to index %d)",
+                     replica.partition, term, shard.load_index)
+        elif shard is not None and shard.replica is replica:
+            del self.shards[replica.partition]
+
+    async def _load_when_applied(self, shard: _Shard) -> None:
+        while shard.current and shard.replica.machine.applied_index < shard.load_index:
+            await shard.replica.group.wait_advanced()
+        self._wake.set()
+
+    def _load(self, shard: _Shard) -> None:
+        shard.loaded = True
+        prepared = [t for t, m in shard.store.txns.items() if m.state in ts.PREPARED]
+        for transactional_id in prepared:
+            self._start_completion(shard, transactional_id)
+        log.info("transaction state partition %d: coordinator at term %d with %d transactional id(s), "
+                 "resuming the markers of %d prepared transaction(s)", shard.replica.partition, shard.term,
+                 len(shard.store.txns), len(prepared))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for shard in self.shards.values():
+                nursery.start_soon(self._load_when_applied, shard)
+            task_status.started()
+            interval_s = self.setting("transaction_abort_timed_out_transaction_cleanup_interval_ms") / 1000
+            next_cleanup = trio.current_time() + interval_s
+            while True:
+                with trio.move_on_at(min(trio.current_time() + IDLE_WAKE_S, next_cleanup)):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                for partition, shard in list(self.shards.items()):
+                    if not shard.current:
+                        if self.shards.get(partition) is shard:
+                            del self.shards[partition]
+                    elif not shard.loaded and shard.replica.machine.applied_index >= shard.load_index:
+                        self._load(shard)
+                if trio.current_time() >= next_cleanup:
+                    next_cleanup = trio.current_time() + interval_s
+                    for shard in list(self.shards.values()):
+                        if shard.loaded and shard.current:
+                            nursery.start_soon(self._cleanup, shard)
+
+    async def _cleanup(self, shard: _Shard) -> None:
+        """Abort what passed its timeout; forget ids idle past their expiration."""
+        now = self.node.wall_clock_ms()
+        expiration_ms = self.setting("transactional_id_expiration_ms")
+        for transactional_id, meta in list(shard.store.txns.items()):
+            if not shard.current:
+                return
+            try:
+                if ts.timed_out(meta, now) and transactional_id not in shard.completing:
+                    async with shard.lock(transactional_id):
+                        meta = shard.store.get(transactional_id)
+                        if meta is None or not ts.timed_out(meta, self.node.wall_clock_ms()):
+                            continue
+                        decision = ts.fence_and_abort(meta, self.node.wall_clock_ms())
+                        await self._write(shard, transactional_id, decision.write)
+                        log.info("transaction of %r (producer %d) timed out after %d ms: aborting with epoch %d",
+                                 transactional_id, meta.producer_id, meta.timeout_ms, decision.write.producer_epoch)
+                        self._start_completion(shard, transactional_id)
+                elif ts.expired(meta, now, expiration_ms):
+                    async with shard.lock(transactional_id):
+                        meta = shard.store.get(transactional_id)
+                        if meta is None or not ts.expired(meta, self.node.wall_clock_ms(), expiration_ms):
+                            continue
+                        ts.dead(meta, now)  # the table allows it (checks the transition)
+                        await self._write(shard, transactional_id, None)
+                        shard.locks.pop(transactional_id, None)
+                        log.info("transactional id %r expired", transactional_id)
+            except TxnError as exc:
+                log.info("transaction state partition %d: cleanup stopped: %s", shard.replica.partition, exc)
+                return
+
+    # --- writing --------------------------------------------------------------------------------
+
+    async def _write(self, shard: _Shard, transactional_id: str, meta: TxnMetadata | None) -> None:
+        """Commit one record (meta None: a tombstone); raises TxnError."""
+        if not shard.current:
+            raise TxnError("not the coordinator", ErrorCode.not_coordinator)
+        batch = txn_batch(transactional_id, meta, self.node.wall_clock_ms())
+        try:
+            await shard.replica.produce(batch, parse_batches(batch, batch_bytes_max=BATCH_BYTES_MAX), -1)
+        except (NotLeader, ProposalFailed) as exc:
+            raise TxnError(f"transaction state write failed: {exc}", ErrorCode.not_coordinator) from None
+        except NotEnoughReplicas as exc:
+            raise TxnError(f"transaction state write refused: {exc}", ErrorCode.coordinator_not_available) from None
+        if not shard.current:
+            raise TxnError("leadership moved during the write", ErrorCode.not_coordinator)
+
+    def _start_completion(self, shard: _Shard, transactional_id: str) -> trio.Event:
+        done = shard.completing.get(transactional_id)
+        if done is None:
+            done = shard.completing[transactional_id] = trio.Event()
+            assert self._nursery is not None, "completion before the coordinator runs"
+            self._nursery.start_soon(self._complete, shard, transactional_id, done)
+        return done
+
+    async def _complete(self, shard: _Shard, transactional_id: str, done: trio.Event) -> None:
+        """Write the markers of a prepared transaction, then its Complete record. Stops when
+        this node stops leading (the next coordinator resumes it)."""
+        try:
+            meta = shard.store.get(transactional_id)
+            if meta is None or meta.state not in ts.PREPARED:
+                return
+            commit = meta.state == TxnState.PREPARE_COMMIT
+            pending = set(meta.partitions)
+            backoff = MARKER_BACKOFF_S[0]
+            while pending and shard.current:
+                marker = ts.Marker(meta.producer_id, meta.producer_epoch, commit, frozenset(pending))
+                results = await self.node.write_markers(shard.term, marker)
+                for tp, error in results.items():
+                    if error == ErrorCode.none:
+                        pending.discard(tp)
+                    elif error in MARKER_GIVE_UP:
+                        log.warning("%s marker of %r (producer %d epoch %d) not written to %s-%d: %s; not retried",
+                                    "commit" if commit else "abort", transactional_id, meta.producer_id,
+                                    meta.producer_epoch, tp[0], tp[1], error.name)
+                        pending.discard(tp)
+                if pending:
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, MARKER_BACKOFF_S[1])
+            if not shard.current:
+                return
+            async with shard.lock(transactional_id):
+                now_meta = shard.store.get(transactional_id)
+                if now_meta == meta:
+                    await self._write(shard, transactional_id, ts.complete(meta, self.node.wall_clock_ms()))
+        except TxnError as exc:
+            log.info("completion of %r stopped: %s", transactional_id, exc)
+        finally:
+            if shard.completing.get(transactional_id) is done:
+                del shard.completing[transactional_id]
+            done.set()
+
+    # --- finding the coordinator ------------------------------------------------------------------
+
+    async def txn_topic(self) -> Topic | None:
+        """__transaction_state, created on first use; None while it is being created."""
+        return await self._topic.get(self.node, self._nursery, self.setting("transaction_state_log_num_partitions"),
+                                     self.setting("transaction_state_log_replication_factor"))
+
+    def coordinator_of(self, transactional_id: str) -> tuple[Topic, int] | None:
+        """(topic, partition) of the coordinator of transactional_id; None: no topic yet."""
+        topic = self.node.meta.topics.get(TXN_TOPIC)
+        if topic is None:
+            return None
+        return topic, partition_for(transactional_id, topic.partition_count)
+
+    def _shard_for(self, transactional_id: str) -> _Shard:
+        if not transactional_id:
+            raise TxnError("empty transactional id", ErrorCode.invalid_request)
+        where = self.coordinator_of(transactional_id)
+        if where is None:
+            raise TxnError("no transaction state topic yet", ErrorCode.coordinator_not_available)
+        shard = self.shards.get(where[1])
+        if shard is None or not shard.current:
+            raise TxnError("not the coordinator", ErrorCode.not_coordinator)
+        if not shard.loaded and shard.replica.machine.applied_index >= shard.load_index:
+            self._load(shard)
+        if not shard.loaded:
+            raise TxnError("loading", ErrorCode.coordinator_load_in_progress)
+        return shard
+
+    async def _loaded_shard(self, transactional_id: str) -> _Shard:
+        deadline = trio.current_time() + LOAD_WAIT_S_MAX
+        while True:
+            try:
+                return self._shard_for(transactional_id)
+            except TxnError as exc:
+                if exc.error_code != ErrorCode.coordinator_load_in_progress or trio.current_time() >= deadline:
+                    raise
+            where = self.coordinator_of(transactional_id)
+            assert where is not None
+            with trio.move_on_at(deadline):
+                await self.shards[where[1]].replica.group.wait_advanced()
+
+    # --- the APIs ---------------------------------------------------------------------------------
+
+    async def init_producer_id(self, transactional_id: str, timeout_ms: int, producer_id: int,
+                               producer_epoch: int) -> ts.Decision:
+        """InitProducerId with a transactional id. An Ongoing transaction of the id is
+        aborted first (fenced); the call waits up to INIT_WAIT_S for that abort."""
+        for attempt in range(2):
+            try:
+                shard = await self._loaded_shard(transactional_id)
+                async with shard.lock(transactional_id):
+                    current = shard.store.get(transactional_id)
+                    new_pid = await self.node.allocate_producer_id() if ts.needs_new_producer_id(current) else -1
+                    decision = ts.init_producer_id(
+                        current, transactional_id, timeout_ms, expected_producer_id=producer_id,
+                        expected_epoch=producer_epoch, now_ms=self.node.wall_clock_ms(), new_producer_id=new_pid,
+                        max_timeout_ms=self.setting("transaction_max_timeout_ms"))
+                    if decision.write is not None:
+                        await self._write(shard, transactional_id, decision.write)
+                    waiting = (self._start_completion(shard, transactional_id) if decision.markers is not None
+                               else shard.completing.get(transactional_id))
+            except TxnError as exc:
+                return ts.refuse(exc.error_code)
+            if decision.error != ErrorCode.concurrent_transactions or waiting is None or attempt:
+                return decision
+            with trio.move_on_after(INIT_WAIT_S):
+                await waiting.wait()
+        return decision
+
+    async def add_partitions(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                             partitions: typing.Iterable[tuple[str, int]], *, tv2: bool = False) -> ErrorCode:
+        try:
+            shard = await self._loaded_shard(transactional_id)
+            async with shard.lock(transactional_id):
+                decision = ts.add_partitions(shard.store.get(transactional_id), producer_id, producer_epoch,
+                                             frozenset(partitions), self.node.wall_clock_ms(), tv2=tv2)
+                if decision.write is not None:
+                    await self._write(shard, transactional_id, decision.write)
+        except TxnError as exc:
+            return exc.error_code
+        return decision.error
+
+    async def verify_partition(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                               topic: str, partition: int, add: bool) -> ErrorCode:
+        """The partition leader's question (KIP-890): is (topic, partition) in the ongoing
+        transaction (add=False), or add it (add=True, TV2). This node must be the coordinator."""
+        if add:
+            return await self.add_partitions(transactional_id, producer_id, producer_epoch, [(topic, partition)],
+                                             tv2=True)
+        try:
+            shard = await self._loaded_shard(transactional_id)
+        except TxnError as exc:
+            return exc.error_code
+        return ts.verify_partition(shard.store.get(transactional_id), producer_id, producer_epoch,
+                                   (topic, partition))
+
+    async def end_txn(self, transactional_id: str, producer_id: int, producer_epoch: int, commit: bool,
+                      *, tv2: bool = False) -> ts.Decision:
+        try:
+            shard = await self._loaded_shard(transactional_id)
+            async with shard.lock(transactional_id):
+                decision = ts.end_txn(shard.store.get(transactional_id), producer_id, producer_epoch, commit,
+                                      self.node.wall_clock_ms(), tv2=tv2)
+                if decision.write is None:
+                    return decision
+                await self._write(shard, transactional_id, decision.write)
+                done = self._start_completion(shard, transactional_id)
+        except TxnError as exc:
+            return ts.refuse(exc.error_code)
+        with trio.move_on_after(END_TXN_WAIT_S):
+            await done.wait()
+        return decision
+
+    async def describe(self, transactional_id: str) -> TxnMetadata:
+        """Raises TxnError (TRANSACTIONAL_ID_NOT_FOUND for an unknown id)."""
+        meta = (await self._loaded_shard(transactional_id)).store.get(transactional_id)
+        if meta is None:
+            raise TxnError(f"unknown transactional id {transactional_id!r}", ErrorCode.transactional_id_not_found)
+        return meta
+
+    def list_transactions(self) -> list[TxnMetadata]:
+        """Every transactional id this node coordinates (loaded shards only)."""
+        return [meta for shard in self.shards.values() if shard.loaded and shard.current
+                for meta in shard.store.txns.values()]
+
+    def coordinator_loading(self) -> bool:
+        return any(not shard.loaded for shard in self.shards.values() if shard.current)

@@ -72,10 +72,13 @@ class Replica(typing.Protocol):
         """The first offset of the oldest open transaction, else the high watermark."""
 
     async def produce(self, records: bytes, headers: list[BatchHeader], acks: int,
-                      verify: typing.Callable[[int, int], typing.Awaitable[ErrorCode]] | None = None) -> int:
+                      verify: typing.Callable[[int, int], typing.Awaitable[ErrorCode]] | None = None,
+                      *, coordinator: bool = False) -> int:
         """The first base offset; raises NotLeader, ProposalFailed, NotEnoughReplicas,
         ProducerError or TxnError (all BrokerErrors). verify(producer id, epoch) asks the
-        transaction coordinator before a transactional batch opens a transaction here."""
+        transaction coordinator before a transactional batch opens a transaction here.
+        coordinator: a batch of the group coordinator's own (TxnOffsetCommit's offsets),
+        appended without the idempotent sequence check."""
     def read(self, offset: int, max_bytes: int, *, committed_only: bool = False) -> list[memoryview]:
         """Whole batches from offset below the high watermark (committed_only: below the
         last stable offset); raises OffsetOutOfRange."""

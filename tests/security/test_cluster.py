@@ -171,6 +171,39 @@ def _consume(conf: dict, topic: str, count: int) -> set[bytes]:
     return got
 
 
+def test_a_transaction_across_the_nodes_over_mutual_tls(cluster):
+    """The transaction coordinator reaches partition leaders on the other nodes (markers,
+    verification) over the peer transport's RPC route: with mutual TLS on, that route is
+    only reachable through a node certificate, and the transaction still commits and aborts."""
+    conf = cluster.conf(cluster.processes.ids)
+    topic = f"secure-txn-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(conf)
+    admin.create_topics([NewTopic(topic, 3, 3)])[topic].result(CLIENT_TIMEOUT_S)
+    producer = Producer({**conf, "transactional.id": f"tx-{topic}", "transaction.timeout.ms": 60_000})
+    producer.init_transactions(CLIENT_TIMEOUT_S)
+    for outcome in ("commit", "abort", "commit"):
+        producer.begin_transaction()
+        for p in range(3):  # every partition, so leaders on other nodes than the coordinator
+            producer.produce(topic, f"{outcome}-{p}".encode(), partition=p)
+        if outcome == "commit":
+            producer.commit_transaction(CLIENT_TIMEOUT_S)
+        else:
+            producer.abort_transaction(CLIENT_TIMEOUT_S)
+    consumer = Consumer({**conf, "group.id": f"g-{topic}", "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed"})
+    got = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S * 2
+        while len(got) < 6 and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                got.append(message.value())
+    finally:
+        consumer.close()
+    assert sorted(got) == sorted([f"commit-{p}".encode() for p in range(3)] * 2)
+
+
 def test_sasl_ssl_clients_and_mtls_peers_across_a_leader_kill(cluster):
     processes = cluster.processes
     conf = cluster.conf([3])

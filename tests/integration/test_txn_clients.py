@@ -226,12 +226,11 @@ def test_bad_input_gets_kafkas_codes(cluster_factory):
         assert end(pid, epoch, True) == PRODUCER_FENCED
         epoch += 2
         assert add(pid, epoch) == NONE
-        # (only an ongoing transaction is described here: the others have Kafka's start
-        # time -1, which the test's wire decoder does not parse)
-        r = wire.request(DESCRIBE_TRANSACTIONS, {"transactional_ids": ["bad-txn"]}, version=0)
-        (state,) = r.transaction_states
+        r = wire.request(DESCRIBE_TRANSACTIONS, {"transactional_ids": ["bad-txn", "never-seen"]}, version=0)
+        state, unknown = r.transaction_states
         assert (state.error_code, state.transaction_state, state.producer_id, state.producer_epoch) == (
             NONE, "Ongoing", pid, epoch)
+        assert unknown.error_code in (TRANSACTIONAL_ID_NOT_FOUND, NOT_COORDINATOR)
         assert [(t.topic, tuple(t.partitions)) for t in state.topics] == [("bad-out", (0,))]
         r = wire.request(LIST_TRANSACTIONS, {"state_filters": ["Ongoing"], "producer_id_filters": []}, version=1)
         assert [(t.transactional_id, t.transaction_state) for t in r.transaction_states] == [("bad-txn", "Ongoing")]

@@ -129,7 +129,9 @@ async def handle_txn_offset_commit(body, ctx: BrokerContext, version: int):
 
 
 def _ms_time(ms: int) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    """A start time; none (Kafka's -1) is answered as 0: kio, the codec of this broker and of
+    Python tools built on it, cannot read a negative timestamp."""
+    return datetime.datetime.fromtimestamp(max(ms, 0) / 1000, tz=datetime.timezone.utc)
 
 
 async def handle_describe_transactions(body, ctx: BrokerContext, version: int):

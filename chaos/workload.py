@@ -178,6 +178,20 @@ def txn_producer_config(bootstrap: str, spec, logger: logging.Logger, transactio
     return config
 
 
+def new_txn_producer(config: dict, timeout_s: float, history: History, failure: dict):
+    """A transactional producer with its transactions initialized (fencing any earlier
+    instance of its id), or None with `failure` recorded."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer(config)
+    try:
+        producer.init_transactions(timeout_s)
+    except KafkaException as exc:
+        history.record({**failure, "t": round(history.now(), 6), "error": str(exc.args[0])})
+        return None
+    return producer
+
+
 def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
                      history: History, stop: threading.Event, logger: logging.Logger,
                      seq_start: int = 0) -> None:
@@ -188,7 +202,7 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
     commit succeeded; fail when it was aborted, so never to be read; info when the commit's
     outcome is unknown) and one `txn` event: its values, outcome, and t_commit, the time
     just before commit_transaction was called (nothing of it may be read before that)."""
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import KafkaException
 
     config = txn_producer_config(bootstrap, spec, logger, f"chaos-{name}")
     timeout_s = spec.delivery_timeout_s * 2
@@ -197,13 +211,8 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
     next_at = time.monotonic()
     while not stop.is_set():
         if producer is None:
-            producer = Producer(config)
-            try:
-                producer.init_transactions(timeout_s)
-            except KafkaException as exc:
-                history.record({"type": "txn-init-failed", "process": name, "t": round(history.now(), 6),
-                                "error": str(exc.args[0])})
-                producer = None
+            producer = new_txn_producer(config, timeout_s, history, {"type": "txn-init-failed", "process": name})
+            if producer is None:
                 stop.wait(0.5)
                 continue
         sends = [planned_send(name, seq + j, topics, spec.keys) for j in range(spec.txn_records)]
@@ -277,7 +286,7 @@ def run_copier(bootstrap: str, spec, sources: list[tuple[str, int]], out: tuple[
     (send_offsets_to_transaction). A failed transaction is aborted and the consumer
     rewound to the group's committed offsets, as an exactly-once application does. Ends
     (setting `done`) once the producers stopped and nothing new came for COPIER_IDLE_S."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
 
     timeout_s = spec.delivery_timeout_s * 2
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-copier", "isolation.level": "read_committed",
@@ -300,12 +309,8 @@ def run_copier(bootstrap: str, spec, sources: list[tuple[str, int]], out: tuple[
     try:
         while not stop.is_set():
             if producer is None:
-                producer = Producer(config)
-                try:
-                    producer.init_transactions(timeout_s)
-                except KafkaException as exc:
-                    history.record({"type": "copier-error", "t": round(history.now(), 6), "error": str(exc)})
-                    producer = None
+                producer = new_txn_producer(config, timeout_s, history, {"type": "copier-error"})
+                if producer is None:
                     stop.wait(0.5)
                     continue
                 rewind()

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.timeout(30)
 
 SCENARIOS = pathlib.Path(__file__).parents[2] / "chaos" / "scenarios"
 SHIPPED = ["failover", "partition", "crash-restart", "pause", "slow-disk", "disk-faults",
-           "power-loss", "rolling-restart", "mixed", "failover-idempotent", "transactions", "transactions-copy"]
+           "power-loss", "rolling-restart", "mixed", "failover-idempotent", "transactions", "transactions-copy",
+           "transactions-pause", "transactions-partition"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

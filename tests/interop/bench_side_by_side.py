@@ -107,6 +107,21 @@ def _cell(values: list[float]) -> str:
     return fmt(med) + (f" ({fmt(min(values))}-{fmt(max(values))})" if len(values) > 1 else "")
 
 
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+
+
+def read_rounds(directory: pathlib.Path) -> dict[int, list[dict[str, dict]]]:
+    """The reports a previous run left in `directory`, as main() collects them."""
+    rounds: dict[int, list[dict[str, dict]]] = {}
+    for size_dir in sorted(directory.glob("n[0-9]")):
+        rounds[int(size_dir.name[1:])] = [
+            {f"{f.stem.rsplit('-', 1)[0]}/{f.stem.rsplit('-', 1)[1]}": json.loads(f.read_text())
+             for f in sorted(round_dir.glob("*.json"))}
+            for round_dir in sorted(size_dir.glob("round[0-9]*"), key=lambda d: int(d.name[5:]))]
+    return rounds
+
+
 def table(rounds: dict[int, list[dict[str, dict]]]) -> str:
     """Markdown: per cluster size, per figure, each broker's median (range) over the rounds and
     the ratios chronik-trio / Kafka; then every run's load average at its start."""
@@ -125,10 +140,11 @@ def table(rounds: dict[int, list[dict[str, dict]]]) -> str:
             ratios = [medians["chronik-trio"] / medians[k] if medians.get("chronik-trio") and medians.get(k) else None
                       for k in ("kafka", "kafka-fsync") if k in brokers]
             lines.append(f"| {title} | " + " | ".join(_cell(values[b]) for b in brokers) + " | "
-                         + " | ".join(f"{x:.2f}" if x is not None else "-" for x in ratios) + " |")
+                         + " | ".join(_ratio(x) for x in ratios) + " |")
         loads = [f"{name.split('/')[0]} {name.split('/')[1]} {rep['load_average']['before'][0]}"
-                 f"->{rep['load_average']['after'][0]}" for r in runs for name, rep in r.items()
-                 if "load_average" in rep]
+                 f"->{rep['load_average']['after'][0]}"
+                 for name, rep in sorted(((n, x) for r in runs for n, x in r.items() if "load_average" in x),
+                                         key=lambda item: item[1]["date"])]
         errors = [f"{name}: {rep['error']}" for r in runs for name, rep in r.items() if "error" in rep]
         lines += ["", "Load average (1 min) before -> after each run, in order: " + "; ".join(loads) + "."]
         lines += [f"- failed: {e}" for e in errors]
@@ -148,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=10.0, help="one-record latency: measured seconds")
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--no-kafka-fsync", action="store_true", help="skip Kafka with flush.messages=1")
+    parser.add_argument("--table-only", action="store_true", help="measure nothing: the table of the reports "
+                        "already in --dir")
     args = parser.parse_args(argv)
+    if args.table_only:
+        print(table(read_rounds(args.dir)))
+        return 0
     sizes = [int(x) for x in args.nodes.split(",")]
     if any(n not in (1, 3) for n in sizes):
         parser.error("--nodes: 1, 3 or 1,3")

@@ -16,13 +16,12 @@ import argparse
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-from chaos.apache_kafka import (classpath, cluster_id, format_storage, server_command, server_properties,
-                                write_node_files)
+from chaos.apache_kafka import (classpath, cluster_id, format_storage, listening, server_command,
+                                server_properties, write_node_files)
 from tests.brokers import free_port
 
 READY_TIMEOUT_S = 90.0  # a JVM broker on a loaded 2-core machine
@@ -76,11 +75,9 @@ class ApacheKafka:
             if self.procs[n].poll() is not None:
                 raise RuntimeError(f"Apache Kafka node {n} exited {self.procs[n].returncode}:\n"
                                    f"{self.log_path(n).read_text(errors='replace')[-4000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.ports[n]), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
+            if listening(f"127.0.0.1:{self.ports[n]}"):
+                return
+            time.sleep(0.1)
         raise TimeoutError(f"Apache Kafka node {n} not listening:\n{self.log_path(n).read_text(errors='replace')[-4000:]}")
 
     def kill(self, n: int) -> None:

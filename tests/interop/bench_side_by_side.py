@@ -180,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(1, args.rounds + 1):
             out = args.dir / f"n{nodes}" / f"round{r}"
             print(f"{nodes} node(s), round {r}: load {_load()}", file=sys.stderr, flush=True)
-            kafka = lambda: measure_kafka(out / "apache-kafka", nodes, cases, out, not args.no_kafka_fsync)  # noqa: E731
-            chronik = lambda: measure_chronik(nodes, cases, out)  # noqa: E731
             results: dict[str, dict] = {}
-            for measure in ((kafka, chronik) if r % 2 else (chronik, kafka)):
-                results.update(measure())
+            for broker in (("kafka", "chronik-trio") if r % 2 else ("chronik-trio", "kafka")):
+                if broker == "kafka":
+                    results.update(measure_kafka(out / "apache-kafka", nodes, cases, out, not args.no_kafka_fsync))
+                else:
+                    results.update(measure_chronik(nodes, cases, out))
             rounds[nodes].append(results)
             (args.dir / "table.md").write_text(table(rounds))
     text = table(rounds)

@@ -48,22 +48,22 @@ def test_the_same_java_and_franz_go_checks_pass_against_apache_kafka(java, franz
 SMOKE = """
 name: apache-kafka-smoke
 seed: 1
-duration_s: 12
+duration_s: 8
 cluster: {nodes: 1, broker: apache-kafka}
 topics: [{name: chaos, partitions: 2, replication_factor: 1}]
 workload: {producers: 1, consumers: 1, rate_per_s: 20, acks: all}
 nemesis:
-  quiet_s: 4
+  quiet_s: 3
   schedule:
-    - {at_s: 4, fault: {kind: pause, target: leader, topic: chaos, duration_s: 2}}
+    - {at_s: 3, fault: {kind: pause, target: leader, topic: chaos, duration_s: 2}}
 """
 
 
 @pytest.mark.timeout(180)
 async def test_the_chaos_harness_runs_its_workload_and_checks_against_apache_kafka(run_dir):  # noqa: F811
-    """One Kafka node through the client proxy: the leader found from Kafka's metadata is
-    paused and resumed, every check passes, the replica logs are read from Kafka's own
-    segment files, and the final SIGTERM's exit (the JVM's 143) counts as a clean stop."""
+    """8 s against one Kafka node through the client proxy: the leader found from Kafka's
+    metadata is paused and resumed, every check passes, the replica logs are read from Kafka's
+    own segment files, and the final SIGTERM's exit (the JVM's 143) counts as a clean stop."""
     needs_java_and_maven()
     result = await run_scenario(parse_scenario(SMOKE, "smoke"), run_dir, progress=False)
     events = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]

@@ -138,6 +138,9 @@ def _sim(args, argv: list[str]) -> int:
     cli.ensure_fixed_hash_seed(argv)
     path = scenario_path(args.scenario) if args.scenario else cli.DEFAULT_SCENARIO
     scenario = with_overrides(load_scenario(path), duration_s=args.duration)
+    if scenario.cluster.broker != "chronik-trio":
+        print(f"chaos: sim simulates chronik-trio's code; {path} runs {scenario.cluster.broker}", file=sys.stderr)
+        return 2
     seeds = cli.parse_seeds(args.seeds or args.seed or str(scenario.seed))
     return cli.run(scenario, seeds, args.out, trace=args.trace, jobs=args.jobs or cli.default_jobs())
 

@@ -168,3 +168,9 @@ def test_importing_the_harness_entry_point_needs_no_extra():
     code = "import sys, chaos.__main__; print(sorted({'yaml', 'aiokafka'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_the_simulator_refuses_an_apache_kafka_scenario(tmp_path):
+    (tmp_path / "kafka.yaml").write_text("name: kafka\ncluster: {broker: apache-kafka}\n")
+    done = run_chaos("sim", "kafka.yaml", "--seed", "1", cwd=tmp_path)
+    assert done.returncode == 2 and "runs apache-kafka" in done.stderr, done.stderr

@@ -195,9 +195,11 @@ class ApacheKafkaCluster(Cluster):
 
     def __init__(self, root: pathlib.Path, size: int, *, node_args: tuple[str, ...] = (),
                  record=lambda event: None, ready_timeout_s: float = 90.0, network: str = "proxy",
-                 fault_injection: bool = False) -> None:
+                 fault_injection: bool = False, peer_tls: bool = False) -> None:
         if fault_injection:
             raise ClusterError("Apache Kafka has no fault-injection seam (disk faults, power loss)")
+        if peer_tls:
+            raise ClusterError("the harness starts Apache Kafka with plaintext listeners only")
         super().__init__(root, size, record=record, ready_timeout_s=ready_timeout_s, network=network)
         self.extra = dict(a.split("=", 1) for a in node_args)
         self._partitions: dict[tuple[str, int], tuple[int, list[int]]] = {}

@@ -1,4 +1,5 @@
-"""`python -m chaos run SCENARIO [--seed N] [--duration S] [--out DIR]`
+"""`python -m chaos run SCENARIO [--seed N] [--duration S] [--out DIR]
+    [--broker apache-kafka] [--network netns]`
 `python -m chaos sim [SCENARIO] (--seed N | --seeds A..B) [--trace]` (in simulation,
 docs/simulation.md)
 `python -m chaos list` (the shipped scenarios)
@@ -42,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", help="a scenario file, or a shipped scenario's name (see list)")
     run.add_argument("--seed", type=int, help="overrides the scenario's seed")
     run.add_argument("--duration", type=float, help="overrides duration_s")
+    run.add_argument("--broker", choices=["chronik-trio", "apache-kafka"],
+                     help="overrides cluster.broker: run the scenario against Apache Kafka (from the "
+                          "tests' jars) instead of chronik-trio")
+    run.add_argument("--network", choices=["proxy", "netns"], help="overrides cluster.network")
     run.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT,
                      help=f"where run directories go (default ./{DEFAULT_OUT})")
     run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -106,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sim":
             return _sim(args, argv)
         scenario = with_overrides(load_scenario(scenario_path(args.scenario)), seed=args.seed,
-                                  duration_s=args.duration)
+                                  duration_s=args.duration, broker=args.broker,
+                                  network=args.network)
     except ScenarioError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
@@ -132,6 +138,9 @@ def _sim(args, argv: list[str]) -> int:
     cli.ensure_fixed_hash_seed(argv)
     path = scenario_path(args.scenario) if args.scenario else cli.DEFAULT_SCENARIO
     scenario = with_overrides(load_scenario(path), duration_s=args.duration)
+    if scenario.cluster.broker != "chronik-trio":
+        print(f"chaos: sim simulates chronik-trio's code; {path} runs {scenario.cluster.broker}", file=sys.stderr)
+        return 2
     seeds = cli.parse_seeds(args.seeds or args.seed or str(scenario.seed))
     return cli.run(scenario, seeds, args.out, trace=args.trace, jobs=args.jobs or cli.default_jobs())
 

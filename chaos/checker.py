@@ -432,8 +432,9 @@ def check_unavailability(h: _History, opts: CheckOptions) -> CheckResult:
                        summary=summary, examples=tuple(examples[:EXAMPLES_MAX]), details=per_fault)
 
 
-# Exit details of a node that was killed (SIGKILL), stopped cleanly (SIGTERM) or lost power.
-EXPECTED_EXITS = frozenset({"code -9", "code 0", "code 137"})
+# Exit details of a node that was killed (SIGKILL), stopped cleanly (SIGTERM) or lost power;
+# 143 is a JVM's exit after its shutdown hooks ran on SIGTERM (Apache Kafka as the broker).
+EXPECTED_EXITS = frozenset({"code -9", "code 0", "code 137", "code 143"})
 
 
 def check_node_crashes(h: _History, opts: CheckOptions) -> CheckResult:

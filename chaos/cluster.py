@@ -33,6 +33,7 @@ from nodeharness import NodeGroup, NodeProcess, chronik_trio_command, free_ports
 
 from .network import NetworkUnavailable, make_network
 from .proxy import LinkState
+from .replica_log import record_replica_logs
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,10 @@ class Cluster:
             self.group.add(process)
             self.nodes[n] = ChaosNode(process, int(a.listen.rpartition(":")[2]), a.raft_port, data_dir,
                                       raft_host=a.raft_host, admin_address=admin_address)
+        await self._start_nodes(nursery)
+
+    async def _start_nodes(self, nursery: trio.Nursery) -> None:
+        """Spawn every node of self.nodes, watch for exits, return once every one is ready."""
         for n in self.ids:
             self.spawn(n)
         nursery.start_soon(self._watch_exits)
@@ -306,6 +311,11 @@ class Cluster:
         group = self.partition_group(topic, partition)
         found = self.group_leader(group) if group else None
         return found[0] if found else None
+
+    def record_replica_logs(self, topics, high_watermarks: dict, record) -> None:
+        """After a stop: every replica's log below the final high watermarks into the history."""
+        record_replica_logs(topics, {n: node.data_dir for n, node in self.nodes.items()}, high_watermarks,
+                            record)
 
     def partition_replicas(self, topic: str, partition: int) -> list[int]:
         return [n for n, node in self.nodes.items()

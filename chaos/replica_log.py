@@ -116,22 +116,28 @@ def read_partition(directory: pathlib.Path) -> dict[int, str]:
     return records
 
 
+def chronik_partition_dir(data_dir: pathlib.Path, topic: str, partition: int) -> pathlib.Path:
+    return data_dir / "partitions" / f"{topic}-{partition}"
+
+
 def record_replica_logs(topics, data_dirs: dict[int, pathlib.Path], high_watermarks: dict,
-                        record) -> None:
+                        record, partition_dir=chronik_partition_dir, read=read_partition) -> None:
     """After a run: record each replica's log below its partition's final high watermark, as
     a history event ("replica-log", or "replica-log-failed" with the error), for the checker.
-    topics: the scenario's (name, partitions); data_dirs: node id -> its data directory."""
+    topics: the scenario's (name, partitions); data_dirs: node id -> its data directory;
+    partition_dir and read: where a replica keeps a partition and how to read it (another
+    broker's layout: apache_kafka.py)."""
     for topic in topics:
         for p in range(topic.partitions):
             high = high_watermarks.get((topic.name, p))
             if high is None:
                 continue
             for n, data_dir in data_dirs.items():
-                directory = data_dir / "partitions" / f"{topic.name}-{p}"
+                directory = partition_dir(data_dir, topic.name, p)
                 if not directory.is_dir():
                     continue
                 try:
-                    records = read_partition(directory)
+                    records = read(directory)
                 except (ReplicaLogError, OSError, IndexError) as exc:
                     record({"type": "replica-log-failed", "node": n, "topic": topic.name,
                             "partition": p, "error": repr(exc)})

@@ -44,7 +44,8 @@ def verdict_line(scenario, results: list[CheckResult], passed: bool, run_dir: pa
     head = "PASS" if passed else "FAIL"
     extra = f" failed: {', '.join(failed)};" if failed else ""
     extra += f" report-only: {', '.join(noted)};" if noted else ""
-    return (f"chaos {head}: {scenario.name} seed {scenario.seed};{extra} longest unavailability "
+    broker = f" ({scenario.cluster.broker})" if scenario.cluster.broker != "chronik-trio" else ""
+    return (f"chaos {head}: {scenario.name}{broker} seed {scenario.seed};{extra} longest unavailability "
             f"{longest}; {run_dir}")
 
 
@@ -63,7 +64,7 @@ def write_report(run_dir: pathlib.Path, scenario, events: list[dict], results: l
              f"**Verdict: {'PASS' if passed else 'FAIL'}**", "",
              f"- scenario: `{scenario.path}` ({scenario.description.strip() or 'no description'})",
              f"- seed: {scenario.seed}; duration {scenario.duration_s:g} s; "
-             f"{scenario.cluster.nodes} nodes; network: {scenario.cluster.network}",
+             f"{scenario.cluster.nodes} nodes of {scenario.cluster.broker}; network: {scenario.cluster.network}",
              f"- workload: {scenario.workload.client}, {scenario.workload.producers} producer(s) at "
              f"{scenario.workload.rate_per_s:g}/s, {scenario.workload.consumers} consumer(s), "
              f"acks={scenario.workload.acks}, idempotence={scenario.workload.idempotence}",

@@ -20,9 +20,9 @@ import attrs
 import trio
 
 from . import checker, nemesis as nemesis_mod, report, workload
+from .apache_kafka import ApacheKafkaCluster
 from .cluster import Cluster, ClusterError
 from .history import History, read_history
-from .replica_log import record_replica_logs
 from .scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -234,16 +234,19 @@ async def run_scenario(scenario: Scenario, run_dir: pathlib.Path, *, progress: b
     history = History(run_dir / "history.jsonl")
     logger = workload.client_logger(run_dir / "clients.log")
     history.record({"type": "run", "scenario": scenario.name, "seed": scenario.seed,
+                    "broker": scenario.cluster.broker,
                     "path": str(scenario.path), "idempotence": scenario.workload.idempotence,
                     "client": scenario.workload.client, "duration_s": scenario.duration_s})
     rng = random.Random(scenario.seed)
     planned = nemesis_mod.plan(scenario.nemesis, scenario.duration_s, rng)
     for p in planned:
         history.record({"type": "fault-planned", "at_s": p.at_s, "desc": nemesis_mod.describe(p.fault)})
-    cluster = Cluster(run_dir, scenario.cluster.nodes, fault_injection=scenario.cluster.fault_injection,
-                      node_args=scenario.cluster.node_args, record=history.record,
-                      ready_timeout_s=scenario.cluster.ready_timeout_s, network=scenario.cluster.network,
-                      peer_tls=scenario.cluster.peer_tls, spares=scenario.cluster.spares)
+    cluster_class = ApacheKafkaCluster if scenario.cluster.broker == "apache-kafka" else Cluster
+    spares = {"spares": scenario.cluster.spares} if cluster_class is Cluster else {}
+    cluster = cluster_class(run_dir, scenario.cluster.nodes, fault_injection=scenario.cluster.fault_injection,
+                            node_args=scenario.cluster.node_args, record=history.record,
+                            ready_timeout_s=scenario.cluster.ready_timeout_s, network=scenario.cluster.network,
+                            peer_tls=scenario.cluster.peer_tls, **spares)
     notes: list[str] = []
     target = workload.Target()
     consumer_stop = threading.Event()
@@ -262,8 +265,7 @@ async def run_scenario(scenario: Scenario, run_dir: pathlib.Path, *, progress: b
                 with trio.CancelScope(shield=True):
                     await cluster.stop()
                 nursery.cancel_scope.cancel()
-        record_replica_logs(scenario.topics, {n: cluster.nodes[n].data_dir for n in cluster.ids},
-                            target.high_watermarks, history.record)
+        cluster.record_replica_logs(scenario.topics, target.high_watermarks, history.record)
     finally:
         cluster.kill_all_now()
         history.close()

@@ -34,6 +34,9 @@ class ScenarioError(Exception):
 CLIENTS = ("confluent-kafka", "kafka-python", "aiokafka")
 ACKS = ("all", "1", "0")
 NETWORKS = ("proxy", "netns")
+# The broker the cluster runs: chronik-trio's nodes, or Apache Kafka from the tests' jars
+# (apache_kafka.py), to see both under the same faults.
+BROKERS = ("chronik-trio", "apache-kafka")
 SIGNALS = ("KILL", "TERM")
 # Targets of process and disk faults; `node:N` names one node.
 TARGETS = ("leader", "follower", "random", "meta-leader", "all")
@@ -58,6 +61,7 @@ NODES_MAX = 9
 @attrs.frozen
 class ClusterSpec:
     nodes: int = 3
+    broker: str = "chronik-trio"
     network: str = "proxy"
     fault_injection: bool = False
     node_args: tuple[str, ...] = ()
@@ -222,6 +226,7 @@ def _cluster(r: _Reader) -> ClusterSpec:
     if not all(isinstance(a, str) for a in args):
         c.fail("must be a list of strings", "node_args")
     return ClusterSpec(nodes=c.get("nodes", int, 3, minimum=1, maximum=NODES_MAX),
+                       broker=c.get("broker", str, "chronik-trio", choices=BROKERS),
                        network=c.get("network", str, "proxy", choices=NETWORKS),
                        fault_injection=c.get("fault_injection", bool, False),
                        node_args=tuple(args),
@@ -395,10 +400,43 @@ def parse_scenario(text: str, source: str = "<scenario>", path: pathlib.Path | N
         r.fail("is required", "name")
     duration_s = r.get("duration_s", float, 60.0, minimum=5, maximum=DURATION_S_MAX)
     cluster = _cluster(r)
-    return Scenario(name=name, path=path, seed=r.get("seed", int, 1), duration_s=duration_s,
-                    cluster=cluster, topics=_topics(r, cluster.nodes), workload=_workload(r),
-                    nemesis=_schedule(r, cluster.nodes, duration_s), checks=_checks(r),
-                    description=r.get("description", str, ""))
+    scenario = Scenario(name=name, path=path, seed=r.get("seed", int, 1), duration_s=duration_s,
+                        cluster=cluster, topics=_topics(r, cluster.nodes), workload=_workload(r),
+                        nemesis=_schedule(r, cluster.nodes, duration_s), checks=_checks(r),
+                        description=r.get("description", str, ""))
+    _check_broker(scenario, source)
+    return scenario
+
+
+# Apache Kafka has no fault seam for the disk, no KRaft leader in its clients' metadata, and
+# its nodes reach each other at the addresses they register (no per-link proxies).
+KAFKA_REFUSED_KINDS = ("disk", "power-loss", "join-remove")
+
+
+def _check_broker(scenario: Scenario, source: str) -> None:
+    """Refuse what the harness cannot do to the scenario's broker (apache_kafka.py says why)."""
+    if scenario.cluster.broker != "apache-kafka":
+        return
+    where = f"{source}: cluster.broker: apache-kafka"
+    if scenario.cluster.fault_injection:
+        raise ScenarioError(f"{where}: no fault_injection (Kafka has no fault seam)")
+    if scenario.cluster.peer_tls:
+        raise ScenarioError(f"{where}: no peer_tls (the harness starts Kafka with plaintext listeners only)")
+    if scenario.cluster.spares:
+        raise ScenarioError(f"{where}: no spares (joining a node is chronik-trio's --join)")
+    for i, entry in enumerate(scenario.nemesis.schedule):
+        for fault in entry.faults:
+            if fault.kind in KAFKA_REFUSED_KINDS:
+                raise ScenarioError(f"{where}: nemesis.schedule[{i}]: {fault.kind} faults need chronik-trio's "
+                                    "fault seam")
+            if fault.target == "meta-leader":
+                raise ScenarioError(f"{where}: nemesis.schedule[{i}]: target meta-leader is not known for Kafka")
+            if fault.kind in ("partition", "link") and scenario.cluster.network != "netns":
+                raise ScenarioError(f"{where}: nemesis.schedule[{i}]: {fault.kind} faults against Kafka need "
+                                    "network: netns (its nodes do not dial each other through the proxies)")
+    for arg in scenario.cluster.node_args:
+        if "=" not in arg:
+            raise ScenarioError(f"{where}: node_args are server properties KEY=VALUE, got {arg!r}")
 
 
 def load_scenario(path: str | pathlib.Path) -> Scenario:
@@ -412,8 +450,16 @@ def load_scenario(path: str | pathlib.Path) -> Scenario:
 
 
 def with_overrides(scenario: Scenario, *, seed: int | None = None,
-                   duration_s: float | None = None) -> Scenario:
-    """The scenario with a command line's --seed / --duration applied."""
+                   duration_s: float | None = None, broker: str | None = None,
+                   network: str | None = None) -> Scenario:
+    """The scenario with a command line's --seed / --duration / --broker / --network applied.
+
+    Raises:
+        ScenarioError: the scenario has faults the harness cannot apply to that broker."""
+    cluster = {k: v for k, v in (("broker", broker), ("network", network)) if v is not None}
+    if cluster:
+        scenario = attrs.evolve(scenario, cluster=attrs.evolve(scenario.cluster, **cluster))
+        _check_broker(scenario, str(scenario.path or scenario.name))
     changes: dict[str, Any] = {}
     if seed is not None:
         changes["seed"] = seed

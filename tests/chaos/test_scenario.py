@@ -14,7 +14,7 @@ import pytest
 import chaos.__main__ as chaos_main
 
 from chaos.nemesis import MEMBERSHIP_REPLICAS_MIN, membership_target, plan
-from chaos.scenario import ScenarioError, load_scenario, parse_scenario
+from chaos.scenario import ScenarioError, load_scenario, parse_scenario, with_overrides
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -119,6 +119,39 @@ def test_only_a_link_fault_takes_clients():
     assert message == "bad.yaml: nemesis.schedule[0].fault.clients: only a link fault takes clients"
 
 
+@pytest.mark.parametrize("name", ["failover", "crash-restart", "pause", "rolling-restart", "failover-idempotent"])
+def test_process_fault_scenarios_run_against_apache_kafka_as_written(name):
+    scenario = with_overrides(load_scenario(SCENARIOS / f"{name}.yaml"), broker="apache-kafka")
+    assert scenario.cluster.broker == "apache-kafka" and scenario.cluster.network == "proxy"
+
+
+def test_partitions_run_against_apache_kafka_only_in_netns_mode():
+    partition = load_scenario(SCENARIOS / "partition.yaml")
+    with pytest.raises(ScenarioError, match=r"partition faults against Kafka need network: netns"):
+        with_overrides(partition, broker="apache-kafka")
+    assert with_overrides(partition, broker="apache-kafka", network="netns").cluster.network == "netns"
+
+
+@pytest.mark.parametrize("name", ["power-loss", "slow-disk", "disk-faults"])
+def test_scenarios_needing_the_fault_seam_are_refused_for_apache_kafka(name):
+    with pytest.raises(ScenarioError, match="no fault_injection"):
+        with_overrides(load_scenario(SCENARIOS / f"{name}.yaml"), broker="apache-kafka")
+
+
+def test_a_power_loss_is_refused_for_apache_kafka():
+    message = bad("name: x\ncluster: {broker: apache-kafka}\nnemesis:\n  schedule:\n"
+                  "    - {at_s: 5, fault: {kind: power-loss}}\n")
+    assert message == ("bad.yaml: cluster.broker: apache-kafka: nemesis.schedule[0]: power-loss faults need "
+                       "chronik-trio's fault seam")
+
+
+def test_a_meta_leader_target_is_refused_for_apache_kafka():
+    message = bad("name: x\ncluster: {broker: apache-kafka}\nnemesis:\n  schedule:\n"
+                  "    - {at_s: 5, fault: {kind: pause, target: meta-leader}}\n")
+    assert message == ("bad.yaml: cluster.broker: apache-kafka: nemesis.schedule[0]: target meta-leader is "
+                       "not known for Kafka")
+
+
 def run_chaos(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "chaos", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=60)
@@ -153,3 +186,9 @@ def test_importing_the_harness_entry_point_needs_no_extra():
     code = "import sys, chaos.__main__; print(sorted({'yaml', 'aiokafka'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_the_simulator_refuses_an_apache_kafka_scenario(tmp_path):
+    (tmp_path / "kafka.yaml").write_text("name: kafka\ncluster: {broker: apache-kafka}\n")
+    done = run_chaos("sim", "kafka.yaml", "--seed", "1", cwd=tmp_path)
+    assert done.returncode == 2 and "runs apache-kafka" in done.stderr, done.stderr

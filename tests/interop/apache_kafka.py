@@ -13,54 +13,31 @@ replication, where chronik-trio fsyncs every acknowledged write.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import pathlib
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 
+from chaos.apache_kafka import (classpath, cluster_id, format_storage, listening, server_command,
+                                server_properties, write_node_files)
 from tests.brokers import free_port
 
-PEER_DIR = pathlib.Path(__file__).resolve().parents[1] / "java" / "apache-kafka"
-CLASSPATH_FILE = PEER_DIR / "target" / "classpath.txt"
-BUILD_TIMEOUT_S = 600
 READY_TIMEOUT_S = 90.0  # a JVM broker on a loaded 2-core machine
 STOP_TIMEOUT_S = 30.0
-FORMAT_TIMEOUT_S = 120
-# Kafka's own scripts run the broker with a 1 GB heap and G1.
-JVM_FLAGS = ["-Xmx1g", "-Xms1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
-
-
-def classpath() -> str:
-    """The broker's classpath; `mvn dependency:build-classpath` the first time."""
-    if not CLASSPATH_FILE.exists() or CLASSPATH_FILE.stat().st_mtime < (PEER_DIR / "pom.xml").stat().st_mtime:
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise RuntimeError("Apache Kafka as a peer needs mvn on PATH")
-        subprocess.run([mvn, "-q", "-B", "dependency:build-classpath", f"-Dmdep.outputFile={CLASSPATH_FILE}"],
-                       cwd=PEER_DIR, check=True, timeout=BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    return CLASSPATH_FILE.read_text().strip()
-
-
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 class ApacheKafka:
     """`size` combined broker+controller nodes (ids 1..size), all voters of the KRaft quorum."""
 
-    def __init__(self, root: pathlib.Path, size: int = 1) -> None:
+    def __init__(self, root: pathlib.Path, size: int = 1, extra: dict[str, object] | None = None) -> None:
         self.root = root
+        self.extra = dict(extra or {})  # server properties beyond the defaults
         self.ids = list(range(1, size + 1))
         self.ports = {n: free_port() for n in self.ids}
         self.controller_ports = {n: free_port() for n in self.ids}
         self.procs: dict[int, subprocess.Popen] = {}
-        self.java = shutil.which("java") or "java"
 
     @property
     def bootstrap(self) -> str:
@@ -72,43 +49,22 @@ class ApacheKafka:
     def log_path(self, n: int) -> pathlib.Path:
         return self.root / f"kafka{n}" / "server.log"
 
-    def _write_config(self, n: int) -> None:
-        voters = ",".join(f"{i}@127.0.0.1:{self.controller_ports[i]}" for i in self.ids)
-        rf = len(self.ids)
-        lines = {
-            "process.roles": "broker,controller",
-            "node.id": n,
-            "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.ports[n]},CONTROLLER://127.0.0.1:{self.controller_ports[n]}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.ports[n]}",
-            "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "log.dirs": self.root / f"kafka{n}" / "data",
-            "num.partitions": 1,
-            "default.replication.factor": rf,
-            "offsets.topic.replication.factor": rf,
-            "transaction.state.log.replication.factor": rf,
-            "transaction.state.log.min.isr": min(rf, 2),
-            "group.initial.rebalance.delay.ms": 0,
-        }
-        path = self.config_path(n)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
-
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> "ApacheKafka":
         cp = classpath()
-        cluster_id = _cluster_id()
+        cid = cluster_id()
+        voters = ",".join(f"{i}@127.0.0.1:{self.controller_ports[i]}" for i in self.ids)
         for n in self.ids:
-            self._write_config(n)
-            subprocess.run([self.java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                            "-c", str(self.config_path(n))], check=True, capture_output=True,
-                           timeout=FORMAT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            plain = f"127.0.0.1:{self.ports[n]}"
+            props = server_properties(n, listeners={"PLAINTEXT": plain,
+                                                    "CONTROLLER": f"127.0.0.1:{self.controller_ports[n]}"},
+                                      advertised={"PLAINTEXT": plain}, inter_broker="PLAINTEXT", voters=voters,
+                                      data_dir=self.root / f"kafka{n}" / "data", size=len(self.ids),
+                                      extra=self.extra)
+            format_storage(cp, cid, write_node_files(self.config_path(n).parent, props))
         for n in self.ids:
             with open(self.log_path(n), "ab") as log:
-                self.procs[n] = subprocess.Popen([self.java, *JVM_FLAGS, "-cp", cp, "kafka.Kafka",
-                                                  str(self.config_path(n))],
-                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                self.procs[n] = subprocess.Popen(server_command(cp, self.config_path(n)), stdout=log,
+                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         for n in self.ids:
             self._wait_listening(n, deadline)
@@ -119,11 +75,9 @@ class ApacheKafka:
             if self.procs[n].poll() is not None:
                 raise RuntimeError(f"Apache Kafka node {n} exited {self.procs[n].returncode}:\n"
                                    f"{self.log_path(n).read_text(errors='replace')[-4000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.ports[n]), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
+            if listening(f"127.0.0.1:{self.ports[n]}"):
+                return
+            time.sleep(0.1)
         raise TimeoutError(f"Apache Kafka node {n} not listening:\n{self.log_path(n).read_text(errors='replace')[-4000:]}")
 
     def kill(self, n: int) -> None:

@@ -1,13 +1,25 @@
-"""`chronik-trio bench` against Apache Kafka and chronik-trio one after the other, with the
-same arguments and the same number of nodes, and a table of the two medians and their ratio:
+"""Apache Kafka and chronik-trio measured side by side in one command, by `chronik-trio bench`
+with the same arguments, rounds alternating, and a table of medians with ratios:
 
-    python -m tests.interop.bench_side_by_side --nodes 1 --dir DIR -- \\
-        --modes throughput,latency --record-bytes 100 --acks all --rate 200
+    python -m tests.interop.bench_side_by_side --nodes 1,3 --rounds 3 --dir DIR
 
-Apache Kafka (tests/interop/apache_kafka.py) is started, measured with `--bootstrap` and
-stopped before chronik-trio's nodes are started with `--cluster`, so the two never share
-the machine. Both reports are kept as DIR/apache-kafka.json and DIR/chronik-trio.json; each
-carries its load average before and after, which says whether the figures mean anything.
+For each cluster size and round, each broker in turn (Kafka first in odd rounds, chronik-trio
+first in even ones, so a drift of the machine's load falls on both):
+
+- Apache Kafka 4.4.0 (tests/interop/apache_kafka.py, from the tests' jars) is started and
+  measured with `chronik-trio bench --bootstrap`, twice: with its defaults (no fsync on
+  acknowledgement: the OS flushes the page cache) and on topics with `flush.messages=1`
+  (every append fsynced before the leader or a follower goes on, as chronik-trio does);
+  then it is stopped, so the brokers never share the machine;
+- chronik-trio is measured with `chronik-trio bench --cluster N` (which starts its nodes;
+  every acknowledged write is fsynced by a quorum).
+
+The cases, each one `chronik-trio bench` run (`--repeat 1`, acks=all, replication factor N,
+3 partitions): throughput of 100-byte records with the consume rate and the one-record
+latency (open loop at `--rate`), and throughput of 1,000-byte records with the consume rate.
+Every report is kept as DIR/n<N>/round<R>/<broker>-<case>.json; the table (DIR/table.md and
+stdout) gives per figure the median over rounds with the range, the ratios chronik-trio /
+Kafka, and the load average at every run's start (the figures mean little when it is high).
 """
 
 from __future__ import annotations
@@ -15,52 +27,170 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import statistics
 import subprocess
 import sys
 
 from tests.brokers import CHRONIK_TRIO
 from tests.interop.apache_kafka import ApacheKafka
 
-BENCH_TIMEOUT_S = 3600
+BENCH_TIMEOUT_S = 1800
+BROKERS = ("kafka", "kafka-fsync", "chronik-trio")
+TITLES = {"kafka": "Apache Kafka (defaults: no fsync)", "kafka-fsync": "Apache Kafka, flush.messages=1",
+          "chronik-trio": "chronik-trio (fsync)"}
+# (figure, case, summary key)
+FIGURES = (
+    ("100 B, acks=all: produce rec/s", "100b", "produce_records_per_s"),
+    ("100 B: consume rec/s", "100b", "consume_records_per_s"),
+    ("1 KB, acks=all: produce MB/s", "1kb", "produce_mb_per_s"),
+    ("1 KB: consume MB/s", "1kb", "consume_mb_per_s"),
+    ("one record at a time: produce p50 ms", "100b", "produce_latency_p50_ms"),
+    ("one record at a time: produce p99 ms", "100b", "produce_latency_p99_ms"),
+)
 
 
-def _bench(args: list[str], out: pathlib.Path) -> dict:
-    subprocess.run([CHRONIK_TRIO, "bench", *args, "--json", str(out)], check=True, timeout=BENCH_TIMEOUT_S,
-                   stdin=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+def _cases(args) -> dict[str, list[str]]:
+    common = ["--acks", "all", "--repeat", "1", "--partitions", "3", "--warmup-s", str(args.warmup_s)]
+    return {
+        "100b": [*common, "--modes", "throughput,latency", "--record-bytes", "100", "--records",
+                 str(args.records_100b), "--rate", str(args.rate), "--duration-s", str(args.duration_s)],
+        "1kb": [*common, "--modes", "throughput", "--record-bytes", "1000", "--records", str(args.records_1kb)],
+    }
 
 
-def _table(kafka: dict, chronik: dict) -> str:
-    rows = ["| median | Apache Kafka | chronik-trio | chronik-trio / Kafka |", "|---|---|---|---|"]
-    for key, k in kafka["summary"].items():
-        c = chronik["summary"].get(key)
-        if isinstance(k, (int, float)) and isinstance(c, (int, float)):
-            ratio = f"{c / k:.2f}" if k else "-"
-            rows.append(f"| {key} | {k:,.3f} | {c:,.3f} | {ratio} |")
-    loads = (f"load average: Apache Kafka {kafka['load_average']['before']} -> {kafka['load_average']['after']}, "
-             f"chronik-trio {chronik['load_average']['before']} -> {chronik['load_average']['after']}")
-    return "\n".join(rows) + "\n\n" + loads
+def _load() -> float:
+    return float(pathlib.Path("/proc/loadavg").read_text().split()[0])
+
+
+def _bench(target: list[str], case_args: list[str], out: pathlib.Path) -> dict:
+    """One `chronik-trio bench` run; its JSON report, or {"error": ...} when it failed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run([CHRONIK_TRIO, "bench", *target, *case_args, "--json", str(out)],
+                         timeout=BENCH_TIMEOUT_S, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    (out.with_suffix(".txt")).write_text(run.stdout + run.stderr)
+    if not out.exists():
+        return {"error": f"exit code {run.returncode}: {run.stderr[-2000:]}"}
+    report = json.loads(out.read_text())
+    if run.returncode != 0:
+        report["error"] = f"exit code {run.returncode} (errors or unflushed records; see {out.with_suffix('.txt')})"
+    return report
+
+
+def measure_kafka(root: pathlib.Path, nodes: int, cases: dict[str, list[str]], out: pathlib.Path,
+                  fsync_too: bool) -> dict[str, dict]:
+    """Start Apache Kafka, run every case with its defaults (and with flush.messages=1), stop it."""
+    results: dict[str, dict] = {}
+    peer = ApacheKafka(root, nodes)
+    try:
+        peer.start()
+        target = ["--bootstrap", peer.bootstrap, "--replication-factor", str(nodes)]
+        for broker, extra in (("kafka", []), ("kafka-fsync", ["--topic-config", "flush.messages=1"])):
+            if broker == "kafka-fsync" and not fsync_too:
+                continue
+            for case, case_args in cases.items():
+                results[f"{broker}/{case}"] = _bench(target, [*case_args, *extra], out / f"{broker}-{case}.json")
+    finally:
+        peer.close()
+    return results
+
+
+def measure_chronik(nodes: int, cases: dict[str, list[str]], out: pathlib.Path) -> dict[str, dict]:
+    return {f"chronik-trio/{case}": _bench(["--cluster", str(nodes)], case_args, out / f"chronik-trio-{case}.json")
+            for case, case_args in cases.items()}
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    fmt = (lambda v: f"{v:,.0f}") if med >= 100 else (lambda v: f"{v:,.2f}")
+    return fmt(med) + (f" ({fmt(min(values))}-{fmt(max(values))})" if len(values) > 1 else "")
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+
+
+def read_rounds(directory: pathlib.Path) -> dict[int, list[dict[str, dict]]]:
+    """The reports a previous run left in `directory`, as main() collects them."""
+    rounds: dict[int, list[dict[str, dict]]] = {}
+    for size_dir in sorted(directory.glob("n[0-9]")):
+        rounds[int(size_dir.name[1:])] = [
+            {f"{f.stem.rsplit('-', 1)[0]}/{f.stem.rsplit('-', 1)[1]}": json.loads(f.read_text())
+             for f in sorted(round_dir.glob("*.json"))}
+            for round_dir in sorted(size_dir.glob("round[0-9]*"), key=lambda d: int(d.name[5:]))]
+    return rounds
+
+
+def table(rounds: dict[int, list[dict[str, dict]]]) -> str:
+    """Markdown: per cluster size, per figure, each broker's median (range) over the rounds and
+    the ratios chronik-trio / Kafka; then every run's load average at its start."""
+    lines = []
+    for nodes, runs in sorted(rounds.items()):
+        brokers = [b for b in BROKERS if any(k.startswith(b + "/") for r in runs for k in r)]
+        lines += [f"**{nodes} node(s)**, replication factor {nodes}, {len(runs)} round(s): median (range)", "",
+                  "| figure | " + " | ".join(TITLES[b] for b in brokers) + " | chronik-trio / Kafka"
+                  + (" | chronik-trio / Kafka with fsync" if "kafka-fsync" in brokers else "") + " |",
+                  "|---" * (len(brokers) + 1 + (2 if "kafka-fsync" in brokers else 1)) + "|"]
+        for title, case, key in FIGURES:
+            values = {b: [r[f"{b}/{case}"]["summary"][key] for r in runs
+                          if f"{b}/{case}" in r and "summary" in r[f"{b}/{case}"]
+                          and r[f"{b}/{case}"]["summary"].get(key) is not None] for b in brokers}
+            medians = {b: statistics.median(v) if v else None for b, v in values.items()}
+            ratios = [medians["chronik-trio"] / medians[k] if medians.get("chronik-trio") and medians.get(k) else None
+                      for k in ("kafka", "kafka-fsync") if k in brokers]
+            lines.append(f"| {title} | " + " | ".join(_cell(values[b]) for b in brokers) + " | "
+                         + " | ".join(_ratio(x) for x in ratios) + " |")
+        loads = [f"{name.split('/')[0]} {name.split('/')[1]} {rep['load_average']['before'][0]}"
+                 f"->{rep['load_average']['after'][0]}"
+                 for name, rep in sorted(((n, x) for r in runs for n, x in r.items() if "load_average" in x),
+                                         key=lambda item: item[1]["date"])]
+        errors = [f"{name}: {rep['error']}" for r in runs for name, rep in r.items() if "error" in rep]
+        lines += ["", "Load average (1 min) before -> after each run, in order: " + "; ".join(loads) + "."]
+        lines += [f"- failed: {e}" for e in errors]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.interop.bench_side_by_side",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=1, choices=(1, 3))
-    parser.add_argument("--dir", type=pathlib.Path, required=True)
-    parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="after --: arguments for chronik-trio bench")
+    parser.add_argument("--nodes", default="1,3", help="cluster sizes, comma-separated: 1, 3 or 1,3")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", type=pathlib.Path, required=True, help="reports, Kafka's data and logs")
+    parser.add_argument("--records-100b", type=int, default=200_000)
+    parser.add_argument("--records-1kb", type=int, default=50_000)
+    parser.add_argument("--rate", type=float, default=100.0, help="one-record latency: records/s, open loop")
+    parser.add_argument("--duration-s", type=float, default=10.0, help="one-record latency: measured seconds")
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--no-kafka-fsync", action="store_true", help="skip Kafka with flush.messages=1")
+    parser.add_argument("--table-only", action="store_true", help="measure nothing: the table of the reports "
+                        "already in --dir")
     args = parser.parse_args(argv)
-    bench_args = [a for a in args.bench_args if a != "--"]
-    args.dir.mkdir(parents=True, exist_ok=True)
-    kafka_peer = ApacheKafka(args.dir / "apache-kafka", args.nodes)
-    try:
-        kafka_peer.start()
-        kafka = _bench(["--bootstrap", kafka_peer.bootstrap, "--replication-factor", str(args.nodes), *bench_args],
-                       args.dir / "apache-kafka.json")
-    finally:
-        kafka_peer.close()
-    chronik = _bench(["--cluster", str(args.nodes), *bench_args], args.dir / "chronik-trio.json")
-    print(_table(kafka, chronik))
-    return 0
+    if args.table_only:
+        print(table(read_rounds(args.dir)))
+        return 0
+    sizes = [int(x) for x in args.nodes.split(",")]
+    if any(n not in (1, 3) for n in sizes):
+        parser.error("--nodes: 1, 3 or 1,3")
+    cases = _cases(args)
+    rounds: dict[int, list[dict[str, dict]]] = {}
+    for nodes in sizes:
+        rounds[nodes] = []
+        for r in range(1, args.rounds + 1):
+            out = args.dir / f"n{nodes}" / f"round{r}"
+            print(f"{nodes} node(s), round {r}: load {_load()}", file=sys.stderr, flush=True)
+            results: dict[str, dict] = {}
+            for broker in (("kafka", "chronik-trio") if r % 2 else ("chronik-trio", "kafka")):
+                if broker == "kafka":
+                    results.update(measure_kafka(out / "apache-kafka", nodes, cases, out, not args.no_kafka_fsync))
+                else:
+                    results.update(measure_chronik(nodes, cases, out))
+            rounds[nodes].append(results)
+            (args.dir / "table.md").write_text(table(rounds))
+    text = table(rounds)
+    print(text)
+    return 1 if "- failed:" in text else 0
 
 
 if __name__ == "__main__":

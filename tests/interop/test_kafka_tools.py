@@ -1,17 +1,20 @@
 """Apache Kafka's own command-line tools (kafka-tools 4.x, the classes behind
 kafka-topics.sh, kafka-console-producer.sh, kafka-console-consumer.sh,
-kafka-consumer-groups.sh, kafka-configs.sh, kafka-producer-perf-test.sh and
-kafka-consumer-perf-test.sh), run from the Maven jars as an operator runs the scripts, against
+kafka-consumer-groups.sh, kafka-configs.sh, kafka-producer-perf-test.sh,
+kafka-consumer-perf-test.sh, kafka-leader-election.sh, kafka-acls.sh, kafka-log-dirs.sh and
+kafka-delete-records.sh), run from the Maven jars as an operator runs the scripts, against
 a real single `chronik-trio node` and a 3-node cluster. Their printed output is what is
 asserted on, as an operator would read it."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from tests.interop.jvm import JavaKit
+from tests.interop.test_streams import produce_lines
 from tests.replication.cluster import Cluster
 
 TOOLS = "org.apache.kafka.tools"
@@ -23,6 +26,9 @@ CONFIGS = f"{TOOLS}.ConfigCommand"
 PRODUCER_PERF = f"{TOOLS}.ProducerPerformance"
 CONSUMER_PERF = f"{TOOLS}.ConsumerPerformance"
 LEADER_ELECTION = f"{TOOLS}.LeaderElectionCommand"
+ACLS = f"{TOOLS}.AclCommand"
+LOG_DIRS = f"{TOOLS}.LogDirsCommand"
+DELETE_RECORDS = f"{TOOLS}.DeleteRecordsCommand"
 TOOL_TIMEOUT_S = 120
 
 
@@ -114,6 +120,33 @@ def test_topic_console_and_group_tools_on_one_node(java, node):
     assert group not in tool(java, GROUPS, "--bootstrap-server", b, "--list").split()
     tool(java, TOPICS, "--bootstrap-server", b, "--delete", "--topic", topic)
     assert topic not in tool(java, TOPICS, "--bootstrap-server", b, "--list").split()
+
+
+@pytest.mark.timeout(300)
+def test_acl_log_dirs_and_delete_records_tools_on_one_node(java, node, tmp_path):
+    """kafka-acls adds, lists and removes an ACL (the authorizer need not be on to manage
+    them); kafka-log-dirs shows each partition of a topic with its size on disk;
+    kafka-delete-records moves a partition's log start offset."""
+    b = node.bootstrap
+    topic = "tools-acl"
+    tool(java, TOPICS, "--bootstrap-server", b, "--create", "--topic", topic, "--partitions", "1",
+         "--replication-factor", "1")
+    produce_lines(b, topic, [f"line-{i}" for i in range(10)])
+    acl = ["--allow-principal", "User:alice", "--operation", "Read", "--topic", topic]
+    tool(java, ACLS, "--bootstrap-server", b, "--add", *acl)
+    listed = tool(java, ACLS, "--bootstrap-server", b, "--list", "--topic", topic)
+    assert "(principal=User:alice, host=*, operation=READ, permissionType=ALLOW)" in listed, listed
+    tool(java, ACLS, "--bootstrap-server", b, "--remove", *acl, "--force")
+    assert "User:alice" not in tool(java, ACLS, "--bootstrap-server", b, "--list", "--topic", topic)
+
+    text = tool(java, LOG_DIRS, "--bootstrap-server", b, "--describe", "--topic-list", topic)
+    (report,) = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    sizes = {p["partition"]: p["size"] for d in report["brokers"][0]["logDirs"] for p in d["partitions"]}
+    assert list(sizes) == [f"{topic}-0"] and sizes[f"{topic}-0"] > 0, sizes
+    offsets = tmp_path / "delete.json"
+    offsets.write_text(json.dumps({"partitions": [{"topic": topic, "partition": 0, "offset": 5}], "version": 1}))
+    deleted = tool(java, DELETE_RECORDS, "--bootstrap-server", b, "--offset-json-file", str(offsets))
+    assert f"partition: {topic}-0\tlow_watermark: 5" in deleted, deleted
 
 
 PERF_RECORDS = 5000

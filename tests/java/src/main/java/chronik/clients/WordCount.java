@@ -26,8 +26,8 @@ import org.apache.kafka.streams.state.KeyValueStore;
  * counts go to `--output`. A plain consumer reads `--output` until the latest count of every
  * word adds up to `--words` (the number of words in the input) or `--timeout-s` passed, then
  * prints the counts as one JSON line and the application's final state. `--no-changelog`
- * keeps the counts in a store without a changelog topic (Streams makes changelogs compacted
- * topics, which a broker without compaction refuses).
+ * keeps the counts in a store without a changelog topic (by default Streams logs the store to
+ * a compacted changelog topic it creates).
  */
 public final class WordCount {
     public static void main(String[] argv) throws Exception {

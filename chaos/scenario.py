@@ -100,6 +100,11 @@ class FaultSpec:
     error_on: str = "both"            # disk: write | fsync | both
     topic: str | None = None          # whose leader `leader`/`follower` means (default: first)
     partition: int = 0
+    # power-loss: for this long before the cut, the fsyncs of every target but the partition's
+    # leader stall (do not finish), so what they acknowledge then is not yet durable there
+    stall_followers_s: float = 0.0
+    # power-loss: the partition's leader restarts this long after the other targets are up
+    leader_back_after_s: float = 0.0
 
 
 @attrs.frozen
@@ -272,7 +277,14 @@ def _fault(r: _Reader, where: str, data: Any, nodes: int) -> FaultSpec:
                      latency_ms=f.get("latency_ms", float, 0.0, minimum=0, maximum=60_000),
                      error=error, error_on=f.get("error_on", str, "both", choices=("write", "fsync", "both")),
                      topic=f.get("topic", (str, type(None)), None),
-                     partition=f.get("partition", int, 0, minimum=0))
+                     partition=f.get("partition", int, 0, minimum=0),
+                     stall_followers_s=f.get("stall_followers_s", float, 0.0, minimum=0, maximum=60),
+                     leader_back_after_s=f.get("leader_back_after_s", float, 0.0, minimum=0,
+                                               maximum=DURATION_S_MAX))
+    if kind != "power-loss":
+        for key in ("stall_followers_s", "leader_back_after_s"):
+            if getattr(spec, key):
+                f.fail("only a power-loss fault takes it", key)
     if kind == "disk" and target == "all":  # power-loss may take all: the whole cluster's power
         f.fail("a disk fault takes one node, not all", "target")
     if kind == "disk" and spec.latency_ms == 0 and spec.error is None:

@@ -21,6 +21,7 @@ import trio
 
 from chronik_trio.node.config import NodeConfig
 from chronik_trio.node.node import Node
+from chronik_trio.node.raft_runtime import _run_tickets as fsync_round
 from chronik_trio.raft.types import StateRole
 from chronik_trio.storage.disk import DiskFaults
 from chronik_trio.transport.transport import Transport
@@ -54,6 +55,8 @@ class SimNode:
     exited: trio.Event = attrs.Factory(trio.Event)
     proc: _Proc = attrs.Factory(_Proc)
     starts: int = 0
+    # The fsync work in progress (its latency being slept): a power loss cuts it short.
+    syncing: set = attrs.Factory(set)
 
 
 class SimCluster:
@@ -131,7 +134,16 @@ class SimCluster:
         where the node's Raft groups are checked for election safety (pure reads)."""
         self._check_election_safety(sim)
         votes = self._granted_votes(sim) if self.crash_after_vote else set()
-        await trio.sleep(sim.disk.fsync_latency_s())
+        with trio.CancelScope() as cut:
+            sim.syncing.add(cut)
+            try:
+                await trio.sleep(sim.disk.fsync_latency_s())
+            finally:
+                sim.syncing.discard(cut)
+        if cut.cancelled_caught and fn is fsync_round:
+            # The power went during the round: none of it became durable (the caller's
+            # scope is cancelled, and what the node sends now goes nowhere).
+            return None
         result = fn(*args)
         new = votes - self._votes_seen
         self._votes_seen |= votes
@@ -230,6 +242,8 @@ class SimCluster:
             sim = self.nodes[n]
             if sim.running:
                 self.net.crash(n, power_off=True)
+                for cut in sim.syncing:
+                    cut.cancel()
                 sim.scope.cancel()
                 await sim.exited.wait()
             notes += [f"node {n}: {x}" for x in sim.disk.power_loss(torn=torn)]

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from tests.chaos.sim_bugs import BUGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -75,19 +76,6 @@ def test_ci_seeds_pass(tmp_path):
     assert "20 passed, 0 failed" in out, out
 
 
-# Bug class (tests/chaos/sim_bugs.py, a patch inside that process only) -> the first seed
-# among 1..50 that catches it (found with `python -m tests.chaos.sim_bugs NAME 1 50`).
-# A class given with a mode runs that scenario of sim_bugs.py (--votes: five nodes, elections
-# every few hundred ms, a kill right after half the granted votes; caught by the simulator's
-# election-safety check).
-BUG_SEEDS = {
-    "acks_before_commit": (1, ""),
-    "skip_fsync": (1, ""),
-    "fetch_above_high_watermark": (4, ""),
-    "vote_not_persisted": (1, "--votes"),
-}
-
-
 def _bug_run(name: str, seed: int, mode: str) -> str:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     done = subprocess.run([sys.executable, "-m", "tests.chaos.sim_bugs", name, str(seed), str(seed),
@@ -98,14 +86,16 @@ def _bug_run(name: str, seed: int, mode: str) -> str:
 
 @pytest.mark.timeout(600)
 def test_the_bug_seeds_pass_without_a_patch():
-    for seed, mode in sorted(set(BUG_SEEDS.values())):
+    for seed, mode in sorted({(b.seed, b.scenario) for b in BUGS}):
         out = _bug_run("baseline", seed, mode)
         assert f"missed baseline in seeds {seed}..{seed}" in out, (mode, out)
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", sorted(BUG_SEEDS))
-def test_a_bug_class_is_caught_by_its_seed(name):
-    seed, mode = BUG_SEEDS[name]
-    out = _bug_run(name, seed, mode)
-    assert f"caught {name} by seed {seed}" in out, out
+@pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.name)
+def test_a_bug_class_is_caught_by_its_seed(bug):
+    """Each bug class of sim_bugs.BUGS (a patch inside that process only) fails the first
+    seed of its scenario among 1..50 that caught it (--votes: the election-safety check;
+    --followers: lost writes after a power loss with the followers' fsyncs stalled)."""
+    out = _bug_run(bug.name, bug.seed, bug.scenario)
+    assert f"caught {bug.name} by seed {bug.seed}" in out, out

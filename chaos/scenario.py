@@ -44,7 +44,7 @@ FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-l
                "rolling-restart")
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
-          "node_crashes")
+          "node_crashes", "lost_commits")
 # Checks that are report-only unless a scenario says otherwise; both become failing checks
 # when the workload is idempotent (see checker.py).
 REPORT_ONLY_DEFAULT = frozenset({"duplicates", "nonmonotonic_sends"})
@@ -80,6 +80,9 @@ class WorkloadSpec:
     request_timeout_s: float = 5.0
     delivery_timeout_s: float = 10.0
     final_read_timeout_s: float = 60.0
+    # Consumers in one group (classic protocol, committed offsets). Simulation only for now:
+    # chaos run's clients do not run them.
+    group_consumers: int = 0
 
 
 @attrs.frozen
@@ -245,7 +248,8 @@ def _workload(r: _Reader) -> WorkloadSpec:
         acks=acks, idempotence=w.get("idempotence", bool, False),
         request_timeout_s=w.get("request_timeout_s", float, 5.0, minimum=0.1),
         delivery_timeout_s=w.get("delivery_timeout_s", float, 10.0, minimum=0.1),
-        final_read_timeout_s=w.get("final_read_timeout_s", float, 60.0, minimum=1))
+        final_read_timeout_s=w.get("final_read_timeout_s", float, 60.0, minimum=1),
+        group_consumers=w.get("group_consumers", int, 0, minimum=0, maximum=32))
     if spec.idempotence and spec.acks != "all":
         w.fail("idempotence needs acks: all", "idempotence")
     if spec.producers == 0:

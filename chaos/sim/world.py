@@ -100,6 +100,8 @@ class SimCluster:
         self.net.power_on(n)
         # Injected disk faults live in the process (as /faults does): a new one has none.
         sim.disk.faults = DiskFaults()
+        if sim.starts:  # the host's clock may have been stepped while the process was down
+            sim.skew_ms = self.rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)
         config = NodeConfig(node_id=n, listen=f"n{n}:{KAFKA_PORT}", data_dir=sim.data_dir,
                             peers=self.peers, log_level="warning")
         node = Node(config, disk=sim.disk,
@@ -111,7 +113,7 @@ class SimCluster:
             self.node_patch(node)
         sim.node, sim.running, sim.exited, sim.proc = node, True, trio.Event(), _Proc()
         sim.starts += 1
-        self.record({"type": "node", "node": n, "what": "started", "detail": f"start {sim.starts}"})
+        self.record({"type": "node", "node": n, "what": "started", "detail": f"start {sim.starts}, wall clock {sim.skew_ms:+d} ms"})
         ready = trio.Event()
         self.nursery.start_soon(self._run, sim, node, ready)
         with trio.move_on_after(timeout_s):

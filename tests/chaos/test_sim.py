@@ -24,7 +24,8 @@ duration_s: 30
 cluster: {nodes: 3}
 topics:
   - {name: chaos, partitions: 2, replication_factor: 3}
-workload: {producers: 2, consumers: 1, rate_per_s: 10, request_timeout_s: 5, delivery_timeout_s: 15}
+workload: {producers: 2, consumers: 1, group_consumers: 2, rate_per_s: 10, request_timeout_s: 5,
+           delivery_timeout_s: 15}
 nemesis:
   quiet_s: 8
   schedule:
@@ -41,6 +42,7 @@ nemesis:
         - {kind: power-loss, target: all, duration_s: 2}
         - {kind: disk, target: random, error: EIO, error_on: fsync, duration_s: 2}
         - {kind: pause, target: random, duration_s: 3}
+        - {kind: power-loss, target: all, stall_followers_s: 0.5, duration_s: 1, leader_back_after_s: 2}
 checks:
   duplicates: {report_only: true}
   unavailability: {max_s: 30}
@@ -70,8 +72,10 @@ def test_same_seed_same_history_hash(tmp_path):
 
 @pytest.mark.timeout(900)
 def test_ci_seeds_pass(tmp_path):
-    """20 seeds of 30 simulated seconds with faults of every kind (costs ~1-2 min of CPU on
-    2 cores): every check and the liveness check pass."""
+    """20 seeds of 30 simulated seconds with faults of every kind and a consumer group (costs
+    ~1-2 min of CPU on 2 cores): every check and the liveness checks pass. Regressions: seed 7
+    (a node started without __meta quorum stopped), seed 1 (the group coordinator's loop
+    spun at a deadline, docs/simulation.md)."""
     out = _sim(tmp_path, SHORT, "1..20")
     assert "20 passed, 0 failed" in out, out
 

@@ -24,17 +24,27 @@ from chaos.sim.driver import run_seed
 from chronik_trio.node import partition_group, raft_group, raft_runtime
 from chronik_trio.storage import hardstate
 
-SCENARIO = """
-name: sim-bugs
+def _scenario(name: str, schedule: str) -> str:
+    """24 s, 3 nodes, 2 partitions RF 3, 2 producers at 20/s and a consumer; `schedule` is
+    the nemesis's schedule entries (YAML, indented 4)."""
+    return f"""
+name: {name}
 seed: 1
 duration_s: 24
-cluster: {nodes: 3}
+cluster: {{nodes: 3}}
 topics:
-  - {name: chaos, partitions: 2, replication_factor: 3}
-workload: {producers: 2, consumers: 1, rate_per_s: 20, request_timeout_s: 3, delivery_timeout_s: 8}
+  - {{name: chaos, partitions: 2, replication_factor: 3}}
+workload: {{producers: 2, consumers: 1, rate_per_s: 20, request_timeout_s: 3, delivery_timeout_s: 8}}
 nemesis:
   quiet_s: 6
   schedule:
+{schedule}checks:
+  duplicates: {{report_only: true}}
+  unavailability: {{enabled: false}}
+"""
+
+
+SCENARIO = _scenario("sim-bugs", """\
     - interval_s: [2, 4]
       start_s: 2
       faults:
@@ -43,10 +53,7 @@ nemesis:
         - {kind: partition, mode: one-way-leader, duration_s: 3}
         - {kind: power-loss, target: all, duration_s: 1}
         - {kind: power-loss, target: leader, topic: chaos, duration_s: 1}
-checks:
-  duplicates: {report_only: true}
-  unavailability: {enabled: false}
-"""
+""")
 
 
 # Elections and power loss, close together: where a lost vote or an early acknowledgement
@@ -109,26 +116,13 @@ checks:
 # they had made durable. A broker whose followers acknowledge only durable entries commits
 # nothing in the stall (the leader alone is not a quorum); one that acknowledges early has
 # answered writes that only the leader kept, and the new leader's log overwrites them there.
-FOLLOWERS = """
-name: sim-bugs-followers
-seed: 1
-duration_s: 24
-cluster: {nodes: 3}
-topics:
-  - {name: chaos, partitions: 2, replication_factor: 3}
-workload: {producers: 2, consumers: 1, rate_per_s: 20, request_timeout_s: 3, delivery_timeout_s: 8}
-nemesis:
-  quiet_s: 6
-  schedule:
+FOLLOWERS = _scenario("sim-bugs-followers", """\
     - interval_s: [3, 5]
       start_s: 2
       faults:
         - {kind: power-loss, target: all, topic: chaos, stall_followers_s: 0.5, duration_s: 0.5,
            leader_back_after_s: 3}
-checks:
-  duplicates: {report_only: true}
-  unavailability: {enabled: false}
-"""
+""")
 VOTES_CRASH_AFTER_VOTE = 0.5  # with --votes: half the granted votes are followed by a kill
 
 def _acks_before_commit() -> tuple:

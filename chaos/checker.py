@@ -86,12 +86,18 @@ class _History:
         self.workload_end_s: float | None = None
         self.exits: list[dict] = []
         self.sends_and_txns: list[dict] = []
+        self.commits: list[dict] = []  # acknowledged OffsetCommits of group consumers
+        self.offset_fetches: list[dict] = []
         for e in events:
             kind = e["type"]
             if kind == "txn":
                 self.sends_and_txns.append(e)
             if kind == "send":
                 self.sends.append(e)
+            elif kind == "commit":
+                self.commits.append(e)
+            elif kind == "offsets-fetched":
+                self.offset_fetches.append(e)
             elif kind == "poll":
                 self.polls.append(e)
             elif kind == "seek":
@@ -432,6 +438,31 @@ def check_unavailability(h: _History, opts: CheckOptions) -> CheckResult:
                        summary=summary, examples=tuple(examples[:EXAMPLES_MAX]), details=per_fault)
 
 
+def check_lost_commits(h: _History, opts: CheckOptions) -> CheckResult:
+    """A group's committed offsets survive: an OffsetFetch returns, for each partition, at
+    least the highest offset whose commit was acknowledged before the fetch was sent (a
+    member commits only its own increasing positions, and a commit of an ended generation
+    is refused, so no later commit may lower it)."""
+    if not h.offset_fetches:
+        return CheckResult(name="lost_commits", passed=True, report_only="lost_commits" in opts.report_only,
+                           count=0, summary="no consumer groups in this workload")
+    commits: dict[tuple[str, str, int], list[tuple[float, int, str]]] = defaultdict(list)
+    for c in h.commits:
+        commits[(c["group"], c["topic"], int(c["partition"]))].append((c["t_end"], int(c["offset"]), c["process"]))
+    bad = []
+    for f in h.offset_fetches:
+        for topic, partition, offset in f["offsets"]:
+            before = [c for c in commits.get((f["group"], topic, int(partition)), ()) if c[0] < f["t_start"]]
+            if before:
+                t_end, highest, by = max(before, key=lambda c: c[1])
+                if offset < highest:
+                    bad.append(f"{f['process']} fetched {topic}-{partition}@{offset} for {f['group']} at "
+                               f"t={f['t_start']:.3f}, after {by}'s commit of {highest} was acknowledged "
+                               f"at t={t_end:.3f}")
+    return _result("lost_commits", bad, opts, f"{len(h.commits)} acknowledged commit(s), none lost",
+                   f"{len(bad)} committed offset(s) lost")
+
+
 # Exit details of a node that was killed (SIGKILL), stopped cleanly (SIGTERM) or lost power;
 # 143 is a JVM's exit after its shutdown hooks ran on SIGTERM (Apache Kafka as the broker).
 EXPECTED_EXITS = frozenset({"code -9", "code 0", "code 137", "code 143"})
@@ -515,6 +546,7 @@ CHECK_FUNCTIONS = {
     "torn_transactions": check_torn_transactions,
     "precommitted_reads": check_precommitted_reads,
     "exactly_once_output": check_exactly_once_output,
+    "lost_commits": check_lost_commits,
 }
 
 

@@ -41,6 +41,7 @@ MEMBERSHIP_REPLICAS_MIN = 3
 MEMBERSHIP_IN_FLIGHT_S = (0.0, 0.3)  # the second fault lands this soon after the request
 MOVE_DONE_TIMEOUT_S = 60.0  # after the heal, the move must complete within this
 ADMIN_TIMEOUT_MS = 15_000
+STALL_MARGIN_S = 2.0  # a stalled fsync lasts this much longer than the stall before a power loss
 
 
 @attrs.frozen
@@ -94,7 +95,11 @@ def describe(fault: FaultSpec) -> str:
                                      f"{fault.error} on {fault.error_on}" if fault.error else "") if x)
         return f"disk {what} on {fault.target} for {fault.duration_s:g} s"
     if fault.kind == "power-loss":
-        return f"power loss on {fault.target}, restart after {fault.duration_s:g} s"
+        stall = (f"fsyncs of all but the leader stalled for {fault.stall_followers_s:g} s, then "
+                 if fault.stall_followers_s else "")
+        late = (f", the leader {fault.leader_back_after_s:g} s after the others"
+                if fault.leader_back_after_s else "")
+        return f"{stall}power loss on {fault.target}, restart after {fault.duration_s:g} s{late}"
     if fault.kind == "join-remove":
         during = ", SIGKILL the __meta leader during the join" if fault.target == "meta-leader" else ""
         return f"a spare node joins{during}, serves {fault.duration_s:g} s, and is removed"
@@ -299,6 +304,17 @@ class Nemesis:
         return "; ".join(notes)
 
     async def _power_loss(self, fault: FaultSpec, nodes: list[int]) -> str:
+        leader = self._leader(fault) if fault.stall_followers_s or fault.leader_back_after_s else None
+        if fault.stall_followers_s and leader is not None:
+            # The followers' disks stop finishing fsyncs (longer than the stall lasts), then
+            # the power goes: whatever they acknowledged meanwhile was durable only on the
+            # leader, if the broker waited for their fsyncs as it must.
+            stalled = [n for n in nodes if n != leader]
+            for n in stalled:
+                await self.cluster.set_disk_faults(
+                    n, {"fsync_latency_ms": (fault.stall_followers_s + STALL_MARGIN_S) * 1000})
+            self._detail(f"leader {leader}; fsyncs of {stalled} stalled")
+            await trio.sleep(fault.stall_followers_s)
         for n in nodes:
             self.cluster.expect_exit(n)
             await self.cluster.set_disk_faults(n, {"power_loss": True})
@@ -306,6 +322,12 @@ class Nemesis:
                 await self.cluster.kill(n)
                 return f"node {n} did not exit on power loss; SIGKILLed"
         await trio.sleep(fault.duration_s)
+        if fault.leader_back_after_s and leader in nodes:
+            # The others first, so they may elect one of themselves without the leader's log.
+            slow = await self._restart_together([n for n in nodes if n != leader])
+            await trio.sleep(fault.leader_back_after_s)
+            if slow:
+                return f"not ready {RESTART_READY_TIMEOUT_S:.0f} s after restart: {slow}"
         return ""
 
     async def _join_remove(self, fault: FaultSpec, nodes: list[int]) -> str:
@@ -394,11 +416,11 @@ class Nemesis:
         if fault.kind == "pause":
             for n in nodes:
                 self.cluster.send_signal(n, signal.SIGCONT)
-        if fault.kind == "disk":
+        if fault.kind == "disk" or fault.stall_followers_s:  # (a stall cut short by the run's end)
             for n in nodes:
                 if self.cluster.nodes[n].running:
                     await self.cluster.set_disk_faults(n, {"latency_ms": 0, "error": None})
-                else:
+                elif fault.kind == "disk":
                     notes.append(f"node {n} exited during the disk fault ({self._exit_code(n)}); restarted")
         dead = [n for n in nodes if not self.cluster.nodes[n].running]
         for n in dead:

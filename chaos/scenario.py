@@ -50,7 +50,7 @@ FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-l
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
           "node_crashes", "compaction", "aborted_reads", "torn_transactions", "precommitted_reads",
-          "exactly_once_output")
+          "exactly_once_output", "lost_commits")
 # Checks that are report-only unless a scenario says otherwise; both become failing checks
 # when the workload is idempotent (see checker.py).
 REPORT_ONLY_DEFAULT = frozenset({"duplicates", "nonmonotonic_sends"})
@@ -105,6 +105,9 @@ class WorkloadSpec:
     # consumer group) and writes "copy:<value>" to this topic in transactions that carry
     # its input offsets (send_offsets_to_transaction). None: no copier.
     copy_to: str | None = None
+    # Consumers in one group (classic protocol, committed offsets). Simulation only for now:
+    # chaos run's clients do not run them.
+    group_consumers: int = 0
 
 
 @attrs.frozen
@@ -125,6 +128,11 @@ class FaultSpec:
     error_on: str = "both"            # disk: write | fsync | both
     topic: str | None = None          # whose leader `leader`/`follower` means (default: first)
     partition: int = 0
+    # power-loss: for this long before the cut, the fsyncs of every target but the partition's
+    # leader stall (do not finish), so what they acknowledge then is not yet durable there
+    stall_followers_s: float = 0.0
+    # power-loss: the partition's leader restarts this long after the other targets are up
+    leader_back_after_s: float = 0.0
 
 
 @attrs.frozen
@@ -278,7 +286,8 @@ def _workload(r: _Reader) -> WorkloadSpec:
         transactional=w.get("transactional", bool, False),
         txn_records=w.get("txn_records", int, 5, minimum=1, maximum=1000),
         abort_every=w.get("abort_every", int, 3, minimum=0),
-        copy_to=w.get("copy_to", (str, type(None)), None))
+        copy_to=w.get("copy_to", (str, type(None)), None),
+        group_consumers=w.get("group_consumers", int, 0, minimum=0, maximum=32))
     if spec.copy_to is not None and not spec.transactional:
         w.fail("a copier needs transactional: true", "copy_to")
     if spec.transactional and (spec.client != "confluent-kafka" or not spec.idempotence):
@@ -315,7 +324,14 @@ def _fault(r: _Reader, where: str, data: Any, nodes: int) -> FaultSpec:
                      latency_ms=f.get("latency_ms", float, 0.0, minimum=0, maximum=60_000),
                      error=error, error_on=f.get("error_on", str, "both", choices=("write", "fsync", "both")),
                      topic=f.get("topic", (str, type(None)), None),
-                     partition=f.get("partition", int, 0, minimum=0))
+                     partition=f.get("partition", int, 0, minimum=0),
+                     stall_followers_s=f.get("stall_followers_s", float, 0.0, minimum=0, maximum=60),
+                     leader_back_after_s=f.get("leader_back_after_s", float, 0.0, minimum=0,
+                                               maximum=DURATION_S_MAX))
+    if kind != "power-loss":
+        for key in ("stall_followers_s", "leader_back_after_s"):
+            if getattr(spec, key):
+                f.fail("only a power-loss fault takes it", key)
     if kind == "disk" and target == "all":  # power-loss may take all: the whole cluster's power
         f.fail("a disk fault takes one node, not all", "target")
     if kind == "disk" and spec.latency_ms == 0 and spec.error is None:

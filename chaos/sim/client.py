@@ -8,7 +8,8 @@ have written it (the request was sent and no answer came, or the answer says it 
 REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND); fail otherwise. An idempotent producer
 (InitProducerId, one sequence per partition) retries a batch with the same sequence, so a
 retry of a write that happened is answered as a duplicate with the original offset.
-Consumers read every partition from offset 0 by assignment and record every poll.
+Consumers read every partition from offset 0 by assignment and record every poll. Group
+consumers (`run_group_consumer`) share the partitions through the classic group protocol.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from chronik_trio.varint import read_varint as _read_varint, write_uvarint
 from ..workload import planned_send, record_seeks
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 3, 19, 22
-VERSION = {PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 7, METADATA: 12, CREATE_TOPICS: 7, INIT_PRODUCER_ID: 4}
+OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = \
+    8, 9, 10, 11, 12, 13, 14
+VERSION = {PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 7, METADATA: 12, CREATE_TOPICS: 7, INIT_PRODUCER_ID: 4,
+           OFFSET_COMMIT: 7, OFFSET_FETCH: 7, FIND_COORDINATOR: 3, JOIN_GROUP: 5, HEARTBEAT: 3,
+           LEAVE_GROUP: 3, SYNC_GROUP: 3}
 INDETERMINATE = {ErrorCode.request_timed_out, ErrorCode.not_enough_replicas_after_append}
 RETRY_BACKOFF_S = 0.1
 CONSUMER_POLL_WAIT_MS = 200
@@ -373,3 +378,235 @@ async def final_read(client: Client, topic: str, partition: int, timeout_s: floa
 class _TP:
     def __init__(self, topic: str, partition: int) -> None:
         self.topic, self.partition = topic, partition
+
+
+# --- consumers in a group -------------------------------------------------------------------
+
+GROUP_SESSION_TIMEOUT_MS = 10_000
+GROUP_REBALANCE_TIMEOUT_MS = 10_000
+GROUP_HEARTBEAT_S = 1.0
+GROUP_COMMIT_S = 1.0
+REJOIN = {ErrorCode.rebalance_in_progress, ErrorCode.illegal_generation, ErrorCode.unknown_member_id,
+          ErrorCode.not_coordinator, ErrorCode.coordinator_not_available,
+          ErrorCode.coordinator_load_in_progress, ErrorCode.fenced_instance_id}
+
+
+class GroupView:
+    """What each group consumer holds now (generation, partitions, since when): the driver's
+    liveness check reads it to tell when the group has settled."""
+
+    def __init__(self, group: str, members: list[str], partitions: list[tuple[str, int]]) -> None:
+        self.group = group
+        self.partitions = frozenset(partitions)
+        self.held: dict[str, tuple[int, frozenset, float]] = {m: (-1, frozenset(), 0.0) for m in members}
+
+    def settled_at(self) -> float | None:
+        """When the last member took its share, if every member is in one generation and
+        their shares are disjoint and cover every partition; else None."""
+        generations = {g for g, _, _ in self.held.values()}
+        shares = [parts for _, parts, _ in self.held.values()]
+        if len(generations) != 1 or -1 in generations or sum(map(len, shares)) != len(self.partitions) \
+                or frozenset().union(*shares) != self.partitions:
+            return None
+        return max(t for _, _, t in self.held.values())
+
+
+def assign_range(members: list[str], partitions: list[tuple[str, int]]) -> dict[str, list[tuple[str, int]]]:
+    """Contiguous shares of the partitions in member-id order (the range assignor's idea)."""
+    members = sorted(members)
+    out: dict[str, list[tuple[str, int]]] = {m: [] for m in members}
+    for i, tp in enumerate(sorted(partitions)):
+        out[members[i * len(members) // len(partitions)]].append(tp)
+    return out
+
+
+def _encode_share(share: list[tuple[str, int]]) -> bytes:
+    return ",".join(f"{t}:{p}" for t, p in share).encode()  # only these clients read it
+
+
+def _decode_share(data: bytes | None) -> list[tuple[str, int]]:
+    text = (data or b"").decode()
+    return [(t, int(p)) for t, _, p in (x.rpartition(":") for x in text.split(",") if x)]
+
+
+class _GroupMember:
+    """One member's session with the coordinator; every error sends it back to join."""
+
+    def __init__(self, name: str, client: Client, group: str) -> None:
+        self.name, self.client, self.group = name, client, group
+        self.coordinator: tuple[str, int] | None = None
+        self.member_id = ""
+        self.generation = -1
+
+    async def call(self, api_key: int, body: dict):
+        if self.coordinator is None:
+            addresses = list(self.client.brokers.values()) or self.client.bootstrap
+            r = await self.client.call(addresses[self.client.rng.randrange(len(addresses))],
+                                       FIND_COORDINATOR, {"key": self.group, "key_type": 0})
+            if r.error_code != ErrorCode.none:
+                raise OSError(f"find coordinator: {r.error_code.name}")
+            self.coordinator = (r.host, int(r.port))
+        try:
+            return await self.client.call(self.coordinator, api_key, {"group_id": self.group, **body})
+        except (OSError, Unanswered):
+            self.coordinator = None
+            raise
+
+    def check(self, error: ErrorCode) -> None:
+        """Raise _Rejoin on an error that ends the member's generation."""
+        if error == ErrorCode.none:
+            return
+        if error in (ErrorCode.not_coordinator, ErrorCode.coordinator_not_available):
+            self.coordinator = None
+        if error in (ErrorCode.unknown_member_id, ErrorCode.fenced_instance_id):
+            self.member_id = ""
+        raise _Rejoin(error.name)
+
+    async def join(self, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        while True:
+            r = await self.call(JOIN_GROUP, {
+                "session_timeout": GROUP_SESSION_TIMEOUT_MS, "rebalance_timeout": GROUP_REBALANCE_TIMEOUT_MS,
+                "member_id": self.member_id, "group_instance_id": None, "protocol_type": "consumer",
+                "protocols": [{"name": "range", "metadata": b""}]})
+            if r.error_code == ErrorCode.member_id_required:
+                self.member_id = r.member_id
+                continue
+            self.check(r.error_code)
+            self.member_id, self.generation = r.member_id, int(r.generation_id)
+            assignments = []
+            if r.leader == self.member_id:
+                shares = assign_range([m.member_id for m in r.members], partitions)
+                assignments = [{"member_id": m, "assignment": _encode_share(share)} for m, share in shares.items()]
+            r = await self.call(SYNC_GROUP, {"generation_id": self.generation, "member_id": self.member_id,
+                                             "group_instance_id": None, "assignments": assignments})
+            self.check(r.error_code)
+            return _decode_share(r.assignment)
+
+    async def committed(self, share: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        topics: dict[str, list[int]] = {}
+        for t, p in share:
+            topics.setdefault(t, []).append(p)
+        r = await self.call(OFFSET_FETCH, {"topics": [{"name": t, "partition_indexes": ps}
+                                                      for t, ps in topics.items()], "require_stable": False})
+        self.check(r.error_code)
+        out = {}
+        for t in r.topics:
+            for p in t.partitions:
+                self.check(p.error_code)
+                out[(t.name, p.partition_index)] = max(int(p.committed_offset), 0)
+        return out
+
+    async def commit(self, positions: dict[tuple[str, int], int]) -> list[tuple[str, int]]:
+        """The partitions whose commit was acknowledged."""
+        topics: dict[str, list[dict]] = {}
+        for (t, p), offset in positions.items():
+            topics.setdefault(t, []).append({"partition_index": p, "committed_offset": offset,
+                                             "committed_leader_epoch": -1, "committed_metadata": None})
+        r = await self.call(OFFSET_COMMIT, {"generation_id_or_member_epoch": self.generation,
+                                            "member_id": self.member_id, "group_instance_id": None,
+                                            "topics": [{"name": t, "partitions": ps} for t, ps in topics.items()]})
+        done, error = [], ErrorCode.none
+        for t in r.topics:
+            for p in t.partitions:
+                if p.error_code == ErrorCode.none:
+                    done.append((t.name, p.partition_index))
+                else:
+                    error = p.error_code
+        if not done:
+            self.check(error)
+        return done
+
+    async def heartbeat(self) -> None:
+        r = await self.call(HEARTBEAT, {"generation_id": self.generation, "member_id": self.member_id,
+                                        "group_instance_id": None})
+        self.check(r.error_code)
+
+    async def leave(self) -> None:
+        with trio.move_on_after(self.client.request_timeout_s):
+            try:
+                await self.call(LEAVE_GROUP, {"members": [{"member_id": self.member_id,
+                                                            "group_instance_id": None}]})
+            except (OSError, Unanswered):
+                pass
+
+
+class _Rejoin(Exception):
+    """The member's generation is over (or its coordinator is gone): join again."""
+
+
+async def run_group_consumer(name: str, client: Client, view: GroupView, history, stop: trio.Event,
+                             target: dict) -> None:
+    """A member of `view.group`: joins, reads its share of the partitions from the group's
+    committed offsets (a `seek` in the history, and `offsets-fetched`), commits its positions
+    every GROUP_COMMIT_S (`commit` events for the acknowledged ones), heartbeats, and joins
+    again on any error that ends its generation. Stops (and leaves) once `stop` is set and its
+    share reached `target`."""
+    member = _GroupMember(name, client, view.group)
+    partitions = sorted(view.partitions)
+    while True:
+        try:
+            share = await member.join(partitions)
+            start = history.now()
+            positions = await member.committed(share)
+            history.record({"type": "offsets-fetched", "process": name, "group": view.group,
+                            "generation": member.generation, "t_start": round(start, 6),
+                            "offsets": [[t, p, o] for (t, p), o in sorted(positions.items())]})
+            for (t, p), offset in sorted(positions.items()):
+                history.record({"type": "seek", "process": name, "topic": t, "partition": p,
+                                "offset": offset})
+            view.held[name] = (member.generation, frozenset(share), history.now())
+            history.record({"type": "group-assigned", "process": name, "group": view.group,
+                            "generation": member.generation, "partitions": [[t, p] for t, p in share]})
+            await _consume_share(member, positions, history, stop, target)
+            await member.leave()
+            return
+        except _Rejoin as exc:
+            history.record({"type": "consumer-error", "process": name, "error": f"rejoin: {exc}"})
+        except (OSError, Unanswered) as exc:
+            history.record({"type": "consumer-error", "process": name, "error": str(exc)})
+            await trio.sleep(RETRY_BACKOFF_S)
+        view.held[name] = (-1, frozenset(), history.now())
+
+
+async def _consume_share(member: _GroupMember, positions: dict, history, stop: trio.Event,
+                         target: dict) -> None:
+    """Poll the share until stop (and target reached); heartbeat and commit on the way."""
+    next_beat = next_commit = trio.current_time()
+    committed = dict(positions)
+    while not (stop.is_set() and all(o >= target.get(tp, 0) for tp, o in positions.items())):
+        progressed = False
+        for tp in sorted(positions):
+            try:
+                _code, _high, records = await fetch_once(member.client, tp[0], tp[1], positions[tp], 0)
+            except (OSError, Unanswered) as exc:
+                member.client.leaders.pop(tp, None)
+                history.record({"type": "consumer-error", "process": member.name, "error": str(exc)})
+                continue
+            if records:
+                progressed = True
+                history.record({"type": "poll", "process": member.name, "topic": tp[0], "partition": tp[1],
+                                "records": [[o, v] for o, v in records]})
+                positions[tp] = records[-1][0] + 1
+        now = trio.current_time()
+        if now >= next_beat:
+            next_beat = now + GROUP_HEARTBEAT_S
+            await member.heartbeat()
+        if now >= next_commit:
+            next_commit = now + GROUP_COMMIT_S
+            await _commit(member, positions, committed, history)
+        if not progressed:
+            await trio.sleep(CONSUMER_POLL_WAIT_MS / 1000)
+    await _commit(member, positions, committed, history)
+
+
+async def _commit(member: _GroupMember, positions: dict, committed: dict, history) -> None:
+    """Commit the positions that moved; a `commit` event for each acknowledged one."""
+    changed = {tp: o for tp, o in positions.items() if committed.get(tp) != o}
+    if not changed:
+        return
+    start = history.now()
+    for tp in await member.commit(changed):
+        committed[tp] = changed[tp]
+        history.record({"type": "commit", "process": member.name, "group": member.group,
+                        "topic": tp[0], "partition": tp[1], "offset": changed[tp],
+                        "t_start": round(start, 6), "t_end": round(history.now(), 6)})

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0
 HEAL_SETTLE_S = 10.0
 LIVENESS_BOUND_S = 30.0  # after the last heal, every partition takes a write within this
+# After the last heal, each consumer group settles within this: every member in one
+# generation, their shares disjoint and covering every partition, for GROUP_STABLE_S.
+# (A dead coordinator is noticed in a request timeout, a member a session timeout (10 s) later
+# at most, and a rebalance waits up to the rebalance timeout (10 s) for the members.)
+GROUP_SETTLE_BOUND_S = 40.0
+GROUP_STABLE_S = 3.0
+GROUP_ID = "chaos-sim-group"
 
 
 @attrs.frozen
@@ -165,9 +172,14 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
     t0 = history.now()
     history.record({"type": "workload-start", "t": round(t0, 6)})
     stop_producers, stop_consumers = trio.Event(), trio.Event()
+    members = [f"g{i}" for i in range(spec.group_consumers)]
+    view = sim_client.GroupView(GROUP_ID, members, [(t, p) for t, n in topics for p in range(n)])
     async with trio.open_nursery() as consumers:
         for i in range(spec.consumers):
             consumers.start_soon(sim_client.run_consumer, f"c{i}", client(), topics, history,
+                                 stop_consumers, target)
+        for name in members:
+            consumers.start_soon(sim_client.run_group_consumer, name, client(), view, history,
                                  stop_consumers, target)
         async with trio.open_nursery() as producers:
             for i in range(spec.producers):
@@ -182,6 +194,8 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
             stop_producers.set()
         history.record({"type": "workload-end"})
         box["liveness"] = await _liveness(client(), topics, history, healed)
+        if members:
+            box["liveness"] += await _group_settles(view, history, healed)
         high = box["high"] = {}
         reader = client()
         for name, partitions in topics:
@@ -221,6 +235,25 @@ async def _liveness(client: sim_client.Client, topics, history: History, healed:
             elif took > LIVENESS_BOUND_S:
                 problems.append(f"liveness: {name}-{p} took a write only {took:.1f} s after the last heal")
     return problems
+
+
+async def _group_settles(view, history: History, healed: float) -> list[str]:
+    """After the last heal, the group settles (view.settled_at) and stays so GROUP_STABLE_S,
+    within GROUP_SETTLE_BOUND_S."""
+    deadline = healed + GROUP_SETTLE_BOUND_S
+    while True:
+        settled = view.settled_at()
+        now = history.now()
+        if settled is not None and now - max(settled, healed) >= GROUP_STABLE_S:
+            history.record({"type": "group-settled", "group": view.group,
+                            "generation": view.held[min(view.held)][0],
+                            "after_heal_s": round(max(settled - healed, 0.0), 6)})
+            return []
+        if now > deadline + GROUP_STABLE_S:
+            held = {m: (g, sorted(parts)) for m, (g, parts, _) in sorted(view.held.items())}
+            return [f"liveness: group {view.group} not settled {GROUP_SETTLE_BOUND_S:g} s after the last "
+                    f"heal (members' generation and share: {held})"]
+        await trio.sleep(0.5)
 
 
 @attrs.frozen

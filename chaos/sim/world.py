@@ -21,6 +21,7 @@ import trio
 
 from chronik_trio.node.config import NodeConfig
 from chronik_trio.node.node import Node
+from chronik_trio.node.raft_runtime import _run_tickets as fsync_round
 from chronik_trio.raft.types import StateRole
 from chronik_trio.storage.disk import DiskFaults
 from chronik_trio.transport.transport import Transport
@@ -54,6 +55,8 @@ class SimNode:
     exited: trio.Event = attrs.Factory(trio.Event)
     proc: _Proc = attrs.Factory(_Proc)
     starts: int = 0
+    # The fsync work in progress (its latency being slept): a power loss cuts it short.
+    syncing: set = attrs.Factory(set)
 
 
 class SimCluster:
@@ -97,6 +100,8 @@ class SimCluster:
         self.net.power_on(n)
         # Injected disk faults live in the process (as /faults does): a new one has none.
         sim.disk.faults = DiskFaults()
+        if sim.starts:  # the host's clock may have been stepped while the process was down
+            sim.skew_ms = self.rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)
         config = NodeConfig(node_id=n, listen=f"n{n}:{KAFKA_PORT}", data_dir=sim.data_dir,
                             peers=self.peers, log_level="warning")
         node = Node(config, disk=sim.disk,
@@ -108,7 +113,7 @@ class SimCluster:
             self.node_patch(node)
         sim.node, sim.running, sim.exited, sim.proc = node, True, trio.Event(), _Proc()
         sim.starts += 1
-        self.record({"type": "node", "node": n, "what": "started", "detail": f"start {sim.starts}"})
+        self.record({"type": "node", "node": n, "what": "started", "detail": f"start {sim.starts}, wall clock {sim.skew_ms:+d} ms"})
         ready = trio.Event()
         self.nursery.start_soon(self._run, sim, node, ready)
         with trio.move_on_after(timeout_s):
@@ -131,7 +136,16 @@ class SimCluster:
         where the node's Raft groups are checked for election safety (pure reads)."""
         self._check_election_safety(sim)
         votes = self._granted_votes(sim) if self.crash_after_vote else set()
-        await trio.sleep(sim.disk.fsync_latency_s())
+        with trio.CancelScope() as cut:
+            sim.syncing.add(cut)
+            try:
+                await trio.sleep(sim.disk.fsync_latency_s())
+            finally:
+                sim.syncing.discard(cut)
+        if cut.cancelled_caught and fn is fsync_round:
+            # The power went during the round: none of it became durable (the caller's
+            # scope is cancelled, and what the node sends now goes nowhere).
+            return None
         result = fn(*args)
         new = votes - self._votes_seen
         self._votes_seen |= votes
@@ -230,6 +244,8 @@ class SimCluster:
             sim = self.nodes[n]
             if sim.running:
                 self.net.crash(n, power_off=True)
+                for cut in sim.syncing:
+                    cut.cancel()
                 sim.scope.cancel()
                 await sim.exited.wait()
             notes += [f"node {n}: {x}" for x in sim.disk.power_loss(torn=torn)]

@@ -49,6 +49,7 @@ from .seams import system_rng, uuid4
 log = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # with nothing due, the loop still wakes this often (leadership checks)
+DUE_MARGIN_MS = 0.001
 LOAD_WAIT_S_MAX = 2.0  # a request waits this long for a new leader's load, then is told to retry
 JOIN_GRACE_S = 5.0  # beyond the rebalance timeout, a JoinGroup gives up waiting (never expected)
 SYNC_WAIT_S_MAX = 60.0  # a SyncGroup waits for the leader's assignment at most this long
@@ -268,7 +269,11 @@ class GroupCoordinator:
         due_s = now_s + IDLE_WAKE_S
         for shard in self.shards.values():
             if shard.loaded and shard.due_ms:
-                due_s = min(due_s, min(shard.due_ms.values()) / 1000)
+                # A microsecond late: ms / 1000 * 1000 can come back an ulp below ms, and a
+                # wake before a deadline by the ms clock the groups read (now_ms) ticks
+                # nothing and sleeps until the same moment again, a spin that lasts until the
+                # clock moves past it (forever under a virtual clock; found by the simulation).
+                due_s = min(due_s, (min(shard.due_ms.values()) + DUE_MARGIN_MS) / 1000)
         return due_s
 
     def _tick(self) -> None:

@@ -1,7 +1,8 @@
 """Bug classes the simulation must catch: each is a patch of the broker made inside this
 process only (never in the product), and `first_catch` runs seeds until one fails.
 
-    python -m tests.chaos.sim_bugs NAME [FIRST LAST] [--stormy | --votes]   (from the repository root)
+    python -m tests.chaos.sim_bugs NAME [FIRST LAST] [--stormy | --votes | --followers]
+    (from the repository root)
 
 prints `caught NAME by seed N: <failing checks>` or `missed NAME in seeds FIRST..LAST`.
 Run with PYTHONHASHSEED=0 (as test_sim.py does) so the seed that catches it is stable.
@@ -14,23 +15,36 @@ import dataclasses
 import pathlib
 import sys
 import tempfile
+import typing
+
+import attrs
 
 from chaos.scenario import parse_scenario
 from chaos.sim.driver import run_seed
 from chronik_trio.node import partition_group, raft_group, raft_runtime
 from chronik_trio.storage import hardstate
 
-SCENARIO = """
-name: sim-bugs
+def _scenario(name: str, schedule: str) -> str:
+    """24 s, 3 nodes, 2 partitions RF 3, 2 producers at 20/s and a consumer; `schedule` is
+    the nemesis's schedule entries (YAML, indented 4)."""
+    return f"""
+name: {name}
 seed: 1
 duration_s: 24
-cluster: {nodes: 3}
+cluster: {{nodes: 3}}
 topics:
-  - {name: chaos, partitions: 2, replication_factor: 3}
-workload: {producers: 2, consumers: 1, rate_per_s: 20, request_timeout_s: 3, delivery_timeout_s: 8}
+  - {{name: chaos, partitions: 2, replication_factor: 3}}
+workload: {{producers: 2, consumers: 1, rate_per_s: 20, request_timeout_s: 3, delivery_timeout_s: 8}}
 nemesis:
   quiet_s: 6
   schedule:
+{schedule}checks:
+  duplicates: {{report_only: true}}
+  unavailability: {{enabled: false}}
+"""
+
+
+SCENARIO = _scenario("sim-bugs", """\
     - interval_s: [2, 4]
       start_s: 2
       faults:
@@ -39,10 +53,7 @@ nemesis:
         - {kind: partition, mode: one-way-leader, duration_s: 3}
         - {kind: power-loss, target: all, duration_s: 1}
         - {kind: power-loss, target: leader, topic: chaos, duration_s: 1}
-checks:
-  duplicates: {report_only: true}
-  unavailability: {enabled: false}
-"""
+""")
 
 
 # Elections and power loss, close together: where a lost vote or an early acknowledgement
@@ -99,101 +110,121 @@ checks:
   duplicates: {report_only: true}
   unavailability: {enabled: false}
 """
+# Acknowledgements before durability on the followers: the partition's followers' fsyncs
+# stall for half a second while writes go on, then every node loses power and the leader comes
+# back 3 s after the others, so the followers may elect one of themselves with only what
+# they had made durable. A broker whose followers acknowledge only durable entries commits
+# nothing in the stall (the leader alone is not a quorum); one that acknowledges early has
+# answered writes that only the leader kept, and the new leader's log overwrites them there.
+FOLLOWERS = _scenario("sim-bugs-followers", """\
+    - interval_s: [3, 5]
+      start_s: 2
+      faults:
+        - {kind: power-loss, target: all, topic: chaos, stall_followers_s: 0.5, duration_s: 0.5,
+           leader_back_after_s: 3}
+""")
 VOTES_CRASH_AFTER_VOTE = 0.5  # with --votes: half the granted votes are followed by a kill
 
-@contextlib.contextmanager
-def _patched(owner, name: str, value):
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
-
-
-@contextlib.contextmanager
-def acks_before_commit():
+def _acks_before_commit() -> tuple:
     """acks=all answered once the leader appended, before the quorum commit."""
     early: set[int] = set()
     keep = []
-    original_propose = raft_group.RaftGroup.propose_locked_many
-    original_wait = raft_group.RaftGroup.wait_applied
 
-    def propose_locked_many(self, datas):
-        waiter = original_propose(self, datas)
-        if self.group_id != "__meta":
-            early.add(id(waiter))
-            keep.append(waiter)
-        return waiter
+    def propose_locked_many(original):
+        def propose(self, datas, *args, **kwargs):
+            waiter = original(self, datas, *args, **kwargs)
+            if self.group_id != "__meta":
+                early.add(id(waiter))
+                keep.append(waiter)
+            return waiter
+        return propose
 
-    async def wait_applied(waiter):
-        if id(waiter) in early:
-            return None
-        return await original_wait(waiter)
-    with _patched(raft_group.RaftGroup, "propose_locked_many", propose_locked_many), \
-            _patched(raft_group.RaftGroup, "wait_applied", staticmethod(wait_applied)):
-        yield None
-
-
-@contextlib.contextmanager
-def skip_fsync():
-    """Every fsync is a no-op in the disk's books: acknowledged writes are never durable."""
-    def patch(node) -> None:
-        node.disk.skip_fsync = True
-    yield patch
+    def wait_applied(original):
+        async def wait(waiter):
+            return None if id(waiter) in early else await original(waiter)
+        return staticmethod(wait)
+    return ((raft_group.RaftGroup, "propose_locked_many", propose_locked_many),
+            (raft_group.RaftGroup, "wait_applied", wait_applied))
 
 
-@contextlib.contextmanager
-def vote_not_persisted():
+def _vote_not_persisted(original):
     """The Raft hard state is saved without its vote: a restarted node may vote twice in a term."""
-    original = hardstate.HardStateFile.save
-
     def save(self, hs):
         return original(self, dataclasses.replace(hs, vote=0))
-    with _patched(hardstate.HardStateFile, "save", save):
-        yield None
+    return save
 
 
-@contextlib.contextmanager
-def fetch_above_high_watermark():
+def _fetch_above_high_watermark(original):
     """Fetch serves the leader's whole log, uncommitted entries included."""
     def read(self, offset, max_bytes):
         return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=self.log.next_offset)
-    with _patched(partition_group.PartitionReplica, "read", read):
-        yield None
+    return read
 
 
-@contextlib.contextmanager
-def follower_ack_before_durable():
+def _follower_ack_before_durable(original):
     """Append responses (and votes) sent before the entries are fsynced."""
-    original = raft_runtime.RaftRuntime._collect
-
     def collect(self, groups):
-        readies = original(self, groups)
         out = []
-        for group, rd in readies:
+        for group, rd in original(self, groups):
             self._send_all(group, rd.persisted_messages)
             out.append((group, dataclasses.replace(rd, persisted_messages=())))
         return out
-    with _patched(raft_runtime.RaftRuntime, "_collect", collect):
-        yield None
+    return collect
+
+
+def _skip_fsync(node) -> None:
+    """Every fsync is a no-op in the disk's books: acknowledged writes are never durable."""
+    node.disk.skip_fsync = True
+
+
+@attrs.frozen
+class BugClass:
+    """A bug class: the patches that make it (owner, attribute, original -> replacement; or a
+    patch of each new Node), the scenario that shows it (a flag of `main`: "" is SCENARIO) and
+    the first seed of that scenario among 1..50 that catches it (test_sim.py runs that seed
+    with the patch, where it must fail, and without, where it must pass)."""
+
+    name: str
+    seed: int | None
+    scenario: str = ""
+    patches: tuple = ()
+    node_patch: typing.Callable | None = None
+
+
+BUGS = (
+    BugClass("acks_before_commit", 1, patches=_acks_before_commit()),
+    BugClass("skip_fsync", 1, node_patch=_skip_fsync),
+    BugClass("fetch_above_high_watermark", 4, patches=(
+        (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),)),
+    BugClass("vote_not_persisted", 8, "--votes", patches=(
+        (hardstate.HardStateFile, "save", _vote_not_persisted),)),
+    BugClass("follower_ack_before_durable", 1, "--followers", patches=(
+        (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),)),
+)
+BASELINE = BugClass("baseline", None)  # no patch: the broker as shipped
+PATCHES = {b.name: b for b in (BASELINE, *BUGS)}
+SCENARIOS = {"": SCENARIO, "--stormy": STORMY, "--votes": VOTES, "--followers": FOLLOWERS}
 
 
 @contextlib.contextmanager
-def baseline():
-    """No patch: the broker as shipped (each seed that catches a bug must pass here)."""
-    yield None
-
-
-PATCHES = {f.__name__: f for f in (baseline, acks_before_commit, skip_fsync, vote_not_persisted,
-                                    fetch_above_high_watermark, follower_ack_before_durable)}
+def patched(bug: BugClass):
+    """The bug's patches in place for the block (restored after); yields its node patch."""
+    saved = []
+    try:
+        for owner, name, replace in bug.patches:
+            saved.append((owner, name, owner.__dict__[name]))
+            setattr(owner, name, replace(getattr(owner, name)))
+        yield bug.node_patch
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
 
 
 def first_catch(name: str, seeds: range, out: pathlib.Path, scenario_text: str = SCENARIO,
                 crash_after_vote: float = 0.0) -> tuple[int, tuple[str, ...]] | None:
     scenario = parse_scenario(scenario_text)
     for seed in seeds:
-        with PATCHES[name]() as node_patch:
+        with patched(PATCHES[name]) as node_patch:
             result = run_seed(scenario, seed, out / f"{name}-{seed}", node_patch=node_patch,
                               crash_after_vote=crash_after_vote)
         if not result.passed:
@@ -204,7 +235,7 @@ def first_catch(name: str, seeds: range, out: pathlib.Path, scenario_text: str =
 def main(argv: list[str]) -> int:
     name = argv[0]
     first, last = (int(argv[1]), int(argv[2])) if len(argv) > 2 else (1, 50)
-    scenario_text = STORMY if "--stormy" in argv else VOTES if "--votes" in argv else SCENARIO
+    scenario_text = SCENARIOS[next((a for a in argv if a in SCENARIOS), "")]
     with tempfile.TemporaryDirectory() as tmp:
         found = first_catch(name, range(first, last + 1), pathlib.Path(tmp), scenario_text,
                             VOTES_CRASH_AFTER_VOTE if "--votes" in argv else 0.0)

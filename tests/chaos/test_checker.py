@@ -288,3 +288,23 @@ def test_exactly_once_output():
     assert "exactly_once_output" in failed(with_copies("p0-0"))  # one committed record not copied
     assert "exactly_once_output" in failed(with_copies("p0-0", "p0-1", "p0-1"))  # copied twice
     assert "exactly_once_output" in failed(with_copies("p0-0", "p0-1", "p0-2"))  # an aborted one copied
+
+
+def _commit(process: str, offset: int, *, t_end: float, partition: int = 0) -> dict:
+    return {"type": "commit", "process": process, "group": "g", "topic": T, "partition": partition,
+            "offset": offset, "t_start": t_end - 0.01, "t_end": t_end}
+
+
+def _fetched(process: str, offset: int, *, t_start: float, partition: int = 0) -> dict:
+    return {"type": "offsets-fetched", "process": process, "group": "g", "generation": 2,
+            "t_start": t_start, "offsets": [[T, partition, offset]], "t": t_start + 0.01}
+
+
+def test_a_committed_offset_fetched_lower_after_its_commit_was_acknowledged_is_lost():
+    events = clean_history() + [_commit("g0", 5, t_end=2.0), _fetched("g1", 3, t_start=2.5)]
+    bad = {r.name: r for r in check_history(events)}["lost_commits"]
+    assert not bad.passed and "commit of 5" in bad.examples[0], bad
+    # Fetched at or above it, or fetched before the commit was acknowledged: not lost.
+    for later in (_fetched("g1", 5, t_start=2.5), _fetched("g1", 3, t_start=1.995)):
+        ok = {r.name: r for r in check_history(clean_history() + [_commit("g0", 5, t_end=2.0), later])}
+        assert ok["lost_commits"].passed, ok["lost_commits"]

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from tests.chaos.sim_bugs import BUGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,8 @@ duration_s: 30
 cluster: {nodes: 3}
 topics:
   - {name: chaos, partitions: 2, replication_factor: 3}
-workload: {producers: 2, consumers: 1, rate_per_s: 10, request_timeout_s: 5, delivery_timeout_s: 15}
+workload: {producers: 2, consumers: 1, group_consumers: 2, rate_per_s: 10, request_timeout_s: 5,
+           delivery_timeout_s: 15}
 nemesis:
   quiet_s: 8
   schedule:
@@ -40,6 +42,7 @@ nemesis:
         - {kind: power-loss, target: all, duration_s: 2}
         - {kind: disk, target: random, error: EIO, error_on: fsync, duration_s: 2}
         - {kind: pause, target: random, duration_s: 3}
+        - {kind: power-loss, target: all, stall_followers_s: 0.5, duration_s: 1, leader_back_after_s: 2}
 checks:
   duplicates: {report_only: true}
   unavailability: {max_s: 30}
@@ -69,23 +72,12 @@ def test_same_seed_same_history_hash(tmp_path):
 
 @pytest.mark.timeout(900)
 def test_ci_seeds_pass(tmp_path):
-    """20 seeds of 30 simulated seconds with faults of every kind (costs ~1-2 min of CPU on
-    2 cores): every check and the liveness check pass."""
+    """20 seeds of 30 simulated seconds with faults of every kind and a consumer group (costs
+    ~1-2 min of CPU on 2 cores): every check and the liveness checks pass. Regressions: seed 7
+    (a node started without __meta quorum stopped), seed 1 (the group coordinator's loop
+    spun at a deadline, docs/simulation.md)."""
     out = _sim(tmp_path, SHORT, "1..20")
     assert "20 passed, 0 failed" in out, out
-
-
-# Bug class (tests/chaos/sim_bugs.py, a patch inside that process only) -> the first seed
-# among 1..50 that catches it (found with `python -m tests.chaos.sim_bugs NAME 1 50`).
-# A class given with a mode runs that scenario of sim_bugs.py (--votes: five nodes, elections
-# every few hundred ms, a kill right after half the granted votes; caught by the simulator's
-# election-safety check).
-BUG_SEEDS = {
-    "acks_before_commit": (1, ""),
-    "skip_fsync": (1, ""),
-    "fetch_above_high_watermark": (4, ""),
-    "vote_not_persisted": (9, "--votes"),
-}
 
 
 def _bug_run(name: str, seed: int, mode: str) -> str:
@@ -98,14 +90,16 @@ def _bug_run(name: str, seed: int, mode: str) -> str:
 
 @pytest.mark.timeout(600)
 def test_the_bug_seeds_pass_without_a_patch():
-    for seed, mode in sorted(set(BUG_SEEDS.values())):
+    for seed, mode in sorted({(b.seed, b.scenario) for b in BUGS}):
         out = _bug_run("baseline", seed, mode)
         assert f"missed baseline in seeds {seed}..{seed}" in out, (mode, out)
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", sorted(BUG_SEEDS))
-def test_a_bug_class_is_caught_by_its_seed(name):
-    seed, mode = BUG_SEEDS[name]
-    out = _bug_run(name, seed, mode)
-    assert f"caught {name} by seed {seed}" in out, out
+@pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.name)
+def test_a_bug_class_is_caught_by_its_seed(bug):
+    """Each bug class of sim_bugs.BUGS (a patch inside that process only) fails the first
+    seed of its scenario among 1..50 that caught it (--votes: the election-safety check;
+    --followers: lost writes after a power loss with the followers' fsyncs stalled)."""
+    out = _bug_run(bug.name, bug.seed, bug.scenario)
+    assert f"caught {bug.name} by seed {bug.seed}" in out, out

@@ -40,9 +40,8 @@ from chronik_trio.group.records import build_batch, group_key, offset_key
 from chronik_trio.group.subscription import subscription_topics
 from chronik_trio.group.store import group_batch, offsets_batch
 from chronik_trio.kafka.records import parse_batches
-from chronik_trio.raft.types import StateRole
 
-from .internal_topic import InternalTopic
+from .internal_topic import InternalTopic, ShardedCoordinator
 from .partition_group import PartitionReplica
 from .seams import system_rng, uuid4
 
@@ -145,7 +144,7 @@ class CoordinatorHost(typing.Protocol):
         """For __consumer_offsets; raises BrokerError."""
 
 
-class GroupCoordinator:
+class GroupCoordinator(ShardedCoordinator):
     def __init__(self, node: CoordinatorHost, rng: random.Random | None = None) -> None:
         self.node = node
         self._rng = rng if rng is not None else system_rng()  # member ids
@@ -166,43 +165,14 @@ class GroupCoordinator:
 
     # --- partitions of __consumer_offsets (replicas.py calls these) ------------------------------
 
-    @staticmethod
-    def states_for(topic: Topic) -> list:
-        return [GroupStore()] if topic.name == OFFSETS_TOPIC else []
+    TOPIC = OFFSETS_TOPIC
 
-    def attach(self, replica: PartitionReplica) -> None:
-        if replica.topic_name != OFFSETS_TOPIC:
-            return
-        replica.machine.role_listeners.append(
-            lambda leader_id, role, term: self._role_changed(replica, role, term))
-        if replica.is_leader:
-            self._role_changed(replica, StateRole.LEADER, replica.leader_epoch)
+    @classmethod
+    def _new_store(cls) -> GroupStore:
+        return GroupStore()
 
-    def _role_changed(self, replica: PartitionReplica, role: StateRole, term: int) -> None:
-        """From the Ready pass (no await): a new term of leadership starts loading; losing it
-        drops the live groups."""
-        shard = self.shards.get(replica.partition)
-        if role == StateRole.LEADER:
-            if shard is not None and shard.term == term and shard.replica is replica:
-                return
-            if shard is not None:
-                self._unload(shard)
-            load_index = replica.group.node.last_index()
-            shard = self.shards[replica.partition] = _Shard(replica, term, load_index)
-            if self._nursery is not None:
-                self._nursery.start_soon(self._load_when_applied, shard)
-            log.info("offsets partition %d: leader at term %d, loading groups (log up to index %d)",
-                     replica.partition, term, load_index)
-        elif shard is not None and shard.replica is replica:
-            del self.shards[replica.partition]
-            self._unload(shard)
-
-    async def _load_when_applied(self, shard: _Shard) -> None:
-        """Wake the loop to load the shard once its replica has applied the new term's
-        first entry (everything before it is then in the GroupStore)."""
-        while shard.current and shard.replica.machine.applied_index < shard.load_index:
-            await shard.replica.group.wait_advanced()
-        self._wake.set()
+    def _new_shard(self, replica: PartitionReplica, term: int, load_index: int) -> _Shard:
+        return _Shard(replica, term, load_index)
 
     def _unload(self, shard: _Shard) -> None:
         for group in shard.groups.values():

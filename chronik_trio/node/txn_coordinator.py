@@ -40,11 +40,10 @@ from chronik_trio.cluster.meta import MetaState, Topic
 from chronik_trio.errors import BrokerError, NotEnoughReplicas, NotLeader, ProposalFailed
 from chronik_trio.group import partition_for
 from chronik_trio.kafka.records import parse_batches
-from chronik_trio.raft.types import StateRole
 from chronik_trio.txn import TXN_TOPIC, TxnMetadata, TxnState, TxnStore, txn_batch
 from chronik_trio.txn import state as ts
 
-from .internal_topic import InternalTopic
+from .internal_topic import InternalTopic, ShardedCoordinator
 from .partition_group import PartitionReplica
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ class TxnHost(typing.Protocol):
         per partition the error (none: committed in that partition)."""
 
 
-class TxnCoordinator:
+class TxnCoordinator(ShardedCoordinator):
     def __init__(self, node: TxnHost) -> None:
         self.node = node
         self.shards: dict[int, _Shard] = {}
@@ -130,35 +129,14 @@ class TxnCoordinator:
 
     # --- partitions of __transaction_state (replicas.py calls these) --------------------------
 
-    @staticmethod
-    def states_for(topic: Topic) -> list:
-        return [TxnStore()] if topic.name == TXN_TOPIC else []
+    TOPIC = TXN_TOPIC
 
-    def attach(self, replica: PartitionReplica) -> None:
-        if replica.topic_name != TXN_TOPIC:
-            return
-        replica.machine.role_listeners.append(
-            lambda leader_id, role, term: self._role_changed(replica, role, term))
-        if replica.is_leader:
-            self._role_changed(replica, StateRole.LEADER, replica.leader_epoch)
+    @classmethod
+    def _new_store(cls) -> TxnStore:
+        return TxnStore()
 
-    def _role_changed(self, replica: PartitionReplica, role: StateRole, term: int) -> None:
-        shard = self.shards.get(replica.partition)
-        if role == StateRole.LEADER:
-            if shard is not None and shard.term == term and shard.replica is replica:
-                return
-            shard = self.shards[replica.partition] = _Shard(replica, term, replica.group.node.last_index())
-            if self._nursery is not None:
-                self._nursery.start_soon(self._load_when_applied, shard)
-            log.info("transaction state partition %d: leader at term %d, loading (log up to index %d)",
-                     replica.partition, term, shard.load_index)
-        elif shard is not None and shard.replica is replica:
-            del self.shards[replica.partition]
-
-    async def _load_when_applied(self, shard: _Shard) -> None:
-        while shard.current and shard.replica.machine.applied_index < shard.load_index:
-            await shard.replica.group.wait_advanced()
-        self._wake.set()
+    def _new_shard(self, replica: PartitionReplica, term: int, load_index: int) -> _Shard:
+        return _Shard(replica, term, load_index)
 
     def _load(self, shard: _Shard) -> None:
         shard.loaded = True

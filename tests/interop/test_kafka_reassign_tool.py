@@ -43,8 +43,12 @@ def test_kafka_reassign_partitions_moves_lists_verifies_and_cancels(java, cluste
         return text if f"Reassignment of partition {topic}-0 is completed" in text else None
     text = wait_for("--verify says completed", verified, timeout_s=60, poll_s=1.0)
     assert "Clearing broker-level throttles" in text, text
-    described = described_partitions(tool(java, TOPICS, "--bootstrap-server", b, "--describe", "--topic", topic))
-    assert [(p, replicas, sorted(isr)) for p, _, replicas, isr in described] == [(0, grown, sorted(grown))]
+    # The leader reports the ISR to __meta on its own beat (leader_reports.ISR_CHECK_S), so the
+    # new replicas join the described ISR shortly after the move's configuration commits.
+    wait_for("the grown replicas all in sync", lambda: [
+        (p, replicas, sorted(isr)) for p, _, replicas, isr in described_partitions(
+            tool(java, TOPICS, "--bootstrap-server", b, "--describe", "--topic", topic))
+    ] == [(0, grown, sorted(grown))], timeout_s=30, poll_s=1.0)
 
     # Back to one replica; then a move that cannot finish (its new replica's node is stopped)
     # is listed, and cancelled.

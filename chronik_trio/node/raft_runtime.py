@@ -8,7 +8,7 @@ order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 2. send `messages` at once (a leader may send appends before its own fsync: Raft thesis
    10.2.1; heartbeats and votes requests promise nothing);
 3. write the snapshot, entries and hard state;
-4. fsync everything written, in one worker-thread call;
+4. fsync everything written, in one call to the runtime's fsync thread;
 5. send `persisted_messages` (votes and append responses promise durable state, so they
    wait for step 4);
 6. apply committed entries (they are durable on a quorum, so applying never waits for 4),
@@ -32,7 +32,7 @@ from chronik_trio.raft.types import EntryType, Message
 from chronik_trio.storage.raft_storage import RaftSyncTicket
 
 from .raft_group import RaftGroup
-from .seams import RunSync, thread_run_sync
+from .seams import DedicatedThread, RunSync
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,16 @@ class RaftRuntime:
                  peer_silence_s: float = PEER_SILENCE_S,
                  observe_pass: typing.Callable[[float], None] = lambda seconds: None,
                  observe_fsync: typing.Callable[[float], None] = lambda seconds: None,
-                 run_sync: RunSync = thread_run_sync) -> None:
+                 run_sync: RunSync | None = None) -> None:
         """send(group_id, message) hands a Raft message to the network; heartbeat(peer)
         sends one node-level liveness message (the network calls heard_from and
         liveness_from on the other side); both must not block. observe_pass and
-        observe_fsync are given the seconds of each Ready pass and fsync round (metrics)."""
+        observe_fsync are given the seconds of each Ready pass and fsync round (metrics).
+        run_sync hands the fsync rounds off; None (the real path): to this runtime's own
+        DedicatedThread, one worker thread that lives across rounds."""
         self.node_id = node_id
-        self._run_sync = run_sync  # the fsync rounds' hand-off (a worker thread)
+        self.fsync_thread = DedicatedThread(f"fsync-node{node_id}") if run_sync is None else None
+        self._run_sync = run_sync if run_sync is not None else self.fsync_thread.run_sync
         self._send = send
         self._heartbeat = heartbeat
         self.tick_interval_s = tick_interval_s

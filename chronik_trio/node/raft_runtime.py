@@ -12,8 +12,10 @@ order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 5. send `persisted_messages` (votes and append responses promise durable state, so they
    wait for step 4);
 6. apply committed entries (they are durable on a quorum, so applying never waits for 4),
-7. advance, release the lock; a group that has a Ready again (advance() can make one, e.g.
-   a sole voter's commit) is woken for the next pass, which starts at once.
+7. advance; a group that has a Ready again (advance() can make one, e.g. a sole voter's
+   commit) goes through 1-7 once more in the same pass, still under its lock (without
+   stepping new messages), and is woken for the next pass if it has one yet again;
+   release the locks.
 
 The runtime takes its clock from trio and its network as a `send` callable, so a test (or a
 later simulation) can drive a whole cluster in one process.
@@ -47,6 +49,12 @@ PEER_SILENCE_S = 0.75
 # most of a node's CPU (100 ms cost 0.5 % of a core more per node with 1,000 groups).
 LIVENESS_EVERY_TICKS = 5
 PEER_ACTIVE_S = 1.0  # heard from within this: active, for the ISR
+# Rounds of Ready -> persist -> apply -> advance per pass for a group that advance() left
+# with a new Ready (a sole voter's commit after its fsync): the second is done in the same
+# pass, under the locks already held. Bounded, so a group with a long backlog of committed
+# entries (max_committed_size_per_ready_bytes at a time) does not hold the pass, and every
+# other group, for more than this; the rest waits for the next pass.
+READY_ROUNDS_PER_PASS = 2
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -260,8 +268,11 @@ class RaftRuntime:
                     continue
                 held.append(group)
             readies = self._collect(held)
-            if readies:
+            rounds = 0
+            while readies:
+                rounds += 1
                 await self._persist(readies)
+                again = []
                 for group, rd in readies:
                     self._send_all(group, rd.persisted_messages)
                     self._apply(group, rd)
@@ -272,9 +283,16 @@ class RaftRuntime:
                         # advance() itself can leave work: a sole voter's own durable
                         # append commits, a follower's entries committed before they were
                         # durable here become applicable, a candidate's vote for itself
-                        # counts, committed entries beyond one Ready's budget remain. Nothing
-                        # else would wake the group before its next tick (50 ms).
-                        self.wake(group)
+                        # counts, committed entries beyond one Ready's budget remain.
+                        again.append(group)
+                if rounds < READY_ROUNDS_PER_PASS:
+                    # Handled in this pass, with the locks still held: no wake-up, no
+                    # new pass (a sole voter's commit follows its fsync at once).
+                    readies = self._collect(again, step=False)
+                else:
+                    for group in again:
+                        self.wake(group)  # nothing else would before its next tick (50 ms)
+                    readies = []
         finally:
             for group in held:
                 group.lock.release()
@@ -283,10 +301,14 @@ class RaftRuntime:
         self.passes += 1
         self.observe_pass(time.perf_counter() - started)
 
-    def _collect(self, groups: list[RaftGroup]) -> list:
+    def _collect(self, groups: list[RaftGroup], *, step: bool = True) -> list:
+        """Each group's Ready, written (not yet synced); step=False: without stepping its
+        queued messages and ticks first (a pass's second round: what arrived meanwhile
+        waits for the next pass, which it woke)."""
         readies = []
         for group in groups:
-            self._send_all(group, group.step_inbox_and_ticks())
+            if step:
+                self._send_all(group, group.step_inbox_and_ticks())
             if not group.node.has_ready():
                 group.release_cached_entries()  # e.g. the last append responses came in
                 continue

@@ -111,7 +111,8 @@ class Node:
         self.runtime = RaftRuntime(self.node_id, self.throttle.send, heartbeat=self.peers.heartbeat,
                                    observe_pass=self.metrics.ready_pass_seconds.observe,
                                    observe_fsync=self.metrics.fsync_seconds.observe,
-                                   run_sync=run_sync)
+                                   # the real hand-off: the runtime's own fsync thread
+                                   run_sync=None if run_sync is thread_run_sync else run_sync)
         self.peers.runtime = self.runtime
         self.metrics.collect_groups(self.runtime)
         self.request_errors = RequestErrors()  # contained handler failures, in /metrics

@@ -8,12 +8,14 @@ order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 2. send `messages` at once (a leader may send appends before its own fsync: Raft thesis
    10.2.1; heartbeats and votes requests promise nothing);
 3. write the snapshot, entries and hard state;
-4. fsync everything written, in one worker-thread call;
+4. fsync everything written, in one call to the runtime's fsync thread;
 5. send `persisted_messages` (votes and append responses promise durable state, so they
    wait for step 4);
 6. apply committed entries (they are durable on a quorum, so applying never waits for 4),
-7. advance, release the lock; a group that has a Ready again (advance() can make one, e.g.
-   a sole voter's commit) is woken for the next pass, which starts at once.
+7. advance; a group that has a Ready again (advance() can make one, e.g. a sole voter's
+   commit) goes through 1-7 once more in the same pass, still under its lock (without
+   stepping new messages), and is woken for the next pass if it has one yet again;
+   release the locks.
 
 The runtime takes its clock from trio and its network as a `send` callable, so a test (or a
 later simulation) can drive a whole cluster in one process.
@@ -32,7 +34,7 @@ from chronik_trio.raft.types import EntryType, Message
 from chronik_trio.storage.raft_storage import RaftSyncTicket
 
 from .raft_group import RaftGroup
-from .seams import RunSync, thread_run_sync
+from .seams import DedicatedThread, RunSync
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,12 @@ PEER_SILENCE_S = 0.75
 # most of a node's CPU (100 ms cost 0.5 % of a core more per node with 1,000 groups).
 LIVENESS_EVERY_TICKS = 5
 PEER_ACTIVE_S = 1.0  # heard from within this: active, for the ISR
+# Rounds of Ready -> persist -> apply -> advance per pass for a group that advance() left
+# with a new Ready (a sole voter's commit after its fsync): the second is done in the same
+# pass, under the locks already held. Bounded, so a group with a long backlog of committed
+# entries (max_committed_size_per_ready_bytes at a time) does not hold the pass, and every
+# other group, for more than this; the rest waits for the next pass.
+READY_ROUNDS_PER_PASS = 2
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -61,13 +69,16 @@ class RaftRuntime:
                  peer_silence_s: float = PEER_SILENCE_S,
                  observe_pass: typing.Callable[[float], None] = lambda seconds: None,
                  observe_fsync: typing.Callable[[float], None] = lambda seconds: None,
-                 run_sync: RunSync = thread_run_sync) -> None:
+                 run_sync: RunSync | None = None) -> None:
         """send(group_id, message) hands a Raft message to the network; heartbeat(peer)
         sends one node-level liveness message (the network calls heard_from and
         liveness_from on the other side); both must not block. observe_pass and
-        observe_fsync are given the seconds of each Ready pass and fsync round (metrics)."""
+        observe_fsync are given the seconds of each Ready pass and fsync round (metrics).
+        run_sync hands the fsync rounds off; None (the real path): to this runtime's own
+        DedicatedThread, one worker thread that lives across rounds."""
         self.node_id = node_id
-        self._run_sync = run_sync  # the fsync rounds' hand-off (a worker thread)
+        self.fsync_thread = DedicatedThread(f"fsync-node{node_id}") if run_sync is None else None
+        self._run_sync = run_sync if run_sync is not None else self.fsync_thread.run_sync
         self._send = send
         self._heartbeat = heartbeat
         self.tick_interval_s = tick_interval_s
@@ -257,8 +268,11 @@ class RaftRuntime:
                     continue
                 held.append(group)
             readies = self._collect(held)
-            if readies:
+            rounds = 0
+            while readies:
+                rounds += 1
                 await self._persist(readies)
+                again = []
                 for group, rd in readies:
                     self._send_all(group, rd.persisted_messages)
                     self._apply(group, rd)
@@ -269,9 +283,16 @@ class RaftRuntime:
                         # advance() itself can leave work: a sole voter's own durable
                         # append commits, a follower's entries committed before they were
                         # durable here become applicable, a candidate's vote for itself
-                        # counts, committed entries beyond one Ready's budget remain. Nothing
-                        # else would wake the group before its next tick (50 ms).
-                        self.wake(group)
+                        # counts, committed entries beyond one Ready's budget remain.
+                        again.append(group)
+                if rounds < READY_ROUNDS_PER_PASS:
+                    # Handled in this pass, with the locks still held: no wake-up, no
+                    # new pass (a sole voter's commit follows its fsync at once).
+                    readies = self._collect(again, step=False)
+                else:
+                    for group in again:
+                        self.wake(group)  # nothing else would before its next tick (50 ms)
+                    readies = []
         finally:
             for group in held:
                 group.lock.release()
@@ -280,10 +301,14 @@ class RaftRuntime:
         self.passes += 1
         self.observe_pass(time.perf_counter() - started)
 
-    def _collect(self, groups: list[RaftGroup]) -> list:
+    def _collect(self, groups: list[RaftGroup], *, step: bool = True) -> list:
+        """Each group's Ready, written (not yet synced); step=False: without stepping its
+        queued messages and ticks first (a pass's second round: what arrived meanwhile
+        waits for the next pass, which it woke)."""
         readies = []
         for group in groups:
-            self._send_all(group, group.step_inbox_and_ticks())
+            if step:
+                self._send_all(group, group.step_inbox_and_ticks())
             if not group.node.has_ready():
                 group.release_cached_entries()  # e.g. the last append responses came in
                 continue

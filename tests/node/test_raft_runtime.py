@@ -131,6 +131,19 @@ async def test_one_fsync_round_serves_many_groups(tmp_path, nursery):
     assert all(r < len(groups) for r in rounds.values()), rounds
 
 
+async def test_every_fsync_round_of_a_runtime_goes_to_its_one_long_lived_thread(tmp_path, nursery):
+    # The hand-off per round is a queue put and a token callback, not a thread (or a
+    # thread-cache job, limiter and thread renaming) per round (issue 20).
+    cluster = LocalCluster(tmp_path, node_ids=(1,), seed=7)
+    await cluster.start(nursery, 1, bootstrap=True)
+    await cluster.wait_leader()
+    runtime = cluster.runtimes[1]
+    rounds = runtime.fsync_rounds
+    await _propose_all(cluster, [b"%d" % i for i in range(30)])
+    assert runtime.fsync_rounds - rounds >= 30  # one voter: a round for each proposal
+    assert runtime.fsync_thread.threads_started == 1
+
+
 async def test_idle_groups_quiesce_and_a_quiesced_group_still_fails_over(tmp_path, nursery):
     groups = tuple(f"q{i}" for i in range(30))
     cluster = await _quiet_cluster(tmp_path, nursery, groups, seed=5)

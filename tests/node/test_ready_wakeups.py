@@ -57,10 +57,11 @@ async def test_a_sole_voter_elects_itself_and_applies_its_first_entry_without_a_
     assert trio.current_time() == 0  # no tick could have fired
 
 
-async def test_a_sole_voter_commits_and_applies_a_proposal_in_the_pass_after_its_fsync(
+async def test_a_sole_voter_commits_and_applies_a_proposal_in_the_pass_of_its_fsync(
         tmp_path, nursery, mock_clock):
-    # Pass 1 appends and fsyncs; advance() then counts the leader's own durable append,
-    # which is a quorum: the commit is a new Ready, handled by pass 2 (no fsync needed).
+    # The pass appends and fsyncs; advance() then counts the leader's own durable append,
+    # which is a quorum: the commit is a new Ready, handled by the same pass's second round
+    # under the lock it holds (no fsync needed, no second pass: it took two before).
     cluster = LocalCluster(tmp_path, node_ids=(1,))
     await _start(cluster, nursery)
     await _campaign(cluster, 1)
@@ -70,14 +71,15 @@ async def test_a_sole_voter_commits_and_applies_a_proposal_in_the_pass_after_its
     await cluster.settle()
     assert _applied(cluster, 1) == [b"one"]
     assert len(results) == 1
-    assert (runtime.passes - passes, runtime.fsync_rounds - rounds) == (2, 1)
+    assert (runtime.passes - passes, runtime.fsync_rounds - rounds) == (1, 1)
     assert trio.current_time() == 0
 
 
 async def test_committed_entries_beyond_one_ready_s_budget_are_applied_in_the_next_passes(
         tmp_path, nursery, mock_clock):
     # A Ready hands out committed entries up to max_committed_size_per_ready_bytes (at least
-    # one); the rest are a new Ready right after advance().
+    # one); the rest are a new Ready right after advance(). A pass does two rounds: pass 1
+    # appends, fsyncs and applies a; pass 2 (woken by pass 1) applies b, then c.
     cluster = LocalCluster(tmp_path, node_ids=(1,), max_committed_size_per_ready_bytes=1)
     await _start(cluster, nursery)
     await _campaign(cluster, 1)
@@ -90,7 +92,7 @@ async def test_committed_entries_beyond_one_ready_s_budget_are_applied_in_the_ne
     await cluster.settle()
     assert _applied(cluster, 1) == [b"a", b"b", b"c"]
     assert waiter.event.is_set() and waiter.error is None
-    assert runtime.passes - passes == 4  # append + fsync, then one entry per pass
+    assert runtime.passes - passes == 2  # append + fsync + a, then b + c
     assert trio.current_time() == 0
 
 
@@ -115,7 +117,8 @@ async def test_a_follower_told_of_a_commit_before_its_own_fsync_applies_after_it
     # The network holds back what the leader sends to node 3 while the leader commits with
     # node 2, then hands it over at once: 3 steps the append and the leader's commit of that
     # entry in one pass. The entry is committed but not yet durable here, so that Ready does
-    # not apply it; once the pass made it durable, advance() leaves a Ready that does.
+    # not apply it; once the pass made it durable, advance() leaves a Ready that the same
+    # pass's second round applies.
     cluster = LocalCluster(tmp_path)
     await _start(cluster, nursery)
     await _campaign(cluster, 1)
@@ -133,7 +136,7 @@ async def test_a_follower_told_of_a_commit_before_its_own_fsync_applies_after_it
         deliver(group_id, message)
     await cluster.settle()
     assert _applied(cluster, 3) == [b"x"]
-    assert runtime.passes - passes == 2  # append + fsync, then apply
+    assert runtime.passes - passes == 1  # append + fsync, then apply, in one pass
     assert trio.current_time() == 0
 
 
@@ -157,8 +160,8 @@ class _FsyncGate:
 async def test_a_proposal_made_during_a_pass_s_fsync_is_committed_by_the_passes_after_it(
         tmp_path, nursery, mock_clock):
     # The pass holds the group's lock through its fsync round; a proposal arriving then
-    # waits for the lock, gets it as the pass lets go, and wakes the runtime: pass 2 writes
-    # it (with the first proposal's commit), pass 3 applies it.
+    # waits for the lock, gets it as the pass lets go (after applying the first in its
+    # second round), and wakes the runtime: pass 2 writes, fsyncs and applies it.
     gate = _FsyncGate()
     cluster = LocalCluster(tmp_path, node_ids=(1,), disk=gate.disk)
     await _start(cluster, nursery)
@@ -178,5 +181,5 @@ async def test_a_proposal_made_during_a_pass_s_fsync_is_committed_by_the_passes_
     await cluster.settle()
     assert _applied(cluster, 1) == [b"first", b"second"]
     assert len(results) == 2
-    assert (runtime.passes - passes, runtime.fsync_rounds - rounds) == (3, 2)
+    assert (runtime.passes - passes, runtime.fsync_rounds - rounds) == (2, 2)
     assert trio.current_time() == 0

@@ -30,11 +30,13 @@ from ..workload import planned_send, read_value, record_payload, record_seeks, r
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 3, 19, 22
 ADD_PARTITIONS_TO_TXN, END_TXN = 24, 26
+ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = \
     8, 9, 10, 11, 12, 13, 14
 VERSION = {PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 7, METADATA: 12, CREATE_TOPICS: 7, INIT_PRODUCER_ID: 4,
            OFFSET_COMMIT: 7, OFFSET_FETCH: 7, FIND_COORDINATOR: 3, JOIN_GROUP: 5, HEARTBEAT: 3,
-           LEAVE_GROUP: 3, SYNC_GROUP: 3, ADD_PARTITIONS_TO_TXN: 3, END_TXN: 3}
+           LEAVE_GROUP: 3, SYNC_GROUP: 3, ADD_PARTITIONS_TO_TXN: 3, END_TXN: 3,
+           ALTER_PARTITION_REASSIGNMENTS: 0, LIST_PARTITION_REASSIGNMENTS: 0}
 INDETERMINATE = {ErrorCode.request_timed_out, ErrorCode.not_enough_replicas_after_append}
 RETRY_BACKOFF_S = 0.1
 CONSUMER_POLL_WAIT_MS = 200
@@ -787,3 +789,59 @@ async def _commit(member: _GroupMember, positions: dict, committed: dict, histor
         history.record({"type": "commit", "process": member.name, "group": member.group,
                         "topic": tp[0], "partition": tp[1], "offset": changed[tp],
                         "t_start": round(start, 6), "t_end": round(history.now(), 6)})
+
+
+# --- the nemesis's admin requests (membership faults) ---------------------------------------
+
+class Admin:
+    """What the nemesis's membership fault asks of the cluster (nemesis.ThreadAdmin does it
+    with kafka-python's admin client for `chaos run`), over the simulated network: a
+    partition's replicas (Metadata), a move (AlterPartitionReassignments), and whether it
+    is complete (ListPartitionReassignments, then Metadata)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def _any(self, api_key: int, body: dict):
+        addresses = list(self.client.brokers.values()) or self.client.bootstrap
+        return await self.client.call(addresses[self.client.rng.randrange(len(addresses))], api_key, body)
+
+    async def replicas(self, topic: str, partition: int) -> list[int]:
+        try:
+            r = await self._any(METADATA, {"topics": [{"name": topic}], "allow_auto_topic_creation": False})
+        except (OSError, Unanswered):
+            self.client.brokers = {}
+            return []
+        self.client.brokers = {b.node_id: (b.host, b.port) for b in r.brokers} or self.client.brokers
+        for t in r.topics:
+            for p in t.partitions:
+                if t.name == topic and p.partition_index == partition:
+                    return [int(n) for n in p.replica_nodes]
+        return []
+
+    async def alter(self, topic: str, partition: int, target: list[int]) -> str | None:
+        """None once a broker accepted the move; else the error's name."""
+        try:
+            r = await self._any(ALTER_PARTITION_REASSIGNMENTS, {"timeout": 15000, "topics": [
+                {"name": topic, "partitions": [{"partition_index": partition, "replicas": target}]}]})
+        except (OSError, Unanswered) as exc:
+            self.client.brokers = {}
+            return repr(exc)
+        errors = [r.error_code] + [p.error_code for t in r.responses for p in t.partitions]
+        bad = [e for e in errors if e != ErrorCode.none]
+        return bad[0].name if bad else None
+
+    async def moved(self, topic: str, partition: int, target: list[int], timeout_s: float) -> bool:
+        """Whether, within timeout_s, no move of the partition is ongoing and it has target."""
+        with trio.move_on_after(timeout_s):
+            while True:
+                try:
+                    r = await self._any(LIST_PARTITION_REASSIGNMENTS, {
+                        "timeout": 15000, "topics": [{"name": topic, "partition_indexes": [partition]}]})
+                    ongoing = r.error_code != ErrorCode.none or any(t.partitions for t in r.topics)
+                    if not ongoing and await self.replicas(topic, partition) == target:
+                        return True
+                except (OSError, Unanswered):
+                    self.client.brokers = {}
+                await trio.sleep(0.5)
+        return False

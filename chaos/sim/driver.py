@@ -170,6 +170,8 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
         return c
     admin = client()
     await sim_client.create_topics(admin, scenario.topics, START_TIMEOUT_S)
+    if any(f.kind == "membership" for entry in scenario.nemesis.schedule for f in entry.faults):
+        cluster.admin = sim_client.Admin(client())  # (drawn only then: other seeds keep their runs)
     nem = nemesis_mod.Nemesis(cluster, history, sub["plan"], topics[0])
     target: dict = {}
     t0 = history.now()

@@ -103,6 +103,7 @@ class SimCluster:
         self.nodes = {i: SimNode(i, root / f"node{i}", SimDisk(random.Random(rng.getrandbits(64)), root),
                                  rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)) for i in self.ids}
         self.bootstrap = [(f"n{i}", KAFKA_PORT) for i in self.ids]
+        self.admin = None  # the nemesis's admin requests (client.Admin), set by the driver
 
     # --- lifecycle -------------------------------------------------------------------------
 

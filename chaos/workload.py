@@ -75,6 +75,14 @@ def planned_send(name: str, seq: int, topics: list[tuple[str, int]], keys: int,
     return send
 
 
+def planned_txn(name: str, seq: int, n: int, topics: list[tuple[str, int]], spec) -> tuple[list[dict], bool]:
+    """Transaction number n of producer `name`, its sends starting at `seq`: spec.txn_records
+    planned sends (so across partitions and topics), and whether it is aborted on purpose
+    (every spec.abort_every-th)."""
+    sends = [planned_send(name, seq + j, topics, spec.keys) for j in range(spec.txn_records)]
+    return sends, spec.abort_every > 0 and n % spec.abort_every == 0
+
+
 TOMBSTONE_HEADER = "chaos-id"
 TOMBSTONE_SUFFIX = ":tombstone"
 
@@ -268,10 +276,9 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
             if producer is None:
                 stop.wait(0.5)
                 continue
-        sends = [planned_send(name, seq + j, topics, spec.keys) for j in range(spec.txn_records)]
+        sends, abort = planned_txn(name, seq, n + 1, topics, spec)
         seq += len(sends)
         n += 1
-        abort = spec.abort_every > 0 and n % spec.abort_every == 0
         offsets: dict[int, int] = {}
 
         def delivered(send_seq: int):

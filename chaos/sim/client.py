@@ -26,7 +26,7 @@ from chronik_trio.kafka.codec import build, request_schema, response_schema
 from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, encode_batch
 from chronik_trio.varint import read_varint as _read_varint, write_uvarint
 
-from ..workload import planned_send, read_value, record_payload, record_seeks, record_txn, txn_timeout_s
+from ..workload import planned_send, planned_txn, read_value, record_payload, record_seeks, record_txn, txn_timeout_s
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 3, 19, 22
 ADD_PARTITIONS_TO_TXN, END_TXN = 24, 26
@@ -445,10 +445,9 @@ async def run_txn_producer(name: str, client: Client, spec, topics: list[tuple[s
                                 "error": str(exc)})
                 await trio.sleep(0.5)
                 continue
-        sends = [planned_send(name, seq + j, topics, spec.keys) for j in range(spec.txn_records)]
+        sends, abort = planned_txn(name, seq, n + 1, topics, spec)
         seq += len(sends)
         n += 1
-        abort = spec.abort_every > 0 and n % spec.abort_every == 0
         offsets: dict[int, int] = {}
         t_start, t_commit = history.now(), None
         try:

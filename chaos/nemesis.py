@@ -369,12 +369,13 @@ class Nemesis:
         joining replica, or isolate the leader, for duration_s; heal; then wait until the
         move is complete (ListPartitionReassignments) and Metadata shows the target."""
         topic = fault.topic or self.first_topic[0]
-        replicas = await trio.to_thread.run_sync(_replicas, self.cluster.bootstrap_servers, topic, fault.partition)
+        admin = self._admin()
+        replicas = await admin.replicas(topic, fault.partition)
         if not replicas:
             return f"{topic}-{fault.partition}: no replicas in Metadata; not moved"
         target = membership_target(replicas, list(self.cluster.ids), self.rng)
         self._detail(f"{topic}-{fault.partition}: {replicas} -> {target}, {fault.mode} during the move")
-        error = await trio.to_thread.run_sync(_alter, self.cluster.bootstrap_servers, topic, fault.partition, target)
+        error = await admin.alter(topic, fault.partition, target)
         if error is not None:
             return f"reassignment refused: {error}"
         await trio.sleep(self.rng.uniform(*MEMBERSHIP_IN_FLIGHT_S))
@@ -398,12 +399,17 @@ class Nemesis:
         await trio.sleep(fault.duration_s)
         return ""
 
+    def _admin(self):
+        """The cluster's admin requests: its own `admin` (the simulation's, in process) or
+        kafka-python's admin client in a worker thread."""
+        return getattr(self.cluster, "admin", None) or ThreadAdmin(self.cluster.bootstrap_servers)
+
     async def _wait_move(self) -> None:
         """After a membership fault healed (every node back): until its move completed."""
         topic, partition, target = self._moving
         self._moving = None
         started = self.history.now()
-        done = await trio.to_thread.run_sync(_wait_moved, self.cluster.bootstrap_servers, topic, partition, target)
+        done = await self._admin().moved(topic, partition, target, MOVE_DONE_TIMEOUT_S)
         self._detail(f"move complete {self.history.now() - started:.1f} s after the heal" if done else
                      f"move to {target} NOT complete {MOVE_DONE_TIMEOUT_S:.0f} s after the heal")
 
@@ -509,8 +515,8 @@ def _alter(bootstrap: str, topic: str, partition: int, target: list[int]) -> str
         admin.close()
 
 
-def _wait_moved(bootstrap: str, topic: str, partition: int, target: list[int]) -> bool:
-    deadline = time.monotonic() + MOVE_DONE_TIMEOUT_S
+def _wait_moved(bootstrap: str, topic: str, partition: int, target: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             admin = _admin(bootstrap)
@@ -524,3 +530,20 @@ def _wait_moved(bootstrap: str, topic: str, partition: int, target: list[int]) -
             log.info("waiting for the move of %s-%d: %r", topic, partition, exc)
         time.sleep(0.5)
     return False
+
+
+class ThreadAdmin:
+    """The membership fault's admin requests for a real cluster: kafka-python's admin client
+    in a worker thread (chaos/sim/client.py's Admin is the simulation's)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    async def replicas(self, topic: str, partition: int) -> list[int]:
+        return await trio.to_thread.run_sync(_replicas, self.bootstrap, topic, partition)
+
+    async def alter(self, topic: str, partition: int, target: list[int]) -> str | None:
+        return await trio.to_thread.run_sync(_alter, self.bootstrap, topic, partition, target)
+
+    async def moved(self, topic: str, partition: int, target: list[int], timeout_s: float) -> bool:
+        return await trio.to_thread.run_sync(_wait_moved, self.bootstrap, topic, partition, target, timeout_s)

@@ -75,6 +75,14 @@ def planned_send(name: str, seq: int, topics: list[tuple[str, int]], keys: int,
     return send
 
 
+def planned_txn(name: str, seq: int, n: int, topics: list[tuple[str, int]], spec) -> tuple[list[dict], bool]:
+    """Transaction number n of producer `name`, its sends starting at `seq`: spec.txn_records
+    planned sends (so across partitions and topics), and whether it is aborted on purpose
+    (every spec.abort_every-th)."""
+    sends = [planned_send(name, seq + j, topics, spec.keys) for j in range(spec.txn_records)]
+    return sends, spec.abort_every > 0 and n % spec.abort_every == 0
+
+
 TOMBSTONE_HEADER = "chaos-id"
 TOMBSTONE_SUFFIX = ":tombstone"
 
@@ -198,13 +206,18 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
         log.warning("%s: %d send(s) still unanswered at the end (recorded as nothing)", name, remaining)
 
 
+def txn_timeout_s(spec) -> float:
+    """A transactional producer's transaction timeout: 4 delivery timeouts, at least 10 s."""
+    return max(10.0, 4 * spec.delivery_timeout_s)
+
+
 def txn_producer_config(bootstrap: str, spec, logger: logging.Logger, transactional_id: str) -> dict:
-    """A transactional confluent-kafka producer: idempotent, transaction timeout 4 delivery
-    timeouts (at least 10 s)."""
+    """A transactional confluent-kafka producer: idempotent, transaction timeout
+    txn_timeout_s."""
     config = {k: v for k, v in producer_config(bootstrap, spec, logger).items()
               if k != "max.in.flight.requests.per.connection"}
     config.update({"transactional.id": transactional_id, "enable.idempotence": True,
-                   "transaction.timeout.ms": int(max(10.0, 4 * spec.delivery_timeout_s) * 1000)})
+                   "transaction.timeout.ms": int(txn_timeout_s(spec) * 1000)})
     return config
 
 
@@ -220,6 +233,24 @@ def new_txn_producer(config: dict, timeout_s: float, history: History, failure: 
         history.record({**failure, "t": round(history.now(), 6), "error": str(exc.args[0])})
         return None
     return producer
+
+
+def record_txn(history, name: str, n: int, sends: list[dict], outcome: str, offsets: dict[int, int],
+               t_start: float, t_commit: float | None) -> None:
+    """One transaction in the history: each send with the transaction's outcome (commit: ok
+    with its offset; abort: fail, never to be read; info: unknown) and the `txn` event (its
+    values, outcome, and t_commit, when the producer asked to end it)."""
+    t_end = round(history.now(), 6)
+    for send in sends:
+        event = {**send, "t_start": round(t_start, 6), "t_end": t_end, "txn": n}
+        if outcome == "commit":
+            event.update(outcome="ok", offset=offsets[send["seq"]])
+        else:
+            event.update(outcome="fail" if outcome == "abort" else "info", error=f"transaction {outcome}")
+        history.record(event)
+    history.record({"type": "txn", "process": name, "txn": n, "outcome": outcome, "t_start": round(t_start, 6),
+                    "t_commit": round(t_commit, 6) if t_commit is not None else None, "t_end": t_end,
+                    "values": [[s["topic"], s["partition"], s["value"]] for s in sends]})
 
 
 def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
@@ -245,10 +276,9 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
             if producer is None:
                 stop.wait(0.5)
                 continue
-        sends = [planned_send(name, seq + j, topics, spec.keys) for j in range(spec.txn_records)]
+        sends, abort = planned_txn(name, seq, n + 1, topics, spec)
         seq += len(sends)
         n += 1
-        abort = spec.abort_every > 0 and n % spec.abort_every == 0
         offsets: dict[int, int] = {}
 
         def delivered(send_seq: int):
@@ -284,17 +314,7 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
                 producer = None  # a new instance: its InitProducerId fences and ends this one
             history.record({"type": "txn-error", "process": name, "txn": n, "t": round(history.now(), 6),
                             "error": str(error)})
-        t_end = round(history.now(), 6)
-        for send in sends:
-            event = {**send, "t_start": round(t_start, 6), "t_end": t_end, "txn": n}
-            if outcome == "commit":
-                event.update(outcome="ok", offset=offsets[send["seq"]])
-            else:
-                event.update(outcome="fail" if outcome == "abort" else "info", error=f"transaction {outcome}")
-            history.record(event)
-        history.record({"type": "txn", "process": name, "txn": n, "outcome": outcome, "t_start": round(t_start, 6),
-                        "t_commit": round(t_commit, 6) if t_commit is not None else None, "t_end": t_end,
-                        "values": [[s["topic"], s["partition"], s["value"]] for s in sends]})
+        record_txn(history, name, n, sends, outcome, offsets, t_start, t_commit)
         next_at += len(sends) / spec.rate_per_s
         delay = next_at - time.monotonic()
         if delay < -1.0:

@@ -12,8 +12,6 @@ import os
 import pathlib
 import sys
 
-from .driver import SeedResult, run_seed
-
 DEFAULT_SCENARIO = pathlib.Path(__file__).with_name("default.yaml")
 
 
@@ -24,12 +22,18 @@ def parse_seeds(text: str) -> list[int]:
     return list(range(int(lo), int(hi) + 1))
 
 
-def _one(args) -> SeedResult:
+def _one(args):
+    # The driver (the whole node) is imported here, not with this module:
+    # `chaos sim` re-executes itself with PYTHONHASHSEED=0 first, and refuses a scenario it
+    # cannot simulate, before paying for that import.
+    from .driver import run_seed
+
     scenario, seed, out, trace = args
     return run_seed(scenario, seed, out / f"seed{seed}", trace=trace)
 
 
-def line(r: SeedResult) -> str:
+def line(r) -> str:
+    """One seed's line: verdict, hash, simulated and real seconds (r: driver.SeedResult)."""
     verdict = "PASS" if r.passed else "FAIL"
     ratio = r.simulated_s / r.real_s if r.real_s else 0.0
     text = (f"seed {r.seed}: {verdict} hash {r.digest} {r.simulated_s:.0f} s simulated in "

@@ -23,17 +23,20 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.kafka.codec import build, request_schema, response_schema
-from chronik_trio.record_batch import encode_batch
+from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, encode_batch
 from chronik_trio.varint import read_varint as _read_varint, write_uvarint
 
-from ..workload import planned_send, record_seeks
+from ..workload import planned_send, planned_txn, read_value, record_payload, record_seeks, record_txn, txn_timeout_s
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 3, 19, 22
+ADD_PARTITIONS_TO_TXN, END_TXN = 24, 26
+ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = \
     8, 9, 10, 11, 12, 13, 14
 VERSION = {PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 7, METADATA: 12, CREATE_TOPICS: 7, INIT_PRODUCER_ID: 4,
            OFFSET_COMMIT: 7, OFFSET_FETCH: 7, FIND_COORDINATOR: 3, JOIN_GROUP: 5, HEARTBEAT: 3,
-           LEAVE_GROUP: 3, SYNC_GROUP: 3}
+           LEAVE_GROUP: 3, SYNC_GROUP: 3, ADD_PARTITIONS_TO_TXN: 3, END_TXN: 3,
+           ALTER_PARTITION_REASSIGNMENTS: 0, LIST_PARTITION_REASSIGNMENTS: 0}
 INDETERMINATE = {ErrorCode.request_timed_out, ErrorCode.not_enough_replicas_after_append}
 RETRY_BACKOFF_S = 0.1
 CONSUMER_POLL_WAIT_MS = 200
@@ -101,6 +104,7 @@ class Client:
         self.conns: dict[tuple[str, int], Connection] = {}
         self.brokers: dict[int, tuple[str, int]] = {}
         self.leaders: dict[tuple[str, int], int] = {}
+        self.read_committed = False  # Fetch with isolation_level read_committed
 
     async def call(self, address: tuple[str, int], api_key: int, body: dict):
         """One request to `address`; raises Unanswered (maybe acted on) or OSError (not sent)."""
@@ -154,24 +158,31 @@ def _varint(value: int) -> bytes:
     return write_uvarint((value << 1) ^ (value >> 63))
 
 
-def _record(key: bytes, value: bytes) -> bytes:
+def _record(key: bytes, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> bytes:
+    """One v2 record (offset and timestamp deltas 0); value None is a tombstone."""
     body = b"\x00" + _varint(0) + _varint(0) + _varint(len(key)) + key + \
-        _varint(len(value)) + value + _varint(0)
+        (_varint(-1) if value is None else _varint(len(value)) + value) + _varint(len(headers or ()))
+    for k, v in headers or ():
+        body += _varint(len(k)) + k.encode() + _varint(len(v)) + v
     return _varint(len(body)) + body
 
 
-def parse_records(data: bytes) -> list[tuple[int, str]]:
-    """(offset, value) of every record of uncompressed v2 batches; a partial tail is ignored."""
-    out = []
+def parse_batches(data: bytes):
+    """(base offset, last offset, attributes, producer id, records) of every whole v2 batch
+    of `data` (uncompressed); records are (offset, history value), none for a control batch
+    (its records are markers, not values)."""
     pos = 0
     while pos + 61 <= len(data):
         base, length = struct.unpack_from(">qi", data, pos)
         end = pos + 12 + length
         if end > len(data):
             break
+        attributes, last_delta = struct.unpack_from(">hi", data, pos + 21)
+        producer_id = struct.unpack_from(">q", data, pos + 43)[0]
         count = struct.unpack_from(">i", data, pos + 57)[0]
+        records = []
         p = pos + 61
-        for _ in range(count):
+        for _ in range(0 if attributes & ATTR_CONTROL else count):
             _length, p = _read_varint(data, p)
             p += 1
             _ts, p = _read_varint(data, p)
@@ -179,17 +190,42 @@ def parse_records(data: bytes) -> list[tuple[int, str]]:
             klen, p = _read_varint(data, p)
             p += max(klen, 0)
             vlen, p = _read_varint(data, p)
-            value = data[p:p + vlen].decode() if vlen >= 0 else ""
+            value = data[p:p + vlen] if vlen >= 0 else None
             p += max(vlen, 0)
-            headers, p = _read_varint(data, p)
-            for _ in range(headers):
+            count_headers, p = _read_varint(data, p)
+            headers = []
+            for _ in range(count_headers):
                 hk, p = _read_varint(data, p)
+                name = data[p:p + hk].decode()
                 p += hk
                 hv, p = _read_varint(data, p)
+                headers.append((name, data[p:p + hv] if hv >= 0 else None))
                 p += max(hv, 0)
-            out.append((base + delta, value))
+            records.append((base + delta, read_value(value, headers)))
+        yield base, base + last_delta, attributes, producer_id, records
         pos = end
-    return out
+
+
+def parse_records(data: bytes, aborted=None) -> tuple[list[tuple[int, str]], int | None]:
+    """(offset, history value) of the records of `data` (a partial tail is ignored), and the
+    offset after its last whole batch (None without one). With `aborted` (a read_committed
+    Fetch's aborted transactions: (producer id, first offset)), what a read_committed client
+    delivers: no control records, and no record of a transactional batch of a producer
+    between an aborted transaction's first offset and that producer's next control marker
+    (the Java consumer's rule)."""
+    pending = sorted(((int(a.first_offset), int(a.producer_id)) for a in aborted or ()), reverse=True)
+    active: set[int] = set()
+    out: list[tuple[int, str]] = []
+    next_offset = None
+    for _base, last, attributes, producer_id, records in parse_batches(data):
+        next_offset = last + 1
+        while pending and pending[-1][0] <= last:
+            active.add(pending.pop()[1])
+        if attributes & ATTR_CONTROL:
+            active.discard(producer_id)
+        elif not (attributes & ATTR_TRANSACTIONAL and producer_id in active):
+            out += records
+    return out, next_offset
 
 
 async def create_topics(client: Client, topics, deadline_s: float) -> None:
@@ -200,7 +236,8 @@ async def create_topics(client: Client, topics, deadline_s: float) -> None:
             try:
                 r = await client.call(address, CREATE_TOPICS, {"timeout": 30000, "topics": [
                     {"name": t.name, "num_partitions": t.partitions,
-                     "replication_factor": t.replication_factor} for t in topics]})
+                     "replication_factor": t.replication_factor,
+                     "configs": [{"name": k, "value": v} for k, v in t.configs]} for t in topics]})
                 if all(x.error_code in (ErrorCode.none, ErrorCode.topic_already_exists) for x in r.topics):
                     return
             except (OSError, Unanswered):
@@ -222,10 +259,10 @@ async def run_producer(name: str, client: Client, spec, topics: list[tuple[str, 
             pid, epoch = await _init_producer_id(client, stop)
             if pid < 0:
                 return
-        event = planned_send(name, seq, topics, spec.keys)
+        event = planned_send(name, seq, topics, spec.keys, spec.tombstone_every)
         part = (event["topic"], event["partition"])
         base_seq = sequences.get(part, 0)
-        batch = encode_batch(_record(event["key"].encode(), event["value"].encode()), record_count=1,
+        batch = encode_batch(_record(event["key"].encode(), *record_payload(event)), record_count=1,
                              base_timestamp_ms=0, max_timestamp_ms=0, producer_id=pid,
                              producer_epoch=epoch, base_sequence=base_seq if pid >= 0 else -1)
         event = {**event, "t_start": round(history.now(), 6)}
@@ -262,7 +299,8 @@ async def _init_producer_id(client: Client, stop: trio.Event) -> tuple[int, int]
     return -1, -1
 
 
-async def _send_one(client: Client, spec, part: tuple[str, int], batch: bytes) -> tuple[str, object]:
+async def _send_one(client: Client, spec, part: tuple[str, int], batch: bytes,
+                    transactional_id: str | None = None) -> tuple[str, object]:
     topic, partition = part
     maybe = None  # why the write may have happened
     last = "no attempt"
@@ -276,7 +314,7 @@ async def _send_one(client: Client, spec, part: tuple[str, int], batch: bytes) -
                 try:
                     r = await client.call(address, PRODUCE, {
                         "acks": -1 if spec.acks == "all" else int(spec.acks),
-                        "timeout": int(spec.request_timeout_s * 1000), "transactional_id": None,
+                        "timeout": int(spec.request_timeout_s * 1000), "transactional_id": transactional_id,
                         "topic_data": [{"name": topic, "partition_data": [{"index": partition, "records": batch}]}]})
                     p = r.responses[0].partition_responses[0]
                     if p.error_code == ErrorCode.none:
@@ -299,10 +337,148 @@ async def _send_one(client: Client, spec, part: tuple[str, int], batch: bytes) -
     return "fail", f"delivery timed out ({last})"
 
 
+# --- transactions ---------------------------------------------------------------------------
+
+TXN_RETRIABLE = {ErrorCode.coordinator_load_in_progress, ErrorCode.coordinator_not_available,
+                 ErrorCode.not_coordinator, ErrorCode.concurrent_transactions}
+
+
+class _TxnFailed(Exception):
+    """The transaction cannot go on (its outcome so far is unknown)."""
+
+
+class _TxnSession:
+    """A transactional id's producer: its coordinator, producer id and epoch, and one
+    sequence per partition (reset by every InitProducerId)."""
+
+    def __init__(self, client: Client, transactional_id: str, spec) -> None:
+        self.client, self.id, self.spec = client, transactional_id, spec
+        self.coordinator: tuple[str, int] | None = None
+        self.pid = self.epoch = -1
+        self.sequences: dict[tuple[str, int], int] = {}
+
+    async def call(self, api_key: int, body: dict, error_of) -> object:
+        """A request to the transaction coordinator, retried on a retriable error or a lost
+        coordinator until the delivery timeout; raises _TxnFailed with what went wrong."""
+        last = "no attempt"
+        with trio.move_on_after(self.spec.delivery_timeout_s):
+            while True:
+                try:
+                    if self.coordinator is None:
+                        addresses = list(self.client.brokers.values()) or self.client.bootstrap
+                        r = await self.client.call(addresses[self.client.rng.randrange(len(addresses))],
+                                                   FIND_COORDINATOR, {"key": self.id, "key_type": 1})
+                        if r.error_code != ErrorCode.none:
+                            raise OSError(f"find coordinator: {r.error_code.name}")
+                        self.coordinator = (r.host, int(r.port))
+                    r = await self.client.call(self.coordinator, api_key, body)
+                    error = error_of(r)
+                    if error == ErrorCode.none:
+                        return r
+                    last = error.name
+                    if error not in TXN_RETRIABLE:
+                        raise _TxnFailed(last)
+                    if error in (ErrorCode.not_coordinator, ErrorCode.coordinator_not_available):
+                        self.coordinator = None
+                except (OSError, Unanswered) as exc:
+                    last = str(exc)
+                    self.coordinator = None
+                    self.client.brokers = {}
+                await trio.sleep(RETRY_BACKOFF_S)
+        raise _TxnFailed(f"timed out ({last})")
+
+    async def init(self) -> None:
+        r = await self.call(INIT_PRODUCER_ID, {"transactional_id": self.id,
+                                               "transaction_timeout": int(txn_timeout_s(self.spec) * 1000),
+                                               "producer_id": -1, "producer_epoch": -1}, lambda r: r.error_code)
+        self.pid, self.epoch = int(r.producer_id), int(r.producer_epoch)
+        self.sequences.clear()
+
+    async def add_partitions(self, parts: list[tuple[str, int]]) -> None:
+        topics: dict[str, list[int]] = {}
+        for t, p in parts:
+            topics.setdefault(t, []).append(p)
+
+        def error_of(r):
+            errors = [x.partition_error_code for t in r.results_by_topic_v3_and_below
+                      for x in t.results_by_partition if x.partition_error_code != ErrorCode.none]
+            return errors[0] if errors else ErrorCode.none
+        await self.call(ADD_PARTITIONS_TO_TXN, {
+            "v3_and_below_transactional_id": self.id, "v3_and_below_producer_id": self.pid,
+            "v3_and_below_producer_epoch": self.epoch,
+            "v3_and_below_topics": [{"name": t, "partitions": ps} for t, ps in topics.items()]}, error_of)
+
+    async def send(self, part: tuple[str, int], send: dict) -> int:
+        """The record written in the transaction: its offset."""
+        batch = encode_batch(_record(send["key"].encode(), *record_payload(send)), record_count=1,
+                             base_timestamp_ms=0, max_timestamp_ms=0, attributes=ATTR_TRANSACTIONAL,
+                             producer_id=self.pid, producer_epoch=self.epoch,
+                             base_sequence=self.sequences.get(part, 0))
+        outcome = await _send_one(self.client, self.spec, part, batch, transactional_id=self.id)
+        if outcome[0] != "ok":
+            raise _TxnFailed(f"send to {part[0]}-{part[1]}: {outcome[1]}")
+        self.sequences[part] = self.sequences.get(part, 0) + 1
+        return int(outcome[1])
+
+    async def end(self, commit: bool) -> None:
+        await self.call(END_TXN, {"transactional_id": self.id, "producer_id": self.pid,
+                                  "producer_epoch": self.epoch, "committed": commit}, lambda r: r.error_code)
+
+
+async def run_txn_producer(name: str, client: Client, spec, topics: list[tuple[str, int]], history,
+                           stop: trio.Event) -> None:
+    """Transactions until `stop`, as chaos run's transactional producer
+    (workload.run_producer_txn): spec.txn_records planned sends each (so across partitions),
+    every spec.abort_every-th aborted on purpose, recorded by workload.record_txn. On any
+    error the transaction is aborted if the coordinator takes the abort (outcome abort),
+    else its outcome is unknown (info); either way the session starts over with a new
+    InitProducerId (which fences the old epoch and ends whatever it left open)."""
+    session = _TxnSession(client, f"chaos-{name}", spec)
+    seq = n = 0
+    next_at = trio.current_time()
+    while not stop.is_set():
+        if session.pid < 0:
+            try:
+                await session.init()
+            except _TxnFailed as exc:
+                history.record({"type": "txn-init-failed", "process": name, "t": round(history.now(), 6),
+                                "error": str(exc)})
+                await trio.sleep(0.5)
+                continue
+        sends, abort = planned_txn(name, seq, n + 1, topics, spec)
+        seq += len(sends)
+        n += 1
+        offsets: dict[int, int] = {}
+        t_start, t_commit = history.now(), None
+        try:
+            await session.add_partitions(sorted({(s["topic"], s["partition"]) for s in sends}))
+            for send in sends:
+                offsets[send["seq"]] = await session.send((send["topic"], send["partition"]), send)
+            t_commit = history.now()
+            await session.end(commit=not abort)
+            outcome = "abort" if abort else "commit"
+        except _TxnFailed as exc:
+            outcome = "info"
+            if t_commit is None:
+                try:
+                    await session.end(commit=False)
+                    outcome = "abort"
+                except _TxnFailed:
+                    pass
+            session.pid = -1
+            history.record({"type": "txn-error", "process": name, "txn": n, "t": round(history.now(), 6),
+                            "error": str(exc)})
+        record_txn(history, name, n, sends, outcome, offsets, t_start, t_commit)
+        next_at = max(next_at + len(sends) / spec.rate_per_s, trio.current_time())
+        await trio.sleep_until(next_at)
+
+
 async def fetch_once(client: Client, topic: str, partition: int, offset: int, wait_ms: int
-                     ) -> tuple[int, int, list[tuple[int, str]]]:
-    """(error code, high watermark, records at or after offset) from the leader; raises
-    OSError/Unanswered."""
+                     ) -> tuple[int, int, list[tuple[int, str]], int]:
+    """(error code, high watermark, records at or after offset, the offset to fetch next)
+    from the leader, read_committed when the client is (`Client.read_committed`: aborted
+    records and markers dropped, so the next offset may pass records it does not return);
+    raises OSError/Unanswered."""
     address = client.leader_address(topic, partition)
     if address is None:
         await client.refresh([topic])
@@ -310,7 +486,8 @@ async def fetch_once(client: Client, topic: str, partition: int, offset: int, wa
         if address is None:
             raise OSError(f"no leader known for {topic}-{partition}")
     r = await client.call(address, FETCH, {
-        "replica_id": -1, "max_wait": wait_ms, "min_bytes": 1, "max_bytes": 1 << 20, "isolation_level": 0,
+        "replica_id": -1, "max_wait": wait_ms, "min_bytes": 1, "max_bytes": 1 << 20,
+        "isolation_level": 1 if client.read_committed else 0,
         "session_id": 0, "session_epoch": -1, "forgotten_topics_data": [], "rack_id": "",
         "topics": [{"topic": topic, "partitions": [{"partition": partition, "fetch_offset": offset,
                                                     "partition_max_bytes": 1 << 20, "current_leader_epoch": -1,
@@ -318,8 +495,9 @@ async def fetch_once(client: Client, topic: str, partition: int, offset: int, wa
     p = r.responses[0].partitions[0]
     if p.error_code != ErrorCode.none:
         client.leaders.pop((topic, partition), None)
-        return int(p.error_code), -1, []
-    return 0, int(p.high_watermark), [(o, v) for o, v in parse_records(p.records or b"") if o >= offset]
+        return int(p.error_code), -1, [], offset
+    records, after = parse_records(p.records or b"", p.aborted_transactions if client.read_committed else None)
+    return 0, int(p.high_watermark), [(o, v) for o, v in records if o >= offset], max(after or offset, offset)
 
 
 async def run_consumer(name: str, client: Client, topics: list[tuple[str, int]], history,
@@ -333,7 +511,7 @@ async def run_consumer(name: str, client: Client, topics: list[tuple[str, int]],
         progressed = False
         for tp in parts:
             try:
-                code, _high, records = await fetch_once(client, tp[0], tp[1], positions[tp], 0)
+                code, _high, records, after = await fetch_once(client, tp[0], tp[1], positions[tp], 0)
             except (OSError, Unanswered) as exc:
                 client.leaders.pop(tp, None)
                 history.record({"type": "consumer-error", "process": name, "error": str(exc)})
@@ -342,7 +520,7 @@ async def run_consumer(name: str, client: Client, topics: list[tuple[str, int]],
                 progressed = True
                 history.record({"type": "poll", "process": name, "topic": tp[0], "partition": tp[1],
                                 "records": [[o, v] for o, v in records]})
-                positions[tp] = records[-1][0] + 1
+            positions[tp] = max(positions[tp], after)
         if not progressed:
             await trio.sleep(CONSUMER_POLL_WAIT_MS / 1000)
 
@@ -353,7 +531,7 @@ async def final_read(client: Client, topic: str, partition: int, timeout_s: floa
     with trio.fail_after(timeout_s):
         while True:
             try:
-                code, high, _ = await fetch_once(client, topic, partition, 0, 0)
+                code, high, _, _ = await fetch_once(client, topic, partition, 0, 0)
                 if code == 0:
                     break
             except (OSError, Unanswered):
@@ -363,15 +541,15 @@ async def final_read(client: Client, topic: str, partition: int, timeout_s: floa
         offset = 0
         while offset < high:
             try:
-                code, _, got = await fetch_once(client, topic, partition, offset, 0)
+                code, _, got, after = await fetch_once(client, topic, partition, offset, 0)
             except (OSError, Unanswered):
                 await trio.sleep(0.2)
                 continue
-            if code or not got:
+            if code or after <= offset:
                 await trio.sleep(0.2)
                 continue
             records += [(o, v) for o, v in got if o < high]
-            offset = got[-1][0] + 1
+            offset = after
     return high, records
 
 
@@ -577,7 +755,7 @@ async def _consume_share(member: _GroupMember, positions: dict, history, stop: t
         progressed = False
         for tp in sorted(positions):
             try:
-                _code, _high, records = await fetch_once(member.client, tp[0], tp[1], positions[tp], 0)
+                _code, _high, records, after = await fetch_once(member.client, tp[0], tp[1], positions[tp], 0)
             except (OSError, Unanswered) as exc:
                 member.client.leaders.pop(tp, None)
                 history.record({"type": "consumer-error", "process": member.name, "error": str(exc)})
@@ -586,7 +764,7 @@ async def _consume_share(member: _GroupMember, positions: dict, history, stop: t
                 progressed = True
                 history.record({"type": "poll", "process": member.name, "topic": tp[0], "partition": tp[1],
                                 "records": [[o, v] for o, v in records]})
-                positions[tp] = records[-1][0] + 1
+            positions[tp] = max(positions[tp], after)
         now = trio.current_time()
         if now >= next_beat:
             next_beat = now + GROUP_HEARTBEAT_S
@@ -610,3 +788,59 @@ async def _commit(member: _GroupMember, positions: dict, committed: dict, histor
         history.record({"type": "commit", "process": member.name, "group": member.group,
                         "topic": tp[0], "partition": tp[1], "offset": changed[tp],
                         "t_start": round(start, 6), "t_end": round(history.now(), 6)})
+
+
+# --- the nemesis's admin requests (membership faults) ---------------------------------------
+
+class Admin:
+    """What the nemesis's membership fault asks of the cluster (nemesis.ThreadAdmin does it
+    with kafka-python's admin client for `chaos run`), over the simulated network: a
+    partition's replicas (Metadata), a move (AlterPartitionReassignments), and whether it
+    is complete (ListPartitionReassignments, then Metadata)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def _any(self, api_key: int, body: dict):
+        addresses = list(self.client.brokers.values()) or self.client.bootstrap
+        return await self.client.call(addresses[self.client.rng.randrange(len(addresses))], api_key, body)
+
+    async def replicas(self, topic: str, partition: int) -> list[int]:
+        try:
+            r = await self._any(METADATA, {"topics": [{"name": topic}], "allow_auto_topic_creation": False})
+        except (OSError, Unanswered):
+            self.client.brokers = {}
+            return []
+        self.client.brokers = {b.node_id: (b.host, b.port) for b in r.brokers} or self.client.brokers
+        for t in r.topics:
+            for p in t.partitions:
+                if t.name == topic and p.partition_index == partition:
+                    return [int(n) for n in p.replica_nodes]
+        return []
+
+    async def alter(self, topic: str, partition: int, target: list[int]) -> str | None:
+        """None once a broker accepted the move; else the error's name."""
+        try:
+            r = await self._any(ALTER_PARTITION_REASSIGNMENTS, {"timeout": 15000, "topics": [
+                {"name": topic, "partitions": [{"partition_index": partition, "replicas": target}]}]})
+        except (OSError, Unanswered) as exc:
+            self.client.brokers = {}
+            return repr(exc)
+        errors = [r.error_code] + [p.error_code for t in r.responses for p in t.partitions]
+        bad = [e for e in errors if e != ErrorCode.none]
+        return bad[0].name if bad else None
+
+    async def moved(self, topic: str, partition: int, target: list[int], timeout_s: float) -> bool:
+        """Whether, within timeout_s, no move of the partition is ongoing and it has target."""
+        with trio.move_on_after(timeout_s):
+            while True:
+                try:
+                    r = await self._any(LIST_PARTITION_REASSIGNMENTS, {
+                        "timeout": 15000, "topics": [{"name": topic, "partition_indexes": [partition]}]})
+                    ongoing = r.error_code != ErrorCode.none or any(t.partitions for t in r.topics)
+                    if not ongoing and await self.replicas(topic, partition) == target:
+                        return True
+                except (OSError, Unanswered):
+                    self.client.brokers = {}
+                await trio.sleep(0.5)
+        return False

@@ -141,7 +141,8 @@ async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, n
         async with trio.open_nursery() as nursery:
             cluster = SimCluster(root, scenario.cluster.nodes, sub["disk"], net, history.record,
                                  nursery, node_patch=node_patch, node_rng=sub["node"],
-                                 crash_after_vote=crash_after_vote)
+                                 crash_after_vote=crash_after_vote,
+                                 node_args=scenario.cluster.node_args)
             await cluster.start_all()
             await _workload(scenario, cluster, history, planned, sub, box)
             for n in cluster.ids:
@@ -162,11 +163,15 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
     topics = [(t.name, t.partitions) for t in scenario.topics]
     rng = sub["clients"]
 
-    def client() -> sim_client.Client:
-        return sim_client.Client(cluster.net, cluster.bootstrap, random.Random(rng.getrandbits(64)),
-                                 spec.request_timeout_s)
+    def client(reader: bool = False) -> sim_client.Client:
+        c = sim_client.Client(cluster.net, cluster.bootstrap, random.Random(rng.getrandbits(64)),
+                              spec.request_timeout_s)
+        c.read_committed = reader and spec.transactional  # readers of transactions: read_committed
+        return c
     admin = client()
     await sim_client.create_topics(admin, scenario.topics, START_TIMEOUT_S)
+    if any(f.kind == "membership" for entry in scenario.nemesis.schedule for f in entry.faults):
+        cluster.admin = sim_client.Admin(client())  # (drawn only then: other seeds keep their runs)
     nem = nemesis_mod.Nemesis(cluster, history, sub["plan"], topics[0])
     target: dict = {}
     t0 = history.now()
@@ -176,15 +181,15 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
     view = sim_client.GroupView(GROUP_ID, members, [(t, p) for t, n in topics for p in range(n)])
     async with trio.open_nursery() as consumers:
         for i in range(spec.consumers):
-            consumers.start_soon(sim_client.run_consumer, f"c{i}", client(), topics, history,
+            consumers.start_soon(sim_client.run_consumer, f"c{i}", client(True), topics, history,
                                  stop_consumers, target)
         for name in members:
-            consumers.start_soon(sim_client.run_group_consumer, name, client(), view, history,
+            consumers.start_soon(sim_client.run_group_consumer, name, client(True), view, history,
                                  stop_consumers, target)
         async with trio.open_nursery() as producers:
             for i in range(spec.producers):
-                producers.start_soon(sim_client.run_producer, f"p{i}", client(), spec, topics, history,
-                                     stop_producers)
+                run = sim_client.run_txn_producer if spec.transactional else sim_client.run_producer
+                producers.start_soon(run, f"p{i}", client(), spec, topics, history, stop_producers)
             async with trio.open_nursery() as faults:
                 faults.start_soon(nem.run, planned, t0)
                 await trio.sleep(scenario.duration_s)
@@ -197,7 +202,7 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
         if members:
             box["liveness"] += await _group_settles(view, history, healed)
         high = box["high"] = {}
-        reader = client()
+        reader = client(True)
         for name, partitions in topics:
             for p in range(partitions):
                 try:

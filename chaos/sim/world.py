@@ -19,7 +19,7 @@ import signal
 import attrs
 import trio
 
-from chronik_trio.node.config import NodeConfig
+from chronik_trio.node.config import FIELD_TYPES, NodeConfig
 from chronik_trio.node.node import Node
 from chronik_trio.node.raft_runtime import _run_tickets as fsync_round
 from chronik_trio.raft.types import StateRole
@@ -28,7 +28,7 @@ from chronik_trio.transport.transport import Transport
 
 from ..proxy import LinkState
 from .disk import SimDisk, error_number
-from .net import CLIENTS, ENDPOINT, Link, SimNetwork
+from .net import CLIENTS, ENDPOINT, Link, SimNetwork, on_grid
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,31 @@ class SimNode:
     syncing: set = attrs.Factory(set)
 
 
+def config_overrides(node_args: tuple[str, ...]) -> dict[str, object]:
+    """The scenario's node_args (`--flag value` pairs of `chronik-trio node`, as `chaos run`
+    passes them) as NodeConfig fields."""
+    out: dict[str, object] = {}
+    args = list(node_args)
+    while args:
+        flag = args.pop(0)
+        name = flag.removeprefix("--").replace("-", "_")
+        if not flag.startswith("--") or name not in FIELD_TYPES or not args:
+            raise ValueError(f"node_args: {flag!r} is not a `--flag value` pair of a node setting")
+        value = args.pop(0)
+        kind = FIELD_TYPES[name]
+        out[name] = int(value) if kind in (int, "int") else float(value) if kind in (float, "float") else value
+    return out
+
+
 class SimCluster:
     """What the nemesis needs of a cluster (chaos/cluster.py's Cluster), in process."""
 
     def __init__(self, root: pathlib.Path, n: int, rng: random.Random, net: SimNetwork,
                  record, nursery: trio.Nursery, node_patch=None, *,
-                 node_rng: random.Random, crash_after_vote: float = 0.0) -> None:
+                 node_rng: random.Random, crash_after_vote: float = 0.0,
+                 node_args: tuple[str, ...] = ()) -> None:
         self.ids = list(range(1, n + 1))
+        self.config = config_overrides(node_args)
         self.rng = rng
         self.node_rng = node_rng  # each started Node's own generator is drawn from it
         # Election safety (Raft's "at most one leader per term"): (group, term) -> the first
@@ -85,6 +103,7 @@ class SimCluster:
         self.nodes = {i: SimNode(i, root / f"node{i}", SimDisk(random.Random(rng.getrandbits(64)), root),
                                  rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)) for i in self.ids}
         self.bootstrap = [(f"n{i}", KAFKA_PORT) for i in self.ids]
+        self.admin = None  # the nemesis's admin requests (client.Admin), set by the driver
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -103,7 +122,7 @@ class SimCluster:
         if sim.starts:  # the host's clock may have been stepped while the process was down
             sim.skew_ms = self.rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)
         config = NodeConfig(node_id=n, listen=f"n{n}:{KAFKA_PORT}", data_dir=sim.data_dir,
-                            peers=self.peers, log_level="warning")
+                            peers=self.peers, log_level="warning", **self.config)
         node = Node(config, disk=sim.disk,
                     wall_clock_ms=lambda: int((trio.current_time() + 1.7e9) * 1000) + sim.skew_ms,
                     make_transport=self._transport,
@@ -139,7 +158,7 @@ class SimCluster:
         with trio.CancelScope() as cut:
             sim.syncing.add(cut)
             try:
-                await trio.sleep(sim.disk.fsync_latency_s())
+                await trio.sleep_until(on_grid(trio.current_time() + sim.disk.fsync_latency_s()))
             finally:
                 sim.syncing.discard(cut)
         if cut.cancelled_caught and fn is fsync_round:

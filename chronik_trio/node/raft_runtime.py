@@ -335,14 +335,16 @@ class RaftRuntime:
         tickets = [(g, g.storage.begin_sync(save_commit=save_commit)) for g, _ in readies]
         tickets = [(g, t) for g, t in tickets if t is not None]
         if tickets:
-            started = time.perf_counter()
+            # Timed on trio's clock (perf_counter on a real node, virtual time in a simulation,
+            # where the real time of a round depends on the machine's load and made a seed's
+            # disk-health verdicts, and so its run, differ from one replay to the next).
+            started = self.fsync_started = trio.current_time()
             # Shielded: a shutdown must not leave a round begun but not ended (the thread's
             # entry is a checkpoint); the clean close syncs every group again after it.
-            self.fsync_started = trio.current_time()
             with trio.CancelScope(shield=True):
                 await self._run_sync(_run_tickets, [t for _, t in tickets])
             self.fsync_started = None
-            self.observe_fsync(time.perf_counter() - started)
+            self.observe_fsync(trio.current_time() - started)
             self.fsync_rounds += 1
             for group, ticket in tickets:
                 group.on_persisted(group.storage.end_sync(ticket))

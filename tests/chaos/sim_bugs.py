@@ -156,7 +156,7 @@ def _vote_not_persisted(original):
 
 def _fetch_above_high_watermark(original):
     """Fetch serves the leader's whole log, uncommitted entries included."""
-    def read(self, offset, max_bytes):
+    def read(self, offset, max_bytes, **_ignored):
         return self.log.read_batches(offset, max_bytes=max_bytes, end_offset=self.log.next_offset)
     return read
 
@@ -196,7 +196,7 @@ BUGS = (
     BugClass("skip_fsync", 1, node_patch=_skip_fsync),
     BugClass("fetch_above_high_watermark", 4, patches=(
         (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),)),
-    BugClass("vote_not_persisted", 8, "--votes", patches=(
+    BugClass("vote_not_persisted", 3, "--votes", patches=(
         (hardstate.HardStateFile, "save", _vote_not_persisted),)),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
         (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),)),

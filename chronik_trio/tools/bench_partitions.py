@@ -98,7 +98,7 @@ def one_record_batch(value: bytes) -> bytes:
 def produce(conn: Conn, topic: str, partitions, batch: bytes) -> dict[int, int]:
     """One acks=all Produce of `batch` to each partition; {partition: error code}."""
     r = conn.request(PRODUCE, PRODUCE_V, {
-        "acks": -1, "timeout_ms": PRODUCE_TIMEOUT_MS, "transactional_id": None,
+        "acks": -1, "timeout": PRODUCE_TIMEOUT_MS, "transactional_id": None,
         "topic_data": [{"name": topic, "partition_data": [{"index": p, "records": batch} for p in partitions]}]})
     return {int(p.index): int(p.error_code) for t in r.responses for p in t.partition_responses}
 
@@ -113,20 +113,20 @@ def metadata(conn: Conn, topic: str | None) -> tuple[dict[int, str], dict[int, i
     return brokers, leaders, int(r.controller_id)
 
 
-def _create(conn: Conn, topic: str, partitions: int, rf: int) -> int:
+def create_topic(conn: Conn, topic: str, partitions: int, rf: int) -> int:
     r = conn.request(CREATE_TOPICS, CREATE_TOPICS_V, {
         "topics": [{"name": topic, "num_partitions": partitions, "replication_factor": rf,
                     "assignments": [], "configs": []}],
-        "timeout_ms": int(CREATE_TIMEOUT_S * 1000), "validate_only": False})
+        "timeout": int(CREATE_TIMEOUT_S * 1000), "validate_only": False})
     return int(r.topics[0].error_code)
 
 
-class _Writer:
+class Writer:
     """Produce one record to every pending partition until each has taken one; per
     partition the perf_counter time its acknowledgement arrived."""
 
-    def __init__(self, cluster, topic: str, pending: set[int], value: bytes) -> None:
-        self.cluster, self.topic, self.batch = cluster, topic, one_record_batch(value)
+    def __init__(self, topic: str, pending: set[int], value: bytes) -> None:
+        self.topic, self.batch = topic, one_record_batch(value)
         self.pending = set(pending)
         self.taken: dict[int, float] = {}
         self.lock = threading.Lock()
@@ -226,11 +226,11 @@ def run(cluster, partitions: int, settle_s: float, idle_s: float, record_bytes: 
 
     # --- creation
     t0 = time.perf_counter()
-    code = _create(conn0, topic, partitions, 3)
+    code = create_topic(conn0, topic, partitions, 3)
     out["create_answer_s"] = round(time.perf_counter() - t0, 3)
     out["create_error_code"] = code
     _progress(f"CreateTopics answered in {out['create_answer_s']} s (error {code}); writing to every partition")
-    writer = _Writer(cluster, topic, set(range(partitions)), value)
+    writer = Writer(topic, set(range(partitions)), value)
     writer.to_leaders(conns, time.perf_counter() + WRITABLE_TIMEOUT_S)
     out["all_writable_s"] = round(time.perf_counter() - t0, 3) if not writer.pending else None
     out["not_writable"] = len(writer.pending)
@@ -257,7 +257,7 @@ def run(cluster, partitions: int, settle_s: float, idle_s: float, record_bytes: 
     victim = max((n for n in ids if n in led), key=lambda n: len(led[n]))
     out["leaders_per_node"] = {n: len(led.get(n, [])) for n in ids}
     survivors = {n: c for n, c in conns.items() if n != victim}
-    writer = _Writer(cluster, topic, set(led[victim]), value)
+    writer = Writer(topic, set(led[victim]), value)
     conns[victim].close()
     conn0.close()
     _progress(f"killing node {victim}, leader of {len(led[victim])} partitions")

@@ -63,7 +63,7 @@ from .raft_group import RaftGroup, open_group
 from .raft_runtime import RaftRuntime
 from .reassignments import Reassigner
 from .throttle import RATE_CONFIG, CatchUpThrottle
-from .replicas import DELETED_SUFFIX, HostedReplicas, remove_dirs
+from .replicas import CREATING_SUFFIX, DELETED_SUFFIX, HostedReplicas, remove_dirs
 from .compaction import LogCleaner
 from .retention import retention_loop
 from .seams import RunSync, secret_bytes, system_rng, thread_run_sync, uuid4
@@ -320,7 +320,8 @@ class Node:
 
     def _open_stores(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        remove_dirs(list((self.data_dir / "partitions").glob(f"*{DELETED_SUFFIX}")))
+        for suffix in (DELETED_SUFFIX, CREATING_SUFFIX):
+            remove_dirs(list((self.data_dir / "partitions").glob(f"*{suffix}")))
         directory = self.data_dir / "meta"
         segment_bytes = self.config.meta_segment_bytes
         storage = DurableRaftStorage(self.disk, directory, kafka=False, segment_bytes=segment_bytes)

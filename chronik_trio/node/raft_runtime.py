@@ -31,7 +31,7 @@ import trio
 
 from chronik_trio.raft.convert import decode_conf_change
 from chronik_trio.raft.types import EntryType, Message
-from chronik_trio.storage.raft_storage import RaftSyncTicket
+from chronik_trio.storage.raft_storage import RaftSyncTicket, run_tickets
 
 from .raft_group import RaftGroup
 from .seams import DedicatedThread, RunSync
@@ -58,8 +58,7 @@ READY_ROUNDS_PER_PASS = 2
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
-    for ticket in tickets:
-        ticket.run()
+    run_tickets(tickets)  # many groups: one filesystem sync per phase, not fsyncs per group
 
 
 class RaftRuntime:

@@ -73,3 +73,16 @@ class HardStateFile:
         """
         self._disk.mkdir(self.path.parent)
         self._disk.replace_file(self.path, encode_hard_state(hs))
+
+    @property
+    def disk(self) -> Disk:
+        return self._disk
+
+    def save_begin(self, hs: HardState) -> pathlib.Path:
+        """save's first half (Disk.replace_file_begin): the new state in a temporary file."""
+        self._disk.mkdir(self.path.parent)
+        return self._disk.replace_file_begin(self.path, encode_hard_state(hs))
+
+    def save_end(self, tmp: pathlib.Path) -> None:
+        """save's second half: the temporary file (durable by now) renamed over the old one."""
+        self._disk.replace_file_end(tmp, self.path)

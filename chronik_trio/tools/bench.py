@@ -18,7 +18,12 @@ Modes (`--modes`, comma-separated; default `throughput,latency`):
   Added automatically when the tool starts the cluster;
 - `failover` (`--cluster 3` only): `--failover-trials` times, SIGKILL the leader of a
   partition under a paced acks=all stream and time the first acknowledgement of a record
-  produced after the kill; the node is restarted between trials (bench_failover.py).
+  produced after the kill; the node is restarted between trials (bench_failover.py);
+- `partitions` (`--cluster 3` only): one topic of `--partitions` partitions, replication
+  factor 3: time to create it and to have every partition take a write, idle CPU, RSS,
+  open files per node, then SIGKILL the node leading most partitions and time, per
+  partition it led, the first acknowledged write (bench_partitions.py), e.g.
+  `chronik-trio bench --cluster 3 --modes partitions --partitions 10000`.
 
 `--security-protocol SSL|SASL_SSL` (with the tool's own cluster): every node gets a second
 listener of that protocol (bench_security.py), and each throughput and latency run is done
@@ -46,9 +51,9 @@ import time
 import uuid
 
 from chronik_trio.raft import bench as raft_bench
-from chronik_trio.tools import bench_failover, bench_kafka, bench_local, bench_security
+from chronik_trio.tools import bench_failover, bench_kafka, bench_local, bench_partitions, bench_security
 
-MODES = ("throughput", "latency", "raft", "node", "failover")
+MODES = ("throughput", "latency", "raft", "node", "failover", "partitions")
 TOPIC_CREATE_TIMEOUT_S = 60.0
 
 
@@ -89,6 +94,9 @@ def add_parser(sub) -> None:
     p.add_argument("--raft-entries", type=int, default=50_000, help="raft: committed entries per run")
     p.add_argument("--failover-trials", type=int, default=20, help="failover: SIGKILLs")
     p.add_argument("--failover-rate", type=float, default=1000.0, help="failover: records/s of the stream")
+    p.add_argument("--idle-settle-s", type=float, default=5.0,
+                   help="partitions: seconds after every partition took a write before the idle window")
+    p.add_argument("--idle-s", type=float, default=30.0, help="partitions: the idle window, seconds")
     p.add_argument("--security-protocol", default="PLAINTEXT", choices=("PLAINTEXT", *bench_security.SECURED_PROTOCOLS),
                    help="also measure every throughput/latency run over a listener of this protocol, "
                         "alternating with PLAINTEXT (own cluster only)")
@@ -109,7 +117,7 @@ def _modes(args) -> list[str]:
 
 
 def _needs_broker(modes: list[str]) -> bool:
-    return any(m in ("throughput", "latency", "failover") for m in modes)
+    return any(m in ("throughput", "latency", "failover", "partitions") for m in modes)
 
 
 def _topic_configs(items: list[str]) -> dict[str, str]:
@@ -284,6 +292,7 @@ def _methods(args, target: str, rf: int) -> dict:
                  f"synchronously, up to 512 proposals in flight; committed entries per second at the "
                  f"leader, {args.raft_entries} entries per run; the cost of the Raft logic alone, no "
                  f"disk or network."),
+        "partitions": bench_partitions.describe(args.partitions, args.idle_settle_s, args.idle_s),
         "failover": (f"{args.failover_trials} trials on the tool's 3-node cluster, each on a fresh topic of 3 "
                      f"partitions (replication factor 3): a producer (acks=all, linger.ms 5, librdkafka's "
                      f"default retries and metadata refresh, idempotence off) sends {args.record_bytes}-byte "
@@ -363,8 +372,9 @@ def run(args: argparse.Namespace) -> int:
     if secured and args.bootstrap:
         raise SystemExit("chronik-trio bench: --security-protocol needs the tool's own cluster (--cluster), "
                          "whose nodes it gives a secured listener")
-    if "failover" in modes and args.cluster != 3:
-        raise SystemExit("chronik-trio bench: --modes failover needs --cluster 3 (it kills and restarts nodes)")
+    for mode in ("failover", "partitions"):
+        if mode in modes and args.cluster != 3:
+            raise SystemExit(f"chronik-trio bench: --modes {mode} needs --cluster 3 (it kills nodes)")
     if _needs_broker(modes):
         try:
             import confluent_kafka  # noqa: F401
@@ -408,6 +418,9 @@ def run(args: argparse.Namespace) -> int:
                         results[mode + suffix].append(one_run(address, run_args, rf))
         if watch is not None:
             results["node"] = watch.report()
+        if "partitions" in modes:  # last: it leaves a node killed
+            results["partitions"] = bench_partitions.run(cluster, args.partitions, args.idle_settle_s, args.idle_s,
+                                                         args.record_bytes)
         if "failover" in modes:
             results["failover"] = bench_failover.failover_trials(cluster, args.failover_trials,
                                                                  args.failover_rate, args.record_bytes)
@@ -433,6 +446,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _failed(results: dict) -> bool:
+    if "partitions" in results:
+        r = results["partitions"]
+        if r["not_writable"] or r.get("failover", {}).get("not_written"):
+            return True
     for r in results.get("throughput", []) + results.get("throughput_secured", []):
         if r["produce"]["errors"] or r["produce"]["unflushed"]:
             return True
@@ -457,6 +474,8 @@ def _print(report: dict) -> None:
                                                  if k.startswith(("secured_produce_fraction", "secured_consume_fraction",
                                                                   "secured_extra"))))
     _print_other_modes(res)
+    if "partitions" in res:
+        bench_partitions.print_report(res["partitions"])
 
 
 def _print_broker_modes(report: dict, res: dict, prefix: str, label: str) -> None:

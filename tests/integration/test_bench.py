@@ -130,8 +130,23 @@ def test_bench_failover_kills_a_leader_and_times_the_first_write_on_its_successo
     assert "SIGKILL" in report["method"]["failover"] and "failover:" in stdout
 
 
+@pytest.mark.timeout(240)
+def test_bench_partitions_creates_idles_and_fails_over_every_partition_of_a_node(tmp_path):
+    report, stdout = _bench(tmp_path, "--cluster", "3", "--modes", "partitions", "--partitions", "20",
+                            "--idle-settle-s", "0.5", "--idle-s", "1", timeout_s=220)
+    r = report["results"]["partitions"]
+    assert r["create_error_code"] == 0 and r["not_writable"] == 0 and r["all_writable_s"] > 0
+    assert [n["node"] for n in r["idle"]] == [1, 2, 3]
+    assert all(n["rss_mb"] > 0 and n["open_fds"] > 0 and n["data_files"] >= 20 * 3 for n in r["idle"])
+    f = r["failover"]
+    assert f["not_written"] == 0 and f["written_after_kill"] == f["partitions_led"] == f["count"] > 0
+    assert f["max_s"] >= f["median_s"] > 0 and sum(r["leaders_per_node"].values()) == 20
+    assert "SIGKILL" in report["method"]["partitions"] and "failover: killed node" in stdout
+
+
 @pytest.mark.timeout(60)
-def test_bench_failover_needs_its_own_three_node_cluster(tmp_path):
-    proc = subprocess.run([CHRONIK_TRIO, "bench", "--cluster", "1", "--modes", "failover"],
+@pytest.mark.parametrize("mode", ["failover", "partitions"])
+def test_bench_failover_needs_its_own_three_node_cluster(tmp_path, mode):
+    proc = subprocess.run([CHRONIK_TRIO, "bench", "--cluster", "1", "--modes", mode],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "--cluster 3" in proc.stderr

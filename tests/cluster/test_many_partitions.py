@@ -1,0 +1,71 @@
+"""Many partitions on three real nodes (issue 20): every partition of a topic created in
+bulk gets a leader and takes an acks=all write, each node holds one whole directory per
+partition (none left half-built), and after one node is SIGKILLed every partition it led
+takes a write again through the survivors. The client is the bench's raw one
+(chronik_trio/tools/bench_partitions.py): one Produce request per node per round."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from chronik_trio.node.replicas import CREATING_SUFFIX
+from chronik_trio.tools import bench_partitions as bp
+from tests.cluster.cluster import ClusterProcesses
+
+PARTITIONS = 200  # more than one creation chunk (OPEN_CHUNK_PARTITIONS)
+WRITABLE_TIMEOUT_S = 120.0
+FAILOVER_TIMEOUT_S = 120.0
+METADATA_TIMEOUT_S = 60.0
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def _conns(cluster: ClusterProcesses, ids: list[int]) -> dict[int, bp.Conn]:
+    return {n: bp.Conn(f"127.0.0.1:{cluster.port(n)}") for n in ids}
+
+
+def test_every_partition_leads_takes_writes_and_fails_over(cluster_factory):
+    cluster = cluster_factory(3).start()
+    conns = _conns(cluster, cluster.ids)
+    try:
+        first = conns[1]
+        assert bp.create_topic(first, "many", PARTITIONS, 3) == 0
+        writer = bp.Writer("many", set(range(PARTITIONS)), b"v" * 100)
+        writer.to_leaders(conns, time.perf_counter() + WRITABLE_TIMEOUT_S)
+        assert not writer.pending, f"partitions never written: {sorted(writer.pending)[:20]}"
+
+        for n in cluster.ids:  # one whole directory per partition, nothing half-built
+            names = os.listdir(cluster.root / f"node{n}" / "data" / "partitions")
+            assert not [d for d in names if d.endswith(CREATING_SUFFIX)], names
+            assert len([d for d in names if d.startswith("many-")]) == PARTITIONS
+
+        _, leaders, _ = bp.metadata(first, "many")
+        led: dict[int, list[int]] = {}
+        for p, leader in leaders.items():
+            led.setdefault(leader, []).append(p)
+        assert set(led) <= set(cluster.ids), led
+        victim = max(led, key=lambda n: len(led[n]))
+        for c in conns.values():
+            c.close()
+        cluster.kill(victim)
+        survivors = _conns(cluster, [n for n in cluster.ids if n != victim])
+        conns = survivors
+        writer = bp.Writer("many", set(led[victim]), b"w" * 100)
+        writer.to_every_node(survivors, time.perf_counter() + FAILOVER_TIMEOUT_S)
+        assert not writer.pending, (f"{len(writer.pending)} of the {len(led[victim])} partitions node {victim} "
+                                    f"led took no write after it died: {sorted(writer.pending)[:20]}")
+        # __meta learns each new leader from its report, which may come after the write: wait.
+        deadline = time.monotonic() + METADATA_TIMEOUT_S
+        while True:
+            _, leaders, _ = bp.metadata(next(iter(survivors.values())), "many")
+            stale = [p for p in led[victim] if leaders[p] not in survivors]
+            if not stale or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not stale, f"Metadata still names no live leader of {len(stale)} partitions: {stale[:20]}"
+    finally:
+        for c in conns.values():
+            c.close()

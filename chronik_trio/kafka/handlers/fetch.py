@@ -17,10 +17,10 @@ from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.acls import Operation, ResourceType
 from chronik_trio.errors import BrokerError
-from chronik_trio.record_batch import HEADER_BYTES, read_header
+from chronik_trio.record_batch import read_header
 
 from ..authorization import allowed
-from ..codec import build, has_field, response_schema
+from ..codec import RecordChunks, build, has_field, response_schema
 from ..fetch_sessions import FINAL_EPOCH, NO_SESSION, FetchContext, FetchSessionError, PartitionRequest
 from ..session import current as current_session
 from .common import error_code_of, leader_hint, node_endpoints
@@ -88,21 +88,12 @@ def _preferred_replica(ctx, name: str, partition: int, replica, client_rack: str
     return None
 
 
-def _end_offset(data: bytes | memoryview) -> int:
-    """The offset after the last batch of whole batches (bounded by their count)."""
-    pos, end = 0, -1
-    while pos + HEADER_BYTES <= len(data):
-        header = read_header(data, pos)
-        end = header.end_offset
-        pos += header.size_bytes
-    return end
-
-
-def _read_committed(entry: dict, replica, fetch_offset: int) -> None:
+def _read_committed(entry: dict, views: list[memoryview], replica, fetch_offset: int) -> None:
     """read_committed (isolation_level 1): the last stable offset, and the aborted
     transactions with records in what is served, so the consumer can drop them."""
     lso = replica.last_stable_offset
-    end = _end_offset(entry["records"]) if entry["records"] else fetch_offset
+    # views are whole batches, one each: what is served ends where the last one does
+    end = read_header(views[-1]).end_offset if views else fetch_offset
     entry["last_stable_offset"] = lso
     entry["aborted_transactions"] = [{"producer_id": a.producer_id, "first_offset": a.first_offset}
                                      for a in replica.aborted_transactions(fetch_offset, end)]
@@ -145,6 +136,7 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
             hw = replica.high_watermark
             entry.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=replica.log_start_offset)
             budget = min(p.partition_max_bytes, max_bytes - total)
+            views = []
             if budget > 0 or total == 0:
                 try:
                     views = replica.read(p.fetch_offset, max(budget, 1), committed_only=committed_only)
@@ -152,11 +144,11 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
                     error = error_code_of(exc)
                 else:
                     if views:
-                        data = views[0] if len(views) == 1 else b"".join(views)
+                        data = views[0] if len(views) == 1 else RecordChunks(views)
                         entry["records"] = data
                         total += len(data)
             if committed_only and error is None:
-                _read_committed(entry, replica, p.fetch_offset)
+                _read_committed(entry, views, replica, p.fetch_offset)
             replicas.append(replica)
         entry["error_code"] = error if error is not None else ErrorCode.none
         any_error = any_error or error is not None

@@ -3,9 +3,10 @@
 Limits: partition_max_bytes per partition and max_bytes per response, except that the first
 batch found is always returned whole (KIP-74) so a consumer can never get stuck behind a
 large batch. Fetch sessions (KIP-227, v7+): the rules and the cache are in
-kafka/fetch_sessions.py; an incremental fetch reads every partition of its session and answers
-only those with news. isolation_level 1 (read_committed) serves up to the last stable offset, with the aborted
-transactions of the range served (docs/transactions.md).
+kafka/fetch_sessions.py; an incremental fetch reads every partition of its session and
+answers only those with news. isolation_level 1 (read_committed) serves up to the last
+stable offset, with the aborted transactions of the range served (docs/transactions.md).
+A partition's batches are answered as they lie in the log (codec.RecordChunks), never joined.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def _requested(body, by_id: bool) -> tuple[list[PartitionRequest], list[tuple]]:
 
 
 def _resolve(ctx, fctx: FetchContext, by_id: bool) -> list[tuple]:
-    """[(topic key for the answer, topic name or None, partition, CachedPartition)] in the
-    order to read them. A partition of a session whose topic the principal may no longer
+    """[(topic key for the answer, topic name or None, partition, CachedPartition, denied)]
+    in the order to read them. A partition of a session whose topic the principal may no longer
     READ gets TOPIC_AUTHORIZATION_FAILED (a full fetch was checked whole before the handler)."""
     wanted, names, denied = [], {}, {}
     check = fctx.incremental and ctx.config.authorizer_enabled

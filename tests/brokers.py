@@ -10,11 +10,14 @@ without the test causing it (nodeharness.UnexpectedExit).
 from __future__ import annotations
 
 import pathlib
+import re
 import signal
 import sys
 
 from nodeharness import NodeProcess, chronik_trio_command, free_port, free_ports, node_args
 from nodeharness.process import READY_TIMEOUT_S, health_address_in
+
+from chronik_trio.tools.bench_local import scrape
 
 __all__ = ["CHRONIK_TRIO", "READY_TIMEOUT_S", "BrokerProcess", "free_port", "free_ports"]
 
@@ -88,3 +91,10 @@ class BrokerProcess:
     def restart(self) -> "BrokerProcess":
         self.stop()
         return self.start()
+
+
+def fetch_session_counters(broker: "BrokerProcess") -> dict[str, float]:
+    """The node's chronik_fetch_* counters (fetch sessions, KIP-227) from its /metrics."""
+    text = scrape(broker.process.health_address)
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^chronik_(fetch_\w+?)(?:_total)? (\S+)$", text, re.M)}

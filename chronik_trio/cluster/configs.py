@@ -221,6 +221,7 @@ STATIC_BROKER_TYPES: dict[str, ConfigType] = {
     "transaction.state.log.num.partitions": _INT, "transaction.state.log.replication.factor": ConfigType.SHORT,
     "transaction.max.timeout.ms": _INT, "transactional.id.expiration.ms": _INT,
     "transaction.abort.timed.out.transaction.cleanup.interval.ms": _INT,
+    "max.incremental.fetch.session.cache.slots": _INT,
 }
 
 

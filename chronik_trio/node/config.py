@@ -88,6 +88,9 @@ class NodeConfig:
     # Kafka's log.cleaner.backoff.ms: the cleaner of compacted topics looks at every
     # replica's log this often (docs/compaction.md).
     log_cleaner_backoff_ms: int = 15_000
+    # Kafka's max.incremental.fetch.session.cache.slots: fetch sessions (KIP-227) this node
+    # keeps (kafka/fetch_sessions.py); 0 turns them off (every fetch is then a full one).
+    fetch_session_cache_slots: int = 1000
     # The cluster's Raft members: "1@host:port,2@host:port,..." (Raft addresses); this node's
     # entry is where it listens for peers. None: a one-node cluster with no Raft port.
     peers: str | None = None
@@ -189,6 +192,8 @@ class NodeConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 
+        if self.fetch_session_cache_slots < 0:
+            raise ConfigError(f"fetch_session_cache_slots must be >= 0, got {self.fetch_session_cache_slots}")
         if not 0 <= self.leader_imbalance_per_broker_percentage <= 100:
             raise ConfigError(f"leader_imbalance_per_broker_percentage must be 0..100, got "
                               f"{self.leader_imbalance_per_broker_percentage}")
@@ -307,6 +312,7 @@ class NodeConfig:
             "log.segment.bytes": str(self.segment_bytes),
             "log.retention.check.interval.ms": str(self.retention_check_interval_ms),
             "log.cleaner.backoff.ms": str(self.log_cleaner_backoff_ms),
+            "max.incremental.fetch.session.cache.slots": str(self.fetch_session_cache_slots),
             "replica.lag.time.max.ms": str(self.replica_lag_time_max_ms),
             "auto.leader.rebalance.enable": str(self.auto_leader_rebalance_enable).lower(),
             "leader.imbalance.check.interval.seconds": str(max(1, self.leader_balance_interval_ms // 1000)),

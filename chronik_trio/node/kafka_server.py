@@ -229,18 +229,28 @@ async def _write_answers(stream, receive) -> None:
 
 
 COALESCE_BELOW_BYTES = 64 << 10  # join small chunks into one send; send big ones as they are
+# A run of small chunks is sent once it holds this much: a Fetch answer of many small batches
+# is then sent in pieces a reused heap block holds, never joined into one copy of it all
+# (a fresh multi-megabyte buffer costs a page fault per 4 KiB).
+COALESCE_RUN_BYTES_MAX = 256 << 10
 
 
 def _coalesce(chunks):
-    """Yield send buffers: runs of small chunks joined, large record blobs passed uncopied."""
+    """Yield send buffers: runs of small chunks joined (up to COALESCE_RUN_BYTES_MAX), large
+    record blobs passed uncopied."""
     run: list = []
+    run_bytes = 0
     for chunk in chunks:
         if len(chunk) < COALESCE_BELOW_BYTES:
             run.append(chunk)
-            continue
+            run_bytes += len(chunk)
+            if run_bytes < COALESCE_RUN_BYTES_MAX:
+                continue
+            chunk = b""
         if run:
             yield b"".join(run)
-            run = []
-        yield chunk
+            run, run_bytes = [], 0
+        if chunk:
+            yield chunk
     if run:
         yield b"".join(run)

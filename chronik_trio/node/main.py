@@ -41,6 +41,9 @@ def _node_parser(sub) -> None:
     p.add_argument("--retention-check-interval-ms", type=int)
     p.add_argument("--log-cleaner-backoff-ms", type=int,
                    help="how often the cleaner of compacted topics runs (default 15000)")
+    p.add_argument("--fetch-session-cache-slots", type=int,
+                   help="fetch sessions (KIP-227) kept, Kafka's max.incremental.fetch.session.cache.slots "
+                   "(default 1000; 0: none)")
     p.add_argument("--peers", help='the cluster\'s Raft members, "1@host:port,2@host:port,..."')
     p.add_argument("--admin-listen", help="HOST:PORT for /health and /metrics in cleartext (with peers they "
                    "are on the node's Raft address too, which needs a node certificate under --peer-ssl-*)")

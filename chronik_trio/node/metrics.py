@@ -45,9 +45,38 @@ class NodeMetrics:
         """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""
         self.registry.register(_AuthFailureCollector(failures))
 
+    def collect_fetch_sessions(self, cache) -> None:
+        """Fetch sessions (kafka/fetch_sessions.py FetchSessionCache), at every scrape."""
+        self.registry.register(_FetchSessionCollector(cache))
+
     def collect_throttle(self, throttle) -> None:
         """The catch-up throttle of partition moves (node/throttle.py), at every scrape."""
         self.registry.register(_ThrottleCollector(throttle))
+
+
+class _FetchSessionCollector:
+    COUNTERS = (  # (metric, help, FetchSessionStats field)
+        ("chronik_fetch_full", "Fetches that named every partition (no session, or opening one)", "full"),
+        ("chronik_fetch_incremental", "Incremental fetches served from a fetch session (KIP-227)",
+         "incremental"),
+        ("chronik_fetch_sessions_created", "Fetch sessions opened", "created"),
+        ("chronik_fetch_sessions_closed", "Fetch sessions closed by their client", "closed"),
+        ("chronik_fetch_sessions_evicted", "Fetch sessions evicted to make room for another", "evicted"),
+        ("chronik_fetch_sessions_not_created", "Full fetches refused a session (cache full)", "not_created"),
+        ("chronik_fetch_session_errors", "Fetches answered with a fetch session error", "errors"),
+        ("chronik_fetch_partitions_left_out",
+         "Partitions an incremental fetch answer left out (nothing new)", "partitions_left_out"),
+    )
+
+    def __init__(self, cache) -> None:
+        self.cache = cache
+
+    def collect(self) -> typing.Iterator:
+        for name, help_text, field in self.COUNTERS:
+            yield CounterMetricFamily(name, help_text, value=getattr(self.cache.stats, field))
+        yield GaugeMetricFamily("chronik_fetch_sessions", "Fetch sessions in the cache", value=len(self.cache))
+        yield GaugeMetricFamily("chronik_fetch_session_partitions", "Partitions over every cached fetch session",
+                                value=self.cache.partition_count)
 
 
 class _CleanerCollector:

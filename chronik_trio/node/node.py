@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 from chronik_trio.cluster.configs import ConfigChange, resolve_broker
 from chronik_trio.cluster.meta import Applied, MetaState, Topic
 from chronik_trio.errors import MetaUnavailable
+from chronik_trio.kafka.fetch_sessions import FetchSessionCache
 from chronik_trio.partition.transactions import TxnMarker
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
@@ -116,6 +117,8 @@ class Node:
         self.peers.runtime = self.runtime
         self.metrics.collect_groups(self.runtime)
         self.request_errors = RequestErrors()  # contained handler failures, in /metrics
+        self.fetch_sessions = FetchSessionCache(self.rng, config.fetch_session_cache_slots)  # KIP-227
+        self.metrics.collect_fetch_sessions(self.fetch_sessions)
         self.metrics.collect_request_errors(self.request_errors)
         self.ssl_context = server_ssl_context(config)  # raises ConfigError for bad PEM files
         self.peer_tls = peer_tls(config)  # mutual TLS between nodes, or None; ConfigError likewise

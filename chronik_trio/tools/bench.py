@@ -12,6 +12,9 @@ Modes (`--modes`, comma-separated; default `throughput,latency`):
 - `latency`: open loop at `--rate` records/s for `--warmup-s` + `--duration-s`: produce
   latency from when each record was *due* to its acknowledgement, and end-to-end latency
   from due to consumed (a consumer reading the same partitions in another thread);
+- `consume`: one topic filled once with `--records` records, then `--repeat` consumers, one
+  after the other, each reading it all from offset 0 (the read path alone, with no produce
+  running beside it);
 - `raft`: the Raft core alone, an in-memory 3-node group in this process (raft/bench.py);
 - `node`: with the tool's own cluster (or `--metrics HOST:PORT,...`), every node's Ready pass
   and fsync-round histograms over the run, and its CPU time and RSS (own cluster only).
@@ -53,7 +56,7 @@ import uuid
 from chronik_trio.raft import bench as raft_bench
 from chronik_trio.tools import bench_failover, bench_kafka, bench_local, bench_partitions, bench_security
 
-MODES = ("throughput", "latency", "raft", "node", "failover", "partitions")
+MODES = ("throughput", "latency", "consume", "raft", "node", "failover", "partitions")
 TOPIC_CREATE_TIMEOUT_S = 60.0
 
 
@@ -117,7 +120,7 @@ def _modes(args) -> list[str]:
 
 
 def _needs_broker(modes: list[str]) -> bool:
-    return any(m in ("throughput", "latency", "failover", "partitions") for m in modes)
+    return any(m in ("throughput", "latency", "consume", "failover", "partitions") for m in modes)
 
 
 def _topic_configs(items: list[str]) -> dict[str, str]:
@@ -176,6 +179,18 @@ def _latency_run(bootstrap: str, args, rf: int) -> dict:
                                    args.duration_s, end_to_end=True)
     result["topic"] = topic
     return result
+
+
+def _consume_runs(bootstrap: str, args, rf: int) -> dict:
+    """Fill one topic, then read all of it --repeat times, one consumer after the other."""
+    topic = _create_topic(bootstrap, args, rf)
+    produced = bench_kafka.produce_parallel(bootstrap, topic, args)
+    config = getattr(args, "client_config", None)
+    runs = [bench_kafka.consume(bootstrap, topic, args.partitions, produced["acked"], config)
+            for _ in range(args.repeat)]
+    return {"topic": topic, "records": produced["acked"], "runs": runs,
+            "median_records_per_s": _median(r["records_per_s"] for r in runs),
+            "median_mb_per_s": _median(r["mb_per_s"] for r in runs)}
 
 
 def _raft_runs(args) -> dict:
@@ -288,6 +303,11 @@ def _methods(args, target: str, rf: int) -> dict:
                     f"was late for the record) + librdkafka's produce()-to-acknowledgement time; "
                     f"end-to-end = wall time the record was due -> consumed by a consumer (same process, "
                     f"other thread, fetch.wait.max.ms=5) reading the partitions from their end."),
+        "consume": (f"{common}. One topic filled once with {args.records} records ({args.producers} producer "
+                    f"process(es), linger.ms={args.linger_ms}), then {args.repeat} consumers one after the "
+                    f"other, each assign() from offset 0 until it has read every acknowledged record "
+                    f"(fetch.max.bytes 50 MiB, max.partition.fetch.bytes 10 MiB); rate = records (bytes of "
+                    f"values) / time from the consumer's start to its last record."),
         "raft": (f"raft/bench.py: three RawNodes with MemoryStorage in this process, Ready handled "
                  f"synchronously, up to 512 proposals in flight; committed entries per second at the "
                  f"leader, {args.raft_entries} entries per run; the cost of the Raft logic alone, no "
@@ -343,6 +363,9 @@ def _summary(results: dict) -> dict:
     if "raft" in results:
         for size, r in results["raft"].items():
             s[f"raft_{size}_entries_per_s"] = r["median_entries_per_s"]
+    if "consume" in results:
+        s["consume_only_records_per_s"] = results["consume"]["median_records_per_s"]
+        s["consume_only_mb_per_s"] = results["consume"]["median_mb_per_s"]
     if "failover" in results:
         f = results["failover"]
         s.update(failover_median_s=f["median_s"], failover_max_s=f["max_s"],
@@ -395,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
             bootstrap, metrics, rf = cluster.bootstrap, cluster.metrics_addresses, args.replication_factor or size
             target = (f"{size} local chronik-trio node process(es) started by the tool on 127.0.0.1 "
                       f"(every acknowledged write fsynced)")
-            if "node" not in modes and ("throughput" in modes or "latency" in modes):
+            if "node" not in modes and any(m in modes for m in ("throughput", "latency", "consume")):
                 modes.append("node")
         else:
             bootstrap, target, rf, metrics = "", "none (in-process)", 1, []
@@ -416,6 +439,8 @@ def run(args: argparse.Namespace) -> int:
                 for _ in range(args.repeat):
                     for suffix, address, run_args in targets:
                         results[mode + suffix].append(one_run(address, run_args, rf))
+        if "consume" in modes:
+            results["consume"] = _consume_runs(bootstrap, args, rf)
         if watch is not None:
             results["node"] = watch.report()
         if "partitions" in modes:  # last: it leaves a node killed
@@ -501,6 +526,11 @@ def _print_broker_modes(report: dict, res: dict, prefix: str, label: str) -> Non
 
 
 def _print_other_modes(res: dict) -> None:
+    if "consume" in res:
+        c = res["consume"]
+        print(f"consume ({c['records']:,} records): median {c['median_records_per_s']:,} rec/s "
+              f"{c['median_mb_per_s']} MB/s; per run: "
+              + ", ".join(f"{r['mb_per_s']} MB/s ({r['records']:,} in {r['elapsed_s']} s)" for r in c["runs"]))
     if "raft" in res:
         for size, r in res["raft"].items():
             print(f"raft core, {size} entries: {r['median_entries_per_s']:,} committed entries/s "

@@ -36,6 +36,8 @@ func main() {
 	partitions := flag.Int("partitions", 3, "partitions of the topic")
 	rf := flag.Int("rf", 1, "replication factor of the topic")
 	timeout := flag.Duration("timeout", 90*time.Second, "bound on the whole run")
+	fetchMaxBytes := flag.Int("fetch-max-bytes", 50<<20, "consumer: bytes per fetch response")
+	partitionMaxBytes := flag.Int("fetch-max-partition-bytes", 1<<20, "consumer: bytes per partition of a fetch")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -49,7 +51,8 @@ func main() {
 	adm := kadm.NewClient(admin)
 	runAdmin(ctx, adm, *topic, int32(*partitions), int16(*rf))
 	told := produce(ctx, seeds, *topic, *records)
-	consume(ctx, seeds, *topic, *group, told)
+	limits := []kgo.Opt{kgo.FetchMaxBytes(int32(*fetchMaxBytes)), kgo.FetchMaxPartitionBytes(int32(*partitionMaxBytes))}
+	consume(ctx, seeds, *topic, *group, told, limits...)
 	groupAdmin(ctx, adm, *group, *topic)
 
 	deleted, err := adm.DeleteTopics(ctx, *topic)
@@ -149,14 +152,16 @@ func produce(ctx context.Context, seeds kgo.Opt, topic string, n int) map[string
 }
 
 // consume reads in a group until every record told was seen, committing as it goes.
-func consume(ctx context.Context, seeds kgo.Opt, topic, group string, told map[string]string) {
-	cl, err := kgo.NewClient(seeds, kgo.ConsumeTopics(topic), kgo.ConsumerGroup(group),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit())
+func consume(ctx context.Context, seeds kgo.Opt, topic, group string, told map[string]string, limits ...kgo.Opt) {
+	opts := append([]kgo.Opt{seeds, kgo.ConsumeTopics(topic), kgo.ConsumerGroup(group),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit()}, limits...)
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		fail("consume", err)
 	}
 	seen := map[string]string{}
-	duplicates := 0
+	duplicates, outOfOrder := 0, 0
+	last := map[int32]int64{} // partition -> offset of the last record read
 	for len(seen) < len(told) && ctx.Err() == nil {
 		fetches := cl.PollFetches(ctx)
 		if errs := fetches.Errors(); len(errs) > 0 && ctx.Err() == nil {
@@ -167,6 +172,10 @@ func consume(ctx context.Context, seeds kgo.Opt, topic, group string, told map[s
 				duplicates++
 			}
 			seen[string(r.Value)] = fmt.Sprintf("%d/%d", r.Partition, r.Offset)
+			if prev, ok := last[r.Partition]; ok && r.Offset <= prev {
+				outOfOrder++
+			}
+			last[r.Partition] = r.Offset
 		})
 		if err := cl.CommitUncommittedOffsets(ctx); err != nil {
 			fail("commit", err)
@@ -179,7 +188,8 @@ func consume(ctx context.Context, seeds kgo.Opt, topic, group string, told map[s
 		}
 	}
 	cl.Close() // leaves the group
-	emit("consume", map[string]any{"consumed": len(seen), "duplicates": duplicates, "mismatched": mismatched})
+	emit("consume", map[string]any{"consumed": len(seen), "duplicates": duplicates, "mismatched": mismatched,
+		"out_of_order": outOfOrder})
 }
 
 func groupAdmin(ctx context.Context, adm *kadm.Client, group, topic string) {

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.brokers import fetch_session_counters
 from tests.kafka_wire import FETCH, KafkaWire, Record, build_batch, parse_batches, random_topic
 
 pytestmark = pytest.mark.timeout(60)
@@ -92,3 +93,64 @@ def test_producer_ids_are_unique_and_never_reused_after_a_restart(broker):
     broker.start()
     third = init_ids(3)
     assert min(third) > max(second)
+
+
+def _session_fetch(conn, session_id, epoch, parts, forgotten=(), *, topic, version=12, max_bytes=1 << 20):
+    """A Fetch at version (v12: topics by name); parts {partition: offset}; forgotten [partition]."""
+    body = {"max_wait": 0, "min_bytes": 0, "max_bytes": max_bytes, "isolation_level": 0,
+            "session_id": session_id, "session_epoch": epoch,
+            "topics": [{"topic": topic, "partitions": [
+                {"partition": p, "fetch_offset": o, "partition_max_bytes": 1 << 20} for p, o in parts.items()]}]
+            if parts else [],
+            "forgotten_topics_data": [{"topic": topic, "partitions": list(forgotten)}] if forgotten else []}
+    r = conn.request(FETCH, body, version)
+    return r, {p.partition_index: p for t in r.responses for p in t.partitions}
+
+
+def test_fetch_sessions_answer_only_what_changed_and_refuse_bad_sessions(broker):
+    """KIP-227 over the wire: a full fetch opens a session, incremental ones name only changes
+    and are answered only with partitions that have news; bad ids, epochs and partitions get
+    Kafka's codes and the node keeps serving."""
+    with KafkaWire.connect(broker.port) as conn:
+        topic = random_topic()
+        assert conn.create_topics([topic], partitions=4) == {topic: 0}
+        _fill(conn, topic, 4, 2)
+        end = 2 * BATCH_RECORDS
+        r, parts = _session_fetch(conn, 0, 0, {p: 0 for p in range(4)}, topic=topic)
+        sid = r.session_id
+        assert r.error_code == 0 and sid != 0 and sorted(parts) == [0, 1, 2, 3]
+        assert all(len(parse_batches(parts[p].records)) == 2 for p in range(4))
+
+        # Every partition read to its end: nothing new, so nothing in the answer.
+        r, parts = _session_fetch(conn, sid, 1, {p: end for p in range(4)}, topic=topic)
+        assert (r.error_code, r.session_id, parts) == (0, sid, {})
+        # New records on partition 2 only: the answer (to a request naming nothing) has just it.
+        assert conn.produce(topic, 2, build_batch([Record(None, b"new")])).base_offset == end
+        r, parts = _session_fetch(conn, sid, 2, {}, topic=topic)
+        assert list(parts) == [2] and parts[2].high_watermark == end + 1
+        assert [b.base_offset for b in parse_batches(parts[2].records)] == [end]
+
+        # A partition that does not exist joins the session with its error; the rest is served.
+        r, parts = _session_fetch(conn, sid, 3, {2: end + 1, 9: 0}, topic=topic)
+        assert r.error_code == 0 and list(parts) == [9] and parts[9].error_code == 3  # UNKNOWN_TOPIC_OR_PARTITION
+        r, parts = _session_fetch(conn, sid, 4, {}, [9], topic=topic)  # forgotten: no more error
+        assert (r.error_code, parts) == (0, {})
+
+        # Bad input: unknown id (70), wrong epoch (71), a by-name session used by id (106).
+        assert _session_fetch(conn, sid + 1 if sid < 2**31 - 1 else 1, 1, {}, topic=topic)[0].error_code == 70
+        assert _session_fetch(conn, sid, 9, {}, topic=topic)[0].error_code == 71
+        assert _session_fetch(conn, sid, 4, {}, topic=topic)[0].error_code == 71  # an epoch already used
+        by_id = conn.request(FETCH, {"max_wait": 0, "min_bytes": 0, "session_id": sid, "session_epoch": 5,
+                                     "topics": [], "forgotten_topics_data": []}, 13)
+        assert (by_id.error_code, by_id.session_id, by_id.responses) == (106, 0, ())
+        r, parts = _session_fetch(conn, sid, 5, {0: 0}, topic=topic)  # the session survived all of them
+        assert r.error_code == 0 and list(parts) == [0]
+
+        # Epoch -1 closes it: answered as a full fetch without a session, then the id is gone.
+        r, parts = _session_fetch(conn, sid, -1, {1: 0}, topic=topic)
+        assert (r.error_code, r.session_id, list(parts)) == (0, 0, [1])
+        assert _session_fetch(conn, sid, 6, {}, topic=topic)[0].error_code == 70
+    counters = fetch_session_counters(broker)
+    assert counters["fetch_sessions_created"] == 1 and counters["fetch_sessions_closed"] == 1
+    assert counters["fetch_incremental"] == 5 and counters["fetch_session_errors"] == 5
+    assert counters["fetch_partitions_left_out"] >= 4 + 3 + 3 and counters["fetch_sessions"] == 0

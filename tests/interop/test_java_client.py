@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from tests.brokers import fetch_session_counters
 from tests.interop.jvm import JavaKit, json_lines
 from tests.replication.cluster import Cluster, records_by_offset, wait_for, wait_replicas_equal
 
@@ -28,10 +29,11 @@ def produce(java: JavaKit, bootstrap: str, topic: str, count: int, prefix: str) 
     return {line["acked"]: (line["partition"], line["offset"]) for line in lines[:-1]}
 
 
-def consume(java: JavaKit, bootstrap: str, topic: str, group: str, expect: int) -> tuple[list[dict], dict]:
+def consume(java: JavaKit, bootstrap: str, topic: str, group: str, expect: int,
+            *extra: str) -> tuple[list[dict], dict]:
     """(records, summary) read by one group member from the earliest offsets."""
     lines = java.program("Consume", ["--bootstrap", bootstrap, "--topic", topic, "--group", group,
-                                     "--expect", str(expect), "--each", "--timeout-s", "60"],
+                                     "--expect", str(expect), "--each", "--timeout-s", "60", *extra],
                          timeout_s=JAVA_TIMEOUT_S)
     return lines[:-1], lines[-1]
 
@@ -63,6 +65,31 @@ def test_java_producer_and_group_consumer_on_one_node(java, node):
     # The commits are what the coordinator returns to an AdminClient too.
     (offsets,) = admin(java, node.bootstrap, "group-offsets:java-one-group")
     assert offsets["offsets"] == {f"java-one-{p}": o for p, o in summary["committed"].items()}
+
+
+@pytest.mark.timeout(240)
+def test_java_consumer_reads_many_partitions_through_one_fetch_session(java, node):
+    """Kafka's consumer opens a fetch session (KIP-227) and then sends incremental fetches;
+    the node serves them (its counters say so) and every record is read once, in order."""
+    topic = "java-sessions"
+    (created,) = admin(java, node.bootstrap, f"create:{topic}:24:1")
+    assert "error" not in created, created
+    before = fetch_session_counters(node)
+    told = produce(java, node.bootstrap, topic, RECORDS, "sessions")
+    assert len({p for p, _ in told.values()}) > 12
+    # Byte limits far under what is stored: many fetches, each with a few partitions' news.
+    records, summary = consume(java, node.bootstrap, topic, "java-sessions-group", RECORDS,
+                               "--max-partition-fetch-bytes", "512", "--fetch-max-bytes", "4096")
+    check_read_as_told(told, records, summary)
+    last: dict[int, int] = {}
+    for r in records:  # in the order the consumer returned them: offsets rise in each partition
+        assert r["offset"] > last.get(r["partition"], -1), r
+        last[r["partition"]] = r["offset"]
+    after = fetch_session_counters(node)
+    assert after["fetch_sessions_created"] > before["fetch_sessions_created"], after
+    assert after["fetch_incremental"] > before["fetch_incremental"], after
+    assert after["fetch_partitions_left_out"] > before["fetch_partitions_left_out"], after
+    assert after["fetch_session_errors"] == before["fetch_session_errors"], after
 
 
 @pytest.mark.timeout(240)

@@ -2,6 +2,7 @@
 
 import io
 import struct
+import uuid
 
 import kio.index
 import kio.serial
@@ -12,6 +13,7 @@ from chronik_trio.kafka import codec
 from chronik_trio.kafka.errors import MalformedRequest, UnsupportedApi
 from chronik_trio.kafka.handlers import registry
 from chronik_trio.kafka.tagged import write_uvarint
+from chronik_trio.node.kafka_server import COALESCE_RUN_BYTES_MAX, _coalesce
 
 ALL_VERSIONS = [(key, v) for key, ((lo, hi), _) in registry.HANDLERS.items() for v in range(lo, hi + 1)]
 
@@ -147,3 +149,23 @@ def test_a_null_where_the_schema_has_none_is_found():
     body = codec.build(codec.request_schema(1, 8), topics=None)
     assert codec.null_field(body) == "topics"
     assert codec.null_field(codec.build(codec.request_schema(3, 9), topics=None)) is None  # nullable
+
+
+@pytest.mark.parametrize("version", [4, 12, 17])
+@given(parts=st.lists(st.binary(max_size=3000), min_size=1, max_size=6),
+       sizes=st.lists(st.integers(0, 200_000), max_size=8))
+def test_record_chunks_encode_as_their_join_and_are_sent_in_bounded_pieces(version, parts, sizes):
+    """A Fetch answer's records as RecordChunks encode to the same bytes as one joined blob;
+    the connection's coalescing sends every byte once, in order, in runs of bounded size."""
+    cls = codec.response_schema(1, version)
+    topic = {"topic_id": uuid.UUID(int=1)} if version >= 13 else {"topic": "t"}
+
+    def answer(records):
+        return codec.build(cls, responses=[{**topic, "partitions": [{"partition_index": 0, "records": records}]}])
+    joined = b"".join(codec.encode_response(7, answer(b"".join(parts))))
+    chunked = codec.encode_response(7, answer(codec.RecordChunks([memoryview(p) for p in parts])))
+    assert b"".join(bytes(c) for c in chunked) == joined
+    blobs = [b"x" * n for n in sizes]
+    sent = list(_coalesce(blobs))
+    assert b"".join(bytes(c) for c in sent) == b"".join(blobs)
+    assert all(len(c) < COALESCE_RUN_BYTES_MAX + (64 << 10) or len(c) in sizes for c in sent)

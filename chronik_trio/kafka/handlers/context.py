@@ -25,6 +25,7 @@ from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import SegmentLog
 from chronik_trio.txn import Decision, TxnMetadata
 
+from ..fetch_sessions import FetchSessionCache
 from ..records import BatchHeader
 
 
@@ -170,6 +171,7 @@ class BrokerContext(typing.Protocol):
     @property
     def txns(self) -> TxnCoordinatorApi: ...
     requests_inflight: int  # counted by the connection loop, for a graceful shutdown
+    fetch_sessions: FetchSessionCache  # this broker's fetch sessions (KIP-227)
 
     def meta_leader_id(self) -> int: ...
     def broker_alive(self, node_id: int) -> bool: ...

@@ -2,21 +2,31 @@
 
 Limits: partition_max_bytes per partition and max_bytes per response, except that the first
 batch found is always returned whole (KIP-74) so a consumer can never get stuck behind a
-large batch. No fetch sessions (KIP-227): we answer session_id 0, so clients send full fetches.
-isolation_level 1 (read_committed) serves up to the last stable offset, with the aborted
-transactions of the range served (docs/transactions.md).
+large batch. Fetch sessions (KIP-227, v7+): the rules and the cache are in
+kafka/fetch_sessions.py; an incremental fetch reads every partition of its session and
+answers only those with news. isolation_level 1 (read_committed) serves up to the last
+stable offset, with the aborted transactions of the range served (docs/transactions.md).
+A partition's batches are answered as they lie in the log (codec.RecordChunks), never joined.
 """
 
 from __future__ import annotations
 
+import logging
+
 import trio
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.cluster.acls import Operation, ResourceType
 from chronik_trio.errors import BrokerError
-from chronik_trio.record_batch import HEADER_BYTES, read_header
+from chronik_trio.record_batch import read_header
 
-from ..codec import build, has_field, response_schema
+from ..authorization import allowed
+from ..codec import RecordChunks, build, has_field, response_schema
+from ..fetch_sessions import FINAL_EPOCH, NO_SESSION, FetchContext, FetchSessionError, PartitionRequest
+from ..session import current as current_session
 from .common import error_code_of, leader_hint, node_endpoints
+
+log = logging.getLogger(__name__)
 
 FOLLOWER_FETCH_MIN_VERSION = 11  # KIP-392: consumers may fetch from followers from v11
 
@@ -34,17 +44,33 @@ def _epoch_error(current_leader_epoch: int, leader_epoch: int) -> ErrorCode | No
     return None
 
 
-def _resolve(ctx, body, by_id: bool) -> list[tuple]:
-    """[(topic key for the answer, topic name or None, partition request)] in request order."""
-    wanted = []
-    for topic in body.topics:
-        if by_id:
-            meta_topic = ctx.meta.topics_by_id.get(topic.topic_id)
-            name, key = (meta_topic.name if meta_topic else None), topic.topic_id
-        else:
-            name = key = topic.topic
-        for p in topic.partitions:
-            wanted.append((key, name, p))
+def _requested(body, by_id: bool) -> tuple[list[PartitionRequest], list[tuple]]:
+    """The partitions the request names (added or changed, in a session) and those it forgets."""
+    requested = [PartitionRequest((topic.topic_id if by_id else topic.topic, p.partition), p.fetch_offset,
+                                  p.partition_max_bytes, getattr(p, "current_leader_epoch", -1),
+                                  getattr(p, "last_fetched_epoch", -1))
+                 for topic in body.topics for p in topic.partitions]
+    forgotten = [(topic.topic_id if by_id else topic.topic, index)
+                 for topic in getattr(body, "forgotten_topics_data", ()) for index in topic.partitions]
+    return requested, forgotten
+
+
+def _resolve(ctx, fctx: FetchContext, by_id: bool) -> list[tuple]:
+    """[(topic key for the answer, topic name or None, partition, CachedPartition, denied)]
+    in the order to read them. A partition of a session whose topic the principal may no longer
+    READ gets TOPIC_AUTHORIZATION_FAILED (a full fetch was checked whole before the handler)."""
+    wanted, names, denied = [], {}, {}
+    check = fctx.incremental and ctx.config.authorizer_enabled
+    for (key, index), cached in fctx.partitions:
+        if key not in names:
+            if by_id:
+                meta_topic = ctx.meta.topics_by_id.get(key)
+                names[key] = meta_topic.name if meta_topic else None
+            else:
+                names[key] = key
+            denied[key] = check and names[key] is not None and not allowed(
+                ctx, current_session(), Operation.READ, ResourceType.TOPIC, names[key], "Fetch")
+        wanted.append((key, names[key], index, cached, denied[key]))
     return wanted
 
 
@@ -63,21 +89,12 @@ def _preferred_replica(ctx, name: str, partition: int, replica, client_rack: str
     return None
 
 
-def _end_offset(data: bytes | memoryview) -> int:
-    """The offset after the last batch of whole batches (bounded by their count)."""
-    pos, end = 0, -1
-    while pos + HEADER_BYTES <= len(data):
-        header = read_header(data, pos)
-        end = header.end_offset
-        pos += header.size_bytes
-    return end
-
-
-def _read_committed(entry: dict, replica, fetch_offset: int) -> None:
+def _read_committed(entry: dict, views: list[memoryview], replica, fetch_offset: int) -> None:
     """read_committed (isolation_level 1): the last stable offset, and the aborted
     transactions with records in what is served, so the consumer can drop them."""
     lso = replica.last_stable_offset
-    end = _end_offset(entry["records"]) if entry["records"] else fetch_offset
+    # views are whole batches, one each: what is served ends where the last one does
+    end = read_header(views[-1]).end_offset if views else fetch_offset
     entry["last_stable_offset"] = lso
     entry["aborted_transactions"] = [{"producer_id": a.producer_id, "first_offset": a.first_offset}
                                      for a in replica.aborted_transactions(fetch_offset, end)]
@@ -89,23 +106,25 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
     whether to answer at once: an error or a redirect to a preferred replica).
     committed_only (read_committed): up to each partition's last stable offset."""
     entries, total, replicas, any_error = [], 0, [], False
-    for key, name, p in wanted:
-        entry = {"partition_index": p.partition, "high_watermark": -1, "last_stable_offset": -1,
+    for key, name, index, p, denied in wanted:
+        entry = {"partition_index": index, "high_watermark": -1, "last_stable_offset": -1,
                  "log_start_offset": -1, "aborted_transactions": None, "records": b""}
-        replica = ctx.replica(name, p.partition) if name is not None else None
+        replica = ctx.replica(name, index) if name is not None and not denied else None
         error = None
-        if replica is None or (not replica.is_leader and version < FOLLOWER_FETCH_MIN_VERSION):
+        if denied:
+            error = ErrorCode.topic_authorization_failed
+        elif replica is None or (not replica.is_leader and version < FOLLOWER_FETCH_MIN_VERSION):
             if by_id and name is None:
                 error = ErrorCode.unknown_topic_id
             else:
-                error, leader = leader_hint(ctx, name, p.partition)
+                error, leader = leader_hint(ctx, name, index)
                 if leader:
                     entry["current_leader"] = leader
             replica = None
         else:
             # v9+ (KIP-320); an older client does not fence by epoch
-            error = _epoch_error(getattr(p, "current_leader_epoch", -1), replica.leader_epoch)
-        preferred = None if error is not None else _preferred_replica(ctx, name, p.partition, replica, client_rack)
+            error = _epoch_error(p.current_leader_epoch, replica.leader_epoch)
+        preferred = None if error is not None else _preferred_replica(ctx, name, index, replica, client_rack)
         if preferred is not None:
             hw = replica.high_watermark
             entry.update(high_watermark=hw, last_stable_offset=replica.last_stable_offset if committed_only else hw,
@@ -118,6 +137,7 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
             hw = replica.high_watermark
             entry.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=replica.log_start_offset)
             budget = min(p.partition_max_bytes, max_bytes - total)
+            views = []
             if budget > 0 or total == 0:
                 try:
                     views = replica.read(p.fetch_offset, max(budget, 1), committed_only=committed_only)
@@ -125,11 +145,11 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
                     error = error_code_of(exc)
                 else:
                     if views:
-                        data = views[0] if len(views) == 1 else b"".join(views)
+                        data = views[0] if len(views) == 1 else RecordChunks(views)
                         entry["records"] = data
                         total += len(data)
             if committed_only and error is None:
-                _read_committed(entry, replica, p.fetch_offset)
+                _read_committed(entry, views, replica, p.fetch_offset)
             replicas.append(replica)
         entry["error_code"] = error if error is not None else ErrorCode.none
         any_error = any_error or error is not None
@@ -140,7 +160,17 @@ def _collect(ctx, wanted, by_id: bool, max_bytes: int, version: int, client_rack
 async def handle_fetch(body, ctx, version: int):
     by_id = version >= 13
     committed_only = body.isolation_level == READ_COMMITTED
-    wanted = _resolve(ctx, body, by_id)
+    requested, forgotten = _requested(body, by_id)
+    session_id, epoch = getattr(body, "session_id", NO_SESSION), getattr(body, "session_epoch", FINAL_EPOCH)
+    try:
+        fctx = ctx.fetch_sessions.new_context(session_id, epoch, requested, forgotten, uses_topic_ids=by_id,
+                                              principal=current_session().principal,
+                                              now_ms=int(trio.current_time() * 1000))
+    except FetchSessionError as exc:
+        log.debug("fetch session refused (%s): %s", exc.error_code.name, exc)
+        return build(response_schema(1, version), throttle_time=0, error_code=exc.error_code,
+                     session_id=NO_SESSION, responses=[], node_endpoints=[])
+    wanted = _resolve(ctx, fctx, by_id)
     max_bytes = body.max_bytes if has_field(type(body), "max_bytes") else 2**31 - 1
     deadline = trio.current_time() + min(body.max_wait.total_seconds(), MAX_WAIT_S_CAP)
     while True:
@@ -159,10 +189,17 @@ async def handle_fetch(body, ctx, version: int):
                 replica.unwatch(moved)
     topic_field = "topic_id" if by_id else "topic"
     responses: list[dict] = []
-    for key, entry in entries:
+    for (key, _, index, cached, _), (_, entry) in zip(wanted, entries):
+        if not fctx.respond((key, index), cached, has_records=bool(entry["records"]),
+                            error=entry["error_code"] != ErrorCode.none, high_watermark=entry["high_watermark"],
+                            last_stable_offset=entry["last_stable_offset"],
+                            log_start_offset=entry["log_start_offset"],
+                            redirect="preferred_read_replica" in entry):
+            continue
         if not responses or responses[-1][topic_field] != key:
             responses.append({topic_field: key, "partitions": []})
         responses[-1]["partitions"].append(entry)
+    fctx.finish()
     leaders = [e["current_leader"]["leader_id"] for _, e in entries if "current_leader" in e]
-    return build(response_schema(1, version), throttle_time=0, error_code=0, session_id=0,
+    return build(response_schema(1, version), throttle_time=0, error_code=0, session_id=fctx.session_id,
                  responses=responses, node_endpoints=node_endpoints(ctx, leaders))

@@ -33,6 +33,9 @@ public final class Consume {
         props.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
         props.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
         props.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        // Small limits make the consumer fetch many times (fetch sessions, KIP-227).
+        props.put(ConsumerConfig.MAX_PARTITION_FETCH_BYTES_CONFIG, args.integer("max-partition-fetch-bytes", 1 << 20));
+        props.put(ConsumerConfig.FETCH_MAX_BYTES_CONFIG, args.integer("fetch-max-bytes", 50 << 20));
 
         int consumed = 0;
         boolean each = args.flag("each");

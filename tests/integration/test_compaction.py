@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from tests.integration.clients_python import PY_DRIVERS, ConfluentDriver
@@ -81,3 +82,30 @@ def test_kill_in_the_middle_of_a_clean_leaves_a_readable_log(broker_factory):
     assert set(latest(recs, told, tombstones=True)) <= set(got)
     _set_broker_config(broker.bootstrap, "log.cleaner.io.max.bytes.per.second", "1e12")
     settle(broker.bootstrap, topic, [reader(driver, topic)], latest(recs, told, tombstones=True), topic)
+
+
+def test_a_compacted_topic_refuses_records_without_a_key(broker):
+    """As Kafka (and librdkafka's test 0011): a batch holding a keyless record fails whole
+    with INVALID_RECORD, the record errors (KIP-467) naming the keyless records, so
+    librdkafka fails those with INVALID_RECORD and the rest of the batch with
+    _INVALID_DIFFERENT_RECORD; a batch of keyed records is written."""
+    topic = "compact-" + uuid.uuid4().hex[:8]
+    create_compacted(broker.bootstrap, topic, 1)
+    errors: list = []
+
+    def produce(keys, **conf) -> list:
+        errors.clear()
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50, "retries": 0, **conf})
+        for key in keys:
+            producer.produce(topic, value=b"v", key=key, partition=0,
+                             on_delivery=lambda err, msg: errors.append(err and err.code()))
+        assert producer.flush(30) == 0
+        return list(errors)
+
+    got = produce([b"a", None, b"b", None, b"c"])  # one batch
+    assert got == [KafkaError._INVALID_DIFFERENT_RECORD, KafkaError.INVALID_RECORD,
+                   KafkaError._INVALID_DIFFERENT_RECORD, KafkaError.INVALID_RECORD,
+                   KafkaError._INVALID_DIFFERENT_RECORD], got
+    assert produce([b"a", b"b"]) == [None, None]
+    got = produce([b"a", None, b"b"], **{"batch.size": 1})  # one record a batch
+    assert got == [None, KafkaError.INVALID_RECORD, None], got

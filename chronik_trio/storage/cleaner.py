@@ -19,8 +19,10 @@ the record count, length and CRC change. A batch left without records stays as a
 batch (61 bytes), so the offsets of every segment and of the log are unchanged and the
 compacted log is still the Raft log (followers are sent compacted entries; see
 docs/compaction.md). Batches whose records cannot be read here (compressed with snappy,
-lz4 or zstd, transactional and control batches) are kept whole; while one is in the range
-cleaned, no tombstone is removed (an older value of its key may hide in it).
+lz4 or zstd) and transactional batches of a transaction not decided yet are kept whole;
+while one is in the range cleaned, no tombstone is removed (an older value of its key may
+hide in it). The records of aborted transactions are all removed, those of committed ones
+cleaned by key; transaction markers are kept (CleanSettings.transactional, KEEP).
 """
 
 from __future__ import annotations
@@ -66,15 +68,19 @@ _BATCH_LENGTH_POSITION = 8
 _RECORD_COUNT_POSITION = HEADER_BYTES - 4
 _ATTRIBUTES_POSITION = CRC_START
 
-# A hook for transactions: given a batch header, True if the batch's records may be cleaned
-# (read and filtered by key). The default keeps transactional and control batches whole;
-# once an aborted-transaction index exists, the cleaner should drop aborted batches and
-# markers no longer needed here (see docs/compaction.md).
-BatchFilter = typing.Callable[[BatchHeader], bool]
+# What the cleaner does with a transactional data batch, as the caller's rule
+# (CleanSettings.transactional) says from the partition's transactions:
+KEEP = "keep"  # whole, unread (its transaction is not decided here): no tombstone goes either
+CLEAN = "clean"  # a committed transaction's: its records are cleaned by key like any other
+ABORTED = "aborted"  # an aborted transaction's: every record goes, none enters the key map
+TxnRule = typing.Callable[[BatchHeader], str]
+# Control batches (transaction markers) are kept whole: a replica replaying the log needs
+# each abort marker to rebuild the aborted-transaction index and to close the transaction
+# its (emptied) batches open (docs/compaction.md).
 
 
-def plain_data_batch(header: BatchHeader) -> bool:
-    return not header.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL)
+def keep_transactional(header: BatchHeader) -> str:
+    return KEEP
 
 
 class Record(typing.NamedTuple):  # a NamedTuple: the cleaner makes one per record read
@@ -151,7 +157,7 @@ class CleanSettings:
     key_map_bytes: int
     io_bytes_per_s: float | None  # None: unthrottled
     index_interval_bytes: int
-    cleanable: BatchFilter = plain_data_batch
+    transactional: TxnRule = keep_transactional
 
 
 @attrs.define
@@ -167,6 +173,7 @@ class CleanResult:
     bytes_written: int = 0
     records_dropped: int = 0
     tombstones_dropped: int = 0
+    aborted_dropped: int = 0  # records of aborted transactions
     seconds: float = 0.0
     # The newest-timestamp of the oldest batch holding a tombstone kept (None: none kept):
     # once it is delete.retention.ms old, a pass is due even without new data.
@@ -253,7 +260,7 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
         size = seg.size_bytes
         buf = _read_segment(disk, seg, size, throttle)
         result.bytes_read += len(buf)
-        opaque_seen = _map_segment(buf, key_map, settings.cleanable) or opaque_seen
+        opaque_seen = _map_segment(buf, key_map, settings.transactional) or opaque_seen
         if len(key_map) >= max_keys:
             logger.info("key map full (%d keys) in segment %s: cleaning the %d segment(s) "
                         "before it", len(key_map), seg.path.name, len(mapped))
@@ -278,7 +285,7 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     return result
 
 
-def _map_segment(buf: bytes, key_map: dict[bytes, int], cleanable: BatchFilter) -> bool:
+def _map_segment(buf: bytes, key_map: dict[bytes, int], transactional: TxnRule) -> bool:
     """Map each key of the segment's bytes `buf` to its latest offset (in key_map); True if
     a batch holding records could not be read (its keys are unknown)."""
     opaque = False
@@ -292,9 +299,13 @@ def _map_segment(buf: bytes, key_map: dict[bytes, int], cleanable: BatchFilter) 
         base_offset, attributes, count = _BATCH_FIELDS.unpack_from(buf, start)
         if not count:
             continue
-        if attributes & _TXN_OR_CONTROL and not cleanable(read_header(buf, start)):
-            opaque = True
-            continue
+        if attributes & _TXN_OR_CONTROL:
+            if attributes & ATTR_CONTROL:
+                continue  # a marker: no key of the topic's
+            rule = transactional(read_header(buf, start))
+            if rule != CLEAN:
+                opaque = opaque or rule == KEEP
+                continue
         body = records_buffer(buf, start + HEADER_BYTES, pos, attributes)
         scanned = None if body is None else scan_records(*body, count, base_offset)
         if scanned is None:
@@ -320,7 +331,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, in
     positions = array("Q")
     batches: list[tuple[int, BatchHeader]] = []  # (position in the copy, header)
     run_start = shift = 0  # where the current run of unchanged bytes starts; copy - old
-    dropped = tombstones = 0
+    dropped = tombstones = aborted = 0
     oldest_tombstone_ms = result.oldest_tombstone_ms
     km_get = key_map.get
     pos, size = 0, len(buf)
@@ -334,14 +345,21 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, in
             continue
         header = read_header(buf, start)
         count = header.record_count
-        if not count or (header.attributes & _TXN_OR_CONTROL and not settings.cleanable(header)):
+        rule = CLEAN
+        if header.attributes & _TXN_OR_CONTROL and count:
+            rule = KEEP if header.attributes & ATTR_CONTROL else settings.transactional(header)
+        if not count or rule == KEEP:
             batches.append((frame_pos + shift, header))
             continue
-        body = records_buffer(buf, start + HEADER_BYTES, pos, header.attributes)
-        scanned = None if body is None else scan_records(*body, count, header.base_offset)
-        if scanned is None:
-            batches.append((frame_pos + shift, header))
-            continue
+        if rule == ABORTED:
+            body, scanned = (b"", 0, 0), []
+            aborted += count
+        else:
+            body = records_buffer(buf, start + HEADER_BYTES, pos, header.attributes)
+            scanned = None if body is None else scan_records(*body, count, header.base_offset)
+            if scanned is None:
+                batches.append((frame_pos + shift, header))
+                continue
         max_ts = header.max_timestamp_ms
         kept = []
         for record in scanned:
@@ -375,6 +393,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, in
     chunks.append(view[run_start:])
     result.records_dropped += dropped
     result.tombstones_dropped += tombstones
+    result.aborted_dropped += aborted
     copy = b"".join(chunks)
     tmp = seg.path.with_name(seg.path.name + CLEANED_SUFFIX)
     f = disk.open(tmp)
@@ -396,5 +415,5 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, in
     return new
 
 
-__all__ = ["CLEANED_SUFFIX", "CleanPlan", "CleanResult", "CleanSettings", "Record", "decode_records",
-           "plan_clean", "plain_data_batch", "rebuild_batch", "run_clean"]
+__all__ = ["ABORTED", "CLEAN", "CLEANED_SUFFIX", "KEEP", "CleanPlan", "CleanResult", "CleanSettings", "Record", "decode_records",
+           "keep_transactional", "plan_clean", "rebuild_batch", "run_clean"]

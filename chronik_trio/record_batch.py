@@ -179,7 +179,10 @@ def scan_records(data: bytes, pos: int, size: int, count: int, base_offset: int)
     This loop is the log cleaner's cost (and the produce check of compacted topics): it reads only each record's length, offset delta and
     key, and looks at the value length's first byte (zigzag(-1) is 0x01: a tombstone);
     values and headers are skipped by the length. One- and two-byte varints are decoded
-    inline (the zigzag of a varint `v` is `(v >> 1) ^ -(v & 1)`).
+    inline (the zigzag of a varint `v` is `(v >> 1) ^ -(v & 1)`): the record length and key
+    length blocks repeat on purpose, since a helper call per varint costs more than the rest
+    of the loop (docs/compaction.md: inlining one-byte varints alone took the cleaner from
+    2.5 to 3.3 MB/s and from 4.3 to 7.2 MB/s).
     """
     out: list[ScannedRecord] = []
     append = out.append

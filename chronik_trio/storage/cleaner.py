@@ -61,6 +61,11 @@ _I16 = struct.Struct(">h")
 _FRAME_LENGTH_TYPE = struct.Struct(">I%dxB" % (FRAME_HEADER_BYTES - 5))
 _BATCH_FIELDS = narrow_header("base_offset", "attributes", "record_count")
 _TXN_OR_CONTROL = ATTR_TRANSACTIONAL | ATTR_CONTROL
+# The worker thread gives up the GIL every this many frames (time.sleep(0)): a thread that
+# never blocks keeps it for CPython's switch interval (5 ms) each time the event loop's
+# thread asks for it back after a system call, so a Ready pass's fsyncs and socket writes
+# would each wait up to 5 ms behind a pass (docs/compaction.md, "Bounds"). 0: never.
+YIELD_EVERY_FRAMES = 64
 # A rewritten gzip batch is compressed at zlib's default level (gzip.compress's default, 9,
 # costs several times more for a few percent).
 GZIP_LEVEL = 6
@@ -290,7 +295,12 @@ def _map_segment(buf: bytes, key_map: dict[bytes, int], transactional: TxnRule) 
     a batch holding records could not be read (its keys are unknown)."""
     opaque = False
     pos, size = 0, len(buf)
+    frames = 0
     while pos < size:
+        frames += 1
+        if frames == YIELD_EVERY_FRAMES:
+            frames = 0
+            time.sleep(0)
         length, entry_type = _FRAME_LENGTH_TYPE.unpack_from(buf, pos)
         start = pos + FRAME_HEADER_BYTES
         pos += 4 + length
@@ -335,7 +345,12 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, in
     oldest_tombstone_ms = result.oldest_tombstone_ms
     km_get = key_map.get
     pos, size = 0, len(buf)
+    frames = 0
     while pos < size:
+        frames += 1
+        if frames == YIELD_EVERY_FRAMES:
+            frames = 0
+            time.sleep(0)
         frame_pos = pos
         length, entry_type = _FRAME_LENGTH_TYPE.unpack_from(buf, pos)
         start = pos + FRAME_HEADER_BYTES

@@ -290,10 +290,10 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     return result
 
 
-def _map_segment(buf: bytes, key_map: dict[bytes, int], transactional: TxnRule) -> bool:
-    """Map each key of the segment's bytes `buf` to its latest offset (in key_map); True if
-    a batch holding records could not be read (its keys are unknown)."""
-    opaque = False
+def _frames(buf: bytes) -> typing.Iterator[tuple[int, int, int, int]]:
+    """(frame position, payload start, payload end, entry type) of each frame of a segment's
+    bytes (verified when they were written or recovered); gives up the GIL every
+    YIELD_EVERY_FRAMES frames."""
     pos, size = 0, len(buf)
     frames = 0
     while pos < size:
@@ -302,8 +302,16 @@ def _map_segment(buf: bytes, key_map: dict[bytes, int], transactional: TxnRule) 
             frames = 0
             time.sleep(0)
         length, entry_type = _FRAME_LENGTH_TYPE.unpack_from(buf, pos)
-        start = pos + FRAME_HEADER_BYTES
-        pos += 4 + length
+        end = pos + 4 + length
+        yield pos, pos + FRAME_HEADER_BYTES, end, entry_type
+        pos = end
+
+
+def _map_segment(buf: bytes, key_map: dict[bytes, int], transactional: TxnRule) -> bool:
+    """Map each key of the segment's bytes `buf` to its latest offset (in key_map); True if
+    a batch holding records could not be read (its keys are unknown)."""
+    opaque = False
+    for _, start, pos, entry_type in _frames(buf):
         if entry_type != NORMAL or start == pos:
             continue
         base_offset, attributes, count = _BATCH_FIELDS.unpack_from(buf, start)
@@ -344,17 +352,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, in
     dropped = tombstones = aborted = 0
     oldest_tombstone_ms = result.oldest_tombstone_ms
     km_get = key_map.get
-    pos, size = 0, len(buf)
-    frames = 0
-    while pos < size:
-        frames += 1
-        if frames == YIELD_EVERY_FRAMES:
-            frames = 0
-            time.sleep(0)
-        frame_pos = pos
-        length, entry_type = _FRAME_LENGTH_TYPE.unpack_from(buf, pos)
-        start = pos + FRAME_HEADER_BYTES
-        pos += 4 + length
+    for frame_pos, start, pos, entry_type in _frames(buf):
         positions.append(frame_pos + shift)
         if entry_type != NORMAL or start == pos:
             continue

@@ -11,18 +11,24 @@ What the broker needs of a batch is in its 61-byte header (big-endian):
 
 batchLength counts the bytes after itself; the CRC-32C covers attributes..end, so
 rewriting baseOffset and partitionLeaderEpoch keeps it valid. Reading a header is one
-struct.unpack_from per batch; records are never decoded here.
+struct.unpack_from per batch. Records are decoded only by scan_records, for the two paths
+that need their keys: the log cleaner and the produce check of compacted topics.
 
-Pure: imports the standard library and crc32c only, so that storage/, partition/, group/
+Pure: imports the standard library, crc32c and varint only, so that storage/, partition/, group/
 and kafka/ can all read batches through it without importing one another.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import struct
 import typing
+import zlib
 
 import crc32c
+
+from chronik_trio.varint import VarintError, read_uvarint
 
 # The layout, field by field in wire order; every struct below is derived from it.
 _LAYOUT = (
@@ -57,7 +63,7 @@ NO_PRODUCER_EPOCH = -1
 NO_SEQUENCE = -1
 
 
-def _narrow(*names: str) -> struct.Struct:
+def narrow_header(*names: str) -> struct.Struct:
     """A struct that reads only `names` (in layout order) and skips the other fields, for
     the hot paths that need one or two fields of every batch."""
     fmt, skip, wanted = ">", 0, set(names)
@@ -73,9 +79,9 @@ def _narrow(*names: str) -> struct.Struct:
     raise AssertionError(f"not header fields: {sorted(wanted)}")
 
 
-_BASE_OFFSET = _narrow("base_offset")
-_BASE_AND_LAST_DELTA = _narrow("base_offset", "last_offset_delta")
-_PREFIX = _narrow("base_offset", "batch_length", "partition_leader_epoch")
+_BASE_OFFSET = narrow_header("base_offset")
+_BASE_AND_LAST_DELTA = narrow_header("base_offset", "last_offset_delta")
+_PREFIX = narrow_header("base_offset", "batch_length", "partition_leader_epoch")
 _U32 = struct.Struct(">I")
 
 
@@ -160,3 +166,92 @@ def encode_batch(body: bytes, *, record_count: int, base_timestamp_ms: int,
     out += body
     _U32.pack_into(out, CRC_POSITION, batch_crc(out, 0, len(out)))
     return bytes(out)
+
+
+# One scanned record: (start, stop) of its bytes (length varint included) in the buffer
+# scanned, its key-map key (None: keyless), its offset, and whether it is a tombstone.
+ScannedRecord = tuple[int, int, "bytes | None", int, bool]
+
+
+def scan_records(data: bytes, pos: int, size: int, count: int, base_offset: int) -> list[ScannedRecord] | None:
+    """The records of a batch body data[pos:size], or None if they do not parse.
+
+    This loop is the log cleaner's cost (and the produce check of compacted topics): it reads only each record's length, offset delta and
+    key, and looks at the value length's first byte (zigzag(-1) is 0x01: a tombstone);
+    values and headers are skipped by the length. One- and two-byte varints are decoded
+    inline (the zigzag of a varint `v` is `(v >> 1) ^ -(v & 1)`): the record length and key
+    length blocks repeat on purpose, since a helper call per varint costs more than the rest
+    of the loop (docs/compaction.md: inlining one-byte varints alone took the cleaner from
+    2.5 to 3.3 MB/s and from 4.3 to 7.2 MB/s).
+    """
+    out: list[ScannedRecord] = []
+    append = out.append
+    blake2b = hashlib.blake2b
+    try:
+        for _ in range(count):
+            start = pos
+            b = data[pos]
+            if b < 0x80:
+                length, pos = b, pos + 1
+            else:
+                c = data[pos + 1]
+                if c < 0x80:
+                    length, pos = (b & 0x7F) | (c << 7), pos + 2
+                else:
+                    length, pos = read_uvarint(data, pos)
+            length = (length >> 1) ^ -(length & 1)
+            stop = pos + length
+            if length < 0 or stop > size:
+                return None
+            pos += 1  # attributes
+            if data[pos] < 0x80:  # timestamp delta
+                pos += 1
+            elif data[pos + 1] < 0x80:
+                pos += 2
+            else:
+                pos = read_uvarint(data, pos)[1]
+            b = data[pos]
+            if b < 0x80:
+                delta, pos = b, pos + 1
+            else:
+                delta, pos = read_uvarint(data, pos)
+            delta = (delta >> 1) ^ -(delta & 1)
+            b = data[pos]
+            if b < 0x80:
+                key_len, pos = b, pos + 1
+            else:
+                c = data[pos + 1]
+                if c < 0x80:
+                    key_len, pos = (b & 0x7F) | (c << 7), pos + 2
+                else:
+                    key_len, pos = read_uvarint(data, pos)
+            key_len = (key_len >> 1) ^ -(key_len & 1)
+            if key_len >= 0:
+                key = data[pos:pos + key_len]
+                pos += key_len
+                if key_len >= 16:
+                    key = blake2b(key, digest_size=16).digest()
+            else:
+                key = None
+            if pos >= stop:
+                return None
+            append((start, stop, key, base_offset + delta, data[pos] == 1))
+            pos = stop
+    except (IndexError, VarintError):
+        return None
+    return out
+
+
+def records_buffer(payload: bytes, start: int, end: int, attributes: int) -> tuple[bytes, int, int] | None:
+    """(buffer, start, end) of a batch's records: the payload itself when uncompressed
+    (no copy), the inflated body of a gzip batch; None for another codec or bad gzip."""
+    codec = attributes & ATTR_COMPRESSION_MASK
+    if codec == COMPRESSION_NONE:
+        return payload, start, end
+    if codec == COMPRESSION_GZIP:
+        try:
+            data = gzip.decompress(memoryview(payload)[start:end])
+        except (OSError, EOFError, ValueError, zlib.error):
+            return None
+        return data, 0, len(data)
+    return None

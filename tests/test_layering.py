@@ -19,8 +19,9 @@ PACKAGE = ROOT / "chronik_trio"
 
 # Lowest first. A unit is a subpackage of chronik_trio, or a top-level module of it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # leaves: the error family, varints, the RecordBatch header, generated code
-    ("__init__", "errors", "varint", "record_batch", "pb"),
+    # leaves: the error family, varints, generated code
+    ("__init__", "errors", "varint", "pb"),
+    ("record_batch",),  # the RecordBatch header and record scanner; reads varints
     ("raft",),  # sans-I/O Raft; stdlib and pb only (tests/raft/test_layering.py)
     ("storage", "partition", "cluster"),  # durable logs; pure partition and __meta machines
     ("group",),  # pure consumer groups; builds on partition's BatchState

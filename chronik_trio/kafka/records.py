@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import gzip
 
-from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, COMPRESSION_GZIP, COMPRESSION_NONE,
-                                       HEADER_BYTES, LENGTH_PREFIX_BYTES, MAGIC_V2, BatchHeader,
-                                       batch_crc, read_header, with_offsets)
+from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, COMPRESSION_GZIP,
+                                       COMPRESSION_NONE, HEADER_BYTES, LENGTH_PREFIX_BYTES, MAGIC_V2,
+                                       BatchHeader, batch_crc, read_header, records_buffer,
+                                       scan_records, with_offsets)
 from chronik_trio.varint import VarintError, read_varint
 
 from .errors import CorruptRecords, InvalidRecords, RecordsTooLarge
 
-__all__ = ["BatchHeader", "first_offset_at_or_after", "parse_batches", "with_offsets"]
+__all__ = ["BatchHeader", "first_offset_at_or_after", "keyless_records", "parse_batches", "with_offsets"]
 
 
 def parse_batches(records: bytes | memoryview, *, batch_bytes_max: int) -> list[BatchHeader]:
@@ -49,6 +50,30 @@ def parse_batches(records: bytes | memoryview, *, batch_bytes_max: int) -> list[
         headers.append(header)
         pos += size
     return headers
+
+
+def keyless_records(records: bytes | memoryview, headers: list[BatchHeader]) -> list[int]:
+    """The positions (counted from the blob's first record) of the records without a key, in
+    the data batches of a produce request's records blob (headers from parse_batches), which a
+    compacted topic refuses as Kafka does (INVALID_RECORD, KIP-467's record errors naming them).
+
+    Uncompressed and gzip batches are read; a batch compressed otherwise is not (its records
+    pass unchecked, see docs/compaction.md). Raises CorruptRecords when records do not parse.
+    """
+    blob = bytes(records)
+    out: list[int] = []
+    first = 0
+    for header in headers:
+        if not header.attributes & ATTR_CONTROL:
+            body = records_buffer(blob, header.start + HEADER_BYTES, header.start + header.size_bytes,
+                                  header.attributes)
+            if body is not None:
+                scanned = scan_records(*body, header.record_count, 0)
+                if scanned is None:
+                    raise CorruptRecords(f"the records of the batch at position {header.start} do not parse")
+                out.extend(first + k for k, record in enumerate(scanned) if record[2] is None)
+        first += header.record_count
+    return out
 
 
 def first_offset_at_or_after(batch: bytes | memoryview, timestamp_ms: int) -> tuple[int, int] | None:

@@ -21,8 +21,10 @@ import attrs
 import trio
 
 from chronik_trio.cluster.configs import parse_list
+from chronik_trio.record_batch import BatchHeader
 from chronik_trio.storage import DiskError
-from chronik_trio.storage.cleaner import CleanResult, CleanSettings, plan_clean, run_clean
+from chronik_trio.storage.cleaner import (ABORTED, CLEAN, KEEP, CleanPlan, CleanResult, CleanSettings, TxnRule,
+                                          plan_clean, run_clean)
 from chronik_trio.storage.log import INDEX_INTERVAL_BYTES_DEFAULT
 
 from .meta_group import MetaMachine
@@ -43,7 +45,33 @@ class CleanerStats:
     bytes_written: int = 0
     records_dropped: int = 0
     tombstones_dropped: int = 0
+    aborted_dropped: int = 0
     seconds: float = 0.0
+    bytes_cleaned: int = 0  # the size of the segments passes went over ("MB of log cleaned")
+
+
+def transactions_rule(replica: PartitionReplica, plan: CleanPlan) -> TxnRule:
+    """What the cleaner does with each transactional batch of the plan's segments, from the
+    replica's applied transactions (taken now, on the loop: the plan is below the applied
+    index, so every transaction with a batch there is open or ended in this state):
+    still open -> KEEP; ended by an abort marker -> ABORTED; else (ended by a commit) ->
+    CLEAN."""
+    open_first = dict(txns.open) if (txns := replica.machine.transactions) is not None else {}
+    lo = min(seg.offset_lo for seg in plan.segments)
+    hi = max(seg.next_offset for seg in plan.segments)
+    aborted: dict[int, list[tuple[int, int]]] = {}
+    for txn in replica.aborted_transactions(lo, hi):
+        aborted.setdefault(txn.producer_id, []).append((txn.first_offset, txn.last_offset))
+
+    def rule(header: BatchHeader) -> str:
+        first = open_first.get(header.producer_id)
+        if first is not None and header.base_offset >= first:
+            return KEEP
+        for first, last in aborted.get(header.producer_id, ()):
+            if first <= header.base_offset <= last:
+                return ABORTED
+        return CLEAN
+    return rule
 
 
 class LogCleaner:
@@ -77,14 +105,14 @@ class LogCleaner:
                 # Only the cleaner's own copy was being written: the log is unchanged.
                 log.warning("cleaning %s-%d failed, retried next pass: %s", name, partition, exc)
 
-    def _settings(self, name: str, now_ms: int) -> CleanSettings:
+    def _settings(self, name: str, now_ms: int, transactional: TxnRule) -> CleanSettings:
         config = self._replicas.topic_config
         rate = float(self._replicas.broker_config("log.cleaner.io.max.bytes.per.second"))
         return CleanSettings(
             now_ms=now_ms, delete_retention_ms=int(config(name, "delete.retention.ms")),
             key_map_bytes=int(self._replicas.broker_config("log.cleaner.dedupe.buffer.size")),
             io_bytes_per_s=rate if rate < 1e300 else None,
-            index_interval_bytes=INDEX_INTERVAL_BYTES_DEFAULT)
+            index_interval_bytes=INDEX_INTERVAL_BYTES_DEFAULT, transactional=transactional)
 
     async def clean_replica(self, name: str, replica: PartitionReplica) -> CleanResult | None:
         config = self._replicas.topic_config
@@ -107,7 +135,7 @@ class LogCleaner:
                           tombstones_due=tombstones_due)
         if plan is None:
             return None
-        settings = self._settings(name, now_ms)
+        settings = self._settings(name, now_ms, transactions_rule(replica, plan))
         seg_log.pin()
         try:
             result = await self._run_sync(run_clean, self._replicas.disk, plan, settings)
@@ -123,9 +151,12 @@ class LogCleaner:
         stats.bytes_written += result.bytes_written
         stats.records_dropped += result.records_dropped
         stats.tombstones_dropped += result.tombstones_dropped
+        stats.aborted_dropped += result.aborted_dropped
         stats.seconds += result.seconds
-        log.info("cleaned %s-%d (%s): %d of %d segment(s) rewritten, %d record(s) and %d tombstone(s) "
-                 "removed, %.1f MB read in %.2f s; clean below offset %d", name, replica.partition,
-                 plan.reason, replaced, len(plan.segments), result.records_dropped,
-                 result.tombstones_dropped, result.bytes_read / 1e6, result.seconds, result.clean_offset)
+        stats.bytes_cleaned += result.bytes_cleaned
+        log.info("cleaned %s-%d (%s): %d of %d segment(s) rewritten, %d record(s), %d tombstone(s) and %d "
+                 "aborted record(s) removed, %.1f MB cleaned in %.2f s; clean below offset %d", name,
+                 replica.partition, plan.reason, replaced, len(plan.segments), result.records_dropped,
+                 result.tombstones_dropped, result.aborted_dropped, result.bytes_cleaned / 1e6, result.seconds,
+                 result.clean_offset)
         return result

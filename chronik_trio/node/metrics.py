@@ -83,10 +83,13 @@ class _CleanerCollector:
     COUNTERS = (  # (metric, help, CleanerStats field)
         ("chronik_cleaner_passes", "Cleaner passes that cleaned a log", "passes"),
         ("chronik_cleaner_segments_replaced", "Segments rewritten by the cleaner", "segments_replaced"),
-        ("chronik_cleaner_read_bytes", "Bytes of log the cleaner read", "bytes_read"),
+        ("chronik_cleaner_read_bytes", "Bytes of log the cleaner read (twice per pass: key map, copies)",
+         "bytes_read"),
+        ("chronik_cleaner_cleaned_bytes", "Bytes of log that cleaning passes went over", "bytes_cleaned"),
         ("chronik_cleaner_written_bytes", "Bytes the cleaner wrote", "bytes_written"),
         ("chronik_cleaner_records_removed", "Superseded records removed", "records_dropped"),
         ("chronik_cleaner_tombstones_removed", "Tombstones removed", "tombstones_dropped"),
+        ("chronik_cleaner_aborted_records_removed", "Records of aborted transactions removed", "aborted_dropped"),
         ("chronik_cleaner_busy_seconds", "Time in cleaning passes (worker thread)", "seconds"),
     )
 

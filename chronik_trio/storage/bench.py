@@ -7,7 +7,8 @@ Measures, on real files with real fsync:
   - the same appends without any sync (the CPU cost of append itself);
   - read_batches over a partition log of 1 KB batches, 1 MiB per call, sequentially;
   - the log cleaner (`--clean`, or `--only-clean`): one pass over a partition log of
-    --mb of keyed 100-byte records (1 and 100 per batch, 10,000 keys, 1 MiB segments):
+    --mb of keyed records of --value-bytes (default 100; 1 and 100 per batch, 10,000 keys,
+    1 MiB segments):
     MB of log cleaned per second, reading the log twice (key map, copies) and writing
     the copies, fsynced.
 Each figure is the median of --runs runs. Keep --mb small on a shared machine.
@@ -83,11 +84,11 @@ def bench_read(root: pathlib.Path, batch_bytes: int, total_bytes: int) -> dict:
             "batches_per_s": count / elapsed_s, "mb_per_s": read_bytes / elapsed_s / 1e6}
 
 
-def _keyed_batch(base_offset: int, records: int, keys: int) -> bytes:
+def _keyed_batch(base_offset: int, records: int, keys: int, value_bytes: int = 100) -> bytes:
     body = bytearray()
     for k in range(records):
         key = b"key-%06d" % ((base_offset + k) % keys)
-        value = bytes(100)
+        value = bytes(value_bytes)
         rec = (b"\x00" + _zigzag(0) + _zigzag(k) + _zigzag(len(key)) + key + _zigzag(len(value))
                + value + _zigzag(0))
         body += _zigzag(len(rec)) + rec
@@ -99,11 +100,12 @@ def _zigzag(n: int) -> bytes:
     return write_uvarint((n << 1) ^ (n >> 63))
 
 
-def bench_clean(root: pathlib.Path, records_per_batch: int, total_bytes: int, keys: int = 10_000) -> dict:
+def bench_clean(root: pathlib.Path, records_per_batch: int, total_bytes: int, value_bytes: int = 100,
+                keys: int = 10_000) -> dict:
     log = SegmentLog.open(Disk(), root / "clean", kafka=True, segment_bytes_max=1 << 20)
     index, offset, size = 1, 0, 0
     while size < total_bytes:
-        batch = _keyed_batch(offset, records_per_batch, keys)
+        batch = _keyed_batch(offset, records_per_batch, keys, value_bytes)
         log.append([LogEntry(index, 1, 0, batch)])
         index, offset, size = index + 1, offset + records_per_batch, size + len(batch)
     log.sync()
@@ -137,12 +139,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--clean", action="store_true", help="also measure the log cleaner")
     parser.add_argument("--only-clean", action="store_true", help="measure only the log cleaner")
+    parser.add_argument("--value-bytes", type=int, default=100, help="the cleaner's records' value size")
     args = parser.parse_args()
     total_bytes = args.mb << 20
     if args.clean or args.only_clean:
         for per_batch in (1, 100):
-            r = median_run(args.runs, _in_tmp, args.dir, bench_clean, per_batch, total_bytes)
-            print(f"clean {r['log_mb']:.1f} MB, {per_batch:>3} record(s) per batch: {r['mb_per_s']:>6.1f} MB/s "
+            r = median_run(args.runs, _in_tmp, args.dir, bench_clean, per_batch, total_bytes, args.value_bytes)
+            print(f"clean {r['log_mb']:.1f} MB, {args.value_bytes} B values, {per_batch:>3} record(s) per batch: {r['mb_per_s']:>6.1f} MB/s "
                   f"of log, {r['records_per_s']:>9,.0f} records/s ({r['removed']} of {r['records']} "
                   f"removed, {r['elapsed_s']:.2f} s)")
         if args.only_clean:

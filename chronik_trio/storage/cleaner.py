@@ -19,32 +19,33 @@ the record count, length and CRC change. A batch left without records stays as a
 batch (61 bytes), so the offsets of every segment and of the log are unchanged and the
 compacted log is still the Raft log (followers are sent compacted entries; see
 docs/compaction.md). Batches whose records cannot be read here (compressed with snappy,
-lz4 or zstd, transactional and control batches) are kept whole; while one is in the range
-cleaned, no tombstone is removed (an older value of its key may hide in it).
+lz4 or zstd) and transactional batches of a transaction not decided yet are kept whole;
+while one is in the range cleaned, no tombstone is removed (an older value of its key may
+hide in it). The records of aborted transactions are all removed, those of committed ones
+cleaned by key; transaction markers are kept (CleanSettings.transactional, KEEP).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
-import pathlib
 import struct
 import time
 import typing
+from array import array
 
 import attrs
 import crc32c
 
 from chronik_trio.raft.types import EntryType
 from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_TRANSACTIONAL,
-                                       COMPRESSION_GZIP, COMPRESSION_NONE, CRC_POSITION, CRC_START,
+                                       COMPRESSION_GZIP, CRC_POSITION, CRC_START,
                                        HEADER_BYTES, LENGTH_PREFIX_BYTES, BatchHeader,
-                                       read_header)
-from chronik_trio.storage.disk import Disk, DiskFile
-from chronik_trio.storage.frame import FRAME_HEADER_BYTES, FRAME_PREFIX, FRAME_TAIL, LogEntry, frame_header
+                                       narrow_header, read_header, records_buffer, scan_records)
+from chronik_trio.storage.disk import Disk
+from chronik_trio.storage.frame import FRAME_HEADER_BYTES, FRAME_LENGTH_MIN, FRAME_PREFIX
 from chronik_trio.storage.segment import Segment
-from chronik_trio.varint import VarintError, read_varint
+from chronik_trio.varint import read_uvarint, read_varint
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +56,36 @@ CLEANED_SUFFIX = ".cleaned"
 KEY_MAP_ENTRY_BYTES = 128
 _U32 = struct.Struct(">I")
 _I32 = struct.Struct(">i")
+_I16 = struct.Struct(">h")
+# A frame's length (the bytes after it) and its entry type (the header's last byte).
+_FRAME_LENGTH_TYPE = struct.Struct(">I%dxB" % (FRAME_HEADER_BYTES - 5))
+_BATCH_FIELDS = narrow_header("base_offset", "attributes", "record_count")
+_TXN_OR_CONTROL = ATTR_TRANSACTIONAL | ATTR_CONTROL
+# The worker thread gives up the GIL every this many frames (time.sleep(0)): a thread that
+# never blocks keeps it for CPython's switch interval (5 ms) each time the event loop's
+# thread asks for it back after a system call, so a Ready pass's fsyncs and socket writes
+# would each wait up to 5 ms behind a pass (docs/compaction.md, "Bounds"). 0: never.
+YIELD_EVERY_FRAMES = 64
+# A rewritten gzip batch is compressed at zlib's default level (gzip.compress's default, 9,
+# costs several times more for a few percent).
+GZIP_LEVEL = 6
 _BATCH_LENGTH_POSITION = 8
 _RECORD_COUNT_POSITION = HEADER_BYTES - 4
 _ATTRIBUTES_POSITION = CRC_START
 
-# A hook for transactions: given a batch header, True if the batch's records may be cleaned
-# (read and filtered by key). The default keeps transactional and control batches whole;
-# once an aborted-transaction index exists, the cleaner should drop aborted batches and
-# markers no longer needed here (see docs/compaction.md).
-BatchFilter = typing.Callable[[BatchHeader], bool]
+# What the cleaner does with a transactional data batch, as the caller's rule
+# (CleanSettings.transactional) says from the partition's transactions:
+KEEP = "keep"  # whole, unread (its transaction is not decided here): no tombstone goes either
+CLEAN = "clean"  # a committed transaction's: its records are cleaned by key like any other
+ABORTED = "aborted"  # an aborted transaction's: every record goes, none enters the key map
+TxnRule = typing.Callable[[BatchHeader], str]
+# Control batches (transaction markers) are kept whole: a replica replaying the log needs
+# each abort marker to rebuild the aborted-transaction index and to close the transaction
+# its (emptied) batches open (docs/compaction.md).
 
 
-def plain_data_batch(header: BatchHeader) -> bool:
-    return not header.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL)
+def keep_transactional(header: BatchHeader) -> str:
+    return KEEP
 
 
 class Record(typing.NamedTuple):  # a NamedTuple: the cleaner makes one per record read
@@ -80,83 +98,51 @@ class Record(typing.NamedTuple):  # a NamedTuple: the cleaner makes one per reco
 def decode_records(payload: bytes | memoryview) -> tuple[BatchHeader, list[Record]] | None:
     """The records of a v2 batch, or None when they cannot be read here (a codec other than
     none or gzip, or bytes that do not parse: such a batch is kept whole)."""
-    view = memoryview(payload)
-    header = read_header(view)
-    codec = header.attributes & ATTR_COMPRESSION_MASK
-    if codec == COMPRESSION_NONE:
-        data = bytes(view[HEADER_BYTES:])  # indexing bytes is faster than a memoryview
-    elif codec == COMPRESSION_GZIP:
-        try:
-            data = gzip.decompress(view[HEADER_BYTES:])
-        except (OSError, EOFError, ValueError):
-            return None
-    else:
+    payload = bytes(payload)
+    header = read_header(payload)
+    body = records_buffer(payload, HEADER_BYTES, len(payload), header.attributes)
+    if body is None:
         return None
-    out: list[Record] = []
-    pos = 0
-    size = len(data)
-    try:
-        for _ in range(header.record_count):
-            # The varints inline when they are one byte (most are): this loop is the
-            # cleaner's cost.
-            start = pos
-            b = data[pos]
-            if b < 0x80:
-                length, pos = (b >> 1) ^ -(b & 1), pos + 1
-            else:
-                length, pos = read_varint(data, pos)
-            end = pos + length
-            if length < 0 or end > size:
-                return None
-            pos += 1  # attributes
-            b = data[pos]
-            pos = pos + 1 if b < 0x80 else read_varint(data, pos)[1]  # timestamp delta
-            b = data[pos]
-            if b < 0x80:
-                offset_delta, pos = (b >> 1) ^ -(b & 1), pos + 1
-            else:
-                offset_delta, pos = read_varint(data, pos)
-            b = data[pos]
-            if b < 0x80:
-                key_len, pos = (b >> 1) ^ -(b & 1), pos + 1
-            else:
-                key_len, pos = read_varint(data, pos)
-            key = data[pos:pos + key_len] if key_len >= 0 else None
-            pos += max(key_len, 0)
-            if pos >= end:
-                return None
-            tombstone = data[pos] == 1  # the value length varint: zigzag(-1) is 0x01
-            out.append(Record(offset_delta, key, tombstone, data[start:end]))
-            pos = end
-    except (IndexError, VarintError):
+    data, start, end = body
+    scanned = scan_records(data, start, end, header.record_count, header.base_offset)
+    if scanned is None:
         return None
-    return header, out
+    records = []
+    for start, stop, _, offset, tombstone in scanned:
+        raw = data[start:stop]
+        records.append(Record(offset - header.base_offset, _raw_key(raw), tombstone, raw))
+    return header, records
+
+
+def _raw_key(raw: bytes) -> bytes | None:
+    """The key of one record (its bytes from the length varint on)."""
+    pos = read_uvarint(raw, 0)[1] + 1  # length, attributes
+    pos = read_uvarint(raw, read_uvarint(raw, pos)[1])[1]  # timestamp and offset deltas
+    key_len, pos = read_varint(raw, pos)
+    return raw[pos:pos + key_len] if key_len >= 0 else None
 
 
 def rebuild_batch(payload: bytes | memoryview, header: BatchHeader, kept: list[Record]) -> bytes:
-    """The batch with only `kept` of its records: baseOffset, lastOffsetDelta, timestamps and
-    producer fields unchanged; a gzip batch is compressed again; no records -> an empty,
-    uncompressed batch (61 bytes)."""
-    codec = header.attributes & ATTR_COMPRESSION_MASK
-    body = b"".join(bytes(r.raw) for r in kept)
-    attributes = header.attributes
+    """The batch with only `kept` of its records (see _rebuilt)."""
+    return _rebuilt(bytes(payload), 0, header.attributes, [bytes(r.raw) for r in kept])
+
+
+def _rebuilt(buf: bytes, pos: int, attributes: int, kept: list[bytes]) -> bytes:
+    """The batch at buf[pos:] with only the records `kept` (their bytes): baseOffset,
+    lastOffsetDelta, timestamps and producer fields unchanged; a gzip batch is compressed
+    again; no records -> an empty, uncompressed batch (61 bytes)."""
+    body = b"".join(kept)
     if not kept:
         attributes &= ~ATTR_COMPRESSION_MASK
-    elif codec == COMPRESSION_GZIP:
-        body = gzip.compress(body, mtime=0)
-    out = bytearray(memoryview(payload)[:HEADER_BYTES])
+    elif attributes & ATTR_COMPRESSION_MASK == COMPRESSION_GZIP:
+        body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+    out = bytearray(buf[pos:pos + HEADER_BYTES])
     out += body
     _I32.pack_into(out, _BATCH_LENGTH_POSITION, len(out) - LENGTH_PREFIX_BYTES)
-    struct.pack_into(">h", out, _ATTRIBUTES_POSITION, attributes)
+    _I16.pack_into(out, _ATTRIBUTES_POSITION, attributes)
     _I32.pack_into(out, _RECORD_COUNT_POSITION, len(kept))
     _U32.pack_into(out, CRC_POSITION, crc32c.crc32c(memoryview(out)[CRC_START:]))
     return bytes(out)
-
-
-def key_digest(key: bytes) -> bytes:
-    """The key map's key: a key shorter than 16 bytes itself, else its 16-byte BLAKE2b
-    digest (so the two kinds never meet)."""
-    return key if len(key) < 16 else hashlib.blake2b(key, digest_size=16).digest()
 
 
 @attrs.frozen
@@ -176,7 +162,7 @@ class CleanSettings:
     key_map_bytes: int
     io_bytes_per_s: float | None  # None: unthrottled
     index_interval_bytes: int
-    cleanable: BatchFilter = plain_data_batch
+    transactional: TxnRule = keep_transactional
 
 
 @attrs.define
@@ -187,10 +173,12 @@ class CleanResult:
 
     replacements: list[tuple[Segment, Segment]]
     clean_offset: int
-    bytes_read: int = 0
+    bytes_read: int = 0  # both reads (key map, copies)
+    bytes_cleaned: int = 0  # the size of the segments the pass went over: "MB of log cleaned"
     bytes_written: int = 0
     records_dropped: int = 0
     tombstones_dropped: int = 0
+    aborted_dropped: int = 0  # records of aborted transactions
     seconds: float = 0.0
     # The newest-timestamp of the oldest batch holding a tombstone kept (None: none kept):
     # once it is delete.retention.ms old, a pass is due even without new data.
@@ -253,19 +241,8 @@ class _Throttle:
             time.sleep(ahead)
 
 
-def _frames(buf: memoryview) -> typing.Iterator[tuple[int, int, int, int, memoryview]]:
-    """(position, index, term, type, payload) of each frame of a segment's bytes (verified
-    when they were written or recovered)."""
-    pos = 0
-    while pos < len(buf):
-        (length, _) = FRAME_PREFIX.unpack_from(buf, pos)
-        index, term, entry_type = FRAME_TAIL.unpack_from(buf, pos + FRAME_PREFIX.size)
-        yield pos, index, term, entry_type, buf[pos + FRAME_HEADER_BYTES:pos + 4 + length]
-        pos += 4 + length
-
-
-def _read_segment(disk: Disk, seg: Segment, size: int, throttle: _Throttle) -> memoryview:
-    buf = memoryview(disk.pread(seg.file, size, 0))
+def _read_segment(disk: Disk, seg: Segment, size: int, throttle: _Throttle) -> bytes:
+    buf = disk.pread(seg.file, size, 0)
     throttle.charge(len(buf))
     return buf
 
@@ -284,25 +261,12 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     opaque_seen = False
     mapped: list[tuple[Segment, int]] = []  # (segment, its size when planned)
     result = CleanResult([], 0)
-    full = False
     for seg in plan.segments:
         size = seg.size_bytes
         buf = _read_segment(disk, seg, size, throttle)
         result.bytes_read += len(buf)
-        for _, _, _, entry_type, payload in _frames(buf):
-            if entry_type != NORMAL or not payload:
-                continue
-            header = read_header(payload)
-            decoded = decode_records(payload) if settings.cleanable(header) else None
-            if decoded is None:
-                opaque_seen = opaque_seen or header.record_count > 0
-                continue
-            for record in decoded[1]:
-                if record.key is not None:
-                    key_map[key_digest(record.key)] = header.base_offset + record.offset_delta
-            if len(key_map) >= max_keys:
-                full = True
-        if full:
+        opaque_seen = _map_segment(buf, key_map, settings.transactional) or opaque_seen
+        if len(key_map) >= max_keys:
             logger.info("key map full (%d keys) in segment %s: cleaning the %d segment(s) "
                         "before it", len(key_map), seg.path.name, len(mapped))
             break
@@ -313,6 +277,8 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     horizon_ms = settings.now_ms - settings.delete_retention_ms
     for seg, size in mapped:
         buf = _read_segment(disk, seg, size, throttle)
+        result.bytes_read += len(buf)
+        result.bytes_cleaned += len(buf)
         new = _clean_segment(disk, seg, buf, key_map, horizon_ms, not opaque_seen, settings, result)
         if new is not None:
             result.replacements.append((seg, new))
@@ -324,72 +290,143 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     return result
 
 
-def _clean_segment(disk: Disk, seg: Segment, buf: memoryview, key_map: dict[bytes, int],
+def _frames(buf: bytes) -> typing.Iterator[tuple[int, int, int, int]]:
+    """(frame position, payload start, payload end, entry type) of each frame of a segment's
+    bytes (verified when they were written or recovered); gives up the GIL every
+    YIELD_EVERY_FRAMES frames."""
+    pos, size = 0, len(buf)
+    frames = 0
+    while pos < size:
+        frames += 1
+        if frames == YIELD_EVERY_FRAMES:
+            frames = 0
+            time.sleep(0)
+        length, entry_type = _FRAME_LENGTH_TYPE.unpack_from(buf, pos)
+        end = pos + 4 + length
+        yield pos, pos + FRAME_HEADER_BYTES, end, entry_type
+        pos = end
+
+
+def _map_segment(buf: bytes, key_map: dict[bytes, int], transactional: TxnRule) -> bool:
+    """Map each key of the segment's bytes `buf` to its latest offset (in key_map); True if
+    a batch holding records could not be read (its keys are unknown)."""
+    opaque = False
+    for _, start, pos, entry_type in _frames(buf):
+        if entry_type != NORMAL or start == pos:
+            continue
+        base_offset, attributes, count = _BATCH_FIELDS.unpack_from(buf, start)
+        if not count:
+            continue
+        if attributes & _TXN_OR_CONTROL:
+            if attributes & ATTR_CONTROL:
+                continue  # a marker: no key of the topic's
+            rule = transactional(read_header(buf, start))
+            if rule != CLEAN:
+                opaque = opaque or rule == KEEP
+                continue
+        body = records_buffer(buf, start + HEADER_BYTES, pos, attributes)
+        scanned = None if body is None else scan_records(*body, count, base_offset)
+        if scanned is None:
+            opaque = True
+            continue
+        for _, _, key, offset, _ in scanned:
+            if key is not None:
+                key_map[key] = offset
+    return opaque
+
+
+def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, int],
                    horizon_ms: int, drop_tombstones: bool, settings: CleanSettings,
                    result: CleanResult) -> Segment | None:
     """Write the cleaned copy of seg (from its bytes buf) to `<name>.cleaned`, fsynced, and
-    index it; None if nothing in it changes."""
-    frames: list[bytes | memoryview] = []
-    changed = False
-    dropped = tombstones = 0
-    for _, index, term, entry_type, payload in _frames(buf):
-        if entry_type == NORMAL and payload:
-            header = read_header(payload)
-            decoded = decode_records(payload) if settings.cleanable(header) else None
-            if decoded is not None:
-                kept = []
-                for record in decoded[1]:
-                    if record.key is None:
-                        kept.append(record)
+    index it; None if nothing in it changes.
+
+    The copy is the old bytes, in runs, with each batch that loses records replaced: a run
+    of unchanged frames is one slice of `buf`, never decoded again or re-encoded.
+    """
+    view = memoryview(buf)
+    chunks: list[bytes | memoryview] = []
+    positions = array("Q")
+    batches: list[tuple[int, BatchHeader]] = []  # (position in the copy, header)
+    run_start = shift = 0  # where the current run of unchanged bytes starts; copy - old
+    dropped = tombstones = aborted = 0
+    oldest_tombstone_ms = result.oldest_tombstone_ms
+    km_get = key_map.get
+    for frame_pos, start, pos, entry_type in _frames(buf):
+        positions.append(frame_pos + shift)
+        if entry_type != NORMAL or start == pos:
+            continue
+        header = read_header(buf, start)
+        count = header.record_count
+        rule = CLEAN
+        if header.attributes & _TXN_OR_CONTROL and count:
+            rule = KEEP if header.attributes & ATTR_CONTROL else settings.transactional(header)
+        if not count or rule == KEEP:
+            batches.append((frame_pos + shift, header))
+            continue
+        if rule == ABORTED:
+            body, scanned = (b"", 0, 0), []
+            aborted += count
+        else:
+            body = records_buffer(buf, start + HEADER_BYTES, pos, header.attributes)
+            scanned = None if body is None else scan_records(*body, count, header.base_offset)
+            if scanned is None:
+                batches.append((frame_pos + shift, header))
+                continue
+        max_ts = header.max_timestamp_ms
+        kept = []
+        for record in scanned:
+            key = record[2]
+            if key is not None:
+                latest = km_get(key)
+                if latest is not None and latest != record[3]:
+                    dropped += 1
+                    continue
+                if record[4]:  # a tombstone
+                    if drop_tombstones and max_ts < horizon_ms:
+                        tombstones += 1
                         continue
-                    latest = key_map.get(key_digest(record.key))
-                    if latest is not None and latest != header.base_offset + record.offset_delta:
-                        dropped += 1
-                        continue
-                    if record.tombstone:
-                        if drop_tombstones and header.max_timestamp_ms < horizon_ms:
-                            tombstones += 1
-                            continue
-                        result.oldest_tombstone_ms = min(result.oldest_tombstone_ms or header.max_timestamp_ms,
-                                                         header.max_timestamp_ms)
-                    kept.append(record)
-                if len(kept) != len(decoded[1]):
-                    payload = memoryview(rebuild_batch(payload, header, kept))
-                    changed = True
-        frames.append(frame_header(LogEntry(index, term, entry_type, payload)))
-        frames.append(payload)
-    if not changed:
+                    if oldest_tombstone_ms is None or max_ts < oldest_tombstone_ms:
+                        oldest_tombstone_ms = max_ts
+            kept.append(record)
+        if len(kept) == count:
+            batches.append((frame_pos + shift, header))
+            continue
+        data = body[0]  # type: ignore[index]
+        payload = _rebuilt(buf, start, header.attributes, [data[r[0]:r[1]] for r in kept])
+        tail = view[frame_pos + FRAME_PREFIX.size:start]  # index, term, type: unchanged
+        frame = FRAME_PREFIX.pack(FRAME_LENGTH_MIN + len(payload), crc32c.crc32c(payload, crc32c.crc32c(tail)))
+        chunks += (view[run_start:frame_pos], frame, tail, payload)
+        batches.append((frame_pos + shift, read_header(payload)))
+        run_start = pos
+        shift += FRAME_HEADER_BYTES + len(payload) - (pos - frame_pos)
+    result.oldest_tombstone_ms = oldest_tombstone_ms
+    if not chunks:
         return None
+    chunks.append(view[run_start:])
     result.records_dropped += dropped
     result.tombstones_dropped += tombstones
+    result.aborted_dropped += aborted
+    copy = b"".join(chunks)
     tmp = seg.path.with_name(seg.path.name + CLEANED_SUFFIX)
     f = disk.open(tmp)
     try:
         disk.truncate(f, 0)
-        disk.pwritev(f, frames, 0)
+        disk.pwritev(f, [copy], 0)
         disk.fsync(f)
         disk.fsync_dir(seg.path.parent)
-        return _index_new_segment(disk, f, seg, frames, settings.index_interval_bytes)
     except BaseException:
         disk.close(f)
         raise
-
-
-def _index_new_segment(disk: Disk, f: DiskFile, old: Segment, frames: list[bytes | memoryview],
-                       index_interval_bytes: int) -> Segment:
-    new = Segment(path=old.path, file=f, first_index=old.first_index, offset_floor=old.offset_floor)
-    pos = 0
-    for header_bytes, payload in zip(frames[::2], frames[1::2]):
-        new.positions.append(pos)
-        entry_type = header_bytes[FRAME_HEADER_BYTES - 1]
-        if entry_type == NORMAL and payload:
-            new.add_batch(pos, read_header(payload), index_interval_bytes)
-        pos += len(header_bytes) + len(payload)
-    new.size_bytes = pos
-    assert new.entry_count == old.entry_count and new.next_offset == old.next_offset, \
-        (old.path, new.entry_count, old.entry_count, new.next_offset, old.next_offset)
+    new = Segment(path=seg.path, file=f, first_index=seg.first_index, offset_floor=seg.offset_floor)
+    new.positions = positions
+    for position, header in batches:
+        new.add_batch(position, header, settings.index_interval_bytes)
+    new.size_bytes = len(copy)
+    assert new.entry_count == seg.entry_count and new.next_offset == seg.next_offset, \
+        (seg.path, new.entry_count, seg.entry_count, new.next_offset, seg.next_offset)
     return new
 
 
-__all__ = ["CLEANED_SUFFIX", "CleanPlan", "CleanResult", "CleanSettings", "Record", "decode_records",
-           "plan_clean", "plain_data_batch", "rebuild_batch", "run_clean"]
+__all__ = ["ABORTED", "CLEAN", "CLEANED_SUFFIX", "KEEP", "CleanPlan", "CleanResult", "CleanSettings", "Record", "decode_records",
+           "keep_transactional", "plan_clean", "rebuild_batch", "run_clean"]

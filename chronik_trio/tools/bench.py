@@ -258,8 +258,11 @@ class _NodeWatch:
                 if cleaned.get("chronik_cleaner_passes"):
                     busy = cleaned["chronik_cleaner_busy_seconds"]
                     read_mb = cleaned["chronik_cleaner_read_bytes"] / 1e6
+                    cleaned_mb = cleaned.get("chronik_cleaner_cleaned_bytes", 0.0) / 1e6
                     node["cleaner"] = {
                         "passes": int(cleaned["chronik_cleaner_passes"]), "read_mb": round(read_mb, 2),
+                        "cleaned_mb": round(cleaned_mb, 2),
+                        "cleaned_mb_per_busy_s": round(cleaned_mb / busy, 1) if busy else None,
                         "written_mb": round(cleaned["chronik_cleaner_written_bytes"] / 1e6, 2),
                         "records_removed": int(cleaned["chronik_cleaner_records_removed"]),
                         "busy_s": round(busy, 2),
@@ -324,8 +327,9 @@ def _methods(args, target: str, rf: int) -> dict:
                  "node's /metrics before and after the broker modes: count, mean, and percentiles as "
                  "bucket upper bounds; CPU = process user+system time over the same window / wall time; "
                  "RSS from /proc (VmRSS), also sampled every 10 s during the run; the log cleaner's "
-                 "counters over the same window (cleaner rate = bytes of log read by cleaning passes / "
-                 "time inside those passes, in the worker thread, while produce continues)."),
+                 "counters over the same window (cleaner rate = bytes of log the cleaning passes went over / "
+                 "time inside those passes, in the worker thread, while produce continues; each pass reads "
+                 "those bytes twice, so MB read is about twice MB cleaned)."),
     }
 
 
@@ -552,9 +556,9 @@ def _print_other_modes(res: dict) -> None:
                          f"{node['rss_mb_after']} MB")
         if "cleaner" in node:
             c = node["cleaner"]
-            parts.append(f"cleaner: {c['passes']} pass(es), {c['read_mb']} MB read, {c['written_mb']} MB "
-                         f"written, {c['records_removed']} records removed, {c['busy_s']} s busy: "
-                         f"{c['read_mb_per_busy_s']} MB/s")
+            parts.append(f"cleaner: {c['passes']} pass(es), {c['cleaned_mb']} MB cleaned ({c['read_mb']} MB read), "
+                         f"{c['written_mb']} MB written, {c['records_removed']} records removed, {c['busy_s']} s "
+                         f"busy: {c['cleaned_mb_per_busy_s']} MB/s cleaned")
         if "error" in node:
             parts.append(f"scrape failed: {node['error']}")
         print(" ".join(parts))

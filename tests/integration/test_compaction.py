@@ -6,10 +6,12 @@ throttled clean restarts with a readable log that the next pass finishes."""
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 
 import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from tests.integration.clients_python import PY_DRIVERS, ConfluentDriver
@@ -81,3 +83,96 @@ def test_kill_in_the_middle_of_a_clean_leaves_a_readable_log(broker_factory):
     assert set(latest(recs, told, tombstones=True)) <= set(got)
     _set_broker_config(broker.bootstrap, "log.cleaner.io.max.bytes.per.second", "1e12")
     settle(broker.bootstrap, topic, [reader(driver, topic)], latest(recs, told, tombstones=True), topic)
+
+
+def test_a_compacted_topic_refuses_records_without_a_key(broker):
+    """As Kafka (and librdkafka's test 0011): a batch holding a keyless record fails whole
+    with INVALID_RECORD, the record errors (KIP-467) naming the keyless records, so
+    librdkafka fails those with INVALID_RECORD and the rest of the batch with
+    _INVALID_DIFFERENT_RECORD; a batch of keyed records is written."""
+    topic = "compact-" + uuid.uuid4().hex[:8]
+    create_compacted(broker.bootstrap, topic, 1)
+    errors: list = []
+
+    def produce(keys, **conf) -> list:
+        errors.clear()
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50, "retries": 0, **conf})
+        for key in keys:
+            producer.produce(topic, value=b"v", key=key, partition=0,
+                             on_delivery=lambda err, msg: errors.append(err and err.code()))
+        assert producer.flush(30) == 0
+        return list(errors)
+
+    got = produce([b"a", None, b"b", None, b"c"])  # one batch
+    assert got == [KafkaError._INVALID_DIFFERENT_RECORD, KafkaError.INVALID_RECORD,
+                   KafkaError._INVALID_DIFFERENT_RECORD, KafkaError.INVALID_RECORD,
+                   KafkaError._INVALID_DIFFERENT_RECORD], got
+    assert produce([b"a", b"b"]) == [None, None]
+    got = produce([b"a", None, b"b"], **{"batch.size": 1})  # one record a batch
+    assert got == [None, KafkaError.INVALID_RECORD, None], got
+
+
+def _consume(bootstrap: str, topic: str, isolation: str, count: int) -> list[tuple[int, bytes | None, bytes | None]]:
+    """The first `count` records of partition 0 read with `isolation` (read_committed or
+    read_uncommitted), as (offset, key, value)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "g-" + uuid.uuid4().hex[:8],
+                         "isolation.level": isolation, "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out: list = []
+    deadline = time.monotonic() + 3
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            for m in consumer.consume(num_messages=count, timeout=0.5):
+                assert m.error() is None, m.error()
+                out.append((m.offset(), m.key(), m.value()))
+        return out[:count]
+    finally:
+        consumer.close()
+
+
+def test_the_cleaner_removes_the_records_of_aborted_transactions(broker_factory):
+    """A transactional producer (confluent-kafka) commits, aborts and commits again on a
+    compacted topic: after cleaning, read_uncommitted and read_committed both read each key's
+    latest committed value and nothing of the aborted transaction, whose records the cleaner
+    removed (before this, they stayed in the log for read_uncommitted consumers); the last
+    stable offset is the high watermark (no transaction left open by the cleaned log)."""
+    broker = broker_factory(extra_args=CLEANER_ARGS).start()
+    topic = "compact-txn-" + uuid.uuid4().hex[:8]
+    create_compacted(broker.bootstrap, topic, 1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "tx-" + topic})
+    producer.init_transactions(20)
+    told: dict[tuple[bytes, bytes], int] = {}
+
+    def txn(pairs, commit: bool) -> None:
+        producer.begin_transaction()
+        for key, value in pairs:
+            producer.produce(topic, value=value, key=key, partition=0,
+                             on_delivery=lambda err, msg: told.__setitem__((msg.key(), msg.value()), msg.offset()))
+        producer.flush(20)
+        (producer.commit_transaction if commit else producer.abort_transaction)(20)
+
+    txn([(b"k%d" % i, b"a%d" % i) for i in range(4)], commit=True)
+    txn([(b"k%d" % i, b"b%d" % i) for i in range(4)] + [(b"only-aborted", b"b")], commit=False)
+    txn([(b"k1", b"c1")], commit=True)
+    want = sorted((told[(k, v)], k, v) for k, v in [(b"k0", b"a0"), (b"k1", b"c1"), (b"k2", b"a2"), (b"k3", b"a3")])
+    before = _consume(broker.bootstrap, topic, "read_uncommitted", 100)
+    assert any(v.startswith(b"b") for _, _, v in before), before  # the aborted records, not cleaned yet
+    full = settle(broker.bootstrap, topic,
+                  [functools.partial(_consume, broker.bootstrap, topic, isolation)
+                   for isolation in ("read_uncommitted", "read_committed")], want, topic)
+    assert _last_stable_offset(broker.bootstrap, topic) == full[-1][0] + 1
+    # A restart rebuilds the partition's state from the cleaned log: the emptied batches of
+    # the aborted transaction and its kept marker give the same aborted index and LSO.
+    broker.kill()
+    broker.start()
+    assert _last_stable_offset(broker.bootstrap, topic) == full[-1][0] + 1
+    for isolation in ("read_uncommitted", "read_committed"):
+        assert _consume(broker.bootstrap, topic, isolation, len(full)) == full
+
+
+def _last_stable_offset(bootstrap: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "w", "isolation.level": "read_committed"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        consumer.close()

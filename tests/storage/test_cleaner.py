@@ -319,3 +319,35 @@ def test_the_last_segment_with_batches_is_not_cleaned(compacted):
     plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
                       min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
     assert plan.segments and last not in plan.segments and plan.segments[-1] is log.segments[-3]
+
+
+def test_transactional_batches_follow_the_rule_aborted_committed_open(open_log):
+    """The caller's rule (CleanSettings.transactional) decides each transactional data batch:
+    an aborted one loses every record and puts no key in the map (the older plain value of
+    its key stays the latest), a committed one is cleaned by key, an open one is kept whole;
+    control batches (markers) are kept whole whatever the rule says."""
+    txn = 0x10
+    plain = build_batch([Record(b"a", b"plain-a"), Record(b"b", b"plain-b")], base_offset=0, base_timestamp_ms=1_000)
+    aborted = build_batch([Record(b"a", b"aborted-a"), Record(b"z", b"aborted-z")], base_offset=2,
+                          base_timestamp_ms=1_000, producer_id=7, producer_epoch=0, attributes=txn)
+    committed = build_batch([Record(b"b", b"committed-b")], base_offset=4, base_timestamp_ms=1_000,
+                            producer_id=8, producer_epoch=0, attributes=txn)
+    marker = build_batch([Record(b"\x00\x00\x00\x00", b"\x00\x00\x00\x00\x00\x00")], base_offset=5,
+                         base_timestamp_ms=1_000, producer_id=7, producer_epoch=0, attributes=txn | 0x20)
+    still_open = build_batch([Record(b"a", b"open-a")], base_offset=6, base_timestamp_ms=1_000,
+                             producer_id=9, producer_epoch=0, attributes=txn)
+    log = open_log("t", kafka=True, segment_bytes_max=200)
+    log.append([LogEntry(k + 1, 1, 0, b) for k, b in enumerate([plain, aborted, committed, marker, still_open])]
+               + keyed_entries(6, 7, [(b"x%d" % i, b"v") for i in range(4)]))
+    log.sync()
+    rules = {7: "aborted", 8: "clean", 9: "keep"}
+    clean_once(log, Disk(), transactional=lambda h: rules[h.producer_id])
+    got = read_all(log)
+    assert got[0] == (b"a", b"plain-a")  # the aborted and the open value of a never superseded it
+    assert 1 not in got  # plain-b: superseded by the committed transaction's b
+    assert 2 not in got and 3 not in got  # the aborted transaction's records are gone
+    assert got[4] == (b"b", b"committed-b") and got[6] == (b"a", b"open-a")
+    headers = {read_header(p).base_offset: read_header(p) for p in
+               log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset)}
+    assert headers[5].record_count == 1  # the marker, kept
+    assert log.next_offset == 11

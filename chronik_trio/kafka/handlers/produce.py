@@ -14,6 +14,7 @@ import logging
 import trio
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.cluster.configs import parse_list
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.errors import BrokerError, NotLeader
 from chronik_trio.group import OFFSETS_TOPIC
@@ -21,7 +22,7 @@ from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, NO_PRODU
 
 from ..codec import build, response_schema
 from ..errors import KafkaError, ProtocolViolation
-from ..records import parse_batches
+from ..records import keyless_records, parse_batches
 from .common import leader_hint, node_endpoints, topic_for_request
 from .context import BrokerContext
 
@@ -72,6 +73,14 @@ async def _produce_one(ctx: BrokerContext, topic: Topic, partition_data, acks: i
         if partition_data.records is None:
             raise KafkaError("produce without records", ErrorCode.invalid_record)
         headers = parse_batches(partition_data.records, batch_bytes_max=batch_bytes_max)
+        if "compact" in parse_list(ctx.topic_config(topic, "cleanup.policy")):
+            keyless = keyless_records(partition_data.records, headers)
+            if keyless:  # Kafka's LogValidator: the whole request for the partition fails
+                message = f"Compacted topic cannot accept message without key in topic partition {topic.name}-{index}."
+                log.info("produce to %s-%d refused: %d record(s) without a key", topic.name, index, len(keyless))
+                return _entry(index, ErrorCode.invalid_record, error_message=message,
+                              record_errors=[{"batch_index": k, "batch_index_error_message": None}
+                                             for k in keyless])
         verify = None
         if _check_transactional(headers, transactional_id):
             verify = functools.partial(_verify, ctx, transactional_id, topic.name, index, add_to_txn)

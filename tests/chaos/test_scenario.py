@@ -22,7 +22,7 @@ SCENARIOS = pathlib.Path(__file__).parents[2] / "chaos" / "scenarios"
 SHIPPED = ["failover", "partition", "crash-restart", "pause", "slow-disk", "disk-faults",
            "power-loss", "rolling-restart", "mixed", "failover-idempotent", "failover-mtls",
            "compaction", "grow-shrink", "membership", "transactions", "transactions-copy",
-           "transactions-pause", "transactions-partition"]
+           "transactions-pause", "transactions-partition", "transactions-coordinator", "transactions-power-loss"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

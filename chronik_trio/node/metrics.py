@@ -45,9 +45,27 @@ class NodeMetrics:
         """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""
         self.registry.register(_AuthFailureCollector(failures))
 
+    def collect_txn(self, counts) -> None:
+        """The transaction coordinator's request counts (node/txn_coordinator.py), at every scrape."""
+        self.registry.register(_TxnCollector(counts))
+
     def collect_throttle(self, throttle) -> None:
         """The catch-up throttle of partition moves (node/throttle.py), at every scrape."""
         self.registry.register(_ThrottleCollector(throttle))
+
+
+class _TxnCollector:
+    def __init__(self, counts) -> None:
+        self.counts = counts
+
+    def collect(self) -> typing.Iterator:
+        family = CounterMetricFamily("chronik_txn_requests", "Transaction coordinator requests by kind: "
+                                     "client_add (AddPartitionsToTxn / AddOffsetsToTxn), implicit_add (a partition "
+                                     "leader's or group coordinator's add under transaction version 2), "
+                                     "end_txn_v1 / end_txn_v2 (EndTxn below v5 / v5+)", labels=["kind"])
+        for kind, count in sorted(self.counts.items()):
+            family.add_metric([kind], count)
+        yield family
 
 
 class _CleanerCollector:

@@ -125,6 +125,7 @@ class Node:
         self.meta_service = MetaService(self.node_id, self.meta_machine, self.rng)  # opened by run()
         self.groups = GroupCoordinator(self, self.rng)  # consumer groups (on __consumer_offsets leaders)
         self.txns = TxnCoordinator(self)  # transactions (on __transaction_state leaders)
+        self.metrics.collect_txn(self.txns.counts)
         self.txn_routes = TxnRoutes(self)
         self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine,
                                        _InternalTopics(self.groups, self.txns), rng=self.rng, run_sync=run_sync)

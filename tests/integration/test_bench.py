@@ -135,3 +135,20 @@ def test_bench_failover_needs_its_own_three_node_cluster(tmp_path):
     proc = subprocess.run([CHRONIK_TRIO, "bench", "--cluster", "1", "--modes", "failover"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "--cluster 3" in proc.stderr
+
+
+@pytest.mark.timeout(180)
+def test_bench_transactional_runs_beside_the_plain_throughput(broker, tmp_path):
+    """--transactional: a transactional producer after each plain run, its records committed
+    in transactions of --txn-records and read back by a read_committed consumer, with the
+    commit time of each transaction."""
+    report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "throughput", "--repeat", "1",
+                            "--warmup-s", "0", "--records", "300", "--transactional", "--txn-records", "100")
+    _check_throughput(report, 1, records=300)
+    (run,) = report["results"]["throughput_txn"]
+    produced = run["produce"]
+    assert (produced["records"], produced["transactions"], produced["errors"]) == (300, 3, 0)
+    assert produced["commit_latency_ms"]["count"] == 3 and produced["commit_latency_ms"]["p50"] > 0
+    assert run["consume"]["records"] == 300  # read_committed: every committed record
+    assert report["summary"]["txn_produce_fraction_of_plain"] > 0
+    assert "transactional median" in stdout and "transactional.id" in report["method"]["throughput"]

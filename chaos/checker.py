@@ -88,6 +88,8 @@ class _History:
         self.sends_and_txns: list[dict] = []
         self.commits: list[dict] = []  # acknowledged OffsetCommits of group consumers
         self.offset_fetches: list[dict] = []
+        # (node, pid, partition) -> [(t, last stable offset, high watermark)] in sampling order
+        self.stable_offsets: dict[tuple[int, int, Part], list[tuple[float, int, int]]] = defaultdict(list)
         for e in events:
             kind = e["type"]
             if kind == "txn":
@@ -114,6 +116,9 @@ class _History:
                 self.final_failed[_part(e)] = e.get("error", "")
             elif kind == "replica-log":
                 self.replicas[_part(e)][int(e["node"])] = {int(o): v for o, v in e["records"]}
+            elif kind == "lso":
+                self.stable_offsets[(int(e["node"]), int(e.get("pid") or 0), _part(e))].append(
+                    (e["t"], int(e["lso"]), int(e["hw"])))
             elif kind == "node" and e.get("what") == "exited":
                 self.exits.append(e)
             elif kind == "workload-start":
@@ -364,6 +369,27 @@ def check_precommitted_reads(h: _History, opts: CheckOptions) -> CheckResult:
                    f"{len(bad)} read(s) before the commit")
 
 
+def check_lso_monotonic(h: _History, opts: CheckOptions) -> CheckResult:
+    """A replica's last stable offset never moves backwards, nor above its high watermark,
+    within one process of a node (a restarted node replays its log from the start, so its
+    samples begin a new series)."""
+    bad = []
+    for (node, pid, part), samples in sorted(h.stable_offsets.items()):
+        last = None
+        for t, lso, hw in samples:
+            if lso > hw:
+                bad.append(f"node {node} (pid {pid}) {part[0]}-{part[1]}: LSO {lso} above the high watermark {hw} "
+                           f"at t={t:.3f}")
+            if last is not None and lso < last[1]:
+                bad.append(f"node {node} (pid {pid}) {part[0]}-{part[1]}: LSO moved back from {last[1]} "
+                           f"(t={last[0]:.3f}) to {lso} (t={t:.3f})")
+            last = (t, lso)
+    samples = sum(len(s) for s in h.stable_offsets.values())
+    summary = (f"{samples} LSO sample(s) of {len(h.stable_offsets)} replica series, never backwards"
+               if samples else "no LSO was sampled")
+    return _result("lso_monotonic", bad, opts, summary, f"{len(bad)} LSO regression(s)")
+
+
 COPY_PREFIX = "copy:"  # chaos/workload.py's copier
 
 
@@ -546,6 +572,7 @@ CHECK_FUNCTIONS = {
     "torn_transactions": check_torn_transactions,
     "precommitted_reads": check_precommitted_reads,
     "exactly_once_output": check_exactly_once_output,
+    "lso_monotonic": check_lso_monotonic,
     "lost_commits": check_lost_commits,
 }
 

@@ -31,6 +31,8 @@ TOPIC_CREATE_TIMEOUT_S = 60.0
 WORKLOAD_STOP_TIMEOUT_S = 90.0
 PROGRESS_INTERVAL_S = 0.5
 PROGRESS_LINE_INTERVAL_S = 10.0  # when stderr is not a terminal
+LSO_SAMPLE_INTERVAL_S = 0.5  # transactional runs: each replica's last stable offset, this often
+LSO_SAMPLE_TIMEOUT_S = 2.0
 
 
 @attrs.frozen
@@ -124,6 +126,8 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(progress.run, t0)
+            if spec.transactional and isinstance(cluster, Cluster):
+                nursery.start_soon(sample_stable_offsets, cluster, history)
             async with trio.open_nursery() as producers:
                 produce, consume = _client_tasks(spec.client, spec.transactional)
                 for i in range(spec.producers):
@@ -157,6 +161,26 @@ async def _workload_and_nemesis(scenario: Scenario, cluster: Cluster, history: H
         consumer_stop.set()
     progress.done()
     return notes
+
+
+async def sample_stable_offsets(cluster: Cluster, history: History) -> None:
+    """Every LSO_SAMPLE_INTERVAL_S until cancelled (with the progress task, after the final
+    reads): each running, unpaused node's last stable offsets from /health
+    (`stable_offsets`: the replicas that have seen a transactional producer), one `lso`
+    event per replica, with the node's pid so that a restart (which replays the log from
+    its start) begins a new series. checker.check_lso_monotonic reads them."""
+    while True:
+        for n, node in list(cluster.nodes.items()):
+            pid = node.pid
+            if not node.running or node.paused or pid is None:
+                continue
+            answer = await trio.to_thread.run_sync(node.process.health, LSO_SAMPLE_TIMEOUT_S)
+            t = history.now()
+            for name, (lso, hw) in sorted(((answer or {}).get("stable_offsets") or {}).items()):
+                topic, _, partition = name.rpartition("-")
+                history.record({"type": "lso", "t": round(t, 6), "node": n, "pid": pid, "topic": topic,
+                                "partition": int(partition), "lso": int(lso), "hw": int(hw)})
+        await trio.sleep(LSO_SAMPLE_INTERVAL_S)
 
 
 def _client_tasks(client: str, transactional: bool = False):

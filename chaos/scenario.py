@@ -50,7 +50,7 @@ FAULT_KINDS = ("kill", "pause", "restart", "partition", "link", "disk", "power-l
 CHECKS = ("lost_writes", "duplicates", "inconsistent_offsets", "nonmonotonic_sends",
           "nonmonotonic_polls", "poll_skips", "unseen", "divergence", "unavailability",
           "node_crashes", "compaction", "aborted_reads", "torn_transactions", "precommitted_reads",
-          "exactly_once_output", "lost_commits")
+          "exactly_once_output", "lost_commits", "lso_monotonic")
 # Checks that are report-only unless a scenario says otherwise; both become failing checks
 # when the workload is idempotent (see checker.py).
 REPORT_ONLY_DEFAULT = frozenset({"duplicates", "nonmonotonic_sends"})

@@ -104,16 +104,16 @@ def build_batch(records: typing.Sequence[tuple[bytes, bytes | None]], timestamp_
                         producer_id=producer[0], producer_epoch=producer[1])
 
 
-def batch_records(batch: bytes | memoryview, *, control: bool = False) -> list[tuple[bytes, bytes | None]]:
-    """The (key, value) records of one v2 batch. Raises RecordError for compressed batches,
-    for control batches unless control is set, and for bytes that do not parse (the
-    coordinators never write those)."""
+def batch_records(batch: bytes | memoryview) -> list[tuple[bytes, bytes | None]]:
+    """The (key, value) records of one v2 batch. Raises RecordError for compressed and
+    control batches (markers are read by partition/transactions.read_control), and for
+    bytes that do not parse (the coordinators never write those)."""
     view = memoryview(batch)
     if len(view) < HEADER_BYTES:
         raise RecordError(f"batch of {len(view)} bytes")
     header = read_header(view)
     attributes, count = header.attributes, header.record_count
-    if attributes & ATTR_COMPRESSION_MASK or (attributes & ATTR_CONTROL and not control):
+    if attributes & (ATTR_COMPRESSION_MASK | ATTR_CONTROL):
         raise RecordError(f"batch attributes {attributes:#x}: compressed or control")
     data = bytes(view[HEADER_BYTES:])
     out, pos = [], 0
@@ -136,15 +136,3 @@ def batch_records(batch: bytes | memoryview, *, control: bool = False) -> list[t
     except (IndexError, VarintError) as exc:
         raise RecordError(f"record does not parse: {exc}") from None
     return out
-
-
-
-
-CONTROL_ABORT, CONTROL_COMMIT = 0, 1
-
-
-def control_type(key: bytes) -> int:
-    """The type of a control record (Kafka's EndTransactionMarker key: version, type)."""
-    if len(key) < 4:
-        raise RecordError(f"control key of {len(key)} bytes")
-    return _I16.unpack_from(key, 2)[0]

@@ -20,10 +20,10 @@ import typing
 
 import attrs
 
+from chronik_trio.partition.transactions import MalformedControlBatch, read_control
 from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_BYTES, read_header
 
-from .records import (CONTROL_ABORT, CONTROL_COMMIT, RecordError, batch_records, build_batch, control_type,
-                      group_key, offset_key, parse_key)
+from .records import RecordError, batch_records, build_batch, group_key, offset_key, parse_key
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +140,23 @@ class GroupStore:
                 log.warning("__consumer_offsets entry %d: a record does not decode, skipped: %s", index, exc)
 
     def _apply_marker(self, data: memoryview, producer_id: int, index: int) -> None:
+        """A control batch, read by the partition's own marker reader (partition/transactions.py):
+        a commit marker makes the producer's pending offsets the group's, an abort drops them;
+        a control batch of another type says nothing about them."""
         try:
-            kind = control_type(batch_records(data, control=True)[0][0])
-        except (RecordError, IndexError) as exc:
+            marker = read_control(data)
+        except MalformedControlBatch as exc:
             self.skipped_records += 1
             log.warning("__consumer_offsets entry %d: a control batch that does not decode, skipped: %s", index, exc)
             return
+        if marker is None:
+            log.warning("__consumer_offsets entry %d: a control batch that is not a transaction marker, ignored",
+                        index)
+            return
         pending = self.pending.pop(producer_id, {})
-        if kind == CONTROL_COMMIT:
+        if marker.commit:
             for group_id, offsets in pending.items():
                 self.offsets.setdefault(group_id, {}).update(offsets)
-        elif kind != CONTROL_ABORT:
-            log.warning("__consumer_offsets entry %d: control record type %d, ignored", index, kind)
 
     def _apply_pending(self, producer_id: int, key: bytes, value: bytes | None) -> None:
         kind, group_id, topic, partition = parse_key(key)

@@ -49,6 +49,10 @@ class NodeMetrics:
         """Fetch sessions (kafka/fetch_sessions.py FetchSessionCache), at every scrape."""
         self.registry.register(_FetchSessionCollector(cache))
 
+    def collect_txn(self, counts) -> None:
+        """The transaction coordinator's request counts (node/txn_coordinator.py), at every scrape."""
+        self.registry.register(_TxnCollector(counts))
+
     def collect_throttle(self, throttle) -> None:
         """The catch-up throttle of partition moves (node/throttle.py), at every scrape."""
         self.registry.register(_ThrottleCollector(throttle))
@@ -77,6 +81,20 @@ class _FetchSessionCollector:
         yield GaugeMetricFamily("chronik_fetch_sessions", "Fetch sessions in the cache", value=len(self.cache))
         yield GaugeMetricFamily("chronik_fetch_session_partitions", "Partitions over every cached fetch session",
                                 value=self.cache.partition_count)
+
+
+class _TxnCollector:
+    def __init__(self, counts) -> None:
+        self.counts = counts
+
+    def collect(self) -> typing.Iterator:
+        family = CounterMetricFamily("chronik_txn_requests", "Transaction coordinator requests by kind: "
+                                     "client_add (AddPartitionsToTxn / AddOffsetsToTxn), implicit_add (a partition "
+                                     "leader's or group coordinator's add under transaction version 2), "
+                                     "end_txn_v1 / end_txn_v2 (EndTxn below v5 / v5+)", labels=["kind"])
+        for kind, count in sorted(self.counts.items()):
+            family.add_metric([kind], count)
+        yield family
 
 
 class _CleanerCollector:

@@ -129,6 +129,7 @@ class Node:
         self.meta_service = MetaService(self.node_id, self.meta_machine, self.rng)  # opened by run()
         self.groups = GroupCoordinator(self, self.rng)  # consumer groups (on __consumer_offsets leaders)
         self.txns = TxnCoordinator(self)  # transactions (on __transaction_state leaders)
+        self.metrics.collect_txn(self.txns.counts)
         self.txn_routes = TxnRoutes(self)
         self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine,
                                        _InternalTopics(self.groups, self.txns), rng=self.rng, run_sync=run_sync)
@@ -395,7 +396,20 @@ class Node:
                 "meta_learners": list(self.meta_machine.conf_state.learners),
                 "disk_degraded": self.disk_health.degraded,
                 # who leads what, for outsiders (the node-process harness): group id -> term
-                "leading_groups": {g.group_id: g.term for g in groups if g.is_leader}}
+                "leading_groups": {g.group_id: g.term for g in groups if g.is_leader},
+                "stable_offsets": self._stable_offsets()}
+
+    def _stable_offsets(self) -> dict[str, list[int]]:
+        """"topic-partition" -> [last stable offset, high watermark] of every replica here
+        that has seen a transactional producer (the chaos harness's lso_monotonic check
+        samples it); partitions without transactions are left out, so the answer stays
+        small on a node with many partitions."""
+        found = {}
+        for (topic, partition), replica in self.replicas.items():
+            txns = replica.machine.transactions
+            if txns is not None and txns.producers:
+                found[f"{topic}-{partition}"] = [replica.machine.last_stable_offset, replica.machine.high_watermark]
+        return found
 
     async def _wait_replayed(self, groups: list[RaftGroup]) -> None:
         """Until every group has applied its replay target (no quorum needed for that

@@ -69,7 +69,10 @@ class PartitionMachine:
 
     @property
     def transactions(self) -> TransactionState | None:
-        return self.states.get(TransactionState.name)  # type: ignore[return-value]
+        # A `__transaction_state` partition's coordinator store (txn/store.py) has the same
+        # state name: it is not this partition's transaction table (it has none).
+        state = self.states.get(TransactionState.name)
+        return state if isinstance(state, TransactionState) else None
 
     @property
     def last_stable_offset(self) -> int:

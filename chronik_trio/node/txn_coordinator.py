@@ -30,6 +30,7 @@ read by the next coordinator); waits use trio's clock.
 
 from __future__ import annotations
 
+import collections
 import logging
 import typing
 
@@ -123,6 +124,9 @@ class TxnCoordinator(ShardedCoordinator):
         self._wake = trio.Event()
         # Compacted, as Kafka's: the latest record of each transactional id is its state.
         self._topic = InternalTopic(TXN_TOPIC, {"cleanup.policy": "compact"})
+        # requests taken here by kind (client_add, implicit_add, end_txn_v1, end_txn_v2):
+        # /metrics chronik_txn_requests, which shows which transaction version clients run
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def setting(self, name: str) -> int:
         return int(getattr(self.node.config, name, DEFAULTS[name]))
@@ -337,6 +341,7 @@ class TxnCoordinator(ShardedCoordinator):
 
     async def add_partitions(self, transactional_id: str, producer_id: int, producer_epoch: int,
                              partitions: typing.Iterable[tuple[str, int]], *, tv2: bool = False) -> ErrorCode:
+        self.counts["implicit_add" if tv2 else "client_add"] += 1
         try:
             shard = await self._loaded_shard(transactional_id)
             async with shard.lock(transactional_id):
@@ -364,11 +369,15 @@ class TxnCoordinator(ShardedCoordinator):
 
     async def end_txn(self, transactional_id: str, producer_id: int, producer_epoch: int, commit: bool,
                       *, tv2: bool = False) -> ts.Decision:
+        self.counts["end_txn_v2" if tv2 else "end_txn_v1"] += 1
         try:
             shard = await self._loaded_shard(transactional_id)
             async with shard.lock(transactional_id):
-                decision = ts.end_txn(shard.store.get(transactional_id), producer_id, producer_epoch, commit,
-                                      self.node.wall_clock_ms(), tv2=tv2)
+                current = shard.store.get(transactional_id)
+                new_pid = (await self.node.allocate_producer_id()
+                           if ts.end_txn_needs_new_producer_id(current, tv2) else -1)
+                decision = ts.end_txn(current, producer_id, producer_epoch, commit, self.node.wall_clock_ms(),
+                                      tv2=tv2, new_producer_id=new_pid)
                 if decision.write is None:
                     return decision
                 await self._write(shard, transactional_id, decision.write)

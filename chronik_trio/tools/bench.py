@@ -83,6 +83,10 @@ def add_parser(sub) -> None:
                    help="with the tool's own cluster: a dynamic broker config set on every node before "
                         "the run (e.g. log.cleaner.backoff.ms=1000)")
     p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
+    p.add_argument("--transactional", action="store_true",
+                   help="throughput: also a transactional producer on the same settings, alternating with the "
+                        "plain runs (transactional throughput beside the plain figure, and the commit time)")
+    p.add_argument("--txn-records", type=int, default=100, help="--transactional: records per transaction")
     p.add_argument("--acks", choices=["0", "1", "all"], default="all")
     p.add_argument("--linger-ms", type=int, default=5)
     p.add_argument("--batch-bytes", type=int, default=1_000_000, help="librdkafka batch.size")
@@ -170,6 +174,14 @@ def _throughput_run(bootstrap: str, args, rf: int) -> dict:
     consumed = bench_kafka.consume(bootstrap, topic, args.partitions, expected, getattr(args, "client_config", None))
     return {"topic": topic, "warmup_records": warmed["acked"] if warmed else 0,
             "produce": produced, "consume": consumed}
+
+
+def _txn_throughput_run(bootstrap: str, args, rf: int) -> dict:
+    topic = _create_topic(bootstrap, args, rf)
+    produced = bench_kafka.produce_transactional(bootstrap, topic, args)
+    consumed = bench_kafka.consume(bootstrap, topic, args.partitions, produced["records"],
+                                   {**(getattr(args, "client_config", None) or {}), "isolation.level": "read_committed"})
+    return {"topic": topic, "produce": produced, "consume": consumed}
 
 
 def _latency_run(bootstrap: str, args, rf: int) -> dict:
@@ -299,7 +311,14 @@ def _methods(args, target: str, rf: int) -> dict:
                        f"records / time from the first produce() to the last flush() returning; delivery "
                        f"latency = librdkafka's produce()-to-report time at full speed (closed loop, so it "
                        f"includes client queueing). Consume: one consumer, assign() from offset 0, until "
-                       f"every acknowledged record (warm-up included) is read."),
+                       f"every acknowledged record (warm-up included) is read."
+                       + (f" Transactional (--transactional), alternating with each plain run: one "
+                          f"confluent-kafka producer with a transactional.id (idempotence on, acks=all, the same "
+                          f"linger and batch size, no warm-up), {args.records} records in transactions of "
+                          f"{args.txn_records}, each flush()ed then committed; throughput = records / time from "
+                          f"the first produce() to the last commit; commit = commit_transaction() after the "
+                          f"flush: EndTxn to its answer, given once the markers are durable in every partition; "
+                          f"consume with isolation.level=read_committed." if args.transactional else "")),
         "latency": (f"{common}. Open loop: one producer, linger.ms={args.latency_linger_ms}, record i due "
                     f"at t0 + i/{args.rate:g} s whatever the broker does; {args.warmup_s} s warm-up not "
                     f"counted, then {args.duration_s} s measured; produce latency = (time the sender loop "
@@ -364,6 +383,14 @@ def _summary(results: dict) -> dict:
             plain, sec = s.get(f"produce_latency_{q}_ms"), s.get(f"secured_produce_latency_{q}_ms")
             if plain is not None and sec is not None:
                 s[f"secured_extra_produce_latency_{q}_ms"] = round(sec - plain, 3)
+    if "throughput_txn" in results:
+        runs = results["throughput_txn"]
+        s["txn_produce_records_per_s"] = _median(r["produce"]["records_per_s"] for r in runs)
+        s["txn_consume_records_per_s"] = _median(r["consume"]["records_per_s"] for r in runs)
+        s["txn_commit_p50_ms"] = _median(r["produce"]["commit_latency_ms"]["p50"] for r in runs)
+        s["txn_commit_p99_ms"] = _median(r["produce"]["commit_latency_ms"]["p99"] for r in runs)
+        if s.get("produce_records_per_s"):
+            s["txn_produce_fraction_of_plain"] = round(s["txn_produce_records_per_s"] / s["produce_records_per_s"], 3)
     if "raft" in results:
         for size, r in results["raft"].items():
             s[f"raft_{size}_entries_per_s"] = r["median_entries_per_s"]
@@ -440,9 +467,13 @@ def run(args: argparse.Namespace) -> int:
             if mode in modes:
                 for suffix, _, _ in targets:
                     results[mode + suffix] = []
+                if mode == "throughput" and args.transactional:
+                    results["throughput_txn"] = []
                 for _ in range(args.repeat):
                     for suffix, address, run_args in targets:
                         results[mode + suffix].append(one_run(address, run_args, rf))
+                    if mode == "throughput" and args.transactional:
+                        results["throughput_txn"].append(_txn_throughput_run(bootstrap, args, rf))
         if "consume" in modes:
             results["consume"] = _consume_runs(bootstrap, args, rf)
         if watch is not None:
@@ -479,7 +510,7 @@ def _failed(results: dict) -> bool:
         r = results["partitions"]
         if r["not_writable"] or r.get("failover", {}).get("not_written"):
             return True
-    for r in results.get("throughput", []) + results.get("throughput_secured", []):
+    for r in results.get("throughput", []) + results.get("throughput_secured", []) + results.get("throughput_txn", []):
         if r["produce"]["errors"] or r["produce"]["unflushed"]:
             return True
     if "failover" in results and results["failover"]["failed_over"] < len(results["failover"]["trials"]):
@@ -502,6 +533,19 @@ def _print(report: dict) -> None:
         print("secured/plaintext: " + ", ".join(f"{k.removeprefix('secured_')} {v}" for k, v in m.items()
                                                  if k.startswith(("secured_produce_fraction", "secured_consume_fraction",
                                                                   "secured_extra"))))
+    if "throughput_txn" in res:
+        print(f"transactional, {res['throughput_txn'][0]['produce']['txn_records']} records per transaction:")
+        print(f"{'run':>4} {'produce rec/s':>14} {'MB/s':>7} {'txns':>6} {'commit p50':>11} {'commit p99':>11} "
+              f"{'flush p50':>10} {'consume rec/s':>14} {'errors':>7}")
+        for i, r in enumerate(res["throughput_txn"], 1):
+            p, c = r["produce"], r["consume"]
+            print(f"{i:>4} {p['records_per_s']:>14,} {p['mb_per_s']:>7} {p['transactions']:>6} "
+                  f"{p['commit_latency_ms']['p50']!s:>11} {p['commit_latency_ms']['p99']!s:>11} "
+                  f"{p['flush_latency_ms']['p50']!s:>10} {c['records_per_s']:>14,} {p['errors']:>7}")
+        m = report["summary"]
+        print(f"transactional median: produce {m['txn_produce_records_per_s']:,} rec/s "
+              f"({m.get('txn_produce_fraction_of_plain')} of plain); commit p50 {m['txn_commit_p50_ms']} ms, "
+              f"p99 {m['txn_commit_p99_ms']} ms")
     _print_other_modes(res)
     if "partitions" in res:
         bench_partitions.print_report(res["partitions"])

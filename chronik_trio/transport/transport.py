@@ -113,6 +113,7 @@ class Transport:
         self._fatal_event = trio.Event()
         self.listen_address: tuple[str, int] | None = None
         self.rpc_handlers: dict[str, rpc.RpcHandler] = {}
+        self._rpc_peers: dict[int, rpc.RpcPeer] = {}  # calls to each peer, on connections kept
         self.app = RaftIngressApp(
             node_id=node_id, on_batch=on_batch, frame_bytes_max=frame_bytes_max,
             request_bytes_max=frame_bytes_max, snapshot_bytes_max=snapshot_bytes_max,
@@ -145,14 +146,25 @@ class Transport:
         self.rpc_handlers[name] = handler
 
     async def call(self, peer_id: int, name: str, body: bytes, *, timeout_s: float = rpc.RPC_TIMEOUT_S) -> bytes:
-        """A request/response call to a peer's handler `name` (rpc.py), over a connection of
-        its own made the way the peer's Raft stream is made (its sender's connect: whatever
-        secures that channel secures this one). Raises rpc.RpcFailed."""
+        """A request/response call to a peer's handler `name` (rpc.py), over the peer's
+        RpcPeer: connections of their own, kept between calls, made the way the peer's Raft
+        stream is made (its sender's connect: whatever secures that channel secures this
+        one). Raises rpc.RpcFailed."""
         sender = self._senders.get(peer_id)
         if sender is None:
             raise rpc.RpcFailed(f"node {peer_id} is not a peer")
-        return await rpc.call(sender._connect, self.node_id, sender.address, name, body,
-                              from_header=FROM_NODE_HEADER, timeout_s=timeout_s)
+        peer = self._rpc_peers.get(peer_id)
+        if peer is None or peer.address != sender.address:
+            if peer is not None:
+                await peer.close()
+            peer = self._rpc_peers[peer_id] = rpc.RpcPeer(sender._connect, self.node_id, sender.address,
+                                                          from_header=FROM_NODE_HEADER)
+        return await peer.call(name, body, timeout_s=timeout_s)
+
+    def rpc_connections_opened(self, peer_id: int) -> int:
+        """How many connections calls to peer_id have opened so far (tests count them)."""
+        peer = self._rpc_peers.get(peer_id)
+        return peer.opened if peer is not None else 0
 
     def add_peer(self, peer_id: int, address: tuple[str, int]) -> None:
         """Starts sending to a new peer (replacing its address if known)."""
@@ -172,6 +184,9 @@ class Transport:
     def remove_peer(self, peer_id: int) -> None:
         """Stops sending to a peer; what is queued for it is dropped without reports."""
         self._senders.pop(peer_id, None)
+        peer = self._rpc_peers.pop(peer_id, None)
+        if peer is not None and self._nursery is not None:
+            self._nursery.start_soon(peer.close)
         scope = self._sender_scopes.pop(peer_id, None)
         if scope is not None:
             scope.cancel()
@@ -222,6 +237,12 @@ class Transport:
             log.info("node %d: Raft transport listening on %s", self.node_id,
                      self.listen_address or listeners)
             task_status.started(self.listen_address)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):  # the node stopping: close the kept connections
+                    for peer in list(self._rpc_peers.values()):
+                        await peer.close()
 
     async def _accept_tls(self, stream: trio.abc.Stream, peer: str
                           ) -> tuple[trio.abc.Stream, dict] | None:

@@ -17,11 +17,12 @@ TXN_TOPIC = "__transaction_state"  # Kafka's name; written only by transaction c
 
 from .records import txn_batch, txn_key
 from .state import (COMPLETED, PREPARED, Decision, Marker, TxnMetadata, TxnState, add_partitions, check_timeout,
-                    complete, dead, end_txn, expired, fence_and_abort, init_producer_id, is_valid_transition,
+                    complete, dead, end_txn, end_txn_needs_new_producer_id, expired, fence_and_abort, init_producer_id, is_valid_transition,
                     needs_new_producer_id, timed_out, verify_partition)
 from .store import TxnStore
 
 __all__ = ["TXN_TOPIC", "txn_batch", "txn_key", "COMPLETED", "PREPARED", "Decision", "Marker",
-           "TxnMetadata", "TxnState", "add_partitions", "check_timeout", "complete", "dead", "end_txn", "expired",
+           "TxnMetadata", "TxnState", "add_partitions", "check_timeout", "complete", "dead", "end_txn",
+           "end_txn_needs_new_producer_id", "expired",
            "fence_and_abort", "init_producer_id", "is_valid_transition", "needs_new_producer_id", "timed_out",
            "verify_partition", "TxnStore"]

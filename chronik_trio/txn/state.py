@@ -81,19 +81,23 @@ class TxnMetadata:
     last_producer_id: int = NO_PRODUCER_ID
     last_producer_epoch: int = NO_PRODUCER_EPOCH
     tv2: bool = False  # this transaction follows transaction version 2 (EndTxn bumps the epoch)
+    # TV2 epoch overflow: a prepared transaction whose EndTxn found the epoch exhausted ends
+    # with epoch EPOCH_MAX on producer_id, then the id moves here with epoch 0 (KIP-890).
+    next_producer_id: int = NO_PRODUCER_ID
 
     def to_json(self) -> dict:
         return {"pid": self.producer_id, "epoch": self.producer_epoch, "timeout_ms": self.timeout_ms,
                 "state": self.state.value, "partitions": sorted([t, p] for t, p in self.partitions),
                 "start_ms": self.start_ms, "update_ms": self.update_ms, "last_pid": self.last_producer_id,
-                "last_epoch": self.last_producer_epoch, "tv2": self.tv2}
+                "last_epoch": self.last_producer_epoch, "tv2": self.tv2, "next_pid": self.next_producer_id}
 
     @classmethod
     def from_json(cls, transactional_id: str, d: dict) -> "TxnMetadata":
         return cls(transactional_id, int(d["pid"]), int(d["epoch"]), int(d["timeout_ms"]), TxnState(d["state"]),
                    frozenset((str(t), int(p)) for t, p in d.get("partitions", ())), int(d.get("start_ms", -1)),
                    int(d.get("update_ms", -1)), int(d.get("last_pid", NO_PRODUCER_ID)),
-                   int(d.get("last_epoch", NO_PRODUCER_EPOCH)), bool(d.get("tv2", False)))
+                   int(d.get("last_epoch", NO_PRODUCER_EPOCH)), bool(d.get("tv2", False)),
+                   int(d.get("next_pid", NO_PRODUCER_ID)))
 
 
 def _to(current: TxnMetadata, state: TxnState, now_ms: int, **changes) -> TxnMetadata:
@@ -132,6 +136,19 @@ def _answer(meta: TxnMetadata, error: ErrorCode = ErrorCode.none, *, write: bool
 def needs_new_producer_id(current: TxnMetadata | None) -> bool:
     """Whether init_producer_id will need a fresh producer id (the caller allocates it)."""
     return current is None or current.state == S.DEAD or current.producer_epoch >= EPOCH_MAX - 1
+
+
+def end_txn_needs_new_producer_id(current: TxnMetadata | None, tv2: bool) -> bool:
+    """Whether end_txn may need a fresh producer id (TV2 with the epoch exhausted: the
+    caller allocates one and passes it)."""
+    return tv2 and current is not None and current.producer_epoch >= EPOCH_MAX - 1
+
+
+def _rotating(current: TxnMetadata, producer_id: int, producer_epoch: int) -> bool:
+    """A request of the producer id a TV2 EndTxn just handed out (epoch overflow) while that
+    transaction's markers are still being written: it must wait, not be fenced."""
+    return (current.state in IN_FLUX and current.next_producer_id != NO_PRODUCER_ID
+            and (producer_id, producer_epoch) == (current.next_producer_id, 0))
 
 
 def check_timeout(timeout_ms: int, max_timeout_ms: int) -> ErrorCode:
@@ -186,6 +203,8 @@ def add_partitions(current: TxnMetadata | None, producer_id: int, producer_epoch
                    partitions: frozenset[tuple[str, int]], now_ms: int, *, tv2: bool = False) -> Decision:
     """AddPartitionsToTxn / AddOffsetsToTxn (the group's offsets partition) / the implicit
     add of a TV2 produce."""
+    if current is not None and _rotating(current, producer_id, producer_epoch):
+        return refuse(ErrorCode.concurrent_transactions)
     error = _check_producer(current, producer_id, producer_epoch)
     if error != ErrorCode.none:
         return refuse(error)
@@ -203,6 +222,8 @@ def verify_partition(current: TxnMetadata | None, producer_id: int, producer_epo
                      partition: tuple[str, int]) -> ErrorCode:
     """KIP-890 part 1 (AddPartitionsToTxn v4+ verifyOnly): is the partition in the ongoing
     transaction of this producer?"""
+    if current is not None and _rotating(current, producer_id, producer_epoch):
+        return ErrorCode.concurrent_transactions
     error = _check_producer(current, producer_id, producer_epoch)
     if error != ErrorCode.none:
         return error
@@ -225,11 +246,15 @@ def fence_and_abort(current: TxnMetadata, now_ms: int) -> Decision:
 
 
 def end_txn(current: TxnMetadata | None, producer_id: int, producer_epoch: int, commit: bool,
-            now_ms: int, *, tv2: bool = False) -> Decision:
+            now_ms: int, *, tv2: bool = False, new_producer_id: int = NO_PRODUCER_ID) -> Decision:
     """EndTxn. Under TV2 (tv2: the coordinator and the request are version 2) the epoch is
-    bumped at prepare time and answered; a retry carries the epoch before the bump."""
+    bumped at prepare time and answered; a retry carries the epoch before the bump. At an
+    exhausted epoch (EPOCH_MAX - 1) the markers carry EPOCH_MAX and the answer is
+    new_producer_id with epoch 0 (end_txn_needs_new_producer_id says when to allocate it)."""
     if current is None or current.state == S.DEAD:
         return refuse(ErrorCode.invalid_producer_id_mapping)
+    if _rotating(current, producer_id, producer_epoch):
+        return refuse(ErrorCode.concurrent_transactions)
     retry = tv2 and (producer_id, producer_epoch) == (current.last_producer_id, current.last_producer_epoch) \
         and current.state in PREPARED | COMPLETED
     if not retry:
@@ -239,30 +264,43 @@ def end_txn(current: TxnMetadata | None, producer_id: int, producer_epoch: int, 
     wanted = S.PREPARE_COMMIT if commit else S.PREPARE_ABORT
     done = S.COMPLETE_COMMIT if commit else S.COMPLETE_ABORT
     if current.state == S.ONGOING:
-        return _prepare(current, wanted, now_ms, tv2=tv2)
+        return _prepare(current, wanted, now_ms, tv2=tv2, new_producer_id=new_producer_id)
     if current.state == wanted:
         return refuse(ErrorCode.concurrent_transactions)  # still writing markers: retry
     if current.state == done and (retry or not tv2):
         return _answer(current, write=False)  # a retry of the EndTxn that completed it
     if tv2 and not commit and not retry and current.state in COMPLETED | {S.EMPTY}:
-        return _prepare(current, S.PREPARE_ABORT, now_ms, tv2=True)  # aborting an empty transaction
+        # aborting an empty transaction
+        return _prepare(current, S.PREPARE_ABORT, now_ms, tv2=True, new_producer_id=new_producer_id)
     return refuse(ErrorCode.invalid_txn_state)
 
 
-def _prepare(current: TxnMetadata, state: TxnState, now_ms: int, *, tv2: bool) -> Decision:
+def _prepare(current: TxnMetadata, state: TxnState, now_ms: int, *, tv2: bool,
+             new_producer_id: int = NO_PRODUCER_ID) -> Decision:
     pid, epoch, last = current.producer_id, current.producer_epoch, (NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+    next_pid = NO_PRODUCER_ID
     if tv2:
+        if epoch >= EPOCH_MAX:
+            return refuse(ErrorCode.producer_fenced)  # cannot be bumped: the client must InitProducerId again
         if epoch >= EPOCH_MAX - 1:
-            return refuse(ErrorCode.producer_fenced)  # exhausted: the client must InitProducerId again
+            if new_producer_id < 0:
+                return refuse(ErrorCode.producer_fenced)
+            next_pid = new_producer_id  # overflow: the markers carry EPOCH_MAX, the answer a new id
         last, epoch = (pid, epoch), epoch + 1
     prepared = _to(current, state, now_ms, producer_epoch=epoch, last_producer_id=last[0],
-                   last_producer_epoch=last[1], tv2=tv2)
-    return _answer(prepared, markers=Marker(pid, epoch, state == S.PREPARE_COMMIT, prepared.partitions))
+                   last_producer_epoch=last[1], tv2=tv2, next_producer_id=next_pid)
+    markers = Marker(pid, epoch, state == S.PREPARE_COMMIT, prepared.partitions)
+    if next_pid != NO_PRODUCER_ID:
+        return Decision(ErrorCode.none, prepared, next_pid, 0, markers)
+    return _answer(prepared, markers=markers)
 
 
 def complete(current: TxnMetadata, now_ms: int) -> TxnMetadata:
     """After every marker of a prepared transaction is written."""
     state = S.COMPLETE_COMMIT if current.state == S.PREPARE_COMMIT else S.COMPLETE_ABORT
+    if current.next_producer_id != NO_PRODUCER_ID:  # TV2 epoch overflow: the new id takes over
+        return _to(current, state, now_ms, partitions=frozenset(), producer_id=current.next_producer_id,
+                   producer_epoch=0, next_producer_id=NO_PRODUCER_ID)
     return _to(current, state, now_ms, partitions=frozenset())
 
 

@@ -290,6 +290,21 @@ def test_exactly_once_output():
     assert "exactly_once_output" in failed(with_copies("p0-0", "p0-1", "p0-2"))  # an aborted one copied
 
 
+def _lso(node: int, pid: int, lso: int, hw: int, t: float) -> dict:
+    return {"type": "lso", "t": t, "node": node, "pid": pid, "topic": T, "partition": 0, "lso": lso, "hw": hw}
+
+
+def test_lso_monotonic():
+    """A replica's LSO never goes back nor above its high watermark within one process; a
+    restarted node (a new pid) starts a new series."""
+    base = txn_history()
+    rising = [_lso(1, 100, 0, 2, 0.1), _lso(1, 100, 2, 5, 0.6), _lso(2, 200, 1, 5, 0.6), _lso(2, 200, 5, 5, 1.1)]
+    assert "lso_monotonic" not in failed(base + rising)
+    assert "lso_monotonic" in failed(base + rising + [_lso(1, 100, 1, 5, 1.2)])  # backwards
+    assert "lso_monotonic" in failed(base + rising + [_lso(2, 200, 6, 5, 1.2)])  # above the high watermark
+    assert "lso_monotonic" not in failed(base + rising + [_lso(1, 101, 0, 0, 1.5)])  # restarted: replays
+
+
 def _commit(process: str, offset: int, *, t_end: float, partition: int = 0) -> dict:
     return {"type": "commit", "process": process, "group": "g", "topic": T, "partition": partition,
             "offset": offset, "t_start": t_end - 0.01, "t_end": t_end}

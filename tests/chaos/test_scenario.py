@@ -22,7 +22,8 @@ SCENARIOS = pathlib.Path(__file__).parents[2] / "chaos" / "scenarios"
 SHIPPED = ["failover", "partition", "crash-restart", "pause", "slow-disk", "disk-faults",
            "power-loss", "rolling-restart", "mixed", "failover-idempotent", "failover-mtls",
            "compaction", "grow-shrink", "membership", "transactions", "transactions-copy",
-           "transactions-pause", "transactions-partition", "transactions-faults", "membership-faults"]
+           "transactions-pause", "transactions-partition", "transactions-faults", "membership-faults",
+           "transactions-coordinator", "transactions-power-loss"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

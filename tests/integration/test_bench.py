@@ -160,3 +160,20 @@ def test_bench_consume_fills_a_topic_once_and_reads_it_all_each_run(broker, tmp_
     assert all(run["records"] == 3000 and run["mb_per_s"] > 0 for run in consume["runs"])
     assert report["summary"]["consume_only_mb_per_s"] == consume["median_mb_per_s"]
     assert "consume (3,000 records): median" in stdout and "offset 0" in report["method"]["consume"]
+
+
+@pytest.mark.timeout(180)
+def test_bench_transactional_runs_beside_the_plain_throughput(broker, tmp_path):
+    """--transactional: a transactional producer after each plain run, its records committed
+    in transactions of --txn-records and read back by a read_committed consumer, with the
+    commit time of each transaction."""
+    report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "throughput", "--repeat", "1",
+                            "--warmup-s", "0", "--records", "300", "--transactional", "--txn-records", "100")
+    _check_throughput(report, 1, records=300)
+    (run,) = report["results"]["throughput_txn"]
+    produced = run["produce"]
+    assert (produced["records"], produced["transactions"], produced["errors"]) == (300, 3, 0)
+    assert produced["commit_latency_ms"]["count"] == 3 and produced["commit_latency_ms"]["p50"] > 0
+    assert run["consume"]["records"] == 300  # read_committed: every committed record
+    assert report["summary"]["txn_produce_fraction_of_plain"] > 0
+    assert "transactional median" in stdout and "transactional.id" in report["method"]["throughput"]

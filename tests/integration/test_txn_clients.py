@@ -12,7 +12,8 @@ import uuid
 import pytest
 
 from tests.cluster.conftest import cluster_factory  # noqa: F401  (the fixture, by PID)
-from tests.kafka_wire import NONE, KafkaWire
+from chronik_trio.group import partition_for
+from tests.kafka_wire import NONE, KafkaWire, Record, build_batch
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -24,6 +25,7 @@ OFFSET_FETCH, ADD_OFFSETS_TO_TXN, TXN_OFFSET_COMMIT, UNSTABLE_OFFSET_COMMIT = 9,
 DESCRIBE_TRANSACTIONS, LIST_TRANSACTIONS = 65, 66
 INVALID_TXN_STATE, INVALID_PRODUCER_ID_MAPPING, INVALID_TRANSACTION_TIMEOUT = 48, 49, 50
 PRODUCER_FENCED, TRANSACTIONAL_ID_NOT_FOUND, NOT_COORDINATOR = 90, 105, 16
+INVALID_TOPIC_EXCEPTION = 17
 
 
 def _bootstrap(cluster) -> str:
@@ -257,6 +259,32 @@ def test_bad_input_gets_kafkas_codes(cluster_factory):
             assert fetch_offset() == (UNSTABLE_OFFSET_COMMIT, -1)
             assert end(pid, epoch, True) == NONE
             assert fetch_offset() == (NONE, 42)
+            # Transaction version 2: TxnOffsetCommit v5 without AddOffsetsToTxn adds the
+            # group's offsets partition to the transaction itself (at the coordinator).
+            r = group_wire.request(TXN_OFFSET_COMMIT, {
+                "transactional_id": "bad-txn", "group_id": "bad-group", "producer_id": pid, "producer_epoch": epoch,
+                "member_id": "", "generation_id": -1, "group_instance_id": None,
+                "topics": [{"name": "bad-out", "partitions": [{"partition_index": 0, "committed_offset": 43,
+                                                                "committed_leader_epoch": -1,
+                                                                "committed_metadata": ""}]}]}, version=5)
+            assert r.topics[0].partitions[0].error_code == NONE
+            (state,) = wire.request(DESCRIBE_TRANSACTIONS, {"transactional_ids": ["bad-txn"]},
+                                    version=0).transaction_states
+            assert state.transaction_state == "Ongoing"
+            assert [t.topic for t in state.topics] == ["__consumer_offsets"]
+            assert fetch_offset() == (UNSTABLE_OFFSET_COMMIT, -1)  # not the stable 42, as Kafka
+            assert end(pid, epoch, True) == NONE
+            assert fetch_offset() == (NONE, 43)
+        # __transaction_state's replicas keep the coordinator's store, not a partition
+        # transaction table: read_committed reads of it are served (the LSO is the high
+        # watermark), and clients cannot write it.
+        txn_partition = partition_for("bad-txn", PARTITIONS)
+        body = wire.fetch_request_body("__transaction_state", txn_partition, 0)
+        r = wire.request(1, {**body, "isolation_level": 1})
+        (part,) = r.responses[0].partitions
+        assert part.error_code == NONE and part.last_stable_offset == part.high_watermark > 0
+        produced = wire.produce("__transaction_state", txn_partition, build_batch([Record(None, b"x")]))
+        assert produced.error_code == INVALID_TOPIC_EXCEPTION
 
 
 def test_kafkajs_transaction_with_send_offsets(cluster_factory, tmp_path):

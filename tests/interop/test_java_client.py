@@ -8,11 +8,13 @@ each prints JSON lines, asserted on here."""
 
 from __future__ import annotations
 
+import collections
 import subprocess
 
 import pytest
 
 from tests.brokers import fetch_session_counters
+from nodeharness.health import fetch_metrics
 from tests.interop.jvm import JavaKit, json_lines
 from tests.replication.cluster import Cluster, records_by_offset, wait_for, wait_replicas_equal
 
@@ -259,3 +261,40 @@ def test_two_java_consumers_split_a_group_and_read_everything_once(java, node, t
     assert len(got) == len(told) and dict(got) == told
     partitions = [{r["partition"] for r in records} for records in per_member]
     assert not partitions[0] & partitions[1], partitions
+
+
+def txn_requests(cluster: Cluster) -> collections.Counter:
+    """The transaction coordinators' request counts (chronik_txn_requests), summed over the
+    running nodes: kind -> count."""
+    counts: collections.Counter = collections.Counter()
+    for n in cluster.nodes:
+        address = cluster.nodes[n].process.health_address
+        for name, value in (fetch_metrics(address) if address else {}).items():
+            if name.startswith("chronik_txn_requests_total{"):
+                counts[name.split('kind="', 1)[1].split('"', 1)[0]] += int(value)
+    return counts
+
+
+@pytest.mark.timeout(240)
+def test_java_transactions_run_transaction_version_2(java, cluster: Cluster):
+    """The Java client 4.x reads `transaction.version` 2 from ApiVersions and runs KIP-890
+    part 2: no AddPartitionsToTxn (the partition leaders add their partitions at the
+    coordinator, across nodes), EndTxn v5 with a new epoch per transaction. Committed
+    transactions are read whole by a read_committed consumer, aborted ones never; the
+    broker's counters show the TV2 path was taken."""
+    topic = "java-txn"
+    bootstrap = cluster.bootstrap()
+    (created,) = admin(java, bootstrap, f"create:{topic}:3:3")
+    assert "error" not in created, created
+    before = txn_requests(cluster)
+    (summary,) = java.program("Produce", ["--bootstrap", bootstrap, "--topic", topic, "--count", "60",
+                                          "--prefix", "tx", "--transactional-id", "java-tv2", "--txn-records", "10",
+                                          "--abort-every", "3"], timeout_s=JAVA_TIMEOUT_S)
+    assert summary["error"] == "" and (summary["committed"], summary["aborted"]) == (4, 2), summary
+    lines = java.program("Consume", ["--bootstrap", bootstrap, "--topic", topic, "--group", "java-txn-reader",
+                                     "--expect", "40", "--each", "--timeout-s", "60", "--isolation",
+                                     "read_committed"], timeout_s=JAVA_TIMEOUT_S)
+    assert sorted(r["value"] for r in lines[:-1]) == sorted(summary["committed_values"])
+    done = txn_requests(cluster) - before
+    assert done["client_add"] == 0, done  # not one AddPartitionsToTxn from the client
+    assert done["implicit_add"] >= 6 and done["end_txn_v2"] == 6 and done["end_txn_v1"] == 0, done

@@ -16,7 +16,7 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.interop.jvm import JavaKit
-from tests.interop.test_java_client import admin
+from tests.interop.test_java_client import admin, txn_requests
 
 STREAMS_TIMEOUT_S = 180
 
@@ -80,7 +80,13 @@ def test_streams_word_count_at_least_once_on_three_nodes(java, cluster, tmp_path
 @pytest.mark.timeout(STREAMS_TIMEOUT_S + 60)
 def test_streams_word_count_exactly_once_v2_on_three_nodes(java, cluster, tmp_path):
     """processing.guarantee=exactly_once_v2: every task's output, repartition writes and
-    input offsets are one transaction (transactions.md)."""
+    input offsets are one transaction (transactions.md). Streams' producers run transaction
+    version 2 (the broker advertises it): no AddPartitionsToTxn nor AddOffsetsToTxn from
+    them, the partition leaders and group coordinators add the partitions, EndTxn v5."""
     lines = TEXT.splitlines() * 20
+    before = txn_requests(cluster)
     run_word_count(java, cluster.bootstrap(), "wc-eos", lines, tmp_path, replication_factor=3,
                    guarantee="exactly_once_v2")
+    done = txn_requests(cluster) - before
+    assert done["client_add"] == 0 and done["end_txn_v1"] == 0, done
+    assert done["implicit_add"] > 0 and done["end_txn_v2"] > 0, done

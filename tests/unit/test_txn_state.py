@@ -115,6 +115,31 @@ def test_tv2_bumps_the_epoch_per_end_txn():
     assert ts.add_partitions(done, 7, 0, frozenset(TP), 60).error == ErrorCode.producer_fenced
 
 
+def test_tv2_epoch_overflow_moves_to_a_new_producer_id():
+    """KIP-890: at an exhausted epoch a TV2 EndTxn writes its markers with Short.MAX_VALUE
+    and answers a new producer id at epoch 0; that id waits (CONCURRENT_TRANSACTIONS) until
+    the markers are written, then owns the transactional id; a retry of the EndTxn is
+    answered the new pair."""
+    at_limit = ts.TxnMetadata("t", 7, ts.EPOCH_MAX - 1, 1000, S.ONGOING, frozenset(TP), start_ms=5, tv2=True)
+    assert ts.end_txn_needs_new_producer_id(at_limit, True) and not ts.end_txn_needs_new_producer_id(at_limit, False)
+    assert ts.end_txn(at_limit, 7, ts.EPOCH_MAX - 1, True, 10, tv2=True).error == ErrorCode.producer_fenced
+    ended = ts.end_txn(at_limit, 7, ts.EPOCH_MAX - 1, True, 10, tv2=True, new_producer_id=99)
+    assert ended.error == ErrorCode.none and (ended.producer_id, ended.producer_epoch) == (99, 0)
+    assert (ended.markers.producer_id, ended.markers.producer_epoch) == (7, ts.EPOCH_MAX)
+    prepared = ended.write
+    assert ts.add_partitions(prepared, 99, 0, frozenset(TP), 15, tv2=True).error == ErrorCode.concurrent_transactions
+    assert ts.end_txn(prepared, 99, 0, False, 15, tv2=True).error == ErrorCode.concurrent_transactions
+    done = ts.complete(prepared, 20)
+    assert (done.producer_id, done.producer_epoch, done.next_producer_id) == (99, 0, ts.NO_PRODUCER_ID)
+    retry = ts.end_txn(done, 7, ts.EPOCH_MAX - 1, True, 25, tv2=True)
+    assert retry.error == ErrorCode.none and (retry.producer_id, retry.producer_epoch) == (99, 0)
+    assert ts.add_partitions(done, 99, 0, frozenset(TP), 30, tv2=True).write.state == S.ONGOING
+    assert ts.add_partitions(done, 7, ts.EPOCH_MAX, frozenset(TP), 30).error == ErrorCode.invalid_producer_id_mapping
+    restored = TxnStore()
+    restored.apply(memoryview(txn_batch("t", prepared, 10)), 1)
+    assert restored.get("t") == prepared  # the next id survives a coordinator failover
+
+
 def test_timeouts_and_expiry():
     ongoing = ts.add_partitions(_init(None).write, 7, 0, frozenset(TP), 1000).write
     assert not ts.timed_out(ongoing, 1000 + 59_999) and ts.timed_out(ongoing, 1000 + 60_000)
@@ -156,7 +181,8 @@ def test_no_client_call_breaks_the_table_and_epochs_never_go_back(ops):
                                          frozenset([TP[n % 3]]), now, tv2=tv2)
         elif op in ("commit", "abort") and meta is not None:
             decision = ts.end_txn(meta, meta.producer_id, meta.producer_epoch - (n == 3), op == "commit", now,
-                                  tv2=tv2 and meta.tv2)
+                                  tv2=tv2 and meta.tv2, new_producer_id=next_pid)
+            next_pid += 1
         elif op == "complete" and meta is not None and meta.state in ts.PREPARED:
             decision = ts.Decision(ErrorCode.none, ts.complete(meta, now))
         elif op == "timeout" and meta is not None and ts.timed_out(meta, now + 10**9):

@@ -184,7 +184,7 @@ async def _fetch_group(ctx: BrokerContext, group_id: str, topics,
                        require_stable: bool = False) -> tuple[ErrorCode, list[dict]]:
     """(group error, topics) of one group; topics None asks for every committed offset.
     require_stable (v7+): a partition with an offset in an undecided transaction answers
-    UNSTABLE_OFFSET_COMMIT (the client retries), as Kafka does."""
+    UNSTABLE_OFFSET_COMMIT with offset -1 (the client retries), as Kafka does."""
     wanted = None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
     try:
         found = await ctx.groups.fetch(group_id, wanted)
@@ -193,6 +193,8 @@ async def _fetch_group(ctx: BrokerContext, group_id: str, topics,
         return exc.error_code, []
     by_topic: dict[str, list[dict]] = {}
     for (topic, partition), record in sorted(found.items()):
+        if (topic, partition) in unstable:
+            record = None  # Kafka answers an unstable partition with no offset (-1), not the stable one
         by_topic.setdefault(topic, []).append({
             "partition_index": partition,
             "error_code": ErrorCode.unstable_offset_commit if (topic, partition) in unstable else ErrorCode.none,

@@ -18,6 +18,7 @@ from chronik_trio.cluster.configs import parse_list
 from chronik_trio.cluster.meta import Topic
 from chronik_trio.errors import BrokerError, NotLeader
 from chronik_trio.group import OFFSETS_TOPIC
+from chronik_trio.txn import TXN_TOPIC
 from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, NO_PRODUCER_ID
 
 from ..codec import build, response_schema
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 ACKS_VALUES = (-1, 0, 1)
 TV2_PRODUCE_MIN_VERSION = 12
+INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC, TXN_TOPIC})
 
 
 class AcksZeroFailed(ProtocolViolation):
@@ -122,7 +124,7 @@ async def handle_produce(body, ctx: BrokerContext, version: int):
         for topic_data in body.topic_data:
             entries: list = []
             responses.append({"name": topic_data.name, "partition_responses": entries})
-            if topic_data.name == OFFSETS_TOPIC:  # internal: only group coordinators write it (Kafka too)
+            if topic_data.name in INTERNAL_TOPICS:  # only the coordinators write them (Kafka too)
                 entries.extend(_entry(p.index, ErrorCode.invalid_topic_exception) for p in topic_data.partition_data)
                 continue
             try:

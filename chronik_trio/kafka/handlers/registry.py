@@ -12,8 +12,23 @@ API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
 
 
+# Features (KIP-584), answered in ApiVersions v3+: name -> (lowest supported, highest
+# supported, finalized level). transaction.version 2 is KIP-890 part 2: a client that reads it
+# (the Java client 4.x) stops sending AddPartitionsToTxn for produce partitions and
+# AddOffsetsToTxn (the partition leader and the group coordinator add them at the
+# transaction coordinator) and sends EndTxn v5 (a new epoch per transaction). The finalized
+# level never changes on this broker, so its epoch is a constant (clients only compare it).
+FEATURES = {"transaction.version": (0, 2, 2)}
+FINALIZED_FEATURES_EPOCH = 1
+
+
 async def handle_api_versions(body, ctx, version: int):
-    return build(response_schema(API_VERSIONS_KEY, version), error_code=0, api_keys=advertised())
+    return build(response_schema(API_VERSIONS_KEY, version), error_code=0, api_keys=advertised(),
+                 supported_features=[{"name": n, "min_version": low, "max_version": high}
+                                     for n, (low, high, _) in FEATURES.items()],
+                 finalized_features_epoch=FINALIZED_FEATURES_EPOCH,
+                 finalized_features=[{"name": n, "min_version_level": level, "max_version_level": level}
+                                     for n, (_, _, level) in FEATURES.items()])
 
 
 # api_key -> ((min version, max version), handler). The maxima are Kafka 4.0's (kafka-python

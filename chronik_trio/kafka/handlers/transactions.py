@@ -4,8 +4,10 @@ with a transactional id and FindCoordinator TRANSACTION answer from the same coo
 
 The coordinator is node/txn_coordinator.py; the rules are txn/state.py. These functions
 only translate between the versions' fields and it. Transaction version 2 (KIP-890 part
-2: the epoch bumped per EndTxn) applies to EndTxn v5, as in Kafka; the broker does not
-advertise the `transaction.version` feature, so clients use version 1.
+2, the `transaction.version` feature ApiVersions advertises at level 2) applies per request
+version, as in Kafka: EndTxn v5 bumps the epoch per transaction, TxnOffsetCommit v5 adds the
+group's offsets partition itself (no AddOffsetsToTxn), Produce v12 adds its partition
+(handlers/produce.py). Clients that do not read the feature keep version 1.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .context import BrokerContext
 log = logging.getLogger(__name__)
 
 TV2_END_TXN_VERSION = 5
+TV2_TXN_OFFSET_COMMIT_VERSION = 5  # KIP-890 part 2: the offsets partition is added implicitly
 PRODUCER_FENCED_VERSION = {24: 2, 25: 2, 26: 2, 28: 3}  # below these, PRODUCER_FENCED reads INVALID_PRODUCER_EPOCH
 VERIFY_ONLY_VERSION = 4  # AddPartitionsToTxn v4+: batched, from brokers (KIP-890 part 1)
 
@@ -114,12 +117,31 @@ async def handle_end_txn(body, ctx: BrokerContext, version: int):
                  producer_id=decision.producer_id, producer_epoch=decision.producer_epoch)
 
 
+async def _add_offsets_partition(ctx: BrokerContext, body) -> ErrorCode:
+    """TxnOffsetCommit v5+ (transaction version 2): the client sent no AddOffsetsToTxn, so
+    the group's `__consumer_offsets` partition is added to the transaction here, at the
+    transaction coordinator (in process or over the peer route), before the offsets are
+    written, as Kafka's group coordinator does."""
+    topic = await ctx.groups.offsets_topic()
+    if topic is None:
+        return ErrorCode.coordinator_not_available
+    return await ctx.verify_txn_partition(body.transactional_id, body.producer_id, body.producer_epoch, topic.name,
+                                          partition_for(body.group_id, topic.partition_count), True)
+
+
 async def handle_txn_offset_commit(body, ctx: BrokerContext, version: int):
     offsets = [(t.name, p.partition_index, p.committed_offset, getattr(p, "committed_leader_epoch", -1),
                 p.committed_metadata) for t in body.topics for p in t.partitions]
-    errors = await ctx.groups.commit(body.group_id, getattr(body, "member_id", ""),
-                                     getattr(body, "generation_id", -1), getattr(body, "group_instance_id", None),
-                                     offsets, producer=(body.producer_id, body.producer_epoch))
+    added = await _add_offsets_partition(ctx, body) if version >= TV2_TXN_OFFSET_COMMIT_VERSION else ErrorCode.none
+    if added != ErrorCode.none:
+        log.info("TxnOffsetCommit of %r for group %r: adding the offsets partition failed: %s",
+                 body.transactional_id, body.group_id, added.name)
+        errors = [added] * len(offsets)
+    else:
+        errors = await ctx.groups.commit(body.group_id, getattr(body, "member_id", ""),
+                                         getattr(body, "generation_id", -1),
+                                         getattr(body, "group_instance_id", None), offsets,
+                                         producer=(body.producer_id, body.producer_epoch))
     by_topic: dict[str, list[dict]] = {}
     for (topic, partition, *_), error in zip(offsets, errors):
         by_topic.setdefault(topic, []).append({"partition_index": partition,

@@ -180,6 +180,22 @@ def test_inflight_bytes_are_bounded_per_follower():
     assert len(appends) == 3  # 100, 200, 300 >= 250: full
 
 
+def test_a_learner_has_its_own_smaller_inflight_bytes_bound():
+    c = Cluster((1, 2), learners=(3,), max_inflight_msgs=100, max_inflight_bytes=450,
+                max_learner_inflight_bytes=150)
+    c.elect(1)
+    c.cut = {(2, 1), (3, 1)}
+    sent = []
+    c.send = _spy(c.send, sent)
+    for k in range(6):
+        c.node(1).propose(b"x" * 100)
+        c.stabilize()
+
+    def appends(to):
+        return len([m for m in sent if m.type == MT.APPEND and m.to == to and m.entries])
+    assert (appends(2), appends(3)) == (5, 2)  # 100, 200 >= 150 to the learner; 500 >= 450
+
+
 def test_max_size_per_msg_splits_entries_but_always_sends_one():
     c = Cluster((1, 2), max_size_per_msg_bytes=250)
     c.elect(1)

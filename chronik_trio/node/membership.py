@@ -23,7 +23,7 @@ on an empty data dir; docs/operations.md):
 
 `--join ID@HOST:PORT` names a member's Raft address instead: steps 1's DescribeQuorum and
 AddRaftVoter are then one call of the peer transport (JOIN_CALL, proto/meta.proto's
-JoinCall), made and authenticated like the Raft traffic itself: under peer TLS the joining
+JoinAnswer), made and authenticated like the Raft traffic itself: under peer TLS the joining
 node shows its node certificate (signed by the cluster's CA, naming node-<id>), and the
 member refuses a call asking to add any other id. So a node joins a cluster whose Kafka
 listeners all require SASL or TLS client certificates with the credential it needs anyway to
@@ -243,9 +243,9 @@ class Membership:
         """JOIN_CALL from from_node (named by its certificate under peer TLS): add_node, and
         every member's Raft address."""
         try:
-            call = meta_pb2.JoinCall.FromString(body)
+            call = meta_pb2.NodeJoinRequested.FromString(body)
         except google.protobuf.message.DecodeError as exc:
-            raise RpcRefused(f"not a JoinCall: {exc}") from None
+            raise RpcRefused(f"not a NodeJoinRequested: {exc}") from None
         if call.node_id != from_node:
             raise RpcRefused(f"node {from_node} asked to add node {call.node_id}: a node joins only as itself")
         answer = meta_pb2.JoinAnswer()
@@ -359,7 +359,7 @@ async def ask_to_join(node_id: int, raft_address: tuple[str, int], member: str, 
 async def join_through_peer(transport, node_id: int, raft_address: tuple[str, int], member: int) -> dict[int, tuple[str, int]]:
     """Make JOIN_CALL to peer `member` (already a peer of transport) until it is answered
     without a retriable error; every member's Raft address. Raises JoinRefused."""
-    body = meta_pb2.JoinCall(node_id=node_id, raft_address="%s:%d" % raft_address).SerializeToString()
+    body = meta_pb2.NodeJoinRequested(node_id=node_id, raft_address="%s:%d" % raft_address).SerializeToString()
     attempt = 0
     while True:
         attempt += 1

@@ -150,7 +150,7 @@ def restore(trk: ProgressTracker, last_index: int,
             cs: ConfState) -> tuple[TrackerConfig, dict[int, Progress]]:
     """Build the config a ConfState describes, starting from an empty tracker: the outgoing
     config first, then enter joint towards the incoming one (as etcd's confchange.Restore)."""
-    empty = ProgressTracker(trk.max_inflight_msgs, trk.max_inflight_bytes, trk.max_learner_inflight_bytes)
+    empty = ProgressTracker(trk.max_inflight_msgs, trk.max_inflight_bytes)
     b = _Builder(empty, last_index)
     for v in cs.voters_outgoing:
         b.make_voter(v)

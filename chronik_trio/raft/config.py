@@ -15,11 +15,6 @@ MAX_INFLIGHT_MSGS = 256
 """Default bound on unacknowledged appends per follower in replicate state."""
 MAX_INFLIGHT_BYTES = 32 << 20
 """Default bound on the bytes of those appends (memory held by the transport per peer)."""
-MAX_LEARNER_INFLIGHT_BYTES = 4 << 20
-"""Default bound on those bytes to a learner (a replica catching up to join, usually from
-the start of a large log): a few messages in flight keep the pipe full on a LAN, while every
-byte in flight is read from the log, encoded, and written by the learner in one pass of
-either node's event loop. 32 MiB there stalled both loops for seconds (docs/bench.md)."""
 MAX_UNCOMMITTED_SIZE_BYTES = 64 << 20
 """Default bound on proposed-but-uncommitted entry data a leader accepts: beyond it proposals
 are dropped, so a leader that lost its quorum does not grow its log without limit."""
@@ -45,7 +40,6 @@ class Config:
     max_size_per_msg_bytes: int = MAX_SIZE_PER_MSG_BYTES
     max_inflight_msgs: int = MAX_INFLIGHT_MSGS
     max_inflight_bytes: int = MAX_INFLIGHT_BYTES
-    max_learner_inflight_bytes: int = MAX_LEARNER_INFLIGHT_BYTES
     max_uncommitted_size_bytes: int = MAX_UNCOMMITTED_SIZE_BYTES
     max_committed_size_per_ready_bytes: int = MAX_COMMITTED_SIZE_PER_READY_BYTES
     check_quorum: bool = True
@@ -65,7 +59,7 @@ class Config:
                                 f"heartbeat_tick {self.heartbeat_tick}")
         if self.max_inflight_msgs <= 0:
             raise ConfigInvalid(f"max_inflight_msgs must be > 0, got {self.max_inflight_msgs}")
-        if self.max_inflight_bytes < 0 or self.max_learner_inflight_bytes < 0 or self.max_uncommitted_size_bytes <= 0 or \
+        if self.max_inflight_bytes < 0 or self.max_uncommitted_size_bytes <= 0 or \
                 self.max_size_per_msg_bytes <= 0 or self.max_committed_size_per_ready_bytes <= 0:
             raise ConfigInvalid("size limits must be positive")
         if self.read_only_option == ReadOnlyOption.LEASE_BASED and not self.check_quorum:

@@ -58,8 +58,7 @@ class Raft:
         self.id = cfg.id
         self.rng = cfg.rng if cfg.rng is not None else random.Random(cfg.id)
         self.log = RaftLog(storage, cfg.max_committed_size_per_ready_bytes)
-        self.trk = ProgressTracker(cfg.max_inflight_msgs, cfg.max_inflight_bytes,
-                                   cfg.max_learner_inflight_bytes)
+        self.trk = ProgressTracker(cfg.max_inflight_msgs, cfg.max_inflight_bytes)
         self.election_timeout_ticks = cfg.election_tick
         self.heartbeat_timeout_ticks = cfg.heartbeat_tick
         self.max_size_per_msg_bytes = cfg.max_size_per_msg_bytes

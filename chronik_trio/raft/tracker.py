@@ -10,18 +10,16 @@ from .types import ConfState, ProgressState
 
 class Inflights:
     """Append messages sent to a peer in replicate state and not yet acknowledged, bounded
-    in count (max_inflight_msgs) and in bytes (max_inflight_bytes, 0: no byte bound; to a
-    learner learner_max_bytes, 0: the same as a voter's)."""
+    in count (max_inflight_msgs) and in bytes (max_inflight_bytes, 0: no byte bound)."""
 
-    __slots__ = ("_queue", "_bytes", "size", "max_bytes", "learner_max_bytes")
+    __slots__ = ("_queue", "_bytes", "size", "max_bytes")
 
-    def __init__(self, size: int, max_bytes: int = 0, learner_max_bytes: int = 0) -> None:
+    def __init__(self, size: int, max_bytes: int = 0) -> None:
         assert size > 0, size
         self._queue: deque[tuple[int, int]] = deque()
         self._bytes = 0
         self.size = size
         self.max_bytes = max_bytes
-        self.learner_max_bytes = learner_max_bytes
 
     def add(self, index: int, size_bytes: int) -> None:
         assert not self.full(), ("inflights full", self.size, self._bytes)
@@ -38,9 +36,9 @@ class Inflights:
         if self._queue:
             self._bytes -= self._queue.popleft()[1]
 
-    def full(self, learner: bool = False) -> bool:
-        bound = self.learner_max_bytes if learner and self.learner_max_bytes else self.max_bytes
-        return len(self._queue) >= self.size or (bound > 0 and self._bytes >= bound)
+    def full(self) -> bool:
+        return len(self._queue) >= self.size or \
+            (self.max_bytes > 0 and self._bytes >= self.max_bytes)
 
     def count(self) -> int:
         return len(self._queue)
@@ -74,7 +72,7 @@ class Progress:
         self.pending_request_snapshot = 0
 
     def copy(self) -> Progress:
-        inflights = Inflights(self.inflights.size, self.inflights.max_bytes, self.inflights.learner_max_bytes)
+        inflights = Inflights(self.inflights.size, self.inflights.max_bytes)
         pr = Progress(self.next, inflights, self.is_learner)
         pr.match, pr.state = self.match, self.state
         pr.pending_snapshot, pr.recent_active = self.pending_snapshot, self.recent_active
@@ -132,7 +130,7 @@ class Progress:
         if self.state == ProgressState.PROBE:
             return self.probe_sent
         if self.state == ProgressState.REPLICATE:
-            return self.inflights.full(self.is_learner)
+            return self.inflights.full()
         return True
 
     def __repr__(self) -> str:
@@ -182,21 +180,18 @@ class TrackerConfig:
 class ProgressTracker:
     """The config, a Progress per member, and the votes of the current election."""
 
-    __slots__ = ("config", "progress", "votes", "max_inflight_msgs", "max_inflight_bytes",
-                 "max_learner_inflight_bytes")
+    __slots__ = ("config", "progress", "votes", "max_inflight_msgs", "max_inflight_bytes")
 
-    def __init__(self, max_inflight_msgs: int, max_inflight_bytes: int,
-                 max_learner_inflight_bytes: int = 0) -> None:
+    def __init__(self, max_inflight_msgs: int, max_inflight_bytes: int) -> None:
         self.config = TrackerConfig(JointConfig(frozenset()))
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
         self.max_inflight_msgs = max_inflight_msgs
         self.max_inflight_bytes = max_inflight_bytes
-        self.max_learner_inflight_bytes = max_learner_inflight_bytes
 
     def new_progress(self, next_index: int, is_learner: bool) -> Progress:
-        return Progress(next_index, Inflights(self.max_inflight_msgs, self.max_inflight_bytes,
-                                              self.max_learner_inflight_bytes), is_learner)
+        return Progress(next_index, Inflights(self.max_inflight_msgs, self.max_inflight_bytes),
+                        is_learner)
 
     def committed(self) -> int:
         progress = self.progress

@@ -198,7 +198,7 @@ class NodeConfig:
             raise ConfigError(f"leader_imbalance_per_broker_percentage must be 0..100, got "
                               f"{self.leader_imbalance_per_broker_percentage}")
         if self.join is not None:
-            _host_port(self.join, key="join")
+            self.join_target  # validates it
             if self.peers is None:
                 raise ConfigError("join needs peers with at least this node's entry (where it listens "
                                   "for Raft traffic)")
@@ -265,6 +265,18 @@ class NodeConfig:
         if extra:
             raise ConfigError(f"advertised_listeners names listeners that do not exist: {sorted(extra)}")
         return tuple(specs)
+
+    @property
+    def join_target(self) -> tuple[int | None, tuple[str, int]]:
+        """--join as (member id, (host, port)): a member's Raft address (ID@HOST:PORT, joined
+        through the peer transport) or, with no id, its Kafka listener (HOST:PORT)."""
+        assert self.join is not None
+        node, sep, address = self.join.partition("@")
+        if not sep:
+            return None, _host_port(self.join, key="join")
+        if not node.isdigit() or int(node) < 1 or int(node) == self.node_id:
+            raise ConfigError(f"join: expected HOST:PORT or ID@HOST:PORT naming another node, got {self.join!r}")
+        return int(node), _host_port(address, key="join")
 
     @property
     def peer_addresses(self) -> dict[int, tuple[str, int]]:

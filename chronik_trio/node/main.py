@@ -47,9 +47,11 @@ def _node_parser(sub) -> None:
     p.add_argument("--peers", help='the cluster\'s Raft members, "1@host:port,2@host:port,..."')
     p.add_argument("--admin-listen", help="HOST:PORT for /health and /metrics in cleartext (with peers they "
                    "are on the node's Raft address too, which needs a node certificate under --peer-ssl-*)")
-    p.add_argument("--join", metavar="HOST:PORT",
-                   help="join a running cluster through this member's Kafka address (an empty data dir "
-                   "asks to be added; --peers then needs only this node's entry; docs/operations.md)")
+    p.add_argument("--join", metavar="[ID@]HOST:PORT",
+                   help="join a running cluster through this member's Kafka address, or with ID@ its Raft "
+                   "address (through the peer transport, with this node's --peer-ssl-* certificate: for "
+                   "clusters whose Kafka listeners require SASL or TLS); an empty data dir asks to be "
+                   "added; --peers then needs only this node's entry; docs/operations.md")
     p.add_argument("--rack", help="this broker's rack (for rack-aware replica placement and fetch)")
     p.add_argument("--listeners", help='named Kafka listeners, "NAME://HOST:PORT,..." (replaces --listen; '
                    'docs/security.md)')

@@ -21,6 +21,14 @@ on an empty data dir; docs/operations.md):
 4. The new node waits to be a voter, then registers as a broker (it then appears in
    Metadata and DescribeCluster and is given partitions like any other broker).
 
+`--join ID@HOST:PORT` names a member's Raft address instead: steps 1's DescribeQuorum and
+AddRaftVoter are then one call of the peer transport (JOIN_CALL, proto/meta.proto's
+JoinAnswer), made and authenticated like the Raft traffic itself: under peer TLS the joining
+node shows its node certificate (signed by the cluster's CA, naming node-<id>), and the
+member refuses a call asking to add any other id. So a node joins a cluster whose Kafka
+listeners all require SASL or TLS client certificates with the credential it needs anyway to
+be a member, and no Kafka principal (docs/security.md).
+
 Removing a node (remove_node: `admin remove-node N`, RemoveRaftVoter; `admin decommission`
 calls it after moving the node's replicas): refused while the node hosts partition
 replicas (naming them), for an unknown id, and for __meta's last voter. NodeRemoved takes
@@ -37,15 +45,17 @@ from __future__ import annotations
 import logging
 import uuid
 
+import google.protobuf.message
 import trio
 from kio.schema.errors import ErrorCode
 
 from chronik_trio.cluster.meta import ClusterError
-from chronik_trio.errors import NotLeader, ProposalFailed, RequestTimedOut
+from chronik_trio.errors import BrokerError, NotLeader, ProposalFailed, RequestTimedOut
 from chronik_trio.kafka.codec import decode_client_response, encode_client_request
 from chronik_trio.kafka.handlers.context import MetaQuorum
 from chronik_trio.pb import meta_pb2
 from chronik_trio.raft.types import ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2
+from chronik_trio.transport.rpc import RpcFailed, RpcRefused
 
 from .meta_group import MetaMachine, MetaService
 from .peers import PeerNetwork
@@ -65,6 +75,9 @@ JOIN_RETRY_S = 1.0
 JOIN_WAIT_LOG_S = 10.0
 RESPONSE_BYTES_MAX = 1 << 20
 RAFT_LISTENER = "RAFT"  # the name of the listener a joining node gives in AddRaftVoter
+JOIN_CALL = "membership-join"  # the peer transport's call of a node joining (--join ID@HOST:PORT)
+# Answers a joining node tries again: the cluster is busy (no __meta leader for now).
+RETRIABLE_JOIN_ERRORS = (ErrorCode.request_timed_out, ErrorCode.not_controller, ErrorCode.unknown_server_error)
 
 
 class JoinRefused(Exception):
@@ -222,6 +235,29 @@ class Membership:
             raise applied.error
         log.info("node %d asked to join at %s", node_id, raft_address)
 
+    def register(self, transport) -> None:
+        """Serve JOIN_CALL on the peer transport."""
+        transport.add_rpc_handler(JOIN_CALL, self._serve_join)
+
+    async def _serve_join(self, from_node: int, body: bytes) -> bytes:
+        """JOIN_CALL from from_node (named by its certificate under peer TLS): add_node, and
+        every member's Raft address."""
+        try:
+            call = meta_pb2.NodeJoinRequested.FromString(body)
+        except google.protobuf.message.DecodeError as exc:
+            raise RpcRefused(f"not a NodeJoinRequested: {exc}") from None
+        if call.node_id != from_node:
+            raise RpcRefused(f"node {from_node} asked to add node {call.node_id}: a node joins only as itself")
+        answer = meta_pb2.JoinAnswer()
+        try:
+            await self.add_node(call.node_id, call.raft_address)
+        except BrokerError as exc:
+            log.info("join of node %d (peer call) refused: %s", call.node_id, exc)
+            answer.error_code, answer.error_message = int(exc.error_code), str(exc)
+        for node_id, (host, port) in sorted(self.quorum().addresses.items()):
+            answer.members.add(node_id=node_id, raft_address=f"{host}:{port}")
+        return answer.SerializeToString()
+
     async def remove_node(self, node_id: int, *, force: bool = False, timeout_s: float = 30.0) -> None:
         """Take node_id out of the cluster: the broker registry, then __meta's voters (the
         step `admin decommission` ends with). Returns once this node has applied the new
@@ -312,12 +348,44 @@ async def ask_to_join(node_id: int, raft_address: tuple[str, int], member: str, 
         if code == ErrorCode.none:
             log.info("node %d: %s accepted its join request", node_id, member)
             return
-        if code in (ErrorCode.request_timed_out, ErrorCode.not_controller, ErrorCode.unknown_server_error):
+        if code in RETRIABLE_JOIN_ERRORS:
             log.warning("node %d: join request not done yet (%s: %s); trying again", node_id, code.name,
                         answer.error_message)
             await trio.sleep(JOIN_RETRY_S)
             continue
         raise JoinRefused(f"{member} refused node {node_id}'s join request: {code.name.upper()}: {answer.error_message}")
+
+
+async def join_through_peer(transport, node_id: int, raft_address: tuple[str, int], member: int) -> dict[int, tuple[str, int]]:
+    """Make JOIN_CALL to peer `member` (already a peer of transport) until it is answered
+    without a retriable error; every member's Raft address. Raises JoinRefused."""
+    body = meta_pb2.NodeJoinRequested(node_id=node_id, raft_address="%s:%d" % raft_address).SerializeToString()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            answer = meta_pb2.JoinAnswer.FromString(
+                await transport.call(member, JOIN_CALL, body, timeout_s=JOIN_REQUEST_TIMEOUT_S + 5))
+        except (RpcFailed, google.protobuf.message.DecodeError) as exc:
+            if ": answered b'400'" in str(exc):  # refused (rpc.py): malformed, or not as itself
+                raise JoinRefused(f"node {member} refused node {node_id}'s join call: {exc}") from None
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("node %d: no answer to its join call from node %d (%s); trying again",
+                            node_id, member, exc)
+            await trio.sleep(JOIN_RETRY_S)
+            continue
+        code = ErrorCode(answer.error_code)
+        if code in RETRIABLE_JOIN_ERRORS:
+            log.warning("node %d: join not done yet (%s: %s); trying again", node_id, code.name,
+                        answer.error_message)
+            await trio.sleep(JOIN_RETRY_S)
+            continue
+        if code != ErrorCode.none:
+            raise JoinRefused(f"node {member} refused node {node_id}'s join: {code.name.upper()}: "
+                              f"{answer.error_message}")
+        log.info("node %d: node %d accepted its join (peer call)", node_id, member)
+        return {m.node_id: address for m in answer.members
+                if (address := parse_address(m.raft_address)) is not None}
 
 
 async def kafka_call(address: str, api_key: int, version: int, body, timeout_s: float):

@@ -53,7 +53,7 @@ from .group_coordinator import GroupCoordinator
 from .kafka_server import RequestErrors, serve_connection
 from .leader_reports import LeaderReports
 from .listeners import AuthFailures, close_unauthenticated, open_session, peer_tls, server_ssl_context
-from .membership import Membership, ask_to_join, learn_members, wait_until_voter
+from .membership import Membership, ask_to_join, join_through_peer, learn_members, wait_until_voter
 from .meta_group import META_GROUP_ID, MetaMachine, MetaService
 from .metrics import NodeMetrics
 from .partition_group import PartitionReplica
@@ -277,6 +277,7 @@ class Node:
                 if self.config.peers is not None or self.config.admin_listen is not None:
                     self.transport = self.peers.transport = self._start_transport()
                     self.txn_routes.register(self.transport)
+                    self.membership.register(self.transport)
                     await nursery.start(self.transport.run)
                 await self._wait_replayed([self.meta_service.group])
                 nursery.start_soon(self.membership.run)
@@ -362,8 +363,14 @@ class Node:
                 await self._shutdown.wait()
                 race.cancel_scope.cancel()
             race.start_soon(stop_on_shutdown)
-            self.membership.learn(await learn_members(self.config.join))
-            await ask_to_join(self.node_id, self.config.peer_addresses[self.node_id], self.config.join)
+            member, address = self.config.join_target
+            own = self.config.peer_addresses[self.node_id]
+            if member is None:  # a member's Kafka listener
+                self.membership.learn(await learn_members(self.config.join))
+                await ask_to_join(self.node_id, own, self.config.join)
+            else:  # a member's Raft address: through the peer transport
+                self.membership.learn({member: address})
+                self.membership.learn(await join_through_peer(self.transport, self.node_id, own, member))
             await wait_until_voter(self.node_id, self.meta_machine)
             race.cancel_scope.cancel()
         return not self._shutdown.is_set()

@@ -14,6 +14,11 @@ One step at a time, each decided afresh from the group's current config, so a ne
 4. voters == target, no learner, not joint: the leader commits
    PartitionReassignmentCompleted to __meta; nodes no longer hosting a replica close it.
 
+A move whose new replica never catches up (its node is down, or cannot keep up) waits, as
+Kafka's does, until it does or the move is cancelled; the leader logs a warning naming the
+move, the replicas not catching up and for how long, once STALLED_AFTER_S passed without
+progress and then every STALLED_LOG_EVERY_S (docs/operations.md).
+
 A leader that is removed while no target voter could take over keeps leading through the
 joint config and hands off once the change is applied (raft/, docs/raft.md).
 """
@@ -42,6 +47,8 @@ STEP_INTERVAL_S = 0.1  # how often a leader looks at its moves while any is in p
 # config at most this many entries of catching up before it can count toward a commit (a
 # few produce requests' worth under load; a log of large batches makes each entry large).
 CAUGHT_UP_LAG_ENTRIES = 16
+STALLED_AFTER_S = 5.0  # a move whose learners gained nothing for this long is stalled
+STALLED_LOG_EVERY_S = 60.0
 
 
 def next_change(node_id: int, conf_state, progress: dict, last_index: int,
@@ -94,17 +101,24 @@ class Reassigner:
         self._meta = meta
         self._meta_service = meta_service
         self._replicas = replicas
+        # (topic id, partition) -> (what its learners held, since when, last warned at)
+        self._progress_seen: dict[tuple, tuple[tuple, float, float]] = {}
 
     async def run(self) -> None:
         while True:
             if not self._meta.state.reassignments:
                 await self._meta.changed.wait()
                 continue
-            for (topic_id, partition), move in list(self._meta.state.reassignments.items()):
+            moves = dict(self._meta.state.reassignments)
+            for key in set(self._progress_seen) - set(moves):
+                del self._progress_seen[key]
+            for (topic_id, partition), move in moves.items():
                 topic = self._meta.state.topics_by_id.get(topic_id)
                 replica = self._replicas.get(topic.name, partition) if topic is not None else None
                 if replica is not None and replica.is_leader and not replica.closed:
                     await self._step(topic, replica, move)
+                else:
+                    self._progress_seen.pop((topic_id, partition), None)
             await trio.sleep(STEP_INTERVAL_S)
 
     async def _step(self, topic: Topic, replica: PartitionReplica, move: Reassignment) -> None:
@@ -113,8 +127,12 @@ class Reassigner:
             if not group.is_leader or group.closed:
                 return
             node = group.node
-            action = next_change(self.node_id, node.status().conf_state, node.progress(),
-                                 node.last_index(), move.target)
+            conf_state, progress = node.status().conf_state, node.progress()
+            action = next_change(self.node_id, conf_state, progress, node.last_index(), move.target)
+            if action is None:
+                self._watch_stall(topic, replica.partition, move, conf_state, progress)
+            else:
+                self._progress_seen.pop((topic.topic_id, replica.partition), None)
             if isinstance(action, ConfChangeV2):
                 action = with_generation(action, move.generation)
                 group.unquiesce()
@@ -134,6 +152,26 @@ class Reassigner:
                 log.info("%s-%d: leaving the replicas: handing leadership to node %d first",
                          topic.name, replica.partition, action)
                 group.transfer_leader(action)
+
+    def _watch_stall(self, topic: Topic, partition: int, move: Reassignment, conf_state,
+                     progress: dict) -> None:
+        """The move waits (learners catching up): warn if they gained nothing for a while."""
+        key = (topic.topic_id, partition)
+        learners = tuple(sorted(conf_state.learners))
+        held = (learners, tuple(progress[n].match if n in progress else -1 for n in learners))
+        now = trio.current_time()
+        seen = self._progress_seen.get(key)
+        if seen is None or seen[0] != held:
+            self._progress_seen[key] = (held, now, float("-inf"))
+            return
+        _, since, warned = seen
+        if not learners or now - since < STALLED_AFTER_S or now - warned < STALLED_LOG_EVERY_S:
+            return
+        self._progress_seen[key] = (held, since, now)
+        log.warning("%s-%d: reassignment to %s stalled for %.0f s: the new replica(s) on node(s) %s "
+                    "gained nothing (matched up to %s); the move waits until they catch up or it is "
+                    "cancelled (chronik-trio admin reassign %s %d --cancel)", topic.name, partition,
+                    list(move.target), now - since, list(learners), list(held[1]), topic.name, partition)
 
     async def _complete(self, topic: Topic, partition: int, move: Reassignment) -> None:
         command = meta_pb2.MetaCommand(partition_reassignment_completed=meta_pb2.PartitionReassignmentCompleted(

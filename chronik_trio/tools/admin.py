@@ -569,9 +569,7 @@ def health_problems(md, unreachable: dict[int, str]) -> list[dict]:
 def cmd_health(args) -> int:
     md = metadata(args)
     addresses = {int(b.node_id): f"{b.host}:{b.port}" for b in md.brokers}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
-        answers = dict(zip(addresses, pool.map(lambda a: probe(a, args.timeout, getattr(args, "security", None)), addresses.values())))
-    unreachable = {broker_id: why for broker_id, why in answers.items() if why is not None}
+    unreachable = unreachable_brokers(args, md, set(addresses))
     problems = health_problems(md, unreachable)
     partitions = sum(len(t.partitions) for t in md.topics)
     controller = int(md.controller_id)
@@ -858,10 +856,34 @@ def cmd_reassign(args) -> int:
 
 
 def cmd_reassignments(args) -> int:
-    rows = [[f"{t}-{p}", _ids(m["replicas"]), _ids(m["adding"]), _ids(m["removing"])]
-            for (t, p), m in sorted(list_reassignments(args).items())]
-    print(format_table(["PARTITION", "REPLICAS", "ADDING", "REMOVING"], rows))
+    """The moves in progress; STATE says "stalled" for a move whose new replica's broker does
+    not answer (such a move waits until it comes back or the move is cancelled; the
+    partition's leader logs for how long it has made no progress)."""
+    moves = sorted(list_reassignments(args).items())
+    adding = {r for _, m in moves for r in m["adding"]}
+    down = unreachable_brokers(args, metadata(args), adding) if adding else {}
+    rows = []
+    for (t, p), m in moves:
+        silent = [r for r in m["adding"] if r in down]
+        state = f"stalled: node(s) {_ids(silent)} not answering" if silent else "moving"
+        rows.append([f"{t}-{p}", _ids(m["replicas"]), _ids(m["adding"]), _ids(m["removing"]), state])
+    print(format_table(["PARTITION", "REPLICAS", "ADDING", "REMOVING", "STATE"], rows))
+    if down:
+        print("a stalled move waits until its new replicas answer; to give up: "
+              "chronik-trio admin reassign TOPIC PARTITION --cancel")
     return 0
+
+
+def unreachable_brokers(args, md, nodes: set[int]) -> dict[int, str]:
+    """node -> why it does not answer (ApiVersions, asked in parallel), for those of `nodes`
+    that do not; a node Metadata does not list counts as not answering."""
+    addresses = {int(b.node_id): f"{b.host}:{b.port}" for b in md.brokers}
+    asked = sorted(n for n in nodes if n in addresses)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(asked))) as pool:
+        answers = pool.map(lambda n: probe(addresses[n], args.timeout, getattr(args, "security", None)), asked)
+    silent = {n: why for n, why in zip(asked, answers) if why is not None}
+    silent.update({n: "not in Metadata's brokers" for n in nodes if n not in addresses})
+    return silent
 
 
 def cmd_decommission(args) -> int:

@@ -106,14 +106,16 @@ class ClusterProcesses:
     def wait_ready(self, n: int, timeout_s: float = READY_TIMEOUT_S) -> None:
         self.nodes[n].wait_ready(timeout_s)
 
-    def join_node(self, n: int, *, via: int, wait: bool = True, timeout_s: float = READY_TIMEOUT_S) -> None:
+    def join_node(self, n: int, *, via: int, wait: bool = True, timeout_s: float = READY_TIMEOUT_S,
+                  through_raft: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         """Start a new node n on an empty data dir with `--join` through node `via`'s Kafka
-        address (its --peers names only itself); it becomes one of self.ids."""
+        address, or with through_raft its Raft address (ID@HOST:PORT); its --peers names
+        only itself. It becomes one of self.ids."""
         assert n not in self.nodes, f"node {n} exists"
         kafka_port, raft_port = free_ports(2)
         self.raft_ports[n] = raft_port
-        args = ["--peers", f"{n}@127.0.0.1:{raft_port}", "--join", self.nodes[via].bootstrap,
-                *self._shared_args]
+        join = f"{via}@127.0.0.1:{self.raft_ports[via]}" if through_raft else self.nodes[via].bootstrap
+        args = ["--peers", f"{n}@127.0.0.1:{raft_port}", "--join", join, *self._shared_args, *extra_args]
         self.nodes[n] = BrokerProcess(self.root / f"node{n}" / "data", node_id=n, port=kafka_port, extra_args=args)
         self.group.add(self.nodes[n].process)
         self.ids.append(n)

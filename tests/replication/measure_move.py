@@ -29,6 +29,7 @@ from tests.replication.cluster import Cluster, wait_for
 TOPIC = "move-bench"
 FILL_RECORD_BYTES = 10 * 1024
 PACED_PER_S = 50
+MOVE_TIMEOUT_S = 1800
 
 
 def _fill(cluster: Cluster, megabytes: int) -> None:
@@ -57,7 +58,7 @@ class Paced:
         self.latencies: list[tuple[float, float]] = []  # (sent at, seconds)
         self.errors = 0
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
+        self.thread = threading.Thread(target=self._run, daemon=True)  # never outlives a failed run
         self.thread.start()
 
     def _run(self) -> None:
@@ -86,14 +87,15 @@ class Paced:
         return round(1000 * statistics.median(window), 1) if window else None
 
 
-def _admin(cluster: Cluster, *args: str) -> None:
+def _admin(cluster: Cluster, *args: str, timeout_s: float = 60) -> None:
     subprocess.run([CHRONIK_TRIO, "admin", "--bootstrap", cluster.bootstrap(), *args], check=True,
-                   capture_output=True, timeout=60)
+                   capture_output=True, timeout=timeout_s)
 
 
 def _move(cluster: Cluster, replicas: list[int], paced: Paced, megabytes: int) -> dict:
     started = time.monotonic()
-    _admin(cluster, "reassign", TOPIC, "0", ",".join(map(str, replicas)), "--wait", "--wait-timeout", "1800")
+    _admin(cluster, "reassign", TOPIC, "0", ",".join(map(str, replicas)), "--wait", "--wait-timeout",
+           str(MOVE_TIMEOUT_S), timeout_s=MOVE_TIMEOUT_S + 60)
     took = time.monotonic() - started
     return {"replicas": replicas, "seconds": round(took, 1), "catch_up_mb_per_s": round(megabytes / took, 1),
             "produce_p50_ms": paced.p50_ms(started, started + took),

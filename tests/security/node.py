@@ -11,6 +11,7 @@ import subprocess
 
 import attrs
 from collections.abc import Iterator
+from confluent_kafka import Consumer, Producer
 
 from tests.brokers import CHRONIK_TRIO, BrokerProcess, free_ports
 from tests.kafka import live
@@ -19,6 +20,7 @@ from tests.kafka_wire import KafkaWire
 from .certs import Certificates, make_certificates
 
 ADMIN_TIMEOUT_S = 30
+CLIENT_TIMEOUT_S = 30
 USERS = {"alice": "alice-secret", "bob": "bob-secret"}
 
 
@@ -98,3 +100,31 @@ def plain_wire(node: SecureNode, user: str, password: str | None = None, *, list
     answer = conn.request(36, {"auth_bytes": token}, version=2)
     assert int(answer.error_code) == 0, answer
     return conn
+
+
+def confluent_conf(node: SecureNode, listener: str, mechanism: str, user: str, password: str) -> dict:
+    """confluent-kafka settings for user on one of node's SASL listeners."""
+    conf = {"bootstrap.servers": node.address(listener), "security.protocol": listener,
+            "sasl.mechanism": mechanism, "sasl.username": user, "sasl.password": password}
+    if listener == "SASL_SSL":
+        conf["ssl.ca.location"] = node.certs.ca
+    return conf
+
+
+def confluent_round_trip(conf: dict, topic: str, value: bytes, *, group: str | None = None) -> None:
+    """Produce value to topic (acks=all) with confluent-kafka, then consume it back from the
+    earliest offset in consumer group `group` (default g-TOPIC); AssertionError if either fails."""
+    producer = Producer({**conf, "acks": "all"})
+    producer.produce(topic, value)
+    assert producer.flush(CLIENT_TIMEOUT_S) == 0, f"not acknowledged in {CLIENT_TIMEOUT_S} s"
+    consumer = Consumer({**conf, "group.id": group or f"g-{topic}", "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe([topic])
+        for _ in range(CLIENT_TIMEOUT_S):
+            message = consumer.poll(1.0)
+            if message is not None and message.error() is None:
+                assert message.value() == value
+                return
+        raise AssertionError(f"nothing consumed from {topic}")
+    finally:
+        consumer.close()

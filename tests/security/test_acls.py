@@ -8,14 +8,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer
 
 from tests.kafka_wire import Record, build_batch
 
-from .node import USERS, plain_wire, secure_node
+from .node import USERS, confluent_conf, confluent_round_trip, plain_wire, secure_node
 
 pytestmark = pytest.mark.timeout(180)
-CLIENT_TIMEOUT_S = 30
 TOPIC_DENIED, GROUP_DENIED, CLUSTER_DENIED = 29, 30, 31
 FIND_COORDINATOR, DESCRIBE_CLUSTER, CREATE_ACLS = 10, 60, 30
 CERT_PRINCIPAL = "User:CN=alice,OU=eng,O=example"
@@ -44,24 +42,9 @@ def _produce_code(conn, topic: str) -> int:
 
 def test_an_allowed_user_produces_and_consumes_with_confluent_kafka_over_sasl_ssl(node):
     topic = f"alice-{uuid.uuid4().hex[:8]}"
-    conf = {"bootstrap.servers": node.address("SASL_SSL"), "security.protocol": "SASL_SSL",
-            "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice", "sasl.password": USERS["alice"],
-            "ssl.ca.location": node.certs.ca}
-    producer = Producer({**conf, "acks": "all"})
-    producer.produce(topic, b"allowed")  # auto-created: alice may CREATE alice-*
-    assert producer.flush(CLIENT_TIMEOUT_S) == 0
-    consumer = Consumer({**conf, "group.id": f"alice-{topic}", "auto.offset.reset": "earliest"})
-    try:
-        consumer.subscribe([topic])
-        for _ in range(CLIENT_TIMEOUT_S):
-            message = consumer.poll(1.0)
-            if message is not None and message.error() is None:
-                assert message.value() == b"allowed"
-                break
-        else:
-            pytest.fail("nothing consumed")
-    finally:
-        consumer.close()
+    conf = confluent_conf(node, "SASL_SSL", "SCRAM-SHA-512", "alice", USERS["alice"])
+    # auto-created: alice may CREATE alice-*; and read in groups alice-*
+    confluent_round_trip(conf, topic, b"allowed", group=f"alice-{topic}")
 
 
 def test_denied_operations_get_kafkas_codes_and_an_audit_line(node):

@@ -20,9 +20,10 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.brokers import CHRONIK_TRIO, free_ports
+from tests.brokers import CHRONIK_TRIO, free_port, free_ports
 from tests.cluster.cluster import ClusterProcesses
 from tests.kafka import live
+from tests.replication.cluster import wait_for
 
 from .certs import Certificates, make_certificates, node_certificate
 
@@ -228,3 +229,22 @@ def test_sasl_ssl_clients_and_mtls_peers_across_a_leader_kill(cluster):
         (other,) = set(survivors) - {n}
         assert live.metric_labelled(cluster.admin_ports[n], "chronik_transport_peer_connected", peer=str(other)) == 1
         assert cluster.refused(n, "node_id_mismatch") == (1 if n == 1 else 0)
+
+
+def test_a_node_joins_through_a_members_raft_port_with_its_node_certificate(cluster):
+    """--join ID@HOST:PORT: the join goes over mutual TLS with the new node's certificate, not
+    through a Kafka listener (which here would ask for SASL or be the operators' own); the
+    node becomes a voter and a broker that SASL_SSL clients see."""
+    processes = cluster.processes
+    via = processes.running()[0]
+    cert = node_certificate(cluster.certs, 4)
+    processes.join_node(4, via=via, through_raft=True, timeout_s=90, extra_args=(
+        "--peer-ssl-cafile", cluster.certs.ca, "--peer-ssl-certfile", cluster.certs.path(f"{cert}.pem"),
+        "--peer-ssl-keyfile", cluster.certs.path(f"{cert}.key"), "--admin-listen", f"127.0.0.1:{free_port()}"))
+    log = processes.log(4)
+    assert f"node 4: node {via} accepted its join (peer call)" in log, log[-3000:]
+    assert "DescribeQuorum" not in log and "bootstrapped __meta" not in log
+    assert "node 4 asked to join" in processes.log(via)
+    admin = AdminClient(cluster.conf([via]))
+    wait_for("broker 4 in Metadata over SASL_SSL",
+             lambda: 4 in admin.list_topics(timeout=CLIENT_TIMEOUT_S).brokers, timeout_s=CLIENT_TIMEOUT_S)

@@ -16,7 +16,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import KafkaError, Producer
 from kafka import KafkaConsumer, KafkaProducer
 
 from tests.kafka import live
@@ -24,10 +24,9 @@ from tests.kafkajs import kafkajs_dir
 from tests.kafka_wire import KafkaWire
 
 from . import fuzz_sasl
-from .node import USERS, secure_node
+from .node import CLIENT_TIMEOUT_S, USERS, confluent_conf, confluent_round_trip, secure_node
 
 pytestmark = pytest.mark.timeout(180)
-CLIENT_TIMEOUT_S = 30
 KAFKAJS_TIMEOUT_S = 90
 SASL_HANDSHAKE, SASL_AUTHENTICATE, METADATA = 17, 36, 3
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
@@ -39,36 +38,11 @@ def node(tmp_path_factory):
         yield secure
 
 
-def _confluent_conf(node, listener: str, mechanism: str, user: str, password: str) -> dict:
-    conf = {"bootstrap.servers": node.address(listener), "security.protocol": listener,
-            "sasl.mechanism": mechanism, "sasl.username": user, "sasl.password": password}
-    if listener == "SASL_SSL":
-        conf["ssl.ca.location"] = node.certs.ca
-    return conf
-
-
-def _confluent_round_trip(conf: dict, topic: str, value: bytes) -> None:
-    producer = Producer({**conf, "acks": "all"})
-    producer.produce(topic, value)
-    assert producer.flush(CLIENT_TIMEOUT_S) == 0
-    consumer = Consumer({**conf, "group.id": f"g-{topic}", "auto.offset.reset": "earliest"})
-    try:
-        consumer.subscribe([topic])
-        for _ in range(CLIENT_TIMEOUT_S):
-            message = consumer.poll(1.0)
-            if message is not None and message.error() is None:
-                assert message.value() == value
-                return
-        pytest.fail(f"nothing consumed from {topic}")
-    finally:
-        consumer.close()
-
-
 @pytest.mark.parametrize("listener, mechanism", [("SASL_SSL", "SCRAM-SHA-256"), ("SASL_SSL", "SCRAM-SHA-512"),
                                                  ("SASL_SSL", "PLAIN"), ("SASL_PLAINTEXT", "SCRAM-SHA-512")])
 def test_confluent_kafka_authenticates_and_produces_and_consumes(node, listener, mechanism):
     topic = f"sasl-{uuid.uuid4().hex[:8]}"
-    _confluent_round_trip(_confluent_conf(node, listener, mechanism, "alice", USERS["alice"]), topic,
+    confluent_round_trip(confluent_conf(node, listener, mechanism, "alice", USERS["alice"]), topic,
                           f"{mechanism} over {listener}".encode())
     assert f"authenticated User:alice on listener {listener}" in node.broker.log_text()
 
@@ -133,7 +107,7 @@ def test_a_wrong_password_gets_authentication_failed_then_the_connection_closes(
 
 def test_confluent_kafka_with_a_wrong_password_gets_an_authentication_error_and_no_access(node):
     errors = []
-    conf = _confluent_conf(node, "SASL_SSL", "SCRAM-SHA-256", "alice", "not-her-password")
+    conf = confluent_conf(node, "SASL_SSL", "SCRAM-SHA-256", "alice", "not-her-password")
     producer = Producer({**conf, "error_cb": errors.append, "message.timeout.ms": 5000})
     producer.produce("never-written", b"x")
     producer.flush(10)
@@ -176,8 +150,8 @@ def test_admin_user_lists_sets_and_deletes_and_users_survive_a_restart(node):
     too_few = node.admin("user", "set", "dave", "--iterations", "100", stdin="pw\n")
     assert too_few.returncode == 1 and "UNACCEPTABLE_CREDENTIAL" in too_few.stderr
     node.broker.restart()
-    conf = _confluent_conf(node, "SASL_SSL", "SCRAM-SHA-512", "carol", "carol-pw")
-    _confluent_round_trip(conf, f"carol-{uuid.uuid4().hex[:8]}", b"after restart")
+    conf = confluent_conf(node, "SASL_SSL", "SCRAM-SHA-512", "carol", "carol-pw")
+    confluent_round_trip(conf, f"carol-{uuid.uuid4().hex[:8]}", b"after restart")
     assert node.admin("user", "delete", "carol", "--mechanism", "SCRAM-SHA-512").returncode == 0
     missing = node.admin("user", "describe", "carol")
     assert missing.returncode == 1 and "RESOURCE_NOT_FOUND" in missing.stderr

@@ -29,4 +29,13 @@ def test_join_needs_a_member_address_and_this_nodes_raft_address():
         NodeConfig(node_id=4, peers="4@127.0.0.1:9099", join="nohost")
     with pytest.raises(ConfigError, match="join needs peers"):
         NodeConfig(node_id=4, join="127.0.0.1:9092")
-    NodeConfig(node_id=4, peers="4@127.0.0.1:9099", join="127.0.0.1:9092")
+    assert NodeConfig(node_id=4, peers="4@127.0.0.1:9099", join="127.0.0.1:9092").join_target == \
+        (None, ("127.0.0.1", 9092))
+
+
+def test_join_through_a_members_raft_address_names_another_node():
+    config = NodeConfig(node_id=4, peers="4@127.0.0.1:9099", join="2@10.0.0.2:9093")
+    assert config.join_target == (2, ("10.0.0.2", 9093))
+    for bad in ("4@127.0.0.1:9093", "x@127.0.0.1:9093", "0@127.0.0.1:9093", "2@nohost"):
+        with pytest.raises(ConfigError, match="join: expected"):
+            NodeConfig(node_id=4, peers="4@127.0.0.1:9099", join=bad)

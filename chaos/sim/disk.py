@@ -47,8 +47,44 @@ class SimDisk(FaultyDisk, _NoSyncDisk):
         self.skip_fsync = False  # a bug-class test's patch: fsync records nothing
         # How fast this disk syncs, from the seed: a fast SSD (0.5 ms) to a slow disk (10 ms).
         self.fsync_typical_s = rng.uniform(FSYNC_FASTEST_S, FSYNC_SLOWEST_S)
+        # False from cut_power() to power_loss(): the node's tasks may still run for a while
+        # (a fsync round finishes under its shield before the cancellation lands), but what
+        # they write, sync, rename, cut or unlink no longer reaches the disk.
+        self.powered = True
+
+    def cut_power(self) -> None:
+        """The power goes now; power_loss() (once the node's tasks have stopped) then drops
+        every byte not synced before this moment. Without the cut, a round that ended after
+        it could make a later hard state durable over log bytes the loss then dropped."""
+        self.powered = False
+
+    def pwritev(self, f: DiskFile, buffers, offset: int) -> None:
+        if self.powered:
+            super().pwritev(f, buffers, offset)
+
+    def truncate(self, f: DiskFile, size: int) -> None:
+        if self.powered:
+            super().truncate(f, size)
+
+    def rename(self, src: pathlib.Path, dst: pathlib.Path) -> None:
+        if self.powered:
+            super().rename(src, dst)
+
+    def unlink(self, path: pathlib.Path) -> None:
+        if self.powered:
+            super().unlink(path)
+
+    def fsync_dir(self, path: pathlib.Path) -> None:
+        if self.powered:
+            super().fsync_dir(path)
+
+    def sync_filesystem(self, root: pathlib.Path) -> None:
+        if self.powered:
+            super().sync_filesystem(root)
 
     def fsync(self, f: DiskFile) -> None:
+        if not self.powered:
+            return
         self.fsync_calls += 1
         if self.skip_fsync:
             self._inject(f.path, 0.0, self.faults.fsync_errno, "fsync")
@@ -76,6 +112,7 @@ class SimDisk(FaultyDisk, _NoSyncDisk):
                         notes.append(f"{path.relative_to(self.root)}: kept {keep} of "
                                      f"{written - synced} unsynced bytes")
         self.drop_unsynced()
+        self.powered = True
         return notes
 
 

@@ -261,6 +261,7 @@ class SimCluster:
         notes = []
         for n in nodes:
             sim = self.nodes[n]
+            sim.disk.cut_power()
             if sim.running:
                 self.net.crash(n, power_off=True)
                 for cut in sim.syncing:

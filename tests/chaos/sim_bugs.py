@@ -148,9 +148,10 @@ def _acks_before_commit() -> tuple:
 
 
 def _vote_not_persisted(original):
-    """The Raft hard state is saved without its vote: a restarted node may vote twice in a term."""
-    def save(self, hs):
-        return original(self, dataclasses.replace(hs, vote=0))
+    """The Raft hard state is saved without its vote: a restarted node may vote twice in a term.
+    Patched into `save` and `save_begin` (a batched sync round's first half)."""
+    def save(self, hs, *args, **kwargs):
+        return original(self, dataclasses.replace(hs, vote=0), *args, **kwargs)
     return save
 
 
@@ -163,9 +164,9 @@ def _fetch_above_high_watermark(original):
 
 def _follower_ack_before_durable(original):
     """Append responses (and votes) sent before the entries are fsynced."""
-    def collect(self, groups):
+    def collect(self, groups, **kwargs):
         out = []
-        for group, rd in original(self, groups):
+        for group, rd in original(self, groups, **kwargs):
             self._send_all(group, rd.persisted_messages)
             out.append((group, dataclasses.replace(rd, persisted_messages=())))
         return out
@@ -196,8 +197,9 @@ BUGS = (
     BugClass("skip_fsync", 1, node_patch=_skip_fsync),
     BugClass("fetch_above_high_watermark", 4, patches=(
         (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),)),
-    BugClass("vote_not_persisted", 3, "--votes", patches=(
-        (hardstate.HardStateFile, "save", _vote_not_persisted),)),
+    BugClass("vote_not_persisted", 11, "--votes", patches=(
+        (hardstate.HardStateFile, "save", _vote_not_persisted),
+        (hardstate.HardStateFile, "save_begin", _vote_not_persisted))),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
         (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),)),
 )

@@ -64,11 +64,9 @@ _I16 = struct.Struct(">h")
 _FRAME_LENGTH_TYPE = struct.Struct(">I%dxB" % (FRAME_HEADER_BYTES - 5))
 _BATCH_FIELDS = narrow_header("base_offset", "attributes", "last_offset_delta", "record_count")
 _TXN_OR_CONTROL = ATTR_TRANSACTIONAL | ATTR_CONTROL
-# The worker thread gives up the GIL every this many frames (time.sleep(0)): a thread that
-# never blocks keeps it for CPython's switch interval (5 ms) each time the event loop's
-# thread asks for it back after a system call, so a Ready pass's fsyncs and socket writes
-# would each wait up to 5 ms behind a pass (docs/compaction.md, "Bounds"). 0: never.
-YIELD_EVERY_FRAMES = 64
+# The worker thread does not give up the GIL by itself (time.sleep(0) costs ~70 us with
+# Linux's timer slack, more than a whole 1-record batch): the node lowers the interpreter's
+# switch interval while a pass runs instead (node/compaction.py, docs/compaction.md).
 # A rewritten gzip batch is compressed at zlib's default level (gzip.compress's default, 9,
 # costs several times more for a few percent).
 GZIP_LEVEL = 6
@@ -300,15 +298,9 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
 
 def _frames(buf: bytes) -> typing.Iterator[tuple[int, int, int, int]]:
     """(frame position, payload start, payload end, entry type) of each frame of a segment's
-    bytes (verified when they were written or recovered); gives up the GIL every
-    YIELD_EVERY_FRAMES frames."""
+    bytes (verified when they were written or recovered)."""
     pos, size = 0, len(buf)
-    frames = 0
     while pos < size:
-        frames += 1
-        if frames == YIELD_EVERY_FRAMES:
-            frames = 0
-            time.sleep(0)
         length, entry_type = _FRAME_LENGTH_TYPE.unpack_from(buf, pos)
         end = pos + 4 + length
         yield pos, pos + FRAME_HEADER_BYTES, end, entry_type
@@ -366,13 +358,20 @@ def _scan(buf: bytes, start: int, pos: int, attributes: int, count: int, base_of
 def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[int, bool]:
     """Map each key of the segment's bytes `buf` to its latest offset (in key_map). Returns
     how many records were mapped and whether the segment is `complete`: no batch in it that
-    the second read changes other than by key (an aborted transaction's)."""
+    the second read changes other than by key (an aborted transaction's).
+
+    The frames are walked inline (not by _frames) and an uncompressed batch's records are
+    scanned in place: with one record a batch this loop runs once per record."""
     records, complete = 0, True
     latest, keyless, tombstones = key_map.latest, key_map.keyless, key_map.tombstones
-    for _, start, pos, entry_type in _frames(buf):
+    frame_fields, batch_fields = _FRAME_LENGTH_TYPE.unpack_from, _BATCH_FIELDS.unpack_from
+    pos, size = 0, len(buf)
+    while pos < size:
+        length, entry_type = frame_fields(buf, pos)
+        start, pos = pos + FRAME_HEADER_BYTES, pos + 4 + length
         if entry_type != NORMAL or start == pos:
             continue
-        base_offset, attributes, last_delta, count = _BATCH_FIELDS.unpack_from(buf, start)
+        base_offset, attributes, last_delta, count = batch_fields(buf, start)
         if not count:
             continue
         if attributes & _TXN_OR_CONTROL:
@@ -384,13 +383,19 @@ def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[
             if rule != CLEAN:
                 complete = complete and rule == KEEP
                 continue
-        scan = _scan(buf, start, pos, attributes, count, base_offset, base_offset + last_delta)
-        if scan is None:
+        if attributes & ATTR_COMPRESSION_MASK:
+            scan = _scan(buf, start, pos, attributes, count, base_offset, base_offset + last_delta)
+            scanned = None if scan is None else scan[1]
+        else:
+            scanned = scan_records(buf, start + HEADER_BYTES, pos, count, base_offset)
+            if scanned is not None and scanned[-1][3] > base_offset + last_delta:
+                scanned = None
+        if scanned is None:
             key_map.opaque = True
             key_map.unreadable.add(base_offset)
             continue
         records += count
-        for _, _, key, offset, tombstone in scan[1]:
+        for _, _, key, offset, tombstone in scanned:
             if key is None:
                 keyless.append(offset)
             else:

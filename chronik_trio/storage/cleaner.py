@@ -45,7 +45,7 @@ from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR
                                        HEADER_BYTES, LENGTH_PREFIX_BYTES, BatchHeader,
                                        ScannedRecord, narrow_header, read_header, records_buffer,
                                        scan_records)
-from chronik_trio.storage.disk import Disk
+from chronik_trio.storage.disk import Disk, DiskFile
 from chronik_trio.storage.frame import FRAME_HEADER_BYTES, FRAME_LENGTH_MIN, FRAME_PREFIX
 from chronik_trio.storage.segment import Segment
 from chronik_trio.varint import read_uvarint, read_varint
@@ -67,6 +67,8 @@ _TXN_OR_CONTROL = ATTR_TRANSACTIONAL | ATTR_CONTROL
 # The worker thread does not give up the GIL by itself (time.sleep(0) costs ~70 us with
 # Linux's timer slack, more than a whole 1-record batch): the node lowers the interpreter's
 # switch interval while a pass runs instead (node/compaction.py, docs/compaction.md).
+# A copy is written and fsynced this much at a time (see _write_synced).
+WRITE_SYNC_BYTES = 1 << 20
 # A rewritten gzip batch is compressed at zlib's default level (gzip.compress's default, 9,
 # costs several times more for a few percent).
 GZIP_LEVEL = 6
@@ -307,6 +309,28 @@ def _frames(buf: bytes) -> typing.Iterator[tuple[int, int, int, int]]:
         pos = end
 
 
+def _write_synced(disk: Disk, f: DiskFile, chunks: list[bytes | memoryview]) -> None:
+    """Write the chunks from offset 0 as they are (no joined copy; the GIL is free during
+    each write), fsyncing every WRITE_SYNC_BYTES: the copy never has more unwritten bytes
+    than that for the produce path's own fsyncs to queue behind on the same disk."""
+    offset = pending = 0
+    group: list[bytes | memoryview] = []
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            part = view[:WRITE_SYNC_BYTES - pending]
+            view = view[len(part):]
+            group.append(part)
+            pending += len(part)
+            if pending == WRITE_SYNC_BYTES:
+                disk.pwritev(f, group, offset)
+                disk.fsync(f)
+                offset, pending, group = offset + pending, 0, []
+    if group:
+        disk.pwritev(f, group, offset)
+    disk.fsync(f)
+
+
 @attrs.define
 class _KeyMap:
     """What the first read of a pass learns: each key's latest offset, and what the second
@@ -498,8 +522,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
     f = disk.open(tmp)
     try:
         disk.truncate(f, 0)
-        disk.pwritev(f, chunks, 0)  # the chunks as they are: no joined copy (the GIL is free meanwhile)
-        disk.fsync(f)
+        _write_synced(disk, f, chunks)
     except BaseException:
         disk.close(f)
         raise

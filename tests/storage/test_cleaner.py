@@ -411,3 +411,36 @@ def test_transactional_batches_follow_the_rule_aborted_committed_open(open_log):
                log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset)}
     assert headers[5].record_count == 1  # the marker, kept
     assert log.next_offset == 11
+
+
+def test_a_copy_is_written_and_fsynced_in_bounded_pieces(open_log, monkeypatch):
+    """A big copy is fsynced every WRITE_SYNC_BYTES (the produce path's fsyncs never queue
+    behind a whole segment's copy) and reads back whole."""
+    from chronik_trio.storage import cleaner
+    monkeypatch.setattr(cleaner, "WRITE_SYNC_BYTES", 2048)
+    fsyncs = []
+
+    class CountingDisk(Disk):
+        def fsync(self, f):
+            fsyncs.append(f.path.name)
+            super().fsync(f)
+
+    items = [(b"k%d" % (i % 200), b"v" * 100) for i in range(1200)]
+    log = open_log("w", kafka=True, segment_bytes_max=1 << 15)
+    log.append(keyed_entries(1, 0, items, per_batch=4))
+    log.sync()
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    log.pin()
+    try:
+        result = run_clean(CountingDisk(), plan, settings())
+        for old, new in result.replacements:
+            log.replace_segment(old, new)
+    finally:
+        log.unpin()
+    copies = len(result.replacements)
+    assert copies and result.bytes_written > copies * 4 * 2048
+    assert sum(1 for name in fsyncs if name.endswith(CLEANED_SUFFIX)) >= result.bytes_written // 2048
+    got = read_all(log)
+    for key, (offset, value) in latest_by_key(items[:log.segments[-1].offset_lo]).items():
+        assert got[offset] == (key, value)

@@ -310,24 +310,30 @@ def _frames(buf: bytes) -> typing.Iterator[tuple[int, int, int, int]]:
 
 
 def _write_synced(disk: Disk, f: DiskFile, chunks: list[bytes | memoryview]) -> None:
-    """Write the chunks from offset 0 as they are (no joined copy; the GIL is free during
-    each write), fsyncing every WRITE_SYNC_BYTES: the copy never has more unwritten bytes
-    than that for the produce path's own fsyncs to queue behind on the same disk."""
+    """Write the chunks from offset 0, WRITE_SYNC_BYTES at a time, each piece joined (one
+    small copy, rather than a vector of thousands of buffers when many 1-record batches
+    were emptied) and fsynced: the copy never has more unwritten bytes than that for the
+    produce path's own fsyncs to queue behind on the same disk."""
     offset = pending = 0
     group: list[bytes | memoryview] = []
     for chunk in chunks:
+        if pending + len(chunk) < WRITE_SYNC_BYTES:
+            group.append(chunk)
+            pending += len(chunk)
+            continue
         view = memoryview(chunk)
-        while view:
-            part = view[:WRITE_SYNC_BYTES - pending]
-            view = view[len(part):]
-            group.append(part)
-            pending += len(part)
-            if pending == WRITE_SYNC_BYTES:
-                disk.pwritev(f, group, offset)
-                disk.fsync(f)
-                offset, pending, group = offset + pending, 0, []
+        while pending + len(view) >= WRITE_SYNC_BYTES:
+            cut = WRITE_SYNC_BYTES - pending
+            group.append(view[:cut])
+            view = view[cut:]
+            disk.pwritev(f, [b"".join(group)], offset)
+            disk.fsync(f)
+            offset, pending, group = offset + WRITE_SYNC_BYTES, 0, []
+        if view:
+            group.append(view)
+            pending += len(view)
     if group:
-        disk.pwritev(f, group, offset)
+        disk.pwritev(f, [b"".join(group)], offset)
     disk.fsync(f)
 
 

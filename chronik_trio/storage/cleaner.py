@@ -298,17 +298,6 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     return result
 
 
-def _frames(buf: bytes) -> typing.Iterator[tuple[int, int, int, int]]:
-    """(frame position, payload start, payload end, entry type) of each frame of a segment's
-    bytes (verified when they were written or recovered)."""
-    pos, size = 0, len(buf)
-    while pos < size:
-        length, entry_type = _FRAME_LENGTH_TYPE.unpack_from(buf, pos)
-        end = pos + 4 + length
-        yield pos, pos + FRAME_HEADER_BYTES, end, entry_type
-        pos = end
-
-
 def _write_synced(disk: Disk, f: DiskFile, chunks: list[bytes | memoryview]) -> None:
     """Write the chunks from offset 0, WRITE_SYNC_BYTES at a time, each piece joined (one
     small copy, rather than a vector of thousands of buffers when many 1-record batches
@@ -390,7 +379,8 @@ def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[
     how many records were mapped and whether the segment is `complete`: no batch in it that
     the second read changes other than by key (an aborted transaction's).
 
-    The frames are walked inline (not by _frames) and an uncompressed batch's records are
+    The frames are walked inline (each frame's length and entry type, as verified when they
+    were written or recovered; not by a generator) and an uncompressed batch's records are
     scanned in place: with one record a batch this loop runs once per record."""
     records, complete = 0, True
     latest, keyless, tombstones = key_map.latest, key_map.keyless, key_map.tombstones
@@ -455,35 +445,45 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
     drop_tombstones = not key_map.opaque
     km_get = key_map.latest.get
     unreadable = key_map.unreadable
-    records_in, tombstones_in = kept.records_in, kept.tombstones_in
-    for frame_pos, start, pos, entry_type in _frames(buf):
-        positions.append(frame_pos + shift)
+    offsets, tombstones_in = kept.offsets, kept.tombstones_in
+    bisect_left, bisect_right = bisect.bisect_left, bisect.bisect_right
+    frame_fields, transactional = _FRAME_LENGTH_TYPE.unpack_from, settings.transactional
+    frame_pos, size = 0, len(buf)
+    while frame_pos < size:  # the frames, walked inline as in _map_segment
+        length, entry_type = frame_fields(buf, frame_pos)
+        start, pos = frame_pos + FRAME_HEADER_BYTES, frame_pos + 4 + length
+        at = frame_pos + shift  # where the frame starts in the copy
+        positions.append(at)
         if entry_type != NORMAL or start == pos:
+            frame_pos = pos
             continue
         header = read_header(buf, start)
+        # The index needs baseOffset, lastOffsetDelta and maxTimestamp: a rewrite keeps them.
+        batches.append((at, header))
         count = header.record_count
         attributes = header.attributes
         rule = CLEAN
         if attributes & _TXN_OR_CONTROL and count:
-            rule = KEEP if attributes & ATTR_CONTROL else settings.transactional(header)
+            rule = KEEP if attributes & ATTR_CONTROL else transactional(header)
         if not count or rule == KEEP or header.base_offset in unreadable:
-            batches.append((frame_pos + shift, header))
+            frame_pos = pos
             continue
         max_ts = header.max_timestamp_ms
         if rule == ABORTED:
             data, records = b"", []
             aborted += count
         else:
-            first, last = header.base_offset, header.base_offset + header.last_offset_delta
-            staying = records_in(first, last)
+            first = header.base_offset
+            last = first + header.last_offset_delta
+            staying = bisect_right(offsets, last) - bisect_left(offsets, first)
             if staying == count:  # all stay, unless a tombstone among them goes now
                 if not tombstones_in(first, last):
-                    batches.append((frame_pos + shift, header))
+                    frame_pos = pos
                     continue
                 if not (drop_tombstones and max_ts < horizon_ms):
                     if oldest_tombstone_ms is None or max_ts < oldest_tombstone_ms:
                         oldest_tombstone_ms = max_ts
-                    batches.append((frame_pos + shift, header))
+                    frame_pos = pos
                     continue
             if staying == 0:  # none stays: each has a later record of its key
                 data, records = b"", []
@@ -507,19 +507,22 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
                                 oldest_tombstone_ms = max_ts
                     records.append(record)
                 if len(records) == count:
-                    batches.append((frame_pos + shift, header))
+                    frame_pos = pos
                     continue
         payload = _rebuilt(buf, start, attributes, [data[r[0]:r[1]] for r in records])
         tail = view[frame_pos + FRAME_PREFIX.size:start]  # index, term, type: unchanged
         frame = FRAME_PREFIX.pack(FRAME_LENGTH_MIN + len(payload), crc32c.crc32c(payload, crc32c.crc32c(tail)))
-        chunks += (view[run_start:frame_pos], frame, tail, payload)
-        batches.append((frame_pos + shift, read_header(payload)))
+        if run_start < frame_pos:
+            chunks.append(view[run_start:frame_pos])
+        chunks += (frame, tail, payload)
         run_start = pos
-        shift += FRAME_HEADER_BYTES + len(payload) - (pos - frame_pos)
+        shift += FRAME_HEADER_BYTES + len(payload) - length - 4
+        frame_pos = pos
     result.oldest_tombstone_ms = oldest_tombstone_ms
     if not chunks:
         return None
-    chunks.append(view[run_start:])
+    if run_start < size:
+        chunks.append(view[run_start:])
     result.records_dropped += dropped
     result.tombstones_dropped += tombstones
     result.aborted_dropped += aborted

@@ -175,11 +175,16 @@ class LogCleaner:
         try:
             with _switch_interval.short():
                 result = await self._run_sync(run_clean, self._replicas.disk, plan, settings)
-            replaced = 0
-            for k, (old, new) in enumerate(result.replacements):
-                if k:  # each swap is a close, a rename and an open: let the loop run between them
-                    await trio.lowlevel.checkpoint()
-                replaced += seg_log.replace_segment(old, new)
+            replaced = handed = 0
+            try:
+                for old, new in result.replacements:
+                    if handed:  # each swap is a close, a rename and an open: let the loop run
+                        await trio.lowlevel.checkpoint()
+                    handed += 1  # replace_segment owns new.file from here on
+                    replaced += seg_log.replace_segment(old, new)
+            finally:  # cancelled between swaps: the copies left are closed (open() deletes them)
+                for _, new in result.replacements[handed:]:
+                    self._replicas.disk.close(new.file)
         finally:
             seg_log.unpin()
         self._clean_offsets[id(replica)] = (replica, max(clean_offset, result.clean_offset),

@@ -174,19 +174,21 @@ ScannedRecord = tuple[int, int, "bytes | None", int, bool]
 
 
 def scan_records(data: bytes, pos: int, size: int, count: int, base_offset: int) -> list[ScannedRecord] | None:
-    """The records of a batch body data[pos:size], or None if they do not parse.
+    """The records of a batch body data[pos:size], or None if they do not parse (offset
+    deltas not strictly increasing from 0 included, so each record's offset is its own).
 
     This loop is the log cleaner's cost (and the produce check of compacted topics): it reads only each record's length, offset delta and
     key, and looks at the value length's first byte (zigzag(-1) is 0x01: a tombstone);
     values and headers are skipped by the length. One- and two-byte varints are decoded
-    inline (the zigzag of a varint `v` is `(v >> 1) ^ -(v & 1)`): the record length and key
-    length blocks repeat on purpose, since a helper call per varint costs more than the rest
+    inline (the zigzag of a varint `v` is `(v >> 1) ^ -(v & 1)`): the record length, offset
+    delta and key length blocks repeat on purpose, since a helper call per varint costs more than the rest
     of the loop (docs/compaction.md: inlining one-byte varints alone took the cleaner from
     2.5 to 3.3 MB/s and from 4.3 to 7.2 MB/s).
     """
     out: list[ScannedRecord] = []
     append = out.append
     blake2b = hashlib.blake2b
+    previous = -1
     try:
         for _ in range(count):
             start = pos
@@ -214,8 +216,15 @@ def scan_records(data: bytes, pos: int, size: int, count: int, base_offset: int)
             if b < 0x80:
                 delta, pos = b, pos + 1
             else:
-                delta, pos = read_uvarint(data, pos)
+                c = data[pos + 1]
+                if c < 0x80:
+                    delta, pos = (b & 0x7F) | (c << 7), pos + 2
+                else:
+                    delta, pos = read_uvarint(data, pos)
             delta = (delta >> 1) ^ -(delta & 1)
+            if delta <= previous:
+                return None
+            previous = delta
             b = data[pos]
             if b < 0x80:
                 key_len, pos = b, pos + 1

@@ -19,6 +19,7 @@ from chronik_trio.errors import BrokerError
 
 LONG_MAX = 2**63 - 1
 INT_MAX = 2**31 - 1
+SHORT_MAX = 2**15 - 1
 LIST_SEPARATOR = ","
 CLUSTER_DEFAULT = ""  # the broker resource name of the cluster-wide dynamic default
 
@@ -206,6 +207,51 @@ DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
        "directory per broker: replicas never move between directories", low=1, implemented=False),
 )})
 
+# Kafka 4's other dynamic broker configs (DynamicBrokerConfig: thread pools, the log cleaner's
+# buffers, connection limits, the SASL login settings of a listener, metrics reporters), with
+# Kafka's types and defaults: admin clients set and read them by name (librdkafka's test 0081
+# sets sasl.kerberos.min.time.before.relogin and background.threads). Stored in __meta and
+# reported; this broker does not act on them (no JVM thread pools; SASL here is PLAIN/SCRAM).
+_STORED = "Stored and reported; not acted on here (docs/configuration.md)"
+_SHORT = ConfigType.SHORT
+DYNAMIC_BROKER_CONFIGS.update({c.name: c for c in (
+    _d("background.threads", _INT, 10, _STORED, low=1, implemented=False),
+    _d("num.io.threads", _INT, 8, _STORED, low=1, implemented=False),
+    _d("num.network.threads", _INT, 3, _STORED, low=1, implemented=False),
+    _d("num.replica.fetchers", _INT, 1, _STORED, low=1, implemented=False),
+    _d("num.recovery.threads.per.data.dir", _INT, 2, _STORED, low=1, implemented=False),
+    _d("log.cleaner.threads", _INT, 1, "Stored; one cleaning pass at a time per node", low=0,
+       implemented=False),
+    _d("log.cleaner.io.buffer.size", _INT, 524_288, "Stored; a pass reads whole segments", low=0,
+       implemented=False),
+    _d("log.cleaner.io.buffer.load.factor", _DOUBLE, 0.9, "Stored; the key map is bounded by "
+       "log.cleaner.dedupe.buffer.size", implemented=False),
+    _d("max.connections", _INT, INT_MAX, _STORED, low=0, implemented=False),
+    _d("max.connections.per.ip", _INT, INT_MAX, _STORED, low=0, implemented=False),
+    _d("max.connections.per.ip.overrides", _STR, "", _STORED, implemented=False),
+    _d("max.connection.creation.rate", _INT, INT_MAX, _STORED, low=0, implemented=False),
+    _d("metric.reporters", _LIST, "", "Stored; metrics are served at /metrics", implemented=False),
+    _d("transaction.partition.verification.enable", _BOOL, "true", _STORED, implemented=False),
+    _d("sasl.kerberos.kinit.cmd", _STR, "/usr/bin/kinit", "Stored; no GSSAPI (Kerberos)",
+       implemented=False),
+    _d("sasl.kerberos.min.time.before.relogin", _LONG, 60_000, "Stored; no GSSAPI (Kerberos)",
+       implemented=False),
+    _d("sasl.kerberos.principal.to.local.rules", _LIST, "DEFAULT", "Stored; no GSSAPI (Kerberos)",
+       implemented=False),
+    _d("sasl.kerberos.ticket.renew.jitter", _DOUBLE, 0.05, "Stored; no GSSAPI (Kerberos)",
+       implemented=False),
+    _d("sasl.kerberos.ticket.renew.window.factor", _DOUBLE, 0.8, "Stored; no GSSAPI (Kerberos)",
+       implemented=False),
+    _d("sasl.login.refresh.buffer.seconds", _SHORT, 300, "Stored; no OAUTHBEARER", low=0, high=3600,
+       implemented=False),
+    _d("sasl.login.refresh.min.period.seconds", _SHORT, 60, "Stored; no OAUTHBEARER", low=0, high=900,
+       implemented=False),
+    _d("sasl.login.refresh.window.factor", _DOUBLE, 0.8, "Stored; no OAUTHBEARER", low=0.5, high=1.0,
+       implemented=False),
+    _d("sasl.login.refresh.window.jitter", _DOUBLE, 0.05, "Stored; no OAUTHBEARER", low=0, high=0.25,
+       implemented=False),
+)})
+
 # The types of the static broker settings DescribeConfigs lists (node/config.py's
 # kafka_configs()); these change only with a restart.
 STATIC_BROKER_TYPES: dict[str, ConfigType] = {
@@ -235,13 +281,13 @@ def validate(definition: ConfigDef, value: str | None) -> None:
     if value is None:
         raise InvalidConfig(f"config {key} needs a value")
     kind = definition.type
-    if kind in (ConfigType.INT, ConfigType.LONG, ConfigType.DOUBLE):
+    if kind in (ConfigType.SHORT, ConfigType.INT, ConfigType.LONG, ConfigType.DOUBLE):
         try:
             number = float(value) if kind == ConfigType.DOUBLE else int(value)
         except ValueError:
             raise InvalidConfig(f"config {key}={value!r} is not {kind.name.lower()}") from None
         top = definition.high if definition.high is not None else (
-            INT_MAX if kind == ConfigType.INT else LONG_MAX)
+            SHORT_MAX if kind == ConfigType.SHORT else INT_MAX if kind == ConfigType.INT else LONG_MAX)
         low = definition.low
         if number != number or (low is not None and number < low) or number > top:  # NaN != NaN
             raise InvalidConfig(f"config {key}={value!r} is out of range [{low}, {top}]")

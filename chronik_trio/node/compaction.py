@@ -14,7 +14,9 @@ Configs are read at every pass, so AlterConfigs changes take effect at the next 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import typing
 
 import attrs
@@ -33,6 +35,39 @@ from .replicas import HostedReplicas
 from .seams import RunSync
 
 log = logging.getLogger(__name__)
+
+# While a pass runs in its worker thread, the interpreter's switch interval (how long a thread
+# waiting for the GIL waits before it makes the holder drop it) is lowered from CPython's 5 ms
+# to this: every system call of the event loop's thread (a socket read or write, an fsync
+# handed to a thread, the wait for events) gives the GIL away and must get it back from the
+# cleaner's CPU-bound thread, so a Ready pass would wait up to 5 ms per call
+# (docs/compaction.md, "The GIL").
+CLEANER_SWITCH_INTERVAL_S = 0.0005
+
+
+class _SwitchInterval:
+    """CLEANER_SWITCH_INTERVAL_S while at least one pass of this process runs (several nodes
+    may share one process, as in the simulator)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._before = 0.0
+
+    @contextlib.contextmanager
+    def short(self) -> typing.Iterator[None]:
+        if self._running == 0:
+            self._before = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._before, CLEANER_SWITCH_INTERVAL_S))
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                sys.setswitchinterval(self._before)
+
+
+_switch_interval = _SwitchInterval()
 
 
 @attrs.define
@@ -138,8 +173,18 @@ class LogCleaner:
         settings = self._settings(name, now_ms, transactions_rule(replica, plan))
         seg_log.pin()
         try:
-            result = await self._run_sync(run_clean, self._replicas.disk, plan, settings)
-            replaced = sum(seg_log.replace_segment(old, new) for old, new in result.replacements)
+            with _switch_interval.short():
+                result = await self._run_sync(run_clean, self._replicas.disk, plan, settings)
+            replaced = handed = 0
+            try:
+                for old, new in result.replacements:
+                    if handed:  # each swap is a close, a rename and an open: let the loop run
+                        await trio.lowlevel.checkpoint()
+                    handed += 1  # replace_segment owns new.file from here on
+                    replaced += seg_log.replace_segment(old, new)
+            finally:  # cancelled between swaps: the copies left are closed (open() deletes them)
+                for _, new in result.replacements[handed:]:
+                    self._replicas.disk.close(new.file)
         finally:
             seg_log.unpin()
         self._clean_offsets[id(replica)] = (replica, max(clean_offset, result.clean_offset),

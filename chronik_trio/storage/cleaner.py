@@ -27,7 +27,9 @@ cleaned by key; transaction markers are kept (CleanSettings.transactional, KEEP)
 
 from __future__ import annotations
 
+import bisect
 import gzip
+import itertools
 import logging
 import struct
 import time
@@ -41,8 +43,9 @@ from chronik_trio.raft.types import EntryType
 from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_TRANSACTIONAL,
                                        COMPRESSION_GZIP, CRC_POSITION, CRC_START,
                                        HEADER_BYTES, LENGTH_PREFIX_BYTES, BatchHeader,
-                                       narrow_header, read_header, records_buffer, scan_records)
-from chronik_trio.storage.disk import Disk
+                                       ScannedRecord, narrow_header, read_header, records_buffer,
+                                       scan_records)
+from chronik_trio.storage.disk import Disk, DiskFile
 from chronik_trio.storage.frame import FRAME_HEADER_BYTES, FRAME_LENGTH_MIN, FRAME_PREFIX
 from chronik_trio.storage.segment import Segment
 from chronik_trio.varint import read_uvarint, read_varint
@@ -59,13 +62,13 @@ _I32 = struct.Struct(">i")
 _I16 = struct.Struct(">h")
 # A frame's length (the bytes after it) and its entry type (the header's last byte).
 _FRAME_LENGTH_TYPE = struct.Struct(">I%dxB" % (FRAME_HEADER_BYTES - 5))
-_BATCH_FIELDS = narrow_header("base_offset", "attributes", "record_count")
+_BATCH_FIELDS = narrow_header("base_offset", "attributes", "last_offset_delta", "record_count")
 _TXN_OR_CONTROL = ATTR_TRANSACTIONAL | ATTR_CONTROL
-# The worker thread gives up the GIL every this many frames (time.sleep(0)): a thread that
-# never blocks keeps it for CPython's switch interval (5 ms) each time the event loop's
-# thread asks for it back after a system call, so a Ready pass's fsyncs and socket writes
-# would each wait up to 5 ms behind a pass (docs/compaction.md, "Bounds"). 0: never.
-YIELD_EVERY_FRAMES = 64
+# The worker thread does not give up the GIL by itself (time.sleep(0) costs ~70 us with
+# Linux's timer slack, more than a whole 1-record batch): the node lowers the interpreter's
+# switch interval while a pass runs instead (node/compaction.py, docs/compaction.md).
+# A copy is written and fsynced this much at a time (see _write_synced).
+WRITE_SYNC_BYTES = 1 << 20
 # A rewritten gzip batch is compressed at zlib's default level (gzip.compress's default, 9,
 # costs several times more for a few percent).
 GZIP_LEVEL = 6
@@ -257,92 +260,180 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     started = time.monotonic()
     throttle = _Throttle(settings.io_bytes_per_s)
     max_keys = max(1, settings.key_map_bytes // KEY_MAP_ENTRY_BYTES)
-    key_map: dict[bytes, int] = {}
-    opaque_seen = False
-    mapped: list[tuple[Segment, int]] = []  # (segment, its size when planned)
+    key_map = _KeyMap()
+    mapped: list[tuple[Segment, int, int, bool]] = []  # (segment, size planned, records, complete)
     result = CleanResult([], 0)
     for seg in plan.segments:
         size = seg.size_bytes
         buf = _read_segment(disk, seg, size, throttle)
         result.bytes_read += len(buf)
-        opaque_seen = _map_segment(buf, key_map, settings.transactional) or opaque_seen
-        if len(key_map) >= max_keys:
+        records, complete = _map_segment(buf, key_map, settings.transactional)
+        if len(key_map.latest) >= max_keys:
             logger.info("key map full (%d keys) in segment %s: cleaning the %d segment(s) "
-                        "before it", len(key_map), seg.path.name, len(mapped))
+                        "before it", len(key_map.latest), seg.path.name, len(mapped))
             break
-        mapped.append((seg, size))
+        mapped.append((seg, size, records, complete))
     if not mapped:
         return result
-    result.clean_offset = max((s.next_offset for s, _ in mapped if s.has_batches), default=0)
+    result.clean_offset = max((s.next_offset for s, _, _, _ in mapped if s.has_batches), default=0)
+    kept = _Kept.of(key_map)
     horizon_ms = settings.now_ms - settings.delete_retention_ms
-    for seg, size in mapped:
+    for seg, size, records, complete in mapped:
+        result.bytes_cleaned += size
+        if complete and not kept.tombstones_in(seg.offset_lo, seg.next_offset - 1) and \
+                kept.records_in(seg.offset_lo, seg.next_offset - 1) == records:
+            continue  # every record in it stays, and no tombstone: not even read again
         buf = _read_segment(disk, seg, size, throttle)
         result.bytes_read += len(buf)
-        result.bytes_cleaned += len(buf)
-        new = _clean_segment(disk, seg, buf, key_map, horizon_ms, not opaque_seen, settings, result)
+        new = _clean_segment(disk, seg, buf, key_map, kept, horizon_ms, settings, result)
         if new is not None:
             result.replacements.append((seg, new))
             throttle.charge(new.size_bytes)
             result.bytes_written += new.size_bytes
-    if opaque_seen:
+    if result.replacements:  # one directory fsync for every copy, before any is renamed
+        disk.fsync_dir(result.replacements[0][0].path.parent)
+    if key_map.opaque:
         result.oldest_tombstone_ms = None  # not removable now: no pass is due for them
     result.seconds = time.monotonic() - started
     return result
 
 
-def _frames(buf: bytes) -> typing.Iterator[tuple[int, int, int, int]]:
-    """(frame position, payload start, payload end, entry type) of each frame of a segment's
-    bytes (verified when they were written or recovered); gives up the GIL every
-    YIELD_EVERY_FRAMES frames."""
+def _write_synced(disk: Disk, f: DiskFile, chunks: list[bytes | memoryview]) -> None:
+    """Write the chunks from offset 0, WRITE_SYNC_BYTES at a time, each piece joined (one
+    small copy, rather than a vector of thousands of buffers when many 1-record batches
+    were emptied) and fsynced: the copy never has more unwritten bytes than that for the
+    produce path's own fsyncs to queue behind on the same disk."""
+    offset = pending = 0
+    group: list[bytes | memoryview] = []
+    for chunk in chunks:
+        if pending + len(chunk) < WRITE_SYNC_BYTES:
+            group.append(chunk)
+            pending += len(chunk)
+            continue
+        view = memoryview(chunk)
+        while pending + len(view) >= WRITE_SYNC_BYTES:
+            cut = WRITE_SYNC_BYTES - pending
+            group.append(view[:cut])
+            view = view[cut:]
+            disk.pwritev(f, [b"".join(group)], offset)
+            disk.fsync(f)
+            offset, pending, group = offset + WRITE_SYNC_BYTES, 0, []
+        if view:
+            group.append(view)
+            pending += len(view)
+    if group:
+        disk.pwritev(f, [b"".join(group)], offset)
+    disk.fsync(f)
+
+
+@attrs.define
+class _KeyMap:
+    """What the first read of a pass learns: each key's latest offset, and what the second
+    read needs to leave whole batches alone without reading their records again."""
+
+    latest: dict[bytes, int] = attrs.Factory(dict)
+    keyless: list[int] = attrs.Factory(list)  # offsets of keyless records (always kept)
+    tombstones: list[tuple[bytes, int]] = attrs.Factory(list)  # (key, offset) of each tombstone
+    unreadable: set[int] = attrs.Factory(set)  # baseOffsets of batches whose records are unknown
+    opaque: bool = False  # a batch holding records of unknown keys was seen: no tombstone goes
+
+
+@attrs.frozen
+class _Kept:
+    """The offsets of the records a pass keeps by key (each key's latest, and keyless ones),
+    sorted, and those of them that are tombstones: how many of a batch's records stay is two
+    bisections, so a batch that keeps all or none of its records is never scanned again."""
+
+    offsets: list[int]
+    tombstones: list[int]
+
+    @classmethod
+    def of(cls, key_map: _KeyMap) -> _Kept:
+        latest = key_map.latest
+        offsets = sorted(itertools.chain(latest.values(), key_map.keyless))
+        tombstones = sorted(offset for key, offset in key_map.tombstones if latest[key] == offset)
+        return cls(offsets, tombstones)
+
+    def records_in(self, first: int, last: int) -> int:
+        return bisect.bisect_right(self.offsets, last) - bisect.bisect_left(self.offsets, first)
+
+    def tombstones_in(self, first: int, last: int) -> bool:
+        k = bisect.bisect_left(self.tombstones, first)
+        return k < len(self.tombstones) and self.tombstones[k] <= last
+
+
+def _scan(buf: bytes, start: int, pos: int, attributes: int, count: int, base_offset: int,
+          last_offset: int) -> tuple[bytes, list[ScannedRecord]] | None:
+    """(the records' buffer, the records) of the batch at buf[start:pos], or None if they
+    cannot be read here (a codec other than none or gzip, bytes that do not parse, or offsets
+    outside the batch's range)."""
+    body = records_buffer(buf, start + HEADER_BYTES, pos, attributes)
+    scanned = None if body is None else scan_records(*body, count, base_offset)
+    if scanned is None or scanned[-1][3] > last_offset:
+        return None
+    return body[0], scanned  # type: ignore[index]
+
+
+def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[int, bool]:
+    """Map each key of the segment's bytes `buf` to its latest offset (in key_map). Returns
+    how many records were mapped and whether the segment is `complete`: no batch in it that
+    the second read changes other than by key (an aborted transaction's).
+
+    The frames are walked inline (each frame's length and entry type, as verified when they
+    were written or recovered; not by a generator) and an uncompressed batch's records are
+    scanned in place: with one record a batch this loop runs once per record."""
+    records, complete = 0, True
+    latest, keyless, tombstones = key_map.latest, key_map.keyless, key_map.tombstones
+    frame_fields, batch_fields = _FRAME_LENGTH_TYPE.unpack_from, _BATCH_FIELDS.unpack_from
     pos, size = 0, len(buf)
-    frames = 0
     while pos < size:
-        frames += 1
-        if frames == YIELD_EVERY_FRAMES:
-            frames = 0
-            time.sleep(0)
-        length, entry_type = _FRAME_LENGTH_TYPE.unpack_from(buf, pos)
-        end = pos + 4 + length
-        yield pos, pos + FRAME_HEADER_BYTES, end, entry_type
-        pos = end
-
-
-def _map_segment(buf: bytes, key_map: dict[bytes, int], transactional: TxnRule) -> bool:
-    """Map each key of the segment's bytes `buf` to its latest offset (in key_map); True if
-    a batch holding records could not be read (its keys are unknown)."""
-    opaque = False
-    for _, start, pos, entry_type in _frames(buf):
+        length, entry_type = frame_fields(buf, pos)
+        start, pos = pos + FRAME_HEADER_BYTES, pos + 4 + length
         if entry_type != NORMAL or start == pos:
             continue
-        base_offset, attributes, count = _BATCH_FIELDS.unpack_from(buf, start)
+        base_offset, attributes, last_delta, count = batch_fields(buf, start)
         if not count:
             continue
         if attributes & _TXN_OR_CONTROL:
             if attributes & ATTR_CONTROL:
                 continue  # a marker: no key of the topic's
             rule = transactional(read_header(buf, start))
+            if rule == KEEP:
+                key_map.opaque = True
             if rule != CLEAN:
-                opaque = opaque or rule == KEEP
+                complete = complete and rule == KEEP
                 continue
-        body = records_buffer(buf, start + HEADER_BYTES, pos, attributes)
-        scanned = None if body is None else scan_records(*body, count, base_offset)
+        if attributes & ATTR_COMPRESSION_MASK:
+            scan = _scan(buf, start, pos, attributes, count, base_offset, base_offset + last_delta)
+            scanned = None if scan is None else scan[1]
+        else:
+            scanned = scan_records(buf, start + HEADER_BYTES, pos, count, base_offset)
+            if scanned is not None and scanned[-1][3] > base_offset + last_delta:
+                scanned = None
         if scanned is None:
-            opaque = True
+            key_map.opaque = True
+            key_map.unreadable.add(base_offset)
             continue
-        for _, _, key, offset, _ in scanned:
-            if key is not None:
-                key_map[key] = offset
-    return opaque
+        records += count
+        for _, _, key, offset, tombstone in scanned:
+            if key is None:
+                keyless.append(offset)
+            else:
+                latest[key] = offset
+                if tombstone:
+                    tombstones.append((key, offset))
+    return records, complete
 
 
-def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, int],
-                   horizon_ms: int, drop_tombstones: bool, settings: CleanSettings,
-                   result: CleanResult) -> Segment | None:
+def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept: _Kept,
+                   horizon_ms: int, settings: CleanSettings, result: CleanResult) -> Segment | None:
     """Write the cleaned copy of seg (from its bytes buf) to `<name>.cleaned`, fsynced, and
     index it; None if nothing in it changes.
 
     The copy is the old bytes, in runs, with each batch that loses records replaced: a run
-    of unchanged frames is one slice of `buf`, never decoded again or re-encoded.
+    of unchanged frames is one slice of `buf`, never decoded again or re-encoded. How many
+    of a batch's records stay comes from `kept` first: only a batch that keeps some of its
+    records (or a tombstone that may go) is scanned again.
     """
     view = memoryview(buf)
     chunks: list[bytes | memoryview] = []
@@ -351,70 +442,96 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, in
     run_start = shift = 0  # where the current run of unchanged bytes starts; copy - old
     dropped = tombstones = aborted = 0
     oldest_tombstone_ms = result.oldest_tombstone_ms
-    km_get = key_map.get
-    for frame_pos, start, pos, entry_type in _frames(buf):
-        positions.append(frame_pos + shift)
+    drop_tombstones = not key_map.opaque
+    km_get = key_map.latest.get
+    unreadable = key_map.unreadable
+    offsets, tombstones_in = kept.offsets, kept.tombstones_in
+    bisect_left, bisect_right = bisect.bisect_left, bisect.bisect_right
+    frame_fields, transactional = _FRAME_LENGTH_TYPE.unpack_from, settings.transactional
+    frame_pos, size = 0, len(buf)
+    while frame_pos < size:  # the frames, walked inline as in _map_segment
+        length, entry_type = frame_fields(buf, frame_pos)
+        start, pos = frame_pos + FRAME_HEADER_BYTES, frame_pos + 4 + length
+        at = frame_pos + shift  # where the frame starts in the copy
+        positions.append(at)
         if entry_type != NORMAL or start == pos:
+            frame_pos = pos
             continue
         header = read_header(buf, start)
+        # The index needs baseOffset, lastOffsetDelta and maxTimestamp: a rewrite keeps them.
+        batches.append((at, header))
         count = header.record_count
+        attributes = header.attributes
         rule = CLEAN
-        if header.attributes & _TXN_OR_CONTROL and count:
-            rule = KEEP if header.attributes & ATTR_CONTROL else settings.transactional(header)
-        if not count or rule == KEEP:
-            batches.append((frame_pos + shift, header))
+        if attributes & _TXN_OR_CONTROL and count:
+            rule = KEEP if attributes & ATTR_CONTROL else transactional(header)
+        if not count or rule == KEEP or header.base_offset in unreadable:
+            frame_pos = pos
             continue
+        max_ts = header.max_timestamp_ms
         if rule == ABORTED:
-            body, scanned = (b"", 0, 0), []
+            data, records = b"", []
             aborted += count
         else:
-            body = records_buffer(buf, start + HEADER_BYTES, pos, header.attributes)
-            scanned = None if body is None else scan_records(*body, count, header.base_offset)
-            if scanned is None:
-                batches.append((frame_pos + shift, header))
-                continue
-        max_ts = header.max_timestamp_ms
-        kept = []
-        for record in scanned:
-            key = record[2]
-            if key is not None:
-                latest = km_get(key)
-                if latest is not None and latest != record[3]:
-                    dropped += 1
+            first = header.base_offset
+            last = first + header.last_offset_delta
+            staying = bisect_right(offsets, last) - bisect_left(offsets, first)
+            if staying == count:  # all stay, unless a tombstone among them goes now
+                if not tombstones_in(first, last):
+                    frame_pos = pos
                     continue
-                if record[4]:  # a tombstone
-                    if drop_tombstones and max_ts < horizon_ms:
-                        tombstones += 1
-                        continue
+                if not (drop_tombstones and max_ts < horizon_ms):
                     if oldest_tombstone_ms is None or max_ts < oldest_tombstone_ms:
                         oldest_tombstone_ms = max_ts
-            kept.append(record)
-        if len(kept) == count:
-            batches.append((frame_pos + shift, header))
-            continue
-        data = body[0]  # type: ignore[index]
-        payload = _rebuilt(buf, start, header.attributes, [data[r[0]:r[1]] for r in kept])
+                    frame_pos = pos
+                    continue
+            if staying == 0:  # none stays: each has a later record of its key
+                data, records = b"", []
+                dropped += count
+            else:
+                scan = _scan(buf, start, pos, attributes, count, first, last)
+                assert scan is not None, (seg.path, first)  # it was read by the first pass
+                data, scanned = scan
+                records = []
+                for record in scanned:
+                    key = record[2]
+                    if key is not None:
+                        if km_get(key) != record[3]:
+                            dropped += 1
+                            continue
+                        if record[4]:  # a tombstone
+                            if drop_tombstones and max_ts < horizon_ms:
+                                tombstones += 1
+                                continue
+                            if oldest_tombstone_ms is None or max_ts < oldest_tombstone_ms:
+                                oldest_tombstone_ms = max_ts
+                    records.append(record)
+                if len(records) == count:
+                    frame_pos = pos
+                    continue
+        payload = _rebuilt(buf, start, attributes, [data[r[0]:r[1]] for r in records])
         tail = view[frame_pos + FRAME_PREFIX.size:start]  # index, term, type: unchanged
         frame = FRAME_PREFIX.pack(FRAME_LENGTH_MIN + len(payload), crc32c.crc32c(payload, crc32c.crc32c(tail)))
-        chunks += (view[run_start:frame_pos], frame, tail, payload)
-        batches.append((frame_pos + shift, read_header(payload)))
+        if run_start < frame_pos:
+            chunks.append(view[run_start:frame_pos])
+        chunks += (frame, tail, payload)
         run_start = pos
-        shift += FRAME_HEADER_BYTES + len(payload) - (pos - frame_pos)
+        shift += FRAME_HEADER_BYTES + len(payload) - length - 4
+        frame_pos = pos
     result.oldest_tombstone_ms = oldest_tombstone_ms
     if not chunks:
         return None
-    chunks.append(view[run_start:])
+    if run_start < size:
+        chunks.append(view[run_start:])
     result.records_dropped += dropped
     result.tombstones_dropped += tombstones
     result.aborted_dropped += aborted
-    copy = b"".join(chunks)
+    size = len(buf) + shift
     tmp = seg.path.with_name(seg.path.name + CLEANED_SUFFIX)
     f = disk.open(tmp)
     try:
         disk.truncate(f, 0)
-        disk.pwritev(f, [copy], 0)
-        disk.fsync(f)
-        disk.fsync_dir(seg.path.parent)
+        _write_synced(disk, f, chunks)
     except BaseException:
         disk.close(f)
         raise
@@ -422,7 +539,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: dict[bytes, in
     new.positions = positions
     for position, header in batches:
         new.add_batch(position, header, settings.index_interval_bytes)
-    new.size_bytes = len(copy)
+    new.size_bytes = size
     assert new.entry_count == seg.entry_count and new.next_offset == seg.next_offset, \
         (seg.path, new.entry_count, seg.entry_count, new.next_offset, seg.next_offset)
     return new

@@ -126,6 +126,15 @@ def test_a_broker_config_set_cluster_wide_becomes_every_topics_default(broker):
     assert broker_configs["advertised.listeners"].value == f"PLAINTEXT://{broker.bootstrap}"
     assert broker_configs["broker.id"].is_read_only
     assert _describe(admin, ResourceType.TOPIC, name)["retention.ms"].value == "1800000"
+    # Kafka's dynamic broker configs that clients set by name (librdkafka's test 0081)
+    assert (broker_configs["background.threads"].value, broker_configs["background.threads"].is_read_only,
+            broker_configs["background.threads"].is_sensitive) == ("10", False, False)
+    _incremental(admin, ResourceType.BROKER, "1", {"sasl.kerberos.min.time.before.relogin":
+                                                   (AlterConfigOpType.SET, "58000"),
+                                                   "background.threads": (AlterConfigOpType.SET, "9")})
+    broker_configs = _describe(admin, ResourceType.BROKER, "1")
+    assert broker_configs["sasl.kerberos.min.time.before.relogin"].value == "58000"
+    assert broker_configs["background.threads"].value == "9"
     with pytest.raises(KafkaException) as caught:
         _incremental(admin, ResourceType.BROKER, "1", {"broker.id": (AlterConfigOpType.SET, "7")})
     assert caught.value.args[0].code() == KafkaError.INVALID_CONFIG and "broker.id" in caught.value.args[0].str()

@@ -6,7 +6,7 @@ import crc32c
 import pytest
 
 from chronik_trio.kafka.errors import CorruptRecords, InvalidRecords, RecordsTooLarge
-from chronik_trio.kafka.records import parse_batches, with_offsets
+from chronik_trio.kafka.records import keyless_records, parse_batches, with_offsets
 from tests.kafka_wire import Record, build_batch, corrupt_crc, parse_batches as decode_batches
 
 LIMIT = 1 << 20
@@ -108,3 +108,15 @@ def test_first_offset_at_or_after_reads_gzip_batches_and_declines_other_codecs()
     assert first_offset_at_or_after(gz, 54) == (8, 55)
     struct.pack_into(">h", header, 21, 2)  # snappy: not decoded here
     assert first_offset_at_or_after(bytes(header) + body, 54) is None
+
+
+def test_keyless_records_names_them_and_refuses_offset_deltas_that_do_not_rise():
+    blob = build_batch([Record(b"k", b"1"), Record(None, b"2"), Record(b"k", b"3")])
+    assert keyless_records(blob, parse_batches(blob, batch_bytes_max=LIMIT)) == [1]
+    repeated = bytearray(build_batch([Record(b"k", b"1"), Record(b"k", b"2")]))
+    second = 61 + 1 + repeated[61] // 2  # the second record's length varint
+    assert repeated[second + 3] == 2  # its offset delta, zigzag(1)
+    repeated[second + 3] = 0
+    struct.pack_into(">I", repeated, 17, crc32c.crc32c(bytes(repeated[21:])))
+    with pytest.raises(CorruptRecords, match="do not parse"):
+        keyless_records(bytes(repeated), parse_batches(bytes(repeated), batch_bytes_max=LIMIT))

@@ -202,6 +202,66 @@ def test_rebuilt_empty_batch_keeps_offsets():
     assert crc32c.crc32c(empty[21:]) == h.crc
 
 
+def run_pass(log, **kw):
+    """One pass (plan, run_clean, swaps); returns run_clean's result."""
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    log.pin()
+    try:
+        result = run_clean(Disk(), plan, settings(**kw))
+        for old, new in result.replacements:
+            log.replace_segment(old, new)
+    finally:
+        log.unpin()
+    return result
+
+
+def test_batches_kept_whole_or_emptied_without_a_second_scan_keep_the_rules(compacted):
+    """The second read decides most batches by counting the offsets kept in their range:
+    keyless records stay in every case, a tombstone in a batch that keeps every record still
+    counts for the next pass, and a log already clean is read only once."""
+    items = [(None, b"a"), (None, b"b"), (b"k1", b"1"), (None, b"c"), (b"a2", b"1"), (b"a2", b"2"),
+             (b"t", None), (b"a4", b"1")] + workload(40, 4) + [(b"k9", b"x"), (b"k9", b"y")]
+    log, _ = compacted(items=items)
+    result = run_pass(log)
+    got = read_all(log)
+    cleaned_to = log.segments[-1].offset_lo
+    assert {0, 1, 3} <= set(got) and got[3] == (None, b"c")  # keyless: kept
+    assert 6 in got and got[6] == (b"t", None)  # the tombstone, its key's latest
+    assert result.oldest_tombstone_ms == 1_000
+    latest = latest_by_key(items[:cleaned_to])
+    assert {o for o, (k, _) in got.items() if k is not None and o < cleaned_to} == \
+        {o for o, _ in latest.values() if items[o][0] is not None}
+    with_tombstone = next(seg for seg in log.segments if seg.offset_lo <= 6 < seg.next_offset)
+    again = run_pass(log)
+    # one read, no copy: only the segment holding the tombstone is read twice
+    assert again.replacements == [] and again.bytes_read == again.bytes_cleaned + with_tombstone.size_bytes
+    assert again.oldest_tombstone_ms == 1_000
+    run_pass(log, now_ms=NOW_MS + 2 * DAY_MS)
+    assert 6 not in read_all(log)
+
+
+def test_records_outside_their_batch_offsets_make_it_unreadable(open_log):
+    """A batch whose records claim offsets beyond its lastOffsetDelta, or not increasing, is
+    kept whole like an unreadable one (its keys' offsets would be another batch's)."""
+    beyond = bytearray(build_batch([Record(b"k1", b"old")], base_offset=0, base_timestamp_ms=1_000))
+    beyond[HEADER_BYTES + 3] = 2 * 3  # the record's offset delta: 3, in a batch of one offset
+    struct.pack_into(">I", beyond, 17, crc32c.crc32c(bytes(beyond[21:])))
+    assert decode_records(bytes(beyond))[1][0].offset_delta == 3
+    twice = bytearray(build_batch([Record(b"k2", b"a"), Record(b"k2", b"b")], base_offset=1,
+                                  base_timestamp_ms=1_000))
+    twice[HEADER_BYTES + 1 + twice[HEADER_BYTES] // 2 + 3] = 0  # the second record's delta: 0 again
+    struct.pack_into(">I", twice, 17, crc32c.crc32c(bytes(twice[21:])))
+    assert decode_records(bytes(twice)) is None
+    log = open_log("b", kafka=True, segment_bytes_max=300)
+    log.append([LogEntry(1, 1, 0, bytes(beyond)), LogEntry(2, 1, 0, bytes(twice))] +
+               keyed_entries(3, 3, [(b"k3", b"v"), (b"k1", None)] + [(b"x%d" % (i % 3), b"v") for i in range(12)]))
+    log.sync()
+    run_pass(log, now_ms=NOW_MS + 2 * DAY_MS)
+    headers = [read_header(p) for p in log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset)]
+    assert [(h.base_offset, h.record_count) for h in headers[:3]] == [(0, 1), (1, 2), (3, 2)]
+
+
 def test_key_map_bound_cleans_a_prefix_and_later_passes_continue(compacted):
     items = workload(30, 5) + [(b"u%d" % i, b"x") for i in range(90)]
     log, _ = compacted(items=items)
@@ -351,3 +411,36 @@ def test_transactional_batches_follow_the_rule_aborted_committed_open(open_log):
                log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset)}
     assert headers[5].record_count == 1  # the marker, kept
     assert log.next_offset == 11
+
+
+def test_a_copy_is_written_and_fsynced_in_bounded_pieces(open_log, monkeypatch):
+    """A big copy is fsynced every WRITE_SYNC_BYTES (the produce path's fsyncs never queue
+    behind a whole segment's copy) and reads back whole."""
+    from chronik_trio.storage import cleaner
+    monkeypatch.setattr(cleaner, "WRITE_SYNC_BYTES", 2048)
+    fsyncs = []
+
+    class CountingDisk(Disk):
+        def fsync(self, f):
+            fsyncs.append(f.path.name)
+            super().fsync(f)
+
+    items = [(b"k%d" % (i % 200), b"v" * 100) for i in range(1200)]
+    log = open_log("w", kafka=True, segment_bytes_max=1 << 15)
+    log.append(keyed_entries(1, 0, items, per_batch=4))
+    log.sync()
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=NOW_MS,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
+    log.pin()
+    try:
+        result = run_clean(CountingDisk(), plan, settings())
+        for old, new in result.replacements:
+            log.replace_segment(old, new)
+    finally:
+        log.unpin()
+    copies = len(result.replacements)
+    assert copies and result.bytes_written > copies * 4 * 2048
+    assert sum(1 for name in fsyncs if name.endswith(CLEANED_SUFFIX)) >= result.bytes_written // 2048
+    got = read_all(log)
+    for key, (offset, value) in latest_by_key(items[:log.segments[-1].offset_lo]).items():
+        assert got[offset] == (key, value)

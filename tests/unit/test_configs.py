@@ -89,3 +89,19 @@ def test_alter_configs_replaces_the_whole_set_of_overrides():
     assert change.set == {"retention.ms": "5"} and change.removed == ("segment.bytes",)
     with pytest.raises(InvalidConfig, match="retention.ms"):
         configs.replace_change(configs.TOPIC_CONFIGS, {}, [("retention.ms", "5"), ("retention.ms", "6")])
+
+
+def test_kafka_dynamic_broker_configs_clients_ask_by_name():
+    """Kafka 4's dynamic broker configs that admin clients set by name (librdkafka's test
+    0081: sasl.kerberos.min.time.before.relogin, background.threads) are accepted with
+    Kafka's defaults and bounds; every dynamic broker config's default validates."""
+    for definition in configs.DYNAMIC_BROKER_CONFIGS.values():
+        configs.validate(definition, definition.default)
+    configs.validate_broker_configs({"sasl.kerberos.min.time.before.relogin": "58000",
+                                     "background.threads": "9", "num.io.threads": "4"})
+    assert configs.resolve_broker("background.threads", {}, 1, {}).value == "10"
+    assert configs.DYNAMIC_BROKER_CONFIGS["sasl.login.refresh.buffer.seconds"].type == configs.ConfigType.SHORT
+    for key, value in [("background.threads", "0"), ("sasl.login.refresh.buffer.seconds", "40000"),
+                       ("sasl.kerberos.ticket.renew.jitter", "x"), ("sasl.jaas.config", "secret")]:
+        with pytest.raises(InvalidConfig, match=key.replace(".", r"\.")):
+            configs.validate_broker_configs({key: value})

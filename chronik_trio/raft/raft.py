@@ -66,6 +66,7 @@ class Raft:
         self.check_quorum = cfg.check_quorum
         self.pre_vote = cfg.pre_vote
         self.disable_proposal_forwarding = cfg.disable_proposal_forwarding
+        self.skip_bcast_commit = cfg.skip_bcast_commit
         self.read_only = ReadOnly(cfg.read_only_option)
         self.msgs: list[Message] = []
         self.msgs_after_append: list[Message] = []
@@ -185,6 +186,14 @@ class Raft:
         for node_id in self.trk.progress:
             if node_id != self.id:
                 self._send_append(node_id)
+
+    def _bcast_commit(self) -> None:
+        """Our commit index moved: tell every follower at once with an append (empty if it
+        has every entry already), unless skip_bcast_commit defers that to the next append
+        with entries or the next heartbeat (both carry the commit index). A pending
+        membership change is always told at once: a joining replica waits for its commit."""
+        if not self.skip_bcast_commit or self.pending_conf_index > self.log.applied:
+            self._bcast_append()
 
     def _bcast_heartbeat(self) -> None:
         ctx = self.read_only.last_pending_request_ctx()
@@ -639,7 +648,7 @@ class Raft:
             return
         pr = self.trk.progress.get(self.id)
         if pr is not None and pr.maybe_update(self.log.persisted_index()) and self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
 
     def _leader_append_response(self, m: Message) -> None:
         pr = self.trk.progress[m.from_]
@@ -670,7 +679,7 @@ class Raft:
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
         elif was_paused:
             self._send_append(m.from_)
         while self._send_append(m.from_, send_if_empty=False):

@@ -53,6 +53,10 @@ FIRST_CAMPAIGN_RETRY_S = 0.1
 # round, and what a new leader starts from, which it commits anew with its first entry
 # anyway. __meta keeps telling at once: a node that proposes there waits to apply.
 SKIP_BCAST_COMMIT = True
+# While records flow, a partition's appends stand for its leader's heartbeats (each resets a
+# follower's election timer): a follower an append reached since the last heartbeat round,
+# carrying the commit index the heartbeat would, gets none (raft/config.py).
+SKIP_HEARTBEAT_AFTER_APPEND = True
 
 
 class HostedReplicas:
@@ -222,7 +226,8 @@ class HostedReplicas:
         preferred = topic.replicas[partition][0] == self.node_id
         group = open_group(self.node_id, f"{topic.topic_id.hex}-{partition}", storage, machine,
                            self.runtime.wake, rng=self._rng, campaign_now=new and preferred,
-                           joining_generation=joining_generation, skip_bcast_commit=SKIP_BCAST_COMMIT)
+                           joining_generation=joining_generation, skip_bcast_commit=SKIP_BCAST_COMMIT,
+                           skip_heartbeat_after_append=SKIP_HEARTBEAT_AFTER_APPEND)
         group.joined_listeners.append(functools.partial(self._joined, topic, partition))
         self.runtime.add(group)
         if new and preferred and joining_generation is None and self._nursery is not None:

@@ -67,6 +67,7 @@ class Raft:
         self.pre_vote = cfg.pre_vote
         self.disable_proposal_forwarding = cfg.disable_proposal_forwarding
         self.skip_bcast_commit = cfg.skip_bcast_commit
+        self.skip_heartbeat_after_append = cfg.skip_heartbeat_after_append
         self.read_only = ReadOnly(cfg.read_only_option)
         self.msgs: list[Message] = []
         self.msgs_after_append: list[Message] = []
@@ -160,6 +161,7 @@ class Raft:
             return False
         self._send(self._msg(MT.APPEND, to, index=prev_index, log_term=prev_term,
                              entries=tuple(ents), commit=self.log.committed))
+        pr.appended = True
         if pr.state == ProgressState.REPLICATE:
             if ents:
                 last = ents[-1].index
@@ -195,14 +197,23 @@ class Raft:
         if not self.skip_bcast_commit or self.pending_conf_index > self.log.applied:
             self._bcast_append()
 
-    def _bcast_heartbeat(self) -> None:
+    def _bcast_heartbeat(self, periodic: bool = False) -> None:
+        """periodic: the heartbeat round of a heartbeat timeout (BEAT), which may leave out
+        followers an append just reached (skip_heartbeat_after_append)."""
         ctx = self.read_only.last_pending_request_ctx()
+        skip = periodic and self.skip_heartbeat_after_append and not ctx
+        if skip:
+            self.flush_bcast()  # proposals waiting for the Ready go first, and count
         committed = self.log.committed
         for node_id, pr in self.trk.progress.items():
-            if node_id != self.id:
-                # Never tell a follower to commit past what it is known to hold.
-                self._send(self._msg(MT.HEARTBEAT, node_id, commit=min(pr.match, committed),
-                                     context=ctx))
+            if node_id == self.id:
+                continue
+            appended, pr.appended = pr.appended, False
+            if skip and appended:
+                continue  # an append since the last round reset its election timer
+            # Never tell a follower to commit past what it is known to hold.
+            self._send(self._msg(MT.HEARTBEAT, node_id, commit=min(pr.match, committed),
+                                 context=ctx))
 
     # -- role changes -----------------------------------------------------------------------
 
@@ -452,7 +463,7 @@ class Raft:
 
     def _leader_handlers(self) -> dict[MessageType, Callable[[Message], None]]:
         return {
-            MT.BEAT: lambda m: self._bcast_heartbeat(),
+            MT.BEAT: lambda m: self._bcast_heartbeat(periodic=True),
             MT.CHECK_QUORUM: self._leader_check_quorum,
             MT.PROPOSE: self._leader_propose,
             MT.READ_INDEX: self._leader_read_index,

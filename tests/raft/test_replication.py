@@ -288,3 +288,30 @@ def test_skip_bcast_commit_still_sends_a_pending_conf_change_s_commit_at_once():
     c.stabilize()
     # No tick, no later proposal: node 2 applied the change because its commit was sent.
     assert c.peers[2].conf_state.voters == (1, 2)
+
+
+def test_skip_heartbeat_after_append_leaves_out_followers_an_append_just_reached():
+    c = Cluster((1, 2, 3), skip_bcast_commit=True, skip_heartbeat_after_append=True)
+    c.elect(1)
+    beat = c.node(1).raft.heartbeat_timeout_ticks
+    c.tick(1, beat)  # the election's appends stand for this round
+    c.stabilize()
+    heartbeats = []
+    send = c.send
+    c.send = lambda msgs: (heartbeats.extend(m.to for m in msgs if m.type == MT.HEARTBEAT), send(msgs))
+    for k in range(4):  # a proposal per heartbeat interval: appends, and no heartbeat
+        c.propose(1, b"p%d" % k)
+        c.tick(1, beat)
+        c.stabilize()
+    assert heartbeats == []
+    assert [committed(c, i) for i in (2, 3)] == [committed(c, 1) - 1] * 2
+    c.isolate(3)  # an append that does not arrive still counts as sent: one round later,
+    c.propose(1, b"lost")  # the heartbeat goes out again
+    c.tick(1, beat)
+    c.stabilize()
+    assert heartbeats == []
+    c.heal()
+    c.tick(1, beat)
+    c.stabilize()
+    assert sorted(heartbeats) == [2, 3]
+    assert [c.peers[i].applied for i in (1, 2, 3)] == [[b"p0", b"p1", b"p2", b"p3", b"lost"]] * 3

@@ -129,11 +129,17 @@ class RaftGroup:
                 and not self.storage.is_initialized):
             self.dropped_messages += 1
             return
+        # A leader's second answer to an append of committed entries changes only its
+        # bookkeeping: it is stepped with whatever wakes the group next (the next record, the
+        # next tick), not in a Ready pass of its own (one pass per record fewer on 3 voters).
+        # A quiesced group is woken all the same: it does not tick.
+        can_wait = not self.quiesced and self.node.append_response_can_wait(message)
         self.inbox.append(message)
         if message.type != MessageType.HEARTBEAT_RESPONSE and message.context != QUIESCE_CONTEXT:
             self.quiesced = False  # real traffic: tick again
             self._silence_wake = None
-        self._wake(self)
+        if not can_wait:
+            self._wake(self)
 
     def transfer_leader(self, peer: int) -> None:
         """Ask Raft to hand leadership to peer (stepped by the next Ready pass)."""

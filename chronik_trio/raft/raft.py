@@ -698,6 +698,20 @@ class Raft:
         if m.from_ == self.lead_transferee and pr.match == self.log.last_index():
             self._send(self._msg(MT.TIMEOUT_NOW, m.from_))
 
+    def append_response_can_wait(self, m: Message) -> bool:
+        """Whether stepping m later (with the next message, tick or proposal) delays nothing
+        but this leader's bookkeeping of the sender: m acknowledges entries already
+        committed, from a follower in replicate state that has been sent every entry and
+        whose flow is not paused, with no leader transfer under way. Stepping it would then
+        move that follower's match and free its inflights, and do nothing else: no commit
+        (the entries are committed), no send (nothing is left to send it)."""
+        if (m.type != MT.APPEND_RESPONSE or self.state != StateRole.LEADER or m.term != self.term
+                or m.reject or m.request_snapshot or self.lead_transferee != NONE):
+            return False
+        pr = self.trk.progress.get(m.from_)
+        return (pr is not None and pr.state == ProgressState.REPLICATE and not pr.inflights.full()
+                and pr.next > self.log.last_index() and m.index <= self.log.committed)
+
     def _leader_heartbeat_response(self, m: Message) -> None:
         pr = self.trk.progress[m.from_]
         pr.recent_active = True

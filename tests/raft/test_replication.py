@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from chronik_trio.raft import (ConfChangeSingle, ConfChangeType, ConfChangeV2, MessageType,
+from chronik_trio.raft import (ConfChangeSingle, ConfChangeType, ConfChangeV2, Message, MessageType,
                                ProgressState, ProposalDropped, StateRole)
 
 from .cluster import Cluster
@@ -315,3 +315,29 @@ def test_skip_heartbeat_after_append_leaves_out_followers_an_append_just_reached
     c.stabilize()
     assert sorted(heartbeats) == [2, 3]
     assert [c.peers[i].applied for i in (1, 2, 3)] == [[b"p0", b"p1", b"p2", b"p3", b"lost"]] * 3
+
+
+def test_an_answer_acknowledging_committed_entries_to_a_caught_up_follower_can_wait():
+    c = Cluster((1, 2, 3))
+    c.elect(1)
+    c.node(1).propose(b"x")
+    rd = c.process_ready(1)
+    appends = {m.to: m for m in rd.messages}
+    index = appends[2].entries[-1].index
+    node = c.node(1)
+
+    def answer(frm, **fields):
+        return Message(**{"type": MT.APPEND_RESPONSE, "to": 1, "from_": frm, "term": node.raft.term,
+                          "index": index, **fields})
+
+    assert not node.append_response_can_wait(answer(2))  # it commits x: step it now
+    node.step(answer(2))
+    assert committed(c, 1) == index
+    assert node.append_response_can_wait(answer(3))  # x is committed, 3 was sent everything
+    assert not node.append_response_can_wait(answer(3, reject=True, reject_hint=index - 1))
+    assert not node.append_response_can_wait(answer(3, term=node.raft.term + 1))
+    node.propose(b"y")  # an entry not yet sent to 3 (it goes with the next Ready)
+    assert not node.append_response_can_wait(answer(3))
+    c.stabilize()
+    node.transfer_leader(3)  # a transfer waits for 3's answers
+    assert not node.append_response_can_wait(answer(3))

@@ -54,8 +54,9 @@ FIRST_CAMPAIGN_RETRY_S = 0.1
 # anyway. __meta keeps telling at once: a node that proposes there waits to apply.
 SKIP_BCAST_COMMIT = True
 # While records flow, a partition's appends stand for its leader's heartbeats (each resets a
-# follower's election timer): a follower an append reached since the last heartbeat round,
-# carrying the commit index the heartbeat would, gets none (raft/config.py).
+# follower's election timer): a follower an append reached since the last heartbeat round
+# gets none in this one (raft/config.py). A burst's last commit then reaches the followers
+# with the first round after it that finds no append since the one before (<= 200 ms).
 SKIP_HEARTBEAT_AFTER_APPEND = True
 
 

@@ -191,7 +191,8 @@ class RaftRuntime:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                await self.ready_pass()
+                if self._active:  # else every wake was consumed by the pass before
+                    await self.ready_pass()
 
     async def _tick_loop(self) -> None:
         """Ticks every group that is not quiesced, every tick_interval_s. While every group
@@ -308,6 +309,10 @@ class RaftRuntime:
         for group in groups:
             if step:
                 self._send_all(group, group.step_inbox_and_ticks())
+                # A wake since this pass took its groups (e.g. a second answer that came
+                # while it waited for the locks) is consumed here: its message or tick was
+                # just stepped, a proposal goes in this Ready. What comes later wakes again.
+                self._active.pop(group.group_id, None)
             if not group.node.has_ready():
                 group.release_cached_entries()  # e.g. the last append responses came in
                 continue

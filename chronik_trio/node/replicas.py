@@ -45,6 +45,19 @@ CREATING_SUFFIX = ".creating"  # a new partition's directory until it is durable
 OPEN_CHUNK_PARTITIONS = 256
 FIRST_CAMPAIGN_RETRIES = 5
 FIRST_CAMPAIGN_RETRY_S = 0.1
+# A partition's leader tells its followers of a commit with its next append or heartbeat,
+# not with an empty append of its own that each follower answers (raft-rs's option; etcd
+# sends it): one round of messages and a Ready pass per follower fewer per commit. What a
+# follower's commit index decides here is only how soon it applies: the high watermark it
+# shows a follower-fetching consumer, which in Kafka too lags the leader's by a fetch
+# round, and what a new leader starts from, which it commits anew with its first entry
+# anyway. __meta keeps telling at once: a node that proposes there waits to apply.
+SKIP_BCAST_COMMIT = True
+# While records flow, a partition's appends stand for its leader's heartbeats (each resets a
+# follower's election timer): a follower an append reached since the last heartbeat round
+# gets none in this one (raft/config.py). A burst's last commit then reaches the followers
+# with the first round after it that finds no append since the one before (<= 200 ms).
+SKIP_HEARTBEAT_AFTER_APPEND = True
 
 
 class HostedReplicas:
@@ -214,7 +227,8 @@ class HostedReplicas:
         preferred = topic.replicas[partition][0] == self.node_id
         group = open_group(self.node_id, f"{topic.topic_id.hex}-{partition}", storage, machine,
                            self.runtime.wake, rng=self._rng, campaign_now=new and preferred,
-                           joining_generation=joining_generation)
+                           joining_generation=joining_generation, skip_bcast_commit=SKIP_BCAST_COMMIT,
+                           skip_heartbeat_after_append=SKIP_HEARTBEAT_AFTER_APPEND)
         group.joined_listeners.append(functools.partial(self._joined, topic, partition))
         self.runtime.add(group)
         if new and preferred and joining_generation is None and self._nursery is not None:

@@ -31,6 +31,19 @@ class Config:
     heartbeat_tick: ticks between leader heartbeats (must be < election_tick).
     applied: the last index the state machine has applied (restart).
     rng: the only source of randomness; None means random.Random(id), deterministic.
+    skip_bcast_commit (raft-rs's option of that name): a leader whose commit index moves
+    does not send each follower an append of its own to say so; the new commit index goes
+    with the next append that carries entries, or the next heartbeat. Followers then learn
+    of a commit (and apply it) later, by up to a heartbeat interval when nothing else is
+    sent, in exchange for a round of messages fewer per commit. While a membership change
+    is pending (proposed, not yet applied here) the commit is sent at once all the same.
+    Safety does not depend on it: a follower's commit index only decides what it applies.
+    skip_heartbeat_after_append: a leader's periodic heartbeat to a follower is left out when
+    an append went to that follower since the previous round: that append reset the
+    follower's election timer already (Raft paper, Figure 2: heartbeats are for idle
+    periods). With skip_bcast_commit, the commit index of the last entries of a burst then
+    reaches the followers one round later (up to two heartbeat intervals). A heartbeat
+    carrying a ReadIndex request is always sent.
     """
 
     id: int
@@ -46,6 +59,8 @@ class Config:
     pre_vote: bool = True
     read_only_option: ReadOnlyOption = ReadOnlyOption.SAFE
     disable_proposal_forwarding: bool = False
+    skip_bcast_commit: bool = False
+    skip_heartbeat_after_append: bool = False
     rng: random.Random | None = field(default=None, repr=False)
 
     def validate(self) -> None:

@@ -66,6 +66,8 @@ class Raft:
         self.check_quorum = cfg.check_quorum
         self.pre_vote = cfg.pre_vote
         self.disable_proposal_forwarding = cfg.disable_proposal_forwarding
+        self.skip_bcast_commit = cfg.skip_bcast_commit
+        self.skip_heartbeat_after_append = cfg.skip_heartbeat_after_append
         self.read_only = ReadOnly(cfg.read_only_option)
         self.msgs: list[Message] = []
         self.msgs_after_append: list[Message] = []
@@ -159,6 +161,7 @@ class Raft:
             return False
         self._send(self._msg(MT.APPEND, to, index=prev_index, log_term=prev_term,
                              entries=tuple(ents), commit=self.log.committed))
+        pr.appended = True
         if pr.state == ProgressState.REPLICATE:
             if ents:
                 last = ents[-1].index
@@ -186,14 +189,31 @@ class Raft:
             if node_id != self.id:
                 self._send_append(node_id)
 
-    def _bcast_heartbeat(self) -> None:
+    def _bcast_commit(self) -> None:
+        """Our commit index moved: tell every follower at once with an append (empty if it
+        has every entry already), unless skip_bcast_commit defers that to the next append
+        with entries or the next heartbeat (both carry the commit index). A pending
+        membership change is always told at once: a joining replica waits for its commit."""
+        if not self.skip_bcast_commit or self.pending_conf_index > self.log.applied:
+            self._bcast_append()
+
+    def _bcast_heartbeat(self, periodic: bool = False) -> None:
+        """periodic: the heartbeat round of a heartbeat timeout (BEAT), which may leave out
+        followers an append just reached (skip_heartbeat_after_append)."""
         ctx = self.read_only.last_pending_request_ctx()
+        skip = periodic and self.skip_heartbeat_after_append and not ctx
+        if skip:
+            self.flush_bcast()  # proposals waiting for the Ready go first, and count
         committed = self.log.committed
         for node_id, pr in self.trk.progress.items():
-            if node_id != self.id:
-                # Never tell a follower to commit past what it is known to hold.
-                self._send(self._msg(MT.HEARTBEAT, node_id, commit=min(pr.match, committed),
-                                     context=ctx))
+            if node_id == self.id:
+                continue
+            appended, pr.appended = pr.appended, False
+            if skip and appended:
+                continue  # an append since the last round reset its election timer
+            # Never tell a follower to commit past what it is known to hold.
+            self._send(self._msg(MT.HEARTBEAT, node_id, commit=min(pr.match, committed),
+                                 context=ctx))
 
     # -- role changes -----------------------------------------------------------------------
 
@@ -443,7 +463,7 @@ class Raft:
 
     def _leader_handlers(self) -> dict[MessageType, Callable[[Message], None]]:
         return {
-            MT.BEAT: lambda m: self._bcast_heartbeat(),
+            MT.BEAT: lambda m: self._bcast_heartbeat(periodic=True),
             MT.CHECK_QUORUM: self._leader_check_quorum,
             MT.PROPOSE: self._leader_propose,
             MT.READ_INDEX: self._leader_read_index,
@@ -639,7 +659,7 @@ class Raft:
             return
         pr = self.trk.progress.get(self.id)
         if pr is not None and pr.maybe_update(self.log.persisted_index()) and self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
 
     def _leader_append_response(self, m: Message) -> None:
         pr = self.trk.progress[m.from_]
@@ -670,13 +690,27 @@ class Raft:
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
         elif was_paused:
             self._send_append(m.from_)
         while self._send_append(m.from_, send_if_empty=False):
             pass  # bounded: each send fills inflights or pauses a probe
         if m.from_ == self.lead_transferee and pr.match == self.log.last_index():
             self._send(self._msg(MT.TIMEOUT_NOW, m.from_))
+
+    def append_response_can_wait(self, m: Message) -> bool:
+        """Whether stepping m later (with the next message, tick or proposal) delays nothing
+        but this leader's bookkeeping of the sender: m acknowledges entries already
+        committed, from a follower in replicate state that has been sent every entry and
+        whose flow is not paused, with no leader transfer under way. Stepping it would then
+        move that follower's match and free its inflights, and do nothing else: no commit
+        (the entries are committed), no send (nothing is left to send it)."""
+        if (m.type != MT.APPEND_RESPONSE or self.state != StateRole.LEADER or m.term != self.term
+                or m.reject or m.request_snapshot or self.lead_transferee != NONE):
+            return False
+        pr = self.trk.progress.get(m.from_)
+        return (pr is not None and pr.state == ProgressState.REPLICATE and not pr.inflights.full()
+                and pr.next > self.log.last_index() and m.index <= self.log.committed)
 
     def _leader_heartbeat_response(self, m: Message) -> None:
         pr = self.trk.progress[m.from_]

@@ -163,6 +163,13 @@ class RawNode:
         return ElectionTimer(elapsed_ticks=r.election_elapsed_ticks, timeout_ticks=r.election_timeout_ticks,
                              randomized_timeout_ticks=r.randomized_election_timeout_ticks)
 
+    def append_response_can_wait(self, m: Message) -> bool:
+        """Whether a peer's message m, an append response, may wait in the caller's queue
+        until it steps the node for another reason (Raft.append_response_can_wait): it would
+        change only this leader's bookkeeping of that follower. Reads state only, so it may
+        be asked between ready() and advance()."""
+        return self.raft.append_response_can_wait(m)
+
     def _assert_not_in_ready(self, what: str) -> None:
         assert not self._in_ready, f"{what} between ready() #{self._in_ready} and advance()"
 

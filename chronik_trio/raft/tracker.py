@@ -54,11 +54,12 @@ class Progress:
     match: highest index known replicated there. next: index of the next entry to send
     (match < next). In PROBE state at most one append is in flight (probe_sent); in REPLICATE
     the leader streams optimistically within `inflights`; in SNAPSHOT it waits for the
-    snapshot at pending_snapshot to be reported.
+    snapshot at pending_snapshot to be reported. appended: an append was sent to the peer
+    since the leader's last heartbeat round.
     """
 
     __slots__ = ("match", "next", "state", "pending_snapshot", "recent_active", "probe_sent",
-                 "inflights", "is_learner", "pending_request_snapshot")
+                 "inflights", "is_learner", "pending_request_snapshot", "appended")
 
     def __init__(self, next_index: int, inflights: Inflights, is_learner: bool) -> None:
         self.match = 0
@@ -70,6 +71,7 @@ class Progress:
         self.inflights = inflights
         self.is_learner = is_learner
         self.pending_request_snapshot = 0
+        self.appended = False
 
     def copy(self) -> Progress:
         inflights = Inflights(self.inflights.size, self.inflights.max_bytes)
@@ -78,6 +80,7 @@ class Progress:
         pr.pending_snapshot, pr.recent_active = self.pending_snapshot, self.recent_active
         pr.probe_sent = self.probe_sent
         pr.pending_request_snapshot = self.pending_request_snapshot
+        pr.appended = self.appended
         if self.state == ProgressState.REPLICATE:
             for index, size in self.inflights._queue:
                 inflights.add(index, size)

@@ -250,7 +250,8 @@ class _NodeWatch:
             text = bench_local.scrape(address)
         except OSError as exc:
             return {"error": str(exc)}
-        return {**bench_local.histograms(text), "cleaner": bench_local.cleaner_counters(text)}
+        return {**bench_local.histograms(text), "cleaner": bench_local.cleaner_counters(text),
+                "sent": bench_local.transport_sent(text)}
 
     def report(self) -> list[dict]:
         self._stop.set()
@@ -266,6 +267,8 @@ class _NodeWatch:
                 for key, name in self.HISTOGRAMS.items():
                     if name in after:
                         node[key] = bench_local.histogram_delta(before.get(name), after[name])
+                node["sent_messages"] = int(after["sent"]["messages"] - before["sent"]["messages"])
+                node["sent_batches"] = int(after["sent"]["batches"] - before["sent"]["batches"])
                 cleaned = {k: v - before["cleaner"].get(k, 0.0) for k, v in after["cleaner"].items()}
                 if cleaned.get("chronik_cleaner_passes"):
                     busy = cleaned["chronik_cleaner_busy_seconds"]
@@ -348,7 +351,9 @@ def _methods(args, target: str, rf: int) -> dict:
                  "RSS from /proc (VmRSS), also sampled every 10 s during the run; the log cleaner's "
                  "counters over the same window (cleaner rate = bytes of log the cleaning passes went over / "
                  "time inside those passes, in the worker thread, while produce continues; each pass reads "
-                 "those bytes twice, so MB read is about twice MB cleaned)."),
+                 "those bytes twice, so MB read is about twice MB cleaned); Raft messages and RaftBatch "
+                 "frames the node's transport wrote to its peers over the window (liveness messages "
+                 "included)."),
     }
 
 
@@ -595,6 +600,8 @@ def _print_other_modes(res: dict) -> None:
             if h:
                 parts.append(f"{key} n={h['count']} mean {h['mean_ms']} ms p50<={h['p50_ms_at_most']} "
                              f"p99<={h['p99_ms_at_most']} ms;")
+        if "sent_messages" in node:
+            parts.append(f"sent {node['sent_messages']} Raft messages in {node['sent_batches']} batches;")
         if "cpu_percent_of_a_core" in node:
             parts.append(f"CPU {node['cpu_percent_of_a_core']} % of a core; RSS {node['rss_mb_before']} -> "
                          f"{node['rss_mb_after']} MB")

@@ -177,6 +177,18 @@ def cleaner_counters(text: str) -> dict[str, float]:
     return {name: float(value) for name, value in _COUNTER.findall(text)}
 
 
+_TRANSPORT_SENT = re.compile(r'^chronik_transport_sent_(messages|batches)_total\{[^}]*\} (\S+)$', re.M)
+
+
+def transport_sent(text: str) -> dict[str, float]:
+    """Messages and RaftBatch frames the node's transport wrote, summed over its peers (the
+    node's liveness messages included), from a /metrics text."""
+    sent = {"messages": 0.0, "batches": 0.0}
+    for kind, value in _TRANSPORT_SENT.findall(text):
+        sent[kind] += float(value)
+    return sent
+
+
 def histogram_delta(before: dict | None, after: dict) -> dict:
     """Count, mean and bucket-bound p50/p99/max (ms) of what was observed between scrapes."""
     b_buckets = dict(before["buckets"]) if before else {}

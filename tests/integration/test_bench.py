@@ -99,6 +99,8 @@ def test_bench_on_a_three_node_cluster_replicates_the_topic(tmp_path):
     nodes = report["results"]["node"]
     assert len(nodes) == 3 and all("error" not in n for n in nodes), nodes
     assert sum(n["fsync_round"]["count"] for n in nodes) > 0
+    # Each node replicated the records to its peers: Raft messages, at most one per batch.
+    assert all(0 < n["sent_batches"] <= n["sent_messages"] for n in nodes), nodes
 
 
 @pytest.mark.timeout(120)

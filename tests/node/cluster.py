@@ -61,9 +61,13 @@ class LocalCluster:
         self.scopes: dict[int, trio.CancelScope] = {}
         self.incarnations: dict[int, int] = {}  # node -> its liveness messages' process id
         self.in_pass: dict[int, bool] = {}  # node -> whether its runtime is inside a Ready pass
+        # Every Raft message sent: (from, to, type, the sender's pass count). Messages of one
+        # pass to one peer have one pass count: the transport sends them as one RaftBatch.
+        self.sent: list[tuple[int, int, object, int]] = []
 
     def _send_from(self, node_id: int):
         def send(group_id, message):
+            self.sent.append((node_id, message.to, message.type, self.runtimes[node_id].passes))
             if (node_id, message.to) in self.cut or message.to not in self.runtimes:
                 return
             self.runtimes[message.to].deliver(group_id, message)

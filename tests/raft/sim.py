@@ -65,6 +65,12 @@ class Sim:
         # Most runs use both, as the node does; the rest check the protocol without them.
         self.pre_vote = self.rng.random() < 0.75
         self.check_quorum = self.rng.random() < 0.75
+        # Half the runs defer commits to the next append or heartbeat, half leave heartbeats
+        # out after appends, as the node's partition groups do (drawn from a generator of
+        # their own, so a seed's other choices stay what they were).
+        options = random.Random(seed ^ 0x5B1C)
+        self.skip_bcast_commit = options.random() < 0.5
+        self.skip_heartbeat_after_append = options.random() < 0.5
         self.reads = 0
         self.read_floor: dict[bytes, int] = {}  # read ctx -> highest index committed before
         for i in self.ids:
@@ -78,6 +84,8 @@ class Sim:
         cfg = Config(id=i, election_tick=10, heartbeat_tick=1, applied=applied,
                      max_size_per_msg_bytes=64, max_inflight_msgs=4,
                      pre_vote=self.pre_vote, check_quorum=self.check_quorum,
+                     skip_bcast_commit=self.skip_bcast_commit,
+                     skip_heartbeat_after_append=self.skip_heartbeat_after_append,
                      rng=random.Random(self.seed * 7919 + i * 31 + self.restarts))
         p = SimPeer(RawNode(cfg, storage), storage)
         p.conf_state = storage.initial_state()[1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import pytest
 
-from chronik_trio.raft import (MessageType, ProgressState, ProposalDropped, StateRole)
+from chronik_trio.raft import (ConfChangeSingle, ConfChangeType, ConfChangeV2, Message, MessageType,
+                               ProgressState, ProposalDropped, StateRole)
 
 from .cluster import Cluster
 
@@ -249,3 +251,93 @@ def test_leader_with_unreachable_follower_falls_back_to_probing():
     c.elect(1)
     c.node(1).report_unreachable(2)
     assert c.node(1).status().progress[2].state == ProgressState.PROBE
+
+
+def _messages_per_proposal(c: Cluster, proposals: int) -> collections.Counter:
+    sent: collections.Counter = collections.Counter()
+    send = c.send
+    c.send = lambda msgs: (sent.update((m.from_, m.type) for m in msgs), send(msgs))
+    for k in range(proposals):
+        c.propose(1, b"p%d" % k)
+    c.send = send
+    return sent
+
+
+def test_skip_bcast_commit_halves_the_messages_of_a_proposal():
+    # Without it the leader tells each follower of every commit with an empty append, which
+    # each answers: 8 messages per proposal on 3 voters. With it the commit of one proposal
+    # travels in the next one's append: 2 appends and 2 answers.
+    for skip, rounds in ((False, 2), (True, 1)):
+        c = Cluster((1, 2, 3), skip_bcast_commit=skip)
+        c.elect(1)
+        sent = _messages_per_proposal(c, 5)
+        assert sent == {(1, MT.APPEND): 5 * 2 * rounds, (2, MT.APPEND_RESPONSE): 5 * rounds,
+                        (3, MT.APPEND_RESPONSE): 5 * rounds}, (skip, sent)
+        # The followers know every commit but the last, which the next heartbeat brings.
+        assert [committed(c, i) for i in (1, 2, 3)] == (
+            [committed(c, 1), committed(c, 1) - 1, committed(c, 1) - 1] if skip else [committed(c, 1)] * 3)
+        c.tick(1, c.node(1).raft.heartbeat_timeout_ticks)
+        c.stabilize()
+        assert [c.peers[i].applied for i in (1, 2, 3)] == [[b"p%d" % k for k in range(5)]] * 3
+
+
+def test_skip_bcast_commit_still_sends_a_pending_conf_change_s_commit_at_once():
+    c = Cluster((1, 2, 3), skip_bcast_commit=True)
+    c.elect(1)
+    c.node(1).propose_conf_change(ConfChangeV2(changes=(ConfChangeSingle(ConfChangeType.REMOVE_NODE, 3),)))
+    c.stabilize()
+    # No tick, no later proposal: node 2 applied the change because its commit was sent.
+    assert c.peers[2].conf_state.voters == (1, 2)
+
+
+def test_skip_heartbeat_after_append_leaves_out_followers_an_append_just_reached():
+    c = Cluster((1, 2, 3), skip_bcast_commit=True, skip_heartbeat_after_append=True)
+    c.elect(1)
+    beat = c.node(1).raft.heartbeat_timeout_ticks
+    c.tick(1, beat)  # the election's appends stand for this round
+    c.stabilize()
+    heartbeats = []
+    send = c.send
+    c.send = lambda msgs: (heartbeats.extend(m.to for m in msgs if m.type == MT.HEARTBEAT), send(msgs))
+    for k in range(4):  # a proposal per heartbeat interval: appends, and no heartbeat
+        c.propose(1, b"p%d" % k)
+        c.tick(1, beat)
+        c.stabilize()
+    assert heartbeats == []
+    assert [committed(c, i) for i in (2, 3)] == [committed(c, 1) - 1] * 2
+    c.isolate(3)  # an append that does not arrive still counts as sent: one round later,
+    c.propose(1, b"lost")  # the heartbeat goes out again
+    c.tick(1, beat)
+    c.stabilize()
+    assert heartbeats == []
+    c.heal()
+    c.tick(1, beat)
+    c.stabilize()
+    assert sorted(heartbeats) == [2, 3]
+    assert [c.peers[i].applied for i in (1, 2, 3)] == [[b"p0", b"p1", b"p2", b"p3", b"lost"]] * 3
+
+
+def test_an_answer_acknowledging_committed_entries_to_a_caught_up_follower_can_wait():
+    c = Cluster((1, 2, 3))
+    c.elect(1)
+    c.node(1).propose(b"x")
+    rd = c.process_ready(1)
+    appends = {m.to: m for m in rd.messages}
+    index = appends[2].entries[-1].index
+    node = c.node(1)
+
+    def answer(frm, **fields):
+        return Message(**{"type": MT.APPEND_RESPONSE, "to": 1, "from_": frm, "term": node.raft.term,
+                          "index": index, **fields})
+
+    assert not node.append_response_can_wait(answer(2))  # it commits x: step it now
+    node.step(answer(2))
+    assert committed(c, 1) == index
+    assert node.append_response_can_wait(answer(3))  # x is committed, 3 was sent everything
+    assert not node.append_response_can_wait(answer(3, reject=True, reject_hint=index - 1))
+    assert not node.append_response_can_wait(answer(3, term=node.raft.term + 1))
+    node.propose(b"y")  # an entry not yet sent to 3 (it goes with the next Ready)
+    assert not node.append_response_can_wait(answer(3))
+    c.stabilize()
+    node.transfer_leader(3)  # a transfer waits for 3's answers
+    assert not node.append_response_can_wait(answer(3))

@@ -13,9 +13,14 @@ before the client is answered or any marker is written.
 - EndTxn (and the abort of a fenced or timed-out transaction) writes PrepareCommit /
   PrepareAbort, then the markers (node.write_markers: partition leaders on this node or, over
   the peer transport, on others), then CompleteCommit / CompleteAbort. The client is
-  answered once the prepare record is committed and the completion is done or
-  END_TXN_WAIT_S passed (the outcome is decided by then; a client that starts its next
-  transaction early is told CONCURRENT_TRANSACTIONS and retries, as with Kafka).
+  answered once the prepare record is committed (the outcome is decided and durable), as
+  Kafka's coordinator answers; the markers and the Complete record follow in a task of
+  their own (a completion). Until the completion ends, the id's next requests are
+  CONCURRENT_TRANSACTIONS (retriable): each is first held up to CONCURRENT_WAIT_S (an
+  InitProducerId INIT_WAIT_S) for the completion and decided again, which spares the
+  client its retry backoff (Kafka retries a TV2 produce's add on the broker the same way).
+  read_committed readers cannot see the transaction before its marker: the marker is what
+  moves a partition's last stable offset past it.
 - A node that becomes leader answers COORDINATOR_LOAD_IN_PROGRESS until it has applied its
   whole log (up to the new term's first entry); then it resumes the markers of every
   prepared transaction in the store. Markers are idempotent on the partitions, so a marker
@@ -51,8 +56,10 @@ log = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0
 LOAD_WAIT_S_MAX = 2.0
-END_TXN_WAIT_S = 5.0  # EndTxn waits this long for its markers before answering anyway
 INIT_WAIT_S = 5.0  # InitProducerId waits this long for the abort of a fenced transaction
+# A request that finds its id's previous transaction completing (markers being written) waits
+# this long for the completion before it is answered CONCURRENT_TRANSACTIONS.
+CONCURRENT_WAIT_S = 1.0
 MARKER_BACKOFF_S = (0.05, 1.0)  # retry of markers a partition could not take yet: first, most
 BATCH_BYTES_MAX = 1 << 30
 # Marker errors after which retrying cannot help: the partition is gone, or it already has a
@@ -116,16 +123,26 @@ class TxnHost(typing.Protocol):
         per partition the error (none: committed in that partition)."""
 
 
+def _ignore(phase: str, seconds: float) -> None:
+    pass
+
+
 class TxnCoordinator(ShardedCoordinator):
-    def __init__(self, node: TxnHost) -> None:
+    """observe(phase, seconds): the timing of each commit or abort (the node's /metrics):
+    "end_txn" EndTxn received -> answered (its prepare committed), "markers" prepare
+    committed -> every marker durable, "completion" EndTxn received -> Complete committed."""
+
+    def __init__(self, node: TxnHost, observe: typing.Callable[[str, float], None] = _ignore) -> None:
         self.node = node
+        self.observe = observe
         self.shards: dict[int, _Shard] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         # Compacted, as Kafka's: the latest record of each transactional id is its state.
         self._topic = InternalTopic(TXN_TOPIC, {"cleanup.policy": "compact"})
-        # requests taken here by kind (client_add, implicit_add, end_txn_v1, end_txn_v2):
-        # /metrics chronik_txn_requests, which shows which transaction version clients run
+        # requests taken here by kind (client_add, implicit_add, end_txn_v1, end_txn_v2), and
+        # concurrent_transactions answers: /metrics chronik_txn_requests, which shows which
+        # transaction version clients run
         self.counts: collections.Counter[str] = collections.Counter()
 
     def setting(self, name: str) -> int:
@@ -224,17 +241,20 @@ class TxnCoordinator(ShardedCoordinator):
         if not shard.current:
             raise TxnError("leadership moved during the write", ErrorCode.not_coordinator)
 
-    def _start_completion(self, shard: _Shard, transactional_id: str) -> trio.Event:
+    def _start_completion(self, shard: _Shard, transactional_id: str, requested_at: float | None = None) -> trio.Event:
+        """requested_at: when the EndTxn that prepared it arrived (trio clock), for the timings."""
         done = shard.completing.get(transactional_id)
         if done is None:
             done = shard.completing[transactional_id] = trio.Event()
             assert self._nursery is not None, "completion before the coordinator runs"
-            self._nursery.start_soon(self._complete, shard, transactional_id, done)
+            self._nursery.start_soon(self._complete, shard, transactional_id, done, requested_at)
         return done
 
-    async def _complete(self, shard: _Shard, transactional_id: str, done: trio.Event) -> None:
+    async def _complete(self, shard: _Shard, transactional_id: str, done: trio.Event,
+                        requested_at: float | None) -> None:
         """Write the markers of a prepared transaction, then its Complete record. Stops when
         this node stops leading (the next coordinator resumes it)."""
+        started = trio.current_time()
         try:
             meta = shard.store.get(transactional_id)
             if meta is None or meta.state not in ts.PREPARED:
@@ -258,10 +278,13 @@ class TxnCoordinator(ShardedCoordinator):
                     backoff = min(backoff * 2, MARKER_BACKOFF_S[1])
             if not shard.current:
                 return
+            self.observe("markers", trio.current_time() - started)
             async with shard.lock(transactional_id):
                 now_meta = shard.store.get(transactional_id)
                 if now_meta == meta:
                     await self._write(shard, transactional_id, ts.complete(meta, self.node.wall_clock_ms()))
+                    if requested_at is not None:
+                        self.observe("completion", trio.current_time() - requested_at)
         except TxnError as exc:
             log.info("completion of %r stopped: %s", transactional_id, exc)
         finally:
@@ -313,45 +336,60 @@ class TxnCoordinator(ShardedCoordinator):
 
     # --- the APIs ---------------------------------------------------------------------------------
 
-    async def init_producer_id(self, transactional_id: str, timeout_ms: int, producer_id: int,
-                               producer_epoch: int) -> ts.Decision:
-        """InitProducerId with a transactional id. An Ongoing transaction of the id is
-        aborted first (fenced); the call waits up to INIT_WAIT_S for that abort."""
+    async def _decide(self, transactional_id: str, decide: typing.Callable[[_Shard], typing.Awaitable[ts.Decision]],
+                      wait_s: float) -> ts.Decision:
+        """decide(shard) under the id's lock (it writes what it decided). A decision of
+        CONCURRENT_TRANSACTIONS while a completion of the id runs waits up to wait_s for it
+        and is taken once more; if still so, that is the answer (the client retries)."""
         for attempt in range(2):
             try:
                 shard = await self._loaded_shard(transactional_id)
                 async with shard.lock(transactional_id):
-                    current = shard.store.get(transactional_id)
-                    new_pid = await self.node.allocate_producer_id() if ts.needs_new_producer_id(current) else -1
-                    decision = ts.init_producer_id(
-                        current, transactional_id, timeout_ms, expected_producer_id=producer_id,
-                        expected_epoch=producer_epoch, now_ms=self.node.wall_clock_ms(), new_producer_id=new_pid,
-                        max_timeout_ms=self.setting("transaction_max_timeout_ms"))
-                    if decision.write is not None:
-                        await self._write(shard, transactional_id, decision.write)
-                    waiting = (self._start_completion(shard, transactional_id) if decision.markers is not None
-                               else shard.completing.get(transactional_id))
+                    decision = await decide(shard)
+                    waiting = shard.completing.get(transactional_id)
             except TxnError as exc:
                 return ts.refuse(exc.error_code)
             if decision.error != ErrorCode.concurrent_transactions or waiting is None or attempt:
-                return decision
-            with trio.move_on_after(INIT_WAIT_S):
+                break
+            with trio.move_on_after(wait_s):
                 await waiting.wait()
+        if decision.error == ErrorCode.concurrent_transactions:
+            self.counts["concurrent_transactions"] += 1
         return decision
+
+    async def init_producer_id(self, transactional_id: str, timeout_ms: int, producer_id: int,
+                               producer_epoch: int) -> ts.Decision:
+        """InitProducerId with a transactional id. An Ongoing transaction of the id is
+        aborted first (fenced); the call waits up to INIT_WAIT_S for that abort, or for the
+        completion of a transaction that was ending."""
+        async def decide(shard: _Shard) -> ts.Decision:
+            current = shard.store.get(transactional_id)
+            new_pid = await self.node.allocate_producer_id() if ts.needs_new_producer_id(current) else -1
+            decision = ts.init_producer_id(
+                current, transactional_id, timeout_ms, expected_producer_id=producer_id,
+                expected_epoch=producer_epoch, now_ms=self.node.wall_clock_ms(), new_producer_id=new_pid,
+                max_timeout_ms=self.setting("transaction_max_timeout_ms"))
+            if decision.write is not None:
+                await self._write(shard, transactional_id, decision.write)
+                if decision.markers is not None:
+                    self._start_completion(shard, transactional_id)
+            return decision
+        return await self._decide(transactional_id, decide, INIT_WAIT_S)
 
     async def add_partitions(self, transactional_id: str, producer_id: int, producer_epoch: int,
                              partitions: typing.Iterable[tuple[str, int]], *, tv2: bool = False) -> ErrorCode:
+        """AddPartitionsToTxn / AddOffsetsToTxn, or (tv2) a partition leader's or group
+        coordinator's implicit add."""
         self.counts["implicit_add" if tv2 else "client_add"] += 1
-        try:
-            shard = await self._loaded_shard(transactional_id)
-            async with shard.lock(transactional_id):
-                decision = ts.add_partitions(shard.store.get(transactional_id), producer_id, producer_epoch,
-                                             frozenset(partitions), self.node.wall_clock_ms(), tv2=tv2)
-                if decision.write is not None:
-                    await self._write(shard, transactional_id, decision.write)
-        except TxnError as exc:
-            return exc.error_code
-        return decision.error
+        wanted = frozenset(partitions)
+
+        async def decide(shard: _Shard) -> ts.Decision:
+            decision = ts.add_partitions(shard.store.get(transactional_id), producer_id, producer_epoch, wanted,
+                                         self.node.wall_clock_ms(), tv2=tv2)
+            if decision.write is not None:
+                await self._write(shard, transactional_id, decision.write)
+            return decision
+        return (await self._decide(transactional_id, decide, CONCURRENT_WAIT_S)).error
 
     async def verify_partition(self, transactional_id: str, producer_id: int, producer_epoch: int,
                                topic: str, partition: int, add: bool) -> ErrorCode:
@@ -369,23 +407,24 @@ class TxnCoordinator(ShardedCoordinator):
 
     async def end_txn(self, transactional_id: str, producer_id: int, producer_epoch: int, commit: bool,
                       *, tv2: bool = False) -> ts.Decision:
+        """Answered once the PrepareCommit / PrepareAbort record is committed; the markers
+        and the Complete record follow (a completion)."""
         self.counts["end_txn_v2" if tv2 else "end_txn_v1"] += 1
-        try:
-            shard = await self._loaded_shard(transactional_id)
-            async with shard.lock(transactional_id):
-                current = shard.store.get(transactional_id)
-                new_pid = (await self.node.allocate_producer_id()
-                           if ts.end_txn_needs_new_producer_id(current, tv2) else -1)
-                decision = ts.end_txn(current, producer_id, producer_epoch, commit, self.node.wall_clock_ms(),
-                                      tv2=tv2, new_producer_id=new_pid)
-                if decision.write is None:
-                    return decision
+        requested_at = trio.current_time()
+
+        async def decide(shard: _Shard) -> ts.Decision:
+            current = shard.store.get(transactional_id)
+            new_pid = (await self.node.allocate_producer_id()
+                       if ts.end_txn_needs_new_producer_id(current, tv2) else -1)
+            decision = ts.end_txn(current, producer_id, producer_epoch, commit, self.node.wall_clock_ms(),
+                                  tv2=tv2, new_producer_id=new_pid)
+            if decision.write is not None:
                 await self._write(shard, transactional_id, decision.write)
-                done = self._start_completion(shard, transactional_id)
-        except TxnError as exc:
-            return ts.refuse(exc.error_code)
-        with trio.move_on_after(END_TXN_WAIT_S):
-            await done.wait()
+                self._start_completion(shard, transactional_id, requested_at)
+            return decision
+        decision = await self._decide(transactional_id, decide, CONCURRENT_WAIT_S)
+        if decision.write is not None:
+            self.observe("end_txn", trio.current_time() - requested_at)
         return decision
 
     async def describe(self, transactional_id: str) -> TxnMetadata:

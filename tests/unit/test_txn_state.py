@@ -45,8 +45,13 @@ def test_a_committed_transaction():
     assert again.error == ErrorCode.none and again.write is None  # nothing new to write
     ended = ts.end_txn(added.write, 7, 0, True, 200)
     assert ended.write.state == S.PREPARE_COMMIT and ended.markers == ts.Marker(7, 0, True, frozenset(TP[:2]))
+    # EndTxn is answered once the prepare is durable; until the markers are written and the
+    # transaction completed, the id's next requests wait (CONCURRENT_TRANSACTIONS), an abort
+    # of the decided commit too: it is refused only once the outcome is complete.
     assert ts.end_txn(ended.write, 7, 0, True, 210).error == ErrorCode.concurrent_transactions
+    assert ts.end_txn(ended.write, 7, 0, False, 210).error == ErrorCode.concurrent_transactions
     assert ts.add_partitions(ended.write, 7, 0, frozenset(TP), 210).error == ErrorCode.concurrent_transactions
+    assert _init(ended.write, expected=(7, 0)).error == ErrorCode.concurrent_transactions
     done = ts.complete(ended.write, 220)
     assert done.state == S.COMPLETE_COMMIT and not done.partitions
     assert ts.end_txn(done, 7, 0, True, 230).error == ErrorCode.none  # retry after completion

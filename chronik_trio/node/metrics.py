@@ -20,7 +20,8 @@ DURATION_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
 TXN_BUCKETS_S = DURATION_BUCKETS_S + (5.0, 10.0)
 TXN_PHASES = {
     "end_txn": "EndTxn received -> answered (its PrepareCommit / PrepareAbort record committed)",
-    "markers": "PrepareCommit / PrepareAbort committed -> every marker of the transaction durable",
+    "markers": "EndTxn received -> every marker of the transaction durable (a completion resumed by a new "
+               "coordinator, or of a timed-out or fenced transaction: from its start)",
     "completion": "EndTxn received -> CompleteCommit / CompleteAbort committed (the id free for its next transaction)",
 }
 

@@ -39,6 +39,7 @@ import collections
 import logging
 import typing
 
+import attrs
 import trio
 from kio.schema.errors import ErrorCode
 
@@ -80,6 +81,19 @@ class TxnError(BrokerError):
     """A request the coordinator cannot take here (error_code: the Kafka answer)."""
 
 
+@attrs.define(eq=False)
+class _Join:
+    """An add (AddPartitionsToTxn, AddOffsetsToTxn, a TV2 implicit add) that found its id's
+    previous transaction completing: the completion decides it right after the Complete
+    record and writes both in one batch, which spares the next transaction one quorum
+    write. error: its answer, once that batch is committed (None: not taken)."""
+    producer_id: int
+    producer_epoch: int
+    partitions: frozenset[tuple[str, int]]
+    tv2: bool
+    error: ErrorCode | None = None
+
+
 class _Shard:
     """The coordinator of one `__transaction_state` partition while this node leads it."""
 
@@ -90,6 +104,7 @@ class _Shard:
         self.loaded = False
         self.locks: dict[str, trio.Lock] = {}
         self.completing: dict[str, trio.Event] = {}  # txn id -> set when its completion ends
+        self.joining: dict[str, list[_Join]] = {}  # txn id -> adds waiting for its completion
 
     @property
     def store(self) -> TxnStore:
@@ -129,8 +144,9 @@ def _ignore(phase: str, seconds: float) -> None:
 
 class TxnCoordinator(ShardedCoordinator):
     """observe(phase, seconds): the timing of each commit or abort (the node's /metrics):
-    "end_txn" EndTxn received -> answered (its prepare committed), "markers" prepare
-    committed -> every marker durable, "completion" EndTxn received -> Complete committed."""
+    "end_txn" EndTxn received -> answered (its prepare committed), "markers" EndTxn received
+    -> every marker durable (a completion resumed by a new coordinator or started by a
+    timeout or fence: from its start), "completion" EndTxn received -> Complete committed."""
 
     def __init__(self, node: TxnHost, observe: typing.Callable[[str, float], None] = _ignore) -> None:
         self.node = node
@@ -227,11 +243,13 @@ class TxnCoordinator(ShardedCoordinator):
 
     # --- writing --------------------------------------------------------------------------------
 
-    async def _write(self, shard: _Shard, transactional_id: str, meta: TxnMetadata | None) -> None:
-        """Commit one record (meta None: a tombstone); raises TxnError."""
+    async def _write(self, shard: _Shard, transactional_id: str, meta: TxnMetadata | None,
+                     *then: TxnMetadata) -> None:
+        """Commit one record (meta None: a tombstone), and `then` after it in the same batch;
+        raises TxnError."""
         if not shard.current:
             raise TxnError("not the coordinator", ErrorCode.not_coordinator)
-        batch = txn_batch(transactional_id, meta, self.node.wall_clock_ms())
+        batch = txn_batch(transactional_id, meta, self.node.wall_clock_ms(), *then)
         try:
             await shard.replica.produce(batch, parse_batches(batch, batch_bytes_max=BATCH_BYTES_MAX), -1)
         except (NotLeader, ProposalFailed) as exc:
@@ -278,11 +296,10 @@ class TxnCoordinator(ShardedCoordinator):
                     backoff = min(backoff * 2, MARKER_BACKOFF_S[1])
             if not shard.current:
                 return
-            self.observe("markers", trio.current_time() - started)
+            self.observe("markers", trio.current_time() - (started if requested_at is None else requested_at))
             async with shard.lock(transactional_id):
-                now_meta = shard.store.get(transactional_id)
-                if now_meta == meta:
-                    await self._write(shard, transactional_id, ts.complete(meta, self.node.wall_clock_ms()))
+                if shard.store.get(transactional_id) == meta:
+                    await self._write_complete(shard, transactional_id, meta)
                     if requested_at is not None:
                         self.observe("completion", trio.current_time() - requested_at)
         except TxnError as exc:
@@ -291,6 +308,22 @@ class TxnCoordinator(ShardedCoordinator):
             if shard.completing.get(transactional_id) is done:
                 del shard.completing[transactional_id]
             done.set()
+
+    async def _write_complete(self, shard: _Shard, transactional_id: str, meta: TxnMetadata) -> None:
+        """The Complete record of prepared `meta` (every marker durable), with the adds that
+        waited for it decided on the completed state, in arrival order, and the resulting
+        Ongoing record in the same batch. The adds are answered once it is committed."""
+        now_ms = self.node.wall_clock_ms()
+        completed = current = ts.complete(meta, now_ms)
+        decided = []
+        for join in shard.joining.pop(transactional_id, []):
+            decision = ts.add_partitions(current, join.producer_id, join.producer_epoch, join.partitions, now_ms,
+                                         tv2=join.tv2)
+            current = decision.write or current
+            decided.append((join, decision.error))
+        await self._write(shard, transactional_id, completed, *([current] if current is not completed else []))
+        for join, error in decided:
+            join.error = error
 
     # --- finding the coordinator ------------------------------------------------------------------
 
@@ -379,15 +412,29 @@ class TxnCoordinator(ShardedCoordinator):
     async def add_partitions(self, transactional_id: str, producer_id: int, producer_epoch: int,
                              partitions: typing.Iterable[tuple[str, int]], *, tv2: bool = False) -> ErrorCode:
         """AddPartitionsToTxn / AddOffsetsToTxn, or (tv2) a partition leader's or group
-        coordinator's implicit add."""
+        coordinator's implicit add. One that finds the id's previous transaction completing
+        joins the completion (_Join), up to CONCURRENT_WAIT_S; one the completion did not
+        take is decided again after it, CONCURRENT_TRANSACTIONS while it still runs."""
         self.counts["implicit_add" if tv2 else "client_add"] += 1
         wanted = frozenset(partitions)
+        join = _Join(producer_id, producer_epoch, wanted, tv2)
+        first = [True]
 
         async def decide(shard: _Shard) -> ts.Decision:
+            if join.error is not None:  # written with the previous transaction's Complete record
+                return ts.refuse(join.error)
+            joined = shard.joining.get(transactional_id, [])
+            if join in joined:  # the completion did not take it (still running): decided here
+                joined.remove(join)
             decision = ts.add_partitions(shard.store.get(transactional_id), producer_id, producer_epoch, wanted,
                                          self.node.wall_clock_ms(), tv2=tv2)
             if decision.write is not None:
                 await self._write(shard, transactional_id, decision.write)
+            elif (first[0] and decision.error == ErrorCode.concurrent_transactions
+                  and transactional_id in shard.completing):
+                # Only the first decision joins: the last one's answer must be the whole truth.
+                shard.joining.setdefault(transactional_id, []).append(join)
+            first[0] = False
             return decision
         return (await self._decide(transactional_id, decide, CONCURRENT_WAIT_S)).error
 

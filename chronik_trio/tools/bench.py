@@ -221,7 +221,7 @@ class _NodeWatch:
     """Scrapes every node before and after the broker modes; CPU and RSS of own processes."""
 
     HISTOGRAMS = {"ready_pass": "chronik_ready_pass_seconds", "fsync_round": "chronik_fsync_round_seconds",
-                  # a transaction's coordinator (--transactional): EndTxn -> answer, prepare ->
+                  # a transaction's coordinator (--transactional): EndTxn -> answer, EndTxn ->
                   # markers durable, EndTxn -> Complete record committed
                   "txn_end_txn": "chronik_txn_end_txn_seconds", "txn_markers": "chronik_txn_markers_seconds",
                   "txn_completion": "chronik_txn_completion_seconds"}
@@ -349,7 +349,7 @@ def _methods(args, target: str, rf: int) -> dict:
         "node": ("chronik_ready_pass_seconds and chronik_fsync_round_seconds histograms scraped from each "
                  "node's /metrics before and after the broker modes: count, mean, and percentiles as "
                  "bucket upper bounds (with --transactional also the coordinator's chronik_txn_end_txn_seconds: "
-                 "EndTxn received -> answered, chronik_txn_markers_seconds: PrepareCommit committed -> every "
+                 "EndTxn received -> answered, chronik_txn_markers_seconds: EndTxn received -> every "
                  "marker durable, chronik_txn_completion_seconds: EndTxn received -> CompleteCommit committed); CPU = process user+system time over the same window / wall time; "
                  "RSS from /proc (VmRSS), also sampled every 10 s during the run; the log cleaner's "
                  "counters over the same window (cleaner rate = bytes of log the cleaning passes went over / "

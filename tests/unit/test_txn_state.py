@@ -253,3 +253,18 @@ def test_offsets_in_a_transaction_count_only_once_it_commits():
     assert store.committed("g")[("t", 0)].offset == 10 and store.unstable("g") == set()
     marker(5, True, 5)  # a repeated marker changes nothing
     assert store.committed("g")[("t", 0)].offset == 10 and store.skipped_records == 0
+
+
+def test_a_complete_record_and_the_next_ongoing_one_in_one_batch():
+    """The coordinator writes a transaction's Complete record and the next transaction's
+    Ongoing record (an add that waited for the completion) as one batch: every replica's
+    store applies them in order and keeps the Ongoing one."""
+    meta = _init(None).write
+    prepared = ts.end_txn(ts.add_partitions(meta, 7, 0, frozenset(TP[:1]), 10).write, 7, 0, True, 20).write
+    completed = ts.complete(prepared, 30)
+    ongoing = ts.add_partitions(completed, 7, 0, frozenset(TP[1:]), 30).write
+    assert ongoing.state == S.ONGOING and ongoing.partitions == frozenset(TP[1:]) and ongoing.start_ms == 30
+    store = TxnStore()
+    store.apply(memoryview(txn_batch("t", prepared, 20)), 1)
+    store.apply(memoryview(txn_batch("t", completed, 30, ongoing)), 2)
+    assert store.get("t") == ongoing

@@ -187,17 +187,19 @@ def test_end_txn_is_answered_before_its_markers_and_the_next_transaction_waits(c
             return r.node_id if r.error_code == NONE else None
     c = _until("the transaction coordinator", coordinator)
     y = next(n for n in cluster.ids if n != c)
+    z = next(n for n in cluster.ids if n not in (c, y))
     with cluster.connect(c) as wire:
         r = wire.request(CREATE_TOPICS, {"topics": [
             {"name": BLOCKED, "num_partitions": -1, "replication_factor": -1,
              "assignments": [{"partition_index": 0, "broker_ids": [c, y]}]},  # C leads (first replica)
-            {"name": NEXT, "num_partitions": 1, "replication_factor": 3}], "timeout": 10000})
+            {"name": NEXT, "num_partitions": -1, "replication_factor": -1,
+             "assignments": [{"partition_index": 0, "broker_ids": [c, z, y]}]}], "timeout": 10000})
         assert [t.error_code for t in r.topics] == [NONE, NONE], r
 
     def led_by_c():
-        md = cluster.metadata(c, [BLOCKED])
-        return md.topics[0].partitions[0].leader_id == c
-    _until("the blocked partition led by the coordinator", led_by_c)
+        md = cluster.metadata(c, [BLOCKED, NEXT])
+        return all(t.partitions[0].leader_id == c for t in md.topics)
+    _until("both partitions led by the coordinator", led_by_c)
 
     bootstrap = ",".join(f"127.0.0.1:{cluster.nodes[n].port}" for n in cluster.ids)
     producer = Producer({"bootstrap.servers": bootstrap, "broker.address.family": "v4",

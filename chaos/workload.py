@@ -440,7 +440,11 @@ def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
                isolation: str = "read_uncommitted") -> tuple[int, list]:
     """(high watermark, [[offset, value], ...] below it) read through the partition's leader.
     read_committed: aborted records and markers are never delivered, so the read also ends
-    once nothing new arrived for FINAL_IDLE_S (everything is stable after the heal).
+    once nothing new arrived for FINAL_IDLE_S (everything is stable after the heal). Its
+    target is still the high watermark, not the read_committed end (the last stable
+    offset): a transaction whose commit was answered may have its markers still on their
+    way (EndTxn is answered once the commit is decided, as with Kafka), and the read waits
+    for them instead of stopping before its records.
 
     Raises:
         TimeoutError: the partition could not be read to its high watermark in time.
@@ -448,16 +452,17 @@ def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
     deadline = time.monotonic() + timeout_s
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-final-read",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "fetch.wait.max.ms": 100, "logger": logger, "isolation.level": isolation})
+    settings = {"bootstrap.servers": bootstrap, "group.id": "chaos-final-read", "enable.auto.commit": False,
+                "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100, "logger": logger}
+    consumer = Consumer({**settings, "isolation.level": isolation})
+    watermarks = Consumer({**settings, "isolation.level": "read_uncommitted"})  # the high watermark
     try:
         high = None
         last_error = None
         while high is None and time.monotonic() < deadline:
             try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                         timeout=min(5.0, timeout_s))
+                _, high = watermarks.get_watermark_offsets(TopicPartition(topic, partition),
+                                                           timeout=min(5.0, timeout_s))
             except KafkaException as exc:
                 last_error = exc
                 time.sleep(0.2)
@@ -481,6 +486,7 @@ def final_read(bootstrap: str, topic: str, partition: int, timeout_s: float,
                 position = max(position, msg.offset() + 1)
         return high, sorted(records.items())
     finally:
+        watermarks.close()
         consumer.close()
 
 

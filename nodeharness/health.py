@@ -9,6 +9,7 @@ reads GET /metrics (Prometheus text) for tests that count what a node did.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -18,11 +19,12 @@ HEALTH_TIMEOUT_S = 2.0  # a live node answers in milliseconds; a paused one neve
 
 def fetch_health(address: str, timeout_s: float = HEALTH_TIMEOUT_S) -> dict | None:
     """The /health answer of the node serving HTTP at HOST:PORT, None if it does not answer
-    (not listening yet, exited, paused or overloaded past timeout_s)."""
+    (not listening yet, exited, paused or overloaded past timeout_s, or killed while
+    answering: a truncated body is http.client.IncompleteRead, not an OSError)."""
     try:
         with urllib.request.urlopen(f"http://{address}/health", timeout=timeout_s) as response:
             answer = json.loads(response.read())
-    except (OSError, ValueError, urllib.error.URLError):
+    except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException):
         return None
     return answer if isinstance(answer, dict) else None
 
@@ -33,7 +35,7 @@ def fetch_metrics(address: str, timeout_s: float = HEALTH_TIMEOUT_S) -> dict[str
     try:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as response:
             text = response.read().decode()
-    except (OSError, ValueError, urllib.error.URLError):
+    except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException):
         return {}
     samples = {}
     for line in text.splitlines():

@@ -17,6 +17,13 @@ from .raft_runtime import RaftRuntime
 # Buckets from 0.1 ms to 2.5 s: a Ready pass is sub-millisecond when idle, fsyncs ~0.2-5 ms.
 DURATION_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                       0.25, 0.5, 1.0, 2.5)
+TXN_BUCKETS_S = DURATION_BUCKETS_S + (5.0, 10.0)
+TXN_PHASES = {
+    "end_txn": "EndTxn received -> answered (its PrepareCommit / PrepareAbort record committed)",
+    "markers": "EndTxn received -> every marker of the transaction durable (a completion resumed by a new "
+               "coordinator, or of a timed-out or fenced transaction: from its start)",
+    "completion": "EndTxn received -> CompleteCommit / CompleteAbort committed (the id free for its next transaction)",
+}
 
 
 class NodeMetrics:
@@ -28,6 +35,13 @@ class NodeMetrics:
         self.fsync_seconds = Histogram(
             "chronik_fsync_round_seconds", "Time of one group-commit fsync round (worker thread)",
             buckets=DURATION_BUCKETS_S, registry=registry)
+        # A transaction's commit or abort, on its coordinator (node/txn_coordinator.py)
+        self.txn_seconds = {phase: Histogram(f"chronik_txn_{phase}_seconds", doc, buckets=TXN_BUCKETS_S,
+                                             registry=registry)
+                            for phase, doc in TXN_PHASES.items()}
+
+    def observe_txn(self, phase: str, seconds: float) -> None:
+        self.txn_seconds[phase].observe(seconds)
 
     def collect_groups(self, runtime: RaftRuntime) -> None:
         """Read the runtime's groups at every scrape."""
@@ -91,7 +105,9 @@ class _TxnCollector:
         family = CounterMetricFamily("chronik_txn_requests", "Transaction coordinator requests by kind: "
                                      "client_add (AddPartitionsToTxn / AddOffsetsToTxn), implicit_add (a partition "
                                      "leader's or group coordinator's add under transaction version 2), "
-                                     "end_txn_v1 / end_txn_v2 (EndTxn below v5 / v5+)", labels=["kind"])
+                                     "end_txn_v1 / end_txn_v2 (EndTxn below v5 / v5+); concurrent_transactions: "
+                                     "requests answered CONCURRENT_TRANSACTIONS (a completion still running)",
+                                     labels=["kind"])
         for kind, count in sorted(self.counts.items()):
             family.add_metric([kind], count)
         yield family

@@ -128,7 +128,8 @@ class Node:
         self.meta_machine = MetaMachine()
         self.meta_service = MetaService(self.node_id, self.meta_machine, self.rng)  # opened by run()
         self.groups = GroupCoordinator(self, self.rng)  # consumer groups (on __consumer_offsets leaders)
-        self.txns = TxnCoordinator(self)  # transactions (on __transaction_state leaders)
+        # transactions (on __transaction_state leaders)
+        self.txns = TxnCoordinator(self, observe=self.metrics.observe_txn)
         self.metrics.collect_txn(self.txns.counts)
         self.txn_routes = TxnRoutes(self)
         self.replicas = HostedReplicas(config, self.disk, self.runtime, self.meta_machine,

@@ -251,7 +251,9 @@ class PartitionReplica:
             txns = self._leader_view(term).txns
             if not txns.needs_verification(txn.producer_id, txn.producer_epoch):
                 return None
-            seen = txns.markers_seen(txn.producer_id)
+            # the previous transaction's marker, if still due here, lands while the coordinator
+            # is asked (it answers once that marker is durable): expected, not a reason to refuse
+            seen = txns.markers_seen(txn.producer_id) + txns.markers_due(txn.producer_id, txn.producer_epoch)
         error = await verify(txn.producer_id, txn.producer_epoch)
         if error != ErrorCode.none:
             raise TxnRefused(f"{self.topic_name}-{self.partition}: the coordinator answered {error.name} "
@@ -550,4 +552,4 @@ class LeaderView:
                                  f"being verified")
         if self.txns.markers_seen(producer_id) != seen:
             raise InvalidTxnState(f"producer {producer_id} epoch {epoch}: a marker ended its transaction "
-                                  f"while the partition was being verified")
+                                  f"while the partition was being verified (or an earlier one's is missing)")

@@ -13,9 +13,14 @@ before the client is answered or any marker is written.
 - EndTxn (and the abort of a fenced or timed-out transaction) writes PrepareCommit /
   PrepareAbort, then the markers (node.write_markers: partition leaders on this node or, over
   the peer transport, on others), then CompleteCommit / CompleteAbort. The client is
-  answered once the prepare record is committed and the completion is done or
-  END_TXN_WAIT_S passed (the outcome is decided by then; a client that starts its next
-  transaction early is told CONCURRENT_TRANSACTIONS and retries, as with Kafka).
+  answered once the prepare record is committed (the outcome is decided and durable), as
+  Kafka's coordinator answers; the markers and the Complete record follow in a task of
+  their own (a completion). Until the completion ends, the id's next requests are
+  CONCURRENT_TRANSACTIONS (retriable): each is first held up to CONCURRENT_WAIT_S (an
+  InitProducerId INIT_WAIT_S) for the completion and decided again, which spares the
+  client its retry backoff (Kafka retries a TV2 produce's add on the broker the same way).
+  read_committed readers cannot see the transaction before its marker: the marker is what
+  moves a partition's last stable offset past it.
 - A node that becomes leader answers COORDINATOR_LOAD_IN_PROGRESS until it has applied its
   whole log (up to the new term's first entry); then it resumes the markers of every
   prepared transaction in the store. Markers are idempotent on the partitions, so a marker
@@ -34,6 +39,7 @@ import collections
 import logging
 import typing
 
+import attrs
 import trio
 from kio.schema.errors import ErrorCode
 
@@ -51,8 +57,10 @@ log = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0
 LOAD_WAIT_S_MAX = 2.0
-END_TXN_WAIT_S = 5.0  # EndTxn waits this long for its markers before answering anyway
 INIT_WAIT_S = 5.0  # InitProducerId waits this long for the abort of a fenced transaction
+# A request that finds its id's previous transaction completing (markers being written) waits
+# this long for the completion before it is answered CONCURRENT_TRANSACTIONS.
+CONCURRENT_WAIT_S = 1.0
 MARKER_BACKOFF_S = (0.05, 1.0)  # retry of markers a partition could not take yet: first, most
 BATCH_BYTES_MAX = 1 << 30
 # Marker errors after which retrying cannot help: the partition is gone, or it already has a
@@ -73,6 +81,19 @@ class TxnError(BrokerError):
     """A request the coordinator cannot take here (error_code: the Kafka answer)."""
 
 
+@attrs.define(eq=False)
+class _Join:
+    """An add (AddPartitionsToTxn, AddOffsetsToTxn, a TV2 implicit add) that found its id's
+    previous transaction completing: the completion decides it right after the Complete
+    record and writes both in one batch, which spares the next transaction one quorum
+    write. error: its answer, once that batch is committed (None: not taken)."""
+    producer_id: int
+    producer_epoch: int
+    partitions: frozenset[tuple[str, int]]
+    tv2: bool
+    error: ErrorCode | None = None
+
+
 class _Shard:
     """The coordinator of one `__transaction_state` partition while this node leads it."""
 
@@ -83,6 +104,7 @@ class _Shard:
         self.loaded = False
         self.locks: dict[str, trio.Lock] = {}
         self.completing: dict[str, trio.Event] = {}  # txn id -> set when its completion ends
+        self.joining: dict[str, list[_Join]] = {}  # txn id -> adds waiting for its completion
 
     @property
     def store(self) -> TxnStore:
@@ -116,16 +138,27 @@ class TxnHost(typing.Protocol):
         per partition the error (none: committed in that partition)."""
 
 
+def _ignore(phase: str, seconds: float) -> None:
+    pass
+
+
 class TxnCoordinator(ShardedCoordinator):
-    def __init__(self, node: TxnHost) -> None:
+    """observe(phase, seconds): the timing of each commit or abort (the node's /metrics):
+    "end_txn" EndTxn received -> answered (its prepare committed), "markers" EndTxn received
+    -> every marker durable (a completion resumed by a new coordinator or started by a
+    timeout or fence: from its start), "completion" EndTxn received -> Complete committed."""
+
+    def __init__(self, node: TxnHost, observe: typing.Callable[[str, float], None] = _ignore) -> None:
         self.node = node
+        self.observe = observe
         self.shards: dict[int, _Shard] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         # Compacted, as Kafka's: the latest record of each transactional id is its state.
         self._topic = InternalTopic(TXN_TOPIC, {"cleanup.policy": "compact"})
-        # requests taken here by kind (client_add, implicit_add, end_txn_v1, end_txn_v2):
-        # /metrics chronik_txn_requests, which shows which transaction version clients run
+        # requests taken here by kind (client_add, implicit_add, end_txn_v1, end_txn_v2), and
+        # concurrent_transactions answers: /metrics chronik_txn_requests, which shows which
+        # transaction version clients run
         self.counts: collections.Counter[str] = collections.Counter()
 
     def setting(self, name: str) -> int:
@@ -210,11 +243,13 @@ class TxnCoordinator(ShardedCoordinator):
 
     # --- writing --------------------------------------------------------------------------------
 
-    async def _write(self, shard: _Shard, transactional_id: str, meta: TxnMetadata | None) -> None:
-        """Commit one record (meta None: a tombstone); raises TxnError."""
+    async def _write(self, shard: _Shard, transactional_id: str, meta: TxnMetadata | None,
+                     *then: TxnMetadata) -> None:
+        """Commit one record (meta None: a tombstone), and `then` after it in the same batch;
+        raises TxnError."""
         if not shard.current:
             raise TxnError("not the coordinator", ErrorCode.not_coordinator)
-        batch = txn_batch(transactional_id, meta, self.node.wall_clock_ms())
+        batch = txn_batch(transactional_id, meta, self.node.wall_clock_ms(), *then)
         try:
             await shard.replica.produce(batch, parse_batches(batch, batch_bytes_max=BATCH_BYTES_MAX), -1)
         except (NotLeader, ProposalFailed) as exc:
@@ -224,17 +259,20 @@ class TxnCoordinator(ShardedCoordinator):
         if not shard.current:
             raise TxnError("leadership moved during the write", ErrorCode.not_coordinator)
 
-    def _start_completion(self, shard: _Shard, transactional_id: str) -> trio.Event:
+    def _start_completion(self, shard: _Shard, transactional_id: str, requested_at: float | None = None) -> trio.Event:
+        """requested_at: when the EndTxn that prepared it arrived (trio clock), for the timings."""
         done = shard.completing.get(transactional_id)
         if done is None:
             done = shard.completing[transactional_id] = trio.Event()
             assert self._nursery is not None, "completion before the coordinator runs"
-            self._nursery.start_soon(self._complete, shard, transactional_id, done)
+            self._nursery.start_soon(self._complete, shard, transactional_id, done, requested_at)
         return done
 
-    async def _complete(self, shard: _Shard, transactional_id: str, done: trio.Event) -> None:
+    async def _complete(self, shard: _Shard, transactional_id: str, done: trio.Event,
+                        requested_at: float | None) -> None:
         """Write the markers of a prepared transaction, then its Complete record. Stops when
         this node stops leading (the next coordinator resumes it)."""
+        started = trio.current_time()
         try:
             meta = shard.store.get(transactional_id)
             if meta is None or meta.state not in ts.PREPARED:
@@ -258,16 +296,34 @@ class TxnCoordinator(ShardedCoordinator):
                     backoff = min(backoff * 2, MARKER_BACKOFF_S[1])
             if not shard.current:
                 return
+            self.observe("markers", trio.current_time() - (started if requested_at is None else requested_at))
             async with shard.lock(transactional_id):
-                now_meta = shard.store.get(transactional_id)
-                if now_meta == meta:
-                    await self._write(shard, transactional_id, ts.complete(meta, self.node.wall_clock_ms()))
+                if shard.store.get(transactional_id) == meta:
+                    await self._write_complete(shard, transactional_id, meta)
+                    if requested_at is not None:
+                        self.observe("completion", trio.current_time() - requested_at)
         except TxnError as exc:
             log.info("completion of %r stopped: %s", transactional_id, exc)
         finally:
             if shard.completing.get(transactional_id) is done:
                 del shard.completing[transactional_id]
             done.set()
+
+    async def _write_complete(self, shard: _Shard, transactional_id: str, meta: TxnMetadata) -> None:
+        """The Complete record of prepared `meta` (every marker durable), with the adds that
+        waited for it decided on the completed state, in arrival order, and the resulting
+        Ongoing record in the same batch. The adds are answered once it is committed."""
+        now_ms = self.node.wall_clock_ms()
+        completed = current = ts.complete(meta, now_ms)
+        decided = []
+        for join in shard.joining.pop(transactional_id, []):
+            decision = ts.add_partitions(current, join.producer_id, join.producer_epoch, join.partitions, now_ms,
+                                         tv2=join.tv2)
+            current = decision.write or current
+            decided.append((join, decision.error))
+        await self._write(shard, transactional_id, completed, *([current] if current is not completed else []))
+        for join, error in decided:
+            join.error = error
 
     # --- finding the coordinator ------------------------------------------------------------------
 
@@ -313,45 +369,74 @@ class TxnCoordinator(ShardedCoordinator):
 
     # --- the APIs ---------------------------------------------------------------------------------
 
-    async def init_producer_id(self, transactional_id: str, timeout_ms: int, producer_id: int,
-                               producer_epoch: int) -> ts.Decision:
-        """InitProducerId with a transactional id. An Ongoing transaction of the id is
-        aborted first (fenced); the call waits up to INIT_WAIT_S for that abort."""
+    async def _decide(self, transactional_id: str, decide: typing.Callable[[_Shard], typing.Awaitable[ts.Decision]],
+                      wait_s: float) -> ts.Decision:
+        """decide(shard) under the id's lock (it writes what it decided). A decision of
+        CONCURRENT_TRANSACTIONS while a completion of the id runs waits up to wait_s for it
+        and is taken once more; if still so, that is the answer (the client retries)."""
         for attempt in range(2):
             try:
                 shard = await self._loaded_shard(transactional_id)
                 async with shard.lock(transactional_id):
-                    current = shard.store.get(transactional_id)
-                    new_pid = await self.node.allocate_producer_id() if ts.needs_new_producer_id(current) else -1
-                    decision = ts.init_producer_id(
-                        current, transactional_id, timeout_ms, expected_producer_id=producer_id,
-                        expected_epoch=producer_epoch, now_ms=self.node.wall_clock_ms(), new_producer_id=new_pid,
-                        max_timeout_ms=self.setting("transaction_max_timeout_ms"))
-                    if decision.write is not None:
-                        await self._write(shard, transactional_id, decision.write)
-                    waiting = (self._start_completion(shard, transactional_id) if decision.markers is not None
-                               else shard.completing.get(transactional_id))
+                    decision = await decide(shard)
+                    waiting = shard.completing.get(transactional_id)
             except TxnError as exc:
                 return ts.refuse(exc.error_code)
             if decision.error != ErrorCode.concurrent_transactions or waiting is None or attempt:
-                return decision
-            with trio.move_on_after(INIT_WAIT_S):
+                break
+            with trio.move_on_after(wait_s):
                 await waiting.wait()
+        if decision.error == ErrorCode.concurrent_transactions:
+            self.counts["concurrent_transactions"] += 1
         return decision
+
+    async def init_producer_id(self, transactional_id: str, timeout_ms: int, producer_id: int,
+                               producer_epoch: int) -> ts.Decision:
+        """InitProducerId with a transactional id. An Ongoing transaction of the id is
+        aborted first (fenced); the call waits up to INIT_WAIT_S for that abort, or for the
+        completion of a transaction that was ending."""
+        async def decide(shard: _Shard) -> ts.Decision:
+            current = shard.store.get(transactional_id)
+            new_pid = await self.node.allocate_producer_id() if ts.needs_new_producer_id(current) else -1
+            decision = ts.init_producer_id(
+                current, transactional_id, timeout_ms, expected_producer_id=producer_id,
+                expected_epoch=producer_epoch, now_ms=self.node.wall_clock_ms(), new_producer_id=new_pid,
+                max_timeout_ms=self.setting("transaction_max_timeout_ms"))
+            if decision.write is not None:
+                await self._write(shard, transactional_id, decision.write)
+                if decision.markers is not None:
+                    self._start_completion(shard, transactional_id)
+            return decision
+        return await self._decide(transactional_id, decide, INIT_WAIT_S)
 
     async def add_partitions(self, transactional_id: str, producer_id: int, producer_epoch: int,
                              partitions: typing.Iterable[tuple[str, int]], *, tv2: bool = False) -> ErrorCode:
+        """AddPartitionsToTxn / AddOffsetsToTxn, or (tv2) a partition leader's or group
+        coordinator's implicit add. One that finds the id's previous transaction completing
+        joins the completion (_Join), up to CONCURRENT_WAIT_S; one the completion did not
+        take is decided again after it, CONCURRENT_TRANSACTIONS while it still runs."""
         self.counts["implicit_add" if tv2 else "client_add"] += 1
-        try:
-            shard = await self._loaded_shard(transactional_id)
-            async with shard.lock(transactional_id):
-                decision = ts.add_partitions(shard.store.get(transactional_id), producer_id, producer_epoch,
-                                             frozenset(partitions), self.node.wall_clock_ms(), tv2=tv2)
-                if decision.write is not None:
-                    await self._write(shard, transactional_id, decision.write)
-        except TxnError as exc:
-            return exc.error_code
-        return decision.error
+        wanted = frozenset(partitions)
+        join = _Join(producer_id, producer_epoch, wanted, tv2)
+        first = [True]
+
+        async def decide(shard: _Shard) -> ts.Decision:
+            if join.error is not None:  # written with the previous transaction's Complete record
+                return ts.refuse(join.error)
+            joined = shard.joining.get(transactional_id, [])
+            if join in joined:  # the completion did not take it (still running): decided here
+                joined.remove(join)
+            decision = ts.add_partitions(shard.store.get(transactional_id), producer_id, producer_epoch, wanted,
+                                         self.node.wall_clock_ms(), tv2=tv2)
+            if decision.write is not None:
+                await self._write(shard, transactional_id, decision.write)
+            elif (first[0] and decision.error == ErrorCode.concurrent_transactions
+                  and transactional_id in shard.completing):
+                # Only the first decision joins: the last one's answer must be the whole truth.
+                shard.joining.setdefault(transactional_id, []).append(join)
+            first[0] = False
+            return decision
+        return (await self._decide(transactional_id, decide, CONCURRENT_WAIT_S)).error
 
     async def verify_partition(self, transactional_id: str, producer_id: int, producer_epoch: int,
                                topic: str, partition: int, add: bool) -> ErrorCode:
@@ -369,23 +454,24 @@ class TxnCoordinator(ShardedCoordinator):
 
     async def end_txn(self, transactional_id: str, producer_id: int, producer_epoch: int, commit: bool,
                       *, tv2: bool = False) -> ts.Decision:
+        """Answered once the PrepareCommit / PrepareAbort record is committed; the markers
+        and the Complete record follow (a completion)."""
         self.counts["end_txn_v2" if tv2 else "end_txn_v1"] += 1
-        try:
-            shard = await self._loaded_shard(transactional_id)
-            async with shard.lock(transactional_id):
-                current = shard.store.get(transactional_id)
-                new_pid = (await self.node.allocate_producer_id()
-                           if ts.end_txn_needs_new_producer_id(current, tv2) else -1)
-                decision = ts.end_txn(current, producer_id, producer_epoch, commit, self.node.wall_clock_ms(),
-                                      tv2=tv2, new_producer_id=new_pid)
-                if decision.write is None:
-                    return decision
+        requested_at = trio.current_time()
+
+        async def decide(shard: _Shard) -> ts.Decision:
+            current = shard.store.get(transactional_id)
+            new_pid = (await self.node.allocate_producer_id()
+                       if ts.end_txn_needs_new_producer_id(current, tv2) else -1)
+            decision = ts.end_txn(current, producer_id, producer_epoch, commit, self.node.wall_clock_ms(),
+                                  tv2=tv2, new_producer_id=new_pid)
+            if decision.write is not None:
                 await self._write(shard, transactional_id, decision.write)
-                done = self._start_completion(shard, transactional_id)
-        except TxnError as exc:
-            return ts.refuse(exc.error_code)
-        with trio.move_on_after(END_TXN_WAIT_S):
-            await done.wait()
+                self._start_completion(shard, transactional_id, requested_at)
+            return decision
+        decision = await self._decide(transactional_id, decide, CONCURRENT_WAIT_S)
+        if decision.write is not None:
+            self.observe("end_txn", trio.current_time() - requested_at)
         return decision
 
     async def describe(self, transactional_id: str) -> TxnMetadata:

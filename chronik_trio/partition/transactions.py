@@ -285,6 +285,15 @@ class TransactionState:
         entry = self.producers.get(producer_id)
         return entry.markers_seen if entry is not None else 0
 
+    def markers_due(self, producer_id: int, epoch: int) -> int:
+        """Markers that must land before a transactional batch of `epoch` can open a
+        transaction here: 1 while the producer's previous transaction, of an older epoch, is
+        still open here (transaction version 2: EndTxn is answered before its markers, and
+        the coordinator confirms the next transaction's first batch here once they are
+        durable), else 0. The verification guard expects exactly these."""
+        entry = self.producers.get(producer_id)
+        return 1 if entry is not None and entry.first_offset >= 0 and entry.epoch < epoch else 0
+
     def check_marker(self, marker: TxnMarker, producer_epoch: int) -> None:
         """A marker to write; producer_epoch is the producer's current epoch here (-1:
         unknown). Raises MarkerEpochFenced or TransactionCoordinatorFenced."""

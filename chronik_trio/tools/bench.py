@@ -220,7 +220,11 @@ def _raft_runs(args) -> dict:
 class _NodeWatch:
     """Scrapes every node before and after the broker modes; CPU and RSS of own processes."""
 
-    HISTOGRAMS = {"ready_pass": "chronik_ready_pass_seconds", "fsync_round": "chronik_fsync_round_seconds"}
+    HISTOGRAMS = {"ready_pass": "chronik_ready_pass_seconds", "fsync_round": "chronik_fsync_round_seconds",
+                  # a transaction's coordinator (--transactional): EndTxn -> answer, EndTxn ->
+                  # markers durable, EndTxn -> Complete record committed
+                  "txn_end_txn": "chronik_txn_end_txn_seconds", "txn_markers": "chronik_txn_markers_seconds",
+                  "txn_completion": "chronik_txn_completion_seconds"}
 
     RSS_SAMPLE_INTERVAL_S = 10.0  # for memory flatness over a long run
 
@@ -347,7 +351,9 @@ def _methods(args, target: str, rf: int) -> dict:
                      f"client's metadata refresh and retry included); the node is restarted between trials."),
         "node": ("chronik_ready_pass_seconds and chronik_fsync_round_seconds histograms scraped from each "
                  "node's /metrics before and after the broker modes: count, mean, and percentiles as "
-                 "bucket upper bounds; CPU = process user+system time over the same window / wall time; "
+                 "bucket upper bounds (with --transactional also the coordinator's chronik_txn_end_txn_seconds: "
+                 "EndTxn received -> answered, chronik_txn_markers_seconds: EndTxn received -> every "
+                 "marker durable, chronik_txn_completion_seconds: EndTxn received -> CompleteCommit committed); CPU = process user+system time over the same window / wall time; "
                  "RSS from /proc (VmRSS), also sampled every 10 s during the run; the log cleaner's "
                  "counters over the same window (cleaner rate = bytes of log the cleaning passes went over / "
                  "time inside those passes, in the worker thread, while produce continues; each pass reads "
@@ -595,9 +601,9 @@ def _print_other_modes(res: dict) -> None:
               f"{', '.join(str(t['failover_s']) for t in f['trials'])}")
     for node in res.get("node", []):
         parts = [f"node {node['metrics']}:"]
-        for key in ("ready_pass", "fsync_round"):
+        for key in ("ready_pass", "fsync_round", "txn_end_txn", "txn_markers", "txn_completion"):
             h = node.get(key)
-            if h:
+            if h and h["count"]:
                 parts.append(f"{key} n={h['count']} mean {h['mean_ms']} ms p50<={h['p50_ms_at_most']} "
                              f"p99<={h['p99_ms_at_most']} ms;")
         if "sent_messages" in node:

@@ -3,9 +3,9 @@
 Key: Kafka's TransactionLogKey layout (version i16 = 0, transactional id as i16 length +
 UTF-8), so tools that read keys of Kafka's topic read ours. Value: a UTF-8 JSON object with
 a "v" version field (TxnMetadata.to_json), read only by this broker; a null value is a
-tombstone (the id expired: Dead). Each write is one uncompressed v2 batch of one record
-(group/records.py's encoding); the latest record of an id is its state (compacted
-semantics).
+tombstone (the id expired: Dead). Each write is one uncompressed v2 batch (group/records.py's
+encoding) of one record, or of two of one id (a transaction's Complete record and the next
+transaction's Ongoing one); the latest record of an id is its state (compacted semantics).
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ def parse_txn_value(transactional_id: str, value: bytes) -> TxnMetadata:
     return TxnMetadata.from_json(transactional_id, json.loads(value))
 
 
-def txn_batch(transactional_id: str, meta: TxnMetadata | None, timestamp_ms: int) -> bytes:
-    """The batch that records meta (None: a tombstone) as transactional_id's state."""
-    return build_batch([(txn_key(transactional_id), None if meta is None else txn_value(meta))], timestamp_ms)
+def txn_batch(transactional_id: str, meta: TxnMetadata | None, timestamp_ms: int, *then: TxnMetadata) -> bytes:
+    """The batch that records meta (None: a tombstone) as transactional_id's state, and
+    then each of `then` in order (the last is the state: a Complete record with the next
+    transaction's Ongoing, written as one)."""
+    key = txn_key(transactional_id)
+    return build_batch([(key, None if meta is None else txn_value(meta)), *((key, txn_value(m)) for m in then)],
+                       timestamp_ms)

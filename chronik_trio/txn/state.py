@@ -265,8 +265,11 @@ def end_txn(current: TxnMetadata | None, producer_id: int, producer_epoch: int, 
     done = S.COMPLETE_COMMIT if commit else S.COMPLETE_ABORT
     if current.state == S.ONGOING:
         return _prepare(current, wanted, now_ms, tv2=tv2, new_producer_id=new_producer_id)
-    if current.state == wanted:
-        return refuse(ErrorCode.concurrent_transactions)  # still writing markers: retry
+    if current.state in PREPARED:
+        # The markers of a decided transaction are being written (EndTxn is answered once the
+        # prepare is durable): a retry of that EndTxn, or the next transaction's, waits.
+        # Once complete, a request against the decided outcome is refused below.
+        return refuse(ErrorCode.concurrent_transactions)
     if current.state == done and (retry or not tv2):
         return _answer(current, write=False)  # a retry of the EndTxn that completed it
     if tv2 and not commit and not retry and current.state in COMPLETED | {S.EMPTY}:

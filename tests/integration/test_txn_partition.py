@@ -20,7 +20,7 @@ from tests.kafka_wire import NONE, KafkaWire, Record, build_batch, parse_batches
 
 PRODUCE, FETCH, LIST_OFFSETS, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 19, 22
 FIND_COORDINATOR, ADD_PARTITIONS_TO_TXN, END_TXN = 10, 24, 26
-WRITE_TXN_MARKERS, DESCRIBE_PRODUCERS = 27, 61
+WRITE_TXN_MARKERS, DESCRIBE_PRODUCERS, DESCRIBE_TRANSACTIONS = 27, 61, 65
 INVALID_RECORD, INVALID_TXN_STATE, CLUSTER_AUTHORIZATION_FAILED = 87, 48, 31
 TRANSACTIONAL, CONTROL = 0x10, 0x20
 TXN_ID = "txn-part-test"
@@ -48,9 +48,18 @@ def add_partition(conn: KafkaWire, topic: str, pid: int, epoch: int) -> None:
 
 
 def end_txn(conn: KafkaWire, pid: int, epoch: int, commit: bool) -> None:
+    """EndTxn, then until the transaction is complete: EndTxn is answered once its prepare
+    record is durable, the markers follow (as with Kafka)."""
     r = conn.request(END_TXN, {"transactional_id": TXN_ID, "producer_id": pid, "producer_epoch": epoch,
                                "committed": commit}, version=3)
     assert r.error_code == NONE, r
+    deadline = time.monotonic() + 30
+    while True:
+        (state,) = conn.request(DESCRIBE_TRANSACTIONS, {"transactional_ids": [TXN_ID]}, version=0).transaction_states
+        if state.transaction_state == ("CompleteCommit" if commit else "CompleteAbort"):
+            return
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
 
 
 def produce(conn: KafkaWire, topic: str, batch: bytes, transactional_id: str | None = TXN_ID, *,

@@ -209,3 +209,17 @@ def test_snapshot_then_the_rest_equals_applying_everything(plan, cut):
            {p: (e.epoch, e.first_offset, e.coordinator_epoch) for p, e in whole.producers.items()}
     assert restored.aborted_between(0, 10**9) == whole.aborted_between(0, 10**9)
     assert restored.open == whole.open and restored.first_unstable_offset() == whole.first_unstable_offset()
+
+
+def test_the_previous_transactions_marker_is_due_before_a_newer_epoch_opens_one():
+    """Transaction version 2: EndTxn is answered before its markers, so a producer's next
+    transaction (its epoch one higher) may be verified here while the previous one is still
+    open: exactly one marker, that one, is then due; none otherwise."""
+    log = Log()
+    assert log.state.markers_due(5, 0) == 0  # unknown producer
+    log.append(data(0, 5, epoch=3))  # transaction at epoch 3 opens
+    assert (log.state.markers_due(5, 4), log.state.markers_due(5, 3)) == (1, 0)
+    seen = log.state.markers_seen(5)
+    log.append(marker(1, 5, True, epoch=4))  # its marker, with the TV2 bumped epoch
+    assert log.state.markers_seen(5) == seen + 1 and log.state.markers_due(5, 4) == 0
+    assert log.state.needs_verification(5, 4)  # the next transaction opens after verification

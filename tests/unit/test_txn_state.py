@@ -45,8 +45,13 @@ def test_a_committed_transaction():
     assert again.error == ErrorCode.none and again.write is None  # nothing new to write
     ended = ts.end_txn(added.write, 7, 0, True, 200)
     assert ended.write.state == S.PREPARE_COMMIT and ended.markers == ts.Marker(7, 0, True, frozenset(TP[:2]))
+    # EndTxn is answered once the prepare is durable; until the markers are written and the
+    # transaction completed, the id's next requests wait (CONCURRENT_TRANSACTIONS), an abort
+    # of the decided commit too: it is refused only once the outcome is complete.
     assert ts.end_txn(ended.write, 7, 0, True, 210).error == ErrorCode.concurrent_transactions
+    assert ts.end_txn(ended.write, 7, 0, False, 210).error == ErrorCode.concurrent_transactions
     assert ts.add_partitions(ended.write, 7, 0, frozenset(TP), 210).error == ErrorCode.concurrent_transactions
+    assert _init(ended.write, expected=(7, 0)).error == ErrorCode.concurrent_transactions
     done = ts.complete(ended.write, 220)
     assert done.state == S.COMPLETE_COMMIT and not done.partitions
     assert ts.end_txn(done, 7, 0, True, 230).error == ErrorCode.none  # retry after completion
@@ -248,3 +253,18 @@ def test_offsets_in_a_transaction_count_only_once_it_commits():
     assert store.committed("g")[("t", 0)].offset == 10 and store.unstable("g") == set()
     marker(5, True, 5)  # a repeated marker changes nothing
     assert store.committed("g")[("t", 0)].offset == 10 and store.skipped_records == 0
+
+
+def test_a_complete_record_and_the_next_ongoing_one_in_one_batch():
+    """The coordinator writes a transaction's Complete record and the next transaction's
+    Ongoing record (an add that waited for the completion) as one batch: every replica's
+    store applies them in order and keeps the Ongoing one."""
+    meta = _init(None).write
+    prepared = ts.end_txn(ts.add_partitions(meta, 7, 0, frozenset(TP[:1]), 10).write, 7, 0, True, 20).write
+    completed = ts.complete(prepared, 30)
+    ongoing = ts.add_partitions(completed, 7, 0, frozenset(TP[1:]), 30).write
+    assert ongoing.state == S.ONGOING and ongoing.partitions == frozenset(TP[1:]) and ongoing.start_ms == 30
+    store = TxnStore()
+    store.apply(memoryview(txn_batch("t", prepared, 20)), 1)
+    store.apply(memoryview(txn_batch("t", completed, 30, ongoing)), 2)
+    assert store.get("t") == ongoing

@@ -23,6 +23,7 @@ from chronik_trio.cluster.meta import Topic
 from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.partition.transactions import TransactionState
 from chronik_trio.storage import Disk
+from chronik_trio.storage.hardstate_log import HardStateLog
 from chronik_trio.storage.raft_storage import DurableRaftStorage
 
 from .config import NodeConfig
@@ -69,6 +70,7 @@ class HostedReplicas:
         self._wanted = trio.Event()
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self.hard_states: HardStateLog | None = None  # the node's; set before run()
 
     def get(self, topic: str, partition: int) -> PartitionReplica | None:
         return self.by_partition.get((topic, partition))
@@ -123,6 +125,7 @@ class HostedReplicas:
             if topic is None or topic.topic_id != replica.topic_id:
                 async with replica.group.lock:  # not in the middle of a Ready
                     self.runtime.remove(replica.group.group_id)
+                    replica.group.storage.forget_hard_state()
                     replica.group.close()
                     replica.closed = True
                 del self.by_partition[key]
@@ -169,7 +172,8 @@ class HostedReplicas:
                 self.disk.rename(staging, directory)
             self.disk.fsync_dir(parent)
         return [(DurableRaftStorage(self.disk, self._directory(topic, partition), kafka=True,
-                                    segment_bytes=int(self.topic_config(topic.name, "segment.bytes"))),
+                                    segment_bytes=int(self.topic_config(topic.name, "segment.bytes")),
+                                    hard_states=self.hard_states, key=group_id(topic, partition)),
                  self._joining_generation(topic, partition)) for topic, partition in items]
 
     def _bootstrap(self, directory: pathlib.Path, topic: Topic, partition: int) -> DurableRaftStorage:
@@ -189,7 +193,8 @@ class HostedReplicas:
             generation = move.generation if move is not None else state.version
             self.disk.replace_file(directory / JOINING_FILE, b"%d" % generation)
         return DurableRaftStorage.bootstrap(self.disk, directory, voters=voters,
-                                            kafka=True, segment_bytes=segment_bytes)
+                                            kafka=True, segment_bytes=segment_bytes,
+                                            hard_states=self.hard_states, key=group_id(topic, partition))
 
     def _joining_generation(self, topic: Topic, partition: int) -> int | None:
         """Blocking: the generation in the replica's JOINING_FILE, or None."""
@@ -212,7 +217,7 @@ class HostedReplicas:
         # election timeout: its first leader is the preferred one, with no hand-over after.
         new = storage.last_index() == 0 and storage.initial_state()[0].term == 0
         preferred = topic.replicas[partition][0] == self.node_id
-        group = open_group(self.node_id, f"{topic.topic_id.hex}-{partition}", storage, machine,
+        group = open_group(self.node_id, group_id(topic, partition), storage, machine,
                            self.runtime.wake, rng=self._rng, campaign_now=new and preferred,
                            joining_generation=joining_generation)
         group.joined_listeners.append(functools.partial(self._joined, topic, partition))
@@ -251,6 +256,12 @@ async def _campaign_again(group: RaftGroup) -> None:
         async with group.lock:
             group.node.campaign()
         group.wake_runtime()
+
+
+def group_id(topic: Topic, partition: int) -> str:
+    """A partition's Raft group id: unique across topics ever created (a topic deleted and
+    created again under its name has a new topic id), so it also keys the group's hard state."""
+    return f"{topic.topic_id.hex}-{partition}"
 
 
 def rename_deleted(directory: pathlib.Path, rng: random.Random) -> pathlib.Path:

@@ -165,7 +165,7 @@ class HostedReplicas:
             self.disk.mkdir(parent)
             staged = [directory.with_name(directory.name + CREATING_SUFFIX) for _, _, directory in fresh]
             remove_dirs(staged)  # left by a crash during an earlier creation
-            with self.disk.deferred_sync(parent):
+            with self.disk.deferred_sync(parent, self.data_dir):  # data_dir: the hard-state log
                 for (topic, partition, _), staging in zip(fresh, staged):
                     self._bootstrap(staging, topic, partition).close()
             for (_, _, directory), staging in zip(fresh, staged):

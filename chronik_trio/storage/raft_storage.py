@@ -235,13 +235,14 @@ class DurableRaftStorage:
         as etcd's bootstrap). Raises StorageError if the group already has state. A state
         the hard-state log still holds for `key` (an earlier replica of the group here,
         since removed) is reset first: the new replica's log starts empty."""
+        if hard_states is not None and not disk.exists(directory / SNAPSHOT_FILE):
+            # Before opening: the log's recovery must not expect the earlier replica's commit.
+            hard_states.reset(key)
         storage = cls(disk, directory, kafka=kafka, segment_bytes=segment_bytes,
                       hard_states=hard_states, key=key)
         if storage._snapshot.metadata.conf_state != ConfState() or storage.last_index() > 0:
             storage.close()
             raise StorageError(f"{directory} already holds a Raft group; not bootstrapping it again")
-        storage._hard_states.reset(key)
-        storage._hard_state = storage._saved_hard_state = HardState()
         snap = Snapshot(SnapshotMetadata(0, 0, ConfState(voters=tuple(voters), learners=tuple(learners))))
         storage._snapshot_file.save(snap)
         storage._snapshot = snap

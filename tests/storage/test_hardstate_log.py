@@ -253,9 +253,11 @@ def test_a_group_of_an_earlier_data_directory_keeps_its_term_vote_and_commit(tmp
     log.close()
 
 
-def test_a_new_replica_of_a_group_starts_from_nothing_even_after_a_power_loss(tmp_path):
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_new_replica_of_a_group_starts_from_nothing_even_after_a_power_loss(tmp_path, restarted):
     """A group removed from this node and later assigned here again: its earlier replica's
-    term, vote and commit (past the new, empty log) must not come back."""
+    term, vote and commit (past the new, empty log) must not come back, whether the node
+    restarted in between (the removal's zero record never written) or not."""
     disk = FaultyDisk()
     log = HardStateLog(disk, tmp_path / "hardstates")
     first = DurableRaftStorage.bootstrap(disk, tmp_path / "p-0", voters=VOTERS, kafka=False,
@@ -265,6 +267,10 @@ def test_a_new_replica_of_a_group_starts_from_nothing_even_after_a_power_loss(tm
     first.sync()
     first.forget_hard_state()  # removed (the zero record is not written yet)
     first.close()
+    if restarted:
+        log.close()
+        log = HardStateLog(disk, tmp_path / "hardstates")
+        assert log.get("g") == HardState(3, 1, 1)
     second = DurableRaftStorage.bootstrap(disk, tmp_path / "p-0-again", voters=VOTERS, kafka=False,
                                           hard_states=log, key="g")
     assert second.initial_state()[0] == HardState()

@@ -109,7 +109,10 @@ def _records(view: memoryview, start: int, end: int, path: pathlib.Path) -> list
         key_end = pos + _KEY_LENGTH.size + key_length
         if key_end + _STATE.size > end:
             raise CorruptHardStateError(path, f"a record at byte {pos} runs past its frame")
-        key = bytes(view[pos + _KEY_LENGTH.size:key_end]).decode()
+        try:
+            key = bytes(view[pos + _KEY_LENGTH.size:key_end]).decode()
+        except UnicodeDecodeError:
+            raise CorruptHardStateError(path, f"a record at byte {pos} has a key that is not UTF-8") from None
         out.append((key, HardState(*_STATE.unpack_from(view, key_end))))
         pos = key_end + _STATE.size
     return out

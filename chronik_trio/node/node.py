@@ -44,7 +44,8 @@ from chronik_trio.kafka.fetch_sessions import FetchSessionCache
 from chronik_trio.partition.transactions import TxnMarker
 from chronik_trio.pb import meta_pb2
 from chronik_trio.storage import Disk
-from chronik_trio.storage.raft_storage import DurableRaftStorage
+from chronik_trio.storage.hardstate_log import HardStateLog
+from chronik_trio.storage.raft_storage import HARD_STATE_LOG_FILE, DurableRaftStorage, run_tickets
 from chronik_trio.transport.transport import Transport
 
 from .config import ConfigError, NodeConfig
@@ -154,6 +155,7 @@ class Node:
         self.membership = Membership(self.node_id, config.peer_addresses, self.meta_machine, self.meta_service,
                                      self.runtime, self.peers, run_sync)
         self._joining = False  # set by _open_stores: an empty data dir and --join
+        self.hard_states: HardStateLog | None = None  # opened by _open_stores
         self._serving = False
         self._requests_inflight = 0
         self._requests_drained: trio.Event | None = None  # set when requests_inflight drops to 0
@@ -307,6 +309,8 @@ class Node:
             # that never reached the disk, and recording that as durable would lie.
             for group in list(self.runtime.groups.values()):
                 group.storage.close()
+            if self.hard_states is not None:
+                self.hard_states.close()
             raise
         self._close_cleanly()
 
@@ -328,19 +332,21 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for suffix in (DELETED_SUFFIX, CREATING_SUFFIX):
             remove_dirs(list((self.data_dir / "partitions").glob(f"*{suffix}")))
+        # Every group's term, vote and commit: one append per sync round (storage/hardstate_log.py).
+        self.hard_states = self.replicas.hard_states = HardStateLog(self.disk, self.data_dir / HARD_STATE_LOG_FILE)
         directory = self.data_dir / "meta"
-        segment_bytes = self.config.meta_segment_bytes
-        storage = DurableRaftStorage(self.disk, directory, kafka=False, segment_bytes=segment_bytes)
+        opened = {"kafka": False, "segment_bytes": self.config.meta_segment_bytes,
+                  "hard_states": self.hard_states, "key": META_GROUP_ID}
+        storage = DurableRaftStorage(self.disk, directory, **opened)
         if not storage.is_initialized:
             storage.close()
             if self.config.join:
                 # No configuration: the __meta leader sends a snapshot once this node is a learner.
-                storage = DurableRaftStorage(self.disk, directory, kafka=False, segment_bytes=segment_bytes)
+                storage = DurableRaftStorage(self.disk, directory, **opened)
                 self._joining = True
                 log.info("__meta is empty and --join was given: joining the cluster through %s", self.config.join)
             else:
-                storage = DurableRaftStorage.bootstrap(self.disk, directory, voters=self.config.voters,
-                                                       kafka=False, segment_bytes=segment_bytes)
+                storage = DurableRaftStorage.bootstrap(self.disk, directory, voters=self.config.voters, **opened)
                 log.info("bootstrapped __meta with voters %s", self.config.voters)
         group = open_group(self.node_id, META_GROUP_ID, storage, self.meta_machine, self.runtime.wake,
                            rng=self.rng)
@@ -538,9 +544,15 @@ class Node:
     def _close_cleanly(self) -> None:
         """Everything written is made durable and recorded as such, then files are closed."""
         groups = list(self.runtime.groups.values())
+        # One round for all (one hard-state append, not one per group).
+        tickets = [(g, g.storage.begin_sync(save_commit=True)) for g in groups]
+        tickets = [(g, t) for g, t in tickets if t is not None]
+        run_tickets([t for _, t in tickets])
+        for group, ticket in tickets:
+            group.storage.end_sync(ticket)
         for group in groups:
-            group.storage.sync(save_commit=True)
             group.close()
+        self.hard_states.close()
         log.info("node %d stopped cleanly; %d Raft group(s) synced and closed", self.node_id, len(groups))
 
 

@@ -23,6 +23,7 @@ from chronik_trio.cluster.meta import Topic
 from chronik_trio.partition.producers import ProducerStateTable
 from chronik_trio.partition.transactions import TransactionState
 from chronik_trio.storage import Disk
+from chronik_trio.storage.hardstate_log import HardStateLog
 from chronik_trio.storage.raft_storage import DurableRaftStorage
 
 from .config import NodeConfig
@@ -82,6 +83,7 @@ class HostedReplicas:
         self._wanted = trio.Event()
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self.hard_states: HardStateLog | None = None  # the node's; set before run()
 
     def get(self, topic: str, partition: int) -> PartitionReplica | None:
         return self.by_partition.get((topic, partition))
@@ -136,6 +138,7 @@ class HostedReplicas:
             if topic is None or topic.topic_id != replica.topic_id:
                 async with replica.group.lock:  # not in the middle of a Ready
                     self.runtime.remove(replica.group.group_id)
+                    replica.group.storage.forget_hard_state()
                     replica.group.close()
                     replica.closed = True
                 del self.by_partition[key]
@@ -175,14 +178,15 @@ class HostedReplicas:
             self.disk.mkdir(parent)
             staged = [directory.with_name(directory.name + CREATING_SUFFIX) for _, _, directory in fresh]
             remove_dirs(staged)  # left by a crash during an earlier creation
-            with self.disk.deferred_sync(parent):
+            with self.disk.deferred_sync(parent, self.data_dir):  # data_dir: the hard-state log
                 for (topic, partition, _), staging in zip(fresh, staged):
                     self._bootstrap(staging, topic, partition).close()
             for (_, _, directory), staging in zip(fresh, staged):
                 self.disk.rename(staging, directory)
             self.disk.fsync_dir(parent)
         return [(DurableRaftStorage(self.disk, self._directory(topic, partition), kafka=True,
-                                    segment_bytes=int(self.topic_config(topic.name, "segment.bytes"))),
+                                    segment_bytes=int(self.topic_config(topic.name, "segment.bytes")),
+                                    hard_states=self.hard_states, key=group_id(topic, partition)),
                  self._joining_generation(topic, partition)) for topic, partition in items]
 
     def _bootstrap(self, directory: pathlib.Path, topic: Topic, partition: int) -> DurableRaftStorage:
@@ -202,7 +206,8 @@ class HostedReplicas:
             generation = move.generation if move is not None else state.version
             self.disk.replace_file(directory / JOINING_FILE, b"%d" % generation)
         return DurableRaftStorage.bootstrap(self.disk, directory, voters=voters,
-                                            kafka=True, segment_bytes=segment_bytes)
+                                            kafka=True, segment_bytes=segment_bytes,
+                                            hard_states=self.hard_states, key=group_id(topic, partition))
 
     def _joining_generation(self, topic: Topic, partition: int) -> int | None:
         """Blocking: the generation in the replica's JOINING_FILE, or None."""
@@ -225,7 +230,7 @@ class HostedReplicas:
         # election timeout: its first leader is the preferred one, with no hand-over after.
         new = storage.last_index() == 0 and storage.initial_state()[0].term == 0
         preferred = topic.replicas[partition][0] == self.node_id
-        group = open_group(self.node_id, f"{topic.topic_id.hex}-{partition}", storage, machine,
+        group = open_group(self.node_id, group_id(topic, partition), storage, machine,
                            self.runtime.wake, rng=self._rng, campaign_now=new and preferred,
                            joining_generation=joining_generation, skip_bcast_commit=SKIP_BCAST_COMMIT,
                            skip_heartbeat_after_append=SKIP_HEARTBEAT_AFTER_APPEND)
@@ -265,6 +270,12 @@ async def _campaign_again(group: RaftGroup) -> None:
         async with group.lock:
             group.node.campaign()
         group.wake_runtime()
+
+
+def group_id(topic: Topic, partition: int) -> str:
+    """A partition's Raft group id: unique across topics ever created (a topic deleted and
+    created again under its name has a new topic id), so it also keys the group's hard state."""
+    return f"{topic.topic_id.hex}-{partition}"
 
 
 def rename_deleted(directory: pathlib.Path, rng: random.Random) -> pathlib.Path:

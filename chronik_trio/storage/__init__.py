@@ -1,6 +1,8 @@
 """Durable storage of Raft groups: segment logs of framed entries with a sparse Kafka-offset
-index (log.py, segment.py, frame.py), the hard-state file (hardstate.py), snapshots and
-Raft's Storage on disk (raft_storage.py), and the Disk seam all file I/O goes through
+index (log.py, segment.py, frame.py), the node's hard-state log of every group's term,
+vote and commit (hardstate_log.py; hardstate.py reads the per-group files of earlier
+versions), snapshots and Raft's Storage on disk (raft_storage.py), and the Disk seam all
+file I/O goes through
 (disk.py; FaultyDisk adds the chaos harness's faults), and the log cleaner of compacted
 topics (cleaner.py). bench.py is its micro-benchmark.
 
@@ -24,6 +26,7 @@ from chronik_trio.storage.errors import (
 )
 from chronik_trio.storage.frame import LogEntry
 from chronik_trio.storage.hardstate import HardStateFile
+from chronik_trio.storage.hardstate_log import HardStateLog
 from chronik_trio.storage.log import SegmentLog, SyncTicket
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "FaultyDisk",
     "HardState",
     "HardStateFile",
+    "HardStateLog",
     "InvalidBatchError",
     "LogEntry",
     "OffsetOutOfRange",

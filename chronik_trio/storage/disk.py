@@ -103,8 +103,8 @@ class Disk:
     @contextlib.contextmanager
     def deferred_sync(self, *roots: pathlib.Path) -> Iterator[None]:
         """In this thread, the fsyncs of files and directories inside the block are put off;
-        when the block ends (without an exception), one syncfs(2) of each root's filesystem makes
-        everything written meanwhile durable at once. For many new small files (partitions
+        when the block ends (without an exception), one syncfs(2) of each filesystem the roots
+        are on makes everything written meanwhile durable at once. For many new small files (partitions
         created in bulk): one flush of the disk instead of several per partition. Only for
         files nothing depends on before the block ends (nothing may be sent, acknowledged or
         renamed over a durable file on the strength of a put-off fsync)."""
@@ -115,8 +115,13 @@ class Disk:
         finally:
             noted, _deferring.noted = _deferring.noted, None
         if noted:
-            for root in roots:
-                self.sync_filesystem(root)
+            synced: set[int] = set()
+            for root in roots:  # syncfs syncs a whole filesystem: each one once
+                with _wrapped("stat", root):
+                    device = os.stat(root).st_dev
+                if device not in synced:
+                    synced.add(device)
+                    self.sync_filesystem(root)
 
     def sync_filesystem(self, root: pathlib.Path) -> None:
         """Everything written to root's filesystem is durable when this returns."""
@@ -318,6 +323,7 @@ class FaultyDisk(Disk):
                 os.unlink(self._unlinked.pop(unlinked)[0])
 
     def rename(self, src: pathlib.Path, dst: pathlib.Path) -> None:
+        replacing = os.path.exists(dst)
         super().rename(src, dst)
         with self._lock:
             for table in (self._synced_bytes, self._written_bytes):
@@ -325,7 +331,10 @@ class FaultyDisk(Disk):
                     table[dst] = table.pop(src)
             if src in self._created:
                 self._created.discard(src)
-                self._created.add(dst)
+                # Over a file whose name was durable, the name stays durable (renames are not
+                # undone): a power loss before the directory's fsync must not delete it.
+                if not replacing:
+                    self._created.add(dst)
 
     def unlink(self, path: pathlib.Path) -> None:
         with self._lock:

@@ -1,4 +1,8 @@
-"""The hard-state file: (term, vote, commit), replaced atomically.
+"""The per-group hard-state file of earlier versions: (term, vote, commit), replaced atomically.
+
+A node now keeps every group's hard state in its HardStateLog (hardstate_log.py); this file
+is still read, for a group the log has no state for (a data directory of an earlier
+version), and never written by the node again. `save` writes one as those versions did.
 
 Format (big-endian, 34 bytes): magic b"CTHS" | version u16 | term u64 | vote u64 |
 commit u64 | crc32c u32 over everything before it.
@@ -73,16 +77,3 @@ class HardStateFile:
         """
         self._disk.mkdir(self.path.parent)
         self._disk.replace_file(self.path, encode_hard_state(hs))
-
-    @property
-    def disk(self) -> Disk:
-        return self._disk
-
-    def save_begin(self, hs: HardState) -> pathlib.Path:
-        """save's first half (Disk.replace_file_begin): the new state in a temporary file."""
-        self._disk.mkdir(self.path.parent)
-        return self._disk.replace_file_begin(self.path, encode_hard_state(hs))
-
-    def save_end(self, tmp: pathlib.Path) -> None:
-        """save's second half: the temporary file (durable by now) renamed over the old one."""
-        self._disk.replace_file_end(tmp, self.path)

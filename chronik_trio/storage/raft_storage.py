@@ -1,19 +1,24 @@
-"""Raft's Storage protocol on disk: a SegmentLog, the hard-state file and a snapshot file.
+"""Raft's Storage protocol on disk: a SegmentLog, a hard-state log and a snapshot file.
 
     directory/
       {first_index:020d}.seg   entries (storage.md); a partition group's also Kafka-indexed
-      hardstate                term, vote, commit, replaced atomically
       snapshot                 the latest snapshot (metadata + data), replaced atomically
+      hardstate                (data directories of earlier versions) term, vote, commit:
+                               read when the hard-state log has no state for the group
+      hardstates               a group opened without the node's hard-state log: its own
+
+A node's groups share one HardStateLog (hardstate_log.py): term, vote and commit of every
+group, one frame appended and fsynced per sync round however many groups it holds.
 
 The node writes while handling a Ready, under the group's lock: `append`, `set_hard_state`,
-`apply_snapshot`; then makes them durable with begin_sync / SyncTicket.run (in a worker
+`apply_snapshot`; then makes them durable with begin_sync / run_tickets (in a worker
 thread) / end_sync, before sending `persisted_messages` and calling advance.
 
 Hard state: the term and vote must be durable before any message that depends on them
-leaves (a vote, an append response), so a sync saves the hard-state file whenever they
+leaves (a vote, an append response), so a sync saves the hard state whenever they
 changed. The commit index alone only moves forward and can be re-learnt from the leader,
 so saving it is left to `checkpoint_commit` (the node calls it at an interval) instead of
-costing two fsyncs on every Ready. What is saved is always consistent with the log: the
+costing an fsync on every Ready. What is saved is always consistent with the log: the
 commit saved never exceeds the last durable entry.
 """
 
@@ -36,10 +41,12 @@ from .disk import Disk
 from .errors import CompactedError, StorageError, UnavailableError
 from .frame import FRAME_HEADER_BYTES, LogEntry
 from .hardstate import HardStateFile
+from .hardstate_log import HardStateLog
 from .log import SegmentLog, SyncTicket
 
 SNAPSHOT_FILE = "snapshot"
-HARD_STATE_FILE = "hardstate"
+LEGACY_HARD_STATE_FILE = "hardstate"  # one per group, before the hard-state log
+HARD_STATE_LOG_FILE = "hardstates"
 # A partition group's snapshot data starts with the Kafka offset its log continues from
 # (a log reset to a snapshot holds no batch to derive it from); what follows is the
 # replica's derived state (node/partition_group.py, proto/partition.proto), opaque here.
@@ -110,76 +117,97 @@ class SnapshotFile:
 class RaftSyncTicket:
     """What one sync makes durable: the log's ticket and, if due, the hard state."""
 
-    __slots__ = ("log_ticket", "hard_state", "_hard_state_file")
+    __slots__ = ("log_ticket", "hard_state", "hard_states", "key", "directory", "commit_durable")
 
     def __init__(self, log_ticket: SyncTicket | None, hard_state: HardState | None,
-                 hard_state_file: HardStateFile) -> None:
+                 hard_states: HardStateLog, key: str, directory: pathlib.Path,
+                 commit_durable: bool) -> None:
         self.log_ticket = log_ticket
         self.hard_state = hard_state
-        self._hard_state_file = hard_state_file
+        self.hard_states = hard_states
+        self.key = key
+        self.directory = directory
+        # The hard state's commit is within what was durable before this sync: its record
+        # may reach the disk in the same flush as the log's new bytes, in any order.
+        self.commit_durable = commit_durable
 
     def run(self) -> None:
-        """Blocking; safe in a worker thread. The log first: a saved commit must never
-        point past what is on disk."""
-        if self.log_ticket is not None:
-            self.log_ticket.run()
-        if self.hard_state is not None:
-            self._hard_state_file.save(self.hard_state)
+        """Blocking; safe in a worker thread."""
+        run_tickets([self])
 
 
-# From this many groups in one sync round, the round syncs the filesystem (twice) instead
-# of fsyncing each group's files: elections of thousands of groups change a term and vote in
-# each, and a hard state file's replacement costs two fsyncs of its own.
+# From this many groups in one sync round, the round syncs the filesystem once instead of
+# fsyncing each group's log files.
 BATCHED_SYNC_MIN_TICKETS = 8
 
 
 def run_tickets(tickets: Sequence[RaftSyncTicket]) -> None:
     """Blocking; safe in a worker thread: one sync round of many groups' tickets.
 
-    Below BATCHED_SYNC_MIN_TICKETS each ticket runs on its own (fsyncs of its files). From
-    there, in two phases, each ended by one sync of the filesystem (Disk.deferred_sync):
-    first every log's new bytes and every new hard state's temporary file, then every rename
-    of a temporary file over its old hard state file. As with one replace_file, the old hard
-    state stays in place until the new one is whole on disk, and everything is durable when
-    this returns (before anything that depends on it is sent)."""
+    The hard states of the round go to their HardStateLog (one per node) as one appended
+    frame and one fsync, however many groups changed. The logs' new bytes are made durable
+    first (a saved commit must never point past what is on disk): below
+    BATCHED_SYNC_MIN_TICKETS tickets by an fsync of each log's files; from there by one sync
+    of the filesystem (Disk.deferred_sync), which also covers the hard states' frame when
+    none of its commits needs the round's new entries (elections: a term and a vote).
+    Everything is durable when this returns (before anything that depends on it is sent).
+    Then a hard-state log grown past its bound is compacted."""
+    frames: dict[HardStateLog, list[tuple[str, HardState]]] = {}
+    early: dict[HardStateLog, bool] = {}
+    for ticket in tickets:
+        if ticket.hard_state is not None:
+            frames.setdefault(ticket.hard_states, []).append((ticket.key, ticket.hard_state))
+            early[ticket.hard_states] = early.get(ticket.hard_states, True) and ticket.commit_durable
     if len(tickets) < BATCHED_SYNC_MIN_TICKETS:
-        for ticket in tickets:
-            ticket.run()
-        return
-    files = [t._hard_state_file for t in tickets]
-    disk = files[0].disk
-    roots = sorted({f.path.parent.parent for f in files})  # the partitions directory, the data dir
-    saving = []
-    with disk.deferred_sync(*roots):
         for ticket in tickets:
             if ticket.log_ticket is not None:
                 ticket.log_ticket.run()
-            if ticket.hard_state is not None:
-                saving.append((ticket._hard_state_file, ticket._hard_state_file.save_begin(ticket.hard_state)))
-    if saving:
+    else:
+        disk = tickets[0].hard_states.disk
+        roots = sorted({t.directory.parent for t in tickets} | {h.path.parent for h in frames})
         with disk.deferred_sync(*roots):
-            for hard_state_file, tmp in saving:
-                hard_state_file.save_end(tmp)
+            for ticket in tickets:
+                if ticket.log_ticket is not None:
+                    ticket.log_ticket.run()
+            for hard_states, states in list(frames.items()):
+                if early[hard_states]:
+                    hard_states.append(states)
+                    del frames[hard_states]
+    for hard_states, states in frames.items():
+        hard_states.append(states)
+    for hard_states in early:
+        if hard_states.compaction_due:
+            hard_states.compact()
 
 
 class DurableRaftStorage:
     """raft.Storage backed by files. Not thread-safe except RaftSyncTicket.run."""
 
     def __init__(self, disk: Disk, directory: pathlib.Path, *, kafka: bool,
-                 segment_bytes: int | None = None) -> None:
+                 segment_bytes: int | None = None, hard_states: HardStateLog | None = None,
+                 key: str = "") -> None:
+        """hard_states: the node's hard-state log, where this group's is saved under `key`
+        (its group id); None: a log of the group's own in its directory (tests, tools)."""
         if not disk.exists(directory):
             disk.mkdir(directory)
         self.directory = directory
         self.kafka = kafka
-        self._hard_state_file = HardStateFile(disk, directory / HARD_STATE_FILE)
+        self._own_hard_states = hard_states is None
+        self._hard_states = HardStateLog(disk, directory / HARD_STATE_LOG_FILE) \
+            if hard_states is None else hard_states
+        self._key = key
         self._snapshot_file = SnapshotFile(disk, directory / SNAPSHOT_FILE)
-        saved = self._hard_state_file.load()
-        self._snapshot = self._snapshot_file.load()
-        sizes = {} if segment_bytes is None else {"segment_bytes_max": segment_bytes}
-        next_offset = partition_snapshot_next_offset(self._snapshot) if kafka else 0
-        # Entries up to the saved commit were acknowledged: recovery refuses to lose them.
-        self.log = SegmentLog.open(disk, directory, kafka=kafka, durable_index=saved.commit,
-                                   empty_next_offset=next_offset, **sizes)
+        try:
+            saved = self._load_hard_state(disk)
+            self._snapshot = self._snapshot_file.load()
+            sizes = {} if segment_bytes is None else {"segment_bytes_max": segment_bytes}
+            next_offset = partition_snapshot_next_offset(self._snapshot) if kafka else 0
+            # Entries up to the saved commit were acknowledged: recovery refuses to lose them.
+            self.log = SegmentLog.open(disk, directory, kafka=kafka, durable_index=saved.commit,
+                                       empty_next_offset=next_offset, **sizes)
+        except BaseException:
+            self._close_own_hard_states()
+            raise
         if self.log.last_index < self._snapshot.index:
             # The snapshot was saved but the log reset after it did not reach the disk.
             self.log.reset_to(self._snapshot.index, self._snapshot.term, next_offset=next_offset)
@@ -190,14 +218,30 @@ class DurableRaftStorage:
         self._recent_first = 0
         self._recent_bytes = 0
 
+    def _load_hard_state(self, disk: Disk) -> HardState:
+        """The group's state in the hard-state log; if it has none, the per-group file of an
+        earlier version's data directory (migration: never written again, the log's record
+        wins once there is one); else zeros."""
+        saved = self._hard_states.get(self._key)
+        if saved is not None:
+            return saved
+        return HardStateFile(disk, self.directory / LEGACY_HARD_STATE_FILE).load()
+
     @classmethod
     def bootstrap(cls, disk: Disk, directory: pathlib.Path, *, voters: tuple[int, ...],
-                  learners: tuple[int, ...] = (), kafka: bool,
-                  segment_bytes: int | None = None) -> "DurableRaftStorage":
+                  learners: tuple[int, ...] = (), kafka: bool, segment_bytes: int | None = None,
+                  hard_states: HardStateLog | None = None, key: str = "") -> "DurableRaftStorage":
         """A new group's storage whose initial configuration is `voters` (an index-0 snapshot,
-        as etcd's bootstrap). Raises StorageError if the group already has state."""
-        storage = cls(disk, directory, kafka=kafka, segment_bytes=segment_bytes)
+        as etcd's bootstrap). Raises StorageError if the group already has state. A state
+        the hard-state log still holds for `key` (an earlier replica of the group here,
+        since removed) is reset first: the new replica's log starts empty."""
+        if hard_states is not None and not disk.exists(directory / SNAPSHOT_FILE):
+            # Before opening: the log's recovery must not expect the earlier replica's commit.
+            hard_states.reset(key)
+        storage = cls(disk, directory, kafka=kafka, segment_bytes=segment_bytes,
+                      hard_states=hard_states, key=key)
         if storage._snapshot.metadata.conf_state != ConfState() or storage.last_index() > 0:
+            storage.close()
             raise StorageError(f"{directory} already holds a Raft group; not bootstrapping it again")
         snap = Snapshot(SnapshotMetadata(0, 0, ConfState(voters=tuple(voters), learners=tuple(learners))))
         storage._snapshot_file.save(snap)
@@ -368,10 +412,12 @@ class DurableRaftStorage:
         hs, saved = self._hard_state, self._saved_hard_state
         must_save = (hs.term, hs.vote) != (saved.term, saved.vote) or \
             (save_commit and hs.commit > saved.commit)
+        commit_durable = hs.commit <= self.log.durable_index
         log_ticket = self.log.begin_sync()
         if log_ticket is None and not must_save:
             return None
-        return RaftSyncTicket(log_ticket, hs if must_save else None, self._hard_state_file)
+        return RaftSyncTicket(log_ticket, hs if must_save else None, self._hard_states, self._key,
+                              self.directory, commit_durable)
 
     def end_sync(self, ticket: RaftSyncTicket) -> int:
         """After ticket.run(): returns the last durable log index."""
@@ -388,5 +434,14 @@ class DurableRaftStorage:
             ticket.run()
             self.end_sync(ticket)
 
+    def forget_hard_state(self) -> None:
+        """The group is being deleted from this node: its state leaves the hard-state log."""
+        self._hard_states.forget(self._key)
+
     def close(self) -> None:
         self.log.close()
+        self._close_own_hard_states()
+
+    def _close_own_hard_states(self) -> None:
+        if self._own_hard_states:
+            self._hard_states.close()

@@ -22,7 +22,7 @@ import attrs
 from chaos.scenario import parse_scenario
 from chaos.sim.driver import run_seed
 from chronik_trio.node import partition_group, raft_group, raft_runtime
-from chronik_trio.storage import hardstate
+from chronik_trio.storage import hardstate_log
 
 def _scenario(name: str, schedule: str) -> str:
     """24 s, 3 nodes, 2 partitions RF 3, 2 producers at 20/s and a consumer; `schedule` is
@@ -148,11 +148,10 @@ def _acks_before_commit() -> tuple:
 
 
 def _vote_not_persisted(original):
-    """The Raft hard state is saved without its vote: a restarted node may vote twice in a term.
-    Patched into `save` and `save_begin` (a batched sync round's first half)."""
-    def save(self, hs, *args, **kwargs):
-        return original(self, dataclasses.replace(hs, vote=0), *args, **kwargs)
-    return save
+    """The Raft hard state is saved without its vote: a restarted node may vote twice in a term."""
+    def append(self, states):
+        return original(self, [(key, dataclasses.replace(hs, vote=0)) for key, hs in states])
+    return append
 
 
 def _fetch_above_high_watermark(original):
@@ -198,8 +197,7 @@ BUGS = (
     BugClass("fetch_above_high_watermark", 4, patches=(
         (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),)),
     BugClass("vote_not_persisted", 11, "--votes", patches=(
-        (hardstate.HardStateFile, "save", _vote_not_persisted),
-        (hardstate.HardStateFile, "save_begin", _vote_not_persisted))),
+        (hardstate_log.HardStateLog, "append", _vote_not_persisted),)),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
         (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),)),
 )

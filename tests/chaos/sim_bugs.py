@@ -196,7 +196,7 @@ BUGS = (
     BugClass("skip_fsync", 1, node_patch=_skip_fsync),
     BugClass("fetch_above_high_watermark", 4, patches=(
         (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),)),
-    BugClass("vote_not_persisted", 11, "--votes", patches=(
+    BugClass("vote_not_persisted", 4, "--votes", patches=(
         (hardstate_log.HardStateLog, "append", _vote_not_persisted),)),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
         (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),)),

@@ -162,10 +162,11 @@ def _fetch_above_high_watermark(original):
 
 
 def _follower_ack_before_durable(original):
-    """Append responses (and votes) sent before the entries are fsynced."""
-    def collect(self, groups):
+    """Append responses (and votes) sent before the entries are fsynced (in every round of a
+    Ready pass: `_collect` takes `step` for a pass's second round)."""
+    def collect(self, groups, **kwargs):
         out = []
-        for group, rd in original(self, groups):
+        for group, rd in original(self, groups, **kwargs):
             self._send_all(group, rd.persisted_messages)
             out.append((group, dataclasses.replace(rd, persisted_messages=())))
         return out
@@ -197,7 +198,9 @@ BUGS = (
     BugClass("fetch_above_high_watermark", 4, patches=(
         (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),)),
     BugClass("vote_not_persisted", 3, "--votes", patches=(
-        (hardstate.HardStateFile, "save", _vote_not_persisted),)),
+        (hardstate.HardStateFile, "save", _vote_not_persisted),
+        # (a sync round of many groups saves in two halves, raft_storage.run_tickets)
+        (hardstate.HardStateFile, "save_begin", _vote_not_persisted))),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
         (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),)),
 )

@@ -34,6 +34,9 @@ class _NoSyncDisk(Disk):
     def fsync_dir(self, path: pathlib.Path) -> None:
         pass
 
+    def sync_filesystem(self, root: pathlib.Path) -> None:
+        pass  # (a batched sync round's syncfs: FaultyDisk counted its fsyncs already)
+
 
 class SimDisk(FaultyDisk, _NoSyncDisk):
     """One node's disk. `faults` is flipped by the nemesis; `rng` decides torn writes and

@@ -12,6 +12,8 @@ the CLI re-runs itself with PYTHONHASHSEED=0 when it is not set.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -47,6 +49,14 @@ LIVENESS_BOUND_S = 30.0  # after the last heal, every partition takes a write wi
 GROUP_SETTLE_BOUND_S = 40.0
 GROUP_STABLE_S = 3.0
 GROUP_ID = "chaos-sim-group"
+# The cyclic garbage collector during a seed (docs/simulation.md, "Measured"): a seed
+# allocates millions of short-lived objects (trio's task steps, Raft messages, HTTP/2 frames,
+# records) and keeps few, and the default thresholds (700, 10, 10) collect every 700
+# allocations, each time scanning much of what the imported node keeps alive. During a seed,
+# what was alive before it is frozen out of the scans (gc.freeze) and the young generation
+# is collected every GC_THRESHOLDS[0] allocations. Nothing of a run depends on when the
+# collector runs (the same hashes with and without: the determinism test, "Measured").
+GC_THRESHOLDS = (50_000, 20, 20)
 
 
 @attrs.frozen
@@ -91,8 +101,9 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     root_logger.handlers[:] = [handler]
     root_logger.setLevel(os.environ.get("CHAOS_SIM_LOG_LEVEL", "WARNING").upper())
     try:
-        trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box,
-                 crash_after_vote, clock=clock)
+        with _collector_tuned():
+            trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box,
+                     crash_after_vote, clock=clock)
     finally:
         root_logger.handlers[:] = saved_handlers
         root_logger.setLevel(saved_level)
@@ -110,6 +121,20 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     failed += box.get("safety", [])
     return SeedResult(seed, not failed, history_digest(history_path), box.get("simulated_s", 0.0),
                       real_s, tuple(failed), history_path)
+
+
+@contextlib.contextmanager
+def _collector_tuned():
+    """GC_THRESHOLDS for the block, with what is alive now frozen out of the scans."""
+    saved = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
 
 
 def _scratch() -> str | None:

@@ -190,19 +190,23 @@ class BugClass:
     scenario: str = ""
     patches: tuple = ()
     node_patch: typing.Callable | None = None
+    # The check that must be among the failing ones: the bug itself shows, not a patch that
+    # stopped matching the code it replaces and made the node fail some other way.
+    caught_by: str = ""
 
 
 BUGS = (
-    BugClass("acks_before_commit", 1, patches=_acks_before_commit()),
-    BugClass("skip_fsync", 1, node_patch=_skip_fsync),
+    BugClass("acks_before_commit", 1, patches=_acks_before_commit(), caught_by="lost_writes"),
+    BugClass("skip_fsync", 1, node_patch=_skip_fsync, caught_by="lost_writes"),
     BugClass("fetch_above_high_watermark", 4, patches=(
-        (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),)),
-    BugClass("vote_not_persisted", 3, "--votes", patches=(
+        (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),),
+        caught_by="inconsistent_offsets"),
+    BugClass("vote_not_persisted", 11, "--votes", patches=(
         (hardstate.HardStateFile, "save", _vote_not_persisted),
         # (a sync round of many groups saves in two halves, raft_storage.run_tickets)
-        (hardstate.HardStateFile, "save_begin", _vote_not_persisted))),
+        (hardstate.HardStateFile, "save_begin", _vote_not_persisted)), caught_by="election_safety"),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
-        (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),)),
+        (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),), caught_by="lost_writes"),
 )
 BASELINE = BugClass("baseline", None)  # no patch: the broker as shipped
 PATCHES = {b.name: b for b in (BASELINE, *BUGS)}

@@ -146,7 +146,12 @@ def test_the_bug_seeds_pass_without_a_patch():
 @pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.name)
 def test_a_bug_class_is_caught_by_its_seed(bug):
     """Each bug class of sim_bugs.BUGS (a patch inside that process only) fails the first
-    seed of its scenario among 1..50 that caught it (--votes: the election-safety check;
-    --followers: lost writes after a power loss with the followers' fsyncs stalled)."""
+    seed of its scenario among 1..50 that caught it, by the check the class names (--votes:
+    the election-safety check; --followers: lost writes after a power loss with the
+    followers' fsyncs stalled)."""
     out = _bug_run(bug.name, bug.seed, bug.scenario)
     assert f"caught {bug.name} by seed {bug.seed}" in out, out
+    # `caught NAME by seed N: check: summary | check: summary`: the bug's own check failed
+    caught = out[out.index(f"caught {bug.name}"):].splitlines()[0]
+    checks = [part.split(":")[0] for part in caught.split(": ", 1)[1].split(" | ")]
+    assert bug.caught_by in checks, caught

@@ -48,15 +48,25 @@ class SimDisk(FaultyDisk, _NoSyncDisk):
         self.root = root
         self.fsync_calls = 0
         self.skip_fsync = False  # a bug-class test's patch: fsync records nothing
+        # The power is off (from the cut until power_loss() drops what was unsynced): the
+        # process may still run a few steps before its cancellation reaches it, but no fsync
+        # of it counts (a real machine would have stopped).
+        self.power_cut = False
         # How fast this disk syncs, from the seed: a fast SSD (0.5 ms) to a slow disk (10 ms).
         self.fsync_typical_s = rng.uniform(FSYNC_FASTEST_S, FSYNC_SLOWEST_S)
 
     def fsync(self, f: DiskFile) -> None:
         self.fsync_calls += 1
+        if self.power_cut:
+            return
         if self.skip_fsync:
             self._inject(f.path, 0.0, self.faults.fsync_errno, "fsync")
             return
         super().fsync(f)
+
+    def fsync_dir(self, path: pathlib.Path) -> None:
+        if not self.power_cut:
+            super().fsync_dir(path)
 
     def fsync_latency_s(self) -> float:
         return self.fsync_typical_s * self.rng.uniform(0.5, 1.5) + self.faults.fsync_latency_s
@@ -79,6 +89,7 @@ class SimDisk(FaultyDisk, _NoSyncDisk):
                         notes.append(f"{path.relative_to(self.root)}: kept {keep} of "
                                      f"{written - synced} unsynced bytes")
         self.drop_unsynced()
+        self.power_cut = False
         return notes
 
 

@@ -34,6 +34,9 @@ class _NoSyncDisk(Disk):
     def fsync_dir(self, path: pathlib.Path) -> None:
         pass
 
+    def sync_filesystem(self, root: pathlib.Path) -> None:
+        pass  # (a batched sync round's syncfs: FaultyDisk counted its fsyncs already)
+
 
 class SimDisk(FaultyDisk, _NoSyncDisk):
     """One node's disk. `faults` is flipped by the nemesis; `rng` decides torn writes and
@@ -47,45 +50,46 @@ class SimDisk(FaultyDisk, _NoSyncDisk):
         self.skip_fsync = False  # a bug-class test's patch: fsync records nothing
         # How fast this disk syncs, from the seed: a fast SSD (0.5 ms) to a slow disk (10 ms).
         self.fsync_typical_s = rng.uniform(FSYNC_FASTEST_S, FSYNC_SLOWEST_S)
-        # False from cut_power() to power_loss(): the node's tasks may still run for a while
-        # (a fsync round finishes under its shield before the cancellation lands), but what
-        # they write, sync, rename, cut or unlink no longer reaches the disk.
-        self.powered = True
+        # True from cut_power() until power_loss() drops what was unsynced: the node's tasks
+        # may still run for a while (a fsync round ends under its shield before the
+        # cancellation lands), but what they write, sync, rename, cut or unlink no longer
+        # reaches the disk (a real machine would have stopped).
+        self.power_cut = False
 
     def cut_power(self) -> None:
         """The power goes now; power_loss() (once the node's tasks have stopped) then drops
         every byte not synced before this moment. Without the cut, a round that ended after
         it could make a later hard state durable over log bytes the loss then dropped."""
-        self.powered = False
+        self.power_cut = True
 
     def pwritev(self, f: DiskFile, buffers, offset: int) -> None:
-        if self.powered:
+        if not self.power_cut:
             super().pwritev(f, buffers, offset)
 
     def truncate(self, f: DiskFile, size: int) -> None:
-        if self.powered:
+        if not self.power_cut:
             super().truncate(f, size)
 
     def rename(self, src: pathlib.Path, dst: pathlib.Path) -> None:
-        if self.powered:
+        if not self.power_cut:
             super().rename(src, dst)
 
     def unlink(self, path: pathlib.Path) -> None:
-        if self.powered:
+        if not self.power_cut:
             super().unlink(path)
 
     def fsync_dir(self, path: pathlib.Path) -> None:
-        if self.powered:
+        if not self.power_cut:
             super().fsync_dir(path)
 
     def sync_filesystem(self, root: pathlib.Path) -> None:
-        if self.powered:
+        if not self.power_cut:
             super().sync_filesystem(root)
 
     def fsync(self, f: DiskFile) -> None:
-        if not self.powered:
-            return
         self.fsync_calls += 1
+        if self.power_cut:
+            return
         if self.skip_fsync:
             self._inject(f.path, 0.0, self.faults.fsync_errno, "fsync")
             return
@@ -112,7 +116,7 @@ class SimDisk(FaultyDisk, _NoSyncDisk):
                         notes.append(f"{path.relative_to(self.root)}: kept {keep} of "
                                      f"{written - synced} unsynced bytes")
         self.drop_unsynced()
-        self.powered = True
+        self.power_cut = False
         return notes
 
 

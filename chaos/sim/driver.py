@@ -12,9 +12,12 @@ the CLI re-runs itself with PYTHONHASHSEED=0 when it is not set.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import random
@@ -47,6 +50,14 @@ LIVENESS_BOUND_S = 30.0  # after the last heal, every partition takes a write wi
 GROUP_SETTLE_BOUND_S = 40.0
 GROUP_STABLE_S = 3.0
 GROUP_ID = "chaos-sim-group"
+# The cyclic garbage collector during a seed (docs/simulation.md, "Measured"): a seed
+# allocates millions of short-lived objects (trio's task steps, Raft messages, HTTP/2 frames,
+# records) and keeps few, and the default thresholds (700, 10, 10) collect every 700
+# allocations, each time scanning much of what the imported node keeps alive. During a seed,
+# what was alive before it is frozen out of the scans (gc.freeze) and the young generation
+# is collected every GC_THRESHOLDS[0] allocations. Nothing of a run depends on when the
+# collector runs (the same hashes with and without: the determinism test, "Measured").
+GC_THRESHOLDS = (50_000, 20, 20)
 
 
 @attrs.frozen
@@ -81,7 +92,7 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     saved_r = trio_run._r.getstate()
     trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
     trio_run._r.seed(sub["trio"].getrandbits(64))
-    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock = sim_clock()
     box: dict = {}
     # The nodes' log lines go to the seed's sim.log, not the terminal.
     handler = logging.FileHandler(out_dir / "sim.log", mode="w", encoding="utf-8")
@@ -91,8 +102,9 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     root_logger.handlers[:] = [handler]
     root_logger.setLevel(os.environ.get("CHAOS_SIM_LOG_LEVEL", "WARNING").upper())
     try:
-        trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box,
-                 crash_after_vote, clock=clock)
+        with _collector_tuned():
+            trio.run(_main, scenario, seed, sub, root, history_path, trace, node_patch, box,
+                     crash_after_vote, clock=clock)
     finally:
         root_logger.handlers[:] = saved_handlers
         root_logger.setLevel(saved_level)
@@ -112,6 +124,71 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
                       real_s, tuple(failed), history_path)
 
 
+def sim_clock() -> trio.testing.MockClock:
+    """A MockClock at rate 0 with autojump (time moves only by jumps, whenever every task
+    waits) that answers without reading the real clock: MockClock's current_time is
+    virtual base + rate x (real clock - real base), at rate 0 the virtual base itself, and
+    trio asks for it several times a scheduler pass; its autojump reads the next deadline
+    directly instead of building trio's run statistics for it. The same times as a plain
+    MockClock's, bit for bit. (MockClock cannot be subclassed: the instance's methods are
+    replaced.)"""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+
+    def current_time() -> float:
+        return clock._virtual_base
+
+    def autojump() -> None:
+        jump = trio_run.GLOBAL_RUN_CONTEXT.runner.deadlines.next_deadline() - clock._virtual_base
+        if 0 < jump < math.inf:
+            clock.jump(jump)
+    clock.current_time = current_time
+    clock._autojump = autojump
+    return clock
+
+
+def _poll_only_when_woken() -> None:
+    """Nothing in a simulation waits on a file descriptor (the network is in memory, the
+    disks synchronous), yet trio's loop asks the operating system for I/O events at every
+    scheduler pass (an epoll call with timeout 0: the autojumping clock never lets it
+    sleep). The run's I/O manager is wrapped so that the call is skipped while no file
+    descriptor but trio's own wake-up socket is registered and trio's entry queue
+    (callbacks from threads and signal handlers, which that socket announces) is empty;
+    otherwise it polls as trio does. (Private trio names, like the deterministic
+    scheduling hook: pinned by the trio version in pyproject.)"""
+    runner = trio_run.GLOBAL_RUN_CONTEXT.runner
+    if hasattr(runner.io_manager, "_registered"):  # the epoll backend (Linux)
+        runner.io_manager = _QuietIO(runner.io_manager, runner.entry_queue)
+
+
+class _QuietIO:
+    def __init__(self, io, entry) -> None:
+        self._io, self._entry, self._registered = io, entry, io._registered
+        self.process_events = io.process_events
+
+    def get_events(self, timeout: float):
+        entry = self._entry
+        if timeout > 0 or len(self._registered) > 1 or entry.queue or entry.idempotent_queue:
+            return self._io.get_events(timeout)
+        return []
+
+    def __getattr__(self, name: str):
+        return getattr(self._io, name)
+
+
+@contextlib.contextmanager
+def _collector_tuned():
+    """GC_THRESHOLDS for the block, with what is alive now frozen out of the scans."""
+    saved = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
+
+
 def _scratch() -> str | None:
     shm = pathlib.Path("/dev/shm")
     return str(shm) if shm.is_dir() else None
@@ -119,6 +196,7 @@ def _scratch() -> str | None:
 
 async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, node_patch, box,
                 crash_after_vote: float) -> None:
+    _poll_only_when_woken()
     history = History(history_path, clock=trio.current_time)
     tracer = None
     if trace:

@@ -156,14 +156,18 @@ class SimCluster:
         self._check_election_safety(sim)
         votes = self._granted_votes(sim) if self.crash_after_vote else set()
         with trio.CancelScope() as cut:
+            if sim.disk.power_cut:
+                cut.cancel()
             sim.syncing.add(cut)
             try:
                 await trio.sleep_until(on_grid(trio.current_time() + sim.disk.fsync_latency_s()))
             finally:
                 sim.syncing.discard(cut)
-        if cut.cancelled_caught and fn is fsync_round:
-            # The power went during the round: none of it became durable (the caller's
-            # scope is cancelled, and what the node sends now goes nowhere).
+        if (cut.cancelled_caught or sim.disk.power_cut) and fn is fsync_round:
+            # The power went during the round, or before it (the runtime starts a pass's
+            # second round in the same shielded step, after the cut): none of it became
+            # durable (the caller's scope is cancelled, and what the node sends now goes
+            # nowhere). Not sleeping it: the node would outlive its power by a stalled fsync.
             return None
         result = fn(*args)
         new = votes - self._votes_seen

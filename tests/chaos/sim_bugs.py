@@ -162,7 +162,8 @@ def _fetch_above_high_watermark(original):
 
 
 def _follower_ack_before_durable(original):
-    """Append responses (and votes) sent before the entries are fsynced."""
+    """Append responses (and votes) sent before the entries are fsynced (in every round of a
+    Ready pass: `_collect` takes `step` for a pass's second round)."""
     def collect(self, groups, **kwargs):
         out = []
         for group, rd in original(self, groups, **kwargs):
@@ -189,17 +190,21 @@ class BugClass:
     scenario: str = ""
     patches: tuple = ()
     node_patch: typing.Callable | None = None
+    # The check that must be among the failing ones: the bug itself shows, not a patch that
+    # stopped matching the code it replaces and made the node fail some other way.
+    caught_by: str = ""
 
 
 BUGS = (
-    BugClass("acks_before_commit", 1, patches=_acks_before_commit()),
-    BugClass("skip_fsync", 1, node_patch=_skip_fsync),
+    BugClass("acks_before_commit", 1, patches=_acks_before_commit(), caught_by="lost_writes"),
+    BugClass("skip_fsync", 1, node_patch=_skip_fsync, caught_by="lost_writes"),
     BugClass("fetch_above_high_watermark", 4, patches=(
-        (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),)),
+        (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),),
+        caught_by="inconsistent_offsets"),
     BugClass("vote_not_persisted", 4, "--votes", patches=(
-        (hardstate_log.HardStateLog, "append", _vote_not_persisted),)),
+        (hardstate_log.HardStateLog, "append", _vote_not_persisted),), caught_by="election_safety"),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
-        (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),)),
+        (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),), caught_by="lost_writes"),
 )
 BASELINE = BugClass("baseline", None)  # no patch: the broker as shipped
 PATCHES = {b.name: b for b in (BASELINE, *BUGS)}

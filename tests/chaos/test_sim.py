@@ -78,7 +78,8 @@ def test_ci_seeds_pass(tmp_path):
     """20 seeds of 30 simulated seconds with faults of every kind and a consumer group (costs
     ~1-2 min of CPU on 2 cores): every check and the liveness checks pass. Regressions: seed 7
     (a node started without __meta quorum stopped), seed 1 (the group coordinator's loop
-    spun at a deadline, docs/simulation.md)."""
+    spun at a deadline), seed 5 (a node's fsync round after its power was cut counted,
+    docs/simulation.md)."""
     out = _sim(tmp_path, SHORT, "1..20")
     assert "20 passed, 0 failed" in out, out
 
@@ -148,10 +149,16 @@ def test_the_bug_seeds_pass_without_a_patch():
 @pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.name)
 def test_a_bug_class_is_caught_by_its_seed(bug):
     """Each bug class of sim_bugs.BUGS (a patch inside that process only) fails the first
-    seed of its scenario among 1..50 that caught it (--votes: the election-safety check;
-    --followers: lost writes after a power loss with the followers' fsyncs stalled)."""
+    seed of its scenario among 1..50 that caught it, by the check the class names (--votes:
+    the election-safety check; --followers: lost writes after a power loss with the
+    followers' fsyncs stalled)."""
     out = _bug_run(bug.name, bug.seed, bug.scenario)
     assert f"caught {bug.name} by seed {bug.seed}" in out, out
+
+    # `caught NAME by seed N: check: summary | check: summary`: the bug's own check failed
+    caught = out[out.index(f"caught {bug.name}"):].splitlines()[0]
+    checks = [part.split(":")[0] for part in caught.split(": ", 1)[1].split(" | ")]
+    assert bug.caught_by in checks, caught
 
 
 @pytest.mark.timeout(30)

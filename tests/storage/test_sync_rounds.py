@@ -93,6 +93,14 @@ def test_a_round_of_many_groups_makes_no_fsync_per_group(tmp_path, fsyncs, group
     hard_states.close()
 
 
+def _end_and_close(storages, tickets, hard_states) -> None:
+    """Every ticket ends durable through entry 1; then everything is closed."""
+    for s, t in zip(storages, tickets):
+        assert s.end_sync(t) == 1
+        s.close()
+    hard_states.close()
+
+
 def test_a_commit_that_needs_the_rounds_entries_is_saved_after_them(tmp_path, fsyncs):
     disk = CountingDisk()
     hard_states = HardStateLog(disk, tmp_path / "hardstates")
@@ -102,10 +110,7 @@ def test_a_commit_that_needs_the_rounds_entries_is_saved_after_them(tmp_path, fs
     run_tickets(tickets)
     # The entries' filesystem sync first, then the hard states' frame and its one fsync.
     assert disk.filesystem_syncs == 1 and fsyncs[0] == 1
-    for s, t in zip(storages, tickets):
-        assert s.end_sync(t) == 1
-        s.close()
-    hard_states.close()
+    _end_and_close(storages, tickets, hard_states)
 
 
 def test_a_round_of_few_groups_fsyncs_each_log_and_the_hard_states_once(tmp_path, fsyncs):
@@ -119,10 +124,7 @@ def test_a_round_of_few_groups_fsyncs_each_log_and_the_hard_states_once(tmp_path
     # Per group its segment (created empty, and its directory synced, at bootstrap); the
     # hard states once.
     assert fsyncs[0] == 3 + 1
-    for s, t in zip(storages, tickets):
-        assert s.end_sync(t) == 1
-        s.close()
-    hard_states.close()
+    _end_and_close(storages, tickets, hard_states)
 
 
 def test_deferred_sync_puts_off_fsyncs_only_in_its_own_thread_and_only_until_its_end(tmp_path, fsyncs):

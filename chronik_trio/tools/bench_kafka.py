@@ -179,12 +179,29 @@ def produce_transactional(bootstrap: str, topic: str, args) -> dict:
 
 # --- consume ------------------------------------------------------------------------------------
 
-def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_config: dict | None = None) -> dict:
+# The bench consumer's librdkafka settings (`--consumer-config` overrides any). librdkafka
+# stops fetching a partition once its local queue holds queued.max.messages.kbytes (64 MiB)
+# or queued.min.messages, and then waits fetch.queue.backoff.ms before it looks again; at
+# the default 1000 ms, a consumer whose brokers answer faster than the application drains
+# the queue (three leaders of 10 MiB answers each) sits idle for most of that second after
+# the queue is drained, every time it fills. 10 ms keeps the queue's bound and drops the
+# idle second (docs/bench.md, issue 20).
+CONSUMER_CONFIG = {"fetch.max.bytes": 50 << 20, "max.partition.fetch.bytes": 10 << 20,
+                   "fetch.queue.backoff.ms": 10}
+
+
+def consumer_config_text(overrides: dict | None = None) -> str:
+    """The bench consumer's settings, as the report states them."""
+    return ", ".join(f"{k} {v}" for k, v in {**CONSUMER_CONFIG, **(overrides or {})}.items())
+
+
+def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_config: dict | None = None,
+            consumer_config: dict | None = None) -> dict:
+    """client_config: TLS / SASL settings; consumer_config: librdkafka settings over CONSUMER_CONFIG."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**(client_config or {}), "bootstrap.servers": bootstrap, "group.id": "chronik-bench",
-                         "enable.auto.commit": False, "fetch.max.bytes": 50 << 20,
-                         "max.partition.fetch.bytes": 10 << 20})
+    consumer = Consumer({**CONSUMER_CONFIG, **(consumer_config or {}), **(client_config or {}),
+                         "bootstrap.servers": bootstrap, "group.id": "chronik-bench", "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     got = nbytes = 0
     start = last = time.perf_counter()

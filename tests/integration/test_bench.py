@@ -156,12 +156,15 @@ def test_bench_failover_needs_its_own_three_node_cluster(tmp_path, mode):
 
 @pytest.mark.timeout(180)
 def test_bench_consume_fills_a_topic_once_and_reads_it_all_each_run(broker, tmp_path):
-    report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "consume", "--repeat", "2")
+    report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "consume", "--repeat", "2",
+                            "--consumer-config", "fetch.queue.backoff.ms=1000")
     consume = report["results"]["consume"]
     assert consume["records"] == 3000 and len(consume["runs"]) == 2
     assert all(run["records"] == 3000 and run["mb_per_s"] > 0 for run in consume["runs"])
     assert report["summary"]["consume_only_mb_per_s"] == consume["median_mb_per_s"]
     assert "consume (3,000 records): median" in stdout and "offset 0" in report["method"]["consume"]
+    # the consumer's settings are stated, --consumer-config over the tool's own
+    assert "fetch.queue.backoff.ms 1000" in report["method"]["consume"]
 
 
 @pytest.mark.timeout(180)

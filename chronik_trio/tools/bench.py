@@ -86,6 +86,10 @@ def add_parser(sub) -> None:
                    help="throughput, consume: a librdkafka setting of the bench consumer over the tool's own "
                         "(bench_kafka.CONSUMER_CONFIG), e.g. fetch.queue.backoff.ms=1000 for librdkafka's "
                         "default (repeatable)")
+    p.add_argument("--consume-clients", default="confluent-kafka",
+                   help="consume: comma-separated consumers, from confluent-kafka,franz-go, each run once per "
+                        "--repeat, alternating (franz-go: the repository's tests/go program, needs go on PATH); "
+                        "the report's median is the first one's, with every client's beside it")
     p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
     p.add_argument("--transactional", action="store_true",
                    help="throughput: also a transactional producer on the same settings, alternating with the "
@@ -208,11 +212,31 @@ def _consume_runs(bootstrap: str, args, rf: int) -> dict:
     topic = _create_topic(bootstrap, args, rf)
     produced = bench_kafka.produce_parallel(bootstrap, topic, args)
     config = getattr(args, "client_config", None)
-    runs = [bench_kafka.consume(bootstrap, topic, args.partitions, produced["acked"], config, _consumer_config(args))
-            for _ in range(args.repeat)]
-    return {"topic": topic, "records": produced["acked"], "runs": runs,
+    readers = {"confluent-kafka": lambda: bench_kafka.consume(bootstrap, topic, args.partitions, produced["acked"],
+                                                              config, _consumer_config(args)),
+               "franz-go": lambda: bench_kafka.consume_franz_go(bootstrap, topic, args.partitions, produced["acked"])}
+    clients = _consume_clients(args)
+    by_client: dict[str, list] = {c: [] for c in clients}
+    for _ in range(args.repeat):
+        for client in clients:  # alternating, so each client sees the same load over the runs
+            by_client[client].append(readers[client]())
+    runs = by_client[clients[0]]
+    return {"topic": topic, "records": produced["acked"], "runs": runs, "client": clients[0],
             "median_records_per_s": _median(r["records_per_s"] for r in runs),
-            "median_mb_per_s": _median(r["mb_per_s"] for r in runs)}
+            "median_mb_per_s": _median(r["mb_per_s"] for r in runs),
+            "clients": {c: {"runs": rs, "median_mb_per_s": _median(r["mb_per_s"] for r in rs)}
+                        for c, rs in by_client.items()}}
+
+
+CONSUME_CLIENTS = ("confluent-kafka", "franz-go")
+
+
+def _consume_clients(args) -> list[str]:
+    clients = [c.strip() for c in getattr(args, "consume_clients", "confluent-kafka").split(",") if c.strip()]
+    unknown = [c for c in clients if c not in CONSUME_CLIENTS]
+    if unknown or not clients:
+        raise SystemExit(f"chronik-trio bench: --consume-clients {unknown or clients} not among {', '.join(CONSUME_CLIENTS)}")
+    return clients
 
 
 def _raft_runs(args) -> dict:
@@ -344,10 +368,12 @@ def _methods(args, target: str, rf: int) -> dict:
                     f"end-to-end = wall time the record was due -> consumed by a consumer (same process, "
                     f"other thread, fetch.wait.max.ms=5) reading the partitions from their end."),
         "consume": (f"{common}. One topic filled once with {args.records} records ({args.producers} producer "
-                    f"process(es), linger.ms={args.linger_ms}), then {args.repeat} consumers one after the "
+                    f"process(es), linger.ms={args.linger_ms}), then {args.repeat} consumers of each of "
+                    f"{', '.join(_consume_clients(args))} (alternating), one after the "
                     f"other, each assign() from offset 0 until it has read every acknowledged record "
-                    f"({bench_kafka.consumer_config_text(_consumer_config(args))}); rate = records (bytes of "
-                    f"values) / time from the consumer's start to its last record."),
+                    f"(confluent-kafka: {bench_kafka.consumer_config_text(_consumer_config(args))}; franz-go, "
+                    f"its own process, partitions assigned: the same fetch.max.bytes and max.partition.fetch.bytes); "
+                    f"rate = records (bytes of values) / time from the consumer's start to its last record."),
         "raft": (f"raft/bench.py: three RawNodes with MemoryStorage in this process, Ready handled "
                  f"synchronously, up to 512 proposals in flight; committed entries per second at the "
                  f"leader, {args.raft_entries} entries per run; the cost of the Raft logic alone, no "
@@ -598,9 +624,10 @@ def _print_broker_modes(report: dict, res: dict, prefix: str, label: str) -> Non
 def _print_other_modes(res: dict) -> None:
     if "consume" in res:
         c = res["consume"]
-        print(f"consume ({c['records']:,} records): median {c['median_records_per_s']:,} rec/s "
-              f"{c['median_mb_per_s']} MB/s; per run: "
-              + ", ".join(f"{r['mb_per_s']} MB/s ({r['records']:,} in {r['elapsed_s']} s)" for r in c["runs"]))
+        for client, cr in c.get("clients", {c.get("client", "confluent-kafka"): c}).items():
+            print(f"consume ({c['records']:,} records, {client}): median "
+                  f"{_median(r['records_per_s'] for r in cr['runs']):,} rec/s {cr['median_mb_per_s']} MB/s; per run: "
+                  + ", ".join(f"{r['mb_per_s']} MB/s ({r['records']:,} in {r['elapsed_s']} s)" for r in cr["runs"]))
     if "raft" in res:
         for size, r in res["raft"].items():
             print(f"raft core, {size} entries: {r['median_entries_per_s']:,} committed entries/s "

@@ -4,7 +4,9 @@
   as fast as librdkafka accepts it;
 - `produce_transactional`: the same closed loop from one transactional producer, in
   transactions of `txn_records` records, with the time of each commit;
-- `consume`: one consumer reading a topic from offset 0;
+- `consume`: one consumer reading a topic from offset 0; `consume_franz_go` the same with
+  franz-go (the repository's tests/go program, built with the go command), to tell the
+  broker's read rate from the Python client's;
 - `open_loop`: records sent on a fixed schedule (record i is due at t0 + i / rate, whatever
   the broker does), each record's latency counted from when it was *due*, so a stall shows
   up in every record scheduled during it (no coordinated omission); a consumer in another
@@ -14,9 +16,14 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import pathlib
+import shutil
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -213,8 +220,47 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_c
                 last = time.perf_counter()
     elapsed_s = max(last - start, 1e-9)
     consumer.close()
-    return {"records": got, "elapsed_s": round(elapsed_s, 3), "records_per_s": round(got / elapsed_s),
-            "mb_per_s": round(nbytes / elapsed_s / 1e6, 1)}
+    return {"client": "confluent-kafka", "records": got, "elapsed_s": round(elapsed_s, 3),
+            "records_per_s": round(got / elapsed_s), "mb_per_s": round(nbytes / elapsed_s / 1e6, 1)}
+
+
+# franz-go: tests/go's program, built on first use into a temporary directory (not the source
+# tree); `go` fetches the modules pinned in tests/go/go.mod into its own cache the first time.
+GO_DIR = pathlib.Path(__file__).resolve().parents[2] / "tests" / "go"
+GO_BUILD_TIMEOUT_S = 600
+FRANZ_READ_TIMEOUT_S = 300
+_franz_binary: list[str] = []
+
+
+def _franz_go() -> str:
+    if not _franz_binary:
+        go = shutil.which("go")
+        if go is None or not (GO_DIR / "go.mod").exists():
+            raise SystemExit("chronik-trio bench: the franz-go consumer needs `go` on PATH and the repository's tests/go")
+        out = pathlib.Path(tempfile.mkdtemp(prefix="chronik-bench-go-")) / "franz"
+        proc = subprocess.run([go, "build", "-o", str(out), "."], cwd=GO_DIR, capture_output=True, text=True,
+                              env={**os.environ, "GOFLAGS": "-mod=mod"}, timeout=GO_BUILD_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise SystemExit(f"chronik-trio bench: go build in tests/go failed:\n{proc.stderr[-3000:]}")
+        _franz_binary.append(str(out))
+    return _franz_binary[0]
+
+
+def consume_franz_go(bootstrap: str, topic: str, partitions: int, expected: int) -> dict:
+    """One franz-go consumer (own process) reading the partitions from offset 0, fetch limits as
+    CONSUMER_CONFIG's (50 MiB per answer, 10 MiB per partition); plaintext only."""
+    proc = subprocess.run([_franz_go(), "-bootstrap", bootstrap, "-topic", topic, "-partitions", str(partitions),
+                           "-read-only", str(expected), "-fetch-max-bytes", str(CONSUMER_CONFIG["fetch.max.bytes"]),
+                           "-fetch-max-partition-bytes", str(CONSUMER_CONFIG["max.partition.fetch.bytes"]),
+                           "-timeout", f"{FRANZ_READ_TIMEOUT_S}s"],
+                          capture_output=True, text=True, timeout=FRANZ_READ_TIMEOUT_S + 30, stdin=subprocess.DEVNULL)
+    step = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {"error": proc.stderr[-2000:]}
+    if "error" in step:
+        raise SystemExit(f"chronik-trio bench: the franz-go consumer failed: {step['error']}")
+    elapsed_s = max(step["elapsed_s"], 1e-9)
+    return {"client": "franz-go", "records": step["records"], "elapsed_s": round(elapsed_s, 3),
+            "records_per_s": round(step["records"] / elapsed_s), "mb_per_s": round(step["value_bytes"] / elapsed_s / 1e6, 1)}
 
 
 # --- open loop ------------------------------------------------------------------------------------

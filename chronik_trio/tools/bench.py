@@ -90,6 +90,9 @@ def add_parser(sub) -> None:
                    help="consume: comma-separated consumers, from confluent-kafka,franz-go, each run once per "
                         "--repeat, alternating (franz-go: the repository's tests/go program, needs go on PATH); "
                         "the report's median is the first one's, with every client's beside it")
+    p.add_argument("--count-fetch-backoffs", action="store_true",
+                   help="consume: run the confluent-kafka consumer with librdkafka's fetch debug log and count "
+                        "its queue-full fetch backoffs (each a pause with no fetch sent for that partition)")
     p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
     p.add_argument("--transactional", action="store_true",
                    help="throughput: also a transactional producer on the same settings, alternating with the "
@@ -213,7 +216,8 @@ def _consume_runs(bootstrap: str, args, rf: int) -> dict:
     produced = bench_kafka.produce_parallel(bootstrap, topic, args)
     config = getattr(args, "client_config", None)
     readers = {"confluent-kafka": lambda: bench_kafka.consume(bootstrap, topic, args.partitions, produced["acked"],
-                                                              config, _consumer_config(args)),
+                                                              config, _consumer_config(args),
+                                                              getattr(args, "count_fetch_backoffs", False)),
                "franz-go": lambda: bench_kafka.consume_franz_go(bootstrap, topic, args.partitions, produced["acked"])}
     clients = _consume_clients(args)
     by_client: dict[str, list] = {c: [] for c in clients}
@@ -627,7 +631,9 @@ def _print_other_modes(res: dict) -> None:
         for client, cr in c.get("clients", {c.get("client", "confluent-kafka"): c}).items():
             print(f"consume ({c['records']:,} records, {client}): median "
                   f"{_median(r['records_per_s'] for r in cr['runs']):,} rec/s {cr['median_mb_per_s']} MB/s; per run: "
-                  + ", ".join(f"{r['mb_per_s']} MB/s ({r['records']:,} in {r['elapsed_s']} s)" for r in cr["runs"]))
+                  + ", ".join(f"{r['mb_per_s']} MB/s ({r['records']:,} in {r['elapsed_s']} s"
+                              + (f"; {r['queue_full_backoffs']} queue-full backoffs, {r['queue_full_backoff_ms']} ms"
+                                 if "queue_full_backoffs" in r else "") + ")" for r in cr["runs"]))
     if "raft" in res:
         for size, r in res["raft"].items():
             print(f"raft core, {size} entries: {r['median_entries_per_s']:,} committed entries/s "

@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import pathlib
+import re
 import shutil
 import struct
 import subprocess
@@ -202,13 +204,40 @@ def consumer_config_text(overrides: dict | None = None) -> str:
     return ", ".join(f"{k} {v}" for k, v in {**CONSUMER_CONFIG, **(overrides or {})}.items())
 
 
+# librdkafka's debug line when a partition's fetch waits because the local queue is full
+_QUEUE_FULL_BACKOFF = re.compile(r"Fetch backoff for (\d+)ms: Local: Queue full")
+
+
+class _BackoffCounter(logging.Handler):
+    """Counts librdkafka's queue-full fetch backoffs (with debug=fetch) and their milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = self.ms = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if m := _QUEUE_FULL_BACKOFF.search(record.getMessage()):
+            self.count += 1
+            self.ms += int(m.group(1))
+
+
 def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_config: dict | None = None,
-            consumer_config: dict | None = None) -> dict:
-    """client_config: TLS / SASL settings; consumer_config: librdkafka settings over CONSUMER_CONFIG."""
+            consumer_config: dict | None = None, count_backoffs: bool = False) -> dict:
+    """client_config: TLS / SASL settings; consumer_config: librdkafka settings over CONSUMER_CONFIG.
+    count_backoffs: with librdkafka's fetch debug log, count its queue-full fetch backoffs."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**CONSUMER_CONFIG, **(consumer_config or {}), **(client_config or {}),
-                         "bootstrap.servers": bootstrap, "group.id": "chronik-bench", "enable.auto.commit": False})
+    config = {**CONSUMER_CONFIG, **(consumer_config or {}), **(client_config or {}),
+              "bootstrap.servers": bootstrap, "group.id": "chronik-bench", "enable.auto.commit": False}
+    counter = None
+    if count_backoffs:
+        counter = _BackoffCounter()
+        logger = logging.getLogger(f"chronik-bench-consumer-{id(counter)}")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(counter)
+        config.update(debug="fetch", logger=logger)
+    consumer = Consumer(config)
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     got = nbytes = 0
     start = last = time.perf_counter()
@@ -220,8 +249,11 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_c
                 last = time.perf_counter()
     elapsed_s = max(last - start, 1e-9)
     consumer.close()
-    return {"client": "confluent-kafka", "records": got, "elapsed_s": round(elapsed_s, 3),
-            "records_per_s": round(got / elapsed_s), "mb_per_s": round(nbytes / elapsed_s / 1e6, 1)}
+    out = {"client": "confluent-kafka", "records": got, "elapsed_s": round(elapsed_s, 3),
+           "records_per_s": round(got / elapsed_s), "mb_per_s": round(nbytes / elapsed_s / 1e6, 1)}
+    if counter is not None:
+        out.update(queue_full_backoffs=counter.count, queue_full_backoff_ms=counter.ms)
+    return out
 
 
 # franz-go: tests/go's program, built on first use into a temporary directory (not the source

@@ -158,7 +158,7 @@ def test_bench_failover_needs_its_own_three_node_cluster(tmp_path, mode):
 @pytest.mark.timeout(180)
 def test_bench_consume_fills_a_topic_once_and_reads_it_all_each_run(broker, tmp_path):
     report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "consume", "--repeat", "2",
-                            "--consumer-config", "fetch.queue.backoff.ms=1000")
+                            "--consumer-config", "fetch.queue.backoff.ms=1000", "--count-fetch-backoffs")
     consume = report["results"]["consume"]
     assert consume["records"] == 3000 and len(consume["runs"]) == 2
     assert all(run["records"] == 3000 and run["mb_per_s"] > 0 for run in consume["runs"])
@@ -166,6 +166,9 @@ def test_bench_consume_fills_a_topic_once_and_reads_it_all_each_run(broker, tmp_
     assert "consume (3,000 records, confluent-kafka): median" in stdout and "offset 0" in report["method"]["consume"]
     # the consumer's settings are stated, --consumer-config over the tool's own
     assert "fetch.queue.backoff.ms 1000" in report["method"]["consume"]
+    # counted from librdkafka's own log: 3,000 small records never fill its 64 MiB queue
+    assert all(run["queue_full_backoffs"] == 0 == run["queue_full_backoff_ms"] for run in consume["runs"])
+    assert "0 queue-full backoffs" in stdout
 
 
 @pytest.mark.timeout(300)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import multiprocessing
@@ -269,7 +270,9 @@ def _franz_go() -> str:
         go = shutil.which("go")
         if go is None or not (GO_DIR / "go.mod").exists():
             raise SystemExit("chronik-trio bench: the franz-go consumer needs `go` on PATH and the repository's tests/go")
-        out = pathlib.Path(tempfile.mkdtemp(prefix="chronik-bench-go-")) / "franz"
+        build_dir = tempfile.mkdtemp(prefix="chronik-bench-go-")
+        atexit.register(shutil.rmtree, build_dir, True)
+        out = pathlib.Path(build_dir) / "franz"
         proc = subprocess.run([go, "build", "-o", str(out), "."], cwd=GO_DIR, capture_output=True, text=True,
                               env={**os.environ, "GOFLAGS": "-mod=mod"}, timeout=GO_BUILD_TIMEOUT_S,
                               stdin=subprocess.DEVNULL)

@@ -135,6 +135,9 @@ class FetchSessionStats:
     not_created: int = 0  # full fetches that asked for a session the full cache refused
     errors: int = 0  # FetchSessionErrors answered
     partitions_left_out: int = 0  # partitions an incremental answer did not repeat
+    # (kept here beside the other Fetch totals; counted by the Fetch handler)
+    parked: int = 0  # fetches that found less than min_bytes and waited for the high watermark
+    record_bytes: int = 0  # bytes of record batches answered, over every fetch
 
 
 @attrs.define(slots=True)

@@ -84,6 +84,9 @@ class _FetchSessionCollector:
         ("chronik_fetch_session_errors", "Fetches answered with a fetch session error", "errors"),
         ("chronik_fetch_partitions_left_out",
          "Partitions an incremental fetch answer left out (nothing new)", "partitions_left_out"),
+        ("chronik_fetch_parked", "Fetches that found less than min_bytes and waited for new data (long poll)",
+         "parked"),
+        ("chronik_fetch_record_bytes", "Bytes of record batches answered by fetches", "record_bytes"),
     )
 
     def __init__(self, cache) -> None:

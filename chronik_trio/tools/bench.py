@@ -82,6 +82,17 @@ def add_parser(sub) -> None:
     p.add_argument("--broker-config", action="append", default=[], metavar="KEY=VALUE",
                    help="with the tool's own cluster: a dynamic broker config set on every node before "
                         "the run (e.g. log.cleaner.backoff.ms=1000)")
+    p.add_argument("--consumer-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="throughput, consume: a librdkafka setting of the bench consumer over the tool's own "
+                        "(bench_kafka.CONSUMER_CONFIG), e.g. fetch.queue.backoff.ms=1000 for librdkafka's "
+                        "default (repeatable)")
+    p.add_argument("--consume-clients", default="confluent-kafka",
+                   help="consume: comma-separated consumers, from confluent-kafka,franz-go, each run once per "
+                        "--repeat, alternating (franz-go: the repository's tests/go program, needs go on PATH); "
+                        "the report's median is the first one's, with every client's beside it")
+    p.add_argument("--count-fetch-backoffs", action="store_true",
+                   help="consume: run the confluent-kafka consumer with librdkafka's fetch debug log and count "
+                        "its queue-full fetch backoffs (each a pause with no fetch sent for that partition)")
     p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
     p.add_argument("--transactional", action="store_true",
                    help="throughput: also a transactional producer on the same settings, alternating with the "
@@ -127,12 +138,16 @@ def _needs_broker(modes: list[str]) -> bool:
     return any(m in ("throughput", "latency", "consume", "failover", "partitions") for m in modes)
 
 
-def _topic_configs(items: list[str]) -> dict[str, str]:
+def _consumer_config(args) -> dict[str, str]:
+    return _topic_configs(getattr(args, "consumer_config", None) or [], "--consumer-config")
+
+
+def _topic_configs(items: list[str], flag: str = "--topic-config") -> dict[str, str]:
     configs = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"chronik-trio bench: --topic-config {item!r} is not KEY=VALUE")
+            raise SystemExit(f"chronik-trio bench: {flag} {item!r} is not KEY=VALUE")
         configs[key.strip()] = value.strip()
     return configs
 
@@ -171,7 +186,8 @@ def _throughput_run(bootstrap: str, args, rf: int) -> dict:
         warmed = bench_kafka.produce_parallel(bootstrap, topic, args, seconds=args.warmup_s)
     produced = bench_kafka.produce_parallel(bootstrap, topic, args)
     expected = produced["acked"] + (warmed["acked"] if warmed else 0)
-    consumed = bench_kafka.consume(bootstrap, topic, args.partitions, expected, getattr(args, "client_config", None))
+    consumed = bench_kafka.consume(bootstrap, topic, args.partitions, expected, getattr(args, "client_config", None),
+                                   _consumer_config(args))
     return {"topic": topic, "warmup_records": warmed["acked"] if warmed else 0,
             "produce": produced, "consume": consumed}
 
@@ -180,7 +196,8 @@ def _txn_throughput_run(bootstrap: str, args, rf: int) -> dict:
     topic = _create_topic(bootstrap, args, rf)
     produced = bench_kafka.produce_transactional(bootstrap, topic, args)
     consumed = bench_kafka.consume(bootstrap, topic, args.partitions, produced["records"],
-                                   {**(getattr(args, "client_config", None) or {}), "isolation.level": "read_committed"})
+                                   {**(getattr(args, "client_config", None) or {}), "isolation.level": "read_committed"},
+                                   _consumer_config(args))
     return {"topic": topic, "produce": produced, "consume": consumed}
 
 
@@ -198,11 +215,32 @@ def _consume_runs(bootstrap: str, args, rf: int) -> dict:
     topic = _create_topic(bootstrap, args, rf)
     produced = bench_kafka.produce_parallel(bootstrap, topic, args)
     config = getattr(args, "client_config", None)
-    runs = [bench_kafka.consume(bootstrap, topic, args.partitions, produced["acked"], config)
-            for _ in range(args.repeat)]
-    return {"topic": topic, "records": produced["acked"], "runs": runs,
+    readers = {"confluent-kafka": lambda: bench_kafka.consume(bootstrap, topic, args.partitions, produced["acked"],
+                                                              config, _consumer_config(args),
+                                                              getattr(args, "count_fetch_backoffs", False)),
+               "franz-go": lambda: bench_kafka.consume_franz_go(bootstrap, topic, args.partitions, produced["acked"])}
+    clients = _consume_clients(args)
+    by_client: dict[str, list] = {c: [] for c in clients}
+    for _ in range(args.repeat):
+        for client in clients:  # alternating, so each client sees the same load over the runs
+            by_client[client].append(readers[client]())
+    runs = by_client[clients[0]]
+    return {"topic": topic, "records": produced["acked"], "runs": runs, "client": clients[0],
             "median_records_per_s": _median(r["records_per_s"] for r in runs),
-            "median_mb_per_s": _median(r["mb_per_s"] for r in runs)}
+            "median_mb_per_s": _median(r["mb_per_s"] for r in runs),
+            "clients": {c: {"runs": rs, "median_mb_per_s": _median(r["mb_per_s"] for r in rs)}
+                        for c, rs in by_client.items()}}
+
+
+CONSUME_CLIENTS = ("confluent-kafka", "franz-go")
+
+
+def _consume_clients(args) -> list[str]:
+    clients = [c.strip() for c in getattr(args, "consume_clients", "confluent-kafka").split(",") if c.strip()]
+    unknown = [c for c in clients if c not in CONSUME_CLIENTS]
+    if unknown or not clients:
+        raise SystemExit(f"chronik-trio bench: --consume-clients {unknown or clients} not among {', '.join(CONSUME_CLIENTS)}")
+    return clients
 
 
 def _raft_runs(args) -> dict:
@@ -318,7 +356,8 @@ def _methods(args, target: str, rf: int) -> dict:
                        f"records / time from the first produce() to the last flush() returning; delivery "
                        f"latency = librdkafka's produce()-to-report time at full speed (closed loop, so it "
                        f"includes client queueing). Consume: one consumer, assign() from offset 0, until "
-                       f"every acknowledged record (warm-up included) is read."
+                       f"every acknowledged record (warm-up included) is read "
+                       f"({bench_kafka.consumer_config_text(_consumer_config(args))})."
                        + (f" Transactional (--transactional), alternating with each plain run: one "
                           f"confluent-kafka producer with a transactional.id (idempotence on, acks=all, the same "
                           f"linger and batch size, no warm-up), {args.records} records in transactions of "
@@ -333,10 +372,12 @@ def _methods(args, target: str, rf: int) -> dict:
                     f"end-to-end = wall time the record was due -> consumed by a consumer (same process, "
                     f"other thread, fetch.wait.max.ms=5) reading the partitions from their end."),
         "consume": (f"{common}. One topic filled once with {args.records} records ({args.producers} producer "
-                    f"process(es), linger.ms={args.linger_ms}), then {args.repeat} consumers one after the "
+                    f"process(es), linger.ms={args.linger_ms}), then {args.repeat} consumers of each of "
+                    f"{', '.join(_consume_clients(args))} (alternating), one after the "
                     f"other, each assign() from offset 0 until it has read every acknowledged record "
-                    f"(fetch.max.bytes 50 MiB, max.partition.fetch.bytes 10 MiB); rate = records (bytes of "
-                    f"values) / time from the consumer's start to its last record."),
+                    f"(confluent-kafka: {bench_kafka.consumer_config_text(_consumer_config(args))}; franz-go, "
+                    f"its own process, partitions assigned: the same fetch.max.bytes and max.partition.fetch.bytes); "
+                    f"rate = records (bytes of values) / time from the consumer's start to its last record."),
         "raft": (f"raft/bench.py: three RawNodes with MemoryStorage in this process, Ready handled "
                  f"synchronously, up to 512 proposals in flight; committed entries per second at the "
                  f"leader, {args.raft_entries} entries per run; the cost of the Raft logic alone, no "
@@ -465,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             bootstrap, target, rf, metrics = "", "none (in-process)", 1, []
         if cluster is not None and args.broker_config:
-            _set_broker_configs(bootstrap, _topic_configs(args.broker_config), args.cluster or 1)
+            _set_broker_configs(bootstrap, _topic_configs(args.broker_config, "--broker-config"), args.cluster or 1)
         watch = _NodeWatch(metrics, cluster.pids if cluster else []) if "node" in modes and metrics else None
         # Over PLAINTEXT and, with --security-protocol, over the secured listener, alternately.
         targets = [("", bootstrap, args)]
@@ -587,9 +628,12 @@ def _print_broker_modes(report: dict, res: dict, prefix: str, label: str) -> Non
 def _print_other_modes(res: dict) -> None:
     if "consume" in res:
         c = res["consume"]
-        print(f"consume ({c['records']:,} records): median {c['median_records_per_s']:,} rec/s "
-              f"{c['median_mb_per_s']} MB/s; per run: "
-              + ", ".join(f"{r['mb_per_s']} MB/s ({r['records']:,} in {r['elapsed_s']} s)" for r in c["runs"]))
+        for client, cr in c.get("clients", {c.get("client", "confluent-kafka"): c}).items():
+            print(f"consume ({c['records']:,} records, {client}): median "
+                  f"{_median(r['records_per_s'] for r in cr['runs']):,} rec/s {cr['median_mb_per_s']} MB/s; per run: "
+                  + ", ".join(f"{r['mb_per_s']} MB/s ({r['records']:,} in {r['elapsed_s']} s"
+                              + (f"; {r['queue_full_backoffs']} queue-full backoffs, {r['queue_full_backoff_ms']} ms"
+                                 if "queue_full_backoffs" in r else "") + ")" for r in cr["runs"]))
     if "raft" in res:
         for size, r in res["raft"].items():
             print(f"raft core, {size} entries: {r['median_entries_per_s']:,} committed entries/s "

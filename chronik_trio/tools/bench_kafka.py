@@ -4,7 +4,9 @@
   as fast as librdkafka accepts it;
 - `produce_transactional`: the same closed loop from one transactional producer, in
   transactions of `txn_records` records, with the time of each commit;
-- `consume`: one consumer reading a topic from offset 0;
+- `consume`: one consumer reading a topic from offset 0; `consume_franz_go` the same with
+  franz-go (the repository's tests/go program, built with the go command), to tell the
+  broker's read rate from the Python client's;
 - `open_loop`: records sent on a fixed schedule (record i is due at t0 + i / rate, whatever
   the broker does), each record's latency counted from when it was *due*, so a stall shows
   up in every record scheduled during it (no coordinated omission); a consumer in another
@@ -14,9 +16,17 @@
 
 from __future__ import annotations
 
+import atexit
+import json
+import logging
 import multiprocessing
 import os
+import pathlib
+import re
+import shutil
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -179,12 +189,56 @@ def produce_transactional(bootstrap: str, topic: str, args) -> dict:
 
 # --- consume ------------------------------------------------------------------------------------
 
-def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_config: dict | None = None) -> dict:
+# The bench consumer's librdkafka settings (`--consumer-config` overrides any). librdkafka
+# stops fetching a partition once its local queue holds queued.max.messages.kbytes (64 MiB)
+# or queued.min.messages, and then waits fetch.queue.backoff.ms before it looks again; at
+# the default 1000 ms, a consumer whose brokers answer faster than the application drains
+# the queue (three leaders of 10 MiB answers each) sits idle for most of that second after
+# the queue is drained, every time it fills. 10 ms keeps the queue's bound and drops the
+# idle second (docs/bench.md, issue 20).
+CONSUMER_CONFIG = {"fetch.max.bytes": 50 << 20, "max.partition.fetch.bytes": 10 << 20,
+                   "fetch.queue.backoff.ms": 10}
+
+
+def consumer_config_text(overrides: dict | None = None) -> str:
+    """The bench consumer's settings, as the report states them."""
+    return ", ".join(f"{k} {v}" for k, v in {**CONSUMER_CONFIG, **(overrides or {})}.items())
+
+
+# librdkafka's debug line when a partition's fetch waits because the local queue is full
+_QUEUE_FULL_BACKOFF = re.compile(r"Fetch backoff for (\d+)ms: Local: Queue full")
+
+
+class _BackoffCounter(logging.Handler):
+    """Counts librdkafka's queue-full fetch backoffs (with debug=fetch) and their milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = self.ms = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if m := _QUEUE_FULL_BACKOFF.search(record.getMessage()):
+            self.count += 1
+            self.ms += int(m.group(1))
+
+
+def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_config: dict | None = None,
+            consumer_config: dict | None = None, count_backoffs: bool = False) -> dict:
+    """client_config: TLS / SASL settings; consumer_config: librdkafka settings over CONSUMER_CONFIG.
+    count_backoffs: with librdkafka's fetch debug log, count its queue-full fetch backoffs."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**(client_config or {}), "bootstrap.servers": bootstrap, "group.id": "chronik-bench",
-                         "enable.auto.commit": False, "fetch.max.bytes": 50 << 20,
-                         "max.partition.fetch.bytes": 10 << 20})
+    config = {**CONSUMER_CONFIG, **(consumer_config or {}), **(client_config or {}),
+              "bootstrap.servers": bootstrap, "group.id": "chronik-bench", "enable.auto.commit": False}
+    counter = None
+    if count_backoffs:
+        counter = _BackoffCounter()
+        logger = logging.getLogger(f"chronik-bench-consumer-{id(counter)}")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(counter)
+        config.update(debug="fetch", logger=logger)
+    consumer = Consumer(config)
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     got = nbytes = 0
     start = last = time.perf_counter()
@@ -196,8 +250,52 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int, client_c
                 last = time.perf_counter()
     elapsed_s = max(last - start, 1e-9)
     consumer.close()
-    return {"records": got, "elapsed_s": round(elapsed_s, 3), "records_per_s": round(got / elapsed_s),
-            "mb_per_s": round(nbytes / elapsed_s / 1e6, 1)}
+    out = {"client": "confluent-kafka", "records": got, "elapsed_s": round(elapsed_s, 3),
+           "records_per_s": round(got / elapsed_s), "mb_per_s": round(nbytes / elapsed_s / 1e6, 1)}
+    if counter is not None:
+        out.update(queue_full_backoffs=counter.count, queue_full_backoff_ms=counter.ms)
+    return out
+
+
+# franz-go: tests/go's program, built on first use into a temporary directory (not the source
+# tree); `go` fetches the modules pinned in tests/go/go.mod into its own cache the first time.
+GO_DIR = pathlib.Path(__file__).resolve().parents[2] / "tests" / "go"
+GO_BUILD_TIMEOUT_S = 600
+FRANZ_READ_TIMEOUT_S = 300
+_franz_binary: list[str] = []
+
+
+def _franz_go() -> str:
+    if not _franz_binary:
+        go = shutil.which("go")
+        if go is None or not (GO_DIR / "go.mod").exists():
+            raise SystemExit("chronik-trio bench: the franz-go consumer needs `go` on PATH and the repository's tests/go")
+        build_dir = tempfile.mkdtemp(prefix="chronik-bench-go-")
+        atexit.register(shutil.rmtree, build_dir, True)
+        out = pathlib.Path(build_dir) / "franz"
+        proc = subprocess.run([go, "build", "-o", str(out), "."], cwd=GO_DIR, capture_output=True, text=True,
+                              env={**os.environ, "GOFLAGS": "-mod=mod"}, timeout=GO_BUILD_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise SystemExit(f"chronik-trio bench: go build in tests/go failed:\n{proc.stderr[-3000:]}")
+        _franz_binary.append(str(out))
+    return _franz_binary[0]
+
+
+def consume_franz_go(bootstrap: str, topic: str, partitions: int, expected: int) -> dict:
+    """One franz-go consumer (own process) reading the partitions from offset 0, fetch limits as
+    CONSUMER_CONFIG's (50 MiB per answer, 10 MiB per partition); plaintext only."""
+    proc = subprocess.run([_franz_go(), "-bootstrap", bootstrap, "-topic", topic, "-partitions", str(partitions),
+                           "-read-only", str(expected), "-fetch-max-bytes", str(CONSUMER_CONFIG["fetch.max.bytes"]),
+                           "-fetch-max-partition-bytes", str(CONSUMER_CONFIG["max.partition.fetch.bytes"]),
+                           "-timeout", f"{FRANZ_READ_TIMEOUT_S}s"],
+                          capture_output=True, text=True, timeout=FRANZ_READ_TIMEOUT_S + 30, stdin=subprocess.DEVNULL)
+    step = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {"error": proc.stderr[-2000:]}
+    if "error" in step:
+        raise SystemExit(f"chronik-trio bench: the franz-go consumer failed: {step['error']}")
+    elapsed_s = max(step["elapsed_s"], 1e-9)
+    return {"client": "franz-go", "records": step["records"], "elapsed_s": round(elapsed_s, 3),
+            "records_per_s": round(step["records"] / elapsed_s), "mb_per_s": round(step["value_bytes"] / elapsed_s / 1e6, 1)}
 
 
 # --- open loop ------------------------------------------------------------------------------------

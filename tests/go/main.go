@@ -38,10 +38,17 @@ func main() {
 	timeout := flag.Duration("timeout", 90*time.Second, "bound on the whole run")
 	fetchMaxBytes := flag.Int("fetch-max-bytes", 50<<20, "consumer: bytes per fetch response")
 	partitionMaxBytes := flag.Int("fetch-max-partition-bytes", 1<<20, "consumer: bytes per partition of a fetch")
+	readOnly := flag.Int("read-only", 0, "if > 0: only read the existing topic's partitions from offset 0 until "+
+		"this many records are read (chronik-trio bench's consume mode), print the rate, and exit")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	seeds := kgo.SeedBrokers(splitComma(*bootstrap)...)
+	limits := []kgo.Opt{kgo.FetchMaxBytes(int32(*fetchMaxBytes)), kgo.FetchMaxPartitionBytes(int32(*partitionMaxBytes))}
+	if *readOnly > 0 {
+		readAll(ctx, seeds, *topic, *partitions, *readOnly, limits...)
+		return
+	}
 
 	admin, err := kgo.NewClient(seeds)
 	if err != nil {
@@ -51,7 +58,6 @@ func main() {
 	adm := kadm.NewClient(admin)
 	runAdmin(ctx, adm, *topic, int32(*partitions), int16(*rf))
 	told := produce(ctx, seeds, *topic, *records)
-	limits := []kgo.Opt{kgo.FetchMaxBytes(int32(*fetchMaxBytes)), kgo.FetchMaxPartitionBytes(int32(*partitionMaxBytes))}
 	consume(ctx, seeds, *topic, *group, told, limits...)
 	groupAdmin(ctx, adm, *group, *topic)
 
@@ -190,6 +196,41 @@ func consume(ctx context.Context, seeds kgo.Opt, topic, group string, told map[s
 	cl.Close() // leaves the group
 	emit("consume", map[string]any{"consumed": len(seen), "duplicates": duplicates, "mismatched": mismatched,
 		"out_of_order": outOfOrder})
+}
+
+// readAll reads partitions 0..partitions-1 of topic from offset 0 (assigned, no group) until
+// at least expected records were read; emits records, value bytes and seconds from the
+// client's creation to the last record.
+func readAll(ctx context.Context, seeds kgo.Opt, topic string, partitions, expected int, limits ...kgo.Opt) {
+	offsets := map[int32]kgo.Offset{}
+	for p := 0; p < partitions; p++ {
+		offsets[int32(p)] = kgo.NewOffset().At(0)
+	}
+	start := time.Now()
+	opts := append([]kgo.Opt{seeds, kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets})}, limits...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		fail("read", err)
+	}
+	defer cl.Close()
+	records, valueBytes := 0, 0
+	last := start
+	for records < expected && ctx.Err() == nil {
+		fetches := cl.PollFetches(ctx)
+		if errs := fetches.Errors(); len(errs) > 0 && ctx.Err() == nil {
+			fail("read", fmt.Errorf("%s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err))
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			records++
+			valueBytes += len(r.Value)
+		})
+		last = time.Now()
+	}
+	if records < expected {
+		fail("read", fmt.Errorf("read %d of %d records: %w", records, expected, ctx.Err()))
+	}
+	emit("read", map[string]any{"records": records, "value_bytes": valueBytes,
+		"elapsed_s": last.Sub(start).Seconds()})
 }
 
 func groupAdmin(ctx context.Context, adm *kadm.Client, group, topic string) {

@@ -1,6 +1,7 @@
 """`chronik-trio bench` measures correctly (counts and report shape); speed is never asserted."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -156,12 +157,35 @@ def test_bench_failover_needs_its_own_three_node_cluster(tmp_path, mode):
 
 @pytest.mark.timeout(180)
 def test_bench_consume_fills_a_topic_once_and_reads_it_all_each_run(broker, tmp_path):
-    report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "consume", "--repeat", "2")
+    report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "consume", "--repeat", "2",
+                            "--consumer-config", "fetch.queue.backoff.ms=1000", "--count-fetch-backoffs")
     consume = report["results"]["consume"]
     assert consume["records"] == 3000 and len(consume["runs"]) == 2
     assert all(run["records"] == 3000 and run["mb_per_s"] > 0 for run in consume["runs"])
     assert report["summary"]["consume_only_mb_per_s"] == consume["median_mb_per_s"]
-    assert "consume (3,000 records): median" in stdout and "offset 0" in report["method"]["consume"]
+    assert "consume (3,000 records, confluent-kafka): median" in stdout and "offset 0" in report["method"]["consume"]
+    # the consumer's settings are stated, --consumer-config over the tool's own
+    assert "fetch.queue.backoff.ms 1000" in report["method"]["consume"]
+    # counted from librdkafka's own log: 3,000 small records never fill its 64 MiB queue
+    assert all(run["queue_full_backoffs"] == 0 == run["queue_full_backoff_ms"] for run in consume["runs"])
+    assert "0 queue-full backoffs" in stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_consume_alternates_confluent_kafka_and_franz_go(broker, tmp_path):
+    """--consume-clients: each client reads the whole topic every run, the first one's median
+    is the headline, every client's runs are in the report."""
+    if shutil.which("go") is None:
+        pytest.skip("the franz-go consumer needs go on PATH")
+    report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "consume", "--repeat", "2",
+                            "--consume-clients", "franz-go,confluent-kafka")
+    consume = report["results"]["consume"]
+    assert consume["client"] == "franz-go" and sorted(consume["clients"]) == ["confluent-kafka", "franz-go"]
+    for client, runs in consume["clients"].items():
+        assert len(runs["runs"]) == 2 and all(r["client"] == client and r["records"] >= 3000 for r in runs["runs"])
+    assert consume["runs"] == consume["clients"]["franz-go"]["runs"]
+    assert "consume (3,000 records, franz-go): median" in stdout
+    assert "consume (3,000 records, confluent-kafka): median" in stdout
 
 
 @pytest.mark.timeout(180)

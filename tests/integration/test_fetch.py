@@ -1,5 +1,8 @@
 """Fetch limits across partitions, epochs, out-of-range offsets; producer ids across restarts."""
 
+import threading
+import time
+
 import pytest
 
 from tests.brokers import fetch_session_counters
@@ -154,3 +157,50 @@ def test_fetch_sessions_answer_only_what_changed_and_refuse_bad_sessions(broker)
     assert counters["fetch_sessions_created"] == 1 and counters["fetch_sessions_closed"] == 1
     assert counters["fetch_incremental"] == 5 and counters["fetch_session_errors"] == 5
     assert counters["fetch_partitions_left_out"] >= 4 + 3 + 3 and counters["fetch_sessions"] == 0
+
+
+def _wait_counter(broker, name: str, value: float, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while fetch_session_counters(broker)[name] != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}: {fetch_session_counters(broker)}"
+        time.sleep(0.05)
+
+
+def test_a_fetch_is_answered_at_once_when_any_partition_has_data_and_parks_only_when_none_has(broker):
+    """Long poll (max_wait, min_bytes 1) over three partitions: data on one of them is answered
+    without waiting (the node's parked-fetch counter does not move) with every byte counted;
+    with none, the fetch parks (counted once) and is answered by the first record produced."""
+    topic = random_topic()
+    long_poll = {"max_wait": 30_000, "min_bytes": 1, "max_bytes": 50 << 20, "isolation_level": 0,
+                 "session_id": 0, "session_epoch": -1, "forgotten_topics_data": []}
+
+    def body(offsets):
+        return {**long_poll, "topics": [{"topic": topic, "partitions": [
+            {"partition": p, "fetch_offset": o, "partition_max_bytes": 10 << 20} for p, o in offsets.items()]}]}
+
+    with KafkaWire.connect(broker.port) as conn:
+        assert conn.create_topics([topic], partitions=3) == {topic: 0}
+        _fill(conn, topic, 1, 2)  # partition 0 only
+        before = fetch_session_counters(broker)
+        r = conn.request(FETCH, body({0: 0, 1: 0, 2: 0}))
+        parts = {p.partition_index: p for t in r.responses for p in t.partitions}
+        assert len(parse_batches(parts[0].records)) == 2 and not parts[1].records and not parts[2].records
+        after = fetch_session_counters(broker)
+        assert after["fetch_parked"] == before["fetch_parked"]
+        assert after["fetch_record_bytes"] - before["fetch_record_bytes"] == len(parts[0].records)
+
+        answer = {}
+
+        def parked_fetch():
+            with KafkaWire.connect(broker.port) as other:
+                answer["r"] = other.request(FETCH, body({1: 0, 2: 0}))
+
+        waiter = threading.Thread(target=parked_fetch, daemon=True)
+        waiter.start()
+        _wait_counter(broker, "fetch_parked", before["fetch_parked"] + 1)
+        assert conn.produce(topic, 2, build_batch([Record(None, b"wake")])).base_offset == 0
+        waiter.join(40)
+        assert not waiter.is_alive()
+        parts = {p.partition_index: p for t in answer["r"].responses for p in t.partitions}
+        assert [b.base_offset for b in parse_batches(parts[2].records)] == [0] and not parts[1].records
+        assert fetch_session_counters(broker)["fetch_parked"] == before["fetch_parked"] + 1

@@ -173,11 +173,18 @@ async def handle_fetch(body, ctx, version: int):
     wanted = _resolve(ctx, fctx, by_id)
     max_bytes = body.max_bytes if has_field(type(body), "max_bytes") else 2**31 - 1
     deadline = trio.current_time() + min(body.max_wait.total_seconds(), MAX_WAIT_S_CAP)
+    stats = ctx.fetch_sessions.stats
+    parked = False
     while True:
         entries, total, replicas, any_error = _collect(ctx, wanted, by_id, max_bytes, version,
                                                        getattr(body, "rack_id", "") or "", committed_only)
+        # answered at once when any partition has min_bytes (a consumer's 1): never waits
+        # for max_wait while some of its partitions have data
         if total >= body.min_bytes or any_error or trio.current_time() >= deadline or not replicas:
             break
+        if not parked:
+            parked = True
+            stats.parked += 1
         moved = trio.Event()
         for replica in replicas:
             replica.watch(moved)
@@ -200,6 +207,7 @@ async def handle_fetch(body, ctx, version: int):
             responses.append({topic_field: key, "partitions": []})
         responses[-1]["partitions"].append(entry)
     fctx.finish()
+    stats.record_bytes += total
     leaders = [e["current_leader"]["leader_id"] for _, e in entries if "current_leader" in e]
     return build(response_schema(1, version), throttle_time=0, error_code=0, session_id=fctx.session_id,
                  responses=responses, node_endpoints=node_endpoints(ctx, leaders))

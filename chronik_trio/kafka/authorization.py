@@ -35,7 +35,7 @@ ERROR_CODES = {ResourceType.TOPIC: ErrorCode.topic_authorization_failed,
                ResourceType.CLUSTER: ErrorCode.cluster_authorization_failed,
                ResourceType.TRANSACTIONAL_ID: ErrorCode.transactional_id_authorization_failed}
 FIND_COORDINATOR_GROUP, FIND_COORDINATOR_TRANSACTION = 0, 1
-DESCRIBE_CONFIGS_TOPIC = 2
+DESCRIBE_CONFIGS_TOPIC, DESCRIBE_CONFIGS_GROUP = 2, 32
 IDEMPOTENT_PRODUCER = "idempotent producer"  # InitProducerId without a transactional id (KIP-679)
 
 PRODUCE_KEY = 0
@@ -107,9 +107,10 @@ def _init_producer_id(body) -> list[Requirement]:
 
 
 def _configs(operation: Operation, body) -> list[Requirement]:
-    """DescribeConfigs, AlterConfigs, IncrementalAlterConfigs: the operation on each topic,
-    or on the cluster for a broker resource."""
+    """DescribeConfigs, AlterConfigs, IncrementalAlterConfigs: the operation on each topic or
+    group, or on the cluster for a broker resource (as Kafka's ConfigAdminManager)."""
     return [((operation, T, r.resource_name),) if r.resource_type == DESCRIBE_CONFIGS_TOPIC
+            else ((operation, G, r.resource_name),) if r.resource_type == DESCRIBE_CONFIGS_GROUP
             else ((operation, C, CLUSTER_NAME),) for r in body.resources]
 
 

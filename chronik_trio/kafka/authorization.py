@@ -192,6 +192,29 @@ def allowed(ctx, session: Session, operation: Operation, kind: ResourceType, nam
     return ok
 
 
+# The operations each resource type has (Kafka's AclEntry.supportedOperations, 4.x: a group's
+# configs can be described and altered), reported as a bit field (1 << operation) where a
+# request asks for authorized operations (Metadata, DescribeCluster, DescribeGroups; KIP-430).
+SUPPORTED_OPERATIONS: dict[ResourceType, tuple[Operation, ...]] = {
+    T: (Operation.READ, Operation.WRITE, Operation.CREATE, Operation.DESCRIBE, Operation.DELETE, Operation.ALTER,
+        Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS),
+    G: (Operation.READ, Operation.DESCRIBE, Operation.DELETE, Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS),
+    C: (Operation.CREATE, Operation.CLUSTER_ACTION, Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS,
+        Operation.IDEMPOTENT_WRITE, Operation.ALTER, Operation.DESCRIBE),
+    X: (Operation.DESCRIBE, Operation.WRITE),
+}
+
+
+def authorized_operations(ctx, session: Session, kind: ResourceType, name: str) -> int:
+    """The operations of the resource the session's principal is allowed, as KIP-430's bit
+    field (every supported operation when the authorizer is off, as Kafka without one)."""
+    bits = 0
+    for operation in SUPPORTED_OPERATIONS[kind]:
+        if allowed(ctx, session, operation, kind, name, "authorized operations", audited=False):
+            bits |= 1 << operation
+    return bits
+
+
 def refusal(api_key: int, api_version: int, body, ctx, session: Session):
     """None when the request may be handled; else the error answer to send instead."""
     if not ctx.config.authorizer_enabled:

@@ -280,62 +280,42 @@ STATIC_BROKER_TYPES: dict[str, ConfigType] = {
 _NO_KIP848 = "Stored and reported; no KIP-848 consumer groups here (classic groups use the member's session timeout)"
 _NO_SHARE = "Stored and reported; no share groups (KIP-932) here"
 _NO_STREAMS = "Stored and reported; no streams groups (KIP-1071) here"
+GROUP_KINDS = {"consumer": _NO_KIP848, "share": _NO_SHARE, "streams": _NO_STREAMS}
 GROUP_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
-    _d("consumer.session.timeout.ms", _INT, 45_000, _NO_KIP848, "group.consumer.session.timeout.ms",
-       low=1, implemented=False),
-    _d("consumer.heartbeat.interval.ms", _INT, 5_000, _NO_KIP848, "group.consumer.heartbeat.interval.ms",
-       low=1, implemented=False),
-    _d("share.session.timeout.ms", _INT, 45_000, _NO_SHARE, "group.share.session.timeout.ms", low=1,
-       implemented=False),
-    _d("share.heartbeat.interval.ms", _INT, 5_000, _NO_SHARE, "group.share.heartbeat.interval.ms", low=1,
-       implemented=False),
+    *(c for kind, doc in GROUP_KINDS.items() for c in (
+        _d(f"{kind}.session.timeout.ms", _INT, 45_000, doc, f"group.{kind}.session.timeout.ms", low=1,
+           implemented=False),
+        _d(f"{kind}.heartbeat.interval.ms", _INT, 5_000, doc, f"group.{kind}.heartbeat.interval.ms", low=1,
+           implemented=False))),
     _d("share.record.lock.duration.ms", _INT, 30_000, _NO_SHARE, "group.share.record.lock.duration.ms",
        low=1000, implemented=False),
     _d("share.auto.offset.reset", _STR, "latest", _NO_SHARE, implemented=False),
     _d("share.isolation.level", _STR, "read_uncommitted", _NO_SHARE,
        choices=("read_committed", "read_uncommitted"), implemented=False),
-    _d("streams.session.timeout.ms", _INT, 45_000, _NO_STREAMS, "group.streams.session.timeout.ms",
-       low=1, implemented=False),
-    _d("streams.heartbeat.interval.ms", _INT, 5_000, _NO_STREAMS, "group.streams.heartbeat.interval.ms",
-       low=1, implemented=False),
     _d("streams.num.standby.replicas", _INT, 0, _NO_STREAMS, "group.streams.num.standby.replicas", low=0,
        implemented=False),
 )}
-# The broker's group settings (Kafka's names and defaults; fixed here, reported read-only by
-# a broker's DescribeConfigs): the defaults of the group configs and the bounds they are
-# validated against.
-GROUP_BROKER_SETTINGS: dict[str, str] = {
-    "group.consumer.session.timeout.ms": "45000", "group.consumer.min.session.timeout.ms": "45000",
-    "group.consumer.max.session.timeout.ms": "60000", "group.consumer.heartbeat.interval.ms": "5000",
-    "group.consumer.min.heartbeat.interval.ms": "5000", "group.consumer.max.heartbeat.interval.ms": "15000",
-    "group.share.session.timeout.ms": "45000", "group.share.min.session.timeout.ms": "45000",
-    "group.share.max.session.timeout.ms": "60000", "group.share.heartbeat.interval.ms": "5000",
-    "group.share.min.heartbeat.interval.ms": "5000", "group.share.max.heartbeat.interval.ms": "15000",
-    "group.share.record.lock.duration.ms": "30000", "group.share.min.record.lock.duration.ms": "15000",
-    "group.share.max.record.lock.duration.ms": "60000",
-    "group.streams.session.timeout.ms": "45000", "group.streams.min.session.timeout.ms": "45000",
-    "group.streams.max.session.timeout.ms": "60000", "group.streams.heartbeat.interval.ms": "5000",
-    "group.streams.min.heartbeat.interval.ms": "5000", "group.streams.max.heartbeat.interval.ms": "15000",
-    "group.streams.num.standby.replicas": "0", "group.streams.max.standby.replicas": "2",
-}
 # group config -> (the broker setting of its minimum, of its maximum), either may be None.
 GROUP_BOUNDS: dict[str, tuple[str | None, str | None]] = {
-    "consumer.session.timeout.ms": ("group.consumer.min.session.timeout.ms", "group.consumer.max.session.timeout.ms"),
-    "consumer.heartbeat.interval.ms": ("group.consumer.min.heartbeat.interval.ms",
-                                       "group.consumer.max.heartbeat.interval.ms"),
-    "share.session.timeout.ms": ("group.share.min.session.timeout.ms", "group.share.max.session.timeout.ms"),
-    "share.heartbeat.interval.ms": ("group.share.min.heartbeat.interval.ms", "group.share.max.heartbeat.interval.ms"),
+    **{f"{kind}.{what}": (f"group.{kind}.min.{what}", f"group.{kind}.max.{what}")
+       for kind in GROUP_KINDS for what in ("session.timeout.ms", "heartbeat.interval.ms")},
     "share.record.lock.duration.ms": ("group.share.min.record.lock.duration.ms",
                                       "group.share.max.record.lock.duration.ms"),
-    "streams.session.timeout.ms": ("group.streams.min.session.timeout.ms", "group.streams.max.session.timeout.ms"),
-    "streams.heartbeat.interval.ms": ("group.streams.min.heartbeat.interval.ms",
-                                      "group.streams.max.heartbeat.interval.ms"),
     "streams.num.standby.replicas": (None, "group.streams.max.standby.replicas"),
 }
+# The broker's group settings (Kafka's names and defaults; fixed here, reported read-only by
+# a broker's DescribeConfigs): the defaults of the group configs and their bounds.
+GROUP_BROKER_SETTINGS: dict[str, str] = {
+    **{f"group.{kind}.{setting}": value for kind in GROUP_KINDS for setting, value in (
+        ("session.timeout.ms", "45000"), ("min.session.timeout.ms", "45000"), ("max.session.timeout.ms", "60000"),
+        ("heartbeat.interval.ms", "5000"), ("min.heartbeat.interval.ms", "5000"),
+        ("max.heartbeat.interval.ms", "15000"))},
+    "group.share.record.lock.duration.ms": "30000", "group.share.min.record.lock.duration.ms": "15000",
+    "group.share.max.record.lock.duration.ms": "60000",
+    "group.streams.num.standby.replicas": "0", "group.streams.max.standby.replicas": "2",
+}
 # (session timeout, heartbeat interval): the first must stay above the second.
-GROUP_SESSION_PAIRS = (("consumer.session.timeout.ms", "consumer.heartbeat.interval.ms"),
-                       ("share.session.timeout.ms", "share.heartbeat.interval.ms"),
-                       ("streams.session.timeout.ms", "streams.heartbeat.interval.ms"))
+GROUP_SESSION_PAIRS = tuple((f"{kind}.session.timeout.ms", f"{kind}.heartbeat.interval.ms") for kind in GROUP_KINDS)
 # share.auto.offset.reset: latest, earliest, or by_duration:<ISO-8601 duration> (KIP-1106).
 _BY_DURATION = re.compile(r"by_duration:P(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?")
 

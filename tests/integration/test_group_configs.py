@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, ResourceType
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigResource, ConfigSource, ResourceType
 
 from tests.integration.test_admin_cli import admin_here
 from tests.integration.test_configs import TIMEOUT_S, _describe, _incremental
@@ -100,5 +100,6 @@ def test_group_configs_survive_a_restart_and_the_admin_cli_reads_and_changes_the
     done = admin_here(capsys, broker.bootstrap, "config", "delete", "--group", name, "consumer.heartbeat.interval.ms")
     assert done.returncode == 0, done.stderr
     assert _describe(admin, ResourceType.GROUP, name)["consumer.heartbeat.interval.ms"].value == "5000"
-    refused = admin_here(capsys, broker.bootstrap, "config", "set", "--group", name, "share.record.lock.duration.ms=1000")
+    refused = admin_here(capsys, broker.bootstrap, "config", "set", "--group", name,
+                         "share.record.lock.duration.ms=1000")
     assert refused.returncode == 1 and "share.record.lock.duration.ms" in refused.stderr

@@ -10,6 +10,7 @@ Pure: no I/O. docs/configuration.md says which configs take effect and which are
 from __future__ import annotations
 
 import enum
+import re
 import typing
 
 import attrs
@@ -52,6 +53,7 @@ class ConfigSource(enum.IntEnum):
     DYNAMIC_DEFAULT_BROKER_CONFIG = 3
     STATIC_BROKER_CONFIG = 4
     DEFAULT_CONFIG = 5
+    DYNAMIC_GROUP_CONFIG = 8
 
 
 class AlterOp(enum.IntEnum):
@@ -271,6 +273,56 @@ STATIC_BROKER_TYPES: dict[str, ConfigType] = {
 }
 
 
+# Kafka 4.1's group configs (GroupConfig, KIP-848 / KIP-932 / KIP-1071), each with the broker
+# config that gives its default (synonym) and the broker's bounds it must stay within
+# (GROUP_BOUNDS). This broker has no KIP-848, share or streams groups: they are stored in
+# __meta and reported, and act on nothing (docs/configuration.md).
+_NO_KIP848 = "Stored and reported; no KIP-848 consumer groups here (classic groups use the member's session timeout)"
+_NO_SHARE = "Stored and reported; no share groups (KIP-932) here"
+_NO_STREAMS = "Stored and reported; no streams groups (KIP-1071) here"
+GROUP_KINDS = {"consumer": _NO_KIP848, "share": _NO_SHARE, "streams": _NO_STREAMS}
+GROUP_CONFIGS: dict[str, ConfigDef] = {c.name: c for c in (
+    *(c for kind, doc in GROUP_KINDS.items() for c in (
+        _d(f"{kind}.session.timeout.ms", _INT, 45_000, doc, f"group.{kind}.session.timeout.ms", low=1,
+           implemented=False),
+        _d(f"{kind}.heartbeat.interval.ms", _INT, 5_000, doc, f"group.{kind}.heartbeat.interval.ms", low=1,
+           implemented=False))),
+    _d("share.record.lock.duration.ms", _INT, 30_000, _NO_SHARE, "group.share.record.lock.duration.ms",
+       low=1000, implemented=False),
+    _d("share.auto.offset.reset", _STR, "latest", _NO_SHARE, implemented=False),
+    _d("share.isolation.level", _STR, "read_uncommitted", _NO_SHARE,
+       choices=("read_committed", "read_uncommitted"), implemented=False),
+    _d("streams.num.standby.replicas", _INT, 0, _NO_STREAMS, "group.streams.num.standby.replicas", low=0,
+       implemented=False),
+)}
+# group config -> (the broker setting of its minimum, of its maximum), either may be None.
+GROUP_BOUNDS: dict[str, tuple[str | None, str | None]] = {
+    **{f"{kind}.{what}": (f"group.{kind}.min.{what}", f"group.{kind}.max.{what}")
+       for kind in GROUP_KINDS for what in ("session.timeout.ms", "heartbeat.interval.ms")},
+    "share.record.lock.duration.ms": ("group.share.min.record.lock.duration.ms",
+                                      "group.share.max.record.lock.duration.ms"),
+    "streams.num.standby.replicas": (None, "group.streams.max.standby.replicas"),
+}
+# The broker's group settings (Kafka's names and defaults; fixed here, reported read-only by
+# a broker's DescribeConfigs): the defaults of the group configs and their bounds.
+GROUP_BROKER_SETTINGS: dict[str, str] = {
+    **{f"group.{kind}.{setting}": value for kind in GROUP_KINDS for setting, value in (
+        ("session.timeout.ms", "45000"), ("min.session.timeout.ms", "45000"), ("max.session.timeout.ms", "60000"),
+        ("heartbeat.interval.ms", "5000"), ("min.heartbeat.interval.ms", "5000"),
+        ("max.heartbeat.interval.ms", "15000"))},
+    "group.share.record.lock.duration.ms": "30000", "group.share.min.record.lock.duration.ms": "15000",
+    "group.share.max.record.lock.duration.ms": "60000",
+    "group.streams.num.standby.replicas": "0", "group.streams.max.standby.replicas": "2",
+}
+# (session timeout, heartbeat interval): the first must stay above the second.
+GROUP_SESSION_PAIRS = tuple((f"{kind}.session.timeout.ms", f"{kind}.heartbeat.interval.ms") for kind in GROUP_KINDS)
+# share.auto.offset.reset: latest, earliest, or by_duration:<ISO-8601 duration> (KIP-1106).
+_BY_DURATION = re.compile(r"by_duration:P(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?")
+
+
+STATIC_BROKER_TYPES.update(dict.fromkeys(GROUP_BROKER_SETTINGS, _INT))
+
+
 def parse_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(LIST_SEPARATOR) if item.strip()]
 
@@ -361,6 +413,51 @@ def resolve_broker(key: str, broker_configs: typing.Mapping[str, typing.Mapping[
     levels = list(_broker_levels(key, broker_configs, node_id, static))
     definition = DYNAMIC_BROKER_CONFIGS.get(key)
     if definition is not None:
+        levels.append((key, definition.default, ConfigSource.DEFAULT_CONFIG))
+    return Resolved(key, levels[0][1], levels[0][2], tuple(levels))
+
+
+def group_default(key: str, static: typing.Mapping[str, str]) -> str:
+    """A group config's default: the broker setting named by its synonym, else Kafka's."""
+    definition = GROUP_CONFIGS[key]
+    if definition.synonym is not None and definition.synonym in static:
+        return static[definition.synonym]
+    return definition.default
+
+
+def validate_group_configs(updated: typing.Mapping[str, str], static: typing.Mapping[str, str]) -> None:
+    """A group's whole set of overrides after an alter: each within the broker's bounds
+    (static: the broker settings, GROUP_BROKER_SETTINGS), each session timeout above its
+    heartbeat interval. Raises InvalidConfig naming the key (as Kafka's GroupConfig does)."""
+    for key, value in updated.items():
+        if key == "share.auto.offset.reset" and value not in ("latest", "earliest") \
+                and not (_BY_DURATION.fullmatch(value) and value != "by_duration:P"):
+            raise InvalidConfig(f"config {key}={value!r}: latest, earliest or by_duration:<ISO-8601 duration>")
+        low_key, high_key = GROUP_BOUNDS.get(key, (None, None))
+        if low_key is not None and int(value) < int(static[low_key]):
+            raise InvalidConfig(f"config {key}={value} must be greater than or equal to {low_key} "
+                                f"({static[low_key]})")
+        if high_key is not None and int(value) > int(static[high_key]):
+            raise InvalidConfig(f"config {key}={value} must be less than or equal to {high_key} "
+                                f"({static[high_key]})")
+    for session, heartbeat in GROUP_SESSION_PAIRS:
+        if session in updated or heartbeat in updated:
+            s = int(updated.get(session, group_default(session, static)))
+            h = int(updated.get(heartbeat, group_default(heartbeat, static)))
+            if s <= h:
+                raise InvalidConfig(f"config {session} ({s}) must be greater than {heartbeat} ({h})")
+
+
+def resolve_group(key: str, group_configs: typing.Mapping[str, str], static: typing.Mapping[str, str]) -> Resolved:
+    """The group's override (DYNAMIC_GROUP_CONFIG) > the broker's setting (its synonym) >
+    Kafka's default."""
+    definition = GROUP_CONFIGS[key]
+    levels: list[tuple[str, str, ConfigSource]] = []
+    if key in group_configs:
+        levels.append((key, group_configs[key], ConfigSource.DYNAMIC_GROUP_CONFIG))
+    if definition.synonym is not None and definition.synonym in static:
+        levels.append((definition.synonym, static[definition.synonym], ConfigSource.DEFAULT_CONFIG))
+    else:
         levels.append((key, definition.default, ConfigSource.DEFAULT_CONFIG))
     return Resolved(key, levels[0][1], levels[0][2], tuple(levels))
 

@@ -197,6 +197,8 @@ class MetaState:
         self.transactional_ids: dict[str, tuple[int, int, int]] = {}
         # Dynamic broker configs: node id as a string, or "" (cluster default) -> overrides.
         self.broker_configs: dict[str, dict[str, str]] = {}
+        # Group configs (GROUP resource): group id -> overrides.
+        self.group_configs: dict[str, dict[str, str]] = {}
         self.cluster_id = ""
         # user -> mechanism -> credential (SCRAM; PLAIN is checked against these too)
         self.scram_credentials: dict[str, dict[str, ScramCredential]] = {}
@@ -284,6 +286,8 @@ class MetaState:
             snap.transactional_ids.add(transactional_id=tid, producer_id=pid, epoch=epoch, timestamp_ms=ts)
         for broker, configs in sorted(self.broker_configs.items()):
             snap.broker_configs.add(broker=broker, set=configs)
+        for group, configs in sorted(self.group_configs.items()):
+            snap.group_configs.add(group=group, set=configs)
         for user, by_mechanism in self.scram_credentials.items():
             for c in by_mechanism.values():
                 snap.scram_credentials.add(user=user, mechanism=c.mechanism, iterations=c.iterations,
@@ -315,6 +319,8 @@ class MetaState:
                                   for t in snap.transactional_ids}
         for b in snap.broker_configs:
             self._broker_configs_altered(b)
+        for g in snap.group_configs:
+            self._group_configs_altered(g)
         self.next_producer_id, self.version = snap.next_producer_id, snap.version
         self.cluster_id = snap.cluster_id
         for c in snap.scram_credentials:
@@ -522,14 +528,22 @@ class MetaState:
         return Applied(True)
 
     def _broker_configs_altered(self, cmd: meta_pb2.BrokerConfigsAltered) -> Applied:
-        configs = {k: v for k, v in self.broker_configs.get(cmd.broker, {}).items()
-                   if k not in cmd.removed}
-        configs.update(cmd.set)
-        if configs:
-            self.broker_configs[cmd.broker] = configs
-        else:
-            self.broker_configs.pop(cmd.broker, None)
+        _alter_overrides(self.broker_configs, cmd.broker, cmd.set, cmd.removed)
         return Applied(True)
+
+    def _group_configs_altered(self, cmd: meta_pb2.GroupConfigsAltered) -> Applied:
+        _alter_overrides(self.group_configs, cmd.group, cmd.set, cmd.removed)
+        return Applied(True)
+
+
+def _alter_overrides(by_resource: dict[str, dict[str, str]], resource: str, set_, removed) -> None:
+    """One resource's stored config overrides after a change (an empty set is dropped)."""
+    configs = {k: v for k, v in by_resource.get(resource, {}).items() if k not in removed}
+    configs.update(set_)
+    if configs:
+        by_resource[resource] = configs
+    else:
+        by_resource.pop(resource, None)
 
 
 _APPLY = {
@@ -553,6 +567,7 @@ _APPLY = {
     "node_health_reported": MetaState._node_health_reported,
     "partition_reassignment_requested": MetaState._partition_reassignment_requested,
     "partition_reassignment_completed": MetaState._partition_reassignment_completed,
+    "group_configs_altered": MetaState._group_configs_altered,
 }
 
 

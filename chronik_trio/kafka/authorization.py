@@ -35,7 +35,7 @@ ERROR_CODES = {ResourceType.TOPIC: ErrorCode.topic_authorization_failed,
                ResourceType.CLUSTER: ErrorCode.cluster_authorization_failed,
                ResourceType.TRANSACTIONAL_ID: ErrorCode.transactional_id_authorization_failed}
 FIND_COORDINATOR_GROUP, FIND_COORDINATOR_TRANSACTION = 0, 1
-DESCRIBE_CONFIGS_TOPIC = 2
+DESCRIBE_CONFIGS_TOPIC, DESCRIBE_CONFIGS_GROUP = 2, 32
 IDEMPOTENT_PRODUCER = "idempotent producer"  # InitProducerId without a transactional id (KIP-679)
 
 PRODUCE_KEY = 0
@@ -107,9 +107,10 @@ def _init_producer_id(body) -> list[Requirement]:
 
 
 def _configs(operation: Operation, body) -> list[Requirement]:
-    """DescribeConfigs, AlterConfigs, IncrementalAlterConfigs: the operation on each topic,
-    or on the cluster for a broker resource."""
+    """DescribeConfigs, AlterConfigs, IncrementalAlterConfigs: the operation on each topic or
+    group, or on the cluster for a broker resource (as Kafka's ConfigAdminManager)."""
     return [((operation, T, r.resource_name),) if r.resource_type == DESCRIBE_CONFIGS_TOPIC
+            else ((operation, G, r.resource_name),) if r.resource_type == DESCRIBE_CONFIGS_GROUP
             else ((operation, C, CLUSTER_NAME),) for r in body.resources]
 
 
@@ -189,6 +190,29 @@ def allowed(ctx, session: Session, operation: Operation, kind: ResourceType, nam
                   "ALLOWED" if ok else "DENIED", session.principal, session.host, operation.name, kind.name,
                   name, api, session.listener)
     return ok
+
+
+# The operations each resource type has (Kafka's AclEntry.supportedOperations, 4.x: a group's
+# configs can be described and altered), reported as a bit field (1 << operation) where a
+# request asks for authorized operations (Metadata, DescribeCluster, DescribeGroups; KIP-430).
+SUPPORTED_OPERATIONS: dict[ResourceType, tuple[Operation, ...]] = {
+    T: (Operation.READ, Operation.WRITE, Operation.CREATE, Operation.DESCRIBE, Operation.DELETE, Operation.ALTER,
+        Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS),
+    G: (Operation.READ, Operation.DESCRIBE, Operation.DELETE, Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS),
+    C: (Operation.CREATE, Operation.CLUSTER_ACTION, Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS,
+        Operation.IDEMPOTENT_WRITE, Operation.ALTER, Operation.DESCRIBE),
+    X: (Operation.DESCRIBE, Operation.WRITE),
+}
+
+
+def authorized_operations(ctx, session: Session, kind: ResourceType, name: str) -> int:
+    """The operations of the resource the session's principal is allowed, as KIP-430's bit
+    field (every supported operation when the authorizer is off, as Kafka without one)."""
+    bits = 0
+    for operation in SUPPORTED_OPERATIONS[kind]:
+        if allowed(ctx, session, operation, kind, name, "authorized operations", audited=False):
+            bits |= 1 << operation
+    return bits
 
 
 def refusal(api_key: int, api_version: int, body, ctx, session: Session):

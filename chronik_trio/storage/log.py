@@ -715,6 +715,11 @@ class SegmentLog:
                 cursor.advance()
         return out
 
+    @property
+    def max_timestamp_ms(self) -> int:
+        """The largest maxTimestamp of the log's batches; -1 without batches."""
+        return max((seg.max_timestamp_ms for seg in self._segments), default=-1)
+
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """(baseOffset, maxTimestamp) of the first batch whose maxTimestamp >= timestamp_ms."""
         assert self.kafka, "Kafka view of a non-partition log"

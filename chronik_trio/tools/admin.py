@@ -54,9 +54,9 @@ DESCRIBE_CLUSTER_API_KEY, DESCRIBE_CLUSTER_VERSION = 60, 0
 API_VERSIONS_API_KEY, API_VERSIONS_VERSION = 18, 0
 DESCRIBE_CONFIGS_API_KEY, DESCRIBE_CONFIGS_VERSION = 32, 4
 INCREMENTAL_ALTER_CONFIGS_API_KEY, INCREMENTAL_ALTER_CONFIGS_VERSION = 44, 1
-RESOURCE_TOPIC, RESOURCE_BROKER = 2, 4
+RESOURCE_TOPIC, RESOURCE_BROKER, RESOURCE_GROUP = 2, 4, 32  # DescribeConfigs resource types
 OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
-CONFIG_SOURCES = {1: "topic", 2: "broker", 3: "cluster-default", 4: "static", 5: "default"}
+CONFIG_SOURCES = {1: "topic", 2: "broker", 3: "cluster-default", 4: "static", 5: "default", 8: "group"}
 CONFIG_TYPES = {1: "BOOLEAN", 2: "STRING", 3: "INT", 4: "SHORT", 5: "LONG", 6: "DOUBLE", 7: "LIST",
                 8: "CLASS", 9: "PASSWORD"}
 DESCRIBE_SCRAM_API_KEY, ALTER_SCRAM_API_KEY = 50, 51
@@ -439,9 +439,11 @@ def cmd_elect_preferred(args) -> int:
 # --- configs -----------------------------------------------------------------------------------
 
 def _config_resource(args) -> tuple[int, str, str]:
-    """(resource type, name, what) from --topic / --broker / --broker-default."""
+    """(resource type, name, what) from --topic / --group / --broker / --broker-default."""
     if args.topic is not None:
         return RESOURCE_TOPIC, args.topic, f"topic {args.topic}"
+    if args.group is not None:
+        return RESOURCE_GROUP, args.group, f"group {args.group}"
     if args.broker is not None:
         return RESOURCE_BROKER, str(args.broker), f"broker {args.broker}"
     return RESOURCE_BROKER, "", "the cluster-wide broker default"
@@ -1013,6 +1015,7 @@ def _add_config_parser(parser) -> None:
         _common_options(a, defaults=False)
         which = a.add_mutually_exclusive_group(required=True)
         which.add_argument("--topic", metavar="NAME")
+        which.add_argument("--group", metavar="ID", help="a group's configs (Kafka 4's group configs)")
         which.add_argument("--broker", type=int, metavar="ID", help="one broker's dynamic configs")
         which.add_argument("--broker-default", action="store_true",
                            help="the cluster-wide dynamic broker defaults")

@@ -4,8 +4,8 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import KafkaException, Producer, TopicPartition, Consumer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, Producer, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -135,3 +135,47 @@ def test_create_partitions_adds_partitions_that_take_writes(broker):
     with pytest.raises(KafkaException) as shrink:
         admin.create_partitions([NewPartitions("grow", 3)])["grow"].result(timeout=15)
     assert shrink.value.args[0].name() == "INVALID_PARTITIONS"
+
+
+def test_authorized_operations_are_every_supported_one_without_an_authorizer(broker):
+    """KIP-430 (librdkafka's test 0081 asks for them): DescribeTopics (Metadata), DescribeCluster
+    and DescribeConsumerGroups with include_authorized_operations answer each resource's
+    supported operations, as Kafka without an authorizer does; without it, none."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    name = "ops-" + uuid.uuid4().hex[:8]
+    admin.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=15)
+    group = "ops-group-" + uuid.uuid4().hex[:8]
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(name, 0, 0)], asynchronous=False)
+    finally:
+        consumer.close()
+    topic = admin.describe_topics(TopicCollection([name]), include_authorized_operations=True)[name].result(timeout=15)
+    assert {op.name for op in topic.authorized_operations} == {
+        "READ", "WRITE", "CREATE", "DELETE", "ALTER", "DESCRIBE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS"}
+    cluster = admin.describe_cluster(include_authorized_operations=True).result(timeout=15)
+    assert {op.name for op in cluster.authorized_operations} == {
+        "CREATE", "ALTER", "DESCRIBE", "CLUSTER_ACTION", "DESCRIBE_CONFIGS", "ALTER_CONFIGS", "IDEMPOTENT_WRITE"}
+    described = admin.describe_consumer_groups([group], include_authorized_operations=True)[group].result(timeout=15)
+    assert {op.name for op in described.authorized_operations} == {
+        "READ", "DESCRIBE", "DELETE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS"}
+    assert admin.describe_topics(TopicCollection([name]))[name].result(timeout=15).authorized_operations is None
+    assert admin.describe_cluster().result(timeout=15).authorized_operations is None
+
+
+def test_list_offsets_max_timestamp_is_the_record_with_the_largest_timestamp(broker):
+    """KIP-734 (OffsetSpec.max_timestamp, librdkafka's test 0081): the offset and timestamp of
+    the first record with the largest timestamp, inside a batch, under both isolation levels."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    name = "maxts-" + uuid.uuid4().hex[:8]
+    admin.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=15)
+    tp = TopicPartition(name, 0)
+    assert admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(timeout=15).offset == -1  # empty
+    base = int(time.time() * 1000) - 60_000
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 100})
+    for ts in (base + 100, base + 400, base + 250, base + 400):
+        producer.produce(name, b"v", timestamp=ts)
+    assert producer.flush(15) == 0
+    for isolation in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED):
+        info = admin.list_offsets({tp: OffsetSpec.max_timestamp()}, isolation_level=isolation)[tp].result(timeout=15)
+        assert (info.offset, info.timestamp) == (1, base + 400)

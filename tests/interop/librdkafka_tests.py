@@ -36,8 +36,9 @@ POOL_PATH = f"pool/main/libr/librdkafka/{TARBALL}"
 # Only what the tests need: no TLS, SASL, zstd, curl (their libraries need not be installed).
 CONFIGURE = ["--disable-ssl", "--disable-gssapi", "--disable-sasl", "--disable-zstd", "--disable-lz4-ext",
              "--disable-curl"]
-# The broker version the test runner assumes (it gates features on it): what chronik-trio speaks.
-KAFKA_VERSION = "3.9.0"
+# The broker version the test runner assumes (it gates features on it): 4.0 for the group config
+# resource and a group's DESCRIBE_CONFIGS / ALTER_CONFIGS authorized operations, which this broker has.
+KAFKA_VERSION = "4.0.0"
 TEST_TIMEOUT_S = 900
 
 

@@ -115,6 +115,12 @@ def test_topic_console_and_group_tools_on_one_node(java, node):
     broker_configs = tool(java, CONFIGS, "--bootstrap-server", b, "--describe", "--entity-type", "brokers",
                           "--entity-name", "1", "--all")
     assert "num.partitions=3" in broker_configs
+    # A group's configs (Kafka 4's --entity-type groups), stored in __meta.
+    tool(java, CONFIGS, "--bootstrap-server", b, "--alter", "--entity-type", "groups", "--entity-name", group,
+         "--add-config", "consumer.session.timeout.ms=50000")
+    group_configs = tool(java, CONFIGS, "--bootstrap-server", b, "--describe", "--entity-type", "groups",
+                         "--entity-name", group, "--all")
+    assert "consumer.session.timeout.ms=50000" in group_configs and "share.isolation.level=" in group_configs
 
     tool(java, GROUPS, "--bootstrap-server", b, "--delete", "--group", group)
     assert group not in tool(java, GROUPS, "--bootstrap-server", b, "--list").split()

@@ -19,8 +19,8 @@ from tests.replication.cluster import NONE, produce_raw, wait_balanced, wait_for
 pytestmark = pytest.mark.timeout(150)
 
 TIMEOUT_S = 20
-RESOURCE_TOPIC, RESOURCE_BROKER = 2, 4
-SOURCE_DYNAMIC_BROKER = 2
+RESOURCE_TOPIC, RESOURCE_BROKER, RESOURCE_GROUP = 2, 4, 32
+SOURCE_DYNAMIC_BROKER, SOURCE_DYNAMIC_GROUP = 2, 8
 
 
 def _described(cluster, n: int, rtype: int, name: str) -> dict[str, tuple[str, int]]:
@@ -52,7 +52,13 @@ def test_a_change_through_one_node_is_seen_by_all_takes_effect_and_survives_a_re
         "max.message.bytes": (AlterConfigOpType.SET, "1024")})
     _alter(f"127.0.0.1:{cluster.port(3)}", ResourceType.BROKER, "3", {
         "log.retention.bytes": (AlterConfigOpType.SET, "99999999")})
+    group = "grp3-" + name
+    _alter(f"127.0.0.1:{cluster.port(1)}", ResourceType.GROUP, group, {
+        "consumer.session.timeout.ms": (AlterConfigOpType.SET, "55000")})
     for n in cluster.ids:
+        wait_for(f"node {n} sees the group's change",
+                 lambda: _described(cluster, n, RESOURCE_GROUP, group)["consumer.session.timeout.ms"]
+                 == ("55000", SOURCE_DYNAMIC_GROUP), timeout_s=10)
         wait_for(f"node {n} sees the topic change",
                  lambda: _described(cluster, n, RESOURCE_TOPIC, name)["retention.ms"][0] == "123456",
                  timeout_s=10)

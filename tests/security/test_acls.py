@@ -8,6 +8,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from confluent_kafka import TopicCollection
+from confluent_kafka.admin import AdminClient
+
+from chronik_trio.cluster.acls import Operation
 
 from tests.kafka_wire import Record, build_batch
 
@@ -16,6 +20,7 @@ from .node import USERS, confluent_conf, confluent_round_trip, plain_wire, secur
 pytestmark = pytest.mark.timeout(180)
 TOPIC_DENIED, GROUP_DENIED, CLUSTER_DENIED = 29, 30, 31
 FIND_COORDINATOR, DESCRIBE_CLUSTER, CREATE_ACLS = 10, 60, 30
+DESCRIBE_CONFIGS, INCREMENTAL_ALTER_CONFIGS, RESOURCE_GROUP, DESCRIBE_GROUPS = 32, 44, 32, 15
 CERT_PRINCIPAL = "User:CN=alice,OU=eng,O=example"
 
 
@@ -27,6 +32,7 @@ def node(tmp_path_factory):
         for args in (["--allow", "--principal", "User:alice", "--operation", "write", "--operation", "read",
                       "--operation", "create", "--topic", "alice-", "--prefixed"],
                      ["--principal", "User:alice", "--operation", "read", "--group", "alice-", "--prefixed"],
+                     ["--principal", "User:alice", "--operation", "describe-configs", "--group", "alice-cfg"],
                      ["--deny", "--principal", "User:alice", "--operation", "write", "--topic", "alice-readonly"],
                      ["--principal", CERT_PRINCIPAL, "--operation", "read", "--topic", "alice-certs"]):
             done = secure.admin("acl", "add", *args)
@@ -135,3 +141,37 @@ def test_admin_over_sasl_ssl_and_mutual_tls_acts_as_its_principal(node, tmp_path
     untrusted = node.admin("--security-protocol", "SSL", "--ssl-cafile", node.certs.path("other-ca.pem"),
                            "topics", listener="SSL")
     assert untrusted.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+
+
+def test_group_configs_need_describe_configs_and_alter_configs_on_the_group(node):
+    def describe(conn, group):
+        return conn.request(DESCRIBE_CONFIGS, {"resources": [
+            {"resource_type": RESOURCE_GROUP, "resource_name": group, "configuration_keys": None}]}, version=4)
+
+    with plain_wire(node, "alice") as conn:
+        (allowed,) = describe(conn, "alice-cfg").results
+        assert int(allowed.error_code) == 0
+        assert "consumer.session.timeout.ms" in {c.name for c in allowed.configs}
+        (denied,) = describe(conn, "alice-other").results
+        assert int(denied.error_code) == GROUP_DENIED
+        altered = conn.request(INCREMENTAL_ALTER_CONFIGS, {"resources": [
+            {"resource_type": RESOURCE_GROUP, "resource_name": "alice-cfg", "configs": [
+                {"name": "consumer.session.timeout.ms", "config_operation": 0, "value": "50000"}]}],
+            "validate_only": False}, version=1)
+        assert [int(r.error_code) for r in altered.responses] == [GROUP_DENIED]
+    assert "operation=ALTER_CONFIGS resource=GROUP:alice-cfg" in node.broker.log_text()
+
+
+def test_authorized_operations_are_the_principals_own(node):
+    """KIP-430: a topic's and a group's authorized operations are what alice's ACLs allow
+    (DESCRIBE implied by READ; her denied WRITE on alice-readonly left out)."""
+    conf = confluent_conf(node, "SASL_SSL", "SCRAM-SHA-512", "alice", USERS["alice"])
+    admin = AdminClient(conf)
+    topic = admin.describe_topics(TopicCollection(["alice-readonly"]), include_authorized_operations=True)[
+        "alice-readonly"].result(timeout=30)
+    assert {op.name for op in topic.authorized_operations} == {"READ", "CREATE", "DESCRIBE"}
+    with plain_wire(node, "alice") as conn:
+        (group,) = conn.request(DESCRIBE_GROUPS, {"groups": ["alice-cfg"], "include_authorized_operations": True},
+                                version=5).groups
+    operations = {op.name for op in Operation if group.authorized_operations & (1 << op)}
+    assert operations == {"READ", "DESCRIBE", "DESCRIBE_CONFIGS"}

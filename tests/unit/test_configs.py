@@ -105,3 +105,23 @@ def test_kafka_dynamic_broker_configs_clients_ask_by_name():
                        ("sasl.kerberos.ticket.renew.jitter", "x"), ("sasl.jaas.config", "secret")]:
         with pytest.raises(InvalidConfig, match=key.replace(".", r"\.")):
             configs.validate_broker_configs({key: value})
+
+
+def test_group_configs_stay_within_the_brokers_bounds_and_resolve_to_their_synonyms():
+    static = dict(configs.GROUP_BROKER_SETTINGS)
+    configs.validate_group_configs({"consumer.session.timeout.ms": "60000", "streams.num.standby.replicas": "2",
+                                    "share.auto.offset.reset": "by_duration:P1DT2H"}, static)
+    for bad, match in (({"consumer.session.timeout.ms": "44999"}, "group.consumer.min.session.timeout.ms"),
+                       ({"share.heartbeat.interval.ms": "15001"}, "group.share.max.heartbeat.interval.ms"),
+                       ({"streams.num.standby.replicas": "3"}, "group.streams.max.standby.replicas"),
+                       ({"share.auto.offset.reset": "by_duration:1h"}, "share.auto.offset.reset")):
+        with pytest.raises(InvalidConfig, match=match):
+            configs.validate_group_configs(bad, static)
+    # A broker whose bounds let the heartbeat reach the session timeout: refused, as Kafka does.
+    loose = {**static, "group.consumer.max.heartbeat.interval.ms": "50000"}
+    with pytest.raises(InvalidConfig, match="consumer.session.timeout.ms .* greater than consumer.heartbeat"):
+        configs.validate_group_configs({"consumer.heartbeat.interval.ms": "45000"}, loose)
+    resolved = configs.resolve_group("consumer.session.timeout.ms", {"consumer.session.timeout.ms": "50000"}, static)
+    assert (resolved.value, resolved.source) == ("50000", ConfigSource.DYNAMIC_GROUP_CONFIG)
+    assert resolved.synonyms[1] == ("group.consumer.session.timeout.ms", "45000", ConfigSource.DEFAULT_CONFIG)
+    assert configs.resolve_group("share.isolation.level", {}, static).value == "read_uncommitted"

@@ -139,6 +139,23 @@ def test_dynamic_broker_configs_apply_remove_and_survive_snapshots():
     assert copy.broker_configs == state.broker_configs and copy.snapshot() == state.snapshot()
 
 
+def test_group_configs_apply_remove_and_survive_snapshots():
+    state = meta.MetaState()
+
+    def alter(group, set_=None, removed=()):
+        state.apply(meta_pb2.MetaCommand(group_configs_altered=meta_pb2.GroupConfigsAltered(
+            group=group, set=set_ or {}, removed=removed)))
+
+    alter("g1", {"consumer.session.timeout.ms": "50000", "share.isolation.level": "read_committed"})
+    alter("g1", removed=["share.isolation.level"])
+    alter("g2", {"streams.num.standby.replicas": "1"})
+    alter("g2", removed=["streams.num.standby.replicas"])
+    assert state.group_configs == {"g1": {"consumer.session.timeout.ms": "50000"}}
+    copy = meta.MetaState()
+    copy.restore(state.snapshot())
+    assert copy.group_configs == state.group_configs and copy.snapshot() == state.snapshot()
+
+
 def test_the_first_applied_cluster_id_wins_and_survives_snapshots():
     state = meta.MetaState()
     for proposal in ("first", "second"):

@@ -8,10 +8,12 @@ import logging
 import trio
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.cluster.acls import CLUSTER_NAME, ResourceType
 from chronik_trio.cluster.configs import TOPIC_CONFIGS, normalize, validate_topic_configs
 from chronik_trio.cluster.meta import Topic, validate_topic_name
 from chronik_trio.errors import BrokerError
 
+from ..authorization import authorized_operations
 from ..codec import build, has_field, response_schema
 from ..session import current as current_session
 from .common import AUTHORIZED_OPERATIONS_OMITTED
@@ -89,7 +91,9 @@ async def handle_describe_cluster(body, ctx: BrokerContext, version: int):
     return build(response_schema(60, version), throttle_time=0, error_code=0,
                  endpoint_type=getattr(body, "endpoint_type", 1), cluster_id=ctx.cluster_id,
                  controller_id=ctx.meta_leader_id(), brokers=brokers,
-                 cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)
+                 cluster_authorized_operations=authorized_operations(
+                     ctx, current_session(), ResourceType.CLUSTER, CLUSTER_NAME)
+                 if body.include_cluster_authorized_operations else AUTHORIZED_OPERATIONS_OMITTED)
 
 
 INIT_PRODUCER_ID_FENCED_VERSION = 4  # older clients are told INVALID_PRODUCER_EPOCH instead

@@ -1,10 +1,11 @@
-"""DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for topics and brokers.
+"""DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for topics, brokers and groups.
 
-Topic overrides and dynamic broker configs live in __meta (TopicConfigsAltered,
-BrokerConfigsAltered), so every node sees the same; the catalog, validation and resolution
-are cluster/configs.py. A broker resource named "" is the cluster-wide default; one named
-by a node id is that broker's own overrides (any node can change them: they go through
-__meta, not to the named broker).
+Topic overrides, dynamic broker configs and group configs live in __meta
+(TopicConfigsAltered, BrokerConfigsAltered, GroupConfigsAltered), so every node sees the
+same; the catalog, validation and resolution are cluster/configs.py. A broker resource
+named "" is the cluster-wide default; one named by a node id is that broker's own overrides
+(any node can change them: they go through __meta, not to the named broker). A group
+resource (Kafka 4's group configs) need not name an existing group, as in Kafka.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import logging
 
 from kio.schema.errors import ErrorCode
 
-from chronik_trio.cluster.configs import (CLUSTER_DEFAULT, DYNAMIC_BROKER_CONFIGS, STATIC_BROKER_TYPES,
-                                          TOPIC_CONFIGS, ConfigChange, ConfigSource, ConfigType, Resolved,
-                                          incremental_change, replace_change, resolve_broker, resolve_topic)
+from chronik_trio.cluster.configs import (CLUSTER_DEFAULT, DYNAMIC_BROKER_CONFIGS, GROUP_BROKER_SETTINGS,
+                                          GROUP_CONFIGS, STATIC_BROKER_TYPES, TOPIC_CONFIGS, ConfigChange,
+                                          ConfigSource, ConfigType, Resolved, incremental_change,
+                                          replace_change, resolve_broker, resolve_group, resolve_topic,
+                                          validate_group_configs)
 from chronik_trio.cluster.meta import UnknownTopic
+from chronik_trio.pb import meta_pb2
 from chronik_trio.errors import BrokerError
 
 from ..codec import build, response_schema
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
+RESOURCE_GROUP = 32  # DescribeConfigs' ConfigResource type of a group (Kafka 4, KIP-848)
 DESCRIBE_CONFIGS_KEY, ALTER_CONFIGS_KEY, INCREMENTAL_ALTER_CONFIGS_KEY = 32, 33, 44
 
 
@@ -36,6 +41,7 @@ class UnsupportedResource(BrokerError):
 def _static(ctx: BrokerContext) -> dict[str, str]:
     static = ctx.config.kafka_configs()
     static["default.replication.factor"] = str(min(3, max(1, len(ctx.meta.brokers))))
+    static.update(GROUP_BROKER_SETTINGS)
     return static
 
 
@@ -75,6 +81,19 @@ def _broker_configs_out(ctx: BrokerContext, broker: str, synonyms: bool, documen
     return out
 
 
+def _group_configs_out(ctx: BrokerContext, group: str, synonyms: bool, documentation: bool) -> list[dict]:
+    static = _static(ctx)
+    overrides = ctx.meta.group_configs.get(group, {})
+    return [_entry(resolve_group(key, overrides, static), GROUP_CONFIGS[key].type, GROUP_CONFIGS[key].doc,
+                   read_only=False, synonyms=synonyms, documentation=documentation)
+            for key in sorted(GROUP_CONFIGS)]
+
+
+def _check_group_name(name: str) -> None:
+    if not name:
+        raise UnsupportedResource("a group resource needs a group id")
+
+
 def _entry(resolved: Resolved, config_type: ConfigType, doc: str, *, read_only: bool,
            synonyms: bool, documentation: bool) -> dict:
     return {"name": resolved.name, "value": resolved.value, "read_only": read_only,
@@ -102,6 +121,9 @@ def _describe_resource(ctx: BrokerContext, resource, synonyms: bool, documentati
         elif resource.resource_type == RESOURCE_BROKER:
             _check_broker_name(ctx, resource.resource_name)
             configs = _broker_configs_out(ctx, resource.resource_name, synonyms, documentation)
+        elif resource.resource_type == RESOURCE_GROUP:
+            _check_group_name(resource.resource_name)
+            configs = _group_configs_out(ctx, resource.resource_name, synonyms, documentation)
         else:
             raise UnsupportedResource(f"resource type {resource.resource_type} is not supported")
     except BrokerError as exc:
@@ -140,12 +162,33 @@ async def _alter_resource(ctx: BrokerContext, resource, validate_only: bool, inc
                              resource.configs, incremental)
             if not validate_only:
                 await ctx.alter_broker_configs(name, change)
+        elif resource.resource_type == RESOURCE_GROUP:
+            _check_group_name(name)
+            current = ctx.meta.group_configs.get(name, {})
+            static = _static(ctx)
+            change = _change(GROUP_CONFIGS, current, lambda key: resolve_group(key, current, static).value,
+                             resource.configs, incremental)
+            validate_group_configs({**{k: v for k, v in current.items() if k not in change.removed},
+                                    **change.set}, static)
+            if not validate_only:
+                await _alter_group_configs(ctx, name, change)
         else:
             raise UnsupportedResource(f"resource type {resource.resource_type} is not supported")
     except BrokerError as exc:
         log.info("alter configs of %s refused: %s", name or "the cluster default", exc)
         return {**out, "error_code": exc.error_code, "error_message": str(exc)}
     return out
+
+
+async def _alter_group_configs(ctx: BrokerContext, group: str, change: ConfigChange) -> None:
+    """Commit a group's config change through __meta; raises BrokerError."""
+    if not change.set and not change.removed:
+        return
+    applied = await ctx.propose_meta(meta_pb2.MetaCommand(group_configs_altered=meta_pb2.GroupConfigsAltered(
+        group=group, set=change.set, removed=change.removed)))
+    if not applied.ok:
+        raise applied.error
+    log.info("group %s configs: set %s, removed %s", group, change.set, list(change.removed))
 
 
 def _change(catalog, current, effective, configs, incremental: bool) -> ConfigChange:

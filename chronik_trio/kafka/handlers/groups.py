@@ -14,8 +14,10 @@ import datetime
 import trio
 from kio.schema.errors import ErrorCode
 
+from chronik_trio.cluster.acls import ResourceType
 from chronik_trio.group import GroupError, GroupState, JoinRequest, partition_for
 
+from ..authorization import authorized_operations
 from ..codec import build, has_field, response_schema
 from ..session import current as current_session
 from .common import AUTHORIZED_OPERATIONS_OMITTED
@@ -226,9 +228,11 @@ async def handle_offset_fetch(body, ctx: BrokerContext, version: int):
 GROUP_NOT_FOUND_VERSION = 6  # KIP-1043: a group that does not exist is an error, not "Dead"
 
 
-async def _describe(ctx: BrokerContext, group_id: str, version: int) -> dict:
+async def _describe(ctx: BrokerContext, group_id: str, version: int, with_operations: bool) -> dict:
+    operations = authorized_operations(ctx, current_session(), ResourceType.GROUP, group_id) if with_operations \
+        else AUTHORIZED_OPERATIONS_OMITTED
     entry = {"group_id": group_id, "group_state": "", "protocol_type": "", "protocol_data": "", "members": [],
-             "authorized_operations": AUTHORIZED_OPERATIONS_OMITTED, "error_message": None}
+             "authorized_operations": operations, "error_message": None}
     try:
         group = await ctx.groups.describe(group_id)
     except GroupError as exc:
@@ -250,7 +254,9 @@ async def _describe(ctx: BrokerContext, group_id: str, version: int) -> dict:
 
 async def handle_describe_groups(body, ctx: BrokerContext, version: int):
     return build(response_schema(15, version), throttle_time=0,
-                 groups=[await _describe(ctx, group_id, version) for group_id in body.groups])
+                 groups=[await _describe(ctx, group_id, version,
+                                         bool(getattr(body, "include_authorized_operations", False)))
+                         for group_id in body.groups])
 
 
 async def handle_list_groups(body, ctx: BrokerContext, version: int):

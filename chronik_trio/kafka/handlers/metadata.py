@@ -11,7 +11,7 @@ from chronik_trio.cluster.acls import CLUSTER_NAME, Operation, ResourceType
 from chronik_trio.cluster.meta import INTERNAL_TOPIC_PREFIX
 from chronik_trio.errors import BrokerError
 
-from ..authorization import allowed
+from ..authorization import allowed, authorized_operations
 from ..codec import build, has_field, response_schema
 from ..session import current as current_session
 from .common import AUTHORIZED_OPERATIONS_OMITTED, error_code_of, topic_for_request
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 NULLABLE_NAME_VERSION = 12  # MetadataResponse's topic name may be null from this version
 
 
-def _topic_entry(ctx: BrokerContext, topic, alive: dict[int, bool]) -> dict:
-    """alive: broker id -> ctx.broker_alive, asked once per request."""
+def _topic_entry(ctx: BrokerContext, topic, alive: dict[int, bool], with_operations: bool) -> dict:
+    """alive: broker id -> ctx.broker_alive, asked once per request; with_operations: the
+    request asked for the topic's authorized operations (v8+)."""
     partitions = []
     for index, replicas in enumerate(topic.replicas):
         leader = ctx.meta.leader_of(topic, index)  # as reported to __meta by the leader
@@ -45,7 +46,8 @@ def _topic_entry(ctx: BrokerContext, topic, alive: dict[int, bool]) -> dict:
     return {"error_code": 0, "name": topic.name, "topic_id": topic.topic_id,
             "is_internal": topic.name.startswith(INTERNAL_TOPIC_PREFIX),
             "partitions": partitions,
-            "topic_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED}
+            "topic_authorized_operations": authorized_operations(ctx, current_session(), ResourceType.TOPIC, topic.name)
+            if with_operations else AUTHORIZED_OPERATIONS_OMITTED}
 
 
 # A Metadata request that finds a partition without a leader while a majority of its
@@ -69,11 +71,12 @@ async def _requested_topics(body, ctx: BrokerContext, version: int) -> list[dict
     if requested is not None and version == 0 and len(requested) == 0:
         requested = None  # v0: an empty list means every topic
     allow_auto = body.allow_auto_topic_creation if has_field(type(body), "allow_auto_topic_creation") else True
+    with_operations = bool(getattr(body, "include_topic_authorized_operations", False))
     topics = []
     alive = {b: ctx.broker_alive(b) for b in ctx.meta.brokers}
     session = current_session()
     if requested is None:  # every topic the principal may describe
-        return [_topic_entry(ctx, t, alive) for t in ctx.meta.topics.values()
+        return [_topic_entry(ctx, t, alive, with_operations) for t in ctx.meta.topics.values()
                 if allowed(ctx, session, Operation.DESCRIBE, ResourceType.TOPIC, t.name, "Metadata", audited=False)]
     for wanted in requested:
         name = wanted.name
@@ -93,7 +96,7 @@ async def _requested_topics(body, ctx: BrokerContext, version: int) -> list[dict
             except BrokerError as exc:
                 topics.append({"error_code": error_code_of(exc), "name": name})
                 continue
-        topics.append(_topic_entry(ctx, topic, alive))
+        topics.append(_topic_entry(ctx, topic, alive, with_operations))
     return topics
 
 
@@ -115,4 +118,6 @@ async def handle_metadata(body, ctx: BrokerContext, version: int):
                for host, port in [b.endpoint(listener) or (None, None)] if host is not None]
     return build(response_schema(3, version), brokers=brokers,
                  cluster_id=ctx.cluster_id, controller_id=ctx.meta_leader_id(), topics=topics,
-                 cluster_authorized_operations=AUTHORIZED_OPERATIONS_OMITTED)
+                 cluster_authorized_operations=authorized_operations(
+                     ctx, current_session(), ResourceType.CLUSTER, CLUSTER_NAME)
+                 if getattr(body, "include_cluster_authorized_operations", False) else AUTHORIZED_OPERATIONS_OMITTED)

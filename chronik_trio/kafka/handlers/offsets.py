@@ -6,6 +6,8 @@ from __future__ import annotations
 from kio.schema.errors import ErrorCode
 
 from ..codec import build, response_schema
+from chronik_trio.record_batch import read_header
+
 from ..records import first_offset_at_or_after
 from .common import leader_hint
 from .context import BrokerContext
@@ -31,19 +33,45 @@ def _lookup(replica, timestamp: int, isolation_level: int) -> tuple[ErrorCode, i
         return ErrorCode.none, replica.log_start_offset, -1
     if timestamp == LATEST_TIERED:
         return ErrorCode.none, -1, -1  # no tiered storage
-    if timestamp == MAX_TIMESTAMP:
-        return ErrorCode.invalid_request, -1, -1  # not built: needs a max-timestamp index
-    if timestamp < 0:
+    if timestamp < 0 and timestamp != MAX_TIMESTAMP:
         return ErrorCode.invalid_request, -1, -1
-    end = replica.last_stable_offset if isolation_level == READ_COMMITTED else replica.high_watermark
+    committed_only = isolation_level == READ_COMMITTED
+    end = replica.last_stable_offset if committed_only else replica.high_watermark
+    if timestamp == MAX_TIMESTAMP:  # KIP-734: the first record with the largest timestamp
+        timestamp = _largest_timestamp(replica, end, committed_only)
+        if timestamp < 0:
+            return ErrorCode.none, -1, -1
     found = replica.log.offset_for_timestamp(timestamp)
     if found is None or found[0] >= end:
         return ErrorCode.none, -1, -1
     base_offset, max_timestamp = found
-    (batch,) = replica.read(base_offset, 1)[:1]
+    (batch,) = replica.read(base_offset, 1, committed_only=committed_only)[:1]
     exact = first_offset_at_or_after(batch, timestamp)
     offset, found_timestamp = exact if exact is not None else (base_offset, max_timestamp)
     return ErrorCode.none, max(offset, replica.log_start_offset), found_timestamp
+
+
+SCAN_BYTES = 1 << 20
+
+
+def _largest_timestamp(replica, end: int, committed_only: bool) -> int:
+    """The largest record timestamp below `end` (-1 for none). The log's index answers unless
+    the largest one is at or above `end` (not yet committed, or in an open transaction under
+    read_committed): then the batches below `end` are read, a rare and passing case."""
+    largest = replica.log.max_timestamp_ms
+    found = replica.log.offset_for_timestamp(largest) if largest >= 0 else None
+    if found is None or found[0] < end:
+        return largest
+    largest, offset = -1, replica.log_start_offset
+    while offset < end:
+        batches = replica.read(offset, SCAN_BYTES, committed_only=committed_only)
+        if not batches:
+            break
+        for batch in batches:
+            header = read_header(batch)
+            largest = max(largest, header.max_timestamp_ms)
+            offset = header.base_offset + header.last_offset_delta + 1
+    return largest
 
 
 async def handle_list_offsets(body, ctx: BrokerContext, version: int):

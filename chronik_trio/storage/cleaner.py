@@ -22,7 +22,8 @@ docs/compaction.md). Batches whose records cannot be read here (compressed with 
 lz4 or zstd) and transactional batches of a transaction not decided yet are kept whole;
 while one is in the range cleaned, no tombstone is removed (an older value of its key may
 hide in it). The records of aborted transactions are all removed, those of committed ones
-cleaned by key; transaction markers are kept (CleanSettings.transactional, KEEP).
+cleaned by key (CleanSettings.transactional); a commit or abort marker goes once no record
+of its transaction is left and its delete horizon has passed (_marker_changes).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import attrs
 import crc32c
 
 from chronik_trio.raft.types import EntryType
-from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_TRANSACTIONAL,
+from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_DELETE_HORIZON,
+                                       ATTR_TRANSACTIONAL, BASE_TIMESTAMP_POSITION,
                                        COMPRESSION_GZIP, CRC_POSITION, CRC_START,
                                        HEADER_BYTES, LENGTH_PREFIX_BYTES, BatchHeader,
                                        ScannedRecord, narrow_header, read_header, records_buffer,
@@ -48,7 +50,7 @@ from chronik_trio.record_batch import (ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR
 from chronik_trio.storage.disk import Disk, DiskFile
 from chronik_trio.storage.frame import FRAME_HEADER_BYTES, FRAME_LENGTH_MIN, FRAME_PREFIX
 from chronik_trio.storage.segment import Segment
-from chronik_trio.varint import read_uvarint, read_varint
+from chronik_trio.varint import read_uvarint, read_varint, write_uvarint
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ KEY_MAP_ENTRY_BYTES = 128
 _U32 = struct.Struct(">I")
 _I32 = struct.Struct(">i")
 _I16 = struct.Struct(">h")
+_I64 = struct.Struct(">q")
 # A frame's length (the bytes after it) and its entry type (the header's last byte).
 _FRAME_LENGTH_TYPE = struct.Struct(">I%dxB" % (FRAME_HEADER_BYTES - 5))
 _BATCH_FIELDS = narrow_header("base_offset", "attributes", "last_offset_delta", "record_count")
@@ -82,9 +85,26 @@ KEEP = "keep"  # whole, unread (its transaction is not decided here): no tombsto
 CLEAN = "clean"  # a committed transaction's: its records are cleaned by key like any other
 ABORTED = "aborted"  # an aborted transaction's: every record goes, none enters the key map
 TxnRule = typing.Callable[[BatchHeader], str]
-# Control batches (transaction markers) are kept whole: a replica replaying the log needs
-# each abort marker to rebuild the aborted-transaction index and to close the transaction
-# its (emptied) batches open (docs/compaction.md).
+# Transaction markers (transactional control batches) go as Kafka's go (LogCleaner,
+# KIP-98 and KIP-534): once no record of the marker's transaction is left in the log, the
+# pass that sees it sets the marker's delete horizon (attributes bit 6, baseTimestamp = now
+# + delete.retention.ms, the record's timestamp kept); a later pass past that horizon
+# empties it. An empty batch (never written by producers) neither opens nor ends a
+# transaction when a replica replays the log (partition/transactions.py), so a removed
+# marker leaves no transaction open behind it (docs/compaction.md).
+# What the first read notes of each transactional batch, for the markers (_TxnEvent.kind):
+_RECORDS_MAYBE = 0  # a committed transaction's batch: records stay if the key map keeps any
+_RECORDS_STAY = 1  # kept whole (open transaction, or records that cannot be read)
+_RECORDS_GONE = 2  # an aborted transaction's: every record goes in this pass
+_MARKER = 3  # a commit or abort marker
+
+
+class _TxnEvent(typing.NamedTuple):
+    kind: int
+    first: int  # offsets
+    last: int
+    producer_id: int
+    horizon_ms: int | None = None  # a marker's delete horizon, once set
 
 
 def keep_transactional(header: BatchHeader) -> str:
@@ -186,6 +206,14 @@ class CleanResult:
     # The newest-timestamp of the oldest batch holding a tombstone kept (None: none kept):
     # once it is delete.retention.ms old, a pass is due even without new data.
     oldest_tombstone_ms: int | None = None
+    markers_horizoned: int = 0  # markers given their delete horizon in this pass
+    markers_dropped: int = 0  # markers emptied (past their horizon)
+    # The earliest delete horizon of a marker left waiting for it: a pass is due then.
+    marker_horizon_ms: int | None = None
+    # (producer id, offset) of each abort marker emptied, by the first index of the segment
+    # whose copy no longer holds it: once that copy is swapped in, the replica's aborted
+    # index must forget the transaction (TransactionState.forget_aborted).
+    aborts_removed: dict[int, list[tuple[int, int]]] = attrs.Factory(dict)
 
 
 def plan_clean(segments: typing.Sequence[Segment], *, upto_index: int, clean_offset: int,
@@ -199,7 +227,8 @@ def plan_clean(segments: typing.Sequence[Segment], *, upto_index: int, clean_off
     newest record is at least min_lag_ms old. Offsets below clean_offset were cleaned by an
     earlier pass. A pass runs when the dirty share of the cleanable bytes reaches
     min_dirty_ratio, or when a dirty segment's oldest records are max_lag_ms old, or when
-    tombstones kept by the last pass are now past delete.retention.ms (tombstones_due).
+    tombstones kept by the last pass are now past delete.retention.ms, or a marker past its
+    delete horizon (tombstones_due).
     """
     chosen: list[Segment] = []
     # Never the active segment, nor the last one holding batches (as Kafka never cleans its
@@ -221,7 +250,7 @@ def plan_clean(segments: typing.Sequence[Segment], *, upto_index: int, clean_off
     if dirty and dirty_bytes / total_bytes >= min_dirty_ratio:
         reason = f"dirty ratio {dirty_bytes / total_bytes:.2f}"
     elif tombstones_due:
-        reason = "tombstones past delete.retention.ms"
+        reason = "tombstones or markers past delete.retention.ms"
     elif dirty[0].block_max_timestamps_ms[0] <= now_ms - max_lag_ms:
         reason = "max.compaction.lag.ms"
     else:
@@ -278,14 +307,17 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     result.clean_offset = max((s.next_offset for s, _, _, _ in mapped if s.has_batches), default=0)
     kept = _Kept.of(key_map)
     horizon_ms = settings.now_ms - settings.delete_retention_ms
+    markers, result.marker_horizon_ms = _marker_changes(key_map.txn_events, kept, settings.now_ms,
+                                                        settings.now_ms + settings.delete_retention_ms)
     for seg, size, records, complete in mapped:
         result.bytes_cleaned += size
-        if complete and not kept.tombstones_in(seg.offset_lo, seg.next_offset - 1) and \
-                kept.records_in(seg.offset_lo, seg.next_offset - 1) == records:
-            continue  # every record in it stays, and no tombstone: not even read again
+        first, last = seg.offset_lo, seg.next_offset - 1
+        if complete and not kept.tombstones_in(first, last) and kept.records_in(first, last) == records \
+                and not _any_between(markers, first, last):
+            continue  # every record in it stays, no tombstone, no marker changes: not read again
         buf = _read_segment(disk, seg, size, throttle)
         result.bytes_read += len(buf)
-        new = _clean_segment(disk, seg, buf, key_map, kept, horizon_ms, settings, result)
+        new = _clean_segment(disk, seg, buf, key_map, kept, markers, horizon_ms, settings, result)
         if new is not None:
             result.replacements.append((seg, new))
             throttle.charge(new.size_bytes)
@@ -296,6 +328,71 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
         result.oldest_tombstone_ms = None  # not removable now: no pass is due for them
     result.seconds = time.monotonic() - started
     return result
+
+
+def _marker_changes(events: list[_TxnEvent], kept: _Kept, now_ms: int,
+                    new_horizon_ms: int) -> tuple[list[int], int | None]:
+    """(the offsets of the markers this pass changes, sorted; the earliest delete horizon of
+    a marker left waiting for it). A marker may go once no record of its transaction is
+    left after this pass (Kafka's CleanedTransactionMetadata: the records of an aborted
+    transaction all go, a committed transaction's batch keeps records while the key map
+    keeps any of its offsets; a tombstone going in this same pass still counts, so the
+    marker waits for the next): without a delete horizon yet it gets one now, past it it
+    is emptied (so a pass that sets horizons is due again at new_horizon_ms). The events are
+    in log order, from the log's first segment."""
+    with_records: set[int] = set()  # producers whose transaction so far has records left
+    changes: list[int] = []
+    waiting: int | None = None
+    for kind, first, last, producer_id, marker_horizon in events:
+        if kind == _MARKER:
+            if producer_id in with_records:
+                with_records.discard(producer_id)
+            elif marker_horizon is not None and marker_horizon <= now_ms:
+                changes.append(first)
+            else:
+                if marker_horizon is None:
+                    changes.append(first)
+                    marker_horizon = new_horizon_ms
+                if waiting is None or marker_horizon < waiting:
+                    waiting = marker_horizon
+        elif kind == _RECORDS_STAY or (kind == _RECORDS_MAYBE and kept.records_in(first, last)):
+            with_records.add(producer_id)
+    return changes, waiting
+
+
+def _any_between(offsets: list[int], first: int, last: int) -> bool:
+    k = bisect.bisect_left(offsets, first)
+    return k < len(offsets) and offsets[k] <= last
+
+
+def _marker_record(buf: bytes, start: int, pos: int, header: BatchHeader) -> tuple[bytes, bool] | None:
+    """(the record, whether it is an abort) of the transaction marker at buf[start:pos] (a
+    control batch with one uncompressed record whose key says commit or abort), or None if
+    it is not one."""
+    if header.record_count != 1 or header.attributes & ATTR_COMPRESSION_MASK:
+        return None
+    scanned = scan_records(buf, start + HEADER_BYTES, pos, 1, header.base_offset)
+    if scanned is None:
+        return None
+    record_start, record_stop, key, _, _ = scanned[0]
+    if key is None or len(key) < 4 or key[2:4] not in (b"\x00\x00", b"\x00\x01"):
+        return None  # a control record of another type (e.g. Kafka's leader change)
+    return buf[record_start:record_stop], key[2:4] == b"\x00\x00"
+
+
+def _with_delete_horizon(buf: bytes, start: int, header: BatchHeader, record: bytes, horizon_ms: int) -> bytes:
+    """The marker batch at buf[start:] with its delete horizon set as Kafka sets it (KIP-534):
+    attributes bit 6, baseTimestamp = the horizon, the record's timestamp delta rewritten so
+    its timestamp is unchanged (maxTimestamp unchanged too)."""
+    length, pos = read_varint(record, 0)
+    ts_delta, after = read_varint(record, pos + 1)  # attributes, timestamp delta
+    delta = header.base_timestamp_ms + ts_delta - horizon_ms
+    body = record[pos:pos + 1] + write_uvarint((delta << 1) ^ (delta >> 63)) + record[after:]
+    new_record = write_uvarint(len(body) << 1) + body
+    out = bytearray(_rebuilt(buf, start, header.attributes | ATTR_DELETE_HORIZON, [new_record]))
+    _I64.pack_into(out, BASE_TIMESTAMP_POSITION, horizon_ms)
+    _U32.pack_into(out, CRC_POSITION, crc32c.crc32c(memoryview(out)[CRC_START:]))
+    return bytes(out)
 
 
 def _write_synced(disk: Disk, f: DiskFile, chunks: list[bytes | memoryview]) -> None:
@@ -335,6 +432,7 @@ class _KeyMap:
     keyless: list[int] = attrs.Factory(list)  # offsets of keyless records (always kept)
     tombstones: list[tuple[bytes, int]] = attrs.Factory(list)  # (key, offset) of each tombstone
     unreadable: set[int] = attrs.Factory(set)  # baseOffsets of batches whose records are unknown
+    txn_events: list[_TxnEvent] = attrs.Factory(list)  # transactional batches and markers, in log order
     opaque: bool = False  # a batch holding records of unknown keys was seen: no tombstone goes
 
 
@@ -384,6 +482,7 @@ def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[
     scanned in place: with one record a batch this loop runs once per record."""
     records, complete = 0, True
     latest, keyless, tombstones = key_map.latest, key_map.keyless, key_map.tombstones
+    txn_events = key_map.txn_events
     frame_fields, batch_fields = _FRAME_LENGTH_TYPE.unpack_from, _BATCH_FIELDS.unpack_from
     pos, size = 0, len(buf)
     while pos < size:
@@ -394,15 +493,23 @@ def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[
         base_offset, attributes, last_delta, count = batch_fields(buf, start)
         if not count:
             continue
+        txn_producer = None
         if attributes & _TXN_OR_CONTROL:
-            if attributes & ATTR_CONTROL:
-                continue  # a marker: no key of the topic's
-            rule = transactional(read_header(buf, start))
+            header = read_header(buf, start)
+            if attributes & ATTR_CONTROL:  # no key of the topic's
+                if attributes & ATTR_TRANSACTIONAL:  # a marker
+                    horizon = header.base_timestamp_ms if attributes & ATTR_DELETE_HORIZON else None
+                    txn_events.append(_TxnEvent(_MARKER, base_offset, base_offset, header.producer_id, horizon))
+                continue
+            rule = transactional(header)
             if rule == KEEP:
                 key_map.opaque = True
             if rule != CLEAN:
                 complete = complete and rule == KEEP
+                txn_events.append(_TxnEvent(_RECORDS_STAY if rule == KEEP else _RECORDS_GONE, base_offset,
+                                            base_offset + last_delta, header.producer_id))
                 continue
+            txn_producer = header.producer_id
         if attributes & ATTR_COMPRESSION_MASK:
             scan = _scan(buf, start, pos, attributes, count, base_offset, base_offset + last_delta)
             scanned = None if scan is None else scan[1]
@@ -410,6 +517,9 @@ def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[
             scanned = scan_records(buf, start + HEADER_BYTES, pos, count, base_offset)
             if scanned is not None and scanned[-1][3] > base_offset + last_delta:
                 scanned = None
+        if txn_producer is not None:
+            txn_events.append(_TxnEvent(_RECORDS_MAYBE if scanned is not None else _RECORDS_STAY, base_offset,
+                                        base_offset + last_delta, txn_producer))
         if scanned is None:
             key_map.opaque = True
             key_map.unreadable.add(base_offset)
@@ -425,7 +535,7 @@ def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[
     return records, complete
 
 
-def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept: _Kept,
+def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept: _Kept, markers: list[int],
                    horizon_ms: int, settings: CleanSettings, result: CleanResult) -> Segment | None:
     """Write the cleaned copy of seg (from its bytes buf) to `<name>.cleaned`, fsynced, and
     index it; None if nothing in it changes.
@@ -465,14 +575,31 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
         rule = CLEAN
         if attributes & _TXN_OR_CONTROL and count:
             rule = KEEP if attributes & ATTR_CONTROL else transactional(header)
-        if not count or rule == KEEP or header.base_offset in unreadable:
+        if rule == KEEP and attributes & ATTR_CONTROL and _any_between(markers, header.base_offset,
+                                                                       header.base_offset):
+            marker = _marker_record(buf, start, pos, header)
+            if marker is None:
+                frame_pos = pos
+                continue
+            record, abort = marker
+            if attributes & ATTR_DELETE_HORIZON:  # past it (_marker_changes): the marker goes
+                payload = _rebuilt(buf, start, attributes, [])
+                result.markers_dropped += 1
+                if abort:
+                    result.aborts_removed.setdefault(seg.first_index, []).append(
+                        (header.producer_id, header.base_offset))
+            else:
+                payload = _with_delete_horizon(buf, start, header, record,
+                                               settings.now_ms + settings.delete_retention_ms)
+                result.markers_horizoned += 1
+        elif not count or rule == KEEP or header.base_offset in unreadable:
             frame_pos = pos
             continue
-        max_ts = header.max_timestamp_ms
-        if rule == ABORTED:
-            data, records = b"", []
+        elif rule == ABORTED:
+            payload = _rebuilt(buf, start, attributes, [])
             aborted += count
         else:
+            max_ts = header.max_timestamp_ms
             first = header.base_offset
             last = first + header.last_offset_delta
             staying = bisect_right(offsets, last) - bisect_left(offsets, first)
@@ -486,7 +613,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
                     frame_pos = pos
                     continue
             if staying == 0:  # none stays: each has a later record of its key
-                data, records = b"", []
+                payload = _rebuilt(buf, start, attributes, [])
                 dropped += count
             else:
                 scan = _scan(buf, start, pos, attributes, count, first, last)
@@ -509,7 +636,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
                 if len(records) == count:
                     frame_pos = pos
                     continue
-        payload = _rebuilt(buf, start, attributes, [data[r[0]:r[1]] for r in records])
+                payload = _rebuilt(buf, start, attributes, [data[r[0]:r[1]] for r in records])
         tail = view[frame_pos + FRAME_PREFIX.size:start]  # index, term, type: unchanged
         frame = FRAME_PREFIX.pack(FRAME_LENGTH_MIN + len(payload), crc32c.crc32c(payload, crc32c.crc32c(tail)))
         if run_start < frame_pos:

@@ -9,9 +9,10 @@ One pass over a SegmentLog, in three steps:
 
 The worker thread reads only closed segments below what the caller says is committed and
 applied (they never change again, except by being deleted: the log keeps their files open
-while pinned) and writes each rewritten segment to `<name>.cleaned`, fsyncs it and the
-directory; the swap renames it over the segment. A crash leaves the old segment (and a
-`.cleaned` file that open() deletes) or the new one, never a mix.
+while pinned) and writes each rewritten segment to `<name>.cleaned` and fsyncs it; the swap
+renames it over the segment (durable at the log's next sync, which fsyncs the directory).
+A crash leaves the old segment (and a `.cleaned` file that open() deletes) or the new one,
+never a mix.
 
 Every entry keeps its Raft index, term and type: a rewritten batch keeps its baseOffset,
 lastOffsetDelta, timestamps and producer fields, and the records kept byte for byte; only
@@ -294,9 +295,14 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
     result = CleanResult([], 0)
     for seg in plan.segments:
         size = seg.size_bytes
+        if seg.holds_records is False:  # every batch in it emptied: nothing to map or change
+            mapped.append((seg, size, 0, True))
+            continue
         buf = _read_segment(disk, seg, size, throttle)
         result.bytes_read += len(buf)
-        records, complete = _map_segment(buf, key_map, settings.transactional)
+        records, complete, live = _map_segment(buf, key_map, settings.transactional)
+        if not live:
+            seg.holds_records = False
         if len(key_map.latest) >= max_keys:
             logger.info("key map full (%d keys) in segment %s: cleaning the %d segment(s) "
                         "before it", len(key_map.latest), seg.path.name, len(mapped))
@@ -322,8 +328,9 @@ def run_clean(disk: Disk, plan: CleanPlan, settings: CleanSettings) -> CleanResu
             result.replacements.append((seg, new))
             throttle.charge(new.size_bytes)
             result.bytes_written += new.size_bytes
-    if result.replacements:  # one directory fsync for every copy, before any is renamed
-        disk.fsync_dir(result.replacements[0][0].path.parent)
+    # Each copy is fsynced (_write_synced) before the swap renames it over its segment; the
+    # rename is made durable by the log's next sync (its directory's fsync), as a rename over
+    # a file whose data was fsynced needs: no directory fsync here.
     if key_map.opaque:
         result.oldest_tombstone_ms = None  # not removable now: no pass is due for them
     result.seconds = time.monotonic() - started
@@ -472,15 +479,16 @@ def _scan(buf: bytes, start: int, pos: int, attributes: int, count: int, base_of
     return body[0], scanned  # type: ignore[index]
 
 
-def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[int, bool]:
+def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[int, bool, int]:
     """Map each key of the segment's bytes `buf` to its latest offset (in key_map). Returns
-    how many records were mapped and whether the segment is `complete`: no batch in it that
-    the second read changes other than by key (an aborted transaction's).
+    how many records were mapped, whether the segment is `complete` (no batch in it that
+    the second read changes other than by key: an aborted transaction's) and how many of
+    its batches hold records at all (any kind).
 
     The frames are walked inline (each frame's length and entry type, as verified when they
     were written or recovered; not by a generator) and an uncompressed batch's records are
     scanned in place: with one record a batch this loop runs once per record."""
-    records, complete = 0, True
+    records, complete, live = 0, True, 0
     latest, keyless, tombstones = key_map.latest, key_map.keyless, key_map.tombstones
     txn_events = key_map.txn_events
     frame_fields, batch_fields = _FRAME_LENGTH_TYPE.unpack_from, _BATCH_FIELDS.unpack_from
@@ -493,6 +501,7 @@ def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[
         base_offset, attributes, last_delta, count = batch_fields(buf, start)
         if not count:
             continue
+        live += 1
         txn_producer = None
         if attributes & _TXN_OR_CONTROL:
             header = read_header(buf, start)
@@ -532,7 +541,7 @@ def _map_segment(buf: bytes, key_map: _KeyMap, transactional: TxnRule) -> tuple[
                 latest[key] = offset
                 if tombstone:
                     tombstones.append((key, offset))
-    return records, complete
+    return records, complete, live
 
 
 def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept: _Kept, markers: list[int],

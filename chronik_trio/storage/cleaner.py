@@ -67,6 +67,17 @@ _I64 = struct.Struct(">q")
 # A frame's length (the bytes after it) and its entry type (the header's last byte).
 _FRAME_LENGTH_TYPE = struct.Struct(">I%dxB" % (FRAME_HEADER_BYTES - 5))
 _BATCH_FIELDS = narrow_header("base_offset", "attributes", "last_offset_delta", "record_count")
+# What the second read needs of every batch (the rest of the header only for the few it changes).
+_COPY_FIELDS = narrow_header("base_offset", "attributes", "last_offset_delta", "max_timestamp_ms",
+                             "record_count")
+
+
+class _Indexed(typing.NamedTuple):
+    """What Segment.add_batch reads of a batch (a BatchHeader has the same fields)."""
+
+    base_offset: int
+    last_offset: int
+    max_timestamp_ms: int
 _TXN_OR_CONTROL = ATTR_TRANSACTIONAL | ATTR_CONTROL
 # The worker thread does not give up the GIL by itself (time.sleep(0) costs ~70 us with
 # Linux's timer slack, more than a whole 1-record batch): the node lowers the interpreter's
@@ -557,7 +568,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
     view = memoryview(buf)
     chunks: list[bytes | memoryview] = []
     positions = array("Q")
-    batches: list[tuple[int, BatchHeader]] = []  # (position in the copy, header)
+    batches: list[tuple[int, _Indexed]] = []  # (position in the copy, what the index needs)
     run_start = shift = 0  # where the current run of unchanged bytes starts; copy - old
     dropped = tombstones = aborted = 0
     oldest_tombstone_ms = result.oldest_tombstone_ms
@@ -567,6 +578,7 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
     offsets, tombstones_in = kept.offsets, kept.tombstones_in
     bisect_left, bisect_right = bisect.bisect_left, bisect.bisect_right
     frame_fields, transactional = _FRAME_LENGTH_TYPE.unpack_from, settings.transactional
+    copy_fields = _COPY_FIELDS.unpack_from
     frame_pos, size = 0, len(buf)
     while frame_pos < size:  # the frames, walked inline as in _map_segment
         length, entry_type = frame_fields(buf, frame_pos)
@@ -576,16 +588,15 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
         if entry_type != NORMAL or start == pos:
             frame_pos = pos
             continue
-        header = read_header(buf, start)
+        first, attributes, last_delta, max_ts, count = copy_fields(buf, start)
+        last = first + last_delta
         # The index needs baseOffset, lastOffsetDelta and maxTimestamp: a rewrite keeps them.
-        batches.append((at, header))
-        count = header.record_count
-        attributes = header.attributes
+        batches.append((at, _Indexed(first, last, max_ts)))
         rule = CLEAN
         if attributes & _TXN_OR_CONTROL and count:
+            header = read_header(buf, start)
             rule = KEEP if attributes & ATTR_CONTROL else transactional(header)
-        if rule == KEEP and attributes & ATTR_CONTROL and _any_between(markers, header.base_offset,
-                                                                       header.base_offset):
+        if rule == KEEP and attributes & ATTR_CONTROL and _any_between(markers, first, first):
             marker = _marker_record(buf, start, pos, header)
             if marker is None:
                 frame_pos = pos
@@ -601,16 +612,13 @@ def _clean_segment(disk: Disk, seg: Segment, buf: bytes, key_map: _KeyMap, kept:
                 payload = _with_delete_horizon(buf, start, header, record,
                                                settings.now_ms + settings.delete_retention_ms)
                 result.markers_horizoned += 1
-        elif not count or rule == KEEP or header.base_offset in unreadable:
+        elif not count or rule == KEEP or first in unreadable:
             frame_pos = pos
             continue
         elif rule == ABORTED:
             payload = _rebuilt(buf, start, attributes, [])
             aborted += count
         else:
-            max_ts = header.max_timestamp_ms
-            first = header.base_offset
-            last = first + header.last_offset_delta
             staying = bisect_right(offsets, last) - bisect_left(offsets, first)
             if staying == count:  # all stay, unless a tombstone among them goes now
                 if not tombstones_in(first, last):

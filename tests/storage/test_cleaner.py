@@ -501,16 +501,21 @@ def test_markers_go_once_their_transactions_records_are_gone_and_the_horizon_pas
 
 
 def test_a_copy_is_written_and_fsynced_in_bounded_pieces(open_log, monkeypatch):
-    """A big copy is fsynced every WRITE_SYNC_BYTES (the produce path's fsyncs never queue
-    behind a whole segment's copy) and reads back whole."""
+    """Copies are made durable every WRITE_SYNC_BYTES or so (each piece's fsync put off to
+    one syncfs per group: the produce path's fsyncs never queue behind a whole segment's
+    copy) and read back whole."""
     from chronik_trio.storage import cleaner
     monkeypatch.setattr(cleaner, "WRITE_SYNC_BYTES", 2048)
-    fsyncs = []
+    fsyncs, syncfs = [], []
 
     class CountingDisk(Disk):
         def fsync(self, f):
             fsyncs.append(f.path.name)
             super().fsync(f)
+
+        def sync_filesystem(self, root):
+            syncfs.append(root)
+            super().sync_filesystem(root)
 
     items = [(b"k%d" % (i % 200), b"v" * 100) for i in range(1200)]
     log = open_log("w", kafka=True, segment_bytes_max=1 << 15)
@@ -528,6 +533,7 @@ def test_a_copy_is_written_and_fsynced_in_bounded_pieces(open_log, monkeypatch):
     copies = len(result.replacements)
     assert copies and result.bytes_written > copies * 4 * 2048
     assert sum(1 for name in fsyncs if name.endswith(CLEANED_SUFFIX)) >= result.bytes_written // 2048
+    assert result.bytes_written // (2 * 2048) <= len(syncfs) <= result.bytes_written // 2048 + 1
     got = read_all(log)
     for key, (offset, value) in latest_by_key(items[:log.segments[-1].offset_lo]).items():
         assert got[offset] == (key, value)

@@ -345,7 +345,9 @@ def check_torn_transactions(h: _History, opts: CheckOptions) -> CheckResult:
     for txn in h.txns:
         if txn["outcome"] not in ("commit", "info"):
             continue
-        values = [((t, int(p)), v) for t, p, v in txn["values"]]
+        # On a compacted topic the cleaner removes a committed record once a later one of
+        # its key is there: the compaction check judges those.
+        values = [((t, int(p)), v) for t, p, v in txn["values"] if t not in opts.compacted]
         found = [v for v in values if v in present]
         if found and len(found) < len(values) or (txn["outcome"] == "commit" and len(found) < len(values)):
             bad.append(f"{txn['process']}'s transaction {txn['txn']} ({txn['outcome']}): {len(found)} of "
@@ -517,6 +519,10 @@ def check_compaction(h: _History, opts: CheckOptions) -> CheckResult:
         return CheckResult(name="compaction", passed=True, report_only="compaction" in opts.report_only,
                            count=0, summary="no compacted topic")
     sends = {s["value"]: s for s in h.sends}
+    # A transactional send counts as written only once its transaction committed: an
+    # aborted one's records go (and are never read committed), one of unknown outcome may
+    # be read (any value sent may) but is not owed.
+    owner = _txn_values(h)
     bad: list[str] = []
     keys = removed = 0
     for part in parts:
@@ -533,7 +539,8 @@ def check_compaction(h: _History, opts: CheckOptions) -> CheckResult:
             last_read[send["key"]] = (offset, final[offset])
         latest: dict[str, dict] = {}
         for s in h.acked:
-            if _part(s) == part:
+            txn = owner.get((part, s["value"]))
+            if _part(s) == part and (txn is None or txn["outcome"] == "commit"):
                 if int(s["offset"]) not in final:
                     removed += 1
                 if s["key"] not in latest or int(s["offset"]) > int(latest[s["key"]]["offset"]):

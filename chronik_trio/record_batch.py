@@ -55,6 +55,10 @@ CRC_START = _position("attributes")  # 21: the CRC covers attributes..end
 ATTR_COMPRESSION_MASK = 0x07
 ATTR_TRANSACTIONAL = 0x10
 ATTR_CONTROL = 0x20
+# KIP-534: the batch's baseTimestamp is its delete horizon (set by the log cleaner on a
+# transaction marker that may go once that time has passed; docs/compaction.md).
+ATTR_DELETE_HORIZON = 0x40
+BASE_TIMESTAMP_POSITION = _position("base_timestamp_ms")  # 27
 COMPRESSION_NONE = 0
 COMPRESSION_GZIP = 1
 

@@ -120,6 +120,8 @@ class GroupStore:
     def apply(self, data: memoryview, index: int) -> None:
         header = read_header(data) if len(data) >= HEADER_BYTES else None
         if header is not None and header.attributes & ATTR_CONTROL:
+            if not header.record_count:  # a marker the log cleaner removed: nothing pending is left
+                return
             self._apply_marker(data, header.producer_id, index)
             return
         try:

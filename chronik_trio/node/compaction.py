@@ -81,6 +81,7 @@ class CleanerStats:
     records_dropped: int = 0
     tombstones_dropped: int = 0
     aborted_dropped: int = 0
+    markers_dropped: int = 0  # transaction markers emptied past their delete horizon
     seconds: float = 0.0
     bytes_cleaned: int = 0  # the size of the segments passes went over ("MB of log cleaned")
 
@@ -109,6 +110,13 @@ def transactions_rule(replica: PartitionReplica, plan: CleanPlan) -> TxnRule:
     return rule
 
 
+def forget_aborted(replica: PartitionReplica, markers: typing.Iterable[tuple[int, int]]) -> None:
+    txns = replica.machine.transactions
+    if txns is not None:
+        for producer_id, offset in markers:
+            txns.forget_aborted(producer_id, offset)
+
+
 class LogCleaner:
     def __init__(self, replicas: HostedReplicas, meta: MetaMachine, *,
                  wall_clock_ms: typing.Callable[[], int], run_sync: RunSync) -> None:
@@ -116,10 +124,11 @@ class LogCleaner:
         self._meta = meta
         self._wall_clock_ms = wall_clock_ms
         self._run_sync = run_sync
-        # Per replica: the Kafka offset below which its log is clean, and the timestamp of
-        # the oldest tombstone kept (in memory: after a restart the first pass reads
-        # everything once and finds little to change).
-        self._clean_offsets: dict[int, tuple[PartitionReplica, int, int | None]] = {}
+        # Per replica: the Kafka offset below which its log is clean, the timestamp of
+        # the oldest tombstone kept and the earliest delete horizon of a marker waiting for
+        # it (in memory: after a restart the first pass reads everything once and finds
+        # little to change).
+        self._clean_offsets: dict[int, tuple[PartitionReplica, int, int | None, int | None]] = {}
         self.stats = CleanerStats()
 
     async def run(self) -> None:
@@ -157,11 +166,11 @@ class LogCleaner:
             log.debug("%s-%d: segment.ms rolled the active segment", name, replica.partition)
         known = self._clean_offsets.get(id(replica))
         if known is None or known[0] is not replica:
-            known = (replica, 0, None)
-        _, clean_offset, oldest_tombstone_ms = known
+            known = (replica, 0, None, None)
+        _, clean_offset, oldest_tombstone_ms, marker_horizon_ms = known
         delete_retention_ms = int(config(name, "delete.retention.ms"))
-        tombstones_due = oldest_tombstone_ms is not None and \
-            oldest_tombstone_ms < now_ms - delete_retention_ms
+        tombstones_due = (oldest_tombstone_ms is not None and oldest_tombstone_ms < now_ms - delete_retention_ms) \
+            or (marker_horizon_ms is not None and marker_horizon_ms <= now_ms)
         upto_index = min(replica.machine.applied_index, seg_log.durable_index) + 1
         plan = plan_clean(seg_log.segments, upto_index=upto_index, clean_offset=clean_offset,
                           now_ms=now_ms, min_lag_ms=int(config(name, "min.compaction.lag.ms")),
@@ -182,13 +191,16 @@ class LogCleaner:
                         await trio.lowlevel.checkpoint()
                     handed += 1  # replace_segment owns new.file from here on
                     replaced += seg_log.replace_segment(old, new)
+                    # The abort markers this copy removed are no longer served (swapped in,
+                    # or the segment was already gone): forget their aborted entries now.
+                    forget_aborted(replica, result.aborts_removed.get(old.first_index, ()))
             finally:  # cancelled between swaps: the copies left are closed (open() deletes them)
                 for _, new in result.replacements[handed:]:
                     self._replicas.disk.close(new.file)
         finally:
             seg_log.unpin()
         self._clean_offsets[id(replica)] = (replica, max(clean_offset, result.clean_offset),
-                                            result.oldest_tombstone_ms)
+                                            result.oldest_tombstone_ms, result.marker_horizon_ms)
         stats = self.stats
         stats.passes += 1
         stats.segments_replaced += replaced
@@ -197,11 +209,12 @@ class LogCleaner:
         stats.records_dropped += result.records_dropped
         stats.tombstones_dropped += result.tombstones_dropped
         stats.aborted_dropped += result.aborted_dropped
+        stats.markers_dropped += result.markers_dropped
         stats.seconds += result.seconds
         stats.bytes_cleaned += result.bytes_cleaned
         log.info("cleaned %s-%d (%s): %d of %d segment(s) rewritten, %d record(s), %d tombstone(s) and %d "
-                 "aborted record(s) removed, %.1f MB cleaned in %.2f s; clean below offset %d", name,
+                 "aborted record(s) and %d marker(s) removed, %.1f MB cleaned in %.2f s; clean below offset %d", name,
                  replica.partition, plan.reason, replaced, len(plan.segments), result.records_dropped,
-                 result.tombstones_dropped, result.aborted_dropped, result.bytes_cleaned / 1e6, result.seconds,
+                 result.tombstones_dropped, result.aborted_dropped, result.markers_dropped, result.bytes_cleaned / 1e6, result.seconds,
                  result.clean_offset)
         return result

@@ -127,6 +127,7 @@ class _CleanerCollector:
         ("chronik_cleaner_records_removed", "Superseded records removed", "records_dropped"),
         ("chronik_cleaner_tombstones_removed", "Tombstones removed", "tombstones_dropped"),
         ("chronik_cleaner_aborted_records_removed", "Records of aborted transactions removed", "aborted_dropped"),
+        ("chronik_cleaner_markers_removed", "Transaction markers removed past their delete horizon", "markers_dropped"),
         ("chronik_cleaner_busy_seconds", "Time in cleaning passes (worker thread)", "seconds"),
     )
 

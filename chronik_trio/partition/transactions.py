@@ -6,6 +6,8 @@ so every replica applying the same committed batches holds the same state:
 
 - a transactional data batch (attributes bit 4) of a producer id with no ongoing
   transaction here starts one at the batch's base offset;
+- an empty batch (no records: only the log cleaner makes them, from a batch whose records
+  it removed or a marker it removed) neither starts nor ends one;
 - a control batch (attributes bits 4 and 5: a commit or abort marker, one record whose key
   is version int16 + type int16, 0 abort / 1 commit, and whose value is version int16 +
   coordinator epoch int32) ends the producer's ongoing transaction; an abort adds
@@ -195,6 +197,17 @@ class TransactionState:
         if not h.attributes & ATTR_TRANSACTIONAL or h.producer_id == NO_PRODUCER_ID:
             return
         self._tick(h.max_timestamp_ms)
+        if not h.record_count:
+            # Only the log cleaner writes empty batches (produce refuses them): a batch whose
+            # records it removed, or a marker it removed once no record of its transaction
+            # was left (docs/compaction.md). Neither opens nor ends a transaction (there is
+            # nothing left to serve or hide); their producer epoch and time still count.
+            entry = self.producers.get(h.producer_id)
+            if entry is None:
+                entry = self.producers[h.producer_id] = TxnProducer(h.producer_id, h.producer_epoch)
+            entry.epoch = max(entry.epoch, h.producer_epoch)
+            entry.last_timestamp = max(entry.last_timestamp, h.max_timestamp_ms)
+            return
         if h.attributes & ATTR_CONTROL:
             marker = read_control(data)
             if marker is not None:
@@ -259,6 +272,19 @@ class TransactionState:
         read_committed fetch of that range must be told."""
         i = bisect.bisect_left(self._aborted_last, start_offset)
         return [a for a in self.aborted[i:] if a.first_offset < end_offset]
+
+    def forget_aborted(self, producer_id: int, marker_offset: int) -> None:
+        """Drop the aborted entry whose abort marker at marker_offset the log cleaner removed
+        (its records went before it): a read_committed consumer told of an aborted
+        transaction skips the producer's batches until it reads that marker, so an entry
+        without its marker would hide the producer's later transactions. A replica replaying
+        the cleaned log never adds it (partition/transactions.py, empty batches)."""
+        i = bisect.bisect_left(self._aborted_last, marker_offset)
+        while i < len(self.aborted) and self._aborted_last[i] == marker_offset:
+            if self.aborted[i].producer_id == producer_id:
+                del self.aborted[i], self._aborted_last[i]
+                return
+            i += 1
 
     def forget_before(self, offset: int) -> None:
         """Drop aborted entries wholly below offset (the log no longer holds them)."""

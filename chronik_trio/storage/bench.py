@@ -111,18 +111,55 @@ def bench_clean(root: pathlib.Path, records_per_batch: int, total_bytes: int, va
     log.sync()
     log_bytes = log.size_bytes
     started = time.perf_counter()
-    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=1,
-                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0)
-    result = run_clean(Disk(), plan, CleanSettings(now_ms=1, delete_retention_ms=0, key_map_bytes=1 << 30,
-                                                   io_bytes_per_s=None, index_interval_bytes=4096))
-    for old, new in result.replacements:
-        log.replace_segment(old, new)
+    result = _clean_pass(log, 0, delete_retention_ms=0, min_dirty_ratio=0.0)
+    assert result is not None
     log.sync()
     elapsed_s = time.perf_counter() - started
     log.close()
     return {"elapsed_s": elapsed_s, "log_mb": log_bytes / 1e6, "records": offset,
             "removed": result.records_dropped, "mb_per_s": log_bytes / elapsed_s / 1e6,
             "records_per_s": offset / elapsed_s}
+
+
+def _clean_pass(log: SegmentLog, clean_offset: int, *, delete_retention_ms: int, min_dirty_ratio: float):
+    """One cleaning pass as the node runs it (plan, run, swaps); None if nothing was due."""
+    plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=clean_offset, now_ms=1,
+                      min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=min_dirty_ratio)
+    if plan is None:
+        return None
+    result = run_clean(Disk(), plan, CleanSettings(now_ms=1, delete_retention_ms=delete_retention_ms,
+                                                   key_map_bytes=1 << 30, io_bytes_per_s=None,
+                                                   index_interval_bytes=4096))
+    for old, new in result.replacements:
+        log.replace_segment(old, new)
+    return result
+
+
+def bench_clean_steady(root: pathlib.Path, segment_bytes: int, value_bytes: int = 1000, keys: int = 500,
+                       passes: int = 40, between_bytes: int = 250_000) -> dict:
+    """The steady state of a compacted topic, as the node's `chronik-trio bench` command of
+    docs/bench.md drives it (500 records/s of 1 KB over 500 keys, a pass every 500 ms):
+    `between_bytes` of 1-record batches appended and synced before each of `passes` passes.
+    The rate is MB cleaned (the size of the segments the passes went over) / time inside
+    passes, fsyncs included."""
+    log = SegmentLog.open(Disk(), root / "steady", kafka=True, segment_bytes_max=segment_bytes)
+    index = offset = clean_offset = 0
+    busy = cleaned = 0.0
+    for _ in range(passes):
+        entries, size = [], 0
+        while size < between_bytes:
+            batch = _keyed_batch(offset, 1, keys, value_bytes)
+            index, offset, size = index + 1, offset + 1, size + len(batch)
+            entries.append(LogEntry(index, 1, 0, batch))
+        log.append(entries)
+        log.sync()
+        result = _clean_pass(log, clean_offset, delete_retention_ms=86_400_000, min_dirty_ratio=0.01)
+        if result is not None:
+            busy += result.seconds
+            cleaned += result.bytes_cleaned
+            clean_offset = max(clean_offset, result.clean_offset)
+    log.close()
+    return {"elapsed_s": busy, "cleaned_mb": cleaned / 1e6, "mb_per_s": cleaned / 1e6 / busy if busy else 0.0}
 
 
 def median_run(runs: int, fn, *args) -> dict:
@@ -140,8 +177,16 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true", help="also measure the log cleaner")
     parser.add_argument("--only-clean", action="store_true", help="measure only the log cleaner")
     parser.add_argument("--value-bytes", type=int, default=100, help="the cleaner's records' value size")
+    parser.add_argument("--clean-steady", type=int, default=0, metavar="SEGMENT_BYTES",
+                        help="measure only the cleaner's steady state at this segment size (1 KB records "
+                             "over 500 keys, a pass after every 250 KB)")
     args = parser.parse_args()
     total_bytes = args.mb << 20
+    if args.clean_steady:
+        r = median_run(args.runs, _in_tmp, args.dir, bench_clean_steady, args.clean_steady)
+        print(f"clean steady state, {args.clean_steady} B segments: {r['mb_per_s']:.1f} MB/s "
+              f"({r['cleaned_mb']:.1f} MB cleaned in {r['elapsed_s']:.2f} s inside 40 passes)")
+        return
     if args.clean or args.only_clean:
         for per_batch in (1, 100):
             r = median_run(args.runs, _in_tmp, args.dir, bench_clean, per_batch, total_bytes, args.value_bytes)

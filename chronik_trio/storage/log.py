@@ -833,8 +833,8 @@ class SegmentLog:
             self._release_closing()
 
     def replace_segment(self, old: Segment, new: Segment) -> bool:
-        """Swap in the cleaner's copy of `old` (written to `<name>.cleaned` and fsynced with
-        its directory, open as new.file): rename it over the segment and index it. False,
+        """Swap in the cleaner's copy of `old` (written to `<name>.cleaned` and fsynced,
+        open as new.file): rename it over the segment and index it. False,
         and the copy deleted, when `old` is no longer in the log (deleted by retention,
         truncated, or dropped by a snapshot meanwhile). The rename becomes durable at the
         next sync; until then a power loss leaves either file, both whole."""

@@ -60,6 +60,9 @@ class Segment:
     block_offsets: array = attrs.Factory(lambda: array("q"))
     block_positions: array = attrs.Factory(lambda: array("q"))
     block_max_timestamps_ms: array = attrs.Factory(lambda: array("q"))
+    # False once the log cleaner has read this (closed, so unchanging) segment and found no
+    # batch with a record left (all emptied): later passes need not read it (None: unknown).
+    holds_records: bool | None = None
 
     @property
     def last_index(self) -> int:

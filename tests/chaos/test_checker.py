@@ -323,3 +323,20 @@ def test_a_committed_offset_fetched_lower_after_its_commit_was_acknowledged_is_l
     for later in (_fetched("g1", 5, t_start=2.5), _fetched("g1", 3, t_start=1.995)):
         ok = {r.name: r for r in check_history(clean_history() + [_commit("g0", 5, t_end=2.0), later])}
         assert ok["lost_commits"].passed, ok["lost_commits"]
+
+
+def test_committed_transactions_on_a_compacted_topic_are_judged_by_key():
+    """A committed transaction whose record a later committed one superseded is not torn on
+    a compacted topic (the cleaner removed that record); the compaction check judges it, by
+    committed values only (an aborted send never owes a value)."""
+    txn = lambda n, values: {  # noqa: E731
+        "type": "txn", "process": "p0", "txn": n, "outcome": "commit", "t_start": 0.0, "t_commit": 0.5 * n,
+        "t_end": 0.5 * n + 0.1, "values": [[T, 0, v] for v in values]}
+    sends = [send("p0", 0, 0, t=0.6), send("p0", 1, 1, t=0.6), send("p0", 2, 3, t=1.1)]
+    sends[2]["key"] = "k0"  # p0-2 supersedes p0-0
+    events = [{"type": "workload-start", "t": 0.0}, *sends, txn(1, ["p0-0", "p0-1"]), txn(2, ["p0-2"]),
+              {"type": "workload-end", "t": 2.0}, final([(1, "p0-1"), (3, "p0-2")])]
+    assert not failed(events, COMPACTED) - {"unavailability"}
+    assert "torn_transactions" in failed(events)  # not compacted: p0-0 missing tears transaction 1
+    older = replace(events, len(events) - 1, final([(0, "p0-0"), (1, "p0-1")]))
+    assert "compaction" in failed(older, COMPACTED)

@@ -23,7 +23,7 @@ SHIPPED = ["failover", "partition", "crash-restart", "pause", "slow-disk", "disk
            "power-loss", "rolling-restart", "mixed", "failover-idempotent", "failover-mtls",
            "compaction", "grow-shrink", "membership", "transactions", "transactions-copy",
            "transactions-pause", "transactions-partition", "transactions-faults", "membership-faults",
-           "transactions-coordinator", "transactions-power-loss"]
+           "transactions-coordinator", "transactions-power-loss", "transactions-compaction"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

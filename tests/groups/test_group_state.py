@@ -12,6 +12,9 @@ from chronik_trio.group import (Group, GroupState, GroupStore, JoinCompleted, Jo
 from chronik_trio.group.records import batch_records, build_batch, group_key, offset_key, parse_key
 from chronik_trio.group.store import GroupRecord, MemberRecord, OffsetRecord, group_batch, offsets_batch
 from chronik_trio.group.subscription import subscription_topics
+from chronik_trio.partition.transactions import TxnMarker, control_batch
+from chronik_trio.record_batch import read_header
+from chronik_trio.storage.cleaner import rebuild_batch
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -250,3 +253,18 @@ def test_next_deadline_is_never_past_unless_tick_has_work():
         g.tick(now)
         g.take_events()
         assert g.next_deadline_ms() > now, (now, g.state, g.next_deadline_ms())
+
+
+def test_transactional_offsets_replayed_from_a_cleaned_log():
+    """A cleaned __consumer_offsets log (docs/compaction.md): a transaction whose offset
+    records were all superseded has its batch emptied and, past its delete horizon, its
+    commit marker emptied too; replaying it leaves the later offset, nothing pending, and
+    no record counted as skipped (an emptied marker is not a malformed control batch)."""
+    txn = offsets_batch("g", [("t", 0, OffsetRecord(5, -1, None, 1000))], 1000, producer=(7, 0))
+    marker = control_batch(TxnMarker(7, 0, True, 0, ()), 1000)
+    store = GroupStore()
+    store.apply(memoryview(rebuild_batch(txn, read_header(txn), [])), 1)
+    store.apply(memoryview(rebuild_batch(marker, read_header(marker), [])), 2)
+    store.apply(memoryview(offsets_batch("g", [("t", 0, OffsetRecord(9, -1, None, 1000))], 1000)), 3)
+    assert store.committed("g") == {("t", 0): OffsetRecord(9, -1, None, 1000)}
+    assert store.pending == {} and store.skipped_records == 0

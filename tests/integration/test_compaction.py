@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from tests.integration.clients_python import PY_DRIVERS, ConfluentDriver
 from tests.integration.compaction_common import (CLEANER_ARGS, create_compacted, kafkajs_produce,
                                                  keyed_records, latest, reader, set_topic_config, settle)
+from tests.kafka_wire import KafkaWire
 from tests.kafkajs import kafkajs_dir
 
 pytestmark = pytest.mark.timeout(180)
@@ -130,15 +131,23 @@ def _consume(bootstrap: str, topic: str, isolation: str, count: int) -> list[tup
         consumer.close()
 
 
-def test_the_cleaner_removes_the_records_of_aborted_transactions(broker_factory):
-    """A transactional producer (confluent-kafka) commits, aborts and commits again on a
-    compacted topic: after cleaning, read_uncommitted and read_committed both read each key's
-    latest committed value and nothing of the aborted transaction, whose records the cleaner
-    removed (before this, they stayed in the log for read_uncommitted consumers); the last
-    stable offset is the high watermark (no transaction left open by the cleaned log)."""
+def test_the_cleaner_removes_aborted_records_then_markers_past_their_delete_horizon(broker_factory):
+    """A transactional producer (confluent-kafka) commits, aborts and commits on a compacted
+    topic. After cleaning, read_uncommitted and read_committed both read each key's latest
+    committed value and nothing of the aborted transaction (its records removed). The abort
+    marker and the commit marker of a transaction whose only record was superseded get a
+    delete horizon (KIP-534: attributes bit 6, baseTimestamp = clean time +
+    delete.retention.ms) and are removed once it has passed, never before; the markers of
+    transactions with records left stay. The reads are unchanged, the last stable offset is
+    the high watermark (the aborted index forgot the removed abort marker's transaction:
+    librdkafka's read_committed consumer, told of it, would skip the producer's later
+    transactions waiting for that marker), and after a SIGKILL and restart (the state rebuilt from the cleaned
+    log) the same holds and the same producer commits another transaction."""
     broker = broker_factory(extra_args=CLEANER_ARGS).start()
     topic = "compact-txn-" + uuid.uuid4().hex[:8]
     create_compacted(broker.bootstrap, topic, 1)
+    retention_ms = 5000
+    set_topic_config(broker.bootstrap, topic, "delete.retention.ms", str(retention_ms))
     producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "tx-" + topic})
     producer.init_transactions(20)
     told: dict[tuple[bytes, bytes], int] = {}
@@ -151,23 +160,63 @@ def test_the_cleaner_removes_the_records_of_aborted_transactions(broker_factory)
         producer.flush(20)
         (producer.commit_transaction if commit else producer.abort_transaction)(20)
 
+    started_ms = int(time.time() * 1000)
     txn([(b"k%d" % i, b"a%d" % i) for i in range(4)], commit=True)
     txn([(b"k%d" % i, b"b%d" % i) for i in range(4)] + [(b"only-aborted", b"b")], commit=False)
     txn([(b"k1", b"c1")], commit=True)
-    want = sorted((told[(k, v)], k, v) for k, v in [(b"k0", b"a0"), (b"k1", b"c1"), (b"k2", b"a2"), (b"k3", b"a3")])
-    before = _consume(broker.bootstrap, topic, "read_uncommitted", 100)
-    assert any(v.startswith(b"b") for _, _, v in before), before  # the aborted records, not cleaned yet
+    txn([(b"k9", b"x")], commit=True)  # superseded by the next: its marker may go
+    txn([(b"k9", b"y")], commit=True)
+    want = sorted((told[(k, v)], k, v) for k, v in
+                  [(b"k0", b"a0"), (b"k1", b"c1"), (b"k2", b"a2"), (b"k3", b"a3"), (b"k9", b"y")])
+    markers = _markers(broker.port, topic)  # well within delete.retention.ms of any pass
+    assert len(markers) == 5, markers
+    # The abort marker (after the aborted records) and k9=x's commit marker (before k9=y).
+    going = {offset for offset, _, _ in markers[1:2] + markers[3:4]}
     full = settle(broker.bootstrap, topic,
                   [functools.partial(_consume, broker.bootstrap, topic, isolation)
                    for isolation in ("read_uncommitted", "read_committed")], want, topic)
     assert _last_stable_offset(broker.bootstrap, topic) == full[-1][0] + 1
-    # A restart rebuilds the partition's state from the cleaned log: the emptied batches of
-    # the aborted transaction and its kept marker give the same aborted index and LSO.
+
+    horizons: dict[int, int] = {}
+    deadline = time.monotonic() + 30
+    while True:
+        now_ms = int(time.time() * 1000)
+        seen = _markers(broker.port, topic)
+        for offset, attributes, base_timestamp in seen:
+            if attributes & 0x40:
+                assert offset in going, seen
+                assert base_timestamp >= started_ms + retention_ms, seen
+                horizons[offset] = base_timestamp
+        left = {offset for offset, _, _ in seen}
+        gone = going - left
+        for offset in gone:  # never before its horizon (if it was seen with one)
+            assert offset not in horizons or now_ms >= horizons[offset], (offset, horizons, now_ms)
+        if not (going & left):
+            break
+        assert time.monotonic() < deadline, f"markers {sorted(going & left)} still served: {seen}"
+        time.sleep(0.2)
+    assert [m[0] for m in _markers(broker.port, topic)] == [m[0] for m in markers if m[0] not in going]
+    for isolation in ("read_uncommitted", "read_committed"):
+        assert _consume(broker.bootstrap, topic, isolation, len(full)) == full
+    assert _last_stable_offset(broker.bootstrap, topic) == full[-1][0] + 1
+    # A restart rebuilds the partition's state from the cleaned log: emptied batches and
+    # removed markers open no transaction, so the LSO is the high watermark again.
     broker.kill()
     broker.start()
     assert _last_stable_offset(broker.bootstrap, topic) == full[-1][0] + 1
     for isolation in ("read_uncommitted", "read_committed"):
         assert _consume(broker.bootstrap, topic, isolation, len(full)) == full
+    txn([(b"k0", b"after-restart")], commit=True)
+    after = _consume(broker.bootstrap, topic, "read_committed", len(full) + 1)
+    assert after[-1] == (told[(b"k0", b"after-restart")], b"k0", b"after-restart"), after
+    producer.flush(5)
+
+
+def _markers(port: int, topic: str) -> list[tuple[int, int, int]]:
+    """(offset, attributes, baseTimestamp) of each transaction marker served from offset 0."""
+    with KafkaWire.connect(port) as conn:
+        return [(b.base_offset, b.attributes, b.base_timestamp) for b in conn.fetch_all(topic, 0)
+                if b.attributes & 0x20]
 
 
 def _last_stable_offset(bootstrap: str, topic: str) -> int:

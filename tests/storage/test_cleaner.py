@@ -9,8 +9,11 @@ import struct
 import crc32c
 import pytest
 
-from chronik_trio.record_batch import HEADER_BYTES, read_header
+from chronik_trio.partition.producers import ProducerStateTable
+from chronik_trio.partition.transactions import TransactionState, TxnMarker, control_batch, read_control
+from chronik_trio.record_batch import HEADER_BYTES, read_header, with_offsets
 from chronik_trio.storage import Disk, FaultyDisk, LogEntry
+from chronik_trio.storage import disk as disk_module
 from chronik_trio.storage.cleaner import (CLEANED_SUFFIX, CleanSettings, decode_records, plan_clean,
                                           rebuild_batch, run_clean)
 from tests.kafka_wire import Record, build_batch, parse_batches
@@ -385,7 +388,7 @@ def test_transactional_batches_follow_the_rule_aborted_committed_open(open_log):
     """The caller's rule (CleanSettings.transactional) decides each transactional data batch:
     an aborted one loses every record and puts no key in the map (the older plain value of
     its key stays the latest), a committed one is cleaned by key, an open one is kept whole;
-    control batches (markers) are kept whole whatever the rule says."""
+    a marker whose transaction has no record left gets its delete horizon (and stays)."""
     txn = 0x10
     plain = build_batch([Record(b"a", b"plain-a"), Record(b"b", b"plain-b")], base_offset=0, base_timestamp_ms=1_000)
     aborted = build_batch([Record(b"a", b"aborted-a"), Record(b"z", b"aborted-z")], base_offset=2,
@@ -409,21 +412,119 @@ def test_transactional_batches_follow_the_rule_aborted_committed_open(open_log):
     assert got[4] == (b"b", b"committed-b") and got[6] == (b"a", b"open-a")
     headers = {read_header(p).base_offset: read_header(p) for p in
                log.read_batches(0, max_bytes=1 << 30, end_offset=log.next_offset)}
-    assert headers[5].record_count == 1  # the marker, kept
+    assert headers[5].record_count == 1  # the marker, kept until its delete horizon
+    assert headers[5].attributes & 0x40 and headers[5].base_timestamp_ms == NOW_MS + DAY_MS
     assert log.next_offset == 11
 
 
+def marker_at(offset: int, producer_id: int, commit: bool, ts: int = 1_000, epoch: int = 0) -> bytes:
+    batch = control_batch(TxnMarker(producer_id, epoch, commit, 3, ()), ts)
+    return with_offsets(batch, read_header(batch), offset, 0)
+
+
+def test_markers_go_once_their_transactions_records_are_gone_and_the_horizon_passed(open_log):
+    """Kafka's rules for markers (KIP-98, KIP-534): an abort marker whose transaction's
+    records all went, and a commit marker whose transaction's records were all superseded,
+    get a delete horizon (attributes bit 6, baseTimestamp = now + delete.retention.ms, the
+    record's timestamp unchanged) and are emptied by a pass past it; a commit marker whose
+    transaction still has a record stays as it is. Replaying the cleaned log gives no open
+    transaction, an empty aborted index and the producers' epochs (a replica restarting or a
+    follower catching up from it)."""
+    txn = 0x10
+    batches = [
+        build_batch([Record(b"a", b"aborted-a")], base_offset=0, base_timestamp_ms=1_000, producer_id=7,
+                    producer_epoch=2, attributes=txn),
+        marker_at(1, 7, commit=False, epoch=3),  # the coordinator bumped the epoch (a timeout)
+        build_batch([Record(b"b", b"committed-b")], base_offset=2, base_timestamp_ms=1_000, producer_id=8,
+                    producer_epoch=0, attributes=txn),
+        marker_at(3, 8, commit=True),
+        build_batch([Record(b"c", b"kept-c")], base_offset=4, base_timestamp_ms=1_000, producer_id=9,
+                    producer_epoch=0, attributes=txn),
+        marker_at(5, 9, commit=True),
+        build_batch([Record(b"b", b"plain-b")], base_offset=6, base_timestamp_ms=1_000),
+    ]
+    log = open_log("m", kafka=True, segment_bytes_max=200)
+    log.append([LogEntry(k + 1, 1, 0, b) for k, b in enumerate(batches)]
+               + keyed_entries(len(batches) + 1, 7, [(b"x%d" % i, b"v") for i in range(4)]))
+    log.sync()
+    rules = {7: "aborted", 8: "clean", 9: "clean"}
+
+    def headers():
+        return {read_header(e.payload).base_offset: read_header(e.payload)
+                for e in log.entries(log.first_index, log.last_index + 1)}
+
+    def one_pass(now_ms):
+        plan = plan_clean(log.segments, upto_index=log.last_index + 1, clean_offset=0, now_ms=now_ms,
+                          min_lag_ms=0, max_lag_ms=2**63 - 1, min_dirty_ratio=0.0, tombstones_due=True)
+        log.pin()
+        try:
+            result = run_clean(Disk(), plan, settings(now_ms=now_ms, transactional=lambda h: rules[h.producer_id]))
+            for old, new in result.replacements:
+                log.replace_segment(old, new)
+        finally:
+            log.unpin()
+        return result
+
+    first = one_pass(NOW_MS)
+    h = headers()
+    assert first.markers_horizoned == 2 and first.markers_dropped == 0
+    for offset in (1, 3):
+        assert h[offset].record_count == 1 and h[offset].attributes & 0x40
+        assert h[offset].base_timestamp_ms == NOW_MS + DAY_MS and h[offset].max_timestamp_ms == 1_000
+        assert read_control(log.entries(offset + 1, offset + 2)[0].payload).commit == (offset == 3)
+    assert h[5].record_count == 1 and not h[5].attributes & 0x40  # c is still there
+    (marker,) = parse_batches(bytes(log.entries(2, 3)[0].payload))
+    assert marker.crc_ok and marker.base_timestamp + marker.records[0].timestamp_delta == 1_000
+    assert first.marker_horizon_ms == NOW_MS + DAY_MS  # the next pass due for them
+
+    early = one_pass(NOW_MS + DAY_MS - 1)
+    assert early.markers_dropped == 0 and early.marker_horizon_ms == NOW_MS + DAY_MS
+
+    late = one_pass(NOW_MS + DAY_MS)
+    h = headers()
+    assert late.markers_dropped == 2
+    assert [m for ms in late.aborts_removed.values() for m in ms] == [(7, 1)]  # (producer, offset)
+    for offset in (1, 3):
+        assert h[offset].record_count == 0 and h[offset].attributes & 0x30 == 0x30
+        assert h[offset].producer_id in (7, 8)
+    assert h[1].producer_epoch == 3 and h[5].record_count == 1
+    assert read_all(log) == {4: (b"c", b"kept-c"), 5: (b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x03"),
+                             6: (b"b", b"plain-b"), **{7 + i: (b"x%d" % i, b"v") for i in range(4)}}
+    assert log.next_offset == 11
+
+    state, producers = TransactionState(), ProducerStateTable()
+    for e in log.entries(log.first_index, log.last_index + 1):
+        state.apply(memoryview(e.payload), e.index)
+        producers.apply(memoryview(e.payload), e.index)
+    assert state.open == {} and state.last_stable_offset(11) == 11
+    assert state.aborted_between(0, 11) == []
+    assert state.producers[7].epoch == 3 and producers.producers[7].epoch == 3
+
+
 def test_a_copy_is_written_and_fsynced_in_bounded_pieces(open_log, monkeypatch):
-    """A big copy is fsynced every WRITE_SYNC_BYTES (the produce path's fsyncs never queue
-    behind a whole segment's copy) and reads back whole."""
+    """Copies are made durable every WRITE_SYNC_BYTES or so (each piece's fsync put off to
+    one syncfs per group: the produce path's fsyncs never queue behind a whole segment's
+    copy) and read back whole."""
     from chronik_trio.storage import cleaner
     monkeypatch.setattr(cleaner, "WRITE_SYNC_BYTES", 2048)
-    fsyncs = []
+    fsyncs, unsynced, most = [], [0], [0]  # copy bytes written and not yet durable
 
     class CountingDisk(Disk):
+        def pwritev(self, f, buffers, offset):
+            if f.path.name.endswith(CLEANED_SUFFIX):
+                unsynced[0] += sum(len(b) for b in buffers)
+                most[0] = max(most[0], unsynced[0])
+            super().pwritev(f, buffers, offset)
+
         def fsync(self, f):
             fsyncs.append(f.path.name)
+            if not disk_module._deferred():
+                unsynced[0] = 0  # (one copy at a time outside a group)
             super().fsync(f)
+
+        def sync_filesystem(self, root):
+            unsynced[0] = 0
+            super().sync_filesystem(root)
 
     items = [(b"k%d" % (i % 200), b"v" * 100) for i in range(1200)]
     log = open_log("w", kafka=True, segment_bytes_max=1 << 15)
@@ -441,6 +542,7 @@ def test_a_copy_is_written_and_fsynced_in_bounded_pieces(open_log, monkeypatch):
     copies = len(result.replacements)
     assert copies and result.bytes_written > copies * 4 * 2048
     assert sum(1 for name in fsyncs if name.endswith(CLEANED_SUFFIX)) >= result.bytes_written // 2048
+    assert 0 < most[0] <= 2 * 2048 and unsynced[0] == 0
     got = read_all(log)
     for key, (offset, value) in latest_by_key(items[:log.segments[-1].offset_lo]).items():
         assert got[offset] == (key, value)

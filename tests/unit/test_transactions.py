@@ -14,6 +14,7 @@ from chronik_trio.partition.transactions import (AbortedTxn, MalformedControlBat
                                                  TransactionCoordinatorFenced, TransactionState, TxnMarker,
                                                  control_batch, read_control)
 from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, read_header
+from chronik_trio.storage.cleaner import rebuild_batch
 from tests.kafka_wire import Record, build_batch, parse_batches
 
 pytestmark = pytest.mark.timeout(60)
@@ -223,3 +224,28 @@ def test_the_previous_transactions_marker_is_due_before_a_newer_epoch_opens_one(
     log.append(marker(1, 5, True, epoch=4))  # its marker, with the TV2 bumped epoch
     assert log.state.markers_seen(5) == seen + 1 and log.state.markers_due(5, 4) == 0
     assert log.state.needs_verification(5, 4)  # the next transaction opens after verification
+
+
+def test_empty_batches_left_by_the_cleaner_neither_open_nor_end_a_transaction():
+    """The log cleaner empties the batches of a transaction whose records are all gone and,
+    past its delete horizon, its marker (docs/compaction.md); replaying such a log opens no
+    transaction that nothing closes, hides nothing, and keeps the marker's producer epoch."""
+    log = Log()
+    log.append(rebuild_batch(data(0, 7), read_header(data(0, 7)), []))  # an aborted txn's, emptied
+    log.append(rebuild_batch(marker(1, 7, False, epoch=4), read_header(marker(1, 7, False)), []))
+    assert log.state.open == {} and log.lso == 2 and log.state.aborted_between(0, 2) == []
+    assert log.state.producers[7].epoch == 4
+    log.append(rebuild_batch(data(2, 8), read_header(data(2, 8)), []))  # a committed txn's, emptied
+    log.append(data(3, 8))  # its second batch, still holding a record: the transaction starts here
+    assert log.state.open == {8: 3} and log.lso == 3
+    log.append(marker(4, 8, True))
+    assert log.state.open == {} and log.lso == 5
+
+
+def test_the_aborted_entry_of_a_removed_abort_marker_is_forgotten():
+    log = Log()
+    for batch in (data(0, 7), marker(1, 7, False), data(2, 8), marker(3, 8, False), data(4, 7), marker(5, 7, False)):
+        log.append(batch)
+    log.state.forget_aborted(7, 1)
+    log.state.forget_aborted(8, 1)  # not this producer's marker: nothing
+    assert log.state.aborted_between(0, 6) == [AbortedTxn(8, 2, 3), AbortedTxn(7, 4, 5)]

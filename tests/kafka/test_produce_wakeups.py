@@ -14,6 +14,7 @@ import collections
 import types
 
 import trio
+import trio.testing
 
 from chronik_trio.node.kafka_server import RequestErrors, serve_connection
 from tests.kafka.test_containment import _answer, _receive_frame
@@ -94,6 +95,7 @@ async def _one_request(ctx: _Ctx, client, correlation_id: int, counter: _Counter
         for replica in ctx.replicas:
             replica.committed.set()
         answer = await _receive_frame(client)
+        await trio.testing.wait_all_tasks_blocked()  # the request's last steps, after its send
     finally:
         if counter is not None:
             trio.lowlevel.remove_instrument(counter)
@@ -123,10 +125,10 @@ async def test_a_one_partition_produce_spawns_one_task_and_takes_few_steps():
     # The request's own task; its one partition is produced in it (no nursery, no child).
     assert spawned == 1
     # The reader wakes on the bytes (1); the request's task runs to the proposal (1), wakes on
-    # the commit and sends its answer (1), and ends after the send's checkpoint (1; that one
-    # may fall after the answer arrived). Was about 9: a writer task woken for each request
-    # and again for its answer, a nursery and a child task for the one partition.
-    assert steps <= 4, steps
+    # the commit and sends its answer (1), and ends after the send's checkpoint (1). Was 9: a
+    # writer task woken for each request and again for its answer, a nursery and a child
+    # task for the one partition, a checkpoint of the reader's hand-off to the writer.
+    assert steps == 4, steps
 
 
 async def test_a_produce_to_several_partitions_answers_every_one():

@@ -115,7 +115,11 @@ async def _read_requests(stream, ctx, peer: str, answers: _Answers, nursery,
             else:
                 is_commit = request.api_key == OFFSET_COMMIT_KEY
                 COMMIT_TURN.set((commits, commits.ticket()) if is_commit else None)  # the task copies it
-                nursery.start_soon(_answer, request, slot, ctx, peer, answers)
+                # start, not start_soon: the request's task runs its first step (for a
+                # Produce to a free partition: up to and including its proposal) before the
+                # next request's task exists, so pipelined produces to one partition are
+                # appended in request order (tasks spawned together run in any order).
+                await nursery.start(_answer, request, slot, ctx, peer, answers)
             if authenticating:
                 await slot.done.wait()  # the SASL exchange is one request at a time, in order
                 await answers.sent(slot)
@@ -176,7 +180,9 @@ def _decode(frame: bytes, ctx):
     return request, _Slot(f"{type(request.body).__name__} v{api_version}")
 
 
-async def _answer(request, slot: _Slot, ctx, peer: str, answers: _Answers) -> None:
+async def _answer(request, slot: _Slot, ctx, peer: str, answers: _Answers,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    task_status.started()  # the reader goes on once this task's first step ends
     REQUEST_CLIENT.set((request.client_id or "", "/" + peer.rpartition(":")[0]))  # Kafka's "/host"
     _, handler = registry.HANDLERS[request.api_key]
     ctx.requests_inflight += 1

@@ -124,11 +124,13 @@ async def test_a_one_partition_produce_spawns_one_task_and_takes_few_steps():
         assert (partition.index, partition.error_code, partition.base_offset) == (0, 0, i + 1)
     # The request's own task; its one partition is produced in it (no nursery, no child).
     assert spawned == 1
-    # The reader wakes on the bytes (1); the request's task runs to the proposal (1), wakes on
-    # the commit and sends its answer (1), and ends after the send's checkpoint (1). Was 9: a
-    # writer task woken for each request and again for its answer, a nursery and a child
-    # task for the one partition, a checkpoint of the reader's hand-off to the writer.
-    assert steps == 4, steps
+    # The reader wakes on the bytes (1) and again once the request's task has run its first
+    # step (1: it starts each task with nursery.start, so pipelined produces propose in
+    # order); the request's task runs to the proposal (1), wakes on the commit and sends its
+    # answer (1), and ends after the send's checkpoint (1). Was 9: a writer task woken for
+    # each request and again for its answer, a nursery and a child task for the one
+    # partition, a checkpoint of the reader's hand-off to the writer.
+    assert steps == 5, steps
 
 
 async def test_a_produce_to_several_partitions_answers_every_one():
@@ -137,3 +139,39 @@ async def test_a_produce_to_several_partitions_answers_every_one():
         ((p0, p1, p2),) = [t.partition_responses for t in body.responses]
         assert [(p.index, p.error_code) for p in (p0, p1, p2)] == [(0, 0), (1, 0), (2, 0)]
     assert spawned == 4  # the request's task and one per partition: one commit round for all
+
+
+class _RecordingReplica:
+    """Answers at once, noting the order in which requests proposed."""
+
+    log_start_offset = 0
+
+    def __init__(self) -> None:
+        self.proposed: list[bytes] = []
+
+    async def produce(self, records, headers, acks, verify) -> int:
+        self.proposed.append(bytes(records))  # what a leader appends, in this order
+        offset = len(self.proposed) - 1
+        await trio.lowlevel.checkpoint()  # as the wait for the commit does
+        return offset
+
+
+async def test_pipelined_produces_to_one_partition_are_proposed_in_request_order():
+    # Twenty requests in one read: tasks spawned together run in any order (trio shuffles
+    # each batch), so the reader lets each request's task take its first step, where an
+    # uncontended produce proposes, before it starts the next one.
+    ctx = _Ctx(1)
+    replica = ctx.replicas[0] = _RecordingReplica()
+    batches = [build_batch([Record(None, b"record %d" % i)]) for i in range(20)]
+    requests = b"".join(frame(encode_request(PRODUCE, PRODUCE_VERSION, i, {
+        "acks": 1, "timeout": 30_000, "topic_data": [{"name": "t", "partition_data": [
+            {"index": 0, "records": batch}]}]})) for i, batch in enumerate(batches))
+    client, server = _socket_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, server, ctx, "127.0.0.1:5555")
+        await client.send_all(requests)
+        answers = [_answer(PRODUCE, PRODUCE_VERSION, await _receive_frame(client)) for _ in batches]
+        await client.aclose()
+    assert replica.proposed == batches
+    assert [correlation_id for correlation_id, _ in answers] == list(range(20))
+    assert [body.responses[0].partition_responses[0].base_offset for _, body in answers] == list(range(20))

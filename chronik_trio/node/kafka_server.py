@@ -1,9 +1,12 @@
 """One Kafka client connection: read frames, run requests concurrently, answer in order.
 
 Clients pipeline (up to 5 requests in flight is common), so each request runs in its own task
-and a writer task sends the answers in request order; a slow Fetch long-poll does not hold up
-the decode of the requests behind it. At most INFLIGHT_REQUESTS_MAX are in flight per
-connection: past that we stop reading, which pushes back on the client through TCP.
+and the answers go out in request order: the task whose answer is done and first in line
+sends it, and every later one already done after it (`_Answers`); a slow Fetch long-poll
+does not hold up the decode of the requests behind it. No task sits between a request and its
+answer: one record at a time, a request costs its own task and the reader's wake-up, not a
+writer's two more. At most INFLIGHT_REQUESTS_MAX are in flight per connection: past that we
+stop reading, which pushes back on the client through TCP.
 
 Blast radius (docs/kafka-api.md, "Bad input and handler errors"): bytes that do not decode
 close their connection with a log line; an unexpected exception while answering one decoded
@@ -60,7 +63,7 @@ class AnswerFailed(ProtocolViolation):
 
 
 class _Slot:
-    """The answer to one request, filled in by its task, sent by the writer in order."""
+    """The answer to one request, filled in by its task, sent in request order (_Answers)."""
 
     __slots__ = ("done", "chunks", "request")
 
@@ -73,13 +76,12 @@ class _Slot:
 async def serve_connection(stream: trio.abc.Stream, ctx, peer: str, session: Session | None = None) -> None:
     """Serve one client until it disconnects or breaks the protocol (then close, log why).
     session: the connection's listener and authentication (None: a default, open one)."""
-    send, receive = trio.open_memory_channel[_Slot](INFLIGHT_REQUESTS_MAX)
+    answers = _Answers(stream)
     if session is not None:
         SESSION.set(session)  # every request's task copies this task's context
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_answers, stream, receive)
-            await _read_requests(stream, ctx, peer, send, nursery, session)
+            await _read_requests(stream, ctx, peer, answers, nursery, session)
     except* ProtocolViolation as group:
         log.warning("closing connection from %s: %s", peer, group.exceptions[0])
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -89,33 +91,42 @@ async def serve_connection(stream: trio.abc.Stream, ctx, peer: str, session: Ses
             await stream.aclose()
 
 
-async def _read_requests(stream, ctx, peer: str, send, nursery, session: Session | None = None) -> None:
+async def _read_requests(stream, ctx, peer: str, answers: _Answers, nursery,
+                         session: Session | None = None) -> None:
     decoder = FrameDecoder(ctx.config.request_max_bytes)
     commits = CommitOrder()
-    async with send:
-        while True:
-            data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
-            if not data:
-                if decoder.buffered_bytes:
-                    raise ProtocolViolation(
-                        f"connection closed mid-frame ({decoder.buffered_bytes} bytes of a request pending)")
-                break
-            decoder.feed(data)
-            while (frame := decoder.next_frame()) is not None:
-                request, slot = _decode_or_close(frame, ctx)
-                authenticating = session is not None and session.authenticating
-                if authenticating and request is not None and not session.allows(request.api_key):
-                    _refuse(session, ctx, peer, f"{type(request.body).__name__} before authentication completed")
-                await send.send(slot)
-                is_commit = request is not None and request.api_key == OFFSET_COMMIT_KEY
+    while True:
+        data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+        if not data:
+            if decoder.buffered_bytes:
+                raise ProtocolViolation(
+                    f"connection closed mid-frame ({decoder.buffered_bytes} bytes of a request pending)")
+            break
+        decoder.feed(data)
+        while (frame := decoder.next_frame()) is not None:
+            request, slot = _decode_or_close(frame, ctx)
+            authenticating = session is not None and session.authenticating
+            if authenticating and request is not None and not session.allows(request.api_key):
+                _refuse(session, ctx, peer, f"{type(request.body).__name__} before authentication completed")
+            await answers.wait_for_room()
+            answers.add(slot)
+            if request is None:  # answered at decode (ApiVersions at an unknown version)
+                await answers.send_ready()
+            else:
+                is_commit = request.api_key == OFFSET_COMMIT_KEY
                 COMMIT_TURN.set((commits, commits.ticket()) if is_commit else None)  # the task copies it
-                nursery.start_soon(_answer, request, slot, ctx, peer)
-                if authenticating:
-                    await slot.done.wait()  # the SASL exchange is one request at a time, in order
-                    if session.state is AuthState.FAILED:
-                        _count_refusal(session, ctx, peer)
-                        return  # the answer (its error code) is sent, then the connection closes
-    # The client half-closed: answer what is in flight, then the writer ends.
+                # start, not start_soon: the request's task runs its first step (for a
+                # Produce to a free partition: up to and including its proposal) before the
+                # next request's task exists, so pipelined produces to one partition are
+                # appended in request order (tasks spawned together run in any order).
+                await nursery.start(_answer, request, slot, ctx, peer, answers)
+            if authenticating:
+                await slot.done.wait()  # the SASL exchange is one request at a time, in order
+                await answers.sent(slot)
+                if session.state is AuthState.FAILED:
+                    _count_refusal(session, ctx, peer)
+                    return  # the answer (its error code) is sent, then the connection closes
+    # The client half-closed: the requests in flight still answer, then the nursery ends.
 
 
 class NotAuthenticated(ProtocolViolation):
@@ -169,9 +180,9 @@ def _decode(frame: bytes, ctx):
     return request, _Slot(f"{type(request.body).__name__} v{api_version}")
 
 
-async def _answer(request, slot: _Slot, ctx, peer: str) -> None:
-    if request is None:
-        return
+async def _answer(request, slot: _Slot, ctx, peer: str, answers: _Answers,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    task_status.started()  # the reader goes on once this task's first step ends
     REQUEST_CLIENT.set((request.client_id or "", "/" + peer.rpartition(":")[0]))  # Kafka's "/host"
     _, handler = registry.HANDLERS[request.api_key]
     ctx.requests_inflight += 1
@@ -188,6 +199,7 @@ async def _answer(request, slot: _Slot, ctx, peer: str) -> None:
         ctx.requests_inflight -= 1
     slot.chunks = chunks
     slot.done.set()
+    await answers.send_ready()
 
 
 def _not_contained(exc: Exception) -> bool:
@@ -219,13 +231,55 @@ def _contained(request, ctx, peer: str) -> list:
                            f"v{request.api_version}: {type(exc).__name__}: {exc}") from None
 
 
-async def _write_answers(stream, receive) -> None:
-    async with receive:
-        async for slot in receive:
-            await slot.done.wait()
-            if slot.chunks is not None:
-                for piece in _coalesce(slot.chunks):
-                    await stream.send_all(piece)
+class _Answers:
+    """The connection's requests in flight, in request order, and the sending of their answers.
+
+    Whoever finishes an answer (its request's task, or the reader for one answered at decode)
+    calls send_ready: if nobody is sending, it sends every done answer at the head of the
+    line, in order, and stops at the first not done; that one's task sends it and what follows
+    it when it finishes. If somebody is sending, it will reach the new answer itself, since it
+    re-checks the head after each send. So an answer never waits for a task to be scheduled
+    just to write it."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._slots: collections.deque[_Slot] = collections.deque()
+        self._sending = False
+        self._changed = trio.Event()  # set when an answer is sent (room, or a slot gone)
+
+    async def wait_for_room(self) -> None:
+        """Waits while INFLIGHT_REQUESTS_MAX requests are unanswered (back-pressure)."""
+        while len(self._slots) >= INFLIGHT_REQUESTS_MAX:
+            await self._wait_changed()
+
+    def add(self, slot: _Slot) -> None:
+        self._slots.append(slot)
+
+    async def sent(self, slot: _Slot) -> None:
+        """Waits until slot's answer has been sent (or dropped, for one without an answer)."""
+        while slot in self._slots:
+            await self._wait_changed()
+
+    async def _wait_changed(self) -> None:
+        if self._changed.is_set():
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    async def send_ready(self) -> None:
+        if self._sending:
+            return  # the sender re-checks the head after its send
+        self._sending = True
+        try:
+            slots = self._slots
+            while slots and slots[0].done.is_set():
+                slot = slots[0]
+                if slot.chunks is not None:
+                    for piece in _coalesce(slot.chunks):
+                        await self._stream.send_all(piece)
+                slots.popleft()
+                self._changed.set()
+        finally:
+            self._sending = False
 
 
 COALESCE_BELOW_BYTES = 64 << 10  # join small chunks into one send; send big ones as they are

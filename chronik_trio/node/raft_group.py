@@ -63,6 +63,41 @@ class _Waiter:
         self.event.set()
 
 
+class GroupLock:
+    """A trio.Lock whose acquire takes no checkpoint when the lock is free (and nobody waits:
+    still fair). The Ready pass takes each active group's lock, and a produce takes its
+    group's: with trio.Lock each of those was one more trip through the scheduler per record,
+    for a lock that is almost always free. What follows an acquire reaches a checkpoint of
+    its own (the pass's fsync round, a produce's wait for its commit). trio.Lock cannot be
+    subclassed, hence the wrapper."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def acquire(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def statistics(self) -> trio.LockStatistics:
+        return self._lock.statistics()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.release()
+
+
 class RaftGroup:
     """Quiescence: a leader whose followers are all caught up, with nothing proposed or
     pending for QUIESCE_AFTER_IDLE_TICKS ticks, sends each follower a heartbeat marked
@@ -80,7 +115,7 @@ class RaftGroup:
         self.storage = storage
         self.machine = machine
         self._wake = wake
-        self.lock = trio.Lock()
+        self.lock = GroupLock()
         self.inbox: collections.deque[Message] = collections.deque()
         # Transport reports arrive from inside a Ready window; stepped with the inbox.
         self._reports: list[tuple[str, int, bool]] = []

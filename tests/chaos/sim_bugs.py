@@ -201,7 +201,7 @@ BUGS = (
     BugClass("fetch_above_high_watermark", 4, patches=(
         (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),),
         caught_by="inconsistent_offsets"),
-    BugClass("vote_not_persisted", 4, "--votes", patches=(
+    BugClass("vote_not_persisted", 5, "--votes", patches=(
         (hardstate_log.HardStateLog, "append", _vote_not_persisted),), caught_by="election_safety"),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
         (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),), caught_by="lost_writes"),

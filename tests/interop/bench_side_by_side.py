@@ -12,7 +12,10 @@ first in even ones, so a drift of the machine's load falls on both):
   (every append fsynced before the leader or a follower goes on, as chronik-trio does);
   then it is stopped, so the brokers never share the machine;
 - chronik-trio is measured with `chronik-trio bench --cluster N` (which starts its nodes;
-  every acknowledged write is fsynced by a quorum).
+  every acknowledged write is fsynced by a quorum);
+- for one node, where a `tansu` binary is installed (tests/interop/tansu.py), tansu is
+  started and measured with `chronik-trio bench --bootstrap` too, then stopped (its build
+  here keeps records in memory only: no disk, no fsync). `--no-tansu` leaves it out.
 
 The cases, each one `chronik-trio bench` run (`--repeat 1`, acks=all, replication factor N,
 3 partitions): throughput of 100-byte records with the consume rate and the one-record
@@ -33,11 +36,13 @@ import sys
 
 from tests.brokers import CHRONIK_TRIO
 from tests.interop.apache_kafka import ApacheKafka
+from tests.interop.tansu import Tansu, tansu_binary
 
 BENCH_TIMEOUT_S = 1800
-BROKERS = ("kafka", "kafka-fsync", "chronik-trio")
+BROKERS = ("kafka", "kafka-fsync", "tansu", "chronik-trio")
 TITLES = {"kafka": "Apache Kafka (defaults: no fsync)", "kafka-fsync": "Apache Kafka, flush.messages=1",
-          "chronik-trio": "chronik-trio (fsync)"}
+          "tansu": "tansu 0.6.0 (memory: no disk)", "chronik-trio": "chronik-trio (fsync)"}
+RATIO_TITLES = {"kafka": "Kafka", "kafka-fsync": "Kafka with fsync", "tansu": "tansu"}
 # (figure, case, summary key)
 FIGURES = (
     ("100 B, acks=all: produce rec/s", "100b", "produce_records_per_s"),
@@ -94,6 +99,21 @@ def measure_kafka(root: pathlib.Path, nodes: int, cases: dict[str, list[str]], o
     return results
 
 
+def measure_tansu(root: pathlib.Path, cases: dict[str, list[str]], out: pathlib.Path) -> dict[str, dict]:
+    """Start tansu (one node), run every case against it, stop it."""
+    peer = Tansu(root)
+    try:
+        try:
+            peer.start()
+        except (RuntimeError, TimeoutError) as exc:  # e.g. a build without a storage engine we can use
+            return {f"tansu/{case}": {"error": f"tansu did not start: {str(exc)[-500:]}"} for case in cases}
+        target = ["--bootstrap", peer.bootstrap, "--replication-factor", "1"]
+        return {f"tansu/{case}": _bench(target, case_args, out / f"tansu-{case}.json")
+                for case, case_args in cases.items()}
+    finally:
+        peer.close()
+
+
 def measure_chronik(nodes: int, cases: dict[str, list[str]], out: pathlib.Path) -> dict[str, dict]:
     return {f"chronik-trio/{case}": _bench(["--cluster", str(nodes)], case_args, out / f"chronik-trio-{case}.json")
             for case, case_args in cases.items()}
@@ -124,21 +144,22 @@ def read_rounds(directory: pathlib.Path) -> dict[int, list[dict[str, dict]]]:
 
 def table(rounds: dict[int, list[dict[str, dict]]]) -> str:
     """Markdown: per cluster size, per figure, each broker's median (range) over the rounds and
-    the ratios chronik-trio / Kafka; then every run's load average at its start."""
+    the ratios chronik-trio / each peer; then every run's load average at its start."""
     lines = []
     for nodes, runs in sorted(rounds.items()):
         brokers = [b for b in BROKERS if any(k.startswith(b + "/") for r in runs for k in r)]
+        peers = [b for b in brokers if b != "chronik-trio"]
         lines += [f"**{nodes} node(s)**, replication factor {nodes}, {len(runs)} round(s): median (range)", "",
-                  "| figure | " + " | ".join(TITLES[b] for b in brokers) + " | chronik-trio / Kafka"
-                  + (" | chronik-trio / Kafka with fsync" if "kafka-fsync" in brokers else "") + " |",
-                  "|---" * (len(brokers) + 1 + (2 if "kafka-fsync" in brokers else 1)) + "|"]
+                  "| figure | " + " | ".join(TITLES[b] for b in brokers)
+                  + "".join(f" | chronik-trio / {RATIO_TITLES[b]}" for b in peers) + " |",
+                  "|---" * (len(brokers) + 1 + len(peers)) + "|"]
         for title, case, key in FIGURES:
             values = {b: [r[f"{b}/{case}"]["summary"][key] for r in runs
                           if f"{b}/{case}" in r and "summary" in r[f"{b}/{case}"]
                           and r[f"{b}/{case}"]["summary"].get(key) is not None] for b in brokers}
             medians = {b: statistics.median(v) if v else None for b, v in values.items()}
             ratios = [medians["chronik-trio"] / medians[k] if medians.get("chronik-trio") and medians.get(k) else None
-                      for k in ("kafka", "kafka-fsync") if k in brokers]
+                      for k in peers]
             lines.append(f"| {title} | " + " | ".join(_cell(values[b]) for b in brokers) + " | "
                          + " | ".join(_ratio(x) for x in ratios) + " |")
         loads = [f"{name.split('/')[0]} {name.split('/')[1]} {rep['load_average']['before'][0]}"
@@ -164,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=10.0, help="one-record latency: measured seconds")
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--no-kafka-fsync", action="store_true", help="skip Kafka with flush.messages=1")
+    parser.add_argument("--no-tansu", action="store_true", help="skip tansu (one node only; when installed)")
+    parser.add_argument("--no-kafka", action="store_true", help="skip Apache Kafka")
     parser.add_argument("--table-only", action="store_true", help="measure nothing: the table of the reports "
                         "already in --dir")
     args = parser.parse_args(argv)
@@ -181,9 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             out = args.dir / f"n{nodes}" / f"round{r}"
             print(f"{nodes} node(s), round {r}: load {_load()}", file=sys.stderr, flush=True)
             results: dict[str, dict] = {}
-            for broker in (("kafka", "chronik-trio") if r % 2 else ("chronik-trio", "kafka")):
+            peers = [] if args.no_kafka else ["kafka"]
+            if nodes == 1 and not args.no_tansu and tansu_binary() is not None:
+                peers.append("tansu")
+            for broker in ((*peers, "chronik-trio") if r % 2 else ("chronik-trio", *peers)):
                 if broker == "kafka":
                     results.update(measure_kafka(out / "apache-kafka", nodes, cases, out, not args.no_kafka_fsync))
+                elif broker == "tansu":
+                    results.update(measure_tansu(out / "tansu", cases, out))
                 else:
                     results.update(measure_chronik(nodes, cases, out))
             rounds[nodes].append(results)

@@ -183,3 +183,36 @@ async def test_a_proposal_made_during_a_pass_s_fsync_is_committed_by_the_passes_
     assert len(results) == 2
     assert (runtime.passes - passes, runtime.fsync_rounds - rounds) == (2, 2)
     assert trio.current_time() == 0
+
+
+class _StepCounter(trio.abc.Instrument):
+    """Scheduler steps per task name (each is a trip through trio's run loop)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+
+async def test_a_sole_voter_s_pass_takes_the_runtime_task_two_scheduler_steps(tmp_path, nursery, mock_clock):
+    # A pass: the runtime's task wakes (1), takes the group's lock (free: no checkpoint) and
+    # hands the fsync round to its thread; the round's end wakes it (1), and it applies and
+    # goes back to waiting. Taking the free lock with trio.Lock's checkpoint was one more
+    # step per pass and group.
+    cluster = LocalCluster(tmp_path, node_ids=(1,))
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    runtime = cluster.runtimes[1]
+    passes, results = runtime.passes, []
+    counter = _StepCounter()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        for i in range(5):
+            _propose_soon(nursery, runtime.groups["g"], b"r%d" % i, results)
+            await cluster.settle()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert len(results) == 5 and runtime.passes - passes == 5
+    (runtime_steps,) = [n for name, n in counter.steps.items() if name.startswith("tests.node.cluster.")]
+    assert runtime_steps == 2 * 5, counter.steps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from chronik_trio.transport import PeerState, Transport
 
@@ -104,3 +105,36 @@ async def test_peers_added_and_removed_while_running():
         assert a.transport.send(2, "g", message(1, 2, 2))
         await wait_until(lambda: b.received() == [(1, "g", 0), (1, "g", 2)])
         nursery.cancel_scope.cancel()
+
+
+class _SenderSteps(trio.abc.Instrument):
+    """Scheduler steps taken by the transports' sender tasks (one per peer)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task) -> None:
+        if task.name.endswith("Transport._run_sender"):
+            self.steps += 1
+
+
+@pytest.mark.timeout(30)
+async def test_a_lone_message_costs_its_sender_two_scheduler_steps():
+    # One record at a time, every Raft message goes alone: the sender task wakes for it (1),
+    # writes its batch and passes the send's checkpoint (1). Taking the free send lock with
+    # `async with` was one more checkpoint, so one more step, per batch.
+    async with cluster(2) as (a, b):
+        await wait_connected([a, b])
+        a.transport.send(2, "g", message(1, 2, 0))
+        await wait_until(lambda: len(b.received()) == 1)
+        counter = _SenderSteps()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            for index in range(1, 11):
+                a.transport.send(2, "g", message(1, 2, index))
+                await wait_until(lambda: len(b.received()) == index + 1)
+                await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert len(b.batches) == 11
+        assert counter.steps == 2 * 10

@@ -120,26 +120,33 @@ async def handle_produce(body, ctx: BrokerContext, version: int):
     add_to_txn = version >= TV2_PRODUCE_MIN_VERSION
     timeout_s = body.timeout.total_seconds()
     responses = []
-    async with trio.open_nursery() as nursery:  # partitions in parallel: one commit round
-        for topic_data in body.topic_data:
-            entries: list = []
-            responses.append({"name": topic_data.name, "partition_responses": entries})
-            if topic_data.name in INTERNAL_TOPICS:  # only the coordinators write them (Kafka too)
-                entries.extend(_entry(p.index, ErrorCode.invalid_topic_exception) for p in topic_data.partition_data)
+    jobs = []  # (entries, i, topic, partition_data): the partitions to produce to
+    for topic_data in body.topic_data:
+        entries: list = []
+        responses.append({"name": topic_data.name, "partition_responses": entries})
+        if topic_data.name in INTERNAL_TOPICS:  # only the coordinators write them (Kafka too)
+            entries.extend(_entry(p.index, ErrorCode.invalid_topic_exception) for p in topic_data.partition_data)
+            continue
+        try:
+            topic = None if refused is not None else await topic_for_request(
+                ctx, topic_data.name, allow_auto_create=True)
+        except BrokerError as exc:
+            entries.extend(_entry(p.index, exc.error_code) for p in topic_data.partition_data)
+            continue
+        for i, partition_data in enumerate(topic_data.partition_data):
+            if topic is None:
+                entries.append(_entry(partition_data.index, refused))
                 continue
-            try:
-                topic = None if refused is not None else await topic_for_request(
-                    ctx, topic_data.name, allow_auto_create=True)
-            except BrokerError as exc:
-                entries.extend(_entry(p.index, exc.error_code) for p in topic_data.partition_data)
-                continue
-            for i, partition_data in enumerate(topic_data.partition_data):
-                if topic is None:
-                    entries.append(_entry(partition_data.index, refused))
-                    continue
-                entries.append(None)
-                nursery.start_soon(_fill, entries, i, ctx, topic, partition_data, body.acks, timeout_s,
-                                   body.transactional_id, add_to_txn)
+            entries.append(None)
+            jobs.append((entries, i, topic, partition_data))
+    if len(jobs) == 1:
+        # One partition (a lone record, linger 0): produced in the request's own task; a
+        # nursery and a child task would add a spawn and two scheduler steps per record.
+        await _fill(*jobs[0], ctx, body.acks, timeout_s, body.transactional_id, add_to_txn)
+    elif jobs:
+        async with trio.open_nursery() as nursery:  # partitions in parallel: one commit round
+            for job in jobs:
+                nursery.start_soon(_fill, *job, ctx, body.acks, timeout_s, body.transactional_id, add_to_txn)
     if body.acks == 0:
         failed = [e for r in responses for e in r["partition_responses"] if e["error_code"] != 0]
         if failed:
@@ -151,6 +158,6 @@ async def handle_produce(body, ctx: BrokerContext, version: int):
                  node_endpoints=node_endpoints(ctx, leaders))
 
 
-async def _fill(entries: list, i: int, ctx: BrokerContext, topic, partition_data, acks: int, timeout_s: float,
+async def _fill(entries: list, i: int, topic, partition_data, ctx: BrokerContext, acks: int, timeout_s: float,
                 transactional_id: str | None, add_to_txn: bool) -> None:
     entries[i] = await _produce_timed(ctx, topic, partition_data, acks, timeout_s, transactional_id, add_to_txn)

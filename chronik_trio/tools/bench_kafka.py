@@ -55,11 +55,14 @@ def producer_config(bootstrap: str, args, **overrides) -> dict:
 # --- closed-loop throughput -------------------------------------------------------------------
 
 def _produce_share(bootstrap: str, topic: str, args, records: int, first: int,
-                   seconds: float | None = None) -> dict:
-    """Produce `records` (or for `seconds`) round-robin from partition `first`."""
+                   seconds: float | None = None, ready=None) -> dict:
+    """Produce `records` (or for `seconds`) round-robin from partition `first`; `ready`: a
+    barrier the producers pass together once created, so that none starts early."""
     from confluent_kafka import Producer
 
     producer = Producer(producer_config(bootstrap, args))
+    if ready is not None:
+        ready.wait(FLUSH_TIMEOUT_S)
     value = os.urandom(args.record_bytes)
     latencies_s: list[float] = []
     errors = [0]
@@ -88,19 +91,22 @@ def _produce_share(bootstrap: str, topic: str, args, records: int, first: int,
             "latency": percentiles_ms(latencies_s)}
 
 
-def _share_in_child(queue, share, *a) -> None:
-    queue.put(share(*a))
+def _share_in_child(queue, share, *a, ready=None) -> None:
+    queue.put(share(*a, ready=ready))
 
 
 def _run_shares(share: typing.Callable[..., dict], n: int, records: int, *a) -> list[dict]:
-    """share(*a, records_k, k) for k < n, each its share of `records`: in this process when
-    n is 1, else in n processes (so that they do not share one interpreter lock)."""
+    """share(*a, records_k, k, ready=...) for k < n, each its share of `records`: in this
+    process when n is 1, else in n processes (so that they do not share one interpreter
+    lock) that start producing together (`ready`, a barrier: starting n interpreters takes
+    seconds on a busy machine, which would otherwise count in the elapsed time)."""
     shares = [records // n + (1 if k < records % n else 0) for k in range(n)]
     if n == 1:
         return [share(*a, shares[0], 0)]
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_share_in_child, args=(queue, share, *a, shares[k], k)) for k in range(n)]
+    queue, ready = ctx.Queue(), ctx.Barrier(n)
+    procs = [ctx.Process(target=_share_in_child, args=(queue, share, *a, shares[k], k), kwargs={"ready": ready})
+             for k in range(n)]
     for p in procs:
         p.start()
     try:
@@ -113,8 +119,9 @@ def _run_shares(share: typing.Callable[..., dict], n: int, records: int, *a) -> 
                 p.join()
 
 
-def _timed_share(bootstrap: str, topic: str, args, seconds: float | None, records: int, first: int) -> dict:
-    return _produce_share(bootstrap, topic, args, records, first, seconds)
+def _timed_share(bootstrap: str, topic: str, args, seconds: float | None, records: int, first: int,
+                 ready=None) -> dict:
+    return _produce_share(bootstrap, topic, args, records, first, seconds, ready)
 
 
 def produce_parallel(bootstrap: str, topic: str, args, seconds: float | None = None) -> dict:
@@ -135,7 +142,7 @@ def produce_parallel(bootstrap: str, topic: str, args, seconds: float | None = N
 
 # --- transactional throughput -------------------------------------------------------------------
 
-def _txn_share(bootstrap: str, topic: str, args, records: int, first: int) -> dict:
+def _txn_share(bootstrap: str, topic: str, args, records: int, first: int, ready=None) -> dict:
     """One transactional producer (its own transactional.id): `records` records round-robin
     from partition `first`, in transactions of `args.txn_records`, each committed. Per
     transaction: first ack = first produce() -> its first record acknowledged (librdkafka's
@@ -149,6 +156,8 @@ def _txn_share(bootstrap: str, topic: str, args, records: int, first: int) -> di
     producer = Producer(producer_config(bootstrap, args, **{
         "enable.idempotence": True, "acks": "all", "transactional.id": f"bench-{uuid.uuid4().hex[:8]}-{first}"}))
     producer.init_transactions(FLUSH_TIMEOUT_S)
+    if ready is not None:
+        ready.wait(FLUSH_TIMEOUT_S)
     value = os.urandom(args.record_bytes)
     errors = [0]
     first_ack = [0.0]

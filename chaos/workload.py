@@ -321,6 +321,25 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
             next_at = time.monotonic()
         elif delay > 0:
             stop.wait(delay)
+    if producer is None and n:
+        end_abandoned_txn(config, timeout_s, history, name)
+
+
+def end_abandoned_txn(config: dict, timeout_s: float, history: History, name: str) -> bool:
+    """The workload stopped right after a transaction of unknown outcome, before a new
+    instance of the producer fenced it: one more instance does (its InitProducerId ends the
+    open transaction, committing it if its commit was decided, else aborting it), as an
+    application shutting down would. Without this the transaction stays open until the
+    coordinator's timeout aborts it (txn_timeout_s, a minute), holding every read_committed
+    reader of its partitions behind it, past the final read. Records a `txn-fence` event;
+    False if the new instance could not initialise within timeout_s."""
+    t = history.now()
+    producer = new_txn_producer(config, timeout_s, history, {"type": "txn-fence-failed", "process": name})
+    if producer is None:
+        return False
+    history.record({"type": "txn-fence", "process": name, "t_start": round(t, 6), "t_end": round(history.now(), 6)})
+    producer.flush(0)
+    return True
 
 
 COPY_PREFIX = "copy:"

@@ -93,9 +93,10 @@ def add_parser(sub) -> None:
     p.add_argument("--count-fetch-backoffs", action="store_true",
                    help="consume: run the confluent-kafka consumer with librdkafka's fetch debug log and count "
                         "its queue-full fetch backoffs (each a pause with no fetch sent for that partition)")
-    p.add_argument("--producers", type=int, default=1, help="throughput: producer processes")
+    p.add_argument("--producers", type=int, default=1,
+                   help="throughput: producer processes (with --transactional, as many transactional producers too)")
     p.add_argument("--transactional", action="store_true",
-                   help="throughput: also a transactional producer on the same settings, alternating with the "
+                   help="throughput: also --producers transactional producers on the same settings, alternating with the "
                         "plain runs (transactional throughput beside the plain figure, and the commit time)")
     p.add_argument("--txn-records", type=int, default=100, help="--transactional: records per transaction")
     p.add_argument("--acks", choices=["0", "1", "all"], default="all")
@@ -358,13 +359,18 @@ def _methods(args, target: str, rf: int) -> dict:
                        f"includes client queueing). Consume: one consumer, assign() from offset 0, until "
                        f"every acknowledged record (warm-up included) is read "
                        f"({bench_kafka.consumer_config_text(_consumer_config(args))})."
-                       + (f" Transactional (--transactional), alternating with each plain run: one "
-                          f"confluent-kafka producer with a transactional.id (idempotence on, acks=all, the same "
-                          f"linger and batch size, no warm-up), {args.records} records in transactions of "
-                          f"{args.txn_records}, each flush()ed then committed; throughput = records / time from "
-                          f"the first produce() to the last commit; commit = commit_transaction() after the "
-                          f"flush: EndTxn to its answer, given once the markers are durable in every partition; "
-                          f"consume with isolation.level=read_committed." if args.transactional else "")),
+                       + (f" Transactional (--transactional), alternating with each plain run: the same "
+                          f"{args.producers} producer process(es), each a confluent-kafka producer with its own "
+                          f"transactional.id (idempotence on, acks=all, the same linger, batch size, record size "
+                          f"and partitions, no warm-up), producing its share of {args.records} records in "
+                          f"transactions of {args.txn_records}, each flush()ed then committed; throughput = "
+                          f"records / time from the first produce() to the last commit; first ack = a "
+                          f"transaction's first produce() to its first record acknowledged (AddPartitionsToTxn, "
+                          f"which waits for the previous transaction's markers, then the Produce); flush = first "
+                          f"produce() to every record acknowledged; commit = commit_transaction() after the "
+                          f"flush: EndTxn to its answer, given once the PrepareCommit record is durable (the "
+                          f"markers and the Complete record follow); consume with "
+                          f"isolation.level=read_committed." if args.transactional else "")),
         "latency": (f"{common}. Open loop: one producer, linger.ms={args.latency_linger_ms}, record i due "
                     f"at t0 + i/{args.rate:g} s whatever the broker does; {args.warmup_s} s warm-up not "
                     f"counted, then {args.duration_s} s measured; produce latency = (time the sender loop "
@@ -441,6 +447,8 @@ def _summary(results: dict) -> dict:
         s["txn_consume_records_per_s"] = _median(r["consume"]["records_per_s"] for r in runs)
         s["txn_commit_p50_ms"] = _median(r["produce"]["commit_latency_ms"]["p50"] for r in runs)
         s["txn_commit_p99_ms"] = _median(r["produce"]["commit_latency_ms"]["p99"] for r in runs)
+        s["txn_first_ack_p50_ms"] = _median(r["produce"]["first_ack_latency_ms"]["p50"] for r in runs)
+        s["txn_flush_p50_ms"] = _median(r["produce"]["flush_latency_ms"]["p50"] for r in runs)
         if s.get("produce_records_per_s"):
             s["txn_produce_fraction_of_plain"] = round(s["txn_produce_records_per_s"] / s["produce_records_per_s"], 3)
     if "raft" in results:
@@ -587,13 +595,14 @@ def _print(report: dict) -> None:
                                                                   "secured_extra"))))
     if "throughput_txn" in res:
         print(f"transactional, {res['throughput_txn'][0]['produce']['txn_records']} records per transaction:")
-        print(f"{'run':>4} {'produce rec/s':>14} {'MB/s':>7} {'txns':>6} {'commit p50':>11} {'commit p99':>11} "
-              f"{'flush p50':>10} {'consume rec/s':>14} {'errors':>7}")
+        print(f"{'run':>4} {'producers':>9} {'produce rec/s':>14} {'MB/s':>7} {'txns':>6} {'1st ack p50':>11} "
+              f"{'flush p50':>10} {'commit p50':>11} {'commit p99':>11} {'consume rec/s':>14} {'errors':>7}")
         for i, r in enumerate(res["throughput_txn"], 1):
             p, c = r["produce"], r["consume"]
-            print(f"{i:>4} {p['records_per_s']:>14,} {p['mb_per_s']:>7} {p['transactions']:>6} "
+            print(f"{i:>4} {p['producers']:>9} {p['records_per_s']:>14,} {p['mb_per_s']:>7} {p['transactions']:>6} "
+                  f"{p['first_ack_latency_ms']['p50']!s:>11} {p['flush_latency_ms']['p50']!s:>10} "
                   f"{p['commit_latency_ms']['p50']!s:>11} {p['commit_latency_ms']['p99']!s:>11} "
-                  f"{p['flush_latency_ms']['p50']!s:>10} {c['records_per_s']:>14,} {p['errors']:>7}")
+                  f"{c['records_per_s']:>14,} {p['errors']:>7}")
         m = report["summary"]
         print(f"transactional median: produce {m['txn_produce_records_per_s']:,} rec/s "
               f"({m.get('txn_produce_fraction_of_plain')} of plain); commit p50 {m['txn_commit_p50_ms']} ms, "

@@ -2,7 +2,7 @@
 
 - `produce_parallel`: closed-loop throughput, `producers` processes each producing its share
   as fast as librdkafka accepts it;
-- `produce_transactional`: the same closed loop from one transactional producer, in
+- `produce_transactional`: the same closed loop from as many transactional producers, in
   transactions of `txn_records` records, with the time of each commit;
 - `consume`: one consumer reading a topic from offset 0; `consume_franz_go` the same with
   franz-go (the repository's tests/go program, built with the go command), to tell the
@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import typing
 
 CONSUME_IDLE_TIMEOUT_S = 10.0  # stop consuming when nothing arrives for this long
 PRODUCE_QUEUE_MESSAGES_MAX = 1_000_000  # librdkafka's local queue; a full queue is waited out
@@ -64,11 +65,14 @@ def producer_config(bootstrap: str, args, **overrides) -> dict:
 # --- closed-loop throughput -------------------------------------------------------------------
 
 def _produce_share(bootstrap: str, topic: str, args, records: int, first: int,
-                   seconds: float | None = None) -> dict:
-    """Produce `records` (or for `seconds`) round-robin from partition `first`."""
+                   seconds: float | None = None, ready=None) -> dict:
+    """Produce `records` (or for `seconds`) round-robin from partition `first`; `ready`: a
+    barrier the producers pass together once created, so that none starts early."""
     from confluent_kafka import Producer
 
     producer = Producer(producer_config(bootstrap, args))
+    if ready is not None:
+        ready.wait(FLUSH_TIMEOUT_S)
     value = os.urandom(args.record_bytes)
     latencies_s: list[float] = []
     errors = [0]
@@ -97,32 +101,44 @@ def _produce_share(bootstrap: str, topic: str, args, records: int, first: int,
             "latency": percentiles_ms(latencies_s)}
 
 
-def _share_in_child(queue, *a) -> None:
-    queue.put(_produce_share(*a))
+def _share_in_child(queue, share, *a, ready=None) -> None:
+    queue.put(share(*a, ready=ready))
+
+
+def _run_shares(share: typing.Callable[..., dict], n: int, records: int, *a) -> list[dict]:
+    """share(*a, records_k, k, ready=...) for k < n, each its share of `records`: in this
+    process when n is 1, else in n processes (so that they do not share one interpreter
+    lock) that start producing together (`ready`, a barrier: starting n interpreters takes
+    seconds on a busy machine, which would otherwise count in the elapsed time)."""
+    shares = [records // n + (1 if k < records % n else 0) for k in range(n)]
+    if n == 1:
+        return [share(*a, shares[0], 0)]
+    ctx = multiprocessing.get_context("spawn")
+    queue, ready = ctx.Queue(), ctx.Barrier(n)
+    procs = [ctx.Process(target=_share_in_child, args=(queue, share, *a, shares[k], k), kwargs={"ready": ready})
+             for k in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        return [queue.get(timeout=FLUSH_TIMEOUT_S * 3) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=FLUSH_TIMEOUT_S)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _timed_share(bootstrap: str, topic: str, args, seconds: float | None, records: int, first: int,
+                 ready=None) -> dict:
+    return _produce_share(bootstrap, topic, args, records, first, seconds, ready)
 
 
 def produce_parallel(bootstrap: str, topic: str, args, seconds: float | None = None) -> dict:
     """Closed-loop throughput of `args.producers` producers (processes when more than one, so
     that they do not share one interpreter lock)."""
     n = args.producers
-    shares = [args.records // n + (1 if k < args.records % n else 0) for k in range(n)]
-    if n == 1:
-        parts = [_produce_share(bootstrap, topic, args, shares[0], 0, seconds)]
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_share_in_child, args=(queue, bootstrap, topic, args, shares[k], k, seconds))
-                 for k in range(n)]
-        for p in procs:
-            p.start()
-        try:
-            parts = [queue.get(timeout=FLUSH_TIMEOUT_S * 3) for _ in procs]
-        finally:
-            for p in procs:
-                p.join(timeout=FLUSH_TIMEOUT_S)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
+    parts = _run_shares(_timed_share, n, args.records, bootstrap, topic, args, seconds)
     elapsed_s = max(p["end_wall"] for p in parts) - min(p["start_wall"] for p in parts)
     acked = sum(p["acked"] for p in parts)
     latency = parts[0]["latency"] if n == 1 else {
@@ -136,55 +152,86 @@ def produce_parallel(bootstrap: str, topic: str, args, seconds: float | None = N
 
 # --- transactional throughput -------------------------------------------------------------------
 
-def produce_transactional(bootstrap: str, topic: str, args) -> dict:
-    """Closed loop, one transactional producer (idempotence on, as transactions require):
-    `args.records` records round-robin over the partitions in transactions of
-    `args.txn_records`, each committed. Per transaction, flush() (its records acknowledged)
-    then commit_transaction(): the commit time is EndTxn to its answer, which this broker
-    gives once the PrepareCommit record is durable (the markers and the Complete record
-    follow; the next transaction's first AddPartitionsToTxn waits for them, as with Kafka;
-    the nodes' chronik_txn_*_seconds histograms time each phase). Throughput = committed records / time from the first produce()
-    to the last commit returning."""
+def _txn_share(bootstrap: str, topic: str, args, records: int, first: int, ready=None) -> dict:
+    """One transactional producer (its own transactional.id): `records` records round-robin
+    from partition `first`, in transactions of `args.txn_records`, each committed. Per
+    transaction: first ack = first produce() -> its first record acknowledged (librdkafka's
+    AddPartitionsToTxn, which waits for the previous transaction's markers, then the
+    Produce); flush = first produce() -> every record acknowledged; commit =
+    commit_transaction() after the flush (EndTxn to its answer)."""
     import uuid
 
     from confluent_kafka import Producer
 
     producer = Producer(producer_config(bootstrap, args, **{
-        "enable.idempotence": True, "acks": "all", "transactional.id": f"bench-{uuid.uuid4().hex[:8]}"}))
+        "enable.idempotence": True, "acks": "all", "transactional.id": f"bench-{uuid.uuid4().hex[:8]}-{first}"}))
     producer.init_transactions(FLUSH_TIMEOUT_S)
+    if ready is not None:
+        ready.wait(FLUSH_TIMEOUT_S)
     value = os.urandom(args.record_bytes)
     errors = [0]
+    first_ack = [0.0]
 
     def delivered(err, msg) -> None:
         if err is not None:
             errors[0] += 1
+        elif not first_ack[0]:
+            first_ack[0] = time.perf_counter()
 
     commits_s: list[float] = []
     flushes_s: list[float] = []
-    start = time.perf_counter()
+    first_acks_s: list[float] = []
+    start_wall, start = time.time(), time.perf_counter()
     done = 0
-    while done < args.records:
+    while done < records:
         producer.begin_transaction()
-        n = min(args.txn_records, args.records - done)
-        for i in range(done, done + n):
+        n = min(args.txn_records, records - done)
+        first_ack[0] = 0.0
+        t0 = time.perf_counter()
+        for i in range(first + done, first + done + n):
             while True:
                 try:
                     producer.produce(topic, value, partition=i % args.partitions, on_delivery=delivered)
                     break
                 except BufferError:
                     producer.poll(0.005)
-        t0 = time.perf_counter()
         producer.flush(FLUSH_TIMEOUT_S)
         t1 = time.perf_counter()
         producer.commit_transaction(FLUSH_TIMEOUT_S)
         commits_s.append(time.perf_counter() - t1)
         flushes_s.append(t1 - t0)
+        if first_ack[0]:
+            first_acks_s.append(first_ack[0] - t0)
         done += n
     elapsed_s = time.perf_counter() - start
-    return {"records": done, "transactions": len(commits_s), "txn_records": args.txn_records,
-            "errors": errors[0], "unflushed": 0, "elapsed_s": round(elapsed_s, 3),
-            "records_per_s": round(done / elapsed_s), "mb_per_s": round(done * args.record_bytes / elapsed_s / 1e6, 1),
-            "commit_latency_ms": percentiles_ms(commits_s), "flush_latency_ms": percentiles_ms(flushes_s)}
+    return {"records": done, "errors": errors[0], "start_wall": start_wall, "end_wall": start_wall + elapsed_s,
+            "commits_s": commits_s, "flushes_s": flushes_s, "first_acks_s": first_acks_s}
+
+
+def produce_transactional(bootstrap: str, topic: str, args) -> dict:
+    """Closed loop, `args.producers` transactional producers (processes when more than one,
+    as produce_parallel; each with its own transactional.id, as Kafka Streams runs one
+    transactional producer per task), idempotence on as transactions require: `args.records`
+    records shared out, round-robin over the partitions, in transactions of
+    `args.txn_records`, each committed (_txn_share). Throughput = committed records / time
+    from the first produce() to the last commit returning. EndTxn is answered once the
+    PrepareCommit record is durable; the markers and the Complete record follow, and the next
+    transaction's first AddPartitionsToTxn waits for them, as with Kafka (the nodes'
+    chronik_txn_*_seconds histograms time each phase)."""
+    n = args.producers
+    parts = _run_shares(_txn_share, n, args.records, bootstrap, topic, args)
+    elapsed_s = max(p["end_wall"] for p in parts) - min(p["start_wall"] for p in parts)
+    done = sum(p["records"] for p in parts)
+
+    def pooled(key: str) -> dict:
+        return percentiles_ms([v for p in parts for v in p[key]])
+
+    return {"records": done, "producers": n, "transactions": sum(len(p["commits_s"]) for p in parts),
+            "txn_records": args.txn_records, "errors": sum(p["errors"] for p in parts), "unflushed": 0,
+            "elapsed_s": round(elapsed_s, 3), "records_per_s": round(done / elapsed_s),
+            "mb_per_s": round(done * args.record_bytes / elapsed_s / 1e6, 1),
+            "commit_latency_ms": pooled("commits_s"), "flush_latency_ms": pooled("flushes_s"),
+            "first_ack_latency_ms": pooled("first_acks_s")}
 
 
 # --- consume ------------------------------------------------------------------------------------

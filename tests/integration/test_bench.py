@@ -190,25 +190,29 @@ def test_bench_consume_alternates_confluent_kafka_and_franz_go(broker, tmp_path)
 
 @pytest.mark.timeout(180)
 def test_bench_transactional_runs_beside_the_plain_throughput(broker, tmp_path):
-    """--transactional: a transactional producer after each plain run, its records committed
-    in transactions of --txn-records and read back by a read_committed consumer, with the
-    commit time of each transaction, and the coordinator's timings of each commit from the
-    node's /metrics (EndTxn -> answer, -> markers durable, -> Complete record)."""
+    """--transactional: as many transactional producers as plain ones (--producers 2: two
+    processes, each its own transactional.id) after each plain run, their records committed
+    in transactions of --txn-records and read back by a read_committed consumer, with each
+    transaction's first-ack, flush and commit times, and the coordinator's timings of each
+    commit from the node's /metrics (EndTxn -> answer, -> markers durable, -> Complete record)."""
     report, stdout = _bench(tmp_path, "--bootstrap", broker.bootstrap, "--modes", "throughput,node",
-                            "--metrics", broker.process.health_address, "--repeat", "1",
+                            "--metrics", broker.process.health_address, "--repeat", "1", "--producers", "2",
                             "--warmup-s", "0", "--records", "300", "--transactional", "--txn-records", "100")
     _check_throughput(report, 1, records=300)
     (run,) = report["results"]["throughput_txn"]
     produced = run["produce"]
-    assert (produced["records"], produced["transactions"], produced["errors"]) == (300, 3, 0)
-    assert produced["commit_latency_ms"]["count"] == 3 and produced["commit_latency_ms"]["p50"] > 0
+    # 150 records per producer: a transaction of 100 and one of 50 each
+    assert (produced["records"], produced["producers"], produced["transactions"], produced["errors"]) == (300, 2, 4, 0)
+    assert produced["commit_latency_ms"]["count"] == 4 and produced["commit_latency_ms"]["p50"] > 0
+    assert produced["first_ack_latency_ms"]["count"] == 4
+    assert produced["first_ack_latency_ms"]["p50"] <= produced["flush_latency_ms"]["max"]
     assert run["consume"]["records"] == 300  # read_committed: every committed record
     assert report["summary"]["txn_produce_fraction_of_plain"] > 0
     assert "transactional median" in stdout and "transactional.id" in report["method"]["throughput"]
     [node] = report["results"]["node"]
-    assert node["txn_end_txn"]["count"] == 3 and node["txn_end_txn"]["mean_ms"] > 0, node
+    assert node["txn_end_txn"]["count"] == 4 and node["txn_end_txn"]["mean_ms"] > 0, node
     # The last transaction's completion may still be observing when the bench scrapes (its
     # records are readable once its markers are committed, a moment before the coordinator
-    # hears so).
+    # hears so), the last one of each producer too.
     assert node["txn_markers"]["count"] >= 2 and node["txn_completion"]["count"] >= 2, node
     assert "txn_markers n=" in stdout

@@ -98,6 +98,8 @@ class RaftRuntime:
         self.observe_pass = observe_pass
         self.observe_fsync = observe_fsync
         self.fsync_started: float | None = None  # trio time the fsync round in flight began
+        self.stalled_s = 0.0  # seconds the tick loop ran late, in all (see _check_peers)
+        self.silence_wakes = 0  # quiesced groups woken because peers went unheard
 
     def add(self, group: RaftGroup) -> None:
         assert group.group_id not in self.groups, group.group_id
@@ -202,26 +204,42 @@ class RaftRuntime:
         ticking = True
         while True:
             if ticking:
+                due = trio.current_time() + self.tick_interval_s
                 await trio.sleep(self.tick_interval_s)
                 ticks += 1
             else:
                 idle_ticks = LIVENESS_EVERY_TICKS - ticks % LIVENESS_EVERY_TICKS
                 self._group_woke = trio.Event()
+                due = trio.current_time() + idle_ticks * self.tick_interval_s
                 with trio.move_on_after(idle_ticks * self.tick_interval_s) as waited:
                     await self._group_woke.wait()
                 if not waited.cancelled_caught:
                     ticking = True  # a group woke: its ticks start one interval from now
                     continue
                 ticks += idle_ticks
-            self._check_peers(send_liveness=ticks % LIVENESS_EVERY_TICKS == 0)
+            self._check_peers(send_liveness=ticks % LIVENESS_EVERY_TICKS == 0,
+                              stalled_s=trio.current_time() - due)
             ticking = False
             for group in self.groups.values():
                 if not group.quiesced:
                     group.tick()
                     ticking = True
 
-    def _check_peers(self, *, send_liveness: bool) -> None:
+    def _check_peers(self, *, send_liveness: bool, stalled_s: float = 0.0) -> None:
+        """stalled_s: how late this check runs (this node's own loop was busy: a long Ready
+        pass, an overloaded machine); what of it exceeds a tick interval is forgiven. What
+        peers sent meanwhile is still unread behind the stall, so it is not their silence:
+        each peer's last-heard time moves on by it. Without this, a node whose loop stalls for
+        peer_silence_s finds every peer silent and wakes every quiesced group, and waking
+        them stalls it again (with 2,000 groups on a loaded machine, elections that went on
+        for minutes). Silence still builds up over the time the loop runs, so a peer gone
+        quiet is noticed all the same, later by the stalls."""
         now = trio.current_time()
+        forgiven = stalled_s - self.tick_interval_s  # a scheduling delay within a tick is not a stall
+        if forgiven > 0:
+            self.stalled_s += forgiven
+            for peer in list(self.peers):
+                self.peers[peer] = min(now, self.peers[peer] + forgiven)
         newly_silent = []
         for peer, heard in self.peers.items():
             if send_liveness:
@@ -236,6 +254,7 @@ class RaftRuntime:
         woken = [g for g in self.groups.values() if g.quiesced and g.leader_id in newly_silent]
         log.info("node(s) %s silent for %.2f s: waking %d quiesced group(s)",
                  newly_silent, self.peer_silence_s, len(woken))
+        self.silence_wakes += len(woken)
         for group in woken:
             group.wake_for_silence(group.leader_id)
 
@@ -247,6 +266,7 @@ class RaftRuntime:
         woken = [g for g in self.groups.values() if g.quiesced]
         log.info("node(s) %s silent: no majority heard, waking %d quiesced group(s)",
                  sorted(self._silent), len(woken))
+        self.silence_wakes += len(woken)
         for group in woken:
             group.wake_for_silence(group.leader_id)
         return True

@@ -1,7 +1,8 @@
 """Drives every Raft group of a node: ticks, peer messages, and the Ready pass.
 
-One Ready pass handles every group that has work, and makes all of their writes durable with
-one worker-thread call that fsyncs each dirty file once (group commit across groups). The
+One Ready pass handles every group that has work (up to READY_GROUPS_PER_PASS; the rest in
+the next pass), and makes all of their writes durable with one worker-thread call that
+fsyncs each dirty file once (group commit across groups). The
 order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 
 1. step queued peer messages and due ticks, then take each group's Ready, holding its lock;
@@ -23,6 +24,7 @@ later simulation) can drive a whole cluster in one process.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import typing
@@ -55,6 +57,12 @@ PEER_ACTIVE_S = 1.0  # heard from within this: active, for the ISR
 # entries (max_committed_size_per_ready_bytes at a time) does not hold the pass, and every
 # other group, for more than this; the rest waits for the next pass.
 READY_ROUNDS_PER_PASS = 2
+# Groups one Ready pass takes at most; the others stay woken, for the next pass. A pass runs
+# without a checkpoint until its fsync round, so with thousands of active groups (a topic of
+# many partitions just created, every group electing) one pass over all of them held the
+# loop for seconds: liveness messages and transport pings went unanswered, peers took the
+# node for dead and woke their quiesced groups, which made the next pass longer still.
+READY_GROUPS_PER_PASS = 512
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -92,6 +100,7 @@ class RaftRuntime:
         self._group_woke = trio.Event()  # lets an idle tick loop (every group quiesced) go on
         self._last_commit_checkpoint = 0.0
         self.passes = 0
+        self.largest_pass = 0  # the most groups one Ready pass took (READY_GROUPS_PER_PASS)
         self.fsync_rounds = 0
         self.unknown_group_drops = 0
         self.malformed_drops = 0  # peer messages no peer may send (node/peers.py)
@@ -277,7 +286,12 @@ class RaftRuntime:
 
     async def ready_pass(self) -> None:
         """One pass over every active group; see the module docstring for the order."""
-        active, self._active = list(self._active.values()), {}
+        if len(self._active) <= READY_GROUPS_PER_PASS:
+            active, self._active = list(self._active.values()), {}
+        else:  # the longest woken first; the rest wait for the next pass, which this wakes
+            active = [self._active.pop(gid) for gid in list(itertools.islice(self._active, READY_GROUPS_PER_PASS))]
+            self._wakeup.set()
+        self.largest_pass = max(self.largest_pass, len(active))
         started = time.perf_counter()
         held = []
         try:

@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from chronik_trio.errors import NotLeader, ProposalFailed
+from chronik_trio.node import raft_runtime
 from tests.node.cluster import TICK_S, LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -286,3 +287,18 @@ async def test_a_stall_of_the_nodes_own_loop_is_not_its_peers_silence(tmp_path, 
     with trio.fail_after(5):
         while cluster.runtimes[follower].silence_wakes == 0:
             await trio.sleep(TICK_S)
+
+
+async def test_a_ready_pass_takes_a_bounded_number_of_groups_and_the_rest_follow(tmp_path, nursery, monkeypatch):
+    """More groups woken than one pass takes (every group of a new topic electing at once):
+    each pass takes at most READY_GROUPS_PER_PASS, so the loop gets a checkpoint between them
+    (liveness, transport pings), and the others are taken by the passes after it: every
+    group still elects, commits and quiesces."""
+    monkeypatch.setattr(raft_runtime, "READY_GROUPS_PER_PASS", 3)
+    groups = tuple(f"b{i}" for i in range(8))
+    cluster = await _quiet_cluster(tmp_path, nursery, groups, seed=10)
+    for runtime in cluster.runtimes.values():
+        assert 0 < runtime.largest_pass <= 3
+    for g in groups:
+        await _converged(cluster, 1, cluster.node_ids, group=g)
+        assert all(_applied(cluster, n, g) == [b"hello"] for n in cluster.node_ids)

@@ -32,6 +32,12 @@ INTERNAL_TOPIC_PREFIX = "__"
 
 PRODUCER_EPOCH_MAX = 32_766  # Kafka bumps to a new producer id before epoch 32767 (Short.MAX_VALUE)
 RECENT_REQUESTS_MAX = 10_000  # request ids remembered for deduplication (and in snapshots)
+# Commands that change which partitions exist, their replicas or their configs: what a node's
+# hosted replicas follow (MetaState.layout_version). Leader and ISR reports, thousands of them
+# when a topic of many partitions is created, are not among them.
+LAYOUT_COMMANDS = frozenset({
+    "topic_created", "topic_deleted", "partitions_added", "topic_configs_altered", "broker_configs_altered",
+    "partition_reassignment_requested", "partition_reassignment_completed"})
 
 
 class ClusterError(BrokerError):
@@ -215,6 +221,10 @@ class MetaState:
         # it bootstraps with them and learns every later config from the log or a snapshot.
         self.bootstrap_voters: dict[tuple[uuid.UUID, int], tuple[int, ...]] = {}
         self.version = 0  # bumps on every change; readers cache derived answers by it
+        # Bumps on every applied LAYOUT_COMMANDS command and every restore: a reader that
+        # derives something from the topics, their replicas or configs redoes it only when
+        # this moved. Local to this state's life (not in snapshots), kept across restore().
+        self.layout_version = 0
         self._recent: collections.OrderedDict[bytes, Applied] = collections.OrderedDict()
 
     def apply(self, command: meta_pb2.MetaCommand) -> Applied:
@@ -228,6 +238,8 @@ class MetaState:
         result = handler(self, getattr(command, kind))
         if result.ok:
             self.version += 1
+            if kind in LAYOUT_COMMANDS:
+                self.layout_version += 1
         if request_id:
             self._recent[request_id] = result
             while len(self._recent) > RECENT_REQUESTS_MAX:
@@ -305,7 +317,9 @@ class MetaState:
 
     def restore(self, data: bytes) -> None:
         snap = meta_pb2.MetaSnapshot.FromString(data)
+        layout_version = self.layout_version
         self.__init__()
+        self.layout_version = layout_version + 1
         for b in snap.brokers:
             self._broker_registered(b)
         for t in snap.topics:

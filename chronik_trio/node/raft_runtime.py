@@ -1,7 +1,8 @@
 """Drives every Raft group of a node: ticks, peer messages, and the Ready pass.
 
-One Ready pass handles every group that has work, and makes all of their writes durable with
-one worker-thread call that fsyncs each dirty file once (group commit across groups). The
+One Ready pass handles every group that has work (up to READY_GROUPS_PER_PASS; the rest in
+the next pass), and makes all of their writes durable with one worker-thread call that
+fsyncs each dirty file once (group commit across groups). The
 order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 
 1. step queued peer messages and due ticks, then take each group's Ready, holding its lock;
@@ -23,6 +24,7 @@ later simulation) can drive a whole cluster in one process.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import typing
@@ -55,6 +57,12 @@ PEER_ACTIVE_S = 1.0  # heard from within this: active, for the ISR
 # entries (max_committed_size_per_ready_bytes at a time) does not hold the pass, and every
 # other group, for more than this; the rest waits for the next pass.
 READY_ROUNDS_PER_PASS = 2
+# Groups one Ready pass takes at most; the others stay woken, for the next pass. A pass runs
+# without a checkpoint until its fsync round, so with thousands of active groups (a topic of
+# many partitions just created, every group electing) one pass over all of them held the
+# loop for seconds: liveness messages and transport pings went unanswered, peers took the
+# node for dead and woke their quiesced groups, which made the next pass longer still.
+READY_GROUPS_PER_PASS = 512
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -92,12 +100,15 @@ class RaftRuntime:
         self._group_woke = trio.Event()  # lets an idle tick loop (every group quiesced) go on
         self._last_commit_checkpoint = 0.0
         self.passes = 0
+        self.largest_pass = 0  # the most groups one Ready pass took (READY_GROUPS_PER_PASS)
         self.fsync_rounds = 0
         self.unknown_group_drops = 0
         self.malformed_drops = 0  # peer messages no peer may send (node/peers.py)
         self.observe_pass = observe_pass
         self.observe_fsync = observe_fsync
         self.fsync_started: float | None = None  # trio time the fsync round in flight began
+        self.stalled_s = 0.0  # seconds the tick loop ran late, in all (see _check_peers)
+        self.silence_wakes = 0  # quiesced groups woken because peers went unheard
 
     def add(self, group: RaftGroup) -> None:
         assert group.group_id not in self.groups, group.group_id
@@ -202,26 +213,42 @@ class RaftRuntime:
         ticking = True
         while True:
             if ticking:
+                due = trio.current_time() + self.tick_interval_s
                 await trio.sleep(self.tick_interval_s)
                 ticks += 1
             else:
                 idle_ticks = LIVENESS_EVERY_TICKS - ticks % LIVENESS_EVERY_TICKS
                 self._group_woke = trio.Event()
+                due = trio.current_time() + idle_ticks * self.tick_interval_s
                 with trio.move_on_after(idle_ticks * self.tick_interval_s) as waited:
                     await self._group_woke.wait()
                 if not waited.cancelled_caught:
                     ticking = True  # a group woke: its ticks start one interval from now
                     continue
                 ticks += idle_ticks
-            self._check_peers(send_liveness=ticks % LIVENESS_EVERY_TICKS == 0)
+            self._check_peers(send_liveness=ticks % LIVENESS_EVERY_TICKS == 0,
+                              stalled_s=trio.current_time() - due)
             ticking = False
             for group in self.groups.values():
                 if not group.quiesced:
                     group.tick()
                     ticking = True
 
-    def _check_peers(self, *, send_liveness: bool) -> None:
+    def _check_peers(self, *, send_liveness: bool, stalled_s: float = 0.0) -> None:
+        """stalled_s: how late this check runs (this node's own loop was busy: a long Ready
+        pass, an overloaded machine); what of it exceeds a tick interval is forgiven. What
+        peers sent meanwhile is still unread behind the stall, so it is not their silence:
+        each peer's last-heard time moves on by it. Without this, a node whose loop stalls for
+        peer_silence_s finds every peer silent and wakes every quiesced group, and waking
+        them stalls it again (with 2,000 groups on a loaded machine, elections that went on
+        for minutes). Silence still builds up over the time the loop runs, so a peer gone
+        quiet is noticed all the same, later by the stalls."""
         now = trio.current_time()
+        forgiven = stalled_s - self.tick_interval_s  # a scheduling delay within a tick is not a stall
+        if forgiven > 0:
+            self.stalled_s += forgiven
+            for peer in list(self.peers):
+                self.peers[peer] = min(now, self.peers[peer] + forgiven)
         newly_silent = []
         for peer, heard in self.peers.items():
             if send_liveness:
@@ -236,6 +263,7 @@ class RaftRuntime:
         woken = [g for g in self.groups.values() if g.quiesced and g.leader_id in newly_silent]
         log.info("node(s) %s silent for %.2f s: waking %d quiesced group(s)",
                  newly_silent, self.peer_silence_s, len(woken))
+        self.silence_wakes += len(woken)
         for group in woken:
             group.wake_for_silence(group.leader_id)
 
@@ -247,6 +275,7 @@ class RaftRuntime:
         woken = [g for g in self.groups.values() if g.quiesced]
         log.info("node(s) %s silent: no majority heard, waking %d quiesced group(s)",
                  sorted(self._silent), len(woken))
+        self.silence_wakes += len(woken)
         for group in woken:
             group.wake_for_silence(group.leader_id)
         return True
@@ -257,7 +286,12 @@ class RaftRuntime:
 
     async def ready_pass(self) -> None:
         """One pass over every active group; see the module docstring for the order."""
-        active, self._active = list(self._active.values()), {}
+        if len(self._active) <= READY_GROUPS_PER_PASS:
+            active, self._active = list(self._active.values()), {}
+        else:  # the longest woken first; the rest wait for the next pass, which this wakes
+            active = [self._active.pop(gid) for gid in list(itertools.islice(self._active, READY_GROUPS_PER_PASS))]
+            self._wakeup.set()
+        self.largest_pass = max(self.largest_pass, len(active))
         started = time.perf_counter()
         held = []
         try:

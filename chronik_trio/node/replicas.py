@@ -84,6 +84,11 @@ class HostedReplicas:
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self.hard_states: HardStateLog | None = None  # the node's; set before run()
+        # __meta's layout_version this node's replicas were last reconciled with: reconciling
+        # costs a pass over every partition, and most __meta changes (leader and ISR reports,
+        # one per partition after a creation) change nothing it looks at.
+        self._reconciled_layout: int | None = None
+        self.reconciles = 0  # passes that looked at every partition (tests count them)
 
     def get(self, topic: str, partition: int) -> PartitionReplica | None:
         return self.by_partition.get((topic, partition))
@@ -130,6 +135,11 @@ class HostedReplicas:
             await self._reconcile_locked()
 
     async def _reconcile_locked(self) -> None:
+        state = self._meta.state
+        if state.layout_version == self._reconciled_layout:
+            return  # no topic, replica list or config changed since the last pass
+        self._reconciled_layout = state.layout_version  # what changes from now on, the next pass sees
+        self.reconciles += 1
         wanted = {(t.name, p): t for t in self._meta.state.topics.values()
                   for p, replicas in enumerate(t.replicas) if self.node_id in replicas}
         doomed = []
@@ -143,8 +153,11 @@ class HostedReplicas:
                     replica.closed = True
                 del self.by_partition[key]
                 doomed.append(rename_deleted(replica.log_directory, self._rng))
-        for (name, _), replica in self.by_partition.items():  # segment.bytes is a live config
-            replica.log.segment_bytes_max = int(self.topic_config(name, "segment.bytes"))
+        segment_bytes: dict[str, int] = {}  # segment.bytes is a live config; per topic
+        for (name, _), replica in self.by_partition.items():
+            if name not in segment_bytes:
+                segment_bytes[name] = int(self.topic_config(name, "segment.bytes"))
+            replica.log.segment_bytes_max = segment_bytes[name]
         new = [(topic, key[1]) for key, topic in wanted.items() if key not in self.by_partition]
         for first in range(0, len(new), OPEN_CHUNK_PARTITIONS):
             chunk = new[first:first + OPEN_CHUNK_PARTITIONS]

@@ -47,6 +47,7 @@ FAILOVER_TIMEOUT_S = 300.0
 PRODUCE_TIMEOUT_MS = 30_000
 ROUND_PAUSE_S = 0.02
 CREATE_ROUND_PAUSE_S = 0.2  # between Metadata rounds while partitions still lack a leader
+PROGRESS_EVERY_S = 15.0  # a progress line while CreateTopics is not answered yet
 
 
 class Conn:
@@ -190,6 +191,23 @@ def _progress(text: str) -> None:
     print(f"bench partitions: {text}", file=sys.stderr, flush=True)
 
 
+def _creation_ticker(cluster, t0: float, answered: threading.Event) -> None:
+    """Until CreateTopics is answered: every PROGRESS_EVERY_S a line with each node's
+    partition directories and CPU seconds so far (a creation of 10,000 takes minutes)."""
+    while not answered.wait(PROGRESS_EVERY_S):
+        nodes = []
+        for n in cluster.group.ids:
+            node = cluster.group[n]
+            data = _data_dir(node)
+            try:
+                made = len(os.listdir(data / "partitions")) if data else None
+                cpu = round(bench_local.cpu_seconds(node.pid), 1)
+            except OSError:  # not made yet, or the node is gone
+                made, cpu = None, None
+            nodes.append(f"node {n}: {made} partition dirs, {cpu} s CPU")
+        _progress(f"CreateTopics not answered after {time.perf_counter() - t0:.0f} s; " + "; ".join(nodes))
+
+
 def _data_dir(node) -> pathlib.Path | None:
     args = node.command
     return pathlib.Path(args[args.index("--data-dir") + 1]) if "--data-dir" in args else None
@@ -225,8 +243,16 @@ def run(cluster, partitions: int, settle_s: float, idle_s: float, record_bytes: 
     out: dict = {"partitions": partitions, "replication_factor": 3, "nodes": len(ids), "topic": topic}
 
     # --- creation
+    _progress(f"CreateTopics of {partitions} partitions sent to node {ids[0]}")
     t0 = time.perf_counter()
-    code = create_topic(conn0, topic, partitions, 3)
+    answered = threading.Event()
+    ticker = threading.Thread(target=_creation_ticker, args=(cluster, t0, answered), daemon=True)
+    ticker.start()
+    try:
+        code = create_topic(conn0, topic, partitions, 3)
+    finally:
+        answered.set()
+        ticker.join()
     out["create_answer_s"] = round(time.perf_counter() - t0, 3)
     out["create_error_code"] = code
     _progress(f"CreateTopics answered in {out['create_answer_s']} s (error {code}); writing to every partition")

@@ -1,9 +1,12 @@
 """Raft groups driven by RaftRuntime over real files: commit, failover, restart, group commit."""
 
+import time
+
 import pytest
 import trio
 
 from chronik_trio.errors import NotLeader, ProposalFailed
+from chronik_trio.node import raft_runtime
 from tests.node.cluster import TICK_S, LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -258,3 +261,44 @@ async def test_a_peer_heard_again_as_a_new_process_lets_the_woken_groups_go_on(t
     led = [g for g in runtime.groups.values() if g.leader_id == leader]
     cluster.hear(follower, leader, cluster.incarnations[leader] + 1)
     assert led and not any(g.quiesced for g in led)
+
+
+async def test_a_stall_of_the_nodes_own_loop_is_not_its_peers_silence(tmp_path, nursery):
+    """The whole event loop stalls (a long Ready pass over thousands of groups, an overloaded
+    machine) for twice peer_silence_s. The peers' liveness messages wait unread behind the
+    stall: no runtime may take that for their silence and wake its quiesced groups (with
+    thousands of groups, waking them all stalled the loop again: an election storm)."""
+    groups = tuple(f"s{i}" for i in range(4))
+    cluster = await _quiet_cluster(tmp_path, nursery, groups, seed=9)
+    before = _leader_changes(cluster)
+    stalled = {n: r.stalled_s for n, r in cluster.runtimes.items()}
+    time.sleep(2 * cluster.runtimes[1].peer_silence_s)  # blocks every runtime's tasks at once
+    with trio.fail_after(5):  # until each tick loop has looked at its peers after the stall
+        while not all(r.stalled_s > stalled[n] for n, r in cluster.runtimes.items()):
+            await trio.sleep(TICK_S)
+    assert {n: r.silence_wakes for n, r in cluster.runtimes.items()} == {n: 0 for n in cluster.node_ids}
+    assert all(r.quiesced_count == len(groups) for r in cluster.runtimes.values())
+    assert _leader_changes(cluster) == before
+
+    # A peer really gone quiet is still noticed: its link cut, the groups it leads wake.
+    leader = cluster.leader("s0")
+    follower = next(n for n in cluster.node_ids if n != leader)
+    cluster.cut.add((leader, follower))
+    with trio.fail_after(5):
+        while cluster.runtimes[follower].silence_wakes == 0:
+            await trio.sleep(TICK_S)
+
+
+async def test_a_ready_pass_takes_a_bounded_number_of_groups_and_the_rest_follow(tmp_path, nursery, monkeypatch):
+    """More groups woken than one pass takes (every group of a new topic electing at once):
+    each pass takes at most READY_GROUPS_PER_PASS, so the loop gets a checkpoint between them
+    (liveness, transport pings), and the others are taken by the passes after it: every
+    group still elects, commits and quiesces."""
+    monkeypatch.setattr(raft_runtime, "READY_GROUPS_PER_PASS", 3)
+    groups = tuple(f"b{i}" for i in range(8))
+    cluster = await _quiet_cluster(tmp_path, nursery, groups, seed=10)
+    for runtime in cluster.runtimes.values():
+        assert 0 < runtime.largest_pass <= 3
+    for g in groups:
+        await _converged(cluster, 1, cluster.node_ids, group=g)
+        assert all(_applied(cluster, n, g) == [b"hello"] for n in cluster.node_ids)

@@ -202,3 +202,25 @@ def test_an_exhausted_epoch_gets_a_new_producer_id_and_idle_ids_expire():
     copy = meta.MetaState()
     copy.restore(state.snapshot())
     assert copy.transactional_ids == state.transactional_ids
+
+
+def test_layout_version_moves_with_topics_and_configs_not_with_leader_reports():
+    """A node's hosted replicas redo their pass over every partition only when
+    layout_version moved: a topic of 10,000 partitions brings 10,000 leader reports, and a
+    pass per report made creation quadratic."""
+    state = meta.MetaState()
+    assert state.apply(_create("a", 3)).ok
+    layout = state.layout_version
+    topic_id = state.topics["a"].topic_id.bytes
+    for p in range(3):
+        assert state.apply(meta_pb2.MetaCommand(partition_leader_changed=meta_pb2.PartitionLeaderChanged(
+            topic_id=topic_id, partition=p, leader=1, leader_epoch=2, isr=[1]))).ok
+    assert state.layout_version == layout and state.version == layout + 3
+    assert not state.apply(_create("a")).ok  # refused: nothing changed
+    assert state.layout_version == layout
+    assert state.apply(meta_pb2.MetaCommand(topic_configs_altered=meta_pb2.TopicConfigsAltered(
+        name="a", set={"segment.bytes": "1048576"}))).ok
+    assert state.layout_version == layout + 1
+    snapshot = state.snapshot()
+    state.restore(snapshot)  # a restore may change anything: it moves too, never back
+    assert state.layout_version == layout + 2

@@ -61,6 +61,18 @@ class SimNode:
     syncing: set = attrs.Factory(set)
 
 
+class _SimTransport(Transport):
+    """The real transport without the Date header hypercorn puts in every answer: its value
+    is the real clock's second, and HPACK encodes a repeated value in a byte and a new one in
+    about thirty, so the bytes on the simulated wire depended on when, in real time, each
+    answer was made (on the machine's load). Nothing reads the header."""
+
+    def _hypercorn_config(self):
+        config = super()._hypercorn_config()
+        config.include_date_header = False
+        return config
+
+
 def config_overrides(node_args: tuple[str, ...]) -> dict[str, object]:
     """The scenario's node_args (`--flag value` pairs of `chronik-trio node`, as `chaos run`
     passes them) as NodeConfig fields."""
@@ -247,7 +259,7 @@ class SimCluster:
 
     def _transport(self, node_id, listen, peers, network, registry, health) -> Transport:
         """The node's transport over the simulated network (Node's TransportFactory seam)."""
-        return Transport(node_id, [self.net.listen(node_id, listen)], peers, network.on_batch,
+        return _SimTransport(node_id, [self.net.listen(node_id, listen)], peers, network.on_batch,
                          network.report_unreachable, report_snapshot=network.report_snapshot,
                          registry=registry, health=health, on_peer_down=network.peer_down,
                          connect=self.net.connect)

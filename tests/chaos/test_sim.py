@@ -131,6 +131,20 @@ def test_a_partition_move_under_faults(tmp_path):
     assert any(d.startswith("move complete") for d in details), details
 
 
+@pytest.mark.timeout(600)
+def test_a_node_joins_and_is_removed(tmp_path):
+    """A spare node joins a running cluster with --join (a learner of __meta, then a voter by
+    joint consensus, then a registered broker), serves, and is removed (RemoveRaftVoter, the
+    admin's remove-node); the second time with the __meta leader killed while the join is in
+    flight (chaos/scenarios/grow-shrink.yaml, seed 2, 85 s): every check passes, both joins
+    and both removals completed."""
+    events = _shipped(tmp_path, "grow-shrink", 2, 85)
+    details = [e["detail"] for e in events if e["type"] == "fault-detail"]
+    assert any(d.startswith("node 4 joining; SIGKILL __meta leader") for d in details), details
+    notes = [e["note"] for e in events if e["type"] == "fault-end"]
+    assert len(notes) == 2 and all("remove-node exit 0" in n for n in notes), notes
+
+
 def _bug_run(name: str, seed: int, mode: str, hash_seed: str = "0") -> str:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     done = subprocess.run([sys.executable, "-m", "tests.chaos.sim_bugs", name, str(seed), str(seed),

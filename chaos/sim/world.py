@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 KAFKA_PORT = 9092
 RAFT_PORT = 7000
 SKEW_MAX_MS = 2000
-JOIN_TIMEOUT_S = 120.0  # a spare started with --join serves Kafka within this (chaos/cluster.py's wait)
+JOIN_TIMEOUT_S = 120.0  # a spare started with --join must serve Kafka within this (as a start does)
 
 
 @attrs.define

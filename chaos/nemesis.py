@@ -359,7 +359,7 @@ class Nemesis:
             return f"node {spare} NOT ready {joined_s:.0f} s after it was started with --join"
         self._detail(f"node {spare} joined and serves after {joined_s:.1f} s")
         await trio.sleep(fault.duration_s)
-        code, out = await trio.to_thread.run_sync(_remove_node, self.cluster.bootstrap_servers, spare)
+        code, out = await self._admin().remove_node(spare)
         await self.cluster.retire_spare(spare)
         return f"node {spare} joined in {joined_s:.1f} s; remove-node exit {code}: {out.strip()[-200:]}"
 
@@ -547,3 +547,7 @@ class ThreadAdmin:
 
     async def moved(self, topic: str, partition: int, target: list[int], timeout_s: float) -> bool:
         return await trio.to_thread.run_sync(_wait_moved, self.bootstrap, topic, partition, target, timeout_s)
+
+    async def remove_node(self, node_id: int) -> tuple[int, str]:
+        """`chronik-trio admin remove-node` (exit code, output)."""
+        return await trio.to_thread.run_sync(_remove_node, self.bootstrap, node_id)

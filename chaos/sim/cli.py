@@ -1,7 +1,8 @@
 """`python -m chaos sim [SCENARIO] (--seed N | --seeds A..B) [--trace] [--jobs J] [--out DIR]`
 
 Runs the scenario (default: chaos/sim/default.yaml) in simulation for each seed and prints
-one line per seed: verdict, history hash, simulated and real seconds. Exit code 0 when every
+one line per seed: verdict, history hash, simulated, real and CPU seconds (and simulated
+seconds per CPU second: the figure that does not depend on the machine's load). Exit code 0 when every
 seed passed, 1 otherwise. `--seeds` runs seeds on `--jobs` processes (default: every core).
 """
 
@@ -33,11 +34,12 @@ def _one(args):
 
 
 def line(r) -> str:
-    """One seed's line: verdict, hash, simulated and real seconds (r: driver.SeedResult)."""
+    """One seed's line: verdict, hash, simulated seconds, real seconds, CPU seconds and
+    simulated seconds per CPU second (r: driver.SeedResult)."""
     verdict = "PASS" if r.passed else "FAIL"
     ratio = r.simulated_s / r.real_s if r.real_s else 0.0
     text = (f"seed {r.seed}: {verdict} hash {r.digest} {r.simulated_s:.0f} s simulated in "
-            f"{r.real_s:.1f} s ({ratio:.1f}x) {r.history}")
+            f"{r.real_s:.1f} s ({ratio:.1f}x), {r.cpu_s:.1f} s CPU ({r.per_cpu_s:.1f} per CPU s) {r.history}")
     for f in r.failed:
         text += f"\n    {f}"
     return text
@@ -45,6 +47,7 @@ def line(r) -> str:
 
 def run(scenario, seeds: list[int], out: pathlib.Path, *, trace: bool, jobs: int) -> int:
     failed = []
+    simulated_s = cpu_s = 0.0
     work = [(scenario, s, out, trace) for s in seeds]
     if jobs <= 1 or len(seeds) == 1:
         results = map(_one, work)
@@ -53,11 +56,15 @@ def run(scenario, seeds: list[int], out: pathlib.Path, *, trace: bool, jobs: int
         results = pool.map(_one, work)
     for r in results:
         print(line(r), flush=True)
+        simulated_s += r.simulated_s
+        cpu_s += r.cpu_s
         if not r.passed:
             failed.append(r.seed)
     if len(seeds) > 1:
         print(f"{len(seeds) - len(failed)} passed, {len(failed)} failed"
-              + (f" (seeds {failed})" if failed else ""))
+              + (f" (seeds {failed})" if failed else "")
+              + f"; {simulated_s:.0f} s simulated in {cpu_s:.0f} s CPU"
+              + f" ({simulated_s / cpu_s if cpu_s else 0.0:.1f} per CPU s)")
     return 1 if failed else 0
 
 

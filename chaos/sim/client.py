@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import uuid
 
 import kio.serial
 import trio
@@ -31,14 +32,17 @@ from ..workload import planned_send, planned_txn, read_value, record_payload, re
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 3, 19, 22
 ADD_PARTITIONS_TO_TXN, END_TXN = 24, 26
 ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
+REMOVE_RAFT_VOTER = 81
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = \
     8, 9, 10, 11, 12, 13, 14
 VERSION = {PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 7, METADATA: 12, CREATE_TOPICS: 7, INIT_PRODUCER_ID: 4,
            OFFSET_COMMIT: 7, OFFSET_FETCH: 7, FIND_COORDINATOR: 3, JOIN_GROUP: 5, HEARTBEAT: 3,
            LEAVE_GROUP: 3, SYNC_GROUP: 3, ADD_PARTITIONS_TO_TXN: 3, END_TXN: 3,
-           ALTER_PARTITION_REASSIGNMENTS: 0, LIST_PARTITION_REASSIGNMENTS: 0}
+           ALTER_PARTITION_REASSIGNMENTS: 0, LIST_PARTITION_REASSIGNMENTS: 0, REMOVE_RAFT_VOTER: 0}
 INDETERMINATE = {ErrorCode.request_timed_out, ErrorCode.not_enough_replicas_after_append}
 RETRY_BACKOFF_S = 0.1
+REMOVE_NODE_WAIT_S = 40.0  # a broker answers RemoveRaftVoter once __meta's voters changed (admin.py)
+REMOVE_NODE_TIMEOUT_S = 90.0  # retried while unanswered, as nemesis._remove_node does
 CONSUMER_POLL_WAIT_MS = 200
 
 
@@ -829,6 +833,30 @@ class Admin:
         errors = [r.error_code] + [p.error_code for t in r.responses for p in t.partitions]
         bad = [e for e in errors if e != ErrorCode.none]
         return bad[0].name if bad else None
+
+    async def remove_node(self, node_id: int) -> tuple[int, str]:
+        """What `chronik-trio admin remove-node` does (RemoveRaftVoter to any broker, which
+        answers once __meta's voters changed), retried while no broker answers, as
+        nemesis._remove_node retries the command; (exit code as the command's, output)."""
+        body = {"cluster_id": None, "voter_id": node_id, "voter_directory_id": uuid.UUID(int=0)}
+        reason = "no broker answered"
+        saved, self.client.request_timeout_s = self.client.request_timeout_s, REMOVE_NODE_WAIT_S
+        try:
+            with trio.move_on_after(REMOVE_NODE_TIMEOUT_S):
+                while True:
+                    try:
+                        r = await self._any(REMOVE_RAFT_VOTER, body)
+                    except (OSError, Unanswered) as exc:
+                        self.client.brokers = {}
+                        reason = repr(exc)
+                        await trio.sleep(1.0)
+                        continue
+                    if r.error_code == ErrorCode.none:
+                        return 0, f"node {node_id} removed"
+                    return 1, f"{r.error_code.name}: {r.error_message}"
+            return 2, f"no answer within {REMOVE_NODE_TIMEOUT_S:g} s ({reason})"
+        finally:
+            self.client.request_timeout_s = saved
 
     async def moved(self, topic: str, partition: int, target: list[int], timeout_s: float) -> bool:
         """Whether, within timeout_s, no move of the partition is ongoing and it has target."""

@@ -69,6 +69,14 @@ class SeedResult:
     real_s: float
     failed: tuple[str, ...]
     history: pathlib.Path
+    # CPU seconds of this process for the seed (time.process_time: the run, the checker),
+    # the load-independent measure of its cost (real time depends on what else runs).
+    cpu_s: float = 0.0
+
+    @property
+    def per_cpu_s(self) -> float:
+        """Simulated seconds per CPU second."""
+        return self.simulated_s / self.cpu_s if self.cpu_s else 0.0
 
 
 def history_digest(path: pathlib.Path) -> str:
@@ -87,7 +95,7 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
     history_path = out_dir / "history.jsonl"
     history_path.unlink(missing_ok=True)
     root = pathlib.Path(tempfile.mkdtemp(prefix="chaos-sim-", dir=_scratch()))
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     saved_flag = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
     saved_r = trio_run._r.getstate()
     trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
@@ -120,8 +128,9 @@ def run_seed(scenario: Scenario, seed: int, out_dir: pathlib.Path, *, trace: boo
               if not r.passed and not r.report_only]
     failed += box.get("liveness", [])
     failed += box.get("safety", [])
-    return SeedResult(seed, not failed, history_digest(history_path), box.get("simulated_s", 0.0),
-                      real_s, tuple(failed), history_path)
+    digest = history_digest(history_path)
+    return SeedResult(seed, not failed, digest, box.get("simulated_s", 0.0), real_s, tuple(failed),
+                      history_path, time.process_time() - started_cpu)
 
 
 def sim_clock() -> trio.testing.MockClock:
@@ -220,7 +229,8 @@ async def _main(scenario: Scenario, seed: int, sub, root, history_path, trace, n
             cluster = SimCluster(root, scenario.cluster.nodes, sub["disk"], net, history.record,
                                  nursery, node_patch=node_patch, node_rng=sub["node"],
                                  crash_after_vote=crash_after_vote,
-                                 node_args=scenario.cluster.node_args)
+                                 node_args=scenario.cluster.node_args,
+                                 spares=scenario.cluster.spares)
             await cluster.start_all()
             await _workload(scenario, cluster, history, planned, sub, box)
             for n in cluster.ids:
@@ -248,7 +258,7 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
         return c
     admin = client()
     await sim_client.create_topics(admin, scenario.topics, START_TIMEOUT_S)
-    if any(f.kind == "membership" for entry in scenario.nemesis.schedule for f in entry.faults):
+    if any(f.kind in ("membership", "join-remove") for entry in scenario.nemesis.schedule for f in entry.faults):
         cluster.admin = sim_client.Admin(client())  # (drawn only then: other seeds keep their runs)
     nem = nemesis_mod.Nemesis(cluster, history, sub["plan"], topics[0])
     target: dict = {}

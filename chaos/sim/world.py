@@ -14,6 +14,7 @@ import functools
 import logging
 import pathlib
 import random
+import shutil
 import signal
 
 import attrs
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 KAFKA_PORT = 9092
 RAFT_PORT = 7000
 SKEW_MAX_MS = 2000
+JOIN_TIMEOUT_S = 120.0  # a spare started with --join must serve Kafka within this (as a start does)
 
 
 @attrs.define
@@ -59,6 +61,18 @@ class SimNode:
     syncing: set = attrs.Factory(set)
 
 
+class _SimTransport(Transport):
+    """The real transport without the Date header hypercorn puts in every answer: its value
+    is the real clock's second, and HPACK encodes a repeated value in a byte and a new one in
+    about thirty, so the bytes on the simulated wire depended on when, in real time, each
+    answer was made (on the machine's load). Nothing reads the header."""
+
+    def _hypercorn_config(self):
+        config = super()._hypercorn_config()
+        config.include_date_header = False
+        return config
+
+
 def config_overrides(node_args: tuple[str, ...]) -> dict[str, object]:
     """The scenario's node_args (`--flag value` pairs of `chronik-trio node`, as `chaos run`
     passes them) as NodeConfig fields."""
@@ -81,8 +95,9 @@ class SimCluster:
     def __init__(self, root: pathlib.Path, n: int, rng: random.Random, net: SimNetwork,
                  record, nursery: trio.Nursery, node_patch=None, *,
                  node_rng: random.Random, crash_after_vote: float = 0.0,
-                 node_args: tuple[str, ...] = ()) -> None:
-        self.ids = list(range(1, n + 1))
+                 node_args: tuple[str, ...] = (), spares: int = 0) -> None:
+        self.ids = list(range(1, n + 1))  # the members (a spare while it has joined)
+        self.spare_ids = list(range(n + 1, n + spares + 1))
         self.config = config_overrides(node_args)
         self.rng = rng
         self.node_rng = node_rng  # each started Node's own generator is drawn from it
@@ -96,12 +111,18 @@ class SimCluster:
         self.crash_after_vote = crash_after_vote
         self._votes_seen: set[tuple[int, str, int, int]] = set()  # (node, group, term, vote)
         self.net = net
+        self._root = root
         self.record = record
         self.nursery = nursery
         self.node_patch = node_patch  # a bug-class test's patch of each new Node
         self.peers = ",".join(f"{i}@n{i}:{RAFT_PORT}" for i in self.ids)
         self.nodes = {i: SimNode(i, root / f"node{i}", SimDisk(random.Random(rng.getrandbits(64)), root),
                                  rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)) for i in self.ids}
+        # Spares (issue 17's join-remove): drawn after the members, so a scenario without
+        # spares keeps its runs. A spare's peers name the members and itself; it joins through
+        # node 1 (restart()); the members learn its Raft address from __meta.
+        for i in self.spare_ids:
+            self.nodes[i] = self._spare(i)
         self.bootstrap = [(f"n{i}", KAFKA_PORT) for i in self.ids]
         self.admin = None  # the nemesis's admin requests (client.Admin), set by the driver
 
@@ -112,6 +133,23 @@ class SimCluster:
             for i in self.ids:
                 starting.start_soon(self.restart, i, 120.0)
 
+    def _spare(self, n: int) -> SimNode:
+        return SimNode(n, self._root / f"node{n}", SimDisk(random.Random(self.rng.getrandbits(64)), self._root),
+                       self.rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1))
+
+    async def join_spare(self, n: int) -> bool:
+        """Start spare node n on an empty disk with --join; True once it serves Kafka (a voter
+        of __meta, registered)."""
+        self.nodes[n] = self._spare(n)  # an empty disk (the retired one's data is gone)
+        self.ids.append(n)
+        return await self.restart(n, JOIN_TIMEOUT_S)
+
+    async def retire_spare(self, n: int) -> None:
+        """Stop spare node n (after its removal from the cluster) and forget its data."""
+        await self.kill(n, signal.SIGTERM)
+        self.ids.remove(n)
+        shutil.rmtree(self.nodes[n].data_dir, ignore_errors=True)
+
     async def restart(self, n: int, timeout_s: float) -> bool:
         sim = self.nodes[n]
         if sim.running:
@@ -121,8 +159,15 @@ class SimCluster:
         sim.disk.faults = DiskFaults()
         if sim.starts:  # the host's clock may have been stepped while the process was down
             sim.skew_ms = self.rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)
+        if n in self.spare_ids:
+            # --join in its ID@HOST:PORT form (node 1's Raft address, through the transport):
+            # the Kafka-listener form (membership.kafka_call) opens a socket of its own,
+            # outside the transport's connect seam, so it cannot reach a simulated node.
+            membership = {"peers": f"{self.peers},{n}@n{n}:{RAFT_PORT}", "join": f"1@n1:{RAFT_PORT}"}
+        else:
+            membership = {"peers": self.peers}
         config = NodeConfig(node_id=n, listen=f"n{n}:{KAFKA_PORT}", data_dir=sim.data_dir,
-                            peers=self.peers, log_level="warning", **self.config)
+                            log_level="warning", **membership, **self.config)
         node = Node(config, disk=sim.disk,
                     wall_clock_ms=lambda: int((trio.current_time() + 1.7e9) * 1000) + sim.skew_ms,
                     make_transport=self._transport,
@@ -214,7 +259,7 @@ class SimCluster:
 
     def _transport(self, node_id, listen, peers, network, registry, health) -> Transport:
         """The node's transport over the simulated network (Node's TransportFactory seam)."""
-        return Transport(node_id, [self.net.listen(node_id, listen)], peers, network.on_batch,
+        return _SimTransport(node_id, [self.net.listen(node_id, listen)], peers, network.on_batch,
                          network.report_unreachable, report_snapshot=network.report_snapshot,
                          registry=registry, health=health, on_peer_down=network.peer_down,
                          connect=self.net.connect)

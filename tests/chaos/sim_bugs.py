@@ -4,7 +4,8 @@ process only (never in the product), and `first_catch` runs seeds until one fail
     python -m tests.chaos.sim_bugs NAME [FIRST LAST] [--stormy | --votes | --followers]
     (from the repository root)
 
-prints `caught NAME by seed N: <failing checks>` or `missed NAME in seeds FIRST..LAST`.
+prints `seed N hash H` for each seed run, then `caught NAME by seed N: <failing checks>` or
+`missed NAME in seeds FIRST..LAST`.
 Run with PYTHONHASHSEED=0 (as test_sim.py does) so the seed that catches it is stable.
 """
 
@@ -232,6 +233,7 @@ def first_catch(name: str, seeds: range, out: pathlib.Path, scenario_text: str =
         with patched(PATCHES[name]) as node_patch:
             result = run_seed(scenario, seed, out / f"{name}-{seed}", node_patch=node_patch,
                               crash_after_vote=crash_after_vote)
+        print(f"seed {seed} hash {result.digest}", flush=True)
         if not result.passed:
             return seed, result.failed
     return None

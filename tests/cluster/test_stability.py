@@ -117,7 +117,9 @@ def test_a_short_pause_of_one_node_changes_no_leader(cluster_factory):
     """One node stopped for 0.8 s (SIGSTOP, as a loaded machine or a GC pause might): past
     the 0.75 s after which the others wake the groups it leads, short of an election. Once
     it runs again every node hears the others as the same processes, and the woken
-    followers go quiet again: no group changes leader or term, and none flaps."""
+    followers go quiet again: no group changes leader or term, and none flaps. The paused
+    node does not take its own stall for its peers' silence (what they sent meanwhile is
+    unread behind the stall), so it wakes nothing."""
     cluster = cluster_factory(3).start()
     partitions = 30
     with cluster.connect(1, timeout_s=120) as conn:
@@ -143,6 +145,6 @@ def test_a_short_pause_of_one_node_changes_no_leader(cluster_factory):
     assert not changes, f"leadership changed after a 0.8 s pause: {changes[:10]}\n{excerpt}"
     after = {n: leader_epochs(cluster.metadata(n)) for n in cluster.ids}
     assert after == before, "leaders or epochs moved after a 0.8 s pause"
-    # The paused node found both peers silent on waking and heard them again at once.
-    assert "heard again" in cluster.current_log(2), excerpt
+    # The paused node's loop ran late by the pause: forgiven, not its peers' silence.
+    assert "silent" not in cluster.current_log(2), excerpt
     assert not relearnt, f"followers forgot their leader after a 0.8 s pause: {relearnt[:10]}\n{excerpt}"

@@ -36,12 +36,12 @@ import sys
 
 from tests.brokers import CHRONIK_TRIO
 from tests.interop.apache_kafka import ApacheKafka
-from tests.interop.tansu import Tansu, tansu_binary
+from tests.interop.tansu import Tansu, tansu_binary, tansu_title
 
 BENCH_TIMEOUT_S = 1800
 BROKERS = ("kafka", "kafka-fsync", "tansu", "chronik-trio")
 TITLES = {"kafka": "Apache Kafka (defaults: no fsync)", "kafka-fsync": "Apache Kafka, flush.messages=1",
-          "tansu": "tansu 0.6.0 (memory: no disk)", "chronik-trio": "chronik-trio (fsync)"}
+          "tansu": tansu_title(), "chronik-trio": "chronik-trio (fsync)"}
 RATIO_TITLES = {"kafka": "Kafka", "kafka-fsync": "Kafka with fsync", "tansu": "tansu"}
 # (figure, case, summary key)
 FIGURES = (

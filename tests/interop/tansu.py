@@ -4,8 +4,9 @@ side-by-side bench (bench_side_by_side.py), where a `tansu` binary is installed
 
     python -m tests.interop.tansu --dir DIR     # prints the bootstrap, serves until SIGTERM
 
-It is started with the `memory://` storage engine (or $TANSU_STORAGE_ENGINE): every record in
-memory, nothing written to disk, so its figures are those of a broker without any fsync.
+It is started with the `memory://` storage engine (or $TANSU_STORAGE_ENGINE, e.g.
+`sqlite://./tansu.db`, a file in its directory): with `memory://` every record stays in
+memory, nothing is written to disk, so its figures are those of a broker without any fsync.
 That engine needs tansu's `dynostore` feature (and `sqlite://` its `libsql` feature; postgres
 and s3 need their servers); a build without it exits at start, which the side-by-side run
 records as tansu's error for every case. Started, stopped and killed by its PID.
@@ -28,6 +29,15 @@ from tests.brokers import free_port
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 STORAGE_ENGINE = os.environ.get("TANSU_STORAGE_ENGINE", "memory://tansu/")
+
+
+def tansu_title() -> str:
+    """The peer's name in a table, with what its storage engine does with a record."""
+    if STORAGE_ENGINE.startswith("memory:"):
+        return "tansu 0.6.0 (memory: no disk)"
+    if STORAGE_ENGINE.startswith("sqlite:"):
+        return "tansu 0.6.0 (sqlite WAL, synchronous=normal: no fsync per commit)"
+    return f"tansu 0.6.0 ({STORAGE_ENGINE.split(':', 1)[0]})"
 
 
 def tansu_binary() -> str | None:

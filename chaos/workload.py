@@ -33,6 +33,9 @@ FLUSH_TIMEOUT_S_MAX = 60.0
 # A producer loop iteration later than this after the previous one is recorded: a stall of
 # the harness's own thread (not the broker) would otherwise look like unavailability.
 CLIENT_STALL_S = 1.0
+# The longest single poll() of a paced confluent-kafka loop: poll(timeout) returns as soon as
+# it has served one callback, so one call is not a wait (see Pacer).
+POLL_SLICE_S = 0.05
 # librdkafka errors after which a write may or may not have happened (outcome "info").
 INDETERMINATE = {"_MSG_TIMED_OUT", "_TIMED_OUT", "REQUEST_TIMED_OUT", "_TRANSPORT",
                  "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "_TIMED_OUT_QUEUE", "NETWORK_EXCEPTION",
@@ -51,6 +54,43 @@ class Target:
         """Whether a consumer at `positions` is done draining (once the target is set)."""
         return self.set.is_set() and (time.monotonic() > self.deadline or all(
             positions.get(tp, 0) >= hw for tp, hw in self.high_watermarks.items()))
+
+
+class Pacer:
+    """The schedule of a paced loop: `rate_per_s` sends a second from its start.
+
+    A loop more than a second behind (a stalled client) starts again from now rather than
+    bursting to catch up. A loop never runs ahead: `wait` returns no earlier than the next
+    slot. (It once did: confluent-kafka's `poll(timeout)` returns as soon as it has served one
+    delivery callback, so a producer whose acknowledgements came faster than its interval got
+    seconds ahead of its schedule, and the next `poll(lead)` then waited on the acknowledgement
+    of one slow partition, issuing nothing to the others: the "client stalls" of
+    docs/chaos.md.)"""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self.interval_s = 1.0 / rate_per_s
+        self.next_at = time.monotonic()
+
+    def advance(self, sends: int = 1) -> None:
+        """`sends` were issued: the next slot is that many intervals later."""
+        self.next_at += sends * self.interval_s
+        if self.next_at - time.monotonic() < -1.0:
+            self.next_at = time.monotonic()
+
+    def wait(self, stop: threading.Event, poll: Callable[[float], object] | None = None) -> None:
+        """Until the next slot or `stop`; `poll(timeout)` (a confluent-kafka producer's,
+        serving its callbacks) is called meanwhile, at least once, in slices of at most
+        POLL_SLICE_S."""
+        if poll is not None:
+            poll(0)
+        while not stop.is_set():
+            left = self.next_at - time.monotonic()
+            if left <= 0:
+                return
+            if poll is None:
+                stop.wait(left)
+            else:
+                poll(min(left, POLL_SLICE_S))
 
 
 def record_seeks(history, name: str, parts) -> None:
@@ -161,8 +201,7 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
     from confluent_kafka import KafkaError, Producer
 
     producer = Producer(producer_config(bootstrap, spec, logger))
-    interval_s = 1.0 / spec.rate_per_s
-    next_at = time.monotonic()
+    pacer = Pacer(spec.rate_per_s)
     seq = seq_start
 
     def on_delivery(send: dict, t_start: float):
@@ -195,11 +234,8 @@ def run_producer(name: str, bootstrap: str, spec, topics: list[tuple[str, int]],
             continue
         t_produced = history.now()
         seq += 1
-        next_at += interval_s
-        delay = next_at - time.monotonic()
-        if delay < -1.0:  # far behind (a stalled client): do not burst to catch up
-            next_at = time.monotonic()
-        producer.poll(max(0.0, delay))
+        pacer.advance()
+        pacer.wait(stop, producer.poll)
         spent = {"produce_s": t_produced - t_start, "poll_s": history.now() - t_produced}
     remaining = producer.flush(min(FLUSH_TIMEOUT_S_MAX, spec.delivery_timeout_s + 5))
     if remaining:
@@ -269,7 +305,7 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
     timeout_s = spec.delivery_timeout_s * 2
     producer = None
     seq, n = seq_start, 0
-    next_at = time.monotonic()
+    pacer = Pacer(spec.rate_per_s)
     while not stop.is_set():
         if producer is None:
             producer = new_txn_producer(config, timeout_s, history, {"type": "txn-init-failed", "process": name})
@@ -315,12 +351,8 @@ def run_producer_txn(name: str, bootstrap: str, spec, topics: list[tuple[str, in
             history.record({"type": "txn-error", "process": name, "txn": n, "t": round(history.now(), 6),
                             "error": str(error)})
         record_txn(history, name, n, sends, outcome, offsets, t_start, t_commit)
-        next_at += len(sends) / spec.rate_per_s
-        delay = next_at - time.monotonic()
-        if delay < -1.0:
-            next_at = time.monotonic()
-        elif delay > 0:
-            stop.wait(delay)
+        pacer.advance(len(sends))
+        pacer.wait(stop)
     if producer is None and n:
         end_abandoned_txn(config, timeout_s, history, name)
 
@@ -531,8 +563,7 @@ def run_producer_kafka_python(name: str, bootstrap: str, spec, topics: list[tupl
         request_timeout_ms=int(spec.request_timeout_s * 1000), linger_ms=5, retry_backoff_ms=100,
         reconnect_backoff_ms=50, reconnect_backoff_max_ms=500, metadata_max_age_ms=2000,
         max_in_flight_requests_per_connection=5 if spec.idempotence else 1)
-    interval_s = 1.0 / spec.rate_per_s
-    next_at = time.monotonic()
+    pacer = Pacer(spec.rate_per_s)
     seq = seq_start
     while not stop.is_set():
         event = {**planned_send(name, seq, topics, spec.keys, spec.tombstone_every),
@@ -548,12 +579,8 @@ def run_producer_kafka_python(name: str, bootstrap: str, spec, topics: list[tupl
             future.add_callback(lambda md, e=event: record_answer(history, e, offset=md.offset))
             future.add_errback(lambda exc, e=event: record_answer(history, e, exc=exc))
         seq += 1
-        next_at += interval_s
-        delay = next_at - time.monotonic()
-        if delay < -1.0:
-            next_at = time.monotonic()
-        if delay > 0:
-            stop.wait(delay)
+        pacer.advance()
+        pacer.wait(stop)
     try:
         producer.flush(timeout=min(FLUSH_TIMEOUT_S_MAX, spec.delivery_timeout_s + 5))
     except Exception as exc:  # a flush timeout leaves the rest unanswered (not recorded)

@@ -22,18 +22,11 @@ from chaos.history import History
 from chaos.scenario import WorkloadSpec
 from chaos.workload import CLIENT_STALL_S, client_logger, run_producer
 from tests.brokers import BrokerProcess
+from tests.kafka.live import wait_for
 
 RATE_PER_S = 50.0
 PAUSE_S = 2.0  # the fault's length (a duration, not a wait for a condition)
 ACKED_BEFORE_PAUSE = 150  # 3 s of fast acknowledgements: the old loop was then ~2 s ahead
-
-
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.mark.timeout(90)
@@ -53,7 +46,7 @@ def test_a_paused_leader_does_not_stop_the_producer_loop(tmp_path):
             "p0", broker.bootstrap, spec, [("pace", 2)], history, stop,
             client_logger(tmp_path / "clients.log")), daemon=True)
         thread.start()
-        wait_for(lambda: history.acked >= ACKED_BEFORE_PAUSE, 30, "the first acknowledgements")
+        wait_for(lambda: history.acked >= ACKED_BEFORE_PAUSE, what="the first acknowledgements", timeout_s=30)
         paused_at = history.now()
         broker.signal(signal.SIGSTOP)
         try:
@@ -62,7 +55,8 @@ def test_a_paused_leader_does_not_stop_the_producer_loop(tmp_path):
             broker.signal(signal.SIGCONT)
         resumed_at = history.now()
         acked = history.acked
-        wait_for(lambda: history.acked >= acked + 2 * ACKED_BEFORE_PAUSE, 40, "acknowledgements after the pause")
+        wait_for(lambda: history.acked >= acked + 2 * ACKED_BEFORE_PAUSE, what="acknowledged after the pause",
+                 timeout_s=40)
     finally:
         stop.set()
         if thread is not None:

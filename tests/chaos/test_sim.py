@@ -138,8 +138,12 @@ def test_a_node_joins_and_is_removed(tmp_path):
     joint consensus, then a registered broker), serves, and is removed (RemoveRaftVoter, the
     admin's remove-node); the second time with the __meta leader killed while the join is in
     flight (chaos/scenarios/grow-shrink.yaml, seed 2, 85 s): every check passes, both joins
-    and both removals completed."""
+    and both removals completed; the first join went through node 1's Raft address, the
+    second (the __meta leader killed meanwhile) through its Kafka listener (DescribeQuorum,
+    AddRaftVoter on streams the node opens with its transport's connect)."""
     events = _shipped(tmp_path, "grow-shrink", 2, 85)
+    joins = [e["detail"] for e in events if e["type"] == "node" and e["what"] == "joining"]
+    assert joins == ["--join 1@n1:7000", "--join n1:9092"], joins
     details = [e["detail"] for e in events if e["type"] == "fault-detail"]
     assert any(d.startswith("node 4 joining; SIGKILL __meta leader") for d in details), details
     notes = [e["note"] for e in events if e["type"] == "fault-end"]

@@ -10,6 +10,8 @@ REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND); fail otherwise. An idempot
 retry of a write that happened is answered as a duplicate with the original offset.
 Consumers read every partition from offset 0 by assignment and record every poll. Group
 consumers (`run_group_consumer`) share the partitions through the classic group protocol.
+The copier (`run_copier`) is chaos run's consume-transform-produce stage: read_committed
+input, each batch one transaction carrying its input offsets (TxnOffsetCommit).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND); fail otherwise. An idempot
 retry of a write that happened is answered as a duplicate with the original offset.
 Consumers read every partition from offset 0 by assignment and record every poll. Group
 consumers (`run_group_consumer`) share the partitions through the classic group protocol.
+The copier (`run_copier`) is chaos run's consume-transform-produce stage: read_committed
+input, each batch one transaction carrying its input offsets (TxnOffsetCommit).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from chronik_trio.kafka.codec import build, request_schema, response_schema
 from chronik_trio.record_batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, encode_batch
 from chronik_trio.varint import read_varint as _read_varint, write_uvarint
 
-from ..workload import planned_send, planned_txn, read_value, record_payload, record_seeks, record_txn, txn_timeout_s
+from ..workload import (COPIER_IDLE_S, COPY_PREFIX, planned_send, planned_txn, read_value, record_payload,
+                        record_seeks, record_txn, txn_timeout_s)
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, CREATE_TOPICS, INIT_PRODUCER_ID = 0, 1, 2, 3, 19, 22
-ADD_PARTITIONS_TO_TXN, END_TXN = 24, 26
+ADD_PARTITIONS_TO_TXN, ADD_OFFSETS_TO_TXN, END_TXN, TXN_OFFSET_COMMIT = 24, 25, 26, 28
 ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
 REMOVE_RAFT_VOTER = 81
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = \
@@ -38,6 +41,7 @@ OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROU
 VERSION = {PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 7, METADATA: 12, CREATE_TOPICS: 7, INIT_PRODUCER_ID: 4,
            OFFSET_COMMIT: 7, OFFSET_FETCH: 7, FIND_COORDINATOR: 3, JOIN_GROUP: 5, HEARTBEAT: 3,
            LEAVE_GROUP: 3, SYNC_GROUP: 3, ADD_PARTITIONS_TO_TXN: 3, END_TXN: 3,
+           ADD_OFFSETS_TO_TXN: 3, TXN_OFFSET_COMMIT: 3,
            ALTER_PARTITION_REASSIGNMENTS: 0, LIST_PARTITION_REASSIGNMENTS: 0, REMOVE_RAFT_VOTER: 0}
 INDETERMINATE = {ErrorCode.request_timed_out, ErrorCode.not_enough_replicas_after_append}
 RETRY_BACKOFF_S = 0.1
@@ -162,9 +166,10 @@ def _varint(value: int) -> bytes:
     return write_uvarint((value << 1) ^ (value >> 63))
 
 
-def _record(key: bytes, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> bytes:
-    """One v2 record (offset and timestamp deltas 0); value None is a tombstone."""
-    body = b"\x00" + _varint(0) + _varint(0) + _varint(len(key)) + key + \
+def _record(key: bytes, value: bytes | None, headers: list[tuple[str, bytes]] | None = None,
+            offset_delta: int = 0) -> bytes:
+    """One v2 record (timestamp delta 0); value None is a tombstone."""
+    body = b"\x00" + _varint(0) + _varint(offset_delta) + _varint(len(key)) + key + \
         (_varint(-1) if value is None else _varint(len(value)) + value) + _varint(len(headers or ()))
     for k, v in headers or ():
         body += _varint(len(k)) + k.encode() + _varint(len(v)) + v
@@ -351,45 +356,57 @@ class _TxnFailed(Exception):
     """The transaction cannot go on (its outcome so far is unknown)."""
 
 
+class _Coordinator:
+    """Requests to the coordinator of one key (a transactional id, key type 1, or a group,
+    key type 0): found by FindCoordinator, forgotten when lost."""
+
+    def __init__(self, client: Client, key: str, key_type: int, spec) -> None:
+        self.client, self.key, self.key_type, self.spec = client, key, key_type, spec
+        self.address: tuple[str, int] | None = None
+
+    async def call(self, api_key: int, body: dict, error_of, retriable=TXN_RETRIABLE) -> object:
+        """A request to the coordinator, retried on a retriable error or a lost coordinator
+        until the delivery timeout; raises _TxnFailed with what went wrong."""
+        last = "no attempt"
+        with trio.move_on_after(self.spec.delivery_timeout_s):
+            while True:
+                try:
+                    if self.address is None:
+                        addresses = list(self.client.brokers.values()) or self.client.bootstrap
+                        r = await self.client.call(addresses[self.client.rng.randrange(len(addresses))],
+                                                   FIND_COORDINATOR, {"key": self.key, "key_type": self.key_type})
+                        if r.error_code != ErrorCode.none:
+                            raise OSError(f"find coordinator: {r.error_code.name}")
+                        self.address = (r.host, int(r.port))
+                    r = await self.client.call(self.address, api_key, body)
+                    error = error_of(r)
+                    if error == ErrorCode.none:
+                        return r
+                    last = error.name
+                    if error not in retriable:
+                        raise _TxnFailed(last)
+                    if error in (ErrorCode.not_coordinator, ErrorCode.coordinator_not_available):
+                        self.address = None
+                except (OSError, Unanswered) as exc:
+                    last = str(exc)
+                    self.address = None
+                    self.client.brokers = {}
+                await trio.sleep(RETRY_BACKOFF_S)
+        raise _TxnFailed(f"timed out ({last})")
+
+
 class _TxnSession:
     """A transactional id's producer: its coordinator, producer id and epoch, and one
     sequence per partition (reset by every InitProducerId)."""
 
     def __init__(self, client: Client, transactional_id: str, spec) -> None:
         self.client, self.id, self.spec = client, transactional_id, spec
-        self.coordinator: tuple[str, int] | None = None
+        self.coordinator = _Coordinator(client, transactional_id, 1, spec)
         self.pid = self.epoch = -1
         self.sequences: dict[tuple[str, int], int] = {}
 
     async def call(self, api_key: int, body: dict, error_of) -> object:
-        """A request to the transaction coordinator, retried on a retriable error or a lost
-        coordinator until the delivery timeout; raises _TxnFailed with what went wrong."""
-        last = "no attempt"
-        with trio.move_on_after(self.spec.delivery_timeout_s):
-            while True:
-                try:
-                    if self.coordinator is None:
-                        addresses = list(self.client.brokers.values()) or self.client.bootstrap
-                        r = await self.client.call(addresses[self.client.rng.randrange(len(addresses))],
-                                                   FIND_COORDINATOR, {"key": self.id, "key_type": 1})
-                        if r.error_code != ErrorCode.none:
-                            raise OSError(f"find coordinator: {r.error_code.name}")
-                        self.coordinator = (r.host, int(r.port))
-                    r = await self.client.call(self.coordinator, api_key, body)
-                    error = error_of(r)
-                    if error == ErrorCode.none:
-                        return r
-                    last = error.name
-                    if error not in TXN_RETRIABLE:
-                        raise _TxnFailed(last)
-                    if error in (ErrorCode.not_coordinator, ErrorCode.coordinator_not_available):
-                        self.coordinator = None
-                except (OSError, Unanswered) as exc:
-                    last = str(exc)
-                    self.coordinator = None
-                    self.client.brokers = {}
-                await trio.sleep(RETRY_BACKOFF_S)
-        raise _TxnFailed(f"timed out ({last})")
+        return await self.coordinator.call(api_key, body, error_of)
 
     async def init(self) -> None:
         r = await self.call(INIT_PRODUCER_ID, {"transactional_id": self.id,
@@ -414,15 +431,24 @@ class _TxnSession:
 
     async def send(self, part: tuple[str, int], send: dict) -> int:
         """The record written in the transaction: its offset."""
-        batch = encode_batch(_record(send["key"].encode(), *record_payload(send)), record_count=1,
-                             base_timestamp_ms=0, max_timestamp_ms=0, attributes=ATTR_TRANSACTIONAL,
-                             producer_id=self.pid, producer_epoch=self.epoch,
+        return await self.write(part, _record(send["key"].encode(), *record_payload(send)), 1)
+
+    async def write(self, part: tuple[str, int], records: bytes, count: int) -> int:
+        """One transactional batch of `count` encoded records: its base offset."""
+        batch = encode_batch(records, record_count=count, base_timestamp_ms=0, max_timestamp_ms=0,
+                             attributes=ATTR_TRANSACTIONAL, producer_id=self.pid, producer_epoch=self.epoch,
                              base_sequence=self.sequences.get(part, 0))
         outcome = await _send_one(self.client, self.spec, part, batch, transactional_id=self.id)
         if outcome[0] != "ok":
             raise _TxnFailed(f"send to {part[0]}-{part[1]}: {outcome[1]}")
-        self.sequences[part] = self.sequences.get(part, 0) + 1
+        self.sequences[part] = self.sequences.get(part, 0) + count
         return int(outcome[1])
+
+    async def add_offsets(self, group: str) -> None:
+        """AddOffsetsToTxn: the group's offsets partition joins the transaction."""
+        await self.call(ADD_OFFSETS_TO_TXN, {"transactional_id": self.id, "producer_id": self.pid,
+                                             "producer_epoch": self.epoch, "group_id": group},
+                        lambda r: r.error_code)
 
     async def end(self, commit: bool) -> None:
         await self.call(END_TXN, {"transactional_id": self.id, "producer_id": self.pid,
@@ -792,6 +818,144 @@ async def _commit(member: _GroupMember, positions: dict, committed: dict, histor
         history.record({"type": "commit", "process": member.name, "group": member.group,
                         "topic": tp[0], "partition": tp[1], "offset": changed[tp],
                         "t_start": round(start, 6), "t_end": round(history.now(), 6)})
+
+
+# --- the copier (consume-transform-produce) -------------------------------------------------
+
+COPIER_ID = "chaos-copier"  # its transactional id and its group, as chaos run's copier's
+COPIER_BATCH_MAX = 100  # records a copy transaction takes (about: whole fetches); chaos run's consumes 100
+# OffsetFetch with require_stable: an offset of an undecided transaction is answered
+# UNSTABLE_OFFSET_COMMIT until its marker lands; the copier waits for it.
+OFFSETS_RETRIABLE = TXN_RETRIABLE | {ErrorCode.unstable_offset_commit}
+
+
+def _first_error(r) -> ErrorCode:
+    """The first error of an answer with topics of partitions (TxnOffsetCommit, OffsetFetch)."""
+    errors = [getattr(r, "error_code", ErrorCode.none)] + [p.error_code for t in r.topics for p in t.partitions]
+    return next((e for e in errors if e != ErrorCode.none), ErrorCode.none)
+
+
+class _Copier:
+    """chaos run's copier (workload.run_copier) on the wire: reads `sources` read_committed
+    from the group's committed offsets and copies each batch in one transaction with its
+    offsets (TxnOffsetCommit as a producer outside the group: generation -1, no member id,
+    which the coordinator does not check against the group, as in Kafka)."""
+
+    def __init__(self, client: Client, spec, sources: list[tuple[str, int]], out: tuple[str, int]) -> None:
+        self.client, self.out = client, out
+        self.session = _TxnSession(client, COPIER_ID, spec)
+        self.group = _Coordinator(client, COPIER_ID, 0, spec)
+        self.parts = [(t, p) for t, n in sources for p in range(n)]
+
+    async def committed(self) -> dict[tuple[str, int], int]:
+        """The group's committed offsets of the sources (0 where none), once none of them is
+        in an undecided transaction (OffsetFetch require_stable). Raises _TxnFailed."""
+        topics: dict[str, list[int]] = {}
+        for t, p in self.parts:
+            topics.setdefault(t, []).append(p)
+        r = await self.group.call(OFFSET_FETCH, {"group_id": COPIER_ID, "require_stable": True, "topics": [
+            {"name": t, "partition_indexes": ps} for t, ps in topics.items()]}, _first_error, OFFSETS_RETRIABLE)
+        positions = {tp: 0 for tp in self.parts}
+        for t in r.topics:
+            for p in t.partitions:
+                positions[(t.name, p.partition_index)] = max(int(p.committed_offset), 0)
+        return positions
+
+    async def poll(self, positions: dict) -> tuple[list[tuple[tuple[str, int], str]], dict]:
+        """Records read from the positions on (whole fetches, until COPIER_BATCH_MAX), and
+        the positions after them (past aborted records and markers too)."""
+        taken: list[tuple[tuple[str, int], str]] = []
+        after = dict(positions)
+        for tp in self.parts:
+            if len(taken) >= COPIER_BATCH_MAX:
+                break
+            try:
+                _code, _high, records, next_offset = await fetch_once(self.client, tp[0], tp[1], positions[tp], 0)
+            except (OSError, Unanswered):
+                self.client.leaders.pop(tp, None)
+                continue
+            taken += [(tp, value) for _offset, value in records]
+            after[tp] = max(after[tp], next_offset)
+        return taken, after
+
+    async def copy(self, records: list[tuple[tuple[str, int], str]], positions: dict) -> None:
+        """One transaction: the positions after `records` as the group's offsets (sent
+        first), each record as COPY_PREFIX + value to the same partition number of the output
+        (one batch per output partition), then the commit. Raises _TxnFailed."""
+        by_part: dict[tuple[str, int], list[str]] = {}
+        for (_topic, partition), value in records:
+            by_part.setdefault((self.out[0], partition % self.out[1]), []).append(value)
+        session = self.session
+        await session.add_partitions(sorted(by_part))
+        await session.add_offsets(COPIER_ID)
+        topics: dict[str, list[dict]] = {}
+        for (t, p), offset in sorted(positions.items()):
+            topics.setdefault(t, []).append({"partition_index": p, "committed_offset": offset,
+                                             "committed_leader_epoch": -1, "committed_metadata": None})
+        await self.group.call(TXN_OFFSET_COMMIT, {
+            "transactional_id": session.id, "group_id": COPIER_ID, "producer_id": session.pid,
+            "producer_epoch": session.epoch, "generation_id": -1, "member_id": "", "group_instance_id": None,
+            "topics": [{"name": t, "partitions": ps} for t, ps in topics.items()]}, _first_error)
+        for part, values in sorted(by_part.items()):
+            body = b"".join(_record(b"", (COPY_PREFIX + v).encode(), offset_delta=i) for i, v in enumerate(values))
+            await session.write(part, body, len(values))
+        await session.end(commit=True)
+
+
+async def run_copier(client: Client, spec, sources: list[tuple[str, int]], out: tuple[str, int], history,
+                     producers_stopped: trio.Event, stop: trio.Event, done: trio.Event) -> None:
+    """The consume-transform-produce stage, as chaos run's (workload.run_copier): reads
+    `sources` (client: read_committed) and writes COPY_PREFIX + value to the same partition
+    number (mod the output's partitions) of `out`, each batch one transaction with its input
+    offsets; a `copy` event per committed one. A failed transaction is aborted (if the
+    coordinator still takes the abort) and, either way, the copier starts over with a new
+    InitProducerId (a new epoch: whatever the old one left open is ended, and no sequence of
+    the failed transaction is reused) and rewinds to the group's committed offsets; a
+    `copier-error` event says what failed and whether the abort was taken. Ends (setting
+    `done`) once `producers_stopped` is set and nothing new came for COPIER_IDLE_S."""
+    copier = _Copier(client, spec, sources, out)
+    positions: dict | None = None
+    idle_since = None
+
+    def failed(error: str) -> None:
+        history.record({"type": "copier-error", "t": round(history.now(), 6), "error": error})
+    try:
+        while not stop.is_set():
+            try:
+                if copier.session.pid < 0:
+                    positions = None
+                    await copier.session.init()
+                if positions is None:
+                    positions = await copier.committed()
+            except _TxnFailed as exc:
+                failed(f"{'init' if copier.session.pid < 0 else 'rewind'}: {exc}")
+                await trio.sleep(0.5)
+                continue
+            records, after = await copier.poll(positions)
+            if not records:
+                positions = after
+                if producers_stopped.is_set():
+                    idle_since = trio.current_time() if idle_since is None else idle_since
+                    if trio.current_time() - idle_since > COPIER_IDLE_S:
+                        return
+                await trio.sleep(CONSUMER_POLL_WAIT_MS / 1000)
+                continue
+            idle_since = None
+            try:
+                await copier.copy(records, after)
+            except _TxnFailed as exc:
+                try:
+                    await copier.session.end(commit=False)
+                    outcome = "aborted"
+                except _TxnFailed as refused:
+                    outcome = f"abort refused ({refused}): fenced by a new producer id"
+                copier.session.pid = -1
+                failed(f"{exc}; {outcome}")
+                continue
+            positions = after
+            history.record({"type": "copy", "t": round(history.now(), 6), "records": len(records)})
+    finally:
+        done.set()
 
 
 # --- the nemesis's admin requests (membership faults) ---------------------------------------

@@ -267,6 +267,8 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
     stop_producers, stop_consumers = trio.Event(), trio.Event()
     members = [f"g{i}" for i in range(spec.group_consumers)]
     view = sim_client.GroupView(GROUP_ID, members, [(t, p) for t, n in topics for p in range(n)])
+    sources = [t for t in topics if t[0] != spec.copy_to]  # what producers write (chaos run's rule)
+    copier_go, copier_done = trio.Event(), trio.Event()  # copier_go: no more input will come
     async with trio.open_nursery() as consumers:
         for i in range(spec.consumers):
             consumers.start_soon(sim_client.run_consumer, f"c{i}", client(True), topics, history,
@@ -274,10 +276,14 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
         for name in members:
             consumers.start_soon(sim_client.run_group_consumer, name, client(True), view, history,
                                  stop_consumers, target)
+        if spec.copy_to is not None:
+            out = next(t for t in topics if t[0] == spec.copy_to)
+            consumers.start_soon(sim_client.run_copier, client(True), spec, sources, out, history, copier_go,
+                                 stop_consumers, copier_done)
         async with trio.open_nursery() as producers:
             for i in range(spec.producers):
                 run = sim_client.run_txn_producer if spec.transactional else sim_client.run_producer
-                producers.start_soon(run, f"p{i}", client(), spec, topics, history, stop_producers)
+                producers.start_soon(run, f"p{i}", client(), spec, sources, history, stop_producers)
             async with trio.open_nursery() as faults:
                 faults.start_soon(nem.run, planned, t0)
                 await trio.sleep(scenario.duration_s)
@@ -289,6 +295,10 @@ async def _workload(scenario: Scenario, cluster: SimCluster, history: History, p
         box["liveness"] = await _liveness(client(), topics, history, healed)
         if members:
             box["liveness"] += await _group_settles(view, history, healed)
+        if spec.copy_to is not None:  # the copier copies the liveness writes too, then idles out
+            copier_go.set()
+            with trio.move_on_after(spec.final_read_timeout_s):
+                await copier_done.wait()
         high = box["high"] = {}
         reader = client(True)
         for name, partitions in topics:

@@ -57,6 +57,7 @@ class SimNode:
     exited: trio.Event = attrs.Factory(trio.Event)
     proc: _Proc = attrs.Factory(_Proc)
     starts: int = 0
+    join: str = ""  # a spare's --join, set at each join (SimCluster.join_spare)
     # The fsync work in progress (its latency being slept): a power loss cuts it short.
     syncing: set = attrs.Factory(set)
 
@@ -120,9 +121,10 @@ class SimCluster:
                                  rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)) for i in self.ids}
         # Spares (issue 17's join-remove): drawn after the members, so a scenario without
         # spares keeps its runs. A spare's peers name the members and itself; it joins through
-        # node 1 (restart()); the members learn its Raft address from __meta.
+        # node 1 (join_spare); the members learn its Raft address from __meta.
         for i in self.spare_ids:
             self.nodes[i] = self._spare(i)
+        self.joins = 0
         self.bootstrap = [(f"n{i}", KAFKA_PORT) for i in self.ids]
         self.admin = None  # the nemesis's admin requests (client.Admin), set by the driver
 
@@ -139,8 +141,16 @@ class SimCluster:
 
     async def join_spare(self, n: int) -> bool:
         """Start spare node n on an empty disk with --join; True once it serves Kafka (a voter
-        of __meta, registered)."""
+        of __meta, registered). The joins alternate between --join's two forms, both through
+        node 1: its Raft address (ID@HOST:PORT: the transport's join call) first, then its
+        Kafka listener (HOST:PORT: DescribeQuorum and AddRaftVoter, on streams the node opens
+        with its transport's connect). (grow-shrink.yaml's second cycle kills the __meta
+        leader during the join: then through the Kafka listener, whose node may be the one
+        killed.)"""
         self.nodes[n] = self._spare(n)  # an empty disk (the retired one's data is gone)
+        self.nodes[n].join = f"1@n1:{RAFT_PORT}" if self.joins % 2 == 0 else f"n1:{KAFKA_PORT}"
+        self.joins += 1
+        self.record({"type": "node", "node": n, "what": "joining", "detail": f"--join {self.nodes[n].join}"})
         self.ids.append(n)
         return await self.restart(n, JOIN_TIMEOUT_S)
 
@@ -160,10 +170,7 @@ class SimCluster:
         if sim.starts:  # the host's clock may have been stepped while the process was down
             sim.skew_ms = self.rng.randrange(-SKEW_MAX_MS, SKEW_MAX_MS + 1)
         if n in self.spare_ids:
-            # --join in its ID@HOST:PORT form (node 1's Raft address, through the transport):
-            # the Kafka-listener form (membership.kafka_call) opens a socket of its own,
-            # outside the transport's connect seam, so it cannot reach a simulated node.
-            membership = {"peers": f"{self.peers},{n}@n{n}:{RAFT_PORT}", "join": f"1@n1:{RAFT_PORT}"}
+            membership = {"peers": f"{self.peers},{n}@n{n}:{RAFT_PORT}", "join": sim.join}
         else:
             membership = {"peers": self.peers}
         config = NodeConfig(node_id=n, listen=f"n{n}:{KAFKA_PORT}", data_dir=sim.data_dir,

@@ -55,7 +55,7 @@ from chronik_trio.kafka.codec import decode_client_response, encode_client_reque
 from chronik_trio.kafka.handlers.context import MetaQuorum
 from chronik_trio.pb import meta_pb2
 from chronik_trio.raft.types import ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2
-from chronik_trio.transport.rpc import RpcFailed, RpcRefused
+from chronik_trio.transport.rpc import Connect, RpcFailed, RpcRefused
 
 from .meta_group import MetaMachine, MetaService
 from .peers import PeerNetwork
@@ -307,16 +307,17 @@ class Membership:
 
 # --- the joining node -----------------------------------------------------------------------------
 
-async def learn_members(member: str) -> dict[int, tuple[str, int]]:
+async def learn_members(member: str, connect: Connect = trio.open_tcp_stream) -> dict[int, tuple[str, int]]:
     """The Raft address of every member of the cluster, from member's DescribeQuorum answer
-    (tried until it answers): the joining node must be able to answer the __meta leader."""
+    (tried until it answers): the joining node must be able to answer the __meta leader.
+    connect: opens the stream to the member's Kafka listener (kafka_call)."""
     body = {"topics": [{"topic_name": "__cluster_metadata", "partitions": [{"partition_index": 0}]}]}
     attempt = 0
     while True:
         attempt += 1
         try:
             answer = await kafka_call(member, DESCRIBE_QUORUM_KEY, DESCRIBE_QUORUM_VERSION, body,
-                                      JOIN_REQUEST_TIMEOUT_S)
+                                      JOIN_REQUEST_TIMEOUT_S, connect)
         except (OSError, ValueError, trio.TooSlowError) as exc:
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("no answer to DescribeQuorum from %s (%s); trying again", member,
@@ -327,9 +328,10 @@ async def learn_members(member: str) -> dict[int, tuple[str, int]]:
                 for n in answer.nodes for listener in n.listeners[:1]}
 
 
-async def ask_to_join(node_id: int, raft_address: tuple[str, int], member: str, cluster_id: str | None = None) -> None:
+async def ask_to_join(node_id: int, raft_address: tuple[str, int], member: str, cluster_id: str | None = None,
+                      connect: Connect = trio.open_tcp_stream) -> None:
     """Send AddRaftVoter to member (a Kafka HOST:PORT) until it is answered without a
-    retriable error. Raises JoinRefused when the cluster refuses."""
+    retriable error. Raises JoinRefused when the cluster refuses. connect: as kafka_call's."""
     body = {"cluster_id": cluster_id, "timeout": int(JOIN_REQUEST_TIMEOUT_S * 1000), "voter_id": node_id,
             "voter_directory_id": uuid.UUID(int=0),
             "listeners": [{"name": RAFT_LISTENER, "host": raft_address[0], "port": raft_address[1]}]}
@@ -337,7 +339,7 @@ async def ask_to_join(node_id: int, raft_address: tuple[str, int], member: str, 
     while True:
         attempt += 1
         try:
-            answer = await kafka_call(member, ADD_RAFT_VOTER_KEY, 0, body, JOIN_REQUEST_TIMEOUT_S + 5)
+            answer = await kafka_call(member, ADD_RAFT_VOTER_KEY, 0, body, JOIN_REQUEST_TIMEOUT_S + 5, connect)
         except (OSError, ValueError, trio.TooSlowError) as exc:
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("node %d: no answer to its join request from %s (%s); trying again",
@@ -388,11 +390,13 @@ async def join_through_peer(transport, node_id: int, raft_address: tuple[str, in
                 if (address := parse_address(m.raft_address)) is not None}
 
 
-async def kafka_call(address: str, api_key: int, version: int, body, timeout_s: float):
-    """One Kafka request on a fresh connection; the decoded response body."""
+async def kafka_call(address: str, api_key: int, version: int, body, timeout_s: float,
+                     connect: Connect = trio.open_tcp_stream):
+    """One Kafka request on a fresh connection (opened by `connect`, the node's transport's
+    stream opener: TCP, or a simulated network's); the decoded response body."""
     host, port = parse_address(address) or (address, 0)
     with trio.fail_after(timeout_s):
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await connect(host, port)
         async with stream:
             await stream.send_all(encode_client_request(api_key, version, body, 1, "chronik-trio-node"))
             size = int.from_bytes(await _receive_exact(stream, 4), "big", signed=True)

@@ -373,8 +373,8 @@ class Node:
             member, address = self.config.join_target
             own = self.config.peer_addresses[self.node_id]
             if member is None:  # a member's Kafka listener
-                self.membership.learn(await learn_members(self.config.join))
-                await ask_to_join(self.node_id, own, self.config.join)
+                self.membership.learn(await learn_members(self.config.join, self.transport.connect))
+                await ask_to_join(self.node_id, own, self.config.join, connect=self.transport.connect)
             else:  # a member's Raft address: through the peer transport
                 self.membership.learn({member: address})
                 self.membership.learn(await join_through_peer(self.transport, self.node_id, own, member))

@@ -141,6 +141,13 @@ class Transport:
             return False
         return sender.enqueue(group, message)
 
+    @property
+    def connect(self) -> Connect:
+        """The stream opener this transport was given (TCP, or a simulated network's),
+        without the peers' TLS: the node also reaches a member's Kafka listener with it when
+        it joins (membership.kafka_call), so that call goes where the node's traffic goes."""
+        return self._connect
+
     def add_rpc_handler(self, name: str, handler: rpc.RpcHandler) -> None:
         """Serve POST /rpc/v1/<name> with handler (rpc.py)."""
         self.rpc_handlers[name] = handler

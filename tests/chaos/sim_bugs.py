@@ -1,7 +1,7 @@
 """Bug classes the simulation must catch: each is a patch of the broker made inside this
 process only (never in the product), and `first_catch` runs seeds until one fails.
 
-    python -m tests.chaos.sim_bugs NAME [FIRST LAST] [--stormy | --votes | --followers]
+    python -m tests.chaos.sim_bugs NAME [FIRST LAST] [--stormy | --votes | --followers | --copier]
     (from the repository root)
 
 prints `seed N hash H` for each seed run, then `caught NAME by seed N: <failing checks>` or
@@ -22,6 +22,7 @@ import attrs
 
 from chaos.scenario import parse_scenario
 from chaos.sim.driver import run_seed
+from chronik_trio.group import store as group_store
 from chronik_trio.node import partition_group, raft_group, raft_runtime
 from chronik_trio.storage import hardstate_log
 
@@ -124,6 +125,37 @@ FOLLOWERS = _scenario("sim-bugs-followers", """\
         - {kind: power-loss, target: all, topic: chaos, stall_followers_s: 0.5, duration_s: 0.5,
            leader_back_after_s: 3}
 """)
+# Offsets of an aborted transaction: a consume-transform-produce copier (chaos -> chaos-out,
+# each batch one transaction with its input offsets, sent before its records) under outages
+# longer than its delivery timeout (the output's leader killed or isolated, power lost
+# everywhere), so some of its transactions fail after their offsets were written and are
+# aborted, by the copier or by its next InitProducerId. A broker that keeps those offsets
+# has the copier resume after records whose copies were aborted: never copied
+# (exactly_once_output).
+COPIER = """
+name: sim-bugs-copier
+seed: 1
+duration_s: 24
+cluster: {nodes: 3}
+topics:
+  - {name: chaos, partitions: 2, replication_factor: 3}
+  - {name: chaos-out, partitions: 2, replication_factor: 3}
+workload: {producers: 2, consumers: 1, rate_per_s: 20, request_timeout_s: 2, delivery_timeout_s: 4,
+           client: confluent-kafka, idempotence: true, transactional: true, txn_records: 5, abort_every: 3,
+           copy_to: chaos-out}
+nemesis:
+  quiet_s: 6
+  schedule:
+    - interval_s: [2, 4]
+      start_s: 2
+      faults:
+        - {kind: kill, target: leader, topic: chaos-out, duration_s: 5}
+        - {kind: partition, mode: isolate-leader, topic: chaos-out, duration_s: 6}
+        - {kind: power-loss, target: all, duration_s: 3}
+checks:
+  duplicates: {report_only: true}
+  unavailability: {enabled: false}
+"""
 VOTES_CRASH_AFTER_VOTE = 0.5  # with --votes: half the granted votes are followed by a kill
 
 def _acks_before_commit() -> tuple:
@@ -174,6 +206,15 @@ def _follower_ack_before_durable(original):
     return collect
 
 
+def _txn_offsets_kept_on_abort(original):
+    """A transaction's offsets (TxnOffsetCommit) become the group's at its marker whatever
+    the marker says: an abort keeps them as a commit would."""
+    def apply_marker(self, data, producer_id, index):
+        for group_id, offsets in self.pending.pop(producer_id, {}).items():
+            self.offsets.setdefault(group_id, {}).update(offsets)
+    return apply_marker
+
+
 def _skip_fsync(node) -> None:
     """Every fsync is a no-op in the disk's books: acknowledged writes are never durable."""
     node.disk.skip_fsync = True
@@ -206,10 +247,12 @@ BUGS = (
         (hardstate_log.HardStateLog, "append", _vote_not_persisted),), caught_by="election_safety"),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
         (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),), caught_by="lost_writes"),
+    BugClass("txn_offsets_kept_on_abort", 1, "--copier", patches=(
+        (group_store.GroupStore, "_apply_marker", _txn_offsets_kept_on_abort),), caught_by="exactly_once_output"),
 )
 BASELINE = BugClass("baseline", None)  # no patch: the broker as shipped
 PATCHES = {b.name: b for b in (BASELINE, *BUGS)}
-SCENARIOS = {"": SCENARIO, "--stormy": STORMY, "--votes": VOTES, "--followers": FOLLOWERS}
+SCENARIOS = {"": SCENARIO, "--stormy": STORMY, "--votes": VOTES, "--followers": FOLLOWERS, "--copier": COPIER}
 
 
 @contextlib.contextmanager

@@ -290,6 +290,19 @@ def test_exactly_once_output():
     assert "exactly_once_output" in failed(with_copies("p0-0", "p0-1", "p0-2"))  # an aborted one copied
 
 
+def test_exactly_once_output_counts_only_the_copied_topics():
+    """A write to a topic the copier does not read (the simulator's liveness write to every
+    partition, the output topic's included) is no input: it needs no copy."""
+    liveness = {"type": "send", "process": "liveness", "seq": 0, "topic": "out", "partition": 0, "key": "live",
+                "value": "liveness-out-0", "t_start": 1.9, "t_end": 2.0, "outcome": "ok", "offset": 2}
+    copies = [[0, "copy:p0-0"], [1, "copy:p0-1"], [2, "liveness-out-0"]]
+    history = txn_history() + [liveness, {"type": "final-read", "topic": "out", "partition": 0,
+                                          "high_watermark": 3, "records": copies}]
+    results = {r.name: r for r in check_history(history, CheckOptions())}
+    assert results["exactly_once_output"].passed, results["exactly_once_output"]
+    assert results["exactly_once_output"].summary == "2 committed records copied exactly once"
+
+
 def _lso(node: int, pid: int, lso: int, hw: int, t: float) -> dict:
     return {"type": "lso", "t": t, "node": node, "pid": pid, "topic": T, "partition": 0, "lso": lso, "hw": hw}
 

@@ -15,9 +15,10 @@ import sys
 
 import pytest
 
+from chaos.checker import CheckOptions, check_history
 from chaos.history import read_history
 from chaos.sim.disk import SimDisk
-from tests.chaos.sim_bugs import BUGS
+from tests.chaos.sim_bugs import BUGS, COPIER
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -137,12 +138,40 @@ def test_a_node_joins_and_is_removed(tmp_path):
     joint consensus, then a registered broker), serves, and is removed (RemoveRaftVoter, the
     admin's remove-node); the second time with the __meta leader killed while the join is in
     flight (chaos/scenarios/grow-shrink.yaml, seed 2, 85 s): every check passes, both joins
-    and both removals completed."""
+    and both removals completed; the first join went through node 1's Raft address, the
+    second (the __meta leader killed meanwhile) through its Kafka listener (DescribeQuorum,
+    AddRaftVoter on streams the node opens with its transport's connect)."""
     events = _shipped(tmp_path, "grow-shrink", 2, 85)
+    joins = [e["detail"] for e in events if e["type"] == "node" and e["what"] == "joining"]
+    assert joins == ["--join 1@n1:7000", "--join n1:9092"], joins
     details = [e["detail"] for e in events if e["type"] == "fault-detail"]
     assert any(d.startswith("node 4 joining; SIGKILL __meta leader") for d in details), details
     notes = [e["note"] for e in events if e["type"] == "fault-end"]
     assert len(notes) == 2 and all("remove-node exit 0" in n for n in notes), notes
+
+
+@pytest.mark.timeout(600)
+def test_a_copier_copies_exactly_once(tmp_path):
+    """A consume-transform-produce copier (client.run_copier: read_committed input, each
+    batch one transaction with its offsets) under outages longer than its delivery timeout
+    (sim_bugs.COPIER, seed 1, 40 s): every check passes, exactly_once_output over the
+    committed input, and the copier both committed transactions and had one fail and start
+    over (aborted, or fenced by its next InitProducerId) with input aborts to skip."""
+    out = _sim(tmp_path, COPIER.replace("duration_s: 24", "duration_s: 40"), "1..1")
+    assert "seed 1: PASS" in out, out
+    events = list(read_history(tmp_path / "out" / "seed1" / "history.jsonl"))
+    copies = [e for e in events if e["type"] == "copy"]
+    assert copies and sum(e["records"] for e in copies) > 0
+    errors = [e["error"] for e in events if e["type"] == "copier-error"]
+    assert any("; aborted" in e or "fenced by a new producer id" in e for e in errors), errors
+    assert {"commit", "abort"} <= {e["outcome"] for e in events if e["type"] == "txn"}
+    copied = [v for e in events if e["type"] == "final-read" and e["topic"] == "chaos-out"
+              for _, v in e["records"] if v.startswith("copy:")]
+    inputs = [e for e in events if e["type"] == "send" and e["outcome"] == "ok" and e["topic"] == "chaos"]
+    assert len(copied) == len(inputs) > 0
+    result = next(r for r in check_history(events, CheckOptions(idempotence=True))
+                  if r.name == "exactly_once_output")
+    assert result.passed and result.summary == f"{len(inputs)} committed records copied exactly once", result
 
 
 def _bug_run(name: str, seed: int, mode: str, hash_seed: str = "0") -> str:

@@ -176,7 +176,9 @@ class HostedReplicas:
         `<directory>.creating`) with their fsyncs put off, made durable together by one
         filesystem sync, then renamed into place (and their parent fsynced): one flush of the
         disk for the lot instead of six per partition, and a crash leaves each partition's
-        directory whole or absent. None of them is in a Raft group before this returns."""
+        directory whole or absent. Opening every storage of the chunk (new or not) puts its
+        recovery's fsyncs off to one filesystem sync too. None of them is in a Raft group
+        before this returns."""
         fresh = []
         for topic, partition in items:
             directory = self._directory(topic, partition)
@@ -197,10 +199,16 @@ class HostedReplicas:
             for (_, _, directory), staging in zip(fresh, staged):
                 self.disk.rename(staging, directory)
             self.disk.fsync_dir(parent)
-        return [(DurableRaftStorage(self.disk, self._directory(topic, partition), kafka=True,
-                                    segment_bytes=int(self.topic_config(topic.name, "segment.bytes")),
-                                    hard_states=self.hard_states, key=group_id(topic, partition)),
-                 self._joining_generation(topic, partition)) for topic, partition in items]
+        # Opening a log makes what it read durable (a crashed process may have left it in the
+        # page cache only): a segment fsync and a directory fsync per partition, 20,000 for
+        # 10,000 partitions, which the profile of their creation showed as its largest part.
+        # Put off here too and done by one filesystem sync when the block ends; no group
+        # exists before this returns, so nothing is sent on the strength of an unsynced file.
+        with self.disk.deferred_sync(self.data_dir / "partitions", self.data_dir):
+            return [(DurableRaftStorage(self.disk, self._directory(topic, partition), kafka=True,
+                                        segment_bytes=int(self.topic_config(topic.name, "segment.bytes")),
+                                        hard_states=self.hard_states, key=group_id(topic, partition)),
+                     self._joining_generation(topic, partition)) for topic, partition in items]
 
     def _bootstrap(self, directory: pathlib.Path, topic: Topic, partition: int) -> DurableRaftStorage:
         """Blocking: a new partition's storage in `directory`, its group bootstrapped."""

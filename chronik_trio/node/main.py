@@ -110,8 +110,15 @@ GC_FULL_LOG_S = 0.25
 
 
 def _watch_gc() -> None:
-    """Log every full garbage collection that took longer than GC_FULL_LOG_S (the real
-    process only: the simulator tunes the collector itself)."""
+    """Log every full garbage collection that took longer than GC_FULL_LOG_S, and freeze
+    what survived it (gc.freeze: out of every later scan). The real process only: the
+    simulator tunes the collector itself.
+
+    Why freeze: survivors of a full collection are long-lived (groups, their Raft state).
+    After replicas.py froze the objects of a creation, CPython's rule that a full collection
+    waits until a quarter as many objects as it already holds are new no longer held one
+    back (it holds almost none), so full collections of the unfrozen survivors came every
+    few seconds, 0.3-2.7 s each on a loaded machine (issue 20, docs/bench.md)."""
     started = [0.0]
 
     def callback(phase: str, info: dict) -> None:
@@ -122,8 +129,9 @@ def _watch_gc() -> None:
             return
         took_s = time.perf_counter() - started[0]
         if took_s > GC_FULL_LOG_S:
-            log.warning("a full garbage collection took %.2f s (%d objects collected, %d tracked)",
-                        took_s, info.get("collected", 0), len(gc.get_objects(2)))
+            gc.freeze()
+            log.warning("a full garbage collection took %.2f s (%d objects collected); its survivors "
+                        "are now frozen out of later scans", took_s, info.get("collected", 0))
 
     gc.callbacks.append(callback)
 

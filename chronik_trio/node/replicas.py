@@ -9,6 +9,7 @@ directory removed. One reconcile at a time; __meta changes ask for another.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import pathlib
@@ -44,6 +45,13 @@ DELETED_SUFFIX = ".deleted"
 CREATING_SUFFIX = ".creating"  # a new partition's directory until it is durable (_open_storages)
 # New partitions opened per worker-thread call: their groups start a chunk at a time.
 OPEN_CHUNK_PARTITIONS = 256
+# From this many partitions opened at once, what is alive after each chunk is frozen out of the
+# garbage collector's scans (gc.freeze): each partition is a few hundred long-lived objects,
+# and creating 10,000 partitions the node's full collections took 0.3-7.4 s each (logged by
+# node/main.py; run 2 of issue 20's second round in docs/bench.md, load 7-8), stopping the
+# loop for longer than an election timeout and collecting almost nothing. The cost: a reference cycle among frozen objects that becomes garbage
+# later (a deleted topic's replica) is never collected; what refcounting frees is freed.
+GC_FREEZE_MIN_PARTITIONS = 100
 FIRST_CAMPAIGN_RETRIES = 5
 FIRST_CAMPAIGN_RETRY_S = 0.1
 # A partition's leader tells its followers of a commit with its next append or heartbeat,
@@ -164,6 +172,11 @@ class HostedReplicas:
             opened = await self._run_sync(self._open_storages, chunk)
             for (topic, partition), (storage, joining) in zip(chunk, opened):
                 self._start(topic, partition, storage, joining)
+            if len(new) >= GC_FREEZE_MIN_PARTITIONS:
+                gc.freeze()
+                # No gc.get_freeze_count() here: it walks every frozen object (a py-spy
+                # profile of 10,000 partitions found that line at 12 % of a node's samples).
+                log.info("opened %d partitions: objects frozen out of the garbage collector's scans", len(chunk))
         if doomed:
             await self._run_sync(remove_dirs, doomed)
 

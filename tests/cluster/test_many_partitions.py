@@ -63,6 +63,8 @@ def test_every_partition_leads_takes_writes_and_fails_over(cluster_factory):
         time.sleep(IDLE_S)
         assert {n: cluster.raft_metric(n, "chronik_raft_group_ticks") for n in cluster.ids} == ticks
 
+        for n in cluster.ids:  # the chunk's objects were frozen out of the collector's scans
+            assert "objects frozen out of the garbage collector's scans" in cluster.log(n)
         for n in cluster.ids:  # one whole directory per partition, nothing half-built
             names = os.listdir(cluster.root / f"node{n}" / "data" / "partitions")
             assert not [d for d in names if d.endswith(CREATING_SUFFIX)], names

@@ -273,6 +273,13 @@ class MetaState:
             cmd.leader, cmd.leader_epoch, tuple(cmd.isr), cmd.isr_version)
         return Applied(True)
 
+    def _partition_leaders_changed(self, cmd: meta_pb2.PartitionLeadersChanged) -> Applied:
+        """Each report as its own PartitionLeaderChanged; one of a partition no longer there
+        (its topic deleted while the report was on its way) is skipped, not an error."""
+        for report in cmd.reports:
+            self._partition_leader_changed(report)
+        return Applied(True)
+
     # --- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -568,6 +575,7 @@ _APPLY = {
     "producer_ids_allocated": MetaState._producer_ids_allocated,
     "topic_configs_altered": MetaState._topic_configs_altered,
     "partition_leader_changed": MetaState._partition_leader_changed,
+    "partition_leaders_changed": MetaState._partition_leaders_changed,
     "cluster_id_proposed": MetaState._cluster_id_proposed,
     "preferred_leader_requested": MetaState._preferred_leader_requested,
     "transactional_id_initialized": MetaState._transactional_id_initialized,

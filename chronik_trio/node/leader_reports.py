@@ -3,8 +3,9 @@
 A partition's leader reports itself to __meta at once when it becomes leader, and again
 whenever its ISR changes: every ISR_CHECK_S it recomputes the ISR of each partition it
 leads (partition.state.InSyncReplicas, fed from Raft progress and node liveness). Reports
-are proposals to __meta, at most LEADER_REPORTS_INFLIGHT_MAX at once; a report that cannot
-reach __meta is retried.
+are batched into PartitionLeadersChanged commands to __meta (up to
+LEADER_REPORTS_PER_COMMAND_MAX each, at most LEADER_REPORT_COMMANDS_INFLIGHT_MAX in flight);
+a command that cannot reach __meta is retried with whatever is pending then.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from .replicas import HostedReplicas
 
 log = logging.getLogger(__name__)
 
-LEADER_REPORTS_INFLIGHT_MAX = 64  # concurrent __meta proposals reporting partition leaders
+# Reports in one PartitionLeadersChanged command: one __meta entry of about 40 KB, so a
+# node's share of 10,000 new partitions is a handful of entries, not 3,300.
+LEADER_REPORTS_PER_COMMAND_MAX = 1000
+# Such commands in flight at once per node: a few, so one lost to a __meta leader change
+# does not hold every report back, but not so many that reports trickle out one by one.
+LEADER_REPORT_COMMANDS_INFLIGHT_MAX = 4
 ISR_CHECK_S = 1.0  # how often leaders recompute their ISR (Kafka checks every lag/2)
 
 
@@ -41,6 +47,7 @@ class LeaderReports:
         self._pending: dict[tuple[uuid.UUID, int], tuple[int, tuple[int, ...]]] = {}
         self._wanted = trio.Event()
         self._isr_version = 0  # orders this node's reports (with the epoch)
+        self.commands_sent = 0  # PartitionLeadersChanged commands proposed (tests count them)
         self._isr_alive: frozenset[int] = frozenset()  # nodes alive at the last ISR check
         # (topic id, partition) -> (term, ISR, last index) of idle groups already checked
         self._isr_quiet: dict[tuple[uuid.UUID, int], tuple[int, tuple[int, ...], int]] = {}
@@ -86,30 +93,52 @@ class LeaderReports:
                 self._isr_quiet[key] = (group.term, isr, group.node.last_index())
 
     async def _report_loop(self) -> None:
-        """Tell __meta promptly about every partition this node now leads."""
-        limiter = trio.CapacityLimiter(LEADER_REPORTS_INFLIGHT_MAX)
+        """Tell __meta promptly about every partition this node now leads: the pending
+        reports go in PartitionLeadersChanged commands of up to LEADER_REPORTS_PER_COMMAND_MAX,
+        at most LEADER_REPORT_COMMANDS_INFLIGHT_MAX at once. A command is built only when a
+        slot is free, so reports that come while every slot is taken join the next one."""
+        slots = trio.Semaphore(LEADER_REPORT_COMMANDS_INFLIGHT_MAX)
         async with trio.open_nursery() as nursery:
             while True:
                 await self._wanted.wait()
                 self._wanted = trio.Event()
-                reports, self._pending = self._pending, {}
-                for (topic_id, partition), (term, isr) in reports.items():
-                    self._isr_version += 1
-                    nursery.start_soon(self._report, limiter, topic_id, partition, term, isr,
-                                       self._isr_version)
+                await slots.acquire()
+                batch = self._take_batch()
+                if self._pending:
+                    self._wanted.set()  # more than one command's worth: the next one
+                if batch:
+                    nursery.start_soon(self._report, slots, batch)
+                else:
+                    slots.release()
 
-    async def _report(self, limiter: trio.CapacityLimiter, topic_id: uuid.UUID, partition: int, term: int,
-                      isr: tuple[int, ...], isr_version: int) -> None:
-        async with limiter:
-            known = self._meta.state.leaders.get((topic_id, partition))
+    def _take_batch(self) -> dict[tuple[uuid.UUID, int], tuple[int, tuple[int, ...], int]]:
+        """Up to LEADER_REPORTS_PER_COMMAND_MAX pending reports __meta does not know yet,
+        oldest first, each with its isr_version: key -> (term, isr, isr_version)."""
+        batch = {}
+        leaders = self._meta.state.leaders
+        while self._pending and len(batch) < LEADER_REPORTS_PER_COMMAND_MAX:
+            key = next(iter(self._pending))
+            term, isr = self._pending.pop(key)
+            known = leaders.get(key)
             if known is not None and (known.leader, known.epoch, known.isr) == (self.node_id, term, isr):
-                return
-            try:
-                await self._meta_service.propose(meta_pb2.MetaCommand(
-                    partition_leader_changed=meta_pb2.PartitionLeaderChanged(
-                        topic_id=topic_id.bytes, partition=partition, leader=self.node_id,
-                        leader_epoch=term, isr=isr, isr_version=isr_version)))
-            except MetaUnavailable as exc:
-                log.warning("could not report leadership of %s-%d: %s", topic_id.hex, partition, exc)
-                self._pending.setdefault((topic_id, partition), (term, isr))
-                self._wanted.set()
+                continue  # already there (a repeat, or a report retried after it landed)
+            self._isr_version += 1
+            batch[key] = (term, isr, self._isr_version)
+        return batch
+
+    async def _report(self, slots: trio.Semaphore, batch) -> None:
+        try:
+            self.commands_sent += 1
+            reports = [meta_pb2.PartitionLeaderChanged(
+                topic_id=topic_id.bytes, partition=partition, leader=self.node_id, leader_epoch=term,
+                isr=isr, isr_version=isr_version)
+                for (topic_id, partition), (term, isr, isr_version) in batch.items()]
+            await self._meta_service.propose(meta_pb2.MetaCommand(
+                partition_leaders_changed=meta_pb2.PartitionLeadersChanged(reports=reports)))
+        except MetaUnavailable as exc:
+            log.warning("could not report leadership of %d partition(s): %s", len(batch), exc)
+            for key, (term, isr, _) in batch.items():
+                self._pending.setdefault(key, (term, isr))  # unless a newer report came
+            self._wanted.set()
+        finally:
+            slots.release()

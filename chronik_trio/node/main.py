@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import logging
 import os
 import pathlib
@@ -102,6 +103,39 @@ async def _run_node(node: Node) -> None:
         nursery.cancel_scope.cancel()
 
 
+# A full (generation 2) collection longer than this is logged (_watch_gc): with 10,000
+# partition groups a node holds millions of objects, and a full collection stops the loop
+# for as long as it scans them (issue 20).
+GC_FULL_LOG_S = 0.25
+
+
+def _watch_gc() -> None:
+    """Log every full garbage collection that took longer than GC_FULL_LOG_S, and freeze
+    what survived it (gc.freeze: out of every later scan). The real process only: the
+    simulator tunes the collector itself.
+
+    Why freeze: survivors of a full collection are long-lived (groups, their Raft state).
+    After replicas.py froze the objects of a creation, CPython's rule that a full collection
+    waits until a quarter as many objects as it already holds are new no longer held one
+    back (it holds almost none), so full collections of the unfrozen survivors came every
+    few seconds, 0.3-2.7 s each on a loaded machine (issue 20, docs/bench.md)."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        took_s = time.perf_counter() - started[0]
+        if took_s > GC_FULL_LOG_S:
+            gc.freeze()
+            log.warning("a full garbage collection took %.2f s (%d objects collected); its survivors "
+                        "are now frozen out of later scans", took_s, info.get("collected", 0))
+
+    gc.callbacks.append(callback)
+
+
 # How often the C heap hands freed memory back to the OS (_trim_heap).
 HEAP_TRIM_INTERVAL_S = 10.0
 
@@ -160,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as exc:
         print(f"chronik-trio: {exc}", file=sys.stderr)
         return 2
+    _watch_gc()
     try:
         trio.run(_run_node, node)
     except BaseException as exc:  # the process boundary: say what stopped the node, exit 1

@@ -204,7 +204,14 @@ class _GroupCollector:
         yield from (term, commit, applied, leader, changes, dropped)
         yield GaugeMetricFamily("chronik_raft_groups", "Raft groups hosted", value=len(groups))
         yield GaugeMetricFamily("chronik_raft_quiesced_groups", "Groups quiesced (idle, not ticking)",
-                                value=sum(1 for g in groups if g.quiesced))
+                                value=self.runtime.quiesced_count)
+        yield GaugeMetricFamily("chronik_raft_awake_groups", "Groups not quiesced (the tick loop visits only these)",
+                                value=len(self.runtime.awake))
+        yield CounterMetricFamily("chronik_raft_group_ticks", "Ticks given to groups by the tick loop",
+                                  value=self.runtime.ticks)
+        yield CounterMetricFamily("chronik_raft_early_quiesces",
+                                  "Times a group went quiet right after its election (nothing proposed since)",
+                                  value=sum(g.early_quiesces for g in groups))
         yield CounterMetricFamily("chronik_ready_passes", "Ready passes run", value=self.runtime.passes)
         yield CounterMetricFamily("chronik_raft_unknown_group_dropped",
                                   "Peer messages dropped because no such group is hosted here",

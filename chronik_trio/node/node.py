@@ -351,7 +351,7 @@ class Node:
         group = open_group(self.node_id, META_GROUP_ID, storage, self.meta_machine, self.runtime.wake,
                            rng=self.rng)
         self.meta_machine.conf_state = group.node.status().conf_state
-        self.runtime.add(group)
+        self.runtime.add(group, first=True)  # CreateTopics and leader reports wait on it
         self.meta_service.open(group)
 
     def _observe_fsync(self, seconds: float) -> None:
@@ -404,7 +404,7 @@ class Node:
         groups = list(self.runtime.groups.values())
         return {"cluster_id": self.meta.cluster_id, "meta_leader": self.meta_leader_id(),
                 "groups": len(groups), "leading": sum(1 for g in groups if g.is_leader),
-                "quiesced": sum(1 for g in groups if g.quiesced),
+                "quiesced": self.runtime.quiesced_count,
                 "serving_kafka": self._serving, "partitions": len(self.replicas),
                 "meta_voters": list(self.meta_machine.conf_state.voters),
                 "meta_learners": list(self.meta_machine.conf_state.learners),

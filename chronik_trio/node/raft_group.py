@@ -121,8 +121,17 @@ class RaftGroup:
         self._reports: list[tuple[str, int, bool]] = []
         self.pending_ticks = 0
         self.dropped_messages = 0
-        self.quiesced = False
+        # Told whenever quiesced changes (the runtime keeps its set of awake groups, the
+        # only ones its tick loop visits); set by RaftRuntime.add.
+        self.on_quiesced_changed: typing.Callable[["RaftGroup", bool], None] = lambda group, quiesced: None
+        self._quiesced = False
         self.idle_ticks = 0
+        # The index of the empty entry this node appended on becoming leader (0: not
+        # leader). While the log ends there (nothing proposed since the election), a leader
+        # whose followers all hold it goes quiet at once, without QUIESCE_AFTER_IDLE_TICKS:
+        # thousands of new partitions each elect once and would otherwise tick and heartbeat
+        # for a second each (see _quiesce_due).
+        self.elected_index = 0
         # (peer, term) when the group was woken because node peer went unheard; see
         # wake_for_silence. None once real traffic woke it or it was quieted again.
         self._silence_wake: tuple[int, int] | None = None
@@ -136,12 +145,24 @@ class RaftGroup:
         self.closed = False  # set under the lock; the Ready pass skips closed groups
         self.leader_known = trio.Event()  # set and replaced whenever a leader is learnt
         self.leader_changes = 0
+        self.early_quiesces = 0  # times this group went quiet right after its election
         self.persisted_index = storage.log.durable_index
         self._persist_waiters: list[tuple[int, int, trio.Event]] = []  # a heap by index
         self._waiters: dict[int, _Waiter] = {}
         self._advanced: trio.Event | None = None  # see wait_advanced; made only when awaited
         ss = node.status().soft_state
         self.leader_id, self.role, self.term = ss.leader_id, ss.role, node.status().hard_state.term
+
+    @property
+    def quiesced(self) -> bool:
+        """Whether the group is quiet: it does not tick, and its leader sends no heartbeats."""
+        return self._quiesced
+
+    @quiesced.setter
+    def quiesced(self, value: bool) -> None:
+        if value != self._quiesced:
+            self._quiesced = value
+            self.on_quiesced_changed(self, value)
 
     @property
     def is_leader(self) -> bool:
@@ -383,6 +404,9 @@ class RaftGroup:
             self.node.tick()
         if not self.is_leader:
             return []
+        if self._just_elected() and not self._waiters and self._caught_up():
+            self.early_quiesces += 1
+            return self._quiesce()
         if busy or self._waiters or not self._caught_up():
             self.idle_ticks = 0
             return []
@@ -390,6 +414,16 @@ class RaftGroup:
         if self.idle_ticks < QUIESCE_AFTER_IDLE_TICKS:
             return []
         return self._quiesce()
+
+    def _just_elected(self) -> bool:
+        """A leader whose log still ends at the entry of its election, with no leader
+        transfer under way: once that entry is committed, applied and held by every
+        follower, there is nothing to wait QUIESCE_AFTER_IDLE_TICKS for. Waiting cost a new
+        group 20 ticks and 10 heartbeat rounds; creating 10,000 partitions, that tick work
+        grew as groups x creation time (docs/bench.md, issue 20)."""
+        node = self.node
+        return (self.elected_index != 0 and node.last_index() == self.elected_index
+                and node.lead_transferee == 0)
 
     def release_cached_entries(self) -> None:
         """Let storage drop cached entries nobody will read soon: applied here and, on a
@@ -422,6 +456,10 @@ class RaftGroup:
                      self.group_id, ss.leader_id, self.node.term, self.node.id)
         self.leader_id, self.role = ss.leader_id, ss.role
         self.term = self.node.term
+        if not was_leader and self.is_leader:
+            self.elected_index = self.node.last_index()  # its empty entry (Raft 8)
+        elif not self.is_leader:
+            self.elected_index = 0
         if ss.leader_id:
             self.leader_known.set()
             self.leader_known = trio.Event()

@@ -95,7 +95,16 @@ class RaftRuntime:
         self._heard_again: set[int] = set()  # silent peers heard since, awaiting a liveness message
         self._incarnations: dict[int, int] = {}  # peer -> the process id its liveness carried
         self.groups: dict[str, RaftGroup] = {}
+        # The groups not quiesced, in the order they woke: the only ones the tick loop
+        # visits, so a node's idle cost does not grow with its quiet groups. A dict, not a
+        # set: the simulator needs the same order under every hash seed.
+        self.awake: dict[str, RaftGroup] = {}
         self._active: dict[str, RaftGroup] = {}  # groups with inbox, ticks or proposals
+        # Taken first by every Ready pass it is woken for, whatever the backlog (the __meta
+        # group: CreateTopics and every leader report wait on it, and with thousands of
+        # partition groups woken it would wait behind READY_GROUPS_PER_PASS of them).
+        self.first_group_id: str | None = None
+        self.ticks = 0  # group ticks queued by the tick loop, in all
         self._wakeup = trio.Event()
         self._group_woke = trio.Event()  # lets an idle tick loop (every group quiesced) go on
         self._last_commit_checkpoint = 0.0
@@ -110,14 +119,28 @@ class RaftRuntime:
         self.stalled_s = 0.0  # seconds the tick loop ran late, in all (see _check_peers)
         self.silence_wakes = 0  # quiesced groups woken because peers went unheard
 
-    def add(self, group: RaftGroup) -> None:
+    def add(self, group: RaftGroup, *, first: bool = False) -> None:
+        """first: the group every Ready pass takes first (see first_group_id)."""
         assert group.group_id not in self.groups, group.group_id
         self.groups[group.group_id] = group
+        if first:
+            self.first_group_id = group.group_id
+        group.on_quiesced_changed = self._quiesced_changed
+        if not group.quiesced:
+            self.awake[group.group_id] = group
         self.wake(group)
 
     def remove(self, group_id: str) -> RaftGroup | None:
         self._active.pop(group_id, None)
+        self.awake.pop(group_id, None)
         return self.groups.pop(group_id, None)
+
+    def _quiesced_changed(self, group: RaftGroup, quiesced: bool) -> None:
+        if quiesced:
+            self.awake.pop(group.group_id, None)
+        elif group.group_id in self.groups:
+            self.awake[group.group_id] = group
+            self._group_woke.set()  # an idle tick loop ticks again
 
     def wake(self, group: RaftGroup) -> None:
         self._active[group.group_id] = group
@@ -228,11 +251,11 @@ class RaftRuntime:
                 ticks += idle_ticks
             self._check_peers(send_liveness=ticks % LIVENESS_EVERY_TICKS == 0,
                               stalled_s=trio.current_time() - due)
-            ticking = False
-            for group in self.groups.values():
-                if not group.quiesced:
-                    group.tick()
-                    ticking = True
+            awake = list(self.awake.values())  # tick() may quiesce nothing, but wakes
+            for group in awake:
+                group.tick()
+            self.ticks += len(awake)
+            ticking = bool(awake)
 
     def _check_peers(self, *, send_liveness: bool, stalled_s: float = 0.0) -> None:
         """stalled_s: how late this check runs (this node's own loop was busy: a long Ready
@@ -282,15 +305,19 @@ class RaftRuntime:
 
     @property
     def quiesced_count(self) -> int:
-        return sum(1 for g in self.groups.values() if g.quiesced)
+        return len(self.groups) - len(self.awake)
 
     async def ready_pass(self) -> None:
         """One pass over every active group; see the module docstring for the order."""
-        if len(self._active) <= READY_GROUPS_PER_PASS:
+        first = self._active.pop(self.first_group_id, None) if self.first_group_id else None
+        budget = READY_GROUPS_PER_PASS - (first is not None)
+        if len(self._active) <= budget:
             active, self._active = list(self._active.values()), {}
         else:  # the longest woken first; the rest wait for the next pass, which this wakes
-            active = [self._active.pop(gid) for gid in list(itertools.islice(self._active, READY_GROUPS_PER_PASS))]
+            active = [self._active.pop(gid) for gid in list(itertools.islice(self._active, budget))]
             self._wakeup.set()
+        if first is not None:
+            active.insert(0, first)
         self.largest_pass = max(self.largest_pass, len(active))
         started = time.perf_counter()
         held = []

@@ -9,6 +9,7 @@ directory removed. One reconcile at a time; __meta changes ask for another.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import pathlib
@@ -44,6 +45,13 @@ DELETED_SUFFIX = ".deleted"
 CREATING_SUFFIX = ".creating"  # a new partition's directory until it is durable (_open_storages)
 # New partitions opened per worker-thread call: their groups start a chunk at a time.
 OPEN_CHUNK_PARTITIONS = 256
+# From this many partitions opened at once, what is alive after each chunk is frozen out of the
+# garbage collector's scans (gc.freeze): each partition is a few hundred long-lived objects,
+# and creating 10,000 partitions the node's full collections took 0.3-7.4 s each (logged by
+# node/main.py; run 2 of issue 20's second round in docs/bench.md, load 7-8), stopping the
+# loop for longer than an election timeout and collecting almost nothing. The cost: a reference cycle among frozen objects that becomes garbage
+# later (a deleted topic's replica) is never collected; what refcounting frees is freed.
+GC_FREEZE_MIN_PARTITIONS = 100
 FIRST_CAMPAIGN_RETRIES = 5
 FIRST_CAMPAIGN_RETRY_S = 0.1
 # A partition's leader tells its followers of a commit with its next append or heartbeat,
@@ -164,6 +172,11 @@ class HostedReplicas:
             opened = await self._run_sync(self._open_storages, chunk)
             for (topic, partition), (storage, joining) in zip(chunk, opened):
                 self._start(topic, partition, storage, joining)
+            if len(new) >= GC_FREEZE_MIN_PARTITIONS:
+                gc.freeze()
+                # No gc.get_freeze_count() here: it walks every frozen object (a py-spy
+                # profile of 10,000 partitions found that line at 12 % of a node's samples).
+                log.info("opened %d partitions: objects frozen out of the garbage collector's scans", len(chunk))
         if doomed:
             await self._run_sync(remove_dirs, doomed)
 
@@ -176,7 +189,9 @@ class HostedReplicas:
         `<directory>.creating`) with their fsyncs put off, made durable together by one
         filesystem sync, then renamed into place (and their parent fsynced): one flush of the
         disk for the lot instead of six per partition, and a crash leaves each partition's
-        directory whole or absent. None of them is in a Raft group before this returns."""
+        directory whole or absent. Opening every storage of the chunk (new or not) puts its
+        recovery's fsyncs off to one filesystem sync too. None of them is in a Raft group
+        before this returns."""
         fresh = []
         for topic, partition in items:
             directory = self._directory(topic, partition)
@@ -197,10 +212,16 @@ class HostedReplicas:
             for (_, _, directory), staging in zip(fresh, staged):
                 self.disk.rename(staging, directory)
             self.disk.fsync_dir(parent)
-        return [(DurableRaftStorage(self.disk, self._directory(topic, partition), kafka=True,
-                                    segment_bytes=int(self.topic_config(topic.name, "segment.bytes")),
-                                    hard_states=self.hard_states, key=group_id(topic, partition)),
-                 self._joining_generation(topic, partition)) for topic, partition in items]
+        # Opening a log makes what it read durable (a crashed process may have left it in the
+        # page cache only): a segment fsync and a directory fsync per partition, 20,000 for
+        # 10,000 partitions, which the profile of their creation showed as its largest part.
+        # Put off here too and done by one filesystem sync when the block ends; no group
+        # exists before this returns, so nothing is sent on the strength of an unsynced file.
+        with self.disk.deferred_sync(self.data_dir / "partitions", self.data_dir):
+            return [(DurableRaftStorage(self.disk, self._directory(topic, partition), kafka=True,
+                                        segment_bytes=int(self.topic_config(topic.name, "segment.bytes")),
+                                        hard_states=self.hard_states, key=group_id(topic, partition)),
+                     self._joining_generation(topic, partition)) for topic, partition in items]
 
     def _bootstrap(self, directory: pathlib.Path, topic: Topic, partition: int) -> DurableRaftStorage:
         """Blocking: a new partition's storage in `directory`, its group bootstrapped."""

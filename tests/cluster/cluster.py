@@ -200,13 +200,14 @@ class ClusterProcesses:
         """The __meta leader node n knows (Metadata's controller_id; -1 if none)."""
         return int(self.metadata(n).controller_id)
 
-    def raft_metric(self, n: int, name: str) -> float:
-        """Sum over labels of one counter or gauge from node n's /metrics (on its Raft port)."""
+    def raft_metric(self, n: int, name: str, labels: str = "") -> float:
+        """Sum over labels of one counter or gauge from node n's /metrics (on its Raft port);
+        labels (e.g. 'group="__meta"'): only the series whose labels begin so."""
         url = f"http://127.0.0.1:{self.raft_ports[n]}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + "{") or line.startswith(name + " "))
+        prefixes = (name + "{" + labels,) if labels else (name + "{", name + " ")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes))
 
     def wait_meta_leader(self, nodes: list[int] | None = None, timeout_s: float = 30.0) -> int:
         """Until the given (default: running) nodes all name one live __meta leader."""

@@ -7,7 +7,8 @@ transport and Kafka handlers) in one `trio.run` under virtual time, so a wait (a
 backoff, an fsync's simulated latency) shows as virtual seconds and the work as the CPU
 seconds of this one process, the three nodes together; neither depends on what else the
 machine runs, unlike the wall time of `chronik-trio bench --modes partitions`. Per count: the
-virtual and CPU seconds from sending CreateTopics (RF 3) to its answer; then the CPU of the
+virtual and CPU seconds from sending CreateTopics (RF 3) to its answer, and the __meta
+entries appended meanwhile; then the CPU of the
 next 30 virtual seconds (settling: leader reports, quiescing); the Ready passes, fsync
 rounds and leader changes per node. The simulator's own election-safety scan (a pass over
 every group at every leader change) is left out: it is the harness's cost, not the node's.
@@ -47,6 +48,7 @@ async def _create(partitions: int, out: dict, profile: cProfile.Profile | None) 
                                        node_rng=sub["node"])
             await cluster.start_all()
             client = sim_client.Client(net, cluster.bootstrap, sub["clients"], 3600.0)
+            meta0 = _meta_index(cluster)
             t0, cpu0 = trio.current_time(), time.process_time()
             if profile is not None:
                 profile.enable()
@@ -57,6 +59,7 @@ async def _create(partitions: int, out: dict, profile: cProfile.Profile | None) 
             out["create_virtual_s"] = trio.current_time() - t0
             out["create_cpu_s"] = time.process_time() - cpu0
             out["error_code"] = int(answer.topics[0].error_code)
+            out["meta_entries"] = _meta_index(cluster) - meta0
             cpu1 = time.process_time()
             await trio.sleep(SETTLE_S)
             out["settle_cpu_s"] = time.process_time() - cpu1
@@ -68,6 +71,11 @@ async def _create(partitions: int, out: dict, profile: cProfile.Profile | None) 
             nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _meta_index(cluster) -> int:
+    """The __meta log's last index on the first node (entries appended there so far)."""
+    return cluster.nodes[cluster.ids[0]].node.runtime.groups["__meta"].node.last_index()
 
 
 def measure(partitions: int, profile: cProfile.Profile | None = None) -> dict:
@@ -96,7 +104,8 @@ def main() -> None:
         profile = cProfile.Profile() if args.profile and i == len(args.partitions) - 1 else None
         r = measure(n, profile)
         print(f"{n} partitions: CreateTopics answered (error {r['error_code']}) after {r['create_virtual_s']:.2f} "
-              f"virtual s, {r['create_cpu_s']:.2f} CPU s (3 nodes); next {SETTLE_S:.0f} virtual s "
+              f"virtual s, {r['create_cpu_s']:.2f} CPU s (3 nodes), {r['meta_entries']} __meta entries; "
+              f"next {SETTLE_S:.0f} virtual s "
               f"{r['settle_cpu_s']:.2f} CPU s; Ready passes {r['passes']}, fsync rounds {r['fsync_rounds']}, "
               f"leader changes {r['leader_changes']}, quiesced {r['quiesced']}; load {_load()}", flush=True)
         if profile is not None:

@@ -19,6 +19,8 @@ PARTITIONS = 200  # more than one creation chunk (OPEN_CHUNK_PARTITIONS)
 WRITABLE_TIMEOUT_S = 120.0
 FAILOVER_TIMEOUT_S = 120.0
 METADATA_TIMEOUT_S = 60.0
+QUIET_TIMEOUT_S = 60.0
+IDLE_S = 2.0  # forty tick intervals: any group still ticking would show
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -27,16 +29,42 @@ def _conns(cluster: ClusterProcesses, ids: list[int]) -> dict[int, bp.Conn]:
     return {n: bp.Conn(f"127.0.0.1:{cluster.port(n)}") for n in ids}
 
 
+def _meta_applied(cluster: ClusterProcesses, n: int) -> int:
+    return int(cluster.raft_metric(n, "chronik_raft_applied_index", 'group="__meta"'))
+
+
+def _wait_all_quiet(cluster: ClusterProcesses, ids: list[int]) -> dict[int, float]:
+    """Until no group is awake on any of ids; each node's group ticks so far."""
+    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    while True:
+        awake = {n: cluster.raft_metric(n, "chronik_raft_awake_groups") for n in ids}
+        if not any(awake.values()):
+            return {n: cluster.raft_metric(n, "chronik_raft_group_ticks") for n in ids}
+        assert time.monotonic() < deadline, f"groups still awake after {QUIET_TIMEOUT_S} s: {awake}"
+        time.sleep(0.2)
+
+
 def test_every_partition_leads_takes_writes_and_fails_over(cluster_factory):
     cluster = cluster_factory(3).start()
     conns = _conns(cluster, cluster.ids)
     try:
         first = conns[1]
+        meta_before = _meta_applied(cluster, 1)
         assert bp.create_topic(first, "many", PARTITIONS, 3) == 0
+        # Leader reports go to __meta in batches (PartitionLeadersChanged): the topic and
+        # its 200 leaders are a handful of entries, not one per partition.
+        meta_entries = _meta_applied(cluster, 1) - meta_before
+        assert meta_entries < PARTITIONS // 4, meta_entries
         writer = bp.Writer("many", set(range(PARTITIONS)), b"v" * 100)
         writer.to_leaders(conns, time.perf_counter() + WRITABLE_TIMEOUT_S)
         assert not writer.pending, f"partitions never written: {sorted(writer.pending)[:20]}"
+        # Written once, every group goes quiet; then the tick loops tick nothing.
+        ticks = _wait_all_quiet(cluster, cluster.ids)
+        time.sleep(IDLE_S)
+        assert {n: cluster.raft_metric(n, "chronik_raft_group_ticks") for n in cluster.ids} == ticks
 
+        for n in cluster.ids:  # the chunk's objects were frozen out of the collector's scans
+            assert "objects frozen out of the garbage collector's scans" in cluster.log(n)
         for n in cluster.ids:  # one whole directory per partition, nothing half-built
             names = os.listdir(cluster.root / f"node{n}" / "data" / "partitions")
             assert not [d for d in names if d.endswith(CREATING_SUFFIX)], names

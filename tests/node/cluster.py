@@ -46,9 +46,11 @@ class RecordingMachine:
 
 class LocalCluster:
     def __init__(self, root: pathlib.Path, node_ids=(1, 2, 3), groups=("g",), seed: int = 1,
-                 disk: Disk | None = None, **raft_options) -> None:
-        """disk: every group's Disk (default a plain one); raft_options: more raft.Config
+                 disk: Disk | None = None, first_group: str | None = None, **raft_options) -> None:
+        """disk: every group's Disk (default a plain one); first_group: the group every
+        Ready pass takes first (as a node does __meta); raft_options: more raft.Config
         fields for every group (e.g. a small max_committed_size_per_ready_bytes)."""
+        self.first_group = first_group
         self.root = root
         self.disk = disk if disk is not None else Disk()
         self.raft_options = raft_options
@@ -100,7 +102,7 @@ class LocalCluster:
             rng = random.Random(self.seed * 1000 + node_id)
             node = RawNode(Config(id=node_id, election_tick=10, heartbeat_tick=2, rng=rng,
                                   **self.raft_options), storage)
-            runtime.add(RaftGroup(gid, node, storage, machine, runtime.wake))
+            runtime.add(RaftGroup(gid, node, storage, machine, runtime.wake), first=gid == self.first_group)
         return runtime
 
     def _watch_passes(self, node_id: int, runtime: RaftRuntime) -> None:

@@ -102,6 +102,28 @@ def test_leader_reports_only_move_forward():
     assert state.leader_of(topic, 0) is None
 
 
+def test_one_batched_leader_command_applies_each_report_as_its_own_and_skips_stale_or_unknown_ones():
+    state = meta.MetaState()
+    state.apply(_create("a"))
+    topic = state.topics["a"]
+
+    def one(partition, leader, epoch, topic_id=topic.topic_id):
+        return meta_pb2.PartitionLeaderChanged(topic_id=topic_id.bytes, partition=partition, leader=leader,
+                                               leader_epoch=epoch, isr=[leader])
+
+    assert state.apply(meta_pb2.MetaCommand(partition_leader_changed=one(1, 2, 5))).ok
+    version = state.version
+    layout = state.layout_version
+    applied = state.apply(meta_pb2.MetaCommand(partition_leaders_changed=meta_pb2.PartitionLeadersChanged(
+        reports=[one(0, 1, 3), one(1, 3, 4), one(2, 3, 7), one(9, 1, 1), one(0, 1, 1, uuid.UUID(int=99))])))
+    assert applied.ok
+    assert state.leader_of(topic, 0) == meta.PartitionLeader(1, 3, (1,))
+    assert state.leader_of(topic, 1) == meta.PartitionLeader(2, 5, (2,))  # the batch's report was stale
+    assert state.leader_of(topic, 2) == meta.PartitionLeader(3, 7, (3,))
+    assert len(state.leaders) == 3  # no partition 9, no topic 99
+    assert state.version == version + 1 and state.layout_version == layout  # one command, no layout change
+
+
 def test_a_snapshot_restores_an_equal_state_including_dedup_memory():
     state = meta.MetaState()
     state.apply(_with_id(_create("a", 2, **{"retention.ms": "9"}), b"c1"))

@@ -240,7 +240,7 @@ class BugClass:
 BUGS = (
     BugClass("acks_before_commit", 1, patches=_acks_before_commit(), caught_by="lost_writes"),
     BugClass("skip_fsync", 1, node_patch=_skip_fsync, caught_by="lost_writes"),
-    BugClass("fetch_above_high_watermark", 4, patches=(
+    BugClass("fetch_above_high_watermark", 1, patches=(
         (partition_group.PartitionReplica, "read", _fetch_above_high_watermark),),
         caught_by="inconsistent_offsets"),
     BugClass("vote_not_persisted", 5, "--votes", patches=(

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from tests.integration.clients_python import PY_DRIVERS, ConfluentDriver
 from tests.integration.compaction_common import (CLEANER_ARGS, create_compacted, kafkajs_produce,
                                                  keyed_records, latest, reader, set_topic_config, settle)
+from tests.kafka.live import wait_for
 from tests.kafka_wire import KafkaWire
 from tests.kafkajs import kafkajs_dir
 
@@ -168,7 +169,10 @@ def test_the_cleaner_removes_aborted_records_then_markers_past_their_delete_hori
     txn([(b"k9", b"y")], commit=True)
     want = sorted((told[(k, v)], k, v) for k, v in
                   [(b"k0", b"a0"), (b"k1", b"c1"), (b"k2", b"a2"), (b"k3", b"a3"), (b"k9", b"y")])
-    markers = _markers(broker.port, topic)  # well within delete.retention.ms of any pass
+    # EndTxn is answered once the prepare is durable; the markers follow it (docs/transactions.md),
+    # so the last one may not be written yet: wait for all five, well within delete.retention.ms.
+    wait_for(lambda: len(_markers(broker.port, topic)) >= 5, what="the five markers written", timeout_s=20)
+    markers = _markers(broker.port, topic)
     assert len(markers) == 5, markers
     # The abort marker (after the aborted records) and k9=x's commit marker (before k9=y).
     going = {offset for offset, _, _ in markers[1:2] + markers[3:4]}

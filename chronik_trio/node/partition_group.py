@@ -178,6 +178,7 @@ class PartitionReplica:
         self._offsets = OffsetAssigner()
         self._view: LeaderView | None = None
         self._view_term = 0
+        self._in_order: dict[int, _ProducerOrder] = {}  # producer id -> its transactional produces' turn
         self._min_insync = min_insync  # the topic's current min.insync.replicas (live config)
         self._isr = InSyncReplicas(lag_time_s)
         self.alive = alive
@@ -230,8 +231,37 @@ class PartitionReplica:
         Raises NotLeader, ProposalFailed (retriable), NotEnoughReplicas, ProducerError or
         TxnError."""
         try:
-            guard = await self._verify_transaction(headers, verify) if verify is not None else None
-            return await self._produce(records, headers, acks, guard, coordinator)
+            txn = next((h for h in headers if h.attributes & ATTR_TRANSACTIONAL), None) if verify else None
+            if txn is None:
+                return await self._produce(records, headers, acks, None, coordinator)
+            # A producer's transactional produces here are verified and proposed one at a
+            # time, in the order they came: a client pipelines them (the Java client up to
+            # five a connection), each one before the transaction opens here asks the
+            # coordinator, and the answers come back in any order; appended in that order,
+            # a later sequence would go first and the earlier be refused OUT_OF_ORDER.
+            # The lock is let go once the batch is proposed, not when it commits.
+            order = self._in_order.get(txn.producer_id)
+            if order is None:
+                order = self._in_order[txn.producer_id] = _ProducerOrder()
+            order.users += 1
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    order.lock.release()
+            try:
+                await order.lock.acquire()
+                try:
+                    guard = await self._verify_transaction(headers, verify)
+                    return await self._produce(records, headers, acks, guard, coordinator, release)
+                finally:
+                    release()
+            finally:
+                order.users -= 1
+                if not order.users:
+                    del self._in_order[txn.producer_id]
         except ProposalFailed as exc:
             # Dropped while leadership moves (or already moved): send the client to the
             # leader (NOT_LEADER_OR_FOLLOWER); otherwise REQUEST_TIMED_OUT.
@@ -261,7 +291,9 @@ class PartitionReplica:
         return term, txn.producer_id, txn.producer_epoch, seen
 
     async def _produce(self, records, headers: list[BatchHeader], acks: int, guard: tuple | None,
-                       coordinator: bool = False) -> int:
+                       coordinator: bool = False, proposed: typing.Callable[[], None] | None = None) -> int:
+        """proposed(): called once the batches are proposed (or found duplicates), before
+        their commit is waited for."""
         batches = [idempotent_batch(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
                                     h.max_timestamp_ms) for h in headers]
         idempotent = any(batch is not None for batch in batches)
@@ -288,6 +320,8 @@ class PartitionReplica:
                 view = view or (self._view if self._view_term == term else None)
                 if view is not None:
                     view.apply(payloads, waiter.index - len(payloads) + 1)
+        if proposed is not None:
+            proposed()
         if duplicate is not None:
             log.debug("%s-%d: duplicate of the batch at offset %d (producer sequence %d..%d)",
                       self.topic_name, self.partition, duplicate.first_offset, duplicate.first_seq,
@@ -519,6 +553,17 @@ TxnVerifier = typing.Callable[[int, int], typing.Awaitable[ErrorCode]]
 class TxnRefused(InvalidTxnState):
     """The coordinator did not confirm the partition is in the producer's transaction; the
     produce is answered with the coordinator's code."""
+
+
+class _ProducerOrder:
+    """One producer's turn at a partition's transactional produces (PartitionReplica.produce):
+    the lock, and how many produces hold or wait for it (the entry goes with the last)."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.users = 0
 
 
 class LeaderView:

@@ -247,7 +247,7 @@ BUGS = (
         (hardstate_log.HardStateLog, "append", _vote_not_persisted),), caught_by="election_safety"),
     BugClass("follower_ack_before_durable", 1, "--followers", patches=(
         (raft_runtime.RaftRuntime, "_collect", _follower_ack_before_durable),), caught_by="lost_writes"),
-    BugClass("txn_offsets_kept_on_abort", 1, "--copier", patches=(
+    BugClass("txn_offsets_kept_on_abort", 4, "--copier", patches=(
         (group_store.GroupStore, "_apply_marker", _txn_offsets_kept_on_abort),), caught_by="exactly_once_output"),
 )
 BASELINE = BugClass("baseline", None)  # no patch: the broker as shipped

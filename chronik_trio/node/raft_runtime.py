@@ -9,7 +9,8 @@ order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 2. send `messages` at once (a leader may send appends before its own fsync: Raft thesis
    10.2.1; heartbeats and votes requests promise nothing);
 3. write the snapshot, entries and hard state;
-4. fsync everything written, in one call to the runtime's fsync thread;
+4. fsync everything written, in one call to the runtime's fsync thread (waited for on the
+   loop thread, for at most FSYNC_INLINE_WAIT_S, if the pass has sent nothing yet);
 5. send `persisted_messages` (votes and append responses promise durable state, so they
    wait for step 4);
 6. apply committed entries (they are durable on a quorum, so applying never waits for 4),
@@ -63,6 +64,15 @@ READY_ROUNDS_PER_PASS = 2
 # loop for seconds: liveness messages and transport pings went unanswered, peers took the
 # node for dead and woke their quiesced groups, which made the next pass longer still.
 READY_GROUPS_PER_PASS = 512
+# How long a pass that has handed no message to the transport waits for its fsync round on
+# the loop thread (blocked) before it lets other tasks run and awaits the round's end as
+# usual. This disk answers in 0.2-0.5 ms: a round that ends within this skips the trip
+# back through trio (the thread's wake of the loop, a scheduler step); a slow disk holds the
+# loop for at most this per round, not for the round (docs/bench.md, "Tried and not kept:
+# fsync rounds on the loop thread": a whole slow round on the loop cost liveness). A pass
+# that sent messages never waits inline: the sender tasks must run to write them, so a
+# leader's appends still go out while its own fsync runs.
+FSYNC_INLINE_WAIT_S = 0.001
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -111,6 +121,7 @@ class RaftRuntime:
         self.passes = 0
         self.largest_pass = 0  # the most groups one Ready pass took (READY_GROUPS_PER_PASS)
         self.fsync_rounds = 0
+        self.sent_in_pass = 0  # messages handed to the transport since the pass began
         self.unknown_group_drops = 0
         self.malformed_drops = 0  # peer messages no peer may send (node/peers.py)
         self.observe_pass = observe_pass
@@ -320,6 +331,7 @@ class RaftRuntime:
             active.insert(0, first)
         self.largest_pass = max(self.largest_pass, len(active))
         started = time.perf_counter()
+        self.sent_in_pass = 0
         held = []
         try:
             for group in active:
@@ -407,7 +419,11 @@ class RaftRuntime:
             # Shielded: a shutdown must not leave a round begun but not ended (the thread's
             # entry is a checkpoint); the clean close syncs every group again after it.
             with trio.CancelScope(shield=True):
-                await self._run_sync(_run_tickets, [t for _, t in tickets])
+                if self.fsync_thread is not None and self.sent_in_pass == 0:
+                    await self.fsync_thread.run_sync(_run_tickets, [t for _, t in tickets],
+                                                     inline_wait_s=FSYNC_INLINE_WAIT_S)
+                else:
+                    await self._run_sync(_run_tickets, [t for _, t in tickets])
             self.fsync_started = None
             self.observe_fsync(trio.current_time() - started)
             self.fsync_rounds += 1
@@ -417,6 +433,7 @@ class RaftRuntime:
     def _send_all(self, group: RaftGroup, messages) -> None:
         for message in messages:
             self._send(group.group_id, message)
+            self.sent_in_pass += 1
 
     def _apply(self, group: RaftGroup, rd) -> None:
         normal = []

@@ -73,6 +73,10 @@ READY_GROUPS_PER_PASS = 512
 # that sent messages never waits inline: the sender tasks must run to write them, so a
 # leader's appends still go out while its own fsync runs.
 FSYNC_INLINE_WAIT_S = 0.001
+# A round that took longer than this (a disk in trouble, not one of a busy machine's slower
+# rounds, which take 1-3 ms here) stops the inline waits until a round is faster again: on a
+# slow disk no pass waits inline at all, and the loop runs as it does without them.
+FSYNC_ROUND_SLOW_S = 0.005
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -419,7 +423,7 @@ class RaftRuntime:
             # Shielded: a shutdown must not leave a round begun but not ended (the thread's
             # entry is a checkpoint); the clean close syncs every group again after it.
             with trio.CancelScope(shield=True):
-                if self.fsync_thread is not None and self.sent_in_pass == 0:
+                if self._wait_inline():
                     await self.fsync_thread.run_sync(_run_tickets, [t for _, t in tickets],
                                                      inline_wait_s=FSYNC_INLINE_WAIT_S)
                 else:
@@ -429,6 +433,14 @@ class RaftRuntime:
             self.fsync_rounds += 1
             for group, ticket in tickets:
                 group.on_persisted(group.storage.end_sync(ticket))
+
+    def _wait_inline(self) -> bool:
+        """Whether this pass waits for its fsync round on the loop thread (see
+        FSYNC_INLINE_WAIT_S): the real thread only (a simulation's hand-off is its own), a
+        pass that has sent nothing, and a last round not slower than FSYNC_ROUND_SLOW_S."""
+        thread = self.fsync_thread
+        return (thread is not None and self.sent_in_pass == 0
+                and thread.last_call_s <= FSYNC_ROUND_SLOW_S)
 
     def _send_all(self, group: RaftGroup, messages) -> None:
         for message in messages:

@@ -14,6 +14,7 @@ import os
 import queue
 import random
 import threading
+import time
 import typing
 import uuid
 
@@ -64,6 +65,7 @@ class DedicatedThread:
         self._lock = threading.Lock()  # guards _running against the thread's idle exit
         self._running = False
         self.inline_ends = 0  # calls whose result the caller had within its inline wait
+        self.last_call_s = 0.0  # how long the last call that ended took in the thread
 
     async def run_sync(self, fn: typing.Callable[..., typing.Any], *args: typing.Any,
                        inline_wait_s: float = 0.0) -> typing.Any:
@@ -105,10 +107,12 @@ class DedicatedThread:
                         self._running = False
                         return
                 continue
+            started = time.perf_counter()
             try:
                 job.result = job.fn(*job.args)
             except BaseException as exc:  # handed to the caller, raised there
                 job.error = exc
+            self.last_call_s = time.perf_counter() - started
             job.fn = job.args = None
             with job.lock:
                 job.finished.set()

@@ -291,3 +291,30 @@ async def test_a_slow_fsync_round_holds_the_loop_for_the_inline_wait_only(tmp_pa
     await cluster.settle()
     assert results and _applied(cluster, 1) == [b"slow"]
     assert runtime.fsync_thread.inline_ends == inline_ends
+
+
+async def test_no_pass_waits_inline_on_a_slow_disk_until_a_round_is_fast_again(
+        tmp_path, nursery, mock_clock, monkeypatch):
+    # Every fsync slowed past FSYNC_ROUND_SLOW_S (a disk in trouble): after the first slow
+    # round no pass waits inline, so the loop runs as it does without the inline wait (2
+    # runtime steps per pass). Once the disk is fast, the first fast round still goes through
+    # trio (the last round was slow), the ones after it wait inline again. The bounds are
+    # raised so that a busy machine's real fsync stays on the fast side of both.
+    monkeypatch.setattr(raft_runtime, "FSYNC_INLINE_WAIT_S", INLINE_WAIT_LONG_S)
+    monkeypatch.setattr(raft_runtime, "FSYNC_ROUND_SLOW_S", 0.1)
+    faults = DiskFaults(fsync_latency_s=0.3)
+    cluster = LocalCluster(tmp_path, node_ids=(1,), disk=FaultyDisk(faults))
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    runtime = cluster.runtimes[1]
+    thread = runtime.fsync_thread
+    assert thread.last_call_s > raft_runtime.FSYNC_ROUND_SLOW_S  # the election's round
+    inline_ends = thread.inline_ends  # the first round of all (no round before it) waited
+    runtime_steps, steps = await _count_runtime_steps(cluster, nursery, runtime, 3)
+    assert runtime_steps == 2 * 3, steps
+    assert thread.inline_ends == inline_ends
+    faults.fsync_latency_s = 0.0
+    runtime_steps, steps = await _count_runtime_steps(cluster, nursery, runtime, 1)
+    assert runtime_steps == 2 and thread.inline_ends == inline_ends, steps  # fast, after a slow one
+    runtime_steps, steps = await _count_runtime_steps(cluster, nursery, runtime, 2)
+    assert runtime_steps == 2 and thread.inline_ends == inline_ends + 2, steps

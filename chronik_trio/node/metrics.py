@@ -213,11 +213,6 @@ class _GroupCollector:
                                   "Times a group went quiet right after its election (nothing proposed since)",
                                   value=sum(g.early_quiesces for g in groups))
         yield CounterMetricFamily("chronik_ready_passes", "Ready passes run", value=self.runtime.passes)
-        thread = self.runtime.fsync_thread
-        yield CounterMetricFamily("chronik_fsync_rounds_inline",
-                                  "fsync rounds that ended within the loop thread's bounded wait for them "
-                                  "(raft_runtime.FSYNC_INLINE_WAIT_S)",
-                                  value=thread.inline_ends if thread is not None else 0)
         yield CounterMetricFamily("chronik_raft_unknown_group_dropped",
                                   "Peer messages dropped because no such group is hosted here",
                                   value=self.runtime.unknown_group_drops)

@@ -9,8 +9,7 @@ order inside a pass lives in `ready_pass` and is the etcd/raft-rs contract:
 2. send `messages` at once (a leader may send appends before its own fsync: Raft thesis
    10.2.1; heartbeats and votes requests promise nothing);
 3. write the snapshot, entries and hard state;
-4. fsync everything written, in one call to the runtime's fsync thread (waited for on the
-   loop thread, for at most FSYNC_INLINE_WAIT_S, if the pass has sent nothing yet);
+4. fsync everything written, in one call to the runtime's fsync thread;
 5. send `persisted_messages` (votes and append responses promise durable state, so they
    wait for step 4);
 6. apply committed entries (they are durable on a quorum, so applying never waits for 4),
@@ -64,19 +63,6 @@ READY_ROUNDS_PER_PASS = 2
 # loop for seconds: liveness messages and transport pings went unanswered, peers took the
 # node for dead and woke their quiesced groups, which made the next pass longer still.
 READY_GROUPS_PER_PASS = 512
-# How long a pass that has handed no message to the transport waits for its fsync round on
-# the loop thread (blocked) before it lets other tasks run and awaits the round's end as
-# usual. This disk answers in 0.2-0.5 ms: a round that ends within this skips the trip
-# back through trio (the thread's wake of the loop, a scheduler step); a slow disk holds the
-# loop for at most this per round, not for the round (docs/bench.md, "Tried and not kept:
-# fsync rounds on the loop thread": a whole slow round on the loop cost liveness). A pass
-# that sent messages never waits inline: the sender tasks must run to write them, so a
-# leader's appends still go out while its own fsync runs.
-FSYNC_INLINE_WAIT_S = 0.001
-# A round that took longer than this (a disk in trouble, not one of a busy machine's slower
-# rounds, which take 1-3 ms here) stops the inline waits until a round is faster again: on a
-# slow disk no pass waits inline at all, and the loop runs as it does without them.
-FSYNC_ROUND_SLOW_S = 0.005
 
 
 def _run_tickets(tickets: list[RaftSyncTicket]) -> None:
@@ -125,7 +111,6 @@ class RaftRuntime:
         self.passes = 0
         self.largest_pass = 0  # the most groups one Ready pass took (READY_GROUPS_PER_PASS)
         self.fsync_rounds = 0
-        self.sent_in_pass = 0  # messages handed to the transport since the pass began
         self.unknown_group_drops = 0
         self.malformed_drops = 0  # peer messages no peer may send (node/peers.py)
         self.observe_pass = observe_pass
@@ -335,7 +320,6 @@ class RaftRuntime:
             active.insert(0, first)
         self.largest_pass = max(self.largest_pass, len(active))
         started = time.perf_counter()
-        self.sent_in_pass = 0
         held = []
         try:
             for group in active:
@@ -423,29 +407,16 @@ class RaftRuntime:
             # Shielded: a shutdown must not leave a round begun but not ended (the thread's
             # entry is a checkpoint); the clean close syncs every group again after it.
             with trio.CancelScope(shield=True):
-                if self._wait_inline():
-                    await self.fsync_thread.run_sync(_run_tickets, [t for _, t in tickets],
-                                                     inline_wait_s=FSYNC_INLINE_WAIT_S)
-                else:
-                    await self._run_sync(_run_tickets, [t for _, t in tickets])
+                await self._run_sync(_run_tickets, [t for _, t in tickets])
             self.fsync_started = None
             self.observe_fsync(trio.current_time() - started)
             self.fsync_rounds += 1
             for group, ticket in tickets:
                 group.on_persisted(group.storage.end_sync(ticket))
 
-    def _wait_inline(self) -> bool:
-        """Whether this pass waits for its fsync round on the loop thread (see
-        FSYNC_INLINE_WAIT_S): the real thread only (a simulation's hand-off is its own), a
-        pass that has sent nothing, and a last round not slower than FSYNC_ROUND_SLOW_S."""
-        thread = self.fsync_thread
-        return (thread is not None and self.sent_in_pass == 0
-                and thread.last_call_s <= FSYNC_ROUND_SLOW_S)
-
     def _send_all(self, group: RaftGroup, messages) -> None:
         for message in messages:
             self._send(group.group_id, message)
-            self.sent_in_pass += 1
 
     def _apply(self, group: RaftGroup, rd) -> None:
         normal = []

@@ -14,7 +14,6 @@ import os
 import queue
 import random
 import threading
-import time
 import typing
 import uuid
 
@@ -64,19 +63,8 @@ class DedicatedThread:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards _running against the thread's idle exit
         self._running = False
-        self.inline_ends = 0  # calls whose result the caller had within its inline wait
-        self.last_call_s = 0.0  # how long the last call that ended took in the thread
 
-    async def run_sync(self, fn: typing.Callable[..., typing.Any], *args: typing.Any,
-                       inline_wait_s: float = 0.0) -> typing.Any:
-        """fn(*args) in the worker thread, awaited.
-
-        inline_wait_s > 0: first wait up to that long for the result on this (the loop's)
-        thread, blocked, without letting any other task run; a call that ends by then is
-        back without the trip through trio (the worker's run_sync_soon, a wake of the loop's
-        epoll, a scheduler step of its own), and one that does not is awaited as usual. So
-        the loop is held for at most inline_wait_s per call however slow the call (a slow
-        disk), unlike a call made on the loop thread itself. Raises what fn raised."""
+    async def run_sync(self, fn: typing.Callable[..., typing.Any], *args: typing.Any) -> typing.Any:
         job = _Job(fn, args, trio.lowlevel.current_trio_token())
         with self._lock:
             self._jobs.put(job)
@@ -84,15 +72,8 @@ class DedicatedThread:
                 self._running = True
                 self.threads_started += 1
                 threading.Thread(target=self._work, name=self.name, daemon=True).start()
-        if inline_wait_s > 0 and job.finished.wait(inline_wait_s):
-            self.inline_ends += 1
-        else:
-            with job.lock:  # the worker sees either this flag or we see its finished.set()
-                ended = job.finished.is_set()
-                job.trio_waiting = not ended
-            if not ended:
-                with trio.CancelScope(shield=True):
-                    await job.done.wait()
+        with trio.CancelScope(shield=True):
+            await job.done.wait()
         if job.error is not None:
             raise job.error
         return job.result
@@ -107,18 +88,11 @@ class DedicatedThread:
                         self._running = False
                         return
                 continue
-            started = time.perf_counter()
             try:
                 job.result = job.fn(*job.args)
             except BaseException as exc:  # handed to the caller, raised there
                 job.error = exc
-            self.last_call_s = time.perf_counter() - started
             job.fn = job.args = None
-            with job.lock:
-                job.finished.set()
-                wake = job.trio_waiting
-            if not wake:  # the caller waited inline and has the result already
-                continue
             try:
                 job.token.run_sync_soon(job.done.set)
             except trio.RunFinishedError:  # the caller's trio run is gone: nobody to tell
@@ -126,14 +100,10 @@ class DedicatedThread:
 
 
 class _Job:
-    __slots__ = ("fn", "args", "token", "done", "result", "error", "lock", "finished",
-                 "trio_waiting")
+    __slots__ = ("fn", "args", "token", "done", "result", "error")
 
     def __init__(self, fn, args, token) -> None:
         self.fn, self.args, self.token = fn, args, token
-        self.done = trio.Event()  # set through the trio token, if trio_waiting
-        self.lock = threading.Lock()  # orders finished.set() against trio_waiting
-        self.finished = threading.Event()  # fn has returned or raised
-        self.trio_waiting = False  # the caller gave up its inline wait: wake it through trio
+        self.done = trio.Event()
         self.result: typing.Any = None
         self.error: BaseException | None = None

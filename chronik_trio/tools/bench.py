@@ -294,7 +294,7 @@ class _NodeWatch:
         except OSError as exc:
             return {"error": str(exc)}
         return {**bench_local.histograms(text), "cleaner": bench_local.cleaner_counters(text),
-                "sent": bench_local.transport_sent(text), "fsync_inline": bench_local.fsync_rounds_inline(text)}
+                "sent": bench_local.transport_sent(text)}
 
     def report(self) -> list[dict]:
         self._stop.set()
@@ -312,8 +312,6 @@ class _NodeWatch:
                         node[key] = bench_local.histogram_delta(before.get(name), after[name])
                 node["sent_messages"] = int(after["sent"]["messages"] - before["sent"]["messages"])
                 node["sent_batches"] = int(after["sent"]["batches"] - before["sent"]["batches"])
-                if after["fsync_inline"] is not None and before["fsync_inline"] is not None:
-                    node["fsync_rounds_inline"] = int(after["fsync_inline"] - before["fsync_inline"])
                 cleaned = {k: v - before["cleaner"].get(k, 0.0) for k, v in after["cleaner"].items()}
                 if cleaned.get("chronik_cleaner_passes"):
                     busy = cleaned["chronik_cleaner_busy_seconds"]
@@ -664,8 +662,6 @@ def _print_other_modes(res: dict) -> None:
                              f"p99<={h['p99_ms_at_most']} ms;")
         if "sent_messages" in node:
             parts.append(f"sent {node['sent_messages']} Raft messages in {node['sent_batches']} batches;")
-        if "fsync_rounds_inline" in node:
-            parts.append(f"{node['fsync_rounds_inline']} fsync rounds ended within the inline wait;")
         if "cpu_percent_of_a_core" in node:
             parts.append(f"CPU {node['cpu_percent_of_a_core']} % of a core; RSS {node['rss_mb_before']} -> "
                          f"{node['rss_mb_after']} MB")

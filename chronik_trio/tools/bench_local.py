@@ -189,15 +189,6 @@ def transport_sent(text: str) -> dict[str, float]:
     return sent
 
 
-_FSYNC_INLINE = re.compile(r'^chronik_fsync_rounds_inline_total (\S+)$', re.M)
-
-
-def fsync_rounds_inline(text: str) -> float | None:
-    """chronik_fsync_rounds_inline_total of a /metrics text (None: a node without it)."""
-    found = _FSYNC_INLINE.search(text)
-    return float(found.group(1)) if found else None
-
-
 def histogram_delta(before: dict | None, after: dict) -> dict:
     """Count, mean and bucket-bound p50/p99/max (ms) of what was observed between scrapes."""
     b_buckets = dict(before["buckets"]) if before else {}

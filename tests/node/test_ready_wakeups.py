@@ -13,7 +13,6 @@ import pytest
 import trio
 import trio.testing
 
-from chronik_trio.node import raft_runtime
 from chronik_trio.storage.disk import DiskFaults, FaultyDisk
 from tests.node.cluster import LocalCluster
 
@@ -196,125 +195,24 @@ class _StepCounter(trio.abc.Instrument):
         self.steps[task.name] = self.steps.get(task.name, 0) + 1
 
 
-async def _count_runtime_steps(cluster, nursery, runtime, records: int):
+async def test_a_sole_voter_s_pass_takes_the_runtime_task_two_scheduler_steps(tmp_path, nursery, mock_clock):
+    # A pass: the runtime's task wakes (1), takes the group's lock (free: no checkpoint) and
+    # hands the fsync round to its thread; the round's end wakes it (1), and it applies and
+    # goes back to waiting. Taking the free lock with trio.Lock's checkpoint was one more
+    # step per pass and group.
+    cluster = LocalCluster(tmp_path, node_ids=(1,))
+    await _start(cluster, nursery)
+    await _campaign(cluster, 1)
+    runtime = cluster.runtimes[1]
     passes, results = runtime.passes, []
     counter = _StepCounter()
     trio.lowlevel.add_instrument(counter)
     try:
-        for i in range(records):
+        for i in range(5):
             _propose_soon(nursery, runtime.groups["g"], b"r%d" % i, results)
             await cluster.settle()
     finally:
         trio.lowlevel.remove_instrument(counter)
-    assert len(results) == records and runtime.passes - passes == records
+    assert len(results) == 5 and runtime.passes - passes == 5
     (runtime_steps,) = [n for name, n in counter.steps.items() if name.startswith("tests.node.cluster.")]
-    return runtime_steps, counter.steps
-
-
-# Long enough that a real fsync of one 1 KB append ends within it on any machine these tests
-# run on (a CI run's slowest rounds were some 100 ms); a round that outlasted it would only
-# fail the step count, never hang: the wait then goes on through trio.
-INLINE_WAIT_LONG_S = 20.0
-
-
-async def test_a_sole_voter_s_pass_takes_the_runtime_task_one_scheduler_step_when_its_fsync_ends_within_the_inline_wait(
-        tmp_path, nursery, mock_clock, monkeypatch):
-    # A pass: the runtime's task wakes (1), takes the group's lock (free: no checkpoint),
-    # hands the fsync round to its thread and, having sent nothing, waits for it on the loop
-    # thread: the round ends within the wait, so the pass applies and goes back to waiting
-    # without the thread's wake through trio (which was a second step per pass; taking the
-    # free lock with trio.Lock's checkpoint was a third).
-    monkeypatch.setattr(raft_runtime, "FSYNC_INLINE_WAIT_S", INLINE_WAIT_LONG_S)
-    cluster = LocalCluster(tmp_path, node_ids=(1,))
-    await _start(cluster, nursery)
-    await _campaign(cluster, 1)
-    runtime = cluster.runtimes[1]
-    inline_ends = runtime.fsync_thread.inline_ends
-    runtime_steps, steps = await _count_runtime_steps(cluster, nursery, runtime, 5)
-    assert runtime_steps == 5, steps
-    assert runtime.fsync_thread.inline_ends - inline_ends == 5
-    assert "<TrioToken.run_sync_soon task>" not in steps, steps
-
-
-async def test_a_sole_voter_s_pass_takes_the_runtime_task_two_scheduler_steps_without_the_inline_wait(
-        tmp_path, nursery, mock_clock, monkeypatch):
-    # The same with the inline wait off (what a round that outlasts it costs): the round's
-    # end wakes the task through trio (1 more step per pass).
-    monkeypatch.setattr(raft_runtime, "FSYNC_INLINE_WAIT_S", 0.0)
-    cluster = LocalCluster(tmp_path, node_ids=(1,))
-    await _start(cluster, nursery)
-    await _campaign(cluster, 1)
-    runtime = cluster.runtimes[1]
-    runtime_steps, steps = await _count_runtime_steps(cluster, nursery, runtime, 5)
-    assert runtime_steps == 2 * 5, steps
-    assert runtime.fsync_thread.inline_ends == 0
-
-
-async def test_only_passes_that_sent_nothing_wait_for_their_fsync_on_the_loop_thread(
-        tmp_path, nursery, mock_clock, monkeypatch):
-    # The leader's pass sends its appends before its fsync: it must let the sender tasks run
-    # (its own fsync and the followers' go on at once), so it never waits inline. Each
-    # follower's pass sends its answer only after its fsync: it waits inline.
-    monkeypatch.setattr(raft_runtime, "FSYNC_INLINE_WAIT_S", INLINE_WAIT_LONG_S)
-    cluster = LocalCluster(tmp_path)
-    await _start(cluster, nursery)
-    await _campaign(cluster, 1)
-    before = {n: cluster.runtimes[n].fsync_thread.inline_ends for n in cluster.node_ids}
-    rounds = {n: cluster.runtimes[n].fsync_rounds for n in cluster.node_ids}
-    results = []
-    for i in range(3):
-        _propose_soon(nursery, cluster.runtimes[1].groups["g"], b"r%d" % i, results)
-        await cluster.settle()
-    assert len(results) == 3
-    inline = {n: cluster.runtimes[n].fsync_thread.inline_ends - before[n] for n in cluster.node_ids}
-    rounds = {n: cluster.runtimes[n].fsync_rounds - rounds[n] for n in cluster.node_ids}
-    assert inline == {1: 0, 2: 3, 3: 3}, (inline, rounds)
-    assert rounds == {1: 3, 2: 3, 3: 3}, rounds
-
-
-async def test_a_slow_fsync_round_holds_the_loop_for_the_inline_wait_only(tmp_path, nursery, mock_clock):
-    # An fsync that outlasts FSYNC_INLINE_WAIT_S (here: held until the test opens it) is
-    # awaited through trio after the wait: other tasks run meanwhile.
-    gate = _FsyncGate()
-    cluster = LocalCluster(tmp_path, node_ids=(1,), disk=gate.disk)
-    await _start(cluster, nursery)
-    await _campaign(cluster, 1)
-    runtime = cluster.runtimes[1]
-    inline_ends, results = runtime.fsync_thread.inline_ends, []
-    gate.armed = True
-    _propose_soon(nursery, runtime.groups["g"], b"slow", results)
-    await trio.to_thread.run_sync(gate.entered.wait, gate.WAIT_S_MAX)
-    await trio.testing.wait_all_tasks_blocked()  # this task runs while the round is held
-    assert cluster.in_pass[1] and not results
-    gate.armed = False
-    gate.opened.set()
-    await cluster.settle()
-    assert results and _applied(cluster, 1) == [b"slow"]
-    assert runtime.fsync_thread.inline_ends == inline_ends
-
-
-async def test_no_pass_waits_inline_on_a_slow_disk_until_a_round_is_fast_again(
-        tmp_path, nursery, mock_clock, monkeypatch):
-    # Every fsync slowed past FSYNC_ROUND_SLOW_S (a disk in trouble): after the first slow
-    # round no pass waits inline, so the loop runs as it does without the inline wait (2
-    # runtime steps per pass). Once the disk is fast, the first fast round still goes through
-    # trio (the last round was slow), the ones after it wait inline again. The bounds are
-    # raised so that a busy machine's real fsync stays on the fast side of both.
-    monkeypatch.setattr(raft_runtime, "FSYNC_INLINE_WAIT_S", INLINE_WAIT_LONG_S)
-    monkeypatch.setattr(raft_runtime, "FSYNC_ROUND_SLOW_S", 0.1)
-    faults = DiskFaults(fsync_latency_s=0.3)
-    cluster = LocalCluster(tmp_path, node_ids=(1,), disk=FaultyDisk(faults))
-    await _start(cluster, nursery)
-    await _campaign(cluster, 1)
-    runtime = cluster.runtimes[1]
-    thread = runtime.fsync_thread
-    assert thread.last_call_s > raft_runtime.FSYNC_ROUND_SLOW_S  # the election's round
-    inline_ends = thread.inline_ends  # the first round of all (no round before it) waited
-    runtime_steps, steps = await _count_runtime_steps(cluster, nursery, runtime, 3)
-    assert runtime_steps == 2 * 3, steps
-    assert thread.inline_ends == inline_ends
-    faults.fsync_latency_s = 0.0
-    runtime_steps, steps = await _count_runtime_steps(cluster, nursery, runtime, 1)
-    assert runtime_steps == 2 and thread.inline_ends == inline_ends, steps  # fast, after a slow one
-    runtime_steps, steps = await _count_runtime_steps(cluster, nursery, runtime, 2)
-    assert runtime_steps == 2 and thread.inline_ends == inline_ends + 2, steps
+    assert runtime_steps == 2 * 5, counter.steps

@@ -376,7 +376,8 @@ def _methods(args, target: str, rf: int) -> dict:
                     f"counted, then {args.duration_s} s measured; produce latency = (time the sender loop "
                     f"was late for the record) + librdkafka's produce()-to-acknowledgement time; "
                     f"end-to-end = wall time the record was due -> consumed by a consumer (same process, "
-                    f"other thread, fetch.wait.max.ms=5) reading the partitions from their end."),
+                    f"other thread, fetch.wait.max.ms={bench_kafka.E2E_FETCH_WAIT_MS}, a long poll the broker answers "
+                    f"when a record commits) reading the partitions from their end."),
         "consume": (f"{common}. One topic filled once with {args.records} records ({args.producers} producer "
                     f"process(es), linger.ms={args.linger_ms}), then {args.repeat} consumers of each of "
                     f"{', '.join(_consume_clients(args))} (alternating), one after the "

@@ -37,6 +37,11 @@ FLUSH_TIMEOUT_S = 120.0
 POLL_EVERY_RECORDS = 5000  # serve delivery callbacks at least this often while producing
 OPEN_LOOP_POLL_MAX_S = 0.001  # the sender's schedule is kept to about this
 E2E_DRAIN_S = 5.0  # after the last send, how long the e2e consumer may take to catch up
+# The end-to-end consumer's fetch.wait.max.ms: Kafka's default. The broker parks a Fetch until
+# a record is committed (or this passes), so a lone record is answered when it commits, not
+# when the wait ends; a short wait (5 ms, before) made each node answer about 200 empty
+# Fetches a second, which the latency mode's CPU figure counted as the node's own work.
+E2E_FETCH_WAIT_MS = 500
 _STAMP = struct.Struct(">Qd")  # record index, due time (time.time(), shared by both threads)
 
 
@@ -356,7 +361,7 @@ class _EndToEnd(threading.Thread):
 
         self.consumer = Consumer({**(client_config or {}), "bootstrap.servers": bootstrap,
                                   "group.id": "chronik-bench-e2e",
-                                  "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": E2E_FETCH_WAIT_MS,
                                   "fetch.min.bytes": 1, "socket.nagle.disable": True})
         self.consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(partitions)])
         self.samples: dict[int, tuple[float, float]] = {}  # index -> (due, consumed)

@@ -56,10 +56,10 @@ def _until(what: str, probe, timeout_s: float = 60.0):
         time.sleep(0.2)
 
 
-def _coordinator(cluster, via: int) -> int:
+def _coordinator(cluster, via: int, transactional_id: str = TXN_ID) -> int:
     def probe():
         with cluster.connect(via) as wire:
-            r = wire.request(FIND_COORDINATOR, {"key": TXN_ID, "key_type": 1}, version=3)
+            r = wire.request(FIND_COORDINATOR, {"key": transactional_id, "key_type": 1}, version=3)
             return r.node_id if r.error_code == NONE else None
     return _until("the transaction coordinator", probe)
 
@@ -181,11 +181,7 @@ def test_end_txn_is_answered_before_its_markers_and_the_next_transaction_waits(c
 
     cluster = cluster_factory(3, config_text=CONFIG).start()
 
-    def coordinator():
-        with cluster.connect(1) as wire:
-            r = wire.request(FIND_COORDINATOR, {"key": EARLY_TXN_ID, "key_type": 1}, version=3)
-            return r.node_id if r.error_code == NONE else None
-    c = _until("the transaction coordinator", coordinator)
+    c = _coordinator(cluster, 1, EARLY_TXN_ID)
     y = next(n for n in cluster.ids if n != c)
     z = next(n for n in cluster.ids if n not in (c, y))
     with cluster.connect(c) as wire:
@@ -282,11 +278,7 @@ def test_pipelined_first_produces_of_a_transaction_are_appended_in_order(cluster
     five rounds of five pipelined produces, each round a new TV2 transaction (EndTxn v5)."""
     cluster = cluster_factory(3, config_text=CONFIG).start()
 
-    def coordinator():
-        with cluster.connect(1) as wire:
-            r = wire.request(FIND_COORDINATOR, {"key": PIPELINE_TXN_ID, "key_type": 1}, version=3)
-            return r.node_id if r.error_code == NONE else None
-    c = _until("the transaction coordinator", coordinator)
+    c = _coordinator(cluster, 1, PIPELINE_TXN_ID)
     leader = next(n for n in cluster.ids if n != c)
     with cluster.connect(c) as wire:
         r = wire.request(CREATE_TOPICS, {"topics": [

@@ -222,7 +222,18 @@ class RaftGroup:
             self._wake(self)
 
     def tick(self) -> None:
-        self.pending_ticks += 1
+        """One tick of the runtime's clock. A group the Ready pass has not reached since its
+        last tick keeps that one tick, not one more per interval: its clock runs only as fast
+        as this node gets to it. Otherwise a node with more awake groups than a pass takes
+        (thousands of new partitions electing at once) stepped each group's backlog of ticks
+        at once, so every timer it has ran out together: followers started elections their
+        leader's heartbeats, queued behind the same backlog, would have stopped, and the
+        elections' messages made the backlog longer (10,000 partitions never settled:
+        docs/bench.md, issue 20's third round). Raft's safety does not depend on time; the
+        node reads nothing by lease."""
+        if self.pending_ticks:
+            return  # still queued for a pass (with its wake-up)
+        self.pending_ticks = 1
         self._wake(self)
 
     def wake_for_silence(self, peer: int) -> None:

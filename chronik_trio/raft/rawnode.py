@@ -180,6 +180,14 @@ class RawNode:
         self._assert_not_in_ready("tick")
         self.raft.tick()
 
+    def campaign_answered(self) -> bool:
+        """Whether this node's campaign heard from any peer: true unless it is a candidate
+        (or pre-candidate) whose vote requests no peer has answered yet."""
+        r = self.raft
+        if r.state not in (StateRole.CANDIDATE, StateRole.PRE_CANDIDATE):
+            return True
+        return any(voter != r.id for voter in r.trk.votes)
+
     def campaign(self) -> None:
         """Start an election now (a pre-vote first if pre_vote is on)."""
         self._assert_not_in_ready("campaign")

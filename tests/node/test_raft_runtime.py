@@ -302,3 +302,37 @@ async def test_a_ready_pass_takes_a_bounded_number_of_groups_and_the_rest_follow
     for g in groups:
         await _converged(cluster, 1, cluster.node_ids, group=g)
         assert all(_applied(cluster, n, g) == [b"hello"] for n in cluster.node_ids)
+
+
+async def test_a_group_no_pass_reached_for_many_ticks_is_stepped_one_tick(tmp_path, nursery):
+    """A follower's group that the Ready pass cannot reach for several election timeouts (its
+    node busy with thousands of others) keeps one pending tick, not one per interval. Before,
+    the backlog of ticks was stepped at once after the leader's queued heartbeats: the
+    election timer ran out and the follower campaigned against a live leader (with 10,000
+    new partitions, elections fed on themselves)."""
+    groups = ("g",)
+    cluster = LocalCluster(tmp_path, groups=groups, seed=11)
+    for n in cluster.node_ids:
+        await cluster.start(nursery, n, bootstrap=True)
+    await _propose_all(cluster, [b"hello"])
+    leader = cluster.leader("g")
+    follower = next(n for n in cluster.node_ids if n != leader)
+    group = cluster.runtimes[follower].groups["g"]
+    timeout_ticks = group.node.election_timer().timeout_ticks
+    await group.lock.acquire()  # the pass waits for it; the tick loop goes on
+    try:
+        # An entry the follower cannot take keeps the leader from going quiet (heartbeats).
+        nursery.start_soon(cluster.runtimes[leader].groups["g"].propose, b"more")
+        ticks = cluster.runtimes[follower].ticks
+        with trio.fail_after(10):  # three election timeouts' worth of ticks
+            while cluster.runtimes[follower].ticks - ticks < 3 * timeout_ticks:
+                await trio.sleep(TICK_S)
+        assert group.pending_ticks == 1
+        sent = len(cluster.sent)
+    finally:
+        group.lock.release()
+    await _converged(cluster, 2, cluster.node_ids)
+    campaigns = [(frm, kind) for frm, _, kind, _ in cluster.sent[sent:]
+                 if frm == follower and kind.name in ("PRE_VOTE", "VOTE")]
+    assert campaigns == []
+    assert cluster.leader("g") == leader

@@ -55,6 +55,13 @@ class NodeMetrics:
         """The log cleaner's totals (node/compaction.py CleanerStats), at every scrape."""
         self.registry.register(_CleanerCollector(stats))
 
+    def collect_isr_checks(self, leader_reports) -> None:
+        """How many replicas the ISR check (node/leader_reports.py) has looked at."""
+        self.registry.register(_CounterCollector(
+            "chronik_isr_checks", "Partition replicas the leaders' ISR check looked at (every replica "
+            "when node liveness changes, else the awake ones and those that just went quiet)",
+            lambda: leader_reports.isr_checks))
+
     def collect_auth_failures(self, failures) -> None:
         """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""
         self.registry.register(_AuthFailureCollector(failures))
@@ -160,6 +167,16 @@ class _AuthFailureCollector:
         for (listener, reason), count in sorted(self.failures.counts.items()):
             family.add_metric([listener, reason], count)
         yield family
+
+
+class _CounterCollector:
+    """One unlabelled counter read at every scrape."""
+
+    def __init__(self, name: str, documentation: str, read: typing.Callable[[], float]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def collect(self) -> typing.Iterator:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 class _RequestErrorCollector:

@@ -152,6 +152,7 @@ class Node:
         self.reassigner = Reassigner(self.node_id, self.meta_machine, self.meta_service, self.replicas)
         self.leader_reports = LeaderReports(self.node_id, self.meta_machine, self.meta_service,
                                             self.runtime, self.replicas)
+        self.metrics.collect_isr_checks(self.leader_reports)
         self.membership = Membership(self.node_id, config.peer_addresses, self.meta_machine, self.meta_service,
                                      self.runtime, self.peers, run_sync)
         self._joining = False  # set by _open_stores: an empty data dir and --join

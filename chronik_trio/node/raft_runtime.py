@@ -100,6 +100,9 @@ class RaftRuntime:
         # set: the simulator needs the same order under every hash seed.
         self.awake: dict[str, RaftGroup] = {}
         self._active: dict[str, RaftGroup] = {}  # groups with inbox, ticks or proposals
+        # The groups that went quiet since the ISR check (leader_reports.py) last took them:
+        # it looks only at these and the awake ones, not at every group every second.
+        self.went_quiet: dict[str, RaftGroup] = {}
         # Taken first by every Ready pass it is woken for, whatever the backlog (the __meta
         # group: CreateTopics and every leader report wait on it, and with thousands of
         # partition groups woken it would wait behind READY_GROUPS_PER_PASS of them).
@@ -133,11 +136,19 @@ class RaftRuntime:
     def remove(self, group_id: str) -> RaftGroup | None:
         self._active.pop(group_id, None)
         self.awake.pop(group_id, None)
+        self.went_quiet.pop(group_id, None)
         return self.groups.pop(group_id, None)
+
+    def take_went_quiet(self) -> list[RaftGroup]:
+        """The groups that went quiet since the last call (see went_quiet)."""
+        groups, self.went_quiet = list(self.went_quiet.values()), {}
+        return groups
 
     def _quiesced_changed(self, group: RaftGroup, quiesced: bool) -> None:
         if quiesced:
             self.awake.pop(group.group_id, None)
+            if group.group_id in self.groups:
+                self.went_quiet[group.group_id] = group
         elif group.group_id in self.groups:
             self.awake[group.group_id] = group
             self._group_woke.set()  # an idle tick loop ticks again

@@ -119,8 +119,8 @@ def rss_bytes(pid: int) -> int:
 
 # --- /metrics -----------------------------------------------------------------------------------
 
-def scrape(address: str) -> str:
-    """GET /metrics from HOST:PORT over cleartext HTTP/2 (prior knowledge)."""
+def scrape(address: str, path: str = "/metrics") -> str:
+    """GET path (/metrics, /health) from HOST:PORT over cleartext HTTP/2 (prior knowledge)."""
     import h2.config
     import h2.connection
     import h2.events
@@ -133,20 +133,20 @@ def scrape(address: str) -> str:
         conn.initiate_connection()
         stream_id = conn.get_next_available_stream_id()
         conn.send_headers(stream_id, [(":method", "GET"), (":scheme", "http"),
-                                      (":authority", address), (":path", "/metrics")],
+                                      (":authority", address), (":path", path)],
                           end_stream=True)
         sock.sendall(conn.data_to_send())
         done = False
         while not done:
             data = sock.recv(65536)
             if not data:
-                raise OSError(f"{address} closed the connection during /metrics")
+                raise OSError(f"{address} closed the connection during {path}")
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.DataReceived):
                     body += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     if len(body) > SCRAPE_BYTES_MAX:
-                        raise OSError(f"{address}: /metrics larger than {SCRAPE_BYTES_MAX} bytes")
+                        raise OSError(f"{address}: {path} larger than {SCRAPE_BYTES_MAX} bytes")
                 elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                     done = True
             sock.sendall(conn.data_to_send())

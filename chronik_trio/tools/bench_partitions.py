@@ -5,8 +5,11 @@ Many partitions on few nodes: one topic of `--partitions` partitions, replicatio
 - **creation**: one CreateTopics request; the time until it answers, and the time until
   every partition has acknowledged one acks=all write (each node is sent, in one Produce
   request, the partitions the Metadata answer says it leads, again until each is taken);
-- **idle**: after `settle_s`, every node's CPU time over `idle_s` (from /proc/PID/stat),
-  its RSS, open file descriptors and the files in its data directory;
+- **idle**: once every group on every node is quiesced (each node's /health, polled every
+  `QUIET_POLL_S` for at most `QUIET_TIMEOUT_S`; the time it took is reported: the writes of
+  the creation woke every group, and each goes quiet after its idle ticks) and `settle_s`
+  more, every node's CPU time over `idle_s` (from /proc/PID/stat), its RSS, open file
+  descriptors and the files in its data directory;
 - **failover**: SIGKILL the node leading the most partitions; then, from just before the
   signal, the time until each partition it led acknowledged a write (acks=all) produced
   after the kill. Every survivor is sent, in rounds, one Produce request with every
@@ -48,6 +51,8 @@ PRODUCE_TIMEOUT_MS = 30_000
 ROUND_PAUSE_S = 0.02
 CREATE_ROUND_PAUSE_S = 0.2  # between Metadata rounds while partitions still lack a leader
 PROGRESS_EVERY_S = 15.0  # a progress line while CreateTopics is not answered yet
+QUIET_POLL_S = 3.0  # /health of every node, until all their groups are quiesced
+QUIET_TIMEOUT_S = 300.0
 
 
 class Conn:
@@ -222,6 +227,23 @@ def _node_state(cluster, node_id: int) -> dict:
             "open_fds": len(os.listdir(f"/proc/{pid}/fd")), "data_files": files}
 
 
+def _wait_quiet(cluster) -> float | None:
+    """Seconds until every node's /health says all its groups are quiesced (None: not
+    within QUIET_TIMEOUT_S, or a node did not answer)."""
+    import json
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < QUIET_TIMEOUT_S:
+        try:
+            health = [json.loads(bench_local.scrape(a, "/health")) for a in cluster.metrics_addresses]
+        except (OSError, ValueError):
+            return None
+        if all(h["quiesced"] == h["groups"] for h in health):
+            return round(time.perf_counter() - t0, 1)
+        time.sleep(QUIET_POLL_S)
+    return None
+
+
 def _quantiles(values: list[float]) -> dict:
     values = sorted(values)
     if not values:
@@ -267,8 +289,11 @@ def run(cluster, partitions: int, settle_s: float, idle_s: float, record_bytes: 
     out["not_writable"] = len(writer.pending)
     out["create_produce_requests"] = writer.requests
 
-    _progress(f"every partition written {out['all_writable_s']} s after CreateTopics was sent; idle window next")
+    _progress(f"every partition written {out['all_writable_s']} s after CreateTopics was sent; "
+              f"waiting for every group to go quiet")
     # --- idle
+    out["quiet_s"] = _wait_quiet(cluster)
+    _progress(f"every group quiesced {out['quiet_s']} s after the writes; idle window next")
     time.sleep(settle_s)
     cpu0 = {n: bench_local.cpu_seconds(cluster.group[n].pid) for n in ids}
     w0 = time.perf_counter()
@@ -308,7 +333,8 @@ def describe(partitions: int, settle_s: float, idle_s: float) -> str:
     return (f"one topic of {partitions} partitions, replication factor 3, on the tool's 3 nodes; raw Kafka "
             f"client (one socket per node, one request in flight each). Creation: from sending CreateTopics "
             f"to its answer, and to the last partition acknowledging one acks=all record (rounds: Metadata, "
-            f"then one Produce per leader with its pending partitions). Idle: after {settle_s} s, CPU over "
+            f"then one Produce per leader with its pending partitions). Idle: once every group on every node "
+            f"is quiesced (/health) and {settle_s} s more, CPU over "
             f"{idle_s} s from /proc/PID/stat, RSS, open fds and data files per node. Failover: SIGKILL the node "
             f"leading most partitions; per partition it led, time from just before the signal to the "
             f"acknowledgement of a record produced after it (each survivor gets every pending partition in "
@@ -320,7 +346,8 @@ def print_report(r: dict) -> None:
     print(f"partitions: {r['partitions']} x RF {r['replication_factor']} on {r['nodes']} nodes: CreateTopics "
           f"answered in {r['create_answer_s']} s (error {r['create_error_code']}; CPU s per node until then "
           f"{r.get('create_cpu_s')}); every partition written in "
-          f"{r['all_writable_s']} s ({r['not_writable']} not)")
+          f"{r['all_writable_s']} s ({r['not_writable']} not); every group quiesced "
+          f"{r.get('quiet_s')} s after (None: not within {QUIET_TIMEOUT_S:g} s)")
     for n in r["idle"]:
         print(f"  idle node {n['node']}: CPU {n['cpu_percent_of_a_core']} % of a core over {r['idle_window_s']} s; "
               f"RSS {n['rss_mb']} MB; {n['open_fds']} open fds; {n['data_files']} data files")

@@ -60,8 +60,12 @@ def test_every_partition_leads_takes_writes_and_fails_over(cluster_factory):
         assert not writer.pending, f"partitions never written: {sorted(writer.pending)[:20]}"
         # Written once, every group goes quiet; then the tick loops tick nothing.
         ticks = _wait_all_quiet(cluster, cluster.ids)
+        checks = {n: cluster.raft_metric(n, "chronik_isr_checks_total") for n in cluster.ids}
         time.sleep(IDLE_S)
         assert {n: cluster.raft_metric(n, "chronik_raft_group_ticks") for n in cluster.ids} == ticks
+        # Nor does the leaders' ISR check look at quiet groups again (nothing changed for them).
+        assert {n: cluster.raft_metric(n, "chronik_isr_checks_total") for n in cluster.ids} == checks
+        assert all(checks.values())  # it did look at them while they were awake
 
         for n in cluster.ids:  # the chunk's objects were frozen out of the collector's scans
             assert "objects frozen out of the garbage collector's scans" in cluster.log(n)

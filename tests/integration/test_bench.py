@@ -139,6 +139,7 @@ def test_bench_partitions_creates_idles_and_fails_over_every_partition_of_a_node
                             "--idle-settle-s", "0.5", "--idle-s", "1", timeout_s=220)
     r = report["results"]["partitions"]
     assert r["create_error_code"] == 0 and r["not_writable"] == 0 and r["all_writable_s"] > 0
+    assert r["quiet_s"] is not None and r["quiet_s"] >= 0  # every group quiesced before the idle window
     assert [n["node"] for n in r["idle"]] == [1, 2, 3]
     assert all(n["rss_mb"] > 0 and n["open_fds"] > 0 and n["data_files"] >= 20 * 3 for n in r["idle"])
     f = r["failover"]

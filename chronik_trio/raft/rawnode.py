@@ -182,11 +182,12 @@ class RawNode:
 
     def campaign_answered(self) -> bool:
         """Whether this node's campaign heard from any peer: true unless it is a candidate
-        (or pre-candidate) whose vote requests no peer has answered yet."""
+        (or pre-candidate) whose vote requests no peer has answered yet. A candidate that
+        got there by a pre-vote was answered (the pre-vote won)."""
         r = self.raft
-        if r.state not in (StateRole.CANDIDATE, StateRole.PRE_CANDIDATE):
-            return True
-        return any(voter != r.id for voter in r.trk.votes)
+        if r.state == StateRole.PRE_CANDIDATE or (r.state == StateRole.CANDIDATE and not r.pre_vote):
+            return any(voter != r.id for voter in r.trk.votes)
+        return True
 
     def campaign(self) -> None:
         """Start an election now (a pre-vote first if pre_vote is on)."""

@@ -232,3 +232,18 @@ def test_the_runtime_accessors_report_the_leaders_view():
     assert [e.data for e in n.entries(last, last + 1)] == [b"a"]
     assert n.match_indexes() == {1: last}
     assert n.progress()[1].match == last and not n.progress()[1].is_learner
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_campaign_answered_says_whether_a_peer_answered_this_campaign(pre_vote):
+    """What a new partition's first-campaign retry asks (node/replicas.py): a campaign no
+    peer has answered may have been dropped by peers without the group yet."""
+    storage = MemoryStorage.with_voters((1, 2, 3))
+    n = RawNode(Config(id=1, pre_vote=pre_vote), storage)
+    assert n.campaign_answered()  # a follower: no campaign to answer
+    n.campaign()
+    assert n.raft.state == (StateRole.PRE_CANDIDATE if pre_vote else StateRole.CANDIDATE)
+    assert not n.campaign_answered()
+    kind = MT.PRE_VOTE_RESPONSE if pre_vote else MT.VOTE_RESPONSE
+    n.step(Message(type=kind, to=1, from_=2, term=n.raft.term + (1 if pre_vote else 0), reject=True))
+    assert n.campaign_answered()  # refused, but answered (or lost, and back to follower)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ELECTION_TICK = 10  # x 50 ms ticks: a follower campaigns after 0.5-1 s without a leader
 HEARTBEAT_TICK = 2
+PENDING_TICKS_MAX = HEARTBEAT_TICK  # ticks a group not yet reached by a pass keeps (see tick)
 INBOX_MESSAGES_MAX = 4096  # per group; a flood beyond this is dropped (Raft retries)
 PENDING_PROPOSALS_MAX = 10_000  # per group; bounds waiter memory if commits stall
 QUIESCE_AFTER_IDLE_TICKS = 20  # an idle leader quiesces after this many ticks (1 s at 50 ms)
@@ -223,17 +224,19 @@ class RaftGroup:
 
     def tick(self) -> None:
         """One tick of the runtime's clock. A group the Ready pass has not reached since its
-        last tick keeps that one tick, not one more per interval: its clock runs only as fast
-        as this node gets to it. Otherwise a node with more awake groups than a pass takes
-        (thousands of new partitions electing at once) stepped each group's backlog of ticks
-        at once, so every timer it has ran out together: followers started elections their
-        leader's heartbeats, queued behind the same backlog, would have stopped, and the
-        elections' messages made the backlog longer (10,000 partitions never settled:
-        docs/bench.md, issue 20's third round). Raft's safety does not depend on time; the
-        node reads nothing by lease."""
-        if self.pending_ticks:
+        last ticks keeps at most PENDING_TICKS_MAX of them, not one more per interval: its
+        clock runs only as fast as this node gets to it. Otherwise a node with more awake
+        groups than a pass takes (thousands of new partitions electing at once) stepped each
+        group's backlog of ticks at once, so every timer it has ran out together: followers
+        started elections their leader's heartbeats, queued behind the same backlog, would
+        have stopped, and the elections' messages made the backlog longer (10,000 partitions
+        never settled: docs/bench.md, issue 20's third round). One heartbeat interval's
+        worth: a leader reached once a pass still heartbeats once a pass, and a follower
+        campaigns only after several passes without its leader. Raft's safety does not
+        depend on time; the node reads nothing by lease."""
+        if self.pending_ticks >= PENDING_TICKS_MAX:
             return  # still queued for a pass (with its wake-up)
-        self.pending_ticks = 1
+        self.pending_ticks += 1
         self._wake(self)
 
     def wake_for_silence(self, peer: int) -> None:

@@ -54,6 +54,7 @@ class LeaderReports:
         # Ready pass held them, or reported and not yet seen in __meta.
         self._isr_again: dict[tuple[uuid.UUID, int], PartitionReplica] = {}
         self.isr_checks = 0  # replicas the ISR check looked at (in /metrics)
+        self.isr_full_checks = 0  # checks of every replica, node liveness having changed
 
     def became_leader(self, machine: PartitionMachine, term: int) -> None:
         """From the Ready pass (no await)."""
@@ -84,6 +85,7 @@ class LeaderReports:
         if alive != self._isr_alive:
             self._isr_alive = alive
             replicas = self._replicas.all()
+            self.isr_full_checks += 1
         else:
             replicas = [r for r in map(self._replica_of, itertools.chain(runtime.awake.values(), went_quiet))
                         if r is not None]

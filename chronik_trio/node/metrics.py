@@ -61,6 +61,9 @@ class NodeMetrics:
             "chronik_isr_checks", "Partition replicas the leaders' ISR check looked at (every replica "
             "when node liveness changes, else the awake ones and those that just went quiet)",
             lambda: leader_reports.isr_checks))
+        self.registry.register(_CounterCollector(
+            "chronik_isr_full_checks", "ISR checks that looked at every replica (node liveness changed)",
+            lambda: leader_reports.isr_full_checks))
 
     def collect_auth_failures(self, failures) -> None:
         """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""

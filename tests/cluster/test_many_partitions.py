@@ -44,6 +44,12 @@ def _wait_all_quiet(cluster: ClusterProcesses, ids: list[int]) -> dict[int, floa
         time.sleep(0.2)
 
 
+def _isr_checks(cluster: ClusterProcesses, n: int) -> tuple[float, float]:
+    """Node n's replicas looked at by its ISR check, and its checks of every replica."""
+    return (cluster.raft_metric(n, "chronik_isr_checks_total"),
+            cluster.raft_metric(n, "chronik_isr_full_checks_total"))
+
+
 def test_every_partition_leads_takes_writes_and_fails_over(cluster_factory):
     cluster = cluster_factory(3).start()
     conns = _conns(cluster, cluster.ids)
@@ -60,12 +66,16 @@ def test_every_partition_leads_takes_writes_and_fails_over(cluster_factory):
         assert not writer.pending, f"partitions never written: {sorted(writer.pending)[:20]}"
         # Written once, every group goes quiet; then the tick loops tick nothing.
         ticks = _wait_all_quiet(cluster, cluster.ids)
-        checks = {n: cluster.raft_metric(n, "chronik_isr_checks_total") for n in cluster.ids}
+        checks = {n: _isr_checks(cluster, n) for n in cluster.ids}
         time.sleep(IDLE_S)
         assert {n: cluster.raft_metric(n, "chronik_raft_group_ticks") for n in cluster.ids} == ticks
-        # Nor does the leaders' ISR check look at quiet groups again (nothing changed for them).
-        assert {n: cluster.raft_metric(n, "chronik_isr_checks_total") for n in cluster.ids} == checks
-        assert all(checks.values())  # it did look at them while they were awake
+        # Nor does the leaders' ISR check look at quiet groups again, unless node liveness
+        # changed (a loaded machine's hiccup can make a peer count as inactive for a moment):
+        # then every replica once.
+        for n, (looked, full) in checks.items():
+            looked_after, full_after = _isr_checks(cluster, n)
+            assert looked > 0  # it looked at them while they were awake
+            assert looked_after - looked == PARTITIONS * (full_after - full), (n, looked, looked_after, full, full_after)
 
         for n in cluster.ids:  # the chunk's objects were frozen out of the collector's scans
             assert "objects frozen out of the garbage collector's scans" in cluster.log(n)

@@ -156,13 +156,25 @@ class RaftIngressApp:
         elif path.startswith(RPC_PATH_PREFIX) and method == "POST":
             await self._serve_rpc(scope, exchange, path[len(RPC_PATH_PREFIX):])
         elif path == "/health" and method == "GET":
-            body = json.dumps(self.health()).encode() + b"\n"
-            await exchange.respond(200, body, b"application/json")
+            body = self._observe(lambda: json.dumps(self.health()).encode() + b"\n", path)
+            await (exchange.respond(200, body, b"application/json") if body is not None
+                   else exchange.respond(500, b"health failed (logged)\n"))
         elif path == "/metrics" and method == "GET":
-            await exchange.respond(200, generate_latest(self.metrics.registry),
-                                   CONTENT_TYPE_LATEST.encode())
+            body = self._observe(lambda: generate_latest(self.metrics.registry), path)
+            await (exchange.respond(200, body, CONTENT_TYPE_LATEST.encode()) if body is not None
+                   else exchange.respond(500, b"metrics failed (logged)\n"))
         else:
             await exchange.respond(404, b"not found\n")
+
+    @staticmethod
+    def _observe(render: Callable[[], bytes], path: str) -> bytes | None:
+        """/health or /metrics rendered, or None (logged) if that failed: what only reports
+        on the node must not stop it (unlike a failure on the Raft routes, which is fatal)."""
+        try:
+            return render()
+        except Exception:
+            log.exception("GET %s failed; answered 500, the node goes on", path)
+            return None
 
     def _unauthenticated(self, scope: dict) -> tuple[RefusalReason, str] | None:
         """Why mutual TLS refuses this request, or None: it came on a connection whose

@@ -211,3 +211,31 @@ async def test_big_frame_right_behind_the_settings_ack_is_accepted():
                     assert data, "the server closed the connection"
                     client.conn.receive_data(data)
         assert a.received() == [(2, "g", 0)]
+
+
+class _Broken:
+    def collect(self):
+        raise AttributeError("a collector's bug")
+
+
+@pytest.mark.timeout(30)
+async def test_a_failing_metrics_collector_or_health_is_answered_500_and_the_node_goes_on():
+    """/metrics and /health only report on the node: a bug in one (a collector reading an
+    attribute that is not there) is logged and answered 500; the transport keeps serving."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(_Broken())
+
+    def health() -> dict:
+        raise KeyError("a health field's bug")
+
+    async with cluster(2, per_node=lambda n: {"registry": registry, "health": health} if n == 1 else {}) as (a, b):
+        await wait_connected([a, b])
+        async with H2Client.open(a.address) as client:
+            assert (await client.request("GET", "/metrics")).status == 500
+            assert (await client.request("GET", "/health")).status == 500
+        assert a.transport.send(2, "g", message(1, 2, 0))  # still serving both ways
+        await wait_until(lambda: len(b.received()) == 1)
+        assert b.transport.send(1, "g", message(2, 1, 0))
+        await wait_until(lambda: len(a.received()) == 1)

@@ -370,7 +370,11 @@ class _EndToEnd(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            msgs = self.consumer.consume(1000, 0.05)
+            # poll() returns at the first record; consume(n, t) waits until it has n records
+            # or t has passed, which at 100 records/s added up to 50 ms (25 ms median) to
+            # every record's end-to-end figure. What else is there comes with it, unwaited.
+            first = self.consumer.poll(0.05)
+            msgs = [first, *self.consumer.consume(1000, 0)] if first is not None else []
             self.ready.set()  # a first poll has joined the partitions at their end
             now = time.time()
             for msg in msgs:

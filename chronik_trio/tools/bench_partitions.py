@@ -24,6 +24,7 @@ flight per socket), so thousands of partitions cost one request per node per rou
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import socket
@@ -230,8 +231,6 @@ def _node_state(cluster, node_id: int) -> dict:
 def _wait_quiet(cluster) -> float | None:
     """Seconds until every node's /health says all its groups are quiesced (None: not
     within QUIET_TIMEOUT_S, or a node did not answer)."""
-    import json
-
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < QUIET_TIMEOUT_S:
         try:

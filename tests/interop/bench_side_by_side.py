@@ -20,6 +20,9 @@ first in even ones, so a drift of the machine's load falls on both):
 The cases, each one `chronik-trio bench` run (`--repeat 1`, acks=all, replication factor N,
 3 partitions): throughput of 100-byte records with the consume rate and the one-record
 latency (open loop at `--rate`), and throughput of 1,000-byte records with the consume rate.
+With `--transactional P`, one more case: `--transactional --txn-records 100` with P producer
+processes (the plain run with the same P producers, then the transactional one, in one
+bench run; issue 15's comparison), giving transactional records/s and its fraction of plain.
 Every report is kept as DIR/n<N>/round<R>/<broker>-<case>.json; the table (DIR/table.md and
 stdout) gives per figure the median over rounds with the range, the ratios chronik-trio /
 Kafka, and the load average at every run's start (the figures mean little when it is high).
@@ -51,16 +54,26 @@ FIGURES = (
     ("1 KB: consume MB/s", "1kb", "consume_mb_per_s"),
     ("one record at a time: produce p50 ms", "100b", "produce_latency_p50_ms"),
     ("one record at a time: produce p99 ms", "100b", "produce_latency_p99_ms"),
+    ("plain beside transactions (--transactional P): produce rec/s", "txn", "produce_records_per_s"),
+    ("transactions of 100 records: produce rec/s", "txn", "txn_produce_records_per_s"),
+    ("transactions of 100 records: fraction of plain", "txn", "txn_produce_fraction_of_plain"),
+    ("transactions of 100 records: commit p50 ms", "txn", "txn_commit_p50_ms"),
 )
 
 
 def _cases(args) -> dict[str, list[str]]:
     common = ["--acks", "all", "--repeat", "1", "--partitions", "3", "--warmup-s", str(args.warmup_s)]
-    return {
+    cases = {
         "100b": [*common, "--modes", "throughput,latency", "--record-bytes", "100", "--records",
                  str(args.records_100b), "--rate", str(args.rate), "--duration-s", str(args.duration_s)],
         "1kb": [*common, "--modes", "throughput", "--record-bytes", "1000", "--records", str(args.records_1kb)],
     }
+    if args.transactional:
+        cases["txn"] = [*common, "--modes", "throughput", "--record-bytes", "100", "--records", str(args.records_txn),
+                        "--transactional", "--txn-records", "100", "--producers", str(args.transactional)]
+    if args.only:
+        cases = {name: case for name, case in cases.items() if name in args.only.split(",")}
+    return cases
 
 
 def _load() -> float:
@@ -123,7 +136,7 @@ def _cell(values: list[float]) -> str:
     if not values:
         return "-"
     med = statistics.median(values)
-    fmt = (lambda v: f"{v:,.0f}") if med >= 100 else (lambda v: f"{v:,.2f}")
+    fmt = (lambda v: f"{v:,.0f}") if med >= 100 else (lambda v: f"{v:,.2f}") if med >= 1 else (lambda v: f"{v:.3f}")
     return fmt(med) + (f" ({fmt(min(values))}-{fmt(max(values))})" if len(values) > 1 else "")
 
 
@@ -157,6 +170,8 @@ def table(rounds: dict[int, list[dict[str, dict]]]) -> str:
             values = {b: [r[f"{b}/{case}"]["summary"][key] for r in runs
                           if f"{b}/{case}" in r and "summary" in r[f"{b}/{case}"]
                           and r[f"{b}/{case}"]["summary"].get(key) is not None] for b in brokers}
+            if not any(values.values()):
+                continue  # a case not run (--only)
             medians = {b: statistics.median(v) if v else None for b, v in values.items()}
             ratios = [medians["chronik-trio"] / medians[k] if medians.get("chronik-trio") and medians.get(k) else None
                       for k in peers]
@@ -173,7 +188,7 @@ def table(rounds: dict[int, list[dict[str, dict]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.interop.bench_side_by_side",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", default="1,3", help="cluster sizes, comma-separated: 1, 3 or 1,3")
@@ -184,18 +199,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="one-record latency: records/s, open loop")
     parser.add_argument("--duration-s", type=float, default=10.0, help="one-record latency: measured seconds")
     parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--transactional", type=int, default=0, metavar="P",
+                        help="also the transactional case with P producer processes (issue 15)")
+    parser.add_argument("--records-txn", type=int, default=100_000, help="records of the transactional case")
+    parser.add_argument("--only", help="run only these cases, comma-separated: 100b, 1kb, txn")
     parser.add_argument("--no-kafka-fsync", action="store_true", help="skip Kafka with flush.messages=1")
     parser.add_argument("--no-tansu", action="store_true", help="skip tansu (one node only; when installed)")
     parser.add_argument("--no-kafka", action="store_true", help="skip Apache Kafka")
     parser.add_argument("--table-only", action="store_true", help="measure nothing: the table of the reports "
                         "already in --dir")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.table_only:
         print(table(read_rounds(args.dir)))
         return 0
     sizes = [int(x) for x in args.nodes.split(",")]
     if any(n not in (1, 3) for n in sizes):
-        parser.error("--nodes: 1, 3 or 1,3")
+        parser().error("--nodes: 1, 3 or 1,3")
     cases = _cases(args)
     rounds: dict[int, list[dict[str, dict]]] = {}
     for nodes in sizes:

@@ -139,6 +139,7 @@ class Writer:
         self.lock = threading.Lock()
         self.errors: dict[int, int] = {}  # error code -> count, of answers that were not NONE
         self.requests = 0
+        self.longest_request_s = 0.0  # the slowest Produce's answer (to_every_node)
 
     def _take(self, answers: dict[int, int]) -> int:
         now, n = time.perf_counter(), 0
@@ -180,10 +181,13 @@ class Writer:
                     ps = sorted(self.pending)
                 if not ps:
                     return
+                sent = time.perf_counter()
                 try:
                     taken = self._take(produce(conn, self.topic, ps, self.batch))
                 except OSError:
                     taken = 0
+                with self.lock:
+                    self.longest_request_s = max(self.longest_request_s, time.perf_counter() - sent)
                 if not taken:
                     time.sleep(ROUND_PAUSE_S)
         threads = [threading.Thread(target=loop, args=(c,)) for c in conns.values()]
@@ -249,7 +253,9 @@ def _quantiles(values: list[float]) -> dict:
         return {"count": 0}
     return {"count": len(values), "median_s": round(statistics.median(values), 3),
             "p90_s": round(values[min(len(values) - 1, int(0.9 * len(values)))], 3),
-            "max_s": round(values[-1], 3), "min_s": round(values[0], 3)}
+            "p99_s": round(values[min(len(values) - 1, int(0.99 * len(values)))], 3),
+            "max_s": round(values[-1], 3), "min_s": round(values[0], 3),
+            "slowest_s": [round(v, 3) for v in values[-10:][::-1]]}
 
 
 def run(cluster, partitions: int, settle_s: float, idle_s: float, record_bytes: int,
@@ -322,7 +328,8 @@ def run(cluster, partitions: int, settle_s: float, idle_s: float, record_bytes: 
     out["failover"] = {"killed_node": victim, "killed_node_was_controller": victim == controller,
                        "partitions_led": len(led[victim]), "written_after_kill": len(writer.taken),
                        "not_written": len(writer.pending), "produce_requests": writer.requests,
-                       "error_answers": writer.errors, **_quantiles(times)}
+                       "error_answers": writer.errors, "longest_request_s": round(writer.longest_request_s, 3),
+                       **_quantiles(times)}
     for c in survivors.values():
         c.close()
     return out
@@ -354,5 +361,7 @@ def print_report(r: dict) -> None:
     if f:
         print(f"  failover: killed node {f['killed_node']} (controller: {f['killed_node_was_controller']}), "
               f"leader of {f['partitions_led']}; first acknowledged write after the kill: median "
-              f"{f.get('median_s')} s, p90 {f.get('p90_s')} s, max {f.get('max_s')} s, min {f.get('min_s')} s; "
+              f"{f.get('median_s')} s, p90 {f.get('p90_s')} s, p99 {f.get('p99_s')} s, max {f.get('max_s')} s, "
+              f"min {f.get('min_s')} s (the 10 slowest: {f.get('slowest_s')}); longest Produce answer "
+              f"{f.get('longest_request_s')} s; "
               f"{f['not_written']} not written; {f['produce_requests']} produce requests, errors {f['error_answers']}")

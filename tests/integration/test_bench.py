@@ -144,7 +144,9 @@ def test_bench_partitions_creates_idles_and_fails_over_every_partition_of_a_node
     assert all(n["rss_mb"] > 0 and n["open_fds"] > 0 and n["data_files"] >= 20 * 3 for n in r["idle"])
     f = r["failover"]
     assert f["not_written"] == 0 and f["written_after_kill"] == f["partitions_led"] == f["count"] > 0
-    assert f["max_s"] >= f["median_s"] > 0 and sum(r["leaders_per_node"].values()) == 20
+    assert f["max_s"] >= f["p99_s"] >= f["p90_s"] >= f["median_s"] > 0 and sum(r["leaders_per_node"].values()) == 20
+    assert f["slowest_s"][0] == f["max_s"] and f["slowest_s"] == sorted(f["slowest_s"], reverse=True)
+    assert len(f["slowest_s"]) == min(10, f["count"]) and f["longest_request_s"] > 0
     assert "SIGKILL" in report["method"]["partitions"] and "failover: killed node" in stdout
 
 

@@ -219,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.nodes.split(",")]
     if any(n not in (1, 3) for n in sizes):
         parser().error("--nodes: 1, 3 or 1,3")
+    unknown = set(args.only.split(",")) - {"100b", "1kb", "txn"} if args.only else set()
     cases = _cases(args)
+    if unknown or not cases:
+        parser().error(f"--only: no such case {sorted(unknown)}" if unknown else
+                       "--only: no case left to run (txn needs --transactional P)")
     rounds: dict[int, list[dict[str, dict]]] = {}
     for nodes in sizes:
         rounds[nodes] = []

@@ -28,6 +28,14 @@ def test_transactional_case_is_added_and_only_selects_cases():
     assert "--transactional" in case and "--acks" in case
 
 
+@pytest.mark.parametrize("argv", [["--only", "txn"], ["--only", "latency"]])
+def test_only_refuses_a_selection_that_runs_nothing(tmp_path, argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sbs.main(["--dir", str(tmp_path), "--nodes", "3", *argv])
+    assert exit_.value.code == 2 and "--only" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was measured
+
+
 def _report(path, date, plain, txn, fraction, load=(0.5, 0.5, 0.5)):
     path.write_text(json.dumps({
         "date": date, "load_average": {"before": list(load), "after": list(load)},

@@ -64,6 +64,9 @@ class NodeMetrics:
         self.registry.register(_CounterCollector(
             "chronik_isr_full_checks", "ISR checks that looked at every replica (node liveness changed)",
             lambda: leader_reports.isr_full_checks))
+        self.registry.register(_CounterCollector(
+            "chronik_isr_check_passes", "Runs of the leaders' ISR check (one every second)",
+            lambda: leader_reports.isr_check_passes))
 
     def collect_auth_failures(self, failures) -> None:
         """Count refused TLS handshakes and SASL exchanges (node/listeners.py), at every scrape."""

@@ -44,6 +44,16 @@ def _wait_all_quiet(cluster: ClusterProcesses, ids: list[int]) -> dict[int, floa
         time.sleep(0.2)
 
 
+def _wait_isr_check_pass(cluster: ClusterProcesses, ids: list[int]) -> None:
+    """Until the ISR check of each of ids has run once more from now: the groups that went
+    quiet before now, which its next run looks at once, are then behind it."""
+    passes = {n: cluster.raft_metric(n, "chronik_isr_check_passes_total") for n in ids}
+    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    while any(cluster.raft_metric(n, "chronik_isr_check_passes_total") <= passes[n] for n in ids):
+        assert time.monotonic() < deadline, f"no ISR check ran in {QUIET_TIMEOUT_S} s"
+        time.sleep(0.2)
+
+
 def _isr_checks(cluster: ClusterProcesses, n: int) -> tuple[float, float]:
     """Node n's replicas looked at by its ISR check, and its checks of every replica."""
     return (cluster.raft_metric(n, "chronik_isr_checks_total"),
@@ -66,6 +76,7 @@ def test_every_partition_leads_takes_writes_and_fails_over(cluster_factory):
         assert not writer.pending, f"partitions never written: {sorted(writer.pending)[:20]}"
         # Written once, every group goes quiet; then the tick loops tick nothing.
         ticks = _wait_all_quiet(cluster, cluster.ids)
+        _wait_isr_check_pass(cluster, cluster.ids)  # it has taken the groups that just went quiet
         checks = {n: _isr_checks(cluster, n) for n in cluster.ids}
         time.sleep(IDLE_S)
         assert {n: cluster.raft_metric(n, "chronik_raft_group_ticks") for n in cluster.ids} == ticks

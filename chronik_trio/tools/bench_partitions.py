@@ -251,10 +251,11 @@ def _quantiles(values: list[float]) -> dict:
     values = sorted(values)
     if not values:
         return {"count": 0}
+
+    def at(q: float) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))], 3)
     return {"count": len(values), "median_s": round(statistics.median(values), 3),
-            "p90_s": round(values[min(len(values) - 1, int(0.9 * len(values)))], 3),
-            "p99_s": round(values[min(len(values) - 1, int(0.99 * len(values)))], 3),
-            "max_s": round(values[-1], 3), "min_s": round(values[0], 3),
+            "p90_s": at(0.9), "p99_s": at(0.99), "max_s": round(values[-1], 3), "min_s": round(values[0], 3),
             "slowest_s": [round(v, 3) for v in values[-10:][::-1]]}
 
 
